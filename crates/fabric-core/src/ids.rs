@@ -1,0 +1,169 @@
+//! Newtype identifiers, so a task id can never be passed where an agent id belongs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("invalid task id {0:?}: expected a UUID such as 0192f0c4-7a1e-7c3b-9d2a-1b2c3d4e5f60")]
+    Task(String),
+    #[error(
+        "invalid {kind} {value:?}: use 1-64 characters from a-z, A-Z, 0-9, '-', '_' and '.', starting with a letter or digit"
+    )]
+    Name { kind: &'static str, value: String },
+}
+
+/// Identifies a task. UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, format = "uuid"))]
+#[serde(transparent)]
+pub struct TaskId(uuid::Uuid);
+
+impl TaskId {
+    /// A new, time-ordered id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self).map_err(|_| IdError::Task(s.to_owned()))
+    }
+}
+
+fn validate_name(kind: &'static str, value: &str) -> Result<(), IdError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError::Name { kind, value: value.to_owned() })
+    }
+}
+
+macro_rules! name_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `value` as an identifier.
+            pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                validate_name($kind, &value)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::new(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+    };
+}
+
+name_id!(
+    /// Identifies an agent (`shell`, `noop`, or one a user spawned).
+    AgentId,
+    "agent id"
+);
+name_id!(
+    /// Identifies a tenant: the unit of ownership and of scheduling fairness.
+    TenantId,
+    "tenant id"
+);
+
+impl AgentId {
+    /// The built-in agent that runs a task's commands as child processes.
+    pub fn shell() -> Self {
+        Self("shell".to_owned())
+    }
+
+    /// The built-in agent that completes every task at once (benchmarks, tests).
+    pub fn noop() -> Self {
+        Self("noop".to_owned())
+    }
+}
+
+impl TenantId {
+    /// The tenant the first admin and its tasks belong to.
+    pub fn default_tenant() -> Self {
+        Self("default".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(AgentId::new("coder-1.v2_x").is_ok());
+        assert!(AgentId::new("").is_err());
+        assert!(AgentId::new("-lead").is_err());
+        assert!(AgentId::new("a b").is_err());
+        assert!(AgentId::new("x".repeat(65)).is_err());
+        let err = serde_json::from_str::<AgentId>("\"no spaces\"").unwrap_err();
+        assert!(err.to_string().contains("invalid agent id"), "{err}");
+    }
+
+    #[test]
+    fn task_ids_round_trip_and_sort_by_creation() {
+        let a = TaskId::new();
+        let b = TaskId::new();
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<TaskId>().unwrap(), a);
+        assert!("nope".parse::<TaskId>().is_err());
+    }
+}

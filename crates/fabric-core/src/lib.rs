@@ -1,0 +1,32 @@
+//! Domain types, HTTP API types and ports shared by every reactor-fabric crate.
+//!
+//! This crate does no IO and pulls in no async runtime: it is the vocabulary
+//! the server, the CLI, the engine and the stores agree on.
+//!
+//! # Layout
+//!
+//! - [`ids`]: newtype identifiers (tasks, agents, tenants) and validation.
+//! - [`time`]: [`Timestamp`] (wall-clock milliseconds, RFC 3339 on the wire) and the [`Clock`] port.
+//! - [`task`]: the task model: [`Task`], [`Priority`], [`TaskStatus`] and its legal transitions.
+//! - [`auth`]: users, API tokens and [`Scope`]s.
+//! - [`api`]: request and response bodies of the HTTP API (`/v1/...`).
+//! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
+
+pub mod api;
+pub mod auth;
+pub mod ids;
+pub mod store;
+pub mod task;
+pub mod time;
+
+pub use auth::{ApiToken, Scope, User};
+pub use ids::{AgentId, IdError, TaskId, TenantId};
+pub use store::{AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome};
+pub use task::{
+    EventKind, Priority, TaskEvent, TaskFile, TaskInput, TaskResult, Task, TaskStatus,
+    IllegalTransition, reason,
+};
+pub use time::{Clock, SystemClock, Timestamp};
+
+/// The version of every reactor-fabric crate and binary.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

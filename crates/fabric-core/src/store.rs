@@ -1,0 +1,124 @@
+//! The durable-store ports. Backends (SQLite now, Redis next) live in `fabric-store`
+//! and all pass `fabric_store::conformance`.
+//!
+//! Futures returned by the write methods are `'static` and the write is *submitted
+//! when the method is called*, not when the future is first polled: a caller may
+//! drop the future (fire-and-forget) and later writes still commit after it, in
+//! call order. Awaiting a write's future waits for its durable commit.
+
+use std::future::Future;
+
+use crate::auth::{ApiToken, User};
+use crate::ids::{AgentId, TaskId, TenantId};
+use crate::task::{Task, TaskEvent, TaskStatus};
+
+/// A store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or is shutting down; retrying may help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with an error (disk full, constraint, IO).
+    #[error("store error: {0}")]
+    Backend(String),
+    /// Stored data could not be decoded; this is a bug or a damaged database.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Result of [`TaskStore::create_task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The task was new and is now durable.
+    Created(Task),
+    /// A task with the same tenant and idempotency key already existed; here it is.
+    Existing(Task),
+}
+
+/// A new version of a task to store, guarded against stale writers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskWrite {
+    pub task: Task,
+    /// Apply only if the stored task still has this `lease_epoch` (fencing).
+    /// Every write is also refused when the stored task is already terminal.
+    pub expected_epoch: Option<u64>,
+}
+
+/// Result of [`TaskStore::write_task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Applied,
+    /// The stored task is terminal, missing, or has another epoch; nothing changed.
+    Rejected,
+}
+
+/// Filters for [`TaskStore::list_tasks`]; newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskQuery {
+    pub tenant: Option<TenantId>,
+    pub status: Option<TaskStatus>,
+    pub agent_id: Option<AgentId>,
+    /// Only tasks created before this one (the paging cursor).
+    pub before: Option<TaskId>,
+    pub limit: usize,
+}
+
+impl Default for TaskQuery {
+    fn default() -> Self {
+        Self { tenant: None, status: None, agent_id: None, before: None, limit: 100 }
+    }
+}
+
+/// Durable task records and their event history.
+pub trait TaskStore: Send + Sync + 'static {
+    /// Inserts a new task, or returns the existing one with the same
+    /// `(tenant, idempotency_key)`. Resolves after the commit.
+    fn create_task(&self, task: Task) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send + 'static;
+
+    /// Replaces a stored task, subject to the guard in [`TaskWrite`].
+    fn write_task(&self, write: TaskWrite) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'static;
+
+    fn get_task(&self, id: TaskId) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send + 'static;
+
+    fn list_tasks(&self, query: TaskQuery) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static;
+
+    /// Every task not yet terminal, oldest first: what a restarted scheduler reloads.
+    fn unfinished_tasks(&self) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static;
+
+    /// Appends events (their `seq` is set by the caller and is unique).
+    fn append_events(&self, events: Vec<TaskEvent>) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    /// Events of one task with `seq > after_seq`, in `seq` order, at most `limit`.
+    fn task_events(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TaskEvent>, StoreError>> + Send + 'static;
+
+    /// The highest event `seq` stored (0 when none), so a restart continues the sequence.
+    fn last_event_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static;
+}
+
+/// Users and API tokens.
+pub trait AuthStore: Send + Sync + 'static {
+    /// Inserts a user; `false` if the name is taken (nothing changes then).
+    fn create_user(&self, user: User) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+
+    fn get_user(&self, name: String) -> impl Future<Output = Result<Option<User>, StoreError>> + Send + 'static;
+
+    fn count_users(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static;
+
+    fn put_token(&self, token: ApiToken) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    fn get_token(&self, token_hash: String) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send + 'static;
+
+    /// Deletes a token; `false` if there was none.
+    fn delete_token(&self, token_hash: String) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+}
