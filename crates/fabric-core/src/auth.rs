@@ -113,7 +113,10 @@ mod tests {
         assert!(Scope::WriteTasks.granted_by(&[Scope::Admin]));
         assert!(Scope::ReadTasks.granted_by(&[Scope::ReadTasks]));
         assert!(!Scope::WriteTasks.granted_by(&[Scope::ReadTasks]));
-        assert_eq!(serde_json::to_string(&Scope::ReadTasks).unwrap(), "\"read:tasks\"");
+        assert_eq!(
+            serde_json::to_string(&Scope::ReadTasks).unwrap(),
+            "\"read:tasks\""
+        );
         assert_eq!("write:tasks".parse::<Scope>(), Ok(Scope::WriteTasks));
     }
 }

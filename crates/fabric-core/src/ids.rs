@@ -48,19 +48,29 @@ impl fmt::Display for TaskId {
 impl FromStr for TaskId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s).map(Self).map_err(|_| IdError::Task(s.to_owned()))
+        uuid::Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| IdError::Task(s.to_owned()))
     }
 }
 
 fn validate_name(kind: &'static str, value: &str) -> Result<(), IdError> {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(IdError::Name { kind, value: value.to_owned() })
+        Err(IdError::Name {
+            kind,
+            value: value.to_owned(),
+        })
     }
 }
 

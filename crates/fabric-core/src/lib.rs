@@ -21,10 +21,12 @@ pub mod time;
 
 pub use auth::{ApiToken, Scope, User};
 pub use ids::{AgentId, IdError, TaskId, TenantId};
-pub use store::{AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome};
+pub use store::{
+    AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome,
+};
 pub use task::{
-    EventKind, Priority, TaskEvent, TaskFile, TaskInput, TaskResult, Task, TaskStatus,
-    IllegalTransition, reason,
+    EventKind, IllegalTransition, Priority, Task, TaskEvent, TaskFile, TaskInput, TaskResult,
+    TaskStatus, reason,
 };
 pub use time::{Clock, SystemClock, Timestamp};
 

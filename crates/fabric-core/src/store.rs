@@ -71,7 +71,13 @@ pub struct TaskQuery {
 
 impl Default for TaskQuery {
     fn default() -> Self {
-        Self { tenant: None, status: None, agent_id: None, before: None, limit: 100 }
+        Self {
+            tenant: None,
+            status: None,
+            agent_id: None,
+            before: None,
+            limit: 100,
+        }
     }
 }
 
@@ -79,20 +85,37 @@ impl Default for TaskQuery {
 pub trait TaskStore: Send + Sync + 'static {
     /// Inserts a new task, or returns the existing one with the same
     /// `(tenant, idempotency_key)`. Resolves after the commit.
-    fn create_task(&self, task: Task) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send + 'static;
+    fn create_task(
+        &self,
+        task: Task,
+    ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send + 'static;
 
     /// Replaces a stored task, subject to the guard in [`TaskWrite`].
-    fn write_task(&self, write: TaskWrite) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'static;
+    fn write_task(
+        &self,
+        write: TaskWrite,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'static;
 
-    fn get_task(&self, id: TaskId) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send + 'static;
+    fn get_task(
+        &self,
+        id: TaskId,
+    ) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send + 'static;
 
-    fn list_tasks(&self, query: TaskQuery) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static;
+    fn list_tasks(
+        &self,
+        query: TaskQuery,
+    ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static;
 
     /// Every task not yet terminal, oldest first: what a restarted scheduler reloads.
-    fn unfinished_tasks(&self) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static;
+    fn unfinished_tasks(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static;
 
     /// Appends events (their `seq` is set by the caller and is unique).
-    fn append_events(&self, events: Vec<TaskEvent>) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+    fn append_events(
+        &self,
+        events: Vec<TaskEvent>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
 
     /// Events of one task with `seq > after_seq`, in `seq` order, at most `limit`.
     fn task_events(
@@ -109,16 +132,31 @@ pub trait TaskStore: Send + Sync + 'static {
 /// Users and API tokens.
 pub trait AuthStore: Send + Sync + 'static {
     /// Inserts a user; `false` if the name is taken (nothing changes then).
-    fn create_user(&self, user: User) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+    fn create_user(
+        &self,
+        user: User,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
 
-    fn get_user(&self, name: String) -> impl Future<Output = Result<Option<User>, StoreError>> + Send + 'static;
+    fn get_user(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send + 'static;
 
     fn count_users(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static;
 
-    fn put_token(&self, token: ApiToken) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+    fn put_token(
+        &self,
+        token: ApiToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
 
-    fn get_token(&self, token_hash: String) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send + 'static;
+    fn get_token(
+        &self,
+        token_hash: String,
+    ) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send + 'static;
 
     /// Deletes a token; `false` if there was none.
-    fn delete_token(&self, token_hash: String) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+    fn delete_token(
+        &self,
+        token_hash: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
 }

@@ -11,7 +11,9 @@ use crate::ids::{AgentId, TaskId, TenantId};
 use crate::time::{Timestamp, opt_duration_ms};
 
 /// Scheduling priority. Higher priorities lease first; aging keeps `low` from starving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -23,7 +25,12 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Normal, Priority::Low];
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ];
 
     /// 0 for `critical` up to 3 for `low`.
     pub fn rank(self) -> usize {
@@ -52,7 +59,9 @@ impl FromStr for Priority {
         Priority::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("invalid priority {s:?}: use one of critical, high, normal, low"))
+            .ok_or_else(|| {
+                format!("invalid priority {s:?}: use one of critical, high, normal, low")
+            })
     }
 }
 
@@ -93,7 +102,10 @@ impl TaskStatus {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Canceled | Self::TimedOut)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Canceled | Self::TimedOut
+        )
     }
 
     /// The one place the life cycle is written down:
@@ -117,7 +129,14 @@ impl TaskStatus {
 
     /// `next` if the life cycle allows it.
     pub fn transition(self, next: TaskStatus) -> Result<TaskStatus, IllegalTransition> {
-        if self.can_become(next) { Ok(next) } else { Err(IllegalTransition { from: self, to: next }) }
+        if self.can_become(next) {
+            Ok(next)
+        } else {
+            Err(IllegalTransition {
+                from: self,
+                to: next,
+            })
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -232,7 +251,12 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<TaskId>,
     /// Longest one attempt may run (from lease to completion).
-    #[serde(default, rename = "timeout_ms", with = "opt_duration_ms", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "timeout_ms",
+        with = "opt_duration_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub timeout: Option<Duration>,
     pub max_attempts: u32,
@@ -283,10 +307,16 @@ impl EventKind {
 impl FromStr for EventKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::Log, Self::Status, Self::Result, Self::Error, Self::Heartbeat]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("invalid event kind {s:?}"))
+        [
+            Self::Log,
+            Self::Status,
+            Self::Result,
+            Self::Error,
+            Self::Heartbeat,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| format!("invalid event kind {s:?}"))
     }
 }
 
@@ -312,7 +342,10 @@ mod tests {
     fn terminal_statuses_never_change() {
         for from in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in TaskStatus::ALL {
-                assert!(from.transition(to).is_err(), "{from} -> {to} must be illegal");
+                assert!(
+                    from.transition(to).is_err(),
+                    "{from} -> {to} must be illegal"
+                );
             }
         }
     }
@@ -320,7 +353,12 @@ mod tests {
     #[test]
     fn life_cycle_allows_the_documented_paths() {
         use TaskStatus::*;
-        for (from, to) in [(Pending, Queued), (Queued, Running), (Running, Completed), (Running, Queued)] {
+        for (from, to) in [
+            (Pending, Queued),
+            (Queued, Running),
+            (Running, Completed),
+            (Running, Queued),
+        ] {
             assert_eq!(from.transition(to), Ok(to));
         }
         assert!(Pending.transition(Running).is_err());
@@ -334,8 +372,16 @@ mod tests {
     #[test]
     fn priorities_parse_and_order() {
         assert_eq!("HIGH".parse::<Priority>(), Ok(Priority::High));
-        assert!("urgent".parse::<Priority>().unwrap_err().contains("critical, high, normal, low"));
+        assert!(
+            "urgent"
+                .parse::<Priority>()
+                .unwrap_err()
+                .contains("critical, high, normal, low")
+        );
         assert!(Priority::Critical < Priority::Low);
-        assert_eq!(serde_json::to_string(&TaskStatus::TimedOut).unwrap(), "\"timed_out\"");
+        assert_eq!(
+            serde_json::to_string(&TaskStatus::TimedOut).unwrap(),
+            "\"timed_out\""
+        );
     }
 }

@@ -1,1 +1,18 @@
-//! placeholder
+//! Pure, deterministic decision logic over `fabric-core` types.
+//!
+//! Nothing here does IO, reads a clock or spawns a thread: every method takes
+//! `now` and returns what changed, so the server decides *how* to persist and
+//! notify, and tests drive time by hand.
+//!
+//! # Layout
+//!
+//! - [`scheduler`]: per-agent queues (priority with aging, round-robin across
+//!   tenants, queue depth), dependencies, leases with fencing, retries,
+//!   timeouts and cancellation. Policy and budgets join as sibling modules.
+
+pub mod scheduler;
+
+pub use scheduler::{
+    AgentQueueConfig, Changes, Completion, KillOrder, Lease, Reservation, Scheduler,
+    SchedulerConfig, SchedulerError, SchedulerStats,
+};
