@@ -1,0 +1,501 @@
+//! [`FabricClient`]: the HTTP API (`/v1/...`, SPEC §10) and the task WebSocket, spoken
+//! with the wire types of `fabric-core` only (this module must never use the server crate).
+
+use std::time::Duration;
+
+use fabric_core::api::CreateTaskRequest;
+use fabric_core::api::{
+    ErrorBody, EventList, Health, IDEMPOTENCY_KEY_HEADER, LoginRequest, REQUEST_ID_HEADER,
+    TaskList, TaskResultView, TokenResponse, WhoAmI,
+};
+use fabric_core::{AgentId, Task, TaskId, TaskStatus};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// How long to wait for a TCP connection before calling the server unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest any one API call may take (waits are done by polling, never by one long call).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection (refused, timed out, unknown host).
+    #[error(
+        "cannot reach the fabric at {url}: {reason}. Is 'reactor-fabric serve' running? Set --url or FABRIC_URL."
+    )]
+    Unreachable { url: String, reason: String },
+    /// The server answered with an error status; `message` is its own explanation.
+    #[error("{}", api_message(*status, message, request_id.as_deref()))]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    /// The server answered something this client does not understand.
+    #[error("unexpected response from the fabric: {0}")]
+    Protocol(String),
+    /// Anything else that went wrong on the way.
+    #[error("request to the fabric failed: {0}")]
+    Request(String),
+}
+
+fn api_message(status: u16, message: &str, request_id: Option<&str>) -> String {
+    match request_id {
+        // The request id lets an operator find a server-side failure in the logs.
+        Some(id) if status >= 500 => format!("{message} (request id {id})"),
+        _ => message.to_owned(),
+    }
+}
+
+/// Filters of `GET /v1/tasks`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskListQuery {
+    pub status: Option<TaskStatus>,
+    pub agent: Option<AgentId>,
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub before: Option<TaskId>,
+}
+
+/// Client of one fabric server.
+#[derive(Debug, Clone)]
+pub struct FabricClient {
+    http: reqwest::Client,
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8080`.
+    base: String,
+    token: Option<String>,
+}
+
+impl FabricClient {
+    /// A client of the server at `base` (no trailing slash), sending `token` as a bearer token.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("reactor-fabric-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Request(error_chain(&e)))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /healthz` (no auth).
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(self.http.get(self.url("/healthz"))).await
+    }
+
+    /// `POST /v1/auth/login`.
+    pub async fn login(&self, req: &LoginRequest) -> Result<TokenResponse, ClientError> {
+        self.json(self.http.post(self.url("/v1/auth/login")).json(req))
+            .await
+    }
+
+    /// `POST /v1/auth/logout`: revokes the token this client sends.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.send(self.authed(self.http.post(self.url("/v1/auth/logout"))))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/auth/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/auth/whoami"))))
+            .await
+    }
+
+    /// `POST /v1/tasks`; with `idempotency_key`, a retry returns the task created the first time.
+    pub async fn create_task(
+        &self,
+        req: &CreateTaskRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Task, ClientError> {
+        let mut builder = self.authed(self.http.post(self.url("/v1/tasks"))).json(req);
+        if let Some(key) = idempotency_key {
+            builder = builder.header(IDEMPOTENCY_KEY_HEADER, key);
+        }
+        self.json(builder).await
+    }
+
+    /// `GET /v1/tasks/{id}`.
+    pub async fn get_task(&self, id: TaskId) -> Result<Task, ClientError> {
+        self.json(self.authed(self.http.get(self.url(&format!("/v1/tasks/{id}")))))
+            .await
+    }
+
+    /// `GET /v1/tasks`, newest first.
+    pub async fn list_tasks(&self, query: &TaskListQuery) -> Result<TaskList, ClientError> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = query.status {
+            params.push(("status", s.to_string()));
+        }
+        if let Some(a) = &query.agent {
+            params.push(("agent", a.to_string()));
+        }
+        if let Some(l) = query.limit {
+            params.push(("limit", l.to_string()));
+        }
+        if let Some(b) = query.before {
+            params.push(("before", b.to_string()));
+        }
+        self.json(self.authed(self.http.get(self.url("/v1/tasks")).query(&params)))
+            .await
+    }
+
+    /// `POST /v1/tasks/{id}/cancel` (409 when the task already finished).
+    pub async fn cancel_task(&self, id: TaskId) -> Result<Task, ClientError> {
+        self.json(self.authed(self.http.post(self.url(&format!("/v1/tasks/{id}/cancel")))))
+            .await
+    }
+
+    /// `GET /v1/tasks/{id}/result`.
+    pub async fn task_result(&self, id: TaskId) -> Result<TaskResultView, ClientError> {
+        self.json(self.authed(self.http.get(self.url(&format!("/v1/tasks/{id}/result")))))
+            .await
+    }
+
+    /// `GET /v1/tasks/{id}/events?after=&limit=`: events with `seq > after`, oldest first.
+    pub async fn task_events(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: u32,
+    ) -> Result<EventList, ClientError> {
+        let req = self
+            .http
+            .get(self.url(&format!("/v1/tasks/{id}/events")))
+            .query(&[("after", after.to_string()), ("limit", limit.to_string())]);
+        self.json(self.authed(req)).await
+    }
+
+    /// Opens the WebSocket `GET /v1/stream/{id}`.
+    pub async fn stream_task(&self, id: TaskId) -> Result<TaskStream, ClientError> {
+        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            return Err(ClientError::Request(format!(
+                "cannot stream from {}: not an http(s) url",
+                self.base
+            )));
+        };
+        let mut request = format!("{ws_base}/v1/stream/{id}")
+            .into_client_request()
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        if let Some(token) = &self.token {
+            let value = tungstenite::http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    ClientError::Request(
+                        "the token contains characters not allowed in a header".into(),
+                    )
+                })?;
+            request
+                .headers_mut()
+                .insert(tungstenite::http::header::AUTHORIZATION, value);
+        }
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await;
+        match connected {
+            Err(_) => Err(self.unreachable("timed out".into())),
+            Ok(Ok((ws, _response))) => Ok(TaskStream { ws }),
+            Ok(Err(tungstenite::Error::Io(e))) => Err(self.unreachable(io_reason(&e))),
+            Ok(Err(tungstenite::Error::Http(response))) => {
+                let status = response.status().as_u16();
+                let request_id = response
+                    .headers()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response.body().as_deref().unwrap_or_default();
+                Err(api_error(status, request_id, body))
+            }
+            Ok(Err(e)) => Err(ClientError::Protocol(format!(
+                "websocket handshake failed: {e}"
+            ))),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// Sends `req`; any non-2xx status becomes [`ClientError::Api`].
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let request_id = response
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.unwrap_or_default();
+        Err(api_error(status.as_u16(), request_id, &body))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = self.send(req).await?;
+        let path = response.url().path().to_owned();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ClientError::Protocol(format!(
+                "cannot decode the answer of {path}: {e}: {}",
+                snippet(&body)
+            ))
+        })
+    }
+
+    fn transport_error(&self, err: &reqwest::Error) -> ClientError {
+        if err.is_connect() || err.is_timeout() {
+            let reason = io_cause(err).map(io_reason).unwrap_or_else(|| {
+                if err.is_timeout() {
+                    "timed out".to_owned()
+                } else {
+                    root_cause(err)
+                }
+            });
+            self.unreachable(reason)
+        } else {
+            ClientError::Request(error_chain(err))
+        }
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        }
+    }
+}
+
+/// An open `/v1/stream/{id}` socket.
+pub struct TaskStream {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl std::fmt::Debug for TaskStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskStream").finish_non_exhaustive()
+    }
+}
+
+impl TaskStream {
+    /// The next text message, or `None` once the server closed the socket.
+    pub async fn next_text(&mut self) -> Result<Option<String>, ClientError> {
+        use tungstenite::Message;
+        loop {
+            match self.ws.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Text(text))) => return Ok(Some(text.as_str().to_owned())),
+                Some(Ok(Message::Binary(bytes))) => {
+                    return String::from_utf8(bytes.to_vec()).map(Some).map_err(|_| {
+                        ClientError::Protocol("binary websocket message is not UTF-8".into())
+                    });
+                }
+                // Pings are answered by tungstenite itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Err(
+                    tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::AlreadyClosed
+                    | tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ),
+                )) => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ClientError::Request(format!("task stream failed: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// Turns an error response into [`ClientError::Api`], using the server's `{error:{...}}` body when there is one.
+fn api_error(status: u16, header_request_id: Option<String>, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => ClientError::Api {
+            status,
+            code: error.code,
+            message: error.message,
+            request_id: Some(error.request_id)
+                .filter(|r| !r.is_empty())
+                .or(header_request_id),
+        },
+        Err(_) => {
+            let reason = reqwest::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("error");
+            let mut message = format!("the fabric answered {status} {reason}");
+            if !body.is_empty() {
+                message.push_str(&format!(": {}", snippet(body)));
+            }
+            ClientError::Api {
+                status,
+                code: String::new(),
+                message,
+                request_id: header_request_id,
+            }
+        }
+    }
+}
+
+/// The start of a body, for error messages.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+fn io_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// `connection refused` rather than `Connection refused (os error 111)`.
+fn io_reason(err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        ErrorKind::TimedOut => "timed out".to_owned(),
+        ErrorKind::ConnectionReset => "connection reset".to_owned(),
+        _ => {
+            let text = err.to_string();
+            let text = match text.find(" (os error") {
+                Some(i) => text[..i].to_owned(),
+                None => text,
+            };
+            lowercase_first(&text)
+        }
+    }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    lowercase_first(&last.to_string())
+}
+
+/// `outer: inner: innermost`, the way anyhow prints `{:#}`.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut current = err.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) if !text.starts_with("DNS") => first.to_lowercase().chain(chars).collect(),
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_become_api_errors() {
+        let body =
+            br#"{"error":{"code":"not_found","message":"task 1 not found","request_id":"r1"}}"#;
+        match api_error(404, None, body) {
+            ClientError::Api {
+                status,
+                code,
+                message,
+                request_id,
+            } => {
+                assert_eq!(
+                    (status, code.as_str(), message.as_str()),
+                    (404, "not_found", "task 1 not found")
+                );
+                assert_eq!(request_id.as_deref(), Some("r1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = api_error(502, Some("r2".into()), b"<html>bad gateway</html>");
+        assert_eq!(
+            e.to_string(),
+            "the fabric answered 502 Bad Gateway: <html>bad gateway</html> (request id r2)"
+        );
+    }
+
+    #[test]
+    fn io_errors_read_well() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(io_reason(&refused), "connection refused");
+        let e = ClientError::Unreachable {
+            url: "http://127.0.0.1:8080".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot reach the fabric at http://127.0.0.1:8080: connection refused. \
+             Is 'reactor-fabric serve' running? Set --url or FABRIC_URL."
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unreachable() {
+        // Bind then drop to get a port that (almost certainly) has no listener.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = FabricClient::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let err = client.health().await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Unreachable { reason, .. } if reason == "connection refused"),
+            "{err:?}"
+        );
+        let err = client.stream_task(TaskId::new()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The argument tree ([`Cli`]) and dispatch; one module per command group.
+
+pub mod auth;
+pub mod serve;
+pub mod status;
+pub mod task;
+pub mod version;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::FabricClient;
+use crate::config::{ClientSettings, TokenSource, process_env};
+use crate::error::CliError;
+use crate::output::OutputFormat;
+
+/// reactor-fabric: run AI agents safely. One binary: server, CLI and agent runner.
+#[derive(Debug, Parser)]
+#[command(name = "reactor-fabric", version = fabric_core::VERSION, propagate_version = true)]
+pub struct Cli {
+    /// Fabric server URL [env: FABRIC_URL; else the config file's url; else http://127.0.0.1:8080]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
+    pub url: Option<String>,
+
+    /// Output format: text for people or JSON for scripts
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Human, help_heading = "Global options")]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the version of this binary
+    Version,
+    /// Check that the fabric server answers (GET /healthz)
+    Status,
+    /// Run the fabric server in this process (API, scheduler, store, runtime)
+    Serve(serve::ServeArgs),
+    /// Log in, log out, show who you are
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Create, inspect, cancel and follow tasks
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+}
+
+/// What every client command gets: where the server is, which token to send, how to print.
+#[derive(Debug)]
+pub struct Ctx {
+    pub settings: ClientSettings,
+    pub output: OutputFormat,
+}
+
+impl Ctx {
+    /// A client that sends the configured token, if any.
+    pub fn client(&self) -> Result<FabricClient, CliError> {
+        Ok(FabricClient::new(
+            &self.settings.url,
+            self.settings.token().map(str::to_owned),
+        )?)
+    }
+
+    /// A client with a token; [`CliError::NotLoggedIn`] (exit 3) when there is none.
+    pub fn authed_client(&self) -> Result<FabricClient, CliError> {
+        match &self.settings.token {
+            TokenSource::Env(t) | TokenSource::Login(t) => {
+                Ok(FabricClient::new(&self.settings.url, Some(t.clone()))?)
+            }
+            TokenSource::Missing { stored_for } => Err(CliError::NotLoggedIn {
+                url: self.settings.url.clone(),
+                stored_for: stored_for.clone(),
+            }),
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        // Neither needs the client config: `version` works with no HOME, `serve` has its own.
+        Command::Version => version::run(cli.output),
+        Command::Serve(args) => serve::run(args),
+        command => {
+            let settings = ClientSettings::resolve(cli.url.as_deref(), &process_env)?;
+            let ctx = Ctx {
+                settings,
+                output: cli.output,
+            };
+            // One request at a time: a single-threaded runtime starts fastest.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    CliError::Other(anyhow::Error::new(e).context("cannot start the async runtime"))
+                })?;
+            runtime.block_on(async move {
+                match command {
+                    Command::Status => status::run(&ctx).await,
+                    Command::Auth(cmd) => auth::run(&ctx, cmd).await,
+                    Command::Task(cmd) => task::run(&ctx, cmd).await,
+                    Command::Version | Command::Serve(_) => Ok(()),
+                }
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_argument_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

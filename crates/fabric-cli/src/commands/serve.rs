@@ -1,0 +1,81 @@
+//! `reactor-fabric serve`: the embedded fabric (SPEC §2.1) in this process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::{self, create_private_dir, process_env};
+use crate::error::CliError;
+
+/// First admin's password; generated and printed once by the server when unset.
+/// Only from the environment: a flag would show it in `ps`.
+pub const ENV_ADMIN_PASSWORD: &str = "FABRIC_ADMIN_PASSWORD";
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on
+    #[arg(
+        long,
+        env = "FABRIC_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Where the database and task working directories live
+    /// [default: $XDG_DATA_HOME/reactor-fabric or ~/.local/share/reactor-fabric]
+    #[arg(long, env = "FABRIC_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
+    pub log_format: LogFormatArg,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// One JSON object per line
+    Json,
+    /// Human-readable lines
+    Pretty,
+}
+
+impl From<LogFormatArg> for fabric_server::LogFormat {
+    fn from(value: LogFormatArg) -> Self {
+        match value {
+            LogFormatArg::Json => fabric_server::LogFormat::Json,
+            LogFormatArg::Pretty => fabric_server::LogFormat::Pretty,
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => config::default_data_dir(&process_env)?,
+    };
+    create_private_dir(&data_dir).map_err(|e| {
+        CliError::Other(anyhow::anyhow!(
+            "cannot create the data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let server_config = fabric_server::ServerConfig {
+        listen: args.listen,
+        data_dir,
+        admin_password: process_env(ENV_ADMIN_PASSWORD),
+        // Tuning knobs (scheduler, shell agent) keep the server's defaults.
+        ..fabric_server::ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fabric")
+        .build()
+        .map_err(|e| {
+            CliError::Other(anyhow::Error::new(e).context("cannot start the async runtime"))
+        })?;
+    fabric_server::init_logging(args.log_format.into());
+    runtime
+        .block_on(fabric_server::serve(server_config))
+        .map_err(CliError::Other)
+}

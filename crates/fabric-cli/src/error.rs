@@ -1,0 +1,154 @@
+//! [`CliError`]: every way a command can fail, and the exit code each one means (SPEC §11).
+
+use fabric_core::{TaskId, TaskStatus};
+
+use crate::client::ClientError;
+use crate::config::ConfigError;
+
+/// Exit codes of SPEC §11. clap exits with [`exit::USAGE`] on its own.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const AUTH: u8 = 3;
+    pub const NOT_FOUND: u8 = 4;
+    pub const CONFLICT: u8 = 5;
+    pub const UNREACHABLE: u8 = 6;
+}
+
+/// A failed command. `main` prints it as `Error: <message>` and exits with [`CliError::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Arguments that parse but make no sense together.
+    #[error("{0}")]
+    Usage(String),
+    /// The command needs a token and none is configured for this server.
+    #[error("{}", not_logged_in_message(url, stored_for.as_deref()))]
+    NotLoggedIn {
+        url: String,
+        stored_for: Option<String>,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The task ended, but not well (its result has been printed already).
+    #[error("task {id} ended {status}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    TaskUnsuccessful {
+        id: TaskId,
+        status: TaskStatus,
+        reason: Option<String>,
+    },
+    /// The task has no result yet and we were not asked to wait.
+    #[error("task {id} is {status} and has no result yet: use --wait to wait for it")]
+    TaskNotFinished { id: TaskId, status: TaskStatus },
+    /// `--wait --timeout` ran out.
+    #[error("gave up waiting for task {id} after {waited:?}: it is still {status}")]
+    WaitTimedOut {
+        id: TaskId,
+        status: TaskStatus,
+        waited: std::time::Duration,
+    },
+    /// Writing to stdout failed (a closed pipe is not reported, see [`CliError::is_silent`]).
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+fn not_logged_in_message(url: &str, stored_for: Option<&str>) -> String {
+    let hint = "run 'reactor-fabric auth login --username <name>' (or set FABRIC_TOKEN)";
+    match stored_for {
+        Some(other) => format!("not logged in to {url} (the stored login is for {other}): {hint}"),
+        None => format!("not logged in: {hint}"),
+    }
+}
+
+impl CliError {
+    /// The process exit code for this error (SPEC §11).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => exit::USAGE,
+            CliError::NotLoggedIn { .. } => exit::AUTH,
+            CliError::Client(e) => match e {
+                ClientError::Unreachable { .. } => exit::UNREACHABLE,
+                // 403 is an authorisation failure (token lacks the scope): still "auth failed".
+                ClientError::Api {
+                    status: 401 | 403, ..
+                } => exit::AUTH,
+                ClientError::Api { status: 404, .. } => exit::NOT_FOUND,
+                ClientError::Api { status: 409, .. } => exit::CONFLICT,
+                ClientError::Api { .. } | ClientError::Protocol(_) | ClientError::Request(_) => {
+                    exit::ERROR
+                }
+            },
+            CliError::Config(ConfigError::InvalidUrl { .. }) => exit::USAGE,
+            CliError::Config(_) => exit::ERROR,
+            CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+            CliError::TaskUnsuccessful { .. }
+            | CliError::TaskNotFinished { .. }
+            | CliError::WaitTimedOut { .. }
+            | CliError::Stdout(_)
+            | CliError::Other(_) => exit::ERROR,
+        }
+    }
+
+    /// Whether to exit without printing anything: the reader of our stdout went away
+    /// (`reactor-fabric task list | head -1`), which is not worth a complaint.
+    pub fn is_silent(&self) -> bool {
+        matches!(self, CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> CliError {
+        CliError::Client(ClientError::Api {
+            status,
+            code: "x".into(),
+            message: "boom".into(),
+            request_id: None,
+        })
+    }
+
+    #[test]
+    fn exit_codes_follow_the_spec() {
+        assert_eq!(api(401).exit_code(), 3);
+        assert_eq!(api(404).exit_code(), 4);
+        assert_eq!(api(409).exit_code(), 5);
+        assert_eq!(api(429).exit_code(), 1);
+        assert_eq!(api(500).exit_code(), 1);
+        let unreachable = CliError::Client(ClientError::Unreachable {
+            url: "http://h".into(),
+            reason: "connection refused".into(),
+        });
+        assert_eq!(unreachable.exit_code(), 6);
+        assert_eq!(
+            CliError::NotLoggedIn {
+                url: "http://h".into(),
+                stored_for: None
+            }
+            .exit_code(),
+            3
+        );
+        assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        let pipe = CliError::Stdout(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(pipe.is_silent());
+        assert_eq!(pipe.exit_code(), 0);
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = CliError::NotLoggedIn {
+            url: "http://h".into(),
+            stored_for: None,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("not logged in: run 'reactor-fabric auth login --username <name>'")
+        );
+        assert_eq!(api(404).to_string(), "boom");
+    }
+}

@@ -1,0 +1,544 @@
+//! The real `reactor-fabric` binary against a real `reactor-fabric serve` (SPEC §10, §11).
+//!
+//! Every test that needs a server starts its own on a free port with its own data
+//! dir and config file, so tests run in parallel and never see each other's state.
+
+// A panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use fabric_core::TaskId;
+use fabric_core::api::TaskList;
+use tempfile::TempDir;
+
+const ADMIN_PASSWORD: &str = "it-admin-password";
+/// How long one CLI invocation may take before the test calls it hung.
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fresh server may take to answer `/healthz`.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    // Bind, read the port, drop: a tiny race with other processes, acceptable in tests.
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The CLI with a clean environment: no inherited fabric settings leak into a test.
+fn bare_cli(config: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("reactor-fabric").unwrap();
+    for key in [
+        "FABRIC_URL",
+        "FABRIC_TOKEN",
+        "FABRIC_LISTEN",
+        "FABRIC_DATA_DIR",
+        "FABRIC_ADMIN_PASSWORD",
+    ] {
+        cmd.env_remove(key);
+    }
+    cmd.env("FABRIC_CONFIG", config).timeout(CLI_TIMEOUT);
+    cmd
+}
+
+/// A `reactor-fabric serve` child process; killed on drop (its log is printed if the test failed).
+struct Fabric {
+    child: Child,
+    url: String,
+    dir: TempDir,
+}
+
+impl Fabric {
+    fn start() -> Fabric {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let data_dir = dir.path().join("data");
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data_dir)
+            .env("FABRIC_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("FABRIC_CONFIG", dir.path().join("server-config.toml"))
+            .env_remove("FABRIC_LISTEN")
+            .env_remove("FABRIC_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut fabric = Fabric {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        fabric.wait_healthy(port);
+        fabric
+    }
+
+    fn wait_healthy(&mut self, port: u16) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if healthz_ok(port) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the server exited with {status} before it was healthy:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not answer /healthz in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cli-config.toml")
+    }
+
+    /// The CLI pointed at this server, with its own config file.
+    fn cli(&self) -> Command {
+        let mut cmd = bare_cli(&self.config_path());
+        cmd.env("FABRIC_URL", &self.url);
+        cmd
+    }
+
+    fn login(&self) {
+        self.cli()
+            .args([
+                "auth",
+                "login",
+                "--username",
+                "admin",
+                "--password",
+                ADMIN_PASSWORD,
+            ])
+            .assert()
+            .success();
+    }
+
+    /// Runs `task create ARGS` and returns the id from the last line of its output.
+    fn create_task(&self, args: &[&str]) -> String {
+        let out = self
+            .cli()
+            .args(["task", "create"])
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let out = String::from_utf8(out).unwrap();
+        let id = out.lines().last().unwrap_or_default().trim().to_owned();
+        id.parse::<TaskId>()
+            .unwrap_or_else(|e| panic!("last line of {out:?} is not a task id: {e}"));
+        id
+    }
+
+    /// Runs `task result ID --wait` and returns (exit code, stdout).
+    fn wait_result(&self, id: &str) -> (i32, String) {
+        let out = self
+            .cli()
+            .args(["task", "result", id, "--wait", "--timeout", "30s"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+        )
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- server log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A plain HTTP/1.1 `GET /healthz`: no client library needed to wait for the server.
+fn healthz_ok(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    String::from_utf8(cmd.assert().success().get_output().stdout.clone()).unwrap()
+}
+
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+#[test]
+fn version_needs_no_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stdout_of(bare_cli(&dir.path().join("c.toml")).arg("version"));
+    assert_eq!(
+        out.trim(),
+        format!("reactor-fabric {}", fabric_core::VERSION)
+    );
+    let out = stdout_of(bare_cli(&dir.path().join("c.toml")).args(["-o", "json", "version"]));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["version"], fabric_core::VERSION);
+}
+
+/// SPEC §11: exit 6 when the server cannot be reached, with a message that says what to do.
+#[test]
+fn unreachable_server_exits_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = bare_cli(&dir.path().join("c.toml"))
+        .args(["status", "--url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!(
+            "Error: cannot reach the fabric at {url}: connection refused."
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reactor-fabric serve"), "{stderr}");
+    // FABRIC_URL works as well as --url.
+    bare_cli(&dir.path().join("c.toml"))
+        .env("FABRIC_URL", &url)
+        .arg("status")
+        .assert()
+        .code(6);
+}
+
+/// SPEC §11: a usage error (no --prompt and no --command) exits 2 before anything is sent.
+#[test]
+fn create_without_work_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare_cli(&dir.path().join("c.toml"))
+        .args(["task", "create", "--priority", "high"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("--prompt") && stderr.contains("--command"),
+        "{stderr}"
+    );
+}
+
+/// A missing --file fails with exit 1 before any request (no server is running here).
+#[test]
+fn missing_file_fails_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = bare_cli(&dir.path().join("c.toml"))
+        .args([
+            "--url",
+            &url,
+            "task",
+            "create",
+            "--command",
+            "cat x",
+            "--file",
+        ])
+        .arg(dir.path().join("no-such-file.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot read --file") && stderr.contains("no-such-file.txt"),
+        "{stderr}"
+    );
+}
+
+/// SPEC §10 auth, §11 exit code 3: login (flag and stdin), whoami, logout.
+#[test]
+fn login_whoami_logout() {
+    let fabric = Fabric::start();
+
+    let out = stdout_of(fabric.cli().arg("status"));
+    assert!(out.starts_with("ok "), "{out}");
+
+    let out = fabric.cli().args(["auth", "whoami"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr
+            .starts_with("Error: not logged in: run 'reactor-fabric auth login --username <name>'"),
+        "{stderr}"
+    );
+
+    let out = fabric
+        .cli()
+        .args([
+            "auth",
+            "login",
+            "--username",
+            "admin",
+            "--password",
+            "wrong",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .starts_with("Error: ")
+    );
+
+    let out = stdout_of(fabric.cli().args([
+        "auth",
+        "login",
+        "--username",
+        "admin",
+        "--password",
+        ADMIN_PASSWORD,
+    ]));
+    assert_eq!(out.trim(), "logged in as admin");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(fabric.config_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the config file holds a token");
+    }
+    let out = stdout_of(fabric.cli().args(["auth", "whoami"]));
+    assert!(has_line(&out, "user=admin"), "{out}");
+    let out = stdout_of(fabric.cli().args(["-o", "json", "auth", "whoami"]));
+    let me: fabric_core::api::WhoAmI = serde_json::from_str(&out).unwrap();
+    assert_eq!(me.user, "admin");
+
+    let out = stdout_of(fabric.cli().args(["auth", "logout"]));
+    assert_eq!(out.trim(), "logged out");
+    fabric.cli().args(["auth", "whoami"]).assert().code(3);
+
+    // The password from stdin when it is not a terminal.
+    let out = stdout_of(
+        fabric
+            .cli()
+            .args(["auth", "login", "--username", "admin"])
+            .write_stdin(format!("{ADMIN_PASSWORD}\n")),
+    );
+    assert_eq!(out.trim(), "logged in as admin");
+    let out = stdout_of(fabric.cli().args(["auth", "whoami"]));
+    assert!(has_line(&out, "user=admin"), "{out}");
+
+    // The token from FABRIC_TOKEN works without a stored login.
+    let config = std::fs::read_to_string(fabric.config_path()).unwrap();
+    let token = config
+        .lines()
+        .find_map(|l| l.strip_prefix("token = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let other_config = fabric.dir.path().join("other.toml");
+    let mut cmd = bare_cli(&other_config);
+    cmd.env("FABRIC_URL", &fabric.url)
+        .env("FABRIC_TOKEN", &token)
+        .args(["auth", "whoami"]);
+    assert!(has_line(&stdout_of(&mut cmd), "user=admin"));
+
+    // Logging out revokes the token on the server, not just locally.
+    fabric.cli().args(["auth", "logout"]).assert().success();
+    let mut cmd = bare_cli(&other_config);
+    cmd.env("FABRIC_URL", &fabric.url)
+        .env("FABRIC_TOKEN", &token)
+        .args(["auth", "whoami"]);
+    cmd.assert().code(3);
+}
+
+/// FR-SCHED: create (prompt, commands, priority), result --wait, list, get, cancel.
+#[test]
+fn task_create_result_list_get_cancel() {
+    let fabric = Fabric::start();
+    // Not logged in: exit 3, nothing created.
+    fabric
+        .cli()
+        .args(["task", "create", "--prompt", "echo hello"])
+        .assert()
+        .code(3);
+    fabric.login();
+
+    let hello = fabric.create_task(&["--prompt", "echo hello"]);
+    let (code, out) = fabric.wait_result(&hello);
+    assert_eq!(code, 0, "{out}");
+    assert!(has_line(&out, "status=completed"), "{out}");
+    assert!(has_line(&out, "exit_code=0"), "{out}");
+    assert!(has_line(&out, "hello"), "{out}");
+
+    let two = fabric.create_task(&[
+        "--command",
+        "echo one",
+        "--command",
+        "echo two",
+        "--priority",
+        "high",
+    ]);
+    let (code, out) = fabric.wait_result(&two);
+    assert_eq!(code, 0, "{out}");
+    assert!(has_line(&out, "one") && has_line(&out, "two"), "{out}");
+    let out = stdout_of(fabric.cli().args(["-o", "json", "task", "get", &two]));
+    let task: fabric_core::Task = serde_json::from_str(&out).unwrap();
+    assert_eq!(task.priority, fabric_core::Priority::High);
+    assert_eq!(task.input.commands, vec!["echo one", "echo two"]);
+
+    let out = stdout_of(fabric.cli().args(["-o", "json", "task", "list"]));
+    let list: TaskList = serde_json::from_str(&out).unwrap();
+    let ids: Vec<String> = list.tasks.iter().map(|t| t.id.to_string()).collect();
+    assert!(ids.contains(&hello) && ids.contains(&two), "{ids:?}");
+    let out = stdout_of(fabric.cli().args(["task", "list"]));
+    assert!(out.starts_with("ID"), "{out}");
+    assert!(out.contains(&hello), "{out}");
+
+    let out = stdout_of(fabric.cli().args(["task", "get", &hello]));
+    assert!(has_line(&out, &format!("id: {hello}")), "{out}");
+    assert!(has_line(&out, "status: completed"), "{out}");
+
+    let unknown = TaskId::new().to_string();
+    fabric
+        .cli()
+        .args(["task", "get", &unknown])
+        .assert()
+        .code(4);
+    fabric
+        .cli()
+        .args(["task", "result", &unknown])
+        .assert()
+        .code(4);
+
+    // Canceling a finished task is a conflict.
+    let out = fabric
+        .cli()
+        .args(["task", "cancel", &hello])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .starts_with("Error: ")
+    );
+
+    // A failing task: its result is printed and the exit code is 1.
+    let failing = fabric.create_task(&["--command", "echo oops >&2; exit 3"]);
+    let (code, out) = fabric.wait_result(&failing);
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "status=failed"), "{out}");
+    assert!(has_line(&out, "exit_code=3"), "{out}");
+    assert!(has_line(&out, "oops"), "{out}");
+
+    // Canceling a running task works; its result then says so and exits 1.
+    let slow = fabric.create_task(&["--command", "sleep 30"]);
+    fabric
+        .cli()
+        .args(["task", "cancel", &slow])
+        .assert()
+        .success();
+    let (code, out) = fabric.wait_result(&slow);
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "status=canceled"), "{out}");
+}
+
+/// `--file` puts a file in the task's working directory; `--env` sets its environment.
+#[test]
+fn files_and_env_reach_the_task() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let input = fabric.dir.path().join("greeting.txt");
+    std::fs::write(&input, "hi from a file\n").unwrap();
+    let id = fabric.create_task(&[
+        "--command",
+        "cat greeting.txt",
+        "--command",
+        "echo \"$GREETING\"",
+        "--file",
+        input.to_str().unwrap(),
+        "--env",
+        "GREETING=hi from env",
+        "--name",
+        "files",
+        "--timeout",
+        "30s",
+    ]);
+    let (code, out) = fabric.wait_result(&id);
+    assert_eq!(code, 0, "{out}");
+    assert!(has_line(&out, "hi from a file"), "{out}");
+    assert!(has_line(&out, "hi from env"), "{out}");
+}
+
+/// `task logs --follow` streams lines as they come and ends when the task does.
+#[test]
+fn logs_follow_streams_until_the_task_ends() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let id = fabric.create_task(&["--prompt", "echo a; sleep 1; echo b"]);
+    let started = Instant::now();
+    let out = stdout_of(fabric.cli().args(["task", "logs", &id, "--follow"]));
+    assert!(has_line(&out, "a") && has_line(&out, "b"), "{out}");
+    let a = out.lines().position(|l| l == "a");
+    let b = out.lines().position(|l| l == "b");
+    assert!(a < b, "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "followed to the end, not just a snapshot"
+    );
+
+    // Afterwards the recorded history has the same lines.
+    let out = stdout_of(fabric.cli().args(["task", "logs", &id]));
+    assert!(has_line(&out, "a") && has_line(&out, "b"), "{out}");
+
+    // JSON: one message per line, each with a type.
+    let out = stdout_of(
+        fabric
+            .cli()
+            .args(["-o", "json", "task", "logs", &id, "--follow"]),
+    );
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(kinds.iter().any(|k| k == "log"), "{out}");
+    assert!(kinds.iter().any(|k| k == "result" || k == "error"), "{out}");
+}
