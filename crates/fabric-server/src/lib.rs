@@ -1,18 +1,58 @@
-//! The reactor-fabric server (work in progress: the API lands in the next commits).
+//! The reactor-fabric server: HTTP API, authentication, and the wiring of
+//! store, scheduler, event hub and built-in agents.
+//!
+//! `main` (in `fabric-cli`) parses flags and calls [`serve`]; tests call
+//! [`run`] with their own listener and shutdown future.
+//!
+//! # Layout
+//!
+//! - [`api`]: axum routes, OpenAPI document (`/openapi.json`), WebSocket stream.
+//! - [`service`]: `TaskService`, the scheduler + store + events under one lock discipline.
+//! - [`agents`]: the built-in `shell` and `noop` agents (in-process workers).
+//! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
+//! - [`events`]: task event numbering, storage and live fan-out.
+//! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
+//! - [`telemetry`]: log subscriber setup (JSON or pretty).
 
+pub mod agents;
+pub mod api;
+pub mod auth;
+mod error;
+pub mod events;
+mod extract;
+mod request_id;
+pub mod service;
+pub mod state;
+mod store;
+pub mod telemetry;
+mod validate;
+
+use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// One JSON object per line (the default; what log pipelines want).
-    #[default]
-    Json,
-    /// Human-readable lines for a terminal.
-    Pretty,
-}
+use anyhow::Context as _;
+use fabric_core::{AgentId, Clock, SystemClock};
+use fabric_engine::{AgentQueueConfig, SchedulerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use crate::agents::ShellAgentConfig;
+pub use crate::error::ApiError;
+pub use crate::telemetry::{LogFormat, init_logging};
+
+use crate::auth::AuthService;
+use crate::service::{TaskDefaults, TaskService};
+use crate::state::AppState;
+
+/// Default API address (`--listen`, `FABRIC_LISTEN`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// How often leases and timeouts are checked.
+const TICK_EVERY: Duration = Duration::from_millis(100);
 
 /// Everything `reactor-fabric serve` needs to know.
 #[derive(Debug, Clone)]
@@ -23,18 +63,184 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Password for the first admin (`FABRIC_ADMIN_PASSWORD`); generated and printed once when absent.
     pub admin_password: Option<String>,
+    pub scheduler: SchedulerConfig,
+    /// `max_queue_depth` of the built-in agents.
+    pub max_queue_depth: usize,
+    /// Tasks the built-in shell agent runs at once.
+    pub shell_concurrency: usize,
+    /// Bytes of stdout / stderr kept per shell task.
+    pub shell_output_limit: usize,
+    /// SIGTERM → SIGKILL grace when a running task is canceled or times out.
+    pub kill_grace: Duration,
+    /// Attempts per task unless the request says otherwise.
+    pub default_max_attempts: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("fabric-data"),
+            admin_password: None,
+            scheduler: SchedulerConfig::default(),
+            max_queue_depth: AgentQueueConfig::default().max_queue_depth,
+            shell_concurrency: 4,
+            shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
+            kill_grace: Duration::from_secs(5),
+            default_max_attempts: 3,
+        }
+    }
 }
 
 /// Binds `config.listen`, serves until SIGINT/SIGTERM, then shuts down gracefully.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
-    let _ = config;
-    anyhow::bail!("not implemented yet")
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!("cannot listen on {}: is another server using it? choose another address with --listen or FABRIC_LISTEN", config.listen)
+    })?;
+    run(config, listener, shutdown_signal()).await
 }
 
-/// Sets up the global `tracing` subscriber (JSON or pretty) on stderr.
-pub fn init_logging(format: LogFormat) {
-    let _ = format;
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
 }
 
-#[doc(hidden)]
-pub fn _unused(_: impl Future<Output = ()>) {}
+/// Takes the data directory's lock file: two servers on one database would
+/// both believe they own every lease.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create data directory {}: choose another with --data-dir or FABRIC_DATA_DIR",
+            dir.display()
+        )
+    })?;
+    let path = dir.join("LOCK");
+    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "data directory {} is in use by another reactor-fabric server; stop it or use another --data-dir",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let db_path = config.data_dir.join("fabric.db");
+    let store = store::Store::open(&db_path)
+        .with_context(|| format!("cannot open the store at {}", db_path.display()))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let defaults = TaskDefaults {
+        max_attempts: config.default_max_attempts,
+        agent: AgentId::shell(),
+    };
+    let tasks = Arc::new(
+        TaskService::new(
+            store.clone(),
+            Arc::clone(&clock),
+            config.scheduler.clone(),
+            defaults,
+        )
+        .await?,
+    );
+    let queue = AgentQueueConfig {
+        max_queue_depth: config.max_queue_depth,
+    };
+    tasks.register_agent(AgentId::shell(), queue);
+    tasks.register_agent(AgentId::noop(), queue);
+
+    let auth = Arc::new(AuthService::new(store.clone(), Arc::clone(&clock)));
+    if let Some(generated) = auth
+        .bootstrap_admin(config.admin_password.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?
+    {
+        // Printed once, to the terminal only: never logged (NFR-SEC-2).
+        println!("Created user 'admin' with generated password: {generated}");
+        println!("(set FABRIC_ADMIN_PASSWORD before the first start to choose it)");
+    }
+
+    let state = AppState {
+        tasks: Arc::clone(&tasks),
+        auth,
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let app = api::router(state.clone());
+    let local = listener.local_addr().ok();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    // Serve /healthz and /readyz (503) while unfinished tasks reload.
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!(listen = ?local, data_dir = %config.data_dir.display(), version = fabric_core::VERSION, "reactor-fabric serving");
+
+    let restored = tasks.recover().await?;
+    let shell = ShellAgentConfig {
+        concurrency: config.shell_concurrency,
+        output_limit: config.shell_output_limit,
+        kill_grace: config.kill_grace,
+        work_root: config.data_dir.join("work"),
+    };
+    let mut workers = agents::spawn(Arc::clone(&tasks), shell, stop_rx.clone());
+    let ticker = {
+        let (tasks, mut stop) = (Arc::clone(&tasks), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK_EVERY);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => tasks.tick(),
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    };
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(restored, "ready");
+
+    let served = http.await;
+    tasks.stop_all_running();
+    ticker.abort();
+    let drain = async { while workers.join_next().await.is_some() {} };
+    if tokio::time::timeout(config.kill_grace + Duration::from_secs(2), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("workers did not stop in time");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    served
+        .context("server task failed")?
+        .context("server failed")?;
+    Ok(())
+}

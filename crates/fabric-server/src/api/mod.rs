@@ -1,0 +1,98 @@
+//! The HTTP API (SPEC §10): routes, OpenAPI document, body limits, fallbacks.
+
+mod auth;
+mod health;
+mod stream;
+mod tasks;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest request body accepted (413 beyond). Task files travel inline, so
+/// this is generous but bounded.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "reactor-fabric", description = "Self-hosted agent fabric: tasks, agents, policy, budgets, inference."),
+    paths(
+        health::healthz, health::readyz,
+        auth::login, auth::logout, auth::whoami, auth::create_token,
+        tasks::create, tasks::list, tasks::get_one, tasks::result, tasks::cancel, tasks::events,
+        tasks::create_job, tasks::get_job,
+        stream::stream,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "tasks"), (name = "auth"), (name = "health"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/whoami", get(auth::whoami))
+        .route("/v1/auth/tokens", post(auth::create_token))
+        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/{id}", get(tasks::get_one))
+        .route("/v1/tasks/{id}/result", get(tasks::result))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/events", get(tasks::events))
+        .route("/v1/jobs", post(tasks::create_job))
+        .route("/v1/jobs/{id}", get(tasks::get_job))
+        .route("/v1/stream/{id}", get(stream::stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::request_id::layer))
+        .with_state(state)
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint {}: see /openapi.json for the API",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not supported on {}: see /openapi.json for the API",
+            uri.path()
+        ),
+    )
+}
+
+/// Parses a task id from a path segment (400 with a clear message otherwise).
+fn task_id(raw: &str) -> Result<fabric_core::TaskId, ApiError> {
+    raw.parse()
+        .map_err(|e: fabric_core::IdError| ApiError::bad_request(e.to_string()))
+}

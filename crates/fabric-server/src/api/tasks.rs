@@ -1,0 +1,211 @@
+//! `/v1/tasks` and its `/v1/jobs` aliases (jobs are tasks).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use fabric_core::api::{
+    CreateTaskRequest, EventList, IDEMPOTENCY_KEY_HEADER, TaskList, TaskResultView,
+};
+use fabric_core::{AgentId, Scope, Task, TaskQuery, TaskStatus};
+use serde::Deserialize;
+
+use super::task_id;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+const MAX_PAGE: usize = 1000;
+
+/// Creates a task. With an `Idempotency-Key` header, a retry returns the task
+/// the first call created (200 instead of 201).
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes the create safe to retry")),
+    responses(
+        (status = 201, description = "created", body = Task),
+        (status = 200, description = "idempotent replay: the existing task", body = Task),
+        (status = 400, body = fabric_core::api::ErrorBody), (status = 401, body = fabric_core::api::ErrorBody),
+        (status = 403, body = fabric_core::api::ErrorBody), (status = 404, description = "agent not found", body = fabric_core::api::ErrorBody),
+        (status = 413, body = fabric_core::api::ErrorBody), (status = 429, description = "agent queue full", body = fabric_core::api::ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateTaskRequest>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    principal.require(Scope::WriteTasks)?;
+    let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("the Idempotency-Key header must be printable ASCII")
+                })?
+                .to_owned(),
+        ),
+    };
+    let (task, created) = state.tasks.create(&principal, req, key).await?;
+    tracing::info!(task_id = %task.id, agent_id = %task.agent_id, status = %task.status, created, "task created");
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(task),
+    ))
+}
+
+/// `POST /v1/jobs`: the same as `POST /v1/tasks`.
+#[utoipa::path(post, path = "/v1/jobs", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest,
+    responses((status = 201, body = Task), (status = 200, body = Task)))]
+pub async fn create_job(
+    state: State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: ApiJson<CreateTaskRequest>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    create(state, principal, headers, body).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only tasks in this status.
+    status: Option<String>,
+    /// Only tasks of this agent.
+    agent: Option<String>,
+    /// Page size (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Cursor from a previous page's `next_cursor`.
+    before: Option<String>,
+}
+
+/// Lists the caller's tenant's tasks, newest first.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(ListParams),
+    responses((status = 200, body = TaskList), (status = 400, body = fabric_core::api::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<TaskList>, ApiError> {
+    principal.require(Scope::ReadTasks)?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "'limit' must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let query = TaskQuery {
+        tenant: None,
+        status: params
+            .status
+            .as_deref()
+            .map(str::parse::<TaskStatus>)
+            .transpose()
+            .map_err(ApiError::bad_request)?,
+        agent_id: params
+            .agent
+            .as_deref()
+            .map(str::parse::<AgentId>)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        before: params.before.as_deref().map(task_id).transpose()?,
+        limit,
+    };
+    let tasks = state.tasks.list(&principal.tenant, query).await?;
+    let next_cursor = (tasks.len() == limit)
+        .then(|| tasks.last().map(|t| t.id))
+        .flatten();
+    Ok(Json(TaskList { tasks, next_cursor }))
+}
+
+/// One task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    principal.require(Scope::ReadTasks)?;
+    Ok(Json(
+        state.tasks.get(&principal.tenant, task_id(&id)?).await?,
+    ))
+}
+
+/// `GET /v1/jobs/{id}`: the same as `GET /v1/tasks/{id}`.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn get_job(
+    state: State<AppState>,
+    principal: Principal,
+    id: Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    get_one(state, principal, id).await
+}
+
+/// A task's status and, once finished, its result.
+#[utoipa::path(get, path = "/v1/tasks/{id}/result", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = TaskResultView), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn result(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<TaskResultView>, ApiError> {
+    principal.require(Scope::ReadTasks)?;
+    let task = state.tasks.get(&principal.tenant, task_id(&id)?).await?;
+    Ok(Json(TaskResultView {
+        id: task.id,
+        status: task.status,
+        reason: task.reason,
+        result: task.result,
+    }))
+}
+
+/// Cancels a task; 409 when it already finished.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = fabric_core::api::ErrorBody), (status = 409, body = fabric_core::api::ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    principal.require(Scope::WriteTasks)?;
+    let task = state.tasks.cancel(&principal.tenant, task_id(&id)?).await?;
+    tracing::info!(task_id = %task.id, "task canceled");
+    Ok(Json(task))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Only events with a higher sequence number.
+    after: Option<u64>,
+    /// At most this many (default 1000, at most 10000).
+    limit: Option<usize>,
+}
+
+/// A task's history: status changes, log lines, its result.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path), EventParams),
+    responses((status = 200, body = EventList), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<EventParams>,
+) -> Result<Json<EventList>, ApiError> {
+    principal.require(Scope::ReadTasks)?;
+    let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
+    let events = state
+        .tasks
+        .task_events(
+            &principal.tenant,
+            task_id(&id)?,
+            params.after.unwrap_or(0),
+            limit,
+        )
+        .await?;
+    Ok(Json(EventList { events }))
+}

@@ -1,0 +1,274 @@
+//! Authentication: users with argon2id password hashes, bearer tokens stored
+//! only as SHA-256, scopes, and the [`Principal`] extractor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use fabric_core::{ApiToken, AuthStore, Clock, Scope, TenantId, Timestamp, User};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::Store;
+
+/// How long a login session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Prefix of every token this fabric issues (recognisable in secret scanners).
+const TOKEN_PREFIX: &str = "rf_";
+
+/// Who is calling, as proven by a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub tenant: TenantId,
+    pub scopes: Vec<Scope>,
+    pub(crate) token_hash: String,
+}
+
+impl Principal {
+    /// Fails with 403 unless the token carries `scope` (or `admin`).
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if scope.granted_by(&self.scopes) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this token lacks the '{scope}' scope; log in as a user that has it or create a token with it"
+            )))
+        }
+    }
+}
+
+/// Users, tokens and the token cache.
+pub struct AuthService {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// token hash → token; avoids a store read per request. Entries are
+    /// dropped on logout, and expiry is checked on every use.
+    cache: Mutex<HashMap<String, ApiToken>>,
+}
+
+impl AuthService {
+    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// On first start (no users), creates `admin` with the given password or a
+    /// generated one; returns the generated password so `serve` can print it once.
+    pub async fn bootstrap_admin(
+        &self,
+        password: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        if self.store.count_users().await? > 0 {
+            return Ok(None);
+        }
+        let (password, generated) = match password {
+            Some(p) if !p.is_empty() => (p.to_owned(), None),
+            _ => {
+                let p = random_secret(18);
+                (p.clone(), Some(p))
+            }
+        };
+        let user = User {
+            name: "admin".into(),
+            tenant: TenantId::default_tenant(),
+            password_hash: hash_password(password).await?,
+            scopes: vec![Scope::Admin],
+            created_at: self.clock.now(),
+        };
+        self.store.create_user(user).await?;
+        tracing::info!(user = "admin", "created the first admin user");
+        Ok(generated)
+    }
+
+    /// Checks a password and issues a session token.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(String, ApiToken), ApiError> {
+        let invalid = || ApiError::unauthorized("invalid username or password");
+        let user = self
+            .store
+            .get_user(username.to_owned())
+            .await?
+            .ok_or_else(invalid)?;
+        if !verify_password(password.to_owned(), user.password_hash.clone()).await {
+            tracing::info!(user = username, outcome = "denied", "login failed");
+            return Err(invalid());
+        }
+        let now = self.clock.now();
+        self.issue(
+            &user.name,
+            &user.tenant,
+            user.scopes.clone(),
+            Some("login".into()),
+            Some(now.plus(SESSION_TTL)),
+        )
+        .await
+    }
+
+    /// Stores a new token and returns it in clear (the only time it exists in clear).
+    pub async fn issue(
+        &self,
+        user: &str,
+        tenant: &TenantId,
+        scopes: Vec<Scope>,
+        name: Option<String>,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(String, ApiToken), ApiError> {
+        let secret = format!("{TOKEN_PREFIX}{}", random_secret(32));
+        let token = ApiToken {
+            token_hash: hash_token(&secret),
+            user: user.to_owned(),
+            tenant: tenant.clone(),
+            scopes,
+            name,
+            created_at: self.clock.now(),
+            expires_at,
+        };
+        self.store.put_token(token.clone()).await?;
+        Ok((secret, token))
+    }
+
+    /// Resolves a bearer token to its principal.
+    pub async fn authenticate(&self, secret: &str) -> Result<Principal, ApiError> {
+        let hash = hash_token(secret);
+        let cached = self.cache.lock().get(&hash).cloned();
+        let token = match cached {
+            Some(t) => t,
+            None => {
+                let t = self.store.get_token(hash.clone()).await?.ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "invalid or revoked token: log in again with 'reactor-fabric auth login'",
+                    )
+                })?;
+                self.cache.lock().insert(hash.clone(), t.clone());
+                t
+            }
+        };
+        if token.is_expired(self.clock.now()) {
+            self.cache.lock().remove(&hash);
+            return Err(ApiError::unauthorized(
+                "token expired: log in again with 'reactor-fabric auth login'",
+            ));
+        }
+        Ok(Principal {
+            user: token.user,
+            tenant: token.tenant,
+            scopes: token.scopes,
+            token_hash: hash,
+        })
+    }
+
+    /// Revokes the caller's token.
+    pub async fn logout(&self, principal: &Principal) -> Result<(), ApiError> {
+        self.cache.lock().remove(&principal.token_hash);
+        self.store
+            .delete_token(principal.token_hash.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+/// A random URL-safe secret of `bytes` random bytes (hex encoded).
+fn random_secret(bytes: usize) -> String {
+    let buf: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex::encode(buf)
+}
+
+pub(crate) fn hash_token(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Argon2id with the crate's default (OWASP-recommended) parameters; off the async threads.
+async fn hash_password(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::internal(format!("cannot hash password: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password hashing task failed: {e}")))?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The bearer token of a request: `Authorization: Bearer …`, or `?token=` for
+/// WebSocket clients (browsers cannot set headers on them).
+pub(crate) fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    parts
+        .uri
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let secret = bearer(parts).ok_or_else(|| {
+            ApiError::unauthorized("missing bearer token: log in with 'reactor-fabric auth login' or send 'Authorization: Bearer <token>'")
+        })?;
+        state.auth.authenticate(&secret).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passwords_verify_only_against_their_hash() {
+        let hash = hash_password("s3cret".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(!hash.contains("s3cret"));
+        assert!(verify_password("s3cret".into(), hash.clone()).await);
+        assert!(!verify_password("wrong".into(), hash).await);
+        assert!(!verify_password("x".into(), "not a hash".into()).await);
+    }
+
+    #[test]
+    fn token_hash_is_stable_and_not_the_token() {
+        let h = hash_token("rf_abc");
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, hash_token("rf_abc"));
+        assert_ne!(h, hash_token("rf_abd"));
+    }
+}

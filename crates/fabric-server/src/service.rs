@@ -1,0 +1,633 @@
+//! `TaskService`: the scheduler, the store and the event hub wired together.
+//!
+//! Ordering rule: every scheduler mutation and the store writes it implies are
+//! *submitted* under the scheduler lock (store writes are submitted on call and
+//! commit in call order), so the store sees decisions in the order the
+//! scheduler made them. Waiting for commits happens after the lock is released.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric_core::api::CreateTaskRequest;
+use fabric_core::{
+    AgentId, Clock, CreateOutcome, EventKind, StoreError, Task, TaskEvent, TaskId, TaskInput,
+    TaskQuery, TaskStatus, TaskStore, TaskWrite, TenantId, WriteOutcome,
+};
+use fabric_engine::{
+    AgentQueueConfig, Changes, Completion, Lease, Scheduler, SchedulerConfig, SchedulerError,
+};
+use parking_lot::{Mutex, RwLock};
+use serde_json::json;
+use tokio::sync::{Notify, oneshot};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::events::EventHub;
+use crate::store::Store;
+use crate::validate;
+
+type Commit = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
+
+/// Task defaults applied at creation.
+#[derive(Debug, Clone)]
+pub struct TaskDefaults {
+    pub max_attempts: u32,
+    /// The agent a task goes to when the request names none.
+    pub agent: AgentId,
+}
+
+impl Default for TaskDefaults {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            agent: AgentId::shell(),
+        }
+    }
+}
+
+/// A running attempt of an in-process agent, and how to stop it.
+struct RunningAttempt {
+    epoch: u64,
+    kill: oneshot::Sender<&'static str>,
+}
+
+pub struct TaskService {
+    store: Store,
+    sched: Arc<Mutex<Scheduler>>,
+    events: EventHub,
+    clock: Arc<dyn Clock>,
+    defaults: TaskDefaults,
+    wakers: RwLock<HashMap<AgentId, Arc<Notify>>>,
+    running: Mutex<HashMap<TaskId, RunningAttempt>>,
+}
+
+impl TaskService {
+    pub async fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: SchedulerConfig,
+        defaults: TaskDefaults,
+    ) -> Result<Self, StoreError> {
+        let last_seq = store.last_event_seq().await?;
+        Ok(Self {
+            events: EventHub::new(store.clone(), last_seq),
+            store,
+            sched: Arc::new(Mutex::new(Scheduler::new(config))),
+            clock,
+            defaults,
+            wakers: RwLock::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    pub fn now(&self) -> fabric_core::Timestamp {
+        self.clock.now()
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.sched.lock().config().lease_ttl
+    }
+
+    pub fn register_agent(&self, agent: AgentId, config: AgentQueueConfig) {
+        self.wakers
+            .write()
+            .entry(agent.clone())
+            .or_insert_with(|| Arc::new(Notify::new()));
+        self.sched.lock().register_agent(agent, config);
+    }
+
+    fn waker(&self, agent: &AgentId) -> Option<Arc<Notify>> {
+        self.wakers.read().get(agent).cloned()
+    }
+
+    /// Reloads every unfinished task after a (re)start. Running tasks lost their
+    /// agents with the old process and go back to their queues.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let tasks = self.store.unfinished_tasks().await?;
+        let count = tasks.len();
+        let mut commits = Vec::new();
+        for task in tasks {
+            let known = self.dependency_statuses(&task.depends_on).await?;
+            let now = self.clock.now();
+            let mut sched = self.sched.lock();
+            match sched.restore(task.clone(), &known, now) {
+                Ok(changes) => commits.extend(self.apply(&mut sched, changes)),
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, error = %e, "cannot restore task; failing it");
+                    let mut failed = task;
+                    failed.status = TaskStatus::Failed;
+                    failed.reason = Some("restore_failed".into());
+                    failed.result = Some(fabric_core::TaskResult {
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    });
+                    failed.finished_at = Some(now);
+                    failed.updated_at = now;
+                    let id = failed.id;
+                    let write = TaskWrite {
+                        task: failed,
+                        expected_epoch: None,
+                    };
+                    commits.push((id, true, Box::pin(self.store.write_task(write)) as Commit));
+                }
+            }
+        }
+        self.await_commits(commits)
+            .await
+            .map_err(|e| StoreError::Backend(e.message))?;
+        Ok(count)
+    }
+
+    /// Statuses of the dependencies the scheduler no longer holds, from the store.
+    async fn dependency_statuses(
+        &self,
+        deps: &[TaskId],
+    ) -> Result<HashMap<TaskId, TaskStatus>, StoreError> {
+        let mut known = HashMap::new();
+        for dep in deps {
+            if self.sched.lock().get(dep).is_some() {
+                continue;
+            }
+            if let Some(t) = self.store.get_task(*dep).await? {
+                known.insert(*dep, t.status);
+            }
+        }
+        Ok(known)
+    }
+
+    /// Creates a task (FR-SCHED-1..5). Returns the task and whether it is new
+    /// (false for an idempotent replay).
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        req: CreateTaskRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<(Task, bool), ApiError> {
+        let agent = req
+            .agent
+            .clone()
+            .unwrap_or_else(|| self.defaults.agent.clone());
+        let spec = validate::create_request(&req, &agent, idempotency_key.as_deref())?;
+        // Dependencies must exist (and be visible to the caller) before anything is stored.
+        for dep in &req.depends_on {
+            self.get(&principal.tenant, *dep).await.map_err(|e| {
+                if e.status == axum::http::StatusCode::NOT_FOUND {
+                    ApiError::bad_request(format!(
+                        "dependency {dep} does not exist: depends_on must name existing tasks"
+                    ))
+                } else {
+                    e
+                }
+            })?;
+        }
+        let reservation = self.sched.lock().reserve(&agent)?;
+        let now = self.clock.now();
+        let task = Task {
+            id: TaskId::new(),
+            tenant: principal.tenant.clone(),
+            owner: principal.user.clone(),
+            agent_id: agent,
+            name: req.name,
+            priority: req.priority.unwrap_or_default(),
+            input: TaskInput {
+                prompt: req.prompt,
+                commands: req.commands,
+                files: req.files,
+                env: req.env,
+            },
+            depends_on: req.depends_on,
+            timeout: spec.timeout,
+            max_attempts: req.max_attempts.unwrap_or(self.defaults.max_attempts),
+            attempt: 0,
+            lease_epoch: 0,
+            idempotency_key,
+            status: TaskStatus::Queued,
+            reason: None,
+            result: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        };
+        let mut task = task;
+        if !task.depends_on.is_empty() {
+            task.status = TaskStatus::Pending;
+        }
+        let created = match self.store.create_task(task).await {
+            Ok(CreateOutcome::Created(t)) => t,
+            Ok(CreateOutcome::Existing(existing)) => {
+                self.sched.lock().release(reservation);
+                let current = self
+                    .sched
+                    .lock()
+                    .get(&existing.id)
+                    .cloned()
+                    .unwrap_or(existing);
+                return Ok((current, false));
+            }
+            Err(e) => {
+                self.sched.lock().release(reservation);
+                return Err(e.into());
+            }
+        };
+        self.admit(created, reservation).await.map(|t| (t, true))
+    }
+
+    /// Hands a durable new task to the scheduler. A dependency created
+    /// concurrently may be stored but not yet admitted; wait for it briefly.
+    async fn admit(
+        &self,
+        task: Task,
+        reservation: fabric_engine::Reservation,
+    ) -> Result<Task, ApiError> {
+        let mut known = self.dependency_statuses(&task.depends_on).await?;
+        let mut reservation = Some(reservation);
+        for _ in 0..200 {
+            if let Some(admitted) = self.try_admit(&task, &mut reservation, &known)? {
+                return Ok(admitted);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            known = self.dependency_statuses(&task.depends_on).await?;
+        }
+        if let Some(r) = reservation {
+            self.sched.lock().release(r);
+        }
+        Err(ApiError::internal(
+            "a dependency never became visible to the scheduler; the task was stored but not scheduled",
+        ))
+    }
+
+    /// One admission attempt under the lock; `None` while a dependency is not yet visible.
+    fn try_admit(
+        &self,
+        task: &Task,
+        reservation: &mut Option<fabric_engine::Reservation>,
+        known: &HashMap<TaskId, TaskStatus>,
+    ) -> Result<Option<Task>, ApiError> {
+        let now = self.clock.now();
+        let mut sched = self.sched.lock();
+        let not_ready = task
+            .depends_on
+            .iter()
+            .any(|d| sched.get(d).is_none() && !known.get(d).is_some_and(|s| s.is_terminal()));
+        if not_ready {
+            return Ok(None);
+        }
+        let Some(r) = reservation.take() else {
+            return Err(ApiError::internal("task admitted twice"));
+        };
+        let changes = sched.submit(task.clone(), r, known, now)?;
+        let current = sched.get(&task.id).cloned().unwrap_or_else(|| task.clone());
+        self.events.emit(
+            task.id,
+            EventKind::Status,
+            now,
+            json!({"status": task.status, "attempt": 0}),
+        );
+        let commits = self.apply(&mut sched, changes);
+        drop(sched);
+        self.spawn_commits(commits);
+        Ok(Some(current))
+    }
+
+    /// Submits the store writes and events of a scheduler decision, wakes
+    /// agents and kills attempts. Call with the scheduler lock held (see module docs).
+    fn apply(&self, sched: &mut Scheduler, changes: Changes) -> Vec<(TaskId, bool, Commit)> {
+        let _ = sched; // the lock guard proves the caller holds the lock
+        let mut commits = Vec::with_capacity(changes.writes.len());
+        for write in changes.writes {
+            let task = &write.task;
+            let (kind, payload) = status_event(task);
+            self.events.emit(task.id, kind, task.updated_at, payload);
+            let terminal = task.status.is_terminal();
+            let id = task.id;
+            commits.push((
+                id,
+                terminal,
+                Box::pin(self.store.write_task(write)) as Commit,
+            ));
+        }
+        for agent in &changes.woken {
+            if let Some(w) = self.waker(agent) {
+                w.notify_one();
+            }
+        }
+        let mut running = self.running.lock();
+        for kill in changes.kills {
+            if let Some(attempt) = running.remove(&kill.task_id) {
+                if attempt.epoch == kill.epoch {
+                    let _ = attempt.kill.send(kill.reason);
+                } else {
+                    running.insert(kill.task_id, attempt);
+                }
+            }
+        }
+        commits
+    }
+
+    /// Waits for commits in the background; finished tasks leave the
+    /// scheduler once their final state is durable.
+    fn spawn_commits(&self, commits: Vec<(TaskId, bool, Commit)>) {
+        if commits.is_empty() {
+            return;
+        }
+        let sched = Arc::clone(&self.sched);
+        tokio::spawn(async move {
+            for (id, terminal, commit) in commits {
+                match commit.await {
+                    Ok(WriteOutcome::Applied) => {}
+                    Ok(WriteOutcome::Rejected) => {
+                        tracing::warn!(task_id = %id, "store refused a stale task write")
+                    }
+                    Err(e) => tracing::error!(task_id = %id, error = %e, "cannot store task"),
+                }
+                if terminal {
+                    sched.lock().forget(&id);
+                }
+            }
+        });
+    }
+
+    /// A task of `tenant`, from the scheduler (freshest) or the store.
+    pub async fn get(&self, tenant: &TenantId, id: TaskId) -> Result<Task, ApiError> {
+        let live = self.sched.lock().get(&id).cloned();
+        let task = match live {
+            Some(t) => t,
+            None => self
+                .store
+                .get_task(id)
+                .await?
+                .ok_or_else(|| ApiError::task_not_found(id))?,
+        };
+        // Another tenant's task is reported as missing, not forbidden: ids are not to be probed.
+        if &task.tenant != tenant {
+            return Err(ApiError::task_not_found(id));
+        }
+        Ok(task)
+    }
+
+    /// Tasks of `tenant`, newest first, with live status for unfinished ones.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        mut query: TaskQuery,
+    ) -> Result<Vec<Task>, ApiError> {
+        query.tenant = Some(tenant.clone());
+        let mut tasks = self.store.list_tasks(query).await?;
+        let sched = self.sched.lock();
+        for t in &mut tasks {
+            if let Some(live) = sched.get(&t.id) {
+                t.clone_from(live);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Cancels a task (FR-SCHED-4): queued or pending at once; a running one is
+    /// marked canceled and its process is stopped (SIGTERM, then SIGKILL after the grace period).
+    pub async fn cancel(&self, tenant: &TenantId, id: TaskId) -> Result<Task, ApiError> {
+        let task = self.get(tenant, id).await?;
+        if task.status.is_terminal() {
+            return Err(ApiError::conflict(format!(
+                "task {id} already finished ({}); nothing to cancel",
+                task.status
+            )));
+        }
+        let now = self.clock.now();
+        let (commits, canceled) = {
+            let mut sched = self.sched.lock();
+            let changes = sched.cancel(&id, now)?;
+            let canceled = changes.writes.first().map(|w| w.task.clone());
+            (self.apply(&mut sched, changes), canceled)
+        };
+        self.await_commits(commits).await?;
+        canceled.ok_or_else(|| ApiError::internal("cancel produced no task state"))
+    }
+
+    /// Waits for commits in order, then drops finished tasks from the scheduler.
+    async fn await_commits(&self, commits: Vec<(TaskId, bool, Commit)>) -> Result<(), ApiError> {
+        let mut first_error = None;
+        for (id, terminal, commit) in commits {
+            match commit.await {
+                Ok(WriteOutcome::Applied) => {}
+                Ok(WriteOutcome::Rejected) => {
+                    first_error.get_or_insert(ApiError::conflict(format!(
+                        "task {id} changed concurrently; fetch it and retry"
+                    )));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.into());
+                }
+            }
+            if terminal {
+                self.sched.lock().forget(&id);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Events of a task after `after`, oldest first. Waits for pending event
+    /// writes first, so nothing already emitted is missing.
+    pub async fn task_events(
+        &self,
+        tenant: &TenantId,
+        id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TaskEvent>, ApiError> {
+        self.get(tenant, id).await?;
+        self.store_barrier().await?;
+        Ok(self.store.task_events(id, after, limit).await?)
+    }
+
+    /// Events of a task whose access was already checked.
+    pub async fn task_events_unchecked(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TaskEvent>, StoreError> {
+        self.store.task_events(id, after, limit).await
+    }
+
+    /// Resolves once every write submitted before it has committed.
+    pub async fn store_barrier(&self) -> Result<(), StoreError> {
+        self.store.append_events(Vec::new()).await
+    }
+
+    /// Leases the next task of `agent` if one is ready.
+    pub fn try_lease(&self, agent: &AgentId) -> Option<Lease> {
+        let now = self.clock.now();
+        let mut sched = self.sched.lock();
+        let lease = sched.lease(agent, now)?;
+        let task = &lease.task;
+        self.events.emit(
+            task.id,
+            EventKind::Status,
+            now,
+            json!({"status": task.status, "attempt": task.attempt}),
+        );
+        let commit = self.store.write_task(lease.write.clone());
+        drop(sched);
+        let id = task.id;
+        tokio::spawn(async move {
+            if let Err(e) = commit.await {
+                tracing::error!(task_id = %id, error = %e, "cannot store lease");
+            }
+        });
+        Some(lease)
+    }
+
+    /// Waits until a task of `agent` is ready (or `shutdown` resolves).
+    pub async fn lease_wait(
+        &self,
+        agent: &AgentId,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Lease> {
+        let waker = self.waker(agent)?;
+        loop {
+            if *shutdown.borrow() {
+                return None;
+            }
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(lease) = self.try_lease(agent) {
+                // Others may be ready too: pass the wake-up on.
+                waker.notify_one();
+                return Some(lease);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Registers a running in-process attempt; the receiver fires with a reason
+    /// (`canceled`, `timed_out`, `shutdown`) when it must stop.
+    pub fn track_running(&self, id: TaskId, epoch: u64) -> oneshot::Receiver<&'static str> {
+        let (tx, rx) = oneshot::channel();
+        self.running
+            .lock()
+            .insert(id, RunningAttempt { epoch, kill: tx });
+        rx
+    }
+
+    pub fn untrack_running(&self, id: &TaskId) {
+        self.running.lock().remove(id);
+    }
+
+    /// Stops every in-process attempt (server shutdown). Their tasks stay
+    /// `running` in the store and are requeued by the next start.
+    pub fn stop_all_running(&self) {
+        for (_, attempt) in self.running.lock().drain() {
+            let _ = attempt.kill.send("shutdown");
+        }
+    }
+
+    /// Renews a lease.
+    pub fn heartbeat(&self, id: &TaskId, epoch: u64) -> Result<(), SchedulerError> {
+        let now = self.clock.now();
+        self.sched.lock().heartbeat(id, epoch, now).map(|_| ())
+    }
+
+    /// Records the end of an attempt. The returned future resolves when the
+    /// outcome is durable; an agent is acknowledged only then.
+    pub fn complete(
+        &self,
+        id: &TaskId,
+        epoch: u64,
+        completion: Completion,
+    ) -> Result<impl Future<Output = Result<(), ApiError>> + Send + 'static, ApiError> {
+        let now = self.clock.now();
+        let commits = {
+            let mut sched = self.sched.lock();
+            let changes = sched.complete(id, epoch, completion, now)?;
+            self.apply(&mut sched, changes)
+        };
+        let sched = Arc::clone(&self.sched);
+        Ok(async move {
+            let mut result = Ok(());
+            for (id, terminal, commit) in commits {
+                match commit.await {
+                    Ok(WriteOutcome::Applied) => {}
+                    Ok(WriteOutcome::Rejected) => {
+                        tracing::warn!(task_id = %id, "store refused a stale completion");
+                        if result.is_ok() {
+                            result = Err(ApiError::conflict(format!(
+                                "task {id}: lease no longer valid"
+                            )));
+                        }
+                    }
+                    Err(e) => {
+                        if result.is_ok() {
+                            result = Err(e.into());
+                        }
+                    }
+                }
+                if terminal {
+                    sched.lock().forget(&id);
+                }
+            }
+            result
+        })
+    }
+
+    /// Expires leases and enforces timeouts; run periodically.
+    pub fn tick(&self) {
+        let now = self.clock.now();
+        let commits = {
+            let mut sched = self.sched.lock();
+            let changes = sched.tick(now);
+            if changes.writes.is_empty() && changes.kills.is_empty() {
+                return;
+            }
+            for w in &changes.writes {
+                tracing::info!(task_id = %w.task.id, agent_id = %w.task.agent_id, status = %w.task.status,
+                    reason = w.task.reason.as_deref().unwrap_or(""), "task expired");
+            }
+            self.apply(&mut sched, changes)
+        };
+        self.spawn_commits(commits);
+    }
+
+    /// Pending, queued and running task counts.
+    pub fn stats(&self) -> fabric_engine::SchedulerStats {
+        self.sched.lock().stats()
+    }
+}
+
+/// The event a task's new state produces: `status` while it lives, then one
+/// `result` (completed) or `error` (any other end), which ends its stream.
+fn status_event(task: &Task) -> (EventKind, serde_json::Value) {
+    match task.status {
+        TaskStatus::Completed => (
+            EventKind::Result,
+            json!({"status": task.status, "result": task.result}),
+        ),
+        s if s.is_terminal() => {
+            let message = task
+                .result
+                .as_ref()
+                .and_then(|r| r.error.clone())
+                .or_else(|| task.reason.clone())
+                .unwrap_or_else(|| s.to_string());
+            (
+                EventKind::Error,
+                json!({"status": s, "reason": task.reason, "message": message, "result": task.result}),
+            )
+        }
+        s => (
+            EventKind::Status,
+            json!({"status": s, "attempt": task.attempt, "reason": task.reason}),
+        ),
+    }
+}

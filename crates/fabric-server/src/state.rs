@@ -1,0 +1,21 @@
+//! Shared state handed to every handler.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::auth::AuthService;
+use crate::service::TaskService;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub tasks: Arc<TaskService>,
+    pub auth: Arc<AuthService>,
+    /// False until the store is open and unfinished tasks are reloaded (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

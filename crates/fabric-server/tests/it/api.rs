@@ -1,0 +1,607 @@
+//! The HTTP API end to end (SPEC §10, FR-SCHED-1..6).
+
+use std::time::{Duration, Instant};
+
+use fabric_core::TaskStatus;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::harness::{TestServer, error_code};
+
+#[tokio::test]
+async fn health_readiness_and_openapi() {
+    let s = TestServer::start().await;
+    let r: Value = s
+        .client
+        .get(s.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "ok");
+    assert_eq!(r["version"], fabric_core::VERSION);
+    assert_eq!(
+        s.client
+            .get(s.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let doc: Value = s
+        .client
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/tasks",
+        "/v1/tasks/{id}/result",
+        "/v1/auth/login",
+        "/v1/stream/{id}",
+        "/v1/jobs",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["CreateTaskRequest"].is_object());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn authentication_failures_are_401_with_json_bodies() {
+    let s = TestServer::start().await;
+    let r = s.client.get(s.url("/v1/tasks")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "unauthorized");
+    assert_eq!(body["error"]["request_id"], request_id.as_str());
+
+    let (status, body) = s.get("rf_not-a-real-token", "/v1/auth/whoami").await;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+
+    let (status, body) = s
+        .post(
+            "",
+            "/v1/auth/login",
+            json!({"username": "admin", "password": "wrong"}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+    let (status, body) = s
+        .post(
+            "",
+            "/v1/auth/login",
+            json!({"username": "nobody", "password": "x"}),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+
+    let token = s.login().await;
+    let (status, me) = s.get(&token, "/v1/auth/whoami").await;
+    assert_eq!(status, 200);
+    assert_eq!(me["user"], "admin");
+    assert_eq!(me["scopes"], json!(["admin"]));
+    let r = s
+        .client
+        .post(s.url("/v1/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, _) = s.get(&token, "/v1/auth/whoami").await;
+    assert_eq!(status, 401, "a logged-out token must stop working");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scopes_limit_what_a_token_may_do() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    let (status, tok) = s
+        .post(
+            &admin,
+            "/v1/auth/tokens",
+            json!({"name": "ro", "scopes": ["read:tasks"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{tok}");
+    let read_only = tok["token"].as_str().unwrap();
+    assert!(read_only.starts_with("rf_"));
+    let (status, body) = s
+        .post(read_only, "/v1/tasks", json!({"prompt": "true"}))
+        .await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("write:tasks")
+    );
+    let (status, _) = s.get(read_only, "/v1/tasks").await;
+    assert_eq!(status, 200);
+    // A token cannot mint a token with more than it holds.
+    let (status, _) = s
+        .post(read_only, "/v1/auth/tokens", json!({"scopes": ["admin"]}))
+        .await;
+    assert_eq!(status, 403);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shell_task_runs_and_returns_stdout_and_exit_code() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let id = s.create(&token, json!({"prompt": "echo hello"})).await;
+    let view = s.wait_done(&token, &id).await;
+    assert_eq!(view.status, TaskStatus::Completed);
+    let result = view.result.unwrap();
+    assert_eq!(
+        (result.stdout.as_str(), result.exit_code),
+        ("hello\n", Some(0))
+    );
+
+    let id = s.create(&token, json!({"commands": ["echo one", "echo two >&2", "exit 3", "echo never"], "priority": "high"})).await;
+    let view = s.wait_done(&token, &id).await;
+    assert_eq!(view.status, TaskStatus::Failed);
+    let result = view.result.unwrap();
+    assert_eq!(
+        (
+            result.stdout.as_str(),
+            result.stderr.as_str(),
+            result.exit_code
+        ),
+        ("one\n", "two\n", Some(3))
+    );
+    assert!(result.error.unwrap().contains("exited with status 3"));
+
+    // /v1/jobs answers the same.
+    let (status, job) = s
+        .post(&token, "/v1/jobs", json!({"prompt": "echo job"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, same) = s
+        .get(&token, &format!("/v1/jobs/{}", job["id"].as_str().unwrap()))
+        .await;
+    assert_eq!((status, &same["id"]), (200, &job["id"]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn task_context_env_is_set_by_the_fabric_and_cannot_be_forged() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let id = s
+        .create(
+            &token,
+            json!({"commands": ["echo $FABRIC_TASK_ID $FABRIC_AGENT_ID $GREETING", "pwd", "cat in.txt"],
+                   "env": {"GREETING": "hi"}, "files": [{"path": "in.txt", "content": "from a file"}]}),
+        )
+        .await;
+    let result = s.wait_done(&token, &id).await.result.unwrap();
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(lines[0], format!("{id} shell hi"));
+    assert!(
+        lines[1].ends_with(&id),
+        "per-task working dir, got {}",
+        lines[1]
+    );
+    assert!(lines[1].starts_with(s.data_dir.to_str().unwrap()));
+    assert_eq!(lines[2], "from a file");
+
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "true", "env": {"FABRIC_TASK_ID": "forged"}}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_request"));
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "true", "files": [{"path": "../x", "content": ""}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let big = "x".repeat(fabric_server::api::MAX_BODY_BYTES + 1);
+    let (status, body) = s.post(&token, "/v1/tasks", json!({"prompt": big})).await;
+    assert_eq!((status, error_code(&body)), (413, "payload_too_large"));
+
+    let r = s
+        .client
+        .post(s.url("/v1/tasks"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "true", "priority": "urgent"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "true", "colour": "red"}),
+        )
+        .await;
+    assert!(
+        status == 400
+            && body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("colour"),
+        "{body}"
+    );
+    let (status, body) = s.post(&token, "/v1/tasks", json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "true", "agent": "ghost"}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (404, "agent_not_found"));
+    let (status, body) = s.get(&token, "/v1/tasks/not-a-uuid").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s
+        .get(&token, &format!("/v1/tasks/{}", fabric_core::TaskId::new()))
+        .await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let (status, body) = s.get(&token, "/v1/nothing-here").await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let (status, body) = s.get(&token, "/v1/tasks?limit=0").await;
+    assert_eq!(status, 400, "{body}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_makes_create_safe_to_retry() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let send = || {
+        s.client
+            .post(s.url("/v1/tasks"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "order-42")
+            .json(&json!({"prompt": "echo once"}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["id"], again["id"]);
+    let (_, list) = s.get(&token, "/v1/tasks").await;
+    assert_eq!(
+        list["tasks"].as_array().unwrap().len(),
+        1,
+        "a retry must not create a second task"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn full_queue_is_429_with_a_clear_body() {
+    let s = TestServer::start_with(|c| {
+        c.max_queue_depth = 2;
+        c.shell_concurrency = 1;
+    })
+    .await;
+    let token = s.login().await;
+    let running = s.create(&token, json!({"prompt": "sleep 30"})).await;
+    for _ in 0..100 {
+        if s.status_of(&token, &running).await == TaskStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.create(&token, json!({"prompt": "true"})).await;
+    s.create(&token, json!({"prompt": "true"})).await;
+    let (status, body) = s.post(&token, "/v1/tasks", json!({"prompt": "true"})).await;
+    assert_eq!((status, error_code(&body)), (429, "queue_full"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queue_depth")
+    );
+    let (status, _) = s
+        .post(&token, &format!("/v1/tasks/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn dependencies_wait_and_failures_propagate() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let a = s
+        .create(&token, json!({"prompt": "sleep 0.3; echo a"}))
+        .await;
+    let (status, b) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "echo b", "depends_on": [a]}),
+        )
+        .await;
+    assert_eq!((status, b["status"].as_str()), (201, Some("pending")));
+    let b = b["id"].as_str().unwrap();
+    assert_eq!(s.wait_done(&token, b).await.status, TaskStatus::Completed);
+    assert_eq!(s.wait_done(&token, &a).await.status, TaskStatus::Completed);
+
+    let bad = s.create(&token, json!({"prompt": "exit 1"})).await;
+    let c = s
+        .create(&token, json!({"prompt": "echo c", "depends_on": [bad]}))
+        .await;
+    let d = s
+        .create(&token, json!({"prompt": "echo d", "depends_on": [c]}))
+        .await;
+    for id in [&c, &d] {
+        let view = s.wait_done(&token, id).await;
+        assert_eq!(
+            (view.status, view.reason.as_deref()),
+            (TaskStatus::Failed, Some("dependency_failed"))
+        );
+    }
+    // Depending on an already failed task fails at once.
+    let (status, e) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "true", "depends_on": [bad]}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["status"].as_str(), e["reason"].as_str()),
+        (201, Some("failed"), Some("dependency_failed"))
+    );
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/tasks",
+            json!({"prompt": "true", "depends_on": [fabric_core::TaskId::new()]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_process_and_finished_tasks_conflict() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let marker = s.data_dir.join("still-running");
+    let id = s
+        .create(
+            &token,
+            json!({"prompt": format!("sleep 2; touch {}", marker.display())}),
+        )
+        .await;
+    while s.status_of(&token, &id).await != TaskStatus::Running {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, task) = s
+        .post(&token, &format!("/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!((status, task["status"].as_str()), (200, Some("canceled")));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!marker.exists(), "the canceled process kept running");
+    assert_eq!(s.status_of(&token, &id).await, TaskStatus::Canceled);
+    let (status, body) = s
+        .post(&token, &format!("/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "conflict"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn timeout_kills_the_attempt_and_reports_timed_out() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let started = Instant::now();
+    let id = s
+        .create(
+            &token,
+            json!({"prompt": "sleep 20", "timeout_seconds": 0.5}),
+        )
+        .await;
+    let view = s.wait_done(&token, &id).await;
+    assert_eq!(
+        (view.status, view.reason.as_deref()),
+        (TaskStatus::TimedOut, Some("timed_out"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_streams_logs_then_the_result() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let id = s
+        .create(
+            &token,
+            json!({"prompt": "echo first; sleep 0.5; echo second"}),
+        )
+        .await;
+    let mut request = format!("{}/v1/stream/{id}", s.base.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut messages = Vec::new();
+    while let Some(Ok(msg)) = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        match msg {
+            Message::Text(t) => messages.push(serde_json::from_str::<Value>(&t).unwrap()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    for m in &messages {
+        assert!(
+            m["type"].is_string() && m["ts"].is_string() && m["payload"].is_object(),
+            "{m}"
+        );
+    }
+    let logs: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["type"] == "log")
+        .map(|m| m["payload"]["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(logs, vec!["first", "second"]);
+    let statuses: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["type"] == "status")
+        .map(|m| m["payload"]["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses.contains(&"running"), "{statuses:?}");
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["payload"]["status"].as_str()),
+        (Some("result"), Some("completed"))
+    );
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "events out of order or doubled: {seqs:?}"
+    );
+
+    // The query-string token works too, and a finished task replays its history.
+    let url = format!(
+        "{}/v1/stream/{id}?token={token}",
+        s.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut replayed = 0;
+    while let Some(Ok(Message::Text(_))) = ws.next().await {
+        replayed += 1;
+    }
+    assert_eq!(replayed, messages.len());
+    let (_, events) = s.get(&token, &format!("/v1/tasks/{id}/events")).await;
+    assert_eq!(events["events"].as_array().unwrap().len(), messages.len());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn list_filters_and_pages() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            s.create(&token, json!({"agent": "noop", "name": format!("n{i}")}))
+                .await,
+        );
+    }
+    for id in &ids {
+        s.wait_done(&token, id).await;
+    }
+    let (_, page) = s.get(&token, "/v1/tasks?limit=3&agent=noop").await;
+    let first: Vec<&str> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        first,
+        vec![ids[4].as_str(), ids[3].as_str(), ids[2].as_str()],
+        "newest first"
+    );
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = s
+        .get(
+            &token,
+            &format!("/v1/tasks?limit=3&agent=noop&before={cursor}"),
+        )
+        .await;
+    assert_eq!(rest["tasks"].as_array().unwrap().len(), 2);
+    assert!(rest["next_cursor"].is_null());
+    let (_, done) = s.get(&token, "/v1/tasks?status=completed").await;
+    assert_eq!(done["tasks"].as_array().unwrap().len(), 5);
+    let (_, none) = s.get(&token, "/v1/tasks?status=failed").await;
+    assert_eq!(none["tasks"].as_array().unwrap().len(), 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_tasks_and_requeues_unfinished_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(dir.path().to_path_buf(), |c| c.shell_concurrency = 1).await;
+    let token = s.login().await;
+    let done = s.create(&token, json!({"prompt": "echo done"})).await;
+    s.wait_done(&token, &done).await;
+    let blocker = s.create(&token, json!({"prompt": "sleep 30"})).await;
+    let waiting = s.create(&token, json!({"prompt": "echo later"})).await;
+    while s.status_of(&token, &blocker).await != TaskStatus::Running {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.stop().await;
+
+    let s = TestServer::start_in(dir.path().to_path_buf(), |c| c.shell_concurrency = 2).await;
+    let (status, _) = s.get(&token, "/v1/auth/whoami").await;
+    assert_eq!(status, 200, "sessions survive a restart");
+    assert_eq!(
+        s.wait_done(&token, &done).await.result.unwrap().stdout,
+        "done\n"
+    );
+    assert_eq!(
+        s.wait_done(&token, &waiting).await.status,
+        TaskStatus::Completed
+    );
+    let (_, t) = s.get(&token, &format!("/v1/tasks/{blocker}")).await;
+    assert_eq!(
+        (t["status"].as_str(), t["attempt"].as_u64()),
+        (Some("running"), Some(2)),
+        "interrupted task is retried: {t}"
+    );
+    s.post(&token, &format!("/v1/tasks/{blocker}/cancel"), json!({}))
+        .await;
+    s.stop().await;
+}

@@ -1,0 +1,171 @@
+//! Starts a real server in-process and talks to it over HTTP.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fabric_core::TaskStatus;
+use fabric_core::api::TaskResultView;
+use fabric_server::ServerConfig;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub const ADMIN_PASSWORD: &str = "test-admin-pw-7f3a";
+
+pub struct TestServer {
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(dir.path().to_path_buf(), configure).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts on an existing data dir (restart tests keep the TempDir themselves).
+    pub async fn start_in(data_dir: PathBuf, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = ServerConfig {
+            listen: addr,
+            data_dir: data_dir.clone(),
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            kill_grace: Duration::from_millis(500),
+            ..ServerConfig::default()
+        };
+        configure(&mut config);
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(fabric_server::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let server = Self {
+            base: format!("http://{addr}"),
+            data_dir,
+            client: reqwest::Client::new(),
+            stop: Some(tx),
+            handle: Some(handle),
+            _dir: None,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    /// Graceful stop; returns the data dir's owner so a restart can reuse it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+        self._dir.take()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn login(&self) -> String {
+        let r = self
+            .client
+            .post(self.url("/v1/auth/login"))
+            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a task, asserting 201; returns its id.
+    pub async fn create(&self, token: &str, body: Value) -> String {
+        let (status, task) = self.post(token, "/v1/tasks", body).await;
+        assert_eq!(status, 201, "{task}");
+        task["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls until the task is terminal.
+    pub async fn wait_done(&self, token: &str, id: &str) -> TaskResultView {
+        for _ in 0..600 {
+            let (status, body) = self.get(token, &format!("/v1/tasks/{id}/result")).await;
+            assert_eq!(status, 200, "{body}");
+            let view: TaskResultView = serde_json::from_value(body).unwrap();
+            if view.status.is_terminal() {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("task {id} did not finish");
+    }
+
+    pub async fn status_of(&self, token: &str, id: &str) -> TaskStatus {
+        let (_, task) = self.get(token, &format!("/v1/tasks/{id}")).await;
+        serde_json::from_value(task["status"].clone()).unwrap()
+    }
+}
+
+/// Asserts the uniform error shape and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let err = &body["error"];
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message: {body}"
+    );
+    assert!(
+        err["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_")),
+        "no request id: {body}"
+    );
+    err["code"].as_str().unwrap()
+}

@@ -1,0 +1,8 @@
+//! API integration tests: a real server on 127.0.0.1:0, real HTTP, real SQLite,
+//! real child processes.
+
+// Test helpers outside #[test] fns: a panic is the right failure here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod harness;
