@@ -1,1 +1,40 @@
-//! placeholder
+//! Where agent work runs.
+//!
+//! Today that is a plain child process on the host: isolation level `none`
+//! (SPEC §5, FR-ISO), the executor behind the built-in `shell` agent. It runs a
+//! task's commands with a minimal environment, captures their output up to a
+//! documented limit ([`DEFAULT_OUTPUT_LIMIT`]), streams it line by line, and on
+//! cancel terminates every process a command started, not just the shell.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fabric_runtime::RuntimeError> {
+//! use fabric_runtime::{ShellJob, run_shell};
+//!
+//! let job = ShellJob::new(vec!["echo hello".into()], "/var/lib/fabric/work/t1".into());
+//! let outcome = run_shell(job, None, std::future::pending()).await?;
+//! assert_eq!(outcome.stdout, "hello\n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`child`]: isolation level `none`. [`run_shell`] and its [`ShellJob`] /
+//!   [`ShellOutcome`]; inside it, `workdir` (path checks, writing task files),
+//!   `capture` (byte-limited output, log lines) and `group` (signalling a
+//!   command's whole process group).
+//! - [`RuntimeError`]: everything that can stop a job from running, each
+//!   message saying what to do about it.
+//!
+//! Later isolation levels (`process`: Linux namespaces and cgroups;
+//! `container`: Docker) arrive as sibling modules behind the same job and
+//! outcome types, dispatched by an `AnyRuntime` enum.
+
+pub mod child;
+mod error;
+
+pub use child::{
+    BASE_PATH, DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_LIMIT, LogLine, MAX_LOG_LINE, SHELL, ShellJob,
+    ShellOutcome, Stream, run_shell,
+};
+pub use error::RuntimeError;

@@ -1,0 +1,143 @@
+//! [`RuntimeError`]: why a job could not run.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A job could not be prepared, started or followed.
+///
+/// A command that runs and fails (non-zero exit, killed by a signal) is *not*
+/// an error: that is a normal [`ShellOutcome`](crate::ShellOutcome).
+///
+/// IO causes are kept as plain fields rather than `#[source]` because the
+/// message already renders them; a chain printer would otherwise say it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the job has no commands: give the task at least one shell command to run")]
+    NoCommands,
+
+    #[error(
+        "invalid command {}: shell commands cannot contain NUL bytes",
+        preview(command)
+    )]
+    InvalidCommand { command: String },
+
+    #[error("invalid file path {path:?}: {reason}")]
+    InvalidFilePath { path: String, reason: String },
+
+    #[error("invalid environment variable {}: {reason}", preview(key))]
+    InvalidEnv { key: String, reason: &'static str },
+
+    #[error(
+        "cannot create working directory {}: {}; check that the fabric's user may write there \
+         or configure another workspace directory",
+        path.display(),
+        describe(cause)
+    )]
+    CreateWorkdir { path: PathBuf, cause: io::Error },
+
+    #[error(
+        "cannot write task file {path:?} into {}: {}; check the task's file paths and that \
+         the working directory is writable",
+        workdir.display(),
+        describe(cause)
+    )]
+    WriteFile {
+        path: String,
+        workdir: PathBuf,
+        cause: io::Error,
+    },
+
+    #[error(
+        "cannot start command {}: {}; check that {} exists and the working directory is accessible",
+        preview(command),
+        describe(cause),
+        crate::SHELL
+    )]
+    Spawn { command: String, cause: io::Error },
+
+    #[error(
+        "lost track of command {} while waiting for it to exit: {}; the host may be out of \
+         resources, retry the task",
+        preview(command),
+        describe(cause)
+    )]
+    Wait { command: String, cause: io::Error },
+}
+
+impl RuntimeError {
+    /// Whether running the same job again might succeed. Host-side failures
+    /// (disk, process table) may clear up; a bad job never gets better.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::CreateWorkdir { .. }
+                | Self::WriteFile { .. }
+                | Self::Spawn { .. }
+                | Self::Wait { .. }
+        )
+    }
+}
+
+/// An IO error as a lowercase phrase: "permission denied", not
+/// "Permission denied (os error 13)".
+pub(crate) fn describe(err: &io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => &text[..at],
+        _ => text.as_str(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Commands and keys can be long (a whole script); quote the start of one so
+/// the message stays readable.
+pub(crate) fn preview(text: &str) -> String {
+    const MAX_CHARS: usize = 80;
+    let shown: String = text.chars().take(MAX_CHARS).collect();
+    if shown.len() < text.len() {
+        format!("{shown:?}…")
+    } else {
+        format!("{shown:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_causes_read_as_lowercase_phrases() {
+        let err = io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(describe(&err), "permission denied");
+        assert_eq!(describe(&io::Error::other("Boom")), "boom");
+    }
+
+    #[test]
+    fn messages_say_what_happened_and_what_to_do() {
+        let err = RuntimeError::CreateWorkdir {
+            path: PathBuf::from("/x"),
+            cause: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot create working directory /x: permission denied; check that the fabric's user \
+             may write there or configure another workspace directory"
+        );
+        assert!(err.is_retryable());
+        assert!(!RuntimeError::NoCommands.is_retryable());
+    }
+
+    #[test]
+    fn long_commands_are_previewed() {
+        let err = RuntimeError::InvalidCommand {
+            command: format!("{}\0", "x".repeat(500)),
+        };
+        let message = err.to_string();
+        assert!(message.len() < 200, "{message}");
+        assert!(message.contains("…"), "{message}");
+    }
+}
