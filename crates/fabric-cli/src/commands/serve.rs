@@ -26,6 +26,16 @@ pub struct ServeArgs {
     #[arg(long, env = "FABRIC_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Tasks the built-in shell agent runs at the same time
+    #[arg(long, env = "FABRIC_SHELL_CONCURRENCY", value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shell_concurrency: u16,
+
+    /// Most tasks that may wait for one agent; beyond it creating a task answers 429
+    #[arg(long, env = "FABRIC_MAX_QUEUE_DEPTH", value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue_depth: u32,
+
     /// Log format on stderr
     #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
     pub log_format: LogFormatArg,
@@ -34,9 +44,9 @@ pub struct ServeArgs {
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormatArg {
-    /// One JSON object per line
+    // One JSON object per line (no doc comments: they would bloat `--help`).
     Json,
-    /// Human-readable lines
+    // Human-readable lines.
     Pretty,
 }
 
@@ -64,7 +74,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         listen: args.listen,
         data_dir,
         admin_password: process_env(ENV_ADMIN_PASSWORD),
-        // Tuning knobs (scheduler, shell agent) keep the server's defaults.
+        shell_concurrency: usize::from(args.shell_concurrency),
+        max_queue_depth: args.max_queue_depth as usize,
+        // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
