@@ -1,0 +1,880 @@
+//! The store conformance suite: the behaviour of the [`TaskStore`] and
+//! [`AuthStore`] contracts, as checks any backend's tests can run.
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn conformance() {
+//!     fabric_store::conformance::run_all(|| async { MyStore::connect_fresh().await }).await;
+//! }
+//! ```
+//!
+//! Every check expects a fresh, empty store and panics with a message naming
+//! what went wrong; checks run inside a Tokio runtime (some spawn tasks).
+//! Durability across restarts is backend-specific and tested by each backend.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use fabric_core::{
+    AgentId, ApiToken, AuthStore, CreateOutcome, EventKind, Priority, Scope, StoreError, Task,
+    TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery, TaskResult, TaskStatus, TaskStore,
+    TaskWrite, TenantId, Timestamp, User, WriteOutcome,
+};
+
+/// Runs every check, each against a new store from `make_store`.
+pub async fn run_all<S, F, Fut>(mut make_store: F)
+where
+    S: TaskStore + AuthStore + Clone,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    create_get_round_trip(&make_store().await).await;
+    idempotent_create(&make_store().await).await;
+    fenced_writes(&make_store().await).await;
+    list_tasks_filters_paging_order(&make_store().await).await;
+    unfinished_tasks_content_and_order(&make_store().await).await;
+    events_append_and_query(&make_store().await).await;
+    users_crud(&make_store().await).await;
+    tokens_crud(&make_store().await).await;
+    concurrent_creates(&make_store().await).await;
+    concurrent_idempotent_creates(&make_store().await).await;
+    fire_and_forget_ordering(&make_store().await).await;
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// Unwraps a store result, panicking with what the check was doing.
+#[track_caller]
+fn must<T>(result: Result<T, StoreError>, doing: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => panic!("{doing}: store returned an error: {e}"),
+    }
+}
+
+#[track_caller]
+fn tenant(name: &str) -> TenantId {
+    match TenantId::new(name) {
+        Ok(t) => t,
+        Err(e) => panic!("bad tenant in fixture: {e}"),
+    }
+}
+
+#[track_caller]
+fn agent(name: &str) -> AgentId {
+    match AgentId::new(name) {
+        Ok(a) => a,
+        Err(e) => panic!("bad agent in fixture: {e}"),
+    }
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+/// A minimal queued task with a fresh id (ids sort by creation).
+pub fn sample_task(tenant_name: &str, agent_name: &str) -> Task {
+    Task {
+        id: TaskId::new(),
+        tenant: tenant(tenant_name),
+        owner: "alice".to_owned(),
+        agent_id: agent(agent_name),
+        name: None,
+        priority: Priority::Normal,
+        input: TaskInput {
+            prompt: Some("echo hi".to_owned()),
+            ..TaskInput::default()
+        },
+        depends_on: Vec::new(),
+        timeout: None,
+        max_attempts: 1,
+        attempt: 0,
+        lease_epoch: 0,
+        idempotency_key: None,
+        status: TaskStatus::Queued,
+        reason: None,
+        result: None,
+        created_at: Timestamp::from_millis(T0),
+        updated_at: Timestamp::from_millis(T0),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// A task with every optional field set, to catch fields a backend drops.
+pub fn full_task() -> Task {
+    Task {
+        id: TaskId::new(),
+        tenant: tenant("acme"),
+        owner: "bob".to_owned(),
+        agent_id: agent("coder-1.v2_x"),
+        name: Some("build the thing".to_owned()),
+        priority: Priority::High,
+        input: TaskInput {
+            prompt: Some("make it \"work\"\nplease ✓".to_owned()),
+            commands: vec![
+                "cargo build".to_owned(),
+                "cargo test -- --nocapture".to_owned(),
+            ],
+            files: vec![
+                TaskFile {
+                    path: "src/main.rs".to_owned(),
+                    content: "fn main() {}\n".to_owned(),
+                },
+                TaskFile {
+                    path: "notes/ünï.txt".to_owned(),
+                    content: String::new(),
+                },
+            ],
+            env: BTreeMap::from([
+                ("RUST_LOG".to_owned(), "debug".to_owned()),
+                ("EMPTY".to_owned(), String::new()),
+            ]),
+        },
+        depends_on: vec![TaskId::new(), TaskId::new()],
+        timeout: Some(Duration::from_millis(90_500)),
+        max_attempts: 3,
+        attempt: 2,
+        lease_epoch: 7,
+        idempotency_key: Some("req-42".to_owned()),
+        status: TaskStatus::Failed,
+        reason: Some(fabric_core::reason::AGENT_FAILED.to_owned()),
+        result: Some(TaskResult {
+            exit_code: Some(-3),
+            stdout: "line 1\nline 2".to_owned(),
+            stderr: "wärning".to_owned(),
+            stdout_truncated: true,
+            stderr_truncated: false,
+            output: Some(
+                serde_json::json!({"files": ["a", "b"], "score": 0.5, "nested": {"none": null}}),
+            ),
+            error: Some("exit status 3".to_owned()),
+        }),
+        created_at: Timestamp::from_millis(T0 + 1),
+        updated_at: Timestamp::from_millis(T0 + 2_000),
+        started_at: Some(Timestamp::from_millis(T0 + 1_000)),
+        finished_at: Some(Timestamp::from_millis(T0 + 1_999)),
+    }
+}
+
+fn event(task_id: TaskId, seq: u64, kind: EventKind) -> TaskEvent {
+    TaskEvent {
+        task_id,
+        seq,
+        kind,
+        ts: Timestamp::from_millis(T0 + i64::try_from(seq).unwrap_or(0)),
+        payload: serde_json::json!({"seq": seq, "text": format!("event {seq}"), "list": [1, 2.5, null]}),
+    }
+}
+
+fn user(name: &str, hash: &str) -> User {
+    User {
+        name: name.to_owned(),
+        tenant: tenant("acme"),
+        password_hash: hash.to_owned(),
+        scopes: vec![Scope::ReadTasks, Scope::WriteTasks],
+        created_at: Timestamp::from_millis(T0),
+    }
+}
+
+fn token(hash: &str, scopes: Vec<Scope>, expires_at: Option<Timestamp>) -> ApiToken {
+    ApiToken {
+        token_hash: hash.to_owned(),
+        user: "alice".to_owned(),
+        tenant: tenant("acme"),
+        scopes,
+        name: expires_at.map(|_| "ci".to_owned()),
+        created_at: Timestamp::from_millis(T0),
+        expires_at,
+    }
+}
+
+async fn create<S: TaskStore>(store: &S, task: &Task) {
+    let outcome = must(store.create_task(task.clone()).await, "creating a task");
+    assert_eq!(
+        outcome,
+        CreateOutcome::Created(task.clone()),
+        "creating a new task must return it as Created"
+    );
+}
+
+async fn write<S: TaskStore>(store: &S, task: &Task, expected_epoch: Option<u64>) -> WriteOutcome {
+    must(
+        store
+            .write_task(TaskWrite {
+                task: task.clone(),
+                expected_epoch,
+            })
+            .await,
+        "writing a task",
+    )
+}
+
+async fn get<S: TaskStore>(store: &S, id: TaskId) -> Option<Task> {
+    must(store.get_task(id).await, "reading a task")
+}
+
+async fn list<S: TaskStore>(store: &S, query: TaskQuery) -> Vec<TaskId> {
+    must(store.list_tasks(query).await, "listing tasks")
+        .into_iter()
+        .map(|t| t.id)
+        .collect()
+}
+
+// ---------------------------------------------------------------- checks
+
+/// A created task reads back equal in every field; unknown ids read as `None`.
+pub async fn create_get_round_trip<S: TaskStore>(store: &S) {
+    let full = full_task();
+    create(store, &full).await;
+    assert_eq!(
+        get(store, full.id).await,
+        Some(full.clone()),
+        "a task with every field set must round-trip"
+    );
+
+    let minimal = sample_task("acme", "shell");
+    create(store, &minimal).await;
+    assert_eq!(
+        get(store, minimal.id).await,
+        Some(minimal),
+        "a minimal task must round-trip"
+    );
+
+    assert_eq!(
+        get(store, TaskId::new()).await,
+        None,
+        "an unknown id must read as None"
+    );
+}
+
+/// Same tenant and key: the original comes back. Another tenant: a new task.
+pub async fn idempotent_create<S: TaskStore>(store: &S) {
+    let mut original = sample_task("acme", "shell");
+    original.idempotency_key = Some("key-1".to_owned());
+    original.name = Some("original".to_owned());
+    create(store, &original).await;
+
+    let mut retry = sample_task("acme", "noop");
+    retry.idempotency_key = Some("key-1".to_owned());
+    retry.name = Some("retry".to_owned());
+    let outcome = must(store.create_task(retry.clone()).await, "retrying a create");
+    assert_eq!(
+        outcome,
+        CreateOutcome::Existing(original.clone()),
+        "same tenant and key must return the original"
+    );
+    assert_eq!(
+        get(store, retry.id).await,
+        None,
+        "a deduplicated retry must not be stored"
+    );
+
+    let mut other_tenant = sample_task("globex", "shell");
+    other_tenant.idempotency_key = Some("key-1".to_owned());
+    create(store, &other_tenant).await;
+
+    // Tasks without a key never collide with each other.
+    let keyless = [sample_task("acme", "shell"), sample_task("acme", "shell")];
+    for task in &keyless {
+        create(store, task).await;
+    }
+
+    // A retry after the original moved on returns what is stored now.
+    let mut running = original.clone();
+    running.status = TaskStatus::Running;
+    running.lease_epoch = 1;
+    assert_eq!(write(store, &running, Some(0)).await, WriteOutcome::Applied);
+    let outcome = must(
+        store.create_task(retry).await,
+        "retrying a create after an update",
+    );
+    assert_eq!(
+        outcome,
+        CreateOutcome::Existing(running),
+        "a retry must return the current stored task"
+    );
+
+    let acme = list(
+        store,
+        TaskQuery {
+            tenant: Some(tenant("acme")),
+            ..TaskQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        acme,
+        vec![keyless[1].id, keyless[0].id, original.id],
+        "tenant acme must hold exactly three tasks"
+    );
+}
+
+/// Writes apply only to stored, non-terminal tasks whose epoch matches.
+pub async fn fenced_writes<S: TaskStore>(store: &S) {
+    let queued = sample_task("acme", "shell");
+    create(store, &queued).await;
+
+    let mut running = queued.clone();
+    running.status = TaskStatus::Running;
+    running.lease_epoch = 1;
+    running.attempt = 1;
+    running.started_at = Some(Timestamp::from_millis(T0 + 10));
+    assert_eq!(
+        write(store, &running, Some(0)).await,
+        WriteOutcome::Applied,
+        "matching epoch must apply"
+    );
+    assert_eq!(
+        get(store, queued.id).await,
+        Some(running.clone()),
+        "an applied write must be visible"
+    );
+
+    let mut stale = running.clone();
+    stale.status = TaskStatus::Completed;
+    assert_eq!(
+        write(store, &stale, Some(0)).await,
+        WriteOutcome::Rejected,
+        "an old epoch must be rejected"
+    );
+    assert_eq!(
+        write(store, &stale, Some(2)).await,
+        WriteOutcome::Rejected,
+        "a future epoch must be rejected"
+    );
+    assert_eq!(
+        get(store, queued.id).await,
+        Some(running.clone()),
+        "a rejected write must change nothing"
+    );
+
+    let mut touched = running.clone();
+    touched.updated_at = Timestamp::from_millis(T0 + 20);
+    assert_eq!(
+        write(store, &touched, None).await,
+        WriteOutcome::Applied,
+        "an unguarded write must apply"
+    );
+    assert_eq!(get(store, queued.id).await, Some(touched.clone()));
+
+    let mut done = touched.clone();
+    done.status = TaskStatus::Completed;
+    done.finished_at = Some(Timestamp::from_millis(T0 + 30));
+    done.result = Some(TaskResult {
+        exit_code: Some(0),
+        stdout: "ok".to_owned(),
+        ..TaskResult::default()
+    });
+    assert_eq!(
+        write(store, &done, Some(1)).await,
+        WriteOutcome::Applied,
+        "completion with the lease epoch"
+    );
+
+    let mut after = done.clone();
+    after.status = TaskStatus::Queued;
+    assert_eq!(
+        write(store, &after, Some(1)).await,
+        WriteOutcome::Rejected,
+        "a terminal task must not change"
+    );
+    assert_eq!(
+        write(store, &after, None).await,
+        WriteOutcome::Rejected,
+        "not even unguarded"
+    );
+    assert_eq!(
+        get(store, queued.id).await,
+        Some(done),
+        "a terminal task keeps its final state"
+    );
+
+    let missing = sample_task("acme", "shell");
+    assert_eq!(
+        write(store, &missing, None).await,
+        WriteOutcome::Rejected,
+        "a missing task must be rejected"
+    );
+    assert_eq!(
+        get(store, missing.id).await,
+        None,
+        "a rejected write must not create the task"
+    );
+
+    for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        let mut task = sample_task("acme", "shell");
+        task.status = status;
+        create(store, &task).await;
+        let mut next = task.clone();
+        next.status = TaskStatus::Running;
+        assert_eq!(
+            write(store, &next, None).await,
+            WriteOutcome::Rejected,
+            "a {status} task must not change"
+        );
+        assert_eq!(get(store, task.id).await, Some(task));
+    }
+}
+
+/// Filters combine, results are newest first, and `before` pages through all.
+pub async fn list_tasks_filters_paging_order<S: TaskStore>(store: &S) {
+    use TaskStatus::*;
+    let specs = [
+        ("acme", "shell", Queued),
+        ("acme", "noop", Running),
+        ("globex", "shell", Queued),
+        ("acme", "shell", Completed),
+        ("globex", "noop", Failed),
+        ("acme", "shell", Queued),
+        ("globex", "shell", Running),
+        ("acme", "noop", Queued),
+        ("acme", "shell", Pending),
+    ];
+    let mut tasks = Vec::new();
+    for (tenant_name, agent_name, status) in specs {
+        let mut task = sample_task(tenant_name, agent_name);
+        task.status = status;
+        create(store, &task).await;
+        tasks.push(task);
+    }
+    let expect = |keep: &dyn Fn(&Task) -> bool| -> Vec<TaskId> {
+        tasks
+            .iter()
+            .rev()
+            .filter(|t| keep(t))
+            .map(|t| t.id)
+            .collect()
+    };
+
+    let all = expect(&|_| true);
+    assert_eq!(
+        list(store, TaskQuery::default()).await,
+        all,
+        "no filter: every task, newest first"
+    );
+    let q = |f: fn(&mut TaskQuery)| {
+        let mut q = TaskQuery::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        list(store, q(|q| q.tenant = Some(tenant("acme")))).await,
+        expect(&|t| t.tenant.as_str() == "acme"),
+        "tenant filter"
+    );
+    assert_eq!(
+        list(store, q(|q| q.status = Some(Queued))).await,
+        expect(&|t| t.status == Queued),
+        "status filter"
+    );
+    assert_eq!(
+        list(store, q(|q| q.agent_id = Some(agent("noop")))).await,
+        expect(&|t| t.agent_id.as_str() == "noop"),
+        "agent filter"
+    );
+    assert_eq!(
+        list(
+            store,
+            q(|q| {
+                q.tenant = Some(tenant("acme"));
+                q.status = Some(Queued);
+                q.agent_id = Some(agent("shell"));
+            })
+        )
+        .await,
+        expect(&|t| t.tenant.as_str() == "acme"
+            && t.status == Queued
+            && t.agent_id.as_str() == "shell"),
+        "combined filters"
+    );
+    assert_eq!(
+        list(store, q(|q| q.limit = 3)).await,
+        all[..3].to_vec(),
+        "limit keeps the newest"
+    );
+    assert_eq!(
+        list(
+            store,
+            TaskQuery {
+                before: Some(tasks[4].id),
+                ..TaskQuery::default()
+            }
+        )
+        .await,
+        expect(&|t| t.id < tasks[4].id),
+        "before: only older tasks"
+    );
+
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = list(
+            store,
+            TaskQuery {
+                before,
+                limit: 2,
+                ..TaskQuery::default()
+            },
+        )
+        .await;
+        assert!(page.len() <= 2, "a page must respect the limit");
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        paged.extend(page);
+        before = Some(last);
+    }
+    assert_eq!(
+        paged, all,
+        "paging with `before` must visit every task once, newest first"
+    );
+
+    // Filters see the current status, not the one at creation.
+    let mut started = tasks[0].clone();
+    started.status = Running;
+    assert_eq!(write(store, &started, None).await, WriteOutcome::Applied);
+    let running = list(store, q(|q| q.status = Some(Running))).await;
+    assert!(
+        running.contains(&started.id),
+        "an updated status must be filterable"
+    );
+    let queued = list(store, q(|q| q.status = Some(Queued))).await;
+    assert!(
+        !queued.contains(&started.id),
+        "the old status must no longer match"
+    );
+}
+
+/// Exactly the non-terminal tasks, oldest first, as currently stored.
+pub async fn unfinished_tasks_content_and_order<S: TaskStore>(store: &S) {
+    assert_eq!(
+        must(store.unfinished_tasks().await, "listing unfinished"),
+        Vec::new(),
+        "an empty store"
+    );
+    let mut stored = Vec::new();
+    for status in TaskStatus::ALL.into_iter().chain(TaskStatus::ALL) {
+        let mut task = sample_task("acme", "shell");
+        task.status = status;
+        create(store, &task).await;
+        stored.push(task);
+    }
+    // Finish one and start another after creation: the listing follows the writes.
+    let mut finished = stored[1].clone();
+    assert_eq!(finished.status, TaskStatus::Queued);
+    finished.status = TaskStatus::Canceled;
+    assert_eq!(write(store, &finished, None).await, WriteOutcome::Applied);
+    stored[1] = finished;
+    let mut started = stored[7].clone();
+    assert_eq!(started.status, TaskStatus::Pending);
+    started.status = TaskStatus::Queued;
+    assert_eq!(write(store, &started, None).await, WriteOutcome::Applied);
+    stored[7] = started;
+
+    let expected: Vec<Task> = stored
+        .into_iter()
+        .filter(|t| !t.status.is_terminal())
+        .collect();
+    let unfinished = must(store.unfinished_tasks().await, "listing unfinished");
+    assert_eq!(
+        unfinished, expected,
+        "unfinished tasks: every non-terminal one, oldest first"
+    );
+}
+
+/// Events come back per task, in seq order, after a cursor, up to a limit.
+pub async fn events_append_and_query<S: TaskStore>(store: &S) {
+    let (a, b) = (sample_task("acme", "shell"), sample_task("acme", "shell"));
+    create(store, &a).await;
+    create(store, &b).await;
+    assert_eq!(
+        must(store.last_event_seq().await, "last seq"),
+        0,
+        "no events yet: last seq is 0"
+    );
+    assert_eq!(
+        must(store.task_events(a.id, 0, 100).await, "events"),
+        Vec::new()
+    );
+
+    let ev = |task: &Task, seq, kind| event(task.id, seq, kind);
+    let batches = [
+        vec![
+            ev(&a, 1, EventKind::Status),
+            ev(&b, 2, EventKind::Log),
+            ev(&a, 3, EventKind::Log),
+        ],
+        vec![],
+        vec![
+            ev(&a, 5, EventKind::Result),
+            ev(&b, 4, EventKind::Heartbeat),
+        ],
+        // Out of order within one append: reads still come back in seq order.
+        vec![ev(&a, 8, EventKind::Error), ev(&a, 7, EventKind::Log)],
+    ];
+    for batch in batches {
+        must(store.append_events(batch).await, "appending events");
+    }
+    let seqs = |events: Vec<TaskEvent>| events.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+
+    let all_a = must(store.task_events(a.id, 0, 100).await, "events of a");
+    let expected_a = vec![
+        ev(&a, 1, EventKind::Status),
+        ev(&a, 3, EventKind::Log),
+        ev(&a, 5, EventKind::Result),
+        ev(&a, 7, EventKind::Log),
+        ev(&a, 8, EventKind::Error),
+    ];
+    assert_eq!(
+        all_a, expected_a,
+        "events must round-trip, only the task's own, in seq order"
+    );
+    assert_eq!(
+        seqs(must(store.task_events(a.id, 1, 100).await, "after 1")),
+        vec![3, 5, 7, 8],
+        "after_seq"
+    );
+    assert_eq!(
+        seqs(must(
+            store.task_events(a.id, 2, 2).await,
+            "after 2, limit 2"
+        )),
+        vec![3, 5],
+        "limit"
+    );
+    assert_eq!(
+        seqs(must(store.task_events(a.id, 8, 100).await, "after last")),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(must(store.task_events(b.id, 0, 100).await, "events of b")),
+        vec![2, 4]
+    );
+    assert_eq!(
+        must(
+            store.task_events(TaskId::new(), 0, 100).await,
+            "unknown task"
+        ),
+        Vec::new()
+    );
+    assert_eq!(
+        must(store.last_event_seq().await, "last seq"),
+        8,
+        "last seq is the highest stored"
+    );
+}
+
+/// Users: create once, read back, count; a taken name changes nothing.
+pub async fn users_crud<S: AuthStore>(store: &S) {
+    assert_eq!(must(store.count_users().await, "counting users"), 0);
+    assert_eq!(
+        must(store.get_user("alice".to_owned()).await, "reading a user"),
+        None
+    );
+
+    let alice = user("alice", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA");
+    assert!(
+        must(store.create_user(alice.clone()).await, "creating alice"),
+        "a new name must be created"
+    );
+    assert_eq!(
+        must(store.get_user("alice".to_owned()).await, "reading alice"),
+        Some(alice.clone())
+    );
+
+    let impostor = user("alice", "$argon2id$other");
+    assert!(
+        !must(store.create_user(impostor).await, "creating alice again"),
+        "a taken name must return false"
+    );
+    assert_eq!(
+        must(store.get_user("alice".to_owned()).await, "reading alice"),
+        Some(alice),
+        "a refused create must not change the user"
+    );
+
+    assert!(must(
+        store.create_user(user("bob", "$argon2id$b")).await,
+        "creating bob"
+    ));
+    assert_eq!(must(store.count_users().await, "counting users"), 2);
+}
+
+/// Tokens: put (insert or replace), get, delete once.
+pub async fn tokens_crud<S: AuthStore>(store: &S) {
+    let get_token = |hash: &str| store.get_token(hash.to_owned());
+    assert_eq!(must(get_token("aa").await, "reading a token"), None);
+
+    let expiring = token(
+        "aa",
+        vec![Scope::ReadTasks],
+        Some(Timestamp::from_millis(T0 + 86_400_000)),
+    );
+    let forever = token("bb", vec![Scope::Admin], None);
+    must(store.put_token(expiring.clone()).await, "putting a token");
+    must(store.put_token(forever.clone()).await, "putting a token");
+    assert_eq!(
+        must(get_token("aa").await, "reading a token"),
+        Some(expiring)
+    );
+    assert_eq!(
+        must(get_token("bb").await, "reading a token"),
+        Some(forever.clone())
+    );
+
+    let replaced = token("aa", vec![Scope::ReadTasks, Scope::LlmInvoke], None);
+    must(store.put_token(replaced.clone()).await, "replacing a token");
+    assert_eq!(
+        must(get_token("aa").await, "reading a token"),
+        Some(replaced),
+        "put must replace"
+    );
+
+    assert!(
+        must(
+            store.delete_token("aa".to_owned()).await,
+            "deleting a token"
+        ),
+        "an existing token: true"
+    );
+    assert_eq!(
+        must(get_token("aa").await, "reading a token"),
+        None,
+        "a deleted token is gone"
+    );
+    assert!(
+        !must(store.delete_token("aa".to_owned()).await, "deleting again"),
+        "a missing token: false"
+    );
+    assert_eq!(
+        must(get_token("bb").await, "reading a token"),
+        Some(forever),
+        "other tokens stay"
+    );
+}
+
+/// 200 creates from concurrent tasks: all acknowledged, all readable.
+pub async fn concurrent_creates<S: TaskStore + Clone>(store: &S) {
+    const N: usize = 200;
+    let tasks: Vec<Task> = (0..N)
+        .map(|i| {
+            let mut task = sample_task(["acme", "globex"][i % 2], "shell");
+            task.name = Some(format!("task {i}"));
+            // Keys too, so the idempotency lookup runs under concurrency.
+            task.idempotency_key = (i % 3 == 0).then(|| format!("key-{i}"));
+            task
+        })
+        .collect();
+    let handles: Vec<_> = tasks
+        .iter()
+        .cloned()
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create_task(task).await })
+        })
+        .collect();
+    for (handle, task) in handles.into_iter().zip(&tasks) {
+        let outcome = match handle.await {
+            Ok(result) => must(result, "a concurrent create"),
+            Err(e) => panic!("a concurrent create task failed: {e}"),
+        };
+        assert_eq!(
+            outcome,
+            CreateOutcome::Created(task.clone()),
+            "every concurrent create is acknowledged"
+        );
+    }
+    for task in &tasks {
+        assert_eq!(
+            get(store, task.id).await.as_ref(),
+            Some(task),
+            "every acknowledged task is readable"
+        );
+    }
+    let mut expected: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(
+        list(
+            store,
+            TaskQuery {
+                limit: 1000,
+                ..TaskQuery::default()
+            }
+        )
+        .await,
+        expected
+    );
+}
+
+/// Racing creates with one tenant and key: exactly one task is created.
+pub async fn concurrent_idempotent_creates<S: TaskStore + Clone>(store: &S) {
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let mut task = sample_task("acme", "shell");
+            task.idempotency_key = Some("same".to_owned());
+            let store = store.clone();
+            tokio::spawn(async move { store.create_task(task).await })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut existing = Vec::new();
+    for handle in handles {
+        match handle.await {
+            Ok(result) => match must(result, "a racing create") {
+                CreateOutcome::Created(t) => created.push(t),
+                CreateOutcome::Existing(t) => existing.push(t),
+            },
+            Err(e) => panic!("a racing create task failed: {e}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one racing create wins");
+    assert!(
+        existing.iter().all(|t| *t == created[0]),
+        "every loser gets the winner"
+    );
+    assert_eq!(
+        list(store, TaskQuery::default()).await,
+        vec![created[0].id],
+        "one task stored"
+    );
+}
+
+/// Writes whose futures are dropped unpolled still commit, in call order.
+pub async fn fire_and_forget_ordering<S: TaskStore>(store: &S) {
+    let task = sample_task("acme", "shell");
+    let mut running = task.clone();
+    running.status = TaskStatus::Running;
+    running.lease_epoch = 1;
+    let mut done = running.clone();
+    done.status = TaskStatus::Completed;
+
+    // Never polled: submission happens in the call itself.
+    drop(store.create_task(task.clone()));
+    drop(store.write_task(TaskWrite {
+        task: running,
+        expected_epoch: Some(0),
+    }));
+    drop(store.append_events(vec![event(task.id, 1, EventKind::Status)]));
+
+    // Applies only if the create and the epoch-0 write committed before it.
+    let outcome = must(
+        store
+            .write_task(TaskWrite {
+                task: done.clone(),
+                expected_epoch: Some(1),
+            })
+            .await,
+        "write",
+    );
+    assert_eq!(
+        outcome,
+        WriteOutcome::Applied,
+        "dropped writes must commit before later ones, in order"
+    );
+    assert_eq!(get(store, task.id).await, Some(done));
+    assert_eq!(
+        must(store.task_events(task.id, 0, 10).await, "events"),
+        vec![event(task.id, 1, EventKind::Status)],
+        "a dropped append must commit before later writes"
+    );
+}

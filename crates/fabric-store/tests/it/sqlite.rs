@@ -1,0 +1,366 @@
+//! SQLite-specific behaviour: durability across reopen, group commit, errors.
+
+use std::path::Path;
+
+use fabric_core::{
+    ApiToken, AuthStore, CreateOutcome, EventKind, Scope, StoreError, TaskEvent, TaskQuery,
+    TaskStatus, TaskStore, TaskWrite, TenantId, Timestamp, User, WriteOutcome,
+};
+use fabric_store::conformance::{full_task, sample_task};
+use fabric_store::{SqliteStore, StoreStats};
+
+fn event(task: &fabric_core::Task, seq: u64) -> TaskEvent {
+    TaskEvent {
+        task_id: task.id,
+        seq,
+        kind: EventKind::Log,
+        ts: Timestamp::from_millis(1_700_000_000_000),
+        payload: serde_json::json!({ "line": format!("line {seq}") }),
+    }
+}
+
+fn user(name: &str) -> User {
+    User {
+        name: name.to_owned(),
+        tenant: TenantId::default_tenant(),
+        password_hash: "$argon2id$x".to_owned(),
+        scopes: vec![Scope::Admin],
+        created_at: Timestamp::from_millis(1_700_000_000_000),
+    }
+}
+
+fn token(hash: &str) -> ApiToken {
+    ApiToken {
+        token_hash: hash.to_owned(),
+        user: "admin".to_owned(),
+        tenant: TenantId::default_tenant(),
+        scopes: vec![Scope::Admin],
+        name: Some("cli".to_owned()),
+        created_at: Timestamp::from_millis(1_700_000_000_000),
+        expires_at: None,
+    }
+}
+
+fn open(path: &Path) -> SqliteStore {
+    SqliteStore::open(path).unwrap()
+}
+
+/// Rewrites a stored column behind the store's back, as damage would.
+fn tamper(path: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn everything_acknowledged_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("fabric.db");
+    let store = open(&path);
+
+    let done = full_task();
+    let mut pending = sample_task("acme", "shell");
+    pending.status = TaskStatus::Pending;
+    assert!(matches!(
+        store.create_task(done.clone()).await.unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    assert!(matches!(
+        store.create_task(pending.clone()).await.unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    let mut queued = pending.clone();
+    queued.status = TaskStatus::Queued;
+    let write = TaskWrite {
+        task: queued.clone(),
+        expected_epoch: Some(0),
+    };
+    assert_eq!(
+        store.write_task(write).await.unwrap(),
+        WriteOutcome::Applied
+    );
+    store
+        .append_events(vec![event(&done, 1), event(&queued, 2)])
+        .await
+        .unwrap();
+    assert!(store.create_user(user("admin")).await.unwrap());
+    store.put_token(token("abc")).await.unwrap();
+    store.close().await;
+
+    let store = open(&path);
+    assert_eq!(store.get_task(done.id).await.unwrap(), Some(done.clone()));
+    assert_eq!(
+        store.get_task(queued.id).await.unwrap(),
+        Some(queued.clone())
+    );
+    assert_eq!(
+        store.unfinished_tasks().await.unwrap(),
+        vec![queued.clone()]
+    );
+    assert_eq!(
+        store.task_events(done.id, 0, 10).await.unwrap(),
+        vec![event(&done, 1)]
+    );
+    assert_eq!(store.last_event_seq().await.unwrap(), 2);
+    assert_eq!(
+        store.get_user("admin".to_owned()).await.unwrap(),
+        Some(user("admin"))
+    );
+    assert_eq!(
+        store.get_token("abc".to_owned()).await.unwrap(),
+        Some(token("abc"))
+    );
+    // Reopening must not reset the idempotency index either.
+    let mut retry = sample_task("acme", "noop");
+    retry.idempotency_key = done.idempotency_key.clone();
+    assert_eq!(
+        store.create_task(retry).await.unwrap(),
+        CreateOutcome::Existing(done)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_are_on_disk_without_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    let task = sample_task("acme", "shell");
+    store.create_task(task.clone()).await.unwrap();
+    // No close: the acknowledgement alone promises the commit happened.
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    let count: i64 = reader
+        .query_row("SELECT COUNT(*) FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+    drop(store);
+
+    let store = open(&path);
+    assert_eq!(store.get_task(task.id).await.unwrap(), Some(task));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_write_futures_are_flushed_by_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    let tasks: Vec<_> = (0..50).map(|_| sample_task("acme", "shell")).collect();
+    for task in &tasks {
+        drop(store.create_task(task.clone()));
+    }
+    store.close().await;
+
+    let store = open(&path);
+    let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        tasks.len(),
+        "every fire-and-forget write submitted before close is committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("fabric.db"));
+    assert_eq!(store.stats(), StoreStats::default());
+
+    // From many tasks at once, as the server's request handlers would.
+    let handles: Vec<_> = (0..500)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create_task(sample_task("acme", "shell")).await })
+        })
+        .collect();
+    for handle in handles {
+        assert!(matches!(
+            handle.await.unwrap().unwrap(),
+            CreateOutcome::Created(_)
+        ));
+    }
+    let stats = store.stats();
+    assert_eq!(stats.ops, 500, "{stats:?}");
+    assert!(
+        stats.ops > stats.transactions,
+        "no batching happened: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_op_does_not_fail_its_batch_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("fabric.db"));
+    let a = sample_task("acme", "shell");
+    let b = sample_task("acme", "shell");
+
+    // Submitted back to back, so they share a transaction (or a few).
+    let create_a = store.create_task(a.clone());
+    let first = store.append_events(vec![event(&a, 1)]);
+    let duplicate = store.append_events(vec![event(&a, 5), event(&a, 1)]);
+    let create_b = store.create_task(b.clone());
+    let second = store.append_events(vec![event(&b, 2)]);
+
+    assert_eq!(create_a.await.unwrap(), CreateOutcome::Created(a.clone()));
+    first.await.unwrap();
+    let err = duplicate.await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("event 1: an event with this seq is already stored"),
+        "{err}"
+    );
+    assert_eq!(create_b.await.unwrap(), CreateOutcome::Created(b.clone()));
+    second.await.unwrap();
+
+    // The failed append is undone as a whole: seq 5 is not stored.
+    assert_eq!(
+        store.task_events(a.id, 0, 10).await.unwrap(),
+        vec![event(&a, 1)]
+    );
+    assert_eq!(store.last_event_seq().await.unwrap(), 2);
+    assert_eq!(store.stats().ops, 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_task_id_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("fabric.db"));
+    let task = sample_task("acme", "shell");
+    store.create_task(task.clone()).await.unwrap();
+    let err = store.create_task(task.clone()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a task with this id already exists"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_store_refuses_reads_and_writes_as_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("fabric.db"));
+    let clone = store.clone();
+    store.close().await;
+    store.close().await;
+
+    let err = clone
+        .create_task(sample_task("acme", "shell"))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("the store is closed"), "{err}");
+    let err = clone
+        .get_task(fabric_core::TaskId::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the store is closed"), "{err}");
+    let err = clone.count_users().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+#[test]
+fn unusable_paths_say_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+
+    let err = SqliteStore::open(&file.join("fabric.db")).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("cannot create data directory"), "{msg}");
+    assert!(msg.contains(&file.display().to_string()), "{msg}");
+    assert!(msg.contains("FABRIC_DATA_DIR"), "{msg}");
+
+    let err = SqliteStore::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("cannot open database at"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_reported_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    std::fs::write(&path, vec![0x42; 8192]).unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains("not a database"), "{err}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    tamper(&path, "PRAGMA user_version = 99;");
+    let err = SqliteStore::open(&path).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("schema version 99"), "{msg}");
+    assert!(msg.contains("upgrade reactor-fabric"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_rows_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    let mut task = sample_task("acme", "shell");
+    task.idempotency_key = Some("k".to_owned());
+    store.create_task(task.clone()).await.unwrap();
+    store.append_events(vec![event(&task, 1)]).await.unwrap();
+    assert!(store.create_user(user("admin")).await.unwrap());
+    store.close().await;
+
+    tamper(
+        &path,
+        "UPDATE tasks SET body = '{\"id\": 12'; UPDATE events SET body = 'null'; UPDATE users SET body = x'00ff';",
+    );
+    let store = open(&path);
+
+    let err = store.get_task(task.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("stored task {} does not decode", task.id)),
+        "{err}"
+    );
+    assert!(matches!(
+        store.list_tasks(TaskQuery::default()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.unfinished_tasks().await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.task_events(task.id, 0, 10).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.get_user("admin".to_owned()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+
+    // The writer thread decodes the stored task on an idempotent retry: same answer.
+    let mut retry = sample_task("acme", "shell");
+    retry.idempotency_key = Some("k".to_owned());
+    assert!(matches!(
+        store.create_task(retry).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // And it keeps working for everything else.
+    let other = sample_task("acme", "shell");
+    assert_eq!(
+        store.create_task(other.clone()).await.unwrap(),
+        CreateOutcome::Created(other)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_handles_on_one_file_see_each_others_writes() {
+    // A second process (CLI, backup) may open the same file; busy_timeout and
+    // WAL let both work.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let (one, two) = (open(&path), open(&path));
+    let (a, b) = (sample_task("acme", "shell"), sample_task("acme", "shell"));
+    let (ra, rb) = tokio::join!(one.create_task(a.clone()), two.create_task(b.clone()));
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(two.get_task(a.id).await.unwrap(), Some(a));
+    assert_eq!(one.get_task(b.id).await.unwrap(), Some(b));
+}
