@@ -33,7 +33,7 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The task ended, but not well (its result has been printed already).
-    #[error("task {id} ended {status}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    #[error("task {id} ended {status}{}", detail(status, reason.as_deref()))]
     TaskUnsuccessful {
         id: TaskId,
         status: TaskStatus,
@@ -43,7 +43,7 @@ pub enum CliError {
     #[error("task {id} is {status} and has no result yet: use --wait to wait for it")]
     TaskNotFinished { id: TaskId, status: TaskStatus },
     /// `--wait --timeout` ran out.
-    #[error("gave up waiting for task {id} after {waited:?}: it is still {status}")]
+    #[error("gave up waiting for task {id} after {:.1}s: it is still {status}", waited.as_secs_f64())]
     WaitTimedOut {
         id: TaskId,
         status: TaskStatus,
@@ -54,6 +54,14 @@ pub enum CliError {
     Stdout(std::io::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+}
+
+/// ` (reason)`, unless the reason only repeats the status (`canceled (canceled)`).
+fn detail(status: &TaskStatus, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) if r != status.as_str() => format!(" ({r})"),
+        _ => String::new(),
+    }
 }
 
 fn not_logged_in_message(url: &str, stored_for: Option<&str>) -> String {

@@ -12,10 +12,10 @@ use crate::error::CliError;
 /// `-o, --output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {
-    /// Text for people.
+    // Variants carry no doc comments: clap would turn them into a long list in `--help`.
     #[default]
     Human,
-    /// JSON for scripts: one document, or one JSON object per line for streams.
+    // One document, or one JSON object per line for streams.
     Json,
 }
 

@@ -26,7 +26,7 @@ pub struct Cli {
     )]
     pub url: Option<String>,
 
-    /// Output format: text for people or JSON for scripts
+    /// Output format: text for people, or JSON for scripts (streams: one object per line)
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Human, help_heading = "Global options")]
     pub output: OutputFormat,
 

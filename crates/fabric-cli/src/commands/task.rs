@@ -462,10 +462,23 @@ async fn finish_follow(
     last: Option<StreamMessage>,
 ) -> Result<(), CliError> {
     match last {
+        // `error` ends the stream of a task that failed, was canceled or timed out: like
+        // `task result`, say so with exit 1 so `task logs -f` can gate a script.
         Some(m) if m.kind == EventKind::Error => {
-            let message =
-                payload_str(&m.payload, "message").unwrap_or_else(|| m.payload.to_string());
-            Err(CliError::Other(anyhow!("task {id}: {message}")))
+            let message = payload_str(&m.payload, "message");
+            let status =
+                payload_str(&m.payload, "status").and_then(|s| s.parse::<TaskStatus>().ok());
+            match status {
+                Some(status) if status.is_terminal() => Err(CliError::TaskUnsuccessful {
+                    id,
+                    status,
+                    reason: message.or_else(|| payload_str(&m.payload, "reason")),
+                }),
+                _ => Err(CliError::Other(anyhow!(
+                    "task {id}: {}",
+                    message.unwrap_or_else(|| m.payload.to_string())
+                ))),
+            }
         }
         Some(_) => Ok(()),
         None => {
@@ -508,30 +521,39 @@ fn print_event(kind: EventKind, payload: &Value) -> Result<(), CliError> {
             }
             Ok(())
         }
-        EventKind::Result => {
-            let mut line = String::from("[result]");
-            if let Some(status) = payload_str(payload, "status") {
-                line.push_str(&format!(" status={status}"));
-            }
-            let exit_code = payload
-                .get("exit_code")
-                .or_else(|| payload.get("result").and_then(|r| r.get("exit_code")))
-                .and_then(Value::as_i64);
-            if let Some(code) = exit_code {
-                line.push_str(&format!(" exit_code={code}"));
-            }
-            if let Some(reason) = payload_str(payload, "reason") {
-                line.push_str(&format!(" reason={reason}"));
-            }
-            eprintln!("{line}");
-            Ok(())
-        }
-        EventKind::Error => {
-            let message = payload_str(payload, "message").unwrap_or_else(|| payload.to_string());
-            eprintln!("[error] {message}");
+        EventKind::Result | EventKind::Error => {
+            eprintln!("{}", describe_end(kind, payload));
             Ok(())
         }
     }
+}
+
+/// `[result] status=completed exit_code=0`, `[error] status=failed exit_code=3 reason=agent_failed: ...`.
+fn describe_end(kind: EventKind, payload: &Value) -> String {
+    let mut line = format!("[{}]", kind.as_str());
+    let status = payload_str(payload, "status");
+    if let Some(status) = &status {
+        line.push_str(&format!(" status={status}"));
+    }
+    let exit_code = payload
+        .get("exit_code")
+        .or_else(|| payload.get("result").and_then(|r| r.get("exit_code")))
+        .and_then(Value::as_i64);
+    if let Some(code) = exit_code {
+        line.push_str(&format!(" exit_code={code}"));
+    }
+    let reason = payload_str(payload, "reason");
+    if let Some(reason) = &reason {
+        line.push_str(&format!(" reason={reason}"));
+    }
+    // The server falls back to the reason or status for the message; do not repeat them.
+    if let Some(message) = payload_str(payload, "message")
+        && Some(&message) != reason.as_ref()
+        && Some(&message) != status.as_ref()
+    {
+        line.push_str(&format!(": {message}"));
+    }
+    line
 }
 
 fn payload_str(payload: &Value, key: &str) -> Option<String> {

@@ -524,6 +524,25 @@ fn logs_follow_streams_until_the_task_ends() {
     let out = stdout_of(fabric.cli().args(["task", "logs", &id]));
     assert!(has_line(&out, "a") && has_line(&out, "b"), "{out}");
 
+    // A task that fails: its lines, then the failure on stderr and exit 1 (as `task result`).
+    let failing = fabric.create_task(&["--prompt", "echo x; exit 2"]);
+    let out = fabric
+        .cli()
+        .args(["task", "logs", &failing, "--follow"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(has_line(&String::from_utf8(out.stdout).unwrap(), "x"));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("[error] status=failed exit_code=2"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("Error: task {failing} ended failed")),
+        "{stderr}"
+    );
+
     // JSON: one message per line, each with a type.
     let out = stdout_of(
         fabric
