@@ -125,6 +125,12 @@ async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, l
         kill_grace: config.kill_grace,
     };
 
+    // Nothing runs before its attempt is durable: after a crash, the store
+    // then names every task that may have started (status `running`).
+    if let Err(e) = service.store_barrier().await {
+        tracing::error!(task_id = %id, error = %e, "cannot record the lease; not running the task");
+        return;
+    }
     let stop = service.track_running(id, epoch);
     let cancel = async move {
         // A dropped sender means "no longer tracked", not "stop".

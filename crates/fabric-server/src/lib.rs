@@ -186,7 +186,10 @@ pub async fn run(
         ready: Arc::new(AtomicBool::new(false)),
     };
     let app = api::router(state.clone());
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -202,7 +205,7 @@ pub async fn run(
             })
             .await
     });
-    tracing::info!(listen = ?local, data_dir = %config.data_dir.display(), version = fabric_core::VERSION, "reactor-fabric serving");
+    tracing::info!(listen = %local, data_dir = %config.data_dir.display(), version = fabric_core::VERSION, "reactor-fabric serving");
 
     let restored = tasks.recover().await?;
     let shell = ShellAgentConfig {

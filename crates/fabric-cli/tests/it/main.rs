@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+mod crash;
+
 use assert_cmd::Command;
 use fabric_core::TaskId;
 use fabric_core::api::TaskList;

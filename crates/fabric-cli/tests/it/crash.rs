@@ -1,0 +1,301 @@
+//! NFR-REL-1: `kill -9` of the server mid-load loses no acknowledged task,
+//! records every completion once, and re-runs only tasks that were running.
+//!
+//! Every execution appends its task id to a log file (the agent-side count);
+//! the server's own records say which tasks it had started (`attempt`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+const TASKS: usize = 2000;
+const SHELL_CONCURRENCY: usize = 8;
+const SUBMITTERS: usize = 16;
+const PASSWORD: &str = "crash-test-pw";
+
+fn spawn_server(data_dir: &Path, port: u16, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(["--shell-concurrency", &SHELL_CONCURRENCY.to_string()])
+        .env("FABRIC_ADMIN_PASSWORD", PASSWORD)
+        .env("FABRIC_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {base} never became ready");
+}
+
+async fn login(client: &reqwest::Client, base: &str) -> String {
+    let r: Value = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["token"].as_str().unwrap().to_owned()
+}
+
+/// Submits task `i` (idempotently); `None` when the server did not acknowledge it.
+async fn submit(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    exec_log: &Path,
+    i: usize,
+) -> Option<String> {
+    let body = json!({"prompt": format!("echo $FABRIC_TASK_ID >> {}; sleep 0.01", exec_log.display()), "name": format!("crash-{i}")});
+    let r = client
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", format!("crash-{i}"))
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let task: Value = r.json().await.ok()?;
+    task["id"].as_str().map(str::to_owned)
+}
+
+fn executions(exec_log: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(exec_log)
+        .unwrap_or_default()
+        .lines()
+    {
+        *counts.entry(line.trim().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_loses_nothing_and_reruns_only_running_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let exec_log = Arc::new(dir.path().join("executions.log"));
+    let server_log = dir.path().join("server.log");
+    let port = super::free_port();
+    let base = Arc::new(format!("http://127.0.0.1:{port}"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    let mut server = spawn_server(&data_dir, port, &server_log);
+    wait_ready(&client, &base).await;
+    let token = Arc::new(login(&client, &base).await);
+
+    // Submit from many clients at once; kill -9 the server half-way through.
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(HashMap::<usize, String>::new()));
+    let mut submitters = Vec::new();
+    for _ in 0..SUBMITTERS {
+        let (client, base, token, exec_log, next, acked) = (
+            client.clone(),
+            Arc::clone(&base),
+            Arc::clone(&token),
+            Arc::clone(&exec_log),
+            Arc::clone(&next),
+            Arc::clone(&acked),
+        );
+        submitters.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= TASKS {
+                    return;
+                }
+                match submit(&client, &base, &token, &exec_log, i).await {
+                    Some(id) => {
+                        acked.lock().await.insert(i, id);
+                    }
+                    None => return, // the server is gone
+                }
+            }
+        }));
+    }
+    while acked.lock().await.len() < TASKS / 2 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    for s in submitters {
+        s.await.unwrap();
+    }
+    let acked_before_crash = acked.lock().await.len();
+    let executed_before_crash = executions(&exec_log).values().sum::<usize>();
+    assert!(
+        acked_before_crash < TASKS,
+        "the crash came too late to test anything"
+    );
+    assert!(
+        executed_before_crash < acked_before_crash,
+        "work must remain at the crash ({executed_before_crash} executed)"
+    );
+
+    // Restart on the same data dir; the session token survives; resubmit what
+    // was not acknowledged (the same idempotency keys: no duplicates).
+    let mut server = spawn_server(&data_dir, port, &server_log);
+    wait_ready(&client, &base).await;
+    for i in 0..TASKS {
+        if acked.lock().await.contains_key(&i) {
+            continue;
+        }
+        let id = submit(&client, &base, &token, &exec_log, i)
+            .await
+            .expect("resubmission after restart failed");
+        acked.lock().await.insert(i, id);
+    }
+    let acked = acked.lock().await.clone();
+    assert_eq!(acked.len(), TASKS);
+
+    // Every acknowledged task completes.
+    let mut remaining: HashSet<&String> = acked.values().collect();
+    let mut finals: HashMap<String, Value> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !remaining.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks never completed",
+            remaining.len()
+        );
+        let mut done = Vec::new();
+        for id in remaining.iter().take(200) {
+            let task: Value = client
+                .get(format!("{base}/v1/tasks/{id}"))
+                .bearer_auth(&*token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match task["status"].as_str() {
+                Some("completed") => {
+                    done.push(*id);
+                    finals.insert((*id).clone(), task);
+                }
+                Some("queued" | "running" | "pending") => {}
+                other => panic!("task {id} ended {other:?}: {task}"),
+            }
+        }
+        if done.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for id in done {
+            remaining.remove(id);
+        }
+    }
+
+    // No duplicate tasks: exactly TASKS exist.
+    let mut listed = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/tasks?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&before={c}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(&*token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed += page["tasks"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        listed, TASKS,
+        "idempotent resubmission must not duplicate tasks"
+    );
+
+    // Agent side: everything ran, nothing ran more than twice, and only tasks
+    // the server had recorded as started (attempt ≥ 2 after the restart)
+    // ran twice; at most one per shell worker was running at the crash.
+    let runs = executions(&exec_log);
+    let mut twice = Vec::new();
+    for id in acked.values() {
+        let n = runs.get(id).copied().unwrap_or(0);
+        assert!((1..=2).contains(&n), "task {id} executed {n} times");
+        if n == 2 {
+            twice.push(id);
+            let attempt = finals[id]["attempt"].as_u64().unwrap();
+            assert!(
+                attempt >= 2,
+                "task {id} ran twice but the server never recorded the first run (attempt {attempt})"
+            );
+        }
+    }
+    assert!(
+        twice.len() <= SHELL_CONCURRENCY,
+        "{} tasks ran twice; at most {SHELL_CONCURRENCY} were running",
+        twice.len()
+    );
+
+    // Server side: each completion recorded exactly once.
+    for id in acked.values() {
+        let events: Value = client
+            .get(format!("{base}/v1/tasks/{id}/events"))
+            .bearer_auth(&*token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let results = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "result")
+            .count();
+        assert_eq!(results, 1, "task {id} has {results} recorded completions");
+    }
+    eprintln!(
+        "crash test: {acked_before_crash} acknowledged and {executed_before_crash} executed before kill -9; {} re-ran",
+        twice.len()
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
