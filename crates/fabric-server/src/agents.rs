@@ -131,7 +131,15 @@ async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, l
         tracing::error!(task_id = %id, error = %e, "cannot record the lease; not running the task");
         return;
     }
+    // Register the kill handle, *then* check the lease is still live: a cancel
+    // or timeout decided before the check fails it, and one decided after it
+    // finds the handle. Either way the kill is not lost.
     let stop = service.track_running(id, epoch);
+    if let Err(e) = service.heartbeat(&id, epoch) {
+        service.untrack_running(&id);
+        tracing::info!(task_id = %id, error = %e, "task ended before it started");
+        return;
+    }
     let cancel = async move {
         // A dropped sender means "no longer tracked", not "stop".
         if stop.await.is_err() {

@@ -380,6 +380,9 @@ impl TaskService {
         mut query: TaskQuery,
     ) -> Result<Vec<Task>, ApiError> {
         query.tenant = Some(tenant.clone());
+        // Filters run in the store: let every decision already made reach it
+        // first, so a list agrees with what `get` just said.
+        self.store_barrier().await?;
         let mut tasks = self.store.list_tasks(query).await?;
         let sched = self.sched.lock();
         for t in &mut tasks {
