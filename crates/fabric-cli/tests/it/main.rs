@@ -563,3 +563,56 @@ fn logs_follow_streams_until_the_task_ends() {
     assert!(kinds.iter().any(|k| k == "log"), "{out}");
     assert!(kinds.iter().any(|k| k == "result" || k == "error"), "{out}");
 }
+
+/// Issue #2 logs / NFR-SEC-2: the server logs one JSON object per line, with
+/// request and task ids, and never a password or a token.
+#[test]
+fn server_logs_are_json_and_hold_no_secrets() {
+    let fabric = Fabric::start();
+    let wrong_password = "not-the-password-9d1c";
+    let out = fabric
+        .cli()
+        .args([
+            "auth",
+            "login",
+            "--username",
+            "admin",
+            "--password",
+            wrong_password,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    fabric.login();
+    let config: toml::Table = std::fs::read_to_string(fabric.config_path())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token = config["token"].as_str().unwrap().to_owned();
+    let id = fabric.create_task(&["--prompt", "echo logged"]);
+    assert_eq!(fabric.wait_result(&id).0, 0);
+
+    let log = fabric.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    assert!(
+        lines.iter().any(|l| l["span"]["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_"))),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l["task_id"] == id.as_str()), "{log}");
+    for secret in [ADMIN_PASSWORD, wrong_password, token.as_str()] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
