@@ -335,24 +335,9 @@ impl TaskService {
     /// Waits for commits in the background; finished tasks leave the
     /// scheduler once their final state is durable.
     fn spawn_commits(&self, commits: Vec<(TaskId, bool, Commit)>) {
-        if commits.is_empty() {
-            return;
+        if !commits.is_empty() {
+            tokio::spawn(settle(Arc::clone(&self.sched), commits));
         }
-        let sched = Arc::clone(&self.sched);
-        tokio::spawn(async move {
-            for (id, terminal, commit) in commits {
-                match commit.await {
-                    Ok(WriteOutcome::Applied) => {}
-                    Ok(WriteOutcome::Rejected) => {
-                        tracing::warn!(task_id = %id, "store refused a stale task write")
-                    }
-                    Err(e) => tracing::error!(task_id = %id, error = %e, "cannot store task"),
-                }
-                if terminal {
-                    sched.lock().forget(&id);
-                }
-            }
-        });
     }
 
     /// A task of `tenant`, from the scheduler (freshest) or the store.
@@ -416,24 +401,7 @@ impl TaskService {
 
     /// Waits for commits in order, then drops finished tasks from the scheduler.
     async fn await_commits(&self, commits: Vec<(TaskId, bool, Commit)>) -> Result<(), ApiError> {
-        let mut first_error = None;
-        for (id, terminal, commit) in commits {
-            match commit.await {
-                Ok(WriteOutcome::Applied) => {}
-                Ok(WriteOutcome::Rejected) => {
-                    first_error.get_or_insert(ApiError::conflict(format!(
-                        "task {id} changed concurrently; fetch it and retry"
-                    )));
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e.into());
-                }
-            }
-            if terminal {
-                self.sched.lock().forget(&id);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        settle(Arc::clone(&self.sched), commits).await
     }
 
     /// Events of a task after `after`, oldest first. Waits for pending event
@@ -556,32 +524,7 @@ impl TaskService {
             let changes = sched.complete(id, epoch, completion, now)?;
             self.apply(&mut sched, changes)
         };
-        let sched = Arc::clone(&self.sched);
-        Ok(async move {
-            let mut result = Ok(());
-            for (id, terminal, commit) in commits {
-                match commit.await {
-                    Ok(WriteOutcome::Applied) => {}
-                    Ok(WriteOutcome::Rejected) => {
-                        tracing::warn!(task_id = %id, "store refused a stale completion");
-                        if result.is_ok() {
-                            result = Err(ApiError::conflict(format!(
-                                "task {id}: lease no longer valid"
-                            )));
-                        }
-                    }
-                    Err(e) => {
-                        if result.is_ok() {
-                            result = Err(e.into());
-                        }
-                    }
-                }
-                if terminal {
-                    sched.lock().forget(&id);
-                }
-            }
-            result
-        })
+        Ok(settle(Arc::clone(&self.sched), commits))
     }
 
     /// Expires leases and enforces timeouts; run periodically.
@@ -606,6 +549,34 @@ impl TaskService {
     pub fn stats(&self) -> fabric_engine::SchedulerStats {
         self.sched.lock().stats()
     }
+}
+
+/// Waits for `commits` in order; a finished task leaves the scheduler once its
+/// final write is durable. Logs every failure and returns the first.
+async fn settle(
+    sched: Arc<Mutex<Scheduler>>,
+    commits: Vec<(TaskId, bool, Commit)>,
+) -> Result<(), ApiError> {
+    let mut first_error = None;
+    for (id, terminal, commit) in commits {
+        match commit.await {
+            Ok(WriteOutcome::Applied) => {}
+            Ok(WriteOutcome::Rejected) => {
+                tracing::warn!(task_id = %id, "store refused a stale task write");
+                first_error.get_or_insert(ApiError::conflict(format!(
+                    "task {id} changed concurrently (its lease is no longer valid); fetch it and retry"
+                )));
+            }
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "cannot store task");
+                first_error.get_or_insert(e.into());
+            }
+        }
+        if terminal {
+            sched.lock().forget(&id);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The event a task's new state produces: `status` while it lives, then one

@@ -532,13 +532,19 @@ impl Scheduler {
         Ok(expires_at)
     }
 
-    fn running_entry(&mut self, id: &TaskId, epoch: u64) -> Result<&mut Entry, SchedulerError> {
-        if let Some(t) = self.finished.get(id) {
-            return Err(SchedulerError::AlreadyFinished {
+    /// Refuses changes to a task that just finished (its final write may still be in flight).
+    fn ensure_not_finished(&self, id: &TaskId) -> Result<(), SchedulerError> {
+        match self.finished.get(id) {
+            Some(t) => Err(SchedulerError::AlreadyFinished {
                 id: *id,
                 status: t.status,
-            });
+            }),
+            None => Ok(()),
         }
+    }
+
+    fn running_entry(&mut self, id: &TaskId, epoch: u64) -> Result<&mut Entry, SchedulerError> {
+        self.ensure_not_finished(id)?;
         let entry = self
             .active
             .get_mut(id)
@@ -593,12 +599,7 @@ impl Scheduler {
     /// Cancels a task that has not finished (FR-SCHED-4). A running attempt is
     /// also returned as a [`KillOrder`].
     pub fn cancel(&mut self, id: &TaskId, now: Timestamp) -> Result<Changes, SchedulerError> {
-        if let Some(t) = self.finished.get(id) {
-            return Err(SchedulerError::AlreadyFinished {
-                id: *id,
-                status: t.status,
-            });
-        }
+        self.ensure_not_finished(id)?;
         let entry = self
             .active
             .remove(id)
