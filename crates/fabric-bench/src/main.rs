@@ -1,0 +1,87 @@
+//! `fabric-bench`: the numbers behind BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run --release -p fabric-bench -- sched   # scheduler decision, in process
+//! cargo run --release -p fabric-bench -- http    # task API through a real server
+//! cargo run --release -p fabric-bench -- rss     # server memory, idle and loaded
+//! ```
+//!
+//! `http` and `rss` start `reactor-fabric serve` from the same target
+//! directory, so build it first: `cargo build --release -p fabric-cli`.
+//! Each prints one line per run and a Markdown table of medians.
+//!
+//! # Layout
+//!
+//! - `sched`: enqueue and lease latency of `fabric_engine::Scheduler`.
+//! - `http`: closed-loop create throughput (with the `/healthz` floor beside
+//!   it) and open-loop create latency.
+//! - `rss`: `VmRSS` of the server idle and with 100k queued shell tasks.
+//! - `server`: starting, readying, logging in to and stopping a server child.
+//! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
+
+mod http;
+mod rss;
+mod sched;
+mod server;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fabric-bench",
+    about = "reactor-fabric benchmarks (run in release)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Tokio worker threads of the load generator (`http`, `rss`); the server
+    /// runs on the same machine and competes for the same cores
+    #[arg(long, global = true, default_value_t = 2)]
+    client_threads: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scheduling decision latency with a full queue, in process
+    Sched(sched::SchedArgs),
+    /// Task API throughput and latency through a real server
+    Http(http::HttpArgs),
+    /// Server resident memory, idle and with queued tasks
+    Rss(rss::RssArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Other work on this machine skews every number; say how much there was.
+    println!("load average at start: {}", load_average());
+    let result = run(&cli);
+    println!("load average at end: {}", load_average());
+    result
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Sched(args) => sched::run(args),
+        Command::Http(args) => block_on(cli.client_threads, http::run(args)),
+        Command::Rss(args) => block_on(cli.client_threads, rss::run(args)),
+    }
+}
+
+/// Runs the load generator on its own Tokio runtime of `threads` workers.
+fn block_on(
+    threads: usize,
+    bench: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?
+        .block_on(bench)
+}

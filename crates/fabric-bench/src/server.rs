@@ -1,0 +1,207 @@
+//! A `reactor-fabric serve` child process on a free port and a fresh data
+//! directory, and an authenticated HTTP client for it.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use fabric_core::api::{LoginRequest, TokenResponse};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// The admin password the bench sets for every server it starts.
+const ADMIN_PASSWORD: &str = "fabric-bench-password";
+/// How long a server may take to answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the server binary is: `--server-bin`, or `reactor-fabric` next to this binary.
+pub fn resolve_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()
+            .context("cannot locate the fabric-bench binary")?
+            .with_file_name("reactor-fabric"),
+    };
+    if !path.is_file() {
+        bail!(
+            "server binary {} not found: build it with `cargo build --release -p fabric-cli`, or pass --server-bin",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running server. Killed (SIGKILL) if dropped without [`Server::stop`].
+pub struct Server {
+    child: Child,
+    pub pid: u32,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    log_path: PathBuf,
+    // Deleted on drop, after the child is gone.
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Starts `binary serve` with `extra_args`, waits for `/readyz`, logs in
+    /// and returns the server and a client that sends the admin's bearer token.
+    pub async fn start(binary: &Path, extra_args: &[&str]) -> anyhow::Result<(Server, Client)> {
+        let server = Self::spawn(binary, extra_args).await?;
+        let client = server.login().await?;
+        Ok((server, client))
+    }
+
+    /// Starts `binary serve` with `extra_args` and waits for `/readyz`.
+    pub async fn spawn(binary: &Path, extra_args: &[&str]) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new()
+            .prefix("fabric-bench-")
+            .tempdir()
+            .context("cannot create a temporary data directory")?;
+        let data_dir = dir.path().join("data");
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra_args)
+            .env("FABRIC_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("FABRIC_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id().context("server exited at once")?;
+        let mut server = Server {
+            child,
+            pid,
+            base: format!("http://{listen}"),
+            log_path,
+            _dir: dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = format!("{}/readyz", self.base);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "server exited ({status}) before it was ready; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "server not ready after {READY_TIMEOUT:?}; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Logs in as the admin (one Argon2 verification on the server).
+    pub async fn login(&self) -> anyhow::Result<Client> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/auth/login", self.base))
+            .json(&LoginRequest {
+                username: "admin".to_owned(),
+                password: ADMIN_PASSWORD.to_owned(),
+            })
+            .send()
+            .await
+            .context("login request failed")?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("login answered {status}: {}", resp.text().await?);
+        }
+        let token = resp.json::<TokenResponse>().await?.token;
+        Client::new(&self.base, &token)
+    }
+
+    /// The last lines of the server's stderr.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, then waits for a graceful exit (SIGKILL after a timeout).
+    pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        // `kill(1)` rather than libc: the workspace denies unsafe code.
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await
+            .context("cannot run kill")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed", self.pid);
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                self.child.kill().await?;
+                bail!(
+                    "server did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it. Log:\n{}",
+                    self.log_tail()
+                )
+            }
+        }
+    }
+}
+
+/// A port that was free a moment ago (the server binds it right after).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// An HTTP client for one server, sending the admin's token.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Client {
+    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+        auth.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(usize::MAX)
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.to_owned(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
