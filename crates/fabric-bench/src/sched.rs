@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use fabric_core::{
-    AgentId, Clock, Priority, SystemClock, Task, TaskId, TaskInput, TaskResult, TaskStatus,
-    TenantId, Timestamp,
+    AgentId, Clock, Priority, SystemClock, Task, TaskInput, TaskResult, TaskStatus, TenantId,
+    Timestamp,
 };
 use fabric_engine::{AgentQueueConfig, Completion, Scheduler, SchedulerConfig};
 
@@ -93,31 +93,13 @@ impl TaskFactory {
         let tenant = &self.tenants[(n / self.agents.len()) % self.tenants.len()];
         let priority =
             Priority::ALL[(n / (self.agents.len() * self.tenants.len())) % Priority::ALL.len()];
-        Task {
-            id: TaskId::new(),
-            tenant: tenant.clone(),
-            owner: "bench".to_owned(),
-            agent_id: agent.clone(),
-            name: None,
-            priority,
-            input: TaskInput {
-                prompt: Some("true".to_owned()),
-                ..TaskInput::default()
-            },
-            depends_on: Vec::new(),
-            timeout: None,
-            max_attempts: 3,
-            attempt: 0,
-            lease_epoch: 0,
-            idempotency_key: None,
-            status: TaskStatus::Queued,
-            reason: None,
-            result: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-        }
+        let input = TaskInput {
+            prompt: Some("true".to_owned()),
+            ..TaskInput::default()
+        };
+        let mut task = Task::new(tenant.clone(), "bench", agent.clone(), input, now);
+        task.priority = priority;
+        task
     }
 }
 

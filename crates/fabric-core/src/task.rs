@@ -280,6 +280,44 @@ pub struct Task {
     pub finished_at: Option<Timestamp>,
 }
 
+impl Task {
+    /// Attempts a task gets unless its creator says otherwise.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+    /// A task as created at `now`: a new id, normal priority, no dependencies
+    /// or timeout, `queued`, not yet attempted. Set other fields after.
+    pub fn new(
+        tenant: TenantId,
+        owner: impl Into<String>,
+        agent_id: AgentId,
+        input: TaskInput,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            id: TaskId::new(),
+            tenant,
+            owner: owner.into(),
+            agent_id,
+            name: None,
+            priority: Priority::Normal,
+            input,
+            depends_on: Vec::new(),
+            timeout: None,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            attempt: 0,
+            lease_epoch: 0,
+            idempotency_key: None,
+            status: TaskStatus::Queued,
+            reason: None,
+            result: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// The kinds of message in a task's event stream (and the WebSocket stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

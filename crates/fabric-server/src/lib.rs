@@ -87,7 +87,7 @@ impl Default for ServerConfig {
             shell_concurrency: 4,
             shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
             kill_grace: Duration::from_secs(5),
-            default_max_attempts: 3,
+            default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
         }
     }
 }

@@ -42,7 +42,7 @@ pub struct TaskDefaults {
 impl Default for TaskDefaults {
     fn default() -> Self {
         Self {
-            max_attempts: 3,
+            max_attempts: Task::DEFAULT_MAX_ATTEMPTS,
             agent: AgentId::shell(),
         }
     }
@@ -189,34 +189,25 @@ impl TaskService {
         }
         let reservation = self.sched.lock().reserve(&agent)?;
         let now = self.clock.now();
-        let task = Task {
-            id: TaskId::new(),
-            tenant: principal.tenant.clone(),
-            owner: principal.user.clone(),
-            agent_id: agent,
-            name: req.name,
-            priority: req.priority.unwrap_or_default(),
-            input: TaskInput {
-                prompt: req.prompt,
-                commands: req.commands,
-                files: req.files,
-                env: req.env,
-            },
-            depends_on: req.depends_on,
-            timeout: spec.timeout,
-            max_attempts: req.max_attempts.unwrap_or(self.defaults.max_attempts),
-            attempt: 0,
-            lease_epoch: 0,
-            idempotency_key,
-            status: TaskStatus::Queued,
-            reason: None,
-            result: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
+        let input = TaskInput {
+            prompt: req.prompt,
+            commands: req.commands,
+            files: req.files,
+            env: req.env,
         };
-        let mut task = task;
+        let mut task = Task::new(
+            principal.tenant.clone(),
+            principal.user.clone(),
+            agent,
+            input,
+            now,
+        );
+        task.name = req.name;
+        task.priority = req.priority.unwrap_or_default();
+        task.depends_on = req.depends_on;
+        task.timeout = spec.timeout;
+        task.max_attempts = req.max_attempts.unwrap_or(self.defaults.max_attempts);
+        task.idempotency_key = idempotency_key;
         if !task.depends_on.is_empty() {
             task.status = TaskStatus::Pending;
         }

@@ -73,31 +73,19 @@ const T0: i64 = 1_700_000_000_000;
 
 /// A minimal queued task with a fresh id (ids sort by creation).
 pub fn sample_task(tenant_name: &str, agent_name: &str) -> Task {
-    Task {
-        id: TaskId::new(),
-        tenant: tenant(tenant_name),
-        owner: "alice".to_owned(),
-        agent_id: agent(agent_name),
-        name: None,
-        priority: Priority::Normal,
-        input: TaskInput {
-            prompt: Some("echo hi".to_owned()),
-            ..TaskInput::default()
-        },
-        depends_on: Vec::new(),
-        timeout: None,
-        max_attempts: 1,
-        attempt: 0,
-        lease_epoch: 0,
-        idempotency_key: None,
-        status: TaskStatus::Queued,
-        reason: None,
-        result: None,
-        created_at: Timestamp::from_millis(T0),
-        updated_at: Timestamp::from_millis(T0),
-        started_at: None,
-        finished_at: None,
-    }
+    let input = TaskInput {
+        prompt: Some("echo hi".to_owned()),
+        ..TaskInput::default()
+    };
+    let mut task = Task::new(
+        tenant(tenant_name),
+        "alice",
+        agent(agent_name),
+        input,
+        Timestamp::from_millis(T0),
+    );
+    task.max_attempts = 1;
+    task
 }
 
 /// A task with every optional field set, to catch fields a backend drops.

@@ -20,28 +20,15 @@ fn agent() -> AgentId {
 }
 
 fn task(tenant: &str, priority: Priority) -> Task {
-    Task {
-        id: TaskId::new(),
-        tenant: TenantId::new(tenant).unwrap(),
-        owner: "alice".into(),
-        agent_id: agent(),
-        name: None,
-        priority,
-        input: TaskInput::default(),
-        depends_on: vec![],
-        timeout: None,
-        max_attempts: 3,
-        attempt: 0,
-        lease_epoch: 0,
-        idempotency_key: None,
-        status: TaskStatus::Queued,
-        reason: None,
-        result: None,
-        created_at: at(0),
-        updated_at: at(0),
-        started_at: None,
-        finished_at: None,
-    }
+    let mut task = Task::new(
+        TenantId::new(tenant).unwrap(),
+        "alice",
+        agent(),
+        TaskInput::default(),
+        at(0),
+    );
+    task.priority = priority;
+    task
 }
 
 fn sched(depth: usize) -> Scheduler {
