@@ -158,3 +158,76 @@ pub struct ErrorDetail {
     pub message: String,
     pub request_id: String,
 }
+
+/// `GET /v1/agents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentList {
+    pub agents: Vec<crate::agent::Agent>,
+}
+
+/// `GET /v1/agents/{id}/sessions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionList {
+    pub sessions: Vec<crate::agent::AgentSession>,
+}
+
+/// `POST /v1/agent/lease` (agent token): the next task, valid while `epoch` is current.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseResponse {
+    pub task: Task,
+    /// Fencing token: send it with every heartbeat, event and completion of this task.
+    pub epoch: u64,
+    /// Heartbeat before this, or the task is given to someone else.
+    pub lease_expires_at: Timestamp,
+}
+
+/// `POST /v1/agent/tasks/{id}/heartbeat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TaskHeartbeat {
+    pub epoch: u64,
+}
+
+/// Answer to a task heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatResponse {
+    pub lease_expires_at: Timestamp,
+}
+
+/// One line of output an agent reports for a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AgentLogLine {
+    /// `stdout` or `stderr` (free text is accepted; these two are conventional).
+    pub stream: String,
+    pub line: String,
+}
+
+/// `POST /v1/agent/tasks/{id}/events`: log lines of a running task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AgentEvents {
+    pub epoch: u64,
+    pub logs: Vec<AgentLogLine>,
+}
+
+/// `POST /v1/agent/tasks/{id}/complete`: how the attempt ended. Answered once durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub epoch: u64,
+    /// `completed` or `failed`.
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

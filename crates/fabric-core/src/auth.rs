@@ -96,6 +96,10 @@ pub struct ApiToken {
     pub name: Option<String>,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
+    /// Set for agent tokens: the one agent it may act as (`/v1/agent/...`).
+    /// Agent tokens carry no user scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::ids::AgentId>,
 }
 
 impl ApiToken {

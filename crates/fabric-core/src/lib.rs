@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //!
+//! - [`agent`]: agent configuration (SPEC §5), state, health, sessions, egress rules.
 //! - [`ids`]: newtype identifiers (tasks, agents, tenants) and validation.
 //! - [`time`]: [`Timestamp`] (wall-clock milliseconds, RFC 3339 on the wire) and the [`Clock`] port.
 //! - [`task`]: the task model: [`Task`], [`Priority`], [`TaskStatus`] and its legal transitions.
@@ -12,6 +13,7 @@
 //! - [`api`]: request and response bodies of the HTTP API (`/v1/...`).
 //! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod ids;

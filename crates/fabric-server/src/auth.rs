@@ -10,7 +10,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use fabric_core::{ApiToken, AuthStore, Clock, Scope, TenantId, Timestamp, User};
+use fabric_core::{AgentId, ApiToken, AuthStore, Clock, Scope, TenantId, Timestamp, User};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -30,6 +30,8 @@ pub struct Principal {
     pub user: String,
     pub tenant: TenantId,
     pub scopes: Vec<Scope>,
+    /// Set when the token is an agent's: it may act only as this agent.
+    pub agent: Option<AgentId>,
     pub(crate) token_hash: String,
 }
 
@@ -115,6 +117,7 @@ impl AuthService {
             user.scopes.clone(),
             Some("login".into()),
             Some(now.plus(SESSION_TTL)),
+            None,
         )
         .await
     }
@@ -127,6 +130,7 @@ impl AuthService {
         scopes: Vec<Scope>,
         name: Option<String>,
         expires_at: Option<Timestamp>,
+        agent: Option<AgentId>,
     ) -> Result<(String, ApiToken), ApiError> {
         let secret = format!("{TOKEN_PREFIX}{}", random_secret(32));
         let token = ApiToken {
@@ -137,6 +141,7 @@ impl AuthService {
             name,
             created_at: self.clock.now(),
             expires_at,
+            agent,
         };
         self.store.put_token(token.clone()).await?;
         Ok((secret, token))
@@ -168,6 +173,7 @@ impl AuthService {
             user: token.user,
             tenant: token.tenant,
             scopes: token.scopes,
+            agent: token.agent,
             token_hash: hash,
         })
     }

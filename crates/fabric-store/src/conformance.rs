@@ -172,6 +172,8 @@ fn token(hash: &str, scopes: Vec<Scope>, expires_at: Option<Timestamp>) -> ApiTo
         scopes,
         name: expires_at.map(|_| "ci".to_owned()),
         created_at: Timestamp::from_millis(T0),
+        // Tokens that expire are agent tokens here, so both shapes round-trip.
+        agent: expires_at.map(|_| agent("coder")),
         expires_at,
     }
 }

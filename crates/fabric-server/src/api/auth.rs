@@ -85,6 +85,7 @@ pub async fn create_token(
             scopes,
             req.name,
             Some(expires),
+            None,
         )
         .await?;
     Ok((

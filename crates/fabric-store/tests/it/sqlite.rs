@@ -38,6 +38,7 @@ fn token(hash: &str) -> ApiToken {
         name: Some("cli".to_owned()),
         created_at: Timestamp::from_millis(1_700_000_000_000),
         expires_at: None,
+        agent: None,
     }
 }
 

@@ -1,0 +1,437 @@
+//! Agents (SPEC §5): their configuration, life-cycle state and sessions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::AgentId;
+use crate::time::Timestamp;
+
+/// How strongly an agent is separated from the host and from other agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationLevel {
+    /// A plain child process of the fabric.
+    #[default]
+    None,
+    /// Linux namespaces, cgroups, a private filesystem view and network.
+    Process,
+    /// A Docker container.
+    Container,
+}
+
+impl IsolationLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Process => "process",
+            Self::Container => "container",
+        }
+    }
+}
+
+impl fmt::Display for IsolationLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for IsolationLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::None, Self::Process, Self::Container]
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("invalid isolation level {s:?}: use none, process or container"))
+    }
+}
+
+fn default_memory_mb() -> u64 {
+    512
+}
+fn default_cpu_cores() -> f64 {
+    1.0
+}
+fn default_alert_threshold() -> u8 {
+    80
+}
+fn default_concurrency() -> u32 {
+    1
+}
+fn default_max_queue_depth() -> u32 {
+    1000
+}
+fn default_max_restarts() -> u32 {
+    5
+}
+
+/// `isolation { level, memory_mb, cpu_cores, filesystem_root, network_egress }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct IsolationConfig {
+    #[serde(default)]
+    pub level: IsolationLevel,
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default = "default_cpu_cores")]
+    pub cpu_cores: f64,
+    /// Directory the agent's working dir is created under (default: the fabric's data dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem_root: Option<String>,
+    /// Allowed egress: `host:port`, `*.domain:port` or a bare host (any port). Empty = no network.
+    #[serde(default)]
+    pub network_egress: Vec<String>,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        Self {
+            level: IsolationLevel::None,
+            memory_mb: default_memory_mb(),
+            cpu_cores: default_cpu_cores(),
+            filesystem_root: None,
+            network_egress: Vec::new(),
+        }
+    }
+}
+
+/// `budget { ... }`: limits per day (enforced by the budgets issue; stored now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_compute_seconds_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_per_day_usd: Option<f64>,
+    #[serde(default = "default_alert_threshold")]
+    pub alert_threshold_percent: u8,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens_per_day: None,
+            max_compute_seconds_per_day: None,
+            max_cost_per_day_usd: None,
+            alert_threshold_percent: default_alert_threshold(),
+        }
+    }
+}
+
+/// What happens when an agent's process exits on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Stay stopped.
+    Never,
+    /// Restart after a failure (non-zero exit, signal), with exponential backoff.
+    #[default]
+    OnFailure,
+}
+
+/// `pool { min_idle }`: sandboxes kept started so a spawn is served at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default)]
+    pub min_idle: u32,
+}
+
+/// An agent's configuration (SPEC §5), as given to `POST /v1/agents` or in an agent file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub id: AgentId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub isolation: IsolationConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// What it runs: a shell command line. Neither `command` nor `image`:
+    /// the built-in shell agent, running each task's commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// A container image (isolation `container`, the Docker issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Tasks it works on at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    #[serde(default = "default_max_queue_depth")]
+    pub max_queue_depth: u32,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Restarts allowed before the agent is left `crashed`.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+}
+
+/// Why an [`AgentConfig`] is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid agent config: {0}")]
+pub struct AgentConfigError(pub String);
+
+impl AgentConfig {
+    /// A config with every default, running the built-in shell agent.
+    pub fn new(id: AgentId) -> Self {
+        Self {
+            id,
+            model: None,
+            tools: Vec::new(),
+            isolation: IsolationConfig::default(),
+            budget: BudgetConfig::default(),
+            policies: Vec::new(),
+            command: None,
+            image: None,
+            concurrency: default_concurrency(),
+            max_queue_depth: default_max_queue_depth(),
+            pool: PoolConfig::default(),
+            restart: RestartPolicy::default(),
+            max_restarts: default_max_restarts(),
+        }
+    }
+
+    /// Whether it is the built-in shell agent (nothing of its own to run).
+    pub fn is_builtin_shell(&self) -> bool {
+        self.command.is_none() && self.image.is_none()
+    }
+
+    /// Checks every field; the error names the field and the accepted range.
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        let err = |m: String| Err(AgentConfigError(m));
+        let iso = &self.isolation;
+        if !(16..=1_048_576).contains(&iso.memory_mb) {
+            return err(format!(
+                "isolation.memory_mb must be between 16 and 1048576, got {}",
+                iso.memory_mb
+            ));
+        }
+        if !(iso.cpu_cores.is_finite() && iso.cpu_cores >= 0.01 && iso.cpu_cores <= 1024.0) {
+            return err(format!(
+                "isolation.cpu_cores must be between 0.01 and 1024, got {}",
+                iso.cpu_cores
+            ));
+        }
+        for rule in &iso.network_egress {
+            parse_egress(rule).map_err(AgentConfigError)?;
+        }
+        if self.command.is_some() && self.image.is_some() {
+            return err("give either 'command' or 'image', not both".into());
+        }
+        if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return err("'command' is empty".into());
+        }
+        if self.image.is_some() && iso.level != IsolationLevel::Container {
+            return err("'image' needs isolation.level = container".into());
+        }
+        if iso.level == IsolationLevel::Container {
+            return err("isolation level 'container' is not available yet (it comes with the Docker runtime); use none or process".into());
+        }
+        if !(1..=1024).contains(&self.concurrency) {
+            return err(format!(
+                "concurrency must be between 1 and 1024, got {}",
+                self.concurrency
+            ));
+        }
+        if self.max_queue_depth == 0 {
+            return err("max_queue_depth must be at least 1".into());
+        }
+        if self.budget.alert_threshold_percent == 0 || self.budget.alert_threshold_percent > 100 {
+            return err("budget.alert_threshold_percent must be between 1 and 100".into());
+        }
+        if self.pool.min_idle > 64 {
+            return err(format!(
+                "pool.min_idle must be at most 64, got {}",
+                self.pool.min_idle
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One egress allowlist entry: a host pattern and an optional port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    /// `api.github.com`, or `*.github.com` for any subdomain.
+    pub host: String,
+    /// `None` allows any port.
+    pub port: Option<u16>,
+}
+
+impl EgressRule {
+    /// Whether a connection to `host:port` is allowed by this rule.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host_ok = match self.host.strip_prefix("*.") {
+            Some(domain) => {
+                host.len() > domain.len() + 1
+                    && host.ends_with(domain)
+                    && host[..host.len() - domain.len()].ends_with('.')
+            }
+            None => host == self.host,
+        };
+        host_ok && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// Parses `host[:port]` / `*.domain[:port]`.
+pub fn parse_egress(rule: &str) -> Result<EgressRule, String> {
+    let bad =
+        || format!("invalid egress rule {rule:?}: use host:port, *.domain:port or a bare host");
+    let (host, port) = match rule.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?),
+        ),
+        None => (rule, None),
+    };
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !valid {
+        return Err(bad());
+    }
+    Ok(EgressRule {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// Where an agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Starting,
+    Running,
+    /// Finishing its in-flight tasks before it stops; leases nothing new.
+    Draining,
+    /// Waiting to be restarted after a failure.
+    Restarting,
+    Stopped,
+    /// Failed and out of restarts (or restart policy `never`).
+    Crashed,
+}
+
+/// Whether an agent is alive, judged by its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    /// Missed heartbeats, still within the grace period.
+    Unresponsive,
+    Dead,
+}
+
+/// Resource use of an agent's sandbox, from its cgroup (or `/proc` for level `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResourceUsage {
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub cpu_millis: u64,
+    pub pids: u64,
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Agent {
+    pub config: AgentConfig,
+    pub state: AgentState,
+    pub health: Health,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<Timestamp>,
+    /// Current session number (1 for the first run, +1 per restart).
+    pub session: u32,
+    pub tasks_running: u32,
+    pub tasks_done: u64,
+    pub usage: ResourceUsage,
+    pub created_at: Timestamp,
+    /// Why it stopped or crashed last (`exited (code N)`, `crashed (signal N)`, `oom_killed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}
+
+/// One run of an agent, from start to exit (FR-LIFE-5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentSession {
+    pub agent_id: AgentId,
+    pub session: u32,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+    pub tasks_done: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_rules_match_hosts_ports_and_wildcards() {
+        let gh = parse_egress("api.github.com:443").unwrap();
+        assert!(gh.allows("api.github.com", 443));
+        assert!(gh.allows("API.GitHub.com.", 443));
+        assert!(!gh.allows("api.github.com", 80));
+        assert!(!gh.allows("evil-api.github.com", 443));
+        let wild = parse_egress("*.example.org").unwrap();
+        assert!(wild.allows("a.example.org", 1) && wild.allows("x.y.example.org", 8080));
+        assert!(
+            !wild.allows("example.org", 80),
+            "*.domain matches subdomains only"
+        );
+        assert!(!wild.allows("badexample.org", 80));
+        for bad in ["", "host:0", "host:99999", "a..b", "*.", "http://x", "x y"] {
+            assert!(parse_egress(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configs_validate_with_field_names_in_errors() {
+        let id = AgentId::new("coder").unwrap();
+        assert!(AgentConfig::new(id.clone()).validate().is_ok());
+        let mut c = AgentConfig::new(id.clone());
+        c.isolation.memory_mb = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("memory_mb"));
+        let mut c = AgentConfig::new(id.clone());
+        c.isolation.network_egress = vec!["nope:x".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("egress"));
+        let json = r#"{"id":"a1","isolation":{"level":"process","memory_mb":64},"command":"python3 a.py"}"#;
+        let parsed: AgentConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (
+                parsed.isolation.memory_mb,
+                parsed.isolation.cpu_cores,
+                parsed.concurrency
+            ),
+            (64, 1.0, 1)
+        );
+        assert!(serde_json::from_str::<AgentConfig>(r#"{"id":"a","colour":1}"#).is_err());
+    }
+}
