@@ -62,6 +62,65 @@ pub enum RuntimeError {
         describe(cause)
     )]
     Wait { command: String, cause: io::Error },
+
+    #[error("invalid sandbox config: {reason}")]
+    InvalidSandboxConfig { reason: String },
+
+    #[error(
+        "the process isolation level is not available on this host: {reason}; run the fabric as \
+         root on Linux 5.12 or later, or use isolation level none or container"
+    )]
+    SandboxUnavailable { reason: String },
+
+    #[error(
+        "sandbox {name:?} already exists ({}); destroy it or choose another name",
+        path.display()
+    )]
+    SandboxExists { name: String, path: PathBuf },
+
+    #[error("cannot set up sandbox {name:?}: {reason}")]
+    SandboxSetup { name: String, reason: String },
+
+    #[error(
+        "sandbox {name:?} is gone (destroyed, or its init was killed); create a new sandbox for \
+         the agent"
+    )]
+    SandboxGone { name: String },
+
+    #[error(
+        "working directory {} is outside sandbox {name:?}, whose only writable directory is {}; \
+         use a directory inside it",
+        workdir.display(),
+        sandbox_workdir.display()
+    )]
+    WorkdirOutsideSandbox {
+        name: String,
+        workdir: PathBuf,
+        sandbox_workdir: PathBuf,
+    },
+
+    #[error(
+        "cannot listen on 127.0.0.1:{port} inside sandbox {name:?}: {}; choose another port",
+        describe(cause)
+    )]
+    SandboxPort {
+        name: String,
+        port: u16,
+        cause: io::Error,
+    },
+
+    #[error(
+        "cannot read the resource usage of sandbox {name:?}: {}; its cgroup may have been removed \
+         from outside",
+        describe(cause)
+    )]
+    SandboxUsage { name: String, cause: io::Error },
+
+    #[error(
+        "cannot clean up sandbox {name:?}: {reason}; retry the destroy, or kill its processes \
+         and remove its cgroup by hand"
+    )]
+    SandboxCleanup { name: String, reason: String },
 }
 
 impl RuntimeError {
@@ -74,6 +133,10 @@ impl RuntimeError {
                 | Self::WriteFile { .. }
                 | Self::Spawn { .. }
                 | Self::Wait { .. }
+                | Self::SandboxSetup { .. }
+                | Self::SandboxPort { .. }
+                | Self::SandboxUsage { .. }
+                | Self::SandboxCleanup { .. }
         )
     }
 }

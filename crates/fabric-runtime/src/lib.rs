@@ -26,15 +26,26 @@
 //! - [`RuntimeError`]: everything that can stop a job from running, each
 //!   message saying what to do about it.
 //!
-//! Later isolation levels (`process`: Linux namespaces and cgroups;
-//! `container`: Docker) arrive as sibling modules behind the same job and
-//! outcome types, dispatched by an `AnyRuntime` enum.
+//! - [`sandbox`]: isolation level `process`. A [`Sandbox`] (Linux namespaces,
+//!   cgroup v2 or v1, rlimits, a read-only filesystem but for its workdir, a
+//!   network namespace with only `lo`) runs the same [`ShellJob`]s through the
+//!   same capture code, and long-lived programs with [`Sandbox::spawn`];
+//!   inside it, `cgroup` (limits and counters), `helper` (the program that
+//!   builds the namespaces and enters them: [`sandbox::helper_main`], shipped
+//!   as the `fabric-sandbox-init` binary) and `sys` (the raw syscalls).
+//!
+//! Isolation level `container` (Docker) arrives as a sibling module behind
+//! the same job and outcome types, dispatched by an `AnyRuntime` enum.
 
 pub mod child;
 mod error;
+pub mod sandbox;
 
 pub use child::{
     BASE_PATH, DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_LIMIT, LogLine, MAX_LOG_LINE, SHELL, ShellJob,
     ShellOutcome, Stream, run_shell,
 };
 pub use error::RuntimeError;
+pub use sandbox::{
+    ProcessExit, ResourceUsage, Sandbox, SandboxCommand, SandboxConfig, SandboxProcess,
+};

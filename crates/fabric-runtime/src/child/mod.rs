@@ -21,8 +21,8 @@
 //! [`ShellJob::kill_grace`], so background jobs and pipelines do not outlive it.
 
 mod capture;
-mod group;
-mod workdir;
+pub(crate) mod group;
+pub(crate) mod workdir;
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -166,6 +166,10 @@ pub struct ShellOutcome {
     pub stderr_truncated: bool,
     /// The job was stopped by its cancel future.
     pub canceled: bool,
+    /// The kernel's out-of-memory killer killed a process of the job because
+    /// the sandbox hit its memory limit (isolation level `process`; always
+    /// false for `none`, which has no limit of its own).
+    pub oom_killed: bool,
     /// Commands started, counting the last one; less than the job's count
     /// when one failed or the job was canceled.
     pub commands_run: usize,
@@ -187,6 +191,10 @@ impl ShellOutcome {
         let n = self.commands_run;
         match (self.exit_code, self.signal) {
             (Some(0), _) => None,
+            _ if self.oom_killed => Some(format!(
+                "command {n} ran out of memory: the out-of-memory killer stopped it at the \
+                 sandbox's memory limit"
+            )),
             (Some(code), _) => Some(format!("command {n} exited with status {code}")),
             (None, Some(signal)) => Some(format!("command {n} was killed by signal {signal}")),
             (None, None) => Some("no command ran".to_string()),
@@ -230,14 +238,56 @@ pub async fn run_shell(
     logs: Option<Sender<LogLine>>,
     cancel: impl Future<Output = ()>,
 ) -> Result<ShellOutcome, RuntimeError> {
+    run_shell_with(job, logs, cancel, &OnHost).await
+}
+
+/// How a job's commands are started: on the host (isolation level `none`) or
+/// inside a sandbox (`process`). Everything else about a job — files, output
+/// capture, log lines, stopping the process group — is the same for both.
+pub(crate) trait Launcher: Sync {
+    /// A command that runs `SHELL -c <command>` with `workdir` as its cwd.
+    /// The caller adds environment, stdio, process group and kill-on-drop.
+    fn shell(&self, command: &str, workdir: &Path) -> tokio::process::Command;
+
+    /// Refuses a working directory (created, canonical) the commands must not use.
+    fn check_workdir(&self, _workdir: &Path) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+}
+
+/// Isolation level `none`: the shell is a plain child of the fabric.
+struct OnHost;
+
+impl Launcher for OnHost {
+    fn shell(&self, command: &str, workdir: &Path) -> tokio::process::Command {
+        let mut shell = tokio::process::Command::new(SHELL);
+        shell.arg("-c").arg(command).current_dir(workdir);
+        shell
+    }
+}
+
+/// [`run_shell`] with the commands started by `launcher`.
+pub(crate) async fn run_shell_with(
+    job: ShellJob,
+    logs: Option<Sender<LogLine>>,
+    cancel: impl Future<Output = ()>,
+    launcher: &dyn Launcher,
+) -> Result<ShellOutcome, RuntimeError> {
     let files = check(&job)?;
     let workdir = workdir::create(&job.workdir).await?;
+    launcher.check_workdir(&workdir)?;
     for (relative, file) in files.iter().zip(&job.files) {
         workdir::write_file(&workdir, relative, file).await?;
     }
     let env = environment(&workdir, &job.env);
     tracing::debug!(workdir = %workdir.display(), commands = job.commands.len(), "running shell job");
 
+    let setting = Setting {
+        launcher,
+        workdir: &workdir,
+        env: &env,
+        grace: job.kill_grace,
+    };
     let mut cancel = pin!(cancel);
     let mut stdout = Capture::new(Stream::Stdout, job.output_limit, logs.clone());
     let mut stderr = Capture::new(Stream::Stderr, job.output_limit, logs);
@@ -252,16 +302,7 @@ pub async fn run_shell(
             break;
         }
         commands_run += 1;
-        let ran = run_command(
-            command,
-            &workdir,
-            &env,
-            job.kill_grace,
-            &mut stdout,
-            &mut stderr,
-            cancel.as_mut(),
-        )
-        .await?;
+        let ran = run_command(&setting, command, &mut stdout, &mut stderr, cancel.as_mut()).await?;
         last = Some(ran.status);
         tracing::debug!(command = commands_run, status = %ran.status, canceled = ran.canceled, "command ended");
         if ran.canceled {
@@ -290,6 +331,7 @@ pub async fn run_shell(
         stdout_truncated,
         stderr_truncated,
         canceled,
+        oom_killed: false,
         commands_run,
         log_lines_dropped,
     })
@@ -306,7 +348,16 @@ fn check(job: &ShellJob) -> Result<Vec<PathBuf>, RuntimeError> {
             command: command.clone(),
         });
     }
-    for (key, value) in &job.env {
+    check_env(&job.env)?;
+    job.files
+        .iter()
+        .map(|f| workdir::checked_file_path(&f.path))
+        .collect()
+}
+
+/// Refuses variables `Command::env` would choke on.
+pub(crate) fn check_env(env: &[(String, String)]) -> Result<(), RuntimeError> {
+    for (key, value) in env {
         let reason = if key.is_empty() || key.contains(['=', '\0']) {
             "names must be non-empty and contain neither '=' nor NUL"
         } else if value.contains('\0') {
@@ -319,14 +370,11 @@ fn check(job: &ShellJob) -> Result<Vec<PathBuf>, RuntimeError> {
             reason,
         });
     }
-    job.files
-        .iter()
-        .map(|f| workdir::checked_file_path(&f.path))
-        .collect()
+    Ok(())
 }
 
 /// The base environment, then the job's variables on top.
-fn environment(workdir: &Path, extra: &[(String, String)]) -> Vec<(String, String)> {
+pub(crate) fn environment(workdir: &Path, extra: &[(String, String)]) -> Vec<(String, String)> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let mut env = vec![
         (ENV_PATH.to_string(), BASE_PATH.to_string()),
@@ -342,6 +390,14 @@ fn environment(workdir: &Path, extra: &[(String, String)]) -> Vec<(String, Strin
     env
 }
 
+/// What every command of a job shares.
+struct Setting<'a> {
+    launcher: &'a dyn Launcher,
+    workdir: &'a Path,
+    env: &'a [(String, String)],
+    grace: Duration,
+}
+
 /// How one command ended.
 struct Ran {
     status: ExitStatus,
@@ -351,20 +407,17 @@ struct Ran {
 /// Runs one command to its end (or cancellation), reading both streams the
 /// whole time so neither pipe can fill up and block the child.
 async fn run_command<C: Future<Output = ()>>(
+    setting: &Setting<'_>,
     command: &str,
-    workdir: &Path,
-    env: &[(String, String)],
-    grace: Duration,
     stdout: &mut Capture,
     stderr: &mut Capture,
     mut cancel: Pin<&mut C>,
 ) -> Result<Ran, RuntimeError> {
-    let mut child = tokio::process::Command::new(SHELL)
-        .arg("-c")
-        .arg(command)
-        .current_dir(workdir)
+    let mut child = setting
+        .launcher
+        .shell(command, setting.workdir)
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(setting.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -414,7 +467,7 @@ async fn run_command<C: Future<Output = ()>>(
     // Stop what is left of the group, still reading: processes may write while
     // they shut down, and must not block on a full pipe while doing so.
     let status = {
-        let mut stopping = pin!(group.terminate(&mut child, grace));
+        let mut stopping = pin!(group.terminate(&mut child, setting.grace));
         loop {
             tokio::select! {
                 status = &mut stopping => break status,
@@ -526,6 +579,17 @@ mod tests {
         assert_eq!(
             outcome(None, Some(15), true).failure().as_deref(),
             Some("canceled")
+        );
+        let oom = ShellOutcome {
+            oom_killed: true,
+            ..outcome(None, Some(9), false)
+        };
+        assert_eq!(
+            oom.failure().as_deref(),
+            Some(
+                "command 2 ran out of memory: the out-of-memory killer stopped it at the \
+                 sandbox's memory limit"
+            )
         );
         let result = TaskResult::from(outcome(Some(1), None, false));
         assert_eq!(result.exit_code, Some(1));

@@ -35,7 +35,7 @@ async fn try_run(job: ShellJob) -> Result<ShellOutcome, RuntimeError> {
 
 /// A process is gone when it no longer exists or is a zombie (dead, waiting
 /// for its new parent to reap it).
-fn is_gone(pid: u32) -> bool {
+pub(crate) fn is_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         // The state follows the parenthesised command name, which may itself contain spaces.
@@ -46,14 +46,23 @@ fn is_gone(pid: u32) -> bool {
 }
 
 /// Waits briefly for processes to vanish: SIGKILL is asynchronous.
-async fn assert_gone(pids: &[u32]) {
+pub(crate) async fn assert_gone(pids: &[u32]) {
     for _ in 0..50 {
         if pids.iter().all(|&p| is_gone(p)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let alive: Vec<_> = pids.iter().filter(|&&p| !is_gone(p)).collect();
+    let alive: Vec<_> = pids
+        .iter()
+        .filter(|&&p| !is_gone(p))
+        .map(|p| {
+            (
+                p,
+                std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default(),
+            )
+        })
+        .collect();
     panic!("processes still alive: {alive:?}");
 }
 

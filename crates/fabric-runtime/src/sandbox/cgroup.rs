@@ -1,0 +1,543 @@
+//! The cgroup(s) of one sandbox: cgroup v2 when its controllers are usable, else the v1 hierarchies.
+//!
+//! Detection reads `/proc/self/mountinfo`: a `cgroup2` mount whose root lists
+//! `memory`, `cpu` and `pids` in `cgroup.controllers` means v2 (one directory
+//! per sandbox). Otherwise every controller must have a v1 mount (`memory`,
+//! `cpu`, `cpuacct`, `pids`; co-mounted ones share a directory) and the
+//! sandbox gets one directory in each. Hybrid hosts, whose v2 mount carries no
+//! controllers, end up on v1.
+//!
+//! Sandboxes live at `<hierarchy root>/<parent>/<name>`, `parent` being
+//! [`SandboxConfig::cgroup_parent`](super::SandboxConfig::cgroup_parent)
+//! (like Docker's `--cgroup-parent`): outside the fabric's own cgroup, so on
+//! v2 the "no processes in inner cgroups" rule never bites.
+//!
+//! The integration tests exercise the one interface the test host offers;
+//! of the other, only the parsing is unit-tested.
+
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::sys;
+
+/// Which cgroup interface a sandbox's limits and counters use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// The unified hierarchy: one directory with every controller.
+    V2,
+    /// Legacy per-controller hierarchies: one directory in each.
+    V1,
+}
+
+/// The controllers a sandbox needs.
+const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// Where the cgroup hierarchies are mounted on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Layout {
+    V2 {
+        root: PathBuf,
+    },
+    V1 {
+        memory: PathBuf,
+        cpu: PathBuf,
+        cpuacct: PathBuf,
+        pids: PathBuf,
+    },
+}
+
+impl Layout {
+    /// Finds the hierarchies, or says what is missing.
+    pub(crate) fn detect() -> Result<Self, String> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|err| format!("cannot read /proc/self/mountinfo: {err}"))?;
+        let mounts = parse_mountinfo(&mountinfo);
+        let v2_root = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup2")
+            .map(|m| m.mount_point.clone());
+        if let Some(root) = &v2_root {
+            let controllers =
+                fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            let available: Vec<&str> = controllers.split_whitespace().collect();
+            if V2_CONTROLLERS.iter().all(|c| available.contains(c)) {
+                return Ok(Self::V2 { root: root.clone() });
+            }
+        }
+        let v1 = |controller: &str| {
+            mounts
+                .iter()
+                .find(|m| {
+                    m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == controller)
+                })
+                .map(|m| m.mount_point.clone())
+        };
+        match (v1("memory"), v1("cpu"), v1("cpuacct"), v1("pids")) {
+            (Some(memory), Some(cpu), Some(cpuacct), Some(pids)) => Ok(Self::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            }),
+            _ => Err(match v2_root {
+                Some(root) => format!(
+                    "cgroup v2 at {} lacks some of the memory, cpu and pids controllers and \
+                     cgroup v1 does not mount all of memory, cpu, cpuacct and pids",
+                    root.display()
+                ),
+                None => "no cgroup v2 mount and cgroup v1 does not mount all of memory, cpu, \
+                         cpuacct and pids"
+                    .to_string(),
+            }),
+        }
+    }
+}
+
+/// The limits written into a sandbox's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) memory_bytes: u64,
+    pub(crate) cpu_quota_us: u64,
+    pub(crate) cpu_period_us: u64,
+    pub(crate) pids_max: u32,
+}
+
+/// One sandbox's cgroup directories, with the counters read from them.
+#[derive(Debug)]
+pub(crate) struct Cgroup {
+    version: CgroupVersion,
+    /// Created for this sandbox: one (v2) or one per distinct v1 mount.
+    dirs: Vec<PathBuf>,
+    memory: PathBuf,
+    cpu: PathBuf,
+    cpuacct: PathBuf,
+    pids: PathBuf,
+    /// `cgroup.procs` of each directory, open for writing: a starting process
+    /// writes "0" ("me") into each from `pre_exec`, which must not open paths.
+    procs: Vec<OwnedFd>,
+}
+
+/// Counters of a cgroup at one moment; see [`ResourceUsage`](super::ResourceUsage).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Counters {
+    pub(crate) memory_bytes: u64,
+    pub(crate) memory_peak_bytes: Option<u64>,
+    pub(crate) cpu_usage: Duration,
+    pub(crate) pids: u64,
+    pub(crate) oom_kills: u64,
+    pub(crate) pids_limit_hits: u64,
+}
+
+impl Cgroup {
+    /// Creates `<parent>/<name>` in each hierarchy and writes `limits`.
+    /// On failure nothing created is left behind.
+    pub(crate) fn create(
+        layout: &Layout,
+        parent: &Path,
+        name: &str,
+        limits: Limits,
+    ) -> Result<Self, CgroupError> {
+        let mut cgroup = match layout {
+            Layout::V2 { root } => {
+                enable_v2_controllers(root, parent)?;
+                let dir = root.join(parent).join(name);
+                Self {
+                    version: CgroupVersion::V2,
+                    dirs: vec![dir.clone()],
+                    memory: dir.clone(),
+                    cpu: dir.clone(),
+                    cpuacct: dir.clone(),
+                    pids: dir,
+                    procs: Vec::new(),
+                }
+            }
+            Layout::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            } => {
+                let at = |mount: &Path| mount.join(parent).join(name);
+                let mut dirs: Vec<PathBuf> = Vec::new();
+                for dir in [at(memory), at(cpu), at(cpuacct), at(pids)] {
+                    if !dirs.contains(&dir) {
+                        dirs.push(dir);
+                    }
+                }
+                for mount in [memory, cpu, cpuacct, pids] {
+                    let parent_dir = mount.join(parent);
+                    fs::create_dir_all(&parent_dir)
+                        .map_err(|cause| CgroupError::new("create", &parent_dir, cause))?;
+                }
+                Self {
+                    version: CgroupVersion::V1,
+                    dirs,
+                    memory: at(memory),
+                    cpu: at(cpu),
+                    cpuacct: at(cpuacct),
+                    pids: at(pids),
+                    procs: Vec::new(),
+                }
+            }
+        };
+        let mut created = Vec::new();
+        let result = cgroup.populate(limits, &mut created);
+        if let Err(err) = result {
+            for dir in created.iter().rev() {
+                let _ = fs::remove_dir(dir);
+            }
+            return Err(err);
+        }
+        Ok(cgroup)
+    }
+
+    fn populate(&mut self, limits: Limits, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            match fs::create_dir(dir) {
+                Ok(()) => created.push(dir.clone()),
+                Err(err) if err.kind() == ErrorKind::AlreadyExists => {
+                    return Err(CgroupError::Exists { path: dir.clone() });
+                }
+                Err(cause) => return Err(CgroupError::new("create", dir, cause)),
+            }
+        }
+        let memory = limits.memory_bytes.to_string();
+        let pids = limits.pids_max.to_string();
+        match self.version {
+            CgroupVersion::V2 => {
+                write(&self.memory, "memory.max", &memory)?;
+                // No swap: the limit means RAM. Absent without swap accounting.
+                write_optional(&self.memory, "memory.swap.max", "0")?;
+                let cpu = format!("{} {}", limits.cpu_quota_us, limits.cpu_period_us);
+                write(&self.cpu, "cpu.max", &cpu)?;
+            }
+            CgroupVersion::V1 => {
+                write(&self.memory, "memory.limit_in_bytes", &memory)?;
+                // memory+swap ≥ memory is required, so this goes second. Absent
+                // when the kernel does no swap accounting.
+                write_optional(&self.memory, "memory.memsw.limit_in_bytes", &memory)?;
+                write(
+                    &self.cpu,
+                    "cpu.cfs_period_us",
+                    &limits.cpu_period_us.to_string(),
+                )?;
+                write(
+                    &self.cpu,
+                    "cpu.cfs_quota_us",
+                    &limits.cpu_quota_us.to_string(),
+                )?;
+            }
+        }
+        write(&self.pids, "pids.max", &pids)?;
+        for dir in &self.dirs {
+            let path = dir.join("cgroup.procs");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|cause| CgroupError::new("open", &path, cause))?;
+            self.procs.push(file.into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// The open `cgroup.procs` descriptors, for [`join_from_pre_exec`].
+    pub(crate) fn procs_fds(&self) -> Vec<RawFd> {
+        self.procs.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    /// The counters now. Fails only if the cgroup vanished or its files are unreadable.
+    pub(crate) fn counters(&self) -> io::Result<Counters> {
+        Ok(match self.version {
+            CgroupVersion::V2 => Counters {
+                memory_bytes: read_u64(&self.memory, "memory.current")?,
+                // memory.peak arrived in Linux 5.19.
+                memory_peak_bytes: read_u64(&self.memory, "memory.peak").ok(),
+                cpu_usage: Duration::from_micros(read_key(&self.cpu, "cpu.stat", "usage_usec")?),
+                pids: read_u64(&self.pids, "pids.current")?,
+                oom_kills: read_key(&self.memory, "memory.events", "oom_kill")?,
+                pids_limit_hits: read_key(&self.pids, "pids.events", "max").unwrap_or(0),
+            },
+            CgroupVersion::V1 => Counters {
+                memory_bytes: read_u64(&self.memory, "memory.usage_in_bytes")?,
+                memory_peak_bytes: Some(read_u64(&self.memory, "memory.max_usage_in_bytes")?),
+                cpu_usage: Duration::from_nanos(read_u64(&self.cpuacct, "cpuacct.usage")?),
+                pids: read_u64(&self.pids, "pids.current")?,
+                oom_kills: read_key(&self.memory, "memory.oom_control", "oom_kill")?,
+                pids_limit_hits: read_key(&self.pids, "pids.events", "max").unwrap_or(0),
+            },
+        })
+    }
+
+    /// OOM kills so far; 0 if unreadable (used to compare before and after a command).
+    pub(crate) fn oom_kills(&self) -> u64 {
+        let (dir, file) = match self.version {
+            CgroupVersion::V2 => (&self.memory, "memory.events"),
+            CgroupVersion::V1 => (&self.memory, "memory.oom_control"),
+        };
+        read_key(dir, file, "oom_kill").unwrap_or(0)
+    }
+
+    /// Host pids of every process in the sandbox (all hierarchies, deduplicated).
+    /// Zombies are not listed: a process leaves its cgroup when it exits.
+    pub(crate) fn members(&self) -> io::Result<Vec<libc::pid_t>> {
+        let mut pids = Vec::new();
+        for dir in &self.dirs {
+            let text = match fs::read_to_string(dir.join("cgroup.procs")) {
+                Ok(text) => text,
+                Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            for pid in text.lines().filter_map(|l| l.trim().parse().ok()) {
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// SIGKILLs every member except `spare`; returns how many were signalled.
+    pub(crate) fn kill_members(&self, spare: &[libc::pid_t]) -> io::Result<usize> {
+        let mut signalled = 0;
+        for pid in self.members()? {
+            if pid > 1 && !spare.contains(&pid) {
+                // ESRCH: it exited meanwhile.
+                if sys::kill(pid, libc::SIGKILL).is_ok() {
+                    signalled += 1;
+                }
+            }
+        }
+        Ok(signalled)
+    }
+
+    /// Removes the directories. Fails with EBUSY while a member is still exiting;
+    /// the caller retries. Already-removed directories are fine.
+    pub(crate) fn remove(&self) -> io::Result<()> {
+        let mut first_error = None;
+        for dir in &self.dirs {
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Moves the calling process into the sandbox's cgroups, from `pre_exec`:
+/// writing "0" to `cgroup.procs` means "the writer". Async-signal-safe.
+pub(crate) fn join_from_pre_exec(procs_fds: &[RawFd]) -> io::Result<()> {
+    for &fd in procs_fds {
+        sys::write_fd(fd, b"0")?;
+    }
+    Ok(())
+}
+
+/// Why a sandbox's cgroup could not be set up.
+#[derive(Debug)]
+pub(crate) enum CgroupError {
+    Exists {
+        path: PathBuf,
+    },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        cause: io::Error,
+    },
+}
+
+impl CgroupError {
+    fn new(action: &'static str, path: &Path, cause: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_path_buf(),
+            cause,
+        }
+    }
+}
+
+/// v2: every level from the root down to `parent` must pass the controllers
+/// on to its children (`+memory +cpu +pids` in `cgroup.subtree_control`).
+fn enable_v2_controllers(root: &Path, parent: &Path) -> Result<(), CgroupError> {
+    let mut dir = root.to_path_buf();
+    let mut levels = vec![dir.clone()];
+    for part in parent.components() {
+        dir.push(part);
+        levels.push(dir.clone());
+    }
+    for (i, level) in levels.iter().enumerate() {
+        if i > 0 {
+            match fs::create_dir(level) {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::AlreadyExists => {}
+                Err(cause) => return Err(CgroupError::new("create", level, cause)),
+            }
+        }
+        let enabled = fs::read_to_string(level.join("cgroup.subtree_control")).unwrap_or_default();
+        for controller in V2_CONTROLLERS {
+            if !enabled.split_whitespace().any(|c| c == controller) {
+                write(level, "cgroup.subtree_control", &format!("+{controller}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    fs::write(&path, value).map_err(|cause| CgroupError::new("write", &path, cause))
+}
+
+fn write_optional(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    match write(dir, file, value) {
+        Err(CgroupError::Io { cause, .. }) if cause.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn read_u64(dir: &Path, file: &str) -> io::Result<u64> {
+    let text = fs::read_to_string(dir.join(file))?;
+    text.trim().parse().map_err(|_| {
+        io::Error::new(
+            ErrorKind::InvalidData,
+            format!("{file}: not a number: {text:?}"),
+        )
+    })
+}
+
+/// The value of `key` in a flat keyed file (`key value` lines, as `memory.events`).
+fn read_key(dir: &Path, file: &str, key: &str) -> io::Result<u64> {
+    let text = fs::read_to_string(dir.join(file))?;
+    parse_key(&text, key)
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, format!("{file} has no {key:?}")))
+}
+
+fn parse_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// One line of `/proc/self/mountinfo`, the parts we need.
+#[derive(Debug, PartialEq, Eq)]
+struct Mount {
+    mount_point: PathBuf,
+    fstype: String,
+    super_options: String,
+}
+
+/// `id parent dev root mount_point options [optional...] - fstype source super_options`
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let _source = right.next()?;
+            let super_options = right.next().unwrap_or("");
+            Some(Mount {
+                mount_point: PathBuf::from(unescape_octal(mount_point)),
+                fstype: fstype.to_string(),
+                super_options: super_options.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(digits) => {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+33 30 0:29 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+34 30 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+35 30 0:31 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+36 30 0:32 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+37 25 0:33 / /mnt/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let mounts = parse_mountinfo(HYBRID);
+        assert_eq!(mounts.len(), 9);
+        assert_eq!(
+            mounts[2],
+            Mount {
+                mount_point: "/sys/fs/cgroup/cpu".into(),
+                fstype: "cgroup".into(),
+                super_options: "rw,cpu".into(),
+            }
+        );
+        assert_eq!(mounts[8].mount_point, PathBuf::from("/mnt/with space"));
+    }
+
+    #[test]
+    fn controllers_are_matched_exactly() {
+        // "cpu" must not match the "cpuacct" or "cpuset" mounts, nor the reverse.
+        let mounts = parse_mountinfo(HYBRID);
+        let find = |c: &str| {
+            mounts
+                .iter()
+                .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == c))
+                .map(|m| m.mount_point.clone())
+        };
+        assert_eq!(find("cpu"), Some("/sys/fs/cgroup/cpu".into()));
+        assert_eq!(find("cpuacct"), Some("/sys/fs/cgroup/cpuacct".into()));
+    }
+
+    #[test]
+    fn keyed_files_parse() {
+        let oom_control = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(parse_key(oom_control, "oom_kill"), Some(3));
+        assert_eq!(parse_key(oom_control, "oom"), None);
+        let events = "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(parse_key(events, "oom_kill"), Some(2));
+        assert_eq!(parse_key(events, "max"), Some(7));
+    }
+}

@@ -1,0 +1,862 @@
+//! `Sandbox`: isolation level `process` (FR-ISO) against the real kernel: namespaces, cgroups, mounts.
+//!
+//! These need root and cgroups, as the level itself does. Nothing is
+//! skipped: on a host without them `Sandbox::create` fails and so does every
+//! test, with the reason in the message.
+
+use std::future::{Future, pending};
+use std::io::{ErrorKind, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fabric_runtime::sandbox::{CgroupVersion, HelperCommand};
+use fabric_runtime::{
+    LogLine, RuntimeError, Sandbox, SandboxCommand, SandboxConfig, ShellJob, ShellOutcome, Stream,
+    run_shell,
+};
+use tempfile::TempDir;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::child::{assert_gone, is_gone};
+
+/// A config named after the test (names must be unique on the host) with a
+/// workdir in a fresh temporary directory.
+fn config(tag: &str) -> (TempDir, SandboxConfig) {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("it-{}-{tag}", std::process::id());
+    let helper = HelperCommand::new(env!("CARGO_BIN_EXE_fabric-sandbox-init"));
+    let config = SandboxConfig::new(&name, tmp.path().join(&name), helper);
+    (tmp, config)
+}
+
+async fn create(config: SandboxConfig) -> Sandbox {
+    match Sandbox::create(config).await {
+        Ok(sandbox) => sandbox,
+        Err(err) => panic!("the process isolation level must work on this host: {err}"),
+    }
+}
+
+fn job_in(workdir: &Path, commands: &[&str]) -> ShellJob {
+    ShellJob::new(
+        commands.iter().map(|c| c.to_string()).collect(),
+        workdir.to_path_buf(),
+    )
+}
+
+async fn sh(sandbox: &Sandbox, commands: &[&str]) -> ShellOutcome {
+    let job = job_in(sandbox.workdir(), commands);
+    within(30, sandbox.run_shell(job, None, pending()))
+        .await
+        .unwrap()
+}
+
+async fn within<T>(seconds: u64, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(seconds), future)
+        .await
+        .expect("timed out")
+}
+
+/// Everything the outcome says except what depends on where it ran.
+fn comparable(outcome: &ShellOutcome) -> impl PartialEq + std::fmt::Debug {
+    (
+        outcome.exit_code,
+        outcome.signal,
+        outcome.stdout.clone(),
+        outcome.stderr.clone(),
+        outcome.stdout_truncated,
+        outcome.stderr_truncated,
+        outcome.canceled,
+        outcome.commands_run,
+        outcome.failure(),
+    )
+}
+
+async fn with_log_lines(
+    run: impl AsyncFnOnce(mpsc::Sender<LogLine>) -> ShellOutcome,
+) -> (ShellOutcome, Vec<LogLine>) {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let outcome = run(tx).await;
+    let lines = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    (outcome, lines)
+}
+
+#[tokio::test]
+async fn run_shell_in_a_sandbox_has_the_outcomes_of_level_none() {
+    let (_tmp, config) = config("parity");
+    let sandbox = create(config).await;
+    let host = tempfile::tempdir().unwrap();
+
+    let mut jobs: Vec<(&str, ShellJob)> = Vec::new();
+    let mut add = |label, commands: &[&str], change: fn(&mut ShellJob)| {
+        let mut job = job_in(Path::new("/placeholder"), commands);
+        change(&mut job);
+        jobs.push((label, job));
+    };
+    add("echo", &["echo hello"], |_| {});
+    add(
+        "first failure stops",
+        &[
+            "echo one",
+            "echo two >&2",
+            "echo three; exit 3",
+            "echo never",
+        ],
+        |_| {},
+    );
+    add(
+        "truncation on a char boundary",
+        &["printf 'hello world'; printf 'abcdé' >&2"],
+        |j| j.output_limit = 5,
+    );
+    add(
+        "big output is cut at the limit",
+        &["head -c 3000000 /dev/zero | tr '\\0' a; echo done >&2"],
+        |j| j.output_limit = 1 << 20,
+    );
+    add("invalid utf-8", &["printf 'a\\377b'"], |_| {});
+    add(
+        "killed by a signal",
+        &["kill -KILL $$", "echo never"],
+        |_| {},
+    );
+    add(
+        "unknown program",
+        &["definitely-not-a-program-4f1c"],
+        |_| {},
+    );
+    add(
+        "environment",
+        &["echo $GREETING $LANG; test -d \"$TMPDIR\" && test -w \"$TMPDIR\" && echo tmp-ok"],
+        |j| j.env = vec![("GREETING".into(), "hi there".into())],
+    );
+    add("task files", &["cat a.txt sub/b.txt"], |j| {
+        j.files = vec![
+            fabric_core::TaskFile {
+                path: "a.txt".into(),
+                content: "A ".into(),
+            },
+            fabric_core::TaskFile {
+                path: "sub/b.txt".into(),
+                content: "B".into(),
+            },
+        ]
+    });
+    add(
+        "background processes end with their command",
+        &["sleep 1000 & echo started", "echo next"],
+        |_| {},
+    );
+
+    for (label, job) in jobs {
+        let mut on_host = job.clone();
+        on_host.workdir = host.path().join("w");
+        let mut inside = job;
+        inside.workdir = sandbox.workdir().to_path_buf();
+
+        let (expected, expected_lines) = with_log_lines(async |tx| {
+            within(30, run_shell(on_host, Some(tx), pending()))
+                .await
+                .unwrap()
+        })
+        .await;
+        let (got, got_lines) = with_log_lines(async |tx| {
+            within(30, sandbox.run_shell(inside, Some(tx), pending()))
+                .await
+                .unwrap()
+        })
+        .await;
+        assert_eq!(comparable(&got), comparable(&expected), "{label}");
+        // Stdout and stderr are read concurrently: ordered within a stream only.
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let of = |lines: &[LogLine]| -> Vec<String> {
+                lines
+                    .iter()
+                    .filter(|l| l.stream == stream)
+                    .map(|l| l.line.clone())
+                    .collect()
+            };
+            assert_eq!(
+                of(&got_lines),
+                of(&expected_lines),
+                "{label}: {stream:?} log lines"
+            );
+        }
+        assert!(!got.oom_killed, "{label}");
+    }
+    assert_eq!(
+        sh(&sandbox, &["printf 12345"]).await.stdout,
+        "12345",
+        "still usable"
+    );
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_stops_the_command_inside_the_sandbox() {
+    let (_tmp, config) = config("cancel");
+    let sandbox = create(config).await;
+    let mut job = job_in(
+        sandbox.workdir(),
+        &["echo started; sleep 1000 & wait", "echo never"],
+    );
+    job.kill_grace = Duration::from_secs(3);
+    let (tx, mut rx) = mpsc::channel(8);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = sandbox.run_shell(job, Some(tx), async move {
+        let _ = stopped.await;
+    });
+    let canceled_at = tokio::spawn(async move {
+        let line = within(10, rx.recv()).await.unwrap();
+        assert_eq!(line.line, "started");
+        stop.send(()).unwrap();
+        Instant::now()
+    });
+    let outcome = within(10, run).await.unwrap();
+    let took = canceled_at.await.unwrap().elapsed();
+    assert!(outcome.canceled);
+    assert_eq!(outcome.signal, Some(libc::SIGTERM));
+    assert_eq!(outcome.commands_run, 1);
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM was enough: {took:?}"
+    );
+    // The sleep went with its command: only the init and its holder remain.
+    assert_eq!(sandbox.processes().unwrap().len(), 2);
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_oom_killed_and_reported() {
+    let (_tmp, mut config) = config("oom");
+    config.memory_mb = 64;
+    let sandbox = create(config).await;
+    let outcome = sh(
+        &sandbox,
+        &["python3 -c 'a = []\nwhile True: a.append(bytearray(10**6))'"],
+    )
+    .await;
+    let usage = sandbox.usage().unwrap();
+    assert!(usage.oom_kills >= 1, "{usage:?}");
+    assert!(outcome.oom_killed, "{outcome:?}");
+    // dash runs the last command in place (signal 9) or reports it (137).
+    assert!(
+        outcome.signal == Some(libc::SIGKILL) || outcome.exit_code == Some(128 + libc::SIGKILL),
+        "{outcome:?}"
+    );
+    assert!(
+        outcome.failure().unwrap().contains("out of memory"),
+        "{:?}",
+        outcome.failure()
+    );
+    let peak = usage.memory_peak_bytes.unwrap_or(u64::MAX);
+    assert!(
+        (32 << 20..=64 << 20).contains(&peak),
+        "peak {peak} should be near the 64 MiB limit"
+    );
+    // The fabric (this test) is alive, and so is the sandbox.
+    assert_eq!(sh(&sandbox, &["echo alive"]).await.stdout, "alive\n");
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fork_bomb_hits_the_pids_limit_and_kill_all_ends_it() {
+    let (_tmp, mut config) = config("forkbomb");
+    config.pids_max = 32;
+    let sandbox = create(config).await;
+    let pids_max_file = match sandbox.cgroup_version() {
+        CgroupVersion::V2 => sandbox.cgroup_dirs()[0].join("pids.max"),
+        CgroupVersion::V1 => sandbox
+            .cgroup_dirs()
+            .iter()
+            .map(|d| d.join("pids.max"))
+            .find(|f| f.exists())
+            .unwrap(),
+    };
+    assert_eq!(std::fs::read_to_string(pids_max_file).unwrap().trim(), "32");
+
+    let bomb = sandbox
+        .spawn(SandboxCommand::new([
+            "bash",
+            "-c",
+            "bomb() { bomb | bomb & }; bomb; wait",
+        ]))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let usage = loop {
+        let usage = sandbox.usage().unwrap();
+        assert!(usage.pids <= 32, "pids.current above pids.max: {usage:?}");
+        if usage.pids_limit_hits > 0 {
+            break usage;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bomb never hit the limit: {usage:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        usage.pids >= 16,
+        "the bomb should be filling the sandbox: {usage:?}"
+    );
+
+    let victims = sandbox.processes().unwrap();
+    within(10, sandbox.kill_all()).await.unwrap();
+    let left = sandbox.processes().unwrap();
+    assert_eq!(
+        left.len(),
+        2,
+        "only the init and its holder survive: {left:?}"
+    );
+    assert!(left.contains(&sandbox.init_pid()));
+    let killed: Vec<u32> = victims.into_iter().filter(|p| !left.contains(p)).collect();
+    assert_gone(&killed).await;
+    drop(bomb);
+    // kill_all keeps the sandbox usable.
+    assert_eq!(sh(&sandbox, &["echo alive"]).await.stdout, "alive\n");
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn cpu_quota_caps_busy_loops_at_half_a_core() {
+    let (_tmp, mut config) = config("cpu");
+    config.cpu_cores = 0.5;
+    let sandbox = create(config).await;
+    match sandbox.cgroup_version() {
+        CgroupVersion::V2 => {
+            let max = std::fs::read_to_string(sandbox.cgroup_dirs()[0].join("cpu.max")).unwrap();
+            assert_eq!(max.trim(), "50000 100000");
+        }
+        CgroupVersion::V1 => {
+            let dir = sandbox
+                .cgroup_dirs()
+                .iter()
+                .find(|d| d.join("cpu.cfs_quota_us").exists())
+                .unwrap();
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            };
+            assert_eq!(read("cpu.cfs_quota_us"), "50000");
+            assert_eq!(read("cpu.cfs_period_us"), "100000");
+        }
+    }
+    let before = sandbox.usage().unwrap().cpu_time;
+    // Two spinning loops for 2 s would use 4 CPU-seconds on two free cores.
+    let started = Instant::now();
+    let outcome = sh(
+        &sandbox,
+        &["timeout 2 sh -c 'while :; do :; done' & timeout 2 sh -c 'while :; do :; done'; wait"],
+    )
+    .await;
+    let wall = started.elapsed();
+    let used = (sandbox.usage().unwrap().cpu_time - before).as_secs_f64();
+    assert!(wall >= Duration::from_secs(2), "{outcome:?}");
+    assert!(
+        (0.3..1.5).contains(&used),
+        "0.5 cores for {wall:?} should be about 1 CPU-second, used {used:.2}"
+    );
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_the_workdir_is_writable() {
+    let (_tmp, config) = config("fs");
+    let sandbox = create(config).await;
+    let outcome = sh(
+        &sandbox,
+        &[
+            "for f in /etc/x /usr/x /x /dev/x /proc/x; do touch $f 2>/dev/null && echo \"wrote $f\"; done; \
+             touch /work/x 2>/dev/null && echo 'wrote /work/x'; \
+             echo inside > $HOME/made-inside && echo scratch > /tmp/scratch && cat /tmp/scratch",
+        ],
+    )
+    .await;
+    assert_eq!(outcome.stdout, "scratch\n", "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.exit_code, Some(0));
+    let errors = sh(&sandbox, &["touch /etc/x", "true"]).await;
+    assert!(
+        errors.stderr.contains("Read-only file system"),
+        "{}",
+        errors.stderr
+    );
+    for path in ["/etc/x", "/usr/x", "/x", "/work/x"] {
+        assert!(!Path::new(path).exists(), "{path} was written on the host");
+    }
+    // The workdir is the host's; /tmp is private to the sandbox.
+    assert_eq!(
+        std::fs::read_to_string(sandbox.workdir().join("made-inside")).unwrap(),
+        "inside\n"
+    );
+    assert!(!Path::new("/tmp/scratch").exists());
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn another_sandboxs_workdir_and_host_secrets_are_unreadable() {
+    let parent = tempfile::tempdir().unwrap();
+    let (_a_tmp, mut a) = config("fs-a");
+    let (_b_tmp, mut b) = config("fs-b");
+    a.workdir = parent.path().join("a");
+    b.workdir = parent.path().join("b");
+    let a = create(a).await;
+    let b = create(b).await;
+    assert!(sh(&a, &["echo secret-of-a > secret"]).await.success());
+    assert!(a.workdir().join("secret").exists());
+
+    let secret = a.workdir().join("secret");
+    let outcome = sh(&b, &[&format!("cat {}", secret.display())]).await;
+    assert_ne!(outcome.exit_code, Some(0), "B read A's file");
+    assert!(!outcome.stdout.contains("secret-of-a"));
+    // B sees only its own workdir in the shared parent directory.
+    let listing = sh(
+        &b,
+        &[&format!(
+            "ls -A {}",
+            parent.path().canonicalize().unwrap().display()
+        )],
+    )
+    .await;
+    assert_eq!(listing.stdout, "b\n");
+    // Host data outside the read-only system paths is not there at all.
+    let host = sh(
+        &b,
+        &["ls -d /root /home /var /run /work 2>&1; cat /etc/shadow"],
+    )
+    .await;
+    assert!(!host.stdout.contains("root:"), "{}", host.stdout);
+    assert_eq!(
+        host.stdout.matches("No such file or directory").count(),
+        5,
+        "{}",
+        host.stdout
+    );
+
+    a.destroy().await.unwrap();
+    b.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_network_is_only_loopback_and_bind_tcp_serves_inside() {
+    let (_tmp, config) = config("net");
+    let sandbox = create(config).await;
+
+    // A service on the host's loopback is not reachable from inside.
+    let host_service = TcpListener::bind("127.0.0.1:0").unwrap();
+    host_service.set_nonblocking(true).unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    let outcome = sh(
+        &sandbox,
+        &[&format!(
+            "bash -c 'echo hi > /dev/tcp/127.0.0.1/{host_port}' 2>&1; \
+             python3 -c 'import socket; socket.create_connection((\"1.1.1.1\", 80), timeout=2)' 2>&1 | tail -1; \
+             ip -o link | cut -d: -f2; ip route"
+        )],
+    )
+    .await;
+    assert!(
+        outcome.stdout.contains("Connection refused"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.contains("Network is unreachable"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.ends_with(" lo\n"),
+        "only lo, no routes: {}",
+        outcome.stdout
+    );
+    assert_eq!(
+        host_service.accept().map_err(|e| e.kind()).err(),
+        Some(ErrorKind::WouldBlock),
+        "the host service got a connection from the sandbox"
+    );
+
+    // A port that is free on the host, bound inside the sandbox.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let inside = sandbox.bind_tcp(port).unwrap();
+    let talk = sandbox
+        .spawn(SandboxCommand::new([
+            "python3",
+            "-c",
+            &format!(
+                "import socket; s = socket.create_connection(('127.0.0.1', {port})); \
+                 s.sendall(b'hello from inside'); s.close()"
+            ),
+        ]))
+        .unwrap();
+    let (mut conn, _) = tokio::task::spawn_blocking(move || {
+        let accepted = inside.accept();
+        (accepted, inside)
+    })
+    .await
+    .map(|(accepted, _inside)| accepted)
+    .unwrap()
+    .unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hello from inside");
+    let mut talk = talk;
+    assert!(within(10, talk.wait()).await.unwrap().success());
+
+    // From the host, that port is closed.
+    let from_host = TcpStream::connect(("127.0.0.1", port));
+    assert_eq!(
+        from_host.map(drop).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::ConnectionRefused)
+    );
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_pid_namespace_hides_host_processes() {
+    let (_tmp, config) = config("pid");
+    let sandbox = create(config).await;
+    let outcome = sh(
+        &sandbox,
+        &[&format!(
+            "echo $$; ls /proc | grep -c '^[0-9]'; test -e /proc/{} && echo host-visible; ps -eo pid=,comm=",
+            std::process::id()
+        )],
+    )
+    .await;
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    let own_pid: u32 = lines[0].parse().unwrap();
+    assert!(own_pid < 10, "the shell should have a low pid: {own_pid}");
+    let visible: usize = lines[1].parse().unwrap();
+    assert!(visible <= 4, "only init, sh, ls, grep: {}", outcome.stdout);
+    assert!(!outcome.stdout.contains("host-visible"));
+    let ps: Vec<&str> = lines[2..].iter().map(|l| l.trim()).collect();
+    assert_eq!(
+        ps[0], "1 fabric-sandbox-",
+        "PID 1 is the sandbox init: {ps:?}"
+    );
+    assert!(ps.len() <= 3, "init, sh, ps: {ps:?}");
+    let hostname = sh(&sandbox, &["hostname"]).await.stdout;
+    assert_eq!(hostname.trim(), sandbox.name());
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn spawn_runs_programs_and_reports_how_they_ended() {
+    let (_tmp, config) = config("spawn");
+    let sandbox = create(config).await;
+
+    let mut command = SandboxCommand::new(["sh", "-c", "echo started $GREETING; exit 3"]);
+    command.env = vec![("GREETING".into(), "hi".into())];
+    command.stdout = Stdio::piped();
+    let mut process = sandbox.spawn(command).unwrap();
+    let stdout = process.stdout.take().unwrap();
+    let line = within(10, tokio::io::BufReader::new(stdout).lines().next_line())
+        .await
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("started hi"));
+    let exit = within(10, process.wait()).await.unwrap();
+    assert_eq!(
+        (exit.code, exit.signal, exit.oom_killed),
+        (Some(3), None, false)
+    );
+
+    let mut crash = sandbox
+        .spawn(SandboxCommand::new(["sh", "-c", "kill -SEGV $$"]))
+        .unwrap();
+    let exit = within(10, crash.wait()).await.unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGSEGV));
+    assert_eq!(exit.describe(), "crashed (signal 11)");
+
+    let mut sleeper = sandbox
+        .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .unwrap();
+    let exit = within(10, sleeper.terminate(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGTERM));
+
+    let mut missing = sandbox
+        .spawn(SandboxCommand::new(["no-such-program-4f1c"]))
+        .unwrap();
+    assert_eq!(within(10, missing.wait()).await.unwrap().code, Some(127));
+    sandbox.destroy().await.unwrap();
+}
+
+/// The network namespace's id, as `/proc/<pid>/ns/net` names it.
+fn netns_of(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether any process refers to `netns`: lives in it or holds a handle on it.
+fn netns_in_use(netns: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|proc_dir| {
+            let links = std::fs::read_dir(proc_dir.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|fd| fd.path())
+                .chain([proc_dir.path().join("ns/net")]);
+            links
+                .filter_map(|link| std::fs::read_link(link).ok())
+                .any(|target| target.to_string_lossy() == netns)
+        })
+}
+
+/// Waits until `n` processes of the sandbox run `program`, and returns their
+/// pids: `spawn` returns once the helper runs, a moment before the program
+/// itself is forked and exec'd.
+async fn wait_for_program(sandbox: &Sandbox, program: &str, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let running: Vec<u32> = sandbox
+            .processes()
+            .unwrap()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == program)
+            })
+            .collect();
+        if running.len() >= n {
+            return running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{program} never ran: {:?}",
+            sandbox.processes()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+struct Footprint {
+    pids: Vec<u32>,
+    cgroup_dirs: Vec<PathBuf>,
+    netns: String,
+    workdir: PathBuf,
+}
+
+fn footprint(sandbox: &Sandbox) -> Footprint {
+    Footprint {
+        pids: sandbox.processes().unwrap(),
+        cgroup_dirs: sandbox.cgroup_dirs().to_vec(),
+        netns: netns_of(sandbox.init_pid()),
+        workdir: sandbox.workdir().to_path_buf(),
+    }
+}
+
+async fn assert_nothing_left(footprint: &Footprint) {
+    assert_gone(&footprint.pids).await;
+    for dir in &footprint.cgroup_dirs {
+        assert!(!dir.exists(), "cgroup {} is left", dir.display());
+    }
+    assert!(
+        !netns_in_use(&footprint.netns),
+        "{} is still in use",
+        footprint.netns
+    );
+    assert!(!footprint.workdir.exists(), "the workdir is left");
+}
+
+#[tokio::test]
+async fn destroy_leaves_nothing_behind_and_may_be_repeated() {
+    let (_tmp, config) = config("destroy");
+    let sandbox = create(config).await;
+    assert_ne!(netns_of(sandbox.init_pid()), netns_of(std::process::id()));
+    let _agent = sandbox
+        .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .unwrap();
+    // A process that left its command's process group stays in the sandbox
+    // (the loop waits until it has called setsid, before the group is stopped).
+    let outcome = sh(
+        &sandbox,
+        &[
+            "setsid sh -c 'echo $$ > escaped; exec sleep 1000' > /dev/null 2>&1 & \
+             while [ ! -s escaped ]; do sleep 0.01; done",
+            "echo spawned",
+        ],
+    )
+    .await;
+    assert_eq!(outcome.stdout, "spawned\n");
+    // The agent's sleep and the setsid sleep.
+    wait_for_program(&sandbox, "sleep", 2).await;
+    let before = footprint(&sandbox);
+    assert!(
+        before.pids.len() >= 5,
+        "init, holder, agent helper and sleep, setsid sleep: {:?}",
+        before.pids
+    );
+
+    within(10, sandbox.destroy()).await.unwrap();
+    assert_nothing_left(&before).await;
+    within(10, sandbox.destroy()).await.unwrap();
+    let err = sandbox
+        .run_shell(job_in(&before.workdir, &["true"]), None, pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::SandboxGone { .. }), "{err}");
+    assert!(sandbox.spawn(SandboxCommand::new(["true"])).is_err());
+}
+
+#[tokio::test]
+async fn killing_the_program_or_the_init_then_destroy_leaves_nothing() {
+    // kill -9 of the sandboxed program (its helper, the process-group leader).
+    let (_tmp, first) = config("kill9");
+    let sandbox = create(first).await;
+    let mut agent = sandbox
+        .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .unwrap();
+    let agent_pids = wait_for_program(&sandbox, "sleep", 1).await;
+    let before = footprint(&sandbox);
+    kill(agent.id(), libc::SIGKILL);
+    let exit = within(10, agent.wait()).await.unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert_gone(&agent_pids).await;
+    within(10, sandbox.destroy()).await.unwrap();
+    assert_nothing_left(&before).await;
+
+    // kill -9 of the sandbox's init from outside: everything in it dies.
+    let (_tmp, second) = config("kill9-init");
+    let sandbox = create(second).await;
+    let _agent = sandbox
+        .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .unwrap();
+    wait_for_program(&sandbox, "sleep", 1).await;
+    let before = footprint(&sandbox);
+    kill(sandbox.init_pid(), libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !is_gone(sandbox.init_pid()) {
+        assert!(Instant::now() < deadline, "the init survived SIGKILL");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = sandbox
+        .run_shell(job_in(sandbox.workdir(), &["true"]), None, pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::SandboxGone { .. }), "{err}");
+    within(10, sandbox.destroy()).await.unwrap();
+    assert_nothing_left(&before).await;
+}
+
+/// `kill -SIG pid` with the real `kill` program: no unsafe code in tests.
+fn kill(pid: u32, signal: libc::c_int) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn misuse_is_refused_with_clear_errors() {
+    let (_tmp, config) = config("misuse");
+    let again = config.clone();
+    let sandbox = create(config).await;
+
+    let err = Sandbox::create(again).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::SandboxExists { .. }), "{err}");
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    let outside = tempfile::tempdir().unwrap();
+    let err = sandbox
+        .run_shell(job_in(outside.path(), &["true"]), None, pending())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::WorkdirOutsideSandbox { .. }),
+        "{err}"
+    );
+
+    // A symlink planted inside cannot lead a job's workdir out of the sandbox.
+    std::os::unix::fs::symlink(outside.path(), sandbox.workdir().join("escape")).unwrap();
+    let err = sandbox
+        .run_shell(
+            job_in(&sandbox.workdir().join("escape"), &["true"]),
+            None,
+            pending(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::WorkdirOutsideSandbox { .. }),
+        "{err}"
+    );
+    let err = sandbox
+        .run_shell(
+            job_in(&sandbox.workdir().join("escape/new-dir"), &["true"]),
+            None,
+            pending(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::WorkdirOutsideSandbox { .. }),
+        "{err}"
+    );
+    assert!(
+        !outside.path().join("new-dir").exists(),
+        "the fabric created a directory through the link"
+    );
+
+    let (_tmp, mut bad) = self::config("bad-helper");
+    bad.helper = HelperCommand::new("/nonexistent/fabric-sandbox-init");
+    let workdir = bad.workdir.clone();
+    let err = Sandbox::create(bad).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot start the sandbox helper"),
+        "{err}"
+    );
+    assert!(!workdir.exists(), "a failed create leaves no workdir");
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sandbox_server_accepts_many_connections_in_turn() {
+    // bind_tcp's listener works with tokio, as the fabric will use it.
+    let (_tmp, config) = config("serve");
+    let sandbox = create(config).await;
+    let listener = sandbox.bind_tcp(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut conn, b"pong\n")
+                .await
+                .unwrap();
+        }
+    });
+    // bash, for its /dev/tcp.
+    let outcome = sh(
+        &sandbox,
+        &[&format!(
+            "bash -c 'for i in 1 2 3; do exec 3<>/dev/tcp/127.0.0.1/{port}; head -n1 <&3; exec 3<&-; done'"
+        )],
+    )
+    .await;
+    assert_eq!(outcome.stdout, "pong\npong\npong\n", "{}", outcome.stderr);
+    within(10, server).await.unwrap();
+    sandbox.destroy().await.unwrap();
+}
