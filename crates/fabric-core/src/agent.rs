@@ -318,6 +318,27 @@ pub fn parse_egress(rule: &str) -> Result<EgressRule, String> {
     })
 }
 
+/// Whether the fabric should keep an agent running (what a restart restores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+/// An agent as stored: its config and what the fabric should do with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub config: AgentConfig,
+    pub desired: DesiredState,
+    pub created_at: Timestamp,
+    /// Sessions started so far (the next one gets `sessions + 1`).
+    pub sessions: u32,
+    /// Tasks completed or failed by it over all sessions.
+    pub tasks_done: u64,
+}
+
 /// Where an agent is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

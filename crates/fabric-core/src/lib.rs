@@ -24,7 +24,7 @@ pub mod time;
 pub use auth::{ApiToken, Scope, User};
 pub use ids::{AgentId, IdError, TaskId, TenantId};
 pub use store::{
-    AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome,
+    AgentStore, AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome,
 };
 pub use task::{
     EventKind, IllegalTransition, Priority, Task, TaskEvent, TaskFile, TaskInput, TaskResult,

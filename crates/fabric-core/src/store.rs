@@ -8,6 +8,7 @@
 
 use std::future::Future;
 
+use crate::agent::{AgentRecord, AgentSession};
 use crate::auth::{ApiToken, User};
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::task::{Task, TaskEvent, TaskStatus};
@@ -159,4 +160,44 @@ pub trait AuthStore: Send + Sync + 'static {
         &self,
         token_hash: String,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+}
+
+/// Agents the fabric should run, and their session history (FR-LIFE-1, 5).
+/// Agents outlive a restart: the server respawns every record whose
+/// `desired` is [`DesiredState::Running`].
+pub trait AgentStore: Send + Sync + 'static {
+    /// Inserts or replaces the record with `record.config.id`.
+    fn put_agent(
+        &self,
+        record: AgentRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    fn get_agent(
+        &self,
+        id: AgentId,
+    ) -> impl Future<Output = Result<Option<AgentRecord>, StoreError>> + Send + 'static;
+
+    /// Every record, ordered by id.
+    fn list_agents(
+        &self,
+    ) -> impl Future<Output = Result<Vec<AgentRecord>, StoreError>> + Send + 'static;
+
+    /// Deletes a record and its sessions; `false` if there was none.
+    fn delete_agent(
+        &self,
+        id: AgentId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+
+    /// Inserts or replaces the session `(session.agent_id, session.session)`.
+    fn put_session(
+        &self,
+        session: AgentSession,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    /// Sessions of an agent, newest (highest number) first, at most `limit`.
+    fn list_sessions(
+        &self,
+        id: AgentId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static;
 }

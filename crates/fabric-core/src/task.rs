@@ -183,6 +183,14 @@ pub mod reason {
     pub const AGENT_FAILED: &str = "agent_failed";
     /// The agent could not start the work (bad command, missing binary).
     pub const SPAWN_FAILED: &str = "spawn_failed";
+    /// The out-of-memory killer struck in the agent's sandbox.
+    pub const OOM_KILLED: &str = "oom_killed";
+    /// The process used up its CPU-time limit (SIGXCPU).
+    pub const CPU_TIME_EXCEEDED: &str = "cpu_time_exceeded";
+    /// The agent was terminated and did not finish the task within its drain timeout.
+    pub const DRAIN_TIMEOUT: &str = "drain_timeout";
+    /// Prefix of `crashed (signal N)` / `crashed (exit N)`: the agent died mid-task.
+    pub const CRASHED: &str = "crashed";
 }
 
 /// A file the task brings along; written into the task's working directory before it runs.
