@@ -168,6 +168,10 @@ pub struct AgentConfig {
     /// A container image (isolation `container`, the Docker issue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The fabric runs nothing: the agent runs elsewhere and connects with a
+    /// token from `POST /v1/auth/tokens {"agent": id}` (isolation `none` only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
     /// Tasks it works on at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
@@ -199,6 +203,7 @@ impl AgentConfig {
             policies: Vec::new(),
             command: None,
             image: None,
+            external: false,
             concurrency: default_concurrency(),
             max_queue_depth: default_max_queue_depth(),
             pool: PoolConfig::default(),
@@ -209,7 +214,7 @@ impl AgentConfig {
 
     /// Whether it is the built-in shell agent (nothing of its own to run).
     pub fn is_builtin_shell(&self) -> bool {
-        self.command.is_none() && self.image.is_none()
+        self.command.is_none() && self.image.is_none() && !self.external
     }
 
     /// Checks every field; the error names the field and the accepted range.
@@ -236,6 +241,12 @@ impl AgentConfig {
         }
         if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return err("'command' is empty".into());
+        }
+        if self.external && (self.command.is_some() || self.image.is_some()) {
+            return err("an 'external' agent runs elsewhere: give no 'command' or 'image'".into());
+        }
+        if self.external && iso.level != IsolationLevel::None {
+            return err("an 'external' agent runs elsewhere, so the fabric cannot isolate it: use isolation.level = none".into());
         }
         if self.image.is_some() && iso.level != IsolationLevel::Container {
             return err("'image' needs isolation.level = container".into());

@@ -122,6 +122,10 @@ pub struct CreateTokenRequest {
     pub scopes: Option<Vec<Scope>>,
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// An agent token for this (existing) agent: it can use only `/v1/agent/...`
+    /// as that agent. Needs `admin`. How an `external` agent gets its token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentId>,
 }
 
 /// `GET /v1/auth/whoami`.
