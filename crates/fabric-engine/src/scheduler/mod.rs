@@ -687,7 +687,7 @@ impl Scheduler {
                     if task.lease_epoch == epoch && *expires_at <= now
             );
             if expired {
-                changes.extend(self.expire_lease(&id, epoch, now));
+                changes.extend(self.expire_lease(&id, epoch, reason::LEASE_EXPIRED, now));
             }
         }
         changes
@@ -697,23 +697,41 @@ impl Scheduler {
         matches!(self.active.get(id).map(Box::as_ref), Some(Entry { task, state: State::Running { .. } }) if task.lease_epoch == epoch)
     }
 
-    fn expire_lease(&mut self, id: &TaskId, epoch: u64, now: Timestamp) -> Changes {
+    /// Ends a running attempt whose agent is gone (it died, or was stopped
+    /// past its drain timeout) without waiting for the lease to expire: the
+    /// task goes back to its queue, or fails with `why` when it has no
+    /// attempts left. `why` is recorded as the task's reason either way.
+    pub fn abandon(
+        &mut self,
+        id: &TaskId,
+        epoch: u64,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<Changes, SchedulerError> {
+        self.running_entry(id, epoch)?;
+        Ok(self.expire_lease(id, epoch, why, now))
+    }
+
+    /// Running attempts `(task, epoch)` of one agent.
+    pub fn running_of(&self, agent: &AgentId) -> Vec<(TaskId, u64)> {
+        self.active
+            .values()
+            .filter(|e| matches!(e.state, State::Running { .. }) && &e.task.agent_id == agent)
+            .map(|e| (e.task.id, e.task.lease_epoch))
+            .collect()
+    }
+
+    fn expire_lease(&mut self, id: &TaskId, epoch: u64, why: &str, now: Timestamp) -> Changes {
         let Some(mut entry) = self.active.remove(id) else {
             return Changes::default();
         };
         self.stats.running -= 1;
         if entry.task.attempt >= entry.task.max_attempts {
-            return self.finish(
-                entry.task,
-                TaskStatus::Failed,
-                reason::LEASE_EXPIRED,
-                Some(epoch),
-                now,
-            );
+            return self.finish(entry.task, TaskStatus::Failed, why, Some(epoch), now);
         }
         let task = &mut entry.task;
         task.status = TaskStatus::Queued;
-        task.reason = Some(reason::LEASE_EXPIRED.to_owned());
+        task.reason = Some(why.to_owned());
         task.updated_at = now;
         let mut changes = Changes::default();
         changes.writes.push(TaskWrite {

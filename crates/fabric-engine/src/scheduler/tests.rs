@@ -389,3 +389,36 @@ fn many_agents_and_tasks_keep_counts_consistent() {
     assert_eq!(done, 10_000);
     assert_eq!(s.stats(), SchedulerStats::default());
 }
+
+#[test]
+fn abandoned_attempts_requeue_at_once_then_fail_with_the_given_reason() {
+    let mut s = sched(100);
+    let mut t = task("t", Priority::Normal);
+    t.max_attempts = 2;
+    submit(&mut s, t.clone(), at(0));
+    let first = s.lease(&agent(), at(0)).unwrap();
+    assert_eq!(s.running_of(&agent()), vec![(t.id, first.epoch)]);
+    assert!(s.running_of(&AgentId::new("other").unwrap()).is_empty());
+    // The agent died: no waiting for the 30 s lease.
+    let c = s
+        .abandon(&t.id, first.epoch, "crashed (signal 9)", at(1))
+        .unwrap();
+    assert_eq!(c.writes[0].task.status, TaskStatus::Queued);
+    assert_eq!(
+        c.writes[0].task.reason.as_deref(),
+        Some("crashed (signal 9)")
+    );
+    assert!(s.running_of(&agent()).is_empty());
+    // A stale epoch cannot abandon the next attempt.
+    let second = s.lease(&agent(), at(2)).unwrap();
+    assert!(s.abandon(&t.id, first.epoch, "x", at(3)).is_err());
+    let c = s
+        .abandon(&t.id, second.epoch, reason::DRAIN_TIMEOUT, at(4))
+        .unwrap();
+    assert_eq!(c.writes[0].task.status, TaskStatus::Failed);
+    assert_eq!(
+        c.writes[0].task.reason.as_deref(),
+        Some(reason::DRAIN_TIMEOUT)
+    );
+    assert_eq!(s.stats().running, 0);
+}
