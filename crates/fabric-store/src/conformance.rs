@@ -1,5 +1,5 @@
-//! The store conformance suite: the behaviour of the [`TaskStore`] and
-//! [`AuthStore`] contracts, as checks any backend's tests can run.
+//! The store conformance suite: the behaviour of the [`TaskStore`],
+//! [`AuthStore`] and [`AgentStore`] contracts, as checks any backend's tests can run.
 //!
 //! ```ignore
 //! #[tokio::test(flavor = "multi_thread")]
@@ -16,16 +16,19 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use fabric_core::agent::{
+    AgentConfig, AgentRecord, AgentSession, DesiredState, IsolationLevel, RestartPolicy,
+};
 use fabric_core::{
-    AgentId, ApiToken, AuthStore, CreateOutcome, EventKind, Priority, Scope, StoreError, Task,
-    TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery, TaskResult, TaskStatus, TaskStore,
-    TaskWrite, TenantId, Timestamp, User, WriteOutcome,
+    AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, EventKind, Priority, Scope,
+    StoreError, Task, TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery, TaskResult, TaskStatus,
+    TaskStore, TaskWrite, TenantId, Timestamp, User, WriteOutcome,
 };
 
 /// Runs every check, each against a new store from `make_store`.
 pub async fn run_all<S, F, Fut>(mut make_store: F)
 where
-    S: TaskStore + AuthStore + Clone,
+    S: TaskStore + AuthStore + AgentStore + Clone,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
 {
@@ -40,6 +43,11 @@ where
     concurrent_creates(&make_store().await).await;
     concurrent_idempotent_creates(&make_store().await).await;
     fire_and_forget_ordering(&make_store().await).await;
+    agents_put_get_replace(&make_store().await).await;
+    agents_listed_by_id(&make_store().await).await;
+    agent_delete_removes_sessions(&make_store().await).await;
+    agent_sessions_upsert_newest_first(&make_store().await).await;
+    agent_writes_fire_and_forget_in_order(&make_store().await).await;
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -176,6 +184,82 @@ fn token(hash: &str, scopes: Vec<Scope>, expires_at: Option<Timestamp>) -> ApiTo
         agent: expires_at.map(|_| agent("coder")),
         expires_at,
     }
+}
+
+/// A running agent with the default config (the built-in shell agent).
+pub fn sample_agent(id: &str) -> AgentRecord {
+    AgentRecord {
+        config: AgentConfig::new(agent(id)),
+        desired: DesiredState::Running,
+        created_at: Timestamp::from_millis(T0),
+        sessions: 0,
+        tasks_done: 0,
+    }
+}
+
+/// An agent with every optional config field set, to catch fields a backend drops.
+/// Floats are exact in binary so they survive any JSON encoder.
+pub fn full_agent(id: &str) -> AgentRecord {
+    let mut config = AgentConfig::new(agent(id));
+    config.model = Some("claude-sonnet".to_owned());
+    config.tools = vec!["shell".to_owned(), "web-fetch".to_owned()];
+    config.isolation.level = IsolationLevel::Process;
+    config.isolation.memory_mb = 2048;
+    config.isolation.cpu_cores = 1.5;
+    config.isolation.filesystem_root = Some("/var/lib/fabric/ünï".to_owned());
+    config.isolation.network_egress =
+        vec!["api.github.com:443".to_owned(), "*.example.org".to_owned()];
+    config.budget.max_tokens_per_day = Some(1_000_000);
+    config.budget.max_compute_seconds_per_day = Some(3_600);
+    config.budget.max_cost_per_day_usd = Some(12.25);
+    config.budget.alert_threshold_percent = 90;
+    config.policies = vec!["no-prod".to_owned()];
+    config.command = Some("python3 agent.py --name \"x\"\n".to_owned());
+    config.concurrency = 4;
+    config.max_queue_depth = 50;
+    config.pool.min_idle = 2;
+    config.restart = RestartPolicy::Never;
+    config.max_restarts = 9;
+    AgentRecord {
+        config,
+        desired: DesiredState::Stopped,
+        created_at: Timestamp::from_millis(T0 + 5),
+        sessions: 7,
+        tasks_done: 1 << 40,
+    }
+}
+
+/// Session `n` of agent `id`, still running.
+pub fn sample_session(id: &str, n: u32) -> AgentSession {
+    AgentSession {
+        agent_id: agent(id),
+        session: n,
+        started_at: Timestamp::from_millis(T0 + i64::from(n) * 1_000),
+        ended_at: None,
+        exit_reason: None,
+        tasks_done: 0,
+    }
+}
+
+async fn get_agent<S: AgentStore>(store: &S, id: &str) -> Option<AgentRecord> {
+    must(store.get_agent(agent(id)).await, "reading an agent")
+}
+
+async fn agent_ids<S: AgentStore>(store: &S) -> Vec<String> {
+    must(store.list_agents().await, "listing agents")
+        .into_iter()
+        .map(|r| r.config.id.to_string())
+        .collect()
+}
+
+async fn session_numbers<S: AgentStore>(store: &S, id: &str, limit: usize) -> Vec<u32> {
+    must(
+        store.list_sessions(agent(id), limit).await,
+        "listing sessions",
+    )
+    .into_iter()
+    .map(|s| s.session)
+    .collect()
 }
 
 async fn create<S: TaskStore>(store: &S, task: &Task) {
@@ -866,5 +950,223 @@ pub async fn fire_and_forget_ordering<S: TaskStore>(store: &S) {
         must(store.task_events(task.id, 0, 10).await, "events"),
         vec![event(task.id, 1, EventKind::Status)],
         "a dropped append must commit before later writes"
+    );
+}
+
+/// Agents: put inserts or replaces by `config.id`; get reads back every field.
+pub async fn agents_put_get_replace<S: AgentStore>(store: &S) {
+    assert_eq!(get_agent(store, "coder").await, None, "an empty store");
+
+    let full = full_agent("coder");
+    must(store.put_agent(full.clone()).await, "putting an agent");
+    assert_eq!(
+        get_agent(store, "coder").await,
+        Some(full.clone()),
+        "an agent with every field set must round-trip"
+    );
+    let minimal = sample_agent("shell-2");
+    must(store.put_agent(minimal.clone()).await, "putting an agent");
+    assert_eq!(
+        get_agent(store, "shell-2").await,
+        Some(minimal.clone()),
+        "a default agent must round-trip"
+    );
+
+    let mut replaced = full.clone();
+    replaced.desired = DesiredState::Running;
+    replaced.sessions += 1;
+    replaced.tasks_done += 3;
+    replaced.config.command = None;
+    replaced.config.model = None;
+    must(
+        store.put_agent(replaced.clone()).await,
+        "replacing an agent",
+    );
+    assert_eq!(
+        get_agent(store, "coder").await,
+        Some(replaced.clone()),
+        "put must replace the whole record, cleared fields included"
+    );
+    assert_eq!(
+        must(store.list_agents().await, "listing agents"),
+        vec![replaced, minimal],
+        "a replaced agent is stored once"
+    );
+    assert_eq!(
+        get_agent(store, "nobody").await,
+        None,
+        "an unknown id must read as None"
+    );
+}
+
+/// `list_agents` returns every record, ordered by id (as `AgentId` sorts).
+pub async fn agents_listed_by_id<S: AgentStore>(store: &S) {
+    assert_eq!(
+        agent_ids(store).await,
+        Vec::<String>::new(),
+        "an empty store"
+    );
+    let ids = ["m", "a-2", "B", "a.1", "z9", "a_3", "10", "a"];
+    for id in ids {
+        must(store.put_agent(sample_agent(id)).await, "putting an agent");
+    }
+    // Replacing one must not move it.
+    let mut again = sample_agent("m");
+    again.desired = DesiredState::Stopped;
+    must(store.put_agent(again).await, "replacing an agent");
+
+    let mut expected: Vec<AgentId> = ids.into_iter().map(agent).collect();
+    expected.sort();
+    assert_eq!(
+        agent_ids(store).await,
+        expected.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "agents ordered by id"
+    );
+}
+
+/// Delete: `true` once, then `false`; the agent's sessions go with it, others stay.
+pub async fn agent_delete_removes_sessions<S: AgentStore>(store: &S) {
+    for id in ["a", "b"] {
+        must(store.put_agent(sample_agent(id)).await, "putting an agent");
+        for n in 1..=3 {
+            must(
+                store.put_session(sample_session(id, n)).await,
+                "putting a session",
+            );
+        }
+    }
+
+    assert!(
+        must(store.delete_agent(agent("a")).await, "deleting an agent"),
+        "an existing agent: true"
+    );
+    assert_eq!(get_agent(store, "a").await, None, "a deleted agent is gone");
+    assert_eq!(
+        session_numbers(store, "a", 10).await,
+        Vec::<u32>::new(),
+        "a deleted agent's sessions are gone"
+    );
+    assert!(
+        !must(store.delete_agent(agent("a")).await, "deleting again"),
+        "a deleted agent: false"
+    );
+    assert!(
+        !must(store.delete_agent(agent("never")).await, "deleting unknown"),
+        "an unknown agent: false"
+    );
+
+    assert_eq!(agent_ids(store).await, vec!["b".to_owned()], "others stay");
+    assert_eq!(
+        session_numbers(store, "b", 10).await,
+        vec![3, 2, 1],
+        "other agents' sessions stay"
+    );
+
+    // An agent spawned again under the same id starts without history.
+    must(
+        store.put_agent(sample_agent("a")).await,
+        "re-creating an agent",
+    );
+    assert_eq!(
+        session_numbers(store, "a", 10).await,
+        Vec::<u32>::new(),
+        "a re-created agent has no old sessions"
+    );
+}
+
+/// Sessions: put inserts or replaces by `(agent_id, session)`; listed per
+/// agent, highest number first, at most `limit`.
+pub async fn agent_sessions_upsert_newest_first<S: AgentStore>(store: &S) {
+    must(store.put_agent(sample_agent("a")).await, "putting an agent");
+    must(store.put_agent(sample_agent("b")).await, "putting an agent");
+    assert_eq!(
+        must(
+            store.list_sessions(agent("a"), 10).await,
+            "listing sessions"
+        ),
+        Vec::new(),
+        "no sessions yet"
+    );
+
+    // Out of order, interleaved with another agent's, past 9 (numeric, not text, order).
+    for (id, n) in [("a", 2), ("b", 1), ("a", 10), ("a", 1), ("a", 3), ("b", 2)] {
+        must(
+            store.put_session(sample_session(id, n)).await,
+            "putting a session",
+        );
+    }
+    let ended = AgentSession {
+        ended_at: Some(Timestamp::from_millis(T0 + 9_999)),
+        exit_reason: Some("oom_killed".to_owned()),
+        tasks_done: 17,
+        ..sample_session("a", 2)
+    };
+    must(
+        store.put_session(ended.clone()).await,
+        "replacing a session",
+    );
+
+    assert_eq!(
+        must(
+            store.list_sessions(agent("a"), 10).await,
+            "listing sessions"
+        ),
+        vec![
+            sample_session("a", 10),
+            sample_session("a", 3),
+            ended,
+            sample_session("a", 1),
+        ],
+        "sessions round-trip, newest first, a replaced one stored once"
+    );
+    assert_eq!(
+        session_numbers(store, "a", 2).await,
+        vec![10, 3],
+        "limit keeps the newest"
+    );
+    assert_eq!(
+        session_numbers(store, "a", 0).await,
+        Vec::<u32>::new(),
+        "limit 0"
+    );
+    assert_eq!(
+        session_numbers(store, "a", usize::MAX).await,
+        vec![10, 3, 2, 1],
+        "a huge limit is no limit"
+    );
+    assert_eq!(session_numbers(store, "b", 10).await, vec![2, 1]);
+    assert_eq!(
+        session_numbers(store, "nobody", 10).await,
+        Vec::<u32>::new(),
+        "an unknown agent has no sessions"
+    );
+}
+
+/// Agent writes whose futures are dropped unpolled still commit, in call order.
+pub async fn agent_writes_fire_and_forget_in_order<S: AgentStore>(store: &S) {
+    let mut stopped = sample_agent("a");
+    stopped.desired = DesiredState::Stopped;
+
+    drop(store.put_agent(sample_agent("a")));
+    drop(store.put_session(sample_session("a", 1)));
+    drop(store.put_agent(stopped.clone()));
+    drop(store.put_agent(sample_agent("b")));
+    drop(store.put_session(sample_session("b", 1)));
+    drop(store.delete_agent(agent("b")));
+
+    must(
+        store.put_session(sample_session("a", 2)).await,
+        "putting a session",
+    );
+    assert_eq!(
+        must(store.list_agents().await, "listing agents"),
+        vec![stopped],
+        "dropped puts and deletes commit before later writes, in order"
+    );
+    assert_eq!(session_numbers(store, "a", 10).await, vec![2, 1]);
+    assert_eq!(
+        session_numbers(store, "b", 10).await,
+        Vec::<u32>::new(),
+        "a dropped delete removes the sessions put before it"
     );
 }

@@ -1,5 +1,5 @@
-//! Durable stores behind the [`fabric_core::TaskStore`] and
-//! [`fabric_core::AuthStore`] ports.
+//! Durable stores behind the [`fabric_core::TaskStore`],
+//! [`fabric_core::AuthStore`] and [`fabric_core::AgentStore`] ports.
 //!
 //! [`SqliteStore`] is the embedded default: one file under `FABRIC_DATA_DIR`,
 //! WAL mode, `synchronous=FULL`. A write is acknowledged only once its

@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
+use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::{
-    ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId, TaskQuery, TaskStore,
-    TaskWrite, User, WriteOutcome,
+    AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
+    TaskQuery, TaskStore, TaskWrite, User, WriteOutcome,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use self::rows::{EventRow, TaskRow, encode_json};
+use self::rows::{AgentRow, EventRow, SessionRow, TaskRow, encode_json};
 use self::writer::{Msg, Pending, Reply, WriteOp};
 use crate::error::SqliteStoreError;
 
@@ -310,5 +311,55 @@ impl AuthStore for SqliteStore {
         let op: Result<_, SqliteStoreError> =
             Ok(move |reply| WriteOp::DeleteToken(Pending::new(token_hash, reply)));
         self.submit(op)
+    }
+}
+
+impl AgentStore for SqliteStore {
+    fn put_agent(
+        &self,
+        record: AgentRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = AgentRow::encode(&record)
+            .map(|row| move |reply| WriteOp::PutAgent(Pending::new(row, reply)));
+        self.submit(op)
+    }
+
+    fn get_agent(
+        &self,
+        id: AgentId,
+    ) -> impl Future<Output = Result<Option<AgentRecord>, StoreError>> + Send + 'static {
+        self.read(move |conn| reader::get_agent(conn, &id))
+    }
+
+    fn list_agents(
+        &self,
+    ) -> impl Future<Output = Result<Vec<AgentRecord>, StoreError>> + Send + 'static {
+        self.read(reader::list_agents)
+    }
+
+    fn delete_agent(
+        &self,
+        id: AgentId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let op: Result<_, SqliteStoreError> =
+            Ok(move |reply| WriteOp::DeleteAgent(Pending::new(String::from(id), reply)));
+        self.submit(op)
+    }
+
+    fn put_session(
+        &self,
+        session: AgentSession,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = SessionRow::encode(&session)
+            .map(|row| move |reply| WriteOp::PutSession(Pending::new(row, reply)));
+        self.submit(op)
+    }
+
+    fn list_sessions(
+        &self,
+        id: AgentId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static {
+        self.read(move |conn| reader::list_sessions(conn, &id, limit))
     }
 }

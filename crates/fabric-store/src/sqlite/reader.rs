@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use fabric_core::{ApiToken, Task, TaskEvent, TaskId, TaskQuery, User};
+use fabric_core::agent::{AgentRecord, AgentSession};
+use fabric_core::{AgentId, ApiToken, Task, TaskEvent, TaskId, TaskQuery, User};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -229,4 +230,45 @@ pub(crate) fn get_token(
     )?;
     // The hash is a credential's fingerprint: keep it out of error messages.
     body.map(|b| decode_json(|| "API token", &b)).transpose()
+}
+
+pub(crate) fn get_agent(
+    conn: &Connection,
+    id: &AgentId,
+) -> Result<Option<AgentRecord>, SqliteStoreError> {
+    let body = one_body(
+        conn,
+        "SELECT body FROM agents WHERE id = ?1",
+        id.as_str(),
+        &format!("cannot read agent {id}"),
+    )?;
+    body.map(|b| decode_json(|| format!("agent {id}"), &b))
+        .transpose()
+}
+
+/// Every agent in id order. Ids are ASCII, so SQLite's byte-wise `BINARY`
+/// collation sorts them as `AgentId`'s `Ord` does.
+pub(crate) fn list_agents(conn: &Connection) -> Result<Vec<AgentRecord>, SqliteStoreError> {
+    collect(
+        conn,
+        "SELECT id, body FROM agents ORDER BY id",
+        [],
+        "cannot list agents",
+        "agent",
+    )
+}
+
+pub(crate) fn list_sessions(
+    conn: &Connection,
+    id: &AgentId,
+    limit: usize,
+) -> Result<Vec<AgentSession>, SqliteStoreError> {
+    collect(
+        conn,
+        "SELECT agent_id || ' session ' || session, body FROM agent_sessions
+         WHERE agent_id = ?1 ORDER BY session DESC LIMIT ?2",
+        params![id.as_str(), clamp_limit(limit)],
+        &format!("cannot read the sessions of agent {id}"),
+        "agent",
+    )
 }

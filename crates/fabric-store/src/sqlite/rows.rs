@@ -3,6 +3,7 @@
 use std::fmt::Display;
 use std::sync::LazyLock;
 
+use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::{Task, TaskEvent, TaskStatus};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -52,6 +53,42 @@ impl EventRow {
             seq: to_i64("event seq", event.seq)?,
             task_id: event.task_id.to_string(),
             body: encode_json(|| format!("event {}", event.seq), event)?,
+        })
+    }
+}
+
+/// An agent record ready to insert or replace; keyed by `config.id`.
+#[derive(Debug)]
+pub(crate) struct AgentRow {
+    pub id: String,
+    pub body: String,
+}
+
+impl AgentRow {
+    pub fn encode(record: &AgentRecord) -> Result<Self, SqliteStoreError> {
+        let id = record.config.id.to_string();
+        let body = encode_json(|| format!("agent {id}"), record)?;
+        Ok(Self { id, body })
+    }
+}
+
+/// An agent session ready to insert or replace; keyed by `(agent_id, session)`.
+#[derive(Debug)]
+pub(crate) struct SessionRow {
+    pub agent_id: String,
+    pub session: i64,
+    pub body: String,
+}
+
+impl SessionRow {
+    pub fn encode(session: &AgentSession) -> Result<Self, SqliteStoreError> {
+        Ok(Self {
+            agent_id: session.agent_id.to_string(),
+            session: i64::from(session.session),
+            body: encode_json(
+                || format!("agent {} session {}", session.agent_id, session.session),
+                session,
+            )?,
         })
     }
 }

@@ -54,6 +54,26 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     ",
+    // 2: agents (FR-LIFE-1) and their sessions (FR-LIFE-5).
+    "
+    -- Read whole (by id, or all in id order, to respawn after a restart), so
+    -- nothing besides the id needs a column.
+    CREATE TABLE agents (
+        id   TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    );
+
+    -- No foreign key: the store deletes an agent's sessions together with it
+    -- in one op, and SQLite leaves foreign keys unenforced by default anyway.
+    -- WITHOUT ROWID: the primary key is the only access path (per agent,
+    -- highest session first), so the table is that index.
+    CREATE TABLE agent_sessions (
+        agent_id TEXT NOT NULL,
+        session  INTEGER NOT NULL,
+        body     TEXT NOT NULL,
+        PRIMARY KEY (agent_id, session)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.
@@ -199,6 +219,32 @@ mod tests {
             .unwrap();
         assert!(
             plan.iter().any(|step| step.contains("tasks_status")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn sessions_are_listed_from_the_primary_key_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_writer(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT body FROM agent_sessions
+                 WHERE agent_id = 'a' ORDER BY session DESC LIMIT 5",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("PRIMARY KEY")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
             "{plan:?}"
         );
     }

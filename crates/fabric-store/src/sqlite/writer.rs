@@ -16,7 +16,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::Shared;
-use super::rows::{EventRow, FENCED_UPDATE_SQL, TaskRow, decode_json};
+use super::rows::{AgentRow, EventRow, FENCED_UPDATE_SQL, SessionRow, TaskRow, decode_json};
 use crate::error::SqliteStoreError;
 
 /// Most ops in one transaction. Bounds the time a batch holds replies back and
@@ -45,6 +45,10 @@ pub(crate) enum WriteOp {
     CreateUser(Pending<(String, String), bool>),
     PutToken(Pending<(String, String), ()>),
     DeleteToken(Pending<String, bool>),
+    PutAgent(Pending<AgentRow, ()>),
+    /// The agent's id; deletes its sessions too.
+    DeleteAgent(Pending<String, bool>),
+    PutSession(Pending<SessionRow, ()>),
 }
 
 /// An op's arguments until it runs, then its result until the commit settles it.
@@ -139,6 +143,10 @@ impl WriteOp {
                 p.run(conn, false, |c, (hash, body)| put_token(c, &hash, &body))
             }
             WriteOp::DeleteToken(p) => p.run(conn, false, |c, hash| delete_token(c, &hash)),
+            WriteOp::PutAgent(p) => p.run(conn, false, |c, row| put_agent(c, &row)),
+            // Two statements (sessions, then the record): undone as a unit.
+            WriteOp::DeleteAgent(p) => p.run(conn, true, |c, id| delete_agent(c, &id)),
+            WriteOp::PutSession(p) => p.run(conn, false, |c, row| put_session(c, &row)),
         }
     }
 
@@ -150,6 +158,9 @@ impl WriteOp {
             WriteOp::CreateUser(p) => p.finish(batch_error),
             WriteOp::PutToken(p) => p.finish(batch_error),
             WriteOp::DeleteToken(p) => p.finish(batch_error),
+            WriteOp::PutAgent(p) => p.finish(batch_error),
+            WriteOp::DeleteAgent(p) => p.finish(batch_error),
+            WriteOp::PutSession(p) => p.finish(batch_error),
         }
     }
 }
@@ -388,4 +399,45 @@ fn delete_token(conn: &Connection, hash: &str) -> Result<bool, SqliteStoreError>
         .and_then(|mut stmt| stmt.execute(params![hash]))
         .map_err(SqliteStoreError::sql("cannot delete API token"))?;
     Ok(deleted > 0)
+}
+
+fn put_agent(conn: &Connection, row: &AgentRow) -> Result<(), SqliteStoreError> {
+    conn.prepare_cached(
+        "INSERT INTO agents (id, body) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+    )
+    .and_then(|mut stmt| stmt.execute(params![row.id, row.body]))
+    .map_err(SqliteStoreError::sql(format!(
+        "cannot store agent {}",
+        row.id
+    )))?;
+    Ok(())
+}
+
+/// Removes the record and its sessions; the op's savepoint makes the two
+/// statements one, so a failure leaves both as they were.
+fn delete_agent(conn: &Connection, id: &str) -> Result<bool, SqliteStoreError> {
+    conn.prepare_cached("DELETE FROM agent_sessions WHERE agent_id = ?1")
+        .and_then(|mut stmt| stmt.execute(params![id]))
+        .map_err(SqliteStoreError::sql(format!(
+            "cannot delete the sessions of agent {id}"
+        )))?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM agents WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute(params![id]))
+        .map_err(SqliteStoreError::sql(format!("cannot delete agent {id}")))?;
+    Ok(deleted > 0)
+}
+
+fn put_session(conn: &Connection, row: &SessionRow) -> Result<(), SqliteStoreError> {
+    conn.prepare_cached(
+        "INSERT INTO agent_sessions (agent_id, session, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (agent_id, session) DO UPDATE SET body = excluded.body",
+    )
+    .and_then(|mut stmt| stmt.execute(params![row.agent_id, row.session, row.body]))
+    .map_err(SqliteStoreError::sql(format!(
+        "cannot store session {} of agent {}",
+        row.session, row.agent_id
+    )))?;
+    Ok(())
 }

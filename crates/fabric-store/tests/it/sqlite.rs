@@ -2,11 +2,13 @@
 
 use std::path::Path;
 
+use fabric_core::agent::{AgentSession, DesiredState};
 use fabric_core::{
-    ApiToken, AuthStore, CreateOutcome, EventKind, Scope, StoreError, TaskEvent, TaskQuery,
-    TaskStatus, TaskStore, TaskWrite, TenantId, Timestamp, User, WriteOutcome,
+    AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, EventKind, Scope, StoreError,
+    TaskEvent, TaskQuery, TaskStatus, TaskStore, TaskWrite, TenantId, Timestamp, User,
+    WriteOutcome,
 };
-use fabric_store::conformance::{full_task, sample_task};
+use fabric_store::conformance::{full_agent, full_task, sample_agent, sample_session, sample_task};
 use fabric_store::{SqliteStore, StoreStats};
 
 fn event(task: &fabric_core::Task, seq: u64) -> TaskEvent {
@@ -117,6 +119,140 @@ async fn everything_acknowledged_survives_close_and_reopen() {
         store.create_task(retry).await.unwrap(),
         CreateOutcome::Existing(done)
     );
+}
+
+fn agent_id(id: &str) -> AgentId {
+    AgentId::new(id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_and_sessions_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+
+    let coder = full_agent("coder");
+    let mut shell = sample_agent("shell-2");
+    shell.sessions = 2;
+    let gone = sample_agent("gone");
+    for record in [&coder, &shell, &gone] {
+        store.put_agent(record.clone()).await.unwrap();
+    }
+    let first = AgentSession {
+        ended_at: Some(Timestamp::from_millis(1_700_000_009_000)),
+        exit_reason: Some("crashed (signal 9)".to_owned()),
+        tasks_done: 4,
+        ..sample_session("shell-2", 1)
+    };
+    for session in [
+        first.clone(),
+        sample_session("shell-2", 2),
+        sample_session("gone", 1),
+    ] {
+        store.put_session(session).await.unwrap();
+    }
+    assert!(store.delete_agent(agent_id("gone")).await.unwrap());
+    store.close().await;
+
+    let store = open(&path);
+    assert_eq!(
+        store.list_agents().await.unwrap(),
+        vec![coder.clone(), shell.clone()],
+        "what a restarted server respawns from"
+    );
+    assert_eq!(
+        store.get_agent(agent_id("coder")).await.unwrap(),
+        Some(coder)
+    );
+    assert_eq!(
+        store.list_sessions(agent_id("shell-2"), 10).await.unwrap(),
+        vec![sample_session("shell-2", 2), first]
+    );
+    assert_eq!(store.get_agent(agent_id("gone")).await.unwrap(), None);
+    assert!(
+        store
+            .list_sessions(agent_id("gone"), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a delete is durable for the sessions too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_version_1_database_gains_the_agent_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    let task = sample_task("acme", "shell");
+    store.create_task(task.clone()).await.unwrap();
+    store.close().await;
+    // What a database written by the previous release looks like.
+    tamper(
+        &path,
+        "DROP TABLE agents; DROP TABLE agent_sessions; PRAGMA user_version = 1;",
+    );
+
+    let store = open(&path);
+    assert_eq!(store.get_task(task.id).await.unwrap(), Some(task));
+    let mut record = sample_agent("coder");
+    record.desired = DesiredState::Stopped;
+    store.put_agent(record.clone()).await.unwrap();
+    store.put_session(sample_session("coder", 1)).await.unwrap();
+    assert_eq!(store.list_agents().await.unwrap(), vec![record]);
+    assert_eq!(
+        store.list_sessions(agent_id("coder"), 1).await.unwrap(),
+        vec![sample_session("coder", 1)]
+    );
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, fabric_store::sqlite::SCHEMA_VERSION);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_agent_rows_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    store.put_agent(sample_agent("coder")).await.unwrap();
+    store.put_session(sample_session("coder", 3)).await.unwrap();
+    store.close().await;
+
+    tamper(
+        &path,
+        "UPDATE agents SET body = '{\"config\": 1}'; UPDATE agent_sessions SET body = 'null';",
+    );
+    let store = open(&path);
+
+    let err = store.get_agent(agent_id("coder")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("stored agent coder does not decode"),
+        "{err}"
+    );
+    assert!(matches!(
+        store.list_agents().await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let err = store
+        .list_sessions(agent_id("coder"), 10)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stored agent coder session 3 does not decode"),
+        "{err}"
+    );
+    // Replacing the damaged record repairs it.
+    store.put_agent(sample_agent("coder")).await.unwrap();
+    assert_eq!(
+        store.get_agent(agent_id("coder")).await.unwrap(),
+        Some(sample_agent("coder"))
+    );
+    assert!(store.delete_agent(agent_id("coder")).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,6 +390,10 @@ async fn closed_store_refuses_reads_and_writes_as_unavailable() {
         .unwrap_err();
     assert!(err.to_string().contains("the store is closed"), "{err}");
     let err = clone.count_users().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = clone.put_agent(sample_agent("coder")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = clone.list_agents().await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
 }
 
