@@ -110,6 +110,12 @@ pub enum RuntimeError {
     },
 
     #[error(
+        "cannot change the limits of sandbox {name:?}: {reason}; its previous limits may still \
+         apply, retry or destroy the sandbox"
+    )]
+    SandboxLimits { name: String, reason: String },
+
+    #[error(
         "cannot read the resource usage of sandbox {name:?}: {}; its cgroup may have been removed \
          from outside",
         describe(cause)
@@ -136,6 +142,7 @@ impl RuntimeError {
                 | Self::SandboxSetup { .. }
                 | Self::SandboxPort { .. }
                 | Self::SandboxUsage { .. }
+                | Self::SandboxLimits { .. }
                 | Self::SandboxCleanup { .. }
         )
     }

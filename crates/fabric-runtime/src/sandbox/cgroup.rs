@@ -96,6 +96,102 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// The hierarchies' roots, each once (co-mounted v1 controllers share one).
+    pub(crate) fn roots(&self) -> Vec<PathBuf> {
+        let all = match self {
+            Self::V2 { root } => vec![root.clone()],
+            Self::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            } => vec![memory.clone(), cpu.clone(), cpuacct.clone(), pids.clone()],
+        };
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for root in all {
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+        roots
+    }
+
+    /// The sandbox cgroups under `parent`, by name: each name with its
+    /// directory in every hierarchy that has one. Sorted by name.
+    pub(crate) fn sandboxes_under(&self, parent: &Path) -> io::Result<Vec<(String, Vec<PathBuf>)>> {
+        let mut found: Vec<(String, Vec<PathBuf>)> = Vec::new();
+        for root in self.roots() {
+            let entries = match fs::read_dir(root.join(parent)) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            for entry in entries {
+                let entry = entry?;
+                if !entry.file_type()?.is_dir() {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match found.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, dirs)) => dirs.push(entry.path()),
+                    None => found.push((name, vec![entry.path()])),
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+/// Host pids in a cgroup directory and every cgroup below it; a missing
+/// directory has none.
+pub(crate) fn procs_in_tree(dir: &Path) -> io::Result<Vec<libc::pid_t>> {
+    let mut pids = Vec::new();
+    let text = match fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(text) => text,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(pids),
+        Err(err) => return Err(err),
+    };
+    pids.extend(
+        text.lines()
+            .filter_map(|l| l.trim().parse::<libc::pid_t>().ok()),
+    );
+    for child in child_dirs(dir)? {
+        pids.extend(procs_in_tree(&child)?);
+    }
+    Ok(pids)
+}
+
+/// Removes a cgroup directory and every cgroup below it, deepest first.
+/// Fails with EBUSY while a member is still exiting; a missing directory is fine.
+pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
+    for child in child_dirs(dir)? {
+        remove_tree(&child)?;
+    }
+    match fs::remove_dir(dir) {
+        Err(err) if err.kind() != ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+fn child_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        // cgroupfs lists controls as files; child cgroups are the directories.
+        if entry.file_type()?.is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
+}
+
 /// The limits written into a sandbox's cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -103,6 +199,21 @@ pub(crate) struct Limits {
     pub(crate) cpu_quota_us: u64,
     pub(crate) cpu_period_us: u64,
     pub(crate) pids_max: u32,
+}
+
+impl Limits {
+    /// From the units of the agent config: MiB, cores (CPU time per wall
+    /// time, over a `period` of accounting) and a process count.
+    pub(crate) fn new(memory_mb: u64, cpu_cores: f64, pids_max: u32, period: Duration) -> Self {
+        let period_us = period.as_micros() as u64;
+        Self {
+            memory_bytes: memory_mb << 20,
+            // The kernel's minimum quota is 1 ms.
+            cpu_quota_us: ((cpu_cores * period_us as f64).round() as u64).max(1000),
+            cpu_period_us: period_us,
+            pids_max,
+        }
+    }
 }
 
 /// One sandbox's cgroup directories, with the counters read from them.
@@ -204,8 +315,22 @@ impl Cgroup {
                 Err(cause) => return Err(CgroupError::new("create", dir, cause)),
             }
         }
+        self.write_limits(limits)?;
+        for dir in &self.dirs {
+            let path = dir.join("cgroup.procs");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|cause| CgroupError::new("open", &path, cause))?;
+            self.procs.push(file.into());
+        }
+        Ok(())
+    }
+
+    /// Writes `limits` into the cgroup files; also what a live sandbox's
+    /// limits change through.
+    pub(crate) fn write_limits(&self, limits: Limits) -> Result<(), CgroupError> {
         let memory = limits.memory_bytes.to_string();
-        let pids = limits.pids_max.to_string();
         match self.version {
             CgroupVersion::V2 => {
                 write(&self.memory, "memory.max", &memory)?;
@@ -215,10 +340,17 @@ impl Cgroup {
                 write(&self.cpu, "cpu.max", &cpu)?;
             }
             CgroupVersion::V1 => {
-                write(&self.memory, "memory.limit_in_bytes", &memory)?;
-                // memory+swap ≥ memory is required, so this goes second. Absent
-                // when the kernel does no swap accounting.
-                write_optional(&self.memory, "memory.memsw.limit_in_bytes", &memory)?;
+                // memory+swap ≥ memory must hold after every write: lowering
+                // goes memory first, raising memory+swap first. The memsw file
+                // is absent when the kernel does no swap accounting.
+                let current = read_u64(&self.memory, "memory.limit_in_bytes").unwrap_or(u64::MAX);
+                if limits.memory_bytes > current {
+                    write_optional(&self.memory, "memory.memsw.limit_in_bytes", &memory)?;
+                    write(&self.memory, "memory.limit_in_bytes", &memory)?;
+                } else {
+                    write(&self.memory, "memory.limit_in_bytes", &memory)?;
+                    write_optional(&self.memory, "memory.memsw.limit_in_bytes", &memory)?;
+                }
                 write(
                     &self.cpu,
                     "cpu.cfs_period_us",
@@ -231,16 +363,7 @@ impl Cgroup {
                 )?;
             }
         }
-        write(&self.pids, "pids.max", &pids)?;
-        for dir in &self.dirs {
-            let path = dir.join("cgroup.procs");
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|cause| CgroupError::new("open", &path, cause))?;
-            self.procs.push(file.into());
-        }
-        Ok(())
+        write(&self.pids, "pids.max", &limits.pids_max.to_string())
     }
 
     pub(crate) fn version(&self) -> CgroupVersion {

@@ -97,13 +97,16 @@
 //!   host's PID 1 (or the nearest subreaper). Until that reaps it, the
 //!   sandbox's pid namespace cannot finish dying. `destroy` and `kill_all`
 //!   avoid this by killing inside the namespace first.
-//! - If the fabric is SIGKILLed, its sandboxes keep running (nothing kills
-//!   them); their cgroups under [`SandboxConfig::cgroup_parent`] name them.
+//! - If the fabric is SIGKILLed, its sandboxes keep running until the next
+//!   fabric start calls [`sweep_stale`], which finds them by their cgroups
+//!   under [`SandboxConfig::cgroup_parent`], kills them and removes the
+//!   cgroups. Their workdirs are left to the fabric to clear.
 //!
 //! Requirements: root on the host, Linux 5.12+ (`mount_setattr`, pidfds).
 
 mod cgroup;
 mod helper;
+mod sweep;
 mod sys;
 
 use std::ffi::OsString;
@@ -129,9 +132,11 @@ pub use self::cgroup::CgroupVersion;
 use self::cgroup::{Cgroup, CgroupError, Layout, Limits};
 pub use self::helper::helper_main;
 use self::helper::{EXIT_HELPER_FAILED, ExecPlan, InitPlan, LINE_ERROR, LINE_PID, LINE_READY};
+pub use self::sweep::{SweepReport, sweep_stale};
 use crate::RuntimeError;
 use crate::child::group::ProcessGroup;
 use crate::child::{self, Launcher, LogLine, SHELL, ShellJob, ShellOutcome};
+use fabric_core::reason;
 
 /// Memory limit when the agent config sets none (SPEC §5).
 pub const DEFAULT_MEMORY_MB: u64 = 512;
@@ -208,6 +213,12 @@ pub struct Rlimits {
     pub file_size_bytes: Option<u64>,
     /// `RLIMIT_CORE`: 0 means no core dumps (which would land in the workdir).
     pub core_bytes: u64,
+    /// `RLIMIT_CPU`: CPU seconds each process may use; `None` for no limit.
+    /// Past it the process gets SIGXCPU (reported as
+    /// [`reason::CPU_TIME_EXCEEDED`](fabric_core::reason::CPU_TIME_EXCEEDED)),
+    /// and SIGKILL one second later if it handles that signal. Per process,
+    /// not per sandbox: the cgroup's CPU quota limits the rate, this the total.
+    pub cpu_seconds: Option<u64>,
 }
 
 impl Default for Rlimits {
@@ -216,6 +227,7 @@ impl Default for Rlimits {
             open_files: 4096,
             file_size_bytes: Some(4 << 30),
             core_bytes: 0,
+            cpu_seconds: None,
         }
     }
 }
@@ -288,21 +300,7 @@ impl SandboxConfig {
                 self.workdir.display()
             ));
         }
-        if self.memory_mb < 16 || self.memory_mb.checked_mul(1 << 20).is_none() {
-            return invalid(format!("memory_mb {} must be at least 16", self.memory_mb));
-        }
-        if !(self.cpu_cores.is_finite() && self.cpu_cores >= 0.01 && self.cpu_cores <= 4096.0) {
-            return invalid(format!(
-                "cpu_cores {} must be between 0.01 and 4096",
-                self.cpu_cores
-            ));
-        }
-        if self.pids_max < 8 {
-            return invalid(format!(
-                "pids_max {} must be at least 8: the sandbox's init and helpers count too",
-                self.pids_max
-            ));
-        }
+        check_limits(self.memory_mb, self.cpu_cores, self.pids_max).or_else(invalid)?;
         if self.tmp_mb == 0 || self.tmp_mb.checked_mul(1 << 20).is_none() {
             return invalid(format!("tmp_mb {} must be at least 1", self.tmp_mb));
         }
@@ -344,15 +342,26 @@ impl SandboxConfig {
     }
 
     fn limits(&self) -> Limits {
-        let period = CPU_PERIOD.as_micros() as u64;
-        Limits {
-            memory_bytes: self.memory_mb << 20,
-            // The kernel's minimum quota is 1 ms.
-            cpu_quota_us: ((self.cpu_cores * period as f64).round() as u64).max(1000),
-            cpu_period_us: period,
-            pids_max: self.pids_max,
-        }
+        Limits::new(self.memory_mb, self.cpu_cores, self.pids_max, CPU_PERIOD)
     }
+}
+
+/// The ranges [`SandboxConfig::validate`] and [`Sandbox::set_limits`] accept.
+fn check_limits(memory_mb: u64, cpu_cores: f64, pids_max: u32) -> Result<(), String> {
+    if memory_mb < 16 || memory_mb.checked_mul(1 << 20).is_none() {
+        return Err(format!("memory_mb {memory_mb} must be at least 16"));
+    }
+    if !(cpu_cores.is_finite() && (0.01..=4096.0).contains(&cpu_cores)) {
+        return Err(format!(
+            "cpu_cores {cpu_cores} must be between 0.01 and 4096"
+        ));
+    }
+    if pids_max < 8 {
+        return Err(format!(
+            "pids_max {pids_max} must be at least 8: the sandbox's init and helpers count too"
+        ));
+    }
+    Ok(())
 }
 
 fn plain_absolute(path: &Path) -> bool {
@@ -674,6 +683,55 @@ impl Sandbox {
         })
     }
 
+    /// Changes the sandbox's cgroup limits while it runs, as when a warm-pool
+    /// sandbox (started with default limits) is handed to an agent with its
+    /// own. Takes the units and ranges of [`SandboxConfig`]; rlimits and the
+    /// `/tmp` size stay as created.
+    ///
+    /// Lowering memory below what the sandbox uses makes the kernel reclaim:
+    /// on cgroup v2 it OOM-kills if reclaim is not enough; on v1 the write
+    /// fails (EBUSY), the old limits stay in place and the error says so.
+    /// The pids limit only refuses new forks: processes above it keep running.
+    pub fn set_limits(
+        &self,
+        memory_mb: u64,
+        cpu_cores: f64,
+        pids_max: u32,
+    ) -> Result<(), RuntimeError> {
+        check_limits(memory_mb, cpu_cores, pids_max)
+            .map_err(|reason| RuntimeError::InvalidSandboxConfig { reason })?;
+        self.check_alive()?;
+        let limits = Limits::new(memory_mb, cpu_cores, pids_max, CPU_PERIOD);
+        self.cgroup
+            .write_limits(limits)
+            .map_err(|err| RuntimeError::SandboxLimits {
+                name: self.name.clone(),
+                reason: match err {
+                    CgroupError::Io {
+                        action,
+                        path,
+                        cause,
+                    } => {
+                        let busy = if cause.raw_os_error() == Some(libc::EBUSY) {
+                            " (the sandbox uses more memory than the new limit)"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "cannot {action} {}: {}{busy}",
+                            path.display(),
+                            crate::error::describe(&cause)
+                        )
+                    }
+                    CgroupError::Exists { path } => {
+                        format!("unexpected cgroup {}", path.display())
+                    }
+                },
+            })?;
+        tracing::debug!(sandbox = %self.name, memory_mb, cpu_cores, pids_max, "sandbox limits changed");
+        Ok(())
+    }
+
     /// Host pids of every process in the sandbox, its init and helpers included.
     pub fn processes(&self) -> Result<Vec<u32>, RuntimeError> {
         self.cgroup
@@ -963,14 +1021,18 @@ impl ProcessExit {
         self.code == Some(0)
     }
 
-    /// In words, for status reports: `exited with status 0`, `oom_killed`,
-    /// `crashed (signal 11)`.
+    /// In words, for status reports, with the reasons of
+    /// [`fabric_core::reason`] where one fits: `oom_killed` (the OOM killer
+    /// struck in the sandbox and the program did not succeed),
+    /// `cpu_time_exceeded` (SIGXCPU: [`Rlimits::cpu_seconds`] used up),
+    /// `crashed (signal N)` for other signals, `exited (code N)` otherwise.
     pub fn describe(&self) -> String {
         match (self.code, self.signal) {
-            (Some(0), _) => "exited with status 0".to_string(),
-            _ if self.oom_killed => "oom_killed".to_string(),
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(signal)) => format!("crashed (signal {signal})"),
+            (Some(0), _) => "exited (code 0)".to_string(),
+            _ if self.oom_killed => reason::OOM_KILLED.to_string(),
+            (Some(code), _) => format!("exited (code {code})"),
+            (None, Some(libc::SIGXCPU)) => reason::CPU_TIME_EXCEEDED.to_string(),
+            (None, Some(signal)) => format!("{} (signal {signal})", reason::CRASHED),
             (None, None) => "ended without a status".to_string(),
         }
     }
@@ -1059,6 +1121,11 @@ fn helper_command(
             libc::RLIMIT_FSIZE,
             rlimits.file_size_bytes.unwrap_or(libc::RLIM_INFINITY),
         )?;
+        if let Some(seconds) = rlimits.cpu_seconds {
+            // The hard limit a second above the soft one: SIGXCPU first, then
+            // SIGKILL for a process that ignores it.
+            sys::set_rlimit_soft_hard(libc::RLIMIT_CPU, seconds, seconds.saturating_add(1))?;
+        }
         if let Some(fd) = keep_fd {
             sys::clear_cloexec(fd)?;
         }
@@ -1275,18 +1342,19 @@ mod tests {
             signal,
             oom_killed,
         };
-        assert_eq!(
-            exit(Some(0), None, false).describe(),
-            "exited with status 0"
-        );
-        assert_eq!(
-            exit(Some(2), None, false).describe(),
-            "exited with status 2"
-        );
+        assert_eq!(exit(Some(0), None, false).describe(), "exited (code 0)");
+        assert_eq!(exit(Some(2), None, false).describe(), "exited (code 2)");
+        assert_eq!(exit(Some(0), None, true).describe(), "exited (code 0)");
+        assert_eq!(exit(Some(137), None, true).describe(), "oom_killed");
         assert_eq!(
             exit(None, Some(11), false).describe(),
             "crashed (signal 11)"
         );
         assert_eq!(exit(None, Some(9), true).describe(), "oom_killed");
+        assert_eq!(
+            exit(None, Some(libc::SIGXCPU), false).describe(),
+            "cpu_time_exceeded"
+        );
+        assert_eq!(exit(None, Some(9), false).describe(), "crashed (signal 9)");
     }
 }

@@ -7,8 +7,8 @@
 //! Two kinds of callers:
 //!
 //! - `pre_exec` closures in the fabric (after `fork`, before `exec`, in a copy
-//!   of a multi-threaded process): only [`write_fd`], [`set_rlimit`] and
-//!   [`clear_cloexec`], which are single async-signal-safe syscalls that
+//!   of a multi-threaded process): only [`write_fd`], [`set_rlimit`],
+//!   [`set_rlimit_soft_hard`] and [`clear_cloexec`], which are single async-signal-safe syscalls that
 //!   allocate nothing.
 //! - the sandbox helper process (`helper.rs`), which is single-threaded, so
 //!   after its own `fork` it may do anything.
@@ -51,9 +51,18 @@ pub(crate) fn write_fd(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
 
 /// `setrlimit(2)` with the same soft and hard value.
 pub(crate) fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    set_rlimit_soft_hard(resource, value, value)
+}
+
+/// `setrlimit(2)` with distinct soft and hard values.
+pub(crate) fn set_rlimit_soft_hard(
+    resource: libc::__rlimit_resource_t,
+    soft: u64,
+    hard: u64,
+) -> io::Result<()> {
     let limit = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
+        rlim_cur: soft,
+        rlim_max: hard,
     };
     // SAFETY: `limit` is a valid rlimit on our stack for the length of the call.
     check(unsafe { libc::setrlimit(resource, &limit) }).map(drop)

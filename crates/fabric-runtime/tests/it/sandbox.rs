@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fabric_runtime::sandbox::{CgroupVersion, HelperCommand};
+use fabric_runtime::sandbox::{CgroupVersion, HelperCommand, SweepReport, sweep_stale};
 use fabric_runtime::{
     LogLine, RuntimeError, Sandbox, SandboxCommand, SandboxConfig, ShellJob, ShellOutcome, Stream,
     run_shell,
@@ -859,4 +859,173 @@ async fn a_sandbox_server_accepts_many_connections_in_turn() {
     assert_eq!(outcome.stdout, "pong\npong\npong\n", "{}", outcome.stderr);
     within(10, server).await.unwrap();
     sandbox.destroy().await.unwrap();
+}
+
+/// A cgroup control file of the sandbox, from whichever of its directories has it.
+fn cgroup_file(sandbox: &Sandbox, file: &str) -> String {
+    let dir = sandbox
+        .cgroup_dirs()
+        .iter()
+        .find(|d| d.join(file).exists())
+        .unwrap_or_else(|| panic!("no cgroup directory of the sandbox has {file}"));
+    std::fs::read_to_string(dir.join(file))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// memory, cpu quota and pids limit as the kernel holds them.
+fn cgroup_limits(sandbox: &Sandbox) -> (String, String, String) {
+    match sandbox.cgroup_version() {
+        CgroupVersion::V2 => (
+            cgroup_file(sandbox, "memory.max"),
+            cgroup_file(sandbox, "cpu.max"),
+            cgroup_file(sandbox, "pids.max"),
+        ),
+        CgroupVersion::V1 => (
+            cgroup_file(sandbox, "memory.limit_in_bytes"),
+            format!(
+                "{} {}",
+                cgroup_file(sandbox, "cpu.cfs_quota_us"),
+                cgroup_file(sandbox, "cpu.cfs_period_us")
+            ),
+            cgroup_file(sandbox, "pids.max"),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn set_limits_changes_a_live_sandbox_and_the_new_memory_limit_holds() {
+    // A warm-pool sandbox: default limits (512 MB, 1 core), then an agent's.
+    let (_tmp, config) = config("limits");
+    let sandbox = create(config).await;
+    let mib = |n: u64| (n << 20).to_string();
+    assert_eq!(
+        cgroup_limits(&sandbox),
+        (mib(512), "100000 100000".into(), "256".into())
+    );
+
+    sandbox.set_limits(64, 0.5, 64).unwrap();
+    assert_eq!(
+        cgroup_limits(&sandbox),
+        (mib(64), "50000 100000".into(), "64".into())
+    );
+    let outcome = sh(
+        &sandbox,
+        &["python3 -c 'a = []\nwhile True: a.append(bytearray(10**6))'"],
+    )
+    .await;
+    assert!(outcome.oom_killed, "{outcome:?}");
+    let peak = sandbox.usage().unwrap().memory_peak_bytes.unwrap_or(0);
+    assert!(peak <= 64 << 20, "peak {peak} above the new 64 MiB limit");
+
+    // Raising works too (on v1 the memory+swap limit must move first).
+    sandbox.set_limits(128, 2.0, 100).unwrap();
+    assert_eq!(
+        cgroup_limits(&sandbox),
+        (mib(128), "200000 100000".into(), "100".into())
+    );
+    assert_eq!(sh(&sandbox, &["echo alive"]).await.stdout, "alive\n");
+
+    let err = sandbox.set_limits(8, 1.0, 64).unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::InvalidSandboxConfig { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("memory_mb"), "{err}");
+    assert_eq!(
+        cgroup_limits(&sandbox).0,
+        mib(128),
+        "a refused change changes nothing"
+    );
+
+    sandbox.destroy().await.unwrap();
+    let err = sandbox.set_limits(64, 1.0, 64).unwrap_err();
+    assert!(matches!(err, RuntimeError::SandboxGone { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_program_past_its_cpu_seconds_is_reported_cpu_time_exceeded() {
+    let (_tmp, mut config) = config("cpu-seconds");
+    config.rlimits.cpu_seconds = Some(1);
+    let sandbox = create(config).await;
+    let mut spinner = sandbox
+        .spawn(SandboxCommand::new(["sh", "-c", "while :; do :; done"]))
+        .unwrap();
+    let exit = within(20, spinner.wait()).await.unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGXCPU), "{exit:?}");
+    assert_eq!(exit.describe(), fabric_core::reason::CPU_TIME_EXCEEDED);
+    // The limit is per process: the sandbox goes on.
+    assert_eq!(sh(&sandbox, &["echo alive"]).await.stdout, "alive\n");
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn sweep_stale_kills_leaked_sandboxes_and_removes_their_cgroups() {
+    // A parent of its own: sweeping the default one would take the sandboxes
+    // of the tests running alongside.
+    let parent = PathBuf::from(format!("reactor-fabric-it-sweep-{}", std::process::id()));
+    let (_tmp, mut leaked) = config("sweep-leaked");
+    leaked.cgroup_parent = parent.clone();
+    let (_tmp2, mut kept) = config("sweep-kept");
+    kept.cgroup_parent = parent.clone();
+    let leaked = create(leaked).await;
+    let kept = create(kept).await;
+
+    let agent = leaked
+        .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .unwrap();
+    let outcome = sh(
+        &leaked,
+        &[
+            "setsid sh -c 'echo $$ > escaped; exec sleep 1000' > /dev/null 2>&1 & \
+           while [ ! -s escaped ]; do sleep 0.01; done",
+        ],
+    )
+    .await;
+    assert!(outcome.failure().is_none(), "{outcome:?}");
+    wait_for_program(&leaked, "sleep", 2).await;
+    let before = footprint(&leaked);
+    let leaked_name = leaked.name().to_string();
+    // What a SIGKILLed fabric leaves: no destroy, no Drop.
+    std::mem::forget(agent);
+    std::mem::forget(leaked);
+
+    let report = within(20, sweep_stale(&parent, |name| name == kept.name()))
+        .await
+        .unwrap();
+    assert_eq!(report.sandboxes, vec![leaked_name]);
+    assert!(
+        report.processes_killed >= before.pids.len(),
+        "{report:?} vs {:?}",
+        before.pids
+    );
+    assert_gone(&before.pids).await;
+    for dir in &before.cgroup_dirs {
+        assert!(!dir.exists(), "cgroup {} is left", dir.display());
+    }
+    assert!(!netns_in_use(&before.netns), "{} is in use", before.netns);
+
+    // The kept one is untouched.
+    assert_eq!(sh(&kept, &["echo alive"]).await.stdout, "alive\n");
+    let kept_dirs = kept.cgroup_dirs().to_vec();
+    kept.destroy().await.unwrap();
+    assert_eq!(
+        sweep_stale(&parent, |_| false).await.unwrap(),
+        SweepReport::default(),
+        "nothing left to sweep"
+    );
+    for dir in kept_dirs {
+        let parent_dir = dir.parent().unwrap();
+        if parent_dir.exists() {
+            std::fs::remove_dir(parent_dir).unwrap();
+        }
+    }
+    let err = sweep_stale(Path::new("../etc"), |_| false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::InvalidSandboxConfig { .. }),
+        "{err}"
+    );
 }
