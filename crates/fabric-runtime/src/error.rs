@@ -110,6 +110,16 @@ pub enum RuntimeError {
     },
 
     #[error(
+        "cannot serve the {service} on its listener: {}; pass a listening TCP socket, such as \
+         one from Sandbox::bind_tcp, and call this inside a tokio runtime",
+        describe(cause)
+    )]
+    Listener {
+        service: &'static str,
+        cause: io::Error,
+    },
+
+    #[error(
         "cannot change the limits of sandbox {name:?}: {reason}; its previous limits may still \
          apply, retry or destroy the sandbox"
     )]

@@ -34,11 +34,18 @@
 //!   builds the namespaces and enters them: [`sandbox::helper_main`], shipped
 //!   as the `fabric-sandbox-init` binary) and `sys` (the raw syscalls).
 //!
+//! - [`net`]: what the fabric serves inside a sandbox's network namespace:
+//!   the [`EgressProxy`](net::EgressProxy) (the agent's only way out,
+//!   limited to its egress allowlist, every decision audited) and
+//!   [`forward_tcp`](net::forward_tcp) (`FABRIC_URL` and the inference
+//!   endpoint inside).
+//!
 //! Isolation level `container` (Docker) arrives as a sibling module behind
 //! the same job and outcome types, dispatched by an `AnyRuntime` enum.
 
 pub mod child;
 mod error;
+pub mod net;
 pub mod sandbox;
 
 pub use child::{

@@ -59,8 +59,12 @@
 //!   kills everything in the namespace.
 //! - **Network**: a network namespace with only `lo` up: no route out, and
 //!   the host's loopback services are unreachable. [`Sandbox::bind_tcp`]
-//!   opens a listener *inside* it, which is how the fabric will serve
-//!   `FABRIC_URL`, the inference proxy and an egress proxy to a sandbox.
+//!   opens a listener *inside* it; the fabric serves the agent's way out on
+//!   one, the [`EgressProxy`](crate::net::EgressProxy) (`CONNECT` and plain
+//!   HTTP to the `host:port`s of its egress allowlist only, everything else
+//!   refused with 403 and audited; empty allowlist, no network), and brings
+//!   host services in (`FABRIC_URL`, the inference endpoint) with
+//!   [`forward_tcp`](crate::net::forward_tcp).
 //! - **IPC and hostname**: own System V IPC / POSIX queues and own hostname
 //!   (the sandbox name).
 //! - **Privileges**: programs run as uid 0 but with every capability dropped
@@ -70,7 +74,9 @@
 //! - **Resources**: memory limit (no swap), CPU quota (`cpu_cores` × 100 ms
 //!   per 100 ms period), a pids limit counting every process and thread of
 //!   the sandbox (its init and helpers included: 2 + 1 per running command),
-//!   plus rlimits (open files, file size, no core dumps) as a last line.
+//!   plus rlimits (open files, file size, no core dumps, optionally CPU
+//!   seconds) as a last line. [`Sandbox::set_limits`] changes the cgroup
+//!   limits of a live sandbox (a warm-pool one taking an agent's);
 //!   [`Sandbox::usage`] reads the real counters.
 //!
 //! # What does not hold yet
@@ -85,7 +91,14 @@
 //!   (read-only information; cgroupfs is not mounted inside).
 //! - No time namespace; no disk quota on the workdir (only the per-file size
 //!   rlimit); no I/O bandwidth limit.
-//! - No egress allowlist yet: the network namespace has no way out at all.
+//! - Egress is only as tight as its rules: agents get the proxy through
+//!   `HTTP(S)_PROXY` ([`net::proxy_env`](crate::net::proxy_env)), and a
+//!   program that ignores those has no way out at all; but what flows in an
+//!   allowed `CONNECT` tunnel is not inspected (TLS SNI or `Host` may name
+//!   another site at the same address), and an exact rule admits whatever
+//!   its name resolves to, the host's own loopback included (wildcard rules
+//!   admit public addresses only). UDP (and so DNS from inside) has no way
+//!   out.
 //! - Task files of [`Sandbox::run_shell`] are written by the fabric on the
 //!   host side, refusing symbolic links; a process running in the sandbox at
 //!   the same time (a user agent, or a command that escaped its process
@@ -215,7 +228,7 @@ pub struct Rlimits {
     pub core_bytes: u64,
     /// `RLIMIT_CPU`: CPU seconds each process may use; `None` for no limit.
     /// Past it the process gets SIGXCPU (reported as
-    /// [`reason::CPU_TIME_EXCEEDED`](fabric_core::reason::CPU_TIME_EXCEEDED)),
+    /// [`reason::CPU_TIME_EXCEEDED`]),
     /// and SIGKILL one second later if it handles that signal. Per process,
     /// not per sandbox: the cgroup's CPU quota limits the rate, this the total.
     pub cpu_seconds: Option<u64>,

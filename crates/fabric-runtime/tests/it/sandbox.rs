@@ -24,7 +24,7 @@ use crate::child::{assert_gone, is_gone};
 
 /// A config named after the test (names must be unique on the host) with a
 /// workdir in a fresh temporary directory.
-fn config(tag: &str) -> (TempDir, SandboxConfig) {
+pub(crate) fn config(tag: &str) -> (TempDir, SandboxConfig) {
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("it-{}-{tag}", std::process::id());
     let helper = HelperCommand::new(env!("CARGO_BIN_EXE_fabric-sandbox-init"));
@@ -32,7 +32,7 @@ fn config(tag: &str) -> (TempDir, SandboxConfig) {
     (tmp, config)
 }
 
-async fn create(config: SandboxConfig) -> Sandbox {
+pub(crate) async fn create(config: SandboxConfig) -> Sandbox {
     match Sandbox::create(config).await {
         Ok(sandbox) => sandbox,
         Err(err) => panic!("the process isolation level must work on this host: {err}"),
@@ -46,14 +46,14 @@ fn job_in(workdir: &Path, commands: &[&str]) -> ShellJob {
     )
 }
 
-async fn sh(sandbox: &Sandbox, commands: &[&str]) -> ShellOutcome {
+pub(crate) async fn sh(sandbox: &Sandbox, commands: &[&str]) -> ShellOutcome {
     let job = job_in(sandbox.workdir(), commands);
     within(30, sandbox.run_shell(job, None, pending()))
         .await
         .unwrap()
 }
 
-async fn within<T>(seconds: u64, future: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(seconds: u64, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(seconds), future)
         .await
         .expect("timed out")
