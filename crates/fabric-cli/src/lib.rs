@@ -24,5 +24,6 @@ pub mod config;
 pub mod error;
 pub mod output;
 
+pub use commands::serve::SANDBOX_HELPER_ARG;
 pub use commands::{Cli, run};
 pub use error::CliError;

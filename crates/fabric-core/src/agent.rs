@@ -84,6 +84,10 @@ pub struct IsolationConfig {
     /// Allowed egress: `host:port`, `*.domain:port` or a bare host (any port). Empty = no network.
     #[serde(default)]
     pub network_egress: Vec<String>,
+    /// Extra host paths visible read-only inside a `process` sandbox (at the
+    /// same path), e.g. the directory holding the agent's program.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only_paths: Vec<String>,
 }
 
 impl Default for IsolationConfig {
@@ -94,6 +98,7 @@ impl Default for IsolationConfig {
             cpu_cores: default_cpu_cores(),
             filesystem_root: None,
             network_egress: Vec::new(),
+            read_only_paths: Vec::new(),
         }
     }
 }
@@ -235,6 +240,25 @@ impl AgentConfig {
         }
         for rule in &iso.network_egress {
             parse_egress(rule).map_err(AgentConfigError)?;
+        }
+        for path in &iso.read_only_paths {
+            let p = std::path::Path::new(path);
+            if !p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                || p == std::path::Path::new("/")
+            {
+                return err(format!(
+                    "isolation.read_only_paths: {path:?} must be an absolute path below / without .."
+                ));
+            }
+        }
+        if let Some(root) = &iso.filesystem_root
+            && !std::path::Path::new(root).is_absolute()
+        {
+            return err(format!(
+                "isolation.filesystem_root: {root:?} must be an absolute path"
+            ));
         }
         if self.command.is_some() && self.image.is_some() {
             return err("give either 'command' or 'image', not both".into());
@@ -401,6 +425,9 @@ pub struct Agent {
     pub tasks_running: u32,
     pub tasks_done: u64,
     pub usage: ResourceUsage,
+    /// Host process id of the agent's program (or of its sandbox's init), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub created_at: Timestamp,
     /// Why it stopped or crashed last (`exited (code N)`, `crashed (signal N)`, `oom_killed`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -147,6 +147,47 @@ impl AuthService {
         Ok((secret, token))
     }
 
+    /// Issues the short-lived token a spawned agent gets as `FABRIC_TOKEN`:
+    /// scoped to that agent, with no user scopes, kept in memory only (agent
+    /// processes do not outlive the server, so neither need their tokens).
+    /// Returns the secret and its hash (to revoke it when the session ends).
+    pub fn issue_agent_token(
+        &self,
+        agent: &AgentId,
+        tenant: &TenantId,
+        user: &str,
+        ttl: Duration,
+    ) -> (String, String, Timestamp) {
+        let secret = format!("{TOKEN_PREFIX}{}", random_secret(32));
+        let hash = hash_token(&secret);
+        let now = self.clock.now();
+        let expires = now.plus(ttl);
+        let token = ApiToken {
+            token_hash: hash.clone(),
+            user: user.to_owned(),
+            tenant: tenant.clone(),
+            scopes: Vec::new(),
+            name: Some(format!("agent {agent}")),
+            created_at: now,
+            expires_at: Some(expires),
+            agent: Some(agent.clone()),
+        };
+        self.cache.lock().insert(hash.clone(), token);
+        (secret, hash, expires)
+    }
+
+    /// Forgets a token issued by [`issue_agent_token`](Self::issue_agent_token).
+    pub fn revoke_cached(&self, hash: &str) {
+        self.cache.lock().remove(hash);
+    }
+
+    /// Drops expired tokens from memory (agent tokens are renewed every few
+    /// minutes, so their predecessors pile up otherwise).
+    pub fn purge_expired(&self) {
+        let now = self.clock.now();
+        self.cache.lock().retain(|_, t| !t.is_expired(now));
+    }
+
     /// Resolves a bearer token to its principal.
     pub async fn authenticate(&self, secret: &str) -> Result<Principal, ApiError> {
         let hash = hash_token(secret);

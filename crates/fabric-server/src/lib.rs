@@ -8,7 +8,7 @@
 //!
 //! - [`api`]: axum routes, OpenAPI document (`/openapi.json`), WebSocket stream.
 //! - [`service`]: `TaskService`, the scheduler + store + events under one lock discipline.
-//! - [`agents`]: the built-in `shell` and `noop` agents (in-process workers).
+//! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, the built-in `shell` and `noop` agents.
 //! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
@@ -36,15 +36,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fabric_core::agent::AgentConfig;
 use fabric_core::{AgentId, Clock, SystemClock};
 use fabric_engine::{AgentQueueConfig, SchedulerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::agents::ShellAgentConfig;
 pub use crate::error::ApiError;
 pub use crate::telemetry::{LogFormat, init_logging};
+pub use fabric_runtime::sandbox::HelperCommand;
 
+use crate::agents::{AgentManager, ManagerConfig};
 use crate::auth::AuthService;
 use crate::service::{TaskDefaults, TaskService};
 use crate::state::AppState;
@@ -74,6 +76,12 @@ pub struct ServerConfig {
     pub kill_grace: Duration,
     /// Attempts per task unless the request says otherwise.
     pub default_max_attempts: u32,
+    /// How to start the sandbox helper (isolation `process`); `None` turns
+    /// that level off. The `reactor-fabric` binary offers itself.
+    pub sandbox_helper: Option<HelperCommand>,
+    /// Where agents' inference endpoint forwards (`http://host:port`), until
+    /// the gateway lands (`--inference-upstream`, `OLLAMA_BASE_URL`).
+    pub inference_upstream: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +96,8 @@ impl Default for ServerConfig {
             shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
             kill_grace: Duration::from_secs(5),
             default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
+            sandbox_helper: None,
+            inference_upstream: None,
         }
     }
 }
@@ -163,6 +173,7 @@ pub async fn run(
         )
         .await?,
     );
+    // The built-in agents' queues exist before unfinished tasks are reloaded.
     let queue = AgentQueueConfig {
         max_queue_depth: config.max_queue_depth,
     };
@@ -180,17 +191,39 @@ pub async fn run(
         println!("(set FABRIC_ADMIN_PASSWORD before the first start to choose it)");
     }
 
+    let api_addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let local = api_addr.to_string();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let manager_config = ManagerConfig {
+        agents_dir: config.data_dir.join("agents"),
+        api_addr,
+        helper: config.sandbox_helper.clone(),
+        inference_upstream: config.inference_upstream.clone(),
+        shell_output_limit: config.shell_output_limit,
+        kill_grace: config.kill_grace,
+    };
+    let agents = AgentManager::new(
+        Arc::clone(&tasks),
+        Arc::clone(&auth),
+        store.clone(),
+        Arc::clone(&clock),
+        manager_config,
+        stop_rx.clone(),
+    );
+    // Every stored agent's queue exists before its tasks are reloaded.
+    agents
+        .register_queues()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let state = AppState {
         tasks: Arc::clone(&tasks),
         auth,
+        agents: agents.clone(),
         ready: Arc::new(AtomicBool::new(false)),
     };
     let app = api::router(state.clone());
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -208,37 +241,52 @@ pub async fn run(
     tracing::info!(listen = %local, data_dir = %config.data_dir.display(), version = fabric_core::VERSION, "reactor-fabric serving");
 
     let restored = tasks.recover().await?;
-    let shell = ShellAgentConfig {
-        concurrency: config.shell_concurrency,
-        output_limit: config.shell_output_limit,
-        kill_grace: config.kill_grace,
-        work_root: config.data_dir.join("work"),
-    };
-    let mut workers = agents::spawn(Arc::clone(&tasks), shell, stop_rx.clone());
+    let mut shell = AgentConfig::new(AgentId::shell());
+    shell.concurrency = u32::try_from(config.shell_concurrency.max(1)).unwrap_or(u32::MAX);
+    shell.max_queue_depth = u32::try_from(config.max_queue_depth).unwrap_or(u32::MAX);
+    agents
+        .start_system(shell)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the built-in shell agent: {}", e.message))?;
+    let respawned = agents
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let mut workers = agents::spawn_noop(Arc::clone(&tasks), stop_rx.clone());
     let ticker = {
-        let (tasks, mut stop) = (Arc::clone(&tasks), stop_rx.clone());
+        let (tasks, agents, mut stop) = (Arc::clone(&tasks), agents.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK_EVERY);
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
-                    _ = every.tick() => tasks.tick(),
+                    _ = every.tick() => {
+                        tasks.tick();
+                        ticks += 1;
+                        if ticks.is_multiple_of(600) {
+                            agents.housekeeping();
+                        }
+                    }
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }
         })
     };
     state.ready.store(true, Ordering::Release);
-    tracing::info!(restored, "ready");
+    tracing::info!(restored, agents = respawned, "ready");
 
     let served = http.await;
     tasks.stop_all_running();
     ticker.abort();
-    let drain = async { while workers.join_next().await.is_some() {} };
-    if tokio::time::timeout(config.kill_grace + Duration::from_secs(2), drain)
+    let drain = async {
+        agents.wait_stopped().await;
+        while workers.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(config.kill_grace + Duration::from_secs(5), drain)
         .await
         .is_err()
     {
-        tracing::warn!("workers did not stop in time");
+        tracing::warn!("agents did not stop in time");
     }
     store.close().await;
     tracing::info!("stopped");

@@ -349,6 +349,19 @@ impl TaskService {
         Ok(task)
     }
 
+    /// A task of any tenant (for its agent), from the scheduler or the store.
+    pub async fn get_any(&self, id: TaskId) -> Result<Task, ApiError> {
+        let live = self.sched.lock().get(&id).cloned();
+        match live {
+            Some(t) => Ok(t),
+            None => self
+                .store
+                .get_task(id)
+                .await?
+                .ok_or_else(|| ApiError::task_not_found(id)),
+        }
+    }
+
     /// Tasks of `tenant`, newest first, with live status for unfinished ones.
     pub async fn list(
         &self,
@@ -473,6 +486,65 @@ impl TaskService {
         }
     }
 
+    /// Waits up to `wait` for a task of `agent` and returns it once its lease
+    /// is durable (an agent must not start work the store does not know about).
+    pub async fn lease_within(
+        &self,
+        agent: &AgentId,
+        wait: Duration,
+    ) -> Result<Option<Lease>, ApiError> {
+        let Some(waker) = self.waker(agent) else {
+            return Err(ApiError::from(SchedulerError::UnknownAgent(agent.clone())));
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(lease) = self.try_lease(agent) {
+                waker.notify_one();
+                self.store_barrier().await?;
+                return Ok(Some(lease));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Running attempts `(task, epoch)` of one agent.
+    pub fn running_of(&self, agent: &AgentId) -> Vec<(TaskId, u64)> {
+        self.sched.lock().running_of(agent)
+    }
+
+    /// Gives up attempts whose agent is gone (died, or stopped past its drain
+    /// timeout): each goes back to its queue at once, or fails with `why` when
+    /// out of attempts. Kills any in-process work left. Resolves once durable.
+    pub async fn abandon(&self, attempts: &[(TaskId, u64)], why: &str) -> Result<(), ApiError> {
+        let now = self.clock.now();
+        let commits = {
+            let mut sched = self.sched.lock();
+            let mut commits = Vec::new();
+            for (id, epoch) in attempts {
+                match sched.abandon(id, *epoch, why, now) {
+                    Ok(changes) => {
+                        tracing::info!(task_id = %id, reason = why, "attempt abandoned: its agent is gone");
+                        commits.extend(self.apply(&mut sched, changes));
+                    }
+                    // Finished or re-leased meanwhile: nothing to give up.
+                    Err(e) => tracing::debug!(task_id = %id, error = %e, "not abandoned"),
+                }
+            }
+            commits
+        };
+        self.await_commits(commits).await
+    }
+
+    /// Task as the scheduler holds it now (running or waiting), if it does.
+    pub fn live(&self, id: &TaskId) -> Option<Task> {
+        self.sched.lock().get(id).cloned()
+    }
+
     /// Registers a running in-process attempt; the receiver fires with a reason
     /// (`canceled`, `timed_out`, `shutdown`) when it must stop.
     pub fn track_running(&self, id: TaskId, epoch: u64) -> oneshot::Receiver<&'static str> {
@@ -495,10 +567,14 @@ impl TaskService {
         }
     }
 
-    /// Renews a lease.
-    pub fn heartbeat(&self, id: &TaskId, epoch: u64) -> Result<(), SchedulerError> {
+    /// Renews a lease; returns its new expiry.
+    pub fn heartbeat(
+        &self,
+        id: &TaskId,
+        epoch: u64,
+    ) -> Result<fabric_core::Timestamp, SchedulerError> {
         let now = self.clock.now();
-        self.sched.lock().heartbeat(id, epoch, now).map(|_| ())
+        self.sched.lock().heartbeat(id, epoch, now)
     }
 
     /// Records the end of an attempt. The returned future resolves when the

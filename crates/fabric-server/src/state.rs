@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::agents::AgentManager;
 use crate::auth::AuthService;
 use crate::service::TaskService;
 
@@ -10,6 +11,7 @@ use crate::service::TaskService;
 pub struct AppState {
     pub tasks: Arc<TaskService>,
     pub auth: Arc<AuthService>,
+    pub agents: AgentManager,
     /// False until the store is open and unfinished tasks are reloaded (`/readyz`).
     pub ready: Arc<AtomicBool>,
 }

@@ -36,6 +36,11 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue_depth: u32,
 
+    /// Where agents' inference endpoint (their OLLAMA_BASE_URL) forwards, e.g. http://127.0.0.1:11434
+    /// [default: $OLLAMA_BASE_URL]
+    #[arg(long, env = "FABRIC_INFERENCE_UPSTREAM", value_name = "URL")]
+    pub inference_upstream: Option<String>,
+
     /// Log format on stderr
     #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
     pub log_format: LogFormatArg,
@@ -76,6 +81,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         admin_password: process_env(ENV_ADMIN_PASSWORD),
         shell_concurrency: usize::from(args.shell_concurrency),
         max_queue_depth: args.max_queue_depth as usize,
+        inference_upstream: args
+            .inference_upstream
+            .or_else(|| process_env("OLLAMA_BASE_URL"))
+            .filter(|u| !u.is_empty()),
+        sandbox_helper: sandbox_helper(),
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };
@@ -90,4 +100,17 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     runtime
         .block_on(fabric_server::serve(server_config))
         .map_err(CliError::Other)
+}
+
+/// Hidden subcommand through which this binary acts as the sandbox helper of
+/// isolation `process` (see `fabric_runtime::sandbox`).
+pub const SANDBOX_HELPER_ARG: &str = "__sandbox-helper";
+
+/// This very binary, as the sandbox helper.
+fn sandbox_helper() -> Option<fabric_server::HelperCommand> {
+    let exe = std::env::current_exe().ok()?;
+    Some(fabric_server::HelperCommand {
+        program: exe,
+        args: vec![SANDBOX_HELPER_ARG.into()],
+    })
 }

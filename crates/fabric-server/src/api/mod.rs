@@ -1,5 +1,7 @@
 //! The HTTP API (SPEC §10): routes, OpenAPI document, body limits, fallbacks.
 
+mod agent;
+mod agents;
 mod auth;
 mod health;
 mod stream;
@@ -27,9 +29,11 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         tasks::create, tasks::list, tasks::get_one, tasks::result, tasks::cancel, tasks::events,
         tasks::create_job, tasks::get_job,
         stream::stream,
+        agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions,
+        agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "auth"), (name = "health"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"))
 )]
 pub struct ApiDoc;
 
@@ -62,6 +66,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(tasks::create_job))
         .route("/v1/jobs/{id}", get(tasks::get_job))
         .route("/v1/stream/{id}", get(stream::stream))
+        .route("/v1/agents", post(agents::spawn).get(agents::list))
+        .route(
+            "/v1/agents/{id}",
+            get(agents::get_one).delete(agents::terminate),
+        )
+        .route("/v1/agents/{id}/sessions", get(agents::sessions))
+        .route("/v1/agent/lease", post(agent::lease))
+        .route("/v1/agent/heartbeat", post(agent::agent_heartbeat))
+        .route("/v1/agent/token", post(agent::renew_token))
+        .route("/v1/agent/tasks/{id}/heartbeat", post(agent::heartbeat))
+        .route("/v1/agent/tasks/{id}/events", post(agent::events))
+        .route("/v1/agent/tasks/{id}/complete", post(agent::complete))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -591,10 +591,8 @@ async fn restart_keeps_tasks_and_requeues_unfinished_ones() {
         s.wait_done(&token, &done).await.result.unwrap().stdout,
         "done\n"
     );
-    assert_eq!(
-        s.wait_done(&token, &waiting).await.status,
-        TaskStatus::Completed
-    );
+    let w = s.wait_done(&token, &waiting).await;
+    assert_eq!(w.status, TaskStatus::Completed, "{w:?}");
     let (_, t) = s.get(&token, &format!("/v1/tasks/{blocker}")).await;
     assert_eq!(
         (t["status"].as_str(), t["attempt"].as_u64()),

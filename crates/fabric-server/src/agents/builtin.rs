@@ -1,6 +1,6 @@
 //! Built-in agents that run inside the server process: `shell` (runs a task's
-//! commands as child processes, isolation level `none`) and `noop` (completes
-//! every task at once, for benchmarks and tests).
+//! commands as host processes, or inside the agent's sandbox) and `noop`
+//! (completes every task at once, for benchmarks and tests).
 //!
 //! They use the same lease → heartbeat → complete cycle as any agent, with
 //! the scheduler instead of HTTP in between. External agents speak it over
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use fabric_core::{AgentId, EventKind, TaskResult, TaskStatus, reason};
 use fabric_engine::{Completion, Lease};
+use fabric_runtime::sandbox::Sandbox;
 use fabric_runtime::{LogLine, ShellJob, run_shell};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -23,49 +24,110 @@ pub const ENV_TASK_ID: &str = "FABRIC_TASK_ID";
 pub const ENV_AGENT_ID: &str = "FABRIC_AGENT_ID";
 pub const ENV_WORKSPACE_DIR: &str = "FABRIC_WORKSPACE_DIR";
 
-/// Settings of the built-in `shell` agent.
-#[derive(Debug, Clone)]
-pub struct ShellAgentConfig {
-    /// Tasks run at the same time.
-    pub concurrency: usize,
-    /// Bytes of stdout and of stderr kept per task (the rest is cut and marked truncated).
-    pub output_limit: usize,
-    /// Time between SIGTERM and SIGKILL when a running task is canceled or times out.
-    pub kill_grace: Duration,
-    /// Parent of the per-task working directories (`<work_root>/<task id>`).
-    pub work_root: PathBuf,
+/// Where the shell agent runs a task's commands.
+#[derive(Clone)]
+pub enum Executor {
+    /// Host processes (isolation `none`), each task in `<work_root>/<task id>`.
+    Host { work_root: PathBuf },
+    /// Inside the agent's sandbox (isolation `process`), each task in
+    /// `<sandbox workdir>/<task id>`.
+    Sandbox(Arc<Sandbox>),
 }
 
-impl ShellAgentConfig {
-    pub fn new(work_root: PathBuf) -> Self {
+/// The running workers of one shell agent session.
+pub struct ShellWorkers {
+    set: JoinSet<()>,
+    stop_leasing: watch::Sender<bool>,
+    kill: watch::Sender<bool>,
+}
+
+struct Worker {
+    service: Arc<TaskService>,
+    agent: AgentId,
+    executor: Executor,
+    output_limit: usize,
+    kill_grace: Duration,
+    kill: watch::Receiver<bool>,
+    on_done: Box<dyn Fn() + Send + Sync>,
+}
+
+impl ShellWorkers {
+    /// Starts `concurrency` workers leasing tasks of `agent`.
+    pub fn start(
+        service: Arc<TaskService>,
+        agent: AgentId,
+        concurrency: usize,
+        executor: Executor,
+        output_limit: usize,
+        kill_grace: Duration,
+        on_done: Box<dyn Fn() + Send + Sync>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let (stop_leasing, stop_rx) = watch::channel(false);
+        let (kill, kill_rx) = watch::channel(false);
+        // The server stopping ends leasing at once (its running tasks are
+        // stopped by `TaskService::stop_all_running` and requeued by the next start).
+        if *shutdown.borrow() {
+            stop_leasing.send_replace(true);
+        }
+        {
+            let (stop_leasing, mut killed) = (stop_leasing.clone(), kill_rx.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => { stop_leasing.send_replace(true); }
+                    _ = killed.wait_for(|k| *k) => {}
+                }
+            });
+        }
+        let worker = Arc::new(Worker {
+            service,
+            agent,
+            executor,
+            output_limit,
+            kill_grace,
+            kill: kill_rx,
+            on_done,
+        });
+        let mut set = JoinSet::new();
+        for _ in 0..concurrency.max(1) {
+            let (worker, mut stop) = (Arc::clone(&worker), stop_rx.clone());
+            set.spawn(async move {
+                while let Some(lease) = worker.service.lease_wait(&worker.agent, &mut stop).await {
+                    run_shell_task(&worker, lease).await;
+                }
+            });
+        }
         Self {
-            concurrency: 4,
-            output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
-            kill_grace: Duration::from_secs(5),
-            work_root,
+            set,
+            stop_leasing,
+            kill,
+        }
+    }
+
+    /// Take no new task; running ones go on.
+    pub fn stop_leasing(&self) {
+        self.stop_leasing.send_replace(true);
+    }
+
+    /// Stops taking tasks and stops the running ones (their tasks' fate is
+    /// the caller's: requeued or left for recovery), waiting up to `grace`
+    /// plus a margin for the workers to end.
+    pub async fn kill(mut self, grace: Duration) {
+        self.stop_leasing.send_replace(true);
+        self.kill.send_replace(true);
+        let all = async { while self.set.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace + Duration::from_secs(2), all)
+            .await
+            .is_err()
+        {
+            self.set.abort_all();
         }
     }
 }
 
-/// Starts the built-in agents' workers; they stop when `shutdown` turns true.
-pub fn spawn(
-    service: Arc<TaskService>,
-    shell: ShellAgentConfig,
-    shutdown: watch::Receiver<bool>,
-) -> JoinSet<()> {
+/// Starts the `noop` agent's worker (completes every task at once; for benchmarks and tests).
+pub fn spawn_noop(service: Arc<TaskService>, mut shutdown: watch::Receiver<bool>) -> JoinSet<()> {
     let mut set = JoinSet::new();
-    let shell = Arc::new(shell);
-    for _ in 0..shell.concurrency.max(1) {
-        let (service, shell, mut shutdown) =
-            (Arc::clone(&service), Arc::clone(&shell), shutdown.clone());
-        set.spawn(async move {
-            let agent = AgentId::shell();
-            while let Some(lease) = service.lease_wait(&agent, &mut shutdown).await {
-                run_shell_task(&service, &shell, lease).await;
-            }
-        });
-    }
-    let mut shutdown = shutdown;
     set.spawn(async move {
         let agent = AgentId::noop();
         while let Some(lease) = service.lease_wait(&agent, &mut shutdown).await {
@@ -102,10 +164,14 @@ fn complete_noop(service: &TaskService, lease: Lease) {
     }
 }
 
-async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, lease: Lease) {
+async fn run_shell_task(worker: &Worker, lease: Lease) {
+    let service = &worker.service;
     let task = lease.task;
     let (id, epoch) = (task.id, lease.epoch);
-    let workdir = config.work_root.join(id.to_string());
+    let workdir = match &worker.executor {
+        Executor::Host { work_root } => work_root.join(id.to_string()),
+        Executor::Sandbox(sandbox) => sandbox.workdir().join(id.to_string()),
+    };
     let mut env: Vec<(String, String)> = task.input.env.into_iter().collect();
     // Last, so they win over anything else (requests cannot set FABRIC_* at all).
     env.push((ENV_TASK_ID.into(), id.to_string()));
@@ -121,8 +187,8 @@ async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, l
         files: task.input.files,
         workdir,
         env,
-        output_limit: config.output_limit,
-        kill_grace: config.kill_grace,
+        output_limit: worker.output_limit,
+        kill_grace: worker.kill_grace,
     };
 
     // Nothing runs before its attempt is durable: after a crash, the store
@@ -140,10 +206,17 @@ async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, l
         tracing::info!(task_id = %id, error = %e, "task ended before it started");
         return;
     }
+    let mut kill = worker.kill.clone();
     let cancel = async move {
-        // A dropped sender means "no longer tracked", not "stop".
-        if stop.await.is_err() {
-            std::future::pending::<()>().await;
+        let tracked = async {
+            // A dropped sender means "no longer tracked", not "stop".
+            if stop.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = tracked => {}
+            _ = kill.wait_for(|k| *k) => {}
         }
     };
     let (log_tx, mut log_rx) = mpsc::channel::<LogLine>(4096);
@@ -160,9 +233,14 @@ async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, l
             }
         })
     };
-    tracing::info!(task_id = %id, agent_id = "shell", attempt = task.attempt, "task started");
+    tracing::info!(task_id = %id, agent_id = %worker.agent, attempt = task.attempt, "task started");
 
-    let run = run_shell(job, Some(log_tx), cancel);
+    let run = async {
+        match &worker.executor {
+            Executor::Host { .. } => run_shell(job, Some(log_tx), cancel).await,
+            Executor::Sandbox(sandbox) => sandbox.run_shell(job, Some(log_tx), cancel).await,
+        }
+    };
     tokio::pin!(run);
     let mut heartbeat = tokio::time::interval(service.lease_ttl() / 3);
     heartbeat.tick().await;
@@ -192,12 +270,17 @@ async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, l
             } else {
                 TaskStatus::Failed
             };
+            let why = outcome.oom_killed.then(|| reason::OOM_KILLED.to_owned());
             let exit_code = outcome.exit_code;
-            tracing::info!(task_id = %id, agent_id = "shell", outcome = %status, exit_code, "task finished");
+            tracing::info!(task_id = %id, agent_id = %worker.agent, outcome = %status, exit_code, reason = why.as_deref().unwrap_or(""), "task finished");
+            let mut result = TaskResult::from(outcome);
+            if why.is_some() && result.error.is_none() {
+                result.error = Some("killed by the out-of-memory killer: the agent's memory limit (isolation.memory_mb) is too small for this task".into());
+            }
             Completion {
                 status,
-                reason: None,
-                result: Some(TaskResult::from(outcome)),
+                reason: why,
+                result: Some(result),
             }
         }
         Err(e) => {
@@ -214,6 +297,7 @@ async fn run_shell_task(service: &Arc<TaskService>, config: &ShellAgentConfig, l
     };
     match service.complete(&id, epoch, completion) {
         Ok(commit) => {
+            (worker.on_done)();
             if let Err(e) = commit.await {
                 tracing::warn!(task_id = %id, error = %e, "completion not stored");
             }

@@ -1,0 +1,728 @@
+//! Agents (SPEC §5, FR-LIFE): the lifecycle manager and the built-in agents.
+//!
+//! [`AgentManager`] owns every agent the fabric runs. Each agent has one
+//! *supervisor* task that runs its sessions one after another: start a
+//! session (sandbox, program or built-in workers, proxies, token), wait for
+//! it to exit or to be stopped, clean everything up, requeue what it was
+//! working on, then restart it (policy `on-failure`, with backoff) or stop.
+//! Handlers never touch sessions: they read the agent's status and send the
+//! supervisor a stop request.
+//!
+//! - `builtin`: the `shell` agent (runs a task's commands, on the host or in
+//!   the agent's sandbox) and `noop`.
+//! - `session`: what starting, stopping and cleaning up a session means for
+//!   each kind of agent and isolation level.
+//! - `inference`: the Ollama-compatible endpoint agents see as `OLLAMA_BASE_URL`.
+
+mod builtin;
+mod inference;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric_core::agent::{
+    Agent, AgentConfig, AgentRecord, AgentSession, AgentState, DesiredState, Health,
+    IsolationLevel, ResourceUsage,
+};
+use fabric_core::{AgentId, AgentStore, Clock, TenantId, Timestamp, reason};
+use fabric_engine::AgentQueueConfig;
+use fabric_runtime::sandbox::HelperCommand;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+
+pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop};
+use self::session::{Session, SessionEnd};
+use crate::auth::{AuthService, Principal};
+use crate::error::ApiError;
+use crate::service::TaskService;
+use crate::store::Store;
+
+/// How long an agent token lives; agents renew it with `POST /v1/agent/token`.
+pub const AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+/// First restart delay after a failure; doubles per failure in a row.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A session that ran this long resets the failure count (a crash a day is
+/// not a crash loop).
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Longest drain a terminate may ask for.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What the manager needs from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Parent of every session's working dir (`<data dir>/agents`).
+    pub agents_dir: PathBuf,
+    /// Where agents reach the API, host side.
+    pub api_addr: SocketAddr,
+    /// The sandbox helper (isolation `process`); `None` makes that level unavailable.
+    pub helper: Option<HelperCommand>,
+    /// Where the inference endpoint forwards (`http://host:port`), until the gateway lands.
+    pub inference_upstream: Option<String>,
+    /// Bytes of stdout / stderr the shell agent keeps per task.
+    pub shell_output_limit: usize,
+    /// SIGTERM → SIGKILL grace for tasks and agent programs.
+    pub kill_grace: Duration,
+}
+
+/// Stop requests a supervisor acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    /// Finish in-flight tasks for at most this long, then stop.
+    Stop {
+        drain: Duration,
+    },
+}
+
+/// One agent: its record, live status and the channel to its supervisor.
+struct Slot {
+    id: AgentId,
+    status: Mutex<Status>,
+    control: watch::Sender<Control>,
+    /// True once the supervisor has returned.
+    finished: watch::Sender<bool>,
+}
+
+struct Status {
+    record: AgentRecord,
+    state: AgentState,
+    /// Last request from the agent (any `/v1/agent/...` call).
+    last_seen: Option<Timestamp>,
+    session: Option<SessionInfo>,
+    last_exit: Option<String>,
+    /// Built-in agents of the server itself (`shell`, `noop`): not stored,
+    /// not terminable.
+    system: bool,
+}
+
+struct SessionInfo {
+    number: u32,
+    started_at: Timestamp,
+    tasks_done: u64,
+    pid: Option<u32>,
+    usage: session::UsageProbe,
+}
+
+/// The lifecycle manager (FR-LIFE-1..6).
+#[derive(Clone)]
+pub struct AgentManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tasks: Arc<TaskService>,
+    auth: Arc<AuthService>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    config: ManagerConfig,
+    slots: Mutex<HashMap<AgentId, Arc<Slot>>>,
+    shutdown: watch::Receiver<bool>,
+    /// The shared loopback inference endpoint of isolation `none` agents.
+    host_inference: Mutex<Option<SocketAddr>>,
+}
+
+impl AgentManager {
+    pub fn new(
+        tasks: Arc<TaskService>,
+        auth: Arc<AuthService>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: ManagerConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                tasks,
+                auth,
+                store,
+                clock,
+                config,
+                slots: Mutex::new(HashMap::new()),
+                shutdown,
+                host_inference: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Starts a built-in agent of the server itself (the default `shell`
+    /// agent): not stored, always there, not terminable.
+    pub async fn start_system(&self, config: AgentConfig) -> Result<(), ApiError> {
+        let record = AgentRecord {
+            config,
+            desired: DesiredState::Running,
+            created_at: self.inner.clock.now(),
+            sessions: 0,
+            tasks_done: 0,
+        };
+        self.launch(record, true).await.map(|_| ())
+    }
+
+    /// Registers the queue of every stored agent, so their unfinished tasks
+    /// can be reloaded before the agents start.
+    pub async fn register_queues(&self) -> Result<(), ApiError> {
+        for record in self.inner.store.list_agents().await? {
+            self.inner.tasks.register_agent(
+                record.config.id.clone(),
+                AgentQueueConfig {
+                    max_queue_depth: record.config.max_queue_depth as usize,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Respawns every stored agent that should be running (after a restart).
+    pub async fn restore(&self) -> Result<usize, ApiError> {
+        let records = self.inner.store.list_agents().await?;
+        let mut started = 0;
+        for record in records {
+            let id = record.config.id.clone();
+            if record.desired == DesiredState::Running {
+                match self.launch(record, false).await {
+                    Ok(_) => started += 1,
+                    Err(e) => {
+                        tracing::error!(agent_id = %id, error = %e.message, "cannot restart agent")
+                    }
+                }
+            } else {
+                self.install(record, false, AgentState::Stopped);
+            }
+        }
+        Ok(started)
+    }
+
+    /// `POST /v1/agents` (FR-LIFE-1): validates, stores and starts an agent.
+    /// Answers once its first session runs (or failed to start).
+    pub async fn spawn(&self, config: AgentConfig, by: &Principal) -> Result<Agent, ApiError> {
+        config
+            .validate()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if config.isolation.level == IsolationLevel::Process && self.inner.config.helper.is_none() {
+            return Err(ApiError::bad_request(
+                "isolation level 'process' is not available: this server has no sandbox helper",
+            ));
+        }
+        if let Some(slot) = self.slot(&config.id) {
+            let status = slot.status.lock();
+            if status.system {
+                return Err(ApiError::conflict(format!(
+                    "agent id '{}' is reserved for the built-in agent; choose another id",
+                    config.id
+                )));
+            }
+            if !matches!(status.state, AgentState::Stopped | AgentState::Crashed) {
+                return Err(ApiError::conflict(format!(
+                    "agent '{}' already exists and is {}; terminate it first or choose another id",
+                    config.id,
+                    state_name(status.state)
+                )));
+            }
+        }
+        let _ = by;
+        let (created_at, sessions, tasks_done) =
+            match self.inner.store.get_agent(config.id.clone()).await? {
+                Some(old) => (old.created_at, old.sessions, old.tasks_done),
+                None => (self.inner.clock.now(), 0, 0),
+            };
+        let record = AgentRecord {
+            config,
+            desired: DesiredState::Running,
+            created_at,
+            sessions,
+            tasks_done,
+        };
+        self.inner.store.put_agent(record.clone()).await?;
+        self.launch(record, false).await
+    }
+
+    /// Registers the agent's queue, installs its slot and starts its
+    /// supervisor; waits for the first session to start.
+    async fn launch(&self, record: AgentRecord, system: bool) -> Result<Agent, ApiError> {
+        let id = record.config.id.clone();
+        self.inner.tasks.register_agent(
+            id.clone(),
+            AgentQueueConfig {
+                max_queue_depth: record.config.max_queue_depth as usize,
+            },
+        );
+        let slot = self.install(record, system, AgentState::Starting);
+        let (first_tx, first_rx) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
+        let supervised = Arc::clone(&slot);
+        tokio::spawn(async move {
+            supervise(&inner, &supervised, Some(first_tx)).await;
+            supervised.finished.send_replace(true);
+        });
+        match first_rx.await {
+            Ok(Ok(())) => Ok(self.view(&slot)),
+            Ok(Err(message)) => Err(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "spawn_failed",
+                format!("agent '{id}' could not start: {message}"),
+            )),
+            Err(_) => Err(ApiError::unavailable("the server is shutting down")),
+        }
+    }
+
+    fn install(&self, record: AgentRecord, system: bool, state: AgentState) -> Arc<Slot> {
+        let (control, _) = watch::channel(Control::Run);
+        let (finished, _) = watch::channel(state == AgentState::Stopped);
+        let slot = Arc::new(Slot {
+            id: record.config.id.clone(),
+            status: Mutex::new(Status {
+                record,
+                state,
+                last_seen: None,
+                session: None,
+                last_exit: None,
+                system,
+            }),
+            control,
+            finished,
+        });
+        self.inner
+            .slots
+            .lock()
+            .insert(slot.id.clone(), Arc::clone(&slot));
+        slot
+    }
+
+    fn slot(&self, id: &AgentId) -> Option<Arc<Slot>> {
+        self.inner.slots.lock().get(id).cloned()
+    }
+
+    fn slot_or_404(&self, id: &AgentId) -> Result<Arc<Slot>, ApiError> {
+        self.slot(id).ok_or_else(|| agent_not_found(id))
+    }
+
+    /// `GET /v1/agents`.
+    pub fn list(&self) -> Vec<Agent> {
+        let mut slots: Vec<_> = self.inner.slots.lock().values().cloned().collect();
+        slots.sort_by(|a, b| a.id.cmp(&b.id));
+        slots.iter().map(|s| self.view(s)).collect()
+    }
+
+    /// `GET /v1/agents/{id}`.
+    pub async fn get(&self, id: &AgentId) -> Result<Agent, ApiError> {
+        Ok(self.view(&*self.slot_or_404(id)?))
+    }
+
+    /// `GET /v1/agents/{id}/sessions` (FR-LIFE-5), newest first; the running
+    /// session included.
+    pub async fn sessions(
+        &self,
+        id: &AgentId,
+        limit: usize,
+    ) -> Result<Vec<AgentSession>, ApiError> {
+        self.slot_or_404(id)?;
+        Ok(self.inner.store.list_sessions(id.clone(), limit).await?)
+    }
+
+    /// `DELETE /v1/agents/{id}` (FR-LIFE-4): stop leasing, let in-flight tasks
+    /// finish for `drain`, stop the agent, requeue what is left
+    /// (`drain_timeout`). Answers once it has stopped.
+    pub async fn terminate(&self, id: &AgentId, drain: Duration) -> Result<Agent, ApiError> {
+        let slot = self.slot_or_404(id)?;
+        if slot.status.lock().system {
+            return Err(ApiError::conflict(format!(
+                "'{id}' is the server's built-in agent and cannot be terminated"
+            )));
+        }
+        let record = {
+            let mut status = slot.status.lock();
+            status.record.desired = DesiredState::Stopped;
+            status.record.clone()
+        };
+        self.inner.store.put_agent(record).await?;
+        slot.control.send_replace(Control::Stop { drain });
+        let mut finished = slot.finished.subscribe();
+        let _ = finished.wait_for(|f| *f).await;
+        Ok(self.view(&slot))
+    }
+
+    /// Records a request from an agent: it is alive (FR-LIFE-2).
+    pub fn touch(&self, id: &AgentId) {
+        if let Some(slot) = self.slot(id) {
+            let mut status = slot.status.lock();
+            status.last_seen = Some(self.inner.clock.now());
+            if status.state == AgentState::Starting && status.session.is_some() {
+                status.state = AgentState::Running;
+            }
+        }
+    }
+
+    /// Whether `id` may lease: 404 for an unknown agent, 409
+    /// `agent_draining` when it is draining or stopped (it should exit).
+    pub fn may_lease(&self, id: &AgentId) -> Result<(), ApiError> {
+        let slot = self.slot_or_404(id)?;
+        let state = slot.status.lock().state;
+        match state {
+            AgentState::Starting | AgentState::Running | AgentState::Restarting => Ok(()),
+            s => Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "agent_draining",
+                format!(
+                    "agent '{id}' is {}: finish the tasks you hold, then exit",
+                    state_name(s)
+                ),
+            )),
+        }
+    }
+
+    /// Counts a task an agent finished (completed or failed).
+    pub fn task_done(&self, id: &AgentId) {
+        if let Some(slot) = self.slot(id) {
+            let mut status = slot.status.lock();
+            status.record.tasks_done += 1;
+            if let Some(s) = status.session.as_mut() {
+                s.tasks_done += 1;
+            }
+        }
+    }
+
+    /// Drops expired agent tokens; run periodically.
+    pub fn housekeeping(&self) {
+        self.inner.auth.purge_expired();
+    }
+
+    /// Waits until every supervisor has stopped its session (server shutdown:
+    /// no draining; running tasks stay `running` and the next start requeues them).
+    pub async fn wait_stopped(&self) {
+        let slots: Vec<_> = self.inner.slots.lock().values().cloned().collect();
+        for slot in slots {
+            let mut finished = slot.finished.subscribe();
+            let _ = finished.wait_for(|f| *f).await;
+        }
+    }
+
+    fn view(&self, slot: &Slot) -> Agent {
+        let now = self.inner.clock.now();
+        let lease_ttl = self.inner.tasks.lease_ttl();
+        let running = self.inner.tasks.running_of(&slot.id).len();
+        let status = slot.status.lock();
+        let health = match status.state {
+            AgentState::Stopped | AgentState::Crashed | AgentState::Restarting => Health::Dead,
+            _ if status.record.config.is_builtin_shell() => Health::Healthy,
+            _ => {
+                let since = status
+                    .last_seen
+                    .or(status.session.as_ref().map(|s| s.started_at));
+                match since {
+                    Some(t) if now.since(t) <= lease_ttl * 3 => Health::Healthy,
+                    _ => Health::Unresponsive,
+                }
+            }
+        };
+        let (session, usage, pid) = match &status.session {
+            Some(s) => (s.number, s.usage.read(), s.pid),
+            None => (status.record.sessions, ResourceUsage::default(), None),
+        };
+        Agent {
+            config: status.record.config.clone(),
+            state: status.state,
+            health,
+            last_heartbeat: status.last_seen,
+            session,
+            tasks_running: u32::try_from(running).unwrap_or(u32::MAX),
+            tasks_done: status.record.tasks_done,
+            usage,
+            pid,
+            created_at: status.record.created_at,
+            last_exit: status.last_exit.clone(),
+        }
+    }
+}
+
+impl Inner {
+    fn set_state(&self, slot: &Slot, state: AgentState) {
+        slot.status.lock().state = state;
+    }
+
+    async fn persist(&self, slot: &Slot) {
+        let (record, system) = {
+            let s = slot.status.lock();
+            (s.record.clone(), s.system)
+        };
+        if system {
+            return;
+        }
+        if let Err(e) = self.store.put_agent(record).await {
+            tracing::error!(agent_id = %slot.id, error = %e, "cannot store agent");
+        }
+    }
+
+    async fn persist_session(&self, slot: &Slot, ended: Option<(Timestamp, String)>) {
+        let session = {
+            let s = slot.status.lock();
+            if s.system {
+                return;
+            }
+            let Some(info) = &s.session else { return };
+            AgentSession {
+                agent_id: slot.id.clone(),
+                session: info.number,
+                started_at: info.started_at,
+                ended_at: ended.as_ref().map(|(t, _)| *t),
+                exit_reason: ended.map(|(_, r)| r),
+                tasks_done: info.tasks_done,
+            }
+        };
+        if let Err(e) = self.store.put_session(session).await {
+            tracing::error!(agent_id = %slot.id, error = %e, "cannot store agent session");
+        }
+    }
+
+    fn tenant_and_owner(&self) -> (TenantId, String) {
+        (TenantId::default_tenant(), "fabric".to_owned())
+    }
+}
+
+/// Runs an agent's sessions until it is stopped, out of restarts, or the server stops.
+async fn supervise(
+    inner: &Arc<Inner>,
+    slot: &Arc<Slot>,
+    mut first: Option<oneshot::Sender<Result<(), String>>>,
+) {
+    let mut control = slot.control.subscribe();
+    let mut shutdown = inner.shutdown.clone();
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Control::Stop { .. } = *control.borrow() {
+            inner.set_state(slot, AgentState::Stopped);
+            return;
+        }
+        let number = {
+            let mut s = slot.status.lock();
+            s.record.sessions += 1;
+            s.state = AgentState::Starting;
+            s.record.sessions
+        };
+        inner.persist(slot).await;
+        let config = slot.status.lock().record.config.clone();
+        let started_at = inner.clock.now();
+        let (tenant, owner) = inner.tenant_and_owner();
+        let started = Session::start(inner, &config, number, &tenant, &owner).await;
+        let mut session = match started {
+            Ok(session) => session,
+            Err(message) => {
+                tracing::error!(agent_id = %slot.id, session = number, error = %message, "agent session did not start");
+                let why = format!("{}: {message}", reason::SPAWN_FAILED);
+                {
+                    let mut s = slot.status.lock();
+                    s.session = Some(SessionInfo {
+                        number,
+                        started_at,
+                        tasks_done: 0,
+                        pid: None,
+                        usage: session::UsageProbe::None,
+                    });
+                    s.last_exit = Some(why.clone());
+                }
+                inner
+                    .persist_session(slot, Some((inner.clock.now(), why)))
+                    .await;
+                slot.status.lock().session = None;
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(message));
+                    inner.set_state(slot, AgentState::Crashed);
+                    return;
+                }
+                failures += 1;
+                if !restart_after_failure(inner, slot, failures, &mut control, &mut shutdown).await
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        {
+            let mut s = slot.status.lock();
+            s.session = Some(SessionInfo {
+                number,
+                started_at,
+                tasks_done: 0,
+                pid: session.pid(),
+                usage: session.usage_probe(),
+            });
+            s.state = if session.reports_in() {
+                AgentState::Starting
+            } else {
+                AgentState::Running
+            };
+        }
+        inner.persist_session(slot, None).await;
+        tracing::info!(agent_id = %slot.id, session = number, pid = session.pid(), isolation = %config.isolation.level, "agent session started");
+        if let Some(tx) = first.take() {
+            let _ = tx.send(Ok(()));
+        }
+
+        let end = tokio::select! {
+            exit = session.wait_exit() => SessionEnd::Exited(exit),
+            stop = control.wait_for(|c| matches!(c, Control::Stop { .. })) => {
+                SessionEnd::Stop(stop.map_or(Duration::ZERO, |c| requested_drain(*c)))
+            }
+            _ = shutdown.wait_for(|s| *s) => SessionEnd::Shutdown,
+        };
+        let (why, failed) = match end {
+            SessionEnd::Exited(exit) => {
+                let why = exit.describe();
+                tracing::warn!(agent_id = %slot.id, session = number, exit = %why, "agent exited");
+                // Its tasks go back to the queue now, not when their leases expire.
+                let held = inner.tasks.running_of(&slot.id);
+                session.cleanup().await;
+                let task_reason = if exit.oom_killed {
+                    reason::OOM_KILLED.to_owned()
+                } else {
+                    why.clone()
+                };
+                if let Err(e) = inner.tasks.abandon(&held, &task_reason).await {
+                    tracing::error!(agent_id = %slot.id, error = %e.message, "cannot requeue the tasks of an exited agent");
+                }
+                (why, !exit.success())
+            }
+            SessionEnd::Stop(drain) => {
+                inner.set_state(slot, AgentState::Draining);
+                session.stop_leasing();
+                tracing::info!(agent_id = %slot.id, drain_ms = drain.as_millis() as u64, "agent draining");
+                let drained = drain_tasks(inner, &slot.id, &mut session, drain).await;
+                session.terminate(inner.config.kill_grace).await;
+                let left = inner.tasks.running_of(&slot.id);
+                session.cleanup().await;
+                if !left.is_empty() {
+                    tracing::warn!(agent_id = %slot.id, tasks = left.len(), "drain timeout: requeueing unfinished tasks");
+                    if let Err(e) = inner.tasks.abandon(&left, reason::DRAIN_TIMEOUT).await {
+                        tracing::error!(agent_id = %slot.id, error = %e.message, "cannot requeue drained tasks");
+                    }
+                }
+                let why = if drained {
+                    "terminated"
+                } else {
+                    "terminated (drain timeout)"
+                };
+                finish_session(inner, slot, why.to_owned()).await;
+                inner.set_state(slot, AgentState::Stopped);
+                return;
+            }
+            SessionEnd::Shutdown => {
+                session.terminate(Duration::from_millis(500)).await;
+                session.cleanup().await;
+                finish_session(inner, slot, "fabric stopped".into()).await;
+                return;
+            }
+        };
+        let ran = inner.clock.now().since(started_at);
+        finish_session(inner, slot, why).await;
+        if !failed
+            && slot.status.lock().record.config.restart == fabric_core::agent::RestartPolicy::Never
+        {
+            inner.set_state(slot, AgentState::Stopped);
+            return;
+        }
+        if !failed {
+            // A clean exit of a program asked to stay up: stopped, as it chose.
+            inner.set_state(slot, AgentState::Stopped);
+            return;
+        }
+        if ran >= STABLE_AFTER {
+            failures = 0;
+        }
+        failures += 1;
+        if !restart_after_failure(inner, slot, failures, &mut control, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+fn requested_drain(control: Control) -> Duration {
+    match control {
+        Control::Stop { drain } => drain,
+        Control::Run => Duration::ZERO,
+    }
+}
+
+/// Ends the current session's record with `why`.
+async fn finish_session(inner: &Inner, slot: &Slot, why: String) {
+    slot.status.lock().last_exit = Some(why.clone());
+    inner
+        .persist_session(slot, Some((inner.clock.now(), why)))
+        .await;
+    slot.status.lock().session = None;
+}
+
+/// Waits out the backoff before restart number `failures`; false when the
+/// agent must stay down (policy, out of restarts, stopped, shutting down).
+async fn restart_after_failure(
+    inner: &Inner,
+    slot: &Slot,
+    failures: u32,
+    control: &mut watch::Receiver<Control>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let (policy, max) = {
+        let s = slot.status.lock();
+        (s.record.config.restart, s.record.config.max_restarts)
+    };
+    if policy == fabric_core::agent::RestartPolicy::Never || failures > max {
+        tracing::error!(agent_id = %slot.id, failures, "agent crashed; not restarting");
+        inner.set_state(slot, AgentState::Crashed);
+        return false;
+    }
+    let delay = RESTART_BACKOFF
+        .saturating_mul(1 << (failures - 1).min(6))
+        .min(RESTART_BACKOFF_MAX);
+    inner.set_state(slot, AgentState::Restarting);
+    tracing::info!(agent_id = %slot.id, failures, delay_ms = delay.as_millis() as u64, "restarting agent");
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        _ = control.wait_for(|c| matches!(c, Control::Stop { .. })) => {
+            inner.set_state(slot, AgentState::Stopped);
+            false
+        }
+        _ = shutdown.wait_for(|s| *s) => false,
+    }
+}
+
+/// Waits until the agent holds no running task, for at most `drain`; true if it drained.
+async fn drain_tasks(inner: &Inner, id: &AgentId, session: &mut Session, drain: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + drain;
+    loop {
+        if inner.tasks.running_of(id).is_empty() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            // The program exited by itself while draining: nothing more will finish.
+            _ = session.wait_exit() => return inner.tasks.running_of(id).is_empty(),
+        }
+    }
+}
+
+fn agent_not_found(id: &AgentId) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "agent_not_found",
+        format!("agent '{id}' does not exist: see 'reactor-fabric agent list'"),
+    )
+}
+
+fn state_name(state: AgentState) -> &'static str {
+    match state {
+        AgentState::Starting => "starting",
+        AgentState::Running => "running",
+        AgentState::Draining => "draining",
+        AgentState::Restarting => "restarting",
+        AgentState::Stopped => "stopped",
+        AgentState::Crashed => "crashed",
+    }
+}

@@ -1,0 +1,569 @@
+//! One run of an agent: what it runs, where, and how it is cleaned up.
+//!
+//! | agent | isolation `none` | isolation `process` |
+//! |---|---|---|
+//! | built-in shell | workers in the fabric run each task's commands as host processes | the same workers run them inside the agent's sandbox |
+//! | `command` | a host process group | a program in the agent's sandbox |
+//! | `external` | nothing: it connects from elsewhere | (refused by validation) |
+//!
+//! A `process` session owns a [`Sandbox`] and the fabric-side listeners
+//! inside its network namespace: the API at `FABRIC_URL`, the inference
+//! endpoint at `localhost:11434` and the egress proxy. Cleanup kills every
+//! process, removes the cgroups, the network namespace (with the sandbox's
+//! last process and listener) and the working dir.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
+use fabric_core::{AgentId, TenantId};
+use fabric_runtime::sandbox::{
+    ProcessExit, Sandbox, SandboxCommand, SandboxConfig, SandboxProcess,
+};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::task::JoinHandle;
+
+use super::builtin::{Executor, ShellWorkers};
+use super::{AGENT_TOKEN_TTL, Inner, inference};
+
+/// Port of the egress proxy inside a sandbox (`HTTP_PROXY`).
+pub const EGRESS_PROXY_PORT: u16 = 3128;
+/// Port of the inference endpoint inside a sandbox (`OLLAMA_BASE_URL`).
+pub const INFERENCE_PORT: u16 = 11434;
+
+pub(super) enum SessionEnd {
+    Exited(ProcessExit),
+    Stop(Duration),
+    Shutdown,
+}
+
+/// Where an agent's resource use is read from.
+#[derive(Clone)]
+pub(super) enum UsageProbe {
+    None,
+    Sandbox(Arc<Sandbox>),
+    /// A host process (isolation `none`): `/proc/<pid>`.
+    Pid(u32),
+}
+
+impl UsageProbe {
+    pub(super) fn read(&self) -> ResourceUsage {
+        match self {
+            Self::None => ResourceUsage::default(),
+            Self::Sandbox(sandbox) => match sandbox.usage() {
+                Ok(u) => ResourceUsage {
+                    memory_bytes: u.memory_bytes,
+                    memory_peak_bytes: u.memory_peak_bytes.unwrap_or(u.memory_bytes),
+                    cpu_millis: u64::try_from(u.cpu_time.as_millis()).unwrap_or(u64::MAX),
+                    pids: u.pids,
+                },
+                Err(_) => ResourceUsage::default(),
+            },
+            Self::Pid(pid) => proc_usage(*pid).unwrap_or_default(),
+        }
+    }
+}
+
+/// Memory and CPU of one host process from `/proc` (level `none` has no cgroup).
+fn proc_usage(pid: u32) -> Option<ResourceUsage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // USER_HZ is 100 on every Linux the fabric supports.
+    let cpu_millis = (ticks(11) + ticks(12)) * 10;
+    Some(ResourceUsage {
+        memory_bytes: kib("VmRSS:") * 1024,
+        memory_peak_bytes: kib("VmHWM:") * 1024,
+        cpu_millis,
+        pids: 1,
+    })
+}
+
+enum Program {
+    Host(HostProgram),
+    Sandboxed(SandboxProcess),
+}
+
+pub(super) struct Session {
+    agent: AgentId,
+    sandbox: Option<Arc<Sandbox>>,
+    program: Option<Program>,
+    workers: Option<ShellWorkers>,
+    background: Vec<JoinHandle<()>>,
+    token_hash: Option<String>,
+    /// Removed at cleanup (the sandbox removes its own).
+    host_workdir: Option<PathBuf>,
+    exit: Option<ProcessExit>,
+    inner: Arc<Inner>,
+}
+
+impl Session {
+    /// Starts session `number` of an agent. The error says what failed.
+    pub(super) async fn start(
+        inner: &Arc<Inner>,
+        config: &AgentConfig,
+        number: u32,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<Session, String> {
+        let id = &config.id;
+        let root = config
+            .isolation
+            .filesystem_root
+            .as_ref()
+            .map_or_else(|| inner.config.agents_dir.clone(), PathBuf::from);
+        let name = sandbox_name(id, number);
+        let workdir = root.join(&name);
+        let mut session = Session {
+            agent: id.clone(),
+            sandbox: None,
+            program: None,
+            workers: None,
+            background: Vec::new(),
+            token_hash: None,
+            host_workdir: None,
+            exit: None,
+            inner: Arc::clone(inner),
+        };
+        let result = session
+            .start_inner(config, &name, &workdir, tenant, owner)
+            .await;
+        match result {
+            Ok(()) => Ok(session),
+            Err(message) => {
+                session.cleanup().await;
+                Err(message)
+            }
+        }
+    }
+
+    async fn start_inner(
+        &mut self,
+        config: &AgentConfig,
+        name: &str,
+        workdir: &Path,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<(), String> {
+        let inner = Arc::clone(&self.inner);
+        let id = config.id.clone();
+        let api = inner.config.api_addr;
+        let mut env: Vec<(String, String)> = Vec::new();
+        match config.isolation.level {
+            IsolationLevel::Process => {
+                let helper = inner
+                    .config
+                    .helper
+                    .clone()
+                    .ok_or("this server has no sandbox helper")?;
+                let mut sandbox_config = SandboxConfig::new(name, workdir, helper);
+                sandbox_config.memory_mb = config.isolation.memory_mb;
+                sandbox_config.cpu_cores = config.isolation.cpu_cores;
+                for path in &config.isolation.read_only_paths {
+                    sandbox_config.read_only_paths.push(PathBuf::from(path));
+                }
+                let sandbox = Arc::new(
+                    Sandbox::create(sandbox_config)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+                self.sandbox = Some(Arc::clone(&sandbox));
+                if !config.is_builtin_shell() {
+                    // The fabric's API, on the same port inside the sandbox.
+                    let listener = bind_in(&sandbox, api.port())?;
+                    let forward =
+                        fabric_runtime::net::forward_tcp(listener, api, std::future::pending());
+                    self.background.push(tokio::spawn(async move {
+                        if let Err(e) = forward.await {
+                            tracing::warn!(error = %e, "API forward into a sandbox stopped");
+                        }
+                    }));
+                    env.push((ENV_URL.into(), format!("http://127.0.0.1:{}", api.port())));
+                }
+                let listener = bind_in(&sandbox, INFERENCE_PORT)?;
+                self.background.push(inference::serve_std(
+                    listener,
+                    inner.config.inference_upstream.clone(),
+                    id.clone(),
+                )?);
+                env.push((
+                    ENV_OLLAMA.into(),
+                    format!("http://localhost:{INFERENCE_PORT}"),
+                ));
+                let rules = config
+                    .isolation
+                    .network_egress
+                    .iter()
+                    .map(|r| parse_egress(r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let listener = bind_in(&sandbox, EGRESS_PROXY_PORT)?;
+                // Every decision is logged by the proxy itself (target `audit`).
+                let proxy =
+                    fabric_runtime::net::EgressProxy::new(id.to_string(), rules, Arc::new(|_| {}));
+                let serve = proxy.serve(listener, std::future::pending());
+                self.background.push(tokio::spawn(async move {
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "egress proxy stopped");
+                    }
+                }));
+                let proxy_url = format!("http://127.0.0.1:{EGRESS_PROXY_PORT}");
+                for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    env.push((key.into(), proxy_url.clone()));
+                }
+                // The fabric and the inference endpoint are local: never through the proxy.
+                env.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
+                env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+            }
+            IsolationLevel::None => {
+                std::fs::create_dir_all(workdir)
+                    .map_err(|e| format!("cannot create working dir {}: {e}", workdir.display()))?;
+                self.host_workdir = Some(workdir.to_path_buf());
+                env.push((ENV_URL.into(), format!("http://{}", loopback(api))));
+                let endpoint = inference::host_endpoint(&inner)?;
+                env.push((ENV_OLLAMA.into(), format!("http://{endpoint}")));
+            }
+            IsolationLevel::Container => {
+                return Err("isolation level 'container' is not available yet".into());
+            }
+        }
+        env.push((super::ENV_AGENT_ID.into(), id.to_string()));
+        env.push((
+            super::ENV_WORKSPACE_DIR.into(),
+            workdir.display().to_string(),
+        ));
+        if let Some(url) = env
+            .iter()
+            .find(|(k, _)| k == ENV_URL)
+            .map(|(_, v)| v.clone())
+        {
+            env.push(("OPENAI_BASE_URL".into(), format!("{url}/v1")));
+        }
+
+        if config.is_builtin_shell() {
+            let manager = super::AgentManager {
+                inner: Arc::clone(&inner),
+            };
+            let done_id = id.clone();
+            let on_done: Box<dyn Fn() + Send + Sync> =
+                Box::new(move || manager.task_done(&done_id));
+            let executor = match &self.sandbox {
+                Some(s) => Executor::Sandbox(Arc::clone(s)),
+                None => Executor::Host {
+                    work_root: workdir.to_path_buf(),
+                },
+            };
+            self.workers = Some(ShellWorkers::start(
+                Arc::clone(&inner.tasks),
+                id.clone(),
+                config.concurrency as usize,
+                executor,
+                inner.config.shell_output_limit,
+                inner.config.kill_grace,
+                on_done,
+                inner.shutdown.clone(),
+            ));
+            return Ok(());
+        }
+        if config.external {
+            return Ok(());
+        }
+        let Some(command) = config.command.clone() else {
+            return Err("nothing to run: give 'command'".into());
+        };
+        let (secret, hash, _) = inner
+            .auth
+            .issue_agent_token(&id, tenant, owner, AGENT_TOKEN_TTL);
+        self.token_hash = Some(hash);
+        env.push((ENV_TOKEN.into(), secret));
+        let (program, stdout, stderr) = match &self.sandbox {
+            Some(sandbox) => {
+                let mut cmd = SandboxCommand::new(["/bin/sh", "-c", command.as_str()]);
+                cmd.env = env;
+                cmd.stdout = Stdio::piped();
+                cmd.stderr = Stdio::piped();
+                let mut process = sandbox.spawn(cmd).map_err(|e| e.to_string())?;
+                let (out, err) = (process.stdout.take(), process.stderr.take());
+                (
+                    Program::Sandboxed(process),
+                    out.map(box_reader),
+                    err.map(box_reader),
+                )
+            }
+            None => {
+                let mut process = HostProgram::spawn(&command, workdir, env)?;
+                let (out, err) = (process.child.stdout.take(), process.child.stderr.take());
+                (
+                    Program::Host(process),
+                    out.map(box_reader),
+                    err.map(box_reader),
+                )
+            }
+        };
+        self.program = Some(program);
+        for (stream, reader) in [("stdout", stdout), ("stderr", stderr)] {
+            if let Some(reader) = reader {
+                self.background
+                    .push(tokio::spawn(log_output(id.clone(), stream, reader)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Host pid of the agent's program, or of its sandbox's init.
+    pub(super) fn pid(&self) -> Option<u32> {
+        match &self.program {
+            Some(Program::Host(p)) => p.child.id(),
+            Some(Program::Sandboxed(p)) => Some(p.id()),
+            None => self.sandbox.as_ref().map(|s| s.init_pid()),
+        }
+    }
+
+    pub(super) fn usage_probe(&self) -> UsageProbe {
+        match (&self.sandbox, &self.program) {
+            (Some(s), _) => UsageProbe::Sandbox(Arc::clone(s)),
+            (None, Some(Program::Host(p))) => {
+                p.child.id().map_or(UsageProbe::None, UsageProbe::Pid)
+            }
+            _ => UsageProbe::None,
+        }
+    }
+
+    /// Whether the agent proves it is up by calling in (a program), rather
+    /// than being up as soon as the session is (built-in workers).
+    pub(super) fn reports_in(&self) -> bool {
+        self.program.is_some()
+    }
+
+    /// Resolves when the agent's program exits; never for agents without one.
+    /// Cancel-safe and repeatable.
+    pub(super) async fn wait_exit(&mut self) -> ProcessExit {
+        if let Some(exit) = self.exit {
+            return exit;
+        }
+        let exit = match &mut self.program {
+            Some(Program::Sandboxed(p)) => match p.wait().await {
+                Ok(exit) => exit,
+                Err(e) => {
+                    tracing::error!(agent_id = %self.agent, error = %e, "cannot wait for agent");
+                    unknown_exit()
+                }
+            },
+            Some(Program::Host(p)) => p.wait().await,
+            None => std::future::pending().await,
+        };
+        self.exit = Some(exit);
+        exit
+    }
+
+    /// Built-in workers stop taking tasks (programs learn it from `lease`).
+    pub(super) fn stop_leasing(&self) {
+        if let Some(w) = &self.workers {
+            w.stop_leasing();
+        }
+    }
+
+    /// Stops the agent: SIGTERM, then SIGKILL after `grace`.
+    pub(super) async fn terminate(&mut self, grace: Duration) {
+        if self.exit.is_some() {
+            return;
+        }
+        let exit = match &mut self.program {
+            Some(Program::Sandboxed(p)) => p.terminate(grace).await.ok(),
+            Some(Program::Host(p)) => Some(p.terminate(grace).await),
+            None => None,
+        };
+        self.exit = exit;
+        if let Some(w) = self.workers.take() {
+            w.kill(grace).await;
+        }
+    }
+
+    /// Removes everything the session made: processes, listeners, the
+    /// sandbox (cgroups, namespaces, working dir), the token.
+    pub(super) async fn cleanup(&mut self) {
+        if let Some(w) = self.workers.take() {
+            w.kill(Duration::ZERO).await;
+        }
+        if let Some(program) = self.program.take() {
+            match program {
+                Program::Host(mut p) => {
+                    p.kill_group();
+                    let _ = p.child.wait().await;
+                }
+                Program::Sandboxed(p) => drop(p),
+            }
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        if let Some(hash) = self.token_hash.take() {
+            self.inner.auth.revoke_cached(&hash);
+        }
+        if let Some(sandbox) = self.sandbox.take()
+            && let Err(e) = sandbox.destroy().await
+        {
+            tracing::error!(agent_id = %self.agent, error = %e, "cannot remove the agent's sandbox");
+        }
+        if let Some(dir) = self.host_workdir.take()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(agent_id = %self.agent, dir = %dir.display(), error = %e, "cannot remove working dir");
+        }
+    }
+}
+
+pub const ENV_URL: &str = "FABRIC_URL";
+pub const ENV_TOKEN: &str = "FABRIC_TOKEN";
+pub const ENV_OLLAMA: &str = "OLLAMA_BASE_URL";
+
+/// `<agent>-<session>-<random>`: unique on the host even with several fabrics.
+fn sandbox_name(id: &AgentId, number: u32) -> String {
+    let short: String = id.as_str().chars().take(40).collect();
+    format!("{short}-{number}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+    } else {
+        addr
+    }
+}
+
+fn bind_in(sandbox: &Sandbox, port: u16) -> Result<std::net::TcpListener, String> {
+    let listener = sandbox.bind_tcp(port).map_err(|e| e.to_string())?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot use the sandbox's port {port}: {e}"))?;
+    Ok(listener)
+}
+
+fn box_reader(r: impl AsyncRead + Send + Unpin + 'static) -> Box<dyn AsyncRead + Send + Unpin> {
+    Box::new(r)
+}
+
+/// An agent program's output goes to the fabric's log, line by line.
+async fn log_output(
+    agent: AgentId,
+    stream: &'static str,
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+) {
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(agent_id = %agent, stream, line = %truncate(&line, 4096), "agent output");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn unknown_exit() -> ProcessExit {
+    ProcessExit {
+        code: None,
+        signal: None,
+        oom_killed: false,
+    }
+}
+
+/// An agent program on the host (isolation `none`), leading its own process group.
+struct HostProgram {
+    child: tokio::process::Child,
+    pgid: i32,
+}
+
+impl HostProgram {
+    fn spawn(command: &str, workdir: &Path, env: Vec<(String, String)>) -> Result<Self, String> {
+        let mut base = vec![
+            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+            ("HOME".to_owned(), workdir.display().to_string()),
+            ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ];
+        base.extend(env);
+        let child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(workdir)
+            .env_clear()
+            .envs(base)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start /bin/sh -c {command:?}: {e}"))?;
+        let pgid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or("the agent process has no pid")?;
+        Ok(Self { child, pgid })
+    }
+
+    async fn wait(&mut self) -> ProcessExit {
+        use std::os::unix::process::ExitStatusExt;
+        let exit = match self.child.wait().await {
+            Ok(status) => ProcessExit {
+                code: status.code(),
+                signal: status.signal(),
+                oom_killed: false,
+            },
+            Err(_) => unknown_exit(),
+        };
+        // Whatever it started goes with it.
+        self.kill_group();
+        exit
+    }
+
+    async fn terminate(&mut self, grace: Duration) -> ProcessExit {
+        signal_group(self.pgid, libc::SIGTERM);
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                self.kill_group();
+                self.wait().await
+            }
+        }
+    }
+
+    fn kill_group(&self) {
+        signal_group(self.pgid, libc::SIGKILL);
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal_group(pgid: i32, signal: i32) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: killpg has no memory effects; a stale group id fails with ESRCH.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}

@@ -1,0 +1,235 @@
+//! `/v1/agent/...`: the agent protocol (docs/AGENT_PROTOCOL.md). Only agent
+//! tokens get in, and each acts only as its own agent.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fabric_core::api::{
+    AgentEvents, CompleteRequest, HeartbeatResponse, LeaseResponse, TaskHeartbeat, TokenResponse,
+};
+use fabric_core::{AgentId, EventKind, Task, TaskId, TaskStatus};
+use fabric_engine::Completion;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::task_id;
+use crate::agents::AGENT_TOKEN_TTL;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+/// Longest long poll of `lease`.
+const MAX_WAIT_SECS: f64 = 60.0;
+/// Log lines per events call.
+const MAX_LOG_LINES: usize = 1000;
+
+/// The calling agent, from an agent token; counts as a sign of life.
+fn calling_agent(state: &AppState, principal: &Principal) -> Result<AgentId, ApiError> {
+    let Some(agent) = principal.agent.clone() else {
+        return Err(ApiError::forbidden(
+            "only agent tokens can use /v1/agent/...: agents get theirs as FABRIC_TOKEN",
+        ));
+    };
+    state.agents.touch(&agent);
+    Ok(agent)
+}
+
+/// A task the agent may act on: its own, and live.
+fn own_task(state: &AppState, agent: &AgentId, id: TaskId) -> Result<Task, ApiError> {
+    match state.tasks.live(&id) {
+        Some(task) if &task.agent_id == agent => Ok(task),
+        _ => Err(ApiError::task_not_found(id)),
+    }
+}
+
+fn stale(e: fabric_engine::SchedulerError) -> ApiError {
+    match e {
+        fabric_engine::SchedulerError::StaleLease { .. }
+        | fabric_engine::SchedulerError::AlreadyFinished { .. }
+        | fabric_engine::SchedulerError::UnknownTask(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_lease",
+            format!(
+                "{e}: the task was canceled, timed out or given to another attempt; stop working on it"
+            ),
+        ),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseParams {
+    /// Seconds to wait for a task (0 to 60, default 30).
+    wait: Option<f64>,
+}
+
+/// Leases the agent's next task, waiting up to `wait` seconds for one.
+#[utoipa::path(post, path = "/v1/agent/lease", tag = "agent protocol", security(("bearer" = [])), params(LeaseParams),
+    responses(
+        (status = 200, body = LeaseResponse), (status = 204, description = "nothing within `wait`"),
+        (status = 409, description = "agent_draining: finish held tasks and exit", body = fabric_core::api::ErrorBody),
+    ))]
+pub async fn lease(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<LeaseParams>,
+) -> Result<Response, ApiError> {
+    let agent = calling_agent(&state, &principal)?;
+    let wait = params.wait.unwrap_or(30.0);
+    if !(wait.is_finite() && (0.0..=MAX_WAIT_SECS).contains(&wait)) {
+        return Err(ApiError::bad_request(format!(
+            "'wait' must be between 0 and {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    state.agents.may_lease(&agent)?;
+    let lease = state
+        .tasks
+        .lease_within(&agent, Duration::from_secs_f64(wait))
+        .await?;
+    state.agents.touch(&agent);
+    let Some(lease) = lease else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let expires = lease.expires_at;
+    tracing::info!(task_id = %lease.task.id, agent_id = %agent, attempt = lease.task.attempt, "task leased");
+    Ok(Json(LeaseResponse {
+        epoch: lease.epoch,
+        lease_expires_at: expires,
+        task: lease.task,
+    })
+    .into_response())
+}
+
+/// Renews the lease of a running task.
+#[utoipa::path(post, path = "/v1/agent/tasks/{id}/heartbeat", tag = "agent protocol", security(("bearer" = [])),
+    params(("id" = String, Path, description = "task id")), request_body = TaskHeartbeat,
+    responses((status = 200, body = HeartbeatResponse), (status = 409, description = "stale_lease", body = fabric_core::api::ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TaskHeartbeat>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let agent = calling_agent(&state, &principal)?;
+    let id = task_id(&id)?;
+    own_task(&state, &agent, id)?;
+    let expires = state.tasks.heartbeat(&id, body.epoch).map_err(stale)?;
+    Ok(Json(HeartbeatResponse {
+        lease_expires_at: expires,
+    }))
+}
+
+/// Log lines of a running task (also renews its lease).
+#[utoipa::path(post, path = "/v1/agent/tasks/{id}/events", tag = "agent protocol", security(("bearer" = [])),
+    params(("id" = String, Path, description = "task id")), request_body = AgentEvents,
+    responses((status = 204), (status = 409, description = "stale_lease", body = fabric_core::api::ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AgentEvents>,
+) -> Result<StatusCode, ApiError> {
+    let agent = calling_agent(&state, &principal)?;
+    let id = task_id(&id)?;
+    own_task(&state, &agent, id)?;
+    if body.logs.len() > MAX_LOG_LINES {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LOG_LINES} log lines per call"
+        )));
+    }
+    state.tasks.heartbeat(&id, body.epoch).map_err(stale)?;
+    let now = state.tasks.now();
+    for line in body.logs {
+        state.tasks.events().emit(
+            id,
+            EventKind::Log,
+            now,
+            json!({"stream": line.stream, "line": line.line}),
+        );
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends an attempt: `completed` or `failed`. Answered once durable.
+#[utoipa::path(post, path = "/v1/agent/tasks/{id}/complete", tag = "agent protocol", security(("bearer" = [])),
+    params(("id" = String, Path, description = "task id")), request_body = CompleteRequest,
+    responses((status = 200, body = Task), (status = 400, body = fabric_core::api::ErrorBody), (status = 409, description = "stale_lease", body = fabric_core::api::ErrorBody)))]
+pub async fn complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CompleteRequest>,
+) -> Result<Json<Task>, ApiError> {
+    let agent = calling_agent(&state, &principal)?;
+    let id = task_id(&id)?;
+    own_task(&state, &agent, id)?;
+    if !matches!(body.status, TaskStatus::Completed | TaskStatus::Failed) {
+        return Err(ApiError::bad_request(format!(
+            "'status' must be completed or failed, not {}",
+            body.status
+        )));
+    }
+    if body.reason.as_ref().is_some_and(|r| r.len() > 200) {
+        return Err(ApiError::bad_request("'reason' is limited to 200 bytes"));
+    }
+    let completion = Completion {
+        status: body.status,
+        reason: body.reason.or_else(|| {
+            (body.status == TaskStatus::Failed)
+                .then(|| fabric_core::reason::AGENT_FAILED.to_owned())
+        }),
+        result: body.result,
+    };
+    let commit = state
+        .tasks
+        .complete(&id, body.epoch, completion)
+        .map_err(|e| match e.code {
+            "stale_lease" | "conflict" => {
+                ApiError::new(StatusCode::CONFLICT, "stale_lease", e.message)
+            }
+            _ => e,
+        })?;
+    commit.await?;
+    state.agents.task_done(&agent);
+    tracing::info!(task_id = %id, agent_id = %agent, outcome = %body.status, "task completed by agent");
+    let task = state.tasks.get_any(id).await?;
+    Ok(Json(task))
+}
+
+/// Agent-level liveness, for an agent with nothing to do.
+#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent protocol", security(("bearer" = [])),
+    responses((status = 200, description = "noted")))]
+pub async fn agent_heartbeat(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    calling_agent(&state, &principal)?;
+    Ok(Json(json!({})))
+}
+
+/// A fresh token for the calling agent (the old one lives until it expires).
+#[utoipa::path(post, path = "/v1/agent/token", tag = "agent protocol", security(("bearer" = [])),
+    responses((status = 200, body = TokenResponse)))]
+pub async fn renew_token(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let agent = calling_agent(&state, &principal)?;
+    let (secret, _, expires) =
+        state
+            .auth
+            .issue_agent_token(&agent, &principal.tenant, &principal.user, AGENT_TOKEN_TTL);
+    Ok(Json(TokenResponse {
+        token: secret,
+        user: principal.user,
+        tenant: principal.tenant,
+        scopes: Vec::new(),
+        expires_at: Some(expires),
+    }))
+}

@@ -1,0 +1,140 @@
+//! `/v1/agents`: spawn, list, inspect and terminate agents (FR-LIFE).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use fabric_core::agent::{Agent, AgentConfig};
+use fabric_core::api::{AgentList, SessionList};
+use fabric_core::{AgentId, Scope};
+use serde::Deserialize;
+
+use crate::agents::MAX_DRAIN_TIMEOUT;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
+    AgentId::new(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Agent tokens manage nothing: they are for `/v1/agent/...`.
+fn user_only(principal: &Principal) -> Result<(), ApiError> {
+    if principal.agent.is_some() {
+        return Err(ApiError::forbidden(
+            "agent tokens can only use /v1/agent/...: use a user's token",
+        ));
+    }
+    Ok(())
+}
+
+/// Spawns an agent (SPEC §5 config). Answers once its first session runs.
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", security(("bearer" = [])), request_body = AgentConfig,
+    responses(
+        (status = 201, description = "spawned", body = Agent),
+        (status = 400, description = "invalid config", body = fabric_core::api::ErrorBody),
+        (status = 403, body = fabric_core::api::ErrorBody),
+        (status = 409, description = "an agent with this id is running", body = fabric_core::api::ErrorBody),
+        (status = 500, description = "it could not start (spawn_failed)", body = fabric_core::api::ErrorBody),
+    ))]
+pub async fn spawn(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(config): ApiJson<AgentConfig>,
+) -> Result<(StatusCode, Json<Agent>), ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::Admin)?;
+    let agent = state.agents.spawn(config, &principal).await?;
+    tracing::info!(agent_id = %agent.config.id, isolation = %agent.config.isolation.level, "agent spawned");
+    Ok((StatusCode::CREATED, Json(agent)))
+}
+
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, body = AgentList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<AgentList>, ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::ReadTasks)?;
+    Ok(Json(AgentList {
+        agents: state.agents.list(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "agent id")),
+    responses((status = 200, body = Agent), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::ReadTasks)?;
+    Ok(Json(state.agents.get(&agent_id(&id)?).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TerminateParams {
+    /// Seconds in-flight tasks may take to finish before they are requeued (default 30).
+    drain_timeout: Option<f64>,
+}
+
+/// Terminates an agent (FR-LIFE-4): it leases nothing more, its in-flight
+/// tasks get `drain_timeout` seconds, then it is stopped and what is left is
+/// requeued (`drain_timeout`). Answers once it has stopped.
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "agent id"), TerminateParams),
+    responses((status = 200, body = Agent), (status = 404, body = fabric_core::api::ErrorBody), (status = 409, body = fabric_core::api::ErrorBody)))]
+pub async fn terminate(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<TerminateParams>,
+) -> Result<Json<Agent>, ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::Admin)?;
+    let secs = params.drain_timeout.unwrap_or(30.0);
+    if !(secs.is_finite() && secs >= 0.0 && secs <= MAX_DRAIN_TIMEOUT.as_secs_f64()) {
+        return Err(ApiError::bad_request(format!(
+            "'drain_timeout' must be between 0 and {} seconds",
+            MAX_DRAIN_TIMEOUT.as_secs()
+        )));
+    }
+    let agent = state
+        .agents
+        .terminate(&agent_id(&id)?, Duration::from_secs_f64(secs))
+        .await?;
+    tracing::info!(agent_id = %agent.config.id, "agent terminated");
+    Ok(Json(agent))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SessionParams {
+    /// At most this many, newest first (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// Each run of the agent: start, end, exit reason, tasks done (FR-LIFE-5).
+#[utoipa::path(get, path = "/v1/agents/{id}/sessions", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "agent id"), SessionParams),
+    responses((status = 200, body = SessionList), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn sessions(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<SessionParams>,
+) -> Result<Json<SessionList>, ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::ReadTasks)?;
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let sessions = state.agents.sessions(&agent_id(&id)?, limit).await?;
+    Ok(Json(SessionList { sessions }))
+}
