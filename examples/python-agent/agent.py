@@ -81,7 +81,7 @@ def keep_lease(fabric, task_id, epoch, expires_at, done, lost):
             _, body = fabric.call(f"/v1/agent/tasks/{task_id}/heartbeat", {"epoch": epoch})
             expires_at = body["lease_expires_at"]
         except ApiError as e:
-            if e.code == "stale_lease":
+            if e.code == "stale_lease" or e.status == 404:  # 404: the fabric no longer knows the task
                 lost.set()
                 return
             print(f"heartbeat failed: {e}", file=sys.stderr)

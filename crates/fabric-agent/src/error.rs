@@ -79,6 +79,17 @@ impl AgentError {
         matches!(self, Self::StaleLease { .. })
     }
 
+    /// Whether a task call (heartbeat, events, complete) means the task is no
+    /// longer this agent's to work on: 409 `stale_lease`, or 404 (the fabric
+    /// no longer knows the task for this agent at all). Either way: stop, and
+    /// do not complete it.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::StaleLease { .. } | Self::Http { status: 404, .. }
+        )
+    }
+
     /// The fabric's error code (`stale_lease`, `agent_draining`, ...), when it answered with one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -143,6 +154,9 @@ mod tests {
             message: "lease epoch 1 is not current".into(),
         };
         assert!(e.to_string().contains("do not complete it"));
+        assert!(e.is_lease_lost());
+        assert!(http(404).is_lease_lost());
+        assert!(!http(409).is_lease_lost());
         assert_eq!(e.code(), Some("stale_lease"));
     }
 }

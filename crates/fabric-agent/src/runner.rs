@@ -160,8 +160,9 @@ impl TaskContext {
     }
 
     /// Resolves when the task's lease is lost: it was canceled, timed out or
-    /// given to another agent. Stop working on it then; its outcome is
-    /// ignored and it is never completed.
+    /// given to another agent (a heartbeat or log call was answered
+    /// `stale_lease`, or the fabric no longer knows the task). Stop working
+    /// on it then; its outcome is ignored and it is never completed.
     pub async fn cancelled(&self) {
         let mut cancel = self.cancel.clone();
         // An error means the runner let go of the task: stop as well.
@@ -433,7 +434,7 @@ async fn supervise<H, F>(
                             heartbeat_backoff.reset();
                             next_heartbeat = Instant::now() + heartbeat_delay(answer.lease_expires_at);
                         }
-                        Err(e) if e.is_stale_lease() => break None,
+                        Err(e) if e.is_lease_lost() => break None,
                         Err(e) => {
                             let delay = heartbeat_backoff.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "heartbeat failed");
@@ -455,7 +456,7 @@ async fn supervise<H, F>(
                             flush_backoff.reset();
                             flush_at = (!keeper.logs.is_empty()).then(Instant::now);
                         }
-                        Err(e) if e.is_stale_lease() => break None,
+                        Err(e) if e.is_lease_lost() => break None,
                         Err(e) => {
                             let delay = flush_backoff.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sending log lines failed");
@@ -512,7 +513,7 @@ struct LeaseKeeper {
     logs: LogBuffer,
 }
 
-/// The lease was lost (stale_lease): stop.
+/// The lease was lost (stale_lease, or the task is gone): stop.
 struct LeaseLost;
 
 impl LeaseKeeper {
@@ -529,7 +530,7 @@ impl LeaseKeeper {
                 self.logs.sent(sent);
                 Ok(())
             }
-            Err(e) if e.is_stale_lease() || e.is_retryable() => Err(e),
+            Err(e) if e.is_lease_lost() || e.is_retryable() => Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, lines = sent, "log lines refused: dropped");
                 self.logs.sent(sent);
@@ -546,7 +547,7 @@ impl LeaseKeeper {
         while !self.logs.is_empty() {
             match self.flush_batch().await {
                 Ok(()) => {}
-                Err(e) if e.is_stale_lease() => return Err(LeaseLost),
+                Err(e) if e.is_lease_lost() => return Err(LeaseLost),
                 Err(e) => {
                     failures += 1;
                     if failures >= FINAL_FLUSH_ATTEMPTS {
@@ -571,7 +572,7 @@ impl LeaseKeeper {
                     tracing::info!(status = %task.status, "task completed");
                     return;
                 }
-                Err(e) if e.is_stale_lease() => {
+                Err(e) if e.is_lease_lost() => {
                     tracing::info!("lease lost before completion: not completed");
                     return;
                 }
