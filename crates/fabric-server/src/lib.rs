@@ -149,6 +149,18 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// `reactor-fabric/<instance>`: one cgroup per data dir, so servers on one
+/// host never sweep each other's sandboxes.
+fn instance_cgroup(data_dir: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let canonical = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    PathBuf::from(fabric_runtime::sandbox::DEFAULT_CGROUP_PARENT)
+        .join(format!("i-{}", hex::encode(&digest[..6])))
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     config: ServerConfig,
@@ -200,6 +212,7 @@ pub async fn run(
         agents_dir: config.data_dir.join("agents"),
         api_addr,
         helper: config.sandbox_helper.clone(),
+        cgroup_parent: instance_cgroup(&config.data_dir),
         inference_upstream: config.inference_upstream.clone(),
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
@@ -212,6 +225,7 @@ pub async fn run(
         manager_config,
         stop_rx.clone(),
     );
+    agents.sweep_leftovers().await;
     // Every stored agent's queue exists before its tasks are reloaded.
     agents
         .register_queues()

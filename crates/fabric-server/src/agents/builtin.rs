@@ -34,6 +34,20 @@ pub enum Executor {
     Sandbox(Arc<Sandbox>),
 }
 
+/// What one shell agent session runs with.
+pub struct ShellSpec {
+    pub agent: AgentId,
+    /// Tasks at once.
+    pub concurrency: usize,
+    pub executor: Executor,
+    /// Bytes of stdout / stderr kept per task.
+    pub output_limit: usize,
+    /// SIGTERM → SIGKILL grace when a task is stopped.
+    pub kill_grace: Duration,
+    /// Environment every task gets from the agent (`OLLAMA_BASE_URL`, proxies).
+    pub env: Vec<(String, String)>,
+}
+
 /// The running workers of one shell agent session.
 pub struct ShellWorkers {
     set: JoinSet<()>,
@@ -49,20 +63,25 @@ struct Worker {
     kill_grace: Duration,
     kill: watch::Receiver<bool>,
     on_done: Box<dyn Fn() + Send + Sync>,
+    env: Vec<(String, String)>,
 }
 
 impl ShellWorkers {
     /// Starts `concurrency` workers leasing tasks of `agent`.
     pub fn start(
         service: Arc<TaskService>,
-        agent: AgentId,
-        concurrency: usize,
-        executor: Executor,
-        output_limit: usize,
-        kill_grace: Duration,
+        spec: ShellSpec,
         on_done: Box<dyn Fn() + Send + Sync>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let ShellSpec {
+            agent,
+            concurrency,
+            executor,
+            output_limit,
+            kill_grace,
+            env,
+        } = spec;
         let (stop_leasing, stop_rx) = watch::channel(false);
         let (kill, kill_rx) = watch::channel(false);
         // The server stopping ends leasing at once (its running tasks are
@@ -87,6 +106,7 @@ impl ShellWorkers {
             kill_grace,
             kill: kill_rx,
             on_done,
+            env,
         });
         let mut set = JoinSet::new();
         for _ in 0..concurrency.max(1) {
@@ -173,6 +193,8 @@ async fn run_shell_task(worker: &Worker, lease: Lease) {
         Executor::Sandbox(sandbox) => sandbox.workdir().join(id.to_string()),
     };
     let mut env: Vec<(String, String)> = task.input.env.into_iter().collect();
+    // The agent's own (proxy, inference endpoint) win over the request's.
+    env.extend(worker.env.iter().cloned());
     // Last, so they win over anything else (requests cannot set FABRIC_* at all).
     env.push((ENV_TASK_ID.into(), id.to_string()));
     env.push((ENV_AGENT_ID.into(), task.agent_id.to_string()));

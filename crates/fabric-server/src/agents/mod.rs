@@ -16,6 +16,7 @@
 
 mod builtin;
 mod inference;
+mod pool;
 mod session;
 
 use std::collections::HashMap;
@@ -61,6 +62,9 @@ pub struct ManagerConfig {
     pub api_addr: SocketAddr,
     /// The sandbox helper (isolation `process`); `None` makes that level unavailable.
     pub helper: Option<HelperCommand>,
+    /// This server's cgroup, parent of its sandboxes' (`reactor-fabric/<instance>`):
+    /// what a restart sweeps for sandboxes a crash left behind.
+    pub cgroup_parent: PathBuf,
     /// Where the inference endpoint forwards (`http://host:port`), until the gateway lands.
     pub inference_upstream: Option<String>,
     /// Bytes of stdout / stderr the shell agent keeps per task.
@@ -124,6 +128,7 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// The shared loopback inference endpoint of isolation `none` agents.
     host_inference: Mutex<Option<SocketAddr>>,
+    pool: Arc<pool::WarmPool>,
 }
 
 impl AgentManager {
@@ -135,6 +140,12 @@ impl AgentManager {
         config: ManagerConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let pool = pool::WarmPool::new(
+            config.helper.clone(),
+            config.agents_dir.clone(),
+            config.cgroup_parent.clone(),
+        );
+        tokio::spawn(Arc::clone(&pool).fill(shutdown.clone()));
         Self {
             inner: Arc::new(Inner {
                 tasks,
@@ -145,8 +156,39 @@ impl AgentManager {
                 slots: Mutex::new(HashMap::new()),
                 shutdown,
                 host_inference: Mutex::new(None),
+                pool,
             }),
         }
+    }
+
+    /// Clears what a previous run of this server left behind if it was
+    /// killed: sandboxes (processes, cgroups, namespaces) and working dirs.
+    pub async fn sweep_leftovers(&self) {
+        let dir = &self.inner.config.agents_dir;
+        if let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot clear old agent working dirs");
+        }
+        if self.inner.config.helper.is_none() {
+            return;
+        }
+        match fabric_runtime::sandbox::sweep_stale(&self.inner.config.cgroup_parent, |_| false)
+            .await
+        {
+            Ok(report) if !report.sandboxes.is_empty() => tracing::warn!(
+                sandboxes = report.sandboxes.len(),
+                processes = report.processes_killed,
+                "removed sandboxes left by a previous run"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "no sandboxes swept"),
+        }
+    }
+
+    /// Idle sandboxes in the warm pool.
+    pub fn pooled(&self) -> usize {
+        self.inner.pool.idle()
     }
 
     /// Starts a built-in agent of the server itself (the default `shell`
@@ -250,12 +292,18 @@ impl AgentManager {
                 max_queue_depth: record.config.max_queue_depth as usize,
             },
         );
+        let pooled = match record.config.isolation.level {
+            IsolationLevel::Process => record.config.pool.min_idle as isize,
+            _ => 0,
+        };
         let slot = self.install(record, system, AgentState::Starting);
         let (first_tx, first_rx) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let supervised = Arc::clone(&slot);
+        inner.pool.adjust_target(pooled);
         tokio::spawn(async move {
             supervise(&inner, &supervised, Some(first_tx)).await;
+            inner.pool.adjust_target(-pooled);
             supervised.finished.send_replace(true);
         });
         match first_rx.await {

@@ -20,13 +20,11 @@ use std::time::Duration;
 
 use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
 use fabric_core::{AgentId, TenantId};
-use fabric_runtime::sandbox::{
-    ProcessExit, Sandbox, SandboxCommand, SandboxConfig, SandboxProcess,
-};
+use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::task::JoinHandle;
 
-use super::builtin::{Executor, ShellWorkers};
+use super::builtin::{Executor, ShellSpec, ShellWorkers};
 use super::{AGENT_TOKEN_TTL, Inner, inference};
 
 /// Port of the egress proxy inside a sandbox (`HTTP_PROXY`).
@@ -169,22 +167,7 @@ impl Session {
         let mut env: Vec<(String, String)> = Vec::new();
         match config.isolation.level {
             IsolationLevel::Process => {
-                let helper = inner
-                    .config
-                    .helper
-                    .clone()
-                    .ok_or("this server has no sandbox helper")?;
-                let mut sandbox_config = SandboxConfig::new(name, workdir, helper);
-                sandbox_config.memory_mb = config.isolation.memory_mb;
-                sandbox_config.cpu_cores = config.isolation.cpu_cores;
-                for path in &config.isolation.read_only_paths {
-                    sandbox_config.read_only_paths.push(PathBuf::from(path));
-                }
-                let sandbox = Arc::new(
-                    Sandbox::create(sandbox_config)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
+                let sandbox = Arc::new(acquire_sandbox(&inner, config, name, workdir).await?);
                 self.sandbox = Some(Arc::clone(&sandbox));
                 if !config.is_builtin_shell() {
                     // The fabric's API, on the same port inside the sandbox.
@@ -244,6 +227,11 @@ impl Session {
                 return Err("isolation level 'container' is not available yet".into());
             }
         }
+        // A pooled sandbox brings its own working dir.
+        let workdir = self
+            .sandbox
+            .as_ref()
+            .map_or_else(|| workdir.to_path_buf(), |s| s.workdir().to_path_buf());
         env.push((super::ENV_AGENT_ID.into(), id.to_string()));
         env.push((
             super::ENV_WORKSPACE_DIR.into(),
@@ -267,16 +255,25 @@ impl Session {
             let executor = match &self.sandbox {
                 Some(s) => Executor::Sandbox(Arc::clone(s)),
                 None => Executor::Host {
-                    work_root: workdir.to_path_buf(),
+                    work_root: workdir.clone(),
                 },
+            };
+            let spec = ShellSpec {
+                agent: id.clone(),
+                concurrency: config.concurrency as usize,
+                executor,
+                output_limit: inner.config.shell_output_limit,
+                kill_grace: inner.config.kill_grace,
+                // Tasks get the endpoints, not the agent's own identity.
+                env: env
+                    .iter()
+                    .filter(|(k, _)| k != super::ENV_AGENT_ID && k != super::ENV_WORKSPACE_DIR)
+                    .cloned()
+                    .collect(),
             };
             self.workers = Some(ShellWorkers::start(
                 Arc::clone(&inner.tasks),
-                id.clone(),
-                config.concurrency as usize,
-                executor,
-                inner.config.shell_output_limit,
-                inner.config.kill_grace,
+                spec,
                 on_done,
                 inner.shutdown.clone(),
             ));
@@ -308,7 +305,7 @@ impl Session {
                 )
             }
             None => {
-                let mut process = HostProgram::spawn(&command, workdir, env)?;
+                let mut process = HostProgram::spawn(&command, &workdir, env)?;
                 let (out, err) = (process.child.stdout.take(), process.child.stderr.take());
                 (
                     Program::Host(process),
@@ -429,6 +426,43 @@ impl Session {
             tracing::warn!(agent_id = %self.agent, dir = %dir.display(), error = %e, "cannot remove working dir");
         }
     }
+}
+
+/// A sandbox for a session: from the warm pool when the agent's config
+/// allows (limits set on it now), else built from scratch.
+async fn acquire_sandbox(
+    inner: &Inner,
+    config: &AgentConfig,
+    name: &str,
+    workdir: &Path,
+) -> Result<Sandbox, String> {
+    let iso = &config.isolation;
+    let poolable = iso.read_only_paths.is_empty() && iso.filesystem_root.is_none();
+    if poolable && let Some(sandbox) = inner.pool.take() {
+        match sandbox.set_limits(
+            iso.memory_mb,
+            iso.cpu_cores,
+            fabric_runtime::sandbox::DEFAULT_PIDS_MAX,
+        ) {
+            Ok(()) => return Ok(sandbox),
+            Err(e) => {
+                tracing::warn!(error = %e, "a pooled sandbox refused new limits; starting a fresh one");
+                let _ = sandbox.destroy().await;
+            }
+        }
+    }
+    let mut sandbox_config = inner
+        .pool
+        .config(name.to_owned(), workdir.to_path_buf())
+        .ok_or("this server has no sandbox helper")?;
+    sandbox_config.memory_mb = iso.memory_mb;
+    sandbox_config.cpu_cores = iso.cpu_cores;
+    for path in &iso.read_only_paths {
+        sandbox_config.read_only_paths.push(PathBuf::from(path));
+    }
+    Sandbox::create(sandbox_config)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 pub const ENV_URL: &str = "FABRIC_URL";

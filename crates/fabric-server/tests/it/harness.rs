@@ -115,6 +115,40 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn delete(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Spawns an agent, asserting 201; returns the agent.
+    pub async fn spawn_agent(&self, token: &str, config: Value) -> Value {
+        let (status, agent) = self.post(token, "/v1/agents", config).await;
+        assert_eq!(status, 201, "{agent}");
+        agent
+    }
+
+    /// Polls an agent until `check` holds (10 s at most).
+    pub async fn wait_agent(&self, token: &str, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..400 {
+            let (status, agent) = self.get(token, &format!("/v1/agents/{id}")).await;
+            assert_eq!(status, 200, "{agent}");
+            if check(&agent) {
+                return agent;
+            }
+            last = agent;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("agent {id} never reached the expected state: {last}");
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .client
@@ -168,4 +202,40 @@ pub fn error_code(body: &Value) -> &str {
         "no request id: {body}"
     );
     err["code"].as_str().unwrap()
+}
+
+/// The sandbox helper binary (`fabric-sandbox-init`, built with the
+/// workspace); built on demand when this crate's tests run alone.
+pub fn sandbox_helper() -> fabric_server::HelperCommand {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/it-<hash> → target/<profile>/fabric-sandbox-init
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("fabric-sandbox-init");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "fabric-runtime",
+                "--bin",
+                "fabric-sandbox-init",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build fabric-sandbox-init");
+    }
+    assert!(bin.exists(), "{} missing", bin.display());
+    fabric_server::HelperCommand::new(bin)
+}
+
+/// The repository's `examples/` directory.
+pub fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .canonicalize()
+        .unwrap()
 }

@@ -4,5 +4,6 @@
 // Test helpers outside #[test] fns: a panic is the right failure here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agents;
 mod api;
 mod harness;

@@ -1,0 +1,433 @@
+//! Agents end to end: the lifecycle API, the agent protocol, and isolation
+//! level `process` on the real kernel (namespaces, cgroups, the egress proxy).
+
+use std::path::Path;
+use std::time::Duration;
+
+use fabric_core::TaskStatus;
+use serde_json::json;
+
+use crate::harness::{TestServer, error_code, examples_dir, sandbox_helper};
+
+async fn server() -> TestServer {
+    TestServer::start_with(|c| c.sandbox_helper = Some(sandbox_helper())).await
+}
+
+fn python_agent() -> String {
+    format!(
+        "python3 {}",
+        examples_dir().join("python-agent/agent.py").display()
+    )
+}
+
+#[tokio::test]
+async fn agent_api_validates_input_and_guards_ids() {
+    let s = server().await;
+    let token = s.login().await;
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/agents",
+            json!({"id": "x", "isolation": {"memory_mb": 1}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory_mb")
+    );
+    let (status, body) = s
+        .post(&token, "/v1/agents", json!({"id": "x", "colour": "red"}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    let (status, body) = s.post(&token, "/v1/agents", json!({"id": "shell"})).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = s.get(&token, "/v1/agents/nope").await;
+    assert_eq!((status, error_code(&body)), (404, "agent_not_found"));
+    let (status, _) = s.delete(&token, "/v1/agents/shell").await;
+    assert_eq!(status, 409, "the built-in agent cannot be terminated");
+
+    s.spawn_agent(&token, json!({"id": "w1", "command": "sleep 1000"}))
+        .await;
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/agents",
+            json!({"id": "w1", "command": "sleep 1000"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (_, list) = s.get(&token, "/v1/agents").await;
+    let ids: Vec<&str> = list["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["config"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["shell", "w1"]);
+    let (status, agent) = s.delete(&token, "/v1/agents/w1?drain_timeout=1").await;
+    assert_eq!(
+        (status, agent["state"].as_str()),
+        (200, Some("stopped")),
+        "{agent}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn external_agent_speaks_the_protocol_with_fencing() {
+    let s = server().await;
+    let token = s.login().await;
+    s.spawn_agent(&token, json!({"id": "ext", "external": true}))
+        .await;
+    let (status, minted) = s
+        .post(&token, "/v1/auth/tokens", json!({"agent": "ext"}))
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let agent_token = minted["token"].as_str().unwrap().to_owned();
+
+    // Agent tokens are for /v1/agent/... only, and user tokens cannot lease.
+    let (status, _) = s.get(&agent_token, "/v1/tasks").await;
+    assert_eq!(status, 403);
+    let (status, _) = s.post(&token, "/v1/agent/lease?wait=0", json!({})).await;
+    assert_eq!(status, 403);
+
+    let (status, _) = s
+        .post(&agent_token, "/v1/agent/lease?wait=0", json!({}))
+        .await;
+    assert_eq!(status, 204, "nothing to do yet");
+    let id = s
+        .create(&token, json!({"agent": "ext", "prompt": "do it"}))
+        .await;
+    let (status, lease) = s
+        .post(&agent_token, "/v1/agent/lease?wait=5", json!({}))
+        .await;
+    assert_eq!(status, 200, "{lease}");
+    assert_eq!(lease["task"]["id"], id.as_str());
+    let epoch = lease["epoch"].as_u64().unwrap();
+    let path = |what: &str| format!("/v1/agent/tasks/{id}/{what}");
+    let (status, hb) = s
+        .post(&agent_token, &path("heartbeat"), json!({"epoch": epoch}))
+        .await;
+    assert_eq!(status, 200, "{hb}");
+    let (status, _) = s
+        .post(
+            &agent_token,
+            &path("events"),
+            json!({"epoch": epoch, "logs": [{"stream": "stdout", "line": "working"}]}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = s
+        .post(
+            &agent_token,
+            &path("complete"),
+            json!({"epoch": epoch + 1, "status": "completed"}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "stale_lease"), "{body}");
+    let (status, done) = s
+        .post(
+            &agent_token,
+            &path("complete"),
+            json!({"epoch": epoch, "status": "completed", "result": {"stdout": "done"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "completed");
+    let view = s.wait_done(&token, &id).await;
+    assert_eq!(view.result.unwrap().stdout, "done");
+    let (_, events) = s.get(&token, &format!("/v1/tasks/{id}/events")).await;
+    assert!(events.to_string().contains("working"), "{events}");
+    let agent = s.wait_agent(&token, "ext", |a| a["tasks_done"] == 1).await;
+    assert_eq!(agent["health"], "healthy");
+    assert!(agent["last_heartbeat"].is_string());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn python_agent_completes_tasks_on_the_host_and_in_a_sandbox() {
+    let s = server().await;
+    let token = s.login().await;
+    for level in ["none", "process"] {
+        let id = format!("py-{level}");
+        let agent = s
+            .spawn_agent(
+                &token,
+                json!({
+                    "id": id,
+                    "command": python_agent(),
+                    "isolation": {"level": level, "memory_mb": 128,
+                        "read_only_paths": [examples_dir()]},
+                }),
+            )
+            .await;
+        assert!(agent["pid"].as_u64().is_some(), "{agent}");
+        let task = s
+            .create(
+                &token,
+                json!({"agent": id, "prompt": "hello fabric agents"}),
+            )
+            .await;
+        let view = s.wait_done(&token, &task).await;
+        assert_eq!(view.status, TaskStatus::Completed, "{level}: {view:?}");
+        let result = view.result.unwrap();
+        assert_eq!(result.stdout, "HELLO FABRIC AGENTS");
+        assert_eq!(result.output.unwrap()["words"], 3);
+        let failing = s
+            .create(&token, json!({"agent": id, "prompt": "fail: on purpose"}))
+            .await;
+        assert_eq!(
+            s.wait_done(&token, &failing).await.status,
+            TaskStatus::Failed
+        );
+        let agent = s.wait_agent(&token, &id, |a| a["state"] == "running").await;
+        assert_eq!(agent["health"], "healthy", "{agent}");
+        if level == "process" {
+            assert!(
+                agent["usage"]["memory_bytes"].as_u64().unwrap() > 0,
+                "{agent}"
+            );
+            assert!(agent["usage"]["pids"].as_u64().unwrap() >= 1, "{agent}");
+        }
+        let (status, stopped) = s
+            .delete(&token, &format!("/v1/agents/{id}?drain_timeout=5"))
+            .await;
+        assert_eq!((status, stopped["state"].as_str()), (200, Some("stopped")));
+        let (_, sessions) = s.get(&token, &format!("/v1/agents/{id}/sessions")).await;
+        let first = &sessions["sessions"][0];
+        assert_eq!(first["tasks_done"], 2, "{sessions}");
+        assert!(first["ended_at"].is_string(), "{sessions}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn process_shell_agent_sees_only_its_own_workspace() {
+    let s = server().await;
+    let token = s.login().await;
+    for id in ["box-a", "box-b"] {
+        s.spawn_agent(
+            &token,
+            json!({"id": id, "isolation": {"level": "process", "memory_mb": 64}}),
+        )
+        .await;
+    }
+    let script = "echo secret > mine.txt; pwd; \
+        touch /etc/fabric-probe 2>/dev/null && echo WROTE-ETC || echo READONLY-ETC; \
+        ls /root >/dev/null 2>&1 && echo SEES-ROOT || echo NO-ROOT; \
+        ls /work >/dev/null 2>&1 && echo SEES-HOST || echo NO-HOST";
+    let a = s
+        .create(&token, json!({"agent": "box-a", "commands": [script]}))
+        .await;
+    let out = s.wait_done(&token, &a).await.result.unwrap().stdout;
+    let mut lines = out.lines();
+    let workdir = lines.next().unwrap().to_owned();
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["READONLY-ETC", "NO-ROOT", "NO-HOST"],
+        "{out}"
+    );
+    assert!(
+        Path::new(&workdir).join("mine.txt").exists(),
+        "written on the host side"
+    );
+    // The other agent cannot read it, though the path is right there.
+    let b = s
+        .create(
+            &token,
+            json!({"agent": "box-b", "commands": [format!("cat {workdir}/mine.txt")]}),
+        )
+        .await;
+    let view = s.wait_done(&token, &b).await;
+    assert_eq!(view.status, TaskStatus::Failed, "{view:?}");
+    assert!(view.result.unwrap().stderr.contains("No such file"));
+
+    // Terminating removes the sandbox and its working dir.
+    let (status, _) = s.delete(&token, "/v1/agents/box-a?drain_timeout=1").await;
+    assert_eq!(status, 200);
+    assert!(!Path::new(&workdir).exists(), "{workdir} left behind");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn memory_bomb_is_oom_killed_and_the_agent_keeps_working() {
+    let s = server().await;
+    let token = s.login().await;
+    s.spawn_agent(
+        &token,
+        json!({"id": "tiny", "isolation": {"level": "process", "memory_mb": 64}}),
+    )
+    .await;
+    let bomb = s
+        .create(
+            &token,
+            json!({"agent": "tiny", "commands": ["python3 -c 'b = bytearray(512 << 20); print(len(b))'"]}),
+        )
+        .await;
+    let view = s.wait_done(&token, &bomb).await;
+    assert_eq!(
+        (view.status, view.reason.as_deref()),
+        (TaskStatus::Failed, Some("oom_killed")),
+        "{view:?}"
+    );
+    let after = s
+        .create(&token, json!({"agent": "tiny", "commands": ["echo alive"]}))
+        .await;
+    assert_eq!(
+        s.wait_done(&token, &after).await.result.unwrap().stdout,
+        "alive\n"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn egress_goes_through_the_allowlist_and_inference_reaches_the_upstream() {
+    // Egress targets are named by this machine's host name (resolved on the
+    // host side by the proxy): `localhost` inside a sandbox is the sandbox's
+    // own loopback, which agents reach directly (NO_PROXY).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let allowed = serve_text("0.0.0.0:0", "allowed-body").await;
+    let denied = serve_text("0.0.0.0:0", "denied-body").await;
+    let upstream = serve_text("127.0.0.1:0", "{\"models\":[]}").await;
+    assert!(
+        tokio::net::lookup_host((host.as_str(), allowed.port()))
+            .await
+            .is_ok(),
+        "this test needs the host name {host} to resolve"
+    );
+    let s = TestServer::start_with(|c| {
+        c.sandbox_helper = Some(sandbox_helper());
+        c.inference_upstream = Some(format!("http://{upstream}"));
+    })
+    .await;
+    let token = s.login().await;
+    s.spawn_agent(
+        &token,
+        json!({"id": "net", "isolation": {"level": "process",
+            "network_egress": [format!("{host}:{}", allowed.port())]}}),
+    )
+    .await;
+    let fetch = |url: String| {
+        format!(
+            "python3 -c \"import urllib.request as u\ntry:\n print(u.urlopen('{url}', timeout=5).read().decode())\nexcept Exception as e:\n print('ERR', e)\""
+        )
+    };
+    let cmds = vec![
+        fetch(format!("http://{host}:{}/", allowed.port())),
+        fetch(format!("http://{host}:{}/", denied.port())),
+        // Without the proxy: the host's loopback is not reachable.
+        format!(
+            "python3 -c \"import socket\ntry:\n socket.create_connection(('127.0.0.1', {}), timeout=2); print('CONNECTED')\nexcept Exception as e:\n print('NOROUTE')\"",
+            allowed.port()
+        ),
+        // The shell expands the variable inside the double quotes.
+        fetch("$OLLAMA_BASE_URL/api/tags".into()),
+    ];
+    let task = s
+        .create(&token, json!({"agent": "net", "commands": cmds}))
+        .await;
+    let view = s.wait_done(&token, &task).await;
+    let out = view.result.unwrap().stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "allowed-body", "{out}");
+    assert!(
+        lines[1].starts_with("ERR") && lines[1].contains("403"),
+        "{out}"
+    );
+    assert_eq!(lines[2], "NOROUTE", "{out}");
+    assert_eq!(lines[3], "{\"models\":[]}", "{out}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn crashing_agent_is_restarted_with_backoff_until_out_of_restarts() {
+    let s = server().await;
+    let token = s.login().await;
+    s.spawn_agent(
+        &token,
+        json!({"id": "crashy", "command": "exit 3", "max_restarts": 2}),
+    )
+    .await;
+    let agent = s
+        .wait_agent(&token, "crashy", |a| a["state"] == "crashed")
+        .await;
+    assert_eq!(agent["last_exit"], "exited (code 3)");
+    assert_eq!(agent["health"], "dead");
+    let (_, sessions) = s.get(&token, "/v1/agents/crashy/sessions").await;
+    let sessions = sessions["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 3, "first run + 2 restarts: {sessions:?}");
+    assert!(
+        sessions
+            .iter()
+            .all(|x| x["exit_reason"] == "exited (code 3)")
+    );
+    // A crashed agent can be spawned again.
+    s.spawn_agent(&token, json!({"id": "crashy", "command": "sleep 100"}))
+        .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn terminate_drains_in_flight_tasks_and_requeues_the_rest() {
+    let s = server().await;
+    let token = s.login().await;
+    s.spawn_agent(&token, json!({"id": "drainer", "concurrency": 2}))
+        .await;
+    let quick = s
+        .create(
+            &token,
+            json!({"agent": "drainer", "commands": ["sleep 0.3; echo quick"]}),
+        )
+        .await;
+    let slow = s
+        .create(
+            &token,
+            json!({"agent": "drainer", "commands": ["sleep 3; echo slow"], "max_attempts": 3}),
+        )
+        .await;
+    for id in [&quick, &slow] {
+        while s.status_of(&token, id).await != TaskStatus::Running {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (status, agent) = s.delete(&token, "/v1/agents/drainer?drain_timeout=1").await;
+    assert_eq!((status, agent["state"].as_str()), (200, Some("stopped")));
+    assert_eq!(s.status_of(&token, &quick).await, TaskStatus::Completed);
+    let (_, t) = s.get(&token, &format!("/v1/tasks/{slow}")).await;
+    assert_eq!(
+        (t["status"].as_str(), t["reason"].as_str()),
+        (Some("queued"), Some("drain_timeout")),
+        "{t}"
+    );
+    // Nothing is lost: spawned again, the agent finishes it.
+    s.spawn_agent(&token, json!({"id": "drainer"})).await;
+    let view = s.wait_done(&token, &slow).await;
+    assert_eq!(view.result.unwrap().stdout, "slow\n");
+    let (_, sessions) = s.get(&token, "/v1/agents/drainer/sessions").await;
+    assert_eq!(
+        sessions["sessions"][1]["exit_reason"], "terminated (drain timeout)",
+        "{sessions}"
+    );
+    s.stop().await;
+}
+
+/// A loopback HTTP server answering every request with `body`.
+async fn serve_text(bind: &str, body: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(move || async move { body });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
