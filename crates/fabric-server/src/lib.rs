@@ -235,6 +235,7 @@ pub async fn run(
         tasks: Arc::clone(&tasks),
         auth,
         agents: agents.clone(),
+        shutdown: stop_rx.clone(),
         ready: Arc::new(AtomicBool::new(false)),
     };
     let app = api::router(state.clone());

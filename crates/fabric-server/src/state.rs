@@ -12,6 +12,8 @@ pub struct AppState {
     pub tasks: Arc<TaskService>,
     pub auth: Arc<AuthService>,
     pub agents: AgentManager,
+    /// Turns true when the server starts shutting down (ends long polls).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// False until the store is open and unfinished tasks are reloaded (`/readyz`).
     pub ready: Arc<AtomicBool>,
 }

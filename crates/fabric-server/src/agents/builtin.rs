@@ -2,19 +2,22 @@
 //! commands as host processes, or inside the agent's sandbox) and `noop`
 //! (completes every task at once, for benchmarks and tests).
 //!
-//! They use the same lease → heartbeat → complete cycle as any agent, with
-//! the scheduler instead of HTTP in between. External agents speak it over
-//! `/v1/agent/...` (the agents issue).
+//! `shell` speaks the agent protocol over HTTP to this same server, through
+//! the `fabric-agent` SDK, like any agent; only kill orders (cancel, timeout)
+//! take an in-process shortcut so a canceled command stops at once. `noop`
+//! calls the scheduler directly: it exists to measure the fabric without an
+//! agent in the way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fabric_core::{AgentId, EventKind, TaskResult, TaskStatus, reason};
+use fabric_agent::{AgentClient, Outcome, RunOptions, TaskContext};
+use fabric_core::{AgentId, TaskResult, TaskStatus, reason};
 use fabric_engine::{Completion, Lease};
 use fabric_runtime::sandbox::Sandbox;
 use fabric_runtime::{LogLine, ShellJob, run_shell};
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -48,11 +51,13 @@ pub struct ShellSpec {
     pub env: Vec<(String, String)>,
 }
 
-/// The running workers of one shell agent session.
+/// The running shell agent of one session: a `fabric-agent` runner talking
+/// to this very server over HTTP (the built-in agent speaks the protocol
+/// every agent does), with a handler that runs each task's commands.
 pub struct ShellWorkers {
-    set: JoinSet<()>,
-    stop_leasing: watch::Sender<bool>,
+    runner: tokio::task::JoinHandle<()>,
     kill: watch::Sender<bool>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 struct Worker {
@@ -64,15 +69,16 @@ struct Worker {
     kill: watch::Receiver<bool>,
     on_done: Box<dyn Fn() + Send + Sync>,
     env: Vec<(String, String)>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ShellWorkers {
-    /// Starts `concurrency` workers leasing tasks of `agent`.
+    /// Starts leasing tasks of `spec.agent` through `client`.
     pub fn start(
         service: Arc<TaskService>,
         spec: ShellSpec,
+        client: AgentClient,
         on_done: Box<dyn Fn() + Send + Sync>,
-        mut shutdown: watch::Receiver<bool>,
     ) -> Self {
         let ShellSpec {
             agent,
@@ -82,22 +88,8 @@ impl ShellWorkers {
             kill_grace,
             env,
         } = spec;
-        let (stop_leasing, stop_rx) = watch::channel(false);
         let (kill, kill_rx) = watch::channel(false);
-        // The server stopping ends leasing at once (its running tasks are
-        // stopped by `TaskService::stop_all_running` and requeued by the next start).
-        if *shutdown.borrow() {
-            stop_leasing.send_replace(true);
-        }
-        {
-            let (stop_leasing, mut killed) = (stop_leasing.clone(), kill_rx.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => { stop_leasing.send_replace(true); }
-                    _ = killed.wait_for(|k| *k) => {}
-                }
-            });
-        }
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let worker = Arc::new(Worker {
             service,
             agent,
@@ -107,41 +99,48 @@ impl ShellWorkers {
             kill: kill_rx,
             on_done,
             env,
+            in_flight: Arc::clone(&in_flight),
         });
-        let mut set = JoinSet::new();
-        for _ in 0..concurrency.max(1) {
-            let (worker, mut stop) = (Arc::clone(&worker), stop_rx.clone());
-            set.spawn(async move {
-                while let Some(lease) = worker.service.lease_wait(&worker.agent, &mut stop).await {
-                    run_shell_task(&worker, lease).await;
-                }
-            });
-        }
+        let options = RunOptions {
+            concurrency: concurrency.max(1),
+            // Lines reach streams quickly; the fabric is local.
+            log_flush_interval: Duration::from_millis(50),
+            cancel_grace: kill_grace + Duration::from_secs(1),
+            ..RunOptions::default()
+        };
+        let handler = move |ctx: TaskContext| {
+            let worker = Arc::clone(&worker);
+            async move { run_shell_task(&worker, ctx).await }
+        };
+        let agent_id = client.agent_id().clone();
+        let runner = tokio::spawn(async move {
+            // Returns when the fabric says the agent is draining and every task is done.
+            if let Err(e) = fabric_agent::run(client, options, handler).await {
+                tracing::error!(agent_id = %agent_id, error = %e, "shell agent stopped");
+            }
+        });
         Self {
-            set,
-            stop_leasing,
+            runner,
             kill,
+            in_flight,
         }
     }
 
-    /// Take no new task; running ones go on.
-    pub fn stop_leasing(&self) {
-        self.stop_leasing.send_replace(true);
-    }
+    /// Leasing stops by itself when the fabric answers `agent_draining`.
+    pub fn stop_leasing(&self) {}
 
-    /// Stops taking tasks and stops the running ones (their tasks' fate is
-    /// the caller's: requeued or left for recovery), waiting up to `grace`
-    /// plus a margin for the workers to end.
-    pub async fn kill(mut self, grace: Duration) {
-        self.stop_leasing.send_replace(true);
+    /// Stops the running tasks (their fate is the caller's: requeued, or left
+    /// `running` for the next start to requeue) and the runner, without
+    /// completing anything. Waits up to `grace` plus a margin for the
+    /// commands to be killed.
+    pub async fn kill(self, grace: Duration) {
         self.kill.send_replace(true);
-        let all = async { while self.set.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace + Duration::from_secs(2), all)
-            .await
-            .is_err()
-        {
-            self.set.abort_all();
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(2);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.runner.abort();
+        let _ = self.runner.await;
     }
 }
 
@@ -184,10 +183,25 @@ fn complete_noop(service: &TaskService, lease: Lease) {
     }
 }
 
-async fn run_shell_task(worker: &Worker, lease: Lease) {
+/// Runs one task's commands; `pending` forever when the task must not be
+/// completed (the session is being killed: the supervisor requeues it).
+async fn run_shell_task(worker: &Worker, ctx: TaskContext) -> Outcome {
+    worker.in_flight.fetch_add(1, Ordering::SeqCst);
+    let outcome = run_commands(worker, &ctx).await;
+    worker.in_flight.fetch_sub(1, Ordering::SeqCst);
+    match outcome {
+        Some(outcome) => {
+            (worker.on_done)();
+            outcome
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
     let service = &worker.service;
-    let task = lease.task;
-    let (id, epoch) = (task.id, lease.epoch);
+    let task = ctx.task().clone();
+    let (id, epoch) = (task.id, ctx.epoch());
     let workdir = match &worker.executor {
         Executor::Host { work_root } => work_root.join(id.to_string()),
         Executor::Sandbox(sandbox) => sandbox.workdir().join(id.to_string()),
@@ -213,22 +227,18 @@ async fn run_shell_task(worker: &Worker, lease: Lease) {
         kill_grace: worker.kill_grace,
     };
 
-    // Nothing runs before its attempt is durable: after a crash, the store
-    // then names every task that may have started (status `running`).
-    if let Err(e) = service.store_barrier().await {
-        tracing::error!(task_id = %id, error = %e, "cannot record the lease; not running the task");
-        return;
-    }
-    // Register the kill handle, *then* check the lease is still live: a cancel
-    // or timeout decided before the check fails it, and one decided after it
-    // finds the handle. Either way the kill is not lost.
+    // The lease was durable before the fabric answered it. A cancel or
+    // timeout reaches this process at once through the kill handle (an
+    // external agent learns it from its next heartbeat): register the
+    // handle, *then* check the lease is still live, so no kill is lost.
     let stop = service.track_running(id, epoch);
     if let Err(e) = service.heartbeat(&id, epoch) {
         service.untrack_running(&id);
         tracing::info!(task_id = %id, error = %e, "task ended before it started");
-        return;
+        return Some(Outcome::failed("the task ended before it started"));
     }
     let mut kill = worker.kill.clone();
+    let lost = ctx.clone();
     let cancel = async move {
         let tracked = async {
             // A dropped sender means "no longer tracked", not "stop".
@@ -238,20 +248,16 @@ async fn run_shell_task(worker: &Worker, lease: Lease) {
         };
         tokio::select! {
             () = tracked => {}
+            () = lost.cancelled() => {}
             _ = kill.wait_for(|k| *k) => {}
         }
     };
     let (log_tx, mut log_rx) = mpsc::channel::<LogLine>(4096);
     let forwarder = {
-        let service = Arc::clone(service);
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             while let Some(line) = log_rx.recv().await {
-                service.events().emit(
-                    id,
-                    EventKind::Log,
-                    service.now(),
-                    json!({"stream": line.stream.as_str(), "line": line.line}),
-                );
+                ctx.log(line.stream.as_str(), line.line);
             }
         })
     };
@@ -263,67 +269,48 @@ async fn run_shell_task(worker: &Worker, lease: Lease) {
             Executor::Sandbox(sandbox) => sandbox.run_shell(job, Some(log_tx), cancel).await,
         }
     };
-    tokio::pin!(run);
-    let mut heartbeat = tokio::time::interval(service.lease_ttl() / 3);
-    heartbeat.tick().await;
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut run => break outcome,
-            _ = heartbeat.tick() => {
-                if let Err(e) = service.heartbeat(&id, epoch) {
-                    tracing::debug!(task_id = %id, error = %e, "heartbeat refused");
-                }
-            }
-        }
-    };
+    let outcome = run.await;
     service.untrack_running(&id);
-    // All log lines are out before the result, so a stream shows them in order.
+    // All log lines are handed over before the result, so a stream shows them in order.
     let _ = forwarder.await;
 
-    let completion = match outcome {
+    match outcome {
         Ok(outcome) if outcome.canceled => {
-            // Canceled, timed out or shutting down: the scheduler already decided the task's fate.
             tracing::info!(task_id = %id, "task stopped");
-            return;
+            if *worker.kill.borrow() {
+                // The session is going away: the supervisor decides the task's fate.
+                return None;
+            }
+            // Canceled or timed out: the scheduler already decided; this completion is refused.
+            Some(Outcome::failed("stopped"))
         }
         Ok(outcome) => {
-            let status = if outcome.success() {
-                TaskStatus::Completed
-            } else {
-                TaskStatus::Failed
-            };
+            let success = outcome.success();
             let why = outcome.oom_killed.then(|| reason::OOM_KILLED.to_owned());
-            let exit_code = outcome.exit_code;
-            tracing::info!(task_id = %id, agent_id = %worker.agent, outcome = %status, exit_code, reason = why.as_deref().unwrap_or(""), "task finished");
+            tracing::info!(task_id = %id, agent_id = %worker.agent, success, exit_code = outcome.exit_code,
+                reason = why.as_deref().unwrap_or(""), "task finished");
             let mut result = TaskResult::from(outcome);
             if why.is_some() && result.error.is_none() {
                 result.error = Some("killed by the out-of-memory killer: the agent's memory limit (isolation.memory_mb) is too small for this task".into());
             }
-            Completion {
-                status,
-                reason: why,
-                result: Some(result),
-            }
+            Some(if success {
+                Outcome::Completed(result)
+            } else {
+                Outcome::Failed {
+                    result,
+                    reason: why,
+                }
+            })
         }
         Err(e) => {
             tracing::info!(task_id = %id, error = %e, "task could not start");
-            Completion {
-                status: TaskStatus::Failed,
-                reason: Some(reason::SPAWN_FAILED.into()),
-                result: Some(TaskResult {
+            Some(Outcome::Failed {
+                result: TaskResult {
                     error: Some(e.to_string()),
                     ..Default::default()
-                }),
-            }
+                },
+                reason: Some(reason::SPAWN_FAILED.into()),
+            })
         }
-    };
-    match service.complete(&id, epoch, completion) {
-        Ok(commit) => {
-            (worker.on_done)();
-            if let Err(e) = commit.await {
-                tracing::warn!(task_id = %id, error = %e, "completion not stored");
-            }
-        }
-        Err(e) => tracing::info!(task_id = %id, error = %e, "completion refused"),
     }
 }

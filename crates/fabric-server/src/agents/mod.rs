@@ -88,6 +88,9 @@ struct Slot {
     id: AgentId,
     status: Mutex<Status>,
     control: watch::Sender<Control>,
+    /// Whether the agent may lease now (false once draining or stopped), so
+    /// a long poll in progress ends when that changes.
+    leasing: watch::Sender<bool>,
     /// True once the supervisor has returned.
     finished: watch::Sender<bool>,
 }
@@ -320,6 +323,7 @@ impl AgentManager {
     fn install(&self, record: AgentRecord, system: bool, state: AgentState) -> Arc<Slot> {
         let (control, _) = watch::channel(Control::Run);
         let (finished, _) = watch::channel(state == AgentState::Stopped);
+        let (leasing, _) = watch::channel(may_lease(state));
         let slot = Arc::new(Slot {
             id: record.config.id.clone(),
             status: Mutex::new(Status {
@@ -331,6 +335,7 @@ impl AgentManager {
                 system,
             }),
             control,
+            leasing,
             finished,
         });
         self.inner
@@ -406,20 +411,22 @@ impl AgentManager {
 
     /// Whether `id` may lease: 404 for an unknown agent, 409
     /// `agent_draining` when it is draining or stopped (it should exit).
-    pub fn may_lease(&self, id: &AgentId) -> Result<(), ApiError> {
+    /// Otherwise a receiver that turns false when that changes.
+    pub fn lease_gate(&self, id: &AgentId) -> Result<watch::Receiver<bool>, ApiError> {
         let slot = self.slot_or_404(id)?;
         let state = slot.status.lock().state;
-        match state {
-            AgentState::Starting | AgentState::Running | AgentState::Restarting => Ok(()),
-            s => Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "agent_draining",
-                format!(
-                    "agent '{id}' is {}: finish the tasks you hold, then exit",
-                    state_name(s)
-                ),
-            )),
+        if may_lease(state) {
+            return Ok(slot.leasing.subscribe());
         }
+        Err(draining(id, state))
+    }
+
+    /// The 409 for an agent that may not lease any more.
+    pub fn draining_error(&self, id: &AgentId) -> ApiError {
+        let state = self
+            .slot(id)
+            .map_or(AgentState::Stopped, |s| s.status.lock().state);
+        draining(id, state)
     }
 
     /// Counts a task an agent finished (completed or failed).
@@ -489,6 +496,7 @@ impl AgentManager {
 impl Inner {
     fn set_state(&self, slot: &Slot, state: AgentState) {
         slot.status.lock().state = state;
+        slot.leasing.send_replace(may_lease(state));
     }
 
     async fn persist(&self, slot: &Slot) {
@@ -754,6 +762,24 @@ async fn drain_tasks(inner: &Inner, id: &AgentId, session: &mut Session, drain: 
             _ = session.wait_exit() => return inner.tasks.running_of(id).is_empty(),
         }
     }
+}
+
+fn may_lease(state: AgentState) -> bool {
+    matches!(
+        state,
+        AgentState::Starting | AgentState::Running | AgentState::Restarting
+    )
+}
+
+fn draining(id: &AgentId, state: AgentState) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "agent_draining",
+        format!(
+            "agent '{id}' is {}: finish the tasks you hold, then exit",
+            state_name(state)
+        ),
+    )
 }
 
 fn agent_not_found(id: &AgentId) -> ApiError {

@@ -271,11 +271,22 @@ impl Session {
                     .cloned()
                     .collect(),
             };
+            let (secret, hash, _) =
+                inner
+                    .auth
+                    .issue_agent_token(&id, tenant, owner, AGENT_TOKEN_TTL);
+            self.token_hash = Some(hash);
+            let client = fabric_agent::AgentClient::new(
+                format!("http://{}", loopback(api)),
+                secret,
+                id.clone(),
+            )
+            .map_err(|e| e.to_string())?;
             self.workers = Some(ShellWorkers::start(
                 Arc::clone(&inner.tasks),
                 spec,
+                client,
                 on_done,
-                inner.shutdown.clone(),
             ));
             return Ok(());
         }
