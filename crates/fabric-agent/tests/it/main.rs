@@ -1,2 +1,7 @@
-//! Integration tests: the SDK and the Python example against a real in-process server.
+//! Integration tests: the SDK and the Python example agent against a real,
+//! in-process fabric.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+mod python;
+mod sdk;
