@@ -132,6 +132,8 @@ struct Inner {
     /// The shared loopback inference endpoint of isolation `none` agents.
     host_inference: Mutex<Option<SocketAddr>>,
     pool: Arc<pool::WarmPool>,
+    /// The pool's filler; it empties the pool when the server stops.
+    filler: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl AgentManager {
@@ -148,7 +150,7 @@ impl AgentManager {
             config.agents_dir.clone(),
             config.cgroup_parent.clone(),
         );
-        tokio::spawn(Arc::clone(&pool).fill(shutdown.clone()));
+        let filler = tokio::spawn(Arc::clone(&pool).fill(shutdown.clone()));
         Self {
             inner: Arc::new(Inner {
                 tasks,
@@ -160,6 +162,7 @@ impl AgentManager {
                 shutdown,
                 host_inference: Mutex::new(None),
                 pool,
+                filler: Mutex::new(Some(filler)),
             }),
         }
     }
@@ -452,6 +455,10 @@ impl AgentManager {
         for slot in slots {
             let mut finished = slot.finished.subscribe();
             let _ = finished.wait_for(|f| *f).await;
+        }
+        let filler = self.inner.filler.lock().take();
+        if let Some(filler) = filler {
+            let _ = filler.await;
         }
     }
 

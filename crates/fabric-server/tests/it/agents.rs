@@ -431,3 +431,158 @@ async fn serve_text(bind: &str, body: &'static str) -> std::net::SocketAddr {
     });
     addr
 }
+
+#[tokio::test]
+async fn killed_agent_is_restarted_in_a_fresh_sandbox_and_its_task_runs_once_more() {
+    let s = server().await;
+    let token = s.login().await;
+    // A marker on the command line finds the agent's processes for `pkill`.
+    let marker = format!("kill-me-{}", std::process::id());
+    s.spawn_agent(
+        &token,
+        json!({
+            "id": "py-kill",
+            "command": format!("{} {marker}", python_agent()),
+            "isolation": {"level": "process", "memory_mb": 128,
+                "read_only_paths": [examples_dir()]},
+        }),
+    )
+    .await;
+    let task = s
+        .create(
+            &token,
+            json!({"agent": "py-kill", "prompt": "sleep:2", "max_attempts": 3}),
+        )
+        .await;
+    while s.status_of(&token, &task).await != TaskStatus::Running {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &marker])
+        .status()
+        .unwrap();
+    assert!(
+        killed.success(),
+        "the agent's processes were found and killed"
+    );
+
+    let view = s.wait_done(&token, &task).await;
+    assert_eq!(view.status, TaskStatus::Completed, "{view:?}");
+    let (_, t) = s.get(&token, &format!("/v1/tasks/{task}")).await;
+    assert_eq!(t["attempt"], 2, "run once more, not twice more: {t}");
+    let (_, sessions) = s.get(&token, "/v1/agents/py-kill/sessions").await;
+    let sessions = sessions["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let first_exit = sessions[1]["exit_reason"].as_str().unwrap();
+    assert!(
+        first_exit.contains("signal 9") || first_exit.contains("code 137"),
+        "{first_exit}"
+    );
+    // The retry ran in the new session's sandbox, not the old one.
+    let output = view.result.unwrap().output.unwrap();
+    let workspace = output["workspace"].as_str().unwrap().to_owned();
+    assert!(workspace.contains("py-kill-2-"), "{workspace}");
+
+    let (status, _) = s.delete(&token, "/v1/agents/py-kill?drain_timeout=1").await;
+    assert_eq!(status, 200);
+    // Nothing left: no process, no working dir, no cgroup of either session.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "stray processes: {left:?}");
+    assert!(!Path::new(&workspace).exists(), "{workspace} left behind");
+    let stray = sandbox_cgroups(&s, "py-kill-");
+    assert!(stray.is_empty(), "cgroups left behind: {stray:?}");
+    s.stop().await;
+}
+
+/// Cgroup directories of `s`'s sandboxes whose name starts with `prefix`, in
+/// every hierarchy. A server's sandboxes live under
+/// `reactor-fabric/i-<first 6 bytes of sha256(data dir)>`.
+fn sandbox_cgroups(s: &TestServer, prefix: &str) -> Vec<std::path::PathBuf> {
+    use sha2::Digest as _;
+    let dir = s.data_dir.canonicalize().unwrap();
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let instance = format!("reactor-fabric/i-{}", hex::encode(&digest[..6]));
+    let mut found = Vec::new();
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return found;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let root = hierarchy.path().join(&instance);
+        for sandbox in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if sandbox.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(sandbox.path());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_warm_pool_serves_process_spawns_from_pre_started_sandboxes() {
+    let s = server().await;
+    let token = s.login().await;
+    // Its pool.min_idle keeps one sandbox started for the next spawn (its
+    // own extra mount makes it start cold, so the pool stays full).
+    s.spawn_agent(
+        &token,
+        json!({"id": "holder", "isolation": {"level": "process", "read_only_paths": [examples_dir()]},
+            "pool": {"min_idle": 1}}),
+    )
+    .await;
+    let idle = |s: &TestServer| -> Vec<String> {
+        sandbox_cgroups(s, "pool-")
+            .iter()
+            .filter(|p| p.starts_with("/sys/fs/cgroup/pids"))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut pooled = Vec::new();
+    for _ in 0..200 {
+        pooled = idle(&s);
+        if !pooled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(pooled.len(), 1, "one idle sandbox: {pooled:?}");
+    s.spawn_agent(
+        &token,
+        json!({"id": "quick", "isolation": {"level": "process", "memory_mb": 96}}),
+    )
+    .await;
+    let task = s
+        .create(
+            &token,
+            json!({"agent": "quick", "commands": ["echo $FABRIC_WORKSPACE_DIR"]}),
+        )
+        .await;
+    let out = s.wait_done(&token, &task).await.result.unwrap().stdout;
+    assert!(
+        out.contains(&format!("/{}/", pooled[0])),
+        "ran in the pooled sandbox {}: {out}",
+        pooled[0]
+    );
+    // The pooled sandbox took the agent's own memory limit.
+    let memory = sandbox_cgroups(&s, &pooled[0])
+        .into_iter()
+        .find(|p| p.starts_with("/sys/fs/cgroup/memory"))
+        .unwrap();
+    let limit = std::fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (96u64 << 20).to_string());
+    let (status, _) = s.delete(&token, "/v1/agents/quick?drain_timeout=0").await;
+    assert_eq!(status, 200);
+    let (status, _) = s.delete(&token, "/v1/agents/holder?drain_timeout=0").await;
+    assert_eq!(status, 200);
+    // The pool shrinks to nothing once no agent asks for it.
+    for _ in 0..200 {
+        if idle(&s).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(idle(&s).is_empty(), "left: {:?}", idle(&s));
+    s.stop().await;
+}
