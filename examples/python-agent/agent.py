@@ -4,7 +4,8 @@
 It speaks the agent protocol (docs/AGENT_PROTOCOL.md): long-poll for a task,
 log a line, heartbeat while working, complete. Its "work" is deterministic so
 tests can check it: stdout is the prompt in upper case, output is
-{"words": N, "agent": id}; a prompt starting with "fail:" fails the task.
+{"words": N, "agent": id, "workspace": dir}; a prompt starting with "fail:"
+fails the task, and "sleep:N" takes N seconds first.
 """
 
 import json
@@ -108,9 +109,12 @@ def do_the_work(fabric, prompt):
     """The job: deterministic, so a test can predict the result. Returns (status, result)."""
     if prompt.startswith("fail:"):
         return "failed", {"stdout": "", "stderr": "", "error": prompt[len("fail:"):].strip()}
+    if prompt.startswith("sleep:"):  # a slow task (the heartbeat thread keeps its lease)
+        time.sleep(float(prompt[len("sleep:"):]))
     return "completed", {
         "stdout": prompt.upper(), "stderr": "", "exit_code": 0,
-        "output": {"words": len(prompt.split()), "agent": fabric.agent_id},
+        "output": {"words": len(prompt.split()), "agent": fabric.agent_id,
+                   "workspace": os.environ.get("FABRIC_WORKSPACE_DIR", "")},
     }
 
 
