@@ -82,6 +82,8 @@ pub struct ServerConfig {
     /// Where agents' inference endpoint forwards (`http://host:port`), until
     /// the gateway lands (`--inference-upstream`, `OLLAMA_BASE_URL`).
     pub inference_upstream: Option<String>,
+    /// Longest an inference request may take upstream before the agent gets 504.
+    pub inference_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +100,7 @@ impl Default for ServerConfig {
             default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
             sandbox_helper: None,
             inference_upstream: None,
+            inference_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -214,6 +217,7 @@ pub async fn run(
         helper: config.sandbox_helper.clone(),
         cgroup_parent: instance_cgroup(&config.data_dir),
         inference_upstream: config.inference_upstream.clone(),
+        inference_timeout: config.inference_timeout,
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
     };

@@ -20,12 +20,14 @@ use super::Inner;
 
 /// Largest request body forwarded.
 pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
-/// Longest a request may take upstream, response included.
+/// Longest a request may take upstream, response included (default of
+/// `ServerConfig::inference_timeout`).
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 struct Forward {
     upstream: Option<Arc<str>>,
+    timeout: Duration,
     /// Who the endpoint serves, for the log (`shared` for isolation `none`).
     agent: Arc<str>,
 }
@@ -35,7 +37,6 @@ fn client() -> Option<&'static reqwest::Client> {
     CLIENT
         .get_or_init(|| {
             reqwest::Client::builder()
-                .timeout(UPSTREAM_TIMEOUT)
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .ok()
@@ -46,21 +47,22 @@ fn client() -> Option<&'static reqwest::Client> {
 /// Serves the endpoint on a listener bound inside an agent's sandbox.
 pub(super) fn serve_std(
     listener: std::net::TcpListener,
-    upstream: Option<String>,
+    inner: &Inner,
     agent: AgentId,
 ) -> Result<JoinHandle<()>, String> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| format!("cannot serve the inference endpoint: {e}"))?;
-    Ok(serve(listener, upstream, agent.as_str()))
+    Ok(serve(listener, inner, agent.as_str()))
 }
 
-fn serve(
-    listener: tokio::net::TcpListener,
-    upstream: Option<String>,
-    agent: &str,
-) -> JoinHandle<()> {
+fn serve(listener: tokio::net::TcpListener, inner: &Inner, agent: &str) -> JoinHandle<()> {
     let state = Forward {
-        upstream: upstream.map(|u| Arc::from(u.trim_end_matches('/'))),
+        upstream: inner
+            .config
+            .inference_upstream
+            .as_deref()
+            .map(|u| Arc::from(u.trim_end_matches('/'))),
+        timeout: inner.config.inference_timeout,
         agent: Arc::from(agent),
     };
     let app = Router::new().fallback(forward).with_state(state);
@@ -88,11 +90,7 @@ pub(super) fn host_endpoint(inner: &Arc<Inner>) -> Result<SocketAddr, String> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| format!("cannot serve the inference endpoint: {e}"))?;
     // Lives as long as the server.
-    drop(serve(
-        listener,
-        inner.config.inference_upstream.clone(),
-        "shared",
-    ));
+    drop(serve(listener, inner, "shared"));
     *slot = Some(addr);
     Ok(addr)
 }
@@ -146,7 +144,10 @@ async fn forward(State(fwd): State<Forward>, request: Request) -> Response {
         .map_or("/", |p| p.as_str())
         .to_owned();
     let url = format!("{upstream}{path}");
-    let mut outbound = client.request(parts.method.clone(), &url).body(body);
+    let mut outbound = client
+        .request(parts.method.clone(), &url)
+        .timeout(fwd.timeout)
+        .body(body);
     for (name, value) in &parts.headers {
         if !NOT_FORWARDED.contains(name) {
             outbound = outbound.header(name, value);

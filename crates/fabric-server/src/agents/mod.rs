@@ -67,6 +67,8 @@ pub struct ManagerConfig {
     pub cgroup_parent: PathBuf,
     /// Where the inference endpoint forwards (`http://host:port`), until the gateway lands.
     pub inference_upstream: Option<String>,
+    /// Longest an inference request may take upstream (120 s).
+    pub inference_timeout: Duration,
     /// Bytes of stdout / stderr the shell agent keeps per task.
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.

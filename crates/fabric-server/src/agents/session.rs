@@ -182,11 +182,8 @@ impl Session {
                     env.push((ENV_URL.into(), format!("http://127.0.0.1:{}", api.port())));
                 }
                 let listener = bind_in(&sandbox, INFERENCE_PORT)?;
-                self.background.push(inference::serve_std(
-                    listener,
-                    inner.config.inference_upstream.clone(),
-                    id.clone(),
-                )?);
+                self.background
+                    .push(inference::serve_std(listener, &inner, id.clone())?);
                 env.push((
                     ENV_OLLAMA.into(),
                     format!("http://localhost:{INFERENCE_PORT}"),

@@ -586,3 +586,54 @@ async fn a_warm_pool_serves_process_spawns_from_pre_started_sandboxes() {
     assert!(idle(&s).is_empty(), "left: {:?}", idle(&s));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_inference_endpoint_limits_size_and_time_and_passes_no_credentials() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                "late"
+            }),
+        )
+        .fallback(|headers: axum::http::HeaderMap| async move {
+            format!("auth={}", headers.contains_key("authorization"))
+        });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let s = TestServer::start_with(|c| {
+        c.sandbox_helper = Some(sandbox_helper());
+        c.inference_upstream = Some(format!("http://{upstream}"));
+        c.inference_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let token = s.login().await;
+    let call = |method: &str, path: &str, bytes: usize| {
+        format!(
+            "python3 -c \"import os, urllib.request as u\nr = u.Request(os.environ['OLLAMA_BASE_URL'] + '{path}', method='{method}', data=(b'x' * {bytes}) if {bytes} else None, headers={{'Authorization': 'Bearer stolen'}})\ntry:\n print(u.urlopen(r, timeout=10).read().decode())\nexcept u.HTTPError as e:\n print(e.code)\""
+        )
+    };
+    // The default shell agent (isolation none) gets a loopback endpoint.
+    let task = s
+        .create(
+            &token,
+            json!({"commands": [
+                call("GET", "/api/tags", 0),
+                call("POST", "/api/chat", 11 << 20),
+                call("GET", "/slow", 0),
+            ]}),
+        )
+        .await;
+    let view = s.wait_done(&token, &task).await;
+    let out = view.result.unwrap().stdout;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["auth=false", "413", "504"],
+        "{out}"
+    );
+    s.stop().await;
+}
