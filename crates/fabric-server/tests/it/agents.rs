@@ -637,3 +637,46 @@ async fn the_inference_endpoint_limits_size_and_time_and_passes_no_credentials()
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn agents_come_back_after_a_restart_as_they_were_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let configure = |c: &mut fabric_server::ServerConfig| c.sandbox_helper = Some(sandbox_helper());
+    let s = TestServer::start_in(dir.path().to_path_buf(), configure).await;
+    let token = s.login().await;
+    s.spawn_agent(
+        &token,
+        json!({"id": "stays", "isolation": {"level": "process", "memory_mb": 80}}),
+    )
+    .await;
+    s.spawn_agent(&token, json!({"id": "goes", "command": "sleep 100"}))
+        .await;
+    let (status, _) = s.delete(&token, "/v1/agents/goes?drain_timeout=0").await;
+    assert_eq!(status, 200);
+    s.stop().await;
+
+    let s = TestServer::start_in(dir.path().to_path_buf(), configure).await;
+    let stays = s
+        .wait_agent(&token, "stays", |a| a["state"] == "running")
+        .await;
+    assert_eq!(
+        stays["session"], 2,
+        "a new session after the restart: {stays}"
+    );
+    assert_eq!(stays["config"]["isolation"]["memory_mb"], 80);
+    let (_, goes) = s.get(&token, "/v1/agents/goes").await;
+    assert_eq!(goes["state"], "stopped", "{goes}");
+    let task = s
+        .create(&token, json!({"agent": "stays", "commands": ["echo back"]}))
+        .await;
+    assert_eq!(
+        s.wait_done(&token, &task).await.result.unwrap().stdout,
+        "back\n"
+    );
+    let (_, sessions) = s.get(&token, "/v1/agents/stays/sessions").await;
+    assert_eq!(
+        sessions["sessions"][1]["exit_reason"], "fabric stopped",
+        "{sessions}"
+    );
+    s.stop().await;
+}
