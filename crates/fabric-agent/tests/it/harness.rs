@@ -19,7 +19,7 @@ pub struct Fabric {
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Fabric {
@@ -28,8 +28,16 @@ impl Fabric {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_in(listener, tempfile::tempdir().unwrap(), configure).await
+    }
+
+    /// Serves `listener` with the data in `dir` (a restart passes the old one).
+    pub async fn start_in(
+        listener: tokio::net::TcpListener,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig {
             listen: addr,
@@ -59,17 +67,23 @@ impl Fabric {
             http,
             stop: Some(tx),
             handle: Some(handle),
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// Stops gracefully; returns the data dir, for a restart.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(handle) = self.handle.take() {
             handle.await.unwrap();
         }
+        self.dir.take().unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -25,6 +25,7 @@ async fn python_example_agent_completes_a_task() {
         .env("FABRIC_URL", &fabric.base)
         .env("FABRIC_TOKEN", &token)
         .env("FABRIC_AGENT_ID", "py")
+        .env_remove("FABRIC_WORKSPACE_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,7 +46,10 @@ async fn python_example_agent_completes_a_task() {
     let result = view.result.unwrap();
     assert_eq!(result.stdout, "HELLO FROM PYTHON");
     assert_eq!(result.exit_code, Some(0));
-    assert_eq!(result.output, Some(json!({"words": 3, "agent": "py"})));
+    assert_eq!(
+        result.output,
+        Some(json!({"words": 3, "agent": "py", "workspace": ""}))
+    );
     assert_eq!(fabric.task(&id).await["attempt"], 1);
     assert_eq!(
         fabric.log_lines(&id).await,

@@ -271,6 +271,51 @@ async fn shutdown_past_its_grace_drops_the_handler_without_completing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_backs_off_while_the_fabric_is_down_and_carries_on_after() {
+    let fabric = Fabric::start().await;
+    let client = fabric.client_for_new_agent("rs", 1).await;
+    let addr: std::net::SocketAddr = fabric.base.trim_start_matches("http://").parse().unwrap();
+    let dir = fabric.stop_keeping_data().await;
+
+    // Down: its port accepts connections and hangs up at once; count the tries.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let refuser = tokio::spawn(async move {
+        let mut attempts = 0u32;
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return (listener, attempts),
+                accepted = listener.accept() => {
+                    drop(accepted.unwrap());
+                    attempts += 1;
+                }
+            }
+        }
+    });
+    let (probe, _seen) = Probe::new();
+    let runner = Runner::spawn(client, quick_options(1), move |ctx| {
+        handle(ctx, probe.clone())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send(()).unwrap();
+    let (listener, attempts) = refuser.await.unwrap();
+    // Waits of 100, 200, 400, 800 ms...: a handful of tries, not a spin.
+    assert!(
+        (2..=12).contains(&attempts),
+        "{attempts} lease attempts in 2 s"
+    );
+
+    // Back, with the same data: the agent and its token survived the restart.
+    let fabric = Fabric::start_in(listener, dir, |_| {}).await;
+    let id = fabric.create_task("rs", "after the outage").await;
+    let view = fabric.wait_done(&id).await;
+    assert_eq!(view.status, TaskStatus::Completed, "{view:?}");
+
+    runner.stop().await.unwrap();
+    fabric.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_speaks_each_endpoint() {
     let fabric = Fabric::start().await;
     let client = fabric.client_for_new_agent("raw", 1).await;
