@@ -429,7 +429,6 @@ async fn the_client_reports_bad_tokens_and_unreachable_fabrics() {
 /// The protocol's promise (docs/AGENT_PROTOCOL.md): once a task is canceled,
 /// its agent's heartbeat, events and complete get 409 `stale_lease`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fabric-server answers 404 not_found for a finished task (api/agent.rs own_task): un-ignore once it answers 409 stale_lease"]
 async fn calls_on_a_canceled_task_answer_stale_lease() {
     let fabric = Fabric::start().await;
     let client = fabric.client_for_new_agent("raw", 1).await;

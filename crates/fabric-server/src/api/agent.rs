@@ -38,11 +38,26 @@ fn calling_agent(state: &AppState, principal: &Principal) -> Result<AgentId, Api
     Ok(agent)
 }
 
-/// A task the agent may act on: its own, and live.
-fn own_task(state: &AppState, agent: &AgentId, id: TaskId) -> Result<Task, ApiError> {
-    match state.tasks.live(&id) {
-        Some(task) if &task.agent_id == agent => Ok(task),
-        _ => Err(ApiError::task_not_found(id)),
+/// A task the agent may act on: its own, and live. One of its own that
+/// already finished is a lost lease (409 `stale_lease`); any other is 404.
+async fn own_task(state: &AppState, agent: &AgentId, id: TaskId) -> Result<Task, ApiError> {
+    if let Some(task) = state.tasks.live(&id) {
+        if &task.agent_id == agent {
+            return Ok(task);
+        }
+        return Err(ApiError::task_not_found(id));
+    }
+    match state.tasks.get_any(id).await {
+        Ok(task) if &task.agent_id == agent => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_lease",
+            format!(
+                "task {id} already finished ({}): stop working on it",
+                task.status
+            ),
+        )),
+        Ok(_) => Err(ApiError::task_not_found(id)),
+        Err(e) => Err(e),
     }
 }
 
@@ -122,7 +137,7 @@ pub async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let agent = calling_agent(&state, &principal)?;
     let id = task_id(&id)?;
-    own_task(&state, &agent, id)?;
+    own_task(&state, &agent, id).await?;
     let expires = state.tasks.heartbeat(&id, body.epoch).map_err(stale)?;
     Ok(Json(HeartbeatResponse {
         lease_expires_at: expires,
@@ -141,7 +156,7 @@ pub async fn events(
 ) -> Result<StatusCode, ApiError> {
     let agent = calling_agent(&state, &principal)?;
     let id = task_id(&id)?;
-    own_task(&state, &agent, id)?;
+    own_task(&state, &agent, id).await?;
     if body.logs.len() > MAX_LOG_LINES {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_LOG_LINES} log lines per call"
@@ -172,7 +187,7 @@ pub async fn complete(
 ) -> Result<Json<Task>, ApiError> {
     let agent = calling_agent(&state, &principal)?;
     let id = task_id(&id)?;
-    own_task(&state, &agent, id)?;
+    own_task(&state, &agent, id).await?;
     if !matches!(body.status, TaskStatus::Completed | TaskStatus::Failed) {
         return Err(ApiError::bad_request(format!(
             "'status' must be completed or failed, not {}",
