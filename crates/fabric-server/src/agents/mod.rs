@@ -134,6 +134,8 @@ struct Inner {
     /// The shared loopback inference endpoint of isolation `none` agents.
     host_inference: Mutex<Option<SocketAddr>>,
     pool: Arc<pool::WarmPool>,
+    /// Ids being spawned right now.
+    claims: Mutex<std::collections::HashSet<AgentId>>,
     /// The pool's filler; it empties the pool when the server stops.
     filler: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -165,6 +167,7 @@ impl AgentManager {
                 host_inference: Mutex::new(None),
                 pool,
                 filler: Mutex::new(Some(filler)),
+                claims: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -257,6 +260,9 @@ impl AgentManager {
                 "isolation level 'process' is not available: this server has no sandbox helper",
             ));
         }
+        // One spawn per id at a time: the checks below and the install in
+        // `launch` must not interleave with another spawn of the same id.
+        let _claim = Claim::take(&self.inner, &config.id)?;
         if let Some(slot) = self.slot(&config.id) {
             let status = slot.status.lock();
             if status.system {
@@ -273,7 +279,7 @@ impl AgentManager {
                 )));
             }
         }
-        let _ = by;
+        tracing::info!(agent_id = %config.id, by = %by.user, isolation = %config.isolation.level, "spawning agent");
         let (created_at, sessions, tasks_done) =
             match self.inner.store.get_agent(config.id.clone()).await? {
                 Some(old) => (old.created_at, old.sessions, old.tasks_done),
@@ -770,6 +776,32 @@ async fn drain_tasks(inner: &Inner, id: &AgentId, session: &mut Session, drain: 
             // The program exited by itself while draining: nothing more will finish.
             _ = session.wait_exit() => return inner.tasks.running_of(id).is_empty(),
         }
+    }
+}
+
+/// Holds an agent id while it is being spawned.
+struct Claim<'a> {
+    inner: &'a Inner,
+    id: AgentId,
+}
+
+impl<'a> Claim<'a> {
+    fn take(inner: &'a Inner, id: &AgentId) -> Result<Self, ApiError> {
+        if !inner.claims.lock().insert(id.clone()) {
+            return Err(ApiError::conflict(format!(
+                "agent '{id}' is being spawned by another request; wait for it and check 'reactor-fabric agent get {id}'"
+            )));
+        }
+        Ok(Self {
+            inner,
+            id: id.clone(),
+        })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.inner.claims.lock().remove(&self.id);
     }
 }
 

@@ -71,6 +71,14 @@ async fn agent_api_validates_input_and_guards_ids() {
         .map(|a| a["config"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["shell", "w1"]);
+    // Concurrent spawns of one id: exactly one wins.
+    let body = json!({"id": "race", "command": "sleep 1000"});
+    let attempts =
+        futures_util::future::join_all((0..4).map(|_| s.post(&token, "/v1/agents", body.clone())))
+            .await;
+    let mut codes: Vec<u16> = attempts.iter().map(|(c, _)| *c).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [201, 409, 409, 409], "{attempts:?}");
     let (status, agent) = s.delete(&token, "/v1/agents/w1?drain_timeout=1").await;
     assert_eq!(
         (status, agent["state"].as_str()),
