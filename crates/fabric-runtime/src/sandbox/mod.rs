@@ -145,7 +145,7 @@ pub use self::cgroup::CgroupVersion;
 use self::cgroup::{Cgroup, CgroupError, Layout, Limits};
 pub use self::helper::helper_main;
 use self::helper::{EXIT_HELPER_FAILED, ExecPlan, InitPlan, LINE_ERROR, LINE_PID, LINE_READY};
-pub use self::sweep::{SweepReport, sweep_stale};
+pub use self::sweep::{SweepReport, remove_parent, sweep_stale};
 use crate::RuntimeError;
 use crate::child::group::ProcessGroup;
 use crate::child::{self, Launcher, LogLine, SHELL, ShellJob, ShellOutcome};

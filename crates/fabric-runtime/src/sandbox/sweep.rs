@@ -182,3 +182,21 @@ async fn clear(dirs: &[PathBuf], own_pid_ns: Option<&Path>) -> Result<usize, Str
     }
     Ok(seen.len())
 }
+
+/// Removes the (empty) parent cgroup `cgroup_parent` in every hierarchy, for
+/// a fabric that stops cleanly and leaves no trace. Best effort: a parent
+/// that still holds a sandbox, or was never made, stays as it is.
+pub fn remove_parent(cgroup_parent: &Path) {
+    let plain = !cgroup_parent.as_os_str().is_empty()
+        && cgroup_parent
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    let Ok(layout) = Layout::detect() else { return };
+    if !plain {
+        return;
+    }
+    for root in layout.roots() {
+        // rmdir on a cgroup fails while it has children or processes: safe.
+        let _ = std::fs::remove_dir(root.join(cgroup_parent));
+    }
+}

@@ -468,6 +468,9 @@ impl AgentManager {
         if let Some(filler) = filler {
             let _ = filler.await;
         }
+        if self.inner.config.helper.is_some() {
+            fabric_runtime::sandbox::remove_parent(&self.inner.config.cgroup_parent);
+        }
     }
 
     fn view(&self, slot: &Slot) -> Agent {

@@ -505,14 +505,19 @@ async fn killed_agent_is_restarted_in_a_fresh_sandbox_and_its_task_runs_once_mor
     s.stop().await;
 }
 
+/// `reactor-fabric/i-<first 6 bytes of sha256(data dir)>`: the parent of a server's sandboxes.
+fn instance_cgroup(s: &TestServer) -> String {
+    use sha2::Digest as _;
+    let dir = s.data_dir.canonicalize().unwrap();
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    format!("reactor-fabric/i-{}", hex::encode(&digest[..6]))
+}
+
 /// Cgroup directories of `s`'s sandboxes whose name starts with `prefix`, in
 /// every hierarchy. A server's sandboxes live under
 /// `reactor-fabric/i-<first 6 bytes of sha256(data dir)>`.
 fn sandbox_cgroups(s: &TestServer, prefix: &str) -> Vec<std::path::PathBuf> {
-    use sha2::Digest as _;
-    let dir = s.data_dir.canonicalize().unwrap();
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let instance = format!("reactor-fabric/i-{}", hex::encode(&digest[..6]));
+    let instance = instance_cgroup(s);
     let mut found = Vec::new();
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return found;
@@ -592,7 +597,10 @@ async fn a_warm_pool_serves_process_spawns_from_pre_started_sandboxes() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(idle(&s).is_empty(), "left: {:?}", idle(&s));
+    let parent = Path::new("/sys/fs/cgroup/pids").join(instance_cgroup(&s));
+    assert!(parent.exists());
     s.stop().await;
+    assert!(!parent.exists(), "a clean stop removes the server's cgroup");
 }
 
 #[tokio::test]
