@@ -66,18 +66,26 @@ pub async fn create_token(
             "an agent token cannot create tokens: renew it with POST /v1/agent/token",
         ));
     }
-    if let Some(agent) = req.agent {
-        return create_agent_token(&state, &principal, agent, req.name, req.ttl_seconds).await;
-    }
-    let scopes = req.scopes.unwrap_or_else(|| principal.scopes.clone());
-    if let Some(missing) = scopes.iter().find(|s| !s.granted_by(&principal.scopes)) {
-        return Err(ApiError::forbidden(format!(
-            "cannot grant '{missing}': your token does not hold it"
-        )));
-    }
-    if scopes.is_empty() {
-        return Err(ApiError::bad_request("a token needs at least one scope"));
-    }
+    // An agent token: only for `/v1/agent/...` as that (existing) agent; admins only.
+    let (scopes, agent) = match req.agent {
+        Some(agent) => {
+            principal.require(fabric_core::Scope::Admin)?;
+            state.agents.get(&agent).await?;
+            (Vec::new(), Some(agent))
+        }
+        None => {
+            let scopes = req.scopes.unwrap_or_else(|| principal.scopes.clone());
+            if let Some(missing) = scopes.iter().find(|s| !s.granted_by(&principal.scopes)) {
+                return Err(ApiError::forbidden(format!(
+                    "cannot grant '{missing}': your token does not hold it"
+                )));
+            }
+            if scopes.is_empty() {
+                return Err(ApiError::bad_request("a token needs at least one scope"));
+            }
+            (scopes, None)
+        }
+    };
     let ttl = req.ttl_seconds.unwrap_or(30 * 24 * 3600);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
         return Err(ApiError::bad_request(format!(
@@ -85,57 +93,18 @@ pub async fn create_token(
         )));
     }
     let expires = state.tasks.now().plus(std::time::Duration::from_secs(ttl));
+    let name = req
+        .name
+        .or_else(|| agent.as_ref().map(|a| format!("agent {a}")));
     let (secret, token) = state
         .auth
         .issue(
             &principal.user,
             &principal.tenant,
             scopes,
-            req.name,
+            name,
             Some(expires),
-            None,
-        )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenResponse {
-            token: secret,
-            user: token.user,
-            tenant: token.tenant,
-            scopes: token.scopes,
-            expires_at: token.expires_at,
-        }),
-    ))
-}
-
-/// `POST /v1/auth/tokens {"agent": id}`: a token an agent running outside the
-/// fabric (`external`) uses for `/v1/agent/...`. Stored like any token, so it
-/// survives restarts; admins only.
-async fn create_agent_token(
-    state: &AppState,
-    principal: &Principal,
-    agent: fabric_core::AgentId,
-    name: Option<String>,
-    ttl_seconds: Option<u64>,
-) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    principal.require(fabric_core::Scope::Admin)?;
-    state.agents.get(&agent).await?;
-    let ttl = ttl_seconds.unwrap_or(30 * 24 * 3600);
-    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
-        return Err(ApiError::bad_request(format!(
-            "'ttl_seconds' must be between 1 and {MAX_TOKEN_TTL_SECONDS}"
-        )));
-    }
-    let expires = state.tasks.now().plus(std::time::Duration::from_secs(ttl));
-    let (secret, token) = state
-        .auth
-        .issue(
-            &principal.user,
-            &principal.tenant,
-            Vec::new(),
-            name.or_else(|| Some(format!("agent {agent}"))),
-            Some(expires),
-            Some(agent),
+            agent,
         )
         .await?;
     Ok((
