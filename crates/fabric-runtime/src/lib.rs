@@ -49,8 +49,8 @@ pub mod net;
 pub mod sandbox;
 
 pub use child::{
-    BASE_PATH, DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_LIMIT, LogLine, MAX_LOG_LINE, SHELL, ShellJob,
-    ShellOutcome, Stream, run_shell,
+    BASE_PATH, DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_LIMIT, HostProcess, LogLine, MAX_LOG_LINE, SHELL,
+    ShellJob, ShellOutcome, Stream, run_shell, spawn_program,
 };
 pub use error::RuntimeError;
 pub use sandbox::{

@@ -22,6 +22,9 @@
 
 mod capture;
 pub(crate) mod group;
+mod program;
+
+pub use self::program::{HostProcess, spawn_program};
 pub(crate) mod workdir;
 
 use std::fmt;

@@ -629,3 +629,42 @@ async fn invalid_jobs_are_errors() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_host_program_runs_until_stopped_and_takes_its_group_along() {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![("GREETING".to_owned(), "hi".to_owned())];
+    let mut program = fabric_runtime::spawn_program(
+        "echo $GREETING from $PWD; sleep 300 & sleep 300",
+        dir.path(),
+        &env,
+    )
+    .unwrap();
+    let mut lines = tokio::io::BufReader::new(program.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(first, format!("hi from {}", dir.path().display()));
+    let group = program.id();
+    let exit = program
+        .terminate(std::time::Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(exit.describe(), "crashed (signal 15)");
+    // The background sleep went with it (give the host's init a moment to reap it).
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = std::process::Command::new("pgrep")
+            .args(["-g", &group.to_string()])
+            .output()
+            .unwrap()
+            .stdout;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(left.is_empty(), "{}", String::from_utf8_lossy(&left));
+
+    let mut quick = fabric_runtime::spawn_program("exit 7", dir.path(), &[]).unwrap();
+    assert_eq!(quick.wait().await.unwrap().describe(), "exited (code 7)");
+}

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
 use fabric_core::{AgentId, TenantId};
+use fabric_runtime::HostProcess;
 use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::task::JoinHandle;
@@ -96,7 +97,7 @@ fn proc_usage(pid: u32) -> Option<ResourceUsage> {
 }
 
 enum Program {
-    Host(HostProgram),
+    Host(HostProcess),
     Sandboxed(SandboxProcess),
 }
 
@@ -313,8 +314,9 @@ impl Session {
                 )
             }
             None => {
-                let mut process = HostProgram::spawn(&command, &workdir, env)?;
-                let (out, err) = (process.child.stdout.take(), process.child.stderr.take());
+                let mut process = fabric_runtime::spawn_program(&command, &workdir, &env)
+                    .map_err(|e| e.to_string())?;
+                let (out, err) = (process.stdout.take(), process.stderr.take());
                 (
                     Program::Host(process),
                     out.map(box_reader),
@@ -335,7 +337,7 @@ impl Session {
     /// Host pid of the agent's program, or of its sandbox's init.
     pub(super) fn pid(&self) -> Option<u32> {
         match &self.program {
-            Some(Program::Host(p)) => p.child.id(),
+            Some(Program::Host(p)) => Some(p.id()),
             Some(Program::Sandboxed(p)) => Some(p.id()),
             None => self.sandbox.as_ref().map(|s| s.init_pid()),
         }
@@ -344,9 +346,7 @@ impl Session {
     pub(super) fn usage_probe(&self) -> UsageProbe {
         match (&self.sandbox, &self.program) {
             (Some(s), _) => UsageProbe::Sandbox(Arc::clone(s)),
-            (None, Some(Program::Host(p))) => {
-                p.child.id().map_or(UsageProbe::None, UsageProbe::Pid)
-            }
+            (None, Some(Program::Host(p))) => UsageProbe::Pid(p.id()),
             _ => UsageProbe::None,
         }
     }
@@ -364,14 +364,16 @@ impl Session {
             return exit;
         }
         let exit = match &mut self.program {
-            Some(Program::Sandboxed(p)) => match p.wait().await {
-                Ok(exit) => exit,
-                Err(e) => {
+            Some(program) => {
+                let waited = match program {
+                    Program::Sandboxed(p) => p.wait().await,
+                    Program::Host(p) => p.wait().await,
+                };
+                waited.unwrap_or_else(|e| {
                     tracing::error!(agent_id = %self.agent, error = %e, "cannot wait for agent");
                     unknown_exit()
-                }
-            },
-            Some(Program::Host(p)) => p.wait().await,
+                })
+            }
             None => std::future::pending().await,
         };
         self.exit = Some(exit);
@@ -392,7 +394,7 @@ impl Session {
         }
         let exit = match &mut self.program {
             Some(Program::Sandboxed(p)) => p.terminate(grace).await.ok(),
-            Some(Program::Host(p)) => Some(p.terminate(grace).await),
+            Some(Program::Host(p)) => p.terminate(grace).await.ok(),
             None => None,
         };
         self.exit = exit;
@@ -407,15 +409,8 @@ impl Session {
         if let Some(w) = self.workers.take() {
             w.kill(Duration::ZERO).await;
         }
-        if let Some(program) = self.program.take() {
-            match program {
-                Program::Host(mut p) => {
-                    p.kill_group();
-                    let _ = p.child.wait().await;
-                }
-                Program::Sandboxed(p) => drop(p),
-            }
-        }
+        // Dropping a program SIGKILLs its process group.
+        drop(self.program.take());
         for task in self.background.drain(..) {
             task.abort();
         }
@@ -531,81 +526,5 @@ fn unknown_exit() -> ProcessExit {
         code: None,
         signal: None,
         oom_killed: false,
-    }
-}
-
-/// An agent program on the host (isolation `none`), leading its own process group.
-struct HostProgram {
-    child: tokio::process::Child,
-    pgid: i32,
-}
-
-impl HostProgram {
-    fn spawn(command: &str, workdir: &Path, env: Vec<(String, String)>) -> Result<Self, String> {
-        let mut base = vec![
-            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ("HOME".to_owned(), workdir.display().to_string()),
-            ("LANG".to_owned(), "C.UTF-8".to_owned()),
-        ];
-        base.extend(env);
-        let child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(workdir)
-            .env_clear()
-            .envs(base)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start /bin/sh -c {command:?}: {e}"))?;
-        let pgid = child
-            .id()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or("the agent process has no pid")?;
-        Ok(Self { child, pgid })
-    }
-
-    async fn wait(&mut self) -> ProcessExit {
-        use std::os::unix::process::ExitStatusExt;
-        let exit = match self.child.wait().await {
-            Ok(status) => ProcessExit {
-                code: status.code(),
-                signal: status.signal(),
-                oom_killed: false,
-            },
-            Err(_) => unknown_exit(),
-        };
-        // Whatever it started goes with it.
-        self.kill_group();
-        exit
-    }
-
-    async fn terminate(&mut self, grace: Duration) -> ProcessExit {
-        signal_group(self.pgid, libc::SIGTERM);
-        match tokio::time::timeout(grace, self.wait()).await {
-            Ok(exit) => exit,
-            Err(_) => {
-                self.kill_group();
-                self.wait().await
-            }
-        }
-    }
-
-    fn kill_group(&self) {
-        signal_group(self.pgid, libc::SIGKILL);
-    }
-}
-
-#[allow(unsafe_code)]
-fn signal_group(pgid: i32, signal: i32) {
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: killpg has no memory effects; a stale group id fails with ESRCH.
-    unsafe {
-        libc::killpg(pgid, signal);
     }
 }
