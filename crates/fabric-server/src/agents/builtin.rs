@@ -67,19 +67,13 @@ struct Worker {
     output_limit: usize,
     kill_grace: Duration,
     kill: watch::Receiver<bool>,
-    on_done: Box<dyn Fn() + Send + Sync>,
     env: Vec<(String, String)>,
     in_flight: Arc<AtomicUsize>,
 }
 
 impl ShellWorkers {
     /// Starts leasing tasks of `spec.agent` through `client`.
-    pub fn start(
-        service: Arc<TaskService>,
-        spec: ShellSpec,
-        client: AgentClient,
-        on_done: Box<dyn Fn() + Send + Sync>,
-    ) -> Self {
+    pub fn start(service: Arc<TaskService>, spec: ShellSpec, client: AgentClient) -> Self {
         let ShellSpec {
             agent,
             concurrency,
@@ -97,7 +91,6 @@ impl ShellWorkers {
             output_limit,
             kill_grace,
             kill: kill_rx,
-            on_done,
             env,
             in_flight: Arc::clone(&in_flight),
         });
@@ -189,11 +182,9 @@ async fn run_shell_task(worker: &Worker, ctx: TaskContext) -> Outcome {
     worker.in_flight.fetch_add(1, Ordering::SeqCst);
     let outcome = run_commands(worker, &ctx).await;
     worker.in_flight.fetch_sub(1, Ordering::SeqCst);
+    // Counted as done by the protocol's `complete`, like any agent's.
     match outcome {
-        Some(outcome) => {
-            (worker.on_done)();
-            outcome
-        }
+        Some(outcome) => outcome,
         None => std::future::pending().await,
     }
 }

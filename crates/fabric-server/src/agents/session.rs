@@ -244,12 +244,6 @@ impl Session {
         }
 
         if config.is_builtin_shell() {
-            let manager = super::AgentManager {
-                inner: Arc::clone(&inner),
-            };
-            let done_id = id.clone();
-            let on_done: Box<dyn Fn() + Send + Sync> =
-                Box::new(move || manager.task_done(&done_id));
             let executor = match &self.sandbox {
                 Some(s) => Executor::Sandbox(Arc::clone(s)),
                 None => Executor::Host {
@@ -280,12 +274,7 @@ impl Session {
                 id.clone(),
             )
             .map_err(|e| e.to_string())?;
-            self.workers = Some(ShellWorkers::start(
-                Arc::clone(&inner.tasks),
-                spec,
-                client,
-                on_done,
-            ));
+            self.workers = Some(ShellWorkers::start(Arc::clone(&inner.tasks), spec, client));
             return Ok(());
         }
         if config.external {
