@@ -292,6 +292,11 @@ async fn memory_bomb_is_oom_killed_and_the_agent_keeps_working() {
         s.wait_done(&token, &after).await.result.unwrap().stdout,
         "alive\n"
     );
+    let agent = s.wait_agent(&token, "tiny", |a| a["tasks_done"] == 2).await;
+    assert_eq!(
+        agent["state"], "running",
+        "the fabric and the agent survive: {agent}"
+    );
     s.stop().await;
 }
 
