@@ -299,3 +299,147 @@ async fn kill_9_mid_load_loses_nothing_and_reruns_only_running_tasks() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// `kill -9` of the server while a sandboxed agent runs a task: what the
+/// sandbox leaves (cgroups, working dir, any process still alive) is removed
+/// by the next start on the same data dir, which restarts the agent in a
+/// fresh sandbox and reruns the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+    let port = super::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = spawn_server(&data, port, &log);
+    wait_ready(&client, &base).await;
+    let token = login(&client, &base).await;
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/v1/agents",
+        json!({"id": "boxed", "isolation": {"level": "process", "memory_mb": 64}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let marker = format!("marker-{}", std::process::id());
+    let task: Value = post(
+        "/v1/tasks",
+        json!({"agent": "boxed", "commands": [format!("sleep 2; echo {marker}")]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = task["id"].as_str().unwrap().to_owned();
+    let get = |path: String| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+    };
+    loop {
+        let t: Value = get(format!("/v1/tasks/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if t["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pgrep = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap()
+            .stdout
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        !pgrep().is_empty(),
+        "the sandboxed command outlives a SIGKILLed server"
+    );
+
+    let mut server = spawn_server(&data, port, &log);
+    wait_ready(&client, &base).await;
+    assert!(
+        pgrep().is_empty() || {
+            // The rerun of the task may have started already: its processes are new ones.
+            let agent: Value = get("/v1/agents/boxed".into())
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            agent["session"] == 2
+        }
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let t: Value = get(format!("/v1/tasks/{id}/result"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if t["status"] == "completed" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "task never completed: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["result"]["stdout"], format!("{marker}\n"));
+    let t: Value = get(format!("/v1/tasks/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["attempt"], 2, "{t}");
+    let agent: Value = get("/v1/agents/boxed".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (agent["state"].as_str(), agent["session"].as_u64()),
+        (Some("running"), Some(2))
+    );
+    // Only the new session's working dir is left.
+    let dirs: Vec<String> = std::fs::read_dir(data.join("agents"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("boxed-"))
+        .collect();
+    assert!(
+        dirs.len() == 1 && dirs[0].starts_with("boxed-2-"),
+        "{dirs:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("stale sandbox swept"),
+        "the restart reports what it removed"
+    );
+    stop_gracefully(&mut server);
+}
+
+/// SIGTERM and wait: a clean stop removes the agent's sandbox.
+fn stop_gracefully(server: &mut Child) {
+    let _ = std::process::Command::new("kill")
+        .arg(server.id().to_string())
+        .status();
+    let _ = server.wait();
+}
