@@ -364,6 +364,16 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
             .unwrap()
             .stdout
     };
+    // `running` is recorded (durably) before the shell agent starts the command:
+    // wait for the command itself, or the kill may come before there is one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pgrep().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the task's command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.kill().unwrap();
     server.wait().unwrap();
     assert!(
