@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use fabric_core::agent::{Agent, AgentConfig};
 use fabric_core::api::CreateTaskRequest;
 use fabric_core::api::{
-    ErrorBody, EventList, Health, IDEMPOTENCY_KEY_HEADER, LoginRequest, REQUEST_ID_HEADER,
-    TaskList, TaskResultView, TokenResponse, WhoAmI,
+    AgentList, ErrorBody, EventList, Health, IDEMPOTENCY_KEY_HEADER, LoginRequest,
+    REQUEST_ID_HEADER, SessionList, TaskList, TaskResultView, TokenResponse, WhoAmI,
 };
 use fabric_core::{AgentId, Task, TaskId, TaskStatus};
 use futures_util::StreamExt;
@@ -16,8 +17,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// How long to wait for a TCP connection before calling the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest any one API call may take (waits are done by polling, never by one long call).
+/// Longest any one API call may take (waits are done by polling, never by one long call,
+/// except `DELETE /v1/agents/{id}`, which answers once the agent has drained and stopped).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a terminate may take beyond its drain timeout: stopping the program
+/// (SIGTERM, grace, SIGKILL) and cleaning up its sandbox.
+const TERMINATE_SLACK: Duration = Duration::from_secs(60);
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +183,69 @@ impl FabricClient {
         self.json(self.authed(req)).await
     }
 
+    /// `POST /v1/agents` (admin): answers once the agent's first session runs.
+    pub async fn spawn_agent(&self, config: &AgentConfig) -> Result<Agent, ClientError> {
+        self.json(self.authed(self.http.post(self.url("/v1/agents")).json(config)))
+            .await
+    }
+
+    /// `GET /v1/agents`, by id.
+    pub async fn list_agents(&self) -> Result<AgentList, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/agents"))))
+            .await
+    }
+
+    /// `GET /v1/agents/{id}`.
+    pub async fn get_agent(&self, id: &AgentId) -> Result<Agent, ClientError> {
+        self.json(self.authed(self.http.get(self.url(&format!("/v1/agents/{id}")))))
+            .await
+    }
+
+    /// `GET /v1/agents/{id}/sessions?limit=`, newest first.
+    pub async fn agent_sessions(
+        &self,
+        id: &AgentId,
+        limit: Option<u32>,
+    ) -> Result<SessionList, ClientError> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/v1/agents/{id}/sessions")));
+        if let Some(limit) = limit {
+            req = req.query(&[("limit", limit.to_string())]);
+        }
+        self.json(self.authed(req)).await
+    }
+
+    /// `DELETE /v1/agents/{id}?drain_timeout=SECS` (admin): answers once the agent
+    /// has stopped, so this one call may take the whole drain and then some.
+    pub async fn terminate_agent(
+        &self,
+        id: &AgentId,
+        drain_timeout: Duration,
+    ) -> Result<Agent, ClientError> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/v1/agents/{id}")))
+            .query(&[("drain_timeout", drain_timeout.as_secs_f64().to_string())])
+            .timeout(drain_timeout.saturating_add(TERMINATE_SLACK));
+        let response = self.authed(req).send().await.map_err(|e| {
+            // Connected but no answer in time: the server is there, the stop is slow.
+            // "Cannot reach the fabric" would send the user looking in the wrong place.
+            if e.is_timeout() && !e.is_connect() {
+                ClientError::Request(format!(
+                    "agent {id} did not stop within {:.0}s (drain timeout plus {}s); \
+                     it may still be stopping: see 'reactor-fabric agent get {id}'",
+                    drain_timeout.saturating_add(TERMINATE_SLACK).as_secs_f64(),
+                    TERMINATE_SLACK.as_secs()
+                ))
+            } else {
+                self.transport_error(&e)
+            }
+        })?;
+        let response = self.check(response).await?;
+        self.decode(response).await
+    }
+
     /// Opens the WebSocket `GET /v1/stream/{id}`.
     pub async fn stream_task(&self, id: TaskId) -> Result<TaskStream, ClientError> {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
@@ -240,6 +308,11 @@ impl FabricClient {
     /// Sends `req`; any non-2xx status becomes [`ClientError::Api`].
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
         let response = req.send().await.map_err(|e| self.transport_error(&e))?;
+        self.check(response).await
+    }
+
+    /// Passes a 2xx response on; any other status becomes [`ClientError::Api`].
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -258,6 +331,14 @@ impl FabricClient {
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         let response = self.send(req).await?;
+        self.decode(response).await
+    }
+
+    /// Reads a successful response's body as `T`.
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, ClientError> {
         let path = response.url().path().to_owned();
         let body = response
             .bytes()
