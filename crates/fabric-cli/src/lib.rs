@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`commands`]: the clap argument tree ([`Cli`]) and one module per command
-//!   group (`version`, `status`, `serve`, `auth`, `task`), each with its args and `run`.
+//!   group (`version`, `status`, `serve`, `auth`, `task`, `agent`), each with its args and `run`.
 //! - [`client`]: [`client::FabricClient`], the HTTP + WebSocket client of `/v1/...`,
 //!   and [`client::ClientError`] (unreachable, API error with status, protocol).
 //! - [`config`]: where the server is and which token to use: the config file

@@ -1,5 +1,6 @@
 //! The argument tree ([`Cli`]) and dispatch; one module per command group.
 
+pub mod agent;
 pub mod auth;
 pub mod serve;
 pub mod status;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Create, inspect, cancel and follow tasks
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Spawn, list, inspect and terminate agents
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 /// What every client command gets: where the server is, which token to send, how to print.
@@ -104,6 +108,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Status => status::run(&ctx).await,
                     Command::Auth(cmd) => auth::run(&ctx, cmd).await,
                     Command::Task(cmd) => task::run(&ctx, cmd).await,
+                    Command::Agent(cmd) => agent::run(&ctx, cmd).await,
                     Command::Version | Command::Serve(_) => Ok(()),
                 }
             })
