@@ -1,0 +1,270 @@
+//! `reactor-fabric agent spawn | list | get | terminate` against a real server (SPEC §5, §11).
+//!
+//! Only isolation `none` here: it needs no privileges, so these run anywhere and fast.
+//! The sandbox itself is tested where it lives (fabric-runtime, fabric-server).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fabric_core::agent::{Agent, AgentState};
+use fabric_core::api::AgentList;
+
+use crate::{Fabric, bare_cli, free_port, has_line, stdout_of};
+
+fn agent_json(fabric: &Fabric, id: &str) -> Agent {
+    let out = stdout_of(fabric.cli().args(["-o", "json", "agent", "get", id]));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Runs the CLI, expecting `code`; returns its stderr.
+fn fails_with(cmd: &mut assert_cmd::Command, code: i32) -> String {
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Kills an agent program's process group if the test ends before it terminated
+/// the agent: the server is killed with SIGKILL and would leave it running.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if Path::new(&format!("/proc/{}", self.0)).exists() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0)])
+                .status();
+        }
+    }
+}
+
+/// Issue #3: a built-in shell agent spawned by flags runs tasks, shows up in
+/// `list` and `get`, terminates, and can be spawned again under the same id.
+#[test]
+fn shell_agent_spawn_run_list_get_terminate_respawn() {
+    let fabric = Fabric::start();
+    fabric.cli().args(["agent", "list"]).assert().code(3);
+    fabric.login();
+
+    let out =
+        stdout_of(
+            fabric
+                .cli()
+                .args(["agent", "spawn", "--id", "box", "--isolation", "none"]),
+        );
+    assert!(
+        out.starts_with("spawned agent box (running, isolation none"),
+        "{out}"
+    );
+
+    let id = fabric.create_task(&["--agent", "box", "--command", "echo hi"]);
+    let (code, out) = fabric.wait_result(&id);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        has_line(&out, "status=completed") && has_line(&out, "hi"),
+        "{out}"
+    );
+
+    let out = stdout_of(fabric.cli().args(["-o", "json", "agent", "list"]));
+    let list: AgentList = serde_json::from_str(&out).unwrap();
+    let boxed = list
+        .agents
+        .iter()
+        .find(|a| a.config.id.as_str() == "box")
+        .unwrap_or_else(|| panic!("no box in {out}"));
+    assert_eq!(boxed.state, AgentState::Running);
+    assert!(boxed.tasks_done >= 1, "{out}");
+
+    let out = stdout_of(fabric.cli().args(["agent", "list"]));
+    let header = out.lines().next().unwrap();
+    for column in [
+        "ID",
+        "STATE",
+        "HEALTH",
+        "LAST HEARTBEAT",
+        "TASKS",
+        "CPU",
+        "MEMORY",
+        "ISOLATION",
+    ] {
+        assert!(header.contains(column), "{out}");
+    }
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("box "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[1..3], ["running", "healthy"], "{out}");
+    assert!(row.contains(&"0/1"), "tasks running/done: {out}");
+    assert!(row.contains(&"ago"), "relative heartbeat: {out}");
+
+    let out = stdout_of(fabric.cli().args(["agent", "get", "box", "--sessions"]));
+    for line in [
+        "id: box",
+        "state: running",
+        "isolation: none",
+        "runs: built-in shell agent",
+    ] {
+        assert!(has_line(&out, line), "{line:?} in {out}");
+    }
+    assert!(out.contains("\nSESSION  STARTED"), "{out}");
+    let out = stdout_of(
+        fabric
+            .cli()
+            .args(["-o", "json", "agent", "get", "box", "--sessions"]),
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["agent"]["state"], "running", "{out}");
+    assert_eq!(json["sessions"][0]["session"], 1, "{out}");
+
+    // A running id cannot be spawned twice (409 → exit 5).
+    let stderr = fails_with(fabric.cli().args(["agent", "spawn", "--id", "box"]), 5);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    // Unknown agents: exit 4, saying so.
+    for args in [
+        &["agent", "get", "ghost"][..],
+        &["agent", "get", "ghost", "--sessions"],
+        &["agent", "terminate", "ghost"],
+    ] {
+        let stderr = fails_with(fabric.cli().args(args), 4);
+        assert!(stderr.contains("agent 'ghost' does not exist"), "{stderr}");
+    }
+    // The server's own shell agent is not terminable (409 → exit 5).
+    fails_with(fabric.cli().args(["agent", "terminate", "shell"]), 5);
+
+    let out = stdout_of(
+        fabric
+            .cli()
+            .args(["agent", "terminate", "box", "--drain-timeout", "5"]),
+    );
+    assert!(out.starts_with("agent box is stopped"), "{out}");
+    let stopped = agent_json(&fabric, "box");
+    assert_eq!(stopped.state, AgentState::Stopped);
+    assert!(stopped.last_exit.is_some());
+    let out = stdout_of(fabric.cli().args(["agent", "get", "box", "--sessions"]));
+    assert!(has_line(&out, "state: stopped"), "{out}");
+    assert!(
+        out.contains("terminated"),
+        "the session's exit reason: {out}"
+    );
+
+    // Terminated, the id is free again: a new session of the same agent.
+    stdout_of(fabric.cli().args(["agent", "spawn", "--id", "box"]));
+    let again = agent_json(&fabric, "box");
+    assert_eq!((again.state, again.session), (AgentState::Running, 2));
+    let id = fabric.create_task(&["--agent", "box", "--command", "echo again"]);
+    assert_eq!(fabric.wait_result(&id).0, 0);
+}
+
+/// An agent file (TOML, flags on top) and an agent running its own command.
+#[test]
+fn spawn_from_a_file_and_a_command_agent() {
+    let fabric = Fabric::start();
+    fabric.login();
+
+    let file = fabric.dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        "id = \"filed\"\nconcurrency = 2\nmax_queue_depth = 50\n\n[isolation]\nlevel = \"none\"\n",
+    )
+    .unwrap();
+    let out = stdout_of(
+        fabric
+            .cli()
+            .args(["-o", "json", "agent", "spawn", "-f"])
+            .arg(&file)
+            .args(["--max-queue-depth", "7"]),
+    );
+    let agent: Agent = serde_json::from_str(&out).unwrap();
+    assert_eq!(agent.config.id.as_str(), "filed");
+    assert_eq!(agent.config.concurrency, 2, "from the file");
+    assert_eq!(
+        agent.config.max_queue_depth, 7,
+        "the flag overrides the file"
+    );
+    let id = fabric.create_task(&["--agent", "filed", "--command", "echo from-file"]);
+    let (code, out) = fabric.wait_result(&id);
+    assert_eq!(code, 0, "{out}");
+    assert!(has_line(&out, "from-file"), "{out}");
+
+    // A program of its own that never calls in: starting (or running), with a pid.
+    let out = stdout_of(fabric.cli().args([
+        "-o",
+        "json",
+        "agent",
+        "spawn",
+        "--id",
+        "sleeper",
+        "--isolation",
+        "none",
+        "--command",
+        "sleep 1000",
+    ]));
+    let agent: Agent = serde_json::from_str(&out).unwrap();
+    let pid = agent.pid.unwrap_or_else(|| panic!("no pid: {out}"));
+    let _guard = KillOnDrop(pid);
+    assert!(
+        matches!(agent.state, AgentState::Starting | AgentState::Running),
+        "{out}"
+    );
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let out = stdout_of(fabric.cli().args(["agent", "get", "sleeper"]));
+    assert!(has_line(&out, &format!("pid: {pid}")), "{out}");
+    assert!(has_line(&out, "runs: command sleep 1000"), "{out}");
+
+    let out = stdout_of(fabric.cli().args([
+        "-o",
+        "json",
+        "agent",
+        "terminate",
+        "sleeper",
+        "--drain-timeout",
+        "5",
+    ]));
+    let agent: Agent = serde_json::from_str(&out).unwrap();
+    assert_eq!(agent.state, AgentState::Stopped, "{out}");
+    assert_eq!(agent.pid, None, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "agent process {pid} outlived its terminate"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A bad flag or file fails with exit 2 and the field's name, before any request:
+/// nothing listens at the URL, so a request would have made it exit 6.
+#[test]
+fn bad_spawns_fail_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let cli = || {
+        let mut cmd = bare_cli(&dir.path().join("c.toml"));
+        cmd.env("FABRIC_URL", &url);
+        cmd
+    };
+    let stderr = fails_with(
+        cli().args(["agent", "spawn", "--id", "a", "--memory-mb", "1"]),
+        2,
+    );
+    assert!(stderr.contains("isolation.memory_mb"), "{stderr}");
+    let stderr = fails_with(
+        cli().args(["agent", "spawn", "--id", "a", "--egress", "no:where"]),
+        2,
+    );
+    assert!(
+        stderr.contains("--egress") && stderr.contains("invalid egress rule"),
+        "{stderr}"
+    );
+    let file = dir.path().join("agent.json");
+    std::fs::write(&file, r#"{"id": "a", "isolation": {"cpu_cores": 0}}"#).unwrap();
+    let stderr = fails_with(cli().args(["agent", "spawn", "-f"]).arg(&file), 2);
+    assert!(stderr.contains("isolation.cpu_cores"), "{stderr}");
+    std::fs::write(&file, r#"{"id": "a", "memory": 64}"#).unwrap();
+    let stderr = fails_with(cli().args(["agent", "spawn", "-f"]).arg(&file), 2);
+    assert!(stderr.contains("unknown field `memory`"), "{stderr}");
+    // And a good one gets as far as the network: not logged in is checked first (exit 3).
+    fails_with(cli().args(["agent", "spawn", "--id", "a"]), 3);
+}
