@@ -50,7 +50,7 @@ pub mod sandbox;
 
 pub use child::{
     BASE_PATH, DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_LIMIT, HostProcess, LogLine, MAX_LOG_LINE, SHELL,
-    ShellJob, ShellOutcome, Stream, run_shell, spawn_program,
+    ShellJob, ShellOutcome, Stream, kill_stale_group, run_shell, spawn_program,
 };
 pub use error::RuntimeError;
 pub use sandbox::{

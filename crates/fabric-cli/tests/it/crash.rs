@@ -328,6 +328,26 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
     .await
     .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // And a program at isolation none, which has no cgroup to be found by.
+    let host_marker = format!("host-agent-{}", std::process::id());
+    let r = post(
+        "/v1/agents",
+        json!({"id": "plain", "command": format!("sleep 1000; echo {host_marker}")}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let host_pids = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &host_marker])
+            .output()
+            .unwrap()
+            .stdout;
+        String::from_utf8_lossy(&out)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     let marker = format!("marker-{}", std::process::id());
     let task: Value = post(
         "/v1/tasks",
@@ -381,8 +401,25 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
         "the sandboxed command outlives a SIGKILLed server"
     );
 
+    let before = host_pids();
+    assert_eq!(
+        before.len(),
+        1,
+        "the host agent outlives the server: {before:?}"
+    );
+
     let mut server = spawn_server(&data, port, &log);
     wait_ready(&client, &base).await;
+    // The orphaned program was stopped; the agent's new session runs a new one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = host_pids();
+        if now.len() == 1 && now != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "before {before:?}, now {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         pgrep().is_empty() || {
             // The rerun of the task may have started already: its processes are new ones.
@@ -444,6 +481,7 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
         "the restart reports what it removed"
     );
     stop_gracefully(&mut server);
+    assert!(host_pids().is_empty(), "a clean stop stops the host agent");
 }
 
 /// SIGTERM and wait: a clean stop removes the agent's sandbox.

@@ -103,7 +103,7 @@ impl ProcessGroup {
         }
     }
 
-    fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+    pub(crate) fn signal(&self, signal: libc::c_int) -> io::Result<()> {
         kill_group(self.pgid, signal)
     }
 }

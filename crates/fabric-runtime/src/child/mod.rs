@@ -24,7 +24,7 @@ mod capture;
 pub(crate) mod group;
 mod program;
 
-pub use self::program::{HostProcess, spawn_program};
+pub use self::program::{HostProcess, kill_stale_group, spawn_program};
 pub(crate) mod workdir;
 
 use std::fmt;

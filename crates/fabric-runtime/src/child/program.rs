@@ -95,6 +95,13 @@ impl HostProcess {
         Ok(exit(status))
     }
 
+    /// When the program started, in clock ticks since boot (`/proc/<pid>/stat`
+    /// field 22): with [`id`](Self::id), what [`kill_stale_group`] needs to
+    /// recognise this group after the fabric was killed.
+    pub fn start_ticks(&self) -> Option<u64> {
+        start_ticks(self.pid)
+    }
+
     fn lost(&self, cause: io::Error) -> RuntimeError {
         RuntimeError::Wait {
             command: self.command.clone(),
@@ -109,5 +116,32 @@ fn exit(status: ExitStatus) -> ProcessExit {
         signal: status.signal(),
         // No cgroup of its own at level `none`: an OOM kill looks like SIGKILL.
         oom_killed: false,
+    }
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces and parentheses).
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// SIGKILLs the process group a [`HostProcess`] led, for a fabric that was
+/// killed and restarts: its agent programs outlived it. `start_ticks` is
+/// what [`HostProcess::start_ticks`] said. Returns whether it signalled.
+///
+/// Safe against pid reuse: while any member of the group lives, the kernel
+/// does not hand its id out again, so a process with that pid and a
+/// different start time means the group is gone, and nothing is signalled.
+pub fn kill_stale_group(pgid: u32, start_ticks: u64) -> bool {
+    if let Some(now) = self::start_ticks(pgid)
+        && now != start_ticks
+    {
+        return false;
+    }
+    match ProcessGroup::led_by(pgid) {
+        // Dropping the (armed) group SIGKILLs it again: harmless.
+        Some(group) => group.signal(libc::SIGKILL).is_ok(),
+        None => false,
     }
 }

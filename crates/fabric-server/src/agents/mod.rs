@@ -176,6 +176,7 @@ impl AgentManager {
     /// killed: sandboxes (processes, cgroups, namespaces) and working dirs.
     pub async fn sweep_leftovers(&self) {
         let dir = &self.inner.config.agents_dir;
+        session::kill_stale_programs(dir);
         if let Err(e) = std::fs::remove_dir_all(dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -259,6 +260,15 @@ impl AgentManager {
             return Err(ApiError::bad_request(
                 "isolation level 'process' is not available: this server has no sandbox helper",
             ));
+        }
+        if config.isolation.level == IsolationLevel::Process {
+            for path in &config.isolation.read_only_paths {
+                if !std::path::Path::new(path).exists() {
+                    return Err(ApiError::bad_request(format!(
+                        "isolation.read_only_paths: {path} does not exist on the fabric's host"
+                    )));
+                }
+            }
         }
         // One spawn per id at a time: the checks below and the install in
         // `launch` must not interleave with another spawn of the same id.
@@ -383,8 +393,16 @@ impl AgentManager {
         id: &AgentId,
         limit: usize,
     ) -> Result<Vec<AgentSession>, ApiError> {
-        self.slot_or_404(id)?;
-        Ok(self.inner.store.list_sessions(id.clone(), limit).await?)
+        let slot = self.slot_or_404(id)?;
+        let mut sessions = self.inner.store.list_sessions(id.clone(), limit).await?;
+        // The running session's count lives in memory until it ends.
+        let status = slot.status.lock();
+        if let Some(live) = &status.session
+            && let Some(stored) = sessions.iter_mut().find(|s| s.session == live.number)
+        {
+            stored.tasks_done = live.tasks_done;
+        }
+        Ok(sessions)
     }
 
     /// `DELETE /v1/agents/{id}` (FR-LIFE-4): stop leasing, let in-flight tasks

@@ -110,6 +110,8 @@ pub(super) struct Session {
     token_hash: Option<String>,
     /// Removed at cleanup (the sandbox removes its own).
     host_workdir: Option<PathBuf>,
+    /// `<workdir>.pgid` of a host program.
+    group_record: Option<PathBuf>,
     exit: Option<ProcessExit>,
     inner: Arc<Inner>,
 }
@@ -139,6 +141,7 @@ impl Session {
             background: Vec::new(),
             token_hash: None,
             host_workdir: None,
+            group_record: None,
             exit: None,
             inner: Arc::clone(inner),
         };
@@ -305,6 +308,7 @@ impl Session {
             None => {
                 let mut process = fabric_runtime::spawn_program(&command, &workdir, &env)
                     .map_err(|e| e.to_string())?;
+                self.record_host_group(&workdir, &process);
                 let (out, err) = (process.stdout.take(), process.stderr.take());
                 (
                     Program::Host(process),
@@ -321,6 +325,20 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Notes the program's process group beside its working dir
+    /// (`<dir>.pgid`), so a start after a crash can stop it (level `none`
+    /// has no cgroup to find it by). Removed with the working dir.
+    fn record_host_group(&mut self, workdir: &Path, process: &HostProcess) {
+        let Some(ticks) = process.start_ticks() else {
+            return;
+        };
+        let record = PathBuf::from(format!("{}.pgid", workdir.display()));
+        if let Err(e) = std::fs::write(&record, format!("{} {ticks}\n", process.id())) {
+            tracing::warn!(agent_id = %self.agent, error = %e, "cannot record the agent's process group");
+        }
+        self.group_record = Some(record);
     }
 
     /// Host pid of the agent's program, or of its sandbox's init.
@@ -410,6 +428,9 @@ impl Session {
             && let Err(e) = sandbox.destroy().await
         {
             tracing::error!(agent_id = %self.agent, error = %e, "cannot remove the agent's sandbox");
+        }
+        if let Some(record) = self.group_record.take() {
+            let _ = std::fs::remove_file(record);
         }
         if let Some(dir) = self.host_workdir.take()
             && let Err(e) = std::fs::remove_dir_all(&dir)
@@ -516,4 +537,29 @@ fn unknown_exit() -> ProcessExit {
         signal: None,
         oom_killed: false,
     }
+}
+
+/// Stops the agent programs (isolation `none`) a killed fabric left running,
+/// from the `.pgid` records in `agents_dir`. Returns how many were stopped.
+pub(super) fn kill_stale_programs(agents_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(agents_dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "pgid") {
+            continue;
+        }
+        let record = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut fields = record.split_whitespace().map(str::parse::<u64>);
+        if let (Some(Ok(pgid)), Some(Ok(ticks))) = (fields.next(), fields.next())
+            && let Ok(pgid) = u32::try_from(pgid)
+            && fabric_runtime::kill_stale_group(pgid, ticks)
+        {
+            tracing::warn!(pgid, record = %path.display(), "stopped an agent program a previous run left behind");
+            killed += 1;
+        }
+    }
+    killed
 }

@@ -46,6 +46,20 @@ async fn agent_api_validates_input_and_guards_ids() {
         (400, "invalid_request"),
         "{body}"
     );
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/agents",
+            json!({"id": "x", "isolation": {"level": "process", "read_only_paths": ["/no/such/dir"]}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/dir")
+    );
     let (status, body) = s.post(&token, "/v1/agents", json!({"id": "shell"})).await;
     assert_eq!(status, 409, "{body}");
     let (status, body) = s.get(&token, "/v1/agents/nope").await;
@@ -197,6 +211,11 @@ async fn python_agent_completes_tasks_on_the_host_and_in_a_sandbox() {
         );
         let agent = s.wait_agent(&token, &id, |a| a["state"] == "running").await;
         assert_eq!(agent["health"], "healthy", "{agent}");
+        let (_, live) = s.get(&token, &format!("/v1/agents/{id}/sessions")).await;
+        assert_eq!(
+            live["sessions"][0]["tasks_done"], 2,
+            "the running session counts: {live}"
+        );
         if level == "process" {
             assert!(
                 agent["usage"]["memory_bytes"].as_u64().unwrap() > 0,
