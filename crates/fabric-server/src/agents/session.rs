@@ -66,34 +66,53 @@ impl UsageProbe {
     }
 }
 
-/// Memory and CPU of one host process from `/proc` (level `none` has no cgroup).
-fn proc_usage(pid: u32) -> Option<ResourceUsage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // USER_HZ is 100 on every Linux the fabric supports.
-    let cpu_millis = (ticks(11) + ticks(12)) * 10;
-    Some(ResourceUsage {
-        memory_bytes: kib("VmRSS:") * 1024,
-        memory_peak_bytes: kib("VmHWM:") * 1024,
-        cpu_millis,
-        pids: 1,
-    })
+/// Memory, CPU and process count of a host process group from `/proc`
+/// (level `none` has no cgroup): every process whose group is `pgid`.
+fn proc_usage(pgid: u32) -> Option<ResourceUsage> {
+    let mut usage = ResourceUsage::default();
+    let page = 4096;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces): state, ppid,
+        // pgrp, ..., utime (11), stime (12), ..., rss in pages (21).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if field(2) != u64::from(pgid) {
+            continue;
+        }
+        // USER_HZ is 100 on every Linux the fabric supports.
+        usage.cpu_millis += (field(11) + field(12)) * 10;
+        usage.memory_bytes += field(21) * page;
+        let peak_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        usage.memory_peak_bytes += peak_kib * 1024;
+        usage.pids += 1;
+    }
+    (usage.pids > 0).then_some(usage)
 }
 
 enum Program {

@@ -216,13 +216,13 @@ async fn python_agent_completes_tasks_on_the_host_and_in_a_sandbox() {
             live["sessions"][0]["tasks_done"], 2,
             "the running session counts: {live}"
         );
-        if level == "process" {
-            assert!(
-                agent["usage"]["memory_bytes"].as_u64().unwrap() > 0,
-                "{agent}"
-            );
-            assert!(agent["usage"]["pids"].as_u64().unwrap() >= 1, "{agent}");
-        }
+        // From the cgroup (process) or the program's process group in /proc (none):
+        // the Python interpreter alone holds several MiB.
+        assert!(
+            agent["usage"]["memory_bytes"].as_u64().unwrap() > 4 << 20,
+            "{agent}"
+        );
+        assert!(agent["usage"]["pids"].as_u64().unwrap() >= 1, "{agent}");
         let (status, stopped) = s
             .delete(&token, &format!("/v1/agents/{id}?drain_timeout=5"))
             .await;
