@@ -209,7 +209,12 @@ async fn python_agent_completes_tasks_on_the_host_and_in_a_sandbox() {
             s.wait_done(&token, &failing).await.status,
             TaskStatus::Failed
         );
-        let agent = s.wait_agent(&token, &id, |a| a["state"] == "running").await;
+        // Counted once the completion is durable, a moment after the task reads as done.
+        let agent = s
+            .wait_agent(&token, &id, |a| {
+                a["state"] == "running" && a["tasks_done"] == 2
+            })
+            .await;
         assert_eq!(agent["health"], "healthy", "{agent}");
         let (_, live) = s.get(&token, &format!("/v1/agents/{id}/sessions")).await;
         assert_eq!(
