@@ -19,7 +19,32 @@ const SHELL_CONCURRENCY: usize = 8;
 const SUBMITTERS: usize = 16;
 const PASSWORD: &str = "crash-test-pw";
 
-fn spawn_server(data_dir: &Path, port: u16, log: &Path) -> Child {
+/// A server child that is killed if the test panics before stopping it.
+struct ServerChild(Child);
+
+impl std::ops::Deref for ServerChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_server(data_dir: &Path, port: u16, log: &Path) -> ServerChild {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -40,6 +65,7 @@ fn spawn_server(data_dir: &Path, port: u16, log: &Path) -> Child {
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
+        .map(ServerChild)
         .unwrap()
 }
 
