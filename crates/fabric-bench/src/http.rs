@@ -263,7 +263,7 @@ async fn closed_loop(
     })
 }
 
-async fn list(client: &Client, query: &str) -> anyhow::Result<TaskList> {
+pub(crate) async fn list(client: &Client, query: &str) -> anyhow::Result<TaskList> {
     let resp = client
         .http
         .get(client.url(&format!("/v1/tasks?{query}")))
@@ -282,7 +282,7 @@ async fn list(client: &Client, query: &str) -> anyhow::Result<TaskList> {
 /// Polls until no task is pending, queued or running in the store (the list
 /// filters on the stored status, so this means every final write committed).
 /// Returns when that was first seen.
-async fn wait_until_finished(client: &Client) -> anyhow::Result<Instant> {
+pub(crate) async fn wait_until_finished(client: &Client) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
         let mut unfinished = false;
@@ -307,7 +307,9 @@ async fn wait_until_finished(client: &Client) -> anyhow::Result<Instant> {
 }
 
 /// Completed tasks: how many, and the server's first `created_at` and last `finished_at`.
-async fn count_completed(client: &Client) -> anyhow::Result<(u64, Timestamp, Timestamp)> {
+pub(crate) async fn count_completed(
+    client: &Client,
+) -> anyhow::Result<(u64, Timestamp, Timestamp)> {
     let (mut count, mut first, mut last) = (0u64, None::<Timestamp>, None::<Timestamp>);
     let mut cursor = None;
     loop {

@@ -4,9 +4,10 @@
 //! cargo run --release -p fabric-bench -- sched   # scheduler decision, in process
 //! cargo run --release -p fabric-bench -- http    # task API through a real server
 //! cargo run --release -p fabric-bench -- rss     # server memory, idle and loaded
+//! cargo run --release -p fabric-bench -- agents  # agent spawn latency, 200 sandboxed agents
 //! ```
 //!
-//! `http` and `rss` start `reactor-fabric serve` from the same target
+//! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
 //! directory, so build it first: `cargo build --release -p fabric-cli`.
 //! Each prints one line per run and a Markdown table of medians.
 //!
@@ -16,9 +17,12 @@
 //! - `http`: closed-loop create throughput (with the `/healthz` floor beside
 //!   it) and open-loop create latency.
 //! - `rss`: `VmRSS` of the server idle and with 100k queued shell tasks.
+//! - `agents`: spawn and stop latency per isolation level beside the
+//!   `unshare` floor; many sandboxed agents sharing many tasks (root only).
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
+mod agents;
 mod http;
 mod rss;
 mod sched;
@@ -35,7 +39,7 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Tokio worker threads of the load generator (`http`, `rss`); the server
+    /// Tokio worker threads of the load generator (`http`, `rss`, `agents`); the server
     /// runs on the same machine and competes for the same cores
     #[arg(long, global = true, default_value_t = 2)]
     client_threads: usize,
@@ -49,6 +53,8 @@ enum Command {
     Http(http::HttpArgs),
     /// Server resident memory, idle and with queued tasks
     Rss(rss::RssArgs),
+    /// Agent spawn latency and many sandboxed agents sharing many tasks
+    Agents(agents::AgentsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +77,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Sched(args) => sched::run(args),
         Command::Http(args) => block_on(cli.client_threads, http::run(args)),
         Command::Rss(args) => block_on(cli.client_threads, rss::run(args)),
+        Command::Agents(args) => block_on(cli.client_threads, agents::run(args)),
     }
 }
 

@@ -12,6 +12,9 @@ use tokio::process::{Child, Command};
 
 /// The admin password the bench sets for every server it starts.
 const ADMIN_PASSWORD: &str = "fabric-bench-password";
+/// `FABRIC_LOG` of a server started with [`Server::spawn`]: quiet, so logging
+/// costs nothing measurable.
+const DEFAULT_LOG_FILTER: &str = "warn";
 /// How long a server may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after SIGTERM before it is killed.
@@ -56,6 +59,16 @@ impl Server {
 
     /// Starts `binary serve` with `extra_args` and waits for `/readyz`.
     pub async fn spawn(binary: &Path, extra_args: &[&str]) -> anyhow::Result<Server> {
+        Self::spawn_logging(binary, extra_args, DEFAULT_LOG_FILTER).await
+    }
+
+    /// [`Server::spawn`] with `FABRIC_LOG` set to `log_filter` (an
+    /// `EnvFilter` directive), for benches that read the server's JSON log.
+    pub async fn spawn_logging(
+        binary: &Path,
+        extra_args: &[&str],
+        log_filter: &str,
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("fabric-bench-")
             .tempdir()
@@ -74,7 +87,7 @@ impl Server {
             .arg(&data_dir)
             .args(extra_args)
             .env("FABRIC_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("FABRIC_LOG", "warn")
+            .env("FABRIC_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -136,6 +149,12 @@ impl Server {
         }
         let token = resp.json::<TokenResponse>().await?.token;
         Client::new(&self.base, &token)
+    }
+
+    /// The server's whole stderr so far (its JSON log).
+    pub fn log(&self) -> anyhow::Result<String> {
+        std::fs::read_to_string(&self.log_path)
+            .with_context(|| format!("cannot read {}", self.log_path.display()))
     }
 
     /// The last lines of the server's stderr.

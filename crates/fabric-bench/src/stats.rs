@@ -120,6 +120,97 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((name, utime + stime))
 }
 
+/// CPU clock ticks of a whole process from `/proc/<pid>/stat`: its own
+/// (`utime + stime`, exited threads included) and those of its children it
+/// has reaped (`cutime + cstime`, which include their reaped descendants).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessCpu {
+    pub own: u64,
+    pub children: u64,
+}
+
+impl ProcessCpu {
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let fields = stat_fields(&stat).with_context(|| format!("cannot parse {path}"))?;
+        // Fields 14-17 (1-based, state is 3): utime, stime, cutime, cstime.
+        let field = |n: usize| -> anyhow::Result<u64> {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse().ok())
+                .with_context(|| format!("no field {n} in {path}"))
+        };
+        Ok(Self {
+            own: field(14)? + field(15)?,
+            children: field(16)? + field(17)?,
+        })
+    }
+
+    /// Seconds of CPU since `earlier`: (own, children).
+    pub fn seconds_since(&self, earlier: &ProcessCpu) -> (f64, f64) {
+        let hz = clock_ticks_per_second();
+        (
+            self.own.saturating_sub(earlier.own) as f64 / hz,
+            self.children.saturating_sub(earlier.children) as f64 / hz,
+        )
+    }
+}
+
+/// The fields of a `/proc/.../stat` line after the parenthesised name,
+/// starting with the state (field 3).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let close = stat.rfind(')')?;
+    Some(stat.get(close + 2..)?.split_whitespace().collect())
+}
+
+/// Every live descendant of `pid` (children, grandchildren, ...), from the
+/// parent pids in `/proc/*/stat`. Processes come and go while it reads, so
+/// the answer is a snapshot, good for long-lived processes only.
+pub fn descendants(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("cannot list /proc")? {
+        let Some(child) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4, the parent pid, is the second after the name.
+        if let Some(parent) = stat_fields(&stat).and_then(|f| f.get(1).and_then(|p| p.parse().ok()))
+        {
+            parent_of.push((child, parent));
+        }
+    }
+    let mut found = vec![pid];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        next += 1;
+    }
+    found.remove(0);
+    Ok(found)
+}
+
+/// A field of `/proc/<pid>/smaps_rollup` in kB, e.g. `Pss` (resident memory
+/// with each shared page divided among the processes that map it).
+pub fn smaps_rollup_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+            rest.trim().strip_suffix("kB")?.trim().parse().ok()
+        })
+        .with_context(|| format!("no {field} line in {path}"))
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we run on).
 pub fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
@@ -171,6 +262,23 @@ mod tests {
     fn stat_lines_with_spaces_in_the_name() {
         let line = "42 (tokio rt (w)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
         assert_eq!(parse_stat(line), Some(("tokio rt (w)".to_owned(), 300)));
+    }
+
+    #[test]
+    fn own_process_accounting() {
+        let pid = std::process::id();
+        let cpu = ProcessCpu::of(pid).unwrap();
+        assert!(cpu.own <= ProcessCpu::of(pid).unwrap().own);
+        assert!(smaps_rollup_kb(pid, "Pss").unwrap() > 0);
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = descendants(pid).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(!found.contains(&pid));
     }
 
     #[test]
