@@ -48,6 +48,17 @@ pub enum RuntimeError {
     },
 
     #[error(
+        "cannot start {} in sandbox {name:?}: {reason}; the sandbox may be at its pids or memory \
+         limit: retry, or raise its limits",
+        preview(command)
+    )]
+    SandboxLaunch {
+        name: String,
+        command: String,
+        reason: String,
+    },
+
+    #[error(
         "cannot start command {}: {}; check that {} exists and the working directory is accessible",
         preview(command),
         describe(cause),
@@ -150,6 +161,7 @@ impl RuntimeError {
                 | Self::Spawn { .. }
                 | Self::Wait { .. }
                 | Self::SandboxSetup { .. }
+                | Self::SandboxLaunch { .. }
                 | Self::SandboxPort { .. }
                 | Self::SandboxUsage { .. }
                 | Self::SandboxLimits { .. }

@@ -10,12 +10,25 @@
 //! container without an init, never); a dead process must not keep a stop
 //! waiting for the whole grace period.
 
+use std::future::Future;
 use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::process::Child;
 use tokio::time::Instant;
+
+/// A process-group leader whose exit status can be awaited: a child of the
+/// fabric, or a program a sandbox's init started and reaps.
+pub(crate) trait Leader: Send {
+    /// Waits for the leader to exit (reaping it); cancel-safe and repeatable.
+    fn wait_exit(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send;
+}
+
+impl Leader for tokio::process::Child {
+    fn wait_exit(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send {
+        self.wait()
+    }
+}
 
 /// How often to look whether a signalled group has emptied.
 const GROUP_POLL: Duration = Duration::from_millis(20);
@@ -47,18 +60,18 @@ impl ProcessGroup {
     /// ends a container's stragglers). An empty group costs one `kill` call.
     pub(crate) async fn terminate(
         &mut self,
-        leader: &mut Child,
+        leader: &mut impl Leader,
         grace: Duration,
     ) -> io::Result<ExitStatus> {
         if self.signal(libc::SIGTERM).is_err() {
             // ESRCH: nobody is left, not even the (unreaped) leader. EPERM: only
             // processes we may not signal are left; waiting cannot change that.
             self.armed = false;
-            return leader.wait().await;
+            return leader.wait_exit().await;
         }
         let deadline = Instant::now() + grace;
         let emptied = async {
-            let status = leader.wait().await;
+            let status = leader.wait_exit().await;
             // The leader is reaped first so it does not count as "alive" here.
             while self.has_live_members().await {
                 tokio::time::sleep(GROUP_POLL).await;
@@ -76,7 +89,7 @@ impl ProcessGroup {
                 );
                 // Best effort: an error means the group emptied in the meantime.
                 let _ = self.signal(libc::SIGKILL);
-                leader.wait().await
+                leader.wait_exit().await
             }
         };
         self.armed = false;

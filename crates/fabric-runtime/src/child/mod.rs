@@ -39,8 +39,10 @@ use std::time::Duration;
 use fabric_core::{TaskFile, TaskResult};
 use tokio::sync::mpsc::Sender;
 
+use tokio::io::AsyncRead;
+
 use self::capture::{Capture, pump};
-use self::group::ProcessGroup;
+use self::group::{Leader, ProcessGroup};
 use crate::RuntimeError;
 
 /// The shell every command runs under, as `SHELL -c <command>`.
@@ -248,9 +250,15 @@ pub async fn run_shell(
 /// inside a sandbox (`process`). Everything else about a job — files, output
 /// capture, log lines, stopping the process group — is the same for both.
 pub(crate) trait Launcher: Sync {
-    /// A command that runs `SHELL -c <command>` with `workdir` as its cwd.
-    /// The caller adds environment, stdio, process group and kill-on-drop.
-    fn shell(&self, command: &str, workdir: &Path) -> tokio::process::Command;
+    /// Starts `SHELL -c <command>` in `workdir` with exactly `env` (nothing
+    /// inherited), stdin on `/dev/null`, stdout and stderr piped, leading a
+    /// new process group.
+    fn start_shell(
+        &self,
+        command: &str,
+        workdir: &Path,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<Started, RuntimeError>> + Send;
 
     /// Refuses a working directory (created, canonical) the commands must not use.
     fn check_workdir(&self, _workdir: &Path) -> Result<(), RuntimeError> {
@@ -258,14 +266,73 @@ pub(crate) trait Launcher: Sync {
     }
 }
 
+/// A command a [`Launcher`] started.
+pub(crate) struct Started {
+    pub(crate) leader: AnyLeader,
+    /// Host pid of the leader, which is its process group's id.
+    pub(crate) pid: u32,
+    pub(crate) stdout: Option<OutputPipe>,
+    pub(crate) stderr: Option<OutputPipe>,
+}
+
+/// A command's output pipe, whichever way it started.
+pub(crate) type OutputPipe = Box<dyn AsyncRead + Send + Unpin>;
+
+pub(crate) fn boxed<R: AsyncRead + Send + Unpin + 'static>(pipe: Option<R>) -> Option<OutputPipe> {
+    pipe.map(|p| Box::new(p) as OutputPipe)
+}
+
+/// The leader of a started command: the closed set of ways one starts.
+pub(crate) enum AnyLeader {
+    /// A child of the fabric (level `none`); killed if dropped.
+    Host(tokio::process::Child),
+    /// A program the sandbox's init started (level `process`).
+    Sandboxed(crate::sandbox::InitChild),
+}
+
+impl Leader for AnyLeader {
+    async fn wait_exit(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            AnyLeader::Host(child) => child.wait().await,
+            AnyLeader::Sandboxed(child) => Ok(child.wait().await),
+        }
+    }
+}
+
 /// Isolation level `none`: the shell is a plain child of the fabric.
 struct OnHost;
 
 impl Launcher for OnHost {
-    fn shell(&self, command: &str, workdir: &Path) -> tokio::process::Command {
-        let mut shell = tokio::process::Command::new(SHELL);
-        shell.arg("-c").arg(command).current_dir(workdir);
-        shell
+    async fn start_shell(
+        &self,
+        command: &str,
+        workdir: &Path,
+        env: &[(String, String)],
+    ) -> Result<Started, RuntimeError> {
+        let mut child = tokio::process::Command::new(SHELL)
+            .arg("-c")
+            .arg(command)
+            .current_dir(workdir)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            // Backstop for the leader if the job's future is dropped;
+            // `ProcessGroup`'s drop covers the rest of the group.
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|cause| RuntimeError::Spawn {
+                command: command.to_string(),
+                cause,
+            })?;
+        Ok(Started {
+            pid: child.id().unwrap_or(0),
+            stdout: boxed(child.stdout.take()),
+            stderr: boxed(child.stderr.take()),
+            leader: AnyLeader::Host(child),
+        })
     }
 }
 
@@ -274,7 +341,7 @@ pub(crate) async fn run_shell_with(
     job: ShellJob,
     logs: Option<Sender<LogLine>>,
     cancel: impl Future<Output = ()>,
-    launcher: &dyn Launcher,
+    launcher: &impl Launcher,
 ) -> Result<ShellOutcome, RuntimeError> {
     let files = check(&job)?;
     let workdir = workdir::create(&job.workdir).await?;
@@ -394,8 +461,8 @@ pub(crate) fn environment(workdir: &Path, extra: &[(String, String)]) -> Vec<(St
 }
 
 /// What every command of a job shares.
-struct Setting<'a> {
-    launcher: &'a dyn Launcher,
+struct Setting<'a, L> {
+    launcher: &'a L,
     workdir: &'a Path,
     env: &'a [(String, String)],
     grace: Duration,
@@ -409,37 +476,29 @@ struct Ran {
 
 /// Runs one command to its end (or cancellation), reading both streams the
 /// whole time so neither pipe can fill up and block the child.
-async fn run_command<C: Future<Output = ()>>(
-    setting: &Setting<'_>,
+async fn run_command<C: Future<Output = ()>, L: Launcher>(
+    setting: &Setting<'_, L>,
     command: &str,
     stdout: &mut Capture,
     stderr: &mut Capture,
     mut cancel: Pin<&mut C>,
 ) -> Result<Ran, RuntimeError> {
-    let mut child = setting
+    let Started {
+        leader: mut child,
+        pid,
+        stdout: out_pipe,
+        stderr: err_pipe,
+    } = setting
         .launcher
-        .shell(command, setting.workdir)
-        .env_clear()
-        .envs(setting.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        // Backstop for the leader if this future is dropped; `ProcessGroup`'s
-        // drop covers the rest of the group.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|cause| RuntimeError::Spawn {
-            command: command.to_string(),
-            cause,
-        })?;
+        .start_shell(command, setting.workdir, setting.env)
+        .await?;
     let lost = |cause| RuntimeError::Wait {
         command: command.to_string(),
         cause,
     };
-    let mut group = match child.id().and_then(ProcessGroup::led_by) {
+    let mut group = match ProcessGroup::led_by(pid) {
         Some(group) => group,
-        // A just-spawned child always has an ordinary pid; this is unreachable in practice.
+        // A just-started leader always has an ordinary pid; this is unreachable in practice.
         None => {
             return Err(lost(std::io::Error::other(
                 "the shell has no usable process id",
@@ -447,8 +506,6 @@ async fn run_command<C: Future<Output = ()>>(
         }
     };
 
-    let out_pipe = child.stdout.take();
-    let err_pipe = child.stderr.take();
     let mut drain = pin!(async {
         tokio::join!(pump(out_pipe, stdout), pump(err_pipe, stderr));
     });
@@ -459,7 +516,7 @@ async fn run_command<C: Future<Output = ()>>(
         tokio::select! {
             biased;
             () = cancel.as_mut() => break true,
-            status = child.wait() => {
+            status = child.wait_exit() => {
                 status.map_err(lost)?;
                 break false;
             }

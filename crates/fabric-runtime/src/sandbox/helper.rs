@@ -1,28 +1,33 @@
-//! The sandbox helper: the small program the fabric execs to build a sandbox (`init`) and to run commands in it (`exec`).
+//! The sandbox helper: the small program the fabric execs to build a sandbox and hold it as its init.
 //!
 //! It runs as a separate, single-threaded process (never inside the fabric),
-//! so it may `fork` and then allocate freely. Both modes are started by the
-//! fabric with the sandbox's cgroups already joined and its rlimits set (see
+//! so it may `fork` and then allocate freely. The fabric starts it with the
+//! sandbox's cgroups already joined and its rlimits set (see
 //! `helper_command` in `sandbox/mod.rs`).
 //!
-//! `init --name N --workdir W [--ro PATH]... [--mask PATH]... [--tmp-bytes B]`
+//! `init --name N --workdir W --control FD [--ro PATH]... [--mask PATH]...
+//! [--tmp-bytes B] [--cpu-seconds S]`
 //!
 //! 1. `unshare` mount, pid, net, ipc and uts namespaces, then `fork`: the child
 //!    is PID 1 of the new pid namespace ("inner"); the parent ("outer") prints
 //!    `pid <inner's host pid>`, waits for it and exits the way it did.
 //! 2. Inner builds the filesystem (see [`build_root`]), sets the hostname,
-//!    brings `lo` up, prints `ready` (or `error <what>` and exits), and from
-//!    then on only reaps orphans, as an init must.
+//!    brings `lo` up, prints `ready` (or `error <what>` and exits).
+//! 3. From then on inner is the sandbox's init: it reaps orphans, as an init
+//!    must, and starts programs on request. The fabric sends a
+//!    [`Launch`] on the control socket `FD` (see `wire.rs`); the init forks,
+//!    answers with a pidfd of the child, and reports its exit status once it
+//!    reaps it. The child leads a new process group, takes its stdio from the
+//!    message, waits until the fabric opens its *gate* (a pipe; the fabric
+//!    has then read the child's host pid, so a fast exit cannot race it),
+//!    drops every capability, sets `no_new_privs` and execs the program.
 //!
-//! `exec --pidfd FD --cwd DIR -- PROGRAM [ARG]...`
-//!
-//! Enters all five namespaces of the sandbox's init through its pidfd, forks
-//! (a pid namespace only applies to children), and in the child drops every
-//! capability, sets `no_new_privs` and execs the program. The parent forwards
-//! SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it and finally
-//! exits with its exit code or dies of its signal, so the fabric sees exactly
-//! what the program did.
-
+//! Starting programs from inside means a launch costs one fork of this small
+//! process: no fork of the (large, multi-threaded) fabric, no exec of a
+//! helper, no `setns`, and no move into the cgroup (the child is born in it),
+//! which on cgroup v1 can wait for an RCU grace period.
+//! When the fabric closes the control socket (it destroyed the sandbox, or
+//! died), the init exits and the kernel kills everything in the sandbox.
 use std::convert::Infallible;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs;
@@ -33,20 +38,25 @@ use std::os::unix::fs::{OpenOptionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 
+use std::collections::HashMap;
+
 use super::sys::{self, SignalSet};
+use super::wire::{Io, Launch, MAX_MESSAGE, Reply};
 
 /// First argument of the helper that builds and holds a sandbox.
 pub(crate) const MODE_INIT: &str = "init";
-/// First argument of the helper that runs one program inside a sandbox.
-pub(crate) const MODE_EXEC: &str = "exec";
 
 /// What `init` prints on stdout, one per line.
 pub(crate) const LINE_PID: &str = "pid ";
 pub(crate) const LINE_READY: &str = "ready";
 pub(crate) const LINE_ERROR: &str = "error ";
 
-/// Exit code of `exec` when it cannot enter the sandbox (as `docker run` uses 125).
+/// Exit code of a launched program that could not be set up before `exec`
+/// (cwd, capabilities; as `docker run` uses 125). It says why on its stderr.
 pub(crate) const EXIT_HELPER_FAILED: i32 = 125;
+
+/// Descriptors a launch message may carry: the gate and three stdio streams.
+const MAX_LAUNCH_FDS: usize = 4;
 
 /// Where the new root is assembled before `pivot_root`. Any existing directory
 /// works: the mount namespace is private by then and every bind source is
@@ -70,16 +80,6 @@ const PROC_MASKED: [&str; 5] = [
     "latency_stats",
 ];
 
-/// Signals `exec` passes on to the program.
-const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
-
 /// Runs the sandbox helper with its arguments (after any leading arguments
 /// of [`HelperCommand`](super::HelperCommand)); never returns.
 ///
@@ -97,17 +97,10 @@ pub fn helper_main(args: Vec<OsString>) -> ! {
                 sys::exit_now(1)
             }
         },
-        MODE_EXEC => match exec(&args[1..]) {
-            Ok(never) => match never {},
-            Err(message) => {
-                eprintln!("fabric sandbox: {message}");
-                sys::exit_now(EXIT_HELPER_FAILED)
-            }
-        },
         _ => {
             eprintln!(
-                "usage: {MODE_INIT} --name NAME --workdir DIR [--ro PATH]... [--mask PATH]... \
-                 [--tmp-bytes N] | {MODE_EXEC} --pidfd FD --cwd DIR -- PROGRAM [ARG]...\n\
+                "usage: {MODE_INIT} --name NAME --workdir DIR --control FD [--ro PATH]... \
+                 [--mask PATH]... [--tmp-bytes N] [--cpu-seconds S]\n\
                  this is the sandbox helper of reactor-fabric; the fabric starts it, people don't"
             );
             sys::exit_now(2)
@@ -128,6 +121,11 @@ pub(crate) struct InitPlan {
     pub(crate) read_only: Vec<PathBuf>,
     pub(crate) masked: Vec<PathBuf>,
     pub(crate) tmp_bytes: u64,
+    /// The init's end of the control socket (inherited across `exec`).
+    pub(crate) control: RawFd,
+    /// `RLIMIT_CPU` of every launched program (not of the init, which lives
+    /// as long as the sandbox and would use it up over many launches).
+    pub(crate) cpu_seconds: Option<u64>,
 }
 
 impl InitPlan {
@@ -141,7 +139,12 @@ impl InitPlan {
             self.workdir.clone().into(),
             "--tmp-bytes".into(),
             self.tmp_bytes.to_string().into(),
+            "--control".into(),
+            self.control.to_string().into(),
         ];
+        if let Some(seconds) = self.cpu_seconds {
+            args.extend(["--cpu-seconds".into(), seconds.to_string().into()]);
+        }
         for path in &self.read_only {
             args.extend(["--ro".into(), path.clone().into_os_string()]);
         }
@@ -152,7 +155,10 @@ impl InitPlan {
     }
 
     pub(crate) fn parse(args: &[OsString]) -> Result<Self, String> {
-        let mut plan = Self::default();
+        let mut plan = Self {
+            control: -1,
+            ..Self::default()
+        };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
             let value = args
@@ -163,20 +169,24 @@ impl InitPlan {
                 Some("--workdir") => plan.workdir = absolute(value)?,
                 Some("--ro") => plan.read_only.push(absolute(value)?),
                 Some("--mask") => plan.masked.push(absolute(value)?),
-                Some("--tmp-bytes") => {
-                    plan.tmp_bytes = value
-                        .to_str()
-                        .and_then(|v| v.parse().ok())
-                        .ok_or("--tmp-bytes needs a number")?;
-                }
+                Some("--tmp-bytes") => plan.tmp_bytes = number(value, "--tmp-bytes")?,
+                Some("--control") => plan.control = number(value, "--control")?,
+                Some("--cpu-seconds") => plan.cpu_seconds = Some(number(value, "--cpu-seconds")?),
                 _ => return Err(format!("unknown argument {}", flag.to_string_lossy())),
             }
         }
-        if plan.name.is_empty() || plan.workdir.as_os_str().is_empty() {
-            return Err("--name and --workdir are required".into());
+        if plan.name.is_empty() || plan.workdir.as_os_str().is_empty() || plan.control < 0 {
+            return Err("--name, --workdir and --control are required".into());
         }
         Ok(plan)
     }
+}
+
+fn number<T: std::str::FromStr>(value: &OsStr, flag: &str) -> Result<T, String> {
+    value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{flag} needs a number"))
 }
 
 fn absolute(value: &OsStr) -> Result<PathBuf, String> {
@@ -216,6 +226,9 @@ fn init(args: &[OsString]) -> Result<Infallible, String> {
         .map_err(|err| format!("cannot block SIGCHLD: {err}"))?;
     match sys::fork().map_err(|err| format!("cannot fork the sandbox init: {err}"))? {
         Some(inner) => {
+            // Only inner serves the control socket; with this copy closed,
+            // the fabric sees the socket end when inner does.
+            sys::close(plan.control);
             report(&format!("{LINE_PID}{inner}"));
             // Only inner reports from here on; the fabric reads until `ready`
             // and then lets go of the pipes.
@@ -273,12 +286,186 @@ fn inner_init(plan: &InitPlan, sigchld: &SignalSet) -> ! {
             let _ = sys::dup2(null.as_raw_fd(), fd);
         }
     }
-    // An init's one job: reap whatever is reparented to it.
+    serve(plan, sigchld)
+}
+
+/// The init's loop: reap every child (reporting the launched ones) and
+/// launch programs on request, until the fabric closes the control socket.
+fn serve(plan: &InitPlan, sigchld: &SignalSet) -> ! {
+    let control = plan.control;
+    // Without a signalfd (it never fails in practice) reaping falls back to polling.
+    let signals = sigchld.signalfd().ok();
+    let mut launched: HashMap<libc::pid_t, u64> = HashMap::new();
     loop {
-        while let Ok(Some(_)) = sys::waitpid(-1, libc::WNOHANG) {}
-        // Bounded wait: a belt to the braces of the blocked, hence pending, SIGCHLD.
-        let _ = sigchld.wait(5_000);
+        reap(control, &mut launched);
+        let mut fds = [
+            libc::pollfd {
+                fd: control,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if signals.is_some() { 5_000 } else { 50 };
+        match sys::poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => sys::exit_now(1),
+        }
+        if fds[1].revents != 0
+            && let Some(signals) = &signals
+        {
+            sys::drain(signals);
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        match sys::recv_message(control, MAX_MESSAGE, MAX_LAUNCH_FDS) {
+            // The fabric let go: the sandbox ends with its init.
+            Ok(None) => sys::exit_now(0),
+            Ok(Some((bytes, fds))) => match Launch::decode(&bytes) {
+                Ok(launch) if fds.len() == launch.fd_count() => {
+                    start(control, launch, fds, plan.cpu_seconds, &mut launched);
+                }
+                // The fabric speaks this protocol or nothing: a bad message
+                // means the link is broken, and so is the sandbox.
+                _ => sys::exit_now(1),
+            },
+            Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => sys::exit_now(1),
+        }
     }
+}
+
+/// Sends a reply; the sandbox cannot go on without its fabric.
+fn reply(control: RawFd, reply: &Reply, fds: &[RawFd]) {
+    if sys::send_message(control, &reply.encode(), fds).is_err() {
+        sys::exit_now(1);
+    }
+}
+
+/// Reaps every exited child; the launched ones are reported.
+fn reap(control: RawFd, launched: &mut HashMap<libc::pid_t, u64>) {
+    while let Ok(Some((pid, status))) = sys::waitpid(-1, libc::WNOHANG) {
+        if let Some(id) = launched.remove(&pid) {
+            reply(control, &Reply::Exited { id, status }, &[]);
+        }
+    }
+}
+
+/// Forks a launched program and reports it started (with a pidfd) or failed.
+fn start(
+    control: RawFd,
+    launch: Launch,
+    fds: Vec<OwnedFd>,
+    cpu_seconds: Option<u64>,
+    launched: &mut HashMap<libc::pid_t, u64>,
+) {
+    let id = launch.id;
+    let mut fds = fds.into_iter();
+    let gate = fds.next();
+    let mut stdio = [launch.stdin, launch.stdout, launch.stderr].map(|io| match io {
+        Io::Fd => fds.next(),
+        Io::Null => None,
+    });
+    match sys::fork() {
+        Err(err) => {
+            let message = format!("cannot fork in the sandbox: {err}");
+            reply(control, &Reply::Failed { id, message }, &[]);
+        }
+        Ok(None) => run_launched(&launch, gate, &mut stdio, cpu_seconds),
+        Ok(Some(pid)) => {
+            // Also done by the child; done here too so the group exists by the
+            // time the fabric hears of it (the shells' double setpgid).
+            let _ = sys::setpgid(pid, pid);
+            drop(gate);
+            drop(stdio);
+            match sys::pidfd_open(pid) {
+                Ok(pidfd) => {
+                    launched.insert(pid, id);
+                    reply(control, &Reply::Started { id }, &[pidfd.as_raw_fd()]);
+                }
+                Err(err) => {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let message = format!("cannot open a pidfd of the new process: {err}");
+                    reply(control, &Reply::Failed { id, message }, &[]);
+                }
+            }
+        }
+    }
+}
+
+/// The child of a launch: becomes the program.
+fn run_launched(
+    launch: &Launch,
+    gate: Option<OwnedFd>,
+    stdio: &mut [Option<OwnedFd>; 3],
+    cpu_seconds: Option<u64>,
+) -> ! {
+    let _ = sys::setpgid(0, 0);
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .ok();
+    for (target, source) in stdio.iter().enumerate() {
+        let from = source
+            .as_ref()
+            .map(AsRawFd::as_raw_fd)
+            .or(null.as_ref().map(AsRawFd::as_raw_fd));
+        if let Some(from) = from {
+            let _ = sys::dup2(from, target as RawFd);
+        }
+    }
+    // The gate: one byte once the fabric knows our pid; end of file if it gave up.
+    let mut byte = [0u8; 1];
+    let open = gate.is_some_and(|gate| matches!(sys::read_fd(gate.as_raw_fd(), &mut byte), Ok(1)));
+    if !open {
+        sys::exit_now(EXIT_HELPER_FAILED);
+    }
+    // Nothing of the init's (control socket, signalfd, the received fds) may leak in.
+    if let Err(err) = sys::close_from(3) {
+        fail(&format!("cannot close inherited descriptors: {err}"));
+    }
+    sys::reset_signals(&[libc::SIGCHLD]);
+    if let Err(err) = std::env::set_current_dir(&launch.cwd) {
+        fail(&format!("cannot enter {}: {err}", launch.cwd.display()));
+    }
+    if let Some(seconds) = cpu_seconds {
+        // The hard limit a second above the soft one: SIGXCPU first, then
+        // SIGKILL for a process that ignores it.
+        if let Err(err) =
+            sys::set_rlimit_soft_hard(libc::RLIMIT_CPU, seconds, seconds.saturating_add(1))
+        {
+            fail(&format!("cannot set the CPU time limit: {err}"));
+        }
+    }
+    if let Err(err) = sys::drop_all_capabilities() {
+        fail(&format!("cannot drop capabilities: {err}"));
+    }
+    let program = &launch.argv[0];
+    let err = std::process::Command::new(program)
+        .args(&launch.argv[1..])
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .exec();
+    eprintln!("fabric sandbox: cannot run {program}: {err}");
+    // As shells do: 127 for "not found", 126 for "found but not runnable".
+    sys::exit_now(if err.kind() == ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
+}
+
+/// A launched program could not be set up: say why on its stderr and exit 125.
+fn fail(message: &str) -> ! {
+    eprintln!("fabric sandbox: {message}");
+    sys::exit_now(EXIT_HELPER_FAILED)
 }
 
 /// A host path as a C string.
@@ -558,117 +745,6 @@ fn build_root(plan: &InitPlan) -> Result<(), String> {
     Ok(())
 }
 
-/// The parsed arguments of `exec`.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct ExecPlan {
-    pub(crate) pidfd: RawFd,
-    pub(crate) cwd: PathBuf,
-    pub(crate) argv: Vec<OsString>,
-}
-
-impl ExecPlan {
-    pub(crate) fn to_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            MODE_EXEC.into(),
-            "--pidfd".into(),
-            self.pidfd.to_string().into(),
-            "--cwd".into(),
-            self.cwd.clone().into(),
-            "--".into(),
-        ];
-        args.extend(self.argv.iter().cloned());
-        args
-    }
-
-    pub(crate) fn parse(args: &[OsString]) -> Result<Self, String> {
-        let mut pidfd = None;
-        let mut cwd = None;
-        let mut args = args.iter();
-        while let Some(flag) = args.next() {
-            match flag.to_str() {
-                Some("--") => break,
-                Some("--pidfd") => {
-                    pidfd = args
-                        .next()
-                        .and_then(|v| v.to_str())
-                        .and_then(|v| v.parse().ok());
-                }
-                Some("--cwd") => cwd = args.next().map(PathBuf::from),
-                _ => return Err(format!("unknown argument {}", flag.to_string_lossy())),
-            }
-        }
-        let argv: Vec<OsString> = args.cloned().collect();
-        match (pidfd, cwd) {
-            (Some(pidfd), Some(cwd)) if !argv.is_empty() => Ok(Self { pidfd, cwd, argv }),
-            _ => Err("exec needs --pidfd FD --cwd DIR -- PROGRAM [ARG]...".into()),
-        }
-    }
-}
-
-fn exec(args: &[OsString]) -> Result<Infallible, String> {
-    let plan = ExecPlan::parse(args)?;
-    sys::setns(
-        plan.pidfd,
-        libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS,
-    )
-    .map_err(|err| format!("cannot enter the sandbox (is it destroyed?): {err}"))?;
-    // The program must not inherit a handle on the sandbox's init.
-    sys::close(plan.pidfd);
-    std::env::set_current_dir(&plan.cwd)
-        .map_err(|err| format!("cannot enter {}: {err}", plan.cwd.display()))?;
-
-    let mut waited: Vec<libc::c_int> = FORWARDED.to_vec();
-    waited.push(libc::SIGCHLD);
-    let signals = SignalSet::of(&waited);
-    signals
-        .block()
-        .map_err(|err| format!("cannot block signals: {err}"))?;
-
-    match sys::fork().map_err(|err| format!("cannot fork: {err}"))? {
-        None => run_program(&plan.argv, &waited),
-        Some(child) => loop {
-            match signals.wait(1_000) {
-                Ok(Some(signal)) if signal != libc::SIGCHLD => {
-                    let _ = sys::kill(child, signal);
-                }
-                Ok(_) => {
-                    if let Ok(Some((_, status))) = sys::waitpid(child, libc::WNOHANG) {
-                        sys::exit_like(status);
-                    }
-                }
-                Err(err) => return Err(format!("cannot wait for signals: {err}")),
-            }
-        },
-    }
-}
-
-/// The child of `exec`, inside the sandbox's pid namespace: becomes the program.
-fn run_program(argv: &[OsString], handled: &[libc::c_int]) -> ! {
-    // Dies with the helper, so killing the helper kills the program even if
-    // something moved the program out of the helper's process group.
-    let _ = sys::set_parent_death_signal(libc::SIGKILL);
-    if let Err(err) = sys::drop_all_capabilities() {
-        eprintln!("fabric sandbox: cannot drop capabilities: {err}");
-        sys::exit_now(EXIT_HELPER_FAILED);
-    }
-    sys::reset_signals(handled);
-    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
-    eprintln!(
-        "fabric sandbox: cannot run {}: {err}",
-        argv[0].to_string_lossy()
-    );
-    // As shells do: 127 for "not found", 126 for "found but not runnable".
-    sys::exit_now(if err.kind() == ErrorKind::NotFound {
-        127
-    } else {
-        126
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,6 +757,8 @@ mod tests {
             read_only: vec!["/usr".into(), "/etc".into()],
             masked: vec!["/etc/shadow".into()],
             tmp_bytes: 1 << 20,
+            control: 5,
+            cpu_seconds: Some(30),
         };
         assert_eq!(InitPlan::parse(&plan.to_args()[1..]), Ok(plan));
     }
@@ -688,7 +766,7 @@ mod tests {
     #[test]
     fn init_refuses_relative_or_dotted_paths() {
         for bad in ["work", "/a/../b", "./a", "/a/.."] {
-            let args: Vec<OsString> = ["--name", "x", "--workdir", bad]
+            let args: Vec<OsString> = ["--name", "x", "--control", "3", "--workdir", bad]
                 .iter()
                 .map(Into::into)
                 .collect();
@@ -697,14 +775,12 @@ mod tests {
     }
 
     #[test]
-    fn exec_arguments_round_trip_including_dashes_in_the_program() {
-        let plan = ExecPlan {
-            pidfd: 7,
-            cwd: "/w".into(),
-            argv: vec!["/bin/sh".into(), "-c".into(), "--".into()],
-        };
-        assert_eq!(ExecPlan::parse(&plan.to_args()[1..]), Ok(plan));
-        assert!(ExecPlan::parse(&["--pidfd".into(), "3".into()]).is_err());
+    fn init_needs_its_control_socket() {
+        let args: Vec<OsString> = ["--name", "x", "--workdir", "/w"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        assert!(InitPlan::parse(&args).is_err());
     }
 
     #[test]

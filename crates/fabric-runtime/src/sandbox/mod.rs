@@ -31,10 +31,12 @@
 //! cgroup joined and the rlimits set before `exec`. The helper creates new
 //! mount, pid, network, IPC and UTS namespaces and forks PID 1 of the new pid
 //! namespace, which assembles the filesystem, brings up `lo` and stays as the
-//! sandbox's init (reaping orphans). Every command then enters those
-//! namespaces through a pidfd of that init, via the helper's `exec` mode (the
-//! `docker exec` model), again joining the cgroup before `exec`; so entering
-//! costs a fork and an exec, not a new set of namespaces.
+//! sandbox's init (reaping orphans). Every command and program is then
+//! started *by that init*, on request over a control socket (`launch.rs`,
+//! `wire.rs`): it forks, and the child, born inside the namespaces and the
+//! cgroup, drops its privileges and execs. So a command costs one fork of a
+//! small process, not a fork of the fabric, an exec of a helper, a `setns`
+//! and a cgroup move (which on cgroup v1 can wait for an RCU grace period).
 //!
 //! The helper is a separate program: the crate's `fabric-sandbox-init`
 //! binary, or any binary that calls [`helper_main`] (the `reactor-fabric`
@@ -73,7 +75,7 @@
 //!   override file permissions; `exec` cannot regain privileges.
 //! - **Resources**: memory limit (no swap), CPU quota (`cpu_cores` × 100 ms
 //!   per 100 ms period), a pids limit counting every process and thread of
-//!   the sandbox (its init and helpers included: 2 + 1 per running command),
+//!   the sandbox (its init and the helper holding it count: 2 + the commands),
 //!   plus rlimits (open files, file size, no core dumps, optionally CPU
 //!   seconds) as a last line. [`Sandbox::set_limits`] changes the cgroup
 //!   limits of a live sandbox (a warm-pool one taking an agent's);
@@ -103,24 +105,21 @@
 //!   host side, refusing symbolic links; a process running in the sandbox at
 //!   the same time (a user agent, or a command that escaped its process
 //!   group with `setsid`) could race that check.
-//! - Reaping relies on the host's init in one case: the `exec` helper is
-//!   the parent of the program it starts but lives outside the sandbox's pid
-//!   namespace, so when both are SIGKILLed at once (a stop after its grace
-//!   period, dropping a [`SandboxProcess`]) the program's zombie goes to the
-//!   host's PID 1 (or the nearest subreaper). Until that reaps it, the
-//!   sandbox's pid namespace cannot finish dying. `destroy` and `kill_all`
-//!   avoid this by killing inside the namespace first.
-//! - If the fabric is SIGKILLed, its sandboxes keep running until the next
-//!   fabric start calls [`sweep_stale`], which finds them by their cgroups
-//!   under [`SandboxConfig::cgroup_parent`], kills them and removes the
-//!   cgroups. Their workdirs are left to the fabric to clear.
+//! - If the fabric is SIGKILLed, its sandboxes' inits see the control socket
+//!   close and exit, which ends everything in them; their cgroups and
+//!   workdirs stay until the next fabric start calls [`sweep_stale`], which
+//!   finds them by their cgroups under [`SandboxConfig::cgroup_parent`],
+//!   kills whatever is left and removes the cgroups. Their workdirs are left
+//!   to the fabric to clear.
 //!
 //! Requirements: root on the host, Linux 5.12+ (`mount_setattr`, pidfds).
 
 mod cgroup;
 mod helper;
+mod launch;
 mod sweep;
 mod sys;
+mod wire;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -137,18 +136,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::net::unix::pipe;
+use tokio::process::Child;
 use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;
 
 pub use self::cgroup::CgroupVersion;
 use self::cgroup::{Cgroup, CgroupError, Layout, Limits};
 pub use self::helper::helper_main;
-use self::helper::{EXIT_HELPER_FAILED, ExecPlan, InitPlan, LINE_ERROR, LINE_PID, LINE_READY};
+use self::helper::{EXIT_HELPER_FAILED, InitPlan, LINE_ERROR, LINE_PID, LINE_READY};
+pub(crate) use self::launch::InitChild;
+pub use self::launch::SandboxStdio;
+use self::launch::{InitLink, LaunchError, LaunchSpec, Launched};
 pub use self::sweep::{SweepReport, remove_parent, sweep_stale};
 use crate::RuntimeError;
 use crate::child::group::ProcessGroup;
-use crate::child::{self, Launcher, LogLine, SHELL, ShellJob, ShellOutcome};
+use crate::child::{self, AnyLeader, Launcher, LogLine, SHELL, ShellJob, ShellOutcome, Started};
 use fabric_core::reason;
 
 /// Memory limit when the agent config sets none (SPEC §5).
@@ -411,16 +414,13 @@ pub struct Sandbox {
     name: String,
     workdir: PathBuf,
     cgroup: Arc<Cgroup>,
-    helper: HelperCommand,
-    rlimits: Rlimits,
-    /// PID 1 of the sandbox, as a pidfd: commands enter its namespaces through
-    /// it, and signalling it cannot hit a recycled pid.
+    /// PID 1 of the sandbox, as a pidfd: signalling it cannot hit a recycled
+    /// pid, and [`bind_tcp`](Sandbox::bind_tcp) enters its network namespace
+    /// through it.
     init: OwnedFd,
+    /// The control socket to the init, which starts every program.
+    link: InitLink,
     init_pid: libc::pid_t,
-    /// The sandbox's pid namespace, as `/proc/<pid>/ns/pid` names it
-    /// (`pid:[inode]`): tells its processes from the helpers, which live in
-    /// the fabric's.
-    pid_ns: PathBuf,
     /// The helper's outer process (the init's parent, our child).
     holder_pid: libc::pid_t,
     holder: Mutex<Option<Child>>,
@@ -485,19 +485,38 @@ impl Sandbox {
                 return Err(cgroup_error(&config.name, err));
             }
         };
+        let (ours, theirs) = match sys::seqpacket_pair() {
+            Ok(pair) => pair,
+            Err(cause) => {
+                let _ = remove_cgroup(&cgroup).await;
+                remove_new_workdir().await;
+                return Err(setup(format!(
+                    "cannot create its control socket: {}",
+                    crate::error::describe(&cause)
+                )));
+            }
+        };
         let plan = InitPlan {
             name: config.name.clone(),
             workdir: workdir.clone(),
             read_only: config.read_only_paths.clone(),
             masked: config.masked_paths.clone(),
             tmp_bytes: config.tmp_mb << 20,
+            control: theirs.as_raw_fd(),
+            cpu_seconds: config.rlimits.cpu_seconds,
+        };
+        // The CPU-seconds limit is for the programs (the init applies it to
+        // each); the init itself lives as long as the sandbox.
+        let init_rlimits = Rlimits {
+            cpu_seconds: None,
+            ..config.rlimits
         };
         let mut command = helper_command(
             &config.helper,
             plan.to_args(),
             &cgroup,
-            config.rlimits,
-            None,
+            init_rlimits,
+            theirs.as_raw_fd(),
         );
         command
             .stdin(Stdio::null())
@@ -506,7 +525,15 @@ impl Sandbox {
             .env_clear()
             .process_group(0)
             .kill_on_drop(true);
-        let started = match command.spawn() {
+        // `spawn` returns only once the child has exec'd, after its `pre_exec`
+        // move into the cgroup, which on cgroup v1 can wait for an RCU grace
+        // period (10-30 ms): keep that wait off the async workers.
+        let spawned = tokio::task::spawn_blocking(move || command.spawn())
+            .await
+            .unwrap_or_else(|err| Err(io::Error::other(err.to_string())));
+        // The helper has its copy now (or never will).
+        drop(theirs);
+        let started = match spawned {
             Ok(holder) => start(holder, &cgroup).await.map_err(setup),
             Err(cause) => Err(setup(format!(
                 "cannot start the sandbox helper {}: {}; point SandboxConfig::helper at the \
@@ -515,8 +542,18 @@ impl Sandbox {
                 crate::error::describe(&cause)
             ))),
         };
+        let started = started.and_then(|started| {
+            InitLink::new(ours)
+                .map(|link| (started, link))
+                .map_err(|cause| {
+                    setup(format!(
+                        "cannot use its control socket: {}",
+                        crate::error::describe(&cause)
+                    ))
+                })
+        });
         match started {
-            Ok((holder, init, init_pid, pid_ns)) => {
+            Ok(((holder, init, init_pid), link)) => {
                 let holder_pid = holder
                     .id()
                     .and_then(|p| libc::pid_t::try_from(p).ok())
@@ -526,11 +563,9 @@ impl Sandbox {
                     name: config.name,
                     workdir,
                     cgroup,
-                    helper: config.helper,
-                    rlimits: config.rlimits,
                     init,
+                    link,
                     init_pid,
-                    pid_ns,
                     holder_pid,
                     holder: Mutex::new(Some(holder)),
                     destroyed: AtomicBool::new(false),
@@ -597,7 +632,7 @@ impl Sandbox {
     /// It gets the base environment of [`run_shell`](crate::run_shell) (`PATH`,
     /// `HOME` = workdir, `LANG`, `TMPDIR`) plus `command.env`, and leads its
     /// own process group. Dropping the [`SandboxProcess`] SIGKILLs that group.
-    pub fn spawn(&self, command: SandboxCommand) -> Result<SandboxProcess, RuntimeError> {
+    pub async fn spawn(&self, command: SandboxCommand) -> Result<SandboxProcess, RuntimeError> {
         self.check_alive()?;
         let shown = command.argv.join(" ");
         if command.argv.is_empty() || command.argv.iter().any(|a| a.contains('\0')) {
@@ -613,38 +648,48 @@ impl Sandbox {
                 ),
             });
         }
-        let env = child::environment(&self.workdir, &command.env);
-        let argv = command.argv.iter().map(OsString::from).collect();
         let oom_before = self.cgroup.oom_kills();
-        let mut child = self
-            .exec_command(cwd, argv)
-            .env_clear()
-            .envs(env)
-            .stdin(command.stdin)
-            .stdout(command.stdout)
-            .stderr(command.stderr)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|cause| RuntimeError::Spawn {
-                command: shown.clone(),
-                cause,
-            })?;
-        let pid = child.id().unwrap_or(0);
-        let group = ProcessGroup::led_by(pid).ok_or_else(|| RuntimeError::Wait {
+        let launched = self
+            .launch(
+                LaunchSpec {
+                    argv: command.argv,
+                    env: child::environment(&self.workdir, &command.env),
+                    cwd,
+                    stdin: command.stdin,
+                    stdout: command.stdout,
+                    stderr: command.stderr,
+                },
+                &shown,
+            )
+            .await?;
+        let group = ProcessGroup::led_by(launched.pid).ok_or_else(|| RuntimeError::Wait {
             command: shown.clone(),
-            cause: io::Error::other("the helper has no usable process id"),
+            cause: io::Error::other("the program has no usable process id"),
         })?;
         Ok(SandboxProcess {
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            child,
+            stdin: launched.stdin,
+            stdout: launched.stdout,
+            stderr: launched.stderr,
+            child: launched.child,
             group,
-            pid,
+            pid: launched.pid,
             command: shown,
             cgroup: Arc::clone(&self.cgroup),
             oom_before,
+        })
+    }
+
+    /// Has the init start a program; `shown` names it in errors.
+    async fn launch(&self, spec: LaunchSpec, shown: &str) -> Result<Launched, RuntimeError> {
+        self.link.launch(spec).await.map_err(|err| match err {
+            LaunchError::Gone => RuntimeError::SandboxGone {
+                name: self.name.clone(),
+            },
+            LaunchError::Failed(reason) => RuntimeError::SandboxLaunch {
+                name: self.name.clone(),
+                command: shown.to_string(),
+                reason,
+            },
         })
     }
 
@@ -756,56 +801,30 @@ impl Sandbox {
             })
     }
 
-    /// SIGKILLs every process in the sandbox except its init, and waits until
-    /// they are gone (repeating, so a fork bomb cannot outrun it). The sandbox
-    /// stays usable.
-    ///
-    /// Processes inside the pid namespace go first; the `exec` helpers (in the
-    /// fabric's namespace, parents of the programs they started) are left to
-    /// reap their child and exit, and only killed if they linger. Killed
-    /// together, a helper could die first, and its child's zombie would be
-    /// handed to the host's init instead of the sandbox's.
+    /// SIGKILLs every process in the sandbox except its init (and the helper
+    /// holding it), and waits until they are gone (repeating, so a fork bomb
+    /// cannot outrun it). The sandbox stays usable.
     pub async fn kill_all(&self) -> Result<(), RuntimeError> {
         let spare = [self.init_pid, self.holder_pid];
         let deadline = Instant::now() + KILL_TIMEOUT;
-        let mut helper_rounds = 0;
         let mut round = 0;
         loop {
             let members = self
                 .cgroup
                 .members()
                 .map_err(|err| self.cleanup_failed(format!("cannot list processes: {err}")))?;
-            let (inside, helpers): (Vec<_>, Vec<_>) = members
-                .into_iter()
-                .filter(|pid| !spare.contains(pid))
-                .partition(|&pid| self.in_pid_ns(pid));
-            if inside.is_empty() && helpers.is_empty() {
+            let left = members.iter().filter(|pid| !spare.contains(pid)).count();
+            if left == 0 {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(self.cleanup_failed(format!(
-                    "{} processes still running after {KILL_TIMEOUT:?} of SIGKILL",
-                    inside.len() + helpers.len()
+                    "{left} processes still running after {KILL_TIMEOUT:?} of SIGKILL"
                 )));
             }
-            if !inside.is_empty() {
-                helper_rounds = 0;
-                let keep: Vec<_> = helpers.iter().chain(&spare).copied().collect();
-                let _ = self.cgroup.kill_members(&keep);
-            } else {
-                // A helper exits by itself once its child is reaped: give it
-                // a few rounds before killing it.
-                helper_rounds += 1;
-                if helper_rounds > 20 {
-                    let _ = self.cgroup.kill_members(&spare);
-                }
-            }
+            let _ = self.cgroup.kill_members(&spare);
             pause(&mut round).await;
         }
-    }
-
-    fn in_pid_ns(&self, pid: libc::pid_t) -> bool {
-        std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns == self.pid_ns)
     }
 
     fn cleanup_failed(&self, reason: String) -> RuntimeError {
@@ -827,9 +846,7 @@ impl Sandbox {
             reason,
         };
         // Killing PID 1 makes the kernel kill the whole pid namespace at once.
-        // The helpers outside it reap their children and exit; only then is
-        // the rest killed (see `kill_all` for why the order matters). The
-        // init's pidfd turns readable once the namespace is empty and the
+        // The init's pidfd turns readable once the namespace is empty and the
         // init has exited.
         let init_exited = match sys::pidfd_signal(&self.init, libc::SIGKILL) {
             Err(_) => true,
@@ -911,25 +928,30 @@ impl Sandbox {
         }
         Ok(())
     }
-
-    /// `helper exec` for `argv` in `cwd`, entering this sandbox.
-    fn exec_command(&self, cwd: PathBuf, argv: Vec<OsString>) -> tokio::process::Command {
-        let pidfd = self.init.as_raw_fd();
-        let plan = ExecPlan { pidfd, cwd, argv };
-        helper_command(
-            &self.helper,
-            plan.to_args(),
-            &self.cgroup,
-            self.rlimits,
-            Some(pidfd),
-        )
-    }
 }
 
 impl Launcher for Sandbox {
-    fn shell(&self, command: &str, workdir: &Path) -> tokio::process::Command {
-        let argv = vec![SHELL.into(), "-c".into(), command.into()];
-        self.exec_command(workdir.to_path_buf(), argv)
+    async fn start_shell(
+        &self,
+        command: &str,
+        workdir: &Path,
+        env: &[(String, String)],
+    ) -> Result<Started, RuntimeError> {
+        let spec = LaunchSpec {
+            argv: vec![SHELL.into(), "-c".into(), command.into()],
+            env: env.to_vec(),
+            cwd: workdir.to_path_buf(),
+            stdin: SandboxStdio::Null,
+            stdout: SandboxStdio::Piped,
+            stderr: SandboxStdio::Piped,
+        };
+        let launched = self.launch(spec, command).await?;
+        Ok(Started {
+            leader: AnyLeader::Sandboxed(launched.child),
+            pid: launched.pid,
+            stdout: child::boxed(launched.stdout),
+            stderr: child::boxed(launched.stderr),
+        })
     }
 
     fn check_workdir(&self, workdir: &Path) -> Result<(), RuntimeError> {
@@ -982,9 +1004,9 @@ pub struct SandboxCommand {
     pub env: Vec<(String, String)>,
     /// Absolute path inside the sandbox; the workdir if `None`.
     pub cwd: Option<PathBuf>,
-    pub stdin: Stdio,
-    pub stdout: Stdio,
-    pub stderr: Stdio,
+    pub stdin: SandboxStdio,
+    pub stdout: SandboxStdio,
+    pub stderr: SandboxStdio,
 }
 
 impl SandboxCommand {
@@ -994,9 +1016,9 @@ impl SandboxCommand {
             argv: argv.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             cwd: None,
-            stdin: Stdio::null(),
-            stdout: Stdio::null(),
-            stderr: Stdio::null(),
+            stdin: SandboxStdio::Null,
+            stdout: SandboxStdio::Null,
+            stderr: SandboxStdio::Null,
         }
     }
 }
@@ -1007,10 +1029,10 @@ impl SandboxCommand {
 /// SIGKILLs its process group.
 #[derive(Debug)]
 pub struct SandboxProcess {
-    pub stdin: Option<ChildStdin>,
-    pub stdout: Option<ChildStdout>,
-    pub stderr: Option<ChildStderr>,
-    child: Child,
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    child: InitChild,
     group: ProcessGroup,
     pid: u32,
     command: String,
@@ -1050,15 +1072,15 @@ impl ProcessExit {
         }
     }
 
-    /// Exit status 125 is the helper failing to enter the sandbox (it says why on stderr).
+    /// Exit status 125 is the sandbox failing to set the program up before
+    /// `exec` (it says why on the program's stderr).
     pub fn helper_failed(&self) -> bool {
         self.code == Some(EXIT_HELPER_FAILED)
     }
 }
 
 impl SandboxProcess {
-    /// Host pid of the program's helper, which leads its process group
-    /// (the program itself is its child, in the sandbox's pid namespace).
+    /// Host pid of the program, which leads its process group.
     pub fn id(&self) -> u32 {
         self.pid
     }
@@ -1066,7 +1088,7 @@ impl SandboxProcess {
     /// Waits for the program to end; then ends whatever it left running in
     /// its process group.
     pub async fn wait(&mut self) -> Result<ProcessExit, RuntimeError> {
-        let status = self.child.wait().await.map_err(|cause| self.lost(cause))?;
+        let status = self.child.wait().await;
         let _ = self.group.terminate(&mut self.child, Duration::ZERO).await;
         Ok(self.exit(status))
     }
@@ -1113,13 +1135,13 @@ async fn create_workdir(path: &Path) -> Result<PathBuf, RuntimeError> {
 }
 
 /// The helper as a command: cgroup joined and rlimits set before `exec`,
-/// and `keep_fd` (the init's pidfd) passed on across it.
+/// and `keep_fd` (the init's end of the control socket) passed on across it.
 fn helper_command(
     helper: &HelperCommand,
     args: Vec<OsString>,
     cgroup: &Cgroup,
     rlimits: Rlimits,
-    keep_fd: Option<RawFd>,
+    keep_fd: RawFd,
 ) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(&helper.program);
     command.args(&helper.args).args(args);
@@ -1139,31 +1161,37 @@ fn helper_command(
             // SIGKILL for a process that ignores it.
             sys::set_rlimit_soft_hard(libc::RLIMIT_CPU, seconds, seconds.saturating_add(1))?;
         }
-        if let Some(fd) = keep_fd {
-            sys::clear_cloexec(fd)?;
-        }
-        Ok(())
+        sys::clear_cloexec(keep_fd)
     });
     command
 }
 
-/// Reads the helper's report: `pid N`, then `ready` (or `error ...`).
-/// Returns the holder, a pidfd of the init and the init's host pid.
+/// Reads the helper's report: `pid N` (from the outer helper) and `ready`
+/// (from the init), in either order since two processes write them, or
+/// `error ...`. Returns the holder, a pidfd of the init and its host pid.
 async fn start(
     mut holder: Child,
     cgroup: &Cgroup,
-) -> Result<(Child, OwnedFd, libc::pid_t, PathBuf), String> {
+) -> Result<(Child, OwnedFd, libc::pid_t), String> {
     let stdout = holder.stdout.take().ok_or("the helper has no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut init_pid = None;
+    let mut ready = false;
     let report = tokio::time::timeout(START_TIMEOUT, async {
         while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
             if let Some(pid) = line.strip_prefix(LINE_PID) {
-                init_pid = pid.trim().parse::<libc::pid_t>().ok();
+                init_pid = Some(
+                    pid.trim()
+                        .parse::<libc::pid_t>()
+                        .map_err(|_| format!("the sandbox helper reported a bad pid {pid:?}"))?,
+                );
             } else if line == LINE_READY {
-                return Ok(());
+                ready = true;
             } else if let Some(message) = line.strip_prefix(LINE_ERROR) {
                 return Err(message.to_string());
+            }
+            if ready && init_pid.is_some() {
+                return Ok(());
             }
         }
         Err("the sandbox helper exited without reporting".to_string())
@@ -1197,12 +1225,10 @@ async fn start(
     if !cgroup.members().unwrap_or_default().contains(&init_pid) {
         return Err(format!("process {init_pid} is not the sandbox's init"));
     }
-    let pid_ns = std::fs::read_link(format!("/proc/{init_pid}/ns/pid"))
-        .map_err(|err| format!("cannot read the init's pid namespace: {err}"))?;
     // Nothing more comes on these; the helper pointed its stdio at /dev/null.
     drop(lines);
     drop(holder.stderr.take());
-    Ok((holder, init, init_pid, pid_ns))
+    Ok((holder, init, init_pid))
 }
 
 /// SIGKILLs members (except `spare`) round after round until none is left.

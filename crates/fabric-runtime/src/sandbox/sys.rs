@@ -334,22 +334,6 @@ impl SignalSet {
         check(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) })
             .map(drop)
     }
-
-    /// Waits up to `timeout_ms` for one of these (blocked) signals; `None` on timeout.
-    pub(crate) fn wait(&self, timeout_ms: u64) -> io::Result<Option<libc::c_int>> {
-        let timeout = libc::timespec {
-            tv_sec: (timeout_ms / 1000) as libc::time_t,
-            tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long,
-        };
-        // SAFETY: the set and timeout are ours for the call; siginfo may be null.
-        let rc = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &timeout) };
-        match check(rc) {
-            Ok(signal) => Ok(Some(signal)),
-            Err(err) if err.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
-            Err(err) if err.raw_os_error() == Some(libc::EINTR) => Ok(None),
-            Err(err) => Err(err),
-        }
-    }
 }
 
 /// Unblocks every signal and resets the ones the helper handled to their
@@ -447,4 +431,251 @@ pub(crate) fn wait_readable(fd: RawFd, timeout_ms: libc::c_int) -> bool {
     // SAFETY: one pollfd on our stack, count 1, alive for the call.
     let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
     ready == 1
+}
+
+// ---- the control socket between the fabric and a sandbox's init ------------------------------
+//
+// Used by both sides: the fabric (on nonblocking sockets, from async tasks)
+// and the init (single-threaded, blocking).
+
+/// A connected `AF_UNIX` `SOCK_SEQPACKET` pair, close-on-exec: messages keep
+/// their boundaries and carry file descriptors.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a two-element array on our stack, as socketpair expects.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the kernel just returned both fds to us; nobody else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Raises the socket's send buffer to `bytes`, past the system's `wmem_max`
+/// when we are privileged (`SO_SNDBUFFORCE`): on a `SOCK_SEQPACKET` socket the
+/// send buffer caps the size of one message.
+pub(crate) fn set_send_buffer(fd: &OwnedFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: `value` is a c_int on our stack and its size is passed with it.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    };
+    set(libc::SO_SNDBUFFORCE).or_else(|_| set(libc::SO_SNDBUF))
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments only.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+}
+
+/// Sends one message with `fds` attached (`SCM_RIGHTS`). Never raises SIGPIPE.
+pub(crate) fn send_message(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let fds_len = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(fds_len as libc::c_uint) } as usize;
+    // u64 elements: the control buffer must be aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` zeroed, aligned bytes, enough for
+        // one header plus `fds_len` bytes of data (CMSG_SPACE), so the first
+        // header and its data area lie inside `control`.
+        unsafe {
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(fds_len as libc::c_uint) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(header),
+                fds_len,
+            );
+        }
+    }
+    // SAFETY: `msg` points at `iov` (describing `bytes`) and `control`, all alive
+    // for the call; sendmsg only reads them.
+    let sent =
+        check_long(unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) as libc::c_long })?;
+    if sent as usize == bytes.len() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "message sent in part",
+        ))
+    }
+}
+
+/// Receives one message and the descriptors attached to it (close-on-exec).
+/// `Ok(None)` when the peer has closed the socket. A message over `max_len`
+/// bytes or with more than `max_fds` descriptors is consumed and refused.
+pub(crate) fn recv_message(
+    socket: RawFd,
+    max_len: usize,
+    max_fds: usize,
+) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    // With MSG_TRUNC a unix socket reports the whole message's length (Linux 3.4+).
+    // SAFETY: a zero-length read into no buffer; integers only otherwise.
+    let len = check_long(unsafe {
+        libc::recv(
+            socket,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_PEEK | libc::MSG_TRUNC,
+        ) as libc::c_long
+    })? as usize;
+    if len == 0 {
+        // We never send empty messages: this is the end of the stream.
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; len.min(max_len).max(1)];
+    let fds_space = std::mem::size_of::<RawFd>() * max_fds.max(1);
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(fds_space as libc::c_uint) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` describes `bytes` and `control`, both ours and alive for
+    // the call; the kernel writes at most their lengths.
+    let got = check_long(unsafe {
+        libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) as libc::c_long
+    })? as usize;
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` with `msg_controllen` bytes of
+    // well-formed headers; CMSG_FIRSTHDR/NXTHDR stay within that length, and
+    // each SCM_RIGHTS header's data holds `(cmsg_len - CMSG_LEN(0)) / 4` fds
+    // that are now ours.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&msg);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data_len = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(header);
+                for i in 0..data_len / std::mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(
+                        data.add(i * std::mem::size_of::<RawFd>()).cast::<RawFd>(),
+                    );
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&msg, header);
+        }
+    }
+    if got < len || len > max_len || fds.len() > max_fds || msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message too large ({len} bytes, {} descriptors)", fds.len()),
+        ));
+    }
+    bytes.truncate(got);
+    Ok(Some((bytes, fds)))
+}
+
+/// `poll(2)` on `fds`; returns how many are ready (0 on timeout).
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the slice is ours for the call and its length is passed with it.
+    check(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) })
+        .map(|n| n as usize)
+}
+
+impl SignalSet {
+    /// A nonblocking, close-on-exec `signalfd` for these (blocked) signals.
+    pub(crate) fn signalfd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: the set is initialised; -1 asks for a new fd, which we then own.
+        let fd =
+            check(unsafe { libc::signalfd(-1, &self.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+        // SAFETY: just returned to us by the kernel.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Reads (and discards) everything pending on a nonblocking descriptor.
+pub(crate) fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 512];
+    loop {
+        // SAFETY: the buffer is ours and its length is passed with it.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+/// `read(2)` into `buf`, retried on EINTR.
+pub(crate) fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the buffer is ours and its length is passed with it.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match check_long(n as libc::c_long) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
+/// `setpgid(2)`.
+pub(crate) fn setpgid(pid: libc::pid_t, pgid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: integers only.
+    check(unsafe { libc::setpgid(pid, pgid) }).map(drop)
+}
+
+/// Closes every descriptor from `first` up (`close_range(2)`, Linux 5.9).
+pub(crate) fn close_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: integers only; the caller (a freshly forked child about to exec)
+    // owns every descriptor it closes and never uses them again.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Registers a nonblocking socket with the Tokio reactor (needs a runtime).
+pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` owns a valid descriptor, and the AsyncFd takes that
+    // ownership: nothing else can close or replace it while it is registered.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            fd,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+        )
+    }
+    .map_err(io::Error::from)
 }

@@ -8,10 +8,11 @@ use std::future::{Future, pending};
 use std::io::{ErrorKind, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fabric_runtime::sandbox::{CgroupVersion, HelperCommand, SweepReport, sweep_stale};
+use fabric_runtime::sandbox::{
+    CgroupVersion, HelperCommand, SandboxStdio, SweepReport, sweep_stale,
+};
 use fabric_runtime::{
     LogLine, RuntimeError, Sandbox, SandboxCommand, SandboxConfig, ShellJob, ShellOutcome, Stream,
     run_shell,
@@ -283,6 +284,7 @@ async fn a_fork_bomb_hits_the_pids_limit_and_kill_all_ends_it() {
             "-c",
             "bomb() { bomb | bomb & }; bomb; wait",
         ]))
+        .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let usage = loop {
@@ -495,6 +497,7 @@ async fn the_network_is_only_loopback_and_bind_tcp_serves_inside() {
                  s.sendall(b'hello from inside'); s.close()"
             ),
         ]))
+        .await
         .unwrap();
     let (mut conn, _) = tokio::task::spawn_blocking(move || {
         let accepted = inside.accept();
@@ -555,8 +558,8 @@ async fn spawn_runs_programs_and_reports_how_they_ended() {
 
     let mut command = SandboxCommand::new(["sh", "-c", "echo started $GREETING; exit 3"]);
     command.env = vec![("GREETING".into(), "hi".into())];
-    command.stdout = Stdio::piped();
-    let mut process = sandbox.spawn(command).unwrap();
+    command.stdout = SandboxStdio::Piped;
+    let mut process = sandbox.spawn(command).await.unwrap();
     let stdout = process.stdout.take().unwrap();
     let line = within(10, tokio::io::BufReader::new(stdout).lines().next_line())
         .await
@@ -570,6 +573,7 @@ async fn spawn_runs_programs_and_reports_how_they_ended() {
 
     let mut crash = sandbox
         .spawn(SandboxCommand::new(["sh", "-c", "kill -SEGV $$"]))
+        .await
         .unwrap();
     let exit = within(10, crash.wait()).await.unwrap();
     assert_eq!(exit.signal, Some(libc::SIGSEGV));
@@ -577,6 +581,7 @@ async fn spawn_runs_programs_and_reports_how_they_ended() {
 
     let mut sleeper = sandbox
         .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .await
         .unwrap();
     let exit = within(10, sleeper.terminate(Duration::from_secs(5)))
         .await
@@ -585,8 +590,78 @@ async fn spawn_runs_programs_and_reports_how_they_ended() {
 
     let mut missing = sandbox
         .spawn(SandboxCommand::new(["no-such-program-4f1c"]))
+        .await
         .unwrap();
     assert_eq!(within(10, missing.wait()).await.unwrap().code, Some(127));
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn programs_start_from_the_init_unprivileged_and_inherit_nothing() {
+    let (_tmp, config) = config("launch");
+    let sandbox = create(config).await;
+    let outcome = sh(
+        &sandbox,
+        &[
+            "echo ppid=$PPID",
+            // ls itself holds one descriptor (3) on the directory it lists.
+            "ls /proc/self/fd | tr '\\n' ' '; echo",
+            "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status",
+        ],
+    )
+    .await;
+    assert!(outcome.success(), "{outcome:?}");
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(lines[0], "ppid=1", "started by the sandbox's init");
+    assert_eq!(lines[1], "0 1 2 3 ", "nothing of the init's leaks in");
+    let status: Vec<Vec<&str>> = lines[2..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ["CapEff:", "0000000000000000"],
+            ["CapBnd:", "0000000000000000"],
+            ["NoNewPrivs:", "1"],
+        ]
+    );
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_and_large_launches_each_get_their_own_outcome() {
+    let (_tmp, config) = config("many");
+    let sandbox = std::sync::Arc::new(create(config).await);
+    let mut jobs = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let sandbox = std::sync::Arc::clone(&sandbox);
+        jobs.spawn(async move {
+            let command = format!("echo out{i}; echo err{i} >&2; exit {}", i % 3);
+            let job = job_in(sandbox.workdir(), &[&command]);
+            (i, sandbox.run_shell(job, None, pending()).await.unwrap())
+        });
+    }
+    while let Some(done) = within(60, jobs.join_next()).await {
+        let (i, outcome) = done.unwrap();
+        assert_eq!(outcome.stdout, format!("out{i}\n"));
+        assert_eq!(outcome.stderr, format!("err{i}\n"));
+        assert_eq!(outcome.exit_code, Some(i % 3));
+    }
+    // Larger than a control socket's default buffer: a 100 KiB command (a
+    // single argument may be 128 KiB) and 1 MiB of environment.
+    let filler = "x".repeat(100 * 1024);
+    let mut job = job_in(
+        sandbox.workdir(),
+        &[&format!(": {filler}; echo ${{#BIG_0}} ${{#BIG_9}}")],
+    );
+    job.env = (0..10)
+        .map(|n| (format!("BIG_{n}"), "y".repeat(100 * 1024)))
+        .collect();
+    let outcome = within(30, sandbox.run_shell(job, None, pending()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.stdout, "102400 102400\n", "{outcome:?}");
     sandbox.destroy().await.unwrap();
 }
 
@@ -623,8 +698,7 @@ fn netns_in_use(netns: &str) -> bool {
 }
 
 /// Waits until `n` processes of the sandbox run `program`, and returns their
-/// pids: `spawn` returns once the helper runs, a moment before the program
-/// itself is forked and exec'd.
+/// pids: `spawn` returns once the program may exec, a moment before it has.
 async fn wait_for_program(sandbox: &Sandbox, program: &str, n: usize) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -685,6 +759,7 @@ async fn destroy_leaves_nothing_behind_and_may_be_repeated() {
     assert_ne!(netns_of(sandbox.init_pid()), netns_of(std::process::id()));
     let _agent = sandbox
         .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .await
         .unwrap();
     // A process that left its command's process group stays in the sandbox
     // (the loop waits until it has called setsid, before the group is stopped).
@@ -702,8 +777,8 @@ async fn destroy_leaves_nothing_behind_and_may_be_repeated() {
     wait_for_program(&sandbox, "sleep", 2).await;
     let before = footprint(&sandbox);
     assert!(
-        before.pids.len() >= 5,
-        "init, holder, agent helper and sleep, setsid sleep: {:?}",
+        before.pids.len() >= 4,
+        "init, holder, agent sleep, setsid sleep: {:?}",
         before.pids
     );
 
@@ -715,16 +790,17 @@ async fn destroy_leaves_nothing_behind_and_may_be_repeated() {
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::SandboxGone { .. }), "{err}");
-    assert!(sandbox.spawn(SandboxCommand::new(["true"])).is_err());
+    assert!(sandbox.spawn(SandboxCommand::new(["true"])).await.is_err());
 }
 
 #[tokio::test]
 async fn killing_the_program_or_the_init_then_destroy_leaves_nothing() {
-    // kill -9 of the sandboxed program (its helper, the process-group leader).
+    // kill -9 of the sandboxed program (the process-group leader).
     let (_tmp, first) = config("kill9");
     let sandbox = create(first).await;
     let mut agent = sandbox
         .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .await
         .unwrap();
     let agent_pids = wait_for_program(&sandbox, "sleep", 1).await;
     let before = footprint(&sandbox);
@@ -740,6 +816,7 @@ async fn killing_the_program_or_the_init_then_destroy_leaves_nothing() {
     let sandbox = create(second).await;
     let _agent = sandbox
         .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .await
         .unwrap();
     wait_for_program(&sandbox, "sleep", 1).await;
     let before = footprint(&sandbox);
@@ -951,6 +1028,7 @@ async fn a_program_past_its_cpu_seconds_is_reported_cpu_time_exceeded() {
     let sandbox = create(config).await;
     let mut spinner = sandbox
         .spawn(SandboxCommand::new(["sh", "-c", "while :; do :; done"]))
+        .await
         .unwrap();
     let exit = within(20, spinner.wait()).await.unwrap();
     assert_eq!(exit.signal, Some(libc::SIGXCPU), "{exit:?}");
@@ -974,6 +1052,7 @@ async fn sweep_stale_kills_leaked_sandboxes_and_removes_their_cgroups() {
 
     let agent = leaked
         .spawn(SandboxCommand::new(["sleep", "1000"]))
+        .await
         .unwrap();
     let outcome = sh(
         &leaked,

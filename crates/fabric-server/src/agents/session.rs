@@ -14,14 +14,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
 use fabric_core::{AgentId, TenantId};
 use fabric_runtime::HostProcess;
-use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess};
+use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess, SandboxStdio};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::task::JoinHandle;
 
@@ -314,9 +313,9 @@ impl Session {
             Some(sandbox) => {
                 let mut cmd = SandboxCommand::new(["/bin/sh", "-c", command.as_str()]);
                 cmd.env = env;
-                cmd.stdout = Stdio::piped();
-                cmd.stderr = Stdio::piped();
-                let mut process = sandbox.spawn(cmd).map_err(|e| e.to_string())?;
+                cmd.stdout = SandboxStdio::Piped;
+                cmd.stderr = SandboxStdio::Piped;
+                let mut process = sandbox.spawn(cmd).await.map_err(|e| e.to_string())?;
                 let (out, err) = (process.stdout.take(), process.stderr.take());
                 (
                     Program::Sandboxed(process),
