@@ -509,11 +509,11 @@ impl AgentManager {
                 }
             }
         };
-        let (session, usage, pid) = match &status.session {
-            Some(s) => (s.number, s.usage.read(), s.pid),
-            None => (status.record.sessions, ResourceUsage::default(), None),
+        let (session, probe, pid) = match &status.session {
+            Some(s) => (s.number, s.usage.clone(), s.pid),
+            None => (status.record.sessions, session::UsageProbe::None, None),
         };
-        Agent {
+        let mut agent = Agent {
             config: status.record.config.clone(),
             state: status.state,
             health,
@@ -521,11 +521,16 @@ impl AgentManager {
             session,
             tasks_running: u32::try_from(running).unwrap_or(u32::MAX),
             tasks_done: status.record.tasks_done,
-            usage,
+            usage: ResourceUsage::default(),
             pid,
             created_at: status.record.created_at,
             last_exit: status.last_exit.clone(),
-        }
+        };
+        // Reading usage touches cgroup files or /proc: not under the lock
+        // that the agent's supervisor and protocol calls take.
+        drop(status);
+        agent.usage = probe.read();
+        agent
     }
 }
 

@@ -12,10 +12,11 @@
 //! process, removes the cgroups, the network namespace (with the sandbox's
 //! last process and listener) and the working dir.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
 use fabric_core::{AgentId, TenantId};
@@ -60,15 +61,38 @@ impl UsageProbe {
                 },
                 Err(_) => ResourceUsage::default(),
             },
-            Self::Pid(pid) => proc_usage(*pid).unwrap_or_default(),
+            Self::Pid(pgid) => host_groups()
+                .and_then(|groups| groups.get(pgid).copied())
+                .unwrap_or_default(),
         }
     }
 }
 
-/// Memory, CPU and process count of a host process group from `/proc`
-/// (level `none` has no cgroup): every process whose group is `pgid`.
-fn proc_usage(pgid: u32) -> Option<ResourceUsage> {
-    let mut usage = ResourceUsage::default();
+/// How long one scan of `/proc` serves every level-`none` agent's usage: a
+/// listing of many agents costs one scan, not one per agent.
+const HOST_SCAN_TTL: Duration = Duration::from_secs(1);
+
+type GroupUsage = Arc<HashMap<u32, ResourceUsage>>;
+
+/// Usage of every host process group, from a `/proc` scan at most
+/// [`HOST_SCAN_TTL`] old; `None` if `/proc` cannot be read.
+fn host_groups() -> Option<GroupUsage> {
+    static CACHE: parking_lot::Mutex<Option<(Instant, GroupUsage)>> = parking_lot::Mutex::new(None);
+    let mut cache = CACHE.lock();
+    if let Some((at, groups)) = cache.as_ref()
+        && at.elapsed() < HOST_SCAN_TTL
+    {
+        return Some(Arc::clone(groups));
+    }
+    let groups = Arc::new(scan_proc()?);
+    *cache = Some((Instant::now(), Arc::clone(&groups)));
+    Some(groups)
+}
+
+/// Memory, CPU and process count of every host process group from `/proc`
+/// (level `none` has no cgroup to read them from).
+fn scan_proc() -> Option<HashMap<u32, ResourceUsage>> {
+    let mut groups: HashMap<u32, ResourceUsage> = HashMap::new();
     let page = 4096;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -93,12 +117,9 @@ fn proc_usage(pgid: u32) -> Option<ResourceUsage> {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        if field(2) != u64::from(pgid) {
+        let Ok(pgid) = u32::try_from(field(2)) else {
             continue;
-        }
-        // USER_HZ is 100 on every Linux the fabric supports.
-        usage.cpu_millis += (field(11) + field(12)) * 10;
-        usage.memory_bytes += field(21) * page;
+        };
         let peak_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|status| {
@@ -108,10 +129,14 @@ fn proc_usage(pgid: u32) -> Option<ResourceUsage> {
                     .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             })
             .unwrap_or(0);
+        let usage = groups.entry(pgid).or_default();
+        // USER_HZ is 100 on every Linux the fabric supports.
+        usage.cpu_millis += (field(11) + field(12)) * 10;
+        usage.memory_bytes += field(21) * page;
         usage.memory_peak_bytes += peak_kib * 1024;
         usage.pids += 1;
     }
-    (usage.pids > 0).then_some(usage)
+    Some(groups)
 }
 
 enum Program {
@@ -580,4 +605,37 @@ pub(super) fn kill_stale_programs(agents_dir: &Path) -> usize {
         }
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[test]
+    fn one_proc_scan_sums_each_process_group() {
+        let mut leader = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = leader.id();
+        let mut member = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(i32::try_from(pgid).unwrap())
+            .spawn()
+            .unwrap();
+        let usage = scan_proc().unwrap().get(&pgid).copied().unwrap_or_default();
+        // Each killed on its own: no group kill from a test.
+        for child in [&mut leader, &mut member] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(usage.pids, 2, "the leader and the member: {usage:?}");
+        assert!(usage.memory_bytes > 0 && usage.memory_peak_bytes >= usage.memory_bytes);
+        // The snapshot is shared for a while: a second read costs no scan.
+        let first = host_groups().unwrap();
+        assert!(Arc::ptr_eq(&first, &host_groups().unwrap()));
+    }
 }
