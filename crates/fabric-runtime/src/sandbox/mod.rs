@@ -374,7 +374,7 @@ fn check_limits(memory_mb: u64, cpu_cores: f64, pids_max: u32) -> Result<(), Str
     }
     if pids_max < 8 {
         return Err(format!(
-            "pids_max {pids_max} must be at least 8: the sandbox's init and helpers count too"
+            "pids_max {pids_max} must be at least 8: the sandbox's init and the helper holding it count too"
         ));
     }
     Ok(())
@@ -397,7 +397,7 @@ pub struct ResourceUsage {
     pub memory_peak_bytes: Option<u64>,
     /// CPU time used by all its processes, user and system.
     pub cpu_time: Duration,
-    /// Processes and threads now (the init and helpers included).
+    /// Processes and threads now (the init and the helper holding it included).
     pub pids: u64,
     /// Processes the out-of-memory killer killed at the memory limit.
     pub oom_kills: u64,
@@ -790,7 +790,7 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Host pids of every process in the sandbox, its init and helpers included.
+    /// Host pids of every process in the sandbox, its init and the helper holding it included.
     pub fn processes(&self) -> Result<Vec<u32>, RuntimeError> {
         self.cgroup
             .members()

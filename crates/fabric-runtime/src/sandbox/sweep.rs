@@ -1,10 +1,11 @@
 //! Clearing away sandboxes a previous fabric left running: [`sweep_stale`].
 //!
-//! A fabric that is SIGKILLed (or crashes) never destroys its sandboxes: their
-//! inits, agents and helpers keep running, reparented to the host's init. The
-//! one record of them that survives is their cgroups, `<hierarchy
-//! root>/<cgroup_parent>/<sandbox name>`, so that is where a starting fabric
-//! looks for them.
+//! A fabric that is SIGKILLed (or crashes) never destroys its sandboxes. Their
+//! inits see the control socket close and exit, which ends their processes,
+//! but the cgroups stay (and a process may still be exiting, or a sandbox's
+//! init may be stuck). The one record of them that survives is their cgroups,
+//! `<hierarchy root>/<cgroup_parent>/<sandbox name>`, so that is where a
+//! starting fabric looks for them.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -19,8 +20,9 @@ use crate::RuntimeError;
 pub struct SweepReport {
     /// Names of the sandboxes whose processes were killed and cgroups removed, sorted.
     pub sandboxes: Vec<String>,
-    /// Processes that were running in them (inits, agents, helpers), all
-    /// ended now: killed, or gone with their pid namespace or their child.
+    /// Processes that were still in them (inits, programs, the helpers
+    /// holding the inits), all ended now: killed, or gone with their pid
+    /// namespace or their child.
     pub processes_killed: usize,
 }
 
@@ -39,10 +41,9 @@ pub struct SweepReport {
 /// Workdirs are not touched: the cgroup does not record where a sandbox's
 /// workdir was; the fabric clears its own sandboxes directory.
 ///
-/// As [`Sandbox::destroy`](super::Sandbox::destroy) does, processes inside a
-/// sandbox's pid namespace are killed first and its helpers (which live in
-/// the fabric's namespace and reap those) after, so no zombie from inside is
-/// handed to the host's init.
+/// Processes inside a sandbox's pid namespace are killed first and the
+/// helper holding its init (which lives in the fabric's namespace and reaps
+/// the init) after, so no zombie from inside is handed to the host's init.
 ///
 /// # Errors
 ///
