@@ -521,16 +521,22 @@ async fn time_helper_init(argv: Vec<String>, count: usize) -> anyhow::Result<Vec
                     init_pid = pid.trim().parse::<u32>().ok();
                 } else if line == "ready" {
                     ready = true;
-                    break;
                 } else if line.starts_with("error ") {
+                    break;
+                }
+                // Two processes write these two lines: either may come first.
+                if ready && init_pid.is_some() {
                     break;
                 }
             }
             let took = nanos(started.elapsed());
             if let Some(pid) = init_pid {
-                // `kill(1)`: the workspace denies unsafe code.
+                // `kill(1)`: the workspace denies unsafe code. The init may be
+                // gone already: the control socket named in the copied
+                // arguments is not open here, so it exits once ready.
                 let _ = std::process::Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
                     .status();
             }
             let _ = holder.kill();
