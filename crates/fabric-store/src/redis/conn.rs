@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ErrorKind, Value};
+use ::redis::{AsyncConnectionConfig, Client, Value};
 
 use super::error::RedisStoreError;
 
@@ -139,41 +139,43 @@ impl Endpoint {
         RedisStoreError::from_client(&self.addr, self.response_timeout, context, e)
     }
 
-    /// A new connection (authenticated, on the URL's database).
+    /// A new connection (authenticated, on the URL's database), checked with a
+    /// `PING`: without a password the handshake succeeds and only the first
+    /// command says `NOAUTH`.
     pub async fn connect(&self) -> Result<MultiplexedConnection, RedisStoreError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout));
-        self.client
+        let mut conn = self
+            .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| {
-                let error = self.error(|| "connecting".to_owned(), &e);
-                match error {
-                    // At connect time "lost" and "timed out" both mean "cannot connect".
-                    RedisStoreError::Lost { detail, .. } => RedisStoreError::Connect {
-                        addr: self.addr.clone(),
-                        detail,
-                    },
-                    RedisStoreError::Timeout { .. } => RedisStoreError::Connect {
-                        addr: self.addr.clone(),
-                        detail: format!(
-                            "no answer within {} s",
-                            self.connect_timeout.as_secs_f64()
-                        ),
-                    },
-                    RedisStoreError::Command { detail, .. }
-                        if e.kind() == ErrorKind::AuthenticationFailed
-                            || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH") =>
-                    {
-                        RedisStoreError::Auth {
-                            addr: self.addr.clone(),
-                            detail,
-                        }
-                    }
-                    other => other,
-                }
-            })
+            .map_err(|e| self.connect_error(&e))?;
+        ping(&mut conn).await.map_err(|e| self.connect_error(&e))?;
+        Ok(conn)
+    }
+
+    fn connect_error(&self, e: &::redis::RedisError) -> RedisStoreError {
+        match self.error(|| "connecting".to_owned(), e) {
+            // At connect time "lost" and "timed out" both mean "cannot connect".
+            RedisStoreError::Lost { detail, .. } => RedisStoreError::Connect {
+                addr: self.addr.clone(),
+                detail,
+            },
+            RedisStoreError::Timeout { .. } => RedisStoreError::Connect {
+                addr: self.addr.clone(),
+                detail: format!("no answer within {} s", self.connect_timeout.as_secs_f64()),
+            },
+            other => other,
+        }
+    }
+}
+
+/// `PING`, with a server error answer turned into an error.
+pub(crate) async fn ping(conn: &mut MultiplexedConnection) -> Result<(), ::redis::RedisError> {
+    match conn.send_packed_command(&::redis::cmd("PING")).await? {
+        Value::ServerError(e) => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
@@ -296,25 +298,38 @@ impl ReadLink {
         Ok((current.0, conn))
     }
 
-    /// Runs one command; a broken connection is replaced for the next read.
+    /// Runs one read command. A broken connection is replaced and the read
+    /// retried once: reads are idempotent, and the connection may have broken
+    /// while idle (Redis restarted since the last read).
     pub async fn query(
         &self,
         cmd: &::redis::Cmd,
-        context: impl FnOnce() -> String,
+        context: impl Fn() -> String,
     ) -> Result<Value, RedisStoreError> {
-        let (generation, mut conn) = self.get().await?;
-        match conn.send_packed_command(cmd).await {
-            Ok(Value::ServerError(e)) => Err(super::writer::server_error(context(), &e)),
-            Ok(value) => Ok(value),
-            Err(e) => {
-                let error = self.endpoint.error(context, &e);
-                if error.breaks_connection() {
-                    let mut current = self.lock();
-                    if current.0 == generation {
-                        current.1 = None;
-                    }
+        let mut retried = false;
+        loop {
+            let (generation, mut conn) = self.get().await?;
+            match conn.send_packed_command(cmd).await {
+                Ok(Value::ServerError(e)) => {
+                    return Err(super::writer::server_error(context(), &e));
                 }
-                Err(error)
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    let error = self.endpoint.error(&context, &e);
+                    if !error.breaks_connection() {
+                        return Err(error);
+                    }
+                    {
+                        let mut current = self.lock();
+                        if current.0 == generation {
+                            current.1 = None;
+                        }
+                    }
+                    if retried {
+                        return Err(error);
+                    }
+                    retried = true;
+                }
             }
         }
     }

@@ -93,6 +93,14 @@ impl RedisStoreError {
         e: &::redis::RedisError,
     ) -> Self {
         let detail = client_detail(e);
+        if e.kind() == ::redis::ErrorKind::AuthenticationFailed
+            || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH")
+        {
+            return Self::Auth {
+                addr: addr.to_owned(),
+                detail,
+            };
+        }
         if e.is_timeout() {
             return Self::Timeout {
                 addr: addr.to_owned(),
@@ -112,12 +120,6 @@ impl RedisStoreError {
         }
         if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
             return Self::Lost {
-                addr: addr.to_owned(),
-                detail,
-            };
-        }
-        if e.kind() == ::redis::ErrorKind::AuthenticationFailed {
-            return Self::Auth {
                 addr: addr.to_owned(),
                 detail,
             };

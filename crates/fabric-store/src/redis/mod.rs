@@ -206,7 +206,7 @@ impl RedisStore {
             if inner.shared.closed.load(Ordering::Acquire) {
                 return Err(RedisStoreError::Closed.into());
             }
-            let value = inner.reads.query(&cmd, || context).await?;
+            let value = inner.reads.query(&cmd, || context.clone()).await?;
             Ok(decode(value)?)
         }
     }

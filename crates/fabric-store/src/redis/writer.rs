@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{Cmd, Pipeline, ServerError, Value};
@@ -27,6 +27,12 @@ use super::error::RedisStoreError;
 
 /// Most writes in one pipeline: bounds how long a batch holds answers back.
 pub(crate) const MAX_BATCH: usize = 1024;
+
+/// After this long without a pipeline, `PING` before sending the next one.
+/// The connection may have died while idle (Redis restarted); a failed `PING`
+/// proves nothing of the batch was sent, so it can go on a new connection
+/// instead of failing writes that were submitted after Redis came back.
+const IDLE_PROBE_AFTER: Duration = Duration::from_millis(250);
 
 /// Turns the command's answer into the caller's result and sends it; the
 /// caller may have dropped its receiver (fire-and-forget), which is fine.
@@ -90,6 +96,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(64);
+    let mut last_sent = Instant::now();
     loop {
         let mut close = match rx.recv().await {
             Some(Msg::Op(op)) => {
@@ -107,12 +114,27 @@ pub(crate) async fn run(
             }
         }
         if !batch.is_empty() {
+            if last_sent.elapsed() > IDLE_PROBE_AFTER {
+                probe(&endpoint, &mut conn).await;
+            }
             send_batch(&endpoint, &mut conn, &mut batch, &shared).await;
+            last_sent = Instant::now();
         }
         if let Some(ack) = close {
             let _ = ack.send(());
             return;
         }
+    }
+}
+
+/// Drops the connection if it no longer answers `PING`.
+async fn probe(endpoint: &Endpoint, conn: &mut Option<MultiplexedConnection>) {
+    if let Some(current) = conn
+        && let Err(e) = super::conn::ping(current).await
+        && endpoint.error(|| "PING".to_owned(), &e).breaks_connection()
+    {
+        tracing::info!(addr = %endpoint.addr, "the Redis connection broke while idle; reconnecting");
+        *conn = None;
     }
 }
 
