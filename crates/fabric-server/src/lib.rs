@@ -55,6 +55,8 @@ use crate::state::AppState;
 
 /// Default API address (`--listen`, `FABRIC_LISTEN`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default Redis key prefix (`--store-prefix`, `FABRIC_STORE_PREFIX`).
+pub const DEFAULT_STORE_PREFIX: &str = fabric_store::redis::DEFAULT_PREFIX;
 /// How often leases and timeouts are checked.
 const TICK_EVERY: Duration = Duration::from_millis(100);
 

@@ -91,7 +91,9 @@ impl AnyStore {
     /// Opens the configured store (SQLite under `data_dir`).
     pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<AnyStore, StoreError> {
         match config {
-            StoreConfig::Sqlite => Ok(AnyStore::Sqlite(SqliteStore::open(&data_dir.join(DB_FILE))?)),
+            StoreConfig::Sqlite => Ok(AnyStore::Sqlite(SqliteStore::open(
+                &data_dir.join(DB_FILE),
+            )?)),
             StoreConfig::Redis { url, prefix } => {
                 let config = RedisConfig::new(url.clone()).with_prefix(prefix.clone());
                 Ok(AnyStore::Redis(RedisStore::connect(config).await?))
@@ -278,7 +280,10 @@ mod tests {
         );
         assert!(!format!("{redis:?}").contains("hunter2"));
         let shown = redis.describe(Path::new("/d"));
-        assert_eq!(shown, "redis at redis://:***@cache:6379/1 (key prefix \"fab\")");
+        assert_eq!(
+            shown,
+            "redis at redis://:***@cache:6379/1 (key prefix \"fab\")"
+        );
 
         let err = StoreConfig::parse("postgres://u:hunter2@db/x", "x").unwrap_err();
         assert!(err.contains("unknown store"), "{err}");

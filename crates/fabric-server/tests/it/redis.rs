@@ -21,7 +21,10 @@ async fn a_task_runs_to_completion_on_the_redis_store() {
     let server = TestServer::start_with(move |c| c.store = first_store).await;
     let token = server.login().await;
     let id = server
-        .create(&token, json!({"commands": ["echo from-redis"], "name": "r"}))
+        .create(
+            &token,
+            json!({"commands": ["echo from-redis"], "name": "r"}),
+        )
         .await;
     let done = server.wait_done(&token, &id).await;
     assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
