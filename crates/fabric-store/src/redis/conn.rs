@@ -140,8 +140,8 @@ impl Endpoint {
     }
 
     /// A new connection (authenticated, on the URL's database), checked with a
-    /// `PING`: without a password the handshake succeeds and only the first
-    /// command says `NOAUTH`.
+    /// `PING` (without a password the handshake succeeds and only the first
+    /// command says `NOAUTH`), with the store's scripts loaded.
     pub async fn connect(&self) -> Result<MultiplexedConnection, RedisStoreError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -152,6 +152,9 @@ impl Endpoint {
             .await
             .map_err(|e| self.connect_error(&e))?;
         ping(&mut conn).await.map_err(|e| self.connect_error(&e))?;
+        super::scripts::load_all(&mut conn)
+            .await
+            .map_err(|e| self.connect_error(&e))?;
         Ok(conn)
     }
 
@@ -310,6 +313,13 @@ impl ReadLink {
         loop {
             let (generation, mut conn) = self.get().await?;
             match conn.send_packed_command(cmd).await {
+                // Someone ran SCRIPT FLUSH: load them again and retry.
+                Ok(Value::ServerError(e)) if e.code() == "NOSCRIPT" && !retried => {
+                    retried = true;
+                    if let Err(e) = super::scripts::load_all(&mut conn).await {
+                        return Err(self.endpoint.error(&context, &e));
+                    }
+                }
                 Ok(Value::ServerError(e)) => {
                     return Err(super::writer::server_error(context(), &e));
                 }

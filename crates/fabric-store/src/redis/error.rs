@@ -55,6 +55,13 @@ pub enum RedisStoreError {
     #[error("{0}")]
     Refused(String),
 
+    /// `NOSCRIPT`: Redis' script cache was emptied under a live connection
+    /// (`SCRIPT FLUSH`); the write was not applied and the scripts are reloaded.
+    #[error(
+        "Redis lost the store's Lua scripts (was SCRIPT FLUSH run?); the write was not applied, retry it"
+    )]
+    ScriptsLost,
+
     #[error("the store is closed; no more reads or writes are accepted")]
     Closed,
 
@@ -153,6 +160,7 @@ impl From<RedisStoreError> for StoreError {
             | RedisStoreError::Lost { .. }
             | RedisStoreError::Timeout { .. }
             | RedisStoreError::Loading { .. }
+            | RedisStoreError::ScriptsLost
             | RedisStoreError::Closed
             | RedisStoreError::WriterGone => StoreError::Unavailable(message),
             RedisStoreError::Corrupt { .. } => StoreError::Corrupt(message),

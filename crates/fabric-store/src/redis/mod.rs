@@ -28,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use ::redis::{Cmd, Value, cmd};
+use ::redis::{Cmd, Script, Value, cmd};
 use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
@@ -211,10 +211,10 @@ impl RedisStore {
         }
     }
 
-    /// `EVAL script 0 prefix ...`: the scripts take the prefix as `ARGV[1]`.
-    fn eval(&self, script: &str) -> Cmd {
-        let mut c = cmd("EVAL");
-        c.arg(script).arg(0).arg(&self.inner.keys.prefix);
+    /// `EVALSHA sha 0 prefix ...`: the scripts take the prefix as `ARGV[1]`.
+    fn eval(&self, script: &Script) -> Cmd {
+        let mut c = cmd("EVALSHA");
+        c.arg(script.get_hash()).arg(0).arg(&self.inner.keys.prefix);
         c
     }
 }
@@ -323,8 +323,8 @@ impl TaskStore for RedisStore {
         let max = query
             .before
             .map_or_else(|| "+".to_owned(), |before| format!("({before}"));
-        let mut c = cmd("EVAL");
-        c.arg(scripts::LIST_TASKS)
+        let mut c = cmd("EVALSHA");
+        c.arg(scripts::LIST_TASKS.get_hash())
             .arg(1)
             .arg(self.inner.keys.index(&query))
             .arg(&self.inner.keys.prefix)
@@ -345,7 +345,7 @@ impl TaskStore for RedisStore {
     fn unfinished_tasks(
         &self,
     ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static {
-        let c = self.eval(scripts::UNFINISHED_TASKS);
+        let c = self.eval(&scripts::UNFINISHED_TASKS);
         self.read(c, "cannot list unfinished tasks".to_owned(), |value| {
             codec::json_pairs("task", value)
         })
@@ -361,7 +361,7 @@ impl TaskStore for RedisStore {
                 // once every write queued before it is.
                 return Ok(writer::op(None, "a store barrier".to_owned(), ignore));
             }
-            let mut c = self.eval(scripts::APPEND_EVENTS);
+            let mut c = self.eval(&scripts::APPEND_EVENTS);
             for event in &events {
                 exact_score("event seq", event.seq)?;
                 c.arg(event.task_id.to_string())
@@ -545,7 +545,7 @@ impl AgentStore for RedisStore {
         &self,
         id: AgentId,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-        let mut c = self.eval(scripts::DELETE_AGENT);
+        let mut c = self.eval(&scripts::DELETE_AGENT);
         c.arg(id.as_str());
         self.submit(Ok(writer::op(
             Some(c),
@@ -560,7 +560,7 @@ impl AgentStore for RedisStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (agent, n) = (&session.agent_id, session.session);
         let op = encode_json(|| format!("agent {agent} session {n}"), &session).map(|body| {
-            let mut c = self.eval(scripts::PUT_SESSION);
+            let mut c = self.eval(&scripts::PUT_SESSION);
             c.arg(agent.as_str()).arg(n).arg(body);
             writer::op(
                 Some(c),

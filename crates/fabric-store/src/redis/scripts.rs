@@ -2,11 +2,13 @@
 //! more than one key, runs as one script, which Redis executes atomically (no
 //! other command runs in between) and logs to the AOF as one `MULTI`/`EXEC`.
 //!
-//! Sent with `EVAL` (script text every time) rather than `EVALSHA`: the
-//! script cache is lost when Redis restarts, and a `NOSCRIPT` in the middle
-//! of a pipeline would fail one write while its successors commit, breaking
-//! "writes commit in call order". Redis caches the compiled script by its
-//! SHA1 anyway, so the cost is the script's bytes on the wire.
+//! Called with `EVALSHA` (40 bytes instead of the script's 2-3 KB: Redis
+//! reads a client's commands 16 KB at a time, so smaller commands also mean
+//! fewer event-loop turns per batch). Every new connection first loads all
+//! scripts (`SCRIPT LOAD`, idempotent), so a Redis restart, which empties the
+//! script cache, also breaks the connection and reloads them. Only a
+//! `SCRIPT FLUSH` while connected can cause `NOSCRIPT`: the writes it hits
+//! fail as retryable and the scripts are loaded again before the next batch.
 //!
 //! Every script takes the key prefix (`{prefix}:`) as `ARGV[1]` and derives
 //! the keys from it, so key names are defined once (see `keys.rs`, mirrored in
@@ -18,7 +20,21 @@
 
 use std::sync::LazyLock;
 
+use ::redis::Script;
 use fabric_core::TaskStatus;
+
+/// Every script, for `SCRIPT LOAD` on each new connection.
+pub(crate) fn all() -> [&'static Script; 7] {
+    [
+        &CREATE_TASK,
+        &WRITE_TASK,
+        &APPEND_EVENTS,
+        &DELETE_AGENT,
+        &PUT_SESSION,
+        &LIST_TASKS,
+        &UNFINISHED_TASKS,
+    ]
+}
 
 /// Shared by the task scripts: the terminal statuses (from
 /// [`TaskStatus::is_terminal`], so the rule lives in one place) and the index keys.
@@ -57,8 +73,8 @@ end
 
 /// `ARGV`: prefix, id, tenant, agent, status, has_key ('1'/'0'), key, epoch, body.
 /// Returns `{1}` (created) or `{0, body}` (the task already holding the key).
-pub(crate) static CREATE_TASK: LazyLock<String> = LazyLock::new(|| {
-    format!(
+pub(crate) static CREATE_TASK: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
         r#"{prelude}
 local id, tenant, agent, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local has_key, key, epoch, body = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -91,14 +107,14 @@ end
 return {{1}}
 "#,
         prelude = *PRELUDE
-    )
+    ))
 });
 
 /// `ARGV`: prefix, id, tenant, agent, status, has_key, key, epoch, body,
 /// expected epoch ('' = unguarded). Returns 1 (applied) or 0 (rejected: the
 /// task is missing, terminal, or has another epoch).
-pub(crate) static WRITE_TASK: LazyLock<String> = LazyLock::new(|| {
-    format!(
+pub(crate) static WRITE_TASK: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
         r#"{prelude}
 local id, tenant, agent, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local has_key, key, epoch, body, expected = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -148,13 +164,15 @@ redis.call('HSET', task, 'body', body, 'status', status, 'epoch', epoch,
 return 1
 "#,
         prelude = *PRELUDE
-    )
+    ))
 });
 
 /// `ARGV`: prefix, then (task id, seq, body) per event. All or nothing: a seq
 /// already stored for its task fails the whole append. Raises the stored
 /// highest seq.
-pub(crate) const APPEND_EVENTS: &str = r#"
+pub(crate) static APPEND_EVENTS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
 local P = ARGV[1]
 local seen = {}
 for i = 2, #ARGV, 3 do
@@ -176,30 +194,45 @@ if highest > last then
   redis.call('SET', P .. 'event_seq', string.format('%d', highest))
 end
 return 1
-"#;
+"#
+        .to_owned(),
+    )
+});
 
 /// `ARGV`: prefix, agent id. Deletes the record and its sessions; returns how
 /// many records were deleted (0 or 1).
-pub(crate) const DELETE_AGENT: &str = r#"
+pub(crate) static DELETE_AGENT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
 local P = ARGV[1]
 local deleted = redis.call('HDEL', P .. 'agents', ARGV[2])
 redis.call('DEL', P .. 'sessions:' .. ARGV[2])
 return deleted
-"#;
+"#
+        .to_owned(),
+    )
+});
 
 /// `ARGV`: prefix, agent id, session number, body. Replaces the session with
 /// that number (the sorted set's score).
-pub(crate) const PUT_SESSION: &str = r#"
+pub(crate) static PUT_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
 local key = ARGV[1] .. 'sessions:' .. ARGV[2]
 redis.call('ZREMRANGEBYSCORE', key, ARGV[3], ARGV[3])
 redis.call('ZADD', key, ARGV[3], ARGV[4])
 return 1
-"#;
+"#
+        .to_owned(),
+    )
+});
 
 /// `KEYS[1]`: the index to read. `ARGV`: prefix, upper bound (`+` or
 /// `(id`), limit. Returns `id, body` pairs, newest first. One script, so the
 /// bodies are those of the same instant as the index (a snapshot).
-pub(crate) const LIST_TASKS: &str = r#"
+pub(crate) static LIST_TASKS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
 local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[2], '-', 'LIMIT', 0, ARGV[3])
 local out = {}
 for i, id in ipairs(ids) do
@@ -207,10 +240,15 @@ for i, id in ipairs(ids) do
   out[2 * i] = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
 end
 return out
-"#;
+"#
+        .to_owned(),
+    )
+});
 
 /// `ARGV`: prefix. Every unfinished task as `id, body` pairs, oldest first.
-pub(crate) const UNFINISHED_TASKS: &str = r#"
+pub(crate) static UNFINISHED_TASKS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
 local ids = redis.call('ZRANGE', ARGV[1] .. 'open', 0, -1)
 local out = {}
 for i, id in ipairs(ids) do
@@ -218,7 +256,24 @@ for i, id in ipairs(ids) do
   out[2 * i] = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
 end
 return out
-"#;
+"#
+        .to_owned(),
+    )
+});
+
+fn script(text: String) -> Script {
+    Script::new(&text)
+}
+
+/// Loads every script into Redis' script cache (idempotent).
+pub(crate) async fn load_all(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+) -> Result<(), ::redis::RedisError> {
+    for script in all() {
+        script.load_async(conn).await?;
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -2,10 +2,18 @@
 //!
 //! Handles queue each write on an unbounded channel in the method call itself
 //! (eager submission). The task takes everything queued (up to [`MAX_BATCH`]),
-//! sends it as one pipeline, waits for every answer, then answers the callers.
-//! Redis executes one connection's commands in the order sent, so writes
-//! commit in call order; with `appendfsync always` Redis fsyncs the AOF before
-//! it answers, once per event-loop turn, so one pipeline is one group commit.
+//! sends it as one `MULTI` ... `EXEC` pipeline, waits for the answers, then
+//! answers the callers. Redis executes one connection's commands in the order
+//! sent, so writes commit in call order.
+//!
+//! Why `MULTI`/`EXEC`: with `appendfsync always` Redis fsyncs the AOF once per
+//! event-loop turn, and it reads a client's commands 16 KB at a time, so a
+//! plain pipeline of a few hundred writes would cost one fsync per 16 KB. A
+//! transaction executes at `EXEC`, all in one turn: one fsync per batch (group
+//! commit, as SQLite's writer does). It also makes a batch all or nothing when
+//! the connection breaks before `EXEC`, and the AOF logs it as one unit. A
+//! write that fails on its own (a script's refusal) still leaves its
+//! neighbours applied: Redis transactions do not roll back.
 //!
 //! Only one pipeline is in flight at a time: a broken connection then never
 //! leaves later writes racing earlier ones on a new connection. When the
@@ -97,6 +105,7 @@ pub(crate) async fn run(
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(64);
     let mut last_sent = Instant::now();
+    let mut reload_scripts = false;
     loop {
         let mut close = match rx.recv().await {
             Some(Msg::Op(op)) => {
@@ -117,7 +126,10 @@ pub(crate) async fn run(
             if last_sent.elapsed() > IDLE_PROBE_AFTER {
                 probe(&endpoint, &mut conn).await;
             }
-            send_batch(&endpoint, &mut conn, &mut batch, &shared).await;
+            if reload_scripts {
+                reload_scripts = !reload(&endpoint, &mut conn).await;
+            }
+            reload_scripts |= send_batch(&endpoint, &mut conn, &mut batch, &shared).await;
             last_sent = Instant::now();
         }
         if let Some(ack) = close {
@@ -138,15 +150,37 @@ async fn probe(endpoint: &Endpoint, conn: &mut Option<MultiplexedConnection>) {
     }
 }
 
-/// Sends `batch` as one pipeline and answers every op.
+/// Loads the scripts again after a `NOSCRIPT`; `false` if that failed too.
+async fn reload(endpoint: &Endpoint, conn: &mut Option<MultiplexedConnection>) -> bool {
+    let Some(current) = conn else {
+        // A new connection loads them anyway.
+        return true;
+    };
+    match super::scripts::load_all(current).await {
+        Ok(()) => true,
+        Err(e) => {
+            let error = endpoint.error(|| "loading the store's scripts".to_owned(), &e);
+            tracing::error!(error = %error, "cannot load the store's Lua scripts into Redis");
+            if error.breaks_connection() {
+                *conn = None;
+            }
+            false
+        }
+    }
+}
+
+/// Sends `batch` as one transaction and answers every op. Returns whether an
+/// answer was `NOSCRIPT` (the scripts must be loaded again).
 async fn send_batch(
     endpoint: &Endpoint,
     conn: &mut Option<MultiplexedConnection>,
     batch: &mut Vec<WriteOp>,
     shared: &Shared,
-) {
+) -> bool {
     let started = Instant::now();
+    let mut noscript = false;
     let mut pipe = Pipeline::with_capacity(batch.len());
+    pipe.atomic();
     for cmd in batch.iter().filter_map(|op| op.cmd.as_ref()) {
         pipe.add_command(cmd.clone());
     }
@@ -171,6 +205,10 @@ async fn send_batch(
                 let answer = match op.cmd {
                     None => Ok(Value::Okay),
                     Some(_) => match answers.next() {
+                        Some(Value::ServerError(e)) if e.code() == "NOSCRIPT" => {
+                            noscript = true;
+                            Err(RedisStoreError::ScriptsLost.into())
+                        }
                         Some(Value::ServerError(e)) => Err(server_error(op.context, &e).into()),
                         Some(value) => Ok(value),
                         None => Err(RedisStoreError::Command {
@@ -191,6 +229,7 @@ async fn send_batch(
             }
         }
     }
+    noscript
 }
 
 /// Sends the pipeline on the current connection, connecting first if there is
@@ -209,8 +248,18 @@ async fn send(
             conn.insert(fresh)
         }
     };
-    match current.send_packed_commands(pipe, 0, count).await {
-        Ok(answers) => Ok(answers),
+    // Skip the answers to MULTI and the QUEUED ones; EXEC's is the array.
+    match current.send_packed_commands(pipe, count + 1, 1).await {
+        Ok(mut exec) => match exec.pop() {
+            Some(Value::Array(answers)) if answers.len() == count => Ok(answers),
+            Some(Value::ServerError(e)) => {
+                Err(server_error(format!("committing {count} writes"), &e))
+            }
+            other => Err(RedisStoreError::Command {
+                context: format!("committing {count} writes"),
+                detail: format!("unexpected answer to EXEC: {other:?}"),
+            }),
+        },
         Err(e) => {
             let error = endpoint.error(|| format!("sending {count} writes"), &e);
             // A timeout keeps the connection: the pipeline may still run, and

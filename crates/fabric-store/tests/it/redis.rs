@@ -606,3 +606,35 @@ async fn damaged_data_is_an_error_not_a_panic() {
         CreateOutcome::Created(other)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_flush_fails_one_write_as_retryable_then_scripts_are_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let store = connect(&server.url(), "fabric").await;
+    let first = sample_task("acme", "shell");
+    store.create_task(first.clone()).await.unwrap();
+
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut raw(&server.url()))
+        .unwrap();
+    // Reads reload the scripts themselves and retry.
+    assert_eq!(
+        store.list_tasks(TaskQuery::default()).await.unwrap(),
+        vec![first.clone()]
+    );
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut raw(&server.url()))
+        .unwrap();
+    let lost = sample_task("acme", "shell");
+    let err = store.create_task(lost.clone()).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("SCRIPT FLUSH"), "{err}");
+    assert_eq!(store.get_task(lost.id).await.unwrap(), None);
+    assert_eq!(
+        store.create_task(lost.clone()).await.unwrap(),
+        CreateOutcome::Created(lost)
+    );
+}
