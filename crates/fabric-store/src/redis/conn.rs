@@ -203,6 +203,14 @@ pub(crate) async fn check_durability(
     for name in ["appendonly", "appendfsync", "maxmemory-policy"] {
         let cmd = ::redis::cmd("CONFIG").arg("GET").arg(name).clone();
         let value = match conn.send_packed_command(&cmd).await {
+            // Renamed away, or refused by an ACL (managed Redis).
+            Ok(Value::ServerError(e)) => {
+                return Durability::Unknown(format!(
+                    "CONFIG GET {name}: {} {}",
+                    e.code(),
+                    e.details().unwrap_or_default()
+                ));
+            }
             Ok(value) => match config_value(value) {
                 Some(v) => v,
                 None => {
@@ -232,7 +240,6 @@ fn config_value(value: Value) -> Option<String> {
     match value {
         Value::Array(items) => items.get(1).and_then(text),
         Value::Map(pairs) => pairs.first().and_then(|(_, v)| text(v)),
-        Value::ServerError(_) => None,
         _ => None,
     }
 }
