@@ -6,47 +6,15 @@ use std::time::Duration;
 
 use fabric_core::agent::AgentSession;
 use fabric_core::{
-    AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, EventKind, Scope, StoreError, Task,
-    TaskEvent, TaskQuery, TaskStatus, TaskStore, TaskWrite, TenantId, Timestamp, User,
-    WriteOutcome,
+    AgentId, AgentStore, AuthStore, CreateOutcome, StoreError, Task, TaskQuery, TaskStatus,
+    TaskStore, TaskWrite, TenantId, WriteOutcome,
 };
 use fabric_store::conformance::{full_agent, full_task, sample_agent, sample_session, sample_task};
 use fabric_store::redis::Durability;
 use fabric_store::redis::testing::RedisServer;
 use fabric_store::{RedisConfig, RedisStore, StoreStats};
 
-fn event(task: &Task, seq: u64) -> TaskEvent {
-    TaskEvent {
-        task_id: task.id,
-        seq,
-        kind: EventKind::Log,
-        ts: Timestamp::from_millis(1_700_000_000_000),
-        payload: serde_json::json!({ "line": format!("line {seq}") }),
-    }
-}
-
-fn user(name: &str) -> User {
-    User {
-        name: name.to_owned(),
-        tenant: TenantId::default_tenant(),
-        password_hash: "$argon2id$x".to_owned(),
-        scopes: vec![Scope::Admin],
-        created_at: Timestamp::from_millis(1_700_000_000_000),
-    }
-}
-
-fn token(hash: &str) -> ApiToken {
-    ApiToken {
-        token_hash: hash.to_owned(),
-        user: "admin".to_owned(),
-        tenant: TenantId::default_tenant(),
-        scopes: vec![Scope::Admin],
-        name: Some("cli".to_owned()),
-        created_at: Timestamp::from_millis(1_700_000_000_000),
-        expires_at: None,
-        agent: None,
-    }
-}
+use crate::fixtures::{event, token, user};
 
 async fn connect(url: &str, prefix: &str) -> RedisStore {
     RedisStore::connect(RedisConfig::new(url).with_prefix(prefix))
