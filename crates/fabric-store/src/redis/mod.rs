@@ -55,9 +55,10 @@ pub(crate) struct Shared {
 /// A durable store in Redis: the backend of the Docker and scale-out shapes.
 ///
 /// A cheap, cloneable handle; every clone feeds the same writer task. Writes
-/// are queued when the method is called and sent as pipelines in call order
-/// on one connection; a write is acknowledged once Redis has answered it (with
-/// `appendfsync always`: once it is in the fsynced AOF). Reads share another
+/// are queued when the method is called and sent in call order on one
+/// connection, whatever is queued as one `MULTI`/`EXEC`; a write is
+/// acknowledged once Redis has answered it (with `appendfsync always`: once
+/// it is in the fsynced AOF). Reads share another
 /// connection. Both reconnect after Redis restarts: writes in flight at that
 /// moment fail with [`StoreError::Unavailable`], later ones succeed.
 ///
