@@ -13,6 +13,7 @@
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
 //! - [`telemetry`]: log subscriber setup (JSON or pretty).
+//! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
 
 pub mod agents;
 pub mod api;
@@ -43,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::error::ApiError;
+pub use crate::store::StoreConfig;
 pub use crate::telemetry::{LogFormat, init_logging};
 pub use fabric_runtime::sandbox::HelperCommand;
 
@@ -53,6 +55,8 @@ use crate::state::AppState;
 
 /// Default API address (`--listen`, `FABRIC_LISTEN`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default Redis key prefix (`--store-prefix`, `FABRIC_STORE_PREFIX`).
+pub const DEFAULT_STORE_PREFIX: &str = fabric_store::redis::DEFAULT_PREFIX;
 /// How often leases and timeouts are checked.
 const TICK_EVERY: Duration = Duration::from_millis(100);
 
@@ -61,8 +65,11 @@ const TICK_EVERY: Duration = Duration::from_millis(100);
 pub struct ServerConfig {
     /// Where the API listens (`--listen`, `FABRIC_LISTEN`; default 127.0.0.1:8080).
     pub listen: SocketAddr,
-    /// Where the SQLite database and task working dirs live (`--data-dir`, `FABRIC_DATA_DIR`).
+    /// Where the SQLite database (when it is the store), the lock file and
+    /// agents' working dirs live (`--data-dir`, `FABRIC_DATA_DIR`).
     pub data_dir: PathBuf,
+    /// Which store holds tasks, users and agents (`--store`, `FABRIC_STORE`).
+    pub store: StoreConfig,
     /// Password for the first admin (`FABRIC_ADMIN_PASSWORD`); generated and printed once when absent.
     pub admin_password: Option<String>,
     pub scheduler: SchedulerConfig,
@@ -91,6 +98,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("fabric-data"),
+            store: StoreConfig::default(),
             admin_password: None,
             scheduler: SchedulerConfig::default(),
             max_queue_depth: AgentQueueConfig::default().max_queue_depth,
@@ -170,10 +178,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Also with Redis as the store: the lock guards the local agents dir.
     let _lock = lock_data_dir(&config.data_dir)?;
-    let db_path = config.data_dir.join("fabric.db");
-    let store = store::Store::open(&db_path)
-        .with_context(|| format!("cannot open the store at {}", db_path.display()))?;
+    let store_name = config.store.describe(&config.data_dir);
+    let store = store::AnyStore::open(&config.store, &config.data_dir)
+        .await
+        .with_context(|| format!("cannot open the store ({store_name})"))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let defaults = TaskDefaults {
         max_attempts: config.default_max_attempts,
@@ -257,7 +267,7 @@ pub async fn run(
             })
             .await
     });
-    tracing::info!(listen = %local, data_dir = %config.data_dir.display(), version = fabric_core::VERSION, "reactor-fabric serving");
+    tracing::info!(listen = %local, data_dir = %config.data_dir.display(), store = %store_name, version = fabric_core::VERSION, "reactor-fabric serving");
 
     let restored = tasks.recover().await?;
     let mut shell = AgentConfig::new(AgentId::shell());

@@ -1,4 +1,292 @@
-//! The store backend the server runs on. One concrete type today (SQLite);
-//! the Redis backend joins as an `AnyStore` enum when it lands.
+//! The store backend the server runs on: SQLite in the data dir (the
+//! embedded default) or Redis (the Docker and scale-out shapes), chosen by
+//! [`StoreConfig`] and dispatched through the [`AnyStore`] enum.
 
-pub type Store = fabric_store::SqliteStore;
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+
+use fabric_core::agent::{AgentRecord, AgentSession};
+use fabric_core::{
+    AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
+    TaskQuery, TaskStore, TaskWrite, User, WriteOutcome,
+};
+use fabric_store::{RedisConfig, RedisStore, SqliteStore};
+use futures_util::future::Either;
+
+/// What the rest of the server names the store.
+pub type Store = AnyStore;
+
+/// Which store the server runs on (`--store`, `FABRIC_STORE`).
+///
+/// `Debug` never shows a Redis password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `<data dir>/fabric.db`.
+    #[default]
+    Sqlite,
+    /// A Redis server, e.g. `redis://:password@redis:6379/0`. `prefix` starts
+    /// every key, so several instances can share one Redis.
+    Redis { url: String, prefix: String },
+}
+
+impl StoreConfig {
+    /// `sqlite`, or a `redis://` / `redis+unix://` URL (with `prefix`).
+    pub fn parse(spec: &str, prefix: &str) -> Result<StoreConfig, String> {
+        let spec = spec.trim();
+        if spec.is_empty() || spec.eq_ignore_ascii_case("sqlite") {
+            return Ok(StoreConfig::Sqlite);
+        }
+        if spec.starts_with("redis://")
+            || spec.starts_with("redis+unix://")
+            || spec.starts_with("unix://")
+        {
+            return Ok(StoreConfig::Redis {
+                url: spec.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        Err(format!(
+            "unknown store {:?}: use `sqlite` (the default) or a Redis URL such as redis://127.0.0.1:6379/0",
+            fabric_store::redis::redact_url(spec).0
+        ))
+    }
+
+    /// Where the data lives, for logs and errors (no password).
+    pub fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            StoreConfig::Sqlite => format!("sqlite at {}", data_dir.join(DB_FILE).display()),
+            StoreConfig::Redis { url, prefix } => format!(
+                "redis at {} (key prefix {prefix:?})",
+                fabric_store::redis::redact_url(url).0
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Sqlite => f.write_str("Sqlite"),
+            StoreConfig::Redis { url, prefix } => f
+                .debug_struct("Redis")
+                .field("url", &fabric_store::redis::redact_url(url).0)
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
+}
+
+/// The SQLite file inside the data dir.
+const DB_FILE: &str = "fabric.db";
+
+/// One of the store backends; every port method delegates to it.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Redis(RedisStore),
+}
+
+impl AnyStore {
+    /// Opens the configured store (SQLite under `data_dir`).
+    pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<AnyStore, StoreError> {
+        match config {
+            StoreConfig::Sqlite => Ok(AnyStore::Sqlite(SqliteStore::open(
+                &data_dir.join(DB_FILE),
+            )?)),
+            StoreConfig::Redis { url, prefix } => {
+                let config = RedisConfig::new(url.clone()).with_prefix(prefix.clone());
+                Ok(AnyStore::Redis(RedisStore::connect(config).await?))
+            }
+        }
+    }
+
+    /// Commits what was submitted, then closes (see each backend's `close`).
+    pub async fn close(&self) {
+        match self {
+            AnyStore::Sqlite(s) => s.close().await,
+            AnyStore::Redis(s) => s.close().await,
+        }
+    }
+}
+
+/// Calls the same method on whichever backend this is. The call happens here,
+/// not when the future is polled, so writes keep their eager submission.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => Either::Left($call),
+            AnyStore::Redis($s) => Either::Right($call),
+        }
+    };
+}
+
+impl TaskStore for AnyStore {
+    fn create_task(
+        &self,
+        task: Task,
+    ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.create_task(task))
+    }
+
+    fn write_task(
+        &self,
+        write: TaskWrite,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.write_task(write))
+    }
+
+    fn get_task(
+        &self,
+        id: TaskId,
+    ) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.get_task(id))
+    }
+
+    fn list_tasks(
+        &self,
+        query: TaskQuery,
+    ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_tasks(query))
+    }
+
+    fn unfinished_tasks(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.unfinished_tasks())
+    }
+
+    fn append_events(
+        &self,
+        events: Vec<TaskEvent>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.append_events(events))
+    }
+
+    fn task_events(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TaskEvent>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.task_events(id, after_seq, limit))
+    }
+
+    fn last_event_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.last_event_seq())
+    }
+}
+
+impl AuthStore for AnyStore {
+    fn create_user(
+        &self,
+        user: User,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.create_user(user))
+    }
+
+    fn get_user(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.get_user(name))
+    }
+
+    fn count_users(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.count_users())
+    }
+
+    fn put_token(
+        &self,
+        token: ApiToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_token(token))
+    }
+
+    fn get_token(
+        &self,
+        token_hash: String,
+    ) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.get_token(token_hash))
+    }
+
+    fn delete_token(
+        &self,
+        token_hash: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_token(token_hash))
+    }
+}
+
+impl AgentStore for AnyStore {
+    fn put_agent(
+        &self,
+        record: AgentRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_agent(record))
+    }
+
+    fn get_agent(
+        &self,
+        id: AgentId,
+    ) -> impl Future<Output = Result<Option<AgentRecord>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.get_agent(id))
+    }
+
+    fn list_agents(
+        &self,
+    ) -> impl Future<Output = Result<Vec<AgentRecord>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_agents())
+    }
+
+    fn delete_agent(
+        &self,
+        id: AgentId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_agent(id))
+    }
+
+    fn put_session(
+        &self,
+        session: AgentSession,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_session(session))
+    }
+
+    fn list_sessions(
+        &self,
+        id: AgentId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_sessions(id, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_specs_parse_and_never_show_a_password() {
+        assert_eq!(StoreConfig::parse("sqlite", "x"), Ok(StoreConfig::Sqlite));
+        assert_eq!(StoreConfig::parse("", "x"), Ok(StoreConfig::Sqlite));
+        let redis = StoreConfig::parse("redis://:hunter2@cache:6379/1", "fab").unwrap();
+        assert_eq!(
+            redis,
+            StoreConfig::Redis {
+                url: "redis://:hunter2@cache:6379/1".into(),
+                prefix: "fab".into()
+            }
+        );
+        assert!(!format!("{redis:?}").contains("hunter2"));
+        let shown = redis.describe(Path::new("/d"));
+        assert_eq!(
+            shown,
+            "redis at redis://:***@cache:6379/1 (key prefix \"fab\")"
+        );
+
+        let err = StoreConfig::parse("postgres://u:hunter2@db/x", "x").unwrap_err();
+        assert!(err.contains("unknown store"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -26,6 +26,24 @@ pub struct ServeArgs {
     #[arg(long, env = "FABRIC_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Where tasks, users and agents are stored: `sqlite` (a file in the data dir)
+    /// or a Redis URL, redis://[:PASSWORD@]HOST[:PORT][/DB] (put a password in
+    /// FABRIC_STORE rather than the flag, which `ps` shows)
+    // The env value may hold a password: never print it in --help.
+    #[arg(
+        long,
+        env = "FABRIC_STORE",
+        value_name = "URL",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub store: String,
+
+    /// Prefix of every Redis key, so several instances can share one Redis
+    #[arg(long, env = "FABRIC_STORE_PREFIX", value_name = "PREFIX",
+          default_value = fabric_server::DEFAULT_STORE_PREFIX)]
+    pub store_prefix: String,
+
     /// Tasks the built-in shell agent runs at the same time
     #[arg(long, env = "FABRIC_SHELL_CONCURRENCY", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -65,6 +83,8 @@ impl From<LogFormatArg> for fabric_server::LogFormat {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    let store = fabric_server::StoreConfig::parse(&args.store, &args.store_prefix)
+        .map_err(|e| CliError::Usage(format!("--store: {e}")))?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => config::default_data_dir(&process_env)?,
@@ -78,6 +98,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let server_config = fabric_server::ServerConfig {
         listen: args.listen,
         data_dir,
+        store,
         admin_password: process_env(ENV_ADMIN_PASSWORD),
         shell_concurrency: usize::from(args.shell_concurrency),
         max_queue_depth: args.max_queue_depth as usize,

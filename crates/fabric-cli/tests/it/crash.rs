@@ -44,7 +44,8 @@ impl Drop for ServerChild {
     }
 }
 
-fn spawn_server(data_dir: &Path, port: u16, log: &Path) -> ServerChild {
+/// `store` is what `--store` gets: `sqlite` or a Redis URL.
+fn spawn_server(data_dir: &Path, port: u16, log: &Path, store: &str) -> ServerChild {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -58,6 +59,7 @@ fn spawn_server(data_dir: &Path, port: u16, log: &Path) -> ServerChild {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(["--store", store])
         .args(["--shell-concurrency", &SHELL_CONCURRENCY.to_string()])
         .env("FABRIC_ADMIN_PASSWORD", PASSWORD)
         .env("FABRIC_LOG", "warn")
@@ -132,6 +134,19 @@ fn executions(exec_log: &Path) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_nothing_and_reruns_only_running_tasks() {
+    kill_9_mid_load("sqlite").await;
+}
+
+/// The same on the Redis store (its own redis-server with `appendfsync
+/// always`, which outlives the killed server, as in the Docker shape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_on_redis_loses_nothing_and_reruns_only_running_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = fabric_store::redis::testing::RedisServer::start(dir.path());
+    kill_9_mid_load(&redis.url()).await;
+}
+
+async fn kill_9_mid_load(store: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let exec_log = Arc::new(dir.path().join("executions.log"));
@@ -143,7 +158,7 @@ async fn kill_9_mid_load_loses_nothing_and_reruns_only_running_tasks() {
         .build()
         .unwrap();
 
-    let mut server = spawn_server(&data_dir, port, &server_log);
+    let mut server = spawn_server(&data_dir, port, &server_log, store);
     wait_ready(&client, &base).await;
     let token = Arc::new(login(&client, &base).await);
 
@@ -196,7 +211,7 @@ async fn kill_9_mid_load_loses_nothing_and_reruns_only_running_tasks() {
 
     // Restart on the same data dir; the session token survives; resubmit what
     // was not acknowledged (the same idempotency keys: no duplicates).
-    let mut server = spawn_server(&data_dir, port, &server_log);
+    let mut server = spawn_server(&data_dir, port, &server_log, store);
     wait_ready(&client, &base).await;
     for i in 0..TASKS {
         if acked.lock().await.contains_key(&i) {
@@ -337,7 +352,7 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
     let port = super::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = spawn_server(&data, port, &log);
+    let mut server = spawn_server(&data, port, &log, "sqlite");
     wait_ready(&client, &base).await;
     let token = login(&client, &base).await;
     let post = |path: &str, body: Value| {
@@ -441,7 +456,7 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
         "the host agent outlives the server: {before:?}"
     );
 
-    let mut server = spawn_server(&data, port, &log);
+    let mut server = spawn_server(&data, port, &log, "sqlite");
     wait_ready(&client, &base).await;
     // The orphaned program was stopped; the agent's new session runs a new one.
     let deadline = Instant::now() + Duration::from_secs(10);

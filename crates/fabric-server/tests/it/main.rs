@@ -7,3 +7,4 @@
 mod agents;
 mod api;
 mod harness;
+mod redis;

@@ -25,10 +25,10 @@ use crate::error::SqliteStoreError;
 
 pub use self::schema::SCHEMA_VERSION;
 
-/// Counters of the writer thread, to see group commit at work.
+/// Counters of a store's writer, to see group commit at work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
-    /// Transactions committed.
+    /// Transactions committed (SQLite) or pipelines answered (Redis).
     pub transactions: u64,
     /// Write operations committed; `ops / transactions` is the mean batch size.
     pub ops: u64,

@@ -4,4 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conformance;
+mod fixtures;
+mod redis;
 mod sqlite;

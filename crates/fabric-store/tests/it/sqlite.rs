@@ -4,45 +4,13 @@ use std::path::Path;
 
 use fabric_core::agent::{AgentSession, DesiredState};
 use fabric_core::{
-    AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, EventKind, Scope, StoreError,
-    TaskEvent, TaskQuery, TaskStatus, TaskStore, TaskWrite, TenantId, Timestamp, User,
-    WriteOutcome,
+    AgentId, AgentStore, AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStatus, TaskStore,
+    TaskWrite, Timestamp, WriteOutcome,
 };
 use fabric_store::conformance::{full_agent, full_task, sample_agent, sample_session, sample_task};
 use fabric_store::{SqliteStore, StoreStats};
 
-fn event(task: &fabric_core::Task, seq: u64) -> TaskEvent {
-    TaskEvent {
-        task_id: task.id,
-        seq,
-        kind: EventKind::Log,
-        ts: Timestamp::from_millis(1_700_000_000_000),
-        payload: serde_json::json!({ "line": format!("line {seq}") }),
-    }
-}
-
-fn user(name: &str) -> User {
-    User {
-        name: name.to_owned(),
-        tenant: TenantId::default_tenant(),
-        password_hash: "$argon2id$x".to_owned(),
-        scopes: vec![Scope::Admin],
-        created_at: Timestamp::from_millis(1_700_000_000_000),
-    }
-}
-
-fn token(hash: &str) -> ApiToken {
-    ApiToken {
-        token_hash: hash.to_owned(),
-        user: "admin".to_owned(),
-        tenant: TenantId::default_tenant(),
-        scopes: vec![Scope::Admin],
-        name: Some("cli".to_owned()),
-        created_at: Timestamp::from_millis(1_700_000_000_000),
-        expires_at: None,
-        agent: None,
-    }
-}
+use crate::fixtures::{event, token, user};
 
 fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(path).unwrap()

@@ -1,0 +1,93 @@
+//! Key names, all under `{prefix}:`. The Lua scripts build the same names
+//! from the prefix (see `scripts.rs`); a change here must be made there too.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `task:{id}` | hash | `body` (JSON), and `status`, `epoch`, `tenant`, `agent`, `idem` for the scripts |
+//! | `ix:{tenant or *}:{status or *}:{agent or *}` | sorted set | task ids (score 0, so by id = creation order): one per filter combination |
+//! | `open` | sorted set | ids of unfinished tasks |
+//! | `idem:{tenant}` | hash | idempotency key → task id |
+//! | `events:{task id}` | sorted set | event JSON, score = seq |
+//! | `event_seq` | string | the highest event seq stored |
+//! | `users` | hash | name → user JSON |
+//! | `tokens` | hash | token hash → token JSON |
+//! | `agents` | hash | agent id → record JSON |
+//! | `sessions:{agent id}` | sorted set | session JSON, score = session number |
+//!
+//! Tenant and agent ids are `[A-Za-z0-9._-]`, so neither `:` nor `*` can make
+//! two index names collide.
+
+use fabric_core::{AgentId, TaskId, TaskQuery};
+
+/// Builds the store's key names.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    /// `{prefix}:`, as the scripts receive it in `ARGV[1]`.
+    pub prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: format!("{prefix}:"),
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    pub fn task(&self, id: TaskId) -> String {
+        self.key(&format!("task:{id}"))
+    }
+
+    /// The one index that serves `query`'s filters.
+    pub fn index(&self, query: &TaskQuery) -> String {
+        let tenant = query.tenant.as_ref().map_or("*", |t| t.as_str());
+        let status = query.status.map_or("*", |s| s.as_str());
+        let agent = query.agent_id.as_ref().map_or("*", |a| a.as_str());
+        self.key(&format!("ix:{tenant}:{status}:{agent}"))
+    }
+
+    pub fn events(&self, id: TaskId) -> String {
+        self.key(&format!("events:{id}"))
+    }
+
+    pub fn event_seq(&self) -> String {
+        self.key("event_seq")
+    }
+
+    pub fn users(&self) -> String {
+        self.key("users")
+    }
+
+    pub fn tokens(&self) -> String {
+        self.key("tokens")
+    }
+
+    pub fn agents(&self) -> String {
+        self.key("agents")
+    }
+
+    pub fn sessions(&self, id: &AgentId) -> String {
+        self.key(&format!("sessions:{id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabric_core::{TaskStatus, TenantId};
+
+    #[test]
+    fn each_filter_combination_has_its_own_index() {
+        let keys = Keys::new("fab");
+        assert_eq!(keys.index(&TaskQuery::default()), "fab:ix:*:*:*");
+        let query = TaskQuery {
+            tenant: Some(TenantId::new("acme").unwrap()),
+            status: Some(TaskStatus::Queued),
+            ..TaskQuery::default()
+        };
+        assert_eq!(keys.index(&query), "fab:ix:acme:queued:*");
+    }
+}

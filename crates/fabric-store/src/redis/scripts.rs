@@ -1,0 +1,292 @@
+//! The Lua scripts: every operation that reads before it writes, or writes
+//! more than one key, runs as one script, which Redis executes atomically (no
+//! other command runs in between) and logs to the AOF as one `MULTI`/`EXEC`.
+//!
+//! Called with `EVALSHA` (40 bytes instead of the script's 2-3 KB: Redis
+//! reads a client's commands 16 KB at a time, so smaller commands also mean
+//! fewer event-loop turns per batch). Every new connection first loads all
+//! scripts (`SCRIPT LOAD`, idempotent), so a Redis restart, which empties the
+//! script cache, also breaks the connection and reloads them. Only a
+//! `SCRIPT FLUSH` while connected can cause `NOSCRIPT`: the writes it hits
+//! fail as retryable and the scripts are loaded again before the next batch.
+//!
+//! Every script takes the key prefix (`{prefix}:`) as `ARGV[1]` and derives
+//! the keys from it, so key names are defined once (see `keys.rs`, mirrored in
+//! `PRELUDE`). Scripts that derive keys are fine on standalone Redis; on
+//! Redis Cluster they would need every key in one slot (a `{tag}` prefix).
+//!
+//! Errors a script raises on purpose start with `FABRIC ` so the client can
+//! tell them from Redis' own.
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+use fabric_core::TaskStatus;
+
+/// Every script, for `SCRIPT LOAD` on each new connection.
+pub(crate) fn all() -> [&'static Script; 7] {
+    [
+        &CREATE_TASK,
+        &WRITE_TASK,
+        &APPEND_EVENTS,
+        &DELETE_AGENT,
+        &PUT_SESSION,
+        &LIST_TASKS,
+        &UNFINISHED_TASKS,
+    ]
+}
+
+/// Shared by the task scripts: the terminal statuses (from
+/// [`TaskStatus::is_terminal`], so the rule lives in one place) and the index keys.
+static PRELUDE: LazyLock<String> = LazyLock::new(|| {
+    let terminal = TaskStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("['{}'] = true", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+local P = ARGV[1]
+local TERMINAL = {{ {terminal} }}
+-- The eight sorted sets a task is listed in: every combination of
+-- (tenant | *, status | *, agent | *). A list query with any filters reads
+-- exactly one of them. Members are task ids with score 0, so they sort by
+-- id, which for UUIDv7 is creation order.
+local function index_keys(tenant, status, agent)
+  local keys = {{}}
+  for _, t in ipairs({{tenant, '*'}}) do
+    for _, s in ipairs({{status, '*'}}) do
+      for _, a in ipairs({{agent, '*'}}) do
+        keys[#keys + 1] = P .. 'ix:' .. t .. ':' .. s .. ':' .. a
+      end
+    end
+  end
+  return keys
+end
+local function fail(message)
+  return redis.error_reply('FABRIC ' .. message)
+end
+"#
+    )
+});
+
+/// `ARGV`: prefix, id, tenant, agent, status, has_key ('1'/'0'), key, epoch, body.
+/// Returns `{1}` (created) or `{0, body}` (the task already holding the key).
+pub(crate) static CREATE_TASK: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
+        r#"{prelude}
+local id, tenant, agent, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local has_key, key, epoch, body = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local task = P .. 'task:' .. id
+if has_key == '1' then
+  local holder = redis.call('HGET', P .. 'idem:' .. tenant, key)
+  if holder then
+    local existing = redis.call('HGET', P .. 'task:' .. holder, 'body')
+    if existing then
+      return {{0, existing}}
+    end
+    return fail('idempotency key ' .. key .. ' points at task ' .. holder .. ', which is not stored')
+  end
+end
+if redis.call('EXISTS', task) == 1 then
+  return fail('cannot create task ' .. id .. ': a task with this id already exists')
+end
+redis.call('HSET', task, 'body', body, 'status', status, 'epoch', epoch,
+  'tenant', tenant, 'agent', agent)
+if has_key == '1' then
+  redis.call('HSET', task, 'idem', key)
+  redis.call('HSET', P .. 'idem:' .. tenant, key, id)
+end
+for _, k in ipairs(index_keys(tenant, status, agent)) do
+  redis.call('ZADD', k, 0, id)
+end
+if not TERMINAL[status] then
+  redis.call('ZADD', P .. 'open', 0, id)
+end
+return {{1}}
+"#,
+        prelude = *PRELUDE
+    ))
+});
+
+/// `ARGV`: prefix, id, tenant, agent, status, has_key, key, epoch, body,
+/// expected epoch ('' = unguarded). Returns 1 (applied) or 0 (rejected: the
+/// task is missing, terminal, or has another epoch).
+pub(crate) static WRITE_TASK: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
+        r#"{prelude}
+local id, tenant, agent, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local has_key, key, epoch, body, expected = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local task = P .. 'task:' .. id
+local cur = redis.call('HMGET', task, 'status', 'epoch', 'tenant', 'agent', 'idem')
+local old_status, old_epoch, old_tenant, old_agent, old_key = cur[1], cur[2], cur[3], cur[4], cur[5]
+-- The fence. Epochs are compared as decimal strings: exact for all of u64,
+-- where Lua numbers (doubles) are not.
+if not old_status or TERMINAL[old_status] then
+  return 0
+end
+if expected ~= '' and old_epoch ~= expected then
+  return 0
+end
+local new_key = false
+if has_key == '1' then new_key = key end
+-- Every check before the first write: a script's writes are not rolled back
+-- by a later error.
+if new_key and (new_key ~= old_key or tenant ~= old_tenant) then
+  local holder = redis.call('HGET', P .. 'idem:' .. tenant, new_key)
+  if holder and holder ~= id then
+    return fail('cannot update task ' .. id .. ': its idempotency key is taken by another task')
+  end
+end
+if old_key and (old_key ~= new_key or old_tenant ~= tenant) then
+  redis.call('HDEL', P .. 'idem:' .. old_tenant, old_key)
+end
+if new_key then
+  redis.call('HSET', P .. 'idem:' .. tenant, new_key, id)
+  redis.call('HSET', task, 'idem', new_key)
+elseif old_key then
+  redis.call('HDEL', task, 'idem')
+end
+if old_tenant ~= tenant or old_status ~= status or old_agent ~= agent then
+  for _, k in ipairs(index_keys(old_tenant, old_status, old_agent)) do
+    redis.call('ZREM', k, id)
+  end
+  for _, k in ipairs(index_keys(tenant, status, agent)) do
+    redis.call('ZADD', k, 0, id)
+  end
+end
+if TERMINAL[status] then
+  redis.call('ZREM', P .. 'open', id)
+end
+redis.call('HSET', task, 'body', body, 'status', status, 'epoch', epoch,
+  'tenant', tenant, 'agent', agent)
+return 1
+"#,
+        prelude = *PRELUDE
+    ))
+});
+
+/// `ARGV`: prefix, then (task id, seq, body) per event. All or nothing: a seq
+/// already stored for its task fails the whole append. Raises the stored
+/// highest seq.
+pub(crate) static APPEND_EVENTS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local P = ARGV[1]
+local seen = {}
+for i = 2, #ARGV, 3 do
+  local key = P .. 'events:' .. ARGV[i]
+  local seq = ARGV[i + 1]
+  if seen[key .. ' ' .. seq] or redis.call('ZCOUNT', key, seq, seq) > 0 then
+    return redis.error_reply('FABRIC cannot append event ' .. seq .. ': an event with this seq is already stored')
+  end
+  seen[key .. ' ' .. seq] = true
+end
+local last = tonumber(redis.call('GET', P .. 'event_seq') or '0')
+local highest = last
+for i = 2, #ARGV, 3 do
+  local seq = tonumber(ARGV[i + 1])
+  redis.call('ZADD', P .. 'events:' .. ARGV[i], seq, ARGV[i + 2])
+  if seq > highest then highest = seq end
+end
+if highest > last then
+  redis.call('SET', P .. 'event_seq', string.format('%d', highest))
+end
+return 1
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix, agent id. Deletes the record and its sessions; returns how
+/// many records were deleted (0 or 1).
+pub(crate) static DELETE_AGENT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local P = ARGV[1]
+local deleted = redis.call('HDEL', P .. 'agents', ARGV[2])
+redis.call('DEL', P .. 'sessions:' .. ARGV[2])
+return deleted
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix, agent id, session number, body. Replaces the session with
+/// that number (the sorted set's score).
+pub(crate) static PUT_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local key = ARGV[1] .. 'sessions:' .. ARGV[2]
+redis.call('ZREMRANGEBYSCORE', key, ARGV[3], ARGV[3])
+redis.call('ZADD', key, ARGV[3], ARGV[4])
+return 1
+"#
+        .to_owned(),
+    )
+});
+
+/// `KEYS[1]`: the index to read. `ARGV`: prefix, upper bound (`+` or
+/// `(id`), limit. Returns `id, body` pairs, newest first. One script, so the
+/// bodies are those of the same instant as the index (a snapshot).
+pub(crate) static LIST_TASKS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[2], '-', 'LIMIT', 0, ARGV[3])
+local out = {}
+for i, id in ipairs(ids) do
+  out[2 * i - 1] = id
+  out[2 * i] = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
+end
+return out
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix. Every unfinished task as `id, body` pairs, oldest first.
+pub(crate) static UNFINISHED_TASKS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ids = redis.call('ZRANGE', ARGV[1] .. 'open', 0, -1)
+local out = {}
+for i, id in ipairs(ids) do
+  out[2 * i - 1] = id
+  out[2 * i] = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
+end
+return out
+"#
+        .to_owned(),
+    )
+});
+
+fn script(text: String) -> Script {
+    Script::new(&text)
+}
+
+/// Loads every script into Redis' script cache (idempotent).
+pub(crate) async fn load_all(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+) -> Result<(), ::redis::RedisError> {
+    for script in all() {
+        script.load_async(conn).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prelude_lists_exactly_the_terminal_statuses() {
+        assert!(
+            PRELUDE.contains(
+                "{ ['completed'] = true, ['failed'] = true, ['canceled'] = true, ['timed_out'] = true }"
+            ),
+            "{}",
+            *PRELUDE
+        );
+    }
+}
