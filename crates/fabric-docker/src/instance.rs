@@ -618,9 +618,7 @@ async fn wait_redis(
             {
                 return Err(InstanceError::Docker(DockerError::Other {
                     status: None,
-                    message: format!(
-                        "the Redis image has no redis-cli, which readiness needs: use an image with it (the official redis images and 'reactor-fabric image build-redis' have it)"
-                    ),
+                    message: "the Redis image has no redis-cli, which readiness needs: use an image with it (the official redis images and 'reactor-fabric image build-redis' have it)".to_owned(),
                 }));
             }
             Err(e) => tracing::debug!(error = %e, "redis ping"),
