@@ -37,16 +37,44 @@ pub struct InstancesArgs {
     /// Skip the docker-compose side
     #[arg(long)]
     no_compose: bool,
+    /// Times to rebuild the orchestrator image from scratch (removed, then `image build-orchestrator`)
+    #[arg(long, default_value_t = 5)]
+    image_builds: usize,
 }
 
 pub fn run(args: &InstancesArgs) -> anyhow::Result<()> {
     let bin = resolve_binary(args.server_bin.as_deref())?;
-    let orchestrator_image = last_line(&checked(Command::new(&bin).args(["image", "build-orchestrator"]))?);
+    let orchestrator_image = last_line(&checked(
+        Command::new(&bin).args(["image", "build-orchestrator"]),
+    )?);
+    // What a first `start` with a new binary pays on top: hash, strip, tar, import.
+    let mut builds = Vec::new();
+    for _ in 0..args.image_builds {
+        checked(Command::new("docker").args(["rmi", &orchestrator_image]))?;
+        builds.push(timed(
+            Command::new(&bin).args(["image", "build-orchestrator"]),
+        )?);
+    }
+    let size = last_line(&checked(Command::new("docker").args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Size}}",
+        &orchestrator_image,
+    ]))?);
+    println!(
+        "orchestrator image {orchestrator_image}: {:.1} MB, binary {:.1} MB",
+        size.parse::<f64>().unwrap_or(0.0) / 1e6,
+        std::fs::metadata(&bin)?.len() as f64 / 1e6
+    );
     let redis_image = match &args.redis_image {
         Some(image) => image.clone(),
         None => last_line(&checked(Command::new(&bin).args(["image", "build-redis"]))?),
     };
-    println!("images: {orchestrator_image}, {redis_image}; {} runs each", args.runs);
+    println!(
+        "images: {orchestrator_image}, {redis_image}; {} runs each",
+        args.runs
+    );
 
     let mut start = Vec::new();
     let mut list = Vec::new();
@@ -62,9 +90,9 @@ pub fn run(args: &InstancesArgs) -> anyhow::Result<()> {
                 .env_remove("FABRIC_ORCHESTRATOR_IMAGE");
             cmd
         };
-        let t = timed(cli(&["start", "--name", &name]))?;
+        let t = timed(&mut cli(&["start", "--name", &name]))?;
         start.push(t);
-        let t_list = timed(cli(&["list"]))?;
+        let t_list = timed(&mut cli(&["list"]))?;
         list.push(t_list);
         let t_ps = timed(Command::new("docker").args([
             "ps",
@@ -72,7 +100,7 @@ pub fn run(args: &InstancesArgs) -> anyhow::Result<()> {
             "label=io.reactor-fabric.instance",
         ]))?;
         ps.push(t_ps);
-        let t_down = timed(cli(&["down", "--name", &name]))?;
+        let t_down = timed(&mut cli(&["down", "--name", &name]))?;
         down.push(t_down);
         println!(
             "run {run}: start {:.0} ms, list {:.0} ms, docker ps {:.0} ms, down {:.0} ms",
@@ -84,8 +112,15 @@ pub fn run(args: &InstancesArgs) -> anyhow::Result<()> {
     }
 
     let mut rows = vec![
+        row(
+            "image build-orchestrator (hash, strip, tar, import)",
+            &mut builds,
+        ),
         row("reactor-fabric start (until /readyz + PING)", &mut start),
-        row("reactor-fabric list (2 containers, CPU + memory)", &mut list),
+        row(
+            "reactor-fabric list (2 containers, CPU + memory)",
+            &mut list,
+        ),
         row("docker ps --filter label (floor of list)", &mut ps),
         row("reactor-fabric down", &mut down),
     ];
@@ -110,7 +145,7 @@ pub fn run(args: &InstancesArgs) -> anyhow::Result<()> {
             let t_up = started.elapsed();
             wait_readyz(port, Duration::from_secs(60))?;
             let t_ready = started.elapsed();
-            let t_down = timed(compose(&["down", "-v"]))?;
+            let t_down = timed(&mut compose(&["down", "-v"]))?;
             up.push(nanos(t_up));
             up_ready.push(nanos(t_ready));
             compose_down.push(t_down);
@@ -175,9 +210,9 @@ volumes:
 }
 
 /// Runs `cmd` to completion and returns its wall time in ns; fails on a non-zero exit.
-fn timed(mut cmd: Command) -> anyhow::Result<u64> {
+fn timed(cmd: &mut Command) -> anyhow::Result<u64> {
     let started = Instant::now();
-    checked(&mut cmd)?;
+    checked(cmd)?;
     Ok(nanos(started.elapsed()))
 }
 

@@ -792,36 +792,14 @@ pub async fn list(client: &DockerClient) -> Result<Vec<InstanceSummary>, DockerE
         client.list_volumes(&filter),
     )?;
     let mut instances: BTreeMap<String, InstanceSummary> = BTreeMap::new();
-    let entry = |instances: &mut BTreeMap<String, InstanceSummary>, name: &str| {
-        instances
-            .entry(name.to_owned())
-            .or_insert_with(|| InstanceSummary {
-                name: name.to_owned(),
-                status: InstanceStatus::Incomplete,
-                url: None,
-                cpu_percent: None,
-                memory_bytes: None,
-                containers: Vec::new(),
-                networks: 0,
-                volumes: 0,
-            })
-            .name
-            .clone()
-    };
     for n in &networks {
         if let Some(name) = n.labels.as_ref().and_then(|l| l.get(LABEL_INSTANCE)) {
-            entry(&mut instances, name);
-            if let Some(i) = instances.get_mut(name) {
-                i.networks += 1;
-            }
+            summary_of(&mut instances, name).networks += 1;
         }
     }
     for v in &volumes {
         if let Some(name) = v.labels.get(LABEL_INSTANCE) {
-            entry(&mut instances, name);
-            if let Some(i) = instances.get_mut(name) {
-                i.volumes += 1;
-            }
+            summary_of(&mut instances, name).volumes += 1;
         }
     }
 
@@ -850,10 +828,7 @@ pub async fn list(client: &DockerClient) -> Result<Vec<InstanceSummary>, DockerE
         let Some(instance) = labels.get(LABEL_INSTANCE) else {
             continue;
         };
-        entry(&mut instances, instance);
-        let Some(summary) = instances.get_mut(instance) else {
-            continue;
-        };
+        let summary = summary_of(&mut instances, instance);
         let component = labels.get(LABEL_COMPONENT).cloned();
         let u =
             c.id.as_ref()
@@ -903,6 +878,25 @@ pub async fn list(client: &DockerClient) -> Result<Vec<InstanceSummary>, DockerE
         summary.memory_bytes = sum(measured.iter().map(|c| c.memory_bytes));
     }
     Ok(instances.into_values().collect())
+}
+
+/// The summary of instance `name`, made empty on first sight.
+fn summary_of<'a>(
+    instances: &'a mut BTreeMap<String, InstanceSummary>,
+    name: &str,
+) -> &'a mut InstanceSummary {
+    instances
+        .entry(name.to_owned())
+        .or_insert_with(|| InstanceSummary {
+            name: name.to_owned(),
+            status: InstanceStatus::Incomplete,
+            url: None,
+            cpu_percent: None,
+            memory_bytes: None,
+            containers: Vec::new(),
+            networks: 0,
+            volumes: 0,
+        })
 }
 
 fn sum<T: std::iter::Sum<T> + Copy>(values: impl Iterator<Item = Option<T>>) -> Option<T> {

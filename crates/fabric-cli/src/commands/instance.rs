@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use fabric_docker::DockerClient;
 use fabric_docker::config::InstanceConfig;
-use fabric_docker::instance::{self, InstanceStatus, InstanceSummary, StartOptions};
+use fabric_docker::instance::{self, InstanceSummary, StartOptions};
 use serde_json::json;
 
 use crate::commands::serve::ENV_ADMIN_PASSWORD;
@@ -147,8 +147,8 @@ fn row(i: &InstanceSummary) -> Vec<String> {
     } else {
         format!("{running}/{} running", i.containers.len())
     };
-    let live = i.status != InstanceStatus::Stopped && i.status != InstanceStatus::Incomplete
-        || running > 0;
+    // Usage is of running containers only: none running, nothing to show.
+    let live = running > 0;
     vec![
         i.name.clone(),
         i.status.as_str().to_owned(),
