@@ -546,17 +546,32 @@ fn a_missing_redis_image_says_how_to_provide_one() {
     assert_eq!(labelled(&inst.name), Vec::<String>::new());
 }
 
-/// `list` shows instances with what is left of them, so leftovers can be found and removed.
+/// `list` shows every container labelled with the instance (agents too) and what
+/// is left of a broken instance; `down` removes all of it, the agent included.
 #[test]
-fn list_shows_a_stopped_instance_and_down_removes_it() {
-    let inst = Instance::new("stopped");
+fn list_shows_agents_and_stopped_parts_and_down_removes_all() {
+    let inst = Instance::new("parts");
     inst.start(&[]);
+    let name = &inst.name;
+    // An agent container as the container runtime will start them: labelled, on the network.
+    let agent = format!("reactor-fabric-{name}-agent-a1");
     docker(&[
-        "stop",
-        "-t",
-        "0",
-        &format!("reactor-fabric-{}-redis", inst.name),
+        "run",
+        "-d",
+        "--name",
+        &agent,
+        "--label",
+        &format!("io.reactor-fabric.instance={name}"),
+        "--label",
+        "io.reactor-fabric.component=agent",
+        "--network",
+        &format!("reactor-fabric-{name}"),
+        redis_image(),
+        "redis-server",
+        "--port",
+        "7000",
     ]);
+    docker(&["stop", "-t", "0", &format!("reactor-fabric-{name}-redis")]);
     let list = inst.list_json();
     let me = inst.mine(&list).unwrap();
     assert_eq!(me["status"], "degraded", "{me}");
@@ -573,7 +588,14 @@ fn list_shows_a_stopped_instance_and_down_removes_it() {
         .collect();
     assert_eq!(states["redis"], "exited");
     assert_eq!(states["orchestrator"], "running");
-    let out = inst.run(&["down", "--name", &inst.name]);
-    assert_eq!(code(&out), 0);
-    assert_eq!(labelled(&inst.name), Vec::<String>::new());
+    assert_eq!(states["agent"], "running");
+    let text = stdout(&inst.run(&["list"]));
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains("degraded  2/3 running")),
+        "{text}"
+    );
+    let out = inst.run(&["down", "--name", name]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains(": 3 containers, 1 network, 2 volumes"), "{}", stdout(&out));
+    assert_eq!(labelled(name), Vec::<String>::new());
 }
