@@ -591,11 +591,16 @@ fn list_shows_agents_and_stopped_parts_and_down_removes_all() {
     assert_eq!(states["agent"], "running");
     let text = stdout(&inst.run(&["list"]));
     assert!(
-        text.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains("degraded  2/3 running")),
+        text.lines()
+            .any(|l| l.starts_with(&format!("{name} ")) && l.contains("degraded  2/3 running")),
         "{text}"
     );
     let out = inst.run(&["down", "--name", name]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains(": 3 containers, 1 network, 2 volumes"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(": 3 containers, 1 network, 2 volumes"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(labelled(name), Vec::<String>::new());
 }
