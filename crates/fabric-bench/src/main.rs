@@ -5,6 +5,7 @@
 //! cargo run --release -p fabric-bench -- http    # task API through a real server
 //! cargo run --release -p fabric-bench -- rss     # server memory, idle and loaded
 //! cargo run --release -p fabric-bench -- agents  # agent spawn latency, 200 sandboxed agents
+//! cargo run --release -p fabric-bench -- instances  # Docker start/list/down vs docker-compose
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -19,11 +20,14 @@
 //! - `rss`: `VmRSS` of the server idle and with 100k queued shell tasks.
 //! - `agents`: spawn and stop latency per isolation level beside the
 //!   `unshare` floor; many sandboxed agents sharing many tasks (root only).
+//! - `instances`: `reactor-fabric start | list | down` of Docker instances beside
+//!   `docker-compose up -d | down` of the same two services (needs dockerd).
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
 mod agents;
 mod http;
+mod instances;
 mod rss;
 mod sched;
 mod server;
@@ -55,6 +59,8 @@ enum Command {
     Rss(rss::RssArgs),
     /// Agent spawn latency and many sandboxed agents sharing many tasks
     Agents(agents::AgentsArgs),
+    /// Docker instance start/list/down latency beside docker-compose up -d/down
+    Instances(instances::InstancesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +84,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Http(args) => block_on(cli.client_threads, http::run(args)),
         Command::Rss(args) => block_on(cli.client_threads, rss::run(args)),
         Command::Agents(args) => block_on(cli.client_threads, agents::run(args)),
+        Command::Instances(args) => instances::run(args),
     }
 }
 

@@ -1,6 +1,9 @@
 //! [`CliError`]: every way a command can fail, and the exit code each one means (SPEC §11).
 
 use fabric_core::{TaskId, TaskStatus};
+use fabric_docker::DockerError;
+use fabric_docker::image::ImageError;
+use fabric_docker::instance::InstanceError;
 
 use crate::client::ClientError;
 use crate::config::ConfigError;
@@ -32,6 +35,15 @@ pub enum CliError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A bad `--config fabric.yml` (missing, unparsable, invalid): a usage error.
+    #[error(transparent)]
+    InstanceConfig(#[from] fabric_docker::config::ConfigError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// The task ended, but not well (its result has been printed already).
     #[error("task {id} ended {status}{}", detail(status, reason.as_deref()))]
     TaskUnsuccessful {
@@ -54,6 +66,16 @@ pub enum CliError {
     Stdout(std::io::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+}
+
+/// Docker unreachable is 6 like an unreachable server; a taken name is a conflict.
+fn docker_exit_code(e: &DockerError) -> u8 {
+    match e {
+        DockerError::DaemonUnreachable { .. } => exit::UNREACHABLE,
+        DockerError::NameConflict { .. } | DockerError::PortInUse { .. } => exit::CONFLICT,
+        DockerError::UnsupportedHost { .. } => exit::USAGE,
+        _ => exit::ERROR,
+    }
 }
 
 /// ` (reason)`, unless the reason only repeats the status (`canceled (canceled)`).
@@ -91,6 +113,12 @@ impl CliError {
                 }
             },
             CliError::Config(ConfigError::InvalidUrl { .. }) => exit::USAGE,
+            CliError::InstanceConfig(_) => exit::USAGE,
+            CliError::Docker(e) | CliError::Image(ImageError::Docker(e)) => docker_exit_code(e),
+            CliError::Instance(InstanceError::Exists { .. }) => exit::CONFLICT,
+            CliError::Instance(InstanceError::InvalidName(_)) => exit::USAGE,
+            CliError::Instance(e) => e.docker().map_or(exit::ERROR, docker_exit_code),
+            CliError::Image(_) => exit::ERROR,
             CliError::Config(_) => exit::ERROR,
             CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
             CliError::TaskUnsuccessful { .. }
@@ -142,6 +170,25 @@ mod tests {
             3
         );
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        let no_docker = CliError::Docker(DockerError::DaemonUnreachable {
+            detail: "refused".into(),
+        });
+        assert_eq!(no_docker.exit_code(), 6);
+        assert_eq!(
+            no_docker.to_string(),
+            "Cannot connect to the Docker daemon. Is it running?"
+        );
+        let exists = CliError::Instance(InstanceError::Exists { name: "x".into() });
+        assert_eq!(exists.exit_code(), 5);
+        let unreachable_in_start =
+            CliError::Instance(InstanceError::Docker(DockerError::DaemonUnreachable {
+                detail: String::new(),
+            }));
+        assert_eq!(unreachable_in_start.exit_code(), 6);
+        let missing = CliError::InstanceConfig(fabric_docker::config::ConfigError::Missing {
+            path: "fabric.yml".into(),
+        });
+        assert_eq!(missing.exit_code(), 2);
         let pipe = CliError::Stdout(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert!(pipe.is_silent());
         assert_eq!(pipe.exit_code(), 0);

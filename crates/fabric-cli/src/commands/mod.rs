@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod auth;
+pub mod image;
+pub mod instance;
 pub mod serve;
 pub mod status;
 pub mod task;
@@ -52,6 +54,15 @@ pub enum Command {
     /// Spawn, list, inspect and terminate agents
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Start a namespaced Docker instance: network, orchestrator and Redis containers
+    Start(instance::StartArgs),
+    /// Remove a Docker instance: every container, network and volume labelled with it
+    Down(instance::DownArgs),
+    /// List Docker instances: status, containers, CPU, memory, URL
+    List,
+    /// Build the images Docker instances run, locally (no registry needed)
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// What every client command gets: where the server is, which token to send, how to print.
@@ -90,30 +101,45 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         // Neither needs the client config: `version` works with no HOME, `serve` has its own.
         Command::Version => version::run(cli.output),
         Command::Serve(args) => serve::run(args),
+        // Docker commands: no fabric server, so no client settings either.
+        Command::Start(args) => block_on(instance::start(args, cli.output)),
+        Command::Down(args) => block_on(instance::down(args, cli.output)),
+        Command::List => block_on(instance::list(cli.output)),
+        Command::Image(cmd) => block_on(image::run(cmd, cli.output)),
         command => {
             let settings = ClientSettings::resolve(cli.url.as_deref(), &process_env)?;
             let ctx = Ctx {
                 settings,
                 output: cli.output,
             };
-            // One request at a time: a single-threaded runtime starts fastest.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    CliError::Other(anyhow::Error::new(e).context("cannot start the async runtime"))
-                })?;
-            runtime.block_on(async move {
+            block_on(async move {
                 match command {
                     Command::Status => status::run(&ctx).await,
                     Command::Auth(cmd) => auth::run(&ctx, cmd).await,
                     Command::Task(cmd) => task::run(&ctx, cmd).await,
                     Command::Agent(cmd) => agent::run(&ctx, cmd).await,
-                    Command::Version | Command::Serve(_) => Ok(()),
+                    Command::Version
+                    | Command::Serve(_)
+                    | Command::Start(_)
+                    | Command::Down(_)
+                    | Command::List
+                    | Command::Image(_) => Ok(()),
                 }
             })
         }
     }
+}
+
+/// Runs a command's future. Commands wait on one thing at a time (or join a few):
+/// a single-threaded runtime starts fastest.
+fn block_on(command: impl Future<Output = Result<(), CliError>>) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::Other(anyhow::Error::new(e).context("cannot start the async runtime"))
+        })?;
+    runtime.block_on(command)
 }
 
 #[cfg(test)]

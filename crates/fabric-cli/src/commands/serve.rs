@@ -9,6 +9,10 @@ use crate::error::CliError;
 /// First admin's password; generated and printed once by the server when unset.
 /// Only from the environment: a flag would show it in `ps`.
 pub const ENV_ADMIN_PASSWORD: &str = "FABRIC_ADMIN_PASSWORD";
+/// A file holding the first admin's password (the Docker secrets convention), read
+/// when `FABRIC_ADMIN_PASSWORD` is unset. Docker instances use it so the password is
+/// in neither the container's config nor its environment.
+pub const ENV_ADMIN_PASSWORD_FILE: &str = fabric_docker::instance::ENV_ADMIN_PASSWORD_FILE;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -99,7 +103,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         listen: args.listen,
         data_dir,
         store,
-        admin_password: process_env(ENV_ADMIN_PASSWORD),
+        admin_password: admin_password()?,
         shell_concurrency: usize::from(args.shell_concurrency),
         max_queue_depth: args.max_queue_depth as usize,
         inference_upstream: args
@@ -121,6 +125,26 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     runtime
         .block_on(fabric_server::serve(server_config))
         .map_err(CliError::Other)
+}
+
+/// `FABRIC_ADMIN_PASSWORD`, else the contents of `FABRIC_ADMIN_PASSWORD_FILE` (one
+/// trailing newline dropped), else none (the server generates one).
+fn admin_password() -> Result<Option<String>, CliError> {
+    if let Some(password) = process_env(ENV_ADMIN_PASSWORD) {
+        return Ok(Some(password));
+    }
+    let Some(path) = process_env(ENV_ADMIN_PASSWORD_FILE).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        CliError::Other(anyhow::anyhow!(
+            "cannot read {ENV_ADMIN_PASSWORD_FILE} {path}: {e}"
+        ))
+    })?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(Some(
+        password.strip_suffix('\r').unwrap_or(password).to_owned(),
+    ))
 }
 
 /// Hidden subcommand through which this binary acts as the sandbox helper of

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod agents;
 mod crash;
+mod instances;
 
 use assert_cmd::Command;
 use fabric_core::TaskId;
