@@ -42,11 +42,10 @@ use crate::labels::{
 };
 use crate::stats::{self, Target, Usage};
 
-/// Where the orchestrator keeps its state. One switch: when `serve --store
-/// redis://…` lands, set this to [`OrchestratorStore::Redis`] and the orchestrator
-/// waits for Redis and runs on it; until then it runs SQLite in its data volume
-/// and `FABRIC_STORE` is passed along, unused.
-pub const ORCHESTRATOR_STORE: OrchestratorStore = OrchestratorStore::SqliteInVolume;
+/// Where the orchestrator keeps its state: the instance's Redis (SPEC §2.2),
+/// which it waits for before starting. `SqliteInVolume` is kept for an
+/// orchestrator without Redis (its own volume, no waiting).
+pub const ORCHESTRATOR_STORE: OrchestratorStore = OrchestratorStore::Redis;
 
 /// See [`ORCHESTRATOR_STORE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,6 +481,9 @@ fn redis_body(
                 "redis-server",
                 "--appendonly",
                 "yes",
+                // The Redis store acknowledges a write once Redis has fsynced it.
+                "--appendfsync",
+                "always",
                 "--dir",
                 "/data",
                 "--protected-mode",
