@@ -299,6 +299,34 @@ impl Leader for AnyLeader {
     }
 }
 
+/// `SHELL -c command` as a child of the fabric, in `workdir`, with exactly
+/// `env`, stdin on `/dev/null`, stdout and stderr piped, leading a new
+/// process group.
+pub(crate) fn host_shell(
+    command: &str,
+    workdir: &Path,
+    env: &[(String, String)],
+) -> Result<tokio::process::Child, RuntimeError> {
+    tokio::process::Command::new(SHELL)
+        .arg("-c")
+        .arg(command)
+        .current_dir(workdir)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        // Backstop for the leader if its owner is dropped; `ProcessGroup`'s
+        // drop covers the rest of the group.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|cause| RuntimeError::Spawn {
+            command: command.to_string(),
+            cause,
+        })
+}
+
 /// Isolation level `none`: the shell is a plain child of the fabric.
 struct OnHost;
 
@@ -309,24 +337,7 @@ impl Launcher for OnHost {
         workdir: &Path,
         env: &[(String, String)],
     ) -> Result<Started, RuntimeError> {
-        let mut child = tokio::process::Command::new(SHELL)
-            .arg("-c")
-            .arg(command)
-            .current_dir(workdir)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            // Backstop for the leader if the job's future is dropped;
-            // `ProcessGroup`'s drop covers the rest of the group.
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|cause| RuntimeError::Spawn {
-                command: command.to_string(),
-                cause,
-            })?;
+        let mut child = host_shell(command, workdir, env)?;
         Ok(Started {
             pid: child.id().unwrap_or(0),
             stdout: boxed(child.stdout.take()),

@@ -6,13 +6,13 @@
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use tokio::process::{Child, ChildStderr, ChildStdout};
 
 use super::group::ProcessGroup;
-use super::{SHELL, check_env, environment};
+use super::{check_env, environment, host_shell};
 use crate::RuntimeError;
 use crate::sandbox::ProcessExit;
 
@@ -41,22 +41,7 @@ pub fn spawn_program(
             command: command.to_owned(),
         });
     }
-    let mut child = tokio::process::Command::new(SHELL)
-        .arg("-c")
-        .arg(command)
-        .current_dir(workdir)
-        .env_clear()
-        .envs(environment(workdir, env))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|cause| RuntimeError::Spawn {
-            command: command.to_owned(),
-            cause,
-        })?;
+    let mut child = host_shell(command, workdir, &environment(workdir, env))?;
     let pid = child.id().unwrap_or(0);
     let group = ProcessGroup::led_by(pid).ok_or_else(|| RuntimeError::Wait {
         command: command.to_owned(),
