@@ -345,6 +345,27 @@ pub async fn build_image(
     Ok(())
 }
 
+/// Builds the root filesystem with `rootfs` (blocking work, off the async
+/// workers), imports it as `spec`, and reports the build.
+pub async fn build_from(
+    client: &DockerClient,
+    spec: &ImageSpec,
+    started: Instant,
+    rootfs: impl FnOnce() -> Result<Vec<u8>, ImageError> + Send + 'static,
+) -> Result<ImageReady, ImageError> {
+    let rootfs = tokio::task::spawn_blocking(rootfs)
+        .await
+        .map_err(|e| ImageError::Archive(std::io::Error::other(e.to_string())))??;
+    let size = rootfs.len() as u64;
+    build_image(client, spec, rootfs).await?;
+    Ok(ImageReady {
+        image: spec.reference(),
+        built: true,
+        size_bytes: Some(size),
+        took: started.elapsed(),
+    })
+}
+
 /// The orchestrator image for `binary` (this very `reactor-fabric`): found by its
 /// tag, or built now from the binary, `/bin/sh` (the built-in shell agent runs
 /// tasks with it) and their libraries. Debug info is stripped on the way in when
@@ -365,17 +386,7 @@ pub async fn ensure_orchestrator_image(
         });
     }
     let binary = binary.to_owned();
-    let rootfs = tokio::task::spawn_blocking(move || orchestrator_rootfs(&binary))
-        .await
-        .map_err(|e| ImageError::Archive(std::io::Error::other(e.to_string())))??;
-    let size = rootfs.len() as u64;
-    build_image(client, &spec, rootfs).await?;
-    Ok(ImageReady {
-        image: spec.reference(),
-        built: true,
-        size_bytes: Some(size),
-        took: started.elapsed(),
-    })
+    build_from(client, &spec, started, move || orchestrator_rootfs(&binary)).await
 }
 
 fn orchestrator_spec(binary_sha256: &str) -> ImageSpec {
@@ -514,7 +525,7 @@ pub async fn build_redis_image(
             });
         }
     }
-    let rootfs = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ImageError> {
+    build_from(client, &spec, started, move || {
         let mut fs = Rootfs::new();
         // redis-server is a link to redis-check-rdb: the name it runs under picks the mode.
         fs.program(&server, "/usr/bin/redis-server")?;
@@ -525,15 +536,6 @@ pub async fn build_redis_image(
         fs.finish()
     })
     .await
-    .map_err(|e| ImageError::Archive(std::io::Error::other(e.to_string())))??;
-    let size = rootfs.len() as u64;
-    build_image(client, &spec, rootfs).await?;
-    Ok(ImageReady {
-        image: spec.reference(),
-        built: true,
-        size_bytes: Some(size),
-        took: started.elapsed(),
-    })
 }
 
 /// `7.0.15` from `redis-server --version` (`Redis server v=7.0.15 sha=…`).
