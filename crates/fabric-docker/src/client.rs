@@ -45,9 +45,16 @@ impl DockerClient {
     /// (`/var/run/docker.sock`), and negotiates the API version, so a daemon that is
     /// not there fails here with [`DockerError::DaemonUnreachable`].
     pub async fn connect() -> Result<DockerClient, DockerError> {
-        let docker = match std::env::var("DOCKER_HOST") {
-            Ok(host) if !host.is_empty() => Docker::connect_with_host(&host),
-            _ => Docker::connect_with_local_defaults(),
+        let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        Self::connect_to(host.as_deref()).await
+    }
+
+    /// Connects to `host` (`unix://…` or `tcp://…`), or the default socket for
+    /// `None`, and negotiates the API version; see [`connect`](Self::connect).
+    pub async fn connect_to(host: Option<&str>) -> Result<DockerClient, DockerError> {
+        let docker = match host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_local_defaults(),
         }
         .map_err(|e| DockerError::from_bollard(e, "connect"))?;
         // bollard speaks a newer API than older daemons (20.10 tops out at 1.41):
