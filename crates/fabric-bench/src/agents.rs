@@ -1080,6 +1080,16 @@ struct ServerMemory {
     fds: usize,
 }
 
+/// CPU time of every agent, as the API reports it (cgroup counters for
+/// sandboxed agents), in ms.
+async fn agents_cpu_ms(client: &Client) -> anyhow::Result<u64> {
+    Ok(list_agents(client)
+        .await?
+        .iter()
+        .map(|a| a.usage.cpu_millis)
+        .sum())
+}
+
 async fn server_memory(server: &Server, client: &Client) -> anyhow::Result<ServerMemory> {
     let agents = list_agents(client).await?;
     Ok(ServerMemory {
@@ -1107,8 +1117,8 @@ struct FleetRun {
     end_to_end_secs: f64,
     /// Server's first `created_at` → last `finished_at`.
     server_span_secs: f64,
-    /// CPU seconds over the task phase: the server's own, its reaped children
-    /// (sandbox helpers and the commands they ran), this bench.
+    /// CPU seconds over the task phase: the server's own, its children (the
+    /// reaped ones, plus the sandboxes' processes from their cgroups), this bench.
     server_cpu: f64,
     children_cpu: f64,
     bench_cpu: f64,
@@ -1218,13 +1228,20 @@ async fn fleet_once(args: &AgentsArgs, binary: &Path, fleet: Fleet) -> anyhow::R
 
     let server_cpu = ProcessCpu::of(server.pid)?;
     let bench_cpu = ProcessCpu::of(std::process::id())?;
+    let sandboxes_cpu_ms = agents_cpu_ms(&client).await?;
     let started = Instant::now();
     let created = create_tasks(&client, fleet, args.agents, args.tasks, args.clients).await?;
     let create_secs = started.elapsed().as_secs_f64();
     let finished = wait_until_finished(&client).await?;
     let end_to_end_secs = finished.duration_since(started).as_secs_f64();
-    let (server_cpu, children_cpu) = ProcessCpu::of(server.pid)?.seconds_since(&server_cpu);
+    let (server_cpu, reaped_cpu) = ProcessCpu::of(server.pid)?.seconds_since(&server_cpu);
     let (bench_cpu, _) = ProcessCpu::of(std::process::id())?.seconds_since(&bench_cpu);
+    // Sandboxed commands are children of their sandbox's init, which is not
+    // reaped until the sandbox goes: their CPU is in the agents' cgroups.
+    let sandboxes_cpu_ms = agents_cpu_ms(&client)
+        .await?
+        .saturating_sub(sandboxes_cpu_ms);
+    let children_cpu = reaped_cpu + sandboxes_cpu_ms as f64 / 1000.0;
     let end = server_memory(&server, &client).await?;
     let peak_rss_kb = proc_status_kb(server.pid, "VmHWM")?;
     let (completed, first, last) = count_completed(&client).await?;
