@@ -131,10 +131,10 @@ impl Leadership {
                     valid_until = sent + self.ttl;
                     next = sent + every;
                 }
-                Ok(Ok(Renewal::Lost { holder: Some(holder) })) => {
-                    return format!(
-                        "orchestrator {holder} took over store prefix {prefix:?}"
-                    );
+                Ok(Ok(Renewal::Lost {
+                    holder: Some(holder),
+                })) => {
+                    return format!("orchestrator {holder} took over store prefix {prefix:?}");
                 }
                 Ok(Ok(Renewal::Lost { holder: None })) => {
                     return format!(

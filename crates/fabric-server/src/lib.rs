@@ -387,8 +387,12 @@ pub async fn run(
             tracing::warn!(error = %e, "cannot flush the store before releasing the leadership");
         }
         match redis.release_leadership().await {
-            Ok(_) => tracing::info!(prefix = %redis.prefix(), "released the leadership of the store prefix"),
-            Err(e) => tracing::warn!(error = %e, "cannot release the leadership; a standby takes over when it expires"),
+            Ok(_) => {
+                tracing::info!(prefix = %redis.prefix(), "released the leadership of the store prefix")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release the leadership; a standby takes over when it expires")
+            }
         }
     }
     store.close().await;

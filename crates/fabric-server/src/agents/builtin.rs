@@ -159,9 +159,9 @@ pub fn spawn_noop(service: Arc<TaskService>, mut shutdown: watch::Receiver<bool>
                     break;
                 }
                 for pending in pending {
-                    match service.confirm(pending).await {
-                        Ok(Some(lease)) => complete_noop(&service, lease),
-                        Ok(None) | Err(_) => {} // logged by confirm
+                    // A rejected or failed lease is logged by `confirm`.
+                    if let Ok(Some(lease)) = service.confirm(pending).await {
+                        complete_noop(&service, lease);
                     }
                 }
             }
