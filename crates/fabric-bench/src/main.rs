@@ -5,6 +5,7 @@
 //! cargo run --release -p fabric-bench -- http    # task API through a real server
 //! cargo run --release -p fabric-bench -- rss     # server memory, idle and loaded
 //! cargo run --release -p fabric-bench -- agents  # agent spawn latency, 200 sandboxed agents
+//! cargo run --release -p fabric-bench -- takeover  # standby takeover after kill -9 of the leader
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -19,6 +20,8 @@
 //! - `rss`: `VmRSS` of the server idle and with 100k queued shell tasks.
 //! - `agents`: spawn and stop latency per isolation level beside the
 //!   `unshare` floor; many sandboxed agents sharing many tasks (root only).
+//! - `takeover`: two servers on one Redis prefix; time from `kill -9` of the
+//!   leader to the standby serving.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
@@ -28,6 +31,7 @@ mod rss;
 mod sched;
 mod server;
 mod stats;
+mod takeover;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +59,8 @@ enum Command {
     Rss(rss::RssArgs),
     /// Agent spawn latency and many sandboxed agents sharing many tasks
     Agents(agents::AgentsArgs),
+    /// Standby takeover after kill -9 of the leader (two servers, one Redis)
+    Takeover(takeover::TakeoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +84,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Http(args) => block_on(cli.client_threads, http::run(args)),
         Command::Rss(args) => block_on(cli.client_threads, rss::run(args)),
         Command::Agents(args) => block_on(cli.client_threads, agents::run(args)),
+        Command::Takeover(args) => block_on(cli.client_threads, takeover::run(args)),
     }
 }
 

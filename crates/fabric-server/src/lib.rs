@@ -285,6 +285,19 @@ pub async fn run(
             .context("server failed")?;
         return Ok(());
     }
+    // Renew from this moment on, in its own task: reloading a large backlog
+    // or starting agents may take longer than the TTL. Resolves only if the
+    // leadership is lost.
+    let keeper = leadership.map(|leadership| tokio::spawn(leadership.keep()));
+    let keeper_abort = keeper.as_ref().map(tokio::task::JoinHandle::abort_handle);
+    let mut lost = Box::pin(async move {
+        match keeper {
+            Some(keeper) => keeper
+                .await
+                .unwrap_or_else(|e| format!("the task renewing the leadership failed: {e}")),
+            None => std::future::pending().await,
+        }
+    });
 
     if let Some(generated) = auth
         .bootstrap_admin(config.admin_password.as_deref())
@@ -304,13 +317,6 @@ pub async fn run(
     let restored = tasks.recover().await?;
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
-    // Renews from now on; resolves only if the leadership is lost.
-    let mut lost = Box::pin(async move {
-        match leadership {
-            Some(leadership) => leadership.keep().await,
-            None => std::future::pending().await,
-        }
-    });
     let mut shell = AgentConfig::new(AgentId::shell());
     shell.concurrency = u32::try_from(config.shell_concurrency.max(1)).unwrap_or(u32::MAX);
     shell.max_queue_depth = u32::try_from(config.max_queue_depth).unwrap_or(u32::MAX);
@@ -378,6 +384,9 @@ pub async fn run(
         tracing::warn!("agents did not stop in time");
     }
     drop(lost);
+    if let Some(keeper) = keeper_abort {
+        keeper.abort();
+    }
     if deposed.is_none()
         && let store::AnyStore::Redis(redis) = &store
     {
