@@ -179,6 +179,17 @@ fn instance_cgroup(data_dir: &Path) -> PathBuf {
         .join(format!("i-{}", hex::encode(&digest[..6])))
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` resolves. With a Redis
 /// store it first takes the leadership of the key prefix (standing by while
 /// another orchestrator holds it), and returns an error if it loses it.
@@ -289,7 +300,8 @@ pub async fn run(
     // or starting agents may take longer than the TTL. Resolves only if the
     // leadership is lost.
     let keeper = leadership.map(|leadership| tokio::spawn(leadership.keep()));
-    let keeper_abort = keeper.as_ref().map(tokio::task::JoinHandle::abort_handle);
+    // Stops renewing on every way out of here, early errors included.
+    let keeper_abort = AbortOnDrop(keeper.as_ref().map(tokio::task::JoinHandle::abort_handle));
     let mut lost = Box::pin(async move {
         match keeper {
             Some(keeper) => keeper
@@ -384,9 +396,7 @@ pub async fn run(
         tracing::warn!("agents did not stop in time");
     }
     drop(lost);
-    if let Some(keeper) = keeper_abort {
-        keeper.abort();
-    }
+    drop(keeper_abort);
     if deposed.is_none()
         && let store::AnyStore::Redis(redis) = &store
     {
