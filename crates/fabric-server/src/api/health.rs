@@ -1,5 +1,7 @@
 //! Liveness and readiness.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -8,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use fabric_core::api::Health;
 
 use crate::error::ApiError;
-use crate::state::{AppState, Role};
+use crate::state::{AppState, Readiness, Role};
 
 fn health(status: &str, message: Option<String>, leader: Option<String>) -> Json<Health> {
     Json(Health {
@@ -55,9 +57,15 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
 
 /// Middleware: `/v1` requests get 503 until the server accepts them (see
 /// [`crate::state::Readiness`]); health and the OpenAPI document always answer.
-pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if request.uri().path().starts_with("/v1/") && !state.readiness.is_accepting() {
-        return ApiError::unavailable(state.readiness.refusal()).into_response();
+// Its state is the readiness alone: the whole `AppState` would be cloned
+// (a handful of reference counts) on every request.
+pub async fn gate(
+    State(readiness): State<Arc<Readiness>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path().starts_with("/v1/") && !readiness.is_accepting() {
+        return ApiError::unavailable(readiness.refusal()).into_response();
     }
     next.run(request).await
 }

@@ -82,7 +82,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            std::sync::Arc::clone(&state.readiness),
             health::gate,
         ))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
