@@ -75,6 +75,8 @@ impl Leadership {
             let pause = match self.store.acquire_leadership(&self.owner, self.ttl).await {
                 Ok(Acquire::Acquired { generation }) => {
                     self.valid_until = Some(sent + self.ttl);
+                    // Reloading now; `/readyz` says 200 once that is done.
+                    readiness.set_role(Role::Starting);
                     if stood_by {
                         tracing::warn!(prefix = %prefix, owner = %self.owner, generation,
                             "took over as the active orchestrator: the previous one stopped renewing its leadership");
@@ -143,7 +145,7 @@ impl Leadership {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(prefix = %prefix, error = %e, "cannot renew the leadership; retrying until it would lapse");
-                    next = Instant::now() + (every / 4).max(MIN_POLL);
+                    next = (Instant::now() + (every / 4).max(MIN_POLL)).min(valid_until);
                 }
                 Err(_) => {}
             }

@@ -473,3 +473,36 @@ async fn an_idle_deposed_leader_notices_at_its_next_renewal() {
         deposed_at.elapsed()
     );
 }
+
+/// A Redis restart shorter than the TTL is not a lost leadership: failed
+/// renewals are retried until the leadership would lapse, and the leader
+/// keeps serving once Redis is back (its key survives in the AOF).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_rides_out_a_redis_restart_shorter_than_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(&dir.path().join("redis"));
+    let store = shared_store(&redis, "blip");
+    let ttl = Duration::from_secs(4);
+    let server = TestServer::start_with(|c| {
+        c.store = store.clone();
+        c.leader_ttl = ttl;
+    })
+    .await;
+    let token = server.login().await;
+    // Longer than a renewal period (TTL/3): at least one renewal fails.
+    redis.kill();
+    tokio::time::sleep(ttl * 2 / 5).await;
+    redis.restart();
+    // Past the TTL counted from before the outage: renewals went on.
+    tokio::time::sleep(ttl).await;
+    let (code, body) = server.readyz().await;
+    assert_eq!(code, 200, "{body}");
+    let id = server
+        .create(&token, json!({"commands": ["echo after the blip"]}))
+        .await;
+    assert_eq!(
+        server.wait_done(&token, &id).await.status,
+        TaskStatus::Completed
+    );
+    server.stop().await;
+}
