@@ -67,6 +67,54 @@ pub struct HttpArgs {
     /// Seconds of open loop at the same rate before measuring (discarded)
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Run the servers on the Redis store: a durable redis-server
+    /// (`appendfsync always`) started by the bench, a fresh key prefix per run
+    #[arg(long)]
+    redis: bool,
+}
+
+/// `--store`/`--store-prefix` flags for the servers of one invocation.
+struct StoreArgs {
+    /// Keeps the redis-server alive for the whole invocation.
+    redis: Option<(fabric_store::redis::testing::RedisServer, tempfile::TempDir)>,
+    runs: AtomicUsize,
+}
+
+impl StoreArgs {
+    fn new(redis: bool) -> anyhow::Result<Self> {
+        let redis = if redis {
+            let dir = tempfile::Builder::new()
+                .prefix("fabric-bench-redis-")
+                .tempdir()
+                .context("cannot create a directory for redis-server")?;
+            let server = fabric_store::redis::testing::RedisServer::start(dir.path());
+            println!(
+                "store: redis-server on port {} (appendfsync always)",
+                server.port()
+            );
+            Some((server, dir))
+        } else {
+            None
+        };
+        Ok(Self {
+            redis,
+            runs: AtomicUsize::new(0),
+        })
+    }
+
+    /// The flags for the next server (empty: SQLite in its data dir).
+    fn next(&self) -> Vec<String> {
+        let run = self.runs.fetch_add(1, Ordering::Relaxed);
+        match &self.redis {
+            Some((server, _)) => vec![
+                "--store".to_owned(),
+                server.url(),
+                "--store-prefix".to_owned(),
+                format!("bench-{run}"),
+            ],
+            None => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,10 +394,12 @@ struct ThroughputRun {
 
 async fn throughput_once(
     binary: &std::path::Path,
+    store: &[String],
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<ThroughputRun> {
-    let (server, client) = Server::start(binary, &[]).await?;
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
+    let (server, client) = Server::start(binary, &store).await?;
     let create = closed_loop(
         &client,
         Target::CreateNoop,
@@ -402,11 +452,13 @@ struct LatencyRun {
 
 async fn latency_once(
     binary: &std::path::Path,
+    store: &[String],
     rate: u32,
     duration: Duration,
     warmup: Duration,
 ) -> anyhow::Result<LatencyRun> {
-    let (server, client) = Server::start(binary, &[]).await?;
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
+    let (server, client) = Server::start(binary, &store).await?;
     let request = Request::new(&client, Target::CreateNoop)?;
     let period = Duration::from_secs(1) / rate;
     let warm = (warmup.as_secs_f64() * f64::from(rate)) as u32;
@@ -502,21 +554,26 @@ pub async fn run(args: &HttpArgs) -> anyhow::Result<()> {
         binary.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let store = StoreArgs::new(args.redis)?;
     if args.parts.contains(&Part::Throughput) {
-        throughput(args, &binary).await?;
+        throughput(args, &binary, &store).await?;
     }
     if args.parts.contains(&Part::Latency) {
-        latency(args, &binary).await?;
+        latency(args, &binary, &store).await?;
     }
     Ok(())
 }
 
-async fn throughput(args: &HttpArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+async fn throughput(
+    args: &HttpArgs,
+    binary: &std::path::Path,
+    store: &StoreArgs,
+) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration);
     let mut runs: BTreeMap<usize, Vec<ThroughputRun>> = BTreeMap::new();
     for rep in 1..=args.reps {
         for &c in &args.concurrency {
-            let r = throughput_once(binary, c, duration)
+            let r = throughput_once(binary, &store.next(), c, duration)
                 .await
                 .with_context(|| format!("throughput run at concurrency {c}"))?;
             println!(
@@ -581,11 +638,16 @@ async fn throughput(args: &HttpArgs, binary: &std::path::Path) -> anyhow::Result
     Ok(())
 }
 
-async fn latency(args: &HttpArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+async fn latency(
+    args: &HttpArgs,
+    binary: &std::path::Path,
+    store: &StoreArgs,
+) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for rep in 1..=args.reps {
         let r = latency_once(
             binary,
+            &store.next(),
             args.rate,
             Duration::from_secs(args.rate_duration),
             Duration::from_secs(args.warmup),

@@ -6,6 +6,7 @@
 //! cargo run --release -p fabric-bench -- rss     # server memory, idle and loaded
 //! cargo run --release -p fabric-bench -- agents  # agent spawn latency, 200 sandboxed agents
 //! cargo run --release -p fabric-bench -- instances  # Docker start/list/down vs docker-compose
+//! cargo run --release -p fabric-bench -- takeover  # standby takeover after kill -9 of the leader
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -22,6 +23,8 @@
 //!   `unshare` floor; many sandboxed agents sharing many tasks (root only).
 //! - `instances`: `reactor-fabric start | list | down` of Docker instances beside
 //!   `docker-compose up -d | down` of the same two services (needs dockerd).
+//! - `takeover`: two servers on one Redis prefix; time from `kill -9` of the
+//!   leader to the standby serving.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
@@ -32,6 +35,7 @@ mod rss;
 mod sched;
 mod server;
 mod stats;
+mod takeover;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +65,8 @@ enum Command {
     Agents(agents::AgentsArgs),
     /// Docker instance start/list/down latency beside docker-compose up -d/down
     Instances(instances::InstancesArgs),
+    /// Standby takeover after kill -9 of the leader (two servers, one Redis)
+    Takeover(takeover::TakeoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +91,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Rss(args) => block_on(cli.client_threads, rss::run(args)),
         Command::Agents(args) => block_on(cli.client_threads, agents::run(args)),
         Command::Instances(args) => instances::run(args),
+        Command::Takeover(args) => block_on(cli.client_threads, takeover::run(args)),
     }
 }
 

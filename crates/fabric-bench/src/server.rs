@@ -69,6 +69,18 @@ impl Server {
         extra_args: &[&str],
         log_filter: &str,
     ) -> anyhow::Result<Server> {
+        let mut server = Self::spawn_unready(binary, extra_args, log_filter).await?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Starts `binary serve` without waiting for `/readyz` (a standby is not
+    /// ready while another orchestrator leads).
+    pub async fn spawn_unready(
+        binary: &Path,
+        extra_args: &[&str],
+        log_filter: &str,
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("fabric-bench-")
             .tempdir()
@@ -95,18 +107,22 @@ impl Server {
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id().context("server exited at once")?;
-        let mut server = Server {
+        Ok(Server {
             child,
             pid,
             base: format!("http://{listen}"),
             log_path,
             _dir: dir,
-        };
-        server.wait_ready().await?;
-        Ok(server)
+        })
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        self.wait_readyz("ok", Duration::from_millis(20)).await
+    }
+
+    /// Polls `/readyz` every `every` until its body's `status` is `status`
+    /// (`ok` when ready, `standby` while another orchestrator leads).
+    pub async fn wait_readyz(&mut self, status: &str, every: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + READY_TIMEOUT;
         let url = format!("{}/readyz", self.base);
@@ -118,7 +134,8 @@ impl Server {
                 );
             }
             if let Ok(resp) = client.get(&url).send().await
-                && resp.status().is_success()
+                && let Ok(body) = resp.json::<serde_json::Value>().await
+                && body["status"] == status
             {
                 return Ok(());
             }
@@ -128,8 +145,14 @@ impl Server {
                     self.log_tail()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(every).await;
         }
+    }
+
+    /// `kill -9` (no chance to release anything) and reap it.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
     }
 
     /// Logs in as the admin (one Argon2 verification on the server).

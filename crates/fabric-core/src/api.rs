@@ -141,9 +141,16 @@ pub struct WhoAmI {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
-    /// `ok`, or `starting` while not ready.
+    /// `ok`; `starting` while not ready; `standby` while another orchestrator
+    /// leads the store prefix; `stepping_down` after losing the leadership.
     pub status: String,
     pub version: String,
+    /// Why the server is not ready, and what happens next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The active orchestrator's id while this one stands by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// Every error response: `{"error": {"code", "message", "request_id"}}`.

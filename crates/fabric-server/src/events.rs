@@ -30,6 +30,13 @@ impl EventHub {
         }
     }
 
+    /// Continues the numbering after `last_seq` (the highest stored) if that
+    /// is ahead of where this hub is.
+    pub fn resume_after(&self, last_seq: u64) {
+        self.next_seq
+            .fetch_max(last_seq.saturating_add(1), Ordering::Relaxed);
+    }
+
     /// Records an event: submitted to the store at once (committed in call
     /// order with the task writes around it) and sent to live subscribers.
     pub fn emit(

@@ -11,6 +11,7 @@
 //! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, the built-in `shell` and `noop` agents.
 //! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
 //! - [`events`]: task event numbering, storage and live fan-out.
+//! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
 //! - [`telemetry`]: log subscriber setup (JSON or pretty).
 //! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
@@ -21,6 +22,7 @@ pub mod auth;
 mod error;
 pub mod events;
 mod extract;
+pub mod leader;
 mod request_id;
 pub mod service;
 pub mod state;
@@ -33,7 +35,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -50,8 +51,9 @@ pub use fabric_runtime::sandbox::HelperCommand;
 
 use crate::agents::{AgentManager, ManagerConfig};
 use crate::auth::AuthService;
+use crate::leader::Leadership;
 use crate::service::{TaskDefaults, TaskService};
-use crate::state::AppState;
+use crate::state::{AppState, Readiness};
 
 /// Default API address (`--listen`, `FABRIC_LISTEN`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -70,6 +72,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Which store holds tasks, users and agents (`--store`, `FABRIC_STORE`).
     pub store: StoreConfig,
+    /// How long the leadership of a Redis store prefix lasts without renewal
+    /// (`--leader-ttl`): how soon a standby takes over after the active
+    /// orchestrator dies. Renewed every third of it.
+    pub leader_ttl: Duration,
     /// Password for the first admin (`FABRIC_ADMIN_PASSWORD`); generated and printed once when absent.
     pub admin_password: Option<String>,
     pub scheduler: SchedulerConfig,
@@ -99,6 +105,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("fabric-data"),
             store: StoreConfig::default(),
+            leader_ttl: leader::DEFAULT_LEADER_TTL,
             admin_password: None,
             scheduler: SchedulerConfig::default(),
             max_queue_depth: AgentQueueConfig::default().max_queue_depth,
@@ -172,7 +179,20 @@ fn instance_cgroup(data_dir: &Path) -> PathBuf {
         .join(format!("i-{}", hex::encode(&digest[..6])))
 }
 
-/// Runs the server on `listener` until `shutdown` resolves.
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` resolves. With a Redis
+/// store it first takes the leadership of the key prefix (standing by while
+/// another orchestrator holds it), and returns an error if it loses it.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
@@ -206,21 +226,12 @@ pub async fn run(
     tasks.register_agent(AgentId::noop(), queue);
 
     let auth = Arc::new(AuthService::new(store.clone(), Arc::clone(&clock)));
-    if let Some(generated) = auth
-        .bootstrap_admin(config.admin_password.as_deref())
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?
-    {
-        // Printed once, to the terminal only: never logged (NFR-SEC-2).
-        println!("Created user 'admin' with generated password: {generated}");
-        println!("(set FABRIC_ADMIN_PASSWORD before the first start to choose it)");
-    }
-
     let api_addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
     let local = api_addr.to_string();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let manager_config = ManagerConfig {
         agents_dir: config.data_dir.join("agents"),
         api_addr,
@@ -239,28 +250,27 @@ pub async fn run(
         manager_config,
         stop_rx.clone(),
     );
-    agents.sweep_leftovers().await;
-    // Every stored agent's queue exists before its tasks are reloaded.
-    agents
-        .register_queues()
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let readiness = Arc::new(Readiness::default());
     let state = AppState {
         tasks: Arc::clone(&tasks),
-        auth,
+        auth: Arc::clone(&auth),
         agents: agents.clone(),
         shutdown: stop_rx.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
+        readiness: Arc::clone(&readiness),
     };
     let app = api::router(state.clone());
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let stop_tx = Arc::clone(&stop_tx);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
 
-    // Serve /healthz and /readyz (503) while unfinished tasks reload.
+    // Serve /healthz and /readyz (503) while standing by and reloading;
+    // `/v1` answers 503 until the reload is done (`Readiness`).
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
+    let mut http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
@@ -269,7 +279,56 @@ pub async fn run(
     });
     tracing::info!(listen = %local, data_dir = %config.data_dir.display(), store = %store_name, version = fabric_core::VERSION, "reactor-fabric serving");
 
+    // Several orchestrators may share a Redis prefix; only the leader may
+    // touch its tasks. (SQLite: the data dir's lock file is the guarantee.)
+    let mut leadership = match &store {
+        store::AnyStore::Redis(redis) => Some(Leadership::new(redis.clone(), config.leader_ttl)),
+        store::AnyStore::Sqlite(_) => None,
+    };
+    if let Some(leadership) = &mut leadership
+        && !leadership.acquire(&readiness, &mut stop_rx.clone()).await
+    {
+        tracing::info!("shutdown requested while standing by");
+        let served = http.await;
+        store.close().await;
+        served
+            .context("server task failed")?
+            .context("server failed")?;
+        return Ok(());
+    }
+    // Renew from this moment on, in its own task: reloading a large backlog
+    // or starting agents may take longer than the TTL. Resolves only if the
+    // leadership is lost.
+    let keeper = leadership.map(|leadership| tokio::spawn(leadership.keep()));
+    // Stops renewing on every way out of here, early errors included.
+    let keeper_abort = AbortOnDrop(keeper.as_ref().map(tokio::task::JoinHandle::abort_handle));
+    let mut lost = Box::pin(async move {
+        match keeper {
+            Some(keeper) => keeper
+                .await
+                .unwrap_or_else(|e| format!("the task renewing the leadership failed: {e}")),
+            None => std::future::pending().await,
+        }
+    });
+
+    if let Some(generated) = auth
+        .bootstrap_admin(config.admin_password.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?
+    {
+        // Printed once, to the terminal only: never logged (NFR-SEC-2).
+        println!("Created user 'admin' with generated password: {generated}");
+        println!("(set FABRIC_ADMIN_PASSWORD before the first start to choose it)");
+    }
+    agents.sweep_leftovers().await;
+    // Every stored agent's queue exists before its tasks are reloaded.
+    agents
+        .register_queues()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let restored = tasks.recover().await?;
+    // From here on requests are safe: the built-in agents (below) need them.
+    readiness.accept();
     let mut shell = AgentConfig::new(AgentId::shell());
     shell.concurrency = u32::try_from(config.shell_concurrency.max(1)).unwrap_or(u32::MAX);
     shell.max_queue_depth = u32::try_from(config.max_queue_depth).unwrap_or(u32::MAX);
@@ -301,24 +360,67 @@ pub async fn run(
             }
         })
     };
-    state.ready.store(true, Ordering::Release);
+    readiness.set_ready();
     tracing::info!(restored, agents = respawned, "ready");
 
-    let served = http.await;
+    let mut deposed = None;
+    let served = tokio::select! {
+        served = &mut http => served,
+        reason = &mut lost => {
+            // Stop everything at once: no more leases, /readyz 503. The
+            // store refuses this server's writes already; what is running
+            // here is requeued by the new leader.
+            tracing::error!(reason = %reason, "lost the leadership of the store; this orchestrator stops serving and exits so that a supervisor restarts it as a standby");
+            readiness.step_down(reason.clone());
+            let _ = stop_tx.send(true);
+            deposed = Some(reason);
+            http.await
+        }
+    };
     tasks.stop_all_running();
     ticker.abort();
     let drain = async {
         agents.wait_stopped().await;
         while workers.join_next().await.is_some() {}
     };
-    if tokio::time::timeout(config.kill_grace + Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
+    // Keep renewing while the agents stop (the drain may outlast the TTL).
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(config.kill_grace + Duration::from_secs(5), drain) => drained.is_ok(),
+        reason = &mut lost, if deposed.is_none() => {
+            tracing::warn!(reason = %reason, "lost the leadership of the store while stopping");
+            deposed = Some(reason);
+            false
+        }
+    };
+    if !drained && deposed.is_none() {
         tracing::warn!("agents did not stop in time");
+    }
+    drop(lost);
+    drop(keeper_abort);
+    if deposed.is_none()
+        && let store::AnyStore::Redis(redis) = &store
+    {
+        // A clean stop hands over at once instead of after the TTL; first
+        // let every write submitted so far commit under our leadership.
+        if let Err(e) = tasks.store_barrier().await {
+            tracing::warn!(error = %e, "cannot flush the store before releasing the leadership");
+        }
+        match redis.release_leadership().await {
+            Ok(_) => {
+                tracing::info!(prefix = %redis.prefix(), "released the leadership of the store prefix")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release the leadership; a standby takes over when it expires")
+            }
+        }
     }
     store.close().await;
     tracing::info!("stopped");
+    if let Some(reason) = deposed {
+        anyhow::bail!(
+            "this orchestrator lost the leadership of its Redis store prefix ({reason}) and stopped serving; restart it to run as a standby (a supervisor such as systemd or Docker's restart policy does this)"
+        );
+    }
     served
         .context("server task failed")?
         .context("server failed")?;

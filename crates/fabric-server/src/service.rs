@@ -31,6 +31,9 @@ use crate::validate;
 
 type Commit = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
 
+/// Pause of the in-process lease loop after a lease write failed.
+const LEASE_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// Task defaults applied at creation.
 #[derive(Debug, Clone)]
 pub struct TaskDefaults {
@@ -45,6 +48,19 @@ impl Default for TaskDefaults {
             max_attempts: Task::DEFAULT_MAX_ATTEMPTS,
             agent: AgentId::shell(),
         }
+    }
+}
+
+/// A lease whose store write is submitted but not yet known to have applied:
+/// [`TaskService::confirm`] turns it into a [`Lease`] an agent may act on.
+pub struct PendingLease {
+    lease: Lease,
+    commit: Commit,
+}
+
+impl PendingLease {
+    pub fn task_id(&self) -> TaskId {
+        self.lease.task.id
     }
 }
 
@@ -110,6 +126,11 @@ impl TaskService {
     /// Reloads every unfinished task after a (re)start. Running tasks lost their
     /// agents with the old process and go back to their queues.
     pub async fn recover(&self) -> Result<usize, StoreError> {
+        // Read again now, not only at construction: with Redis, an
+        // orchestrator that was a standby until now continues the numbering
+        // from what the previous leader stored (whose later appends the store
+        // refuses, so no seq can be taken twice).
+        self.events.resume_after(self.store.last_event_seq().await?);
         let tasks = self.store.unfinished_tasks().await?;
         let count = tasks.len();
         let mut commits = Vec::new();
@@ -437,8 +458,10 @@ impl TaskService {
         self.store.append_events(Vec::new()).await
     }
 
-    /// Leases the next task of `agent` if one is ready.
-    pub fn try_lease(&self, agent: &AgentId) -> Option<Lease> {
+    /// Leases the next task of `agent` if one is ready. The lease write is
+    /// submitted (under the scheduler lock, like every decision) but the
+    /// lease is not yours until [`TaskService::confirm`] says it applied.
+    pub fn try_lease(&self, agent: &AgentId) -> Option<PendingLease> {
         let now = self.clock.now();
         let mut sched = self.sched.lock();
         let lease = sched.lease(agent, now)?;
@@ -449,18 +472,35 @@ impl TaskService {
             now,
             json!({"status": task.status, "attempt": task.attempt}),
         );
-        let commit = self.store.write_task(lease.write.clone());
+        let commit = Box::pin(self.store.write_task(lease.write.clone())) as Commit;
         drop(sched);
-        let id = task.id;
-        tokio::spawn(async move {
-            if let Err(e) = commit.await {
-                tracing::error!(task_id = %id, error = %e, "cannot store lease");
-            }
-        });
-        Some(lease)
+        Some(PendingLease { lease, commit })
     }
 
-    /// Waits until a task of `agent` is ready (or `shutdown` resolves).
+    /// Waits for a lease's write. `Some` once it applied: only then may an
+    /// agent start (the store, and any other orchestrator reading it, knows
+    /// the task is taken). `None` when the store rejected it: the stored task
+    /// is not what this scheduler holds (another writer changed its epoch or
+    /// ended it), so the task is dropped from this scheduler. An error leaves
+    /// the lease to expire and be requeued by `tick`.
+    pub async fn confirm(&self, pending: PendingLease) -> Result<Option<Lease>, StoreError> {
+        let PendingLease { lease, commit } = pending;
+        match commit.await {
+            Ok(WriteOutcome::Applied) => Ok(Some(lease)),
+            Ok(WriteOutcome::Rejected) => {
+                let dropped = self.sched.lock().disown(&lease.task.id, lease.epoch);
+                tracing::warn!(task_id = %lease.task.id, agent_id = %lease.task.agent_id, epoch = lease.epoch, dropped,
+                    "the store rejected a lease: the stored task changed behind this scheduler (another orchestrator or writer); not handed out, dropped from this scheduler");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!(task_id = %lease.task.id, error = %e, "cannot store lease; not handed out, it is requeued when it expires");
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until a task of `agent` is leased durably (or `shutdown` resolves).
     pub async fn lease_wait(
         &self,
         agent: &AgentId,
@@ -474,10 +514,16 @@ impl TaskService {
             let notified = waker.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(lease) = self.try_lease(agent) {
+            if let Some(pending) = self.try_lease(agent) {
                 // Others may be ready too: pass the wake-up on.
                 waker.notify_one();
-                return Some(lease);
+                match self.confirm(pending).await {
+                    Ok(Some(lease)) => return Some(lease),
+                    Ok(None) => continue,
+                    // Already logged; do not spin through the queue while the store fails.
+                    Err(_) => tokio::time::sleep(LEASE_RETRY_AFTER).await,
+                }
+                continue;
             }
             tokio::select! {
                 () = &mut notified => {}
@@ -487,7 +533,9 @@ impl TaskService {
     }
 
     /// Waits up to `wait` for a task of `agent` and returns it once its lease
-    /// is durable (an agent must not start work the store does not know about).
+    /// write applied (an agent must not start work the store does not know
+    /// about, or that the store gave to someone else). A rejected lease is
+    /// skipped for the next ready task.
     pub async fn lease_within(
         &self,
         agent: &AgentId,
@@ -501,10 +549,12 @@ impl TaskService {
             let notified = waker.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(lease) = self.try_lease(agent) {
+            if let Some(pending) = self.try_lease(agent) {
                 waker.notify_one();
-                self.store_barrier().await?;
-                return Ok(Some(lease));
+                match self.confirm(pending).await? {
+                    Some(lease) => return Ok(Some(lease)),
+                    None => continue,
+                }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(None);

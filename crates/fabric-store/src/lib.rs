@@ -22,7 +22,10 @@
 //!   - `sqlite/rows.rs`: records to rows (columns to query by, JSON body).
 //! - `redis` (feature `redis`): `RedisStore`, `RedisConfig`.
 //!   - `redis/writer.rs`: the writer task, pipelines, reconnection.
-//!   - `redis/scripts.rs`: the Lua scripts (create, fenced write, events, lists).
+//!   - `redis/scripts.rs`: the Lua scripts (create, fenced write, events, lists,
+//!     leadership); the writing ones refuse a deposed leadership generation.
+//!   - `redis/leader.rs`: leadership of a key prefix (acquire, renew, release)
+//!     among orchestrators sharing one Redis.
 //!   - `redis/keys.rs`: the key layout and indexes.
 //!   - `redis/conn.rs`: URL (password redaction), connections, durability check.
 //!   - `redis/testing.rs` (with `conformance`): a throwaway `redis-server`.

@@ -48,6 +48,13 @@ pub struct ServeArgs {
           default_value = fabric_server::DEFAULT_STORE_PREFIX)]
     pub store_prefix: String,
 
+    /// With a Redis store: how long this orchestrator's leadership of the key
+    /// prefix lasts unless renewed (every third of it), i.e. how soon a standby
+    /// sharing the prefix takes over after it dies (e.g. 10s, 2500ms)
+    #[arg(long, env = "FABRIC_LEADER_TTL", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_leader_ttl)]
+    pub leader_ttl: std::time::Duration,
+
     /// Tasks the built-in shell agent runs at the same time
     #[arg(long, env = "FABRIC_SHELL_CONCURRENCY", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -103,6 +110,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         listen: args.listen,
         data_dir,
         store,
+        leader_ttl: args.leader_ttl,
         admin_password: admin_password()?,
         shell_concurrency: usize::from(args.shell_concurrency),
         max_queue_depth: args.max_queue_depth as usize,
@@ -145,6 +153,16 @@ fn admin_password() -> Result<Option<String>, CliError> {
     Ok(Some(
         password.strip_suffix('\r').unwrap_or(password).to_owned(),
     ))
+}
+
+/// `--leader-ttl`: a duration of at least 300 ms (renewals go every third
+/// of it, and each needs a round trip to Redis).
+fn parse_leader_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = crate::commands::task::parse_duration(text)?;
+    if ttl < std::time::Duration::from_millis(300) {
+        return Err("the leader TTL must be at least 300ms".to_owned());
+    }
+    Ok(ttl)
 }
 
 /// Hidden subcommand through which this binary acts as the sandbox helper of

@@ -1,5 +1,7 @@
 //! NFR-REL-1: `kill -9` of the server mid-load loses no acknowledged task,
-//! records every completion once, and re-runs only tasks that were running.
+//! records every completion once, and re-runs only tasks that were running:
+//! after a restart on the same data dir (SQLite, Redis), and after a standby
+//! orchestrator sharing the Redis prefix takes over (issue #4).
 //!
 //! Every execution appends its task id to a log file (the agent-side count);
 //! the server's own records say which tasks it had started (`attempt`).
@@ -44,8 +46,14 @@ impl Drop for ServerChild {
     }
 }
 
-/// `store` is what `--store` gets: `sqlite` or a Redis URL.
-fn spawn_server(data_dir: &Path, port: u16, log: &Path, store: &str) -> ServerChild {
+/// `store` is what `--store` gets: `sqlite` or a Redis URL; `extra` more flags.
+fn spawn_server(
+    data_dir: &Path,
+    port: u16,
+    log: &Path,
+    store: &str,
+    extra: &[&str],
+) -> ServerChild {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -61,6 +69,7 @@ fn spawn_server(data_dir: &Path, port: u16, log: &Path, store: &str) -> ServerCh
         .arg(data_dir)
         .args(["--store", store])
         .args(["--shell-concurrency", &SHELL_CONCURRENCY.to_string()])
+        .args(extra)
         .env("FABRIC_ADMIN_PASSWORD", PASSWORD)
         .env("FABRIC_LOG", "warn")
         .stdin(Stdio::null())
@@ -72,16 +81,22 @@ fn spawn_server(data_dir: &Path, port: u16, log: &Path, store: &str) -> ServerCh
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) {
+    wait_readyz(client, base, "ok").await;
+}
+
+/// Polls `/readyz` (every 10 ms) until its body's status is `status`.
+async fn wait_readyz(client: &reqwest::Client, base: &str, status: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
+            && let Ok(body) = r.json::<Value>().await
+            && body["status"] == status
         {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("server at {base} never became ready");
+    panic!("server at {base} never reported {status} on /readyz");
 }
 
 async fn login(client: &reqwest::Client, base: &str) -> String {
@@ -132,9 +147,22 @@ fn executions(exec_log: &Path) -> HashMap<String, usize> {
     counts
 }
 
+/// Who carries on after the `kill -9`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Successor {
+    /// The same server restarted on the same data dir and port.
+    Restart,
+    /// A second orchestrator on the same Redis prefix (its own data dir and
+    /// port), standing by since before the load, takes over.
+    Standby,
+}
+
+/// Leadership TTL of the standby runs: how soon the standby may take over.
+const LEADER_TTL: Duration = Duration::from_secs(2);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_nothing_and_reruns_only_running_tasks() {
-    kill_9_mid_load("sqlite").await;
+    kill_9_mid_load("sqlite", Successor::Restart).await;
 }
 
 /// The same on the Redis store (its own redis-server with `appendfsync
@@ -143,10 +171,20 @@ async fn kill_9_mid_load_loses_nothing_and_reruns_only_running_tasks() {
 async fn kill_9_mid_load_on_redis_loses_nothing_and_reruns_only_running_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let redis = fabric_store::redis::testing::RedisServer::start(dir.path());
-    kill_9_mid_load(&redis.url()).await;
+    kill_9_mid_load(&redis.url(), Successor::Restart).await;
 }
 
-async fn kill_9_mid_load(store: &str) {
+/// Two orchestrators on one Redis prefix: `kill -9` of the active one
+/// mid-load; the standby takes over within about the leadership TTL and
+/// completes every acknowledged task exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_mid_load_the_standby_takes_over_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = fabric_store::redis::testing::RedisServer::start(dir.path());
+    kill_9_mid_load(&redis.url(), Successor::Standby).await;
+}
+
+async fn kill_9_mid_load(store: &str, successor: Successor) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let exec_log = Arc::new(dir.path().join("executions.log"));
@@ -158,9 +196,25 @@ async fn kill_9_mid_load(store: &str) {
         .build()
         .unwrap();
 
-    let mut server = spawn_server(&data_dir, port, &server_log, store);
+    let ttl = format!("{}ms", LEADER_TTL.as_millis());
+    let extra: &[&str] = match successor {
+        Successor::Restart => &[],
+        Successor::Standby => &["--leader-ttl", &ttl],
+    };
+    let mut server = spawn_server(&data_dir, port, &server_log, store, extra);
     wait_ready(&client, &base).await;
     let token = Arc::new(login(&client, &base).await);
+    let standby = match successor {
+        Successor::Restart => None,
+        Successor::Standby => {
+            let port = super::free_port();
+            let log = dir.path().join("standby.log");
+            let standby = spawn_server(&dir.path().join("standby"), port, &log, store, extra);
+            let base = format!("http://127.0.0.1:{port}");
+            wait_readyz(&client, &base, "standby").await;
+            Some((standby, base))
+        }
+    };
 
     // Submit from many clients at once; kill -9 the server half-way through.
     let next = Arc::new(AtomicUsize::new(0));
@@ -194,6 +248,7 @@ async fn kill_9_mid_load(store: &str) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     server.kill().unwrap(); // SIGKILL
+    let killed_at = Instant::now();
     server.wait().unwrap();
     for s in submitters {
         s.await.unwrap();
@@ -209,10 +264,26 @@ async fn kill_9_mid_load(store: &str) {
         "work must remain at the crash ({executed_before_crash} executed)"
     );
 
-    // Restart on the same data dir; the session token survives; resubmit what
-    // was not acknowledged (the same idempotency keys: no duplicates).
-    let mut server = spawn_server(&data_dir, port, &server_log, store);
-    wait_ready(&client, &base).await;
+    // Restart on the same data dir (or let the standby take over); the
+    // session token survives; resubmit what was not acknowledged (the same
+    // idempotency keys: no duplicates).
+    let (mut server, base) = match standby {
+        None => {
+            let server = spawn_server(&data_dir, port, &server_log, store, extra);
+            wait_ready(&client, &base).await;
+            (server, base)
+        }
+        Some((standby, base)) => {
+            wait_ready(&client, &base).await;
+            let takeover = killed_at.elapsed();
+            eprintln!("crash test: the standby took over {takeover:?} after kill -9");
+            assert!(
+                takeover < LEADER_TTL + Duration::from_secs(5),
+                "the standby took {takeover:?} to take over (leader TTL {LEADER_TTL:?})"
+            );
+            (standby, Arc::new(base))
+        }
+    };
     for i in 0..TASKS {
         if acked.lock().await.contains_key(&i) {
             continue;
@@ -352,7 +423,7 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
     let port = super::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = spawn_server(&data, port, &log, "sqlite");
+    let mut server = spawn_server(&data, port, &log, "sqlite", &[]);
     wait_ready(&client, &base).await;
     let token = login(&client, &base).await;
     let post = |path: &str, body: Value| {
@@ -456,7 +527,7 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
         "the host agent outlives the server: {before:?}"
     );
 
-    let mut server = spawn_server(&data, port, &log, "sqlite");
+    let mut server = spawn_server(&data, port, &log, "sqlite", &[]);
     wait_ready(&client, &base).await;
     // The orphaned program was stopped; the agent's new session runs a new one.
     let deadline = Instant::now() + Duration::from_secs(10);

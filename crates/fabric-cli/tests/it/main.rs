@@ -24,7 +24,7 @@ use tempfile::TempDir;
 const ADMIN_PASSWORD: &str = "it-admin-password";
 /// How long one CLI invocation may take before the test calls it hung.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a fresh server may take to answer `/healthz`.
+/// How long a fresh server may take to answer `/readyz` with 200.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn free_port() -> u16 {
@@ -87,25 +87,26 @@ impl Fabric {
             url: format!("http://127.0.0.1:{port}"),
             dir,
         };
-        fabric.wait_healthy(port);
+        fabric.wait_ready(port);
         fabric
     }
 
-    fn wait_healthy(&mut self, port: u16) {
+    /// Until `/readyz` says 200: `/v1` answers 503 while the server reloads.
+    fn wait_ready(&mut self, port: u16) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if healthz_ok(port) {
+            if readyz_ok(port) {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
-                    "the server exited with {status} before it was healthy:\n{}",
+                    "the server exited with {status} before it was ready:\n{}",
                     self.log()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "the server did not answer /healthz in time:\n{}",
+                "the server did not answer /readyz with 200 in time:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -183,14 +184,14 @@ impl Drop for Fabric {
     }
 }
 
-/// A plain HTTP/1.1 `GET /healthz`: no client library needed to wait for the server.
-fn healthz_ok(port: u16) -> bool {
+/// A plain HTTP/1.1 `GET /readyz`: no client library needed to wait for the server.
+fn readyz_ok(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     if stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;

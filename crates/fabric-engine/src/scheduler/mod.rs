@@ -311,7 +311,7 @@ impl Scheduler {
 
     /// Reloads an unfinished task after a restart. A task that was running has
     /// lost its agent with the old process: it goes back to the queue as if its
-    /// lease had expired (or fails, when out of attempts). Tasks must be
+    /// lease had expired, with a new epoch (or fails, when out of attempts). Tasks must be
     /// restored oldest first, so dependencies are known before their dependents.
     pub fn restore(
         &mut self,
@@ -339,6 +339,11 @@ impl Scheduler {
             task.status = TaskStatus::Queued;
             task.reason = Some(reason::LEASE_EXPIRED.to_owned());
             task.updated_at = now;
+            // A new epoch at once, not only at the next lease: the process that
+            // ran it may still be alive (a deposed orchestrator sharing the
+            // store), and a completion it writes with the old epoch must not
+            // apply to the requeued task.
+            task.lease_epoch += 1;
             requeue = Some(TaskWrite {
                 task: task.clone(),
                 expected_epoch: expected,
@@ -710,6 +715,22 @@ impl Scheduler {
     ) -> Result<Changes, SchedulerError> {
         self.running_entry(id, epoch)?;
         Ok(self.expire_lease(id, epoch, why, now))
+    }
+
+    /// Drops a running attempt whose lease the store refused to record: the
+    /// stored task is no longer what this scheduler holds (another writer
+    /// changed it), so it must neither be handed out nor written from here.
+    /// Returns whether the attempt was live. Tasks pending on it stay pending
+    /// here; the store's view wins at the next restart.
+    pub fn disown(&mut self, id: &TaskId, epoch: u64) -> bool {
+        if !self.is_live_attempt(id, epoch) {
+            return false;
+        }
+        // Its lease expiry and deadline entries go stale and are skipped.
+        if self.active.remove(id).is_some() {
+            self.stats.running -= 1;
+        }
+        true
     }
 
     /// Running attempts `(task, epoch)` of one agent.

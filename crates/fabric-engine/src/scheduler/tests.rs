@@ -349,11 +349,14 @@ fn restore_requeues_running_tasks_and_keeps_pending_ones_waiting() {
     let c = s.restore(running.clone(), &HashMap::new(), at(0)).unwrap();
     assert_eq!(c.writes[0].task.status, TaskStatus::Queued);
     assert_eq!(c.writes[0].expected_epoch, Some(1));
+    // A new epoch at once: a completion of the old run (epoch 1) is stale.
+    assert_eq!(c.writes[0].task.lease_epoch, 2);
     // Restored tasks ignore max_queue_depth: they were already accepted.
     s.restore(pending.clone(), &HashMap::new(), at(0)).unwrap();
     assert_eq!(s.get(&pending.id).unwrap().status, TaskStatus::Pending);
     let lease = s.lease(&agent(), at(1)).unwrap();
-    assert_eq!((lease.task.id, lease.epoch), (running.id, 2));
+    assert_eq!((lease.task.id, lease.epoch), (running.id, 3));
+    assert_eq!(lease.write.expected_epoch, Some(2));
 
     let mut exhausted = task("t", Priority::Normal);
     exhausted.status = TaskStatus::Running;
@@ -421,4 +424,21 @@ fn abandoned_attempts_requeue_at_once_then_fail_with_the_given_reason() {
         Some(reason::DRAIN_TIMEOUT)
     );
     assert_eq!(s.stats().running, 0);
+}
+
+#[test]
+fn a_disowned_lease_leaves_the_scheduler() {
+    let mut s = sched(1);
+    let t = task("t", Priority::Normal);
+    let r = s.reserve(&agent()).unwrap();
+    s.submit(t.clone(), r, &HashMap::new(), at(0)).unwrap();
+    let lease = s.lease(&agent(), at(1)).unwrap();
+    assert!(!s.disown(&t.id, lease.epoch + 1), "only the live epoch");
+    assert!(s.disown(&t.id, lease.epoch));
+    assert!(s.get(&t.id).is_none());
+    assert_eq!(s.stats(), SchedulerStats::default());
+    assert!(!s.disown(&t.id, lease.epoch), "gone already");
+    // Its lease expiry is skipped, not requeued.
+    assert!(s.tick(at(1_000_000)).writes.is_empty());
+    assert!(s.lease(&agent(), at(1_000_001)).is_none());
 }

@@ -137,18 +137,33 @@ impl ShellWorkers {
     }
 }
 
+/// Most leases the `noop` worker takes before waiting for their writes.
+const NOOP_DRAIN: usize = 1024;
+
 /// Starts the `noop` agent's worker (completes every task at once; for benchmarks and tests).
 pub fn spawn_noop(service: Arc<TaskService>, mut shutdown: watch::Receiver<bool>) -> JoinSet<()> {
     let mut set = JoinSet::new();
     set.spawn(async move {
         let agent = AgentId::noop();
         while let Some(lease) = service.lease_wait(&agent, &mut shutdown).await {
-            // Drain everything ready without waiting for each commit; every
-            // completion is still durable before its task leaves the scheduler.
-            let mut next = Some(lease);
-            while let Some(lease) = next {
-                complete_noop(&service, lease);
-                next = service.try_lease(&agent);
+            complete_noop(&service, lease);
+            // Drain everything ready: submit all the lease writes first, then
+            // wait for them together (they share the store's batches), and
+            // complete each one that applied. Every completion is still
+            // durable before its task leaves the scheduler.
+            loop {
+                let pending: Vec<_> = std::iter::from_fn(|| service.try_lease(&agent))
+                    .take(NOOP_DRAIN)
+                    .collect();
+                if pending.is_empty() {
+                    break;
+                }
+                for pending in pending {
+                    // A rejected or failed lease is logged by `confirm`.
+                    if let Ok(Some(lease)) = service.confirm(pending).await {
+                        complete_noop(&service, lease);
+                    }
+                }
             }
         }
     });

@@ -81,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::clone(&state.readiness),
+            health::gate,
+        ))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         .with_state(state)
 }

@@ -34,6 +34,21 @@ impl TestServer {
 
     /// Starts on an existing data dir (restart tests keep the TempDir themselves).
     pub async fn start_in(data_dir: PathBuf, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let server = Self::spawn_in(data_dir, configure).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts in a fresh data dir without waiting for `/readyz` (a standby
+    /// never becomes ready while the leader lives).
+    pub async fn spawn_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self::spawn_in(dir.path().to_path_buf(), configure).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    async fn spawn_in(data_dir: PathBuf, configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig {
@@ -48,20 +63,19 @@ impl TestServer {
         let handle = tokio::spawn(fabric_server::run(config, listener, async move {
             let _ = rx.await;
         }));
-        let server = Self {
+        Self {
             base: format!("http://{addr}"),
             data_dir,
             client: reqwest::Client::new(),
             stop: Some(tx),
             handle: Some(handle),
             _dir: None,
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
+    /// Polls `/readyz` until 200 (10 s at most).
+    pub async fn wait_ready(&self) {
+        for _ in 0..400 {
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await
                 && r.status() == 200
             {
@@ -81,6 +95,22 @@ impl TestServer {
             h.await.unwrap().unwrap();
         }
         self._dir.take()
+    }
+
+    /// Waits for the server to end on its own (no stop request) and returns
+    /// what `run` returned.
+    pub async fn exit(mut self) -> anyhow::Result<()> {
+        let handle = self.handle.take().unwrap();
+        let result = handle.await.unwrap();
+        self.stop.take();
+        result
+    }
+
+    /// `GET /readyz`: status and body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub fn url(&self, path: &str) -> String {

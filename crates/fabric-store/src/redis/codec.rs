@@ -37,7 +37,7 @@ impl TaskFields {
         })
     }
 
-    /// `ARGV[2..=9]` of the task scripts.
+    /// `ARGV[3..=10]` of the task scripts (after prefix and generation).
     pub fn args(&self, cmd: &mut ::redis::Cmd) {
         let (has_key, key) = match &self.idempotency_key {
             Some(key) => ("1", key.as_str()),

@@ -55,6 +55,23 @@ pub enum RedisStoreError {
     #[error("{0}")]
     Refused(String),
 
+    /// A fenced write carried a leadership generation that is no longer the
+    /// current one: another orchestrator took over this prefix. Nothing was written.
+    #[error(
+        "this orchestrator is no longer the active one for store prefix {prefix:?} (its leadership generation {ours} was superseded by {current}); the write was not applied and it stands down: restart it to run as a standby"
+    )]
+    Deposed {
+        prefix: String,
+        ours: String,
+        current: String,
+    },
+
+    /// A leadership call that needs the leadership taken first.
+    #[error(
+        "this store never took the leadership of prefix {prefix:?}; call acquire_leadership first"
+    )]
+    NotLeader { prefix: String },
+
     /// `NOSCRIPT`: Redis' script cache was emptied under a live connection
     /// (`SCRIPT FLUSH`); the write was not applied and the scripts are reloaded.
     #[error(
@@ -161,6 +178,7 @@ impl From<RedisStoreError> for StoreError {
             | RedisStoreError::Timeout { .. }
             | RedisStoreError::Loading { .. }
             | RedisStoreError::ScriptsLost
+            | RedisStoreError::Deposed { .. }
             | RedisStoreError::Closed
             | RedisStoreError::WriterGone => StoreError::Unavailable(message),
             RedisStoreError::Corrupt { .. } => StoreError::Corrupt(message),
@@ -169,6 +187,7 @@ impl From<RedisStoreError> for StoreError {
             | RedisStoreError::Auth { .. }
             | RedisStoreError::Command { .. }
             | RedisStoreError::Refused(_)
+            | RedisStoreError::NotLeader { .. }
             | RedisStoreError::OutOfRange { .. }
             | RedisStoreError::Encode { .. } => StoreError::Backend(message),
         }

@@ -13,6 +13,8 @@
 //! | `tokens` | hash | token hash → token JSON |
 //! | `agents` | hash | agent id → record JSON |
 //! | `sessions:{agent id}` | sorted set | session JSON, score = session number |
+//! | `leader` | string with a TTL | `"<generation>:<owner>"`: which orchestrator is active |
+//! | `leader_gen` | string | the latest leadership generation (the fencing token of the fenced scripts) |
 //!
 //! Tenant and agent ids are `[A-Za-z0-9._-]`, so neither `:` nor `*` can make
 //! two index names collide.
@@ -71,6 +73,15 @@ impl Keys {
 
     pub fn sessions(&self, id: &AgentId) -> String {
         self.key(&format!("sessions:{id}"))
+    }
+
+    pub fn leader(&self) -> String {
+        self.key("leader")
+    }
+
+    /// The prefix as configured (without the trailing `:`), for messages.
+    pub fn name(&self) -> &str {
+        self.prefix.strip_suffix(':').unwrap_or(&self.prefix)
     }
 }
 

@@ -13,11 +13,19 @@
 //! is disabled and it cannot tell ([`RedisStore::durability`]).
 //! Replication is asynchronous: a failover to a replica can lose
 //! acknowledged writes, so run one primary with its AOF on a local disk.
+//!
+//! # Several orchestrators on one prefix
+//!
+//! Only one may be active: [`RedisStore::acquire_leadership`] takes the
+//! prefix's leadership with a TTL and a new *generation*, which every
+//! task, event and agent write of this store then carries; the scripts refuse
+//! it once another orchestrator has taken over (see `leader.rs`).
 
 mod codec;
 mod conn;
 mod error;
 mod keys;
+mod leader;
 mod scripts;
 #[cfg(feature = "conformance")]
 pub mod testing;
@@ -44,12 +52,21 @@ use crate::StoreStats;
 
 pub use self::conn::{DEFAULT_PREFIX, Durability, RedisConfig, redact_url};
 pub use self::error::RedisStoreError;
+pub use self::leader::{Acquire, Renewal};
 
-/// Counters shared by the handles and the writer task.
+/// State shared by the handles and the writer task.
 pub(crate) struct Shared {
     closed: AtomicBool,
     batches: AtomicU64,
     ops: AtomicU64,
+    /// The key prefix as configured, for messages.
+    prefix: String,
+    /// The leadership generation the fenced scripts carry; 0 until
+    /// [`RedisStore::acquire_leadership`] succeeds (unchecked).
+    generation: AtomicU64,
+    /// Turns true when a fenced write was refused or a renewal found the
+    /// leadership gone: this store no longer leads.
+    deposed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A durable store in Redis: the backend of the Docker and scale-out shapes.
@@ -77,6 +94,8 @@ struct Inner {
     reads: ReadLink,
     shared: Arc<Shared>,
     durability: Durability,
+    /// Who took the leadership and for how long (see `leader.rs`).
+    claim: std::sync::Mutex<Option<leader::Claim>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -118,6 +137,9 @@ impl RedisStore {
             closed: AtomicBool::new(false),
             batches: AtomicU64::new(0),
             ops: AtomicU64::new(0),
+            prefix: config.prefix.clone(),
+            generation: AtomicU64::new(0),
+            deposed: tokio::sync::watch::Sender::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer::run(
@@ -135,6 +157,7 @@ impl RedisStore {
                 tx,
                 shared,
                 durability,
+                claim: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -218,6 +241,14 @@ impl RedisStore {
         c.arg(script.get_hash()).arg(0).arg(&self.inner.keys.prefix);
         c
     }
+
+    /// `EVALSHA sha 0 prefix generation ...` for the fenced scripts. The
+    /// generation is read now, when the write is submitted.
+    fn eval_fenced(&self, script: &Script) -> Cmd {
+        let mut c = self.eval(script);
+        c.arg(self.inner.shared.generation.load(Ordering::Acquire));
+        c
+    }
 }
 
 fn validate_prefix(prefix: &str) -> Result<(), RedisStoreError> {
@@ -258,7 +289,7 @@ impl TaskStore for RedisStore {
         task: Task,
     ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send + 'static {
         let op = TaskFields::encode(&task).map(|fields| {
-            let mut c = self.eval(&scripts::CREATE_TASK);
+            let mut c = self.eval_fenced(&scripts::CREATE_TASK);
             fields.args(&mut c);
             let context = format!("creating task {}", fields.id);
             writer::op(Some(c), context, move |value| {
@@ -284,7 +315,7 @@ impl TaskStore for RedisStore {
         write: TaskWrite,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'static {
         let op = TaskFields::encode(&write.task).map(|fields| {
-            let mut c = self.eval(&scripts::WRITE_TASK);
+            let mut c = self.eval_fenced(&scripts::WRITE_TASK);
             fields.args(&mut c);
             c.arg(
                 write
@@ -362,7 +393,7 @@ impl TaskStore for RedisStore {
                 // once every write queued before it is.
                 return Ok(writer::op(None, "a store barrier".to_owned(), ignore));
             }
-            let mut c = self.eval(&scripts::APPEND_EVENTS);
+            let mut c = self.eval_fenced(&scripts::APPEND_EVENTS);
             for event in &events {
                 exact_score("event seq", event.seq)?;
                 c.arg(event.task_id.to_string())
@@ -507,11 +538,8 @@ impl AgentStore for RedisStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let id = record.config.id.to_string();
         let op = encode_json(|| format!("agent {id}"), &record).map(|body| {
-            let c = cmd("HSET")
-                .arg(self.inner.keys.agents())
-                .arg(&id)
-                .arg(body)
-                .clone();
+            let mut c = self.eval_fenced(&scripts::PUT_AGENT);
+            c.arg(&id).arg(body);
             writer::op(Some(c), format!("cannot store agent {id}"), ignore)
         });
         self.submit(op)
@@ -546,7 +574,7 @@ impl AgentStore for RedisStore {
         &self,
         id: AgentId,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-        let mut c = self.eval(&scripts::DELETE_AGENT);
+        let mut c = self.eval_fenced(&scripts::DELETE_AGENT);
         c.arg(id.as_str());
         self.submit(Ok(writer::op(
             Some(c),
@@ -561,7 +589,7 @@ impl AgentStore for RedisStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (agent, n) = (&session.agent_id, session.session);
         let op = encode_json(|| format!("agent {agent} session {n}"), &session).map(|body| {
-            let mut c = self.eval(&scripts::PUT_SESSION);
+            let mut c = self.eval_fenced(&scripts::PUT_SESSION);
             c.arg(agent.as_str()).arg(n).arg(body);
             writer::op(
                 Some(c),

@@ -15,8 +15,16 @@
 //! `PRELUDE`). Scripts that derive keys are fine on standalone Redis; on
 //! Redis Cluster they would need every key in one slot (a `{tag}` prefix).
 //!
-//! Errors a script raises on purpose start with `FABRIC ` so the client can
-//! tell them from Redis' own.
+//! The scripts that change tasks, events or agents are *fenced*: `ARGV[2]` is
+//! the leadership generation the store holds (see `leader.rs`), and they
+//! refuse with a `DEPOSED` error, before writing anything, when
+//! `{prefix}:leader_gen` has moved on: an orchestrator that lost the
+//! leadership (paused, partitioned) cannot change anything once another took
+//! over. Generation `0` (leadership never taken: tests, tools, one server
+//! alone) is not checked.
+//!
+//! Errors a script raises on purpose start with `FABRIC ` (or `DEPOSED `) so
+//! the client can tell them from Redis' own.
 
 use std::sync::LazyLock;
 
@@ -24,17 +32,35 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 7] {
+pub(crate) fn all() -> [&'static Script; 11] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
         &APPEND_EVENTS,
+        &PUT_AGENT,
         &DELETE_AGENT,
         &PUT_SESSION,
         &LIST_TASKS,
         &UNFINISHED_TASKS,
+        &ACQUIRE_LEADERSHIP,
+        &RENEW_LEADERSHIP,
+        &RELEASE_LEADERSHIP,
     ]
 }
+
+/// The start of every fenced script: `P` (prefix) and `G` (generation) from
+/// `ARGV[1]`, `ARGV[2]`, and the refusal when the leadership moved on. It
+/// runs before the first write: a script's writes are not rolled back by a
+/// later error.
+const FENCE: &str = r#"
+local P, G = ARGV[1], ARGV[2]
+if G ~= '0' then
+  local current = redis.call('GET', P .. 'leader_gen')
+  if current ~= G then
+    return redis.error_reply('DEPOSED ' .. G .. ' ' .. (current or 'none'))
+  end
+end
+"#;
 
 /// Shared by the task scripts: the terminal statuses (from
 /// [`TaskStatus::is_terminal`], so the rule lives in one place) and the index keys.
@@ -46,8 +72,7 @@ static PRELUDE: LazyLock<String> = LazyLock::new(|| {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        r#"
-local P = ARGV[1]
+        r#"{FENCE}
 local TERMINAL = {{ {terminal} }}
 -- The eight sorted sets a task is listed in: every combination of
 -- (tenant | *, status | *, agent | *). A list query with any filters reads
@@ -71,13 +96,14 @@ end
     )
 });
 
-/// `ARGV`: prefix, id, tenant, agent, status, has_key ('1'/'0'), key, epoch, body.
-/// Returns `{1}` (created) or `{0, body}` (the task already holding the key).
+/// `ARGV`: prefix, generation, id, tenant, agent, status, has_key ('1'/'0'),
+/// key, epoch, body. Returns `{1}` (created) or `{0, body}` (the task already
+/// holding the key).
 pub(crate) static CREATE_TASK: LazyLock<Script> = LazyLock::new(|| {
     script(format!(
         r#"{prelude}
-local id, tenant, agent, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local has_key, key, epoch, body = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local id, tenant, agent, status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local has_key, key, epoch, body = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local task = P .. 'task:' .. id
 if has_key == '1' then
   local holder = redis.call('HGET', P .. 'idem:' .. tenant, key)
@@ -110,14 +136,14 @@ return {{1}}
     ))
 });
 
-/// `ARGV`: prefix, id, tenant, agent, status, has_key, key, epoch, body,
-/// expected epoch ('' = unguarded). Returns 1 (applied) or 0 (rejected: the
-/// task is missing, terminal, or has another epoch).
+/// `ARGV`: prefix, generation, id, tenant, agent, status, has_key, key, epoch,
+/// body, expected epoch ('' = unguarded). Returns 1 (applied) or 0 (rejected:
+/// the task is missing, terminal, or has another epoch).
 pub(crate) static WRITE_TASK: LazyLock<Script> = LazyLock::new(|| {
     script(format!(
         r#"{prelude}
-local id, tenant, agent, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local has_key, key, epoch, body, expected = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local id, tenant, agent, status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local has_key, key, epoch, body, expected = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local task = P .. 'task:' .. id
 local cur = redis.call('HMGET', task, 'status', 'epoch', 'tenant', 'agent', 'idem')
 local old_status, old_epoch, old_tenant, old_agent, old_key = cur[1], cur[2], cur[3], cur[4], cur[5]
@@ -167,15 +193,14 @@ return 1
     ))
 });
 
-/// `ARGV`: prefix, then (task id, seq, body) per event. All or nothing: a seq
-/// already stored for its task fails the whole append. Raises the stored
-/// highest seq.
+/// `ARGV`: prefix, generation, then (task id, seq, body) per event. All or
+/// nothing: a seq already stored for its task fails the whole append. Raises
+/// the stored highest seq.
 pub(crate) static APPEND_EVENTS: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local P = ARGV[1]
-local seen = {}
-for i = 2, #ARGV, 3 do
+    script(format!(
+        r#"{FENCE}
+local seen = {{}}
+for i = 3, #ARGV, 3 do
   local key = P .. 'events:' .. ARGV[i]
   local seq = ARGV[i + 1]
   if seen[key .. ' ' .. seq] or redis.call('ZCOUNT', key, seq, seq) > 0 then
@@ -185,7 +210,7 @@ for i = 2, #ARGV, 3 do
 end
 local last = tonumber(redis.call('GET', P .. 'event_seq') or '0')
 local highest = last
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local seq = tonumber(ARGV[i + 1])
   redis.call('ZADD', P .. 'events:' .. ARGV[i], seq, ARGV[i + 2])
   if seq > highest then highest = seq end
@@ -195,36 +220,42 @@ if highest > last then
 end
 return 1
 "#
-        .to_owned(),
-    )
+    ))
 });
 
-/// `ARGV`: prefix, agent id. Deletes the record and its sessions; returns how
-/// many records were deleted (0 or 1).
-pub(crate) static DELETE_AGENT: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local P = ARGV[1]
-local deleted = redis.call('HDEL', P .. 'agents', ARGV[2])
-redis.call('DEL', P .. 'sessions:' .. ARGV[2])
-return deleted
-"#
-        .to_owned(),
-    )
-});
-
-/// `ARGV`: prefix, agent id, session number, body. Replaces the session with
-/// that number (the sorted set's score).
-pub(crate) static PUT_SESSION: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local key = ARGV[1] .. 'sessions:' .. ARGV[2]
-redis.call('ZREMRANGEBYSCORE', key, ARGV[3], ARGV[3])
-redis.call('ZADD', key, ARGV[3], ARGV[4])
+/// `ARGV`: prefix, generation, agent id, body. Inserts or replaces the record.
+pub(crate) static PUT_AGENT: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
+        r#"{FENCE}
+redis.call('HSET', P .. 'agents', ARGV[3], ARGV[4])
 return 1
 "#
-        .to_owned(),
-    )
+    ))
+});
+
+/// `ARGV`: prefix, generation, agent id. Deletes the record and its sessions;
+/// returns how many records were deleted (0 or 1).
+pub(crate) static DELETE_AGENT: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
+        r#"{FENCE}
+local deleted = redis.call('HDEL', P .. 'agents', ARGV[3])
+redis.call('DEL', P .. 'sessions:' .. ARGV[3])
+return deleted
+"#
+    ))
+});
+
+/// `ARGV`: prefix, generation, agent id, session number, body. Replaces the
+/// session with that number (the sorted set's score).
+pub(crate) static PUT_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
+        r#"{FENCE}
+local key = P .. 'sessions:' .. ARGV[3]
+redis.call('ZREMRANGEBYSCORE', key, ARGV[4], ARGV[4])
+redis.call('ZADD', key, ARGV[4], ARGV[5])
+return 1
+"#
+    ))
 });
 
 /// `KEYS[1]`: the index to read. `ARGV`: prefix, upper bound (`+` or
@@ -256,6 +287,62 @@ for i, id in ipairs(ids) do
   out[2 * i] = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
 end
 return out
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix, owner, ttl (ms). Takes the leadership when nobody holds it
+/// (or this owner already does): bumps `leader_gen` and sets `leader` to
+/// `"<generation>:<owner>"` with the TTL. Returns `{1, generation}`, or
+/// `{0, holder value, remaining ms}` when another owner holds it.
+pub(crate) static ACQUIRE_LEADERSHIP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local P, owner, ttl = ARGV[1], ARGV[2], ARGV[3]
+local key = P .. 'leader'
+local held = redis.call('GET', key)
+if held and string.match(held, '^%d+:(.*)$') ~= owner then
+  return {0, held, redis.call('PTTL', key)}
+end
+local generation = redis.call('INCR', P .. 'leader_gen')
+redis.call('SET', key, string.format('%d', generation) .. ':' .. owner, 'PX', ttl)
+return {1, generation}
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix, owner, generation, ttl (ms). Extends the leadership only if
+/// it is still `"<generation>:<owner>"` and `leader_gen` is still that
+/// generation. Returns `{1}`, or `{0, holder value or false}`.
+pub(crate) static RENEW_LEADERSHIP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local P, owner, generation, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local key = P .. 'leader'
+local held = redis.call('GET', key)
+if held == generation .. ':' .. owner and redis.call('GET', P .. 'leader_gen') == generation then
+  redis.call('PEXPIRE', key, ttl)
+  return {1}
+end
+return {0, held}
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix, owner, generation. Gives the leadership up (a clean stop),
+/// so a standby need not wait for the TTL. Returns 1 if it was ours.
+pub(crate) static RELEASE_LEADERSHIP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local key = ARGV[1] .. 'leader'
+if redis.call('GET', key) == ARGV[3] .. ':' .. ARGV[2] then
+  redis.call('DEL', key)
+  return 1
+end
+return 0
 "#
         .to_owned(),
     )

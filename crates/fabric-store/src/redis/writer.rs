@@ -83,6 +83,18 @@ pub(crate) fn op<T: Send + 'static>(
     )
 }
 
+/// A fenced script's `DEPOSED <ours> <current>` refusal as an error. Also
+/// tells the store's watchers (`RedisStore::deposed`): the leadership is gone.
+pub(crate) fn deposed(shared: &Shared, e: &ServerError) -> RedisStoreError {
+    shared.deposed.send_replace(true);
+    let mut detail = e.details().unwrap_or_default().split_whitespace();
+    RedisStoreError::Deposed {
+        prefix: shared.prefix.clone(),
+        ours: detail.next().unwrap_or("?").to_owned(),
+        current: detail.next().unwrap_or("?").to_owned(),
+    }
+}
+
 /// A server error answer as a store error; the scripts' own refusals keep
 /// their message.
 pub(crate) fn server_error(context: String, e: &ServerError) -> RedisStoreError {
@@ -208,6 +220,9 @@ async fn send_batch(
                         Some(Value::ServerError(e)) if e.code() == "NOSCRIPT" => {
                             noscript = true;
                             Err(RedisStoreError::ScriptsLost.into())
+                        }
+                        Some(Value::ServerError(e)) if e.code() == "DEPOSED" => {
+                            Err(deposed(shared, &e).into())
                         }
                         Some(Value::ServerError(e)) => Err(server_error(op.context, &e).into()),
                         Some(value) => Ok(value),

@@ -5,5 +5,6 @@
 
 mod conformance;
 mod fixtures;
+mod leader;
 mod redis;
 mod sqlite;

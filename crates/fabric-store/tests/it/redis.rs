@@ -16,13 +16,13 @@ use fabric_store::{RedisConfig, RedisStore, StoreStats};
 
 use crate::fixtures::{event, token, user};
 
-async fn connect(url: &str, prefix: &str) -> RedisStore {
+pub async fn connect(url: &str, prefix: &str) -> RedisStore {
     RedisStore::connect(RedisConfig::new(url).with_prefix(prefix))
         .await
         .unwrap()
 }
 
-fn running(task: &Task, epoch: u64) -> Task {
+pub fn running(task: &Task, epoch: u64) -> Task {
     let mut next = task.clone();
     next.status = TaskStatus::Running;
     next.lease_epoch = epoch;
