@@ -15,13 +15,17 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StatsOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    ListImagesOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StatsOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::DockerError;
+
+/// How long [`DockerClient::start_container`] waits for a network name to
+/// stop being ambiguous (a racing `start` removes its network within ms).
+const AMBIGUOUS_NETWORK_WAIT: Duration = Duration::from_secs(10);
 
 /// How long connecting (the first `/version` request) may take before the daemon counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,10 +102,27 @@ impl DockerClient {
     }
 
     pub async fn start_container(&self, name: &str) -> Result<(), DockerError> {
-        self.docker
-            .start_container(name, None)
-            .await
-            .map_err(|e| DockerError::from_bollard(e, &format!("start container {name}")))
+        // Docker resolves a container's network by *name* when it starts it,
+        // and does not keep network names unique: while a concurrent `start`
+        // of the same instance holds its own (soon removed) network of that
+        // name, the start fails as "ambiguous". Wait that window out.
+        let deadline = tokio::time::Instant::now() + AMBIGUOUS_NETWORK_WAIT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.docker.start_container(name, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let err = DockerError::from_bollard(e, &format!("start container {name}"));
+                    if !err.to_string().contains("is ambiguous")
+                        || tokio::time::Instant::now() > deadline
+                    {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     /// Removes a container whatever its state, with its anonymous volumes.
@@ -346,6 +367,24 @@ impl DockerClient {
                 e => Err(e),
             },
         }
+    }
+
+    /// Tags (`repo:tag`) of the images of `repo` on this machine, newest first.
+    pub async fn image_tags(&self, repo: &str) -> Result<Vec<String>, DockerError> {
+        let filters = HashMap::from([("reference", vec![repo])]);
+        let options = ListImagesOptionsBuilder::new().filters(&filters).build();
+        let mut images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|e| DockerError::from_bollard(e, "list images"))?;
+        images.sort_by_key(|i| std::cmp::Reverse(i.created));
+        let prefix = format!("{repo}:");
+        Ok(images
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t.starts_with(&prefix))
+            .collect())
     }
 
     /// Pulls `image` from its registry; the daemon's refusal comes back as its message.

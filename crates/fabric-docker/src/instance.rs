@@ -298,9 +298,23 @@ async fn resolve_images(
         }
     };
     let redis = async {
-        image::ensure_image(client, &config.images.redis, &redis_hint)
-            .await
-            .map_err(InstanceError::from)
+        match image::ensure_image(client, &config.images.redis, &redis_hint).await {
+            // The default image is not here and no registry answers: a Redis
+            // image built on this machine (`image build-redis`) stands in.
+            Err(missing @ DockerError::ImageMissing { .. })
+                if config.images.redis == crate::config::DEFAULT_REDIS_IMAGE =>
+            {
+                let local = client.image_tags(image::LOCAL_REDIS_REPO).await?;
+                let Some(local) = local.into_iter().next() else {
+                    return Err(InstanceError::from(missing));
+                };
+                tracing::info!(image = %local, "{} is not available: using the local Redis image", crate::config::DEFAULT_REDIS_IMAGE);
+                image::ensure_image(client, &local, &redis_hint)
+                    .await
+                    .map_err(InstanceError::from)
+            }
+            other => other.map_err(InstanceError::from),
+        }
     };
     let (orchestrator, redis) = tokio::try_join!(orchestrator, redis)?;
     Ok(Images {

@@ -73,6 +73,17 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
             image.took.as_secs_f64()
         );
     }
+    let redis = &options.config.images.redis;
+    if let Some(stand_in) = report
+        .images
+        .iter()
+        .find(|i| i.image.starts_with(fabric_docker::image::LOCAL_REDIS_REPO) && &i.image != redis)
+    {
+        eprintln!(
+            "note: {redis} is not available here; using the local Redis image {}",
+            stand_in.image
+        );
+    }
     let password_shown = generated.then_some(options.admin_password.as_str());
     if output.is_json() {
         return print_json(&json!({

@@ -471,7 +471,12 @@ fn concurrent_starts_of_one_name_have_exactly_one_winner() {
         "{codes:?}: {:?}",
         outs.iter().map(stderr).collect::<Vec<_>>()
     );
-    assert_eq!(codes.iter().filter(|c| **c == 5).count(), 3, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == 5).count(),
+        3,
+        "{codes:?}: {:?}",
+        outs.iter().map(stderr).collect::<Vec<_>>()
+    );
     for out in outs.iter().filter(|o| code(o) == 5) {
         assert!(stderr(out).contains("already exists"), "{}", stderr(out));
     }
@@ -544,6 +549,41 @@ fn a_missing_redis_image_says_how_to_provide_one() {
         assert!(err.contains(hint), "{hint} not in {err}");
     }
     assert_eq!(labelled(&inst.name), Vec::<String>::new());
+}
+
+/// With the default Redis image neither here nor pullable (no registry), a
+/// Redis image built on this machine (`image build-redis`) stands in, and
+/// `start` says so: the hint of the error above really works.
+#[test]
+fn the_default_redis_image_falls_back_to_a_local_build() {
+    let local = redis_image();
+    let inst = Instance::new("fallback");
+    let mut cmd = inst.cli();
+    cmd.env_remove("FABRIC_REDIS_IMAGE");
+    let out = cmd.args(["start", "--name", &inst.name]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let default_here = std::process::Command::new("docker")
+        .args(["image", "inspect", "redis:7-alpine"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !default_here {
+        assert!(
+            stderr(&out).contains(&format!(
+                "note: redis:7-alpine is not available here; using the local Redis image {local}"
+            )),
+            "{}",
+            stderr(&out)
+        );
+        let image = docker(&[
+            "inspect",
+            "-f",
+            "{{.Config.Image}}",
+            &format!("reactor-fabric-{}-redis", inst.name),
+        ]);
+        assert_eq!(image.trim(), local);
+    }
 }
 
 /// `list` shows every container labelled with the instance (agents too) and what
