@@ -8,7 +8,9 @@
 //!
 //! - [`api`]: axum routes, OpenAPI document (`/openapi.json`), WebSocket stream.
 //! - [`service`]: `TaskService`, the scheduler + store + events under one lock discipline.
-//! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, the built-in `shell` and `noop` agents.
+//! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, containers, the built-in `shell` and `noop` agents.
+//! - [`proxy`]: the inference forwarder (10 MiB, 120 s, no credentials) and the
+//!   container sidecar that runs it (`reactor-fabric proxy`).
 //! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
@@ -21,6 +23,7 @@ pub mod auth;
 mod error;
 pub mod events;
 mod extract;
+pub mod proxy;
 mod request_id;
 pub mod service;
 pub mod state;
@@ -49,6 +52,7 @@ pub use crate::telemetry::{LogFormat, init_logging};
 pub use fabric_runtime::sandbox::HelperCommand;
 
 use crate::agents::{AgentManager, ManagerConfig};
+pub use crate::agents::{ContainerConfig, SocketVolume};
 use crate::auth::AuthService;
 use crate::service::{TaskDefaults, TaskService};
 use crate::state::AppState;
@@ -91,6 +95,8 @@ pub struct ServerConfig {
     pub inference_upstream: Option<String>,
     /// Longest an inference request may take upstream before the agent gets 504.
     pub inference_timeout: Duration,
+    /// Isolation `container`: which Docker, which images, where sidecars find the fabric.
+    pub containers: ContainerConfig,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +115,7 @@ impl Default for ServerConfig {
             sandbox_helper: None,
             inference_upstream: None,
             inference_timeout: Duration::from_secs(120),
+            containers: ContainerConfig::default(),
         }
     }
 }
@@ -172,6 +179,18 @@ fn instance_cgroup(data_dir: &Path) -> PathBuf {
         .join(format!("i-{}", hex::encode(&digest[..6])))
 }
 
+/// The owner label of this server's containers: its instance, else a hash of
+/// its data dir (like [`instance_cgroup`]), so a restart sweeps only its own.
+fn container_owner(data_dir: &Path, instance: Option<&str>) -> String {
+    match instance {
+        Some(name) => format!("instance-{name}"),
+        None => instance_cgroup(data_dir)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "i-unknown".to_owned()),
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     config: ServerConfig,
@@ -230,6 +249,8 @@ pub async fn run(
         inference_timeout: config.inference_timeout,
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
+        owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
+        containers: config.containers.clone(),
     };
     let agents = AgentManager::new(
         Arc::clone(&tasks),
