@@ -299,13 +299,18 @@ impl AgentContainer {
             init_volume_owner(client, &spec.name, &self.volume, image).await?;
         }
         self.id = client.create_container(&spec.name, spec.body()).await?;
-        client.start_container(&spec.name).await?;
+        // Both created before either starts: the sidecar (which joins the agent's
+        // network namespace, so starts second) then follows the agent at once,
+        // and a program's first requests find it up, or find it a moment later.
         if let Some(sidecar) = sidecar {
             let name = spec.sidecar_name();
             let body = spec.sidecar_body(&sidecar.image, sidecar.args.clone(), &sidecar.sockets);
             client.create_container(&name, body).await?;
-            self.sidecar = Some(name.clone());
-            client.start_container(&name).await?;
+            self.sidecar = Some(name);
+        }
+        client.start_container(&spec.name).await?;
+        if let Some(name) = &self.sidecar {
+            client.start_container(name).await?;
         }
         let inspect = client.inspect_container(&spec.name).await?;
         self.pid = inspect

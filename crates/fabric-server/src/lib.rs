@@ -179,9 +179,10 @@ fn instance_cgroup(data_dir: &Path) -> PathBuf {
         .join(format!("i-{}", hex::encode(&digest[..6])))
 }
 
-/// The owner label of this server's containers: its instance, else a hash of
-/// its data dir (like [`instance_cgroup`]), so a restart sweeps only its own.
-fn container_owner(data_dir: &Path, instance: Option<&str>) -> String {
+/// The owner label (`io.reactor-fabric.owner`) of a server's containers and
+/// volumes: its instance, else a hash of its data dir (as for its cgroup), so
+/// a restart sweeps only its own.
+pub fn container_owner(data_dir: &Path, instance: Option<&str>) -> String {
     match instance {
         Some(name) => format!("instance-{name}"),
         None => instance_cgroup(data_dir)

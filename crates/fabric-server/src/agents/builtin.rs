@@ -38,7 +38,7 @@ pub enum Executor {
     Sandbox(Arc<Sandbox>),
     /// Inside the agent's container (isolation `container`), one `docker exec`
     /// per command, each task in `/workspace/<task id>`.
-    Container(ContainerShell),
+    Container(Arc<ContainerShell>),
 }
 
 /// What one shell agent session runs with.

@@ -470,7 +470,7 @@ impl Session {
             let spec = ShellSpec {
                 agent: id.clone(),
                 concurrency: config.concurrency as usize,
-                executor: Executor::Container(shell),
+                executor: Executor::Container(Arc::new(shell)),
                 output_limit: inner.config.shell_output_limit,
                 kill_grace: inner.config.kill_grace,
                 env,
