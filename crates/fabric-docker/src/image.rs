@@ -443,6 +443,9 @@ fn orchestrator_rootfs(binary: &Path) -> Result<Vec<u8>, ImageError> {
     fs.dir("/tmp", 0o1777, 0)?;
     fs.dir("/data", 0o700, IMAGE_UID)?;
     fs.dir("/run/fabric", 0o700, IMAGE_UID)?;
+    // The socket volume's mount point: a new volume takes its owner, so the
+    // orchestrator and its sidecars (both nobody) can use it.
+    fs.dir(crate::instance::SOCKET_DIR, 0o700, IMAGE_UID)?;
     fs.finish()
 }
 
