@@ -160,8 +160,6 @@ impl AgentContainerSpec {
             user: Some(AGENT_USER.to_owned()),
             working_dir: Some(WORKSPACE.to_owned()),
             labels: Some(self.labels_for(Component::Agent)),
-            // No published or exposed ports: there is no network to publish on.
-            network_disabled: None,
             host_config: Some(HostConfig {
                 memory: Some(memory),
                 memory_swap: Some(memory),
