@@ -63,7 +63,9 @@ pub enum SocketMount {
     /// A named volume the fabric (in a container) shares with its sidecars,
     /// mounted read-only at [`SIDECAR_SOCKET_DIR`]; the agent's sockets are in
     /// `subdir` of it. Bind paths would name the Docker host's filesystem,
-    /// which a containerised fabric cannot write to.
+    /// which a containerised fabric cannot write to. (Docker 20.10 cannot
+    /// mount a volume's subdirectory, so each sidecar sees the whole volume;
+    /// sidecars run the fabric's own code, and agents never mount it.)
     Volume { name: String, subdir: String },
 }
 

@@ -121,6 +121,18 @@ impl DockerClient {
         Ok(DockerClient { docker })
     }
 
+    /// `GET /_ping`: the daemon answers (cheap; for checks before real work).
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.docker.ping().await.map(|_| ()).map_err(|e| {
+            match DockerError::from_bollard(e, "ping") {
+                DockerError::Other { message, .. } => {
+                    DockerError::DaemonUnreachable { detail: message }
+                }
+                other => other,
+            }
+        })
+    }
+
     /// The bollard handle, for calls this wrapper does not have.
     pub fn api(&self) -> &Docker {
         &self.docker

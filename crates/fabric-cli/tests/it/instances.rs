@@ -328,6 +328,21 @@ fn container_agents_run_inside_an_instance_and_go_with_down() {
     let text = stdout(&out);
     assert_eq!(code(&out), 0, "{text}\n{}", stderr(&out));
     assert!(text.contains("\n65534\nhttp://localhost:11434\n"), "{text}");
+    // The orchestrator cannot see the container's cgroup: usage comes from the daemon.
+    let mut memory = 0;
+    for _ in 0..100 {
+        let out = cli(&["-o", "json", "agent", "get", "box"]);
+        let agent: Value = serde_json::from_slice(&out.stdout).unwrap();
+        memory = agent["agent"]["usage"]["memory_bytes"]
+            .as_u64()
+            .or_else(|| agent["usage"]["memory_bytes"].as_u64())
+            .unwrap_or(0);
+        if memory > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(memory > 0, "usage of a container agent inside an instance");
 
     let me = inst.mine(&inst.list_json()).cloned().unwrap();
     let mut components: Vec<String> = me["containers"]

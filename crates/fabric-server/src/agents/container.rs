@@ -114,6 +114,18 @@ impl DockerRuntime {
         })
     }
 
+    /// The client, connected and answering: a spawn learns now, not later,
+    /// that the daemon is away (a cached client is pinged, ~1 ms).
+    pub(super) async fn check(&self) -> Result<DockerClient, fabric_docker::DockerError> {
+        let client = self.client().await?;
+        if let Err(e) = client.ping().await {
+            // Reconnect next time: the daemon may come back elsewhere (restarted, DOCKER_HOST).
+            *self.client.lock().await = None;
+            return Err(e);
+        }
+        Ok(client)
+    }
+
     /// The client, connected now if it was not (a daemon that was down may be up now).
     pub(super) async fn client(&self) -> Result<DockerClient, fabric_docker::DockerError> {
         let mut slot = self.client.lock().await;
@@ -255,7 +267,7 @@ impl DockerRuntime {
         mut spec: AgentContainerSpec,
         api_port: Option<u16>,
         own_image: bool,
-    ) -> Result<Warm, String> {
+    ) -> Result<ContainerPair, String> {
         let client = self.client().await.map_err(|e| e.to_string())?;
         let default_image = self.agent_image(&client).await?;
         let proxy_image = self.proxy_image(&client).await?;
@@ -270,7 +282,7 @@ impl DockerRuntime {
         };
         let volume_image = own_image.then_some(default_image.as_str());
         match AgentContainer::create(&client, &spec, Some(&sidecar), volume_image).await {
-            Ok(container) => Ok(Warm {
+            Ok(container) => Ok(ContainerPair {
                 container,
                 socket_dir,
             }),
@@ -282,7 +294,7 @@ impl DockerRuntime {
     }
 
     /// A container for the warm pool: default image and limits, no agent yet.
-    pub(super) async fn create_pooled(&self) -> Result<Warm, String> {
+    pub(super) async fn create_pooled(&self) -> Result<ContainerPair, String> {
         let spec = AgentContainerSpec {
             name: format!("reactor-fabric-pool-{:08x}", rand::random::<u32>()),
             image: String::new(),
@@ -299,7 +311,7 @@ impl DockerRuntime {
     }
 
     /// Removes a container, its sidecar and volume, and its socket directory.
-    pub(super) async fn remove(&self, warm: &Warm) {
+    pub(super) async fn remove(&self, warm: &ContainerPair) {
         match self.client().await {
             Ok(client) => warm.container.remove(&client).await,
             Err(e) => {
@@ -342,8 +354,9 @@ impl DockerRuntime {
     }
 }
 
-/// A started container with its sidecar: a session's, or idle in the pool.
-pub(super) struct Warm {
+/// A started agent container with its sidecar and socket directory: a
+/// session's, or idle in the pool.
+pub(super) struct ContainerPair {
     pub(super) container: AgentContainer,
     /// The fabric's side of the socket directory (its listeners go here).
     pub(super) socket_dir: PathBuf,
@@ -352,7 +365,7 @@ pub(super) struct Warm {
 /// What a container session runs on: the container (from the pool or made
 /// now), the fabric's listeners in its socket directory, and its usage.
 pub(super) struct ContainerParts {
-    pub(super) warm: Warm,
+    pub(super) warm: ContainerPair,
     pub(super) client: DockerClient,
     pub(super) usage: Arc<ContainerUsage>,
     pub(super) listeners: Vec<JoinHandle<()>>,
@@ -373,7 +386,7 @@ pub(super) async fn acquire(
     name: &str,
     env: Vec<(String, String)>,
     api_port: Option<u16>,
-) -> Result<(Warm, DockerClient), String> {
+) -> Result<(ContainerPair, DockerClient), String> {
     let client = runtime.client().await.map_err(|e| e.to_string())?;
     let iso = &config.isolation;
     if poolable(config)
@@ -430,7 +443,7 @@ pub(super) async fn acquire(
 /// Starts the fabric's listeners in a session's socket directory.
 pub(super) fn listen(
     inner: &super::Inner,
-    warm: &Warm,
+    warm: &ContainerPair,
     agent: &AgentId,
     egress: fabric_runtime::net::EgressProxy,
     api: Option<std::net::SocketAddr>,
@@ -464,7 +477,7 @@ pub(super) struct ContainerUsage {
 impl ContainerUsage {
     pub(super) fn start(
         client: &DockerClient,
-        warm: &Warm,
+        warm: &ContainerPair,
     ) -> (Arc<ContainerUsage>, Option<JoinHandle<()>>) {
         let container = &warm.container;
         let cgroup = (container.pid > 0)

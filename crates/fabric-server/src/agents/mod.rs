@@ -296,7 +296,7 @@ impl AgentManager {
         }
         if config.isolation.level == IsolationLevel::Container {
             // Docker down is a clear error now, not a crashed agent later.
-            if let Err(e) = self.inner.docker.client().await {
+            if let Err(e) = self.inner.docker.check().await {
                 return Err(docker_unavailable(&e));
             }
         }

@@ -72,7 +72,7 @@ pub(super) struct ContainerKind {
 }
 
 impl Warm for ContainerKind {
-    type Item = super::container::Warm;
+    type Item = super::container::ContainerPair;
     const WHAT: &'static str = "container";
 
     fn make(&self) -> impl Future<Output = Result<Self::Item, String>> + Send {
