@@ -741,7 +741,7 @@ async fn wait_redis(
             Ok(out) if out.stdout.trim() == "PONG" => return Ok(()),
             Ok(_) => {}
             // Not running (yet, or any more): the state check below tells which.
-            Err(DockerError::NameConflict { .. }) => {}
+            Err(DockerError::NameConflict { .. } | DockerError::NotRunning { .. }) => {}
             Err(e @ DockerError::DaemonUnreachable { .. }) => return Err(e.into()),
             Err(DockerError::Other { message, .. })
                 if message.contains("executable file not found") =>

@@ -82,6 +82,9 @@ const STATUS_POLL: Duration = Duration::from_millis(250);
 const STATUS_POLL_MAX: Duration = Duration::from_secs(2);
 /// How long to wait for a command to end after SIGKILL before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long a command that died of a signal waits to see whether its
+/// container went down with it (see [`ContainerShell::run_shell`]).
+const CONTAINER_EXIT_WINDOW: Duration = Duration::from_millis(750);
 /// Pause between tries to signal a command whose pid file is not written yet.
 const SIGNAL_RETRY: Duration = Duration::from_millis(50);
 
@@ -139,9 +142,51 @@ impl ContainerShell {
             ..self.clone()
         };
         let before = shell.oom_mark().await;
-        let mut outcome = child::run_shell_with(job, logs, cancel, &shell).await?;
+        let mut outcome = match child::run_shell_with(job, logs, cancel, &shell).await {
+            Ok(outcome) => outcome,
+            // Files or a command that could not be started in a container that
+            // has just stopped: the agent crashed (see below).
+            Err(e @ (RuntimeError::ContainerExec { .. } | RuntimeError::ContainerFiles { .. })) => {
+                if shell.stopped_within(CONTAINER_EXIT_WINDOW).await {
+                    return Err(RuntimeError::ContainerGone {
+                        container: self.container.clone(),
+                    });
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         outcome.oom_killed = shell.oom_since(before).await;
+        // A command killed by a signal nobody here sent may have gone down with
+        // its container (killed, crashed): that is the agent's crash, not the
+        // task's failure, and the caller must not report it as one.
+        if outcome.signal.is_some()
+            && !outcome.canceled
+            && !outcome.oom_killed
+            && shell.stopped_within(CONTAINER_EXIT_WINDOW).await
+        {
+            return Err(RuntimeError::ContainerGone {
+                container: self.container.clone(),
+            });
+        }
         Ok(outcome)
+    }
+
+    /// Whether the container stopped (or is gone), looking for up to `window`:
+    /// Docker learns that a container's init died a moment after its execs end.
+    async fn stopped_within(&self, window: Duration) -> bool {
+        let deadline = Instant::now() + window;
+        loop {
+            match fabric_docker::agent::exit_of(&self.client, &self.container).await {
+                Ok(Some(exit)) if exit.running => {}
+                Ok(_) => return true,
+                Err(_) => return false,
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn oom_mark(&self) -> OomMark {

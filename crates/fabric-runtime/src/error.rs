@@ -164,6 +164,12 @@ pub enum RuntimeError {
     ContainerFiles { container: String, reason: String },
 
     #[error(
+        "container {container:?} stopped while the command ran (killed or crashed); the agent's \
+         supervisor restarts it and requeues the task"
+    )]
+    ContainerGone { container: String },
+
+    #[error(
         "working directory {} is outside the workspace {} of container {container:?}, the only \
          place its commands can write; use a directory inside it",
         workdir.display(),
@@ -194,6 +200,7 @@ impl RuntimeError {
                 | Self::SandboxCleanup { .. }
                 | Self::ContainerExec { .. }
                 | Self::ContainerFiles { .. }
+                | Self::ContainerGone { .. }
         )
     }
 }

@@ -299,6 +299,12 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
                 }
             })
         }
+        Err(e @ fabric_runtime::RuntimeError::ContainerGone { .. }) => {
+            // The session is going away with its container: the supervisor
+            // requeues the task with the crash as the reason.
+            tracing::info!(task_id = %id, error = %e, "task's container stopped");
+            None
+        }
         Err(e) => {
             tracing::info!(task_id = %id, error = %e, "task could not start");
             Some(Outcome::Failed {
