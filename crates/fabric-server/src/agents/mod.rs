@@ -300,10 +300,14 @@ impl AgentManager {
                 return Err(docker_unavailable(&e));
             }
         }
-        if matches!(
-            config.isolation.level,
-            IsolationLevel::Process | IsolationLevel::Container
-        ) {
+        // Bind paths name the Docker host's filesystem, which is this one
+        // unless the fabric runs in a container itself (an instance).
+        let paths_are_local = match config.isolation.level {
+            IsolationLevel::Process => true,
+            IsolationLevel::Container => self.inner.config.containers.socket_volume.is_none(),
+            IsolationLevel::None => false,
+        };
+        if paths_are_local {
             for path in &config.isolation.read_only_paths {
                 if !std::path::Path::new(path).exists() {
                     return Err(ApiError::bad_request(format!(
