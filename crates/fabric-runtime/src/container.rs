@@ -5,7 +5,7 @@
 //! — same job and outcome types, environment, output limits, log lines and
 //! cancellation — through the same capture code: only starting a command, the
 //! working directory and stopping a command differ, and those are what its
-//! [`Launcher`] implementation provides.
+//! `Launcher` implementation (the crate's seam for how commands start) provides.
 //!
 //! # How a command runs
 //!
