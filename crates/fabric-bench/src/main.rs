@@ -7,6 +7,7 @@
 //! cargo run --release -p fabric-bench -- agents  # agent spawn latency, 200 sandboxed agents
 //! cargo run --release -p fabric-bench -- instances  # Docker start/list/down vs docker-compose
 //! cargo run --release -p fabric-bench -- takeover  # standby takeover after kill -9 of the leader
+//! cargo run --release -p fabric-bench -- containers # container agent spawn, cold vs warm pool
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -25,10 +26,13 @@
 //!   `docker-compose up -d | down` of the same two services (needs dockerd).
 //! - `takeover`: two servers on one Redis prefix; time from `kill -9` of the
 //!   leader to the standby serving.
+//! - `containers`: container agent spawn and stop, cold and from the warm pool,
+//!   beside `docker run -d` and `docker update` (needs dockerd).
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
 mod agents;
+mod containers;
 mod http;
 mod instances;
 mod rss;
@@ -67,6 +71,8 @@ enum Command {
     Instances(instances::InstancesArgs),
     /// Standby takeover after kill -9 of the leader (two servers, one Redis)
     Takeover(takeover::TakeoverArgs),
+    /// Container agent spawn latency, cold and warm pool, beside docker run -d
+    Containers(containers::ContainersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +98,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Agents(args) => block_on(cli.client_threads, agents::run(args)),
         Command::Instances(args) => instances::run(args),
         Command::Takeover(args) => block_on(cli.client_threads, takeover::run(args)),
+        Command::Containers(args) => block_on(cli.client_threads, containers::run(args)),
     }
 }
 

@@ -108,6 +108,8 @@ impl CliError {
                 } => exit::AUTH,
                 ClientError::Api { status: 404, .. } => exit::NOT_FOUND,
                 ClientError::Api { status: 409, .. } => exit::CONFLICT,
+                // The server answered, but its Docker daemon did not (SPEC §11: 6).
+                ClientError::Api { code, .. } if code == "docker_unavailable" => exit::UNREACHABLE,
                 ClientError::Api { .. } | ClientError::Protocol(_) | ClientError::Request(_) => {
                     exit::ERROR
                 }

@@ -166,11 +166,13 @@ pub struct AgentConfig {
     pub budget: BudgetConfig,
     #[serde(default)]
     pub policies: Vec<String>,
-    /// What it runs: a shell command line. Neither `command` nor `image`:
-    /// the built-in shell agent, running each task's commands.
+    /// What it runs: a shell command line (`/bin/sh -c`; at isolation
+    /// `container`, in `image` or the default agent image). Neither `command`
+    /// nor `image`: the built-in shell agent, running each task's commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// A container image (isolation `container`, the Docker issue).
+    /// A container image whose own command is the agent (isolation `container`;
+    /// with `command`, that runs in it instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The fabric runs nothing: the agent runs elsewhere and connects with a
@@ -260,7 +262,8 @@ impl AgentConfig {
                 "isolation.filesystem_root: {root:?} must be an absolute path"
             ));
         }
-        if self.command.is_some() && self.image.is_some() {
+        if self.command.is_some() && self.image.is_some() && iso.level != IsolationLevel::Container
+        {
             return err("give either 'command' or 'image', not both".into());
         }
         if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
@@ -275,8 +278,13 @@ impl AgentConfig {
         if self.image.is_some() && iso.level != IsolationLevel::Container {
             return err("'image' needs isolation.level = container".into());
         }
-        if iso.level == IsolationLevel::Container {
-            return err("isolation level 'container' is not available yet (it comes with the Docker runtime); use none or process".into());
+        if iso.level == IsolationLevel::Container && iso.filesystem_root.is_some() {
+            return err("isolation.filesystem_root does not apply to level container: its working dir is a Docker volume".into());
+        }
+        if let Some(image) = &self.image
+            && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
+        {
+            return err(format!("'image' {image:?} is not an image reference"));
         }
         if !(1..=1024).contains(&self.concurrency) {
             return err(format!(
@@ -481,6 +489,25 @@ mod tests {
         let mut c = AgentConfig::new(id.clone());
         c.isolation.network_egress = vec!["nope:x".into()];
         assert!(c.validate().unwrap_err().to_string().contains("egress"));
+        let mut c = AgentConfig::new(id.clone());
+        c.isolation.level = IsolationLevel::Container;
+        assert!(c.validate().is_ok(), "the built-in shell in a container");
+        c.image = Some("python:3".into());
+        c.command = Some("python3 agent.py".into());
+        assert!(c.validate().is_ok(), "image and command in a container");
+        c.isolation.level = IsolationLevel::Process;
+        assert!(c.validate().unwrap_err().to_string().contains("not both"));
+        c.command = None;
+        assert!(c.validate().unwrap_err().to_string().contains("container"));
+        let mut c = AgentConfig::new(id.clone());
+        c.isolation.level = IsolationLevel::Container;
+        c.isolation.filesystem_root = Some("/srv".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("filesystem_root")
+        );
         let json = r#"{"id":"a1","isolation":{"level":"process","memory_mb":64},"command":"python3 a.py"}"#;
         let parsed: AgentConfig = serde_json::from_str(json).unwrap();
         assert_eq!(

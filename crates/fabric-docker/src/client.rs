@@ -9,16 +9,21 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse, ContainerSummary,
-    ExecConfig, ImageInspect, Network, NetworkCreateRequest, Volume, VolumeCreateRequest,
+    ContainerUpdateBody, ExecConfig, ImageInspect, Network, NetworkCreateRequest, Volume,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
-    StatsOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
+use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::DockerError;
@@ -44,21 +49,63 @@ pub struct ExecOutput {
     pub exit_code: Option<i64>,
 }
 
+/// A command to start with [`DockerClient::exec_start`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    /// `KEY=value` entries, on top of the container's own environment.
+    pub env: Vec<String>,
+    /// Absolute path inside the container; the image's working dir when `None`.
+    pub working_dir: Option<String>,
+    /// `uid[:gid]`; the container's user when `None`.
+    pub user: Option<String>,
+}
+
+/// A started exec: its id (for [`DockerClient::exec_status`]) and its output,
+/// stdout and stderr frames in the order the daemon sent them. The stream ends
+/// when every holder of the command's stdout and stderr has closed them.
+pub struct ExecStarted {
+    pub id: String,
+    pub output: BoxStream<'static, Result<LogOutput, DockerError>>,
+}
+
+impl std::fmt::Debug for ExecStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecStarted").field("id", &self.id).finish()
+    }
+}
+
+/// Whether an exec still runs, and its exit code once it has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecStatus {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+}
+
+/// Resource limits of a running container, as `docker update` sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsUpdate {
+    /// Memory limit; swap is set to the same value (no swap).
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+}
+
 impl DockerClient {
     /// Connects to `DOCKER_HOST` (`unix://…` or `tcp://…`), else the default socket
     /// (`/var/run/docker.sock`), and negotiates the API version, so a daemon that is
     /// not there fails here with [`DockerError::DaemonUnreachable`].
     pub async fn connect() -> Result<DockerClient, DockerError> {
-        let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-        Self::connect_to(host.as_deref()).await
+        let host = std::env::var("DOCKER_HOST").ok();
+        DockerClient::connect_to(host.as_deref()).await
     }
 
-    /// Connects to `host` (`unix://…` or `tcp://…`), or the default socket for
-    /// `None`, and negotiates the API version; see [`connect`](Self::connect).
+    /// Connects to `host` (`unix://…` or `tcp://…`; the default socket when `None`
+    /// or empty) and negotiates the API version, like [`DockerClient::connect`].
     pub async fn connect_to(host: Option<&str>) -> Result<DockerClient, DockerError> {
         let docker = match host {
-            Some(host) => Docker::connect_with_host(host),
-            None => Docker::connect_with_local_defaults(),
+            Some(host) if !host.is_empty() => Docker::connect_with_host(host),
+            _ => Docker::connect_with_local_defaults(),
         }
         .map_err(|e| DockerError::from_bollard(e, "connect"))?;
         // bollard speaks a newer API than older daemons (20.10 tops out at 1.41):
@@ -76,6 +123,18 @@ impl DockerClient {
                 other => other,
             })?;
         Ok(DockerClient { docker })
+    }
+
+    /// `GET /_ping`: the daemon answers (cheap; for checks before real work).
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.docker.ping().await.map(|_| ()).map_err(|e| {
+            match DockerError::from_bollard(e, "ping") {
+                DockerError::Other { message, .. } => {
+                    DockerError::DaemonUnreachable { detail: message }
+                }
+                other => other,
+            }
+        })
     }
 
     /// The bollard handle, for calls this wrapper does not have.
@@ -123,6 +182,66 @@ impl DockerClient {
                 }
             }
         }
+    }
+
+    /// Stops a running container: SIGTERM (or the image's stop signal), then
+    /// SIGKILL after `grace`. A container that is not running (or not there) is fine.
+    pub async fn stop_container(&self, name: &str, grace: Duration) -> Result<(), DockerError> {
+        let seconds = i32::try_from(grace.as_secs().max(u64::from(grace.subsec_nanos() > 0)))
+            .unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        match self.docker.stop_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match DockerError::from_bollard(e, &format!("stop container {name}")) {
+                e if e.is_not_found() => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Sends `signal` (`SIGKILL`, `SIGTERM`, …) to a container's main process.
+    pub async fn kill_container(&self, name: &str, signal: &str) -> Result<(), DockerError> {
+        let options = KillContainerOptionsBuilder::default()
+            .signal(signal)
+            .build();
+        self.docker
+            .kill_container(name, Some(options))
+            .await
+            .map_err(|e| DockerError::from_bollard(e, &format!("kill container {name}")))
+    }
+
+    /// Waits until the container is not running and returns its exit code
+    /// (`None` when the container was removed meanwhile).
+    pub async fn wait_container(&self, name: &str) -> Result<Option<i64>, DockerError> {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let context = format!("wait for container {name}");
+        match self.docker.wait_container(name, Some(options)).next().await {
+            Some(Ok(response)) => Ok(Some(response.status_code)),
+            // bollard reports a non-zero exit as an error.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(Some(code)),
+            Some(Err(e)) => match DockerError::from_bollard(e, &context) {
+                e if e.is_not_found() => Ok(None),
+                e => Err(e),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Changes the memory (swap = memory: none), CPU and pids limits of a container.
+    pub async fn update_limits(&self, name: &str, limits: LimitsUpdate) -> Result<(), DockerError> {
+        let body = ContainerUpdateBody {
+            memory: Some(limits.memory_bytes),
+            memory_swap: Some(limits.memory_bytes),
+            nano_cpus: Some(limits.nano_cpus),
+            pids_limit: Some(limits.pids_limit),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(name, body)
+            .await
+            .map_err(|e| DockerError::from_bollard(e, &format!("update container {name}")))
     }
 
     /// Removes a container whatever its state, with its anonymous volumes.
@@ -245,6 +364,56 @@ impl DockerClient {
             .map_err(|e| DockerError::from_bollard(e, &context))?
             .exit_code;
         Ok(out)
+    }
+
+    /// Starts `spec` in a running container with stdout and stderr attached
+    /// (no TTY, no stdin); the output streams while the command runs.
+    pub async fn exec_start(&self, name: &str, spec: ExecSpec) -> Result<ExecStarted, DockerError> {
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            tty: Some(false),
+            cmd: Some(spec.cmd),
+            env: Some(spec.env),
+            working_dir: spec.working_dir,
+            user: spec.user,
+            ..Default::default()
+        };
+        let context = format!("exec in {name}");
+        let created = self
+            .docker
+            .create_exec(name, config)
+            .await
+            .map_err(|e| DockerError::from_bollard(e, &context))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| DockerError::from_bollard(e, &context))?;
+        let output = match started {
+            bollard::exec::StartExecResults::Attached { output, .. } => output
+                .map(move |item| item.map_err(|e| DockerError::from_bollard(e, "exec output")))
+                .boxed(),
+            bollard::exec::StartExecResults::Detached => futures_util::stream::empty().boxed(),
+        };
+        Ok(ExecStarted {
+            id: created.id,
+            output,
+        })
+    }
+
+    /// Whether exec `id` still runs, and its exit code once it has ended.
+    pub async fn exec_status(&self, id: &str) -> Result<ExecStatus, DockerError> {
+        let inspect = self
+            .docker
+            .inspect_exec(id)
+            .await
+            .map_err(|e| DockerError::from_bollard(e, &format!("inspect exec {id}")))?;
+        Ok(ExecStatus {
+            running: inspect.running.unwrap_or(false),
+            exit_code: inspect.exit_code,
+        })
     }
 
     /// One stats sample from the daemon (`stream=false`: it includes the previous

@@ -38,12 +38,16 @@ pub enum ConfigError {
 /// images:
 ///   orchestrator: reactor-fabric:0.1.0-0123456789ab  # default: built from this binary
 ///   redis: redis:7-alpine
+///   agent: reactor-fabric-agent:0123456789ab  # default: built from this host's busybox
 /// orchestrator:
 ///   port: 8080            # published on 127.0.0.1; default: a free port
 ///   memory_mb: 1024
 ///   cpu_cores: 2
 /// redis:
 ///   memory_mb: 256
+/// agents:
+///   containers: true      # the orchestrator gets the Docker API (see AgentsConfig)
+///   docker_socket: /var/run/docker.sock
 /// readiness_timeout_secs: 60
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,7 @@ pub struct InstanceConfig {
     pub images: ImagesConfig,
     pub orchestrator: OrchestratorConfig,
     pub redis: RedisConfig,
+    pub agents: AgentsConfig,
     /// How long `start` waits for the orchestrator's `/readyz` and Redis' PING.
     pub readiness_timeout_secs: u64,
 }
@@ -62,6 +67,7 @@ impl Default for InstanceConfig {
             images: ImagesConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             redis: RedisConfig::default(),
+            agents: AgentsConfig::default(),
             readiness_timeout_secs: 60,
         }
     }
@@ -73,6 +79,9 @@ pub struct ImagesConfig {
     /// `None`: the image built from the running binary (see `image::ensure_orchestrator_image`).
     pub orchestrator: Option<String>,
     pub redis: String,
+    /// Image of container agents without their own; `None`: built by `start`
+    /// from this host's busybox (see `image::ensure_agent_image`).
+    pub agent: Option<String>,
 }
 
 impl Default for ImagesConfig {
@@ -80,6 +89,34 @@ impl Default for ImagesConfig {
         ImagesConfig {
             orchestrator: None,
             redis: DEFAULT_REDIS_IMAGE.to_owned(),
+            agent: None,
+        }
+    }
+}
+
+/// Container agents of the instance's orchestrator.
+///
+/// To start agent containers the orchestrator needs the Docker API: the
+/// daemon's socket is bound into its container and its group added to the
+/// orchestrator's user. Whoever controls that socket controls the Docker host
+/// (root-equivalent): the orchestrator's own code and its admin users get
+/// that power. Set `containers: false` when the instance's agents need not be
+/// containers (levels `none` and `process` then still work; `container`
+/// answers that Docker is unreachable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    pub containers: bool,
+    /// The daemon's socket on the Docker host; default: the path of a
+    /// `unix://` `DOCKER_HOST`, else `/var/run/docker.sock`.
+    pub docker_socket: Option<PathBuf>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            containers: true,
+            docker_socket: None,
         }
     }
 }
@@ -173,6 +210,17 @@ impl InstanceConfig {
         check_image("images.redis", &self.images.redis)?;
         if let Some(image) = &self.images.orchestrator {
             check_image("images.orchestrator", image)?;
+        }
+        if let Some(image) = &self.images.agent {
+            check_image("images.agent", image)?;
+        }
+        if let Some(socket) = &self.agents.docker_socket
+            && !socket.is_absolute()
+        {
+            return Err(invalid(
+                "agents.docker_socket",
+                "must be an absolute path, such as /var/run/docker.sock",
+            ));
         }
         if self.orchestrator.port == Some(0) {
             return Err(invalid(

@@ -42,6 +42,9 @@ pub enum DockerError {
     /// The thing operated on does not exist (any more).
     #[error("not found: {message}")]
     NotFound { message: String },
+    /// The container must run for this (an exec, joining its network) and does not.
+    #[error("{what}: the container is not running ({message})")]
+    NotRunning { what: String, message: String },
     /// `DOCKER_HOST` names something this client cannot speak to.
     #[error(
         "DOCKER_HOST {host:?} is not supported: use unix:///path/to/docker.sock or tcp://host:port"
@@ -114,6 +117,12 @@ fn from_status(status: u16, message: String, context: &str) -> DockerError {
     }
     match status {
         404 => DockerError::NotFound { message },
+        409 if lower.contains("is not running") || lower.contains("non running") => {
+            DockerError::NotRunning {
+                what: context.to_owned(),
+                message,
+            }
+        }
         409 => DockerError::NameConflict {
             what: context.to_owned(),
             message,
@@ -153,6 +162,10 @@ mod tests {
         );
         assert!(e.is_conflict());
         assert!(e.to_string().starts_with("container x already exists"));
+        let e =
+            DockerError::from_bollard(server(409, "Container 0123 is not running"), "exec in x");
+        assert!(matches!(e, DockerError::NotRunning { .. }), "{e:?}");
+        assert!(!e.is_conflict());
         let e = DockerError::from_bollard(
             server(
                 500,

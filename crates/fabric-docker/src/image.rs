@@ -120,6 +120,19 @@ impl Rootfs {
             .map_err(ImageError::Archive)
     }
 
+    /// Adds a symbolic link at `path` pointing to `target` (as written, relative or absolute).
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), ImageError> {
+        let rel = relative(path);
+        if !self.entries.insert(rel.clone()) {
+            return Ok(());
+        }
+        self.parents(&rel)?;
+        let mut header = header(tar::EntryType::Symlink, 0, 0o777, 0);
+        self.tar
+            .append_link(&mut header, rel, target)
+            .map_err(ImageError::Archive)
+    }
+
     /// Adds the host file `host` (symlinks followed) at `path`, keeping its permission bits.
     pub fn host_file(&mut self, host: &Path, path: &str) -> Result<(), ImageError> {
         let contents = std::fs::read(host).map_err(|source| ImageError::Read {
@@ -441,6 +454,9 @@ fn orchestrator_rootfs(binary: &Path) -> Result<Vec<u8>, ImageError> {
     fs.dir("/tmp", 0o1777, 0)?;
     fs.dir("/data", 0o700, IMAGE_UID)?;
     fs.dir("/run/fabric", 0o700, IMAGE_UID)?;
+    // The socket volume's mount point: a new volume takes its owner, so the
+    // orchestrator and its sidecars (both nobody) can use it.
+    fs.dir(crate::instance::SOCKET_DIR, 0o700, IMAGE_UID)?;
     fs.finish()
 }
 
@@ -468,6 +484,144 @@ fn strip_debug(binary: &Path) -> Option<PathBuf> {
         let _ = std::fs::remove_file(&out);
         None
     }
+}
+
+/// Repository of the default agent image ([`ensure_agent_image`]).
+pub const AGENT_REPO: &str = "reactor-fabric-agent";
+/// The agent's writable working directory in agent images (a volume is mounted there).
+pub const AGENT_WORKSPACE: &str = "/workspace";
+/// Where a static busybox is looked for on the host (Debian's `busybox-static`).
+const BUSYBOX_PATHS: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+/// Host programs the default agent image takes when there is no static busybox:
+/// a shell and the basic tools; missing ones are skipped, except the first three,
+/// which running commands in the container needs (`sh -c`, `setsid`, `sleep`).
+const AGENT_PROGRAMS: [&str; 32] = [
+    "sh", "setsid", "sleep", "cat", "ls", "id", "head", "tail", "tr", "mkdir", "rm", "cp", "mv",
+    "env", "echo", "wc", "grep", "sed", "printf", "test", "true", "false", "touch", "date", "find",
+    "sort", "uniq", "cut", "dd", "chmod", "ln", "kill",
+];
+
+/// The default agent image: a shell and basic tools, for the built-in shell
+/// agent at isolation `container` (and agents with a `command` but no `image`).
+///
+/// Made from the host's static busybox (Debian `busybox-static`: one 2 MB binary,
+/// every applet linked to it) when there is one, else from the host's `sh`,
+/// coreutils and their libraries. Tagged `reactor-fabric-agent:<sha256 of the
+/// root filesystem, 12 hex>`, so it is built once per content and reused.
+pub async fn ensure_agent_image(client: &DockerClient) -> Result<ImageReady, ImageError> {
+    let started = Instant::now();
+    let rootfs = tokio::task::spawn_blocking(agent_rootfs)
+        .await
+        .map_err(|e| ImageError::Archive(std::io::Error::other(e.to_string())))??;
+    let hash = hex::encode(Sha256::digest(&rootfs));
+    let spec = agent_spec(&hash);
+    if client.inspect_image(&spec.reference()).await?.is_some() {
+        return Ok(ImageReady {
+            image: spec.reference(),
+            built: false,
+            size_bytes: None,
+            took: started.elapsed(),
+        });
+    }
+    let size = rootfs.len() as u64;
+    build_image(client, &spec, rootfs).await?;
+    Ok(ImageReady {
+        image: spec.reference(),
+        built: true,
+        size_bytes: Some(size),
+        took: started.elapsed(),
+    })
+}
+
+fn agent_spec(rootfs_sha256: &str) -> ImageSpec {
+    let short = rootfs_sha256.get(..12).unwrap_or(rootfs_sha256);
+    ImageSpec {
+        repo: AGENT_REPO.to_owned(),
+        tag: short.to_owned(),
+        entrypoint: Vec::new(),
+        cmd: ["/bin/sleep", "infinity"].map(str::to_owned).to_vec(),
+        user: Some(format!("{IMAGE_UID}:{IMAGE_UID}")),
+        env: vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())],
+        labels: vec![
+            (
+                LABEL_COMPONENT.to_owned(),
+                Component::Agent.as_str().to_owned(),
+            ),
+            (LABEL_VERSION.to_owned(), fabric_version().to_owned()),
+        ],
+        expose: Vec::new(),
+    }
+}
+
+fn agent_rootfs() -> Result<Vec<u8>, ImageError> {
+    let mut fs = Rootfs::new();
+    let busybox = BUSYBOX_PATHS
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists() && shared_libraries(p).is_ok_and(|libs| libs.is_empty()));
+    match busybox {
+        Some(path) => {
+            fs.host_file(path, "/bin/busybox")?;
+            for applet in busybox_applets(path)? {
+                if applet != "busybox" {
+                    fs.symlink(&format!("/bin/{applet}"), "busybox")?;
+                }
+            }
+        }
+        None => {
+            for (i, name) in AGENT_PROGRAMS.iter().enumerate() {
+                match find_program(name) {
+                    Some(host) => fs.program(&host, &format!("/bin/{name}"))?,
+                    None if i < 3 => {
+                        return Err(ImageError::NotFound(format!(
+                            "the default agent image needs {name} on this machine: install                              busybox-static (or coreutils and util-linux)"
+                        )));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    fs.users()?;
+    fs.dir("/tmp", 0o1777, 0)?;
+    fs.dir("/run", 0o755, 0)?;
+    fs.dir(AGENT_WORKSPACE, 0o755, IMAGE_UID)?;
+    fs.finish()
+}
+
+/// The applets a busybox binary offers (`busybox --list`), in its order.
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
+    let out = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| ImageError::Tool {
+            program: "busybox",
+            path: busybox.to_owned(),
+            detail: e.to_string(),
+        })?;
+    let list: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .map(str::to_owned)
+        .collect();
+    if !out.status.success() || !list.iter().any(|a| a == "sh") {
+        return Err(ImageError::Tool {
+            program: "busybox",
+            path: busybox.to_owned(),
+            detail: "busybox --list did not name a shell".to_owned(),
+        });
+    }
+    Ok(list)
+}
+
+/// `name` in the usual system directories, symlinks resolved (what `ldd` needs).
+fn find_program(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .and_then(|p| std::fs::canonicalize(p).ok())
 }
 
 /// A Redis image from the host's `redis-server` (and `redis-cli`, which readiness

@@ -62,6 +62,20 @@ pub const ENV_STORE: &str = "FABRIC_STORE";
 pub const ENV_ADMIN_PASSWORD_FILE: &str = "FABRIC_ADMIN_PASSWORD_FILE";
 /// Where the password file is put in the orchestrator container (never in its config or env).
 pub const ADMIN_PASSWORD_PATH: &str = "/run/fabric/admin-password";
+/// Environment keys and paths that let the orchestrator run container agents
+/// (read by `serve`; see `fabric_server::ContainerConfig`).
+pub const ENV_INSTANCE: &str = "FABRIC_INSTANCE";
+pub const ENV_SOCKET_VOLUME: &str = "FABRIC_SOCKET_VOLUME";
+pub const ENV_SOCKET_DIR: &str = "FABRIC_SOCKET_DIR";
+pub const ENV_PROXY_IMAGE: &str = "FABRIC_PROXY_IMAGE";
+pub const ENV_AGENT_IMAGE: &str = "FABRIC_AGENT_IMAGE";
+/// Where the shared socket volume is mounted in the orchestrator.
+pub const SOCKET_DIR: &str = "/run/fabric-sockets";
+/// The daemon's socket inside the orchestrator (`DOCKER_HOST` points there).
+const DOCKER_SOCKET_IN_CONTAINER: &str = "/var/run/docker.sock";
+/// The daemon's usual socket on the Docker host.
+const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
 /// Lines of a container's log shown when it fails to become ready.
 const LOG_TAIL: usize = 30;
 /// How often readiness is polled; small, since `start` latency is the sum of these waits.
@@ -255,7 +269,7 @@ pub async fn start(
                 container_name(name, Component::Orchestrator),
                 container_name(name, Component::Redis),
             ],
-            volumes: data_volumes(name).to_vec(),
+            volumes: instance_volumes(name, &options.config),
             images: images.ready,
             timings_ms: timings.phases,
         }),
@@ -269,6 +283,8 @@ pub async fn start(
 struct Images {
     orchestrator: String,
     redis: String,
+    /// The default agent image, when the orchestrator runs container agents.
+    agent: Option<String>,
     ready: Vec<ImageReady>,
 }
 
@@ -316,11 +332,37 @@ async fn resolve_images(
             other => other.map_err(InstanceError::from),
         }
     };
-    let (orchestrator, redis) = tokio::try_join!(orchestrator, redis)?;
+    let agent = async {
+        if !config.agents.containers {
+            return Ok(None);
+        }
+        match &config.images.agent {
+            Some(image) => image::ensure_image(
+                client,
+                image,
+                "load it with 'docker load', or leave images.agent out to build one on start",
+            )
+            .await
+            .map(Some)
+            .map_err(InstanceError::from),
+            // Built here, on the host with busybox; the orchestrator's image has none.
+            None => match image::ensure_agent_image(client).await {
+                Ok(ready) => Ok(Some(ready)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no default agent image: built-in shell agents at isolation container will not start");
+                    Ok(None)
+                }
+            },
+        }
+    };
+    let (orchestrator, redis, agent) = tokio::try_join!(orchestrator, redis, agent)?;
+    let mut ready = vec![orchestrator.clone(), redis.clone()];
+    ready.extend(agent.clone());
     Ok(Images {
-        orchestrator: orchestrator.image.clone(),
-        redis: redis.image.clone(),
-        ready: vec![orchestrator, redis],
+        orchestrator: orchestrator.image,
+        redis: redis.image,
+        agent: agent.map(|a| a.image),
+        ready,
     })
 }
 
@@ -329,6 +371,22 @@ fn data_volumes(name: &str) -> [String; 2] {
         volume_name(name, Component::Orchestrator),
         volume_name(name, Component::Redis),
     ]
+}
+
+/// `reactor-fabric-NAME-sockets`: where the orchestrator's sockets for the
+/// sidecars of its container agents live (shared with each sidecar).
+pub fn socket_volume_name(name: &str) -> String {
+    format!("{}-{name}-sockets", crate::labels::NAME_PREFIX)
+}
+
+/// The volumes an instance has: data volumes, and the socket volume when its
+/// orchestrator runs container agents.
+fn instance_volumes(name: &str, config: &InstanceConfig) -> Vec<String> {
+    let mut volumes = data_volumes(name).to_vec();
+    if config.agents.containers {
+        volumes.push(socket_volume_name(name));
+    }
+    volumes
 }
 
 async fn create_and_start(
@@ -345,27 +403,36 @@ async fn create_and_start(
     let [orchestrator_volume, redis_volume] = data_volumes(name);
 
     let network_name = network_name(name);
-    let (network, v1, v2) = tokio::join!(
+    let sockets = async {
+        if config.agents.containers {
+            client
+                .create_volume(
+                    &socket_volume_name(name),
+                    labels::labels(name, Component::Orchestrator),
+                )
+                .await
+        } else {
+            Ok(())
+        }
+    };
+    let (network, v1, v2, v3) = tokio::join!(
         client.create_network(&network_name, labels::instance_label(name)),
         client.create_volume(
             &orchestrator_volume,
             labels::labels(name, Component::Orchestrator)
         ),
         client.create_volume(&redis_volume, labels::labels(name, Component::Redis)),
+        sockets,
     );
     let network_id = network?;
     created.network_id = Some(network_id.clone());
     v1?;
     v2?;
+    v3?;
     timings.mark("network+volumes");
 
     // The claim (see the module docs).
-    let body = orchestrator_body(
-        options,
-        &images.orchestrator,
-        &network_id,
-        &orchestrator_volume,
-    );
+    let body = orchestrator_body(options, images, &network_id, &orchestrator_volume);
     match client.create_container(&orchestrator, body).await {
         Ok(_) => {
             created.claimed = true;
@@ -430,11 +497,12 @@ async fn create_and_start(
 
 fn orchestrator_body(
     options: &StartOptions,
-    image: &str,
+    images: &Images,
     network_id: &str,
     volume: &str,
 ) -> ContainerCreateBody {
     let name = options.name.as_str();
+    let image = images.orchestrator.as_str();
     let store_url = format!("redis://{}:6379", container_name(name, Component::Redis));
     let mut cmd = vec![
         "serve".to_owned(),
@@ -464,19 +532,79 @@ fn orchestrator_body(
     )]));
     // docker-init reaps the orphans of shell tasks, which `serve` as pid 1 would not.
     host.init = Some(true);
+    let mut env = vec![
+        format!("{ENV_STORE}={store_url}"),
+        format!("{ENV_ADMIN_PASSWORD_FILE}={ADMIN_PASSWORD_PATH}"),
+        "FABRIC_LOG_FORMAT=json".to_owned(),
+    ];
+    if options.config.agents.containers {
+        container_agents(name, images, &options.config, &mut host, &mut env);
+    }
     ContainerCreateBody {
         image: Some(image.to_owned()),
         cmd: Some(cmd),
-        env: Some(vec![
-            format!("{ENV_STORE}={store_url}"),
-            format!("{ENV_ADMIN_PASSWORD_FILE}={ADMIN_PASSWORD_PATH}"),
-            "FABRIC_LOG_FORMAT=json".to_owned(),
-        ]),
+        env: Some(env),
         labels: Some(labels::labels(name, Component::Orchestrator)),
         exposed_ports: Some(vec![port_key]),
         host_config: Some(host),
         networking_config: Some(endpoint(network_id, "orchestrator")),
         ..Default::default()
+    }
+}
+
+/// What the orchestrator needs to run container agents: the Docker API (the
+/// host's socket, and its group so the orchestrator's user may use it; see
+/// `config::AgentsConfig` for what that grants), the volume it shares with
+/// sidecars, and the images and instance name for `serve`.
+fn container_agents(
+    name: &str,
+    images: &Images,
+    config: &InstanceConfig,
+    host: &mut HostConfig,
+    env: &mut Vec<String>,
+) {
+    let socket = config
+        .agents
+        .docker_socket
+        .clone()
+        .or_else(|| {
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET));
+    // The socket's group on this host is the daemon's access group; a remote
+    // daemon's socket cannot be looked at from here (then only root could use it).
+    match std::fs::metadata(&socket) {
+        Ok(meta) => {
+            use std::os::unix::fs::MetadataExt;
+            host.group_add = Some(vec![meta.gid().to_string()]);
+        }
+        Err(e) => tracing::warn!(socket = %socket.display(), error = %e,
+            "cannot read the Docker socket's group: the orchestrator may not be allowed to use it"),
+    }
+    let mounts = host.mounts.get_or_insert_with(Vec::new);
+    mounts.push(Mount {
+        target: Some(DOCKER_SOCKET_IN_CONTAINER.to_owned()),
+        source: Some(socket.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        ..Default::default()
+    });
+    mounts.push(Mount {
+        target: Some(SOCKET_DIR.to_owned()),
+        source: Some(socket_volume_name(name)),
+        typ: Some(MountType::VOLUME),
+        ..Default::default()
+    });
+    env.extend([
+        format!("DOCKER_HOST=unix://{DOCKER_SOCKET_IN_CONTAINER}"),
+        format!("{ENV_INSTANCE}={name}"),
+        format!("{ENV_SOCKET_VOLUME}={}", socket_volume_name(name)),
+        format!("{ENV_SOCKET_DIR}={SOCKET_DIR}"),
+        format!("{ENV_PROXY_IMAGE}={}", images.orchestrator),
+    ]);
+    if let Some(agent) = &images.agent {
+        env.push(format!("{ENV_AGENT_IMAGE}={agent}"));
     }
 }
 
@@ -627,7 +755,7 @@ async fn wait_redis(
             Ok(out) if out.stdout.trim() == "PONG" => return Ok(()),
             Ok(_) => {}
             // Not running (yet, or any more): the state check below tells which.
-            Err(DockerError::NameConflict { .. }) => {}
+            Err(DockerError::NameConflict { .. } | DockerError::NotRunning { .. }) => {}
             Err(e @ DockerError::DaemonUnreachable { .. }) => return Err(e.into()),
             Err(DockerError::Other { message, .. })
                 if message.contains("executable file not found") =>
@@ -756,7 +884,10 @@ async fn clean_up(client: &DockerClient, name: &str, created: &Created) {
         tracing::warn!(error = %e, "cleanup: network");
     }
     if created.claimed {
-        for volume in data_volumes(name) {
+        for volume in data_volumes(name)
+            .into_iter()
+            .chain([socket_volume_name(name)])
+        {
             if let Err(e) = client.remove_volume(&volume).await {
                 tracing::warn!(error = %e, "cleanup: volume");
             }
@@ -1017,11 +1148,28 @@ mod tests {
             binary: PathBuf::from("/bin/true"),
             admin_password: "sekrit-password".to_owned(),
         };
-        let body = orchestrator_body(&options, "img", "netid", "vol");
+        let images = Images {
+            orchestrator: "img".to_owned(),
+            redis: "redis".to_owned(),
+            agent: Some("agent-img".to_owned()),
+            ready: Vec::new(),
+        };
+        let body = orchestrator_body(&options, &images, "netid", "vol");
         let text = serde_json::to_string(&body).unwrap();
         assert!(!text.contains("sekrit-password"));
         assert!(text.contains("FABRIC_STORE=redis://reactor-fabric-t-redis:6379"));
+        assert!(text.contains("FABRIC_INSTANCE=t"));
+        assert!(text.contains("FABRIC_PROXY_IMAGE=img"));
+        assert!(text.contains("FABRIC_AGENT_IMAGE=agent-img"));
+        assert!(text.contains("FABRIC_SOCKET_VOLUME=reactor-fabric-t-sockets"));
         let host = body.host_config.unwrap();
+        let mounts = host.mounts.clone().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.target.as_deref() == Some("/var/run/docker.sock")),
+            "{mounts:?}"
+        );
         let binding = &host.port_bindings.unwrap()["8080/tcp"].clone().unwrap()[0];
         assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(binding.host_port.as_deref(), Some(""));

@@ -18,6 +18,13 @@ pub const LABEL_BINARY_SHA256: &str = "io.reactor-fabric.binary-sha256";
 /// On images built by this crate: the reactor-fabric version that built them.
 pub const LABEL_VERSION: &str = "io.reactor-fabric.version";
 
+/// On agent containers, sidecars and their volumes: which fabric server made them
+/// (one id per server: its data dir, or its instance), so that server's next
+/// start removes what a crash left behind, and nobody else's.
+pub const LABEL_OWNER: &str = "io.reactor-fabric.owner";
+/// On agent containers and sidecars: the agent's id (absent on warm-pool ones).
+pub const LABEL_AGENT: &str = "io.reactor-fabric.agent";
+
 /// Prefix of every Docker name this project creates.
 pub const NAME_PREFIX: &str = "reactor-fabric";
 
@@ -89,6 +96,11 @@ pub fn instance_filter(instance: Option<&str>) -> HashMap<String, Vec<String>> {
         None => LABEL_INSTANCE.to_owned(),
     };
     HashMap::from([("label".to_owned(), vec![value])])
+}
+
+/// A Docker list filter: resources whose label `key` is `value`.
+pub fn label_filter(key: &str, value: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("{key}={value}")])])
 }
 
 /// `reactor-fabric-NAME`: the instance's network.

@@ -22,11 +22,16 @@
 //! - [`instance`]: [`instance::start`], [`instance::down`], [`instance::list`];
 //!   its module docs explain how concurrent starts of one name settle.
 //! - [`stats`]: CPU and memory of containers, from their cgroups when the daemon
-//!   is local (fast), else from the daemon's stats.
+//!   is local (fast), else from the daemon's stats; [`stats::ContainerCgroup`]
+//!   for one container's counters and out-of-memory kills.
+//! - [`agent`]: agent containers (isolation level `container`: limits,
+//!   read-only root, nobody, no capabilities, no network) and their inference
+//!   sidecars; [`image::ensure_agent_image`] builds the default agent image.
 
 // Tests may unwrap: a panic there is a failed test, which is the point.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agent;
 pub mod client;
 pub mod config;
 pub mod error;

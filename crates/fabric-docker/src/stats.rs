@@ -123,6 +123,56 @@ pub fn from_daemon(stats: &ContainerStatsResponse) -> Usage {
     }
 }
 
+/// One container's cgroup on this host, read directly: the fast way to its
+/// resource use and out-of-memory kills while the daemon is local.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerCgroup {
+    files: CgroupFiles,
+}
+
+/// What [`ContainerCgroup::read`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupUsage {
+    /// As `docker stats` counts it: usage minus inactive file cache.
+    pub memory_bytes: u64,
+    /// Most memory charged at once (v1 `max_usage_in_bytes`, v2 `memory.peak`).
+    pub memory_peak_bytes: Option<u64>,
+    pub cpu_nanos: Option<u64>,
+    /// Processes and threads now.
+    pub pids: Option<u64>,
+}
+
+impl ContainerCgroup {
+    /// The cgroup of container `id` whose main process has host pid `pid`;
+    /// `None` when it is not visible here (a remote daemon, another PID namespace).
+    pub fn find(pid: i64, id: &str) -> Option<ContainerCgroup> {
+        CgroupFiles::find(pid, id).map(|files| ContainerCgroup { files })
+    }
+
+    pub fn read(&self) -> CgroupUsage {
+        let f = &self.files;
+        CgroupUsage {
+            memory_bytes: f.memory_bytes().unwrap_or(0),
+            memory_peak_bytes: read_u64(&f.memory_peak),
+            cpu_nanos: f.cpu_nanos(),
+            pids: f.pids_current.as_deref().and_then(read_u64),
+        }
+    }
+
+    /// Processes the kernel's out-of-memory killer killed in this cgroup so far
+    /// (v1 `memory.oom_control`, v2 `memory.events`: `oom_kill N`, Linux 4.13+).
+    pub fn oom_kills(&self) -> Option<u64> {
+        stat_value(
+            &std::fs::read_to_string(&self.files.oom_events).ok()?,
+            "oom_kill",
+        )
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// The counter files of one container's cgroup on this host.
 #[derive(Debug, Clone, PartialEq)]
 struct CgroupFiles {
@@ -132,6 +182,12 @@ struct CgroupFiles {
     memory_usage: PathBuf,
     /// `memory.stat`, for the inactive file cache to subtract.
     memory_stat: PathBuf,
+    /// v1 `memory.max_usage_in_bytes` or v2 `memory.peak`.
+    memory_peak: PathBuf,
+    /// v1 `memory.oom_control` or v2 `memory.events`.
+    oom_events: PathBuf,
+    /// `pids.current`, when the pids controller is there.
+    pids_current: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +210,7 @@ impl CgroupFiles {
         }
         let mut cpu = None;
         let mut memory = None;
+        let mut pids = None;
         let mut unified = None;
         for line in text.lines() {
             let mut parts = line.splitn(3, ':');
@@ -173,6 +230,9 @@ impl CgroupFiles {
             if list.contains(&"memory") {
                 memory = Some(root.join("memory").join(rel));
             }
+            if list.contains(&"pids") {
+                pids = Some(root.join("pids").join(rel).join("pids.current"));
+            }
             if controllers.is_empty() {
                 unified = Some(root.join(rel));
             }
@@ -182,6 +242,9 @@ impl CgroupFiles {
                 cpu,
                 memory_usage: mem.join("memory.usage_in_bytes"),
                 memory_stat: mem.join("memory.stat"),
+                memory_peak: mem.join("memory.max_usage_in_bytes"),
+                oom_events: mem.join("memory.oom_control"),
+                pids_current: pids,
             });
         }
         // Pure v2: one hierarchy; only when it really carries the controllers.
@@ -190,6 +253,9 @@ impl CgroupFiles {
             cpu: CpuCounter::V2Stat(dir.join("cpu.stat")),
             memory_usage: dir.join("memory.current"),
             memory_stat: dir.join("memory.stat"),
+            memory_peak: dir.join("memory.peak"),
+            oom_events: dir.join("memory.events"),
+            pids_current: Some(dir.join("pids.current")),
         };
         files.memory_usage.exists().then_some(files)
     }
@@ -249,9 +315,15 @@ mod tests {
         let proc = format!(
             "4:memory:/docker/{ID}\n2:cpuacct:/docker/{ID}\n1:cpu:/docker/{ID}\n0::/docker/{ID}\n"
         );
+        std::fs::write(
+            mem_dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
         let files = CgroupFiles::from_proc(&proc, ID, root.path()).unwrap();
         assert_eq!(files.cpu_nanos(), Some(31_786_167));
         assert_eq!(files.memory_bytes(), Some(811_008 - 8192));
+        assert_eq!(ContainerCgroup { files }.oom_kills(), Some(2));
         // Another container's process is never measured.
         assert!(CgroupFiles::from_proc(&proc, &"f".repeat(64), root.path()).is_none());
     }

@@ -148,6 +148,38 @@ pub enum RuntimeError {
          and remove its cgroup by hand"
     )]
     SandboxCleanup { name: String, reason: String },
+
+    #[error(
+        "cannot run {} in container {container:?}: {reason}; the container may have stopped or \
+         be at its pids or memory limit: retry, or raise its limits",
+        preview(command)
+    )]
+    ContainerExec {
+        container: String,
+        command: String,
+        reason: String,
+    },
+
+    #[error("cannot write the task's files into container {container:?}: {reason}")]
+    ContainerFiles { container: String, reason: String },
+
+    #[error(
+        "container {container:?} stopped while the command ran (killed or crashed); the agent's \
+         supervisor restarts it and requeues the task"
+    )]
+    ContainerGone { container: String },
+
+    #[error(
+        "working directory {} is outside the workspace {} of container {container:?}, the only \
+         place its commands can write; use a directory inside it",
+        workdir.display(),
+        workspace.display()
+    )]
+    WorkdirOutsideContainer {
+        container: String,
+        workdir: PathBuf,
+        workspace: PathBuf,
+    },
 }
 
 impl RuntimeError {
@@ -166,6 +198,9 @@ impl RuntimeError {
                 | Self::SandboxUsage { .. }
                 | Self::SandboxLimits { .. }
                 | Self::SandboxCleanup { .. }
+                | Self::ContainerExec { .. }
+                | Self::ContainerFiles { .. }
+                | Self::ContainerGone { .. }
         )
     }
 }

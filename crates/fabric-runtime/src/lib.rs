@@ -40,10 +40,14 @@
 //!   [`forward_tcp`](net::forward_tcp) (`FABRIC_URL` and the inference
 //!   endpoint inside).
 //!
-//! Isolation level `container` (Docker) arrives as a sibling module behind
-//! the same job and outcome types, dispatched by an `AnyRuntime` enum.
+//! - `container` (feature `docker`): isolation level `container`. A
+//!   `ContainerShell` runs the same [`ShellJob`]s in an agent's Docker
+//!   container, one `docker exec` per command, through the same capture code;
+//!   the containers themselves are made by `fabric_docker::agent`.
 
 pub mod child;
+#[cfg(feature = "docker")]
+pub mod container;
 mod error;
 pub mod net;
 pub mod sandbox;

@@ -8,7 +8,9 @@
 //!
 //! - [`api`]: axum routes, OpenAPI document (`/openapi.json`), WebSocket stream.
 //! - [`service`]: `TaskService`, the scheduler + store + events under one lock discipline.
-//! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, the built-in `shell` and `noop` agents.
+//! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, containers, the built-in `shell` and `noop` agents.
+//! - [`proxy`]: the inference forwarder (10 MiB, 120 s, no credentials) and the
+//!   container sidecar that runs it (`reactor-fabric proxy`).
 //! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
@@ -23,6 +25,7 @@ mod error;
 pub mod events;
 mod extract;
 pub mod leader;
+pub mod proxy;
 mod request_id;
 pub mod service;
 pub mod state;
@@ -50,6 +53,7 @@ pub use crate::telemetry::{LogFormat, init_logging};
 pub use fabric_runtime::sandbox::HelperCommand;
 
 use crate::agents::{AgentManager, ManagerConfig};
+pub use crate::agents::{ContainerConfig, SocketVolume};
 use crate::auth::AuthService;
 use crate::leader::Leadership;
 use crate::service::{TaskDefaults, TaskService};
@@ -97,6 +101,8 @@ pub struct ServerConfig {
     pub inference_upstream: Option<String>,
     /// Longest an inference request may take upstream before the agent gets 504.
     pub inference_timeout: Duration,
+    /// Isolation `container`: which Docker, which images, where sidecars find the fabric.
+    pub containers: ContainerConfig,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +122,7 @@ impl Default for ServerConfig {
             sandbox_helper: None,
             inference_upstream: None,
             inference_timeout: Duration::from_secs(120),
+            containers: ContainerConfig::default(),
         }
     }
 }
@@ -190,6 +197,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The owner label (`io.reactor-fabric.owner`) of a server's containers and
+/// volumes: its instance, else a hash of its data dir (as for its cgroup), so
+/// a restart sweeps only its own.
+pub fn container_owner(data_dir: &Path, instance: Option<&str>) -> String {
+    match instance {
+        Some(name) => format!("instance-{name}"),
+        None => instance_cgroup(data_dir)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "i-unknown".to_owned()),
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` resolves. With a Redis
 /// store it first takes the leadership of the key prefix (standing by while
 /// another orchestrator holds it), and returns an error if it loses it.
@@ -241,6 +261,8 @@ pub async fn run(
         inference_timeout: config.inference_timeout,
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
+        owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
+        containers: config.containers.clone(),
     };
     let agents = AgentManager::new(
         Arc::clone(&tasks),

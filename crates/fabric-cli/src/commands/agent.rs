@@ -47,7 +47,7 @@ pub struct SpawnArgs {
     /// Agent file in the AgentConfig shape, TOML or JSON; flags given too override its fields
     #[arg(short, long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// none (a plain child process) or process (namespaces, cgroup limits, egress allowlist) [default: none]
+    /// none (a plain child process), process (namespaces, cgroup limits, egress allowlist) or container (Docker, with an inference sidecar) [default: none]
     #[arg(long, value_name = "LEVEL")]
     pub isolation: Option<IsolationLevel>,
     /// Memory limit in MiB [default: 512]
@@ -56,7 +56,7 @@ pub struct SpawnArgs {
     /// CPU limit in cores, e.g. 0.5 [default: 1]
     #[arg(long, value_name = "F")]
     pub cpu_cores: Option<f64>,
-    /// Allowed egress (isolation process), repeatable: host:port, *.domain:port or a bare host; none given: no network
+    /// Allowed egress (isolation process or container), repeatable: host:port, *.domain:port or a bare host; none given: no network
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_egress_flag)]
     pub egress: Vec<String>,
     /// Host path the sandbox may read (at the same path), repeatable; relative to this directory
@@ -65,6 +65,9 @@ pub struct SpawnArgs {
     /// What it runs: a shell command line [default: the built-in shell agent, running each task's commands]
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
+    /// Container image whose own command is the agent (isolation container; with --command, that runs in it)
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
     /// Tasks it works on at once [default: 1]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,
@@ -77,7 +80,7 @@ pub struct SpawnArgs {
     /// Restarts in a row before it is left crashed [default: 5]
     #[arg(long, value_name = "N")]
     pub max_restarts: Option<u32>,
-    /// Sandboxes kept started so a spawn is served at once (isolation process) [default: 0]
+    /// Sandboxes or containers kept started so a spawn is served at once (isolation process, or container for the built-in shell) [default: 0]
     #[arg(long, value_name = "N")]
     pub pool_min_idle: Option<u32>,
     /// Model the agent uses
@@ -193,6 +196,9 @@ fn build_config(args: &SpawnArgs, cwd: &Path) -> Result<AgentConfig, CliError> {
     }
     if let Some(command) = &args.command {
         config.command = Some(command.clone());
+    }
+    if let Some(image) = &args.image {
+        config.image = Some(image.clone());
     }
     if let Some(n) = args.concurrency {
         config.concurrency = n;
@@ -462,7 +468,8 @@ fn describe_agent(agent: &Agent, now: Timestamp) -> String {
     }
     lines.push(("created", short_time(agent.created_at)));
     let runs = match (&config.command, &config.image) {
-        (Some(command), _) => format!("command {command}"),
+        (Some(command), Some(image)) => format!("command {command} in image {image}"),
+        (Some(command), None) => format!("command {command}"),
         (None, Some(image)) => format!("image {image}"),
         (None, None) if config.external => "external (connects with its own token)".into(),
         (None, None) => "built-in shell agent".into(),

@@ -70,6 +70,34 @@ pub struct ServeArgs {
     #[arg(long, env = "FABRIC_INFERENCE_UPSTREAM", value_name = "URL")]
     pub inference_upstream: Option<String>,
 
+    /// Image of container agents without their own (the built-in shell, a command)
+    /// [default: built from this host's busybox, or its shell and tools]
+    #[arg(long, env = "FABRIC_AGENT_IMAGE", value_name = "IMAGE")]
+    pub agent_image: Option<String>,
+
+    /// Image of container agents' sidecars; its entrypoint must be reactor-fabric
+    /// [default: built from this binary]
+    #[arg(long, env = "FABRIC_PROXY_IMAGE", value_name = "IMAGE")]
+    pub proxy_image: Option<String>,
+
+    /// The Docker instance this server runs in (set by 'reactor-fabric start')
+    #[arg(long, env = "FABRIC_INSTANCE", value_name = "NAME", hide = true)]
+    pub instance: Option<String>,
+
+    /// A named volume shared with sidecars for their sockets (set by 'reactor-fabric start')
+    #[arg(
+        long,
+        env = "FABRIC_SOCKET_VOLUME",
+        value_name = "VOLUME",
+        hide = true,
+        requires = "socket_dir"
+    )]
+    pub socket_volume: Option<String>,
+
+    /// Where --socket-volume is mounted in this server's container
+    #[arg(long, env = "FABRIC_SOCKET_DIR", value_name = "DIR", hide = true)]
+    pub socket_dir: Option<PathBuf>,
+
     /// Log format on stderr
     #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
     pub log_format: LogFormatArg,
@@ -119,6 +147,20 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .or_else(|| process_env("OLLAMA_BASE_URL"))
             .filter(|u| !u.is_empty()),
         sandbox_helper: sandbox_helper(),
+        containers: fabric_server::ContainerConfig {
+            docker_host: None,
+            agent_image: args.agent_image.filter(|i| !i.is_empty()),
+            proxy_image: args.proxy_image.filter(|i| !i.is_empty()),
+            // The sidecar runs `reactor-fabric proxy` from an image of this very binary.
+            proxy_binary: std::env::current_exe().ok(),
+            instance: args.instance.filter(|i| !i.is_empty()),
+            socket_volume: match (args.socket_volume, args.socket_dir) {
+                (Some(name), Some(local_dir)) if !name.is_empty() => {
+                    Some(fabric_server::SocketVolume { name, local_dir })
+                }
+                _ => None,
+            },
+        },
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };

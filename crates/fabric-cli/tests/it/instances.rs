@@ -205,7 +205,8 @@ fn start_list_down_lifecycle_leaves_nothing_behind() {
         "--filter",
         &format!("label=io.reactor-fabric.instance={name}"),
     ]);
-    assert_eq!(volumes.lines().count(), 2, "{volumes}");
+    // Orchestrator data, Redis data, and the sockets shared with agent sidecars.
+    assert_eq!(volumes.lines().count(), 3, "{volumes}");
 
     // list: human and JSON.
     let out = inst.run(&["list"]);
@@ -239,7 +240,7 @@ fn start_list_down_lifecycle_leaves_nothing_behind() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stdout(&out).contains(&format!(
-            "removed instance \"{name}\": 2 containers, 1 network, 2 volumes"
+            "removed instance \"{name}\": 2 containers, 1 network, 3 volumes"
         )),
         "{}",
         stdout(&out)
@@ -287,6 +288,85 @@ fn the_api_answers_through_the_printed_url() {
     assert_eq!(code(&out), 0, "{text}\n{}", stderr(&out));
     assert!(text.contains("status=completed"), "{text}");
     assert!(text.contains("hello from the container"), "{text}");
+}
+
+/// SPEC §2.2: the instance's orchestrator runs container agents (through the
+/// Docker socket it is given), labelled with the instance, each with its
+/// sidecar; `list` shows them and `down` removes them with the rest.
+#[test]
+fn container_agents_run_inside_an_instance_and_go_with_down() {
+    let inst = Instance::new("agents");
+    let name = inst.name.clone();
+    let (url, password) = inst.start(&[]);
+    let cli = |args: &[&str]| {
+        let mut cmd = inst.cli();
+        cmd.env("FABRIC_URL", &url).args(args);
+        cmd.output().unwrap()
+    };
+    let out = cli(&[
+        "auth",
+        "login",
+        "--username",
+        "admin",
+        "--password",
+        &password,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = cli(&["agent", "spawn", "--id", "box", "--isolation", "container"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let out = cli(&[
+        "task",
+        "create",
+        "--agent",
+        "box",
+        "--command",
+        "id -u; echo $OLLAMA_BASE_URL",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = stdout(&out).lines().last().unwrap().trim().to_owned();
+    let out = cli(&["task", "result", &id, "--wait", "--timeout", "60s"]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{text}\n{}", stderr(&out));
+    assert!(text.contains("\n65534\nhttp://localhost:11434\n"), "{text}");
+    // The orchestrator cannot see the container's cgroup: usage comes from the daemon.
+    let mut memory = 0;
+    for _ in 0..100 {
+        let out = cli(&["-o", "json", "agent", "get", "box"]);
+        let agent: Value = serde_json::from_slice(&out.stdout).unwrap();
+        memory = agent["agent"]["usage"]["memory_bytes"]
+            .as_u64()
+            .or_else(|| agent["usage"]["memory_bytes"].as_u64())
+            .unwrap_or(0);
+        if memory > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(memory > 0, "usage of a container agent inside an instance");
+
+    let me = inst.mine(&inst.list_json()).cloned().unwrap();
+    let mut components: Vec<String> = me["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap().to_owned())
+        .collect();
+    components.sort();
+    assert_eq!(
+        components,
+        ["agent", "orchestrator", "redis", "sidecar"],
+        "{me}"
+    );
+    assert_eq!(me["status"], "running");
+
+    let out = inst.run(&["down", "--name", &name]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(": 4 containers, 1 network,"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(labelled(&name), Vec::<String>::new());
 }
 
 #[test]
@@ -641,7 +721,7 @@ fn list_shows_agents_and_stopped_parts_and_down_removes_all() {
     let out = inst.run(&["down", "--name", name]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
-        stdout(&out).contains(": 3 containers, 1 network, 2 volumes"),
+        stdout(&out).contains(": 3 containers, 1 network, 3 volumes"),
         "{}",
         stdout(&out)
     );

@@ -13,6 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod agents;
+mod containers;
 mod crash;
 mod instances;
 
@@ -61,6 +62,11 @@ struct Fabric {
 
 impl Fabric {
     fn start() -> Fabric {
+        Fabric::start_with_env(&[])
+    }
+
+    /// A server with extra environment (`DOCKER_HOST`, say).
+    fn start_with_env(env: &[(&str, &str)]) -> Fabric {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let data_dir = dir.path().join("data");
@@ -77,6 +83,7 @@ impl Fabric {
             .env("FABRIC_CONFIG", dir.path().join("server-config.toml"))
             .env_remove("FABRIC_LISTEN")
             .env_remove("FABRIC_DATA_DIR")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

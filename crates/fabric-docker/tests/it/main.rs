@@ -144,3 +144,90 @@ async fn a_dead_socket_is_daemon_unreachable() {
         "{err}"
     );
 }
+
+/// The default agent image is built once per content and runs its shell as
+/// nobody; an agent container is created with its volume, and a sweep by its
+/// owner label removes it and the volume, and nothing of another owner.
+#[tokio::test]
+async fn agent_containers_are_swept_by_owner_only() {
+    use fabric_docker::agent::{self, AgentContainer, AgentContainerSpec};
+    let client = DockerClient::connect().await.unwrap();
+    let first = image::ensure_agent_image(&client).await.unwrap();
+    let again = image::ensure_agent_image(&client).await.unwrap();
+    assert_eq!(first.image, again.image);
+    assert!(!again.built, "reused by its content tag");
+    assert!(
+        first.image.starts_with("reactor-fabric-agent:"),
+        "{first:?}"
+    );
+
+    let spec = |owner: &str| AgentContainerSpec {
+        name: unique("reactor-fabric-it-agent"),
+        image: first.image.clone(),
+        cmd: None,
+        env: vec![("X".to_owned(), "1".to_owned())],
+        memory_mb: 64,
+        cpu_cores: 0.5,
+        pids_limit: agent::DEFAULT_PIDS_LIMIT,
+        tmp_mb: agent::DEFAULT_TMP_MB,
+        read_only_paths: Vec::new(),
+        labels: HashMap::from([(labels::LABEL_OWNER.to_owned(), owner.to_owned())]),
+    };
+    let (mine, theirs) = (unique("it-owner-a"), unique("it-owner-b"));
+    let _guard = OwnerGuard(vec![mine.clone(), theirs.clone()]);
+    let a = AgentContainer::create(&client, &spec(&mine), None, None)
+        .await
+        .unwrap();
+    let b = AgentContainer::create(&client, &spec(&theirs), None, None)
+        .await
+        .unwrap();
+    let out = client
+        .exec(&a.name, &["sh", "-c", "id -u; echo $X; ls -ld /workspace"])
+        .await
+        .unwrap();
+    assert!(out.stdout.starts_with("65534\n1\n"), "{out:?}");
+    assert!(
+        out.stdout.contains("65534"),
+        "the volume is the agent's: {out:?}"
+    );
+    assert!(a.pid > 0);
+
+    let swept = agent::sweep(&client, &mine).await.unwrap();
+    assert_eq!(swept, (1, 1), "one container, one volume");
+    assert!(client.inspect_container(&a.name).await.unwrap().is_none());
+    assert!(client.inspect_container(&b.name).await.unwrap().is_some());
+    b.remove(&client).await;
+    assert_eq!(agent::sweep(&client, &theirs).await.unwrap(), (0, 0));
+}
+
+/// Removes the containers and volumes of these owners when the test ends, even on failure.
+struct OwnerGuard(Vec<String>);
+
+impl Drop for OwnerGuard {
+    fn drop(&mut self) {
+        for owner in &self.0 {
+            let filter = format!("label={}={owner}", labels::LABEL_OWNER);
+            for (list, remove) in [
+                (&["ps", "-aq", "--filter"][..], &["rm", "-f", "-v"][..]),
+                (
+                    &["volume", "ls", "-q", "--filter"][..],
+                    &["volume", "rm", "-f"][..],
+                ),
+            ] {
+                let ids = std::process::Command::new("docker")
+                    .args(list)
+                    .arg(&filter)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let ids: Vec<&str> = ids.lines().collect();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(remove)
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+    }
+}

@@ -246,9 +246,10 @@ pub async fn run_shell(
     run_shell_with(job, logs, cancel, &OnHost).await
 }
 
-/// How a job's commands are started: on the host (isolation level `none`) or
-/// inside a sandbox (`process`). Everything else about a job — files, output
-/// capture, log lines, stopping the process group — is the same for both.
+/// How a job's commands are started: on the host (isolation level `none`),
+/// inside a sandbox (`process`) or in a container (`container`). Everything
+/// else about a job — output capture, log lines, limits, cancellation — is the
+/// same for all of them.
 pub(crate) trait Launcher: Sync {
     /// Starts `SHELL -c <command>` in `workdir` with exactly `env` (nothing
     /// inherited), stdin on `/dev/null`, stdout and stderr piped, leading a
@@ -264,13 +265,31 @@ pub(crate) trait Launcher: Sync {
     fn check_workdir(&self, _workdir: &Path) -> Result<(), RuntimeError> {
         Ok(())
     }
+
+    /// Creates the job's working directory (and its `.tmp`), checks it and
+    /// writes the task files (paths already checked) into it; returns the
+    /// directory as the commands see it. By default on the host's filesystem.
+    fn prepare_workdir(
+        &self,
+        workdir: &Path,
+        files: &[(PathBuf, &TaskFile)],
+    ) -> impl Future<Output = Result<PathBuf, RuntimeError>> + Send {
+        async move {
+            let workdir = workdir::create(workdir).await?;
+            self.check_workdir(&workdir)?;
+            for (relative, file) in files {
+                workdir::write_file(&workdir, relative, file).await?;
+            }
+            Ok(workdir)
+        }
+    }
 }
 
 /// A command a [`Launcher`] started.
 pub(crate) struct Started {
     pub(crate) leader: AnyLeader,
-    /// Host pid of the leader, which is its process group's id.
-    pub(crate) pid: u32,
+    /// How the command and everything it started are stopped.
+    pub(crate) group: AnyGroup,
     pub(crate) stdout: Option<OutputPipe>,
     pub(crate) stderr: Option<OutputPipe>,
 }
@@ -288,6 +307,9 @@ pub(crate) enum AnyLeader {
     Host(tokio::process::Child),
     /// A program the sandbox's init started (level `process`).
     Sandboxed(crate::sandbox::InitChild),
+    /// A `docker exec` in an agent container (level `container`).
+    #[cfg(feature = "docker")]
+    Container(crate::container::ExecLeader),
 }
 
 impl Leader for AnyLeader {
@@ -295,6 +317,44 @@ impl Leader for AnyLeader {
         match self {
             AnyLeader::Host(child) => child.wait().await,
             AnyLeader::Sandboxed(child) => Ok(child.wait().await),
+            #[cfg(feature = "docker")]
+            AnyLeader::Container(exec) => exec.wait_exit().await,
+        }
+    }
+}
+
+/// Everything a started command made, as one thing to stop.
+pub(crate) enum AnyGroup {
+    /// A process group on this host (levels `none` and `process`).
+    Host(ProcessGroup),
+    /// The process group of a `docker exec`, stopped from inside the container.
+    #[cfg(feature = "docker")]
+    Container(crate::container::ExecGroup),
+}
+
+impl AnyGroup {
+    /// The process group a freshly started leader `pid` created.
+    pub(crate) fn host(pid: u32, command: &str) -> Result<AnyGroup, RuntimeError> {
+        // A just-started leader always has an ordinary pid; this is unreachable in practice.
+        ProcessGroup::led_by(pid)
+            .map(AnyGroup::Host)
+            .ok_or_else(|| RuntimeError::Wait {
+                command: command.to_string(),
+                cause: std::io::Error::other("the shell has no usable process id"),
+            })
+    }
+
+    /// Stops every process of the command (SIGTERM, up to `grace`, SIGKILL)
+    /// and reaps the leader; see [`ProcessGroup::terminate`].
+    async fn terminate(
+        &mut self,
+        leader: &mut AnyLeader,
+        grace: Duration,
+    ) -> std::io::Result<ExitStatus> {
+        match self {
+            AnyGroup::Host(group) => group.terminate(leader, grace).await,
+            #[cfg(feature = "docker")]
+            AnyGroup::Container(group) => group.terminate(leader, grace).await,
         }
     }
 }
@@ -339,7 +399,7 @@ impl Launcher for OnHost {
     ) -> Result<Started, RuntimeError> {
         let mut child = host_shell(command, workdir, env)?;
         Ok(Started {
-            pid: child.id().unwrap_or(0),
+            group: AnyGroup::host(child.id().unwrap_or(0), command)?,
             stdout: boxed(child.stdout.take()),
             stderr: boxed(child.stderr.take()),
             leader: AnyLeader::Host(child),
@@ -355,11 +415,8 @@ pub(crate) async fn run_shell_with(
     launcher: &impl Launcher,
 ) -> Result<ShellOutcome, RuntimeError> {
     let files = check(&job)?;
-    let workdir = workdir::create(&job.workdir).await?;
-    launcher.check_workdir(&workdir)?;
-    for (relative, file) in files.iter().zip(&job.files) {
-        workdir::write_file(&workdir, relative, file).await?;
-    }
+    let files: Vec<(PathBuf, &TaskFile)> = files.into_iter().zip(&job.files).collect();
+    let workdir = launcher.prepare_workdir(&job.workdir, &files).await?;
     let env = environment(&workdir, &job.env);
     tracing::debug!(workdir = %workdir.display(), commands = job.commands.len(), "running shell job");
 
@@ -496,7 +553,7 @@ async fn run_command<C: Future<Output = ()>, L: Launcher>(
 ) -> Result<Ran, RuntimeError> {
     let Started {
         leader: mut child,
-        pid,
+        mut group,
         stdout: out_pipe,
         stderr: err_pipe,
     } = setting
@@ -506,15 +563,6 @@ async fn run_command<C: Future<Output = ()>, L: Launcher>(
     let lost = |cause| RuntimeError::Wait {
         command: command.to_string(),
         cause,
-    };
-    let mut group = match ProcessGroup::led_by(pid) {
-        Some(group) => group,
-        // A just-started leader always has an ordinary pid; this is unreachable in practice.
-        None => {
-            return Err(lost(std::io::Error::other(
-                "the shell has no usable process id",
-            )));
-        }
     };
 
     let mut drain = pin!(async {

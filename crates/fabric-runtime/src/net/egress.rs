@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 
 use super::http::{self, EgressMethod, HeadError, Request};
 use super::{
-    CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HEAD_TIMEOUT, into_tokio, serve_connections,
+    CONNECT_TIMEOUT, ClientStream, DEFAULT_MAX_CONNECTIONS, HEAD_TIMEOUT, into_tokio,
+    serve_connections,
 };
 use crate::RuntimeError;
 
@@ -126,6 +127,21 @@ impl EgressProxy {
         Ok(())
     }
 
+    /// [`serve`](EgressProxy::serve) on a Unix socket: how a container agent's
+    /// sidecar reaches the proxy (the container has no network of its own).
+    pub async fn serve_unix(
+        self,
+        listener: tokio::net::UnixListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let max = self.max_connections;
+        let proxy = Arc::new(self);
+        serve_connections(listener, max, shutdown, move |client| {
+            Arc::clone(&proxy).handle(client)
+        })
+        .await;
+    }
+
     /// Whether the allowlist lets `host:port` through, before any resolving.
     /// An exact rule is preferred to a wildcard one (see the type's docs).
     fn check(&self, host: &str, port: u16) -> Verdict<'_> {
@@ -146,7 +162,7 @@ impl EgressProxy {
     }
 
     /// One client connection: head, decision, upstream, splice.
-    async fn handle(self: Arc<Self>, mut client: TcpStream) {
+    async fn handle(self: Arc<Self>, mut client: impl ClientStream) {
         let read = tokio::time::timeout(HEAD_TIMEOUT, http::read_head(&mut client)).await;
         let (head, early_bytes) = match read {
             Ok(Ok(read)) => read,
@@ -241,7 +257,7 @@ impl EgressProxy {
                 return refuse(client, 504, &body).await;
             }
         };
-        let _ = client.set_nodelay(true);
+        client.no_delay();
         let _ = upstream.set_nodelay(true);
         let started = match request.method {
             EgressMethod::Connect => client.write_all(http::CONNECT_ESTABLISHED).await,
@@ -312,7 +328,7 @@ impl EgressProxy {
 /// Answers with a plain-text error and closes. The client's unread bytes (a
 /// request body) are drained for a moment first: closing with them unread
 /// would reset the connection, and the client might lose the answer.
-async fn refuse(mut client: TcpStream, status: u16, body: &str) {
+async fn refuse(mut client: impl ClientStream, status: u16, body: &str) {
     if client
         .write_all(&http::text_response(status, body))
         .await

@@ -52,9 +52,11 @@ mod http;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
 pub use self::egress::{AuditHook, EgressDecision, EgressProxy};
@@ -119,7 +121,87 @@ pub async fn forward_tcp(
     Ok(())
 }
 
-async fn forward_one(mut client: TcpStream, target: SocketAddr) {
+/// [`forward_tcp`] from a Unix socket: each connection to `listener` spliced
+/// to `target`. How a container's sidecar reaches the fabric's API (the
+/// container has no network; the socket is in a directory mounted into it).
+pub async fn forward_unix_to_tcp(
+    listener: UnixListener,
+    target: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_connections(listener, DEFAULT_MAX_CONNECTIONS, shutdown, move |client| {
+        forward_one(client, target)
+    })
+    .await;
+}
+
+/// The other end of [`forward_unix_to_tcp`]: each connection to a TCP
+/// `listener` spliced to the Unix socket at `path` (connected per connection,
+/// so the socket may appear after the listener starts).
+pub async fn forward_tcp_to_unix(
+    listener: TcpListener,
+    path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_connections(listener, DEFAULT_MAX_CONNECTIONS, shutdown, move |client| {
+        let path = path.clone();
+        async move { forward_one_unix(client, &path).await }
+    })
+    .await;
+}
+
+async fn forward_one_unix(mut client: TcpStream, path: &Path) {
+    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await;
+    let mut upstream = match upstream {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::warn!(socket = %path.display(), error = %err, "forward: cannot connect to the fabric's socket");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(socket = %path.display(), "forward: connecting to the fabric's socket timed out");
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// A client connection a proxy or forward serves: TCP or Unix.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Small writes go out at once (TCP); nothing to do on a Unix socket.
+    fn no_delay(&self) {}
+}
+
+impl ClientStream for TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl ClientStream for UnixStream {}
+
+/// A listener [`serve_connections`] accepts from.
+pub(crate) trait Acceptor {
+    type Stream: ClientStream;
+    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> io::Result<TcpStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Acceptor for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_one(&self) -> io::Result<UnixStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+async fn forward_one(mut client: impl ClientStream, target: SocketAddr) {
     let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await;
     let mut upstream = match upstream {
         Ok(Ok(stream)) => stream,
@@ -132,7 +214,7 @@ async fn forward_one(mut client: TcpStream, target: SocketAddr) {
             return;
         }
     };
-    let _ = client.set_nodelay(true);
+    client.no_delay();
     let _ = upstream.set_nodelay(true);
     // An error here is one side resetting: the connection is over either way.
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -150,13 +232,14 @@ fn into_tokio(
 
 /// Runs `handle` on every accepted connection, at most `max` at once, until
 /// `shutdown`; then aborts those still open.
-async fn serve_connections<F, Fut>(
-    listener: TcpListener,
+async fn serve_connections<L, F, Fut>(
+    listener: L,
     max: usize,
     shutdown: impl Future<Output = ()>,
     handle: F,
 ) where
-    F: Fn(TcpStream) -> Fut,
+    L: Acceptor,
+    F: Fn(L::Stream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let max = max.max(1);
@@ -174,8 +257,8 @@ async fn serve_connections<F, Fut>(
                     tracing::error!("a proxied connection's task panicked");
                 }
             }
-            accepted = listener.accept(), if connections.len() < max => match accepted {
-                Ok((stream, _)) => {
+            accepted = listener.accept_one(), if connections.len() < max => match accepted {
+                Ok(stream) => {
                     connections.spawn(handle(stream));
                 }
                 Err(err) => {

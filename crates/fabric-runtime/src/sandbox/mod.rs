@@ -151,7 +151,9 @@ use self::launch::{InitLink, LaunchError, LaunchSpec, Launched};
 pub use self::sweep::{SweepReport, remove_parent, sweep_stale};
 use crate::RuntimeError;
 use crate::child::group::ProcessGroup;
-use crate::child::{self, AnyLeader, Launcher, LogLine, SHELL, ShellJob, ShellOutcome, Started};
+use crate::child::{
+    self, AnyGroup, AnyLeader, Launcher, LogLine, SHELL, ShellJob, ShellOutcome, Started,
+};
 use fabric_core::reason;
 
 /// Memory limit when the agent config sets none (SPEC §5).
@@ -948,7 +950,7 @@ impl Launcher for Sandbox {
         let launched = self.launch(spec, command).await?;
         Ok(Started {
             leader: AnyLeader::Sandboxed(launched.child),
-            pid: launched.pid,
+            group: AnyGroup::host(launched.pid, command)?,
             stdout: child::boxed(launched.stdout),
             stderr: child::boxed(launched.stderr),
         })

@@ -6,5 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod child;
+#[cfg(feature = "docker")]
+mod container;
 mod net;
 mod sandbox;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use fabric_agent::{AgentClient, Outcome, RunOptions, TaskContext};
 use fabric_core::{AgentId, TaskResult, TaskStatus, reason};
 use fabric_engine::{Completion, Lease};
+use fabric_runtime::container::ContainerShell;
 use fabric_runtime::sandbox::Sandbox;
 use fabric_runtime::{LogLine, ShellJob, run_shell};
 use tokio::sync::{mpsc, watch};
@@ -35,6 +36,9 @@ pub enum Executor {
     /// Inside the agent's sandbox (isolation `process`), each task in
     /// `<sandbox workdir>/<task id>`.
     Sandbox(Arc<Sandbox>),
+    /// Inside the agent's container (isolation `container`), one `docker exec`
+    /// per command, each task in `/workspace/<task id>`.
+    Container(Arc<ContainerShell>),
 }
 
 /// What one shell agent session runs with.
@@ -211,6 +215,7 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
     let workdir = match &worker.executor {
         Executor::Host { work_root } => work_root.join(id.to_string()),
         Executor::Sandbox(sandbox) => sandbox.workdir().join(id.to_string()),
+        Executor::Container(_) => ContainerShell::workspace().join(id.to_string()),
     };
     let mut env: Vec<(String, String)> = task.input.env.into_iter().collect();
     // The agent's own (proxy, inference endpoint) win over the request's.
@@ -273,6 +278,7 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
         match &worker.executor {
             Executor::Host { .. } => run_shell(job, Some(log_tx), cancel).await,
             Executor::Sandbox(sandbox) => sandbox.run_shell(job, Some(log_tx), cancel).await,
+            Executor::Container(shell) => shell.run_shell(job, Some(log_tx), cancel).await,
         }
     };
     let outcome = run.await;
@@ -307,6 +313,12 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
                     reason: why,
                 }
             })
+        }
+        Err(e @ fabric_runtime::RuntimeError::ContainerGone { .. }) => {
+            // The session is going away with its container: the supervisor
+            // requeues the task with the crash as the reason.
+            tracing::info!(task_id = %id, error = %e, "task's container stopped");
+            None
         }
         Err(e) => {
             tracing::info!(task_id = %id, error = %e, "task could not start");

@@ -8,13 +8,17 @@
 //! Handlers never touch sessions: they read the agent's status and send the
 //! supervisor a stop request.
 //!
-//! - `builtin`: the `shell` agent (runs a task's commands, on the host or in
-//!   the agent's sandbox) and `noop`.
+//! - `builtin`: the `shell` agent (runs a task's commands, on the host, in
+//!   the agent's sandbox or in its container) and `noop`.
 //! - `session`: what starting, stopping and cleaning up a session means for
 //!   each kind of agent and isolation level.
+//! - `container`: isolation level `container`: Docker client and images,
+//!   agent containers with their sidecars, the sockets the sidecars reach.
+//! - `pool`: warm pools of sandboxes and of containers.
 //! - `inference`: the Ollama-compatible endpoint agents see as `OLLAMA_BASE_URL`.
 
 mod builtin;
+mod container;
 mod inference;
 mod pool;
 mod session;
@@ -36,6 +40,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop};
+pub use self::container::{ContainerConfig, SocketVolume};
 use self::session::{Session, SessionEnd};
 use crate::auth::{AuthService, Principal};
 use crate::error::ApiError;
@@ -73,6 +78,11 @@ pub struct ManagerConfig {
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.
     pub kill_grace: Duration,
+    /// Isolation `container`: Docker, images, sockets.
+    pub containers: ContainerConfig,
+    /// Value of the owner label on this server's containers and volumes (see
+    /// `fabric_docker::labels::LABEL_OWNER`): unique per server.
+    pub owner: String,
 }
 
 /// Stop requests a supervisor acts on.
@@ -133,11 +143,13 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// The shared loopback inference endpoint of isolation `none` agents.
     host_inference: Mutex<Option<SocketAddr>>,
-    pool: Arc<pool::WarmPool>,
+    sandbox_pool: Arc<pool::WarmPool<pool::SandboxKind>>,
+    container_pool: Arc<pool::WarmPool<pool::ContainerKind>>,
+    docker: Arc<container::DockerRuntime>,
     /// Ids being spawned right now.
     claims: Mutex<std::collections::HashSet<AgentId>>,
-    /// The pool's filler; it empties the pool when the server stops.
-    filler: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The pools' fillers; they empty the pools when the server stops.
+    fillers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl AgentManager {
@@ -149,12 +161,24 @@ impl AgentManager {
         config: ManagerConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let pool = pool::WarmPool::new(
-            config.helper.clone(),
+        let sandbox_pool = pool::WarmPool::new(pool::SandboxKind {
+            helper: config.helper.clone(),
+            root: config.agents_dir.clone(),
+            cgroup_parent: config.cgroup_parent.clone(),
+        });
+        let docker = container::DockerRuntime::new(
+            config.containers.clone(),
+            config.owner.clone(),
             config.agents_dir.clone(),
-            config.cgroup_parent.clone(),
+            config.inference_timeout,
         );
-        let filler = tokio::spawn(Arc::clone(&pool).fill(shutdown.clone()));
+        let container_pool = pool::WarmPool::new(pool::ContainerKind {
+            docker: Arc::clone(&docker),
+        });
+        let fillers = vec![
+            tokio::spawn(Arc::clone(&sandbox_pool).fill(shutdown.clone())),
+            tokio::spawn(Arc::clone(&container_pool).fill(shutdown.clone())),
+        ];
         Self {
             inner: Arc::new(Inner {
                 tasks,
@@ -165,18 +189,22 @@ impl AgentManager {
                 slots: Mutex::new(HashMap::new()),
                 shutdown,
                 host_inference: Mutex::new(None),
-                pool,
-                filler: Mutex::new(Some(filler)),
+                sandbox_pool,
+                container_pool,
+                docker,
+                fillers: Mutex::new(fillers),
                 claims: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
 
     /// Clears what a previous run of this server left behind if it was
-    /// killed: sandboxes (processes, cgroups, namespaces) and working dirs.
+    /// killed: sandboxes (processes, cgroups, namespaces), agent containers
+    /// (with their sidecars and volumes) and working dirs.
     pub async fn sweep_leftovers(&self) {
         let dir = &self.inner.config.agents_dir;
         session::kill_stale_programs(dir);
+        self.inner.docker.sweep().await;
         if let Err(e) = std::fs::remove_dir_all(dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -200,7 +228,12 @@ impl AgentManager {
 
     /// Idle sandboxes in the warm pool.
     pub fn pooled(&self) -> usize {
-        self.inner.pool.idle()
+        self.inner.sandbox_pool.idle()
+    }
+
+    /// Idle containers in the warm pool.
+    pub fn pooled_containers(&self) -> usize {
+        self.inner.container_pool.idle()
     }
 
     /// Starts a built-in agent of the server itself (the default `shell`
@@ -261,7 +294,20 @@ impl AgentManager {
                 "isolation level 'process' is not available: this server has no sandbox helper",
             ));
         }
-        if config.isolation.level == IsolationLevel::Process {
+        if config.isolation.level == IsolationLevel::Container {
+            // Docker down is a clear error now, not a crashed agent later.
+            if let Err(e) = self.inner.docker.check().await {
+                return Err(docker_unavailable(&e));
+            }
+        }
+        // Bind paths name the Docker host's filesystem, which is this one
+        // unless the fabric runs in a container itself (an instance).
+        let paths_are_local = match config.isolation.level {
+            IsolationLevel::Process => true,
+            IsolationLevel::Container => self.inner.config.containers.socket_volume.is_none(),
+            IsolationLevel::None => false,
+        };
+        if paths_are_local {
             for path in &config.isolation.read_only_paths {
                 if !std::path::Path::new(path).exists() {
                     return Err(ApiError::bad_request(format!(
@@ -316,18 +362,22 @@ impl AgentManager {
                 max_queue_depth: record.config.max_queue_depth as usize,
             },
         );
-        let pooled = match record.config.isolation.level {
-            IsolationLevel::Process => record.config.pool.min_idle as isize,
-            _ => 0,
+        let min_idle = record.config.pool.min_idle as isize;
+        let (sandboxes, containers) = match record.config.isolation.level {
+            IsolationLevel::Process => (min_idle, 0),
+            IsolationLevel::Container if container::poolable(&record.config) => (0, min_idle),
+            _ => (0, 0),
         };
         let slot = self.install(record, system, AgentState::Starting);
         let (first_tx, first_rx) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let supervised = Arc::clone(&slot);
-        inner.pool.adjust_target(pooled);
+        inner.sandbox_pool.adjust_target(sandboxes);
+        inner.container_pool.adjust_target(containers);
         tokio::spawn(async move {
             supervise(&inner, &supervised, Some(first_tx)).await;
-            inner.pool.adjust_target(-pooled);
+            inner.sandbox_pool.adjust_target(-sandboxes);
+            inner.container_pool.adjust_target(-containers);
             supervised.finished.send_replace(true);
         });
         match first_rx.await {
@@ -482,8 +532,8 @@ impl AgentManager {
             let mut finished = slot.finished.subscribe();
             let _ = finished.wait_for(|f| *f).await;
         }
-        let filler = self.inner.filler.lock().take();
-        if let Some(filler) = filler {
+        let fillers: Vec<_> = self.inner.fillers.lock().drain(..).collect();
+        for filler in fillers {
             let _ = filler.await;
         }
         if self.inner.config.helper.is_some() {
@@ -847,6 +897,22 @@ fn draining(id: &AgentId, state: AgentState) -> ApiError {
             state_name(state)
         ),
     )
+}
+
+/// 503 with the SPEC's sentence when Docker cannot be reached (other levels keep working).
+fn docker_unavailable(e: &fabric_docker::DockerError) -> ApiError {
+    match e {
+        fabric_docker::DockerError::DaemonUnreachable { .. } => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "docker_unavailable",
+            fabric_docker::error::DAEMON_UNREACHABLE,
+        ),
+        other => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "docker_unavailable",
+            format!("isolation level 'container' needs Docker: {other}"),
+        ),
+    }
 }
 
 fn agent_not_found(id: &AgentId) -> ApiError {

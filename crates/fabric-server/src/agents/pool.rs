@@ -1,13 +1,18 @@
-//! Warm pool of pre-started sandboxes (FR-LIFE-6): a `process` session takes
-//! one instead of building namespaces and cgroups from scratch, then sets its
-//! own limits on it (cgroup limits can change on a live sandbox; mounts
-//! cannot, so an agent with extra `read_only_paths` or its own
-//! `filesystem_root` always starts cold).
+//! Warm pools (FR-LIFE-6): pre-started sandboxes (`process`) and pre-created,
+//! started containers with their sidecars (`container`), so a session takes
+//! one instead of building it from scratch.
 //!
-//! The pool holds as many idle sandboxes as the running agents ask for in
-//! `pool.min_idle`, summed. A filler task tops it up after every take and
-//! trims it when agents stop.
+//! A session that takes a sandbox sets its own cgroup limits on it; one that
+//! takes a container changes its limits with `docker update`. Mounts cannot
+//! change on either, so an agent with extra `read_only_paths` or its own
+//! `filesystem_root` (or, for containers, its own `image` or `command`) always
+//! starts cold.
+//!
+//! Each pool holds as many idle items as the running agents of its level ask
+//! for in `pool.min_idle`, summed. A filler task tops it up after every take
+//! and trims it when agents stop; [`Warm`] is what differs per level.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,33 +21,91 @@ use fabric_runtime::sandbox::{HelperCommand, Sandbox, SandboxConfig};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
-pub(super) struct WarmPool {
-    idle: Mutex<Vec<Sandbox>>,
-    target: AtomicUsize,
-    wake: Notify,
-    helper: Option<HelperCommand>,
-    root: PathBuf,
-    cgroup_parent: PathBuf,
+use super::container::DockerRuntime;
+
+/// How one level makes and discards the items of its pool.
+pub(super) trait Warm: Send + Sync + 'static {
+    type Item: Send + 'static;
+    /// What the log calls an item.
+    const WHAT: &'static str;
+    fn make(&self) -> impl Future<Output = Result<Self::Item, String>> + Send;
+    fn discard(&self, item: Self::Item) -> impl Future<Output = ()> + Send;
 }
 
-impl WarmPool {
-    pub(super) fn new(
-        helper: Option<HelperCommand>,
-        root: PathBuf,
-        cgroup_parent: PathBuf,
-    ) -> Arc<Self> {
+/// Sandboxes with default limits, workdirs under the agents dir.
+pub(super) struct SandboxKind {
+    pub(super) helper: Option<HelperCommand>,
+    pub(super) root: PathBuf,
+    pub(super) cgroup_parent: PathBuf,
+}
+
+impl SandboxKind {
+    /// A sandbox configured as the pool makes them (default limits).
+    pub(super) fn config(&self, name: String, workdir: PathBuf) -> Option<SandboxConfig> {
+        let helper = self.helper.clone()?;
+        let mut config = SandboxConfig::new(name, workdir, helper);
+        config.cgroup_parent = self.cgroup_parent.clone();
+        Some(config)
+    }
+}
+
+impl Warm for SandboxKind {
+    type Item = Sandbox;
+    const WHAT: &'static str = "sandbox";
+
+    async fn make(&self) -> Result<Sandbox, String> {
+        let name = format!("pool-{:08x}", rand::random::<u32>());
+        let config = self
+            .config(name.clone(), self.root.join(&name))
+            .ok_or("this server has no sandbox helper")?;
+        Sandbox::create(config).await.map_err(|e| e.to_string())
+    }
+
+    async fn discard(&self, sandbox: Sandbox) {
+        let _ = sandbox.destroy().await;
+    }
+}
+
+/// Containers of the default agent image with their sidecars.
+pub(super) struct ContainerKind {
+    pub(super) docker: Arc<DockerRuntime>,
+}
+
+impl Warm for ContainerKind {
+    type Item = super::container::ContainerPair;
+    const WHAT: &'static str = "container";
+
+    fn make(&self) -> impl Future<Output = Result<Self::Item, String>> + Send {
+        self.docker.create_pooled()
+    }
+
+    async fn discard(&self, item: Self::Item) {
+        self.docker.remove(&item).await;
+    }
+}
+
+pub(super) struct WarmPool<K: Warm> {
+    pub(super) kind: K,
+    idle: Mutex<Vec<K::Item>>,
+    target: AtomicUsize,
+    wake: Notify,
+}
+
+impl<K: Warm> WarmPool<K> {
+    pub(super) fn new(kind: K) -> Arc<Self> {
         Arc::new(Self {
+            kind,
             idle: Mutex::new(Vec::new()),
             target: AtomicUsize::new(0),
             wake: Notify::new(),
-            helper,
-            root,
-            cgroup_parent,
         })
     }
 
-    /// Changes how many idle sandboxes to keep by `delta`.
+    /// Changes how many idle items to keep by `delta`.
     pub(super) fn adjust_target(&self, delta: isize) {
+        if delta == 0 {
+            return;
+        }
         let _ = self
             .target
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
@@ -51,8 +114,8 @@ impl WarmPool {
         self.wake.notify_one();
     }
 
-    /// An idle sandbox, if there is one; the filler replaces it.
-    pub(super) fn take(&self) -> Option<Sandbox> {
+    /// An idle item, if there is one; the filler replaces it.
+    pub(super) fn take(&self) -> Option<K::Item> {
         let taken = self.idle.lock().pop();
         if taken.is_some() {
             self.wake.notify_one();
@@ -64,15 +127,7 @@ impl WarmPool {
         self.idle.lock().len()
     }
 
-    /// A sandbox configured as the pool makes them (default limits).
-    pub(super) fn config(&self, name: String, workdir: PathBuf) -> Option<SandboxConfig> {
-        let helper = self.helper.clone()?;
-        let mut config = SandboxConfig::new(name, workdir, helper);
-        config.cgroup_parent = self.cgroup_parent.clone();
-        Some(config)
-    }
-
-    /// Keeps the pool at its target until `shutdown`, then destroys what is idle.
+    /// Keeps the pool at its target until `shutdown`, then discards what is idle.
     pub(super) async fn fill(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
         loop {
@@ -83,24 +138,21 @@ impl WarmPool {
             let have = self.idle();
             if have > wanted {
                 let extra = self.idle.lock().pop();
-                if let Some(sandbox) = extra {
-                    let _ = sandbox.destroy().await;
+                if let Some(item) = extra {
+                    self.kind.discard(item).await;
                 }
                 continue;
             }
             if have < wanted && failures < 5 {
-                let name = format!("pool-{:08x}", rand::random::<u32>());
-                let Some(config) = self.config(name.clone(), self.root.join(&name)) else {
-                    break;
-                };
-                match Sandbox::create(config).await {
-                    Ok(sandbox) => {
+                // Not raced against shutdown: a container dropped half-made would be left behind.
+                match self.kind.make().await {
+                    Ok(item) => {
                         failures = 0;
-                        self.idle.lock().push(sandbox);
+                        self.idle.lock().push(item);
                     }
                     Err(e) => {
                         failures += 1;
-                        tracing::warn!(error = %e, "cannot pre-start a pooled sandbox");
+                        tracing::warn!(error = %e, "cannot pre-start a pooled {}", K::WHAT);
                     }
                 }
                 continue;
@@ -111,8 +163,8 @@ impl WarmPool {
             }
         }
         let idle: Vec<_> = self.idle.lock().drain(..).collect();
-        for sandbox in idle {
-            let _ = sandbox.destroy().await;
+        for item in idle {
+            self.kind.discard(item).await;
         }
     }
 }

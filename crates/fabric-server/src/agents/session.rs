@@ -1,16 +1,23 @@
 //! One run of an agent: what it runs, where, and how it is cleaned up.
 //!
-//! | agent | isolation `none` | isolation `process` |
-//! |---|---|---|
-//! | built-in shell | workers in the fabric run each task's commands as host processes | the same workers run them inside the agent's sandbox |
-//! | `command` | a host process group | a program in the agent's sandbox |
-//! | `external` | nothing: it connects from elsewhere | (refused by validation) |
+//! | agent | isolation `none` | isolation `process` | isolation `container` |
+//! |---|---|---|---|
+//! | built-in shell | workers in the fabric run each task's commands as host processes | the same workers run them inside the agent's sandbox | the same workers run them in the agent's container, one `docker exec` each |
+//! | `command` | a host process group | a program in the agent's sandbox | the container's main process (`sh -c`, default image) |
+//! | `image` | (refused by validation) | (refused) | the image's own command (or `command`) as the container's main process |
+//! | `external` | nothing: it connects from elsewhere | (refused by validation) | (refused) |
 //!
 //! A `process` session owns a [`Sandbox`] and the fabric-side listeners
 //! inside its network namespace: the API at `FABRIC_URL`, the inference
 //! endpoint at `localhost:11434` and the egress proxy. Cleanup kills every
 //! process, removes the cgroups, the network namespace (with the sandbox's
 //! last process and listener) and the working dir.
+//!
+//! A `container` session owns an agent container with its sidecar, and the
+//! fabric-side listeners on Unix sockets the sidecar forwards the same three
+//! ports to (see `container`). The container stopping (killed, crashed, OOM)
+//! ends the session like a program's exit; cleanup removes the sidecar, the
+//! container, its volume and the socket directory.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,18 +27,17 @@ use std::time::{Duration, Instant};
 
 use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
 use fabric_core::{AgentId, TenantId};
+use fabric_docker::DockerClient;
 use fabric_runtime::HostProcess;
+use fabric_runtime::container::ContainerShell;
 use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess, SandboxStdio};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::task::JoinHandle;
 
 use super::builtin::{Executor, ShellSpec, ShellWorkers};
-use super::{AGENT_TOKEN_TTL, Inner, inference};
-
-/// Port of the egress proxy inside a sandbox (`HTTP_PROXY`).
-pub const EGRESS_PROXY_PORT: u16 = 3128;
-/// Port of the inference endpoint inside a sandbox (`OLLAMA_BASE_URL`).
-pub const INFERENCE_PORT: u16 = 11434;
+use super::container::{ContainerParts, ContainerUsage};
+use super::{AGENT_TOKEN_TTL, Inner, container, inference};
+use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
 
 pub(super) enum SessionEnd {
     Exited(ProcessExit),
@@ -46,6 +52,8 @@ pub(super) enum UsageProbe {
     Sandbox(Arc<Sandbox>),
     /// A host process (isolation `none`): `/proc/<pid>`.
     Pid(u32),
+    /// An agent container: its cgroup, or the daemon's stats.
+    Container(Arc<ContainerUsage>),
 }
 
 impl UsageProbe {
@@ -64,6 +72,7 @@ impl UsageProbe {
             Self::Pid(pgid) => host_groups()
                 .and_then(|groups| groups.get(pgid).copied())
                 .unwrap_or_default(),
+            Self::Container(usage) => usage.read(),
         }
     }
 }
@@ -146,6 +155,8 @@ enum Program {
 
 pub(super) struct Session {
     agent: AgentId,
+    /// Session number (1 for the first run of the agent).
+    number: u32,
     sandbox: Option<Arc<Sandbox>>,
     program: Option<Program>,
     workers: Option<ShellWorkers>,
@@ -155,6 +166,8 @@ pub(super) struct Session {
     host_workdir: Option<PathBuf>,
     /// `<workdir>.pgid` of a host program.
     group_record: Option<PathBuf>,
+    /// Isolation `container`: the agent's container, sidecar and listeners.
+    container: Option<ContainerParts>,
     exit: Option<ProcessExit>,
     inner: Arc<Inner>,
 }
@@ -178,6 +191,7 @@ impl Session {
         let workdir = root.join(&name);
         let mut session = Session {
             agent: id.clone(),
+            number,
             sandbox: None,
             program: None,
             workers: None,
@@ -185,6 +199,7 @@ impl Session {
             token_hash: None,
             host_workdir: None,
             group_record: None,
+            container: None,
             exit: None,
             inner: Arc::clone(inner),
         };
@@ -268,7 +283,7 @@ impl Session {
                 env.push((ENV_OLLAMA.into(), format!("http://{endpoint}")));
             }
             IsolationLevel::Container => {
-                return Err("isolation level 'container' is not available yet".into());
+                return self.start_container(config, tenant, owner).await;
             }
         }
         // A pooled sandbox brings its own working dir.
@@ -309,19 +324,7 @@ impl Session {
                     .cloned()
                     .collect(),
             };
-            let (secret, hash, _) =
-                inner
-                    .auth
-                    .issue_agent_token(&id, tenant, owner, AGENT_TOKEN_TTL);
-            self.token_hash = Some(hash);
-            let client = fabric_agent::AgentClient::new(
-                format!("http://{}", loopback(api)),
-                secret,
-                id.clone(),
-            )
-            .map_err(|e| e.to_string())?;
-            self.workers = Some(ShellWorkers::start(Arc::clone(&inner.tasks), spec, client));
-            return Ok(());
+            return self.start_workers(spec, tenant, owner);
         }
         if config.external {
             return Ok(());
@@ -370,6 +373,136 @@ impl Session {
         Ok(())
     }
 
+    /// A `container` session: the container (pool or new) with its sidecar, the
+    /// listeners the sidecar forwards to, and the built-in workers (which run
+    /// each task's commands in it) or the container's own program.
+    async fn start_container(
+        &mut self,
+        config: &AgentConfig,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<(), String> {
+        let inner = Arc::clone(&self.inner);
+        let id = config.id.clone();
+        let api = inner.config.api_addr;
+        let rules = config
+            .isolation
+            .network_egress
+            .iter()
+            .map(|r| parse_egress(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let builtin = config.is_builtin_shell();
+        // The agent's endpoints, as its sidecar serves them on its loopback.
+        let mut env: Vec<(String, String)> = vec![(
+            ENV_OLLAMA.into(),
+            format!("http://localhost:{INFERENCE_PORT}"),
+        )];
+        env.extend(fabric_runtime::net::proxy_env(EGRESS_PROXY_PORT));
+        let mut container_env = Vec::new();
+        let api_port = (!builtin).then(|| api.port());
+        if let Some(port) = api_port {
+            let (secret, hash, _) =
+                inner
+                    .auth
+                    .issue_agent_token(&id, tenant, owner, AGENT_TOKEN_TTL);
+            self.token_hash = Some(hash);
+            let url = format!("http://127.0.0.1:{port}");
+            container_env = env.clone();
+            container_env.extend([
+                (ENV_URL.to_owned(), url.clone()),
+                ("OPENAI_BASE_URL".to_owned(), format!("{url}/v1")),
+                (ENV_TOKEN.to_owned(), secret),
+                (super::ENV_AGENT_ID.to_owned(), id.to_string()),
+                (
+                    super::ENV_WORKSPACE_DIR.to_owned(),
+                    fabric_docker::agent::WORKSPACE.to_owned(),
+                ),
+                (
+                    "HOME".to_owned(),
+                    fabric_docker::agent::WORKSPACE.to_owned(),
+                ),
+            ]);
+        }
+        let name = container::container_name(&id, self.number);
+        let (warm, client) = container::acquire(
+            &inner.docker,
+            &inner.container_pool,
+            config,
+            &name,
+            container_env,
+            api_port,
+        )
+        .await?;
+        let (usage, poller) = ContainerUsage::start(&client, &warm);
+        let mut parts = ContainerParts {
+            warm,
+            client: client.clone(),
+            usage,
+            listeners: poller.into_iter().collect(),
+        };
+        // Every decision is logged by the proxy itself (target `audit`).
+        let proxy = fabric_runtime::net::EgressProxy::new(id.to_string(), rules, Arc::new(|_| {}));
+        let listening = container::listen(
+            &inner,
+            &parts.warm,
+            &id,
+            proxy,
+            api_port.map(|_| loopback(api)),
+        );
+        match listening {
+            Ok(tasks) => parts.listeners.extend(tasks),
+            Err(e) => {
+                self.container = Some(parts);
+                return Err(e);
+            }
+        }
+        let shell = builtin.then(|| {
+            ContainerShell::new(
+                client,
+                parts.warm.container.name.clone(),
+                &parts.warm.container.id,
+                parts.warm.container.pid,
+                inner.config.kill_grace,
+            )
+        });
+        self.container = Some(parts);
+        if let Some(shell) = shell {
+            let spec = ShellSpec {
+                agent: id.clone(),
+                concurrency: config.concurrency as usize,
+                executor: Executor::Container(Arc::new(shell)),
+                output_limit: inner.config.shell_output_limit,
+                kill_grace: inner.config.kill_grace,
+                env,
+            };
+            self.start_workers(spec, tenant, owner)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the built-in shell workers with a token of their own.
+    fn start_workers(
+        &mut self,
+        spec: ShellSpec,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<(), String> {
+        let inner = Arc::clone(&self.inner);
+        let id = spec.agent.clone();
+        let (secret, hash, _) = inner
+            .auth
+            .issue_agent_token(&id, tenant, owner, AGENT_TOKEN_TTL);
+        self.token_hash = Some(hash);
+        let client = fabric_agent::AgentClient::new(
+            format!("http://{}", loopback(inner.config.api_addr)),
+            secret,
+            id,
+        )
+        .map_err(|e| e.to_string())?;
+        self.workers = Some(ShellWorkers::start(Arc::clone(&inner.tasks), spec, client));
+        Ok(())
+    }
+
     /// Notes the program's process group beside its working dir
     /// (`<dir>.pgid`), so a start after a crash can stop it (level `none`
     /// has no cgroup to find it by). Removed with the working dir.
@@ -384,8 +517,13 @@ impl Session {
         self.group_record = Some(record);
     }
 
-    /// Host pid of the agent's program, or of its sandbox's init.
+    /// Host pid of the agent's program, or of its sandbox's or container's init.
     pub(super) fn pid(&self) -> Option<u32> {
+        if let Some(parts) = &self.container {
+            return u32::try_from(parts.warm.container.pid)
+                .ok()
+                .filter(|p| *p > 0);
+        }
         match &self.program {
             Some(Program::Host(p)) => Some(p.id()),
             Some(Program::Sandboxed(p)) => Some(p.id()),
@@ -394,6 +532,9 @@ impl Session {
     }
 
     pub(super) fn usage_probe(&self) -> UsageProbe {
+        if let Some(parts) = &self.container {
+            return UsageProbe::Container(Arc::clone(&parts.usage));
+        }
         match (&self.sandbox, &self.program) {
             (Some(s), _) => UsageProbe::Sandbox(Arc::clone(s)),
             (None, Some(Program::Host(p))) => UsageProbe::Pid(p.id()),
@@ -404,13 +545,25 @@ impl Session {
     /// Whether the agent proves it is up by calling in (a program), rather
     /// than being up as soon as the session is (built-in workers).
     pub(super) fn reports_in(&self) -> bool {
-        self.program.is_some()
+        self.program.is_some() || (self.container.is_some() && self.workers.is_none())
+    }
+
+    /// The container's name and client, for a container session.
+    fn container_handle(&self) -> Option<(DockerClient, String)> {
+        self.container
+            .as_ref()
+            .map(|p| (p.client.clone(), p.warm.container.name.clone()))
     }
 
     /// Resolves when the agent's program exits; never for agents without one.
     /// Cancel-safe and repeatable.
     pub(super) async fn wait_exit(&mut self) -> ProcessExit {
         if let Some(exit) = self.exit {
+            return exit;
+        }
+        if let Some((client, name)) = self.container_handle() {
+            let exit = container::wait_exit(&client, &name).await;
+            self.exit = Some(exit);
             return exit;
         }
         let exit = match &mut self.program {
@@ -442,6 +595,7 @@ impl Session {
         if self.exit.is_some() {
             return;
         }
+        let container_program = self.container.is_some() && self.workers.is_none();
         let exit = match &mut self.program {
             Some(Program::Sandboxed(p)) => p.terminate(grace).await.ok(),
             Some(Program::Host(p)) => p.terminate(grace).await.ok(),
@@ -450,6 +604,13 @@ impl Session {
         self.exit = exit;
         if let Some(w) = self.workers.take() {
             w.kill(grace).await;
+        }
+        // A container program: SIGTERM to its main process, SIGKILL after `grace`.
+        if container_program
+            && let Some((client, name)) = self.container_handle()
+            && let Err(e) = client.stop_container(&name, grace).await
+        {
+            tracing::warn!(agent_id = %self.agent, error = %e, "cannot stop the agent's container");
         }
     }
 
@@ -466,6 +627,12 @@ impl Session {
         }
         if let Some(hash) = self.token_hash.take() {
             self.inner.auth.revoke_cached(&hash);
+        }
+        if let Some(parts) = self.container.take() {
+            for task in parts.listeners {
+                task.abort();
+            }
+            self.inner.docker.remove(&parts.warm).await;
         }
         if let Some(sandbox) = self.sandbox.take()
             && let Err(e) = sandbox.destroy().await
@@ -494,7 +661,7 @@ async fn acquire_sandbox(
 ) -> Result<Sandbox, String> {
     let iso = &config.isolation;
     let poolable = iso.read_only_paths.is_empty() && iso.filesystem_root.is_none();
-    if poolable && let Some(sandbox) = inner.pool.take() {
+    if poolable && let Some(sandbox) = inner.sandbox_pool.take() {
         match sandbox.set_limits(
             iso.memory_mb,
             iso.cpu_cores,
@@ -508,7 +675,8 @@ async fn acquire_sandbox(
         }
     }
     let mut sandbox_config = inner
-        .pool
+        .sandbox_pool
+        .kind
         .config(name.to_owned(), workdir.to_path_buf())
         .ok_or("this server has no sandbox helper")?;
     sandbox_config.memory_mb = iso.memory_mb;

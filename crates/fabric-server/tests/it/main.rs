@@ -6,5 +6,6 @@
 
 mod agents;
 mod api;
+mod containers;
 mod harness;
 mod redis;
