@@ -21,6 +21,7 @@ mod keys;
 mod scripts;
 #[cfg(feature = "conformance")]
 pub mod testing;
+mod usage;
 mod writer;
 
 use std::fmt;

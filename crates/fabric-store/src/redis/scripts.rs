@@ -24,7 +24,7 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 7] {
+pub(crate) fn all() -> [&'static Script; 10] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
@@ -33,6 +33,9 @@ pub(crate) fn all() -> [&'static Script; 7] {
         &PUT_SESSION,
         &LIST_TASKS,
         &UNFINISHED_TASKS,
+        &super::usage::RECORD_USAGE,
+        &super::usage::LIST_USAGE,
+        &super::usage::USAGE_TOTALS,
     ]
 }
 
@@ -261,7 +264,7 @@ return out
     )
 });
 
-fn script(text: String) -> Script {
+pub(crate) fn script(text: String) -> Script {
     Script::new(&text)
 }
 
