@@ -9,6 +9,8 @@
 //! - [`api`]: axum routes, OpenAPI document (`/openapi.json`), WebSocket stream.
 //! - [`service`]: `TaskService`, the scheduler + store + events under one lock discipline.
 //! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, the built-in `shell` and `noop` agents.
+//! - [`llm`]: the inference gateway in the server: its usage ledger, reply → response, and
+//!   [`llm::ollama_endpoint`], the Ollama API of an agent's inference endpoint.
 //! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
@@ -21,6 +23,7 @@ pub mod auth;
 mod error;
 pub mod events;
 mod extract;
+pub mod llm;
 mod request_id;
 pub mod service;
 pub mod state;
@@ -91,6 +94,9 @@ pub struct ServerConfig {
     pub inference_upstream: Option<String>,
     /// Longest an inference request may take upstream before the agent gets 504.
     pub inference_timeout: Duration,
+    /// The inference gateway: providers, policy, model map, prices
+    /// (`--gateway-config`, `OLLAMA_BASE_URL`, `OPENAI_*`, `ANTHROPIC_API_KEY`).
+    pub gateway: fabric_gateway::GatewayConfig,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +115,7 @@ impl Default for ServerConfig {
             sandbox_helper: None,
             inference_upstream: None,
             inference_timeout: Duration::from_secs(120),
+            gateway: fabric_gateway::GatewayConfig::default(),
         }
     }
 }
@@ -245,10 +252,12 @@ pub async fn run(
         .register_queues()
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
+    let llm = llm::Llm::new(config.gateway.clone(), store.clone())?;
     let state = AppState {
         tasks: Arc::clone(&tasks),
         auth,
         agents: agents.clone(),
+        llm,
         shutdown: stop_rx.clone(),
         ready: Arc::new(AtomicBool::new(false)),
     };

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod auth;
 pub mod image;
 pub mod instance;
+pub mod mock_llm;
 pub mod serve;
 pub mod status;
 pub mod task;
@@ -45,6 +46,8 @@ pub enum Command {
     Status,
     /// Run the fabric server in this process (API, scheduler, store, runtime)
     Serve(serve::ServeArgs),
+    /// Run a deterministic mock LLM server speaking the Ollama, OpenAI and Anthropic APIs
+    MockLlm(mock_llm::MockLlmArgs),
     /// Log in, log out, show who you are
     #[command(subcommand)]
     Auth(auth::AuthCommand),
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         // Neither needs the client config: `version` works with no HOME, `serve` has its own.
         Command::Version => version::run(cli.output),
         Command::Serve(args) => serve::run(args),
+        Command::MockLlm(args) => mock_llm::run(args),
         // Docker commands: no fabric server, so no client settings either.
         Command::Start(args) => block_on(instance::start(args, cli.output)),
         Command::Down(args) => block_on(instance::down(args, cli.output)),
@@ -120,6 +124,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Agent(cmd) => agent::run(&ctx, cmd).await,
                     Command::Version
                     | Command::Serve(_)
+                    | Command::MockLlm(_)
                     | Command::Start(_)
                     | Command::Down(_)
                     | Command::List

@@ -63,6 +63,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FABRIC_INFERENCE_UPSTREAM", value_name = "URL")]
     pub inference_upstream: Option<String>,
 
+    /// Inference gateway config (TOML: providers, policy, model map, timeouts, prices);
+    /// OLLAMA_BASE_URL, OPENAI_BASE_URL + OPENAI_API_KEY and ANTHROPIC_API_KEY add
+    /// providers it does not define, FABRIC_GATEWAY_POLICY overrides its policy
+    #[arg(long, env = "FABRIC_GATEWAY_CONFIG", value_name = "FILE")]
+    pub gateway_config: Option<PathBuf>,
+
     /// Log format on stderr
     #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
     pub log_format: LogFormatArg,
@@ -99,6 +105,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             data_dir.display()
         ))
     })?;
+    // Keys come from the environment or secret files, never from flags.
+    let gateway = fabric_gateway::GatewayConfig::load(args.gateway_config.as_deref(), &process_env)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let server_config = fabric_server::ServerConfig {
         listen: args.listen,
         data_dir,
@@ -111,6 +120,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .or_else(|| process_env("OLLAMA_BASE_URL"))
             .filter(|u| !u.is_empty()),
         sandbox_helper: sandbox_helper(),
+        gateway,
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };
