@@ -6,5 +6,7 @@
 
 mod agents;
 mod api;
+mod gateway;
 mod harness;
+mod python;
 mod redis;
