@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod agents;
 mod crash;
+mod gateway;
 mod instances;
 
 use assert_cmd::Command;
