@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use fabric_core::{AgentId, Scope, Timestamp, UsageQuery, UsageRecord, UsageStore, UsageTotals};
 use fabric_gateway::api::{self, Reply};
-use fabric_gateway::{CallOptions, Caller};
+use fabric_gateway::{CallOptions, Caller, GatewayError};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
@@ -34,10 +34,10 @@ fn refused(e: ApiError) -> Response {
 }
 
 /// Agent tokens may call as their agent; user tokens need `llm:invoke`.
-fn authorize(principal: Result<Principal, ApiError>) -> Result<Principal, Response> {
-    let principal = principal.map_err(refused)?;
+fn authorize(principal: Result<Principal, ApiError>) -> Result<Principal, ApiError> {
+    let principal = principal?;
     if principal.agent.is_none() {
-        principal.require(Scope::LlmInvoke).map_err(refused)?;
+        principal.require(Scope::LlmInvoke)?;
     }
     Ok(principal)
 }
@@ -52,18 +52,11 @@ fn caller(principal: &Principal) -> Caller {
 }
 
 /// Options of a call arriving now, with the `X-Fabric-Policy` override.
-fn options(
-    api_name: &'static str,
-    headers: &HeaderMap,
-    request_id: &str,
-) -> Result<CallOptions, Response> {
+fn options(api_name: &'static str, headers: &HeaderMap) -> Result<CallOptions, GatewayError> {
     let header = headers
         .get(api::POLICY_HEADER)
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    match api::parse_policy(header) {
-        Ok(policy) => Ok(CallOptions::new(api_name).with_policy(policy)),
-        Err(e) => Err(into_response(Reply::error(&e, request_id))),
-    }
+    api::parse_policy(header).map(|policy| CallOptions::new(api_name).with_policy(policy))
 }
 
 /// Authorizes, reads the body (413 over the limit), builds the call.
@@ -81,9 +74,10 @@ async fn prepare(
     ),
     Response,
 > {
-    let principal = authorize(principal)?;
+    let principal = authorize(principal).map_err(refused)?;
     let caller = caller(&principal);
-    let opts = options(api_name, request.headers(), &caller.request_id)?;
+    let opts = options(api_name, request.headers())
+        .map_err(|e| into_response(Reply::error(&e, &caller.request_id)))?;
     let limit = state.llm.gateway.max_body_bytes();
     let (parts, body) = read_body(request, limit, &caller.request_id).await?;
     Ok((caller, opts, parts, body))
@@ -133,8 +127,8 @@ pub async fn models(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
 ) -> Response {
-    if let Err(r) = authorize(principal) {
-        return r;
+    if let Err(e) = authorize(principal) {
+        return refused(e);
     }
     into_response(api::openai::models(&state.llm.gateway).await)
 }
@@ -244,8 +238,8 @@ pub async fn status(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
 ) -> Response {
-    if let Err(r) = authorize(principal) {
-        return r;
+    if let Err(e) = authorize(principal) {
+        return refused(e);
     }
     Json(serde_json::json!({
         "providers": state.llm.gateway.providers(),
