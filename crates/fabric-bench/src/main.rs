@@ -6,6 +6,7 @@
 //! cargo run --release -p fabric-bench -- rss     # server memory, idle and loaded
 //! cargo run --release -p fabric-bench -- agents  # agent spawn latency, 200 sandboxed agents
 //! cargo run --release -p fabric-bench -- instances  # Docker start/list/down vs docker-compose
+//! cargo run --release -p fabric-bench -- gateway    # LLM gateway overhead vs direct, vs LiteLLM
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -22,10 +23,13 @@
 //!   `unshare` floor; many sandboxed agents sharing many tasks (root only).
 //! - `instances`: `reactor-fabric start | list | down` of Docker instances beside
 //!   `docker-compose up -d | down` of the same two services (needs dockerd).
+//! - `gateway`: added latency of the inference gateway (and of LiteLLM's
+//!   proxy) over calling `mock-llm` directly, in the same open loop; proxy RSS.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
 mod agents;
+mod gateway;
 mod http;
 mod instances;
 mod rss;
@@ -61,6 +65,8 @@ enum Command {
     Agents(agents::AgentsArgs),
     /// Docker instance start/list/down latency beside docker-compose up -d/down
     Instances(instances::InstancesArgs),
+    /// Inference gateway overhead vs the mock direct, beside LiteLLM's proxy; proxy memory
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +91,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Rss(args) => block_on(cli.client_threads, rss::run(args)),
         Command::Agents(args) => block_on(cli.client_threads, agents::run(args)),
         Command::Instances(args) => instances::run(args),
+        Command::Gateway(args) => block_on(cli.client_threads, gateway::run(args)),
     }
 }
 
