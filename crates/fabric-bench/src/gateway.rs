@@ -24,7 +24,14 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::server::{ADMIN_PASSWORD, Server, resolve_binary};
-use crate::stats::{Summary, descendants, median, micros, millis, nanos, proc_status_kb};
+use crate::stats::{
+    ProcessCpu, Summary, clock_ticks_per_second, descendants, median, micros, millis, nanos,
+    proc_status_kb,
+};
+
+/// LiteLLM refuses to start without a master key; requests then send it,
+/// as requests to the fabric send a token: both proxies authenticate.
+const LITELLM_MASTER_KEY: &str = "sk-fabric-bench-master-0123456789abcdef";
 
 const BODY: &str =
     r#"{"model":"bench","messages":[{"role":"user","content":"hello gateway"}],"max_tokens":8}"#;
@@ -177,6 +184,7 @@ async fn start_litellm(bin: &Path, mock: &str, dir: &Path) -> anyhow::Result<(Pr
         .arg(&config)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .env("LITELLM_LOG", "ERROR")
+        .env("LITELLM_MASTER_KEY", LITELLM_MASTER_KEY)
         .env("LITELLM_TELEMETRY", "False")
         .env("DISABLE_ADMIN_UI", "True")
         .stdin(Stdio::null())
@@ -215,6 +223,16 @@ fn tree_rss_kb(pid: u32) -> u64 {
         .sum()
 }
 
+/// CPU clock ticks used so far by a process and its live descendants.
+fn tree_cpu_ticks(pid: u32) -> u64 {
+    let mut pids = vec![pid];
+    pids.extend(descendants(pid).unwrap_or_default());
+    pids.iter()
+        .filter_map(|p| ProcessCpu::of(*p).ok())
+        .map(|c| c.own)
+        .sum()
+}
+
 /// Samples `tree_rss_kb(pid)` every 100 ms until `stop`; returns the peak.
 fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
@@ -236,6 +254,10 @@ struct Run {
     rss_peak_kb: u64,
     /// The fabric's own overhead histogram (p50, p99 bucket bounds, µs).
     internal: Option<(f64, f64)>,
+    /// CPU time per proxied request, µs, of the proxy (all its processes).
+    proxy_cpu_us: f64,
+    /// CPU time per request of the mock (it serves both twins).
+    mock_cpu_us: f64,
 }
 
 /// The open loop: request `i` of the proxy at `start + i/rate`, its direct
@@ -355,8 +377,13 @@ async fn run_once(
             let stop = Arc::new(AtomicBool::new(false));
             let peak = sample_rss(server.pid, Arc::clone(&stop));
             let url = format!("{}/v1/chat/completions", server.base);
+            let cpu = (tree_cpu_ticks(server.pid), tree_cpu_ticks(mock.pid));
             let (p, d, failed, first) =
                 measure(url, Some(token.clone()), direct_url, rate, duration, warmup).await?;
+            let cpu = (
+                tree_cpu_ticks(server.pid).saturating_sub(cpu.0),
+                tree_cpu_ticks(mock.pid).saturating_sub(cpu.1),
+            );
             stop.store(true, Ordering::Relaxed);
             let peak = peak.await?;
             let status: serde_json::Value = reqwest::Client::new()
@@ -376,6 +403,8 @@ async fn run_once(
                 rss_idle_kb: idle,
                 rss_peak_kb: peak,
                 internal,
+                proxy_cpu_us: per_request_us(cpu.0, rate, duration + warmup, 1),
+                mock_cpu_us: per_request_us(cpu.1, rate, duration + warmup, 2),
             }
         }
         Proxy::Litellm => {
@@ -384,8 +413,20 @@ async fn run_once(
             let stop = Arc::new(AtomicBool::new(false));
             let peak = sample_rss(litellm.pid, Arc::clone(&stop));
             let url = format!("{base}/v1/chat/completions");
-            let (p, d, failed, first) =
-                measure(url, None, direct_url, rate, duration, warmup).await?;
+            let cpu = (tree_cpu_ticks(litellm.pid), tree_cpu_ticks(mock.pid));
+            let (p, d, failed, first) = measure(
+                url,
+                Some(LITELLM_MASTER_KEY.to_owned()),
+                direct_url,
+                rate,
+                duration,
+                warmup,
+            )
+            .await?;
+            let cpu = (
+                tree_cpu_ticks(litellm.pid).saturating_sub(cpu.0),
+                tree_cpu_ticks(mock.pid).saturating_sub(cpu.1),
+            );
             stop.store(true, Ordering::Relaxed);
             let peak = peak.await?;
             litellm.stop().await;
@@ -397,6 +438,8 @@ async fn run_once(
                 rss_idle_kb: idle,
                 rss_peak_kb: peak,
                 internal: None,
+                proxy_cpu_us: per_request_us(cpu.0, rate, duration + warmup, 1),
+                mock_cpu_us: per_request_us(cpu.1, rate, duration + warmup, 2),
             }
         }
     };
@@ -431,7 +474,7 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
                 match run_once(args, &binary, proxy, rate).await {
                     Ok(r) => {
                         println!(
-                            "{proxy:?} @ {rate}/s rep {rep}: proxy p50 {:.2} ms p99 {:.2} ms | direct p50 {:.2} ms p99 {:.2} ms | added p50 {:.0} µs p99 {:.0} µs | failed {} | RSS idle {} MB peak {} MB{}{}",
+                            "{proxy:?} @ {rate}/s rep {rep}: proxy p50 {:.2} ms p99 {:.2} ms | direct p50 {:.2} ms p99 {:.2} ms | added p50 {:.0} µs p99 {:.0} µs | failed {} | CPU/request proxy {:.0} µs, mock {:.0} µs | RSS idle {} MB peak {} MB{}{}",
                             millis(r.proxy.p50),
                             millis(r.proxy.p99),
                             millis(r.direct.p50),
@@ -439,6 +482,8 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
                             added(r.proxy.p50, r.direct.p50),
                             added(r.proxy.p99, r.direct.p99),
                             r.failed,
+                            r.proxy_cpu_us,
+                            r.mock_cpu_us,
                             r.rss_idle_kb / 1024,
                             r.rss_peak_kb / 1024,
                             r.internal
@@ -463,13 +508,13 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| proxy | rate | direct p50 / p99 | through proxy p50 / p99 | added p50 | added p99 | failed | RSS idle → peak |"
+        "| proxy | rate | direct p50 / p99 | through proxy p50 / p99 | added p50 | added p99 | failed | proxy CPU / request | RSS idle → peak |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (proxy, rate, runs) in &rows {
         let med = |f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         println!(
-            "| {} | {rate}/s | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} µs | {:.0} µs | {:.0} | {:.0} → {:.0} MB |",
+            "| {} | {rate}/s | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} → {:.0} MB |",
             match proxy {
                 Proxy::Fabric => "reactor-fabric",
                 Proxy::Litellm => "LiteLLM proxy",
@@ -481,11 +526,18 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             med(&|r| added(r.proxy.p50, r.direct.p50)),
             med(&|r| added(r.proxy.p99, r.direct.p99)),
             med(&|r| r.failed as f64),
+            med(&|r| r.proxy_cpu_us),
             med(&|r| r.rss_idle_kb as f64 / 1024.0),
             med(&|r| r.rss_peak_kb as f64 / 1024.0),
         );
     }
     Ok(())
+}
+
+/// CPU µs per request from `ticks` over `requests_per_rate × rate × elapsed` requests.
+fn per_request_us(ticks: u64, rate: u32, elapsed: Duration, requests_per_rate: u32) -> f64 {
+    let requests = f64::from(rate * requests_per_rate) * elapsed.as_secs_f64();
+    ticks as f64 / clock_ticks_per_second() * 1e6 / requests.max(1.0)
 }
 
 /// `proxy − direct` in µs (negative when noise wins).
