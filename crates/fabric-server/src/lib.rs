@@ -314,6 +314,7 @@ pub async fn run(
     tracing::info!(restored, agents = respawned, "ready");
 
     let served = http.await;
+    state.llm.flush().await;
     tasks.stop_all_running();
     ticker.abort();
     let drain = async {

@@ -24,6 +24,7 @@ use crate::store::Store;
 pub struct Llm {
     pub gateway: Gateway,
     pub(crate) store: Store,
+    sink: StoreSink<Store>,
 }
 
 impl Llm {
@@ -43,7 +44,8 @@ impl Llm {
             })
             .collect();
         let policy = config.policy.to_string();
-        let gateway = Gateway::new(config, Arc::new(StoreSink(store.clone())))
+        let sink = StoreSink::new(store.clone(), fabric_gateway::metering::DEFAULT_FLUSH_EVERY);
+        let gateway = Gateway::new(config, Arc::new(sink.clone()))
             .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?;
         if providers.is_empty() {
             tracing::warn!(
@@ -52,7 +54,16 @@ impl Llm {
         } else {
             tracing::info!(providers = %providers.join(", "), policy = %policy, "inference gateway ready");
         }
-        Ok(Self { gateway, store })
+        Ok(Self {
+            gateway,
+            store,
+            sink,
+        })
+    }
+
+    /// Stores the usage records still gathering (at shutdown, before the store closes).
+    pub async fn flush(&self) {
+        self.sink.flush().await;
     }
 }
 

@@ -234,7 +234,15 @@ async fn provider_keys_never_appear_in_logs_or_responses() {
         let (status, v) = t.send(get(path)).await;
         assert_eq!(status, 200, "{path}: {v}");
     }
-    let usage = t.send(get("/v1/llm/usage")).await.1;
+    // The ledger is written in batches every 50 ms.
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = t.send(get("/v1/llm/usage")).await.1;
+        if usage["totals"]["calls"].as_u64().unwrap_or(0) >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(usage["totals"]["calls"].as_u64().unwrap() >= 8, "{usage}");
 
     let _ = server.kill();
