@@ -270,6 +270,10 @@ pub async fn run(
     // Serve /healthz and /readyz (503) while unfinished tasks reload.
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
+        // No Nagle: streamed answers (SSE, NDJSON) go out token by token.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;

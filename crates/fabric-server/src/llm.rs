@@ -160,6 +160,25 @@ pub fn ollama_endpoint(gateway: Gateway, identity: EndpointIdentity) -> Router {
         .layer(axum::middleware::from_fn(crate::request_id::layer))
 }
 
+/// Serves [`ollama_endpoint`] on `listener` (TCP_NODELAY, so streams flow
+/// token by token) until the task is aborted or the listener fails.
+pub fn serve_ollama_endpoint(
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    identity: EndpointIdentity,
+) -> tokio::task::JoinHandle<()> {
+    let agent = identity.agent.clone();
+    let app = ollama_endpoint(gateway, identity);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
+        }
+    })
+}
+
 async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Response {
     let request_id = crate::request_id::current();
     let opts = CallOptions::new("ollama");

@@ -378,7 +378,7 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
     use std::sync::Arc;
 
     use fabric_core::{AgentId, TenantId};
-    use fabric_server::llm::{EndpointIdentity, ollama_endpoint};
+    use fabric_server::llm::{EndpointIdentity, serve_ollama_endpoint};
 
     let up = Upstreams::start().await;
     let sink = Arc::new(fabric_gateway::MemorySink::default());
@@ -394,9 +394,7 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
         user: "alice".into(),
         agent: AgentId::new("box").unwrap(),
     };
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, ollama_endpoint(gateway, identity)).await;
-    });
+    let _endpoint = serve_ollama_endpoint(listener, gateway, identity);
     let client = reqwest::Client::new();
 
     let r = client.get(format!("{base}/")).send().await.unwrap();

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use fabric_core::{AgentId, TenantId};
-use fabric_server::llm::{EndpointIdentity, ollama_endpoint};
+use fabric_server::llm::{EndpointIdentity, serve_ollama_endpoint};
 use serde_json::json;
 
 use crate::gateway::{Upstreams, agent_token, server_with};
@@ -69,9 +69,7 @@ async fn official_openai_and_ollama_python_clients() {
         user: "admin".into(),
         agent: AgentId::new("py-agent").unwrap(),
     };
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, ollama_endpoint(gateway, identity)).await;
-    });
+    let _endpoint = serve_ollama_endpoint(listener, gateway, identity);
 
     let script = workspace().join("crates/fabric-server/tests/python/gateway_clients.py");
     let output = tokio::process::Command::new(&python)
