@@ -395,7 +395,7 @@ async fn gate(
         std::future::pending::<()>().await;
     }
     if let Some(delay) = slow.or(d.slow) {
-        tokio::time::sleep(delay).await;
+        precise::sleep(delay).await;
     }
     if let Some(status) = fail.or(d.error) {
         return Err(error_response(
@@ -405,7 +405,7 @@ async fn gate(
         ));
     }
     if !state.config.latency.is_zero() {
-        tokio::time::sleep(state.config.latency).await;
+        precise::sleep(state.config.latency).await;
     }
     Ok(())
 }
@@ -502,7 +502,7 @@ fn paced(
         let framed = frame(part);
         async move {
             if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                precise::sleep(delay).await;
             }
             framed
         }
@@ -1043,4 +1043,90 @@ async fn stats(State(state): State<AppState>) -> Response {
         "by_path": state.control.requests_by_path(),
     }))
     .into_response()
+}
+
+/// Sleeps accurate to tens of microseconds. Tokio's timer wheel has 1 ms
+/// ticks, which would quantise the mock's "fixed" latency and add up to a
+/// millisecond of phase noise to every latency the benchmark compares. One
+/// thread keeps the deadlines and wakes each sleeper on time (the kernel's
+/// high-resolution timers behind a futex wait).
+mod precise {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{self, RecvTimeoutError};
+    use std::time::{Duration, Instant};
+
+    use tokio::sync::oneshot;
+
+    struct Wake {
+        at: Instant,
+        seq: u64,
+        tx: oneshot::Sender<()>,
+    }
+
+    impl PartialEq for Wake {
+        fn eq(&self, other: &Self) -> bool {
+            (self.at, self.seq) == (other.at, other.seq)
+        }
+    }
+    impl Eq for Wake {}
+    impl PartialOrd for Wake {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Wake {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            (self.at, self.seq).cmp(&(other.at, other.seq))
+        }
+    }
+
+    fn timer() -> Option<&'static mpsc::Sender<(Instant, oneshot::Sender<()>)>> {
+        static TIMER: OnceLock<Option<mpsc::Sender<(Instant, oneshot::Sender<()>)>>> =
+            OnceLock::new();
+        TIMER
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel::<(Instant, oneshot::Sender<()>)>();
+                std::thread::Builder::new()
+                    .name("mock-timer".into())
+                    .spawn(move || {
+                        let mut heap: BinaryHeap<Reverse<Wake>> = BinaryHeap::new();
+                        let mut seq = 0u64;
+                        loop {
+                            let now = Instant::now();
+                            while heap.peek().is_some_and(|Reverse(w)| w.at <= now) {
+                                if let Some(Reverse(w)) = heap.pop() {
+                                    let _ = w.tx.send(());
+                                }
+                            }
+                            let next = match heap.peek() {
+                                Some(Reverse(w)) => rx.recv_timeout(w.at - now),
+                                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                            };
+                            match next {
+                                Ok((at, tx)) => {
+                                    seq += 1;
+                                    heap.push(Reverse(Wake { at, seq, tx }));
+                                }
+                                Err(RecvTimeoutError::Timeout) => {}
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            }
+                        }
+                    })
+                    .ok()
+                    .map(|_| tx)
+            })
+            .as_ref()
+    }
+
+    pub async fn sleep(d: Duration) {
+        let (tx, rx) = oneshot::channel();
+        match timer() {
+            Some(timer) if timer.send((Instant::now() + d, tx)).is_ok() => {
+                let _ = rx.await;
+            }
+            _ => tokio::time::sleep(d).await,
+        }
+    }
 }
