@@ -1082,9 +1082,11 @@ mod precise {
         }
     }
 
-    fn timer() -> Option<&'static mpsc::Sender<(Instant, oneshot::Sender<()>)>> {
-        static TIMER: OnceLock<Option<mpsc::Sender<(Instant, oneshot::Sender<()>)>>> =
-            OnceLock::new();
+    /// Where sleepers send their deadline and the sender to wake them by.
+    type Timer = mpsc::Sender<(Instant, oneshot::Sender<()>)>;
+
+    fn timer() -> Option<&'static Timer> {
+        static TIMER: OnceLock<Option<Timer>> = OnceLock::new();
         TIMER
             .get_or_init(|| {
                 let (tx, rx) = mpsc::channel::<(Instant, oneshot::Sender<()>)>();
