@@ -49,6 +49,16 @@ impl Drop for Mock {
     }
 }
 
+/// Kills (and reaps) a child on drop, so a failed assertion leaves no server behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn random_key(prefix: &str) -> String {
     let n: u128 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -94,7 +104,7 @@ async fn provider_keys_never_appear_in_logs_or_responses() {
     let port = free_port();
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
+    let server = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
         .args([
             "serve",
             "--listen",
@@ -119,6 +129,7 @@ async fn provider_keys_never_appear_in_logs_or_responses() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let server = KillOnDrop(server);
     for _ in 0..1200 {
         if healthz_ok(port) {
             break;
@@ -245,8 +256,7 @@ async fn provider_keys_never_appear_in_logs_or_responses() {
     }
     assert!(usage["totals"]["calls"].as_u64().unwrap() >= 8, "{usage}");
 
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("llm call"), "the log is empty?\n{log}");
     let everything = format!("{log}\n{}", t.0.join("\n"));
