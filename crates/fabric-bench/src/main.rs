@@ -8,6 +8,7 @@
 //! cargo run --release -p fabric-bench -- instances  # Docker start/list/down vs docker-compose
 //! cargo run --release -p fabric-bench -- takeover  # standby takeover after kill -9 of the leader
 //! cargo run --release -p fabric-bench -- containers # container agent spawn, cold vs warm pool
+//! cargo run --release -p fabric-bench -- gateway    # LLM gateway overhead vs direct, vs LiteLLM
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -28,11 +29,14 @@
 //!   leader to the standby serving.
 //! - `containers`: container agent spawn and stop, cold and from the warm pool,
 //!   beside `docker run -d` and `docker update` (needs dockerd).
+//! - `gateway`: added latency of the inference gateway (and of LiteLLM's
+//!   proxy) over calling `mock-llm` directly, in the same open loop; proxy RSS.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
 mod agents;
 mod containers;
+mod gateway;
 mod http;
 mod instances;
 mod rss;
@@ -73,6 +77,8 @@ enum Command {
     Takeover(takeover::TakeoverArgs),
     /// Container agent spawn latency, cold and warm pool, beside docker run -d
     Containers(containers::ContainersArgs),
+    /// Inference gateway overhead vs the mock direct, beside LiteLLM's proxy; proxy memory
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,6 +105,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Instances(args) => instances::run(args),
         Command::Takeover(args) => block_on(cli.client_threads, takeover::run(args)),
         Command::Containers(args) => block_on(cli.client_threads, containers::run(args)),
+        Command::Gateway(args) => block_on(cli.client_threads, gateway::run(args)),
     }
 }
 

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 /// The admin password the bench sets for every server it starts.
-const ADMIN_PASSWORD: &str = "fabric-bench-password";
+pub(crate) const ADMIN_PASSWORD: &str = "fabric-bench-password";
 /// `FABRIC_LOG` of a server started with [`Server::spawn`]: quiet, so logging
 /// costs nothing measurable.
 const DEFAULT_LOG_FILTER: &str = "warn";

@@ -153,7 +153,8 @@ pub struct Health {
     pub leader: Option<String>,
 }
 
-/// Every error response: `{"error": {"code", "message", "request_id"}}`.
+/// Every error response: `{"error": {"code", "message", "request_id"}}`, plus
+/// `provider` and `correlation_id` when an LLM provider was involved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
@@ -168,6 +169,13 @@ pub struct ErrorDetail {
     /// What went wrong and what to do about it.
     pub message: String,
     pub request_id: String,
+    /// The LLM provider whose failure this is (inference gateway errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The id of the failed upstream call, as the provider knows it: quote it
+    /// to the provider's support or find it in their logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 /// `GET /v1/agents`.

@@ -12,6 +12,7 @@
 //! - [`auth`]: users, API tokens and [`Scope`]s.
 //! - [`api`]: request and response bodies of the HTTP API (`/v1/...`).
 //! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
+//! - [`usage`]: the LLM usage ledger ([`UsageRecord`], [`UsageStore`]) the gateway meters into.
 
 pub mod agent;
 pub mod api;
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod store;
 pub mod task;
 pub mod time;
+pub mod usage;
 
 pub use auth::{ApiToken, Scope, User};
 pub use ids::{AgentId, IdError, TaskId, TenantId};
@@ -31,6 +33,7 @@ pub use task::{
     TaskStatus, reason,
 };
 pub use time::{Clock, SystemClock, Timestamp};
+pub use usage::{UsageOutcome, UsageQuery, UsageRecord, UsageStore, UsageTotals};
 
 /// The version of every reactor-fabric crate and binary.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -114,6 +114,8 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message: self.message,
                 request_id: request_id::current(),
+                provider: None,
+                correlation_id: None,
             },
         };
         (self.status, axum::Json(body)).into_response()

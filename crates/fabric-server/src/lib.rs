@@ -11,6 +11,8 @@
 //! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, containers, the built-in `shell` and `noop` agents.
 //! - [`proxy`]: the inference forwarder (10 MiB, 120 s, no credentials) and the
 //!   container sidecar that runs it (`reactor-fabric proxy`).
+//! - [`llm`]: the inference gateway in the server: its usage ledger, reply → response, and
+//!   [`llm::ollama_endpoint`], the Ollama API of an agent's inference endpoint.
 //! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
@@ -26,6 +28,7 @@ pub mod events;
 mod extract;
 pub mod leader;
 pub mod proxy;
+pub mod llm;
 mod request_id;
 pub mod service;
 pub mod state;
@@ -103,6 +106,9 @@ pub struct ServerConfig {
     pub inference_timeout: Duration,
     /// Isolation `container`: which Docker, which images, where sidecars find the fabric.
     pub containers: ContainerConfig,
+    /// The inference gateway: providers, policy, model map, prices
+    /// (`--gateway-config`, `OLLAMA_BASE_URL`, `OPENAI_*`, `ANTHROPIC_API_KEY`).
+    pub gateway: fabric_gateway::GatewayConfig,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +129,7 @@ impl Default for ServerConfig {
             inference_upstream: None,
             inference_timeout: Duration::from_secs(120),
             containers: ContainerConfig::default(),
+            gateway: fabric_gateway::GatewayConfig::default(),
         }
     }
 }
@@ -273,10 +280,12 @@ pub async fn run(
         stop_rx.clone(),
     );
     let readiness = Arc::new(Readiness::default());
+    let llm = llm::Llm::new(config.gateway.clone(), store.clone())?;
     let state = AppState {
         tasks: Arc::clone(&tasks),
         auth: Arc::clone(&auth),
         agents: agents.clone(),
+        llm,
         shutdown: stop_rx.clone(),
         readiness: Arc::clone(&readiness),
     };
@@ -293,6 +302,10 @@ pub async fn run(
     // `/v1` answers 503 until the reload is done (`Readiness`).
     let mut http_stop = stop_rx.clone();
     let mut http = tokio::spawn(async move {
+        // No Nagle: streamed answers (SSE, NDJSON) go out token by token.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
@@ -399,6 +412,7 @@ pub async fn run(
             http.await
         }
     };
+    state.llm.flush().await;
     tasks.stop_all_running();
     ticker.abort();
     let drain = async {

@@ -7,6 +7,7 @@ use parking_lot::RwLock;
 
 use crate::agents::AgentManager;
 use crate::auth::AuthService;
+use crate::llm::Llm;
 use crate::service::TaskService;
 
 #[derive(Clone)]
@@ -14,6 +15,8 @@ pub struct AppState {
     pub tasks: Arc<TaskService>,
     pub auth: Arc<AuthService>,
     pub agents: AgentManager,
+    /// The inference gateway and its usage ledger.
+    pub llm: Llm,
     /// Turns true when the server starts shutting down (ends long polls).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// What `/readyz` says, and whether `/v1` requests are served.

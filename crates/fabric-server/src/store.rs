@@ -9,7 +9,8 @@ use std::path::Path;
 use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
-    TaskQuery, TaskStore, TaskWrite, User, WriteOutcome,
+    TaskQuery, TaskStore, TaskWrite, UsageQuery, UsageRecord, UsageStore, UsageTotals, User,
+    WriteOutcome,
 };
 use fabric_store::{RedisConfig, RedisStore, SqliteStore};
 use futures_util::future::Either;
@@ -259,6 +260,29 @@ impl AgentStore for AnyStore {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static {
         dispatch!(self, s => s.list_sessions(id, limit))
+    }
+}
+
+impl UsageStore for AnyStore {
+    fn record_usage(
+        &self,
+        record: UsageRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.record_usage(record))
+    }
+
+    fn list_usage(
+        &self,
+        query: UsageQuery,
+    ) -> impl Future<Output = Result<Vec<UsageRecord>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_usage(query))
+    }
+
+    fn usage_totals(
+        &self,
+        query: UsageQuery,
+    ) -> impl Future<Output = Result<UsageTotals, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.usage_totals(query))
     }
 }
 

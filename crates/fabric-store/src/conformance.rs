@@ -22,13 +22,14 @@ use fabric_core::agent::{
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, EventKind, Priority, Scope,
     StoreError, Task, TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery, TaskResult, TaskStatus,
-    TaskStore, TaskWrite, TenantId, Timestamp, User, WriteOutcome,
+    TaskStore, TaskWrite, TenantId, Timestamp, UsageOutcome, UsageQuery, UsageRecord, UsageStore,
+    UsageTotals, User, WriteOutcome,
 };
 
 /// Runs every check, each against a new store from `make_store`.
 pub async fn run_all<S, F, Fut>(mut make_store: F)
 where
-    S: TaskStore + AuthStore + AgentStore + Clone,
+    S: TaskStore + AuthStore + AgentStore + UsageStore + Clone,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
 {
@@ -48,6 +49,8 @@ where
     agent_delete_removes_sessions(&make_store().await).await;
     agent_sessions_upsert_newest_first(&make_store().await).await;
     agent_writes_fire_and_forget_in_order(&make_store().await).await;
+    usage_records_filters_order_and_totals(&make_store().await).await;
+    usage_writes_fire_and_forget_in_order(&make_store().await).await;
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -1168,5 +1171,164 @@ pub async fn agent_writes_fire_and_forget_in_order<S: AgentStore>(store: &S) {
         session_numbers(store, "b", 10).await,
         Vec::<u32>::new(),
         "a dropped delete removes the sessions put before it"
+    );
+}
+
+// ---------------------------------------------------------------- usage ledger
+
+/// A usage record at `T0 + offset_ms` with distinct, checkable numbers.
+pub fn sample_usage(
+    tenant_name: &str,
+    user: &str,
+    agent_name: Option<&str>,
+    offset_ms: i64,
+) -> UsageRecord {
+    UsageRecord {
+        id: uuid::Uuid::now_v7(),
+        ts: Timestamp::from_millis(T0 + offset_ms),
+        tenant: tenant(tenant_name),
+        user: user.to_owned(),
+        agent: agent_name.map(agent),
+        request_id: format!("req_{offset_ms}"),
+        api: "openai".to_owned(),
+        provider: "ollama".to_owned(),
+        model: "llama3".to_owned(),
+        requested_model: "llama3".to_owned(),
+        tokens_in: 10 + offset_ms.unsigned_abs(),
+        tokens_out: 3,
+        estimated: offset_ms % 2 == 0,
+        latency_ms: 12,
+        fallback: offset_ms % 3 == 0,
+        attempts: 1,
+        cost_nano_usd: 1_000_000_007,
+        stream: false,
+        outcome: UsageOutcome::Ok,
+        error_code: None,
+    }
+}
+
+async fn usage_ids<S: UsageStore>(store: &S, query: UsageQuery) -> Vec<uuid::Uuid> {
+    must(store.list_usage(query).await, "listing usage")
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+/// Records round-trip whole; every filter, the time window (`since`
+/// inclusive, `until` exclusive) and the limit apply; newest first; totals
+/// sum exactly what the filters select, ignoring the limit.
+pub async fn usage_records_filters_order_and_totals<S: UsageStore>(store: &S) {
+    let mut full = sample_usage("acme", "bob:*%", Some("coder-1"), 0);
+    full.error_code = Some("upstream_error".to_owned());
+    full.outcome = UsageOutcome::Error;
+    full.stream = true;
+    let records = vec![
+        full,
+        sample_usage("acme", "alice", Some("coder-1"), 10),
+        sample_usage("acme", "alice", None, 20),
+        sample_usage("acme", "bob:*%", Some("coder-2"), 30),
+        sample_usage("other", "alice", Some("coder-1"), 40),
+        sample_usage("acme", "alice", Some("coder-1"), 50),
+    ];
+    for r in &records {
+        must(store.record_usage(r.clone()).await, "recording usage");
+    }
+    let all = must(
+        store.list_usage(UsageQuery::default()).await,
+        "listing usage",
+    );
+    let mut newest_first = records.clone();
+    newest_first.reverse();
+    assert_eq!(all, newest_first, "records round-trip whole, newest first");
+
+    let ids = |picks: &[usize]| picks.iter().map(|&i| records[i].id).collect::<Vec<_>>();
+    let q = |f: &dyn Fn(&mut UsageQuery)| {
+        let mut query = UsageQuery::default();
+        f(&mut query);
+        query
+    };
+    let cases: Vec<(&str, UsageQuery, Vec<usize>)> = vec![
+        (
+            "tenant",
+            q(&|q| q.tenant = Some(tenant("acme"))),
+            vec![5, 3, 2, 1, 0],
+        ),
+        (
+            "agent",
+            q(&|q| q.agent = Some(agent("coder-1"))),
+            vec![5, 4, 1, 0],
+        ),
+        (
+            "user with separators",
+            q(&|q| q.user = Some("bob:*%".to_owned())),
+            vec![3, 0],
+        ),
+        (
+            "tenant + agent + user",
+            q(&|q| {
+                q.tenant = Some(tenant("acme"));
+                q.agent = Some(agent("coder-1"));
+                q.user = Some("alice".to_owned());
+            }),
+            vec![5, 1],
+        ),
+        (
+            "window",
+            q(&|q| {
+                q.since = Some(Timestamp::from_millis(T0 + 10));
+                q.until = Some(Timestamp::from_millis(T0 + 40));
+            }),
+            vec![3, 2, 1],
+        ),
+        ("limit", q(&|q| q.limit = 2), vec![5, 4]),
+        ("nothing", q(&|q| q.user = Some("carol".to_owned())), vec![]),
+        ("limit 0", q(&|q| q.limit = 0), vec![]),
+    ];
+    for (name, query, expected) in cases {
+        assert_eq!(
+            usage_ids(store, query.clone()).await,
+            ids(&expected),
+            "list filter: {name}"
+        );
+        let mut want = UsageTotals::default();
+        for r in records.iter().filter(|r| query.matches(r)) {
+            want.add(r);
+        }
+        if name != "limit" && name != "limit 0" {
+            // The limit only bounds listing; totals cover every match.
+            assert_eq!(
+                want.calls,
+                expected.len() as u64,
+                "fixture check for {name}"
+            );
+        }
+        assert_eq!(
+            must(store.usage_totals(query).await, "summing usage"),
+            want,
+            "totals: {name}"
+        );
+    }
+
+    let dup = records[1].clone();
+    assert!(
+        store.record_usage(dup).await.is_err(),
+        "a repeated record id is refused"
+    );
+    assert_eq!(
+        must(store.list_usage(UsageQuery::default()).await, "listing").len(),
+        records.len(),
+        "the refused duplicate changed nothing"
+    );
+}
+
+/// Dropped `record_usage` futures still commit, before later writes.
+pub async fn usage_writes_fire_and_forget_in_order<S: UsageStore>(store: &S) {
+    let first = sample_usage("acme", "alice", Some("a"), 1);
+    let second = sample_usage("acme", "alice", Some("a"), 2);
+    drop(store.record_usage(first.clone()));
+    must(store.record_usage(second.clone()).await, "recording usage");
+    assert_eq!(
+        usage_ids(store, UsageQuery::default()).await,
+        vec![second.id, first.id]
     );
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod image;
 pub mod instance;
 pub mod proxy;
+pub mod mock_llm;
 pub mod serve;
 pub mod status;
 pub mod task;
@@ -48,6 +49,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run a container agent's inference sidecar (the fabric starts it; SPEC §6)
     Proxy(proxy::ProxyArgs),
+    /// Run a deterministic mock LLM server speaking the Ollama, OpenAI and Anthropic APIs
+    MockLlm(mock_llm::MockLlmArgs),
     /// Log in, log out, show who you are
     #[command(subcommand)]
     Auth(auth::AuthCommand),
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Version => version::run(cli.output),
         Command::Serve(args) => serve::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::MockLlm(args) => mock_llm::run(args),
         // Docker commands: no fabric server, so no client settings either.
         Command::Start(args) => block_on(instance::start(args, cli.output)),
         Command::Down(args) => block_on(instance::down(args, cli.output)),
@@ -125,6 +129,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Version
                     | Command::Serve(_)
                     | Command::Proxy(_)
+                    | Command::MockLlm(_)
                     | Command::Start(_)
                     | Command::Down(_)
                     | Command::List

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// Where --socket-volume is mounted in this server's container
     #[arg(long, env = "FABRIC_SOCKET_DIR", value_name = "DIR", hide = true)]
     pub socket_dir: Option<PathBuf>,
+    /// Inference gateway config (TOML: providers, policy, model map, timeouts, prices);
+    /// OLLAMA_BASE_URL, OPENAI_BASE_URL + OPENAI_API_KEY and ANTHROPIC_API_KEY add
+    /// providers it does not define, FABRIC_GATEWAY_POLICY overrides its policy
+    #[arg(long, env = "FABRIC_GATEWAY_CONFIG", value_name = "FILE")]
+    pub gateway_config: Option<PathBuf>,
 
     /// Log format on stderr
     #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
@@ -134,6 +139,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             data_dir.display()
         ))
     })?;
+    // Keys come from the environment or secret files, never from flags.
+    let gateway = fabric_gateway::GatewayConfig::load(args.gateway_config.as_deref(), &process_env)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let server_config = fabric_server::ServerConfig {
         listen: args.listen,
         data_dir,
@@ -161,6 +169,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 _ => None,
             },
         },
+        gateway,
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };

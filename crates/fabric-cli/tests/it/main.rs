@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 mod agents;
 mod containers;
 mod crash;
+mod gateway;
 mod instances;
 
 use assert_cmd::Command;

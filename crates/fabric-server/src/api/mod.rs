@@ -4,12 +4,13 @@ mod agent;
 mod agents;
 mod auth;
 mod health;
+mod llm;
 mod stream;
 mod tasks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -31,9 +32,10 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         stream::stream,
         agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
+        llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"))
 )]
 pub struct ApiDoc;
 
@@ -78,6 +80,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/tasks/{id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/tasks/{id}/events", post(agent::events))
         .route("/v1/agent/tasks/{id}/complete", post(agent::complete))
+        // The inference gateway; bodies are read (and limited) by the handlers.
+        .route("/v1/chat/completions", post(llm::chat_completions))
+        .route("/v1/embeddings", post(llm::embeddings))
+        .route("/v1/models", get(llm::models))
+        .route("/v1/llm/infer", post(llm::infer))
+        .route("/v1/llm/usage", get(llm::usage))
+        .route("/v1/llm/status", get(llm::status))
+        .route("/v1/ollama", any(llm::ollama))
+        .route("/v1/ollama/{*path}", any(llm::ollama))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -7,5 +7,7 @@
 mod agents;
 mod api;
 mod containers;
+mod gateway;
 mod harness;
+mod python;
 mod redis;

@@ -15,9 +15,13 @@
 //! | `sessions:{agent id}` | sorted set | session JSON, score = session number |
 //! | `leader` | string with a TTL | `"<generation>:<owner>"`: which orchestrator is active |
 //! | `leader_gen` | string | the latest leadership generation (the fencing token of the fenced scripts) |
+
+//! | `usage` | hash | usage record id → record JSON |
+//! | `uix:{tenant or *}:{agent or *}:{user or *}` | sorted set | usage record ids, score = call start (ms): one per filter combination |
 //!
 //! Tenant and agent ids are `[A-Za-z0-9._-]`, so neither `:` nor `*` can make
-//! two index names collide.
+//! two index names collide. User names are free text: `%`, `:` and `*` in
+//! them are percent-escaped in usage index names.
 
 use fabric_core::{AgentId, TaskId, TaskQuery};
 
@@ -83,6 +87,29 @@ impl Keys {
     pub fn name(&self) -> &str {
         self.prefix.strip_suffix(':').unwrap_or(&self.prefix)
     }
+
+    /// The usage index of one combination of filters (`None` = any).
+    pub fn usage_index(
+        &self,
+        tenant: Option<&str>,
+        agent: Option<&str>,
+        user: Option<&str>,
+    ) -> String {
+        let user = user.map(escape_user);
+        self.key(&format!(
+            "uix:{}:{}:{}",
+            tenant.unwrap_or("*"),
+            agent.unwrap_or("*"),
+            user.as_deref().unwrap_or("*")
+        ))
+    }
+}
+
+/// A user name that cannot contain the index separators or the wildcard.
+fn escape_user(user: &str) -> String {
+    user.replace('%', "%25")
+        .replace(':', "%3A")
+        .replace('*', "%2A")
 }
 
 #[cfg(test)]

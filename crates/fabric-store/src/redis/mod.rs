@@ -29,6 +29,7 @@ mod leader;
 mod scripts;
 #[cfg(feature = "conformance")]
 pub mod testing;
+mod usage;
 mod writer;
 
 use std::fmt;

@@ -32,7 +32,7 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 11] {
+pub(crate) fn all() -> [&'static Script; 14] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
@@ -45,6 +45,9 @@ pub(crate) fn all() -> [&'static Script; 11] {
         &ACQUIRE_LEADERSHIP,
         &RENEW_LEADERSHIP,
         &RELEASE_LEADERSHIP,
+        &super::usage::RECORD_USAGE,
+        &super::usage::LIST_USAGE,
+        &super::usage::USAGE_TOTALS,
     ]
 }
 
@@ -348,7 +351,7 @@ return 0
     )
 });
 
-fn script(text: String) -> Script {
+pub(crate) fn script(text: String) -> Script {
     Script::new(&text)
 }
 

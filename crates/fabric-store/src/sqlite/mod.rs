@@ -3,6 +3,7 @@
 mod reader;
 mod rows;
 mod schema;
+mod usage;
 mod writer;
 
 use std::fmt;

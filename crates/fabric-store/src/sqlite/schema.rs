@@ -74,6 +74,29 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (agent_id, session)
     ) WITHOUT ROWID;
     ",
+    // 3: the LLM usage ledger (SPEC §6 metering, read by budgets).
+    "
+    -- One row per gateway call; the filter and sum columns beside the JSON body.
+    CREATE TABLE usage (
+        id         TEXT PRIMARY KEY NOT NULL, -- UUIDv7
+        ts_ms      INTEGER NOT NULL,
+        tenant     TEXT NOT NULL,
+        user       TEXT NOT NULL,
+        agent      TEXT,
+        tokens_in  INTEGER NOT NULL,
+        tokens_out INTEGER NOT NULL,
+        cost_nano  INTEGER NOT NULL,
+        fallback   INTEGER NOT NULL,
+        estimated  INTEGER NOT NULL,
+        ok         INTEGER NOT NULL,
+        body       TEXT NOT NULL
+    );
+    -- Budgets ask per agent, user or tenant since a point in time.
+    CREATE INDEX usage_tenant ON usage (tenant, ts_ms);
+    CREATE INDEX usage_agent ON usage (agent, ts_ms) WHERE agent IS NOT NULL;
+    CREATE INDEX usage_user ON usage (user, ts_ms);
+    CREATE INDEX usage_ts ON usage (ts_ms);
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.

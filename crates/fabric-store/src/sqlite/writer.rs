@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::rows::{AgentRow, EventRow, FENCED_UPDATE_SQL, SessionRow, TaskRow, decode_json};
+use super::usage::{UsageRow, insert_usage};
 use crate::error::SqliteStoreError;
 
 /// Most ops in one transaction. Bounds the time a batch holds replies back and
@@ -49,6 +50,7 @@ pub(crate) enum WriteOp {
     /// The agent's id; deletes its sessions too.
     DeleteAgent(Pending<String, bool>),
     PutSession(Pending<SessionRow, ()>),
+    RecordUsage(Pending<UsageRow, ()>),
 }
 
 /// An op's arguments until it runs, then its result until the commit settles it.
@@ -147,6 +149,7 @@ impl WriteOp {
             // Two statements (sessions, then the record): undone as a unit.
             WriteOp::DeleteAgent(p) => p.run(conn, true, |c, id| delete_agent(c, &id)),
             WriteOp::PutSession(p) => p.run(conn, false, |c, row| put_session(c, &row)),
+            WriteOp::RecordUsage(p) => p.run(conn, false, |c, row| insert_usage(c, &row)),
         }
     }
 
@@ -161,6 +164,7 @@ impl WriteOp {
             WriteOp::PutAgent(p) => p.finish(batch_error),
             WriteOp::DeleteAgent(p) => p.finish(batch_error),
             WriteOp::PutSession(p) => p.finish(batch_error),
+            WriteOp::RecordUsage(p) => p.finish(batch_error),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use fabric_core::agent::{AgentSession, DesiredState};
 use fabric_core::{
     AgentId, AgentStore, AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStatus, TaskStore,
-    TaskWrite, Timestamp, WriteOutcome,
+    TaskWrite, Timestamp, UsageStore, WriteOutcome,
 };
 use fabric_store::conformance::{full_agent, full_task, sample_agent, sample_session, sample_task};
 use fabric_store::{SqliteStore, StoreStats};
@@ -158,7 +158,7 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
     // What a database written by the previous release looks like.
     tamper(
         &path,
-        "DROP TABLE agents; DROP TABLE agent_sessions; PRAGMA user_version = 1;",
+        "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; PRAGMA user_version = 1;",
     );
 
     let store = open(&path);
@@ -171,6 +171,13 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
     assert_eq!(
         store.list_sessions(agent_id("coder"), 1).await.unwrap(),
         vec![sample_session("coder", 1)]
+    );
+    // ... and the usage ledger (schema 3).
+    let usage = fabric_store::conformance::sample_usage("acme", "bob", Some("coder"), 0);
+    store.record_usage(usage.clone()).await.unwrap();
+    assert_eq!(
+        store.list_usage(Default::default()).await.unwrap(),
+        vec![usage]
     );
     let version: i64 = rusqlite::Connection::open(&path)
         .unwrap()

@@ -1,0 +1,278 @@
+//! The inference gateway as shipped: `reactor-fabric mock-llm` upstreams and
+//! `reactor-fabric serve` configured by the usual environment names only, and
+//! the provider keys never appearing in any log line or response (NFR-SEC-2).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{ADMIN_PASSWORD, free_port, healthz_ok};
+
+/// A `reactor-fabric mock-llm` child; killed on drop.
+struct Mock {
+    child: Child,
+    url: String,
+}
+
+impl Mock {
+    /// Starts one, optionally requiring `key` (passed through the environment).
+    fn start(name: &str, key: Option<&str>) -> Mock {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"));
+        cmd.args(["mock-llm", "--port", "0", "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(key) = key {
+            cmd.args(["--require-key-env", "MOCK_KEY"])
+                .env("MOCK_KEY", key);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("mock-llm printed {line:?}"))
+            .to_owned();
+        Mock { child, url }
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills (and reaps) a child on drop, so a failed assertion leaves no server behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn random_key(prefix: &str) -> String {
+    let n: u128 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{:032x}",
+        n ^ (u128::from(std::process::id()) << 64)
+    )
+}
+
+/// Every response of the run, as text: status, headers, body.
+#[derive(Default)]
+struct Transcript(Vec<String>);
+
+impl Transcript {
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        let mut text = format!("{status}\n");
+        for (name, value) in r.headers() {
+            text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+        }
+        let body = r.text().await.unwrap();
+        text.push_str(&body);
+        self.0.push(text);
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_keys_never_appear_in_logs_or_responses() {
+    let openai_key = random_key("sk-openai-test");
+    let anthropic_key = random_key("sk-ant-test");
+    let local = Mock::start("local", None);
+    let cloud = Mock::start("cloud", Some(&openai_key));
+    let claude = Mock::start("claude", Some(&anthropic_key));
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let server = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("FABRIC_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("FABRIC_CONFIG", dir.path().join("cli.toml"))
+        .env("FABRIC_LOG", "debug")
+        .env("OLLAMA_BASE_URL", &local.url)
+        .env("OPENAI_BASE_URL", format!("{}/v1", cloud.url))
+        .env("OPENAI_API_KEY", &openai_key)
+        .env("ANTHROPIC_API_KEY", &anthropic_key)
+        .env("ANTHROPIC_BASE_URL", &claude.url)
+        .env_remove("FABRIC_GATEWAY_CONFIG")
+        .env_remove("FABRIC_GATEWAY_POLICY")
+        .env_remove("FABRIC_LISTEN")
+        .env_remove("FABRIC_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = KillOnDrop(server);
+    for _ in 0..1200 {
+        if healthz_ok(port) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut t = Transcript::default();
+
+    let (status, login) = t
+        .send(
+            client
+                .post(format!("{base}/v1/auth/login"))
+                .json(&json!({"username": "admin", "password": ADMIN_PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["token"].as_str().unwrap().to_owned();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+    };
+    let get = |path: &str| client.get(format!("{base}{path}")).bearer_auth(&token);
+    let chat = |prompt: &str| json!({"model": "llama3", "messages": [{"role": "user", "content": prompt}]});
+
+    // Local first; then each cloud provider, which only answers with its key.
+    let (status, v) = t.send(post("/v1/chat/completions", chat("hello"))).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = t
+        .send(
+            post("/v1/chat/completions", chat("to the cloud")).header("X-Fabric-Policy", "openai"),
+        )
+        .await;
+    assert_eq!(
+        (status, v["choices"][0]["message"]["content"].clone()),
+        (200, json!("echo: to the cloud")),
+        "{v}"
+    );
+    let (status, v) = t
+        .send(post(
+            "/v1/llm/infer",
+            json!({"model": "anthropic/claude", "input": "to claude"}),
+        ))
+        .await;
+    assert_eq!(
+        (status, v["provider"].clone()),
+        (200, json!("anthropic")),
+        "{v}"
+    );
+    let (status, _) = t
+        .send(post(
+            "/v1/llm/infer",
+            json!({"model": "m", "input": "streamed", "stream": true, "policyOverride": "cloud"}),
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = t
+        .send(
+            post("/v1/embeddings", json!({"model": "e", "input": "x"}))
+                .header("X-Fabric-Policy", "openai"),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    // Upstreams that quote the key back in their errors.
+    for model in ["openai/m", "anthropic/m"] {
+        let (status, v) = t
+            .send(post(
+                "/v1/llm/infer",
+                json!({"model": model, "input": "[[mock:echo-auth]]"}),
+            ))
+            .await;
+        assert_eq!(status, 502, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("incorrect API key provided"),
+            "{v}"
+        );
+    }
+    // Failures, fallback, listings, the ledger.
+    let (status, _) = t
+        .send(
+            post("/v1/chat/completions", chat("x [[mock:error=500]]"))
+                .header("X-Fabric-Policy", "openai"),
+        )
+        .await;
+    assert_eq!(status, 502);
+    let (status, v) = t
+        .send(
+            post(
+                "/v1/chat/completions",
+                json!({"model": "m", "stream": true,
+            "messages": [{"role": "user", "content": "[[mock:stream-error]]"}]}),
+            )
+            .header("X-Fabric-Policy", "cloud"),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    drop(local);
+    let (status, v) = t.send(post("/v1/chat/completions", chat("fallback"))).await;
+    assert_eq!(status, 200, "{v}");
+    for path in [
+        "/v1/models",
+        "/v1/llm/status",
+        "/v1/llm/usage",
+        "/v1/ollama/api/tags",
+    ] {
+        let (status, v) = t.send(get(path)).await;
+        assert_eq!(status, 200, "{path}: {v}");
+    }
+    // The ledger is written in batches every 50 ms.
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = t.send(get("/v1/llm/usage")).await.1;
+        if usage["totals"]["calls"].as_u64().unwrap_or(0) >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(usage["totals"]["calls"].as_u64().unwrap() >= 8, "{usage}");
+
+    drop(server);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("llm call"), "the log is empty?\n{log}");
+    let everything = format!("{log}\n{}", t.0.join("\n"));
+    for key in [&openai_key, &anthropic_key] {
+        // Also a distinctive middle part, in case something printed a prefix or suffix.
+        let middle = &key[key.len() - 20..key.len() - 4];
+        for needle in [key.as_str(), middle] {
+            assert!(
+                !everything.contains(needle),
+                "a provider key leaked ({needle}) into:\n{}",
+                everything
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+}

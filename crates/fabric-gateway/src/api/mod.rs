@@ -1,0 +1,174 @@
+//! The APIs the gateway serves, free of any HTTP framework: each front end
+//! takes the request body (and, for Ollama, the method and path) and returns
+//! a [`Reply`] (status, content type, provider, body or stream) that the
+//! server turns into its framework's response.
+//!
+//! - [`openai`]: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
+//! - [`ollama`]: `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`,
+//!   `/api/tags` and friends: the agent-facing endpoint (`OLLAMA_BASE_URL`).
+//! - [`infer`]: the fabric's own `POST /v1/llm/infer`.
+//!
+//! Errors have one shape everywhere (`{"error": {"code", "message",
+//! "request_id", "provider"?, "correlation_id"?}}`); once a stream has
+//! started they travel in-band, in the stream's own format.
+
+pub mod infer;
+pub mod ollama;
+pub mod openai;
+
+use bytes::Bytes;
+use fabric_core::api::{ErrorBody, ErrorDetail};
+use futures_util::stream::BoxStream;
+use serde::Serialize;
+
+use crate::config::Policy;
+use crate::error::GatewayError;
+
+/// Response header naming the provider that answered (or failed last, on errors).
+pub const PROVIDER_HEADER: &str = "X-Fabric-Provider";
+/// Response header naming the model the provider was asked for (after mapping).
+pub const MODEL_HEADER: &str = "X-Fabric-Model";
+/// Request header overriding the routing policy for one call (`cloud`, `ollama`, ...).
+pub const POLICY_HEADER: &str = "X-Fabric-Policy";
+/// `X-Fabric-Provider` when no provider was involved (validation, auth).
+pub const NO_PROVIDER: &str = "none";
+
+pub const JSON: &str = "application/json";
+pub const SSE: &str = "text/event-stream";
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// A framework-neutral HTTP response.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// `X-Fabric-Provider`.
+    pub provider: Option<String>,
+    /// `X-Fabric-Model`.
+    pub model: Option<String>,
+    /// `Retry-After`, seconds.
+    pub retry_after: Option<u64>,
+    pub body: ReplyBody,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+pub enum ReplyBody {
+    Full(Bytes),
+    /// Chunks to send as they come (SSE or NDJSON); the stream ends the body.
+    Stream(BoxStream<'static, Bytes>),
+}
+
+impl Reply {
+    /// `value` as JSON with `status`.
+    pub fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+        match serde_json::to_vec(value) {
+            Ok(body) => Reply {
+                status,
+                content_type: JSON,
+                provider: None,
+                model: None,
+                retry_after: None,
+                body: ReplyBody::Full(Bytes::from(body)),
+            },
+            Err(e) => Reply::error(
+                &GatewayError::NoProvider(format!("cannot encode the answer: {e}")),
+                "-",
+            ),
+        }
+    }
+
+    /// The uniform error body for `err`.
+    pub fn error(err: &GatewayError, request_id: &str) -> Reply {
+        let mut reply = Reply::json(err.status(), &error_body(err, request_id));
+        reply.provider = Some(err.provider().unwrap_or(NO_PROVIDER).to_owned());
+        reply.retry_after = err.retry_after();
+        reply
+    }
+
+    /// 413 for a body over `limit` bytes.
+    pub fn too_large(limit: usize, request_id: &str) -> Reply {
+        Reply::error(&GatewayError::PayloadTooLarge { limit }, request_id)
+    }
+
+    pub fn streaming(
+        content_type: &'static str,
+        provider: String,
+        model: String,
+        body: BoxStream<'static, Bytes>,
+    ) -> Reply {
+        Reply {
+            status: 200,
+            content_type,
+            provider: Some(provider),
+            model: Some(model),
+            retry_after: None,
+            body: ReplyBody::Stream(body),
+        }
+    }
+
+    pub fn with_provider(mut self, provider: String, model: String) -> Reply {
+        self.provider = Some(provider);
+        self.model = Some(model);
+        self
+    }
+}
+
+/// `{"error": {code, message, request_id, provider?, correlation_id?}}`.
+pub fn error_body(err: &GatewayError, request_id: &str) -> ErrorBody {
+    ErrorBody {
+        error: ErrorDetail {
+            code: err.code().to_owned(),
+            message: err.to_string(),
+            request_id: request_id.to_owned(),
+            provider: err.provider().map(str::to_owned),
+            correlation_id: err.correlation_id().map(str::to_owned),
+        },
+    }
+}
+
+/// A policy override (`X-Fabric-Policy`, `policyOverride`), or 400.
+pub fn parse_policy(value: Option<&str>) -> Result<Option<Policy>, GatewayError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e: String| GatewayError::invalid(e)),
+    }
+}
+
+/// Parses a JSON request body, or a 400 naming what is wrong.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// One SSE frame: `[event: NAME\n]data: JSON\n\n`.
+pub(crate) fn sse_frame<T: Serialize>(event: Option<&str>, value: &T) -> Bytes {
+    let data = serde_json::to_string(value).unwrap_or_else(|e| {
+        format!(
+            r#"{{"error":{{"code":"internal","message":"cannot encode a stream event: {e}"}}}}"#
+        )
+    });
+    Bytes::from(match event {
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    })
+}
+
+/// One NDJSON line.
+pub(crate) fn ndjson_line<T: Serialize>(value: &T) -> Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_else(|e| {
+        format!(r#"{{"error":"cannot encode a stream part: {e}"}}"#).into_bytes()
+    });
+    line.push(b'\n');
+    Bytes::from(line)
+}

@@ -1,0 +1,253 @@
+//! The OpenAI-compatible front end: chat completions (SSE when streamed,
+//! errors in-band as `data: {"error": ...}`), embeddings (floats or base64),
+//! models.
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream;
+
+use super::{Reply, SSE, parse_body, sse_frame};
+use crate::error::GatewayError;
+use crate::router::{CallOptions, Caller, Gateway};
+use crate::types::{ChatRequest, EmbedRequest, Params, StreamEvent};
+use crate::wire::openai as wire;
+use crate::wire::unix_seconds;
+
+fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The canonical request of an OpenAI chat completion; refuses what the
+/// gateway would otherwise silently drop (tools, `n > 1`).
+pub fn chat_request(req: &wire::ChatCompletionRequest) -> Result<ChatRequest, GatewayError> {
+    if req.n.is_some_and(|n| n > 1) {
+        return Err(GatewayError::invalid(
+            "n > 1 is not supported: ask for one choice per request",
+        ));
+    }
+    let has = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+    };
+    if has(&req.tools) || has(&req.functions) {
+        return Err(GatewayError::invalid(
+            "tools and functions are not supported: the gateway routes text chats only",
+        ));
+    }
+    Ok(ChatRequest {
+        model: req.model.clone(),
+        messages: wire::messages_from(&req.messages)?,
+        params: Params {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            max_tokens: req.max_completion_tokens.or(req.max_tokens),
+            stop: wire::parse_stop(req.stop.as_ref())?,
+            seed: req.seed,
+        },
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    gateway: &Gateway,
+    caller: &Caller,
+    opts: CallOptions,
+    body: &[u8],
+) -> Reply {
+    let parsed: Result<wire::ChatCompletionRequest, _> = parse_body(body);
+    let (raw, req) = match parsed.and_then(|raw| chat_request(&raw).map(|req| (raw, req))) {
+        Ok(pair) => pair,
+        Err(e) => return Reply::error(&e, &caller.request_id),
+    };
+    let requested = req.model.clone();
+    if raw.stream != Some(true) {
+        return match gateway.chat(caller, &opts, req).await {
+            Ok(answer) => {
+                let completion = wire::ChatCompletion {
+                    id: completion_id(),
+                    object: "chat.completion".to_owned(),
+                    created: unix_seconds(),
+                    model: requested,
+                    choices: vec![wire::Choice {
+                        index: 0,
+                        message: wire::ResponseMessage {
+                            role: "assistant".to_owned(),
+                            content: Some(answer.value.content),
+                        },
+                        finish_reason: Some(answer.value.finish_reason.as_str().to_owned()),
+                        logprobs: None,
+                    }],
+                    usage: Some(wire::CompletionUsage {
+                        prompt_tokens: answer.usage.input_tokens,
+                        completion_tokens: answer.usage.output_tokens,
+                        total_tokens: answer.usage.input_tokens + answer.usage.output_tokens,
+                    }),
+                };
+                Reply::json(200, &completion).with_provider(answer.provider, answer.model)
+            }
+            Err(e) => Reply::error(&e, &caller.request_id),
+        };
+    }
+    let include_usage = raw.stream_options.is_some_and(|o| o.include_usage);
+    match gateway.chat_stream(caller, &opts, req).await {
+        Ok(answer) => {
+            let id = completion_id();
+            let created = unix_seconds();
+            let request_id = caller.request_id.clone();
+            let chunk = move |delta: wire::Delta, finish: Option<&str>| wire::ChatCompletionChunk {
+                id: id.clone(),
+                object: "chat.completion.chunk".to_owned(),
+                created,
+                model: requested.clone(),
+                choices: vec![wire::ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason: finish.map(str::to_owned),
+                    logprobs: None,
+                }],
+                usage: None,
+            };
+            let role = sse_frame(
+                None,
+                &chunk(
+                    wire::Delta {
+                        role: Some("assistant".to_owned()),
+                        content: Some(String::new()),
+                    },
+                    None,
+                ),
+            );
+            let events = answer.value.map(move |item| match item {
+                Ok(StreamEvent::Delta(text)) => sse_frame(
+                    None,
+                    &chunk(
+                        wire::Delta {
+                            role: None,
+                            content: Some(text),
+                        },
+                        None,
+                    ),
+                ),
+                Ok(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                }) => {
+                    let mut out = sse_frame(
+                        None,
+                        &chunk(wire::Delta::default(), Some(finish_reason.as_str())),
+                    )
+                    .to_vec();
+                    if include_usage {
+                        let mut last = chunk(wire::Delta::default(), None);
+                        last.choices.clear();
+                        last.usage = Some(match usage {
+                            Some(u) => wire::CompletionUsage {
+                                prompt_tokens: u.input,
+                                completion_tokens: u.output,
+                                total_tokens: u.input + u.output,
+                            },
+                            None => wire::CompletionUsage {
+                                prompt_tokens: 0,
+                                completion_tokens: 0,
+                                total_tokens: 0,
+                            },
+                        });
+                        out.extend_from_slice(&sse_frame(None, &last));
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    Bytes::from(out)
+                }
+                // In-band, as OpenAI does: the client raises it as an APIError.
+                Err(e) => sse_frame(None, &super::error_body(&e, &request_id)),
+            });
+            Reply::streaming(
+                SSE,
+                answer.provider,
+                answer.model,
+                stream::once(async move { role }).chain(events).boxed(),
+            )
+        }
+        Err(e) => Reply::error(&e, &caller.request_id),
+    }
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    gateway: &Gateway,
+    caller: &Caller,
+    opts: CallOptions,
+    body: &[u8],
+) -> Reply {
+    let parsed = parse_body::<wire::EmbeddingRequest>(body).and_then(|raw| {
+        let inputs = wire::embedding_inputs(&raw.input)?;
+        match raw.encoding_format.as_deref() {
+            None | Some("float") | Some("base64") => Ok((raw, inputs)),
+            Some(other) => Err(GatewayError::invalid(format!(
+                "encoding_format {other:?} is not supported: use float or base64"
+            ))),
+        }
+    });
+    let (raw, inputs) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Reply::error(&e, &caller.request_id),
+    };
+    let base64 = raw.encoding_format.as_deref() == Some("base64");
+    let req = EmbedRequest {
+        model: raw.model.clone(),
+        inputs,
+    };
+    match gateway.embed(caller, &opts, req).await {
+        Ok(answer) => {
+            let data = answer
+                .value
+                .embeddings
+                .iter()
+                .enumerate()
+                .map(|(i, v)| wire::Embedding {
+                    object: "embedding".to_owned(),
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    embedding: if base64 {
+                        serde_json::Value::String(wire::embedding_base64(v))
+                    } else {
+                        serde_json::Value::from(v.clone())
+                    },
+                })
+                .collect();
+            let response = wire::EmbeddingResponse {
+                object: "list".to_owned(),
+                data,
+                model: raw.model,
+                usage: Some(wire::EmbeddingUsage {
+                    prompt_tokens: answer.usage.input_tokens,
+                    total_tokens: answer.usage.input_tokens,
+                }),
+            };
+            Reply::json(200, &response).with_provider(answer.provider, answer.model)
+        }
+        Err(e) => Reply::error(&e, &caller.request_id),
+    }
+}
+
+/// `GET /v1/models`.
+pub async fn models(gateway: &Gateway) -> Reply {
+    let data = gateway
+        .models()
+        .await
+        .into_iter()
+        .map(|m| wire::Model {
+            id: m.id,
+            object: "model".to_owned(),
+            created: 0,
+            owned_by: m.provider,
+        })
+        .collect();
+    let mut reply = Reply::json(
+        200,
+        &wire::ModelList {
+            object: "list".to_owned(),
+            data,
+        },
+    );
+    reply.provider = Some("gateway".to_owned());
+    reply
+}

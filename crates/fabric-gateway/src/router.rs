@@ -1,0 +1,1153 @@
+//! The router: [`Gateway`] turns a call into a route (policy or override,
+//! model mapping, a capped chain without repeats), tries each provider with
+//! its timeout, retries retryable failures with backoff, skips providers
+//! whose circuit is open, falls back on the rest, and meters the outcome.
+//!
+//! ```text
+//! call ─► guard (policy/budget hook) ─► plan: [(provider, model)] ≤ 1 + max_fallbacks
+//!   for each step: breaker open? skip ─► attempt (timeout) ─► ok: done
+//!                  retryable & retries left? backoff, again
+//!                  bad request? stop (4xx)          else: next step
+//!   none left: the most telling error (404 if nobody has the model, else the
+//!   last failure with its provider and correlation id; 503 if all were open)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fabric_core::{AgentId, TenantId, Timestamp, UsageOutcome, UsageRecord};
+use futures_util::StreamExt as _;
+use futures_util::stream;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::time::{Instant, timeout};
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::config::{ConfigError, GatewayConfig, Policy, PolicyStep, RetryConfig, Tier};
+use crate::error::{GatewayError, ProviderError, ProviderErrorKind};
+use crate::metering::{
+    GatewayMetrics, MetricsSnapshot, PriceTable, UsageSink, estimate_prompt_tokens, estimate_tokens,
+};
+use crate::providers::{AnyProvider, Call, Provider as _};
+use crate::secret::Redactor;
+use crate::types::{
+    ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, ModelInfo, StreamEvent,
+    TokenCounts, Usage,
+};
+
+/// Who is calling: the identity every call is metered against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: TenantId,
+    /// The user (for an agent: the user it runs for).
+    pub user: String,
+    /// Set when an agent calls.
+    pub agent: Option<AgentId>,
+    /// The fabric request id (`X-Request-Id`), in error bodies and records.
+    pub request_id: String,
+}
+
+/// How one call is to be routed and accounted.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Replaces the configured policy for this call (`policyOverride`, `X-Fabric-Policy`).
+    pub policy_override: Option<Policy>,
+    /// The API the caller spoke (`openai`, `ollama`, `infer`), for the ledger.
+    pub api: &'static str,
+    /// When the call arrived: the overhead histogram and latency count from here.
+    pub started: Instant,
+    started_at: Timestamp,
+}
+
+impl CallOptions {
+    /// Options for a call arriving now.
+    pub fn new(api: &'static str) -> Self {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Self {
+            policy_override: None,
+            api,
+            started: Instant::now(),
+            started_at: Timestamp::from_millis(ms),
+        }
+    }
+
+    pub fn with_policy(mut self, policy: Option<Policy>) -> Self {
+        self.policy_override = policy;
+        self
+    }
+}
+
+/// A boxed future borrowed for `'a` (what [`CallGuard::check`] returns).
+pub type GuardFuture<'a> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send + 'a>>;
+
+/// A check run before every call: the seam for policy (`llm:<model>`, 403
+/// `policy_denied`) and budgets (429 `quota_exceeded`).
+pub trait CallGuard: Send + Sync + 'static {
+    fn check<'a>(&'a self, caller: &'a Caller, model: &'a str) -> GuardFuture<'a>;
+}
+
+/// A successful call: the value and who produced it.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    /// The provider that answered.
+    pub provider: String,
+    /// The model name that provider was asked for.
+    pub model: String,
+    /// True when it was not the route's first choice.
+    pub fallback: bool,
+    /// Upstream attempts, retries and fallbacks included.
+    pub attempts: u32,
+    /// Metered tokens (streams: known only at the end, so zero here).
+    pub usage: Usage,
+}
+
+/// A streamed answer's events: deltas, then one `Done`, or an error in-band.
+pub type GatewayStream = stream::BoxStream<'static, Result<StreamEvent, GatewayError>>;
+
+/// A provider's live state, for status pages and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub tier: Tier,
+    pub breaker: BreakerState,
+    pub consecutive_failures: u32,
+    pub circuit_opened_total: u64,
+}
+
+struct Slot {
+    name: String,
+    kind: &'static str,
+    tier: Tier,
+    provider: AnyProvider,
+    breaker: Arc<Breaker>,
+    timeout: Duration,
+    max_retries: u32,
+    /// The only models this provider is asked for, when set.
+    models: Vec<String>,
+}
+
+struct Inner {
+    slots: Vec<Slot>,
+    policy: Policy,
+    max_fallbacks: usize,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+    retry: RetryConfig,
+    model_map: BTreeMap<String, BTreeMap<String, String>>,
+    prices: PriceTable,
+    sink: Arc<dyn UsageSink>,
+    metrics: GatewayMetrics,
+    guard: Option<Arc<dyn CallGuard>>,
+    models_cache: Mutex<Option<(Instant, Vec<ModelInfo>)>>,
+}
+
+/// The inference gateway: cheap to clone, shared by every API front end.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.inner.slots.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("Gateway")
+            .field("providers", &names)
+            .field("policy", &self.inner.policy.to_string())
+            .finish()
+    }
+}
+
+/// How long `/v1/models` answers from its cache.
+const MODELS_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long listing one provider's models may take.
+const MODELS_LIST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One step of a route.
+#[derive(Debug, Clone)]
+struct Step {
+    slot: usize,
+    model: String,
+}
+
+/// What an attempt asks of a provider.
+enum Op<'a> {
+    Chat(&'a ChatRequest),
+    Stream(&'a ChatRequest),
+    Embed(&'a EmbedRequest),
+}
+
+enum Output {
+    Chat(ChatResponse),
+    Stream(StreamEvent, ChatStream),
+    Embed(EmbedResponse),
+}
+
+/// What routing did, for the ledger and the overhead histogram.
+#[derive(Debug, Default)]
+struct Trace {
+    attempts: u32,
+    /// Time inside upstream attempts.
+    upstream: Duration,
+    /// Time sleeping between retries.
+    waited: Duration,
+    /// The last provider tried and the model it was asked for.
+    provider: Option<(usize, String)>,
+    fallback: bool,
+}
+
+/// A routed success: the output and the step that produced it.
+struct Routed {
+    output: Output,
+    slot: usize,
+    model: String,
+}
+
+impl Gateway {
+    /// Builds the gateway from a validated config; `sink` receives every usage record.
+    pub fn new(config: GatewayConfig, sink: Arc<dyn UsageSink>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let redactor = Redactor::new(config.secrets());
+        let mut slots = Vec::with_capacity(config.providers.len());
+        for p in &config.providers {
+            let provider = AnyProvider::build(p, redactor.clone())
+                .map_err(|e| ConfigError::Invalid(format!("provider {}: {e}", p.name)))?;
+            slots.push(Slot {
+                name: p.name.clone(),
+                kind: p.kind.as_str(),
+                tier: p.tier(),
+                provider,
+                breaker: Breaker::new(&p.name, config.breaker),
+                timeout: p.timeout,
+                max_retries: p.max_retries.unwrap_or(config.retry.max_retries),
+                models: p.models.clone(),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                slots,
+                policy: config.policy,
+                max_fallbacks: config.max_fallbacks,
+                request_timeout: config.request_timeout,
+                max_body_bytes: config.max_body_bytes,
+                retry: config.retry,
+                model_map: config.models,
+                prices: PriceTable::new(config.prices),
+                sink,
+                metrics: GatewayMetrics::default(),
+                guard: None,
+                models_cache: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Adds the pre-call check (policy, budgets). Call before sharing the gateway.
+    pub fn with_guard(mut self, guard: Arc<dyn CallGuard>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.guard = Some(guard);
+        }
+        self
+    }
+
+    /// Largest request body the front ends accept (413 beyond).
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
+    /// Whether any provider is configured.
+    pub fn has_providers(&self) -> bool {
+        !self.inner.slots.is_empty()
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    pub fn providers(&self) -> Vec<ProviderStatus> {
+        self.inner
+            .slots
+            .iter()
+            .map(|s| ProviderStatus {
+                name: s.name.clone(),
+                kind: s.kind,
+                tier: s.tier,
+                breaker: s.breaker.state(),
+                consecutive_failures: s.breaker.failures(),
+                circuit_opened_total: s.breaker.opened_total(),
+            })
+            .collect()
+    }
+
+    /// A complete chat answer.
+    pub async fn chat(
+        &self,
+        caller: &Caller,
+        opts: &CallOptions,
+        req: ChatRequest,
+    ) -> Result<Answer<ChatResponse>, GatewayError> {
+        validate_chat(&req)?;
+        self.check_guard(caller, &req.model).await?;
+        let mut trace = Trace::default();
+        let result = self
+            .execute(opts, &req.model, Op::Chat(&req), &mut trace)
+            .await;
+        match result {
+            Ok(Routed {
+                output: Output::Chat(resp),
+                slot,
+                model,
+            }) => {
+                let usage = metered_usage(
+                    resp.usage,
+                    || estimate_prompt_tokens(&req.messages),
+                    || estimate_tokens(&resp.content),
+                );
+                let provider = self.inner.slots[slot].name.clone();
+                self.finish(caller, opts, &req.model, &trace, usage, false, Ok(()));
+                Ok(Answer {
+                    value: resp,
+                    provider,
+                    model,
+                    fallback: trace.fallback,
+                    attempts: trace.attempts,
+                    usage,
+                })
+            }
+            Ok(_) => Err(self.internal_mismatch()),
+            Err(e) => {
+                self.finish(
+                    caller,
+                    opts,
+                    &req.model,
+                    &trace,
+                    Usage::default(),
+                    false,
+                    Err(&e),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// A streamed chat answer. Routing (and fallback) happen before the first
+    /// event, which is awaited here: once this returns, the provider is fixed
+    /// and later failures arrive in the stream.
+    pub async fn chat_stream(
+        &self,
+        caller: &Caller,
+        opts: &CallOptions,
+        req: ChatRequest,
+    ) -> Result<Answer<GatewayStream>, GatewayError> {
+        validate_chat(&req)?;
+        self.check_guard(caller, &req.model).await?;
+        let mut trace = Trace::default();
+        let result = self
+            .execute(opts, &req.model, Op::Stream(&req), &mut trace)
+            .await;
+        match result {
+            Ok(Routed {
+                output: Output::Stream(first, rest),
+                slot,
+                model,
+            }) => {
+                self.observe_overhead(opts, &trace);
+                let provider = self.inner.slots[slot].name.clone();
+                let meter = StreamMeter {
+                    gateway: self.clone(),
+                    caller: caller.clone(),
+                    opts: opts.clone(),
+                    requested: req.model.clone(),
+                    trace: Trace {
+                        attempts: trace.attempts,
+                        upstream: trace.upstream,
+                        waited: trace.waited,
+                        provider: trace.provider.clone(),
+                        fallback: trace.fallback,
+                    },
+                    prompt_estimate: estimate_prompt_tokens(&req.messages),
+                    output_chars: 0,
+                    finished: false,
+                };
+                let idle = self.inner.slots[slot].timeout;
+                let deadline = opts.started + self.inner.request_timeout;
+                Ok(Answer {
+                    value: metered_stream(first, rest, meter, idle, deadline),
+                    provider,
+                    model,
+                    fallback: trace.fallback,
+                    attempts: trace.attempts,
+                    usage: Usage::default(),
+                })
+            }
+            Ok(_) => Err(self.internal_mismatch()),
+            Err(e) => {
+                self.finish(
+                    caller,
+                    opts,
+                    &req.model,
+                    &trace,
+                    Usage::default(),
+                    true,
+                    Err(&e),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Embeddings, one vector per input.
+    pub async fn embed(
+        &self,
+        caller: &Caller,
+        opts: &CallOptions,
+        req: EmbedRequest,
+    ) -> Result<Answer<EmbedResponse>, GatewayError> {
+        if req.model.trim().is_empty() {
+            return Err(GatewayError::invalid("model is required"));
+        }
+        if req.inputs.is_empty() {
+            return Err(GatewayError::invalid("input must not be empty"));
+        }
+        self.check_guard(caller, &req.model).await?;
+        let mut trace = Trace::default();
+        let result = self
+            .execute(opts, &req.model, Op::Embed(&req), &mut trace)
+            .await;
+        match result {
+            Ok(Routed {
+                output: Output::Embed(resp),
+                slot,
+                model,
+            }) => {
+                let usage = match resp.input_tokens {
+                    Some(input) => Usage {
+                        input_tokens: input,
+                        output_tokens: 0,
+                        estimated: false,
+                    },
+                    None => Usage {
+                        input_tokens: req.inputs.iter().map(|t| estimate_tokens(t)).sum(),
+                        output_tokens: 0,
+                        estimated: true,
+                    },
+                };
+                let provider = self.inner.slots[slot].name.clone();
+                self.finish(caller, opts, &req.model, &trace, usage, false, Ok(()));
+                Ok(Answer {
+                    value: resp,
+                    provider,
+                    model,
+                    fallback: trace.fallback,
+                    attempts: trace.attempts,
+                    usage,
+                })
+            }
+            Ok(_) => Err(self.internal_mismatch()),
+            Err(e) => {
+                self.finish(
+                    caller,
+                    opts,
+                    &req.model,
+                    &trace,
+                    Usage::default(),
+                    false,
+                    Err(&e),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Every model the gateway can route: mapped names first, then what each
+    /// provider lists (or its configured `models` when listing fails).
+    /// Cached for 30 s; providers with an open circuit are not asked.
+    pub async fn models(&self) -> Vec<ModelInfo> {
+        if let Some((at, models)) = &*self.inner.models_cache.lock()
+            && at.elapsed() < MODELS_CACHE_TTL
+        {
+            return models.clone();
+        }
+        let order = self.policy_order(&self.inner.policy);
+        let listings = futures_util::future::join_all(self.inner.slots.iter().map(|slot| async {
+            if slot.breaker.state() == BreakerState::Open {
+                return slot.models.clone();
+            }
+            match timeout(MODELS_LIST_TIMEOUT, slot.provider.list_models(&Call::new())).await {
+                Ok(Ok(models)) if slot.models.is_empty() => models,
+                Ok(Ok(models)) => models
+                    .into_iter()
+                    .filter(|m| slot.models.contains(m))
+                    .collect(),
+                Ok(Err(e)) => {
+                    tracing::debug!(provider = %slot.name, error = %e, "cannot list models");
+                    slot.models.clone()
+                }
+                Err(_) => slot.models.clone(),
+            }
+        }))
+        .await;
+        let mut out: Vec<ModelInfo> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (alias, targets) in &self.inner.model_map {
+            let provider = order
+                .iter()
+                .map(|&i| &self.inner.slots[i].name)
+                .find(|name| targets.contains_key(*name))
+                .or_else(|| targets.keys().next());
+            if let Some(provider) = provider
+                && seen.insert(alias.clone())
+            {
+                out.push(ModelInfo {
+                    id: alias.clone(),
+                    provider: provider.clone(),
+                });
+            }
+        }
+        let mut slot_order: Vec<usize> = order.clone();
+        slot_order.extend((0..self.inner.slots.len()).filter(|i| !order.contains(i)));
+        for i in slot_order {
+            for model in &listings[i] {
+                if seen.insert(model.clone()) {
+                    out.push(ModelInfo {
+                        id: model.clone(),
+                        provider: self.inner.slots[i].name.clone(),
+                    });
+                }
+            }
+        }
+        *self.inner.models_cache.lock() = Some((Instant::now(), out.clone()));
+        out
+    }
+
+    fn internal_mismatch(&self) -> GatewayError {
+        GatewayError::NoProvider(
+            "internal error: a provider answered another kind of request; this is a bug in fabric-gateway".to_owned(),
+        )
+    }
+
+    async fn check_guard(&self, caller: &Caller, model: &str) -> Result<(), GatewayError> {
+        match &self.inner.guard {
+            Some(guard) => guard.check(caller, model).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Slots a policy selects, in order, without repeats.
+    fn policy_order(&self, policy: &Policy) -> Vec<usize> {
+        let mut order = Vec::new();
+        for step in &policy.steps {
+            for (i, slot) in self.inner.slots.iter().enumerate() {
+                let selected = match step {
+                    PolicyStep::Tier(t) => slot.tier == *t,
+                    PolicyStep::Provider(name) => slot.name == *name,
+                };
+                if selected && !order.contains(&i) {
+                    order.push(i);
+                }
+            }
+        }
+        order
+    }
+
+    /// The route for `model`: `provider/model` pins one provider; otherwise
+    /// the policy's providers that serve the (mapped) model, capped.
+    fn plan(
+        &self,
+        model: &str,
+        policy_override: Option<&Policy>,
+    ) -> Result<Vec<Step>, GatewayError> {
+        let slots = &self.inner.slots;
+        if slots.is_empty() {
+            return Err(GatewayError::NoProvider(
+                "no inference provider is configured: start the fabric with OLLAMA_BASE_URL, OPENAI_API_KEY (and OPENAI_BASE_URL) or ANTHROPIC_API_KEY set, or with --gateway-config".to_owned(),
+            ));
+        }
+        if let Some((prefix, rest)) = model.split_once('/')
+            && let Some(i) = slots.iter().position(|s| s.name == prefix)
+            && !rest.is_empty()
+        {
+            return Ok(vec![Step {
+                slot: i,
+                model: rest.to_owned(),
+            }]);
+        }
+        let policy = policy_override.unwrap_or(&self.inner.policy);
+        if let Some(PolicyStep::Provider(unknown)) = policy.steps.iter().find(
+            |s| matches!(s, PolicyStep::Provider(name) if !slots.iter().any(|sl| sl.name == *name)),
+        ) {
+            return Err(GatewayError::invalid(format!(
+                "policy {policy} names provider {unknown:?}, which is not configured: use local, cloud or one of {}",
+                slots
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let order = self.policy_order(policy);
+        if order.is_empty() {
+            return Err(GatewayError::NoProvider(format!(
+                "policy {policy} selects none of the configured providers ({}): choose another policy",
+                slots
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.tier.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let mapping = self.inner.model_map.get(model);
+        let mut steps = Vec::new();
+        for &i in &order {
+            let slot = &slots[i];
+            let upstream = match mapping {
+                Some(targets) => match targets.get(&slot.name) {
+                    Some(m) => m.clone(),
+                    None => continue,
+                },
+                None => model.to_owned(),
+            };
+            if !slot.models.is_empty() && !slot.models.contains(&upstream) {
+                continue;
+            }
+            steps.push(Step {
+                slot: i,
+                model: upstream,
+            });
+        }
+        steps.truncate(1 + self.inner.max_fallbacks);
+        if steps.is_empty() {
+            return Err(GatewayError::ModelNotFound {
+                model: model.to_owned(),
+                tried: order
+                    .iter()
+                    .map(|&i| slots[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(steps)
+    }
+
+    async fn execute(
+        &self,
+        opts: &CallOptions,
+        model: &str,
+        op: Op<'_>,
+        trace: &mut Trace,
+    ) -> Result<Routed, GatewayError> {
+        let steps = self.plan(model, opts.policy_override.as_ref())?;
+        let deadline = opts.started + self.inner.request_timeout;
+        // (provider, what went wrong) of every failed step, for the final message.
+        let mut failures: Vec<(usize, String, ProviderError, Duration)> = Vec::new();
+        let mut skipped: Vec<&str> = Vec::new();
+        for (index, step) in steps.iter().enumerate() {
+            let slot = &self.inner.slots[step.slot];
+            let Some(mut permit) = slot.breaker.try_acquire() else {
+                tracing::debug!(provider = %slot.name, "circuit open: skipping the provider");
+                skipped.push(&slot.name);
+                continue;
+            };
+            trace.provider = Some((step.slot, step.model.clone()));
+            let mut retry = 0;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(GatewayError::UpstreamTimeout {
+                        provider: slot.name.clone(),
+                        after: self.inner.request_timeout,
+                        correlation_id: None,
+                    });
+                }
+                let budget = slot.timeout.min(deadline - now);
+                let call = Call::new();
+                trace.attempts += 1;
+                let result = self.attempt(slot, &op, &step.model, &call, budget).await;
+                let took = now.elapsed();
+                trace.upstream += took;
+                self.inner.metrics.attempt(&slot.name, took);
+                let e = match result {
+                    Ok(output) => {
+                        permit.success();
+                        trace.fallback = index > 0;
+                        return Ok(Routed {
+                            output,
+                            slot: step.slot,
+                            model: step.model.clone(),
+                        });
+                    }
+                    Err(e) => e,
+                };
+                tracing::info!(provider = %slot.name, model = %step.model, kind = e.kind.as_str(),
+                    status = e.status, correlation_id = e.correlation_id.as_deref(), error = %e.message,
+                    attempt = retry + 1, "provider attempt failed");
+                if e.kind.trips_breaker() {
+                    permit.failure();
+                } else {
+                    // It answered: healthy, whatever it thought of the request.
+                    permit.success();
+                }
+                if !e.kind.falls_back() {
+                    return Err(GatewayError::from_provider(&slot.name, model, e, budget));
+                }
+                let backoff = backoff(&self.inner.retry, retry);
+                let retry_left = e.kind.is_retryable()
+                    && retry < slot.max_retries
+                    && Instant::now() + backoff < deadline;
+                if retry_left && let Some(next) = slot.breaker.try_acquire() {
+                    tokio::time::sleep(backoff).await;
+                    trace.waited += backoff;
+                    retry += 1;
+                    permit = next;
+                    continue;
+                }
+                failures.push((step.slot, step.model.clone(), e, budget));
+                break;
+            }
+        }
+        Err(self.final_error(model, failures, &skipped))
+    }
+
+    /// One attempt within `budget`. For streams, the attempt includes the
+    /// first event, so a provider that accepts and then fails at once still
+    /// falls back.
+    async fn attempt(
+        &self,
+        slot: &Slot,
+        op: &Op<'_>,
+        model: &str,
+        call: &Call,
+        budget: Duration,
+    ) -> Result<Output, ProviderError> {
+        let timed_out = || {
+            ProviderError::new(
+                ProviderErrorKind::Timeout,
+                format!(
+                    "{} did not answer within {:.1}s",
+                    slot.name,
+                    budget.as_secs_f64()
+                ),
+            )
+            .with_correlation(Some(call.correlation_id.clone()))
+        };
+        let started = Instant::now();
+        match op {
+            Op::Chat(req) => {
+                let req = with_model(req, model);
+                timeout(budget, slot.provider.chat(&req, call))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map(Output::Chat)
+            }
+            Op::Embed(req) => {
+                let req = EmbedRequest {
+                    model: model.to_owned(),
+                    inputs: req.inputs.clone(),
+                };
+                timeout(budget, slot.provider.embed(&req, call))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map(Output::Embed)
+            }
+            Op::Stream(req) => {
+                let req = with_model(req, model);
+                let mut stream = timeout(budget, slot.provider.chat_stream(&req, call))
+                    .await
+                    .map_err(|_| timed_out())??;
+                let left = budget.saturating_sub(started.elapsed());
+                match timeout(left, stream.next()).await {
+                    Ok(Some(Ok(first))) => Ok(Output::Stream(first, stream)),
+                    Ok(Some(Err(e))) => Err(e.with_correlation(Some(call.correlation_id.clone()))),
+                    Ok(None) => Err(ProviderError::protocol(format!(
+                        "{} ended the stream without any event",
+                        slot.name
+                    ))),
+                    Err(_) => Err(timed_out()),
+                }
+            }
+        }
+    }
+
+    /// The caller's error when no step succeeded.
+    fn final_error(
+        &self,
+        model: &str,
+        mut failures: Vec<(usize, String, ProviderError, Duration)>,
+        skipped: &[&str],
+    ) -> GatewayError {
+        let slots = &self.inner.slots;
+        if failures.is_empty() {
+            return GatewayError::NoProvider(format!(
+                "every provider that serves {model:?} is failing (circuit open for {}): retry in a few seconds",
+                skipped.join(", ")
+            ));
+        }
+        if failures
+            .iter()
+            .all(|(_, _, e, _)| e.kind == ProviderErrorKind::ModelNotFound)
+        {
+            return GatewayError::ModelNotFound {
+                model: model.to_owned(),
+                tried: failures
+                    .iter()
+                    .map(|(i, _, _, _)| slots[*i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+        }
+        // Report the last failure that is not "no such model": where the
+        // provider was down, the model may well exist.
+        let chosen = failures
+            .iter()
+            .rposition(|(_, _, e, _)| e.kind != ProviderErrorKind::ModelNotFound)
+            .unwrap_or(failures.len() - 1);
+        let mut earlier = String::new();
+        for (i, (slot, _, e, _)) in failures.iter().enumerate() {
+            if i != chosen {
+                let _ = write!(
+                    earlier,
+                    "; {} also failed: {}",
+                    slots[*slot].name, e.message
+                );
+            }
+        }
+        for name in skipped {
+            let _ = write!(earlier, "; {name} was skipped (circuit open)");
+        }
+        let (slot, _, last, budget) = failures.swap_remove(chosen);
+        let name = &slots[slot].name;
+        match GatewayError::from_provider(name, model, last, budget) {
+            GatewayError::Upstream {
+                provider,
+                message,
+                correlation_id,
+            } => GatewayError::Upstream {
+                provider,
+                message: format!("{message}{earlier}"),
+                correlation_id,
+            },
+            GatewayError::RateLimited {
+                provider,
+                message,
+                correlation_id,
+                retry_after,
+            } => GatewayError::RateLimited {
+                provider,
+                message: format!("{message}{earlier}"),
+                correlation_id,
+                retry_after,
+            },
+            other => other,
+        }
+    }
+
+    fn observe_overhead(&self, opts: &CallOptions, trace: &Trace) {
+        let total = opts.started.elapsed();
+        self.inner
+            .metrics
+            .overhead(total.saturating_sub(trace.upstream + trace.waited));
+    }
+
+    /// Meters a finished non-streamed call (or a failed call of any kind).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        caller: &Caller,
+        opts: &CallOptions,
+        requested: &str,
+        trace: &Trace,
+        usage: Usage,
+        stream: bool,
+        outcome: Result<(), &GatewayError>,
+    ) {
+        if outcome.is_ok() {
+            self.observe_overhead(opts, trace);
+        }
+        let (provider, model) = match &trace.provider {
+            Some((slot, model)) => (self.inner.slots[*slot].name.clone(), model.clone()),
+            None => ("none".to_owned(), requested.to_owned()),
+        };
+        let (outcome, error_code) = match outcome {
+            Ok(()) => (UsageOutcome::Ok, None),
+            Err(e) => (UsageOutcome::Error, Some(e.code().to_owned())),
+        };
+        self.record(UsageRecord {
+            id: uuid::Uuid::now_v7(),
+            ts: opts.started_at,
+            tenant: caller.tenant.clone(),
+            user: caller.user.clone(),
+            agent: caller.agent.clone(),
+            request_id: caller.request_id.clone(),
+            api: opts.api.to_owned(),
+            cost_nano_usd: self.inner.prices.cost_nano_usd(
+                &provider,
+                &model,
+                usage.input_tokens,
+                usage.output_tokens,
+            ),
+            provider,
+            model,
+            requested_model: requested.to_owned(),
+            tokens_in: usage.input_tokens,
+            tokens_out: usage.output_tokens,
+            estimated: usage.estimated,
+            latency_ms: u64::try_from(opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            fallback: trace.fallback,
+            attempts: trace.attempts,
+            stream,
+            outcome,
+            error_code,
+        });
+    }
+
+    fn record(&self, record: UsageRecord) {
+        self.inner.metrics.call(&record);
+        tracing::info!(
+            request_id = %record.request_id,
+            agent_id = record.agent.as_ref().map(|a| a.as_str()),
+            user = %record.user,
+            api = %record.api,
+            provider = %record.provider,
+            model = %record.model,
+            tokens_in = record.tokens_in,
+            tokens_out = record.tokens_out,
+            estimated = record.estimated,
+            latency_ms = record.latency_ms,
+            fallback = record.fallback,
+            attempts = record.attempts,
+            stream = record.stream,
+            outcome = record.outcome.as_str(),
+            error_code = record.error_code.as_deref(),
+            "llm call"
+        );
+        self.inner.sink.record(record);
+    }
+}
+
+fn with_model(req: &ChatRequest, model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.to_owned(),
+        messages: req.messages.clone(),
+        params: req.params.clone(),
+    }
+}
+
+fn validate_chat(req: &ChatRequest) -> Result<(), GatewayError> {
+    if req.model.trim().is_empty() {
+        return Err(GatewayError::invalid("model is required"));
+    }
+    if req.messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages must not be empty: send at least one user message",
+        ));
+    }
+    if let Some(t) = req.params.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(GatewayError::invalid(format!(
+            "temperature {t} is out of range: use 0 to 2"
+        )));
+    }
+    if let Some(p) = req.params.top_p
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(GatewayError::invalid(format!(
+            "top_p {p} is out of range: use 0 to 1"
+        )));
+    }
+    Ok(())
+}
+
+/// Exponential backoff with ±25% jitter, capped.
+fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let base = retry
+        .backoff
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(retry.max_backoff);
+    let jitter = 0.75 + rand::random::<f64>() * 0.5;
+    base.mul_f64(jitter)
+}
+
+/// Reported counts, or estimates flagged as such.
+fn metered_usage(
+    reported: Option<TokenCounts>,
+    prompt: impl FnOnce() -> u64,
+    output: impl FnOnce() -> u64,
+) -> Usage {
+    match reported {
+        Some(c) => Usage {
+            input_tokens: c.input,
+            output_tokens: c.output,
+            estimated: false,
+        },
+        None => Usage {
+            input_tokens: prompt(),
+            output_tokens: output(),
+            estimated: true,
+        },
+    }
+}
+
+/// Meters a stream when it ends, fails, or is dropped by a departing client.
+struct StreamMeter {
+    gateway: Gateway,
+    caller: Caller,
+    opts: CallOptions,
+    requested: String,
+    trace: Trace,
+    prompt_estimate: u64,
+    output_chars: u64,
+    finished: bool,
+}
+
+impl StreamMeter {
+    /// Records the call once. Without reported usage the counts are estimated
+    /// from the prompt and the text streamed so far (a broken or abandoned
+    /// stream still consumed what it produced).
+    fn finish(
+        &mut self,
+        usage: Option<TokenCounts>,
+        outcome: UsageOutcome,
+        error_code: Option<&str>,
+    ) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let chars = self.output_chars;
+        let usage = metered_usage(usage, || self.prompt_estimate, || chars.div_ceil(4));
+        let (provider, model) = self.provider_model();
+        self.gateway.record(UsageRecord {
+            id: uuid::Uuid::now_v7(),
+            ts: self.opts.started_at,
+            tenant: self.caller.tenant.clone(),
+            user: self.caller.user.clone(),
+            agent: self.caller.agent.clone(),
+            request_id: self.caller.request_id.clone(),
+            api: self.opts.api.to_owned(),
+            cost_nano_usd: self.gateway.inner.prices.cost_nano_usd(
+                &provider,
+                &model,
+                usage.input_tokens,
+                usage.output_tokens,
+            ),
+            provider,
+            model,
+            requested_model: self.requested.clone(),
+            tokens_in: usage.input_tokens,
+            tokens_out: usage.output_tokens,
+            estimated: usage.estimated,
+            latency_ms: u64::try_from(self.opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            fallback: self.trace.fallback,
+            attempts: self.trace.attempts,
+            stream: true,
+            outcome,
+            error_code: error_code.map(str::to_owned),
+        });
+    }
+
+    fn provider_model(&self) -> (String, String) {
+        match &self.trace.provider {
+            Some((slot, model)) => (self.gateway.inner.slots[*slot].name.clone(), model.clone()),
+            None => ("none".to_owned(), self.requested.clone()),
+        }
+    }
+}
+
+impl Drop for StreamMeter {
+    fn drop(&mut self) {
+        self.finish(None, UsageOutcome::Canceled, None);
+    }
+}
+
+/// The provider's stream with the first event put back, an idle timeout
+/// between events, the call's deadline, errors translated, and metering.
+fn metered_stream(
+    first: StreamEvent,
+    rest: ChatStream,
+    meter: StreamMeter,
+    idle: Duration,
+    deadline: Instant,
+) -> GatewayStream {
+    struct State {
+        first: Option<StreamEvent>,
+        rest: ChatStream,
+        meter: StreamMeter,
+        idle: Duration,
+        deadline: Instant,
+        done: bool,
+    }
+    let state = State {
+        first: Some(first),
+        rest,
+        meter,
+        idle,
+        deadline,
+        done: false,
+    };
+    stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let next = match s.first.take() {
+            Some(first) => Some(Ok(first)),
+            None => {
+                let wait = s
+                    .idle
+                    .min(s.deadline.saturating_duration_since(Instant::now()));
+                match timeout(wait, s.rest.next()).await {
+                    Ok(next) => next,
+                    Err(_) => Some(Err(ProviderError::new(
+                        ProviderErrorKind::Timeout,
+                        format!("no token for {:.1}s", wait.as_secs_f64()),
+                    ))),
+                }
+            }
+        };
+        let (provider, model) = s.meter.provider_model();
+        match next {
+            Some(Ok(StreamEvent::Delta(text))) => {
+                s.meter.output_chars += text.chars().count() as u64;
+                Some((Ok(StreamEvent::Delta(text)), s))
+            }
+            Some(Ok(StreamEvent::Done {
+                finish_reason,
+                usage,
+            })) => {
+                s.meter.finish(usage, UsageOutcome::Ok, None);
+                s.done = true;
+                Some((
+                    Ok(StreamEvent::Done {
+                        finish_reason,
+                        usage,
+                    }),
+                    s,
+                ))
+            }
+            Some(Err(e)) => {
+                let timeout_after = s.idle;
+                let err = GatewayError::from_provider(&provider, &model, e, timeout_after);
+                s.meter.finish(None, UsageOutcome::Error, Some(err.code()));
+                s.done = true;
+                Some((Err(err), s))
+            }
+            None => {
+                let err = GatewayError::Upstream {
+                    provider,
+                    message: "the stream ended before it was complete".to_owned(),
+                    correlation_id: None,
+                };
+                s.meter.finish(None, UsageOutcome::Error, Some(err.code()));
+                s.done = true;
+                Some((Err(err), s))
+            }
+        }
+    })
+    .boxed()
+}

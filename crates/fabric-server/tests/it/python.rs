@@ -1,0 +1,110 @@
+//! The official `openai` and `ollama` Python clients against the fabric
+//! (`tests/python/gateway_clients.py`): the proof that the APIs are really
+//! compatible. Needs the venv `./scripts/test` creates (`target/py-venv`
+//! with `openai` and `ollama`), or `FABRIC_TEST_PYTHON` naming a python
+//! that has both.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use fabric_core::{AgentId, TenantId};
+use fabric_server::llm::{EndpointIdentity, serve_ollama_endpoint};
+use serde_json::json;
+
+use crate::gateway::{Upstreams, agent_token, server_with};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The venv's python, checked to import both clients; a clear failure otherwise.
+fn python() -> PathBuf {
+    let python = std::env::var_os("FABRIC_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/py-venv/bin/python"));
+    let how = "create it with ./scripts/test, or: python3 -m venv target/py-venv && target/py-venv/bin/pip install openai ollama";
+    assert!(
+        python.exists(),
+        "the Python client test needs {} (a venv with the openai and ollama packages): {how}",
+        python.display()
+    );
+    let imports = std::process::Command::new(&python)
+        .args(["-c", "import openai, ollama"])
+        .output()
+        .unwrap();
+    assert!(
+        imports.status.success(),
+        "{} cannot import openai and ollama ({}): {how}",
+        python.display(),
+        String::from_utf8_lossy(&imports.stderr).trim()
+    );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_and_ollama_python_clients() {
+    let python = python();
+    let up = Upstreams::start().await;
+    let s = server_with(&up).await;
+    let admin = s.login().await;
+    let (status, body) = s
+        .post(&admin, "/v1/auth/tokens", json!({"scopes": ["llm:invoke"]}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let user_token = body["token"].as_str().unwrap().to_owned();
+    let agent = agent_token(&s, &admin, "py-agent").await;
+
+    // An agent's inference endpoint, as the agent manager serves it.
+    let sink = Arc::new(fabric_gateway::MemorySink::default());
+    let gateway = fabric_gateway::Gateway::new(
+        up.config(),
+        Arc::clone(&sink) as Arc<dyn fabric_gateway::UsageSink>,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let identity = EndpointIdentity {
+        tenant: TenantId::default_tenant(),
+        user: "admin".into(),
+        agent: AgentId::new("py-agent").unwrap(),
+    };
+    let _endpoint = serve_ollama_endpoint(listener, gateway, identity);
+
+    let script = workspace().join("crates/fabric-server/tests/python/gateway_clients.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .env("FABRIC_URL", &s.base)
+        .env("FABRIC_USER_TOKEN", &user_token)
+        .env("FABRIC_AGENT_TOKEN", &agent)
+        .env("AGENT_OLLAMA_BASE_URL", &endpoint)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OLLAMA_API_KEY")
+        .env_remove("OLLAMA_HOST")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("ok"),
+        "the Python clients failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+
+    // The endpoint's calls were metered against the agent: chat, generate
+    // (each plain and streamed), embed, embeddings, the failed stream; the
+    // refused tool message never reached routing.
+    let records = sink.records();
+    assert_eq!(records.len(), 7, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.agent.as_ref().map(|a| a.as_str()) == Some("py-agent") && r.api == "ollama")
+    );
+    s.stop().await;
+}
