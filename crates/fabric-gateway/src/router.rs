@@ -261,6 +261,11 @@ impl Gateway {
         self.inner.max_body_bytes
     }
 
+    /// Longest one call may take, fallbacks included (504 beyond).
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
     /// Whether any provider is configured.
     pub fn has_providers(&self) -> bool {
         !self.inner.slots.is_empty()

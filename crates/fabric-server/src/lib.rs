@@ -27,8 +27,8 @@ mod error;
 pub mod events;
 mod extract;
 pub mod leader;
-pub mod proxy;
 pub mod llm;
+pub mod proxy;
 mod request_id;
 pub mod service;
 pub mod state;
@@ -99,11 +99,6 @@ pub struct ServerConfig {
     /// How to start the sandbox helper (isolation `process`); `None` turns
     /// that level off. The `reactor-fabric` binary offers itself.
     pub sandbox_helper: Option<HelperCommand>,
-    /// Where agents' inference endpoint forwards (`http://host:port`), until
-    /// the gateway lands (`--inference-upstream`, `OLLAMA_BASE_URL`).
-    pub inference_upstream: Option<String>,
-    /// Longest an inference request may take upstream before the agent gets 504.
-    pub inference_timeout: Duration,
     /// Isolation `container`: which Docker, which images, where sidecars find the fabric.
     pub containers: ContainerConfig,
     /// The inference gateway: providers, policy, model map, prices
@@ -126,8 +121,6 @@ impl Default for ServerConfig {
             kill_grace: Duration::from_secs(5),
             default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
             sandbox_helper: None,
-            inference_upstream: None,
-            inference_timeout: Duration::from_secs(120),
             containers: ContainerConfig::default(),
             gateway: fabric_gateway::GatewayConfig::default(),
         }
@@ -259,13 +252,13 @@ pub async fn run(
     let local = api_addr.to_string();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
+    let llm = llm::Llm::new(config.gateway.clone(), store.clone())?;
     let manager_config = ManagerConfig {
         agents_dir: config.data_dir.join("agents"),
         api_addr,
         helper: config.sandbox_helper.clone(),
         cgroup_parent: instance_cgroup(&config.data_dir),
-        inference_upstream: config.inference_upstream.clone(),
-        inference_timeout: config.inference_timeout,
+        gateway: llm.gateway.clone(),
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
         owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
@@ -280,7 +273,6 @@ pub async fn run(
         stop_rx.clone(),
     );
     let readiness = Arc::new(Readiness::default());
-    let llm = llm::Llm::new(config.gateway.clone(), store.clone())?;
     let state = AppState {
         tasks: Arc::clone(&tasks),
         auth: Arc::clone(&auth),

@@ -107,7 +107,15 @@ pub fn into_response(reply: Reply) -> Response {
     response
 }
 
-/// Reads a request body of at most `limit` bytes; `Err` is the 413.
+/// How far past the limit a body is still read (and thrown away) before the
+/// 413 goes out. A client that is still sending when the server answers and
+/// closes sees a reset connection, not the 413; reading a moderately
+/// oversized body to its end lets it read the answer. Far larger bodies are
+/// refused at once rather than read.
+const DRAIN_SLACK: usize = 16 << 20;
+
+/// Reads a request body of at most `limit` bytes; `Err` is the 413 (or a 400
+/// when the body could not be read).
 pub(crate) async fn read_body(
     request: Request,
     limit: usize,
@@ -119,13 +127,32 @@ pub(crate) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(into_response(Reply::too_large(limit, request_id)));
+    let too_large = || into_response(Reply::too_large(limit, request_id));
+    if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_SLACK)) {
+        return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok((parts, bytes)),
-        Err(_) => Err(into_response(Reply::too_large(limit, request_id))),
+    let mut stream = body.into_data_stream();
+    let mut kept = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            let err = fabric_gateway::GatewayError::InvalidRequest {
+                message: format!("cannot read the request body: {e}"),
+                provider: None,
+            };
+            into_response(Reply::error(&err, request_id))
+        })?;
+        total = total.saturating_add(chunk.len());
+        if total <= limit {
+            kept.extend_from_slice(&chunk);
+        } else if total > limit.saturating_add(DRAIN_SLACK) {
+            return Err(too_large());
+        }
     }
+    if total > limit {
+        return Err(too_large());
+    }
+    Ok((parts, kept.freeze()))
 }
 
 /// Who an agent's inference endpoint calls as.

@@ -1,14 +1,13 @@
-//! The inference forwarder agents reach as `OLLAMA_BASE_URL` (SPEC §6), and
-//! the container sidecar that serves it inside a container agent's network
-//! namespace (`reactor-fabric proxy`).
+//! The container sidecar (`reactor-fabric proxy`): what a container agent
+//! reaches as `OLLAMA_BASE_URL` (SPEC §6) inside its network namespace.
 //!
-//! [`InferenceForward`] is one forwarding hop with the SPEC's limits: request
+//! [`InferenceForward`] is its forwarding hop, with the SPEC's limits: request
 //! bodies over [`MAX_REQUEST_BYTES`] get 413, an upstream slower than its
 //! timeout (120 s) gets 504, and credentials never pass (`Authorization` and
 //! `Proxy-Authorization` from the agent are dropped; none are added). Its
-//! upstream is a URL (the fabric's endpoint for `none`/`process` agents, which
-//! forwards to the configured inference upstream) or a Unix socket (the
-//! sidecar, whose network namespace reaches nothing else).
+//! upstream is the fabric's per-agent inference endpoint (the gateway's
+//! Ollama API, `crate::llm::ollama_endpoint`) on a Unix socket: the
+//! sidecar's network namespace reaches nothing else.
 //!
 //! [`run_sidecar`] is the sidecar: in the agent container's network namespace
 //! it listens on `127.0.0.1:11434` (the inference forwarder, towards the
@@ -19,7 +18,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -41,63 +40,30 @@ pub const INFERENCE_SOCKET: &str = "inference.sock";
 pub const API_SOCKET: &str = "api.sock";
 pub const EGRESS_SOCKET: &str = "egress.sock";
 
-/// Where an [`InferenceForward`] sends requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upstream {
-    /// `http://host:port` (a path prefix is kept).
-    Url(String),
-    /// An HTTP server on a Unix socket.
-    Unix(PathBuf),
-}
-
 /// One forwarding hop of inference requests; see the module docs.
 #[derive(Clone)]
 pub struct InferenceForward {
-    /// Base URL and client; `None` answers 503 (nothing configured).
-    upstream: Option<(Arc<str>, reqwest::Client)>,
+    client: reqwest::Client,
     timeout: Duration,
     /// Who the endpoint serves, for the log.
     agent: Arc<str>,
 }
 
-/// The shared client of URL upstreams.
-fn url_client() -> Option<reqwest::Client> {
-    static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .ok()
-        })
-        .clone()
-}
-
 impl InferenceForward {
-    /// A forwarder to `upstream` for `agent` (a name for the log).
+    /// A forwarder to the HTTP server on the Unix socket `upstream`, for
+    /// `agent` (a name for the log).
     pub fn new(
-        upstream: Option<Upstream>,
+        upstream: &Path,
         timeout: Duration,
         agent: &str,
     ) -> Result<InferenceForward, String> {
-        let upstream = match upstream {
-            None => None,
-            Some(Upstream::Url(url)) => {
-                let client = url_client().ok_or("cannot build an HTTP client")?;
-                Some((Arc::from(url.trim_end_matches('/')), client))
-            }
-            Some(Upstream::Unix(path)) => {
-                let client = reqwest::Client::builder()
-                    .unix_socket(path)
-                    .connect_timeout(Duration::from_secs(10))
-                    .build()
-                    .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-                // The host is not used on a Unix socket; it only fills the URL.
-                Some((Arc::from("http://fabric"), client))
-            }
-        };
+        let client = reqwest::Client::builder()
+            .unix_socket(upstream)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         Ok(InferenceForward {
-            upstream,
+            client,
             timeout,
             agent: Arc::from(agent),
         })
@@ -126,13 +92,8 @@ const NOT_FORWARDED: [HeaderName; 6] = [
 ];
 
 async fn forward(State(fwd): State<InferenceForward>, request: Request) -> Response {
-    let Some((upstream, client)) = fwd.upstream.clone() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_inference_upstream",
-            "no inference upstream is configured: start the fabric with --inference-upstream URL (or OLLAMA_BASE_URL)".into(),
-        );
-    };
+    // The host is not used on a Unix socket; it only fills the URL.
+    let (upstream, client) = ("http://fabric", &fwd.client);
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
         Ok(b) => b,
@@ -237,7 +198,7 @@ pub async fn run_sidecar(
     let mut tasks = tokio::task::JoinSet::new();
     let inference = bind(config.inference_listen).await?;
     let forward = InferenceForward::new(
-        Some(Upstream::Unix(config.socket_dir.join(INFERENCE_SOCKET))),
+        &config.socket_dir.join(INFERENCE_SOCKET),
         config.timeout,
         "sidecar",
     )

@@ -65,11 +65,6 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue_depth: u32,
 
-    /// Where agents' inference endpoint (their OLLAMA_BASE_URL) forwards, e.g. http://127.0.0.1:11434
-    /// [default: $OLLAMA_BASE_URL]
-    #[arg(long, env = "FABRIC_INFERENCE_UPSTREAM", value_name = "URL")]
-    pub inference_upstream: Option<String>,
-
     /// Image of container agents without their own (the built-in shell, a command)
     /// [default: built from this host's busybox, or its shell and tools]
     #[arg(long, env = "FABRIC_AGENT_IMAGE", value_name = "IMAGE")]
@@ -150,10 +145,6 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         admin_password: admin_password()?,
         shell_concurrency: usize::from(args.shell_concurrency),
         max_queue_depth: args.max_queue_depth as usize,
-        inference_upstream: args
-            .inference_upstream
-            .or_else(|| process_env("OLLAMA_BASE_URL"))
-            .filter(|u| !u.is_empty()),
         sandbox_helper: sandbox_helper(),
         containers: fabric_server::ContainerConfig {
             docker_host: None,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{ADMIN_PASSWORD, free_port, healthz_ok};
+use super::{ADMIN_PASSWORD, free_port, readyz_ok};
 
 /// A `reactor-fabric mock-llm` child; killed on drop.
 struct Mock {
@@ -131,7 +131,7 @@ async fn provider_keys_never_appear_in_logs_or_responses() {
         .unwrap();
     let server = KillOnDrop(server);
     for _ in 0..1200 {
-        if healthz_ok(port) {
+        if readyz_ok(port) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -444,14 +444,14 @@ pub(super) async fn acquire(
 pub(super) fn listen(
     inner: &super::Inner,
     warm: &ContainerPair,
-    agent: &AgentId,
+    identity: crate::llm::EndpointIdentity,
     egress: fabric_runtime::net::EgressProxy,
     api: Option<std::net::SocketAddr>,
 ) -> Result<Vec<JoinHandle<()>>, String> {
     let dir = &warm.socket_dir;
     let mut tasks = Vec::new();
     let inference = bind_socket(&dir.join(INFERENCE_SOCKET))?;
-    tasks.push(super::inference::serve_unix(inference, inner, agent)?);
+    tasks.push(super::inference::serve_unix(inference, inner, identity));
     let egress_listener = bind_socket(&dir.join(EGRESS_SOCKET))?;
     tasks.push(tokio::spawn(
         egress.serve_unix(egress_listener, std::future::pending()),

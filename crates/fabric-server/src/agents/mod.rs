@@ -70,10 +70,8 @@ pub struct ManagerConfig {
     /// This server's cgroup, parent of its sandboxes' (`reactor-fabric/<instance>`):
     /// what a restart sweeps for sandboxes a crash left behind.
     pub cgroup_parent: PathBuf,
-    /// Where the inference endpoint forwards (`http://host:port`), until the gateway lands.
-    pub inference_upstream: Option<String>,
-    /// Longest an inference request may take upstream (120 s).
-    pub inference_timeout: Duration,
+    /// The inference gateway agents' endpoints (`OLLAMA_BASE_URL`) call.
+    pub gateway: fabric_gateway::Gateway,
     /// Bytes of stdout / stderr the shell agent keeps per task.
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.
@@ -141,8 +139,6 @@ struct Inner {
     config: ManagerConfig,
     slots: Mutex<HashMap<AgentId, Arc<Slot>>>,
     shutdown: watch::Receiver<bool>,
-    /// The shared loopback inference endpoint of isolation `none` agents.
-    host_inference: Mutex<Option<SocketAddr>>,
     sandbox_pool: Arc<pool::WarmPool<pool::SandboxKind>>,
     container_pool: Arc<pool::WarmPool<pool::ContainerKind>>,
     docker: Arc<container::DockerRuntime>,
@@ -170,7 +166,7 @@ impl AgentManager {
             config.containers.clone(),
             config.owner.clone(),
             config.agents_dir.clone(),
-            config.inference_timeout,
+            config.gateway.request_timeout(),
         );
         let container_pool = pool::WarmPool::new(pool::ContainerKind {
             docker: Arc::clone(&docker),
@@ -188,7 +184,6 @@ impl AgentManager {
                 config,
                 slots: Mutex::new(HashMap::new()),
                 shutdown,
-                host_inference: Mutex::new(None),
                 sandbox_pool,
                 container_pool,
                 docker,

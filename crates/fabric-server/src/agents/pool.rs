@@ -23,6 +23,9 @@ use tokio::sync::{Notify, watch};
 
 use super::container::DockerRuntime;
 
+/// Pause between a take and the refill it triggers; see `WarmPool::fill`.
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How one level makes and discards the items of its pool.
 pub(super) trait Warm: Send + Sync + 'static {
     type Item: Send + 'static;
@@ -159,6 +162,14 @@ impl<K: Warm> WarmPool<K> {
             }
             tokio::select! {
                 () = self.wake.notified() => { failures = 0; }
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            // Woken by a take: let the spawn that took the item finish first.
+            // Making a sandbox forks the server, which stalls its threads for
+            // a few ms (page tables copied, then copy-on-write faults): a
+            // refill started at once lands in that spawn's own latency.
+            tokio::select! {
+                () = tokio::time::sleep(REFILL_DELAY) => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }

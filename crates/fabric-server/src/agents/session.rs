@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 use super::builtin::{Executor, ShellSpec, ShellWorkers};
 use super::container::{ContainerParts, ContainerUsage};
 use super::{AGENT_TOKEN_TTL, Inner, container, inference};
+use crate::llm::EndpointIdentity;
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
 
 pub(super) enum SessionEnd {
@@ -244,8 +245,11 @@ impl Session {
                     env.push((ENV_URL.into(), format!("http://127.0.0.1:{}", api.port())));
                 }
                 let listener = bind_in(&sandbox, INFERENCE_PORT)?;
-                self.background
-                    .push(inference::serve_std(listener, &inner, id.clone())?);
+                self.background.push(inference::serve_std(
+                    listener,
+                    &inner,
+                    endpoint_identity(&id, tenant, owner),
+                )?);
                 env.push((
                     ENV_OLLAMA.into(),
                     format!("http://localhost:{INFERENCE_PORT}"),
@@ -279,7 +283,9 @@ impl Session {
                     .map_err(|e| format!("cannot create working dir {}: {e}", workdir.display()))?;
                 self.host_workdir = Some(workdir.to_path_buf());
                 env.push((ENV_URL.into(), format!("http://{}", loopback(api))));
-                let endpoint = inference::host_endpoint(&inner)?;
+                let (endpoint, server) =
+                    inference::serve_loopback(&inner, endpoint_identity(&id, tenant, owner))?;
+                self.background.push(server);
                 env.push((ENV_OLLAMA.into(), format!("http://{endpoint}")));
             }
             IsolationLevel::Container => {
@@ -445,7 +451,7 @@ impl Session {
         let listening = container::listen(
             &inner,
             &parts.warm,
-            &id,
+            endpoint_identity(&id, tenant, owner),
             proxy,
             api_port.map(|_| loopback(api)),
         );
@@ -704,6 +710,16 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
     } else {
         addr
+    }
+}
+
+/// Who an agent's inference endpoint calls the gateway as: the agent, for
+/// the user who spawned it, in their tenant.
+fn endpoint_identity(agent: &AgentId, tenant: &TenantId, owner: &str) -> EndpointIdentity {
+    EndpointIdentity {
+        tenant: tenant.clone(),
+        user: owner.to_owned(),
+        agent: agent.clone(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fabric_core::TaskStatus;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::{TestServer, error_code, examples_dir, sandbox_helper};
 
@@ -334,7 +334,8 @@ async fn egress_goes_through_the_allowlist_and_inference_reaches_the_upstream() 
         .to_owned();
     let allowed = serve_text("0.0.0.0:0", "allowed-body").await;
     let denied = serve_text("0.0.0.0:0", "denied-body").await;
-    let upstream = serve_text("127.0.0.1:0", "{\"models\":[]}").await;
+    let mock = crate::containers::keyed_ollama_mock().await;
+    let gateway = crate::containers::gateway_to(&mock, Duration::from_secs(5));
     assert!(
         tokio::net::lookup_host((host.as_str(), allowed.port()))
             .await
@@ -343,7 +344,7 @@ async fn egress_goes_through_the_allowlist_and_inference_reaches_the_upstream() 
     );
     let s = TestServer::start_with(|c| {
         c.sandbox_helper = Some(sandbox_helper());
-        c.inference_upstream = Some(format!("http://{upstream}"));
+        c.gateway = gateway;
     })
     .await;
     let token = s.login().await;
@@ -381,7 +382,8 @@ async fn egress_goes_through_the_allowlist_and_inference_reaches_the_upstream() 
         "{out}"
     );
     assert_eq!(lines[2], "NOROUTE", "{out}");
-    assert_eq!(lines[3], "{\"models\":[]}", "{out}");
+    // The gateway's Ollama API, reached inside the sandbox: the provider's models.
+    assert!(lines[3].contains("mock-small"), "{out}");
     s.stop().await;
 }
 
@@ -631,54 +633,66 @@ async fn a_warm_pool_serves_process_spawns_from_pre_started_sandboxes() {
     assert!(!parent.exists(), "a clean stop removes the server's cgroup");
 }
 
+/// The endpoint of an isolation `none` agent (a loopback port of its own) is
+/// the gateway's Ollama API: a call works with the fabric's provider key
+/// whatever the agent sends, is metered against the agent, 11 MiB gets 413
+/// and never leaves, a provider slower than the deadline 504.
 #[tokio::test]
 async fn the_inference_endpoint_limits_size_and_time_and_passes_no_credentials() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .route(
-            "/slow",
-            axum::routing::get(|| async {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                "late"
-            }),
-        )
-        .fallback(|headers: axum::http::HeaderMap| async move {
-            format!("auth={}", headers.contains_key("authorization"))
-        });
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let s = TestServer::start_with(|c| {
+    let mock = crate::containers::keyed_ollama_mock().await;
+    let gateway = crate::containers::gateway_to(&mock, Duration::from_secs(1));
+    let s = TestServer::start_with(move |c| {
         c.sandbox_helper = Some(sandbox_helper());
-        c.inference_upstream = Some(format!("http://{upstream}"));
-        c.inference_timeout = Duration::from_secs(1);
+        c.gateway = gateway;
     })
     .await;
     let token = s.login().await;
-    let call = |method: &str, path: &str, bytes: usize| {
+    let call = |path: &str, body: &str| {
         format!(
-            "python3 -c \"import os, urllib.request as u\nr = u.Request(os.environ['OLLAMA_BASE_URL'] + '{path}', method='{method}', data=(b'x' * {bytes}) if {bytes} else None, headers={{'Authorization': 'Bearer stolen'}})\ntry:\n print(u.urlopen(r, timeout=10).read().decode())\nexcept u.HTTPError as e:\n print(e.code)\""
+            "python3 -c \"import os, urllib.request as u\nr = u.Request(os.environ['OLLAMA_BASE_URL'] + '{path}', data={body} or None, headers={{'Authorization': 'Bearer stolen'}})\ntry:\n print(u.urlopen(r, timeout=10).read().decode())\nexcept u.HTTPError as e:\n print(e.code)\""
         )
     };
-    // The default shell agent (isolation none) gets a loopback endpoint.
+    let hang = r#"b'{\"model\":\"llama3\",\"stream\":false,\"messages\":[{\"role\":\"user\",\"content\":\"[[mock:hang]]\"}]}'"#;
+    s.spawn_agent(
+        &token,
+        json!({"id": "asks", "isolation": {"level": "none"}}),
+    )
+    .await;
+    let hello = r#"b'{\"model\":\"llama3\",\"stream\":false,\"messages\":[{\"role\":\"user\",\"content\":\"hello there\"}]}'"#;
     let task = s
         .create(
             &token,
-            json!({"commands": [
-                call("GET", "/api/tags", 0),
-                call("POST", "/api/chat", 11 << 20),
-                call("GET", "/slow", 0),
+            json!({"agent": "asks", "commands": [
+                call("/api/tags", "b''"),
+                call("/api/chat", hello),
+                call("/api/chat", "b'x' * (11 << 20)"),
+                call("/api/chat", hang),
             ]}),
         )
         .await;
     let view = s.wait_done(&token, &task).await;
     let out = view.result.unwrap().stdout;
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        ["auth=false", "413", "504"],
-        "{out}"
-    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("mock-small"), "{out}");
+    assert!(lines[1].contains("hello there"), "the mock echoes: {out}");
+    assert_eq!(lines[2..], ["413", "504"], "{out}");
+    assert!(!out.contains(crate::containers::PROVIDER_KEY), "{out}");
+    assert_eq!(mock.control().requests_by_path().get("/api/tags"), Some(&1));
+    // The hello and the hanging chat reached the provider; the big one never left.
+    assert_eq!(mock.control().requests_by_path().get("/api/chat"), Some(&2));
+    // Metered against the agent (the ledger is written in batches).
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = s.get(&token, "/v1/llm/usage?agent=asks").await;
+        assert_eq!(status, 200, "{body}");
+        usage = body;
+        if usage["records"].as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = &usage["records"][0];
+    assert_eq!(record["agent"], "asks", "{usage}");
     s.stop().await;
 }
 

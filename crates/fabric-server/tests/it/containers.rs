@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use fabric_core::TaskStatus;
@@ -341,49 +341,55 @@ async fn container_memory_bomb_is_oom_killed_and_the_agent_keeps_working() {
     );
 }
 
-/// What the test upstream saw: paths and whether an Authorization header came along.
-#[derive(Default)]
-struct Seen {
-    requests: Vec<(String, bool)>,
+/// The `ollama` provider the agents' endpoints route to: a mock that takes
+/// only the fabric's own key, so a call that works came with that key and
+/// not with whatever the agent sent.
+pub async fn keyed_ollama_mock() -> fabric_gateway::mock::server::MockServer {
+    fabric_gateway::mock::server::MockServer::start_local(
+        fabric_gateway::mock::server::MockConfig {
+            name: "local".to_owned(),
+            api_key: Some(PROVIDER_KEY.to_owned()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
-/// An Ollama-ish upstream on 127.0.0.1: `/api/tags` answers at once,
-/// `/slow` after 5 s; records what arrives.
-async fn upstream() -> (String, Arc<parking_lot::Mutex<Seen>>) {
-    use axum::extract::{Request, State};
-    let seen = Arc::new(parking_lot::Mutex::new(Seen::default()));
-    async fn handle(State(seen): State<Arc<parking_lot::Mutex<Seen>>>, request: Request) -> String {
-        let path = request.uri().path().to_owned();
-        let auth = request.headers().contains_key("authorization");
-        seen.lock().requests.push((path.clone(), auth));
-        if path == "/slow" {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-        format!("{{\"models\":[{{\"name\":\"mock\"}}],\"path\":\"{path}\"}}")
+/// The fabric's key for the mock provider; no agent may ever see it.
+pub const PROVIDER_KEY: &str = "provider-key-4f1c";
+
+/// A gateway config with `mock` as the local `ollama` provider (with the
+/// fabric's key) and `timeout` as the per-call deadline.
+pub fn gateway_to(
+    mock: &fabric_gateway::mock::server::MockServer,
+    timeout: Duration,
+) -> fabric_gateway::GatewayConfig {
+    let mut ollama = fabric_gateway::ProviderConfig::new(
+        "ollama",
+        fabric_gateway::ProviderKind::Ollama,
+        Some(mock.url()),
+    );
+    ollama.api_key = Some(fabric_gateway::secret::Secret::new(PROVIDER_KEY));
+    ollama.timeout = timeout;
+    fabric_gateway::GatewayConfig {
+        providers: vec![ollama],
+        request_timeout: timeout,
+        ..fabric_gateway::GatewayConfig::default()
     }
-    let app = axum::Router::new()
-        .fallback(handle)
-        .with_state(Arc::clone(&seen));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), seen)
 }
 
 /// SPEC §6: inside the container, `localhost:11434` is the sidecar, which
-/// reaches the upstream through the fabric; credentials are dropped, an
-/// 11 MiB body gets 413, a slow upstream 504; the sidecar is labelled and
-/// shares the agent's network namespace.
+/// reaches the gateway's Ollama API through the fabric: the call is routed to
+/// the provider with the fabric's key (the agent's Authorization goes
+/// nowhere), an 11 MiB body gets 413 and never leaves, a provider slower than
+/// the deadline 504; the sidecar is labelled and shares the agent's network
+/// namespace.
 #[tokio::test]
 async fn sidecar_serves_inference_inside_the_container() {
-    let (url, seen) = upstream().await;
-    let (s, guard) = server_with(|c| {
-        c.inference_upstream = Some(url);
-        c.inference_timeout = Duration::from_secs(2);
-    })
-    .await;
+    let mock = keyed_ollama_mock().await;
+    let gateway = gateway_to(&mock, Duration::from_secs(2));
+    let (s, guard) = server_with(move |c| c.gateway = gateway).await;
     let token = s.login().await;
     s.spawn_agent(
         &token,
@@ -403,12 +409,12 @@ async fn sidecar_serves_inference_inside_the_container() {
     .await;
     assert_eq!(status, TaskStatus::Completed, "{stderr}");
     assert!(stdout.starts_with("http://localhost:11434\n"), "{stdout}");
-    assert!(stdout.contains("\"path\":\"/api/tags\""), "{stdout}");
-    assert_eq!(
-        seen.lock().requests,
-        vec![("/api/tags".to_owned(), false)],
-        "reached the upstream, without the agent's Authorization"
+    assert!(
+        stdout.contains("mock-small"),
+        "the provider's models: {stdout}"
     );
+    assert!(!stdout.contains(PROVIDER_KEY), "{stdout}");
+    assert_eq!(mock.control().requests_by_path().get("/api/tags"), Some(&1));
 
     let (_, _, stdout, stderr) = run(
         &s,
@@ -419,13 +425,20 @@ async fn sidecar_serves_inference_inside_the_container() {
     )
     .await;
     assert!(stdout.contains("413"), "{stdout} {stderr}");
-    assert_eq!(seen.lock().requests.len(), 1, "the big request never left");
+    assert_eq!(
+        mock.control().requests_by_path().get("/api/chat"),
+        None,
+        "the big request never left"
+    );
 
+    let hang = r#"{"model":"llama3","stream":false,"messages":[{"role":"user","content":"[[mock:hang]]"}]}"#;
     let (_, _, stdout, stderr) = run(
         &s,
         &token,
         "llm",
-        &["wget -Y off -S -O /dev/null $OLLAMA_BASE_URL/slow 2>&1; true"],
+        &[&format!(
+            "wget -Y off -S -O /dev/null --post-data '{hang}' $OLLAMA_BASE_URL/api/chat 2>&1; true"
+        )],
     )
     .await;
     assert!(stdout.contains("504"), "{stdout} {stderr}");
