@@ -192,7 +192,10 @@ impl BudgetSpec {
                 "max_cost_per_day_usd {usd} is invalid: use a non-negative number of US dollars below 1e9"
             ));
         }
-        if self.max_compute_seconds_per_day.is_some_and(|s| s > 1 << 40) {
+        if self
+            .max_compute_seconds_per_day
+            .is_some_and(|s| s > 1 << 40)
+        {
             return Err("max_compute_seconds_per_day is too large".to_owned());
         }
         Ok(())
@@ -200,7 +203,8 @@ impl BudgetSpec {
 
     /// The cost limit in billionths of a dollar (the ledger's unit).
     pub fn max_cost_nano_usd(&self) -> Option<u64> {
-        self.max_cost_per_day_usd.map(|usd| (usd * 1e9).round() as u64)
+        self.max_cost_per_day_usd
+            .map(|usd| (usd * 1e9).round() as u64)
     }
 }
 

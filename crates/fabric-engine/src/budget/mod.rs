@@ -218,9 +218,13 @@ impl Entry {
         }
         let carry = match self.spec.reset {
             ResetPolicy::Daily => Amounts::default(),
-            ResetPolicy::Carryover => {
-                carry_over(&self.limits, self.period.carry, self.used, self.period.start, start)
-            }
+            ResetPolicy::Carryover => carry_over(
+                &self.limits,
+                self.period.carry,
+                self.used,
+                self.period.start,
+                start,
+            ),
         };
         self.period = PeriodState {
             start,
@@ -254,7 +258,11 @@ pub fn carry_over(
     Amounts {
         tokens: one(limits.tokens, carry.tokens, used.tokens),
         compute_ms: one(limits.compute_ms, carry.compute_ms, used.compute_ms),
-        cost_nano_usd: one(limits.cost_nano_usd, carry.cost_nano_usd, used.cost_nano_usd),
+        cost_nano_usd: one(
+            limits.cost_nano_usd,
+            carry.cost_nano_usd,
+            used.cost_nano_usd,
+        ),
     }
 }
 

@@ -96,7 +96,10 @@ fn a_reservation_is_all_or_nothing_across_entities() {
     assert_eq!(book.snapshot(&agent("a"), now).unwrap().reserved.tokens, 0);
     book.reserve(&all, tokens(50), now).unwrap();
     assert_eq!(book.snapshot(&agent("a"), now).unwrap().reserved.tokens, 50);
-    assert_eq!(book.snapshot(&tenant("t"), now).unwrap().reserved.tokens, 50);
+    assert_eq!(
+        book.snapshot(&tenant("t"), now).unwrap().reserved.tokens,
+        50
+    );
 }
 
 #[test]
@@ -165,8 +168,13 @@ fn daily_reset_restores_the_full_limit_at_utc_midnight() {
     let e = book.reserve(&[agent("a")], tokens(1), now).unwrap_err();
     let midnight = day_start(now).as_millis() + DAY_MS;
     assert_eq!(e.resets_at, at(midnight));
-    assert!(book.reserve(&[agent("a")], tokens(1), at(midnight - 1)).is_err());
-    let r = book.reserve(&[agent("a")], tokens(100), at(midnight)).unwrap();
+    assert!(
+        book.reserve(&[agent("a")], tokens(1), at(midnight - 1))
+            .is_err()
+    );
+    let r = book
+        .reserve(&[agent("a")], tokens(100), at(midnight))
+        .unwrap();
     let s = book.snapshot(&agent("a"), at(midnight)).unwrap();
     assert_eq!(s.period.start, at(midnight));
     assert_eq!((s.used.tokens, s.reserved.tokens), (0, 100));
@@ -207,7 +215,11 @@ fn carryover_adds_unused_allowance_capped_at_one_limit() {
     // Day 3: 150 unused, capped at 100.
     let day3 = at(day2.as_millis() + DAY_MS);
     assert_eq!(
-        book.snapshot(&agent("a"), day3).unwrap().period.carry.tokens,
+        book.snapshot(&agent("a"), day3)
+            .unwrap()
+            .period
+            .carry
+            .tokens,
         100
     );
     // Overspending is not carried as debt.
@@ -215,13 +227,21 @@ fn carryover_adds_unused_allowance_capped_at_one_limit() {
     book.settle(r, used_tokens(500), day3);
     let day4 = at(day3.as_millis() + DAY_MS);
     assert_eq!(
-        book.snapshot(&agent("a"), day4).unwrap().period.carry.tokens,
+        book.snapshot(&agent("a"), day4)
+            .unwrap()
+            .period
+            .carry
+            .tokens,
         0
     );
     // Days skipped (server down) carry one full limit.
     let day9 = at(day4.as_millis() + 5 * DAY_MS);
     assert_eq!(
-        book.snapshot(&agent("a"), day9).unwrap().period.carry.tokens,
+        book.snapshot(&agent("a"), day9)
+            .unwrap()
+            .period
+            .carry
+            .tokens,
         100
     );
 }
@@ -254,7 +274,11 @@ fn compute_seconds_are_recorded_and_refuse_new_work() {
     assert!(book.reserve(&[agent("a")], tokens(10), now).is_ok());
     // The period state to persist carries the compute used.
     let dirty = book.take_outbox().dirty;
-    assert!(dirty.iter().any(|(e, _, p)| *e == agent("a") && p.compute_ms == 2_500));
+    assert!(
+        dirty
+            .iter()
+            .any(|(e, _, p)| *e == agent("a") && p.compute_ms == 2_500)
+    );
 }
 
 #[test]
