@@ -391,7 +391,7 @@ pub enum BudgetAlertKind {
 /// `GET /v1/usage/{entity}?period=day`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct UsageReport {
+pub struct BudgetUsageReport {
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "agent:coder"))]
     pub entity: BudgetEntity,
     /// Always `day` for now.
