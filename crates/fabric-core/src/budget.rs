@@ -186,7 +186,7 @@ impl BudgetSpec {
             ));
         }
         if let Some(usd) = self.max_cost_per_day_usd
-            && !(usd.is_finite() && usd >= 0.0 && usd < 1e9)
+            && !(0.0..1e9).contains(&usd)
         {
             return Err(format!(
                 "max_cost_per_day_usd {usd} is invalid: use a non-negative number of US dollars below 1e9"

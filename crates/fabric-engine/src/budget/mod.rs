@@ -155,13 +155,8 @@ impl Snapshot {
     /// `agent_fabric_budget_usage_ratio{entity_id}` exports.
     pub fn usage_ratio(&self) -> f64 {
         let ratio = |used: u64, allowance: Option<u64>| match allowance {
-            Some(0) => {
-                if used > 0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
+            Some(0) if used > 0 => 1.0,
+            Some(0) => 0.0,
             Some(a) => used as f64 / a as f64,
             None => 0.0,
         };
