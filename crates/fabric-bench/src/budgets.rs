@@ -27,10 +27,16 @@ pub struct BudgetsArgs {
     /// Repetitions (fresh budgets each); the summary is the median across them
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Sequential chat calls per repetition through the in-process gateway
+    /// (mock provider), with and without the budget admission; 0 skips it
+    #[arg(long, default_value_t = 200_000)]
+    gateway_calls: usize,
 }
 
 struct Run {
     ops_per_sec: f64,
+    /// Slowest reserve and settle of the run.
+    max_ns: u64,
     reserve: Summary,
     settle: Summary,
 }
@@ -121,6 +127,12 @@ fn one_run(threads: usize, distinct: bool, ops: usize) -> anyhow::Result<Run> {
     let done = reserve.len();
     Ok(Run {
         ops_per_sec: done as f64 / wall,
+        max_ns: reserve
+            .iter()
+            .chain(settle.iter())
+            .copied()
+            .max()
+            .unwrap_or(0),
         reserve: Summary::of(&mut reserve),
         settle: Summary::of(&mut settle),
     })
@@ -150,23 +162,184 @@ pub fn run(args: &BudgetsArgs) -> anyhow::Result<()> {
             }
             let m = |f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
             table.push(format!(
-                "| {threads} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {threads} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 if distinct { "distinct" } else { "same" },
                 m(&|r| r.ops_per_sec),
                 m(&|r| r.reserve.p50 as f64),
                 m(&|r| r.reserve.p99 as f64),
                 m(&|r| r.settle.p50 as f64),
                 m(&|r| r.settle.p99 as f64),
+                m(&|r| r.reserve.p999.max(r.settle.p999) as f64),
+                m(&|r| r.max_ns as f64),
             ));
         }
     }
     println!();
     println!(
-        "| threads | entities | reserve+settle ops/s | reserve p50 (ns) | reserve p99 (ns) | settle p50 (ns) | settle p99 (ns) |"
+        "| threads | entities | reserve+settle ops/s | reserve p50 (ns) | reserve p99 (ns) | settle p50 (ns) | settle p99 (ns) | p99.9 (ns) | max (ns) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in table {
         println!("{row}");
+    }
+    if args.gateway_calls > 0 {
+        gateway_overhead(args)?;
+    }
+    Ok(())
+}
+
+/// The server's `BudgetAdmission`, made of the same engine calls (the
+/// server crate is not a dependency of the bench).
+struct BenchAdmission(Arc<SharedBudgets>);
+
+struct BenchHold {
+    budgets: Arc<SharedBudgets>,
+    reservation: Option<fabric_engine::budget::Reservation>,
+}
+
+impl fabric_gateway::Admission for BenchAdmission {
+    fn admit(
+        &self,
+        caller: &fabric_gateway::Caller,
+        _model: &str,
+        estimate: fabric_gateway::Estimate,
+    ) -> Result<Box<dyn fabric_gateway::Admitted>, fabric_gateway::GatewayError> {
+        let mut entities = Vec::with_capacity(3);
+        if let Some(agent) = &caller.agent {
+            entities.push(BudgetEntity::Agent(agent.clone()));
+        }
+        entities.push(BudgetEntity::User(caller.user.clone()));
+        entities.push(BudgetEntity::Tenant(caller.tenant.clone()));
+        let demand = Demand {
+            tokens: Some(estimate.input_tokens + estimate.output_tokens),
+            cost_nano_usd: Some(0),
+            compute_ms: None,
+        };
+        match self.0.reserve(&entities, demand, SystemClock.now()) {
+            Ok(r) => Ok(Box::new(BenchHold {
+                budgets: Arc::clone(&self.0),
+                reservation: Some(r),
+            })),
+            Err(refusal) => Err(fabric_gateway::GatewayError::QuotaExceeded(
+                refusal.to_string(),
+            )),
+        }
+    }
+}
+
+impl fabric_gateway::Admitted for BenchHold {
+    fn settle(mut self: Box<Self>, record: &fabric_core::UsageRecord) {
+        if let Some(r) = self.reservation.take() {
+            self.budgets.settle(
+                r,
+                Amounts {
+                    tokens: record.tokens_in + record.tokens_out,
+                    compute_ms: 0,
+                    cost_nano_usd: record.cost_nano_usd,
+                },
+                SystemClock.now(),
+            );
+        }
+    }
+}
+
+/// Sequential chat calls through the in-process gateway (the mock provider,
+/// no network) with and without the budget admission, alternating per
+/// repetition: what a reservation adds to one call.
+fn gateway_overhead(args: &BudgetsArgs) -> anyhow::Result<()> {
+    use fabric_gateway::types::{ChatRequest, Message, Params, Role};
+    use fabric_gateway::{CallOptions, Caller, Gateway, GatewayConfig, NoopSink, ProviderConfig};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = || GatewayConfig {
+        providers: vec![ProviderConfig::new(
+            "mock",
+            fabric_gateway::ProviderKind::Mock,
+            None,
+        )],
+        ..GatewayConfig::default()
+    };
+    let now = SystemClock.now();
+    let budgets = Arc::new(SharedBudgets::new());
+    let agent = AgentId::new("coder")?;
+    let tenant = TenantId::new("default")?;
+    for e in [
+        BudgetEntity::Agent(agent.clone()),
+        BudgetEntity::User("alice".to_owned()),
+        BudgetEntity::Tenant(tenant.clone()),
+    ] {
+        budgets.lock().set(
+            e,
+            BudgetSpec {
+                max_tokens_per_day: Some(u64::MAX / 4),
+                ..BudgetSpec::default()
+            },
+            PeriodState {
+                start: day_start(now),
+                ..PeriodState::default()
+            },
+            Amounts::default(),
+            now,
+        );
+    }
+    let plain = Gateway::new(config(), Arc::new(NoopSink))?;
+    let budgeted = Gateway::new(config(), Arc::new(NoopSink))?
+        .with_admission(Arc::new(BenchAdmission(Arc::clone(&budgets))));
+    let caller = Caller {
+        tenant,
+        user: "alice".to_owned(),
+        agent: Some(agent),
+        request_id: "bench".to_owned(),
+    };
+    let request = ChatRequest {
+        model: "llama3".to_owned(),
+        messages: vec![Message::new(Role::User, "hello there, how are you")],
+        params: Params {
+            max_tokens: Some(64),
+            ..Params::default()
+        },
+    };
+    let mut rows: Vec<(&str, Vec<Summary>)> = vec![
+        ("without admission", Vec::new()),
+        ("with budget admission", Vec::new()),
+    ];
+    for rep in 0..args.reps {
+        for (i, gateway) in [&plain, &budgeted].into_iter().enumerate() {
+            let mut samples = Vec::with_capacity(args.gateway_calls);
+            runtime.block_on(async {
+                for _ in 0..args.gateway_calls {
+                    let opts = CallOptions::new("infer");
+                    let t0 = Instant::now();
+                    let answer = gateway.chat(&caller, &opts, request.clone()).await;
+                    samples.push(nanos(t0.elapsed()));
+                    if let Err(e) = answer {
+                        return Err(anyhow::anyhow!("gateway call failed: {e}"));
+                    }
+                }
+                Ok(())
+            })?;
+            let s = Summary::of(&mut samples);
+            println!(
+                "gateway {} rep={rep}: p50 {} ns p99 {} ns mean {:.0} ns",
+                rows[i].0, s.p50, s.p99, s.mean
+            );
+            rows[i].1.push(s);
+        }
+    }
+    println!();
+    println!("| in-process chat call (mock provider) | p50 (µs) | p99 (µs) | mean (µs) |");
+    println!("|---|---|---|---|");
+    for (name, runs) in rows {
+        let m =
+            |f: &dyn Fn(&Summary) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>()) / 1000.0;
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} |",
+            m(&|s| s.p50 as f64),
+            m(&|s| s.p99 as f64),
+            m(&|s| s.mean)
+        );
     }
     Ok(())
 }
