@@ -3,7 +3,8 @@
 //! used, remaining and projected amounts.
 
 use fabric_core::budget::{
-    BudgetEntity, BudgetSpec, BudgetUsageReport, BudgetView, ResetPolicy, UsageLine,
+    BudgetAlertKind, BudgetEntity, BudgetSpec, BudgetUsageReport, BudgetView, ResetPolicy,
+    UsageLine,
 };
 use fabric_core::{AgentId, TenantId};
 
@@ -244,9 +245,12 @@ fn usage_text(r: &BudgetUsageReport) -> String {
         text.push_str("no budget: unlimited (set one with 'reactor-fabric budget set')\n");
     }
     for a in &r.alerts {
+        let kind = match a.kind {
+            BudgetAlertKind::Threshold => "threshold reached",
+            BudgetAlertKind::Exceeded => "limit hit, calls refused",
+        };
         text.push_str(&format!(
-            "alert: {:?} {} at {} ({} of {})\n",
-            a.kind,
+            "alert: {kind}: {} at {} ({} of {})\n",
             a.limit.as_str(),
             short_time(a.at),
             a.used,

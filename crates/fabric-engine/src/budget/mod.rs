@@ -315,7 +315,28 @@ impl BudgetBook {
             reserved,
             alerts,
         };
-        if entry.roll(now) {
+        let mut dirty = entry.roll(now);
+        // A limit set (or lowered) below what is already used alerts now,
+        // not at the next call.
+        if !entry.period.alerted
+            && let Some((limit, used, allowance)) = over_threshold(&entry)
+        {
+            entry.period.alerted = true;
+            dirty = true;
+            let alert = BudgetAlert {
+                entity: entity.clone(),
+                kind: BudgetAlertKind::Threshold,
+                limit,
+                used,
+                allowance,
+                threshold_percent: entry.spec.alert_threshold_percent,
+                period_start: entry.period.start,
+                at: now,
+            };
+            entry.alerts.push(alert.clone());
+            self.outbox.alerts.push(alert);
+        }
+        if dirty {
             self.outbox
                 .dirty
                 .push((entity.clone(), entry.spec.clone(), entry.period));

@@ -315,6 +315,11 @@ fn restart_state_counts_what_the_ledger_says() {
     let s = book.snapshot(&agent("a"), now).unwrap();
     assert_eq!((s.used.tokens, s.used.compute_ms), (95, 1_000));
     assert!(book.reserve(&[agent("a")], tokens(6), now).is_err());
+    // 95% used when the budget is set: the alert fires at once.
+    let alerts = book.take_outbox().alerts;
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(alerts[0].kind, BudgetAlertKind::Threshold);
+    assert_eq!(alerts[1].kind, BudgetAlertKind::Exceeded);
 }
 
 #[test]

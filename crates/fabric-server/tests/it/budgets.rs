@@ -84,7 +84,7 @@ async fn ledger_totals(s: &TestServer, admin: &str, agent: &str, n: u64) -> Valu
 async fn budget_race_a_hundred_concurrent_calls_against_room_for_ten() {
     // Every call is still in flight when the last one is admitted: the
     // holds alone must stop the 11th.
-    let up = upstream(Duration::from_secs(2)).await;
+    let up = upstream(Duration::from_secs(3)).await;
     let config = gateway(&up);
     let s = TestServer::start_with(move |c| c.gateway = config).await;
     let admin = s.login().await;
