@@ -9,6 +9,7 @@
 //! cargo run --release -p fabric-bench -- takeover  # standby takeover after kill -9 of the leader
 //! cargo run --release -p fabric-bench -- containers # container agent spawn, cold vs warm pool
 //! cargo run --release -p fabric-bench -- gateway    # LLM gateway overhead vs direct, vs LiteLLM
+//! cargo run --release -p fabric-bench -- budgets    # budget check-and-reserve under contention
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -31,10 +32,13 @@
 //!   beside `docker run -d` and `docker update` (needs dockerd).
 //! - `gateway`: added latency of the inference gateway (and of LiteLLM's
 //!   proxy) over calling `mock-llm` directly, in the same open loop; proxy RSS.
+//! - `budgets`: budget reserve + settle throughput and latency, 1 to 64
+//!   threads, on the same or distinct entities, in process.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
 mod agents;
+mod budgets;
 mod containers;
 mod gateway;
 mod http;
@@ -79,6 +83,8 @@ enum Command {
     Containers(containers::ContainersArgs),
     /// Inference gateway overhead vs the mock direct, beside LiteLLM's proxy; proxy memory
     Gateway(gateway::GatewayArgs),
+    /// Budget check-and-reserve (+ settle) throughput under contention, in process
+    Budgets(budgets::BudgetsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +112,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Takeover(args) => block_on(cli.client_threads, takeover::run(args)),
         Command::Containers(args) => block_on(cli.client_threads, containers::run(args)),
         Command::Gateway(args) => block_on(cli.client_threads, gateway::run(args)),
+        Command::Budgets(args) => budgets::run(args),
     }
 }
 

@@ -9,6 +9,7 @@ use fabric_core::api::{
     AgentList, ErrorBody, EventList, Health, IDEMPOTENCY_KEY_HEADER, LoginRequest,
     REQUEST_ID_HEADER, SessionList, TaskList, TaskResultView, TokenResponse, WhoAmI,
 };
+use fabric_core::budget::{BudgetEntity, BudgetList, BudgetSpec, BudgetUsageReport, BudgetView};
 use fabric_core::{AgentId, Task, TaskId, TaskStatus};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -244,6 +245,54 @@ impl FabricClient {
         })?;
         let response = self.check(response).await?;
         self.decode(response).await
+    }
+
+    /// `PUT /v1/budgets/{entity}` (admin).
+    pub async fn put_budget(
+        &self,
+        entity: &BudgetEntity,
+        spec: &BudgetSpec,
+    ) -> Result<BudgetView, ClientError> {
+        self.json(
+            self.authed(
+                self.http
+                    .put(self.url(&format!("/v1/budgets/{entity}")))
+                    .json(spec),
+            ),
+        )
+        .await
+    }
+
+    /// `GET /v1/budgets/{entity}`.
+    pub async fn get_budget(&self, entity: &BudgetEntity) -> Result<BudgetView, ClientError> {
+        self.json(self.authed(self.http.get(self.url(&format!("/v1/budgets/{entity}")))))
+            .await
+    }
+
+    /// `GET /v1/budgets` (admin).
+    pub async fn list_budgets(&self) -> Result<BudgetList, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/budgets"))))
+            .await
+    }
+
+    /// `DELETE /v1/budgets/{entity}` (admin).
+    pub async fn delete_budget(&self, entity: &BudgetEntity) -> Result<(), ClientError> {
+        self.send(self.authed(self.http.delete(self.url(&format!("/v1/budgets/{entity}")))))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/usage/{entity}?period=`.
+    pub async fn usage_report(
+        &self,
+        entity: &BudgetEntity,
+        period: &str,
+    ) -> Result<BudgetUsageReport, ClientError> {
+        let req = self
+            .http
+            .get(self.url(&format!("/v1/usage/{entity}")))
+            .query(&[("period", period)]);
+        self.json(self.authed(req)).await
     }
 
     /// Opens the WebSocket `GET /v1/stream/{id}`.

@@ -176,6 +176,15 @@ pub struct ErrorDetail {
     /// to the provider's support or find it in their logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// `budget_exceeded`: the budget's entity (`agent:coder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    /// `budget_exceeded`: which limit is spent (`max_tokens_per_day`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// `budget_exceeded`: when the limit resets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<crate::time::Timestamp>,
 }
 
 /// `GET /v1/agents`.

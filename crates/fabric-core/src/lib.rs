@@ -10,6 +10,7 @@
 //! - [`time`]: [`Timestamp`] (wall-clock milliseconds, RFC 3339 on the wire) and the [`Clock`] port.
 //! - [`task`]: the task model: [`Task`], [`Priority`], [`TaskStatus`] and its legal transitions.
 //! - [`auth`]: users, API tokens and [`Scope`]s.
+//! - [`budget`]: budget entities, limits, the [`BudgetStore`] port, usage reports (SPEC §8).
 //! - [`api`]: request and response bodies of the HTTP API (`/v1/...`).
 //! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
 //! - [`usage`]: the LLM usage ledger ([`UsageRecord`], [`UsageStore`]) the gateway meters into.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod ids;
 pub mod store;
 pub mod task;
@@ -24,6 +26,7 @@ pub mod time;
 pub mod usage;
 
 pub use auth::{ApiToken, Scope, User};
+pub use budget::{BudgetEntity, BudgetRecord, BudgetSpec, BudgetStore, ResetPolicy};
 pub use ids::{AgentId, IdError, TaskId, TenantId};
 pub use store::{
     AgentStore, AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome,

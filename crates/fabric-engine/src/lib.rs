@@ -8,8 +8,12 @@
 //!
 //! - [`scheduler`]: per-agent queues (priority with aging, round-robin across
 //!   tenants, queue depth), dependencies, leases with fencing, retries,
-//!   timeouts and cancellation. Policy and budgets join as sibling modules.
+//!   timeouts and cancellation.
+//! - [`budget`]: budget accounting: limits per agent, user and tenant, daily
+//!   or carryover periods, atomic check-and-reserve, settle, alerts,
+//!   projections ([`budget::BudgetBook`], [`budget::SharedBudgets`]).
 
+pub mod budget;
 pub mod scheduler;
 
 pub use scheduler::{

@@ -155,6 +155,19 @@ pub enum GatewayError {
     /// The caller's budget is spent (budgets; SPEC §8).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A hard budget limit refused the call (SPEC §8): which entity, which
+    /// limit, when it resets.
+    #[error("{message}")]
+    BudgetExceeded {
+        message: String,
+        /// `agent:coder`, `user:alice`, `tenant:default`.
+        entity: String,
+        /// `max_tokens_per_day`, `max_cost_per_day_usd`, ...
+        limit: String,
+        resets_at: fabric_core::Timestamp,
+        /// Seconds until the reset (`Retry-After`).
+        retry_after: u64,
+    },
     /// The provider failed (5xx, unreachable, bad answer, wrong key).
     #[error("{provider} failed: {message}")]
     Upstream {
@@ -189,7 +202,9 @@ impl GatewayError {
             GatewayError::PolicyDenied(_) => 403,
             GatewayError::ModelNotFound { .. } => 404,
             GatewayError::PayloadTooLarge { .. } => 413,
-            GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded(_) => 429,
+            GatewayError::RateLimited { .. }
+            | GatewayError::QuotaExceeded(_)
+            | GatewayError::BudgetExceeded { .. } => 429,
             GatewayError::Upstream { .. } => 502,
             GatewayError::NoProvider(_) => 503,
             GatewayError::UpstreamTimeout { .. } => 504,
@@ -205,6 +220,7 @@ impl GatewayError {
             GatewayError::ModelNotFound { .. } => "model_not_found",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::QuotaExceeded(_) => "quota_exceeded",
+            GatewayError::BudgetExceeded { .. } => "budget_exceeded",
             GatewayError::Upstream { .. } => "upstream_error",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::NoProvider(_) => "no_provider_available",
@@ -247,6 +263,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::RateLimited { retry_after, .. } => *retry_after,
+            GatewayError::BudgetExceeded { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -12,7 +12,8 @@
 //! - [`router`]: [`Gateway`]: routing plan (policy, override, model map, capped
 //!   chain), attempts with timeouts, retries with backoff, fallback, streams,
 //!   metering of each call; [`Caller`], [`CallOptions`], the [`CallGuard`] seam
-//!   for policy and budgets.
+//!   for policy, the [`Admission`] seam for budgets (reserve before routing,
+//!   settle with the call's usage record).
 //! - [`breaker`]: the per-provider circuit breaker (closed, open, half-open).
 //! - [`providers`]: the [`providers::Provider`] trait and its clients: Ollama,
 //!   OpenAI (and OpenAI-compatible), Anthropic, the in-process mock; SSE and
@@ -45,4 +46,7 @@ pub mod wire;
 pub use config::{GatewayConfig, Policy, ProviderConfig, ProviderKind, Tier};
 pub use error::{GatewayError, ProviderError, ProviderErrorKind};
 pub use metering::{MemorySink, NoopSink, StoreSink, UsageSink};
-pub use router::{Answer, CallGuard, CallOptions, Caller, Gateway, GuardFuture, ProviderStatus};
+pub use router::{
+    Admission, Admitted, Answer, CallGuard, CallOptions, Caller, Estimate, Gateway, GuardFuture,
+    ProviderStatus,
+};

@@ -4,7 +4,7 @@
 //! whose circuit is open, falls back on the rest, and meters the outcome.
 //!
 //! ```text
-//! call ─► guard (policy/budget hook) ─► plan: [(provider, model)] ≤ 1 + max_fallbacks
+//! call ─► guard (policy hook) ─► admission (budget reserve) ─► plan: [(provider, model)] ≤ 1 + max_fallbacks
 //!   for each step: breaker open? skip ─► attempt (timeout) ─► ok: done
 //!                  retryable & retries left? backoff, again
 //!                  bad request? stop (4xx)          else: next step
@@ -92,6 +92,39 @@ pub trait CallGuard: Send + Sync + 'static {
     fn check<'a>(&'a self, caller: &'a Caller, model: &'a str) -> GuardFuture<'a>;
 }
 
+/// What an [`Admission`] is told about a call before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Estimated prompt tokens (4 characters a token, as metering estimates).
+    pub input_tokens: u64,
+    /// The request's `max_tokens`, else [`DEFAULT_OUTPUT_ESTIMATE`]; 0 for embeddings.
+    pub output_tokens: u64,
+}
+
+/// Output tokens an [`Estimate`] assumes when the request sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 512;
+
+/// A pre-call check that holds something for the call until it is metered:
+/// the seam for budgets (reserve an estimate, settle the actual usage).
+/// Runs after the [`CallGuard`], so a call policy refuses holds nothing.
+pub trait Admission: Send + Sync + 'static {
+    /// Admits the call (returning what settles it) or refuses it.
+    fn admit(
+        &self,
+        caller: &Caller,
+        model: &str,
+        estimate: Estimate,
+    ) -> Result<Box<dyn Admitted>, GatewayError>;
+}
+
+/// What an admitted call holds. The gateway calls [`Admitted::settle`] once
+/// with the call's usage record (failures and canceled streams included);
+/// if the call's future is dropped before it is metered, the box is dropped
+/// unsettled and its `Drop` must release the hold.
+pub trait Admitted: Send + Sync + 'static {
+    fn settle(self: Box<Self>, record: &UsageRecord);
+}
+
 /// A successful call: the value and who produced it.
 #[derive(Debug)]
 pub struct Answer<T> {
@@ -146,6 +179,7 @@ struct Inner {
     sink: Arc<dyn UsageSink>,
     metrics: GatewayMetrics,
     guard: Option<Arc<dyn CallGuard>>,
+    admission: Option<Arc<dyn Admission>>,
     models_cache: Mutex<Option<(Instant, Vec<ModelInfo>)>>,
 }
 
@@ -243,6 +277,7 @@ impl Gateway {
                 sink,
                 metrics: GatewayMetrics::default(),
                 guard: None,
+                admission: None,
                 models_cache: Mutex::new(None),
             }),
         })
@@ -252,6 +287,14 @@ impl Gateway {
     pub fn with_guard(mut self, guard: Arc<dyn CallGuard>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.guard = Some(guard);
+        }
+        self
+    }
+
+    /// Adds the admission check (budgets). Call before sharing the gateway.
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.admission = Some(admission);
         }
         self
     }
@@ -299,6 +342,7 @@ impl Gateway {
     ) -> Result<Answer<ChatResponse>, GatewayError> {
         validate_chat(&req)?;
         self.check_guard(caller, &req.model).await?;
+        let admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
         let mut trace = Trace::default();
         let result = self
             .execute(opts, &req.model, Op::Chat(&req), &mut trace)
@@ -315,7 +359,16 @@ impl Gateway {
                     || estimate_tokens(&resp.content),
                 );
                 let provider = self.inner.slots[slot].name.clone();
-                self.finish(caller, opts, &req.model, &trace, usage, false, Ok(()));
+                self.finish(
+                    caller,
+                    opts,
+                    &req.model,
+                    &trace,
+                    usage,
+                    false,
+                    Ok(()),
+                    admitted,
+                );
                 Ok(Answer {
                     value: resp,
                     provider,
@@ -335,6 +388,7 @@ impl Gateway {
                     Usage::default(),
                     false,
                     Err(&e),
+                    admitted,
                 );
                 Err(e)
             }
@@ -352,6 +406,7 @@ impl Gateway {
     ) -> Result<Answer<GatewayStream>, GatewayError> {
         validate_chat(&req)?;
         self.check_guard(caller, &req.model).await?;
+        let mut admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
         let mut trace = Trace::default();
         let result = self
             .execute(opts, &req.model, Op::Stream(&req), &mut trace)
@@ -379,6 +434,7 @@ impl Gateway {
                     prompt_estimate: estimate_prompt_tokens(&req.messages),
                     output_chars: 0,
                     finished: false,
+                    admitted: admitted.take(),
                 };
                 let idle = self.inner.slots[slot].timeout;
                 let deadline = opts.started + self.inner.request_timeout;
@@ -401,6 +457,7 @@ impl Gateway {
                     Usage::default(),
                     true,
                     Err(&e),
+                    admitted,
                 );
                 Err(e)
             }
@@ -421,6 +478,11 @@ impl Gateway {
             return Err(GatewayError::invalid("input must not be empty"));
         }
         self.check_guard(caller, &req.model).await?;
+        let estimate = Estimate {
+            input_tokens: req.inputs.iter().map(|t| estimate_tokens(t)).sum(),
+            output_tokens: 0,
+        };
+        let admitted = self.admit(caller, &req.model, estimate)?;
         let mut trace = Trace::default();
         let result = self
             .execute(opts, &req.model, Op::Embed(&req), &mut trace)
@@ -444,7 +506,16 @@ impl Gateway {
                     },
                 };
                 let provider = self.inner.slots[slot].name.clone();
-                self.finish(caller, opts, &req.model, &trace, usage, false, Ok(()));
+                self.finish(
+                    caller,
+                    opts,
+                    &req.model,
+                    &trace,
+                    usage,
+                    false,
+                    Ok(()),
+                    admitted,
+                );
                 Ok(Answer {
                     value: resp,
                     provider,
@@ -464,6 +535,7 @@ impl Gateway {
                     Usage::default(),
                     false,
                     Err(&e),
+                    admitted,
                 );
                 Err(e)
             }
@@ -535,6 +607,18 @@ impl Gateway {
         GatewayError::NoProvider(
             "internal error: a provider answered another kind of request; this is a bug in fabric-gateway".to_owned(),
         )
+    }
+
+    fn admit(
+        &self,
+        caller: &Caller,
+        model: &str,
+        estimate: Estimate,
+    ) -> Result<Option<Box<dyn Admitted>>, GatewayError> {
+        match &self.inner.admission {
+            Some(admission) => admission.admit(caller, model, estimate).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn check_guard(&self, caller: &Caller, model: &str) -> Result<(), GatewayError> {
@@ -870,6 +954,7 @@ impl Gateway {
         usage: Usage,
         stream: bool,
         outcome: Result<(), &GatewayError>,
+        admitted: Option<Box<dyn Admitted>>,
     ) {
         if outcome.is_ok() {
             self.observe_overhead(opts, trace);
@@ -882,36 +967,43 @@ impl Gateway {
             Ok(()) => (UsageOutcome::Ok, None),
             Err(e) => (UsageOutcome::Error, Some(e.code().to_owned())),
         };
-        self.record(UsageRecord {
-            id: uuid::Uuid::now_v7(),
-            ts: opts.started_at,
-            tenant: caller.tenant.clone(),
-            user: caller.user.clone(),
-            agent: caller.agent.clone(),
-            request_id: caller.request_id.clone(),
-            api: opts.api.to_owned(),
-            cost_nano_usd: self.inner.prices.cost_nano_usd(
-                &provider,
-                &model,
-                usage.input_tokens,
-                usage.output_tokens,
-            ),
-            provider,
-            model,
-            requested_model: requested.to_owned(),
-            tokens_in: usage.input_tokens,
-            tokens_out: usage.output_tokens,
-            estimated: usage.estimated,
-            latency_ms: u64::try_from(opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            fallback: trace.fallback,
-            attempts: trace.attempts,
-            stream,
-            outcome,
-            error_code,
-        });
+        self.record(
+            UsageRecord {
+                id: uuid::Uuid::now_v7(),
+                ts: opts.started_at,
+                tenant: caller.tenant.clone(),
+                user: caller.user.clone(),
+                agent: caller.agent.clone(),
+                request_id: caller.request_id.clone(),
+                api: opts.api.to_owned(),
+                cost_nano_usd: self.inner.prices.cost_nano_usd(
+                    &provider,
+                    &model,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                ),
+                provider,
+                model,
+                requested_model: requested.to_owned(),
+                tokens_in: usage.input_tokens,
+                tokens_out: usage.output_tokens,
+                estimated: usage.estimated,
+                latency_ms: u64::try_from(opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                fallback: trace.fallback,
+                attempts: trace.attempts,
+                stream,
+                outcome,
+                error_code,
+            },
+            admitted,
+        );
     }
 
-    fn record(&self, record: UsageRecord) {
+    /// Meters a call: metrics, the log line, the admission's settlement, the sink.
+    fn record(&self, record: UsageRecord, admitted: Option<Box<dyn Admitted>>) {
+        if let Some(admitted) = admitted {
+            admitted.settle(&record);
+        }
         self.inner.metrics.call(&record);
         tracing::info!(
             request_id = %record.request_id,
@@ -932,6 +1024,17 @@ impl Gateway {
             "llm call"
         );
         self.inner.sink.record(record);
+    }
+}
+
+/// What a chat call may consume: its prompt and at most `max_tokens` more.
+fn chat_estimate(req: &ChatRequest) -> Estimate {
+    Estimate {
+        input_tokens: estimate_prompt_tokens(&req.messages),
+        output_tokens: req
+            .params
+            .max_tokens
+            .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
     }
 }
 
@@ -1009,6 +1112,8 @@ struct StreamMeter {
     prompt_estimate: u64,
     output_chars: u64,
     finished: bool,
+    /// The admission's hold, settled with the stream's record.
+    admitted: Option<Box<dyn Admitted>>,
 }
 
 impl StreamMeter {
@@ -1028,33 +1133,37 @@ impl StreamMeter {
         let chars = self.output_chars;
         let usage = metered_usage(usage, || self.prompt_estimate, || chars.div_ceil(4));
         let (provider, model) = self.provider_model();
-        self.gateway.record(UsageRecord {
-            id: uuid::Uuid::now_v7(),
-            ts: self.opts.started_at,
-            tenant: self.caller.tenant.clone(),
-            user: self.caller.user.clone(),
-            agent: self.caller.agent.clone(),
-            request_id: self.caller.request_id.clone(),
-            api: self.opts.api.to_owned(),
-            cost_nano_usd: self.gateway.inner.prices.cost_nano_usd(
-                &provider,
-                &model,
-                usage.input_tokens,
-                usage.output_tokens,
-            ),
-            provider,
-            model,
-            requested_model: self.requested.clone(),
-            tokens_in: usage.input_tokens,
-            tokens_out: usage.output_tokens,
-            estimated: usage.estimated,
-            latency_ms: u64::try_from(self.opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            fallback: self.trace.fallback,
-            attempts: self.trace.attempts,
-            stream: true,
-            outcome,
-            error_code: error_code.map(str::to_owned),
-        });
+        self.gateway.record(
+            UsageRecord {
+                id: uuid::Uuid::now_v7(),
+                ts: self.opts.started_at,
+                tenant: self.caller.tenant.clone(),
+                user: self.caller.user.clone(),
+                agent: self.caller.agent.clone(),
+                request_id: self.caller.request_id.clone(),
+                api: self.opts.api.to_owned(),
+                cost_nano_usd: self.gateway.inner.prices.cost_nano_usd(
+                    &provider,
+                    &model,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                ),
+                provider,
+                model,
+                requested_model: self.requested.clone(),
+                tokens_in: usage.input_tokens,
+                tokens_out: usage.output_tokens,
+                estimated: usage.estimated,
+                latency_ms: u64::try_from(self.opts.started.elapsed().as_millis())
+                    .unwrap_or(u64::MAX),
+                fallback: self.trace.fallback,
+                attempts: self.trace.attempts,
+                stream: true,
+                outcome,
+                error_code: error_code.map(str::to_owned),
+            },
+            self.admitted.take(),
+        );
     }
 
     fn provider_model(&self) -> (String, String) {

@@ -18,6 +18,16 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to do.
     pub message: String,
+    /// `budget_exceeded`: the entity, the limit and when it resets.
+    pub budget: Option<Box<BudgetRefusalDetail>>,
+}
+
+/// The extra fields of a `budget_exceeded` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRefusalDetail {
+    pub entity: String,
+    pub limit: String,
+    pub resets_at: fabric_core::Timestamp,
 }
 
 impl ApiError {
@@ -26,6 +36,17 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            budget: None,
+        }
+    }
+
+    /// 429 `budget_exceeded` naming the entity, the limit and when it resets.
+    pub fn budget_exceeded(message: impl Into<String>, detail: BudgetRefusalDetail) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "budget_exceeded",
+            message: message.into(),
+            budget: Some(Box::new(detail)),
         }
     }
 
@@ -116,6 +137,9 @@ impl IntoResponse for ApiError {
                 request_id: request_id::current(),
                 provider: None,
                 correlation_id: None,
+                entity: self.budget.as_ref().map(|b| b.entity.clone()),
+                limit: self.budget.as_ref().map(|b| b.limit.clone()),
+                resets_at: self.budget.as_ref().map(|b| b.resets_at),
             },
         };
         (self.status, axum::Json(body)).into_response()

@@ -23,6 +23,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod budgets;
 mod error;
 pub mod events;
 mod extract;
@@ -104,6 +105,10 @@ pub struct ServerConfig {
     /// The inference gateway: providers, policy, model map, prices
     /// (`--gateway-config`, `OLLAMA_BASE_URL`, `OPENAI_*`, `ANTHROPIC_API_KEY`).
     pub gateway: fabric_gateway::GatewayConfig,
+    /// The clock budget periods follow (tests drive it; the system clock otherwise).
+    pub budget_clock: budgets::BudgetClock,
+    /// How often agents' CPU time is sampled into their compute budgets.
+    pub compute_sample_every: Duration,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +128,8 @@ impl Default for ServerConfig {
             sandbox_helper: None,
             containers: ContainerConfig::default(),
             gateway: fabric_gateway::GatewayConfig::default(),
+            budget_clock: budgets::BudgetClock::default(),
+            compute_sample_every: budgets::DEFAULT_COMPUTE_SAMPLE_EVERY,
         }
     }
 }
@@ -252,7 +259,9 @@ pub async fn run(
     let local = api_addr.to_string();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let llm = llm::Llm::new(config.gateway.clone(), store.clone())?;
+    let budgets = budgets::BudgetService::new(store.clone(), Arc::clone(&config.budget_clock.0));
+    tasks.set_budgets(Arc::clone(&budgets));
+    let llm = llm::Llm::new(config.gateway.clone(), store.clone(), Arc::clone(&budgets))?;
     let manager_config = ManagerConfig {
         agents_dir: config.data_dir.join("agents"),
         api_addr,
@@ -278,6 +287,7 @@ pub async fn run(
         auth: Arc::clone(&auth),
         agents: agents.clone(),
         llm,
+        budgets: Arc::clone(&budgets),
         shutdown: stop_rx.clone(),
         readiness: Arc::clone(&readiness),
     };
@@ -354,6 +364,13 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let restored = tasks.recover().await?;
+    // The current period's usage comes back from the ledger before any call
+    // is admitted.
+    let budgeted = budgets
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load budgets: {}", e.message))?;
+    tracing::info!(budgets = budgeted, "budgets loaded");
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
     let mut shell = AgentConfig::new(AgentId::shell());
@@ -387,6 +404,12 @@ pub async fn run(
             }
         })
     };
+    let compute_sampler = tokio::spawn(budgets::sample_compute(
+        agents.clone(),
+        Arc::clone(&budgets),
+        config.compute_sample_every,
+        stop_rx.clone(),
+    ));
     readiness.set_ready();
     tracing::info!(restored, agents = respawned, "ready");
 
@@ -407,6 +430,7 @@ pub async fn run(
     state.llm.flush().await;
     tasks.stop_all_running();
     ticker.abort();
+    compute_sampler.abort();
     let drain = async {
         agents.wait_stopped().await;
         while workers.join_next().await.is_some() {}

@@ -29,7 +29,11 @@ pub struct Llm {
 
 impl Llm {
     /// The gateway of `config`, metering into `store`'s usage ledger.
-    pub(crate) fn new(config: GatewayConfig, store: Store) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        config: GatewayConfig,
+        store: Store,
+        budgets: Arc<crate::budgets::BudgetService>,
+    ) -> anyhow::Result<Self> {
         let providers: Vec<String> = config
             .providers
             .iter()
@@ -46,7 +50,8 @@ impl Llm {
         let policy = config.policy.to_string();
         let sink = StoreSink::new(store.clone(), fabric_gateway::metering::DEFAULT_FLUSH_EVERY);
         let gateway = Gateway::new(config, Arc::new(sink.clone()))
-            .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?
+            .with_admission(Arc::new(crate::budgets::BudgetAdmission(budgets)));
         if providers.is_empty() {
             tracing::warn!(
                 "inference gateway: no provider configured; LLM calls answer 503 until OLLAMA_BASE_URL, OPENAI_API_KEY or --gateway-config is set"

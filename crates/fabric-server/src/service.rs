@@ -78,9 +78,26 @@ pub struct TaskService {
     defaults: TaskDefaults,
     wakers: RwLock<HashMap<AgentId, Arc<Notify>>>,
     running: Mutex<HashMap<TaskId, RunningAttempt>>,
+    /// Compute-seconds budgets: an agent over its limit gets no new tasks.
+    budgets: std::sync::OnceLock<Arc<crate::budgets::BudgetService>>,
 }
 
 impl TaskService {
+    /// Enforces compute budgets from now on (task creation and leases).
+    pub fn set_budgets(&self, budgets: Arc<crate::budgets::BudgetService>) {
+        let _ = self.budgets.set(budgets);
+    }
+
+    /// `Err` (429 `budget_exceeded`) when `agent`'s compute budget is spent.
+    fn check_compute(&self, agent: &AgentId) -> Result<(), ApiError> {
+        match self.budgets.get() {
+            Some(budgets) => budgets
+                .check_compute(agent)
+                .map_err(|r| crate::budgets::refusal_error(&r)),
+            None => Ok(()),
+        }
+    }
+
     pub async fn new(
         store: Store,
         clock: Arc<dyn Clock>,
@@ -96,6 +113,7 @@ impl TaskService {
             defaults,
             wakers: RwLock::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            budgets: std::sync::OnceLock::new(),
         })
     }
 
@@ -196,6 +214,7 @@ impl TaskService {
             .clone()
             .unwrap_or_else(|| self.defaults.agent.clone());
         let spec = validate::create_request(&req, &agent, idempotency_key.as_deref())?;
+        self.check_compute(&agent)?;
         // Dependencies must exist (and be visible to the caller) before anything is stored.
         for dep in &req.depends_on {
             self.get(&principal.tenant, *dep).await.map_err(|e| {
@@ -462,6 +481,11 @@ impl TaskService {
     /// submitted (under the scheduler lock, like every decision) but the
     /// lease is not yours until [`TaskService::confirm`] says it applied.
     pub fn try_lease(&self, agent: &AgentId) -> Option<PendingLease> {
+        // Over its compute budget: the agent's tasks wait in the queue until
+        // the budget resets or is raised.
+        if self.check_compute(agent).is_err() {
+            return None;
+        }
         let now = self.clock.now();
         let mut sched = self.sched.lock();
         let lease = sched.lease(agent, now)?;

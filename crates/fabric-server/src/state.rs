@@ -17,6 +17,8 @@ pub struct AppState {
     pub agents: AgentManager,
     /// The inference gateway and its usage ledger.
     pub llm: Llm,
+    /// Budgets: limits, live usage, reservations, alerts.
+    pub budgets: Arc<crate::budgets::BudgetService>,
     /// Turns true when the server starts shutting down (ends long polls).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// What `/readyz` says, and whether `/v1` requests are served.

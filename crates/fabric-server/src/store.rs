@@ -7,6 +7,7 @@ use std::future::Future;
 use std::path::Path;
 
 use fabric_core::agent::{AgentRecord, AgentSession};
+use fabric_core::budget::{BudgetEntity, BudgetRecord, BudgetStore};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
     TaskQuery, TaskStore, TaskWrite, UsageQuery, UsageRecord, UsageStore, UsageTotals, User,
@@ -283,6 +284,35 @@ impl UsageStore for AnyStore {
         query: UsageQuery,
     ) -> impl Future<Output = Result<UsageTotals, StoreError>> + Send + 'static {
         dispatch!(self, s => s.usage_totals(query))
+    }
+}
+
+impl BudgetStore for AnyStore {
+    fn put_budget(
+        &self,
+        record: BudgetRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_budget(record))
+    }
+
+    fn get_budget(
+        &self,
+        entity: BudgetEntity,
+    ) -> impl Future<Output = Result<Option<BudgetRecord>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.get_budget(entity))
+    }
+
+    fn list_budgets(
+        &self,
+    ) -> impl Future<Output = Result<Vec<BudgetRecord>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_budgets())
+    }
+
+    fn delete_budget(
+        &self,
+        entity: BudgetEntity,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_budget(entity))
     }
 }
 

@@ -1,5 +1,5 @@
 //! The store conformance suite: the behaviour of the [`TaskStore`],
-//! [`AuthStore`] and [`AgentStore`] contracts, as checks any backend's tests can run.
+//! [`AuthStore`], [`AgentStore`], [`UsageStore`] and [`BudgetStore`] contracts, as checks any backend's tests can run.
 //!
 //! ```ignore
 //! #[tokio::test(flavor = "multi_thread")]
@@ -19,17 +19,18 @@ use std::time::Duration;
 use fabric_core::agent::{
     AgentConfig, AgentRecord, AgentSession, DesiredState, IsolationLevel, RestartPolicy,
 };
+use fabric_core::budget::{Amounts, BudgetEntity, BudgetRecord, BudgetSpec, PeriodState};
 use fabric_core::{
-    AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, EventKind, Priority, Scope,
-    StoreError, Task, TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery, TaskResult, TaskStatus,
-    TaskStore, TaskWrite, TenantId, Timestamp, UsageOutcome, UsageQuery, UsageRecord, UsageStore,
-    UsageTotals, User, WriteOutcome,
+    AgentId, AgentStore, ApiToken, AuthStore, BudgetStore, CreateOutcome, EventKind, Priority,
+    ResetPolicy, Scope, StoreError, Task, TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery,
+    TaskResult, TaskStatus, TaskStore, TaskWrite, TenantId, Timestamp, UsageOutcome, UsageQuery,
+    UsageRecord, UsageStore, UsageTotals, User, WriteOutcome,
 };
 
 /// Runs every check, each against a new store from `make_store`.
 pub async fn run_all<S, F, Fut>(mut make_store: F)
 where
-    S: TaskStore + AuthStore + AgentStore + UsageStore + Clone,
+    S: TaskStore + AuthStore + AgentStore + UsageStore + BudgetStore + Clone,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
 {
@@ -51,6 +52,7 @@ where
     agent_writes_fire_and_forget_in_order(&make_store().await).await;
     usage_records_filters_order_and_totals(&make_store().await).await;
     usage_writes_fire_and_forget_in_order(&make_store().await).await;
+    budgets_put_get_list_delete(&make_store().await).await;
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -1331,4 +1333,93 @@ pub async fn usage_writes_fire_and_forget_in_order<S: UsageStore>(store: &S) {
         usage_ids(store, UsageQuery::default()).await,
         vec![second.id, first.id]
     );
+}
+
+// ---------------------------------------------------------------- budgets
+
+#[track_caller]
+fn entity(s: &str) -> BudgetEntity {
+    match s.parse() {
+        Ok(e) => e,
+        Err(e) => panic!("bad budget entity in fixture: {e}"),
+    }
+}
+
+fn sample_budget(e: &str, tokens: u64) -> BudgetRecord {
+    BudgetRecord {
+        entity: entity(e),
+        spec: BudgetSpec {
+            max_tokens_per_day: Some(tokens),
+            max_compute_seconds_per_day: Some(60),
+            max_cost_per_day_usd: Some(1.25),
+            alert_threshold_percent: 75,
+            reset: ResetPolicy::Carryover,
+        },
+        period: PeriodState {
+            start: Timestamp::from_millis(1_796_169_600_000),
+            carry: Amounts {
+                tokens: 5,
+                compute_ms: 6,
+                cost_nano_usd: 7,
+            },
+            compute_ms: 1_234,
+            alerted: true,
+            exceeded: false,
+        },
+        updated_at: Timestamp::from_millis(1_796_205_600_000),
+    }
+}
+
+/// Budgets: put replaces, get by entity, list in entity order, delete says
+/// whether there was one; every field survives the round trip.
+pub async fn budgets_put_get_list_delete<S: BudgetStore>(store: &S) {
+    assert!(
+        must(
+            store.get_budget(entity("agent:coder")).await,
+            "reading a budget"
+        )
+        .is_none(),
+        "a fresh store has no budgets"
+    );
+    let records = [
+        sample_budget("user:alice", 10),
+        sample_budget("agent:coder", 20),
+        sample_budget("tenant:acme", 30),
+    ];
+    for r in &records {
+        must(store.put_budget(r.clone()).await, "storing a budget");
+    }
+    let got = must(
+        store.get_budget(entity("agent:coder")).await,
+        "reading a budget",
+    );
+    assert_eq!(
+        got.as_ref(),
+        Some(&records[1]),
+        "a budget round-trips whole"
+    );
+    let mut replaced = sample_budget("agent:coder", 99);
+    replaced.spec.reset = ResetPolicy::Daily;
+    replaced.period.alerted = false;
+    must(
+        store.put_budget(replaced.clone()).await,
+        "replacing a budget",
+    );
+    let listed = must(store.list_budgets().await, "listing budgets");
+    let names: Vec<String> = listed.iter().map(|r| r.entity.to_string()).collect();
+    assert_eq!(
+        names,
+        ["agent:coder", "tenant:acme", "user:alice"],
+        "budgets are listed in entity order, one per entity"
+    );
+    assert_eq!(listed[0], replaced, "put replaces the record");
+    assert!(must(
+        store.delete_budget(entity("tenant:acme")).await,
+        "deleting a budget"
+    ));
+    assert!(!must(
+        store.delete_budget(entity("tenant:acme")).await,
+        "deleting a budget twice"
+    ));
+    assert_eq!(must(store.list_budgets().await, "listing budgets").len(), 2);
 }

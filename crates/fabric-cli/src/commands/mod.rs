@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod budget;
 pub mod image;
 pub mod instance;
 pub mod mock_llm;
@@ -60,6 +61,11 @@ pub enum Command {
     /// Spawn, list, inspect and terminate agents
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Set, show, list and delete budgets (daily token, compute and cost limits)
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
+    /// Show an agent's, user's or tenant's usage: used, remaining, projection to the end of the period
+    Usage(budget::UsageArgs),
     /// Start a namespaced Docker instance: network, orchestrator and Redis containers
     Start(instance::StartArgs),
     /// Remove a Docker instance: every container, network and volume labelled with it
@@ -126,6 +132,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Auth(cmd) => auth::run(&ctx, cmd).await,
                     Command::Task(cmd) => task::run(&ctx, cmd).await,
                     Command::Agent(cmd) => agent::run(&ctx, cmd).await,
+                    Command::Budget(cmd) => budget::run(&ctx, cmd).await,
+                    Command::Usage(args) => budget::usage(&ctx, args).await,
                     Command::Version
                     | Command::Serve(_)
                     | Command::Proxy(_)

@@ -276,3 +276,92 @@ async fn provider_keys_never_appear_in_logs_or_responses() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_set_then_usage_shows_used_remaining_and_projection() {
+    let local = Mock::start("local", None);
+    let fabric = super::Fabric::start_with_env(&[("OLLAMA_BASE_URL", &local.url)]);
+    fabric.login();
+    let out = super::stdout_of(fabric.cli().args([
+        "budget",
+        "set",
+        "--user",
+        "admin",
+        "--max-tokens-per-day",
+        "100",
+        "--alert-threshold",
+        "50",
+    ]));
+    assert!(out.contains("user:admin"), "{out}");
+    assert!(out.contains("50%"), "{out}");
+
+    // Two calls as admin: 4 prompt words + "echo: a b c d" 5 words = 9 tokens each.
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(format!("{}/v1/auth/login", fabric.url))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap();
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{}/v1/chat/completions", fabric.url))
+            .bearer_auth(token)
+            .json(&json!({"model": "llama3", "max_tokens": 10,
+                          "messages": [{"role": "user", "content": "a b c d"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    let out = super::stdout_of(
+        fabric
+            .cli()
+            .args(["usage", "--user", "admin", "--period", "day", "-o", "json"]),
+    );
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["tokens"]["used"], json!(18.0), "{report}");
+    assert_eq!(report["tokens"]["remaining"], json!(82.0), "{report}");
+    assert!(
+        report["tokens"]["projected"].as_f64().unwrap() >= 18.0,
+        "{report}"
+    );
+    let human = super::stdout_of(fabric.cli().args(["usage", "--user", "admin"]));
+    assert!(
+        human.contains("REMAINING") && human.contains("PROJECTED"),
+        "{human}"
+    );
+    assert!(
+        human
+            .lines()
+            .any(|l| l.starts_with("tokens") && l.contains("18") && l.contains("82")),
+        "{human}"
+    );
+
+    let list = super::stdout_of(fabric.cli().args(["budget", "list"]));
+    assert!(
+        list.contains("user:admin") && list.contains("100"),
+        "{list}"
+    );
+    fabric
+        .cli()
+        .args(["budget", "delete", "--user", "admin"])
+        .assert()
+        .success();
+    fabric
+        .cli()
+        .args(["budget", "get", "--user", "admin"])
+        .assert()
+        .failure();
+    // Without a kind the CLI refuses before any request (usage error, exit 2).
+    fabric
+        .cli()
+        .args(["budget", "set", "--max-tokens-per-day", "5"])
+        .assert()
+        .code(2);
+}

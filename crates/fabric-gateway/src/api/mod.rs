@@ -123,15 +123,30 @@ impl Reply {
 
 /// `{"error": {code, message, request_id, provider?, correlation_id?}}`.
 pub fn error_body(err: &GatewayError, request_id: &str) -> ErrorBody {
-    ErrorBody {
+    let mut body = ErrorBody {
         error: ErrorDetail {
             code: err.code().to_owned(),
             message: err.to_string(),
             request_id: request_id.to_owned(),
             provider: err.provider().map(str::to_owned),
             correlation_id: err.correlation_id().map(str::to_owned),
+            entity: None,
+            limit: None,
+            resets_at: None,
         },
+    };
+    if let GatewayError::BudgetExceeded {
+        entity,
+        limit,
+        resets_at,
+        ..
+    } = err
+    {
+        body.error.entity = Some(entity.clone());
+        body.error.limit = Some(limit.clone());
+        body.error.resets_at = Some(*resets_at);
     }
+    body
 }
 
 /// A policy override (`X-Fabric-Policy`, `policyOverride`), or 400.

@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+use fabric_core::UsageRecord;
 use fabric_gateway::api::{infer, ollama, openai};
-use fabric_gateway::{CallGuard, CallOptions, Caller, GatewayError, GuardFuture};
+use fabric_gateway::{
+    Admission, Admitted, CallGuard, CallOptions, Caller, Estimate, GatewayError, GuardFuture,
+};
 use serde_json::{Value, json};
 
 use crate::harness::{body, caller, gateway, local_cloud, mock, sse_data};
@@ -384,4 +387,127 @@ async fn the_guard_answers_403_for_policy_and_429_for_quota() {
         (429, "quota_exceeded")
     );
     assert_eq!(local.control().requests(), 0);
+}
+
+/// Records what the gateway asks of an [`Admission`]: estimates in, records out.
+#[derive(Default)]
+struct RecordingAdmission {
+    estimates: parking_lot::Mutex<Vec<Estimate>>,
+    settled: Arc<parking_lot::Mutex<Vec<UsageRecord>>>,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct RecordingHold {
+    settled: Arc<parking_lot::Mutex<Vec<UsageRecord>>>,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+    done: bool,
+}
+
+impl Admitted for RecordingHold {
+    fn settle(mut self: Box<Self>, record: &UsageRecord) {
+        self.done = true;
+        self.settled.lock().push(record.clone());
+    }
+}
+
+impl Drop for RecordingHold {
+    fn drop(&mut self) {
+        if !self.done {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Admission for RecordingAdmission {
+    fn admit(
+        &self,
+        caller: &Caller,
+        _model: &str,
+        estimate: Estimate,
+    ) -> Result<Box<dyn Admitted>, GatewayError> {
+        if caller.user == "spent" {
+            return Err(GatewayError::BudgetExceeded {
+                message: "budget exceeded for user:spent".into(),
+                entity: "user:spent".into(),
+                limit: "max_tokens_per_day".into(),
+                resets_at: fabric_core::Timestamp::from_millis(1_796_256_000_000),
+                retry_after: 60,
+            });
+        }
+        self.estimates.lock().push(estimate);
+        Ok(Box::new(RecordingHold {
+            settled: Arc::clone(&self.settled),
+            dropped: Arc::clone(&self.dropped),
+            done: false,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn admission_sees_estimates_and_settles_with_each_calls_record() {
+    let (local, cloud) = (mock("local").await, mock("cloud").await);
+    let (gw, sink) = gateway(local_cloud(&local, &cloud));
+    let admission = Arc::new(RecordingAdmission::default());
+    let gw = gw.with_admission(Arc::clone(&admission) as Arc<dyn Admission>);
+    let chat = |stream: bool| {
+        bytes(json!({"model": "llama3", "max_tokens": 7, "stream": stream,
+                     "messages": [{"role": "user", "content": "a b c"}]}))
+    };
+    // Plain, then streamed (settled when the stream ends).
+    let (status, _, _) = body(
+        openai::chat_completions(&gw, &caller(), CallOptions::new("openai"), &chat(false)).await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = body(
+        openai::chat_completions(&gw, &caller(), CallOptions::new("openai"), &chat(true)).await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // "a b c" is 2 estimated tokens + 3 framing; max_tokens 7.
+    let expected = Estimate {
+        input_tokens: 5,
+        output_tokens: 7,
+    };
+    assert_eq!(*admission.estimates.lock(), vec![expected, expected]);
+    let settled = admission.settled.lock().clone();
+    assert_eq!(settled.len(), 2);
+    assert_eq!(
+        settled,
+        sink.records(),
+        "settled with the very records metered"
+    );
+    assert_eq!((settled[0].tokens_in, settled[0].tokens_out), (3, 4));
+    assert!(settled[1].stream);
+
+    // A refusal: 429 budget_exceeded with entity, limit, resets_at, Retry-After; no upstream call.
+    let before = local.control().requests();
+    let mut spent = caller();
+    spent.user = "spent".into();
+    let reply =
+        openai::chat_completions(&gw, &spent, CallOptions::new("openai"), &chat(true)).await;
+    assert_eq!(reply.retry_after, Some(60));
+    let (status, _, text) = body(reply).await;
+    assert_eq!(status, 429, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "budget_exceeded");
+    assert_eq!(v["error"]["entity"], "user:spent");
+    assert_eq!(v["error"]["limit"], "max_tokens_per_day");
+    assert_eq!(v["error"]["resets_at"], "2026-12-03T00:00:00.000Z");
+    assert_eq!(local.control().requests(), before);
+
+    // A failed call is settled too (with its zero-token error record).
+    local.control().fail_next(100, 500);
+    cloud.control().fail_next(100, 500);
+    let (status, _, _) = body(
+        openai::chat_completions(&gw, &caller(), CallOptions::new("openai"), &chat(false)).await,
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert_eq!(admission.settled.lock().len(), 3);
+    assert_eq!(
+        admission.dropped.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }

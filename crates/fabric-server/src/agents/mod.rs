@@ -419,6 +419,11 @@ impl AgentManager {
         self.slot(id).ok_or_else(|| agent_not_found(id))
     }
 
+    /// The tenant and user every agent of this server runs for.
+    pub fn tenant_and_owner(&self) -> (TenantId, String) {
+        self.inner.tenant_and_owner()
+    }
+
     /// `GET /v1/agents`.
     pub fn list(&self) -> Vec<Agent> {
         let mut slots: Vec<_> = self.inner.slots.lock().values().cloned().collect();

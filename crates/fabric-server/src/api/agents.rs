@@ -46,6 +46,22 @@ pub async fn spawn(
 ) -> Result<(StatusCode, Json<Agent>), ApiError> {
     user_only(&principal)?;
     principal.require(Scope::Admin)?;
+    // The config's `budget{...}` becomes the agent's budget before it can
+    // make a call (an agent spawned without limits keeps any budget set
+    // through /v1/budgets).
+    let budget = &config.budget;
+    if budget.max_tokens_per_day.is_some()
+        || budget.max_compute_seconds_per_day.is_some()
+        || budget.max_cost_per_day_usd.is_some()
+    {
+        let spec = fabric_core::BudgetSpec::from(budget);
+        spec.validate()
+            .map_err(|e| ApiError::bad_request(format!("budget: {e}")))?;
+        state
+            .budgets
+            .put(fabric_core::BudgetEntity::Agent(config.id.clone()), spec)
+            .await?;
+    }
     let agent = state.agents.spawn(config, &principal).await?;
     tracing::info!(agent_id = %agent.config.id, isolation = %agent.config.isolation.level, "agent spawned");
     Ok((StatusCode::CREATED, Json(agent)))

@@ -3,6 +3,7 @@
 mod agent;
 mod agents;
 mod auth;
+mod budgets;
 mod health;
 mod llm;
 mod stream;
@@ -33,9 +34,10 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
         llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
+        budgets::put, budgets::list, budgets::get_one, budgets::delete, budgets::usage,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "budgets"))
 )]
 pub struct ApiDoc;
 
@@ -87,6 +89,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/llm/infer", post(llm::infer))
         .route("/v1/llm/usage", get(llm::usage))
         .route("/v1/llm/status", get(llm::status))
+        .route("/v1/budgets", get(budgets::list))
+        .route(
+            "/v1/budgets/{entity}",
+            get(budgets::get_one)
+                .put(budgets::put)
+                .delete(budgets::delete),
+        )
+        .route("/v1/usage/{entity}", get(budgets::usage))
         .route("/v1/ollama", any(llm::ollama))
         .route("/v1/ollama/{*path}", any(llm::ollama))
         .fallback(not_found)

@@ -6,6 +6,7 @@
 
 mod agents;
 mod api;
+mod budgets;
 mod containers;
 mod gateway;
 mod harness;

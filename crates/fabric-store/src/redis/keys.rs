@@ -13,6 +13,7 @@
 //! | `tokens` | hash | token hash → token JSON |
 //! | `agents` | hash | agent id → record JSON |
 //! | `sessions:{agent id}` | sorted set | session JSON, score = session number |
+//! | `budgets` | hash | budget entity (`agent:coder`) → budget record JSON |
 //! | `leader` | string with a TTL | `"<generation>:<owner>"`: which orchestrator is active |
 //! | `leader_gen` | string | the latest leadership generation (the fencing token of the fenced scripts) |
 
@@ -73,6 +74,10 @@ impl Keys {
 
     pub fn agents(&self) -> String {
         self.key("agents")
+    }
+
+    pub fn budgets(&self) -> String {
+        self.key("budgets")
     }
 
     pub fn sessions(&self, id: &AgentId) -> String {

@@ -21,6 +21,7 @@
 //! task, event and agent write of this store then carries; the scripts refuse
 //! it once another orchestrator has taken over (see `leader.rs`).
 
+mod budget;
 mod codec;
 mod conn;
 mod error;

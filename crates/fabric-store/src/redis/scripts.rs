@@ -32,7 +32,7 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 14] {
+pub(crate) fn all() -> [&'static Script; 16] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
@@ -48,6 +48,8 @@ pub(crate) fn all() -> [&'static Script; 14] {
         &super::usage::RECORD_USAGE,
         &super::usage::LIST_USAGE,
         &super::usage::USAGE_TOTALS,
+        &super::budget::PUT_BUDGET,
+        &super::budget::DELETE_BUDGET,
     ]
 }
 
@@ -55,7 +57,7 @@ pub(crate) fn all() -> [&'static Script; 14] {
 /// `ARGV[1]`, `ARGV[2]`, and the refusal when the leadership moved on. It
 /// runs before the first write: a script's writes are not rolled back by a
 /// later error.
-const FENCE: &str = r#"
+pub(crate) const FENCE: &str = r#"
 local P, G = ARGV[1], ARGV[2]
 if G ~= '0' then
   local current = redis.call('GET', P .. 'leader_gen')

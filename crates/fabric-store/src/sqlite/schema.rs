@@ -97,6 +97,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_user ON usage (user, ts_ms);
     CREATE INDEX usage_ts ON usage (ts_ms);
     ",
+    // 4: budgets (SPEC §8): limits, reset policy and the current period's
+    // state per entity (`agent:coder`, `user:alice`, `tenant:default`).
+    "
+    CREATE TABLE budgets (
+        entity TEXT PRIMARY KEY NOT NULL,
+        body   TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.

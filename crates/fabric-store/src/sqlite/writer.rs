@@ -16,6 +16,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::Shared;
+use super::budget::{delete_budget, put_budget};
 use super::rows::{AgentRow, EventRow, FENCED_UPDATE_SQL, SessionRow, TaskRow, decode_json};
 use super::usage::{UsageRow, insert_usage};
 use crate::error::SqliteStoreError;
@@ -51,6 +52,10 @@ pub(crate) enum WriteOp {
     DeleteAgent(Pending<String, bool>),
     PutSession(Pending<SessionRow, ()>),
     RecordUsage(Pending<UsageRow, ()>),
+    /// `(entity, body)`.
+    PutBudget(Pending<(String, String), ()>),
+    /// The entity.
+    DeleteBudget(Pending<String, bool>),
 }
 
 /// An op's arguments until it runs, then its result until the commit settles it.
@@ -150,6 +155,8 @@ impl WriteOp {
             WriteOp::DeleteAgent(p) => p.run(conn, true, |c, id| delete_agent(c, &id)),
             WriteOp::PutSession(p) => p.run(conn, false, |c, row| put_session(c, &row)),
             WriteOp::RecordUsage(p) => p.run(conn, false, |c, row| insert_usage(c, &row)),
+            WriteOp::PutBudget(p) => p.run(conn, false, |c, row| put_budget(c, &row)),
+            WriteOp::DeleteBudget(p) => p.run(conn, false, |c, e| delete_budget(c, &e)),
         }
     }
 
@@ -165,6 +172,8 @@ impl WriteOp {
             WriteOp::DeleteAgent(p) => p.finish(batch_error),
             WriteOp::PutSession(p) => p.finish(batch_error),
             WriteOp::RecordUsage(p) => p.finish(batch_error),
+            WriteOp::PutBudget(p) => p.finish(batch_error),
+            WriteOp::DeleteBudget(p) => p.finish(batch_error),
         }
     }
 }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use fabric_core::agent::{AgentSession, DesiredState};
 use fabric_core::{
-    AgentId, AgentStore, AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStatus, TaskStore,
-    TaskWrite, Timestamp, UsageStore, WriteOutcome,
+    AgentId, AgentStore, AuthStore, BudgetStore, CreateOutcome, StoreError, TaskQuery, TaskStatus,
+    TaskStore, TaskWrite, Timestamp, UsageStore, WriteOutcome,
 };
 use fabric_store::conformance::{full_agent, full_task, sample_agent, sample_session, sample_task};
 use fabric_store::{SqliteStore, StoreStats};
@@ -158,7 +158,8 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
     // What a database written by the previous release looks like.
     tamper(
         &path,
-        "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; PRAGMA user_version = 1;",
+        "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; DROP TABLE budgets;
+         PRAGMA user_version = 1;",
     );
 
     let store = open(&path);
@@ -179,6 +180,15 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
         store.list_usage(Default::default()).await.unwrap(),
         vec![usage]
     );
+    // ... and budgets (schema 4).
+    let budget = fabric_core::BudgetRecord {
+        entity: "agent:coder".parse().unwrap(),
+        spec: fabric_core::BudgetSpec::default(),
+        period: fabric_core::budget::PeriodState::default(),
+        updated_at: fabric_core::Timestamp::from_millis(1),
+    };
+    store.put_budget(budget.clone()).await.unwrap();
+    assert_eq!(store.list_budgets().await.unwrap(), vec![budget]);
     let version: i64 = rusqlite::Connection::open(&path)
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))

@@ -1,0 +1,128 @@
+//! Budgets (SPEC §8): `PUT/GET/DELETE /v1/budgets/{entity}`, `GET /v1/budgets`,
+//! `GET /v1/usage/{entity}?period=day`. Writes need `admin`; an agent or a
+//! user may read its own budget and usage.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use fabric_core::Scope;
+use fabric_core::budget::{BudgetEntity, BudgetList, BudgetSpec, BudgetUsageReport, BudgetView};
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+fn entity(raw: &str) -> Result<BudgetEntity, ApiError> {
+    raw.parse()
+        .map_err(|e: fabric_core::budget::BudgetEntityError| ApiError::bad_request(e.to_string()))
+}
+
+/// Admins read anything; an agent token its own agent, a user token its own user.
+fn may_read(principal: &Principal, entity: &BudgetEntity) -> Result<(), ApiError> {
+    if Scope::Admin.granted_by(&principal.scopes) {
+        return Ok(());
+    }
+    let own = match (entity, &principal.agent) {
+        (BudgetEntity::Agent(a), Some(mine)) => a == mine,
+        (BudgetEntity::User(u), None) => *u == principal.user,
+        _ => false,
+    };
+    if own {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "reading {entity} needs the 'admin' scope: a token may read only its own agent's or user's budget and usage"
+        )))
+    }
+}
+
+/// Sets (creates or replaces) an entity's budget.
+#[utoipa::path(put, path = "/v1/budgets/{entity}", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>")),
+    request_body = BudgetSpec,
+    responses((status = 200, body = BudgetView), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
+pub async fn put(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw): Path<String>,
+    ApiJson(spec): ApiJson<BudgetSpec>,
+) -> Result<Json<BudgetView>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let entity = entity(&raw)?;
+    let view = state.budgets.put(entity, spec).await?;
+    tracing::info!(entity = %view.entity, "budget set");
+    Ok(Json(view))
+}
+
+/// Every budget.
+#[utoipa::path(get, path = "/v1/budgets", tag = "budgets", security(("bearer" = [])),
+    responses((status = 200, body = BudgetList), (status = 403, body = fabric_core::api::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<BudgetList>, ApiError> {
+    principal.require(Scope::Admin)?;
+    Ok(Json(state.budgets.list().await?))
+}
+
+/// One entity's budget.
+#[utoipa::path(get, path = "/v1/budgets/{entity}", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>")),
+    responses((status = 200, body = BudgetView), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw): Path<String>,
+) -> Result<Json<BudgetView>, ApiError> {
+    let entity = entity(&raw)?;
+    may_read(&principal, &entity)?;
+    Ok(Json(state.budgets.get(&entity).await?))
+}
+
+/// Removes an entity's budget (its usage stays in the ledger).
+#[utoipa::path(delete, path = "/v1/budgets/{entity}", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>")),
+    responses((status = 204), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Scope::Admin)?;
+    let entity = entity(&raw)?;
+    state.budgets.delete(&entity).await?;
+    tracing::info!(entity = %entity, "budget deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// `day` (the only period budgets have).
+    pub period: Option<String>,
+}
+
+/// Used, limits, remaining, percent, projection to the end of the period,
+/// alerts and reset time of an entity.
+#[utoipa::path(get, path = "/v1/usage/{entity}", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>"), UsageParams),
+    responses((status = 200, body = BudgetUsageReport), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
+pub async fn usage(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw): Path<String>,
+    ApiQuery(params): ApiQuery<UsageParams>,
+) -> Result<Json<BudgetUsageReport>, ApiError> {
+    let entity = entity(&raw)?;
+    if let Some(period) = params.period.as_deref()
+        && period != "day"
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown period {period:?}: budgets count per UTC day; use period=day"
+        )));
+    }
+    may_read(&principal, &entity)?;
+    Ok(Json(state.budgets.report(&entity).await?))
+}
