@@ -17,10 +17,13 @@
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
-//! - [`telemetry`]: log subscriber setup (JSON or pretty).
+//! - [`telemetry`]: log subscriber setup (JSON or pretty), the HTTP metrics/trace middleware.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`; [`trace`]: W3C trace
+//!   context and the OTLP/HTTP span exporter; [`alerts`]: the alert hub and its detectors.
 //! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
 
 pub mod agents;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 mod error;
@@ -28,12 +31,14 @@ pub mod events;
 mod extract;
 pub mod leader;
 pub mod llm;
+pub mod metrics;
 pub mod proxy;
 mod request_id;
 pub mod service;
 pub mod state;
 mod store;
 pub mod telemetry;
+pub mod trace;
 mod validate;
 
 use std::fs::File;
@@ -52,7 +57,7 @@ use tokio::sync::watch;
 
 pub use crate::error::ApiError;
 pub use crate::store::StoreConfig;
-pub use crate::telemetry::{LogFormat, init_logging};
+pub use crate::telemetry::{LogFormat, TelemetryConfig, init_logging};
 pub use fabric_runtime::sandbox::HelperCommand;
 
 use crate::agents::{AgentManager, ManagerConfig};
@@ -104,6 +109,8 @@ pub struct ServerConfig {
     /// The inference gateway: providers, policy, model map, prices
     /// (`--gateway-config`, `OLLAMA_BASE_URL`, `OPENAI_*`, `ANTHROPIC_API_KEY`).
     pub gateway: fabric_gateway::GatewayConfig,
+    /// Trace export (`OTEL_*`) and alerts (`--alert-webhook`, thresholds).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +130,7 @@ impl Default for ServerConfig {
             sandbox_helper: None,
             containers: ContainerConfig::default(),
             gateway: fabric_gateway::GatewayConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -225,6 +233,26 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot open the store ({store_name})"))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (tracer, exporter) = match config.telemetry.otlp.clone() {
+        Some(otlp) => {
+            let (tracer, handle) =
+                trace::Tracer::start(otlp, Arc::clone(&metrics), stop_rx.clone());
+            (tracer, Some(handle))
+        }
+        None => (trace::Tracer::default(), None),
+    };
+    let telemetry = Arc::new(telemetry::Telemetry {
+        alerts: alerts::AlertHub::new(
+            config.telemetry.alerts.clone(),
+            Arc::clone(&metrics),
+            Arc::clone(&clock),
+        ),
+        metrics,
+        tracer,
+    });
     let defaults = TaskDefaults {
         max_attempts: config.default_max_attempts,
         agent: AgentId::shell(),
@@ -236,7 +264,8 @@ pub async fn run(
             config.scheduler.clone(),
             defaults,
         )
-        .await?,
+        .await?
+        .with_telemetry(Arc::clone(&telemetry)),
     );
     // The built-in agents' queues exist before unfinished tasks are reloaded.
     let queue = AgentQueueConfig {
@@ -250,9 +279,11 @@ pub async fn run(
         .local_addr()
         .context("cannot read the listening address")?;
     let local = api_addr.to_string();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    let llm = llm::Llm::new(config.gateway.clone(), store.clone())?;
+    let llm = llm::Llm::new(
+        config.gateway.clone(),
+        store.clone(),
+        Arc::clone(&telemetry),
+    )?;
     let manager_config = ManagerConfig {
         agents_dir: config.data_dir.join("agents"),
         api_addr,
@@ -263,6 +294,7 @@ pub async fn run(
         kill_grace: config.kill_grace,
         owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
         containers: config.containers.clone(),
+        telemetry: Arc::clone(&telemetry),
     };
     let agents = AgentManager::new(
         Arc::clone(&tasks),
@@ -280,7 +312,11 @@ pub async fn run(
         llm,
         shutdown: stop_rx.clone(),
         readiness: Arc::clone(&readiness),
+        telemetry: Arc::clone(&telemetry),
     };
+    telemetry::register_collectors(&state);
+    let error_rates =
+        tokio::spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop_rx.clone()));
     let app = api::router(state.clone());
     {
         let stop_tx = Arc::clone(&stop_tx);
@@ -443,6 +479,11 @@ pub async fn run(
         }
     }
     store.close().await;
+    error_rates.abort();
+    if let Some(exporter) = exporter {
+        // The exporter sends what is queued once the stop flag is up.
+        let _ = tokio::time::timeout(Duration::from_secs(5), exporter).await;
+    }
     tracing::info!("stopped");
     if let Some(reason) = deposed {
         anyhow::bail!(

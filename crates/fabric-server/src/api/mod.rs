@@ -2,6 +2,7 @@
 
 mod agent;
 mod agents;
+mod alerts;
 mod auth;
 mod health;
 mod llm;
@@ -33,9 +34,10 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
         llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
+        alerts::list, alerts::metrics,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "telemetry"))
 )]
 pub struct ApiDoc;
 
@@ -56,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(alerts::metrics))
+        .route("/v1/alerts", get(alerts::list))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
@@ -95,6 +99,13 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::clone(&state.readiness),
             health::gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::telemetry::HttpLayer {
+                telemetry: std::sync::Arc::clone(&state.telemetry),
+                route: None,
+            },
+            crate::telemetry::http_layer,
         ))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         .with_state(state)

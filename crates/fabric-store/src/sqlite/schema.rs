@@ -97,6 +97,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_user ON usage (user, ts_ms);
     CREATE INDEX usage_ts ON usage (ts_ms);
     ",
+    // 4: the trace context a task was created in (FR-TEL-2). The body holds
+    // it for the server; the column lets an operator find the tasks of a
+    // trace in SQL (`WHERE traceparent LIKE '00-<trace id>-%'`).
+    "
+    ALTER TABLE tasks ADD COLUMN traceparent TEXT;
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.
