@@ -418,7 +418,7 @@ impl TaskService {
             );
             tracing::info!(task_id = %task.id, agent_id = %task.agent_id, outcome = task.status.as_str(),
                 reason = task.reason.as_deref(), attempt = task.attempt,
-                latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "task finished");
+                latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "task outcome");
         }
         if !self.telemetry.tracer.enabled() || task.status == TaskStatus::Running {
             return;

@@ -56,8 +56,9 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// The JSON line format: fixed keys first, then the event's and its spans'
-/// fields flattened (an event's own field wins over a span's).
+/// The JSON line format: the fixed keys (`ts`, `level`, `service`, `target`;
+/// they win over fields of the same name) and the event's and its spans'
+/// fields, flattened (an event's own field wins over a span's).
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -72,18 +73,7 @@ where
         event: &Event<'_>,
     ) -> std::fmt::Result {
         let mut line = serde_json::Map::new();
-        line.insert(
-            "ts".into(),
-            humantime::format_rfc3339_micros(SystemTime::now())
-                .to_string()
-                .into(),
-        );
         let meta = event.metadata();
-        line.insert(
-            "level".into(),
-            meta.level().as_str().to_ascii_lowercase().into(),
-        );
-        line.insert("service".into(), SERVICE_NAME.into());
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let extensions = span.extensions();
@@ -96,6 +86,18 @@ where
             }
         }
         event.record(&mut JsonVisitor(&mut line));
+        // The fixed keys win over any field of the same name.
+        line.insert(
+            "ts".into(),
+            humantime::format_rfc3339_micros(SystemTime::now())
+                .to_string()
+                .into(),
+        );
+        line.insert(
+            "level".into(),
+            meta.level().as_str().to_ascii_lowercase().into(),
+        );
+        line.insert("service".into(), SERVICE_NAME.into());
         line.insert("target".into(), meta.target().into());
         writeln!(writer, "{}", serde_json::Value::Object(line))
     }
@@ -188,7 +190,10 @@ pub async fn http_layer(State(layer): State<HttpLayer>, request: Request, next: 
         .get(TRACEPARENT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(SpanContext::parse);
-    let response = if t.tracer.enabled() {
+    // Probes and scrapes are counted but not traced: they would bury the traces that matter.
+    let traced =
+        t.tracer.enabled() && !matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let response = if traced {
         let start_nanos = crate::trace::now_nanos();
         let span = Span::new(
             format!("{method} {route}"),

@@ -286,7 +286,7 @@ impl Tracer {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tracing::info!(endpoint = %config.traces_url, service = %config.service_name, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint = %config.traces_url, service_name = %config.service_name, "exporting traces over OTLP/HTTP");
         let handle = tokio::spawn(export_loop(config, rx, Arc::clone(&metrics), shutdown));
         (
             Self {

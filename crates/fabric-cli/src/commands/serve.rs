@@ -107,7 +107,12 @@ pub struct ServeArgs {
     pub alert_webhook: Option<String>,
 
     /// Failed share of tasks (or 5xx share of requests) over --alert-window that raises an alert
-    #[arg(long, env = "FABRIC_ALERT_ERROR_RATE", value_name = "RATIO", default_value_t = 0.5)]
+    #[arg(
+        long,
+        env = "FABRIC_ALERT_ERROR_RATE",
+        value_name = "RATIO",
+        default_value_t = 0.5
+    )]
     pub alert_error_rate: f64,
 
     /// Window the error rates are measured over (e.g. 5m)
@@ -216,6 +221,11 @@ fn telemetry_config(
             webhook,
             error_rate_threshold: error_rate,
             error_window: window.max(std::time::Duration::from_secs(1)),
+            // Short windows (tests, demos) are looked at more often.
+            check_every: (window / 10).clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(5),
+            ),
             ..Default::default()
         },
     })
