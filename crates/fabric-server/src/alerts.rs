@@ -332,7 +332,7 @@ async fn deliver(url: String, mut rx: mpsc::Receiver<Alert>) {
                     tracing::warn!(alert_id = %alert.id, status = r.status().as_u16(), attempt, "alert webhook answered with an error")
                 }
                 Err(e) => {
-                    tracing::warn!(alert_id = %alert.id, error = %e, attempt, "cannot reach the alert webhook")
+                    tracing::warn!(alert_id = %alert.id, error = %e.without_url(), attempt, "cannot reach the alert webhook")
                 }
             }
             if attempt == WEBHOOK_ATTEMPTS {

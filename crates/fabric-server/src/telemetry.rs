@@ -294,9 +294,9 @@ pub fn register_collectors(state: &crate::state::AppState) {
                 samples: vec![Sample::new(active as f64)],
             },
             Collected {
-                name: "agent_fabric_agent_cpu_seconds",
-                help: "CPU time used by an agent's current session (its cgroup or process tree).",
-                kind: "gauge",
+                name: "agent_fabric_agent_cpu_seconds_total",
+                help: "CPU time used by an agent's current session (its cgroup or process tree); starts again at 0 with each session.",
+                kind: "counter",
                 samples: cpu,
             },
             Collected {

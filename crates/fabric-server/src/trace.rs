@@ -286,7 +286,7 @@ impl Tracer {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tracing::info!(endpoint = %config.traces_url, service_name = %config.service_name, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint = %without_userinfo(&config.traces_url), service_name = %config.service_name, "exporting traces over OTLP/HTTP");
         let handle = tokio::spawn(export_loop(config, rx, Arc::clone(&metrics), shutdown));
         (
             Self {
@@ -312,6 +312,18 @@ impl Tracer {
         {
             m.spans_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// `url` without a `user:password@` part: endpoints are logged, credentials never.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
@@ -383,14 +395,14 @@ async fn send(client: &reqwest::Client, config: &OtlpConfig, spans: &[Span], met
             }
             // 4xx other than 429: the collector will not take this batch.
             Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                tracing::warn!(endpoint = %config.traces_url, status = r.status().as_u16(), spans = spans.len(), "the OTLP endpoint refused a batch of spans; dropped");
+                tracing::warn!(endpoint = %without_userinfo(&config.traces_url), status = r.status().as_u16(), spans = spans.len(), "the OTLP endpoint refused a batch of spans; dropped");
                 break;
             }
             Ok(r) => {
-                tracing::warn!(endpoint = %config.traces_url, status = r.status().as_u16(), attempt, "OTLP export failed");
+                tracing::warn!(endpoint = %without_userinfo(&config.traces_url), status = r.status().as_u16(), attempt, "OTLP export failed");
             }
             Err(e) => {
-                tracing::warn!(endpoint = %config.traces_url, error = %e, attempt, "OTLP export failed; is the collector running?");
+                tracing::warn!(endpoint = %without_userinfo(&config.traces_url), error = %e.without_url(), attempt, "OTLP export failed; is the collector running?");
             }
         }
         if attempt < 3 {
@@ -547,6 +559,18 @@ mod tests {
         ] {
             assert_eq!(SpanContext::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn logged_endpoints_lose_their_credentials() {
+        assert_eq!(
+            without_userinfo("https://user:s3cret@collector:4318/v1/traces"),
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            without_userinfo("http://c:4318/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
     }
 
     #[test]

@@ -863,6 +863,113 @@ async fn metrics_pass_promtool_and_prometheus_counts_the_tasks() {
         .await
         .unwrap();
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
+
+    // Every query of the Grafana dashboard parses and runs in Prometheus.
+    for expr in dashboard_exprs() {
+        let expr = expr.replace("$__rate_interval", "1m");
+        let v: Value = client
+            .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
+            .query(&[("query", expr.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+    }
+}
+
+/// The `expr` of every target of every panel of deploy/grafana/reactor-fabric.json.
+fn dashboard_exprs() -> Vec<String> {
+    let path = workspace().join("deploy/grafana/reactor-fabric.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dashboard: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    assert!(dashboard["title"].is_string() && dashboard["uid"].is_string());
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let targets = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{panel}"));
+        assert!(!targets.is_empty(), "panel without queries: {panel}");
+        for t in targets {
+            exprs.push(
+                t["expr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{t}"))
+                    .to_owned(),
+            );
+        }
+    }
+    exprs
+}
+
+/// The `agent_fabric_*` names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("agent_fabric_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_only_queries_metrics_the_server_exposes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "pw-grafana-123", &[], &[]);
+    let text = scrape(&reqwest::Client::new(), &server.base).await;
+    // Families are listed (HELP/TYPE) even before they have a series.
+    let mut exposed = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            exposed.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    exposed.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let mut used = HashSet::new();
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty(),
+            "query names no agent_fabric_ metric: {expr}"
+        );
+        for name in names {
+            assert!(
+                exposed.contains(&name),
+                "the dashboard queries {name}, which /metrics does not expose ({expr})"
+            );
+            used.insert(name);
+        }
+    }
+    // The SPEC §9 metrics are all on the dashboard.
+    for name in [
+        "agent_fabric_tasks_total",
+        "agent_fabric_task_duration_seconds_bucket",
+        "agent_fabric_tokens_total",
+        "agent_fabric_budget_usage_ratio",
+        "agent_fabric_agents_active",
+        "agent_fabric_policy_decisions_total",
+    ] {
+        assert!(used.contains(name), "{name} is not on the dashboard");
+    }
 }
 
 /// A webhook on loopback: answers 500 to the first POST, 200 after; keeps the bodies.
