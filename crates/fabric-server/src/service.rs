@@ -606,7 +606,6 @@ impl TaskService {
         let mut sched = self.sched.lock();
         let lease = sched.lease(agent, now)?;
         let task = &lease.task;
-        self.observe_lease(task, lease.epoch, now);
         self.events.emit(
             task.id,
             EventKind::Status,
@@ -615,6 +614,8 @@ impl TaskService {
         );
         let commit = Box::pin(self.store.write_task(lease.write.clone())) as Commit;
         drop(sched);
+        // Outside the lock: every other decision waits on it.
+        self.observe_lease(&lease.task, lease.epoch, now);
         Some(PendingLease { lease, commit })
     }
 
