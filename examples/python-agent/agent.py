@@ -37,14 +37,17 @@ class Fabric:
         self.url, self.agent_id = url.rstrip("/"), agent_id
         self._token, self._lock = token, threading.Lock()
 
-    def call(self, path, body=None, timeout=30):
+    def call(self, path, body=None, timeout=30, traceparent=None):
         """POSTs JSON; returns (status, decoded body or None). Raises ApiError,
-        or OSError (urllib.error.URLError, timeouts) when the fabric is unreachable."""
+        or OSError (urllib.error.URLError, timeouts) when the fabric is unreachable.
+        `traceparent` (a task's W3C trace context) joins the call to its trace."""
         with self._lock:
             token = self._token
         data = json.dumps(body).encode() if body is not None else b""
-        req = urllib.request.Request(self.url + path, data=data, method="POST", headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        if traceparent:
+            headers["traceparent"] = traceparent
+        req = urllib.request.Request(self.url + path, data=data, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
@@ -123,12 +126,12 @@ def transient(e):
     return isinstance(e, OSError) or (isinstance(e, ApiError) and (e.status >= 500 or e.status == 429))
 
 
-def call_retrying(fabric, path, body, attempts=8):
+def call_retrying(fabric, path, body, attempts=8, traceparent=None):
     """fabric.call, retrying transient failures with backoff (0.1 s doubling to 5 s)."""
     delay = 0.1
     for attempt in range(attempts):
         try:
-            return fabric.call(path, body)
+            return fabric.call(path, body, traceparent=traceparent)
         except (ApiError, OSError) as e:
             if not transient(e) or attempt == attempts - 1:
                 raise
@@ -141,19 +144,23 @@ def work_on(fabric, lease):
     """One leased task: log, work (heartbeating meanwhile), complete."""
     task, epoch = lease["task"], lease["epoch"]
     task_id, prompt = task["id"], task["input"].get("prompt") or ""
+    # The trace context of this attempt: sent with the calls about the task (and
+    # what a real agent would hand its subprocesses as TRACEPARENT).
+    traceparent = task.get("traceparent")
     done, lost = threading.Event(), threading.Event()
     heartbeat = threading.Thread(target=keep_lease, daemon=True,
                                  args=(fabric, task_id, epoch, lease["lease_expires_at"], done, lost))
     heartbeat.start()
     try:
         call_retrying(fabric, f"/v1/agent/tasks/{task_id}/events", {"epoch": epoch, "logs": [
-            {"stream": "stdout", "line": f"python agent {fabric.agent_id} working on {len(prompt)} bytes"}]})
+            {"stream": "stdout", "line": f"python agent {fabric.agent_id} working on {len(prompt)} bytes"}]},
+            traceparent=traceparent)
         status, result = do_the_work(fabric, prompt)
         if lost.is_set():  # canceled meanwhile: never complete a task we lost
             print(f"task {task_id}: lease lost, dropping it", file=sys.stderr)
             return
         call_retrying(fabric, f"/v1/agent/tasks/{task_id}/complete",
-                      {"epoch": epoch, "status": status, "result": result})
+                      {"epoch": epoch, "status": status, "result": result}, traceparent=traceparent)
         print(f"task {task_id}: {status}", file=sys.stderr)
     except ApiError as e:
         # stale_lease: canceled, timed out or re-leased. Anything else: the fabric

@@ -46,6 +46,8 @@ pub enum LeaseOutcome {
 #[derive(Clone)]
 pub struct AgentClient {
     inner: Arc<Inner>,
+    /// Sent as the `traceparent` header (W3C trace context) on every call.
+    traceparent: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -99,6 +101,7 @@ impl AgentClient {
                 agent_id,
                 token: RwLock::new(token),
             }),
+            traceparent: None,
         })
     }
 
@@ -123,6 +126,18 @@ impl AgentClient {
 
     pub fn agent_id(&self) -> &AgentId {
         &self.inner.agent_id
+    }
+
+    /// A client (sharing this one's connections and token) whose calls carry
+    /// `traceparent`, so the fabric's spans for them join that trace. The
+    /// runner uses it for the calls about a leased task (its
+    /// `task.traceparent`).
+    #[must_use]
+    pub fn with_traceparent(&self, traceparent: Option<&str>) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            traceparent: traceparent.map(Arc::from),
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -230,11 +245,16 @@ impl AgentClient {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        self.inner
+        let req = self
+            .inner
             .http
             .request(method, self.url(path))
             .timeout(REQUEST_TIMEOUT)
-            .bearer_auth(token)
+            .bearer_auth(token);
+        match &self.traceparent {
+            Some(traceparent) => req.header("traceparent", &**traceparent),
+            None => req,
+        }
     }
 
     /// Sends `req`; a non-2xx answer becomes the matching [`AgentError`].

@@ -142,6 +142,13 @@ impl TaskContext {
         self.epoch
     }
 
+    /// The W3C `traceparent` of this attempt (the fabric's execution span of
+    /// it): parent your own spans on it, pass it to child processes as
+    /// `TRACEPARENT` and send it as the `traceparent` header on your calls.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.task.traceparent.as_deref()
+    }
+
     /// The task's prompt, if it has one.
     pub fn prompt(&self) -> Option<&str> {
         self.task.input.prompt.as_deref()
@@ -405,6 +412,7 @@ async fn supervise<H, F>(
         tracing::debug!(attempt = task.attempt, "leased");
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let (log_tx, mut log_rx) = mpsc::unbounded_channel();
+        let ctx_traceparent = task.traceparent.clone();
         let ctx = TaskContext {
             task: Arc::new(task),
             epoch,
@@ -415,7 +423,7 @@ async fn supervise<H, F>(
         // this one waits on the fabric.
         let mut handle = AbortOnDrop(tokio::spawn(handler(ctx)));
         let mut keeper = LeaseKeeper {
-            client,
+            client: client.with_traceparent(ctx_traceparent.as_deref()),
             task_id,
             epoch,
             logs: LogBuffer::default(),

@@ -8,6 +8,10 @@
 //!   `start + i / rate` whatever happened to earlier requests, and its latency
 //!   counts from that due time, so a stalled server cannot hide its stall by
 //!   slowing the load down (no coordinated omission).
+//! - telemetry: the throughput loop with telemetry off (no OTLP endpoint,
+//!   nobody scraping) and fully on (traces exported over OTLP/HTTP to a local
+//!   receiver in this process, `/metrics` scraped every second), alternating
+//!   off/on servers rep by rep so both see the same machine load.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,6 +38,8 @@ pub enum Part {
     Throughput,
     /// Open-loop create latency at a fixed rate
     Latency,
+    /// Create throughput with telemetry off vs on (OTLP export + scrapes), alternating
+    Telemetry,
 }
 
 #[derive(Debug, clap::Args)]
@@ -561,6 +567,158 @@ pub async fn run(args: &HttpArgs) -> anyhow::Result<()> {
     if args.parts.contains(&Part::Latency) {
         latency(args, &binary, &store).await?;
     }
+    if args.parts.contains(&Part::Telemetry) {
+        telemetry(args, &binary, &store).await?;
+    }
+    Ok(())
+}
+
+/// A sink for OTLP/HTTP exports: answers every request 200 and counts the
+/// requests and bytes (what a collector on the same machine costs the
+/// server, minus the collector's own decoding).
+async fn otlp_sink() -> anyhow::Result<(String, Arc<std::sync::atomic::AtomicU64>)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&bytes);
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match conn.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if conn.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    counted.fetch_add(length as u64, Ordering::Relaxed);
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if conn.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((url, bytes))
+}
+
+async fn telemetry(
+    args: &HttpArgs,
+    binary: &std::path::Path,
+    store: &StoreArgs,
+) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(args.duration);
+    let c = args.concurrency.first().copied().unwrap_or(64);
+    let (sink, exported) = otlp_sink().await?;
+    // (created/s, completed/s, server CPU µs per task, create p99 ms)
+    let mut off: Vec<(f64, f64, f64, f64)> = Vec::new();
+    let mut on: Vec<(f64, f64, f64, f64)> = Vec::new();
+    for rep in 1..=args.reps {
+        for enabled in [false, true] {
+            let flags = store.next();
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = if enabled {
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", sink.as_str())]
+            } else {
+                Vec::new()
+            };
+            let before = exported.load(Ordering::Relaxed);
+            let (server, client) = Server::start_with_env(binary, &flags, &env).await?;
+            // Prometheus' part: a scrape every second while the load runs.
+            let scraper = enabled.then(|| {
+                let url = format!("{}/metrics", server.base);
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    loop {
+                        if let Ok(r) = http.get(&url).send().await {
+                            let _ = r.bytes().await;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                })
+            });
+            let create = closed_loop(&client, Target::CreateNoop, c, duration, server.pid).await?;
+            let finished_at = wait_until_finished(&client).await?;
+            if let Some(s) = scraper {
+                s.abort();
+            }
+            let (completed, _, _) = count_completed(&client).await?;
+            server.stop().await?;
+            let completed_per_sec =
+                completed as f64 / finished_at.duration_since(create.started).as_secs_f64();
+            let cpu_us = create.cpu.server * 1e6 / create.per_sec().max(1.0);
+            let row = (
+                create.per_sec(),
+                completed_per_sec,
+                cpu_us,
+                millis(create.latency.p99),
+            );
+            println!(
+                "rep {rep} telemetry {}: created {} ({:.0}/s, {} failed), completed/s {:.0}, server {:.2} cores ({:.0} µs/task), create p50/p99 {:.2}/{:.2} ms, OTLP bytes received {}",
+                if enabled { "on " } else { "off" },
+                create.ok,
+                row.0,
+                create.failed,
+                row.1,
+                create.cpu.server,
+                row.2,
+                millis(create.latency.p50),
+                row.3,
+                exported.load(Ordering::Relaxed) - before,
+            );
+            if enabled { &mut on } else { &mut off }.push(row);
+        }
+    }
+    let med = |rows: &[(f64, f64, f64, f64)], f: fn(&(f64, f64, f64, f64)) -> f64| {
+        median(&rows.iter().map(f).collect::<Vec<_>>())
+    };
+    println!();
+    println!(
+        "Telemetry overhead, {c} clients, {} s closed loop, median of {} alternating reps:",
+        args.duration, args.reps
+    );
+    println!();
+    println!(
+        "| telemetry | created/s | create→complete tasks/s | server CPU µs per task | create p99 (ms) |"
+    );
+    println!("|---|--:|--:|--:|--:|");
+    for (label, rows) in [("off", &off), ("on (OTLP + /metrics scraped 1/s)", &on)] {
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            med(rows, |r| r.0),
+            med(rows, |r| r.1),
+            med(rows, |r| r.2),
+            med(rows, |r| r.3),
+        );
+    }
+    let ratio: Vec<f64> = off.iter().zip(&on).map(|(a, b)| b.1 / a.1).collect();
+    println!();
+    println!(
+        "on ÷ off, completed/s: median {:.3} (pairs: {})",
+        median(&ratio),
+        ratio
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 

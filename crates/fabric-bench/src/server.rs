@@ -74,12 +74,33 @@ impl Server {
         Ok(server)
     }
 
+    /// [`Server::start`] with extra environment (`OTEL_*` for the telemetry bench).
+    pub async fn start_with_env(
+        binary: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Server, Client)> {
+        let mut server = Self::spawn_env(binary, extra_args, DEFAULT_LOG_FILTER, env).await?;
+        server.wait_ready().await?;
+        let client = server.login().await?;
+        Ok((server, client))
+    }
+
     /// Starts `binary serve` without waiting for `/readyz` (a standby is not
     /// ready while another orchestrator leads).
     pub async fn spawn_unready(
         binary: &Path,
         extra_args: &[&str],
         log_filter: &str,
+    ) -> anyhow::Result<Server> {
+        Self::spawn_env(binary, extra_args, log_filter, &[]).await
+    }
+
+    async fn spawn_env(
+        binary: &Path,
+        extra_args: &[&str],
+        log_filter: &str,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("fabric-bench-")
@@ -100,6 +121,10 @@ impl Server {
             .args(extra_args)
             .env("FABRIC_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("FABRIC_LOG", log_filter)
+            // Telemetry export only where a bench asks for it.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -286,6 +286,11 @@ pub struct Task {
     pub started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// W3C trace context of the request that created the task (its
+    /// `traceparent`), so that its scheduling, leases and execution join that
+    /// trace (FR-TEL-2). Absent when the task was created untraced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Task {
@@ -322,6 +327,7 @@ impl Task {
             updated_at: now,
             started_at: None,
             finished_at: None,
+            traceparent: None,
         }
     }
 }

@@ -1014,6 +1014,7 @@ impl Gateway {
             model = %record.model,
             tokens_in = record.tokens_in,
             tokens_out = record.tokens_out,
+            tokens = record.tokens_in + record.tokens_out,
             estimated = record.estimated,
             latency_ms = record.latency_ms,
             fallback = record.fallback,

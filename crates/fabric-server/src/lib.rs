@@ -17,10 +17,13 @@
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
-//! - [`telemetry`]: log subscriber setup (JSON or pretty).
+//! - [`telemetry`]: log subscriber setup (JSON or pretty), the HTTP metrics/trace middleware.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`; [`trace`]: W3C trace
+//!   context and the OTLP/HTTP span exporter; [`alerts`]: the alert hub and its detectors.
 //! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
 
 pub mod agents;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod budgets;
@@ -29,12 +32,14 @@ pub mod events;
 mod extract;
 pub mod leader;
 pub mod llm;
+pub mod metrics;
 pub mod proxy;
 mod request_id;
 pub mod service;
 pub mod state;
 mod store;
 pub mod telemetry;
+pub mod trace;
 mod validate;
 
 use std::fs::File;
@@ -53,7 +58,7 @@ use tokio::sync::watch;
 
 pub use crate::error::ApiError;
 pub use crate::store::StoreConfig;
-pub use crate::telemetry::{LogFormat, init_logging};
+pub use crate::telemetry::{LogFormat, TelemetryConfig, init_logging};
 pub use fabric_runtime::sandbox::HelperCommand;
 
 use crate::agents::{AgentManager, ManagerConfig};
@@ -109,6 +114,8 @@ pub struct ServerConfig {
     pub budget_clock: budgets::BudgetClock,
     /// How often agents' CPU time is sampled into their compute budgets.
     pub compute_sample_every: Duration,
+    /// Trace export (`OTEL_*`) and alerts (`--alert-webhook`, thresholds).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +137,7 @@ impl Default for ServerConfig {
             gateway: fabric_gateway::GatewayConfig::default(),
             budget_clock: budgets::BudgetClock::default(),
             compute_sample_every: budgets::DEFAULT_COMPUTE_SAMPLE_EVERY,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -232,6 +240,26 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot open the store ({store_name})"))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (tracer, exporter) = match config.telemetry.otlp.clone() {
+        Some(otlp) => {
+            let (tracer, handle) =
+                trace::Tracer::start(otlp, Arc::clone(&metrics), stop_rx.clone());
+            (tracer, Some(handle))
+        }
+        None => (trace::Tracer::default(), None),
+    };
+    let telemetry = Arc::new(telemetry::Telemetry {
+        alerts: alerts::AlertHub::new(
+            config.telemetry.alerts.clone(),
+            Arc::clone(&metrics),
+            Arc::clone(&clock),
+        ),
+        metrics,
+        tracer,
+    });
     let defaults = TaskDefaults {
         max_attempts: config.default_max_attempts,
         agent: AgentId::shell(),
@@ -243,7 +271,8 @@ pub async fn run(
             config.scheduler.clone(),
             defaults,
         )
-        .await?,
+        .await?
+        .with_telemetry(Arc::clone(&telemetry)),
     );
     // The built-in agents' queues exist before unfinished tasks are reloaded.
     let queue = AgentQueueConfig {
@@ -257,11 +286,14 @@ pub async fn run(
         .local_addr()
         .context("cannot read the listening address")?;
     let local = api_addr.to_string();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
     let budgets = budgets::BudgetService::new(store.clone(), Arc::clone(&config.budget_clock.0));
     tasks.set_budgets(Arc::clone(&budgets));
-    let llm = llm::Llm::new(config.gateway.clone(), store.clone(), Arc::clone(&budgets))?;
+    let llm = llm::Llm::new(
+        config.gateway.clone(),
+        store.clone(),
+        Arc::clone(&budgets),
+        Arc::clone(&telemetry),
+    )?;
     let manager_config = ManagerConfig {
         agents_dir: config.data_dir.join("agents"),
         api_addr,
@@ -272,6 +304,7 @@ pub async fn run(
         kill_grace: config.kill_grace,
         owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
         containers: config.containers.clone(),
+        telemetry: Arc::clone(&telemetry),
     };
     let agents = AgentManager::new(
         Arc::clone(&tasks),
@@ -290,7 +323,20 @@ pub async fn run(
         budgets: Arc::clone(&budgets),
         shutdown: stop_rx.clone(),
         readiness: Arc::clone(&readiness),
+        telemetry: Arc::clone(&telemetry),
     };
+    telemetry::register_collectors(&state);
+    // Budgets report through the telemetry layer: their alerts become alert
+    // events (webhook, metric, /v1/alerts), their ratios a gauge.
+    budgets.set_alerts(Arc::clone(&telemetry.alerts) as Arc<dyn budgets::BudgetAlerts>);
+    {
+        let budgets = Arc::clone(&budgets);
+        telemetry
+            .metrics
+            .set_budget_ratios(Arc::new(move || budgets.usage_ratios()));
+    }
+    let error_rates =
+        tokio::spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop_rx.clone()));
     let app = api::router(state.clone());
     {
         let stop_tx = Arc::clone(&stop_tx);
@@ -467,6 +513,11 @@ pub async fn run(
         }
     }
     store.close().await;
+    error_rates.abort();
+    if let Some(exporter) = exporter {
+        // The exporter sends what is queued once the stop flag is up.
+        let _ = tokio::time::timeout(Duration::from_secs(5), exporter).await;
+    }
     tracing::info!("stopped");
     if let Some(reason) = deposed {
         anyhow::bail!(

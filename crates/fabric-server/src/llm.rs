@@ -33,6 +33,7 @@ impl Llm {
         config: GatewayConfig,
         store: Store,
         budgets: Arc<crate::budgets::BudgetService>,
+        telemetry: Arc<crate::telemetry::Telemetry>,
     ) -> anyhow::Result<Self> {
         let providers: Vec<String> = config
             .providers
@@ -49,7 +50,11 @@ impl Llm {
             .collect();
         let policy = config.policy.to_string();
         let sink = StoreSink::new(store.clone(), fabric_gateway::metering::DEFAULT_FLUSH_EVERY);
-        let gateway = Gateway::new(config, Arc::new(sink.clone()))
+        let metered = TelemetrySink {
+            ledger: sink.clone(),
+            telemetry,
+        };
+        let gateway = Gateway::new(config, Arc::new(metered))
             .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?
             .with_admission(Arc::new(crate::budgets::BudgetAdmission(budgets)));
         if providers.is_empty() {
@@ -69,6 +74,57 @@ impl Llm {
     /// Stores the usage records still gathering (at shutdown, before the store closes).
     pub async fn flush(&self) {
         self.sink.flush().await;
+    }
+}
+
+/// The ledger, plus `agent_fabric_tokens_total` and (with tracing on) an
+/// `llm.call` span under the request's span for every gateway call.
+struct TelemetrySink {
+    ledger: StoreSink<Store>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+}
+
+impl fabric_gateway::UsageSink for TelemetrySink {
+    fn record(&self, record: fabric_core::UsageRecord) {
+        let tokens = record.tokens_in + record.tokens_out;
+        if tokens > 0 {
+            let agent = record.agent.as_ref().map_or("none", AgentId::as_str);
+            self.telemetry
+                .metrics
+                .tokens
+                .add(&[agent, &record.model], tokens);
+        }
+        // A streamed answer is recorded when its stream ends, outside the
+        // request's scope: it then has no parent and is not traced.
+        if self.telemetry.tracer.enabled()
+            && let Some(parent) = crate::trace::current()
+        {
+            let end = crate::trace::now_nanos();
+            let start = end.saturating_sub(record.latency_ms.saturating_mul(1_000_000));
+            let mut span = crate::trace::Span::new(
+                "llm.call",
+                crate::trace::SpanKind::Client,
+                Some(&parent),
+                start,
+            )
+            .attr("gen_ai.system", record.provider.as_str())
+            .attr("gen_ai.request.model", record.requested_model.as_str())
+            .attr("gen_ai.response.model", record.model.as_str())
+            .attr("gen_ai.usage.input_tokens", record.tokens_in)
+            .attr("gen_ai.usage.output_tokens", record.tokens_out)
+            .attr("llm.fallback", record.fallback)
+            .attr("llm.attempts", u64::from(record.attempts))
+            .attr("outcome", record.outcome.as_str());
+            if let Some(agent) = &record.agent {
+                span = span.attr("agent_id", agent.as_str());
+            }
+            if let Some(code) = &record.error_code {
+                span.error = Some(code.clone());
+            }
+            span.end_nanos = end;
+            self.telemetry.tracer.record(span);
+        }
+        self.ledger.record(record);
     }
 }
 
@@ -181,16 +237,31 @@ struct Endpoint {
 /// (the listener is the agent's alone) and none is ever passed to it; every
 /// call is metered against `identity`. Bodies over the gateway's limit
 /// (10 MiB) get 413; the gateway's request timeout (120 s) bounds each call.
-pub fn ollama_endpoint(gateway: Gateway, identity: EndpointIdentity) -> Router {
+pub fn ollama_endpoint(
+    gateway: Gateway,
+    identity: EndpointIdentity,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+) -> Router {
     let state = Endpoint {
         gateway,
         identity: Arc::new(identity),
     };
+    let http = crate::telemetry::HttpLayer {
+        telemetry,
+        route: Some(AGENT_ENDPOINT_ROUTE),
+    };
     Router::new()
         .fallback(endpoint_call)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            http,
+            crate::telemetry::http_layer,
+        ))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
 }
+
+/// The `route` label of calls to agents' inference endpoints.
+pub const AGENT_ENDPOINT_ROUTE: &str = "agent_inference_endpoint";
 
 /// Serves [`ollama_endpoint`] on `listener` (TCP_NODELAY, so streams flow
 /// token by token) until the task is aborted or the listener fails.
@@ -198,9 +269,10 @@ pub fn serve_ollama_endpoint(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
     identity: EndpointIdentity,
+    telemetry: Arc<crate::telemetry::Telemetry>,
 ) -> tokio::task::JoinHandle<()> {
     let agent = identity.agent.clone();
-    let app = ollama_endpoint(gateway, identity);
+    let app = ollama_endpoint(gateway, identity, telemetry);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });

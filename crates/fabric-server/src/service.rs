@@ -27,6 +27,8 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
+use crate::trace::{Span, SpanContext, SpanKind};
 use crate::validate;
 
 type Commit = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
@@ -80,6 +82,10 @@ pub struct TaskService {
     running: Mutex<HashMap<TaskId, RunningAttempt>>,
     /// Compute-seconds budgets: an agent over its limit gets no new tasks.
     budgets: std::sync::OnceLock<Arc<crate::budgets::BudgetService>>,
+    telemetry: Arc<Telemetry>,
+    /// With tracing on: the open `task.execute` span of each running attempt
+    /// (its lease epoch and span), ended when the attempt ends.
+    exec_spans: Mutex<HashMap<TaskId, (u64, Span)>>,
 }
 
 impl TaskService {
@@ -109,12 +115,35 @@ impl TaskService {
             events: EventHub::new(store.clone(), last_seq),
             store,
             sched: Arc::new(Mutex::new(Scheduler::new(config))),
+            telemetry: Telemetry::disabled(Arc::clone(&clock)),
             clock,
             defaults,
             wakers: RwLock::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             budgets: std::sync::OnceLock::new(),
+            exec_spans: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Records metrics, spans and alerts into `telemetry` from now on.
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The `traceparent` an agent running `id` should use: its
+    /// `task.execute` span with tracing on, else the context the task was
+    /// created in (passed through), if any.
+    pub fn traceparent_of(&self, task: &Task) -> Option<String> {
+        if let Some((_, span)) = self.exec_spans.lock().get(&task.id) {
+            return Some(span.context.traceparent());
+        }
+        task.traceparent.clone()
     }
 
     pub fn events(&self) -> &EventHub {
@@ -251,6 +280,36 @@ impl TaskService {
         if !task.depends_on.is_empty() {
             task.status = TaskStatus::Pending;
         }
+        // The request's span (or the caller's incoming trace context).
+        let request_trace = crate::trace::current();
+        task.traceparent = request_trace.map(|c| c.traceparent());
+        let schedule_span = (self.telemetry.tracer.enabled()).then(|| {
+            Span::new(
+                "task.schedule",
+                SpanKind::Internal,
+                request_trace.as_ref(),
+                crate::trace::now_nanos(),
+            )
+            .attr("task_id", task.id.to_string())
+            .attr("agent_id", task.agent_id.as_str())
+        });
+        let created = self.create_admitted(task, reservation).await;
+        if let Some(mut span) = schedule_span {
+            span.end_nanos = crate::trace::now_nanos();
+            if let Err(e) = &created {
+                span.error = Some(e.message.clone());
+            }
+            self.telemetry.tracer.record(span);
+        }
+        created
+    }
+
+    /// Stores a new task and hands it to the scheduler.
+    async fn create_admitted(
+        &self,
+        task: Task,
+        reservation: fabric_engine::Reservation,
+    ) -> Result<(Task, bool), ApiError> {
         let created = match self.store.create_task(task).await {
             Ok(CreateOutcome::Created(t)) => t,
             Ok(CreateOutcome::Existing(existing)) => {
@@ -335,6 +394,7 @@ impl TaskService {
         let mut commits = Vec::with_capacity(changes.writes.len());
         for write in changes.writes {
             let task = &write.task;
+            self.observe(task);
             let (kind, payload) = status_event(task);
             self.events.emit(task.id, kind, task.updated_at, payload);
             let terminal = task.status.is_terminal();
@@ -361,6 +421,86 @@ impl TaskService {
             }
         }
         commits
+    }
+
+    /// Metrics, the log line and the end of the execution span of a task's new state.
+    fn observe(&self, task: &Task) {
+        if task.status.is_terminal() {
+            let took = task
+                .finished_at
+                .unwrap_or(task.updated_at)
+                .since(task.created_at);
+            self.telemetry.metrics.task_finished(
+                task.agent_id.as_str(),
+                task.status.as_str(),
+                took,
+            );
+            tracing::info!(task_id = %task.id, agent_id = %task.agent_id, outcome = task.status.as_str(),
+                reason = task.reason.as_deref(), attempt = task.attempt,
+                latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "task outcome");
+        }
+        if !self.telemetry.tracer.enabled() || task.status == TaskStatus::Running {
+            return;
+        }
+        let ended = self.exec_spans.lock().remove(&task.id);
+        if let Some((_, mut span)) = ended {
+            span.end_nanos = crate::trace::now_nanos();
+            span = span.attr("task.status", task.status.as_str());
+            if matches!(task.status, TaskStatus::Failed | TaskStatus::TimedOut)
+                || task.status == TaskStatus::Queued
+            {
+                span.error = Some(
+                    task.reason
+                        .clone()
+                        .unwrap_or_else(|| task.status.to_string()),
+                );
+            }
+            self.telemetry.tracer.record(span);
+        }
+    }
+
+    /// A lease was granted: lease latency, and with tracing on the
+    /// `task.lease` span (queued → leased) and the opening of `task.execute`.
+    fn observe_lease(&self, task: &Task, epoch: u64, now: fabric_core::Timestamp) {
+        if task.attempt <= 1 {
+            self.telemetry
+                .metrics
+                .lease_latency
+                .observe(now.since(task.created_at));
+        }
+        if !self.telemetry.tracer.enabled() {
+            return;
+        }
+        let parent = task.traceparent.as_deref().and_then(SpanContext::parse);
+        let now_nanos = crate::trace::now_nanos();
+        // The first attempt waited since creation; a retry's requeue time is
+        // not kept, so its lease span marks the moment only.
+        let waited = if task.attempt <= 1 {
+            u64::try_from(now.since(task.created_at).as_nanos()).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut lease = Span::new(
+            "task.lease",
+            SpanKind::Internal,
+            parent.as_ref(),
+            now_nanos.saturating_sub(waited),
+        )
+        .attr("task_id", task.id.to_string())
+        .attr("agent_id", task.agent_id.as_str())
+        .attr("attempt", u64::from(task.attempt));
+        lease.end_nanos = now_nanos;
+        let exec = Span::new(
+            "task.execute",
+            SpanKind::Internal,
+            Some(&lease.context),
+            now_nanos,
+        )
+        .attr("task_id", task.id.to_string())
+        .attr("agent_id", task.agent_id.as_str())
+        .attr("attempt", u64::from(task.attempt));
+        self.telemetry.tracer.record(lease);
+        self.exec_spans.lock().insert(task.id, (epoch, exec));
     }
 
     /// Waits for commits in the background; finished tasks leave the
@@ -498,6 +638,8 @@ impl TaskService {
         );
         let commit = Box::pin(self.store.write_task(lease.write.clone())) as Commit;
         drop(sched);
+        // Outside the lock: every other decision waits on it.
+        self.observe_lease(&lease.task, lease.epoch, now);
         Some(PendingLease { lease, commit })
     }
 
@@ -512,6 +654,7 @@ impl TaskService {
         match commit.await {
             Ok(WriteOutcome::Applied) => Ok(Some(lease)),
             Ok(WriteOutcome::Rejected) => {
+                self.exec_spans.lock().remove(&lease.task.id);
                 let dropped = self.sched.lock().disown(&lease.task.id, lease.epoch);
                 tracing::warn!(task_id = %lease.task.id, agent_id = %lease.task.agent_id, epoch = lease.epoch, dropped,
                     "the store rejected a lease: the stored task changed behind this scheduler (another orchestrator or writer); not handed out, dropped from this scheduler");

@@ -23,6 +23,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// What `/readyz` says, and whether `/v1` requests are served.
     pub readiness: Arc<Readiness>,
+    /// Metrics, tracer and alert hub.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl AppState {

@@ -49,6 +49,7 @@ fn task(tenant: &TenantId, agent: &AgentId, n: u64) -> Task {
         updated_at: now,
         started_at: None,
         finished_at: None,
+        traceparent: None,
     }
 }
 

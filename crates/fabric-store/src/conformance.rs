@@ -154,6 +154,7 @@ pub fn full_task() -> Task {
         updated_at: Timestamp::from_millis(T0 + 2_000),
         started_at: Some(Timestamp::from_millis(T0 + 1_000)),
         finished_at: Some(Timestamp::from_millis(T0 + 1_999)),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
     }
 }
 

@@ -101,6 +101,23 @@ pub struct ServeArgs {
     /// Log format on stderr
     #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
     pub log_format: LogFormatArg,
+
+    /// POST every alert (error rate, crash loop, budget exceeded) to this URL as JSON
+    #[arg(long, env = "FABRIC_ALERT_WEBHOOK", value_name = "URL")]
+    pub alert_webhook: Option<String>,
+
+    /// Failed share of tasks (or 5xx share of requests) over --alert-window that raises an alert
+    #[arg(
+        long,
+        env = "FABRIC_ALERT_ERROR_RATE",
+        value_name = "RATIO",
+        default_value_t = 0.5
+    )]
+    pub alert_error_rate: f64,
+
+    /// Window the error rates are measured over (e.g. 5m)
+    #[arg(long, env = "FABRIC_ALERT_WINDOW", value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub alert_window: std::time::Duration,
 }
 
 /// `--log-format`.
@@ -161,6 +178,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             },
         },
         gateway,
+        telemetry: telemetry_config(args.alert_webhook, args.alert_error_rate, args.alert_window)?,
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };
@@ -175,6 +193,42 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     runtime
         .block_on(fabric_server::serve(server_config))
         .map_err(CliError::Other)
+}
+
+/// Trace export from the standard `OTEL_*` variables, alert settings from flags.
+fn telemetry_config(
+    webhook: Option<String>,
+    error_rate: f64,
+    window: std::time::Duration,
+) -> Result<fabric_server::TelemetryConfig, CliError> {
+    let otlp = fabric_server::trace::OtlpConfig::from_env().map_err(CliError::Usage)?;
+    if !(0.0..=1.0).contains(&error_rate) {
+        return Err(CliError::Usage(format!(
+            "--alert-error-rate {error_rate} is not a ratio: give a number from 0 to 1 (0.5 = half of the tasks failed)"
+        )));
+    }
+    let webhook = webhook.filter(|w| !w.trim().is_empty());
+    if let Some(url) = &webhook
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(CliError::Usage(
+            "--alert-webhook must be an http:// or https:// URL".to_owned(),
+        ));
+    }
+    Ok(fabric_server::TelemetryConfig {
+        otlp,
+        alerts: fabric_server::alerts::AlertConfig {
+            webhook,
+            error_rate_threshold: error_rate,
+            error_window: window.max(std::time::Duration::from_secs(1)),
+            // Short windows (tests, demos) are looked at more often.
+            check_every: (window / 10).clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(5),
+            ),
+            ..Default::default()
+        },
+    })
 }
 
 /// `FABRIC_ADMIN_PASSWORD`, else the contents of `FABRIC_ADMIN_PASSWORD_FILE` (one

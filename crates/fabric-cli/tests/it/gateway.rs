@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use super::{ADMIN_PASSWORD, free_port, readyz_ok};
 
 /// A `reactor-fabric mock-llm` child; killed on drop.
-struct Mock {
+pub(crate) struct Mock {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Mock {
     /// Starts one, optionally requiring `key` (passed through the environment).
-    fn start(name: &str, key: Option<&str>) -> Mock {
+    pub(crate) fn start(name: &str, key: Option<&str>) -> Mock {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"));
         cmd.args(["mock-llm", "--port", "0", "--name", name])
             .stdin(Stdio::null())
@@ -50,7 +50,7 @@ impl Drop for Mock {
 }
 
 /// Kills (and reaps) a child on drop, so a failed assertion leaves no server behind.
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -59,7 +59,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn random_key(prefix: &str) -> String {
+pub(crate) fn random_key(prefix: &str) -> String {
     let n: u128 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -72,10 +72,10 @@ fn random_key(prefix: &str) -> String {
 
 /// Every response of the run, as text: status, headers, body.
 #[derive(Default)]
-struct Transcript(Vec<String>);
+pub(crate) struct Transcript(pub(crate) Vec<String>);
 
 impl Transcript {
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> (u16, Value) {
+    pub(crate) async fn send(&mut self, request: reqwest::RequestBuilder) -> (u16, Value) {
         let r = request.send().await.unwrap();
         let status = r.status().as_u16();
         let mut text = format!("{status}\n");

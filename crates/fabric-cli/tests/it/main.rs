@@ -17,6 +17,7 @@ mod containers;
 mod crash;
 mod gateway;
 mod instances;
+mod telemetry;
 
 use assert_cmd::Command;
 use fabric_core::TaskId;
@@ -614,10 +615,10 @@ fn server_logs_are_json_and_hold_no_secrets() {
     assert!(
         lines
             .iter()
-            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+            .all(|l| l["level"].is_string() && l["ts"].is_string())
     );
     assert!(
-        lines.iter().any(|l| l["span"]["request_id"]
+        lines.iter().any(|l| l["request_id"]
             .as_str()
             .is_some_and(|r| r.starts_with("req_"))),
         "{log}"

@@ -224,6 +224,10 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
     env.push((ENV_TASK_ID.into(), id.to_string()));
     env.push((ENV_AGENT_ID.into(), task.agent_id.to_string()));
     env.push((ENV_WORKSPACE_DIR.into(), workdir.display().to_string()));
+    // W3C trace context of this attempt: commands' own spans and calls join the task's trace.
+    if let Some(traceparent) = &task.traceparent {
+        env.push((crate::trace::TRACEPARENT_ENV.into(), traceparent.clone()));
+    }
     let commands = if task.input.commands.is_empty() {
         task.input.prompt.into_iter().collect()
     } else {

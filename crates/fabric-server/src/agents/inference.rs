@@ -31,6 +31,7 @@ pub(super) fn serve_std(
         listener,
         inner.config.gateway.clone(),
         identity,
+        std::sync::Arc::clone(&inner.config.telemetry),
     ))
 }
 
@@ -41,7 +42,11 @@ pub(super) fn serve_unix(
     identity: EndpointIdentity,
 ) -> JoinHandle<()> {
     let agent = identity.agent.clone();
-    let app = ollama_endpoint(inner.config.gateway.clone(), identity);
+    let app = ollama_endpoint(
+        inner.config.gateway.clone(),
+        identity,
+        std::sync::Arc::clone(&inner.config.telemetry),
+    );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");

@@ -81,6 +81,8 @@ pub struct ManagerConfig {
     /// Value of the owner label on this server's containers and volumes (see
     /// `fabric_docker::labels::LABEL_OWNER`): unique per server.
     pub owner: String,
+    /// Spawn latency, restarts and crash-loop alerts go here.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Stop requests a supervisor acts on.
@@ -350,6 +352,8 @@ impl AgentManager {
     /// Registers the agent's queue, installs its slot and starts its
     /// supervisor; waits for the first session to start.
     async fn launch(&self, record: AgentRecord, system: bool) -> Result<Agent, ApiError> {
+        let started = std::time::Instant::now();
+        let isolation = record.config.isolation.level.to_string();
         let id = record.config.id.clone();
         self.inner.tasks.register_agent(
             id.clone(),
@@ -376,7 +380,15 @@ impl AgentManager {
             supervised.finished.send_replace(true);
         });
         match first_rx.await {
-            Ok(Ok(())) => Ok(self.view(&slot)),
+            Ok(Ok(())) => {
+                self.inner
+                    .config
+                    .telemetry
+                    .metrics
+                    .spawn_latency
+                    .observe(&[&isolation], started.elapsed());
+                Ok(self.view(&slot))
+            }
             Ok(Err(message)) => Err(ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 "spawn_failed",
@@ -825,6 +837,12 @@ async fn restart_after_failure(
     let delay = RESTART_BACKOFF
         .saturating_mul(1 << (failures - 1).min(6))
         .min(RESTART_BACKOFF_MAX);
+    let last_exit = slot.status.lock().last_exit.clone().unwrap_or_default();
+    inner
+        .config
+        .telemetry
+        .alerts
+        .agent_restarted(slot.id.as_str(), &last_exit);
     inner.set_state(slot, AgentState::Restarting);
     tracing::info!(agent_id = %slot.id, failures, delay_ms = delay.as_millis() as u64, "restarting agent");
     tokio::select! {

@@ -117,10 +117,14 @@ pub async fn lease(
     };
     let expires = lease.expires_at;
     tracing::info!(task_id = %lease.task.id, agent_id = %agent, attempt = lease.task.attempt, "task leased");
+    // The agent parents its work on this attempt's execution span (or the
+    // task's own trace context when tracing is off): see AGENT_PROTOCOL.md.
+    let mut task = lease.task;
+    task.traceparent = state.tasks.traceparent_of(&task);
     Ok(Json(LeaseResponse {
         epoch: lease.epoch,
         lease_expires_at: expires,
-        task: lease.task,
+        task,
     })
     .into_response())
 }

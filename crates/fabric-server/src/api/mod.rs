@@ -2,6 +2,7 @@
 
 mod agent;
 mod agents;
+mod alerts;
 mod auth;
 mod budgets;
 mod health;
@@ -35,9 +36,10 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
         llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
         budgets::put, budgets::list, budgets::get_one, budgets::delete, budgets::usage,
+        alerts::list, alerts::metrics,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "budgets"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"))
 )]
 pub struct ApiDoc;
 
@@ -58,6 +60,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(alerts::metrics))
+        .route("/v1/alerts", get(alerts::list))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
@@ -105,6 +109,13 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::clone(&state.readiness),
             health::gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::telemetry::HttpLayer {
+                telemetry: std::sync::Arc::clone(&state.telemetry),
+                route: None,
+            },
+            crate::telemetry::http_layer,
         ))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         .with_state(state)

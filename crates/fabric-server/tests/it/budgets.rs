@@ -286,6 +286,39 @@ async fn soft_alert_fires_once_and_the_report_matches_the_ledger() {
         .map(|a| a["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["threshold", "exceeded"], "{report}");
+    // The same two alerts are alert events (what the webhook and
+    // agent_fabric_alerts_total see), once each.
+    let (status, alerts) = s.get(&admin, "/v1/alerts").await;
+    assert_eq!(status, 200, "{alerts}");
+    let events: Vec<(&str, &str)> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"].as_str().unwrap().starts_with("budget_"))
+        .map(|a| (a["kind"].as_str().unwrap(), a["entity"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("budget_exceeded", "agent:coder"),
+            ("budget_threshold", "agent:coder")
+        ],
+        "{alerts}"
+    );
+    // And /metrics reports the ratio (90 of 100 tokens at least).
+    let metrics = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ratio: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agent_fabric_budget_usage_ratio{entity_id=\"agent:coder\"} "))
+        .unwrap_or_else(|| panic!("no budget ratio for agent:coder in:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(ratio >= 0.9, "{ratio}");
     // The user's and tenant's usage is reported from the ledger (no budget),
     // which the gateway writes every 50 ms.
     ledger_totals(&s, &admin, "coder", 10).await;

@@ -394,7 +394,14 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
         user: "alice".into(),
         agent: AgentId::new("box").unwrap(),
     };
-    let _endpoint = serve_ollama_endpoint(listener, gateway, identity);
+    let _endpoint = serve_ollama_endpoint(
+        listener,
+        gateway,
+        identity,
+        fabric_server::telemetry::Telemetry::disabled(std::sync::Arc::new(
+            fabric_core::SystemClock,
+        )),
+    );
     let client = reqwest::Client::new();
 
     let r = client.get(format!("{base}/")).send().await.unwrap();

@@ -69,7 +69,14 @@ async fn official_openai_and_ollama_python_clients() {
         user: "admin".into(),
         agent: AgentId::new("py-agent").unwrap(),
     };
-    let _endpoint = serve_ollama_endpoint(listener, gateway, identity);
+    let _endpoint = serve_ollama_endpoint(
+        listener,
+        gateway,
+        identity,
+        fabric_server::telemetry::Telemetry::disabled(std::sync::Arc::new(
+            fabric_core::SystemClock,
+        )),
+    );
 
     let script = workspace().join("crates/fabric-server/tests/python/gateway_clients.py");
     let output = tokio::process::Command::new(&python)

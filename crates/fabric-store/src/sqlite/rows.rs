@@ -21,6 +21,7 @@ pub(crate) struct TaskRow {
     pub idempotency_key: Option<String>,
     pub lease_epoch: i64,
     pub created_ms: i64,
+    pub traceparent: Option<String>,
     pub body: String,
 }
 
@@ -34,6 +35,7 @@ impl TaskRow {
             idempotency_key: task.idempotency_key.clone(),
             lease_epoch: to_i64("lease_epoch", task.lease_epoch)?,
             created_ms: task.created_at.as_millis(),
+            traceparent: task.traceparent.clone(),
             body: encode_json(|| format!("task {}", task.id), task)?,
         })
     }

@@ -105,6 +105,12 @@ const MIGRATIONS: &[&str] = &[
         body   TEXT NOT NULL
     );
     ",
+    // 5: the trace context a task was created in (FR-TEL-2). The body holds
+    // it for the server; the column lets an operator find the tasks of a
+    // trace in SQL (`WHERE traceparent LIKE '00-<trace id>-%'`).
+    "
+    ALTER TABLE tasks ADD COLUMN traceparent TEXT;
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.

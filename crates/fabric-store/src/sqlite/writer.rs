@@ -291,8 +291,8 @@ fn create_task(
         }
     }
     conn.prepare_cached(
-        "INSERT INTO tasks (id, tenant, agent_id, status, idempotency_key, lease_epoch, created_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO tasks (id, tenant, agent_id, status, idempotency_key, lease_epoch, created_ms, body, traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -303,7 +303,8 @@ fn create_task(
             row.idempotency_key,
             row.lease_epoch,
             row.created_ms,
-            row.body
+            row.body,
+            row.traceparent
         ])
     })
     .map_err(|e| {
