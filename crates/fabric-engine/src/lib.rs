@@ -8,10 +8,14 @@
 //!
 //! - [`scheduler`]: per-agent queues (priority with aging, round-robin across
 //!   tenants, queue depth), dependencies, leases with fencing, retries,
-//!   timeouts and cancellation. Policy and budgets join as sibling modules.
+//!   timeouts and cancellation.
+//! - [`policy`]: glob rules attached to tenants, workspaces and agents,
+//!   compiled into a [`PolicySet`] (inheritance, precedence, default deny).
 
+pub mod policy;
 pub mod scheduler;
 
+pub use policy::{PolicyError, PolicyRequest, PolicySet, Verdict};
 pub use scheduler::{
     AgentQueueConfig, Changes, Completion, KillOrder, Lease, Reservation, Scheduler,
     SchedulerConfig, SchedulerError, SchedulerStats,
