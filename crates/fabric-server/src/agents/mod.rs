@@ -426,6 +426,13 @@ impl AgentManager {
         slots.iter().map(|s| self.view(s)).collect()
     }
 
+    /// The workspace an agent is configured in (its policy attribute).
+    pub fn workspace_of(&self, id: &AgentId) -> Option<String> {
+        let slot = self.inner.slots.lock().get(id).cloned()?;
+        let status = slot.status.lock();
+        status.record.config.workspace.clone()
+    }
+
     /// `GET /v1/agents/{id}`.
     pub async fn get(&self, id: &AgentId) -> Result<Agent, ApiError> {
         Ok(self.view(&*self.slot_or_404(id)?))

@@ -32,7 +32,7 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 14] {
+pub(crate) fn all() -> [&'static Script; 16] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
@@ -48,6 +48,8 @@ pub(crate) fn all() -> [&'static Script; 14] {
         &super::usage::RECORD_USAGE,
         &super::usage::LIST_USAGE,
         &super::usage::USAGE_TOTALS,
+        &super::policy::RECORD_AUDIT,
+        &super::policy::LIST_AUDIT,
     ]
 }
 

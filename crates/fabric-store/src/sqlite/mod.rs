@@ -1,5 +1,6 @@
 //! The embedded SQLite store: one writer thread with group commit, pooled readers.
 
+mod policy;
 mod reader;
 mod rows;
 mod schema;

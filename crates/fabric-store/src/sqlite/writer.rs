@@ -16,6 +16,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::Shared;
+use super::policy::{AuditRow, delete_policy, insert_audit, put_approval, put_policy};
 use super::rows::{AgentRow, EventRow, FENCED_UPDATE_SQL, SessionRow, TaskRow, decode_json};
 use super::usage::{UsageRow, insert_usage};
 use crate::error::SqliteStoreError;
@@ -51,6 +52,12 @@ pub(crate) enum WriteOp {
     DeleteAgent(Pending<String, bool>),
     PutSession(Pending<SessionRow, ()>),
     RecordUsage(Pending<UsageRow, ()>),
+    /// `(id, body)`.
+    PutPolicy(Pending<(String, String), ()>),
+    DeletePolicy(Pending<String, bool>),
+    /// `(id, status, body)`.
+    PutApproval(Pending<(String, &'static str, String), ()>),
+    RecordAudit(Pending<AuditRow, ()>),
 }
 
 /// An op's arguments until it runs, then its result until the commit settles it.
@@ -150,6 +157,12 @@ impl WriteOp {
             WriteOp::DeleteAgent(p) => p.run(conn, true, |c, id| delete_agent(c, &id)),
             WriteOp::PutSession(p) => p.run(conn, false, |c, row| put_session(c, &row)),
             WriteOp::RecordUsage(p) => p.run(conn, false, |c, row| insert_usage(c, &row)),
+            WriteOp::PutPolicy(p) => p.run(conn, false, |c, (id, body)| put_policy(c, &id, &body)),
+            WriteOp::DeletePolicy(p) => p.run(conn, false, |c, id| delete_policy(c, &id)),
+            WriteOp::PutApproval(p) => p.run(conn, false, |c, (id, status, body)| {
+                put_approval(c, &id, status, &body)
+            }),
+            WriteOp::RecordAudit(p) => p.run(conn, false, |c, row| insert_audit(c, &row)),
         }
     }
 
@@ -165,6 +178,10 @@ impl WriteOp {
             WriteOp::DeleteAgent(p) => p.finish(batch_error),
             WriteOp::PutSession(p) => p.finish(batch_error),
             WriteOp::RecordUsage(p) => p.finish(batch_error),
+            WriteOp::PutPolicy(p) => p.finish(batch_error),
+            WriteOp::DeletePolicy(p) => p.finish(batch_error),
+            WriteOp::PutApproval(p) => p.finish(batch_error),
+            WriteOp::RecordAudit(p) => p.finish(batch_error),
         }
     }
 }

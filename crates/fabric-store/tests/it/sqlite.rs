@@ -158,7 +158,7 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
     // What a database written by the previous release looks like.
     tamper(
         &path,
-        "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; PRAGMA user_version = 1;",
+        "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; DROP TABLE policies; DROP TABLE approvals; DROP TABLE audit; PRAGMA user_version = 1;",
     );
 
     let store = open(&path);
