@@ -28,6 +28,7 @@ pub mod events;
 mod extract;
 pub mod leader;
 pub mod llm;
+pub mod policy;
 pub mod proxy;
 mod request_id;
 pub mod service;
@@ -246,6 +247,7 @@ pub async fn run(
     tasks.register_agent(AgentId::noop(), queue);
 
     let auth = Arc::new(AuthService::new(store.clone(), Arc::clone(&clock)));
+    let policy = policy::PolicyService::new(store.clone(), Arc::clone(&clock));
     let api_addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
@@ -259,6 +261,7 @@ pub async fn run(
         helper: config.sandbox_helper.clone(),
         cgroup_parent: instance_cgroup(&config.data_dir),
         gateway: llm.gateway.clone(),
+        policy: Arc::clone(&policy),
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
         owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
@@ -278,6 +281,7 @@ pub async fn run(
         auth: Arc::clone(&auth),
         agents: agents.clone(),
         llm,
+        policy,
         shutdown: stop_rx.clone(),
         readiness: Arc::clone(&readiness),
     };
@@ -354,6 +358,11 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let restored = tasks.recover().await?;
+    state
+        .policy
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the policies: {}", e.message))?;
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
     let mut shell = AgentConfig::new(AgentId::shell());

@@ -7,9 +7,7 @@ use std::future::Future;
 use std::path::Path;
 
 use fabric_core::agent::{AgentRecord, AgentSession};
-use fabric_core::policy::{
-    Approval, ApprovalStatus, AuditQuery, AuditRecord, Policy, PolicyStore,
-};
+use fabric_core::policy::{Approval, ApprovalStatus, AuditQuery, AuditRecord, Policy, PolicyStore};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
     TaskQuery, TaskStore, TaskWrite, UsageQuery, UsageRecord, UsageStore, UsageTotals, User,

@@ -72,6 +72,8 @@ pub struct ManagerConfig {
     pub cgroup_parent: PathBuf,
     /// The inference gateway agents' endpoints (`OLLAMA_BASE_URL`) call.
     pub gateway: fabric_gateway::Gateway,
+    /// Decides the agents' `llm:<model>` calls and `net:connect:...` egress.
+    pub policy: std::sync::Arc<crate::policy::PolicyService>,
     /// Bytes of stdout / stderr the shell agent keeps per task.
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.

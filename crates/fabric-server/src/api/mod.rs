@@ -5,6 +5,7 @@ mod agents;
 mod auth;
 mod health;
 mod llm;
+mod policy;
 mod stream;
 mod tasks;
 
@@ -33,9 +34,11 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
         llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
+        policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
+        policy::deny, policy::audit, policy::agent_check, policy::agent_approval,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "policy"))
 )]
 pub struct ApiDoc;
 
@@ -80,6 +83,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/tasks/{id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/tasks/{id}/events", post(agent::events))
         .route("/v1/agent/tasks/{id}/complete", post(agent::complete))
+        .route("/v1/agent/check", post(policy::agent_check))
+        .route("/v1/agent/approvals/{id}", get(policy::agent_approval))
+        .route("/v1/policies", get(policy::list))
+        .route(
+            "/v1/policies/{id}",
+            axum::routing::put(policy::put).delete(policy::delete),
+        )
+        .route("/v1/policy/check", post(policy::check))
+        .route("/v1/approvals", get(policy::approvals))
+        .route("/v1/approvals/{id}/approve", post(policy::approve))
+        .route("/v1/approvals/{id}/deny", post(policy::deny))
+        .route("/v1/audit", get(policy::audit))
         // The inference gateway; bodies are read (and limited) by the handlers.
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/embeddings", post(llm::embeddings))

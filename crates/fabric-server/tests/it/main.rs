@@ -9,5 +9,6 @@ mod api;
 mod containers;
 mod gateway;
 mod harness;
+mod policy;
 mod python;
 mod redis;

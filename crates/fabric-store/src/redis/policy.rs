@@ -138,7 +138,7 @@ impl PolicyStore for RedisStore {
         self.read(c, "cannot list approvals".to_owned(), move |value| {
             let mut approvals: Vec<Approval> = codec::json_pairs("approval", value)?;
             approvals.retain(|a| status.is_none_or(|s| a.status == s));
-            approvals.sort_by(|a, b| b.id.cmp(&a.id));
+            approvals.sort_by_key(|a| std::cmp::Reverse(a.id));
             approvals.truncate(limit);
             Ok(approvals)
         })
