@@ -5,6 +5,7 @@ pub mod auth;
 pub mod image;
 pub mod instance;
 pub mod mock_llm;
+pub mod policy;
 pub mod proxy;
 pub mod serve;
 pub mod status;
@@ -60,6 +61,14 @@ pub enum Command {
     /// Spawn, list, inspect and terminate agents
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Apply, list, delete and check policies (allow / deny / require_approval rules)
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// List pending approvals, approve or deny them
+    #[command(subcommand)]
+    Approval(policy::ApprovalCommand),
+    /// The audit trail of policy decisions, newest first
+    Audit(policy::AuditArgs),
     /// Start a namespaced Docker instance: network, orchestrator and Redis containers
     Start(instance::StartArgs),
     /// Remove a Docker instance: every container, network and volume labelled with it
@@ -126,6 +135,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Auth(cmd) => auth::run(&ctx, cmd).await,
                     Command::Task(cmd) => task::run(&ctx, cmd).await,
                     Command::Agent(cmd) => agent::run(&ctx, cmd).await,
+                    Command::Policy(cmd) => policy::run(&ctx, cmd).await,
+                    Command::Approval(cmd) => policy::run_approval(&ctx, cmd).await,
+                    Command::Audit(args) => policy::run_audit(&ctx, args).await,
                     Command::Version
                     | Command::Serve(_)
                     | Command::Proxy(_)
