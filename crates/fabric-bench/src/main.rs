@@ -9,6 +9,7 @@
 //! cargo run --release -p fabric-bench -- takeover  # standby takeover after kill -9 of the leader
 //! cargo run --release -p fabric-bench -- containers # container agent spawn, cold vs warm pool
 //! cargo run --release -p fabric-bench -- gateway    # LLM gateway overhead vs direct, vs LiteLLM
+//! cargo run --release -p fabric-bench -- policy     # policy decision in process, beside Cedar
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -31,6 +32,8 @@
 //!   beside `docker run -d` and `docker update` (needs dockerd).
 //! - `gateway`: added latency of the inference gateway (and of LiteLLM's
 //!   proxy) over calling `mock-llm` directly, in the same open loop; proxy RSS.
+//! - `policy`: one policy decision with 10 / 1,000 / 10,000 rules, ours
+//!   beside the same decisions in Cedar (`cedar-policy`), checked equal.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
@@ -39,6 +42,7 @@ mod containers;
 mod gateway;
 mod http;
 mod instances;
+mod policy;
 mod rss;
 mod sched;
 mod server;
@@ -79,6 +83,8 @@ enum Command {
     Containers(containers::ContainersArgs),
     /// Inference gateway overhead vs the mock direct, beside LiteLLM's proxy; proxy memory
     Gateway(gateway::GatewayArgs),
+    /// Policy decision latency in process with 10 to 10,000 rules, beside Cedar
+    Policy(policy::PolicyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +112,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Takeover(args) => block_on(cli.client_threads, takeover::run(args)),
         Command::Containers(args) => block_on(cli.client_threads, containers::run(args)),
         Command::Gateway(args) => block_on(cli.client_threads, gateway::run(args)),
+        Command::Policy(args) => policy::run(args),
     }
 }
 

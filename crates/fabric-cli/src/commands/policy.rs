@@ -127,11 +127,17 @@ struct PolicyFile {
 /// Parses a policy file (TOML, or JSON when it starts with `{` / `[` or ends in `.json`).
 pub fn parse_policy_file(path: &Path, text: &str) -> Result<Vec<Policy>, String> {
     let trimmed = text.trim_start();
-    let json = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        || trimmed.starts_with('{')
-        || trimmed.starts_with('[');
+    // By extension; else by content: JSON starts with `{` or `[` (but TOML's
+    // `[[policies]]` and `[table]` headers start with `[` too).
+    let json = match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("json") => true,
+        Some(e) if e.eq_ignore_ascii_case("toml") => false,
+        _ => {
+            trimmed.starts_with('{')
+                || (trimmed.starts_with('[')
+                    && serde_json::from_str::<serde_json::Value>(text).is_ok())
+        }
+    };
     let several = if json {
         serde_json::from_str::<serde_json::Value>(text)
             .map(|v| v.get("policies").is_some() || v.is_array())
@@ -145,13 +151,17 @@ pub fn parse_policy_file(path: &Path, text: &str) -> Result<Vec<Policy>, String>
         (true, true) if trimmed.starts_with('[') => {
             serde_json::from_str::<Vec<Policy>>(text).map_err(|e| e.to_string())?
         }
-        (true, true) => serde_json::from_str::<PolicyFile>(text)
-            .map_err(|e| e.to_string())?
-            .policies,
+        (true, true) => {
+            serde_json::from_str::<PolicyFile>(text)
+                .map_err(|e| e.to_string())?
+                .policies
+        }
         (true, false) => vec![serde_json::from_str::<Policy>(text).map_err(|e| e.to_string())?],
-        (false, true) => toml::from_str::<PolicyFile>(text)
-            .map_err(|e| e.to_string())?
-            .policies,
+        (false, true) => {
+            toml::from_str::<PolicyFile>(text)
+                .map_err(|e| e.to_string())?
+                .policies
+        }
         (false, false) => vec![toml::from_str::<Policy>(text).map_err(|e| e.to_string())?],
     };
     if policies.is_empty() {
@@ -159,7 +169,9 @@ pub fn parse_policy_file(path: &Path, text: &str) -> Result<Vec<Policy>, String>
     }
     for (i, p) in policies.iter().enumerate() {
         if p.id.is_empty() {
-            return Err(format!("policy #{i} has no `id`: every policy in a file needs one"));
+            return Err(format!(
+                "policy #{i} has no `id`: every policy in a file needs one"
+            ));
         }
     }
     Ok(policies)
@@ -169,7 +181,11 @@ async fn apply(ctx: &Ctx, path: &Path) -> Result<(), CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Usage(format!("cannot read policy file {}: {e}", path.display())))?;
     let policies = parse_policy_file(path, &text).map_err(|e| {
-        CliError::Usage(format!("invalid policy file {}: {}", path.display(), e.trim_end()))
+        CliError::Usage(format!(
+            "invalid policy file {}: {}",
+            path.display(),
+            e.trim_end()
+        ))
     })?;
     let client = ctx.authed_client()?;
     let mut applied = Vec::new();
@@ -207,8 +223,16 @@ async fn list(ctx: &Ctx) -> Result<(), CliError> {
             p.rules.iter().enumerate().map(move |(i, r)| {
                 vec![
                     if i == 0 { p.id.clone() } else { String::new() },
-                    if i == 0 { scope_text(&p.scope) } else { String::new() },
-                    if i == 0 { p.priority.to_string() } else { String::new() },
+                    if i == 0 {
+                        scope_text(&p.scope)
+                    } else {
+                        String::new()
+                    },
+                    if i == 0 {
+                        p.priority.to_string()
+                    } else {
+                        String::new()
+                    },
                     format!("#{i}"),
                     r.action_pattern.clone(),
                     r.effect.to_string(),
@@ -269,7 +293,9 @@ pub async fn run_approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<(), CliErro
             }
             let rows: Vec<Vec<String>> = list.approvals.iter().map(approval_row).collect();
             write_text(&table(
-                &["ID", "STATUS", "ACTOR", "ACTION", "RULE", "CREATED", "EXPIRES"],
+                &[
+                    "ID", "STATUS", "ACTOR", "ACTION", "RULE", "CREATED", "EXPIRES",
+                ],
                 &rows,
             ))
         }
@@ -317,7 +343,9 @@ pub async fn run_audit(ctx: &Ctx, args: AuditArgs) -> Result<(), CliError> {
     }
     let rows: Vec<Vec<String>> = list.records.iter().map(audit_row).collect();
     write_text(&table(
-        &["TIME", "ACTOR", "ACTION", "DECISION", "POLICY", "RULE", "SOURCE", "REQUEST"],
+        &[
+            "TIME", "ACTOR", "ACTION", "DECISION", "POLICY", "RULE", "SOURCE", "REQUEST",
+        ],
         &rows,
     ))
 }
@@ -363,12 +391,23 @@ approvers = ["alice"]
         let one = "id = \"x\"\nscope = { workspace = \"w\" }\nrules = [{ action_pattern = \"*\", effect = \"allow\" }]\n";
         assert_eq!(parse_policy_file(Path::new("p"), one).unwrap()[0].id, "x");
         let json = r#"{"id": "j", "scope": {"agent": "a"}, "rules": [{"action_pattern": "x", "effect": "deny"}]}"#;
-        assert_eq!(parse_policy_file(Path::new("p.json"), json).unwrap()[0].id, "j");
+        assert_eq!(
+            parse_policy_file(Path::new("p.json"), json).unwrap()[0].id,
+            "j"
+        );
         let arr = format!("[{json}]");
         assert_eq!(parse_policy_file(Path::new("p"), &arr).unwrap().len(), 1);
-        let err = parse_policy_file(Path::new("p.toml"), "scope = { agent = \"a\" }\nrules = []\n").unwrap_err();
+        let err = parse_policy_file(
+            Path::new("p.toml"),
+            "scope = { agent = \"a\" }\nrules = []\n",
+        )
+        .unwrap_err();
         assert!(err.contains("no policies") || err.contains("`id`"), "{err}");
-        let err = parse_policy_file(Path::new("p.toml"), "id = \"x\"\nscope = { agent = \"a\" }\nrules = []\ncolour = 1\n").unwrap_err();
+        let err = parse_policy_file(
+            Path::new("p.toml"),
+            "id = \"x\"\nscope = { agent = \"a\" }\nrules = []\ncolour = 1\n",
+        )
+        .unwrap_err();
         assert!(err.contains("colour"), "{err}");
     }
 }

@@ -17,6 +17,7 @@ mod containers;
 mod crash;
 mod gateway;
 mod instances;
+mod policy;
 
 use assert_cmd::Command;
 use fabric_core::TaskId;
