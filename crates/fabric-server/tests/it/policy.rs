@@ -612,3 +612,81 @@ async fn approval_round_trip_with_the_python_agent_waiting() {
     assert_eq!(output["rule"], "#1 shell:rm *");
     s.stop().await;
 }
+
+/// Egress from a sandboxed agent: both targets are in its allowlist (the
+/// first gate), a policy denies one of them; the proxy refuses that one with
+/// 403 and the decision is audited, the other goes through.
+#[tokio::test]
+async fn egress_allowlisted_but_denied_by_a_policy_is_refused_and_audited() {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let open = crate::agents::serve_text("0.0.0.0:0", "open-body").await;
+    let closed = crate::agents::serve_text("0.0.0.0:0", "closed-body").await;
+    let s =
+        TestServer::start_with(|c| c.sandbox_helper = Some(crate::harness::sandbox_helper())).await;
+    let admin = s.login().await;
+    s.spawn_agent(
+        &admin,
+        json!({"id": "net", "isolation": {"level": "process", "network_egress": [
+            format!("{host}:{}", open.port()), format!("{host}:{}", closed.port())]}}),
+    )
+    .await;
+    apply(
+        &s,
+        &admin,
+        "no-closed",
+        json!({"scope": {"agent": "net"}, "rules": [
+        {"action_pattern": format!("net:connect:*:{}", closed.port()), "effect": "deny"}]}),
+    )
+    .await;
+    let fetch = |port: u16| {
+        format!(
+            "python3 -c \"import urllib.request as u\ntry:\n print(u.urlopen('http://{host}:{port}/', timeout=5).read().decode())\nexcept Exception as e:\n print('ERR', e)\""
+        )
+    };
+    let task = s
+        .create(
+            &admin,
+            json!({"agent": "net", "commands": [fetch(open.port()), fetch(closed.port())]}),
+        )
+        .await;
+    let out = s.wait_done(&admin, &task).await.result.unwrap().stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "open-body", "{out}");
+    assert!(
+        lines[1].starts_with("ERR") && lines[1].contains("403"),
+        "{out}"
+    );
+
+    let (_, audit) = s.get(&admin, "/v1/audit?agent=net").await;
+    let egress: Vec<(String, String)> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] == "egress")
+        .rev()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        egress,
+        [
+            (
+                format!("net:connect:{host}:{}", open.port()),
+                "allow".to_owned()
+            ),
+            (
+                format!("net:connect:{host}:{}", closed.port()),
+                "deny".to_owned()
+            ),
+        ],
+        "{audit}"
+    );
+    s.stop().await;
+}
