@@ -466,8 +466,7 @@ impl PolicyService {
                     rx.wait_for(|a| a.status != ApprovalStatus::Pending),
                 )
                 .await;
-                let current = rx.borrow().clone();
-                current
+                rx.borrow().clone()
             }
             None => self
                 .store

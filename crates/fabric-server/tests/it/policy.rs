@@ -690,3 +690,95 @@ async fn egress_allowlisted_but_denied_by_a_policy_is_refused_and_audited() {
     );
     s.stop().await;
 }
+
+/// Policies, the audit trail and pending approvals are in the store: a
+/// restart (on the same data dir, or the same Redis prefix) finds them all,
+/// and an approval asked for before the restart can be decided after it.
+async fn survives_a_restart(store: fabric_server::StoreConfig, dir: &tempfile::TempDir) {
+    let data = dir.path().join("data");
+    let first = store.clone();
+    let s = TestServer::start_in(data.clone(), move |c| c.store = first).await;
+    let admin = s.login().await;
+    apply(
+        &s,
+        &admin,
+        "gate",
+        json!({"scope": {"agent": "ext"}, "rules": [
+        {"action_pattern": "deploy:*", "effect": "require_approval", "approval_timeout_secs": 600},
+        {"action_pattern": "shell:*", "effect": "deny"}]}),
+    )
+    .await;
+    let agent = crate::gateway::agent_token(&s, &admin, "ext").await;
+    let (status, asked) = s
+        .post(&agent, "/v1/agent/check", json!({"action": "deploy:prod"}))
+        .await;
+    assert_eq!(status, 200, "{asked}");
+    assert_eq!(asked["decision"], "require_approval");
+    assert_eq!(asked["approval_status"], "pending");
+    let id = asked["approval_id"].as_str().unwrap().to_owned();
+    assert_eq!(decision(&s, &admin, "ext", "shell:ls").await, "deny");
+    s.stop().await;
+
+    let s = TestServer::start_in(data, move |c| c.store = store).await;
+    let admin = s.login().await;
+    let (_, list) = s.get(&admin, "/v1/policies").await;
+    let ids: Vec<&str> = list["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["default", "gate"],
+        "the default policy is created once: {list}"
+    );
+    assert_eq!(decision(&s, &admin, "ext", "shell:ls").await, "deny");
+    let (_, pending) = s.get(&admin, "/v1/approvals?status=pending").await;
+    assert_eq!(pending["approvals"][0]["id"], id.as_str(), "{pending}");
+    let (status, decided) = s
+        .post(&admin, &format!("/v1/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{decided}");
+    let (_, audit) = s.get(&admin, "/v1/audit?agent=ext").await;
+    let summary: Vec<(&str, &str)> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("agent_check", "require_approval"),
+            ("check", "deny"),
+            ("check", "deny"),
+            ("approval", "allow")
+        ],
+        "{audit}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn policies_audit_and_approvals_survive_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    survives_a_restart(fabric_server::StoreConfig::Sqlite, &dir).await;
+}
+
+#[tokio::test]
+async fn policies_audit_and_approvals_survive_a_restart_on_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = fabric_store::redis::testing::RedisServer::start(&dir.path().join("redis"));
+    let store = fabric_server::StoreConfig::Redis {
+        url: redis.url(),
+        prefix: "policy".to_owned(),
+    };
+    survives_a_restart(store, &dir).await;
+}
