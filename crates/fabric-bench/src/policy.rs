@@ -12,10 +12,13 @@
 //!
 //! Only the evaluation is timed: the Cedar `Request` (with its context) is
 //! built before the clock starts, as our `PolicyRequest` is.
+//!
+//! Cedar is compiled in only with `--features cedar` (it is heavy); without
+//! it the bench measures ours alone and says so.
 
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use fabric_core::Timestamp;
 use fabric_core::policy::{Conditions, Effect, Policy, PolicyRule, PolicyScope};
 use fabric_engine::{PolicyRequest, PolicySet};
@@ -176,38 +179,77 @@ fn run_ours(set: &PolicySet, actions: &[String]) -> EngineRun {
     }
 }
 
-fn run_cedar(policies: &cedar_policy::PolicySet, actions: &[String]) -> anyhow::Result<EngineRun> {
-    use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request};
-    let authorizer = Authorizer::new();
-    let entities = Entities::empty();
-    let principal: EntityUid = r#"Agent::"coder""#.parse().context("principal")?;
-    let action: EntityUid = r#"Action::"do""#.parse().context("action")?;
-    let resource: EntityUid = r#"Resource::"any""#.parse().context("resource")?;
-    let mut samples = Vec::with_capacity(actions.len());
-    let mut decisions = Vec::with_capacity(actions.len());
-    for a in actions {
-        let context = Context::from_json_value(serde_json::json!({ "action": a }), None)
-            .context("cedar context")?;
-        let request = Request::new(
-            principal.clone(),
-            action.clone(),
-            resource.clone(),
-            context,
-            None,
-        )
-        .context("cedar request")?;
+/// Cedar, when compiled in (`--features cedar`).
+#[cfg(feature = "cedar")]
+mod cedar {
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context as _;
+
+    use super::{EngineRun, Summary, nanos};
+
+    pub type Set = cedar_policy::PolicySet;
+
+    pub fn parse(text: &str) -> anyhow::Result<Option<(Set, Duration)>> {
         let start = Instant::now();
-        let response = authorizer.is_authorized(&request, policies, &entities);
-        let elapsed = start.elapsed();
-        let allowed = std::hint::black_box(response.decision()) == Decision::Allow;
-        samples.push(nanos(elapsed));
-        decisions.push(allowed);
+        let set: Set = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("cedar policy set: {e}"))?;
+        Ok(Some((set, start.elapsed())))
     }
-    Ok(EngineRun {
-        summary: Summary::of(&mut samples),
-        allows: decisions.iter().filter(|d| **d).count(),
-        decisions,
-    })
+
+    pub fn run(policies: &Set, actions: &[String]) -> anyhow::Result<EngineRun> {
+        use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request};
+        let authorizer = Authorizer::new();
+        let entities = Entities::empty();
+        let principal: EntityUid = r#"Agent::"coder""#.parse().context("principal")?;
+        let action: EntityUid = r#"Action::"do""#.parse().context("action")?;
+        let resource: EntityUid = r#"Resource::"any""#.parse().context("resource")?;
+        let mut samples = Vec::with_capacity(actions.len());
+        let mut decisions = Vec::with_capacity(actions.len());
+        for a in actions {
+            let context = Context::from_json_value(serde_json::json!({ "action": a }), None)
+                .context("cedar context")?;
+            let request = Request::new(
+                principal.clone(),
+                action.clone(),
+                resource.clone(),
+                context,
+                None,
+            )
+            .context("cedar request")?;
+            let start = Instant::now();
+            let response = authorizer.is_authorized(&request, policies, &entities);
+            let elapsed = start.elapsed();
+            let allowed = std::hint::black_box(response.decision()) == Decision::Allow;
+            samples.push(nanos(elapsed));
+            decisions.push(allowed);
+        }
+        Ok(EngineRun {
+            summary: Summary::of(&mut samples),
+            allows: decisions.iter().filter(|d| **d).count(),
+            decisions,
+        })
+    }
+}
+
+/// Without `--features cedar`: ours alone.
+#[cfg(not(feature = "cedar"))]
+mod cedar {
+    use std::time::Duration;
+
+    use super::EngineRun;
+
+    pub enum Set {}
+
+    pub fn parse(_: &str) -> anyhow::Result<Option<(Set, Duration)>> {
+        println!("(built without Cedar: rebuild with --features cedar to compare)");
+        Ok(None)
+    }
+
+    pub fn run(set: &Set, _: &[String]) -> anyhow::Result<EngineRun> {
+        match *set {}
+    }
 }
 
 pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
@@ -225,11 +267,7 @@ pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
         let cedar = if args.no_cedar {
             None
         } else {
-            let start = Instant::now();
-            let set: cedar_policy::PolicySet = cedar_text(&rules)
-                .parse()
-                .map_err(|e| anyhow::anyhow!("cedar policy set: {e}"))?;
-            Some((set, start.elapsed()))
+            cedar::parse(&cedar_text(&rules))?
         };
         println!(
             "{n} rules: compiled ours in {:.1} ms{}",
@@ -256,7 +294,7 @@ pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
             );
             if let Some((set, _)) = &cedar {
                 let count = args.samples.min(args.cedar_max_samples);
-                let c = run_cedar(set, &asks[..count])?;
+                let c = cedar::run(set, &asks[..count])?;
                 let differ = c
                     .decisions
                     .iter()
