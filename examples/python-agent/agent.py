@@ -5,7 +5,9 @@ It speaks the agent protocol (docs/AGENT_PROTOCOL.md): long-poll for a task,
 log a line, heartbeat while working, complete. Its "work" is deterministic so
 tests can check it: stdout is the prompt in upper case, output is
 {"words": N, "agent": id, "workspace": dir}; a prompt starting with "fail:"
-fails the task, and "sleep:N" takes N seconds first.
+fails the task, "sleep:N" takes N seconds first, and "check:ACTION" asks the
+fabric's policies whether it may do ACTION (waiting for an approver when a
+policy requires approval) and reports the decision in the output.
 """
 
 import json
@@ -20,6 +22,7 @@ from datetime import datetime, timezone
 LEASE_WAIT = 30           # seconds one lease call waits for a task (server max: 60)
 TOKEN_RENEWAL = 5 * 60    # tokens live 15 minutes: renew well before
 FALLBACK_HEARTBEAT = 10   # seconds, when the lease's expiry is unusable
+APPROVAL_POLL = 30        # seconds one policy check waits for an approver (server max: 60)
 
 
 class ApiError(Exception):
@@ -37,17 +40,17 @@ class Fabric:
         self.url, self.agent_id = url.rstrip("/"), agent_id
         self._token, self._lock = token, threading.Lock()
 
-    def call(self, path, body=None, timeout=30, traceparent=None):
-        """POSTs JSON; returns (status, decoded body or None). Raises ApiError,
+    def call(self, path, body=None, timeout=30, method="POST", traceparent=None):
+        """POSTs JSON (or GETs); returns (status, decoded body or None). Raises ApiError,
         or OSError (urllib.error.URLError, timeouts) when the fabric is unreachable.
         `traceparent` (a task's W3C trace context) joins the call to its trace."""
         with self._lock:
             token = self._token
-        data = json.dumps(body).encode() if body is not None else b""
+        data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         if traceparent:
             headers["traceparent"] = traceparent
-        req = urllib.request.Request(self.url + path, data=data, method="POST", headers=headers)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
@@ -58,6 +61,19 @@ class Fabric:
                 raise ApiError(e.code, err["code"], err["message"]) from None
             except (ValueError, KeyError, TypeError):
                 raise ApiError(e.code, "http_error", e.reason) from None
+
+    def check(self, action, resource=None):
+        """May this agent do `action`? Blocks while an approval is pending (the
+        fabric times it out as a deny). Returns the final answer, a dict with
+        "decision" ("allow" or "deny"), "policy_id", "rule", "approval_id"."""
+        body = {"action": action, "wait": APPROVAL_POLL}
+        if resource is not None:
+            body["resource"] = resource
+        _, answer = self.call("/v1/agent/check", body, timeout=APPROVAL_POLL + 30)
+        while answer["decision"] == "require_approval":
+            _, answer = self.call(f"/v1/agent/approvals/{answer['approval_id']}?wait={APPROVAL_POLL}",
+                                  timeout=APPROVAL_POLL + 30, method="GET")
+        return answer
 
     def renew_token(self):
         _, body = self.call("/v1/agent/token")
@@ -112,6 +128,11 @@ def do_the_work(fabric, prompt):
     """The job: deterministic, so a test can predict the result. Returns (status, result)."""
     if prompt.startswith("fail:"):
         return "failed", {"stdout": "", "stderr": "", "error": prompt[len("fail:"):].strip()}
+    if prompt.startswith("check:"):  # ask the policies (may wait for an approver)
+        answer = fabric.check(prompt[len("check:"):])
+        return "completed", {"stdout": answer["decision"], "stderr": "", "exit_code": 0,
+                             "output": {"decision": answer["decision"], "rule": answer.get("rule"),
+                                        "approval_id": answer.get("approval_id")}}
     if prompt.startswith("sleep:"):  # a slow task (the heartbeat thread keeps its lease)
         time.sleep(float(prompt[len("sleep:"):]))
     return "completed", {

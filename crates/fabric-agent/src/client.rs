@@ -8,6 +8,7 @@ use fabric_core::api::{
     AgentEvents, AgentLogLine, CompleteRequest, ErrorBody, HeartbeatResponse, LeaseResponse,
     REQUEST_ID_HEADER, TaskHeartbeat, TokenResponse,
 };
+use fabric_core::policy::{CheckRequest, CheckResponse, Effect};
 use fabric_core::{AgentId, Task, TaskId};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -23,6 +24,9 @@ pub const ENV_AGENT_ID: &str = "FABRIC_AGENT_ID";
 
 /// Longest `wait` the fabric accepts on `lease`.
 pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);
+/// How long one `check` request waits for an approval's decision before
+/// asking again.
+const APPROVAL_POLL: Duration = Duration::from_secs(30);
 /// Timeout of every request but `lease`, whose timeout is its wait plus this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -204,6 +208,48 @@ impl AgentClient {
         let req = self.request(Method::POST, &path).json(request);
         let resp = self.send(&path, req).await?;
         self.read_json(&path, resp).await
+    }
+
+    /// May this agent do `action` (e.g. `shell:rm -rf /tmp/x`,
+    /// `net:connect:prod-db:5432`)? Asks `POST /v1/agent/check` and, when a
+    /// policy requires an approval, waits for an approver's decision (long
+    /// polls of `GET /v1/agent/approvals/{id}`) until it is approved, denied
+    /// or times out (= denied). Returns the final answer: `decision` is
+    /// `allow` or `deny`.
+    pub async fn check(
+        &self,
+        action: &str,
+        resource: Option<&str>,
+    ) -> Result<CheckResponse, AgentError> {
+        let path = "/v1/agent/check";
+        let body = CheckRequest {
+            agent: None,
+            action: action.to_owned(),
+            resource: resource.map(str::to_owned),
+            workspace: None,
+            wait: Some(APPROVAL_POLL.as_secs_f64()),
+        };
+        let req = self
+            .request(Method::POST, path)
+            .timeout(APPROVAL_POLL + REQUEST_TIMEOUT)
+            .json(&body);
+        let resp = self.send(path, req).await?;
+        let mut answer: CheckResponse = self.read_json(path, resp).await?;
+        while answer.decision == Effect::RequireApproval {
+            let Some(id) = answer.approval_id else {
+                return Err(AgentError::Protocol {
+                    url: self.url(path),
+                    message: "require_approval without an approval_id".into(),
+                });
+            };
+            let poll = format!("/v1/agent/approvals/{id}?wait={}", APPROVAL_POLL.as_secs());
+            let req = self
+                .request(Method::GET, &poll)
+                .timeout(APPROVAL_POLL + REQUEST_TIMEOUT);
+            let resp = self.send(&poll, req).await?;
+            answer = self.read_json(&poll, resp).await?;
+        }
+        Ok(answer)
     }
 
     /// `POST /v1/agent/heartbeat`: agent-level liveness while there is nothing to do.

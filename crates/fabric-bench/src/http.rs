@@ -29,6 +29,9 @@ use crate::server::{Client, Server, resolve_binary};
 use crate::stats::{CpuSnapshot, Summary, clock_ticks_per_second, median, millis, nanos};
 
 const NOOP_BODY: &str = r#"{"agent":"noop"}"#;
+const CHECK_BODY: &str = r#"{"agent":"coder","action":"tool:t421:read"}"#;
+/// Rules loaded before a `policy-check` open loop (one policy, tenant-wide).
+const CHECK_RULES: usize = 1000;
 /// How long created tasks may take to finish once the load stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -73,6 +76,9 @@ pub struct HttpArgs {
     /// Seconds of open loop at the same rate before measuring (discarded)
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// What the open loop sends
+    #[arg(long, value_enum, default_value = "create-task")]
+    latency_target: LatencyTarget,
     /// Run the servers on the Redis store: a durable redis-server
     /// (`appendfsync always`) started by the bench, a fresh key prefix per run
     #[arg(long)]
@@ -123,10 +129,20 @@ impl StoreArgs {
     }
 }
 
+/// `--latency-target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LatencyTarget {
+    /// POST /v1/tasks {"agent":"noop"}
+    CreateTask,
+    /// POST /v1/policy/check with 1,000 rules loaded (each decision audited)
+    PolicyCheck,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     CreateNoop,
     Healthz,
+    PolicyCheck,
 }
 
 impl Target {
@@ -134,6 +150,7 @@ impl Target {
         match self {
             Target::CreateNoop => "POST /v1/tasks",
             Target::Healthz => "GET /healthz",
+            Target::PolicyCheck => "POST /v1/policy/check",
         }
     }
 }
@@ -158,6 +175,12 @@ impl Request {
                 StatusCode::CREATED,
             ),
             Target::Healthz => (Method::GET, "/healthz", None, StatusCode::OK),
+            Target::PolicyCheck => (
+                Method::POST,
+                "/v1/policy/check",
+                Some(CHECK_BODY),
+                StatusCode::OK,
+            ),
         };
         Ok(Self {
             client: client.http.clone(),
@@ -462,10 +485,14 @@ async fn latency_once(
     rate: u32,
     duration: Duration,
     warmup: Duration,
+    target: Target,
 ) -> anyhow::Result<LatencyRun> {
     let store: Vec<&str> = store.iter().map(String::as_str).collect();
     let (server, client) = Server::start(binary, &store).await?;
-    let request = Request::new(&client, Target::CreateNoop)?;
+    if target == Target::PolicyCheck {
+        load_rules(&client).await?;
+    }
+    let request = Request::new(&client, target)?;
     let period = Duration::from_secs(1) / rate;
     let warm = (warmup.as_secs_f64() * f64::from(rate)) as u32;
     let total = warm + (duration.as_secs_f64() * f64::from(rate)) as u32;
@@ -809,6 +836,10 @@ async fn latency(
             args.rate,
             Duration::from_secs(args.rate_duration),
             Duration::from_secs(args.warmup),
+            match args.latency_target {
+                LatencyTarget::CreateTask => Target::CreateNoop,
+                LatencyTarget::PolicyCheck => Target::PolicyCheck,
+            },
         )
         .await
         .context("open-loop latency run")?;
@@ -844,7 +875,11 @@ async fn latency(
         args.rate, args.rate_duration, args.warmup, args.reps
     );
     println!();
-    println!("| latency of POST /v1/tasks | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) |");
+    let label = match args.latency_target {
+        LatencyTarget::CreateTask => Target::CreateNoop.label(),
+        LatencyTarget::PolicyCheck => Target::PolicyCheck.label(),
+    };
+    println!("| latency of {label} | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) |");
     println!("|---|--:|--:|--:|--:|");
     for (label, pick) in [
         (
@@ -870,6 +905,29 @@ async fn latency(
         med(&|r| r.max_in_flight as f64),
         med(&|r| r.cpu.server),
         med(&|r| r.cpu.bench),
+    );
+    Ok(())
+}
+
+/// PUTs one tenant-wide policy of [`CHECK_RULES`] rules (`tool:t<i>:*`).
+async fn load_rules(client: &Client) -> anyhow::Result<()> {
+    let rules: Vec<serde_json::Value> = (0..CHECK_RULES)
+        .map(|i| {
+            let effect = if i % 10 == 9 { "deny" } else { "allow" };
+            serde_json::json!({"action_pattern": format!("tool:t{i}:*"), "effect": effect})
+        })
+        .collect();
+    let body = serde_json::json!({"scope": {"tenant": "*"}, "rules": rules});
+    let resp = client
+        .http
+        .put(client.url("/v1/policies/bench"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status() == StatusCode::OK,
+        "loading the bench policy: {}",
+        resp.text().await.unwrap_or_default()
     );
     Ok(())
 }

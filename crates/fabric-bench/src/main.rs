@@ -10,6 +10,7 @@
 //! cargo run --release -p fabric-bench -- containers # container agent spawn, cold vs warm pool
 //! cargo run --release -p fabric-bench -- gateway    # LLM gateway overhead vs direct, vs LiteLLM
 //! cargo run --release -p fabric-bench -- budgets    # budget check-and-reserve under contention
+//! cargo run --release -p fabric-bench -- policy     # policy decision in process, beside Cedar
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -34,6 +35,8 @@
 //!   proxy) over calling `mock-llm` directly, in the same open loop; proxy RSS.
 //! - `budgets`: budget reserve + settle throughput and latency, 1 to 64
 //!   threads, on the same or distinct entities, in process.
+//! - `policy`: one policy decision with 10 / 1,000 / 10,000 rules, ours
+//!   beside the same decisions in Cedar (`cedar-policy`), checked equal.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
@@ -43,6 +46,7 @@ mod containers;
 mod gateway;
 mod http;
 mod instances;
+mod policy;
 mod rss;
 mod sched;
 mod server;
@@ -85,6 +89,8 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Budget check-and-reserve (+ settle) throughput under contention, in process
     Budgets(budgets::BudgetsArgs),
+    /// Policy decision latency in process with 10 to 10,000 rules, beside Cedar
+    Policy(policy::PolicyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +119,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Containers(args) => block_on(cli.client_threads, containers::run(args)),
         Command::Gateway(args) => block_on(cli.client_threads, gateway::run(args)),
         Command::Budgets(args) => budgets::run(args),
+        Command::Policy(args) => policy::run(args),
     }
 }
 

@@ -10,6 +10,10 @@ use fabric_core::api::{
     REQUEST_ID_HEADER, SessionList, TaskList, TaskResultView, TokenResponse, WhoAmI,
 };
 use fabric_core::budget::{BudgetEntity, BudgetList, BudgetSpec, BudgetUsageReport, BudgetView};
+use fabric_core::policy::{
+    Approval, ApprovalList, ApprovalStatus, AuditList, CheckRequest, CheckResponse, Effect, Policy,
+    PolicyList,
+};
 use fabric_core::{AgentId, Task, TaskId, TaskStatus};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -181,6 +185,77 @@ impl FabricClient {
             .http
             .get(self.url(&format!("/v1/tasks/{id}/events")))
             .query(&[("after", after.to_string()), ("limit", limit.to_string())]);
+        self.json(self.authed(req)).await
+    }
+
+    /// `PUT /v1/policies/{id}` (admin): live at once.
+    pub async fn put_policy(&self, policy: &Policy) -> Result<Policy, ClientError> {
+        let path = format!("/v1/policies/{}", policy.id);
+        self.json(self.authed(self.http.put(self.url(&path)).json(policy)))
+            .await
+    }
+
+    /// `GET /v1/policies`, by id.
+    pub async fn list_policies(&self) -> Result<PolicyList, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/policies"))))
+            .await
+    }
+
+    /// `DELETE /v1/policies/{id}` (admin).
+    pub async fn delete_policy(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/policies/{id}");
+        self.send(self.authed(self.http.delete(self.url(&path))))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /v1/policy/check`: what the policies decide (audited, never waits).
+    pub async fn check_policy(&self, req: &CheckRequest) -> Result<CheckResponse, ClientError> {
+        self.json(self.authed(self.http.post(self.url("/v1/policy/check")).json(req)))
+            .await
+    }
+
+    /// `GET /v1/approvals?status=`, newest first.
+    pub async fn list_approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: Option<u32>,
+    ) -> Result<ApprovalList, ClientError> {
+        let mut req = self.http.get(self.url("/v1/approvals"));
+        if let Some(status) = status {
+            req = req.query(&[("status", status.as_str())]);
+        }
+        if let Some(limit) = limit {
+            req = req.query(&[("limit", limit.to_string())]);
+        }
+        self.json(self.authed(req)).await
+    }
+
+    /// `POST /v1/approvals/{id}/approve` or `/deny`.
+    pub async fn decide_approval(&self, id: &str, approve: bool) -> Result<Approval, ClientError> {
+        let verb = if approve { "approve" } else { "deny" };
+        let path = format!("/v1/approvals/{id}/{verb}");
+        self.json(self.authed(self.http.post(self.url(&path))))
+            .await
+    }
+
+    /// `GET /v1/audit?agent=&decision=&limit=` (admin), newest first.
+    pub async fn audit(
+        &self,
+        agent: Option<&AgentId>,
+        decision: Option<Effect>,
+        limit: Option<u32>,
+    ) -> Result<AuditList, ClientError> {
+        let mut req = self.http.get(self.url("/v1/audit"));
+        if let Some(agent) = agent {
+            req = req.query(&[("agent", agent.as_str())]);
+        }
+        if let Some(decision) = decision {
+            req = req.query(&[("decision", decision.as_str())]);
+        }
+        if let Some(limit) = limit {
+            req = req.query(&[("limit", limit.to_string())]);
+        }
         self.json(self.authed(req)).await
     }
 

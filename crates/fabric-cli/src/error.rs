@@ -17,6 +17,10 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 4;
     pub const CONFLICT: u8 = 5;
     pub const UNREACHABLE: u8 = 6;
+    /// `policy check`: denied.
+    pub const DENIED: u8 = 7;
+    /// `policy check`: needs an approval.
+    pub const APPROVAL_REQUIRED: u8 = 8;
 }
 
 /// A failed command. `main` prints it as `Error: <message>` and exits with [`CliError::exit_code`].
@@ -61,6 +65,9 @@ pub enum CliError {
         status: TaskStatus,
         waited: std::time::Duration,
     },
+    /// `policy check`: the action is not allowed (the decision has been printed).
+    #[error("the policies say {0}")]
+    Decision(fabric_core::Effect),
     /// Writing to stdout failed (a closed pipe is not reported, see [`CliError::is_silent`]).
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
@@ -123,6 +130,8 @@ impl CliError {
             CliError::Image(_) => exit::ERROR,
             CliError::Config(_) => exit::ERROR,
             CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+            CliError::Decision(fabric_core::Effect::RequireApproval) => exit::APPROVAL_REQUIRED,
+            CliError::Decision(_) => exit::DENIED,
             CliError::TaskUnsuccessful { .. }
             | CliError::TaskNotFinished { .. }
             | CliError::WaitTimedOut { .. }
@@ -135,6 +144,7 @@ impl CliError {
     /// (`reactor-fabric task list | head -1`), which is not worth a complaint.
     pub fn is_silent(&self) -> bool {
         matches!(self, CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(self, CliError::Decision(_))
     }
 }
 

@@ -166,6 +166,10 @@ pub struct AgentConfig {
     pub budget: BudgetConfig,
     #[serde(default)]
     pub policies: Vec<String>,
+    /// The workspace the agent belongs to: the `workspace` attribute of its
+    /// policy checks (policies attached to this workspace apply to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
     /// What it runs: a shell command line (`/bin/sh -c`; at isolation
     /// `container`, in `image` or the default agent image). Neither `command`
     /// nor `image`: the built-in shell agent, running each task's commands.
@@ -208,6 +212,7 @@ impl AgentConfig {
             isolation: IsolationConfig::default(),
             budget: BudgetConfig::default(),
             policies: Vec::new(),
+            workspace: None,
             command: None,
             image: None,
             external: false,

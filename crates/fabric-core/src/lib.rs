@@ -13,6 +13,7 @@
 //! - [`budget`]: budget entities, limits, the [`BudgetStore`] port, usage reports (SPEC §8).
 //! - [`api`]: request and response bodies of the HTTP API (`/v1/...`).
 //! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
+//! - [`policy`]: policies, approvals, audit records and the [`PolicyStore`] port (SPEC §7).
 //! - [`usage`]: the LLM usage ledger ([`UsageRecord`], [`UsageStore`]) the gateway meters into.
 
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod ids;
+pub mod policy;
 pub mod store;
 pub mod task;
 pub mod time;
@@ -28,6 +30,10 @@ pub mod usage;
 pub use auth::{ApiToken, Scope, User};
 pub use budget::{BudgetEntity, BudgetRecord, BudgetSpec, BudgetStore, ResetPolicy};
 pub use ids::{AgentId, IdError, TaskId, TenantId};
+pub use policy::{
+    Approval, ApprovalStatus, AuditQuery, AuditRecord, Effect, Policy, PolicyRule, PolicyScope,
+    PolicyStore,
+};
 pub use store::{
     AgentStore, AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome,
 };

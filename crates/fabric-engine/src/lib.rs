@@ -12,10 +12,14 @@
 //! - [`budget`]: budget accounting: limits per agent, user and tenant, daily
 //!   or carryover periods, atomic check-and-reserve, settle, alerts,
 //!   projections ([`budget::BudgetBook`], [`budget::SharedBudgets`]).
+//! - [`policy`]: glob rules attached to tenants, workspaces and agents,
+//!   compiled into a [`PolicySet`] (inheritance, precedence, default deny).
 
 pub mod budget;
+pub mod policy;
 pub mod scheduler;
 
+pub use policy::{PolicyError, PolicyRequest, PolicySet, Verdict};
 pub use scheduler::{
     AgentQueueConfig, Changes, Completion, KillOrder, Lease, Reservation, Scheduler,
     SchedulerConfig, SchedulerError, SchedulerStats,

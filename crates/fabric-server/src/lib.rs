@@ -33,6 +33,7 @@ mod extract;
 pub mod leader;
 pub mod llm;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 mod request_id;
 pub mod service;
@@ -282,6 +283,11 @@ pub async fn run(
     tasks.register_agent(AgentId::noop(), queue);
 
     let auth = Arc::new(AuthService::new(store.clone(), Arc::clone(&clock)));
+    let policy = policy::PolicyService::new(
+        store.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&telemetry.metrics),
+    );
     let api_addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
@@ -300,6 +306,7 @@ pub async fn run(
         helper: config.sandbox_helper.clone(),
         cgroup_parent: instance_cgroup(&config.data_dir),
         gateway: llm.gateway.clone(),
+        policy: Arc::clone(&policy),
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
         owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
@@ -321,6 +328,7 @@ pub async fn run(
         agents: agents.clone(),
         llm,
         budgets: Arc::clone(&budgets),
+        policy,
         shutdown: stop_rx.clone(),
         readiness: Arc::clone(&readiness),
         telemetry: Arc::clone(&telemetry),
@@ -417,6 +425,11 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot load budgets: {}", e.message))?;
     tracing::info!(budgets = budgeted, "budgets loaded");
+    state
+        .policy
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the policies: {}", e.message))?;
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
     let mut shell = AgentConfig::new(AgentId::shell());

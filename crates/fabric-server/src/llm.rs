@@ -223,6 +223,11 @@ pub struct EndpointIdentity {
     /// The user the agent runs for (its owner).
     pub user: String,
     pub agent: AgentId,
+    /// Decides its `llm:<model>` calls; `None` lets every call through
+    /// (a gateway without the fabric's policies, as in tests).
+    pub policy: Option<Arc<crate::policy::PolicyService>>,
+    /// The agent's workspace (a policy attribute).
+    pub workspace: Option<String>,
 }
 
 #[derive(Clone)]
@@ -295,6 +300,16 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
             return too_large;
         }
     };
+    if let Some(policy) = &endpoint.identity.policy {
+        let actor = crate::policy::Actor::agent(
+            endpoint.identity.tenant.clone(),
+            endpoint.identity.agent.clone(),
+            endpoint.identity.workspace.clone(),
+        );
+        if let Some(refusal) = crate::policy::check_llm(policy, &actor, &body, &request_id) {
+            return into_response(refusal);
+        }
+    }
     let caller = Caller {
         tenant: endpoint.identity.tenant.clone(),
         user: endpoint.identity.user.clone(),

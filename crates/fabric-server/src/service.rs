@@ -150,6 +150,11 @@ impl TaskService {
         &self.events
     }
 
+    /// The agent a task goes to when its request names none.
+    pub fn default_agent(&self) -> &AgentId {
+        &self.defaults.agent
+    }
+
     pub fn now(&self) -> fabric_core::Timestamp {
         self.clock.now()
     }

@@ -8,6 +8,7 @@ use parking_lot::RwLock;
 use crate::agents::AgentManager;
 use crate::auth::AuthService;
 use crate::llm::Llm;
+use crate::policy::PolicyService;
 use crate::service::TaskService;
 
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct AppState {
     pub llm: Llm,
     /// Budgets: limits, live usage, reservations, alerts.
     pub budgets: Arc<crate::budgets::BudgetService>,
+    /// Policies, decisions, approvals and the audit trail.
+    pub policy: Arc<PolicyService>,
     /// Turns true when the server starts shutting down (ends long polls).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// What `/readyz` says, and whether `/v1` requests are served.

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::budget::{BudgetEntity, BudgetRecord, BudgetStore};
+use fabric_core::policy::{Approval, ApprovalStatus, AuditQuery, AuditRecord, Policy, PolicyStore};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
     TaskQuery, TaskStore, TaskWrite, UsageQuery, UsageRecord, UsageStore, UsageTotals, User,
@@ -313,6 +314,64 @@ impl BudgetStore for AnyStore {
         entity: BudgetEntity,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         dispatch!(self, s => s.delete_budget(entity))
+    }
+}
+
+impl PolicyStore for AnyStore {
+    fn put_policy(
+        &self,
+        policy: Policy,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_policy(policy))
+    }
+
+    fn delete_policy(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_policy(id))
+    }
+
+    fn list_policies(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Policy>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_policies())
+    }
+
+    fn put_approval(
+        &self,
+        approval: Approval,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_approval(approval))
+    }
+
+    fn get_approval(
+        &self,
+        id: uuid::Uuid,
+    ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.get_approval(id))
+    }
+
+    fn list_approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_approvals(status, limit))
+    }
+
+    fn record_audit(
+        &self,
+        record: AuditRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.record_audit(record))
+    }
+
+    fn list_audit(
+        &self,
+        query: AuditQuery,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_audit(query))
     }
 }
 

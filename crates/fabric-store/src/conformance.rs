@@ -20,6 +20,10 @@ use fabric_core::agent::{
     AgentConfig, AgentRecord, AgentSession, DesiredState, IsolationLevel, RestartPolicy,
 };
 use fabric_core::budget::{Amounts, BudgetEntity, BudgetRecord, BudgetSpec, PeriodState};
+use fabric_core::policy::{
+    Approval, ApprovalStatus, AuditQuery, AuditRecord, Conditions, Effect, Policy, PolicyRule,
+    PolicyScope, PolicyStore,
+};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, BudgetStore, CreateOutcome, EventKind, Priority,
     ResetPolicy, Scope, StoreError, Task, TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery,
@@ -30,7 +34,7 @@ use fabric_core::{
 /// Runs every check, each against a new store from `make_store`.
 pub async fn run_all<S, F, Fut>(mut make_store: F)
 where
-    S: TaskStore + AuthStore + AgentStore + UsageStore + BudgetStore + Clone,
+    S: TaskStore + AuthStore + AgentStore + UsageStore + BudgetStore + PolicyStore + Clone,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
 {
@@ -53,6 +57,9 @@ where
     usage_records_filters_order_and_totals(&make_store().await).await;
     usage_writes_fire_and_forget_in_order(&make_store().await).await;
     budgets_put_get_list_delete(&make_store().await).await;
+    policies_put_list_replace_delete(&make_store().await).await;
+    approvals_put_get_list_by_status(&make_store().await).await;
+    audit_filters_order_and_duplicates(&make_store().await).await;
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -1423,4 +1430,245 @@ pub async fn budgets_put_get_list_delete<S: BudgetStore>(store: &S) {
         "deleting a budget twice"
     ));
     assert_eq!(must(store.list_budgets().await, "listing budgets").len(), 2);
+}
+
+// ---------------------------------------------------------------- policies, approvals, audit
+
+/// A policy with one rule per pattern (every field of a rule set on the first).
+pub fn sample_policy(id: &str, scope: PolicyScope, patterns: &[&str]) -> Policy {
+    let rules = patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PolicyRule {
+            action_pattern: (*p).to_owned(),
+            effect: if i == 0 {
+                Effect::RequireApproval
+            } else {
+                Effect::Deny
+            },
+            conditions: if i == 0 {
+                Conditions {
+                    agent: vec!["coder-*".to_owned()],
+                    hours_utc: Some([9, 17]),
+                    weekdays: vec!["mon".to_owned()],
+                    ..Conditions::default()
+                }
+            } else {
+                Conditions::default()
+            },
+            approvers: if i == 0 {
+                vec!["alice".to_owned()]
+            } else {
+                Vec::new()
+            },
+            approval_timeout_secs: if i == 0 { Some(30) } else { None },
+        })
+        .collect();
+    Policy {
+        id: id.to_owned(),
+        priority: 7,
+        scope,
+        rules,
+        description: Some("a description".to_owned()),
+        updated_at: Some(Timestamp::from_millis(T0)),
+    }
+}
+
+pub async fn policies_put_list_replace_delete<S: PolicyStore>(store: &S) {
+    let b = sample_policy(
+        "b",
+        PolicyScope::Agent("coder".into()),
+        &["shell:*", "net:*"],
+    );
+    let a = sample_policy("a", PolicyScope::Tenant("*".into()), &["llm:*"]);
+    must(store.put_policy(b.clone()).await, "putting policy b");
+    must(store.put_policy(a.clone()).await, "putting policy a");
+    assert_eq!(
+        must(store.list_policies().await, "listing policies"),
+        vec![a.clone(), b.clone()],
+        "policies are listed whole, by id"
+    );
+    let mut b2 = b.clone();
+    b2.priority = -3;
+    b2.rules.truncate(1);
+    must(store.put_policy(b2.clone()).await, "replacing policy b");
+    assert_eq!(
+        must(store.list_policies().await, "listing policies"),
+        vec![a.clone(), b2],
+        "a put replaces the policy with the same id"
+    );
+    assert!(must(store.delete_policy("b".into()).await, "deleting b"));
+    assert!(
+        !must(store.delete_policy("b".into()).await, "deleting b again"),
+        "deleting a missing policy answers false"
+    );
+    assert_eq!(must(store.list_policies().await, "listing"), vec![a]);
+}
+
+/// A pending approval at `T0 + offset_ms` with a fresh id.
+pub fn sample_approval(offset_ms: i64) -> Approval {
+    Approval {
+        id: uuid::Uuid::now_v7(),
+        tenant: tenant("acme"),
+        actor: "agent:coder".to_owned(),
+        agent: Some(agent("coder")),
+        action: "net:connect:prod-db:5432".to_owned(),
+        resource: Some("prod-db".to_owned()),
+        policy_id: "p".to_owned(),
+        rule: "#0 net:*".to_owned(),
+        approvers: vec!["alice".to_owned()],
+        status: ApprovalStatus::Pending,
+        created_at: Timestamp::from_millis(T0 + offset_ms),
+        expires_at: Timestamp::from_millis(T0 + offset_ms + 60_000),
+        decided_by: None,
+        decided_at: None,
+        request_id: "req-1".to_owned(),
+    }
+}
+
+pub async fn approvals_put_get_list_by_status<S: PolicyStore>(store: &S) {
+    let first = sample_approval(0);
+    let second = sample_approval(1);
+    let third = sample_approval(2);
+    for a in [&first, &second, &third] {
+        must(store.put_approval(a.clone()).await, "putting an approval");
+    }
+    assert_eq!(
+        must(store.get_approval(second.id).await, "getting an approval"),
+        Some(second.clone())
+    );
+    assert_eq!(
+        must(
+            store.get_approval(uuid::Uuid::now_v7()).await,
+            "getting a missing approval"
+        ),
+        None
+    );
+    let mut decided = second.clone();
+    decided.status = ApprovalStatus::Approved;
+    decided.decided_by = Some("alice".to_owned());
+    decided.decided_at = Some(Timestamp::from_millis(T0 + 5));
+    must(
+        store.put_approval(decided.clone()).await,
+        "deciding an approval",
+    );
+    let ids = |list: Vec<Approval>| list.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(must(
+            store
+                .list_approvals(Some(ApprovalStatus::Pending), 100)
+                .await,
+            "listing"
+        )),
+        vec![third.id, first.id],
+        "pending approvals, newest first"
+    );
+    assert_eq!(
+        must(
+            store
+                .list_approvals(Some(ApprovalStatus::Approved), 100)
+                .await,
+            "listing"
+        ),
+        vec![decided]
+    );
+    assert_eq!(
+        ids(must(store.list_approvals(None, 2).await, "listing")),
+        vec![third.id, second.id],
+        "every status, newest first, limited"
+    );
+}
+
+/// An audit record with a fresh id.
+pub fn sample_audit(tenant_name: &str, agent_name: Option<&str>, decision: Effect) -> AuditRecord {
+    AuditRecord {
+        id: uuid::Uuid::now_v7(),
+        ts: Timestamp::from_millis(T0),
+        tenant: tenant(tenant_name),
+        actor: agent_name.map_or_else(|| "alice".to_owned(), |a| format!("agent:{a}")),
+        agent: agent_name.map(agent),
+        action: "shell:rm -rf /".to_owned(),
+        resource: Some("/".to_owned()),
+        decision,
+        policy_id: Some("p".to_owned()),
+        rule: "#0 shell:rm *".to_owned(),
+        source: "check".to_owned(),
+        approval_id: Some(uuid::Uuid::now_v7()),
+        correlation_id: "req-1".to_owned(),
+    }
+}
+
+pub async fn audit_filters_order_and_duplicates<S: PolicyStore>(store: &S) {
+    let records = [
+        sample_audit("acme", Some("coder"), Effect::Deny),
+        sample_audit("acme", None, Effect::Allow),
+        sample_audit("acme", Some("coder"), Effect::Allow),
+        sample_audit("other", Some("coder"), Effect::RequireApproval),
+        sample_audit("acme", Some("reviewer"), Effect::Deny),
+    ];
+    // Fire-and-forget, as the server audits: later reads still see them all.
+    for r in &records {
+        drop(store.record_audit(r.clone()));
+    }
+    must(
+        store
+            .record_audit(sample_audit("acme", Some("z"), Effect::Allow))
+            .await,
+        "auditing",
+    );
+    let all = must(
+        store.list_audit(AuditQuery::default()).await,
+        "listing audit",
+    );
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        &all[1..],
+        records.iter().rev().cloned().collect::<Vec<_>>(),
+        "newest first, whole"
+    );
+    let queries = [
+        AuditQuery {
+            agent: Some(agent("coder")),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            decision: Some(Effect::Deny),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            tenant: Some(tenant("acme")),
+            agent: Some(agent("coder")),
+            decision: Some(Effect::Allow),
+            limit: 100,
+        },
+        AuditQuery {
+            tenant: Some(tenant("other")),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            limit: 2,
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            limit: 0,
+            ..AuditQuery::default()
+        },
+    ];
+    for query in queries {
+        let want: Vec<uuid::Uuid> = all
+            .iter()
+            .filter(|r| query.matches(r))
+            .take(query.limit)
+            .map(|r| r.id)
+            .collect();
+        let got: Vec<uuid::Uuid> = must(store.list_audit(query.clone()).await, "listing audit")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(got, want, "{query:?}");
+    }
+    assert!(
+        store.record_audit(records[0].clone()).await.is_err(),
+        "an audit record is appended once; a duplicate id is an error"
+    );
 }

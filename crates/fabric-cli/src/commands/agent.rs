@@ -86,6 +86,9 @@ pub struct SpawnArgs {
     /// Model the agent uses
     #[arg(long, value_name = "M")]
     pub model: Option<String>,
+    /// Workspace the agent belongs to (policies attached to the workspace apply to it)
+    #[arg(long, value_name = "W")]
+    pub workspace: Option<String>,
     /// The fabric runs nothing: the agent runs elsewhere and connects with its own token
     #[arg(long)]
     pub external: bool,
@@ -217,6 +220,9 @@ fn build_config(args: &SpawnArgs, cwd: &Path) -> Result<AgentConfig, CliError> {
     }
     if let Some(model) = &args.model {
         config.model = Some(model.clone());
+    }
+    if let Some(workspace) = &args.workspace {
+        config.workspace = Some(workspace.clone());
     }
     if args.external {
         config.external = true;

@@ -6,6 +6,7 @@ pub mod budget;
 pub mod image;
 pub mod instance;
 pub mod mock_llm;
+pub mod policy;
 pub mod proxy;
 pub mod serve;
 pub mod status;
@@ -66,6 +67,14 @@ pub enum Command {
     Budget(budget::BudgetCommand),
     /// Show an agent's, user's or tenant's usage: used, remaining, projection to the end of the period
     Usage(budget::UsageArgs),
+    /// Apply, list, delete and check policies (allow / deny / require_approval rules)
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// List pending approvals, approve or deny them
+    #[command(subcommand)]
+    Approval(policy::ApprovalCommand),
+    /// The audit trail of policy decisions, newest first
+    Audit(policy::AuditArgs),
     /// Start a namespaced Docker instance: network, orchestrator and Redis containers
     Start(instance::StartArgs),
     /// Remove a Docker instance: every container, network and volume labelled with it
@@ -134,6 +143,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Agent(cmd) => agent::run(&ctx, cmd).await,
                     Command::Budget(cmd) => budget::run(&ctx, cmd).await,
                     Command::Usage(args) => budget::usage(&ctx, args).await,
+                    Command::Policy(cmd) => policy::run(&ctx, cmd).await,
+                    Command::Approval(cmd) => policy::run_approval(&ctx, cmd).await,
+                    Command::Audit(args) => policy::run_audit(&ctx, args).await,
                     Command::Version
                     | Command::Serve(_)
                     | Command::Proxy(_)

@@ -17,6 +17,7 @@ mod containers;
 mod crash;
 mod gateway;
 mod instances;
+mod policy;
 mod telemetry;
 
 use assert_cmd::Command;

@@ -21,6 +21,12 @@ use crate::RuntimeError;
 /// the connection's task), e.g. push to a channel or write a log record.
 pub type AuditHook = Arc<dyn Fn(&EgressDecision) + Send + Sync>;
 
+/// A second gate after the allowlist (the fabric's policy engine,
+/// `net:connect:<host>:<port>`): `Ok(())` lets the target through, `Err`
+/// refuses it with the reason. Called on the connection's task for targets
+/// the allowlist admits; must be quick (no IO).
+pub type PolicyGate = Arc<dyn Fn(&str, u16) -> Result<(), String> + Send + Sync>;
+
 /// One decision of an [`EgressProxy`]: may this agent reach `host:port`?
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressDecision {
@@ -67,6 +73,7 @@ pub struct EgressProxy {
     agent_id: String,
     rules: Vec<EgressRule>,
     audit: AuditHook,
+    policy: Option<PolicyGate>,
     max_connections: usize,
     connect_timeout: Duration,
 }
@@ -97,9 +104,16 @@ impl EgressProxy {
             agent_id: agent_id.into(),
             rules,
             audit,
+            policy: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             connect_timeout: CONNECT_TIMEOUT,
         }
+    }
+
+    /// Adds a policy gate after the allowlist: a target must pass both.
+    pub fn with_policy(mut self, gate: PolicyGate) -> Self {
+        self.policy = Some(gate);
+        self
     }
 
     /// Connections served at once (at least 1); more wait in the backlog.
@@ -185,7 +199,13 @@ impl EgressProxy {
         };
         let target = http::authority(&request.host, request.port);
 
-        let addrs = match self.check(&request.host, request.port) {
+        let mut verdict = self.check(&request.host, request.port);
+        if let (Verdict::Allowed(_), Some(gate)) = (&verdict, &self.policy)
+            && let Err(reason) = gate(&request.host, request.port)
+        {
+            verdict = Verdict::Denied(reason);
+        }
+        let addrs = match verdict {
             Verdict::Denied(reason) => {
                 self.record(&request, false, &reason);
                 let body = format!(

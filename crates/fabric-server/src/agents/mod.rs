@@ -72,6 +72,8 @@ pub struct ManagerConfig {
     pub cgroup_parent: PathBuf,
     /// The inference gateway agents' endpoints (`OLLAMA_BASE_URL`) call.
     pub gateway: fabric_gateway::Gateway,
+    /// Decides the agents' `llm:<model>` calls and `net:connect:...` egress.
+    pub policy: std::sync::Arc<crate::policy::PolicyService>,
     /// Bytes of stdout / stderr the shell agent keeps per task.
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.
@@ -441,6 +443,13 @@ impl AgentManager {
         let mut slots: Vec<_> = self.inner.slots.lock().values().cloned().collect();
         slots.sort_by(|a, b| a.id.cmp(&b.id));
         slots.iter().map(|s| self.view(s)).collect()
+    }
+
+    /// The workspace an agent is configured in (its policy attribute).
+    pub fn workspace_of(&self, id: &AgentId) -> Option<String> {
+        let slot = self.inner.slots.lock().get(id).cloned()?;
+        let status = slot.status.lock();
+        status.record.config.workspace.clone()
     }
 
     /// `GET /v1/agents/{id}`.

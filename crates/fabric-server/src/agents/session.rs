@@ -248,7 +248,13 @@ impl Session {
                 self.background.push(inference::serve_std(
                     listener,
                     &inner,
-                    endpoint_identity(&id, tenant, owner),
+                    endpoint_identity(
+                        &id,
+                        tenant,
+                        owner,
+                        &inner.config.policy,
+                        config.workspace.clone(),
+                    ),
                 )?);
                 env.push((
                     ENV_OLLAMA.into(),
@@ -263,7 +269,13 @@ impl Session {
                 let listener = bind_in(&sandbox, EGRESS_PROXY_PORT)?;
                 // Every decision is logged by the proxy itself (target `audit`).
                 let proxy =
-                    fabric_runtime::net::EgressProxy::new(id.to_string(), rules, Arc::new(|_| {}));
+                    fabric_runtime::net::EgressProxy::new(id.to_string(), rules, Arc::new(|_| {}))
+                        .with_policy(egress_policy(
+                            &id,
+                            tenant,
+                            &inner.config.policy,
+                            config.workspace.clone(),
+                        ));
                 let serve = proxy.serve(listener, std::future::pending());
                 self.background.push(tokio::spawn(async move {
                     if let Err(e) = serve.await {
@@ -283,8 +295,16 @@ impl Session {
                     .map_err(|e| format!("cannot create working dir {}: {e}", workdir.display()))?;
                 self.host_workdir = Some(workdir.to_path_buf());
                 env.push((ENV_URL.into(), format!("http://{}", loopback(api))));
-                let (endpoint, server) =
-                    inference::serve_loopback(&inner, endpoint_identity(&id, tenant, owner))?;
+                let (endpoint, server) = inference::serve_loopback(
+                    &inner,
+                    endpoint_identity(
+                        &id,
+                        tenant,
+                        owner,
+                        &inner.config.policy,
+                        config.workspace.clone(),
+                    ),
+                )?;
                 self.background.push(server);
                 env.push((ENV_OLLAMA.into(), format!("http://{endpoint}")));
             }
@@ -447,11 +467,23 @@ impl Session {
             listeners: poller.into_iter().collect(),
         };
         // Every decision is logged by the proxy itself (target `audit`).
-        let proxy = fabric_runtime::net::EgressProxy::new(id.to_string(), rules, Arc::new(|_| {}));
+        let proxy = fabric_runtime::net::EgressProxy::new(id.to_string(), rules, Arc::new(|_| {}))
+            .with_policy(egress_policy(
+                &id,
+                tenant,
+                &inner.config.policy,
+                config.workspace.clone(),
+            ));
         let listening = container::listen(
             &inner,
             &parts.warm,
-            endpoint_identity(&id, tenant, owner),
+            endpoint_identity(
+                &id,
+                tenant,
+                owner,
+                &inner.config.policy,
+                config.workspace.clone(),
+            ),
             proxy,
             api_port.map(|_| loopback(api)),
         );
@@ -715,12 +747,33 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 
 /// Who an agent's inference endpoint calls the gateway as: the agent, for
 /// the user who spawned it, in their tenant.
-fn endpoint_identity(agent: &AgentId, tenant: &TenantId, owner: &str) -> EndpointIdentity {
+fn endpoint_identity(
+    agent: &AgentId,
+    tenant: &TenantId,
+    owner: &str,
+    policy: &Arc<crate::policy::PolicyService>,
+    workspace: Option<String>,
+) -> EndpointIdentity {
     EndpointIdentity {
         tenant: tenant.clone(),
         user: owner.to_owned(),
         agent: agent.clone(),
+        policy: Some(Arc::clone(policy)),
+        workspace,
     }
+}
+
+/// The egress proxy's policy gate for an agent (after its allowlist).
+fn egress_policy(
+    agent: &AgentId,
+    tenant: &TenantId,
+    policy: &Arc<crate::policy::PolicyService>,
+    workspace: Option<String>,
+) -> fabric_runtime::net::PolicyGate {
+    crate::policy::egress_gate(
+        Arc::clone(policy),
+        crate::policy::Actor::agent(tenant.clone(), agent.clone(), workspace),
+    )
 }
 
 fn bind_in(sandbox: &Sandbox, port: u16) -> Result<std::net::TcpListener, String> {

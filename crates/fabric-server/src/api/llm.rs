@@ -80,6 +80,25 @@ async fn prepare(
         .map_err(|e| into_response(Reply::error(&e, &caller.request_id)))?;
     let limit = state.llm.gateway.max_body_bytes();
     let (parts, body) = read_body(request, limit, &caller.request_id).await?;
+    // Policy enforcement point `llm:<model>`, before the gateway is called.
+    let actor = match &principal.agent {
+        Some(agent) => crate::policy::Actor::agent(
+            principal.tenant.clone(),
+            agent.clone(),
+            state.agents.workspace_of(agent),
+        ),
+        None => crate::policy::Actor {
+            tenant: principal.tenant.clone(),
+            name: principal.user.clone(),
+            agent: None,
+            workspace: None,
+        },
+    };
+    if let Some(refusal) =
+        crate::policy::check_llm(&state.policy, &actor, &body, &caller.request_id)
+    {
+        return Err(into_response(refusal));
+    }
     Ok((caller, opts, parts, body))
 }
 

@@ -7,6 +7,7 @@ mod auth;
 mod budgets;
 mod health;
 mod llm;
+mod policy;
 mod stream;
 mod tasks;
 
@@ -37,9 +38,11 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
         budgets::put, budgets::list, budgets::get_one, budgets::delete, budgets::usage,
         alerts::list, alerts::metrics,
+        policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
+        policy::deny, policy::audit, policy::agent_check, policy::agent_approval,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"))
 )]
 pub struct ApiDoc;
 
@@ -86,6 +89,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/tasks/{id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/tasks/{id}/events", post(agent::events))
         .route("/v1/agent/tasks/{id}/complete", post(agent::complete))
+        .route("/v1/agent/check", post(policy::agent_check))
+        .route("/v1/agent/approvals/{id}", get(policy::agent_approval))
+        .route("/v1/policies", get(policy::list))
+        .route(
+            "/v1/policies/{id}",
+            axum::routing::put(policy::put).delete(policy::delete),
+        )
+        .route("/v1/policy/check", post(policy::check))
+        .route("/v1/approvals", get(policy::approvals))
+        .route("/v1/approvals/{id}/approve", post(policy::approve))
+        .route("/v1/approvals/{id}/deny", post(policy::deny))
+        .route("/v1/audit", get(policy::audit))
         // The inference gateway; bodies are read (and limited) by the handlers.
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/embeddings", post(llm::embeddings))

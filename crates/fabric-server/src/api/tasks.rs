@@ -25,7 +25,7 @@ const MAX_PAGE: usize = 1000;
         (status = 201, description = "created", body = Task),
         (status = 200, description = "idempotent replay: the existing task", body = Task),
         (status = 400, body = fabric_core::api::ErrorBody), (status = 401, body = fabric_core::api::ErrorBody),
-        (status = 403, body = fabric_core::api::ErrorBody), (status = 404, description = "agent not found", body = fabric_core::api::ErrorBody),
+        (status = 403, description = "missing scope, or policy_denied / approval_required by a policy", body = fabric_core::api::ErrorBody), (status = 404, description = "agent not found", body = fabric_core::api::ErrorBody),
         (status = 413, body = fabric_core::api::ErrorBody), (status = 429, description = "agent queue full", body = fabric_core::api::ErrorBody),
     ))]
 pub async fn create(
@@ -35,6 +35,29 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     principal.require(Scope::WriteTasks)?;
+    // Policy enforcement point `task:create:<agent>`: the target agent's
+    // policies (and workspace) apply to who may give it work.
+    let agent = req
+        .agent
+        .clone()
+        .unwrap_or_else(|| state.tasks.default_agent().clone());
+    let actor = crate::policy::Actor {
+        tenant: principal.tenant.clone(),
+        name: principal.user.clone(),
+        workspace: state.agents.workspace_of(&agent),
+        agent: Some(agent.clone()),
+    };
+    let action = format!("task:create:{agent}");
+    let decision = state.policy.decide(
+        &actor,
+        &action,
+        None,
+        "task_create",
+        &crate::request_id::current(),
+    );
+    if decision.effect != fabric_core::Effect::Allow {
+        return Err(decision.refusal(&action));
+    }
     let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
         None => None,
         Some(v) => Some(

@@ -460,7 +460,7 @@ async fn terminate_drains_in_flight_tasks_and_requeues_the_rest() {
 }
 
 /// A loopback HTTP server answering every request with `body`.
-async fn serve_text(bind: &str, body: &'static str) -> std::net::SocketAddr {
+pub(crate) async fn serve_text(bind: &str, body: &'static str) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(move || async move { body });

@@ -10,5 +10,6 @@ mod budgets;
 mod containers;
 mod gateway;
 mod harness;
+mod policy;
 mod python;
 mod redis;

@@ -20,6 +20,11 @@
 //! | `usage` | hash | usage record id → record JSON |
 //! | `uix:{tenant or *}:{agent or *}:{user or *}` | sorted set | usage record ids, score = call start (ms): one per filter combination |
 //!
+//! | `policies` | hash | policy id → policy JSON |
+//! | `approvals` | hash | approval id → approval JSON |
+//! | `audit` | hash | audit record id → record JSON |
+//! | `aix:{tenant or *}:{agent or *}:{decision or *}` | sorted set | audit record ids, all score 0 (so by id = time order): one per filter combination |
+//!
 //! Tenant and agent ids are `[A-Za-z0-9._-]`, so neither `:` nor `*` can make
 //! two index names collide. User names are free text: `%`, `:` and `*` in
 //! them are percent-escaped in usage index names.
@@ -94,6 +99,29 @@ impl Keys {
     }
 
     /// The usage index of one combination of filters (`None` = any).
+    pub fn policies(&self) -> String {
+        self.key("policies")
+    }
+
+    pub fn approvals(&self) -> String {
+        self.key("approvals")
+    }
+
+    /// The audit index serving these filters.
+    pub fn audit_index(
+        &self,
+        tenant: Option<&str>,
+        agent: Option<&str>,
+        decision: Option<&str>,
+    ) -> String {
+        self.key(&format!(
+            "aix:{}:{}:{}",
+            tenant.unwrap_or("*"),
+            agent.unwrap_or("*"),
+            decision.unwrap_or("*")
+        ))
+    }
+
     pub fn usage_index(
         &self,
         tenant: Option<&str>,

@@ -32,7 +32,7 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 16] {
+pub(crate) fn all() -> [&'static Script; 18] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
@@ -50,6 +50,8 @@ pub(crate) fn all() -> [&'static Script; 16] {
         &super::usage::USAGE_TOTALS,
         &super::budget::PUT_BUDGET,
         &super::budget::DELETE_BUDGET,
+        &super::policy::RECORD_AUDIT,
+        &super::policy::LIST_AUDIT,
     ]
 }
 

@@ -1,6 +1,7 @@
 //! The embedded SQLite store: one writer thread with group commit, pooled readers.
 
 mod budget;
+mod policy;
 mod reader;
 mod rows;
 mod schema;

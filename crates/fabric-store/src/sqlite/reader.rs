@@ -72,12 +72,12 @@ impl ReadPool {
     }
 }
 
-fn clamp_limit(limit: usize) -> i64 {
+pub(crate) fn clamp_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 /// Collects `(label, body)` rows, decoding each body as `T`.
-fn collect<T: serde::de::DeserializeOwned>(
+pub(crate) fn collect<T: serde::de::DeserializeOwned>(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,

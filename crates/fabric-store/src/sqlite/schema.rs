@@ -111,6 +111,32 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE tasks ADD COLUMN traceparent TEXT;
     ",
+    // 6: policies, approvals and the audit trail (SPEC §7).
+    "
+    -- Read whole (all of them, to compile the policy set).
+    CREATE TABLE policies (
+        id   TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    );
+
+    CREATE TABLE approvals (
+        id     TEXT PRIMARY KEY NOT NULL, -- UUIDv7: sorts by creation
+        status TEXT NOT NULL,
+        body   TEXT NOT NULL
+    );
+    CREATE INDEX approvals_status ON approvals (status, id);
+
+    -- Append only; listed newest first, by agent or by decision.
+    CREATE TABLE audit (
+        id       TEXT PRIMARY KEY NOT NULL, -- UUIDv7: sorts by time
+        tenant   TEXT NOT NULL,
+        agent    TEXT,
+        decision TEXT NOT NULL,
+        body     TEXT NOT NULL
+    );
+    CREATE INDEX audit_agent ON audit (agent, id) WHERE agent IS NOT NULL;
+    CREATE INDEX audit_decision ON audit (decision, id);
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.
@@ -152,7 +178,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, SqliteStoreError> {
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(configure("temp_store"))?;
     // The writer runs a dozen distinct statements; keep all of them prepared.
-    conn.set_prepared_statement_cache_capacity(32);
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -171,7 +197,7 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, SqliteStoreError> {
             source,
         })?;
     // `list_tasks` builds up to 16 statement variants; keep them all prepared.
-    conn.set_prepared_statement_cache_capacity(32);
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::budget::{delete_budget, put_budget};
+use super::policy::{AuditRow, delete_policy, insert_audit, put_approval, put_policy};
 use super::rows::{AgentRow, EventRow, FENCED_UPDATE_SQL, SessionRow, TaskRow, decode_json};
 use super::usage::{UsageRow, insert_usage};
 use crate::error::SqliteStoreError;
@@ -56,6 +57,12 @@ pub(crate) enum WriteOp {
     PutBudget(Pending<(String, String), ()>),
     /// The entity.
     DeleteBudget(Pending<String, bool>),
+    /// `(id, body)`.
+    PutPolicy(Pending<(String, String), ()>),
+    DeletePolicy(Pending<String, bool>),
+    /// `(id, status, body)`.
+    PutApproval(Pending<(String, &'static str, String), ()>),
+    RecordAudit(Pending<AuditRow, ()>),
 }
 
 /// An op's arguments until it runs, then its result until the commit settles it.
@@ -157,6 +164,12 @@ impl WriteOp {
             WriteOp::RecordUsage(p) => p.run(conn, false, |c, row| insert_usage(c, &row)),
             WriteOp::PutBudget(p) => p.run(conn, false, |c, row| put_budget(c, &row)),
             WriteOp::DeleteBudget(p) => p.run(conn, false, |c, e| delete_budget(c, &e)),
+            WriteOp::PutPolicy(p) => p.run(conn, false, |c, (id, body)| put_policy(c, &id, &body)),
+            WriteOp::DeletePolicy(p) => p.run(conn, false, |c, id| delete_policy(c, &id)),
+            WriteOp::PutApproval(p) => p.run(conn, false, |c, (id, status, body)| {
+                put_approval(c, &id, status, &body)
+            }),
+            WriteOp::RecordAudit(p) => p.run(conn, false, |c, row| insert_audit(c, &row)),
         }
     }
 
@@ -174,6 +187,10 @@ impl WriteOp {
             WriteOp::RecordUsage(p) => p.finish(batch_error),
             WriteOp::PutBudget(p) => p.finish(batch_error),
             WriteOp::DeleteBudget(p) => p.finish(batch_error),
+            WriteOp::PutPolicy(p) => p.finish(batch_error),
+            WriteOp::DeletePolicy(p) => p.finish(batch_error),
+            WriteOp::PutApproval(p) => p.finish(batch_error),
+            WriteOp::RecordAudit(p) => p.finish(batch_error),
         }
     }
 }

@@ -159,6 +159,7 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
     tamper(
         &path,
         "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; DROP TABLE budgets;
+         DROP TABLE policies; DROP TABLE approvals; DROP TABLE audit;
          ALTER TABLE tasks DROP COLUMN traceparent; PRAGMA user_version = 1;",
     );
 

@@ -1,0 +1,601 @@
+//! [`PolicyService`]: the compiled policy set (swapped whole on every change,
+//! FR-POL-6), the one decision point every enforcement point calls
+//! ([`PolicyService::decide`]), approvals (FR-POL-2) and the audit trail
+//! (FR-POL-5).
+//!
+//! Enforcement points and their actions: `POST /v1/tasks`
+//! (`task:create:<agent>`), the inference gateway routes and the agents'
+//! Ollama endpoints (`llm:<model>`), the egress proxy
+//! (`net:connect:<host>:<port>`, after the agent's allowlist), and the
+//! agent protocol's `POST /v1/agent/check` (any action).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use fabric_core::policy::{
+    Approval, ApprovalStatus, AuditQuery, AuditRecord, CheckResponse, Effect, Policy, PolicyStore,
+};
+use fabric_core::{AgentId, Clock, Scope, TenantId, Timestamp};
+use fabric_engine::policy::{compile_policy, default_policy};
+use fabric_engine::{PolicyRequest, PolicySet};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// How long an approved action stays approved for the agent that asked: its
+/// next checks of the same action (e.g. the egress proxy's, when it then
+/// connects) are allowed without asking again.
+pub const APPROVAL_GRANT_TTL: Duration = Duration::from_secs(600);
+
+/// Who is acting, with the attributes policies match on.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub tenant: TenantId,
+    /// A user name, or `agent:<id>` for an agent.
+    pub name: String,
+    pub agent: Option<AgentId>,
+    pub workspace: Option<String>,
+}
+
+impl Actor {
+    /// An agent acting for itself (agent token, endpoint, egress proxy).
+    pub fn agent(tenant: TenantId, agent: AgentId, workspace: Option<String>) -> Self {
+        Self {
+            tenant,
+            name: format!("agent:{agent}"),
+            agent: Some(agent),
+            workspace,
+        }
+    }
+}
+
+/// One decision, as the enforcement point needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub effect: Effect,
+    pub policy_id: Option<String>,
+    /// `#<index> <pattern>`, `default deny`, or `approval <id>` for a grant.
+    pub rule: String,
+    pub approvers: Vec<String>,
+    pub approval_timeout: Duration,
+}
+
+impl Decision {
+    pub fn response(&self) -> CheckResponse {
+        CheckResponse {
+            decision: self.effect,
+            policy_id: self.policy_id.clone(),
+            rule: self.rule.clone(),
+            approval_id: None,
+            approval_status: None,
+        }
+    }
+
+    /// The 403 an enforcement point answers for a deny (or an approval gate
+    /// it cannot wait on).
+    pub fn refusal(&self, action: &str) -> ApiError {
+        let by = match &self.policy_id {
+            Some(policy) => format!("rule {} of policy {policy:?}", self.rule),
+            None => "no policy allows it (default deny)".to_owned(),
+        };
+        match self.effect {
+            Effect::RequireApproval => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "approval_required",
+                format!(
+                    "{action:?} needs an approver's approval ({by}), which this call cannot wait for: ask through the agent protocol (POST /v1/agent/check) or have an admin change the policy"
+                ),
+            ),
+            _ => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "policy_denied",
+                format!(
+                    "{action:?} is denied by {by}: ask an admin to change the policies (reactor-fabric policy list)"
+                ),
+            ),
+        }
+    }
+}
+
+/// Policies, decisions, approvals and audit.
+pub struct PolicyService {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// What every check evaluates against; replaced whole on every change.
+    set: RwLock<Arc<PolicySet>>,
+    /// The stored policies the set was compiled from, by id.
+    policies: Mutex<std::collections::BTreeMap<String, Policy>>,
+    /// Serializes policy writes, so the set always matches the store's order.
+    writes: tokio::sync::Mutex<()>,
+    /// Pending approvals: each watch tells its waiters the final approval.
+    pending: Mutex<HashMap<uuid::Uuid, watch::Sender<Approval>>>,
+    /// `(agent, action)` → until when an approval lets it through.
+    grants: Mutex<HashMap<(AgentId, String), Timestamp>>,
+    /// `agent_fabric_policy_decisions_total{decision}`: counted where each
+    /// decision is audited, so the metric and the audit trail agree.
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for PolicyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyService")
+            .field("rules", &self.current().rule_count())
+            .field("pending_approvals", &self.pending.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyService {
+    /// An empty service (everything denied) until [`PolicyService::load`].
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            set: RwLock::new(Arc::new(PolicySet::default())),
+            policies: Mutex::new(std::collections::BTreeMap::new()),
+            writes: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Loads the stored policies (creating the built-in default policy when
+    /// there are none) and the pending approvals (timing out the expired).
+    /// Runs once the store is ours (after the leadership, before `/v1`).
+    pub async fn load(self: &Arc<Self>) -> Result<(), ApiError> {
+        let _write = self.writes.lock().await;
+        let mut stored = self.store.list_policies().await?;
+        if stored.is_empty() {
+            let mut policy = default_policy();
+            policy.updated_at = Some(self.clock.now());
+            self.store.put_policy(policy.clone()).await?;
+            tracing::info!(policy_id = %policy.id, "created the built-in default policy");
+            stored.push(policy);
+        }
+        // A stored policy that no longer compiles (written by another
+        // version) is skipped loudly rather than keeping the server down.
+        let mut policies = std::collections::BTreeMap::new();
+        for policy in stored {
+            match compile_policy(&policy) {
+                Ok(_) => {
+                    policies.insert(policy.id.clone(), policy);
+                }
+                Err(e) => {
+                    tracing::error!(policy_id = %policy.id, error = %e, "stored policy does not compile; it is ignored until it is replaced")
+                }
+            }
+        }
+        self.swap(policies)?;
+        for approval in self
+            .store
+            .list_approvals(Some(ApprovalStatus::Pending), usize::MAX)
+            .await?
+        {
+            if !self.pending.lock().contains_key(&approval.id) {
+                self.watch_pending(approval);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current compiled set (cheap: an `Arc` clone).
+    pub fn current(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.set.read())
+    }
+
+    pub fn list(&self) -> Vec<Policy> {
+        self.policies.lock().values().cloned().collect()
+    }
+
+    /// Validates, stores and applies a policy; the next check sees it.
+    pub async fn put(&self, mut policy: Policy) -> Result<Policy, ApiError> {
+        compile_policy(&policy).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        policy.updated_at = Some(self.clock.now());
+        let _write = self.writes.lock().await;
+        self.store.put_policy(policy.clone()).await?;
+        let mut next = self.policies.lock().clone();
+        next.insert(policy.id.clone(), policy.clone());
+        self.swap(next)?;
+        tracing::info!(policy_id = %policy.id, rules = policy.rules.len(), "policy applied");
+        Ok(policy)
+    }
+
+    /// Deletes a policy; 404 if there is none.
+    pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        let _write = self.writes.lock().await;
+        if !self.store.delete_policy(id.to_owned()).await? {
+            return Err(ApiError::not_found(format!(
+                "no policy {id:?}: see reactor-fabric policy list"
+            )));
+        }
+        let mut next = self.policies.lock().clone();
+        next.remove(id);
+        self.swap(next)?;
+        tracing::info!(policy_id = %id, "policy deleted");
+        Ok(())
+    }
+
+    fn swap(&self, next: std::collections::BTreeMap<String, Policy>) -> Result<(), ApiError> {
+        let set = compile_all(&next)?;
+        *self.set.write() = Arc::new(set);
+        *self.policies.lock() = next;
+        Ok(())
+    }
+
+    /// THE decision point: evaluates `action` for `actor` against the current
+    /// set, honours approval grants, and audits the decision (asynchronously,
+    /// through the store's writer). Every enforcement point calls this, once
+    /// per decision. (Metrics: count `decision.effect` here.)
+    pub fn decide(
+        &self,
+        actor: &Actor,
+        action: &str,
+        resource: Option<&str>,
+        source: &'static str,
+        correlation_id: &str,
+    ) -> Decision {
+        let now = self.clock.now();
+        let set = self.current();
+        let verdict = set.evaluate(&PolicyRequest {
+            tenant: actor.tenant.as_str(),
+            workspace: actor.workspace.as_deref(),
+            agent: actor.agent.as_ref().map(|a| a.as_str()),
+            action,
+            resource,
+            now,
+        });
+        let mut decision = Decision {
+            effect: verdict.effect,
+            policy_id: verdict.policy_id().map(str::to_owned),
+            rule: verdict.rule_label().to_owned(),
+            approvers: verdict
+                .rule
+                .map(|r| r.approvers.clone())
+                .unwrap_or_default(),
+            approval_timeout: verdict
+                .rule
+                .map_or(Duration::from_secs(300), |r| r.approval_timeout),
+        };
+        if decision.effect == Effect::RequireApproval
+            && let Some(agent) = &actor.agent
+            && self.granted(agent, action, now)
+        {
+            decision.effect = Effect::Allow;
+            decision.rule = format!("{} (approved earlier)", decision.rule);
+        }
+        self.audit(AuditRecord {
+            id: uuid::Uuid::now_v7(),
+            ts: now,
+            tenant: actor.tenant.clone(),
+            actor: actor.name.clone(),
+            agent: actor.agent.clone(),
+            action: action.to_owned(),
+            resource: resource.map(str::to_owned),
+            decision: decision.effect,
+            policy_id: decision.policy_id.clone(),
+            rule: decision.rule.clone(),
+            source: source.to_owned(),
+            approval_id: None,
+            correlation_id: correlation_id.to_owned(),
+        });
+        decision
+    }
+
+    fn granted(&self, agent: &AgentId, action: &str, now: Timestamp) -> bool {
+        let mut grants = self.grants.lock();
+        match grants.get(&(agent.clone(), action.to_owned())) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                grants.remove(&(agent.clone(), action.to_owned()));
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Appends an audit record without waiting for its commit: the store's
+    /// writer batches it with whatever else is queued.
+    fn audit(&self, record: AuditRecord) {
+        self.metrics.policy_decision(record.decision.as_str());
+        let write = self.store.record_audit(record);
+        tokio::spawn(async move {
+            if let Err(e) = write.await {
+                tracing::error!(error = %e, "cannot record an audit record");
+            }
+        });
+    }
+
+    /// Creates a pending approval for a `require_approval` decision.
+    pub async fn request_approval(
+        self: &Arc<Self>,
+        actor: &Actor,
+        action: &str,
+        resource: Option<&str>,
+        decision: &Decision,
+        request_id: &str,
+    ) -> Result<Approval, ApiError> {
+        let now = self.clock.now();
+        let approval = Approval {
+            id: uuid::Uuid::now_v7(),
+            tenant: actor.tenant.clone(),
+            actor: actor.name.clone(),
+            agent: actor.agent.clone(),
+            action: action.to_owned(),
+            resource: resource.map(str::to_owned),
+            policy_id: decision.policy_id.clone().unwrap_or_default(),
+            rule: decision.rule.clone(),
+            approvers: decision.approvers.clone(),
+            status: ApprovalStatus::Pending,
+            created_at: now,
+            expires_at: now.plus(decision.approval_timeout),
+            decided_by: None,
+            decided_at: None,
+            request_id: request_id.to_owned(),
+        };
+        self.store.put_approval(approval.clone()).await?;
+        tracing::info!(approval_id = %approval.id, action, actor = %actor.name, "approval requested");
+        self.watch_pending(approval.clone());
+        Ok(approval)
+    }
+
+    /// Registers a pending approval and its timeout.
+    fn watch_pending(self: &Arc<Self>, approval: Approval) {
+        let id = approval.id;
+        let wait = approval.expires_at.since(self.clock.now());
+        let (tx, _) = watch::channel(approval);
+        self.pending.lock().insert(id, tx);
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(service) = service.upgrade()
+                && let Err(e) = service
+                    .resolve(id, ApprovalStatus::TimedOut, "system")
+                    .await
+                && e.status != StatusCode::CONFLICT
+            {
+                tracing::error!(approval_id = %id, error = %e.message, "cannot time out an approval");
+            }
+        });
+    }
+
+    /// `POST /v1/approvals/{id}/approve|deny` by `by`.
+    pub async fn decide_approval(
+        &self,
+        id: uuid::Uuid,
+        approve: bool,
+        by: &Principal,
+    ) -> Result<Approval, ApiError> {
+        by.require(Scope::Approve)?;
+        let current = self.pending.lock().get(&id).map(|tx| tx.borrow().clone());
+        let Some(current) = current else {
+            return match self.store.get_approval(id).await? {
+                Some(a) if a.tenant == by.tenant => Err(ApiError::conflict(format!(
+                    "approval {id} is already {}: nothing to decide",
+                    a.status
+                ))),
+                _ => Err(not_found(id)),
+            };
+        };
+        if current.tenant != by.tenant {
+            return Err(not_found(id));
+        }
+        if !current.approvers.is_empty()
+            && !current.approvers.contains(&by.user)
+            && !Scope::Admin.granted_by(&by.scopes)
+        {
+            return Err(ApiError::forbidden(format!(
+                "only {} may decide approval {id}",
+                current.approvers.join(", ")
+            )));
+        }
+        let status = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Denied
+        };
+        self.resolve(id, status, &by.user).await
+    }
+
+    /// Moves a pending approval to its final status (once: the first caller
+    /// wins, later ones get 409), stores and audits it, wakes its waiters.
+    async fn resolve(
+        &self,
+        id: uuid::Uuid,
+        status: ApprovalStatus,
+        by: &str,
+    ) -> Result<Approval, ApiError> {
+        let Some(tx) = self.pending.lock().remove(&id) else {
+            return Err(ApiError::conflict(format!(
+                "approval {id} was already decided"
+            )));
+        };
+        let now = self.clock.now();
+        let mut approval = tx.borrow().clone();
+        approval.status = status;
+        approval.decided_by = Some(by.to_owned());
+        approval.decided_at = Some(now);
+        let stored = self.store.put_approval(approval.clone()).await;
+        let effect = if status == ApprovalStatus::Approved {
+            if let Some(agent) = &approval.agent {
+                self.grants.lock().insert(
+                    (agent.clone(), approval.action.clone()),
+                    now.plus(APPROVAL_GRANT_TTL),
+                );
+            }
+            Effect::Allow
+        } else {
+            Effect::Deny
+        };
+        self.audit(AuditRecord {
+            id: uuid::Uuid::now_v7(),
+            ts: now,
+            tenant: approval.tenant.clone(),
+            actor: by.to_owned(),
+            agent: approval.agent.clone(),
+            action: approval.action.clone(),
+            resource: approval.resource.clone(),
+            decision: effect,
+            policy_id: Some(approval.policy_id.clone()).filter(|p| !p.is_empty()),
+            rule: format!("approval {status}"),
+            source: "approval".to_owned(),
+            approval_id: Some(id),
+            correlation_id: approval.request_id.clone(),
+        });
+        tracing::info!(approval_id = %id, status = %status, by, "approval decided");
+        // Waiters learn the outcome even if the store write failed: the
+        // decision was made; the error goes to the approver.
+        tx.send_replace(approval.clone());
+        stored?;
+        Ok(approval)
+    }
+
+    /// Waits up to `wait` for approval `id` (of `tenant`) to be decided;
+    /// answers it as it stands then.
+    pub async fn wait_approval(
+        &self,
+        tenant: &TenantId,
+        id: uuid::Uuid,
+        wait: Duration,
+    ) -> Result<Approval, ApiError> {
+        let rx = self.pending.lock().get(&id).map(watch::Sender::subscribe);
+        let approval = match rx {
+            Some(mut rx) => {
+                let _ = tokio::time::timeout(
+                    wait,
+                    rx.wait_for(|a| a.status != ApprovalStatus::Pending),
+                )
+                .await;
+                rx.borrow().clone()
+            }
+            None => self
+                .store
+                .get_approval(id)
+                .await?
+                .ok_or_else(|| not_found(id))?,
+        };
+        if &approval.tenant != tenant {
+            return Err(not_found(id));
+        }
+        Ok(approval)
+    }
+
+    pub async fn list_approvals(
+        &self,
+        tenant: &TenantId,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, ApiError> {
+        let mut list = self.store.list_approvals(status, limit).await?;
+        list.retain(|a| &a.tenant == tenant);
+        Ok(list)
+    }
+
+    pub async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, ApiError> {
+        // Read your writes: audit records are queued without waiting for
+        // their commit; an empty write behind them commits once they have
+        // (the store commits in submission order).
+        use fabric_core::TaskStore;
+        self.store.append_events(Vec::new()).await?;
+        Ok(self.store.list_audit(query).await?)
+    }
+}
+
+fn not_found(id: uuid::Uuid) -> ApiError {
+    ApiError::not_found(format!(
+        "no approval {id}: see reactor-fabric approval list"
+    ))
+}
+
+fn compile_all(
+    policies: &std::collections::BTreeMap<String, Policy>,
+) -> Result<PolicySet, ApiError> {
+    let list: Vec<Policy> = policies.values().cloned().collect();
+    PolicySet::compile(&list).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// What a check answers once an approval stands as `approval`.
+pub fn approval_response(decision: &Decision, approval: &Approval) -> CheckResponse {
+    let effect = match approval.status {
+        ApprovalStatus::Pending => Effect::RequireApproval,
+        ApprovalStatus::Approved => Effect::Allow,
+        ApprovalStatus::Denied | ApprovalStatus::TimedOut => Effect::Deny,
+    };
+    CheckResponse {
+        decision: effect,
+        policy_id: decision.policy_id.clone(),
+        rule: decision.rule.clone(),
+        approval_id: Some(approval.id),
+        approval_status: Some(approval.status),
+    }
+}
+
+/// The model an inference request body names (`"model"`), if any: what the
+/// `llm:<model>` check is about. Bodies without one (listing models) are
+/// not LLM calls and are not checked.
+pub fn requested_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Model {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<Model>(body)
+        .ok()
+        .and_then(|m| m.model)
+        .filter(|m| !m.is_empty())
+}
+
+/// Enforcement point `llm:<model>`: `None` to go on, or the refusal in the
+/// gateway's error shape (`{"error": {code, message, request_id}}`, 403).
+pub fn check_llm(
+    policy: &PolicyService,
+    actor: &Actor,
+    body: &[u8],
+    request_id: &str,
+) -> Option<fabric_gateway::api::Reply> {
+    let model = requested_model(body)?;
+    let action = format!("llm:{model}");
+    let decision = policy.decide(actor, &action, None, "llm", request_id);
+    if decision.effect == Effect::Allow {
+        return None;
+    }
+    let refusal = decision.refusal(&action);
+    let body = fabric_core::api::ErrorBody {
+        error: fabric_core::api::ErrorDetail {
+            code: refusal.code.to_owned(),
+            message: refusal.message,
+            request_id: request_id.to_owned(),
+            provider: None,
+            correlation_id: None,
+            entity: None,
+            limit: None,
+            resets_at: None,
+        },
+    };
+    Some(fabric_gateway::api::Reply::json(403, &body))
+}
+
+/// Enforcement point `net:connect:<host>:<port>` for an agent's egress
+/// proxy, behind its allowlist. `require_approval` is refused here (a
+/// connection cannot wait): the agent asks first with `check()`, and an
+/// approved action is then allowed for [`APPROVAL_GRANT_TTL`].
+pub fn egress_gate(policy: Arc<PolicyService>, actor: Actor) -> fabric_runtime::net::PolicyGate {
+    Arc::new(move |host: &str, port: u16| {
+        let action = format!("net:connect:{host}:{port}");
+        let correlation = format!("egress-{}", uuid::Uuid::now_v7());
+        let decision = policy.decide(&actor, &action, Some(host), "egress", &correlation);
+        if decision.effect == Effect::Allow {
+            Ok(())
+        } else {
+            Err(decision.refusal(&action).message)
+        }
+    })
+}

@@ -1,0 +1,220 @@
+//! Policies, approvals and the audit trail in SQLite; [`PolicyStore`] for
+//! [`SqliteStore`]. Audit records go through the writer like every write, so
+//! under load they share its group commits instead of costing an fsync each.
+
+use std::future::Future;
+
+use fabric_core::StoreError;
+use fabric_core::policy::{Approval, ApprovalStatus, AuditQuery, AuditRecord, Policy, PolicyStore};
+use rusqlite::types::Value;
+use rusqlite::{Connection, params, params_from_iter};
+
+use super::SqliteStore;
+use super::reader::{clamp_limit, collect};
+use super::rows::encode_json;
+use super::writer::{Pending, WriteOp};
+use crate::error::SqliteStoreError;
+
+/// An audit record ready to insert, encoded on the caller's thread.
+#[derive(Debug)]
+pub(crate) struct AuditRow {
+    id: String,
+    tenant: String,
+    agent: Option<String>,
+    decision: &'static str,
+    body: String,
+}
+
+pub(crate) fn put_policy(conn: &Connection, id: &str, body: &str) -> Result<(), SqliteStoreError> {
+    conn.prepare_cached(
+        "INSERT INTO policies (id, body) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+    )
+    .and_then(|mut stmt| stmt.execute(params![id, body]))
+    .map_err(SqliteStoreError::sql(format!("cannot store policy {id:?}")))?;
+    Ok(())
+}
+
+pub(crate) fn delete_policy(conn: &Connection, id: &str) -> Result<bool, SqliteStoreError> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM policies WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute(params![id]))
+        .map_err(SqliteStoreError::sql(format!(
+            "cannot delete policy {id:?}"
+        )))?;
+    Ok(deleted > 0)
+}
+
+pub(crate) fn put_approval(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    body: &str,
+) -> Result<(), SqliteStoreError> {
+    conn.prepare_cached(
+        "INSERT INTO approvals (id, status, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, body = excluded.body",
+    )
+    .and_then(|mut stmt| stmt.execute(params![id, status, body]))
+    .map_err(SqliteStoreError::sql(format!("cannot store approval {id}")))?;
+    Ok(())
+}
+
+pub(crate) fn insert_audit(conn: &Connection, row: &AuditRow) -> Result<(), SqliteStoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit (id, tenant, agent, decision, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            row.id,
+            row.tenant,
+            row.agent,
+            row.decision,
+            row.body
+        ])
+    })
+    .map_err(SqliteStoreError::sql(format!(
+        "cannot record audit record {}",
+        row.id
+    )))?;
+    Ok(())
+}
+
+fn list_audit(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditRecord>, SqliteStoreError> {
+    let mut sql = String::from("SELECT id, body FROM audit WHERE 1 = 1");
+    let mut values = Vec::new();
+    let mut eq = |column: &str, value: String| {
+        values.push(Value::Text(value));
+        sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+    };
+    if let Some(tenant) = &query.tenant {
+        eq("tenant", tenant.to_string());
+    }
+    if let Some(agent) = &query.agent {
+        eq("agent", agent.to_string());
+    }
+    if let Some(decision) = query.decision {
+        eq("decision", decision.as_str().to_owned());
+    }
+    values.push(Value::Integer(clamp_limit(query.limit)));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", values.len()));
+    collect(
+        conn,
+        &sql,
+        params_from_iter(values),
+        "cannot list audit records",
+        "audit record",
+    )
+}
+
+impl PolicyStore for SqliteStore {
+    fn put_policy(
+        &self,
+        policy: Policy,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = encode_json(|| format!("policy {:?}", policy.id), &policy)
+            .map(|body| move |reply| WriteOp::PutPolicy(Pending::new((policy.id, body), reply)));
+        self.submit(op)
+    }
+
+    fn delete_policy(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let op: Result<_, SqliteStoreError> =
+            Ok(move |reply| WriteOp::DeletePolicy(Pending::new(id, reply)));
+        self.submit(op)
+    }
+
+    fn list_policies(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Policy>, StoreError>> + Send + 'static {
+        self.read(|conn| {
+            collect(
+                conn,
+                "SELECT id, body FROM policies ORDER BY id",
+                [],
+                "cannot list policies",
+                "policy",
+            )
+        })
+    }
+
+    fn put_approval(
+        &self,
+        approval: Approval,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = encode_json(|| format!("approval {}", approval.id), &approval).map(|body| {
+            move |reply| {
+                WriteOp::PutApproval(Pending::new(
+                    (approval.id.to_string(), approval.status.as_str(), body),
+                    reply,
+                ))
+            }
+        });
+        self.submit(op)
+    }
+
+    fn get_approval(
+        &self,
+        id: uuid::Uuid,
+    ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send + 'static {
+        self.read(move |conn| {
+            let mut found: Vec<Approval> = collect(
+                conn,
+                "SELECT id, body FROM approvals WHERE id = ?1",
+                params![id.to_string()],
+                &format!("cannot read approval {id}"),
+                "approval",
+            )?;
+            Ok(found.pop())
+        })
+    }
+
+    fn list_approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send + 'static {
+        self.read(move |conn| match status {
+            Some(status) => collect(
+                conn,
+                "SELECT id, body FROM approvals WHERE status = ?1 ORDER BY id DESC LIMIT ?2",
+                params![status.as_str(), clamp_limit(limit)],
+                "cannot list approvals",
+                "approval",
+            ),
+            None => collect(
+                conn,
+                "SELECT id, body FROM approvals ORDER BY id DESC LIMIT ?1",
+                params![clamp_limit(limit)],
+                "cannot list approvals",
+                "approval",
+            ),
+        })
+    }
+
+    fn record_audit(
+        &self,
+        record: AuditRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = encode_json(|| format!("audit record {}", record.id), &record).map(|body| {
+            let row = AuditRow {
+                id: record.id.to_string(),
+                tenant: record.tenant.to_string(),
+                agent: record.agent.as_ref().map(ToString::to_string),
+                decision: record.decision.as_str(),
+                body,
+            };
+            move |reply| WriteOp::RecordAudit(Pending::new(row, reply))
+        });
+        self.submit(op)
+    }
+
+    fn list_audit(
+        &self,
+        query: AuditQuery,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send + 'static {
+        self.read(move |conn| list_audit(conn, &query))
+    }
+}
