@@ -311,6 +311,15 @@ pub fn register_collectors(state: &crate::state::AppState) {
                 kind: "gauge",
                 samples: running_tasks,
             },
+            Collected {
+                name: "agent_fabric_pool_idle",
+                help: "Pre-started sandboxes and containers ready for the next spawn (pool.min_idle).",
+                kind: "gauge",
+                samples: vec![
+                    Sample::new(agents.pooled() as f64).with("isolation", "process"),
+                    Sample::new(agents.pooled_containers() as f64).with("isolation", "container"),
+                ],
+            },
         ]
     }));
 

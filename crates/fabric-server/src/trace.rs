@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 /// Spans waiting for export at most; beyond, new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 32_768;
 /// Spans per OTLP request at most.
-pub const MAX_BATCH: usize = 2048;
+pub const MAX_BATCH: usize = 512;
 /// How often queued spans are sent.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
@@ -389,7 +389,8 @@ async fn export_loop(
 }
 
 async fn send(client: &reqwest::Client, config: &OtlpConfig, spans: &[Span], metrics: &Metrics) {
-    let body = encode_export_request(&config.service_name, spans);
+    // Bytes: a retry resends the same buffer without copying it.
+    let body = bytes::Bytes::from(encode_export_request(&config.service_name, spans));
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=3 {
         let sent = client
@@ -478,31 +479,48 @@ fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
 }
 
 /// `ExportTraceServiceRequest` with one resource and one scope holding `spans`.
+///
+/// The spans are encoded once into the final buffer's tail; only the two
+/// enclosing headers are written around them (no nested copies of the whole
+/// batch: those, and the large temporary buffers, showed in the profile).
 pub fn encode_export_request(service_name: &str, spans: &[Span]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 * spans.len() + 128);
-    // resource_spans = 1
-    put_message(&mut out, 1, |rs| {
-        // resource = 1 { attributes = 1 }
-        put_message(rs, 1, |res| {
-            put_key_value(res, 1, "service.name", &Value::Str(service_name.to_owned()));
-            put_key_value(
-                res,
-                1,
-                "service.version",
-                &Value::Str(fabric_core::VERSION.to_owned()),
-            );
-        });
-        // scope_spans = 2 { scope = 1 { name = 1, version = 2 }, spans = 2 }
-        put_message(rs, 2, |ss| {
-            put_message(ss, 1, |scope| {
-                put_bytes(scope, 1, b"reactor-fabric");
-                put_bytes(scope, 2, fabric_core::VERSION.as_bytes());
-            });
-            for span in spans {
-                put_message(ss, 2, |s| encode_span(s, span));
-            }
-        });
+    let mut span_bytes = Vec::with_capacity(200 * spans.len());
+    let mut scratch = Vec::with_capacity(256);
+    for span in spans {
+        scratch.clear();
+        encode_span(&mut scratch, span);
+        put_bytes(&mut span_bytes, 2, &scratch);
+    }
+    // resource = 1 { attributes = 1 }
+    let mut resource = Vec::with_capacity(64);
+    put_message(&mut resource, 1, |res| {
+        put_key_value(res, 1, "service.name", &Value::Str(service_name.to_owned()));
+        put_key_value(
+            res,
+            1,
+            "service.version",
+            &Value::Str(fabric_core::VERSION.to_owned()),
+        );
     });
+    // scope_spans = 2 { scope = 1 { name = 1, version = 2 }, spans = 2 (above) }
+    let mut scope = Vec::with_capacity(64);
+    put_message(&mut scope, 1, |sc| {
+        put_bytes(sc, 1, b"reactor-fabric");
+        put_bytes(sc, 2, fabric_core::VERSION.as_bytes());
+    });
+    let scope_spans_len = scope.len() + span_bytes.len();
+    let mut scope_spans_header = Vec::with_capacity(16);
+    put_tag(&mut scope_spans_header, 2, 2);
+    put_varint(&mut scope_spans_header, scope_spans_len as u64);
+    let resource_spans_len = resource.len() + scope_spans_header.len() + scope_spans_len;
+    let mut out = Vec::with_capacity(resource_spans_len + 16);
+    // resource_spans = 1
+    put_tag(&mut out, 1, 2);
+    put_varint(&mut out, resource_spans_len as u64);
+    out.extend_from_slice(&resource);
+    out.extend_from_slice(&scope_spans_header);
+    out.extend_from_slice(&scope);
+    out.extend_from_slice(&span_bytes);
     out
 }
 

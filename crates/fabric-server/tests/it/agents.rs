@@ -591,6 +591,7 @@ async fn a_warm_pool_serves_process_spawns_from_pre_started_sandboxes() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(pooled.len(), 1, "one idle sandbox: {pooled:?}");
+    s.wait_pool_idle("process", 1).await;
     s.spawn_agent(
         &token,
         json!({"id": "quick", "isolation": {"level": "process", "memory_mb": 96}}),

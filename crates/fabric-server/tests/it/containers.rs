@@ -582,6 +582,7 @@ async fn warm_pool_spawn_takes_a_pre_created_container() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(idle.len(), 1, "one idle container");
+    s.wait_pool_idle("container", 1).await;
     let pid = |id: &str| -> u64 {
         docker(&["inspect", "--format", "{{.State.Pid}}", id])
             .trim()

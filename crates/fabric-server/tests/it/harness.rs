@@ -179,6 +179,34 @@ impl TestServer {
         panic!("agent {id} never reached the expected state: {last}");
     }
 
+    /// Waits until the warm pool of `isolation` (`process`, `container`)
+    /// holds `n` ready items, as `/metrics` reports them: a pooled sandbox's
+    /// cgroup or container exists a little before it is ready to be taken.
+    pub async fn wait_pool_idle(&self, isolation: &str, n: usize) {
+        let line = format!("agent_fabric_pool_idle{{isolation=\"{isolation}\"}} {n}");
+        let mut metrics = String::new();
+        for _ in 0..600 {
+            metrics = self
+                .client
+                .get(self.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.lines().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pool: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("agent_fabric_pool_idle"))
+            .collect();
+        panic!("the {isolation} pool never held {n} idle: {pool:?}");
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .client
