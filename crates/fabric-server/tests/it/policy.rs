@@ -540,6 +540,27 @@ async fn every_decision_of_a_scripted_run_is_audited_exactly_once() {
         (400, "invalid_request"),
         "{body}"
     );
+    // agent_fabric_policy_decisions_total counts exactly what was audited.
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for decision in ["allow", "deny", "require_approval"] {
+        let audited = records.iter().filter(|r| r["decision"] == decision).count();
+        let line = format!("agent_fabric_policy_decisions_total{{decision=\"{decision}\"}} ");
+        let counted: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("no {line} in /metrics"))
+            .parse()
+            .unwrap();
+        assert_eq!(counted, audited as f64, "{decision}");
+    }
     s.stop().await;
 }
 
