@@ -136,6 +136,8 @@ pub enum LatencyTarget {
     CreateTask,
     /// POST /v1/policy/check with 1,000 rules loaded (each decision audited)
     PolicyCheck,
+    /// GET /healthz: the floor of the HTTP round trip on this machine (no auth, no store)
+    Healthz,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -839,6 +841,7 @@ async fn latency(
             match args.latency_target {
                 LatencyTarget::CreateTask => Target::CreateNoop,
                 LatencyTarget::PolicyCheck => Target::PolicyCheck,
+                LatencyTarget::Healthz => Target::Healthz,
             },
         )
         .await
@@ -878,6 +881,7 @@ async fn latency(
     let label = match args.latency_target {
         LatencyTarget::CreateTask => Target::CreateNoop.label(),
         LatencyTarget::PolicyCheck => Target::PolicyCheck.label(),
+        LatencyTarget::Healthz => Target::Healthz.label(),
     };
     println!("| latency of {label} | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) |");
     println!("|---|--:|--:|--:|--:|");
