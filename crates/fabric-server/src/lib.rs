@@ -430,6 +430,7 @@ pub async fn run(
         .load()
         .await
         .map_err(|e| anyhow::anyhow!("cannot load the policies: {}", e.message))?;
+    let audit_flusher = tokio::spawn(Arc::clone(&state.policy).flush_audit_every(stop_rx.clone()));
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
     let mut shell = AgentConfig::new(AgentId::shell());
@@ -487,6 +488,8 @@ pub async fn run(
         }
     };
     state.llm.flush().await;
+    audit_flusher.abort();
+    state.policy.flush_audit().await;
     tasks.stop_all_running();
     ticker.abort();
     compute_sampler.abort();
@@ -508,6 +511,8 @@ pub async fn run(
     }
     drop(lost);
     drop(keeper_abort);
+    // Decisions made while the agents stopped (egress, LLM calls).
+    state.policy.flush_audit().await;
     if deposed.is_none()
         && let store::AnyStore::Redis(redis) = &store
     {
