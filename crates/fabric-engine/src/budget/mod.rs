@@ -269,6 +269,44 @@ pub struct Outbox {
     pub dirty: Vec<(BudgetEntity, BudgetSpec, PeriodState)>,
 }
 
+impl Outbox {
+    /// Raises the soft-threshold alert of `entry` once per period, when its
+    /// usage has crossed it; true when it did (the period state changed).
+    fn alert_over_threshold(
+        &mut self,
+        entity: &BudgetEntity,
+        entry: &mut Entry,
+        now: Timestamp,
+    ) -> bool {
+        if entry.period.alerted {
+            return false;
+        }
+        let Some((limit, used, allowance)) = over_threshold(entry) else {
+            return false;
+        };
+        entry.period.alerted = true;
+        let alert = BudgetAlert {
+            entity: entity.clone(),
+            kind: BudgetAlertKind::Threshold,
+            limit,
+            used,
+            allowance,
+            threshold_percent: entry.spec.alert_threshold_percent,
+            period_start: entry.period.start,
+            at: now,
+        };
+        entry.alerts.push(alert.clone());
+        self.alerts.push(alert);
+        true
+    }
+
+    /// Queues `entry`'s budget and period state to be stored.
+    fn persist(&mut self, entity: &BudgetEntity, entry: &Entry) {
+        self.dirty
+            .push((entity.clone(), entry.spec.clone(), entry.period));
+    }
+}
+
 /// Every budgeted entity's numbers. Entities without a budget are not
 /// tracked here (their usage is in the ledger).
 #[derive(Debug, Default)]
@@ -318,28 +356,9 @@ impl BudgetBook {
         let mut dirty = entry.roll(now);
         // A limit set (or lowered) below what is already used alerts now,
         // not at the next call.
-        if !entry.period.alerted
-            && let Some((limit, used, allowance)) = over_threshold(&entry)
-        {
-            entry.period.alerted = true;
-            dirty = true;
-            let alert = BudgetAlert {
-                entity: entity.clone(),
-                kind: BudgetAlertKind::Threshold,
-                limit,
-                used,
-                allowance,
-                threshold_percent: entry.spec.alert_threshold_percent,
-                period_start: entry.period.start,
-                at: now,
-            };
-            entry.alerts.push(alert.clone());
-            self.outbox.alerts.push(alert);
-        }
+        dirty |= self.outbox.alert_over_threshold(&entity, &mut entry, now);
         if dirty {
-            self.outbox
-                .dirty
-                .push((entity.clone(), entry.spec.clone(), entry.period));
+            self.outbox.persist(&entity, &entry);
         }
         self.entries.insert(entity, entry);
     }
@@ -371,9 +390,7 @@ impl BudgetBook {
         for entity in entities {
             if let Some(entry) = self.entries.get_mut(entity) {
                 if entry.roll(now) {
-                    self.outbox
-                        .dirty
-                        .push((entity.clone(), entry.spec.clone(), entry.period));
+                    self.outbox.persist(entity, entry);
                 }
                 if let Some(refusal) = check(entity, entry, &demand) {
                     if !entry.period.exceeded {
@@ -390,9 +407,7 @@ impl BudgetBook {
                         };
                         entry.alerts.push(alert.clone());
                         self.outbox.alerts.push(alert);
-                        self.outbox
-                            .dirty
-                            .push((entity.clone(), entry.spec.clone(), entry.period));
+                        self.outbox.persist(entity, entry);
                     }
                     return Err(refusal);
                 }
@@ -433,28 +448,9 @@ impl BudgetBook {
                 entry.period.compute_ms = entry.used.compute_ms;
                 dirty = true;
             }
-            if !entry.period.alerted
-                && let Some((limit, used, allowance)) = over_threshold(entry)
-            {
-                entry.period.alerted = true;
-                dirty = true;
-                let alert = BudgetAlert {
-                    entity: entity.clone(),
-                    kind: BudgetAlertKind::Threshold,
-                    limit,
-                    used,
-                    allowance,
-                    threshold_percent: entry.spec.alert_threshold_percent,
-                    period_start: entry.period.start,
-                    at: now,
-                };
-                entry.alerts.push(alert.clone());
-                self.outbox.alerts.push(alert);
-            }
+            dirty |= self.outbox.alert_over_threshold(entity, entry, now);
             if dirty {
-                self.outbox
-                    .dirty
-                    .push((entity.clone(), entry.spec.clone(), entry.period));
+                self.outbox.persist(entity, entry);
             }
         }
     }
@@ -463,9 +459,7 @@ impl BudgetBook {
     pub fn snapshot(&mut self, entity: &BudgetEntity, now: Timestamp) -> Option<Snapshot> {
         let entry = self.entries.get_mut(entity)?;
         if entry.roll(now) {
-            self.outbox
-                .dirty
-                .push((entity.clone(), entry.spec.clone(), entry.period));
+            self.outbox.persist(entity, entry);
         }
         Some(Snapshot {
             spec: entry.spec.clone(),

@@ -44,19 +44,6 @@ fn gateway(up: &MockServer) -> GatewayConfig {
     config
 }
 
-async fn put(s: &TestServer, token: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = s
-        .client
-        .put(s.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// `prompt` (words) with at most `max_tokens` out.
 fn chat(prompt: &str, max_tokens: u32) -> Value {
     json!({"model": "llama3", "max_tokens": max_tokens,
@@ -90,13 +77,13 @@ async fn budget_race_a_hundred_concurrent_calls_against_room_for_ten() {
     let admin = s.login().await;
     let agent = agent_token(&s, &admin, "racer").await;
     // Estimate per call: "hi" is 1 + 3 framing tokens, plus max_tokens 16 = 20.
-    let (status, body) = put(
-        &s,
-        &admin,
-        "/v1/budgets/agent:racer",
-        json!({"max_tokens_per_day": 200}),
-    )
-    .await;
+    let (status, body) = s
+        .put(
+            &admin,
+            "/v1/budgets/agent:racer",
+            json!({"max_tokens_per_day": 200}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
 
     let calls = (0..100).map(|_| {
@@ -156,8 +143,7 @@ async fn budget_race_a_hundred_concurrent_calls_against_room_for_ten() {
     assert_eq!(report["calls"], 10);
 
     // A streamed call is refused before the stream starts: a plain 429.
-    put(
-        &s,
+    s.put(
         &admin,
         "/v1/budgets/agent:racer",
         json!({"max_tokens_per_day": 40}),
@@ -205,9 +191,7 @@ async fn soft_alert_fires_once_and_the_report_matches_the_ledger() {
     let s = TestServer::start_with(move |c| c.gateway = config).await;
     let admin = s.login().await;
     let agent = agent_token(&s, &admin, "coder").await;
-    let (status, body) = put(
-        &s,
-        &admin,
+    let (status, body) = s.put(&admin,
         "/v1/budgets/agent:coder",
         json!({"max_tokens_per_day": 100, "max_cost_per_day_usd": 1.0, "alert_threshold_percent": 50}),
     )
@@ -306,12 +290,7 @@ async fn soft_alert_fires_once_and_the_report_matches_the_ledger() {
         "{alerts}"
     );
     // And /metrics reports the ratio (90 of 100 tokens at least).
-    let metrics = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     let ratio: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("agent_fabric_budget_usage_ratio{entity_id=\"agent:coder\"} "))
@@ -356,8 +335,7 @@ async fn the_daily_reset_follows_the_injected_clock() {
     .await;
     let admin = s.login().await;
     let agent = agent_token(&s, &admin, "nightly").await;
-    put(
-        &s,
+    s.put(
         &admin,
         "/v1/budgets/agent:nightly",
         json!({"max_tokens_per_day": 20}),
@@ -397,8 +375,7 @@ async fn a_restart_keeps_the_periods_usage_and_budgets() {
     .await;
     let admin = s.login().await;
     let agent = agent_token(&s, &admin, "keeper").await;
-    put(
-        &s,
+    s.put(
         &admin,
         "/v1/budgets/agent:keeper",
         json!({"max_tokens_per_day": 30, "reset": "carryover"}),
@@ -444,13 +421,13 @@ async fn a_restart_keeps_the_periods_usage_and_budgets() {
 async fn the_budget_api_validates_and_guards_writes() {
     let s = TestServer::start().await;
     let admin = s.login().await;
-    let (status, body) = put(
-        &s,
-        &admin,
-        "/v1/budgets/team:x",
-        json!({"max_tokens_per_day": 1}),
-    )
-    .await;
+    let (status, body) = s
+        .put(
+            &admin,
+            "/v1/budgets/team:x",
+            json!({"max_tokens_per_day": 1}),
+        )
+        .await;
     assert_eq!(
         (status, error_code(&body)),
         (400, "invalid_request"),
@@ -463,21 +440,21 @@ async fn the_budget_api_validates_and_guards_writes() {
             .contains("unknown kind"),
         "{body}"
     );
-    let (status, body) = put(
-        &s,
-        &admin,
-        "/v1/budgets/agent:a",
-        json!({"max_tokens_per_day": -5}),
-    )
-    .await;
+    let (status, body) = s
+        .put(
+            &admin,
+            "/v1/budgets/agent:a",
+            json!({"max_tokens_per_day": -5}),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = put(
-        &s,
-        &admin,
-        "/v1/budgets/agent:a",
-        json!({"max_cost_per_day_usd": -1.5}),
-    )
-    .await;
+    let (status, body) = s
+        .put(
+            &admin,
+            "/v1/budgets/agent:a",
+            json!({"max_cost_per_day_usd": -1.5}),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
@@ -486,21 +463,17 @@ async fn the_budget_api_validates_and_guards_writes() {
             .contains("non-negative"),
         "{body}"
     );
-    let (status, body) = put(
-        &s,
-        &admin,
-        "/v1/budgets/agent:a",
-        json!({"alert_threshold_percent": 0}),
-    )
-    .await;
+    let (status, body) = s
+        .put(
+            &admin,
+            "/v1/budgets/agent:a",
+            json!({"alert_threshold_percent": 0}),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = put(
-        &s,
-        &admin,
-        "/v1/budgets/agent:a",
-        json!({"reset": "weekly"}),
-    )
-    .await;
+    let (status, body) = s
+        .put(&admin, "/v1/budgets/agent:a", json!({"reset": "weekly"}))
+        .await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = s.get(&admin, "/v1/usage/agent:a?period=month").await;
     assert_eq!(status, 400, "{body}");
@@ -520,22 +493,22 @@ async fn the_budget_api_validates_and_guards_writes() {
     assert_eq!(status, 200);
     let (status, _) = s.get(&agent, "/v1/usage/agent:other").await;
     assert_eq!(status, 403);
-    let (status, _) = put(
-        &s,
-        &agent,
-        "/v1/budgets/agent:reader",
-        json!({"max_tokens_per_day": 1}),
-    )
-    .await;
+    let (status, _) = s
+        .put(
+            &agent,
+            "/v1/budgets/agent:reader",
+            json!({"max_tokens_per_day": 1}),
+        )
+        .await;
     assert_eq!(status, 403);
 
-    let (status, _) = put(
-        &s,
-        &admin,
-        "/v1/budgets/user:alice",
-        json!({"max_tokens_per_day": 1}),
-    )
-    .await;
+    let (status, _) = s
+        .put(
+            &admin,
+            "/v1/budgets/user:alice",
+            json!({"max_tokens_per_day": 1}),
+        )
+        .await;
     assert_eq!(status, 200);
     let (status, _) = s.delete(&admin, "/v1/budgets/user:alice").await;
     assert_eq!(status, 204);

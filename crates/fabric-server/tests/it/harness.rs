@@ -145,6 +145,31 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The Prometheus exposition of `/metrics` (no token needed).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn delete(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .client
@@ -186,15 +211,7 @@ impl TestServer {
         let line = format!("agent_fabric_pool_idle{{isolation=\"{isolation}\"}} {n}");
         let mut metrics = String::new();
         for _ in 0..600 {
-            metrics = self
-                .client
-                .get(self.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            metrics = self.metrics().await;
             if metrics.lines().any(|l| l == line) {
                 return;
             }

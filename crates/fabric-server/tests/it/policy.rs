@@ -9,21 +9,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestServer, error_code, examples_dir};
 
-async fn put(s: &TestServer, token: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = s
-        .client
-        .put(s.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn apply(s: &TestServer, token: &str, id: &str, body: Value) {
-    let (status, answer) = put(s, token, &format!("/v1/policies/{id}"), body).await;
+    let (status, answer) = s.put(token, &format!("/v1/policies/{id}"), body).await;
     assert_eq!(status, 200, "applying {id}: {answer}");
 }
 
@@ -66,7 +53,7 @@ async fn policy_api_validates_and_round_trips() {
         "rules": [{"action_pattern": "shell:rm *", "effect": "deny"},
                   {"action_pattern": "deploy:*", "effect": "allow",
                    "conditions": {"hours_utc": [9, 17], "weekdays": ["mon", "fri"]}}]});
-    let (status, stored) = put(&s, &admin, "/v1/policies/coder-rules", body).await;
+    let (status, stored) = s.put(&admin, "/v1/policies/coder-rules", body).await;
     assert_eq!(status, 200, "{stored}");
     assert_eq!(stored["id"], "coder-rules");
     assert!(stored["updated_at"].is_string());
@@ -112,7 +99,7 @@ async fn policy_api_validates_and_round_trips() {
         ),
     ];
     for (body, needle) in bad {
-        let (status, answer) = put(&s, &admin, "/v1/policies/p1", body.clone()).await;
+        let (status, answer) = s.put(&admin, "/v1/policies/p1", body.clone()).await;
         assert_eq!(
             (status, error_code(&answer)),
             (400, "invalid_request"),
@@ -121,13 +108,13 @@ async fn policy_api_validates_and_round_trips() {
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{needle:?} not in {message:?}");
     }
-    let (status, answer) = put(
-        &s,
-        &admin,
-        "/v1/policies/bad%20id",
-        json!({"scope": {"agent": "a"}, "rules": [{"action_pattern": "x", "effect": "deny"}]}),
-    )
-    .await;
+    let (status, answer) = s
+        .put(
+            &admin,
+            "/v1/policies/bad%20id",
+            json!({"scope": {"agent": "a"}, "rules": [{"action_pattern": "x", "effect": "deny"}]}),
+        )
+        .await;
     assert_eq!(status, 400, "{answer}");
 
     // Writes need admin; reading and checking need read:tasks; approvals `approve`.
@@ -140,13 +127,13 @@ async fn policy_api_validates_and_round_trips() {
         .await;
     assert_eq!(status, 201, "{minted}");
     let user = minted["token"].as_str().unwrap();
-    let (status, _) = put(
-        &s,
-        user,
-        "/v1/policies/x",
-        json!({"scope": {"agent": "a"}, "rules": [{"action_pattern": "x", "effect": "deny"}]}),
-    )
-    .await;
+    let (status, _) = s
+        .put(
+            user,
+            "/v1/policies/x",
+            json!({"scope": {"agent": "a"}, "rules": [{"action_pattern": "x", "effect": "deny"}]}),
+        )
+        .await;
     assert_eq!(status, 403);
     assert_eq!(s.delete(user, "/v1/policies/coder-rules").await.0, 403);
     assert_eq!(s.get(user, "/v1/policies").await.0, 200);
@@ -541,15 +528,7 @@ async fn every_decision_of_a_scripted_run_is_audited_exactly_once() {
         "{body}"
     );
     // agent_fabric_policy_decisions_total counts exactly what was audited.
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     for decision in ["allow", "deny", "require_approval"] {
         let audited = records.iter().filter(|r| r["decision"] == decision).count();
         let line = format!("agent_fabric_policy_decisions_total{{decision=\"{decision}\"}} ");
