@@ -334,15 +334,8 @@ pub async fn run(
         telemetry: Arc::clone(&telemetry),
     };
     telemetry::register_collectors(&state);
-    // Budgets report through the telemetry layer: their alerts become alert
-    // events (webhook, metric, /v1/alerts), their ratios a gauge.
+    // Budget alerts become alert events (webhook, metric, /v1/alerts).
     budgets.set_alerts(Arc::clone(&telemetry.alerts) as Arc<dyn budgets::BudgetAlerts>);
-    {
-        let budgets = Arc::clone(&budgets);
-        telemetry
-            .metrics
-            .set_budget_ratios(Arc::new(move || budgets.usage_ratios()));
-    }
     let error_rates =
         tokio::spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop_rx.clone()));
     let app = api::router(state.clone());

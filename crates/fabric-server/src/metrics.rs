@@ -438,7 +438,7 @@ impl Metrics {
     }
 
     /// Sets where `agent_fabric_budget_usage_ratio{entity_id}` is read from
-    /// at scrape time (the budgets service registers itself here).
+    /// at scrape time (`telemetry::register_collectors` points it at the budgets).
     pub fn set_budget_ratios(&self, source: BudgetRatios) {
         *self.budget.write() = Some(source);
     }

@@ -356,8 +356,8 @@ impl PolicyService {
         let _ = self.submit_audit().await;
     }
 
-    /// Flushes the audit buffer every [`AUDIT_FLUSH_EVERY`] until `stop`,
-    /// then once more.
+    /// Flushes the audit buffer every [`AUDIT_FLUSH_EVERY`] until `stop`;
+    /// the server flushes the rest itself when it stops (`flush_audit`).
     pub async fn flush_audit_every(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(AUDIT_FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -371,7 +371,6 @@ impl PolicyService {
                 _ = stop.wait_for(|stopped| *stopped) => break,
             }
         }
-        self.flush_audit().await;
     }
 
     /// Creates a pending approval for a `require_approval` decision.

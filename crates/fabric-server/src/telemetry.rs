@@ -249,6 +249,9 @@ pub fn register_collectors(state: &crate::state::AppState) {
     use crate::metrics::{Collected, Sample};
     let metrics = &state.telemetry.metrics;
 
+    let budgets = Arc::clone(&state.budgets);
+    metrics.set_budget_ratios(Arc::new(move || budgets.usage_ratios()));
+
     let tasks = Arc::clone(&state.tasks);
     metrics.register(Arc::new(move || {
         let stats = tasks.stats();
