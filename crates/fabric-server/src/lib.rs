@@ -190,9 +190,10 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// `reactor-fabric/<instance>`: one cgroup per data dir, so servers on one
-/// host never sweep each other's sandboxes.
-fn instance_cgroup(data_dir: &Path) -> PathBuf {
+/// `reactor-fabric/i-<first 6 bytes of sha256(canonical data dir)>`: the
+/// parent cgroup of a server's sandboxes, one per data dir, so servers on one
+/// host never sweep each other's.
+pub fn instance_cgroup(data_dir: &Path) -> PathBuf {
     use sha2::Digest as _;
     let canonical = data_dir
         .canonicalize()

@@ -12,8 +12,10 @@
 //! (like Docker's `--cgroup-parent`): outside the fabric's own cgroup, so on
 //! v2 the "no processes in inner cgroups" rule never bites.
 //!
-//! The integration tests exercise the one interface the test host offers;
-//! of the other, only the parsing is unit-tested.
+//! The integration tests exercise the one interface the test host offers
+//! (`./scripts/test` prints which); the unit tests below run detection,
+//! limits, counters and listing of both over fake cgroupfs trees in a temp
+//! dir, so the v2 code runs on a v1 host and the reverse.
 
 use std::fs;
 use std::io::{self, ErrorKind};
@@ -54,7 +56,13 @@ impl Layout {
     pub(crate) fn detect() -> Result<Self, String> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|err| format!("cannot read /proc/self/mountinfo: {err}"))?;
-        let mounts = parse_mountinfo(&mountinfo);
+        Self::from_mountinfo(&mountinfo)
+    }
+
+    /// [`detect`](Layout::detect) from a mountinfo text; the v2 root's
+    /// `cgroup.controllers` is read from wherever the text says it is mounted.
+    fn from_mountinfo(mountinfo: &str) -> Result<Self, String> {
+        let mounts = parse_mountinfo(mountinfo);
         let v2_root = mounts
             .iter()
             .find(|m| m.fstype == "cgroup2")
@@ -97,6 +105,14 @@ impl Layout {
 }
 
 impl Layout {
+    /// Which interface this layout is.
+    pub(crate) fn version(&self) -> CgroupVersion {
+        match self {
+            Self::V2 { .. } => CgroupVersion::V2,
+            Self::V1 { .. } => CgroupVersion::V1,
+        }
+    }
+
     /// The hierarchies' roots, each once (co-mounted v1 controllers share one).
     pub(crate) fn roots(&self) -> Vec<PathBuf> {
         let all = match self {
@@ -251,9 +267,37 @@ impl Cgroup {
         name: &str,
         limits: Limits,
     ) -> Result<Self, CgroupError> {
-        let mut cgroup = match layout {
+        match layout {
+            Layout::V2 { root } => enable_v2_controllers(root, parent)?,
+            Layout::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            } => {
+                for mount in [memory, cpu, cpuacct, pids] {
+                    let parent_dir = mount.join(parent);
+                    fs::create_dir_all(&parent_dir)
+                        .map_err(|cause| CgroupError::new("create", &parent_dir, cause))?;
+                }
+            }
+        }
+        let mut cgroup = Self::at(layout, parent, name);
+        let mut created = Vec::new();
+        let result = cgroup.populate(limits, &mut created);
+        if let Err(err) = result {
+            for dir in created.iter().rev() {
+                let _ = fs::remove_dir(dir);
+            }
+            return Err(err);
+        }
+        Ok(cgroup)
+    }
+
+    /// Where `<parent>/<name>` lives in `layout`'s hierarchies; touches nothing.
+    fn at(layout: &Layout, parent: &Path, name: &str) -> Self {
+        match layout {
             Layout::V2 { root } => {
-                enable_v2_controllers(root, parent)?;
                 let dir = root.join(parent).join(name);
                 Self {
                     version: CgroupVersion::V2,
@@ -278,11 +322,6 @@ impl Cgroup {
                         dirs.push(dir);
                     }
                 }
-                for mount in [memory, cpu, cpuacct, pids] {
-                    let parent_dir = mount.join(parent);
-                    fs::create_dir_all(&parent_dir)
-                        .map_err(|cause| CgroupError::new("create", &parent_dir, cause))?;
-                }
                 Self {
                     version: CgroupVersion::V1,
                     dirs,
@@ -293,16 +332,7 @@ impl Cgroup {
                     procs: Vec::new(),
                 }
             }
-        };
-        let mut created = Vec::new();
-        let result = cgroup.populate(limits, &mut created);
-        if let Err(err) = result {
-            for dir in created.iter().rev() {
-                let _ = fs::remove_dir(dir);
-            }
-            return Err(err);
         }
-        Ok(cgroup)
     }
 
     fn populate(&mut self, limits: Limits, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
@@ -511,10 +541,15 @@ fn enable_v2_controllers(root: &Path, parent: &Path) -> Result<(), CgroupError> 
             }
         }
         let enabled = fs::read_to_string(level.join("cgroup.subtree_control")).unwrap_or_default();
-        for controller in V2_CONTROLLERS {
-            if !enabled.split_whitespace().any(|c| c == controller) {
-                write(level, "cgroup.subtree_control", &format!("+{controller}"))?;
-            }
+        // One write with every missing controller (`+memory +pids`): the
+        // kernel takes a space-separated list.
+        let missing: Vec<String> = V2_CONTROLLERS
+            .iter()
+            .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !missing.is_empty() {
+            write(level, "cgroup.subtree_control", &missing.join(" "))?;
         }
     }
     Ok(())
@@ -662,5 +697,227 @@ mod tests {
         let events = "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\noom_group_kill 0\n";
         assert_eq!(parse_key(events, "oom_kill"), Some(2));
         assert_eq!(parse_key(events, "max"), Some(7));
+    }
+
+    /// What the kernel puts in a new cgroup directory, as plain files: the
+    /// controls a sandbox writes and the counters it reads.
+    fn fake_mkdir(dir: &Path, files: &[(&str, &str)]) {
+        fs::create_dir_all(dir).unwrap();
+        for (name, content) in files {
+            fs::write(dir.join(name), content).unwrap();
+        }
+    }
+
+    fn mountinfo_line(id: u32, mount_point: &Path, fstype: &str, options: &str) -> String {
+        format!(
+            "{id} 30 0:{id} / {} rw,relatime - {fstype} {fstype} {options}\n",
+            mount_point.display()
+        )
+    }
+
+    fn limits() -> Limits {
+        Limits::new(96, 0.5, 64, Duration::from_millis(100))
+    }
+
+    #[test]
+    fn v2_over_a_fake_cgroupfs_detects_limits_counts_lists_and_removes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("unified");
+        fake_mkdir(
+            &root,
+            &[
+                ("cgroup.controllers", "cpuset cpu io memory pids\n"),
+                ("cgroup.subtree_control", "cpu memory pids\n"),
+            ],
+        );
+        let layout = Layout::from_mountinfo(&mountinfo_line(36, &root, "cgroup2", "rw")).unwrap();
+        assert_eq!(layout, Layout::V2 { root: root.clone() });
+        assert_eq!(layout.roots(), std::slice::from_ref(&root));
+
+        // Every level below the root passes the controllers on; the root,
+        // which already does, is not written.
+        let parent = Path::new("reactor-fabric/i-test");
+        enable_v2_controllers(&root, parent).unwrap();
+        let subtree =
+            |dir: PathBuf| fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
+        assert_eq!(subtree(root.clone()), "cpu memory pids\n");
+        assert_eq!(subtree(root.join("reactor-fabric")), "+memory +cpu +pids");
+        assert_eq!(subtree(root.join(parent)), "+memory +cpu +pids");
+
+        let cgroup = Cgroup::at(&layout, parent, "sb-1");
+        let dir = root.join(parent).join("sb-1");
+        assert_eq!(cgroup.version(), CgroupVersion::V2);
+        assert_eq!(cgroup.dirs(), std::slice::from_ref(&dir));
+        fake_mkdir(
+            &dir,
+            &[
+                ("cgroup.procs", "41\n42\n"),
+                ("memory.max", "max\n"),
+                ("cpu.max", "max 100000\n"),
+                ("pids.max", "max\n"),
+                ("memory.current", "3145728\n"),
+                ("memory.peak", "8388608\n"),
+                (
+                    "cpu.stat",
+                    "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n",
+                ),
+                ("pids.current", "2\n"),
+                ("memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n"),
+                ("pids.events", "max 3\n"),
+            ],
+        );
+        cgroup.write_limits(limits()).unwrap();
+        let read = |file: &str| fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(read("memory.max"), (96u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("pids.max"), "64");
+        assert!(
+            !dir.join("memory.limit_in_bytes").exists(),
+            "no v1 file on v2"
+        );
+
+        assert_eq!(
+            cgroup.counters().unwrap(),
+            Counters {
+                memory_bytes: 3 << 20,
+                memory_peak_bytes: Some(8 << 20),
+                cpu_usage: Duration::from_millis(1500),
+                pids: 2,
+                oom_kills: 1,
+                pids_limit_hits: 3,
+            }
+        );
+        assert_eq!(cgroup.oom_kills(), 1);
+        assert_eq!(cgroup.members().unwrap(), [41, 42]);
+        // Kernels before 5.19 have no memory.peak: no peak, not an error.
+        fs::remove_file(dir.join("memory.peak")).unwrap();
+        assert_eq!(cgroup.counters().unwrap().memory_peak_bytes, None);
+
+        fake_mkdir(&root.join(parent).join("sb-2"), &[("cgroup.procs", "")]);
+        fs::write(root.join(parent).join("cgroup.procs"), "").unwrap();
+        let found = layout.sandboxes_under(parent).unwrap();
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sb-1", "sb-2"]);
+        assert_eq!(found[0].1, std::slice::from_ref(&dir));
+        assert_eq!(procs_in_tree(&root.join(parent)).unwrap(), [41, 42]);
+
+        // A fake directory holds files, which the kernel's would not: empty it first.
+        for entry in fs::read_dir(&dir).unwrap() {
+            fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        cgroup.remove().unwrap();
+        assert!(!dir.exists());
+        cgroup.remove().unwrap();
+    }
+
+    #[test]
+    fn v1_over_a_fake_cgroupfs_detects_limits_and_counts_with_co_mounted_controllers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        // cpu and cpuacct co-mounted, as systemd does: one directory serves both.
+        let (memory, cpu, pids) = (
+            base.join("memory"),
+            base.join("cpu,cpuacct"),
+            base.join("pids"),
+        );
+        let unified = base.join("unified");
+        fake_mkdir(&unified, &[("cgroup.controllers", "")]);
+        let mountinfo = [
+            mountinfo_line(31, &cpu, "cgroup", "rw,cpu,cpuacct"),
+            mountinfo_line(34, &memory, "cgroup", "rw,memory"),
+            mountinfo_line(35, &pids, "cgroup", "rw,pids"),
+            // A hybrid host's v2 mount carries no controllers: v1 is used.
+            mountinfo_line(36, &unified, "cgroup2", "rw"),
+        ]
+        .concat();
+        let layout = Layout::from_mountinfo(&mountinfo).unwrap();
+        assert_eq!(
+            layout,
+            Layout::V1 {
+                memory: memory.clone(),
+                cpu: cpu.clone(),
+                cpuacct: cpu.clone(),
+                pids: pids.clone(),
+            }
+        );
+        assert_eq!(layout.roots(), [memory.clone(), cpu.clone(), pids.clone()]);
+
+        let parent = Path::new("reactor-fabric/i-test");
+        let cgroup = Cgroup::at(&layout, parent, "sb-1");
+        let at = |mount: &Path| mount.join(parent).join("sb-1");
+        assert_eq!(cgroup.version(), CgroupVersion::V1);
+        assert_eq!(cgroup.dirs(), [at(&memory), at(&cpu), at(&pids)]);
+        fake_mkdir(
+            &at(&memory),
+            &[
+                ("cgroup.procs", "7\n"),
+                ("memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory.memsw.limit_in_bytes", "9223372036854771712\n"),
+                ("memory.usage_in_bytes", "1048576\n"),
+                ("memory.max_usage_in_bytes", "2097152\n"),
+                (
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+                ),
+            ],
+        );
+        fake_mkdir(
+            &at(&cpu),
+            &[
+                ("cgroup.procs", "7\n"),
+                ("cpu.cfs_period_us", "100000\n"),
+                ("cpu.cfs_quota_us", "-1\n"),
+                ("cpuacct.usage", "250000000\n"),
+            ],
+        );
+        fake_mkdir(
+            &at(&pids),
+            &[
+                ("cgroup.procs", "7\n"),
+                ("pids.max", "max\n"),
+                ("pids.current", "1\n"),
+            ],
+        );
+        cgroup.write_limits(limits()).unwrap();
+        let read = |dir: PathBuf, file: &str| fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(
+            read(at(&memory), "memory.limit_in_bytes"),
+            (96u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(at(&memory), "memory.memsw.limit_in_bytes"),
+            (96u64 << 20).to_string(),
+            "memory+swap follows, so the limit means RAM"
+        );
+        assert_eq!(read(at(&cpu), "cpu.cfs_period_us"), "100000");
+        assert_eq!(read(at(&cpu), "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read(at(&pids), "pids.max"), "64");
+        assert_eq!(
+            cgroup.counters().unwrap(),
+            Counters {
+                memory_bytes: 1 << 20,
+                memory_peak_bytes: Some(2 << 20),
+                cpu_usage: Duration::from_millis(250),
+                pids: 1,
+                oom_kills: 2,
+                pids_limit_hits: 0,
+            }
+        );
+        assert_eq!(cgroup.members().unwrap(), [7], "one process, listed once");
+    }
+
+    #[test]
+    fn v2_without_the_needed_controllers_and_no_v1_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("unified");
+        fake_mkdir(&root, &[("cgroup.controllers", "cpu memory\n")]);
+        let err = Layout::from_mountinfo(&mountinfo_line(36, &root, "cgroup2", "rw")).unwrap_err();
+        assert!(
+            err.contains("lacks some of the memory, cpu and pids controllers"),
+            "{err}"
+        );
+        let err = Layout::from_mountinfo("").unwrap_err();
+        assert!(err.starts_with("no cgroup v2 mount"), "{err}");
     }
 }

@@ -148,7 +148,7 @@ use self::helper::{EXIT_HELPER_FAILED, InitPlan, LINE_ERROR, LINE_PID, LINE_READ
 pub(crate) use self::launch::InitChild;
 pub use self::launch::SandboxStdio;
 use self::launch::{InitLink, LaunchError, LaunchSpec, Launched};
-pub use self::sweep::{SweepReport, remove_parent, sweep_stale};
+pub use self::sweep::{SandboxCgroups, SweepReport, remove_parent, sandbox_cgroups, sweep_stale};
 use crate::RuntimeError;
 use crate::child::group::ProcessGroup;
 use crate::child::{

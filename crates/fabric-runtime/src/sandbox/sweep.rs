@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tokio::time::Instant;
 
-use super::cgroup::{self, Layout};
+use super::cgroup::{self, CgroupVersion, Layout};
 use super::{KILL_TIMEOUT, pause, sys};
 use crate::RuntimeError;
 
@@ -182,6 +182,44 @@ async fn clear(dirs: &[PathBuf], own_pid_ns: Option<&Path>) -> Result<usize, Str
         }
     }
     Ok(seen.len())
+}
+
+/// The sandbox cgroups under one parent, as [`sandbox_cgroups`] found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxCgroups {
+    /// The interface this host's sandboxes use.
+    pub version: CgroupVersion,
+    /// The hierarchy roots looked in: one on v2, one per distinct v1 mount.
+    pub roots: Vec<PathBuf>,
+    /// Each sandbox's name with its directory in every hierarchy, sorted by name.
+    pub sandboxes: Vec<(String, Vec<PathBuf>)>,
+}
+
+/// What is under `cgroup_parent` now: the sandboxes [`sweep_stale`] would
+/// clear, or a fabric's live ones. For operators and tests that check
+/// nothing was left behind, on whichever cgroup interface the host has.
+///
+/// # Errors
+///
+/// [`RuntimeError::SandboxUnavailable`] without usable cgroups,
+/// [`RuntimeError::SandboxCleanup`] if the parent cannot be listed.
+pub fn sandbox_cgroups(cgroup_parent: &Path) -> Result<SandboxCgroups, RuntimeError> {
+    let layout = Layout::detect().map_err(|reason| RuntimeError::SandboxUnavailable { reason })?;
+    let sandboxes =
+        layout
+            .sandboxes_under(cgroup_parent)
+            .map_err(|err| RuntimeError::SandboxCleanup {
+                name: cgroup_parent.display().to_string(),
+                reason: format!(
+                    "cannot list the sandbox cgroups under it: {}",
+                    crate::error::describe(&err)
+                ),
+            })?;
+    Ok(SandboxCgroups {
+        version: layout.version(),
+        roots: layout.roots(),
+        sandboxes,
+    })
 }
 
 /// Removes the (empty) parent cgroup `cgroup_parent` in every hierarchy, for
