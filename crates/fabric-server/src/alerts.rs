@@ -12,12 +12,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fabric_core::{Clock, Timestamp};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
+// tokio's clock, so the windows below are tested on paused time.
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -383,5 +385,91 @@ fn percent(used: f64, allowance: f64) -> f64 {
         used / allowance * 100.0
     } else {
         100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fabric_core::SystemClock;
+
+    use super::*;
+
+    fn hub(config: AlertConfig) -> (Arc<AlertHub>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let hub = AlertHub::new(config, Arc::clone(&metrics), Arc::new(SystemClock));
+        (hub, metrics)
+    }
+
+    fn raise(hub: &AlertHub, entity: &str) -> bool {
+        hub.raise(kind::AGENT_CRASH_LOOP, entity, "m", serde_json::json!({}))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_kind_and_entity_raise_once_per_dedup_window() {
+        let (hub, metrics) = hub(AlertConfig::default());
+        let window = hub.config().dedup_window;
+        assert!(raise(&hub, "a"));
+        assert!(!raise(&hub, "a"), "again at once: de-duplicated");
+        assert!(raise(&hub, "b"), "another entity is another alert");
+        tokio::time::advance(window - Duration::from_secs(1)).await;
+        assert!(!raise(&hub, "a"), "still inside the window");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(raise(&hub, "a"), "a window later it raises again");
+        assert_eq!(metrics.alerts.get(&[kind::AGENT_CRASH_LOOP]), 3);
+        assert_eq!(hub.list(None, 10).len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_error_rate_detector_raises_once_while_the_rate_stays_high() {
+        let config = AlertConfig {
+            error_window: Duration::from_secs(10),
+            check_every: Duration::from_secs(1),
+            ..AlertConfig::default()
+        };
+        let (hub, metrics) = hub(config);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let detector = tokio::spawn(Arc::clone(&hub).watch_error_rates(stopped));
+        // A baseline look, then 9 failures: under the minimum of 10 events.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for _ in 0..9 {
+            metrics.tasks.inc(&["shell", "failed"]);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(hub.list(None, 10).is_empty(), "too few events to judge");
+        // Three more (one of them a success): 11 of 12 failed.
+        metrics.tasks.inc(&["shell", "failed"]);
+        metrics.tasks.inc(&["shell", "timed_out"]);
+        metrics.tasks.inc(&["shell", "completed"]);
+        // Many more looks within the window, the rate as high: one alert.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let alerts = hub.list(Some(kind::TASK_ERROR_RATE), 10);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].details["errors"], 11);
+        assert_eq!(alerts[0].details["total"], 12);
+        assert_eq!(metrics.alerts.get(&[kind::TASK_ERROR_RATE]), 1);
+        // Once the window has passed over them, nothing new is counted.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(hub.list(None, 10).len(), 1);
+        stop.send(true).unwrap();
+        detector.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_restarts_within_the_window_are_a_crash_loop() {
+        let (hub, metrics) = hub(AlertConfig::default());
+        let window = hub.config().crash_loop_window;
+        hub.agent_restarted("x", "exited (code 1)");
+        hub.agent_restarted("x", "exited (code 1)");
+        // The first falls out of the window before the third.
+        tokio::time::advance(window + Duration::from_secs(1)).await;
+        hub.agent_restarted("x", "exited (code 1)");
+        assert!(hub.list(None, 10).is_empty());
+        hub.agent_restarted("x", "exited (code 1)");
+        hub.agent_restarted("x", "exited (code 2)");
+        let alerts = hub.list(Some(kind::AGENT_CRASH_LOOP), 10);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].details["restarts"], 3);
+        assert_eq!(alerts[0].details["last_exit"], "exited (code 2)");
+        assert_eq!(metrics.agent_restarts.get(&["x"]), 5);
     }
 }
