@@ -1,7 +1,7 @@
 //! A real fabric in-process, an admin session on it, and external agents.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fabric_agent::{AgentClient, AgentError, Outcome, RunOptions, TaskContext};
 use fabric_core::api::TaskResultView;
@@ -186,7 +186,8 @@ impl Fabric {
 
     /// Polls until the task is terminal (at most 20 s).
     pub async fn wait_done(&self, id: &str) -> TaskResultView {
-        for _ in 0..1000 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
             let (status, body) = self.get(&format!("/v1/tasks/{id}/result")).await;
             assert_eq!(status, 200, "{body}");
             let view: TaskResultView = serde_json::from_value(body).unwrap();
@@ -221,7 +222,8 @@ impl Fabric {
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) {
-    for _ in 0..400 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         if let Ok(r) = http.get(format!("{base}/readyz")).send().await
             && r.status() == 200
         {

@@ -204,14 +204,16 @@ async fn runs_up_to_concurrency_tasks_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_task_longer_than_its_lease() {
-    let fabric = Fabric::start_with(|c| c.scheduler.lease_ttl = Duration::from_millis(900)).await;
+    // A lease of 3 s (heartbeats every third of it) and a task of 7 s: the
+    // task outlives two leases, and a loaded machine still heartbeats in time.
+    let fabric = Fabric::start_with(|c| c.scheduler.lease_ttl = Duration::from_secs(3)).await;
     let client = fabric.client_for_new_agent("rs", 1).await;
     let (probe, _seen) = Probe::new();
     let runner = Runner::spawn(client, quick_options(1), move |ctx| {
         handle(ctx, probe.clone())
     });
 
-    let id = fabric.create_task("rs", "sleep:3000").await;
+    let id = fabric.create_task("rs", "sleep:7000").await;
     let view = fabric.wait_done(&id).await;
     assert_eq!(view.status, TaskStatus::Completed, "{view:?}");
     // Never lost its lease: one attempt.

@@ -244,7 +244,13 @@ async fn kill_9_mid_load(store: &str, successor: Successor) {
             }
         }));
     }
+    let deadline = Instant::now() + Duration::from_secs(120);
     while acked.lock().await.len() < TASKS / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "half the tasks were never acknowledged: {} of {TASKS}",
+            acked.lock().await.len()
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     server.kill().unwrap(); // SIGKILL
@@ -477,6 +483,7 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
             .bearer_auth(&token)
             .send()
     };
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let t: Value = get(format!("/v1/tasks/{id}"))
             .await
@@ -487,8 +494,23 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
         if t["status"] == "running" {
             break;
         }
+        assert!(Instant::now() < deadline, "the task never ran: {t}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The sandbox's cgroups, as the restart must find and remove them.
+    let cgroups = |prefix: &str| -> Vec<std::path::PathBuf> {
+        let parent = fabric_server::instance_cgroup(&data);
+        let found = fabric_runtime::sandbox::sandbox_cgroups(&parent)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", parent.display()));
+        found
+            .sandboxes
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .flat_map(|(_, dirs)| dirs)
+            .collect()
+    };
+    let first_session = cgroups("boxed-1-");
+    assert!(!first_session.is_empty(), "the running sandbox has cgroups");
     let pgrep = || {
         std::process::Command::new("pgrep")
             .args(["-f", &marker])
@@ -525,6 +547,10 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
         before.len(),
         1,
         "the host agent outlives the server: {before:?}"
+    );
+    assert!(
+        first_session.iter().all(|d| d.exists()),
+        "a SIGKILLed server leaves its sandbox's cgroups: {first_session:?}"
     );
 
     let mut server = spawn_server(&data, port, &log, "sqlite", &[]);
@@ -593,6 +619,14 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
         dirs.len() == 1 && dirs[0].starts_with("boxed-2-"),
         "{dirs:?}"
     );
+    // And only the new session's cgroups: the restart removed the old ones.
+    let stale: Vec<_> = first_session.iter().filter(|d| d.exists()).collect();
+    assert!(
+        stale.is_empty(),
+        "cgroups of the killed session left: {stale:?}"
+    );
+    assert!(!cgroups("boxed-2-").is_empty(), "the new session's sandbox");
+    assert_eq!(cgroups("boxed-").len(), cgroups("boxed-2-").len());
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::process::Output;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -330,7 +331,8 @@ fn container_agents_run_inside_an_instance_and_go_with_down() {
     assert!(text.contains("\n65534\nhttp://localhost:11434\n"), "{text}");
     // The orchestrator cannot see the container's cgroup: usage comes from the daemon.
     let mut memory = 0;
-    for _ in 0..100 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let out = cli(&["-o", "json", "agent", "get", "box"]);
         let agent: Value = serde_json::from_slice(&out.stdout).unwrap();
         memory = agent["agent"]["usage"]["memory_bytes"]
@@ -340,7 +342,7 @@ fn container_agents_run_inside_an_instance_and_go_with_down() {
         if memory > 0 {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     }
     assert!(memory > 0, "usage of a container agent inside an instance");
 

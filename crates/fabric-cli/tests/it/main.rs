@@ -574,7 +574,9 @@ fn logs_follow_streams_until_the_task_ends() {
         })
         .collect();
     assert!(kinds.iter().any(|k| k == "log"), "{out}");
-    assert!(kinds.iter().any(|k| k == "result" || k == "error"), "{out}");
+    // The task completed: its result ends the stream, and nothing is an error.
+    assert_eq!(kinds.last().map(String::as_str), Some("result"), "{out}");
+    assert!(!kinds.iter().any(|k| k == "error"), "{out}");
 }
 
 /// Issue #2 logs / NFR-SEC-2: the server logs one JSON object per line, with

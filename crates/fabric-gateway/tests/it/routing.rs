@@ -80,11 +80,23 @@ async fn retries_only_retryable_failures_and_stops_on_bad_requests() {
     assert_eq!(cloud.control().requests(), 1, "nor sent elsewhere");
 }
 
+/// Moves the breakers' clock (tokio's) on by `by` at once, then lets it run
+/// in step with real time again: the HTTP calls around it need real time.
+async fn pass_time(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 #[tokio::test]
 async fn the_breaker_opens_skips_the_provider_then_half_opens() {
     let (local, cloud) = (mock("local").await, mock("cloud").await);
     let mut config = local_cloud(&local, &cloud);
     config.providers[0].max_retries = Some(0);
+    // Open for a minute, so however slow the calls below, it stays open
+    // until the test moves the clock on.
+    let open_for = Duration::from_secs(60);
+    config.breaker.open_for = open_for;
     let (gw, _) = gateway(config);
     let state = |gw: &fabric_gateway::Gateway| gw.providers()[0].breaker;
 
@@ -103,7 +115,7 @@ async fn the_breaker_opens_skips_the_provider_then_half_opens() {
     );
     assert_eq!(local.control().requests(), 3);
 
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    pass_time(open_for).await;
     assert_eq!(state(&gw), BreakerState::HalfOpen);
     let a = gw.chat(&caller(), &opts(), chat("m", "x")).await.unwrap();
     assert_eq!(a.provider, "openai");
@@ -119,7 +131,8 @@ async fn the_breaker_opens_skips_the_provider_then_half_opens() {
     );
 
     local.control().reset();
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(state(&gw), BreakerState::Open, "still open");
+    pass_time(open_for).await;
     let a = gw.chat(&caller(), &opts(), chat("m", "x")).await.unwrap();
     assert_eq!((a.provider.as_str(), a.fallback), ("ollama", false));
     assert_eq!(
@@ -304,21 +317,26 @@ async fn the_chain_is_capped_and_never_repeats_a_provider() {
 #[tokio::test]
 async fn a_hung_provider_times_out_and_the_next_answers() {
     let (local, cloud) = (mock("local").await, mock("cloud").await);
+    // A hung provider costs its timeout; one that answers has plenty of time
+    // even on a loaded machine.
     let mut config = local_cloud(&local, &cloud);
-    config.providers[0].timeout = Duration::from_millis(300);
-    config.providers[1].timeout = Duration::from_millis(300);
+    config.providers[0].timeout = Duration::from_secs(1);
+    config.providers[1].timeout = Duration::from_secs(30);
     let (gw, _) = gateway(config);
-
     local.control().hang_next(1);
     let started = Instant::now();
     let a = gw.chat(&caller(), &opts(), chat("m", "x")).await.unwrap();
     assert_eq!((a.provider.as_str(), a.fallback), ("openai", true));
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
+        started.elapsed() < Duration::from_secs(30),
+        "the hung provider's 1 s timeout, not the default 60 s: {:?}",
         started.elapsed()
     );
 
+    let mut config = local_cloud(&local, &cloud);
+    config.providers[0].timeout = Duration::from_secs(1);
+    config.providers[1].timeout = Duration::from_secs(2);
+    let (gw, _) = gateway(config);
     local.control().hang_next(1);
     cloud.control().hang_next(1);
     let err = gw
@@ -327,14 +345,14 @@ async fn a_hung_provider_times_out_and_the_next_answers() {
         .unwrap_err();
     assert_eq!((err.status(), err.code()), (504, "upstream_timeout"));
     assert_eq!(err.provider(), Some("openai"));
-    assert!(err.to_string().contains("0.3s"), "{err}");
+    assert!(err.to_string().contains("2s"), "{err}");
 }
 
 #[tokio::test]
 async fn the_whole_call_has_a_deadline() {
     let (local, cloud) = (mock("local").await, mock("cloud").await);
     let mut config = local_cloud(&local, &cloud);
-    config.request_timeout = Duration::from_millis(400);
+    config.request_timeout = Duration::from_secs(2);
     let (gw, _) = gateway(config);
     local.control().hang_next(1);
     let started = Instant::now();
@@ -343,7 +361,11 @@ async fn the_whole_call_has_a_deadline() {
         .await
         .unwrap_err();
     assert_eq!(err.status(), 504, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the call's 2 s deadline, not the provider's 60 s timeout: {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         cloud.control().requests(),
         0,

@@ -170,48 +170,63 @@ async fn canceling_stops_the_command_and_everything_it_started() {
         },
     );
     let canceler = async {
-        for _ in 0..100 {
-            if processes(&b).await.contains("sleep 1002") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_process(&b, "sleep 1002").await;
         let _ = cancel_tx.send(());
         Instant::now()
     };
     let (outcome, canceled_at) = tokio::join!(run, canceler);
     let outcome = outcome.unwrap();
     assert!(outcome.canceled, "{outcome:?}");
+    // SIGTERM ended it: no need to wait out the grace for SIGKILL.
+    assert_eq!(outcome.signal, Some(libc::SIGTERM), "{outcome:?}");
     assert!(
-        canceled_at.elapsed() < Duration::from_secs(3),
-        "stopped promptly"
+        canceled_at.elapsed() < Duration::from_secs(10),
+        "stopped promptly: {:?}",
+        canceled_at.elapsed()
     );
     let ps = processes(&b).await;
     assert!(!ps.contains("sleep 100"), "nothing of it is left: {ps}");
 
-    // A command that ignores SIGTERM gets SIGKILL after the grace.
+    // A command that ignores SIGTERM gets SIGKILL after the grace, not before.
     let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
-    let started = Instant::now();
-    let run = b.shell.run_shell(
-        job(&["trap '' TERM; sleep 1003; sleep 1004"], "t2"),
-        None,
-        async {
-            let _ = cancel_rx.await;
-        },
-    );
+    let t2 = job(&["trap '' TERM; sleep 1003; sleep 1004"], "t2");
+    let grace = t2.kill_grace;
+    let run = b.shell.run_shell(t2, None, async {
+        let _ = cancel_rx.await;
+    });
     let canceler = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_for_process(&b, "sleep 1003").await;
         let _ = cancel_tx.send(());
+        Instant::now()
     };
-    let (outcome, ()) = tokio::join!(run, canceler);
-    assert!(outcome.unwrap().canceled);
+    let (outcome, canceled_at) = tokio::join!(run, canceler);
+    let took = canceled_at.elapsed();
+    let outcome = outcome.unwrap();
+    assert!(outcome.canceled, "{outcome:?}");
+    assert_eq!(outcome.signal, Some(libc::SIGKILL), "{outcome:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
+        took >= grace,
+        "SIGKILL came before the grace period ended: {took:?}"
     );
+    assert!(took < grace + Duration::from_secs(10), "took {took:?}");
     let ps = processes(&b).await;
     assert!(!ps.contains("sleep 100"), "{ps}");
+}
+
+/// Waits until `ps` in the container shows `command` (30 s at most).
+async fn wait_for_process(b: &Agent, command: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps = processes(b).await;
+        if ps.contains(command) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command:?} never started in the container: {ps}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

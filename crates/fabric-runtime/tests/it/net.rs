@@ -382,17 +382,31 @@ async fn the_connection_cap_holds_further_clients_back_until_one_ends() {
     let server = host_server("capped").await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy = start_proxy(listener, &[format!("localhost:{}", server.port)], 2);
-    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", proxy.port));
-    // Two clients that never send a head occupy both slots.
-    let idle_one = connect().await.unwrap();
-    let _idle_two = connect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two open CONNECT tunnels occupy both slots; each client knows its slot
+    // is taken once it reads the proxy's 200.
+    let tunnel = || async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+            .await
+            .unwrap();
+        let head = format!("CONNECT localhost:{} HTTP/1.1\r\n\r\n", server.port);
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 12];
+        within(10, conn.read_exact(&mut answer)).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200", "the tunnel was served");
+        conn
+    };
+    let tunnel_one = tunnel().await;
+    let _tunnel_two = tunnel().await;
+    assert_eq!(proxy.decisions().len(), 2);
     let request = format!("GET http://localhost:{}/ HTTP/1.1\r\n\r\n", server.port);
     let third = tokio::spawn(exchange(proxy.port, request.into_bytes()));
+    // A negative check needs a window: an uncapped proxy answers the third
+    // client within milliseconds; half a second without an answer (and
+    // without a decision) is the cap holding it back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!third.is_finished(), "a third connection was served");
-    assert!(proxy.decisions().is_empty());
-    drop(idle_one);
+    assert_eq!(proxy.decisions().len(), 2, "the third was not decided");
+    drop(tunnel_one);
     let answer = within(10, third).await.unwrap();
     assert!(answer.ends_with("\r\n\r\ncapped"), "{answer}");
     proxy.stop().await;

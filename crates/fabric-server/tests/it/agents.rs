@@ -1,10 +1,11 @@
 //! Agents end to end: the lifecycle API, the agent protocol, and isolation
 //! level `process` on the real kernel (namespaces, cgroups, the egress proxy).
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fabric_core::TaskStatus;
+use fabric_runtime::sandbox::{CgroupVersion, SandboxCgroups};
 use serde_json::{Value, json};
 
 use crate::harness::{TestServer, error_code, examples_dir, sandbox_helper};
@@ -430,15 +431,18 @@ async fn terminate_drains_in_flight_tasks_and_requeues_the_rest() {
     let slow = s
         .create(
             &token,
-            json!({"agent": "drainer", "commands": ["sleep 3; echo slow"], "max_attempts": 3}),
+            json!({"agent": "drainer", "commands": ["sleep 8; echo slow"], "max_attempts": 3}),
         )
         .await;
-    for id in [&quick, &slow] {
-        while s.status_of(&token, id).await != TaskStatus::Running {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let (status, agent) = s.delete(&token, "/v1/agents/drainer?drain_timeout=1").await;
+    s.wait_status(&token, &slow, TaskStatus::Running).await;
+    // The quick one may be done already on a slow machine: drained either way.
+    s.wait_status_in(
+        &token,
+        &quick,
+        &[TaskStatus::Running, TaskStatus::Completed],
+    )
+    .await;
+    let (status, agent) = s.delete(&token, "/v1/agents/drainer?drain_timeout=3").await;
     assert_eq!((status, agent["state"].as_str()), (200, Some("stopped")));
     assert_eq!(s.status_of(&token, &quick).await, TaskStatus::Completed);
     let (_, t) = s.get(&token, &format!("/v1/tasks/{slow}")).await;
@@ -492,9 +496,10 @@ async fn killed_agent_is_restarted_in_a_fresh_sandbox_and_its_task_runs_once_mor
             json!({"agent": "py-kill", "prompt": "sleep:2", "max_attempts": 3}),
         )
         .await;
-    while s.status_of(&token, &task).await != TaskStatus::Running {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    s.wait_status(&token, &task, TaskStatus::Running).await;
+    // The scan below that finds no cgroup left must be able to see one.
+    let live = sandbox_cgroups(&s, "py-kill-1-");
+    assert!(!live.is_empty(), "the first session's sandbox has cgroups");
     let killed = std::process::Command::new("pkill")
         .args(["-KILL", "-f", &marker])
         .status()
@@ -535,32 +540,37 @@ async fn killed_agent_is_restarted_in_a_fresh_sandbox_and_its_task_runs_once_mor
     s.stop().await;
 }
 
-/// `reactor-fabric/i-<first 6 bytes of sha256(data dir)>`: the parent of a server's sandboxes.
-fn instance_cgroup(s: &TestServer) -> String {
-    use sha2::Digest as _;
-    let dir = s.data_dir.canonicalize().unwrap();
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    format!("reactor-fabric/i-{}", hex::encode(&digest[..6]))
+/// Cgroup directories of `s`'s sandboxes whose name starts with `prefix`,
+/// in every hierarchy of the host's cgroup interface (v2 or v1); fails the
+/// test if the host has no usable cgroups rather than finding nothing.
+pub(crate) fn sandbox_cgroups(s: &TestServer, prefix: &str) -> Vec<PathBuf> {
+    host_cgroups(s)
+        .sandboxes
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .flat_map(|(_, dirs)| dirs)
+        .collect()
 }
 
-/// Cgroup directories of `s`'s sandboxes whose name starts with `prefix`, in
-/// every hierarchy. A server's sandboxes live under
-/// `reactor-fabric/i-<first 6 bytes of sha256(data dir)>`.
-fn sandbox_cgroups(s: &TestServer, prefix: &str) -> Vec<std::path::PathBuf> {
-    let instance = instance_cgroup(s);
-    let mut found = Vec::new();
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return found;
-    };
-    for hierarchy in hierarchies.flatten() {
-        let root = hierarchy.path().join(&instance);
-        for sandbox in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            if sandbox.file_name().to_string_lossy().starts_with(prefix) {
-                found.push(sandbox.path());
-            }
-        }
-    }
-    found
+/// The host's cgroup interface and what is under `s`'s instance cgroup.
+fn host_cgroups(s: &TestServer) -> SandboxCgroups {
+    let parent = fabric_server::instance_cgroup(&s.data_dir);
+    fabric_runtime::sandbox::sandbox_cgroups(&parent).unwrap_or_else(|e| {
+        panic!(
+            "cannot list the sandbox cgroups of {}: {e}",
+            parent.display()
+        )
+    })
+}
+
+/// The cgroup directory of `sandbox` that holds `file` (one on v2; on v1
+/// the hierarchy of that file's controller).
+fn cgroup_file(s: &TestServer, sandbox: &str, file: &str) -> PathBuf {
+    sandbox_cgroups(s, sandbox)
+        .into_iter()
+        .map(|dir| dir.join(file))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no {file} in the cgroups of {sandbox}"))
 }
 
 #[tokio::test]
@@ -576,22 +586,16 @@ async fn a_warm_pool_serves_process_spawns_from_pre_started_sandboxes() {
     )
     .await;
     let idle = |s: &TestServer| -> Vec<String> {
-        sandbox_cgroups(s, "pool-")
+        let mut names: Vec<String> = sandbox_cgroups(s, "pool-")
             .iter()
-            .filter(|p| p.starts_with("/sys/fs/cgroup/pids"))
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect()
+            .collect();
+        names.dedup();
+        names
     };
-    let mut pooled = Vec::new();
-    for _ in 0..200 {
-        pooled = idle(&s);
-        if !pooled.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(pooled.len(), 1, "one idle sandbox: {pooled:?}");
     s.wait_pool_idle("process", 1).await;
+    let pooled = idle(&s);
+    assert_eq!(pooled.len(), 1, "one idle sandbox: {pooled:?}");
     s.spawn_agent(
         &token,
         json!({"id": "quick", "isolation": {"level": "process", "memory_mb": 96}}),
@@ -610,28 +614,39 @@ async fn a_warm_pool_serves_process_spawns_from_pre_started_sandboxes() {
         pooled[0]
     );
     // The pooled sandbox took the agent's own memory limit.
-    let memory = sandbox_cgroups(&s, &pooled[0])
-        .into_iter()
-        .find(|p| p.starts_with("/sys/fs/cgroup/memory"))
-        .unwrap();
-    let limit = std::fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap();
+    let host = host_cgroups(&s);
+    let limit_file = match host.version {
+        CgroupVersion::V2 => "memory.max",
+        CgroupVersion::V1 => "memory.limit_in_bytes",
+    };
+    let limit = std::fs::read_to_string(cgroup_file(&s, &pooled[0], limit_file)).unwrap();
     assert_eq!(limit.trim(), (96u64 << 20).to_string());
     let (status, _) = s.delete(&token, "/v1/agents/quick?drain_timeout=0").await;
     assert_eq!(status, 200);
     let (status, _) = s.delete(&token, "/v1/agents/holder?drain_timeout=0").await;
     assert_eq!(status, 200);
     // The pool shrinks to nothing once no agent asks for it.
-    for _ in 0..200 {
-        if idle(&s).is_empty() {
-            break;
-        }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !idle(&s).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the pool kept {:?} with no agent asking for it",
+            idle(&s)
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(idle(&s).is_empty(), "left: {:?}", idle(&s));
-    let parent = Path::new("/sys/fs/cgroup/pids").join(instance_cgroup(&s));
-    assert!(parent.exists());
+    let parents: Vec<PathBuf> = host
+        .roots
+        .iter()
+        .map(|root| root.join(fabric_server::instance_cgroup(&s.data_dir)))
+        .collect();
+    assert!(parents.iter().all(|p| p.exists()), "{parents:?}");
     s.stop().await;
-    assert!(!parent.exists(), "a clean stop removes the server's cgroup");
+    let left: Vec<&PathBuf> = parents.iter().filter(|p| p.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "a clean stop removes the server's cgroup: {left:?}"
+    );
 }
 
 /// The endpoint of an isolation `none` agent (a loopback port of its own) is
@@ -683,7 +698,8 @@ async fn the_inference_endpoint_limits_size_and_time_and_passes_no_credentials()
     assert_eq!(mock.control().requests_by_path().get("/api/chat"), Some(&2));
     // Metered against the agent (the ledger is written in batches).
     let mut usage = Value::Null;
-    for _ in 0..100 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let (status, body) = s.get(&token, "/v1/llm/usage?agent=asks").await;
         assert_eq!(status, 200, "{body}");
         usage = body;

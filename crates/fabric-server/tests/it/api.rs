@@ -321,12 +321,7 @@ async fn full_queue_is_429_with_a_clear_body() {
     .await;
     let token = s.login().await;
     let running = s.create(&token, json!({"prompt": "sleep 30"})).await;
-    for _ in 0..100 {
-        if s.status_of(&token, &running).await == TaskStatus::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    s.wait_status(&token, &running, TaskStatus::Running).await;
     s.create(&token, json!({"prompt": "true"})).await;
     s.create(&token, json!({"prompt": "true"})).await;
     let (status, body) = s.post(&token, "/v1/tasks", json!({"prompt": "true"})).await;
@@ -405,21 +400,30 @@ async fn cancel_stops_a_running_process_and_finished_tasks_conflict() {
     let s = TestServer::start().await;
     let token = s.login().await;
     let marker = s.data_dir.join("still-running");
-    let id = s
-        .create(
-            &token,
-            json!({"prompt": format!("sleep 2; touch {}", marker.display())}),
-        )
-        .await;
-    while s.status_of(&token, &id).await != TaskStatus::Running {
+    let command = format!("sleep 2; touch {}", marker.display());
+    let id = s.create(&token, json!({"prompt": command})).await;
+    // `running` is recorded before the shell starts: wait for the process.
+    let processes = || pgrep(&marker.display().to_string());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes().is_empty() {
+        assert!(Instant::now() < deadline, "the task's shell never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (status, task) = s
         .post(&token, &format!("/v1/tasks/{id}/cancel"), json!({}))
         .await;
     assert_eq!((status, task["status"].as_str()), (200, Some("canceled")));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(!marker.exists(), "the canceled process kept running");
+    // Gone before it could touch the marker, and nothing is left to do it later.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the canceled process kept running: {:?}",
+            processes()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!marker.exists(), "the canceled process ran to its end");
     assert_eq!(s.status_of(&token, &id).await, TaskStatus::Canceled);
     let (status, body) = s
         .post(&token, &format!("/v1/tasks/{id}/cancel"), json!({}))
@@ -579,9 +583,7 @@ async fn restart_keeps_tasks_and_requeues_unfinished_ones() {
     s.wait_done(&token, &done).await;
     let blocker = s.create(&token, json!({"prompt": "sleep 30"})).await;
     let waiting = s.create(&token, json!({"prompt": "echo later"})).await;
-    while s.status_of(&token, &blocker).await != TaskStatus::Running {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    s.wait_status(&token, &blocker, TaskStatus::Running).await;
     s.stop().await;
 
     let s = TestServer::start_in(dir.path().to_path_buf(), |c| c.shell_concurrency = 2).await;
@@ -602,4 +604,16 @@ async fn restart_keeps_tasks_and_requeues_unfinished_ones() {
     s.post(&token, &format!("/v1/tasks/{blocker}/cancel"), json!({}))
         .await;
     s.stop().await;
+}
+
+/// Pids of processes whose command line contains `pattern`.
+fn pgrep(pattern: &str) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fabric_core::{Clock, Timestamp};
 use fabric_gateway::mock::server::{MockConfig, MockServer};
@@ -53,7 +53,8 @@ fn chat(prompt: &str, max_tokens: u32) -> Value {
 /// Polls the ledger until it holds `n` calls of `agent`; returns its totals.
 async fn ledger_totals(s: &TestServer, admin: &str, agent: &str, n: u64) -> Value {
     let mut last = Value::Null;
-    for _ in 0..200 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let (status, body) = s
             .get(admin, &format!("/v1/llm/usage?agent={agent}&limit=1"))
             .await;
@@ -289,7 +290,7 @@ async fn soft_alert_fires_once_and_the_report_matches_the_ledger() {
         ],
         "{alerts}"
     );
-    // And /metrics reports the ratio (90 of 100 tokens at least).
+    // And /metrics reports the ratio: 10 calls of 9 tokens against 100.
     let metrics = s.metrics().await;
     let ratio: f64 = metrics
         .lines()
@@ -297,16 +298,13 @@ async fn soft_alert_fires_once_and_the_report_matches_the_ledger() {
         .unwrap_or_else(|| panic!("no budget ratio for agent:coder in:\n{metrics}"))
         .parse()
         .unwrap();
-    assert!(ratio >= 0.9, "{ratio}");
+    assert_eq!(ratio, 0.9, "{metrics}");
     // The user's and tenant's usage is reported from the ledger (no budget),
     // which the gateway writes every 50 ms.
     ledger_totals(&s, &admin, "coder", 10).await;
     let (status, report) = s.get(&admin, "/v1/usage/tenant:default").await;
     assert_eq!(status, 200, "{report}");
-    assert!(
-        report["tokens"]["used"].as_f64().unwrap() >= 90.0,
-        "{report}"
-    );
+    assert_eq!(report["tokens"]["used"], json!(90.0), "{report}");
     assert!(report["tokens"]["limit"].is_null());
 }
 
@@ -531,7 +529,8 @@ async fn a_spent_compute_budget_refuses_new_tasks_for_the_agent() {
     assert_eq!(status, 200, "{budget}");
     assert_eq!(budget["max_compute_seconds_per_day"], 1);
     let mut refusal = Value::Null;
-    for _ in 0..300 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let (status, body) = s
             .post(
                 &admin,

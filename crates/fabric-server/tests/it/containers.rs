@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fabric_core::TaskStatus;
 use serde_json::{Value, json};
@@ -287,12 +287,7 @@ async fn container_shell_agent_runs_tasks_locked_down_and_terminates_clean() {
             json!({"agent": "box", "commands": ["sleep 1; echo drained"]}),
         )
         .await;
-    for _ in 0..200 {
-        if s.status_of(&token, &slow).await == TaskStatus::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    s.wait_status(&token, &slow, TaskStatus::Running).await;
     let (status, agent) = s.delete(&token, "/v1/agents/box?drain_timeout=30").await;
     assert_eq!(status, 200, "{agent}");
     assert_eq!(agent["state"], "stopped");
@@ -486,7 +481,8 @@ async fn killed_agent_container_is_cleaned_up_and_restarted() {
         .await;
     // Killed while the command runs (a kill before the exec starts is covered
     // too, by the same path: the exec finds no running container).
-    for _ in 0..300 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         if docker(&["top", &first]).contains("sleep 1000") {
             break;
         }
@@ -521,7 +517,8 @@ async fn killed_agent_container_is_cleaned_up_and_restarted() {
     // The task went back to the queue (not failed by the dying command) and
     // runs again, in the new container.
     let mut body = Value::Null;
-    for _ in 0..300 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         body = s.get(&token, &format!("/v1/tasks/{task}")).await.1;
         if body["attempt"] == 2 && body["status"] == "running" {
             break;
@@ -574,7 +571,8 @@ async fn warm_pool_spawn_takes_a_pre_created_container() {
         .collect()
     };
     let mut idle = Vec::new();
-    for _ in 0..300 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         idle = pooled();
         if !idle.is_empty() {
             break;
@@ -590,20 +588,19 @@ async fn warm_pool_spawn_takes_a_pre_created_container() {
             .unwrap()
     };
     let idle_pid = pid(&idle[0]);
-    let started = std::time::Instant::now();
+    // How fast this is belongs to `fabric-bench agents` (BENCHMARKS.md);
+    // here, that the spawn took the pooled container.
     let agent = s
         .spawn_agent(
             &token,
             json!({"id": "warm", "isolation": {"level": "container", "memory_mb": 96}}),
         )
         .await;
-    let took = started.elapsed();
     assert_eq!(
         agent["pid"].as_u64(),
         Some(idle_pid),
         "took the pooled container: {agent}"
     );
-    assert!(took < Duration::from_secs(2), "warm spawn took {took:?}");
     let memory = docker(&["inspect", "--format", "{{.HostConfig.Memory}}", &idle[0]]);
     assert_eq!(
         memory.trim(),
@@ -614,7 +611,8 @@ async fn warm_pool_spawn_takes_a_pre_created_container() {
     assert_eq!((status, stdout.as_str()), (TaskStatus::Completed, "warm\n"));
     // Refilled: a new idle one (not the taken one).
     let mut refilled = Vec::new();
-    for _ in 0..300 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         refilled = pooled().into_iter().filter(|id| *id != idle[0]).collect();
         if !refilled.is_empty() {
             break;

@@ -3,13 +3,17 @@
 //! fallback, breaker state, override, streaming, 413, timeouts, the usage
 //! ledger, and the agent-facing Ollama endpoint.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fabric_gateway::mock::server::{MockConfig, MockServer};
 use fabric_gateway::{GatewayConfig, ProviderConfig, ProviderKind};
 use serde_json::{Value, json};
 
 use crate::harness::{TestServer, error_code};
+
+/// How long the test gateways' breakers stay open: long enough that a loaded
+/// machine's next calls still find a circuit open (0.5 s was not).
+pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(3);
 
 pub struct Upstreams {
     pub local: MockServer,
@@ -47,7 +51,7 @@ impl Upstreams {
         };
         config.retry.backoff = Duration::from_millis(5);
         config.breaker.failure_threshold = 2;
-        config.breaker.open_for = Duration::from_millis(500);
+        config.breaker.open_for = BREAKER_OPEN_FOR;
         config
     }
 }
@@ -55,6 +59,25 @@ impl Upstreams {
 pub async fn server_with(upstreams: &Upstreams) -> TestServer {
     let config = upstreams.config();
     TestServer::start_with(move |c| c.gateway = config).await
+}
+
+/// Waits until no provider's breaker is open (each lets a probe through
+/// after [`BREAKER_OPEN_FOR`]), as `/v1/llm/status` reports them.
+pub async fn wait_no_circuit_open(s: &TestServer, token: &str) {
+    let deadline = Instant::now() + BREAKER_OPEN_FOR + Duration::from_secs(30);
+    loop {
+        let (_, status) = s.get(token, "/v1/llm/status").await;
+        let open = status["providers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{status}"))
+            .iter()
+            .any(|p| p["breaker"] == "open");
+        if !open {
+            return;
+        }
+        assert!(Instant::now() < deadline, "a circuit stayed open: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// An external agent `id` and its token.
@@ -100,7 +123,8 @@ fn chat_body(prompt: &str) -> Value {
 /// Polls the usage ledger until it holds `n` records for the query.
 async fn usage(s: &TestServer, token: &str, query: &str, n: usize) -> Value {
     let mut last = Value::Null;
-    for _ in 0..100 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let (status, body) = s.get(token, &format!("/v1/llm/usage{query}")).await;
         assert_eq!(status, 200, "{body}");
         if body["records"].as_array().is_some_and(|r| r.len() >= n) {
@@ -192,7 +216,7 @@ async fn stopping_the_local_provider_falls_back_and_the_breaker_opens_then_recov
     );
 
     up.local.control().reset();
-    tokio::time::sleep(Duration::from_millis(550)).await;
+    wait_no_circuit_open(&s, &admin).await;
     let (_, headers, _) = post_raw(&s, &admin, "/v1/chat/completions", chat_body("x")).await;
     assert_eq!(
         provider(&headers),
@@ -322,7 +346,7 @@ async fn the_error_taxonomy_over_http() {
     assert_eq!(status, 502, "{text}");
     up.local.control().reset();
     up.cloud.control().reset();
-    tokio::time::sleep(Duration::from_millis(550)).await;
+    wait_no_circuit_open(&s, &admin).await;
     let (status, headers, text) = post_raw(
         &s,
         &admin,

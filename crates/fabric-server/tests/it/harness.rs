@@ -1,7 +1,7 @@
 //! Starts a real server in-process and talks to it over HTTP.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fabric_core::TaskStatus;
 use fabric_core::api::TaskResultView;
@@ -75,7 +75,8 @@ impl TestServer {
 
     /// Polls `/readyz` until 200 (10 s at most).
     pub async fn wait_ready(&self) {
-        for _ in 0..400 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await
                 && r.status() == 200
             {
@@ -192,7 +193,8 @@ impl TestServer {
     /// Polls an agent until `check` holds (10 s at most).
     pub async fn wait_agent(&self, token: &str, id: &str, check: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
-        for _ in 0..400 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
             let (status, agent) = self.get(token, &format!("/v1/agents/{id}")).await;
             assert_eq!(status, 200, "{agent}");
             if check(&agent) {
@@ -210,7 +212,8 @@ impl TestServer {
     pub async fn wait_pool_idle(&self, isolation: &str, n: usize) {
         let line = format!("agent_fabric_pool_idle{{isolation=\"{isolation}\"}} {n}");
         let mut metrics = String::new();
-        for _ in 0..600 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
             metrics = self.metrics().await;
             if metrics.lines().any(|l| l == line) {
                 return;
@@ -245,7 +248,8 @@ impl TestServer {
 
     /// Polls until the task is terminal.
     pub async fn wait_done(&self, token: &str, id: &str) -> TaskResultView {
-        for _ in 0..600 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
             let (status, body) = self.get(token, &format!("/v1/tasks/{id}/result")).await;
             assert_eq!(status, 200, "{body}");
             let view: TaskResultView = serde_json::from_value(body).unwrap();
@@ -255,6 +259,32 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("task {id} did not finish");
+    }
+
+    /// Polls until the task has `status` (30 s at most).
+    pub async fn wait_status(&self, token: &str, id: &str, status: TaskStatus) {
+        self.wait_status_in(token, id, &[status]).await;
+    }
+
+    /// Polls until the task has one of `statuses` (30 s at most); returns it.
+    pub async fn wait_status_in(
+        &self,
+        token: &str,
+        id: &str,
+        statuses: &[TaskStatus],
+    ) -> TaskStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.status_of(token, id).await;
+            if statuses.contains(&now) {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became any of {statuses:?}: still {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn status_of(&self, token: &str, id: &str) -> TaskStatus {

@@ -23,7 +23,7 @@ fn python() -> PathBuf {
     let python = std::env::var_os("FABRIC_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/py-venv/bin/python"));
-    let how = "create it with ./scripts/test, or: python3 -m venv target/py-venv && target/py-venv/bin/pip install openai ollama";
+    let how = "create it with ./scripts/test, or: python3 -m venv target/py-venv && target/py-venv/bin/pip install -r scripts/requirements-test.txt";
     assert!(
         python.exists(),
         "the Python client test needs {} (a venv with the openai and ollama packages): {how}",
