@@ -3,20 +3,29 @@
 //! A `reactor-fabric mock-llm` with a fixed latency is the upstream. One open
 //! loop sends `POST /v1/chat/completions` (small, non-streamed) at `--rate`
 //! through the proxy under test *and*, interleaved half a period later, the
-//! same request straight to the mock at the same rate: added latency =
-//! percentile(through the proxy) − percentile(direct), in the same run, on
-//! the same (shared) machine. The proxies: the fabric (`reactor-fabric serve`
-//! with the mock as an OpenAI-compatible provider) and, when installed,
-//! LiteLLM's proxy configured with the same mock. Each proxy's resident
-//! memory is sampled every 100 ms during its run (the whole process tree for
-//! LiteLLM, which may fork workers).
+//! same request straight to the mock at the same rate. Request `i` through
+//! the proxy and its direct twin `i` are a pair; the added latency is
+//! measured per pair (proxy − direct, both from their due times) and its
+//! percentiles reported: the same moment of the same (shared) machine, not
+//! a difference of two tails. The proxies: the fabric (`reactor-fabric
+//! serve` with the mock as an OpenAI-compatible provider) and, when
+//! installed, LiteLLM's proxy configured with the same mock. Each proxy's
+//! resident memory is sampled every 100 ms during its run (the whole process
+//! tree for LiteLLM, which may fork workers).
 //!
-//! Latency counts from each request's due time (no coordinated omission).
+//! Latency counts from each request's due time (no coordinated omission). A
+//! warm-up phase runs first and is discarded entirely (its requests, and its
+//! calls in the fabric's own overhead histogram). In the measured phase every
+//! request counts: a failure is counted (out of the requests sent after the
+//! warm-up), and a request that hits the client's timeout enters the latency
+//! percentiles at that timeout rather than being dropped; pairs with a failed
+//! side are left out of the added-latency percentiles, which the failure
+//! count qualifies.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -25,8 +34,7 @@ use tokio::process::{Child, Command};
 
 use crate::server::{ADMIN_PASSWORD, Server, resolve_binary};
 use crate::stats::{
-    ProcessCpu, Summary, clock_ticks_per_second, descendants, median, micros, millis, nanos,
-    proc_status_kb,
+    ProcessCpu, Summary, clock_ticks_per_second, descendants, median, millis, nanos, proc_status_kb,
 };
 
 /// LiteLLM refuses to start without a master key; requests then send it,
@@ -245,14 +253,52 @@ fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     })
 }
 
+/// The proxy under test, running.
+enum Running {
+    Fabric(Server),
+    Litellm(Proc),
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Fabric(server) => server.pid,
+            Self::Litellm(litellm) => litellm.pid,
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::Fabric(server) => server.stop().await.map(drop),
+            Self::Litellm(litellm) => {
+                litellm.stop().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The client's deadline per request: a request still unanswered then
+/// counts as a failure with this latency.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 struct Run {
+    /// Every measured request through the proxy (timeouts at [`CLIENT_TIMEOUT`]).
     proxy: Summary,
     direct: Summary,
+    /// Per pair with both sides answered: proxy − direct, ns (p50, p99).
+    added: (i64, i64),
+    /// Requests through the proxy after the warm-up, and how many failed
+    /// (of which timed out).
+    proxied: u64,
     failed: u64,
+    timed_out: u64,
+    direct_failed: u64,
     first_failure: Option<String>,
     rss_idle_kb: u64,
     rss_peak_kb: u64,
-    /// The fabric's own overhead histogram (p50, p99 bucket bounds, µs).
+    /// The fabric's own overhead histogram over the measured phase (p50, p99
+    /// bucket bounds, µs).
     internal: Option<(f64, f64)>,
     /// CPU time per proxied request, µs, of the proxy (all its processes).
     proxy_cpu_us: f64,
@@ -260,101 +306,181 @@ struct Run {
     mock_cpu_us: f64,
 }
 
-/// The open loop: request `i` of the proxy at `start + i/rate`, its direct
-/// twin half a period later.
+/// How one request ended.
+enum Outcome {
+    Ok,
+    Failed(String),
+    TimedOut,
+}
+
+/// One open-loop phase: request `i` of the proxy at `start + i/rate`, its
+/// direct twin half a period later.
+struct Phase {
+    /// `(latency from due, outcome)` of each proxy request, by `i`.
+    proxy: Vec<(u64, Outcome)>,
+    direct: Vec<(u64, Outcome)>,
+}
+
 async fn measure(
-    proxy_url: String,
-    token: Option<String>,
-    direct_url: String,
+    proxy_url: &str,
+    token: Option<&str>,
+    direct_url: &str,
     rate: u32,
     duration: Duration,
-    warmup: Duration,
-) -> anyhow::Result<(Summary, Summary, u64, Option<String>)> {
+) -> anyhow::Result<Phase> {
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(usize::MAX)
-        .timeout(Duration::from_secs(30))
+        .timeout(CLIENT_TIMEOUT)
         .build()?;
     let period = Duration::from_secs(1) / rate;
-    let warm = (warmup.as_secs_f64() * f64::from(rate)) as u32;
-    let total = warm + (duration.as_secs_f64() * f64::from(rate)) as u32;
+    let total = (duration.as_secs_f64() * f64::from(rate)) as u32;
     let runtime = tokio::runtime::Handle::current();
     let start = Instant::now() + Duration::from_millis(50);
-    let failed = Arc::new(AtomicU64::new(0));
-    let dispatcher = {
-        let failed = Arc::clone(&failed);
-        tokio::task::spawn_blocking(move || {
-            let mut handles = Vec::with_capacity(2 * total as usize);
-            for i in 0..total {
-                for (twin, url) in [(0u32, &proxy_url), (1, &direct_url)] {
-                    let due = start + period * i + period * twin / 2;
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let mut request = client
-                        .post(url.as_str())
-                        .header("content-type", "application/json")
-                        .body(BODY);
-                    if twin == 0
-                        && let Some(t) = &token
-                    {
-                        request = request.bearer_auth(t);
-                    }
-                    let failed = Arc::clone(&failed);
-                    handles.push(runtime.spawn(async move {
-                        let outcome = match request.send().await {
-                            Ok(r) if r.status().is_success() => match r.bytes().await {
-                                Ok(_) => Ok(()),
-                                Err(e) => Err(e.to_string()),
-                            },
-                            Ok(r) => Err(format!(
-                                "{}: {}",
-                                r.status(),
-                                r.text().await.unwrap_or_default()
-                            )),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        if outcome.is_err() {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        (i, twin, due, Instant::now(), outcome)
-                    }));
+    let (proxy_url, direct_url) = (proxy_url.to_owned(), direct_url.to_owned());
+    let token = token.map(str::to_owned);
+    let dispatcher = tokio::task::spawn_blocking(move || {
+        let mut handles = Vec::with_capacity(2 * total as usize);
+        for i in 0..total {
+            for (twin, url) in [(0u32, &proxy_url), (1, &direct_url)] {
+                let due = start + period * i + period * twin / 2;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
                 }
+                let mut request = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(BODY);
+                if twin == 0
+                    && let Some(t) = &token
+                {
+                    request = request.bearer_auth(t);
+                }
+                handles.push(runtime.spawn(async move {
+                    let outcome = match request.send().await {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(_) => Outcome::Ok,
+                            Err(e) if e.is_timeout() => Outcome::TimedOut,
+                            Err(e) => Outcome::Failed(e.to_string()),
+                        },
+                        Ok(r) => Outcome::Failed(format!(
+                            "{}: {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) if e.is_timeout() => Outcome::TimedOut,
+                        Err(e) => Outcome::Failed(e.to_string()),
+                    };
+                    let latency = match outcome {
+                        Outcome::TimedOut => nanos(CLIENT_TIMEOUT),
+                        _ => nanos(Instant::now().saturating_duration_since(due)),
+                    };
+                    (twin, latency, outcome)
+                }));
             }
-            handles
-        })
-    };
-    let handles = dispatcher.await?;
-    let (mut proxy, mut direct) = (Vec::new(), Vec::new());
-    let mut first_failure = None;
-    let mut failed_measured = 0;
-    for h in handles {
-        let (i, twin, due, done, outcome) = h.await?;
-        if i < warm {
-            continue;
         }
-        match outcome {
-            Ok(()) => {
-                let latency = nanos(done.saturating_duration_since(due));
-                if twin == 0 {
-                    proxy.push(latency);
-                } else {
-                    direct.push(latency);
-                }
-            }
-            Err(e) => {
-                failed_measured += 1;
-                first_failure.get_or_insert(e);
-            }
+        handles
+    });
+    let mut phase = Phase {
+        proxy: Vec::with_capacity(total as usize),
+        direct: Vec::with_capacity(total as usize),
+    };
+    for h in dispatcher.await? {
+        let (twin, latency, outcome) = h.await?;
+        if twin == 0 {
+            phase.proxy.push((latency, outcome));
+        } else {
+            phase.direct.push((latency, outcome));
         }
     }
-    Ok((
-        Summary::of(&mut proxy),
-        Summary::of(&mut direct),
-        failed_measured,
-        first_failure,
-    ))
+    Ok(phase)
+}
+
+impl Phase {
+    /// The run's numbers from the measured phase.
+    fn summarise(&self) -> (Summary, Summary, (i64, i64), u64, u64, u64, Option<String>) {
+        let mut proxy: Vec<u64> = self.proxy.iter().map(|(l, _)| *l).collect();
+        let mut direct: Vec<u64> = self.direct.iter().map(|(l, _)| *l).collect();
+        let mut added: Vec<i64> = self
+            .proxy
+            .iter()
+            .zip(&self.direct)
+            .filter(|((_, po), (_, dout))| matches!((po, dout), (Outcome::Ok, Outcome::Ok)))
+            .map(|((p, _), (d, _))| {
+                i64::try_from(*p).unwrap_or(i64::MAX) - i64::try_from(*d).unwrap_or(i64::MAX)
+            })
+            .collect();
+        added.sort_unstable();
+        let pick = |q: f64| -> i64 {
+            if added.is_empty() {
+                return 0;
+            }
+            let rank = (q * added.len() as f64).ceil() as usize;
+            added[rank.clamp(1, added.len()) - 1]
+        };
+        let failed = self
+            .proxy
+            .iter()
+            .filter(|(_, o)| !matches!(o, Outcome::Ok))
+            .count();
+        let timed_out = self
+            .proxy
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::TimedOut))
+            .count();
+        let direct_failed = self
+            .direct
+            .iter()
+            .filter(|(_, o)| !matches!(o, Outcome::Ok))
+            .count();
+        let first_failure = self.proxy.iter().find_map(|(_, o)| match o {
+            Outcome::Failed(e) => Some(e.clone()),
+            Outcome::TimedOut => Some(format!("no answer within {CLIENT_TIMEOUT:?}")),
+            Outcome::Ok => None,
+        });
+        (
+            Summary::of(&mut proxy),
+            Summary::of(&mut direct),
+            (pick(0.50), pick(0.99)),
+            failed as u64,
+            timed_out as u64,
+            direct_failed as u64,
+            first_failure,
+        )
+    }
+}
+
+/// Runs the warm-up (discarded), then `between` (e.g. a snapshot of the
+/// proxy's own counters), then the measured phase.
+async fn warm_then_measure<F: Future<Output = anyhow::Result<T>>, T>(
+    args: &GatewayArgs,
+    proxy_url: &str,
+    token: Option<&str>,
+    direct_url: &str,
+    rate: u32,
+    between: F,
+) -> anyhow::Result<(Phase, T)> {
+    if args.warmup > 0 {
+        measure(
+            proxy_url,
+            token,
+            direct_url,
+            rate,
+            Duration::from_secs(args.warmup),
+        )
+        .await?;
+    }
+    let snapshot = between.await?;
+    let phase = measure(
+        proxy_url,
+        token,
+        direct_url,
+        rate,
+        Duration::from_secs(args.duration),
+    )
+    .await?;
+    Ok((phase, snapshot))
 }
 
 async fn run_once(
@@ -369,93 +495,105 @@ async fn run_once(
     let (mock, mock_url) = start_mock(binary, args.mock_latency_ms).await?;
     let direct_url = format!("{mock_url}/v1/chat/completions");
     let duration = Duration::from_secs(args.duration);
-    let warmup = Duration::from_secs(args.warmup);
-    let run = match proxy {
+    let (running, base, token) = match proxy {
         Proxy::Fabric => {
             let (server, token) = start_fabric(binary, &mock_url, dir.path()).await?;
-            let idle = tree_rss_kb(server.pid);
-            let stop = Arc::new(AtomicBool::new(false));
-            let peak = sample_rss(server.pid, Arc::clone(&stop));
-            let url = format!("{}/v1/chat/completions", server.base);
-            let cpu = (tree_cpu_ticks(server.pid), tree_cpu_ticks(mock.pid));
-            let (p, d, failed, first) =
-                measure(url, Some(token.clone()), direct_url, rate, duration, warmup).await?;
-            let cpu = (
-                tree_cpu_ticks(server.pid).saturating_sub(cpu.0),
-                tree_cpu_ticks(mock.pid).saturating_sub(cpu.1),
-            );
-            stop.store(true, Ordering::Relaxed);
-            let peak = peak.await?;
-            let status: serde_json::Value = reqwest::Client::new()
-                .get(format!("{}/v1/llm/status", server.base))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            let internal = internal_overhead(&status);
-            server.stop().await?;
-            Run {
-                proxy: p,
-                direct: d,
-                failed,
-                first_failure: first,
-                rss_idle_kb: idle,
-                rss_peak_kb: peak,
-                internal,
-                proxy_cpu_us: per_request_us(cpu.0, rate, duration + warmup, 1),
-                mock_cpu_us: per_request_us(cpu.1, rate, duration + warmup, 2),
-            }
+            let base = server.base.clone();
+            (Running::Fabric(server), base, token)
         }
         Proxy::Litellm => {
             let (litellm, base) = start_litellm(&args.litellm_bin, &mock_url, dir.path()).await?;
-            let idle = tree_rss_kb(litellm.pid);
-            let stop = Arc::new(AtomicBool::new(false));
-            let peak = sample_rss(litellm.pid, Arc::clone(&stop));
-            let url = format!("{base}/v1/chat/completions");
-            let cpu = (tree_cpu_ticks(litellm.pid), tree_cpu_ticks(mock.pid));
-            let (p, d, failed, first) = measure(
-                url,
-                Some(LITELLM_MASTER_KEY.to_owned()),
-                direct_url,
-                rate,
-                duration,
-                warmup,
+            (
+                Running::Litellm(litellm),
+                base,
+                LITELLM_MASTER_KEY.to_owned(),
             )
-            .await?;
-            let cpu = (
-                tree_cpu_ticks(litellm.pid).saturating_sub(cpu.0),
-                tree_cpu_ticks(mock.pid).saturating_sub(cpu.1),
-            );
-            stop.store(true, Ordering::Relaxed);
-            let peak = peak.await?;
-            litellm.stop().await;
-            Run {
-                proxy: p,
-                direct: d,
-                failed,
-                first_failure: first,
-                rss_idle_kb: idle,
-                rss_peak_kb: peak,
-                internal: None,
-                proxy_cpu_us: per_request_us(cpu.0, rate, duration + warmup, 1),
-                mock_cpu_us: per_request_us(cpu.1, rate, duration + warmup, 2),
-            }
         }
     };
+    let proxy_pid = running.pid();
+    let url = format!("{base}/v1/chat/completions");
+    let idle = tree_rss_kb(proxy_pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = sample_rss(proxy_pid, Arc::clone(&stop));
+    let status_url = format!("{base}/v1/llm/status");
+    let is_fabric = matches!(running, Running::Fabric(_));
+    let overhead = |token: String, status_url: String| async move {
+        if !is_fabric {
+            return Ok(None);
+        }
+        let status: serde_json::Value = reqwest::Client::new()
+            .get(status_url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(Some(status["metrics"]["overhead"].clone()))
+    };
+    let cpu_before = std::cell::Cell::new((0, 0));
+    let (phase, before) = warm_then_measure(args, &url, Some(&token), &direct_url, rate, async {
+        cpu_before.set((tree_cpu_ticks(proxy_pid), tree_cpu_ticks(mock.pid)));
+        overhead(token.clone(), status_url.clone()).await
+    })
+    .await?;
+    let cpu_before = cpu_before.get();
+    let cpu = (
+        tree_cpu_ticks(proxy_pid).saturating_sub(cpu_before.0),
+        tree_cpu_ticks(mock.pid).saturating_sub(cpu_before.1),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let peak = peak.await?;
+    let after = overhead(token.clone(), status_url).await?;
+    let internal = match (before, after) {
+        (Some(before), Some(after)) => internal_overhead(&before, &after),
+        _ => None,
+    };
+    running.stop().await?;
     mock.stop().await;
-    Ok(run)
+    let (proxy_summary, direct, added, failed, timed_out, direct_failed, first_failure) =
+        phase.summarise();
+    Ok(Run {
+        proxy: proxy_summary,
+        direct,
+        added,
+        proxied: phase.proxy.len() as u64,
+        failed,
+        timed_out,
+        direct_failed,
+        first_failure,
+        rss_idle_kb: idle,
+        rss_peak_kb: peak,
+        internal,
+        proxy_cpu_us: per_request_us(cpu.0, rate, duration, 1),
+        mock_cpu_us: per_request_us(cpu.1, rate, duration, 2),
+    })
 }
 
-/// p50 and p99 bucket bounds (µs) of the fabric's overhead histogram.
-fn internal_overhead(status: &serde_json::Value) -> Option<(f64, f64)> {
-    let h = &status["metrics"]["overhead"];
-    let count = h["count"].as_f64()?;
+/// p50 and p99 bucket bounds (µs) of the fabric's overhead histogram over
+/// the measured phase: the snapshot at its end minus the one at its start
+/// (cumulative `[le, count]` buckets), so the warm-up's calls are not in it.
+fn internal_overhead(before: &serde_json::Value, after: &serde_json::Value) -> Option<(f64, f64)> {
+    let buckets = |h: &serde_json::Value| -> Option<Vec<(f64, f64)>> {
+        h["buckets"]
+            .as_array()?
+            .iter()
+            .map(|b| Some((b[0].as_f64()?, b[1].as_f64()?)))
+            .collect()
+    };
+    let (start, end) = (buckets(before)?, buckets(after)?);
+    let count = after["count"].as_f64()? - before["count"].as_f64()?;
+    if start.len() != end.len() || count <= 0.0 {
+        return None;
+    }
+    let delta: Vec<(f64, f64)> = start
+        .iter()
+        .zip(&end)
+        .map(|((le, a), (_, b))| (*le, b - a))
+        .collect();
     let bound = |q: f64| {
-        h["buckets"].as_array()?.iter().find_map(|b| {
-            let (le, c) = (b[0].as_f64()?, b[1].as_f64()?);
-            (c >= (count * q).ceil()).then_some(le * 1e6)
-        })
+        delta
+            .iter()
+            .find_map(|(le, c)| (*c >= (count * q).ceil()).then_some(le * 1e6))
     };
     Some((bound(0.5)?, bound(0.99)?))
 }
@@ -474,21 +612,24 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
                 match run_once(args, &binary, proxy, rate).await {
                     Ok(r) => {
                         println!(
-                            "{proxy:?} @ {rate}/s rep {rep}: proxy p50 {:.2} ms p99 {:.2} ms | direct p50 {:.2} ms p99 {:.2} ms | added p50 {:.0} µs p99 {:.0} µs | failed {} | CPU/request proxy {:.0} µs, mock {:.0} µs | RSS idle {} MB peak {} MB{}{}",
+                            "{proxy:?} @ {rate}/s rep {rep}: proxy p50 {:.2} ms p99 {:.2} ms | direct p50 {:.2} ms p99 {:.2} ms | added per pair p50 {:.0} µs p99 {:.0} µs | failed {} of {} proxied ({} timed out; direct failed {}) | CPU/request proxy {:.0} µs, mock {:.0} µs | RSS idle {} MB peak {} MB{}{}",
                             millis(r.proxy.p50),
                             millis(r.proxy.p99),
                             millis(r.direct.p50),
                             millis(r.direct.p99),
-                            added(r.proxy.p50, r.direct.p50),
-                            added(r.proxy.p99, r.direct.p99),
+                            r.added.0 as f64 / 1e3,
+                            r.added.1 as f64 / 1e3,
                             r.failed,
+                            r.proxied,
+                            r.timed_out,
+                            r.direct_failed,
                             r.proxy_cpu_us,
                             r.mock_cpu_us,
                             r.rss_idle_kb / 1024,
                             r.rss_peak_kb / 1024,
                             r.internal
                                 .map(|(a, b)| format!(
-                                    " | internal overhead histogram p50 ≤ {a:.0} µs p99 ≤ {b:.0} µs"
+                                    " | internal overhead histogram (measured phase) p50 ≤ {a:.0} µs p99 ≤ {b:.0} µs"
                                 ))
                                 .unwrap_or_default(),
                             r.first_failure
@@ -508,13 +649,18 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| proxy | rate | direct p50 / p99 | through proxy p50 / p99 | added p50 | added p99 | failed | proxy CPU / request | RSS idle → peak |"
+        "Medians over reps. Latencies from due times; a timed-out request counts as {} s; added = per-pair proxy − direct over pairs where both answered.",
+        CLIENT_TIMEOUT.as_secs()
+    );
+    println!();
+    println!(
+        "| proxy | rate | direct p50 / p99 | through proxy p50 / p99 | added p50 (pairs) | added p99 (pairs) | failed of proxied (timed out) | proxy CPU / request | RSS idle → peak |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (proxy, rate, runs) in &rows {
         let med = |f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         println!(
-            "| {} | {rate}/s | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} → {:.0} MB |",
+            "| {} | {rate}/s | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} µs | {:.0} µs | {:.0} of {:.0} ({:.0}) | {:.0} µs | {:.0} → {:.0} MB |",
             match proxy {
                 Proxy::Fabric => "reactor-fabric",
                 Proxy::Litellm => "LiteLLM proxy",
@@ -523,9 +669,11 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             med(&|r| millis(r.direct.p99)),
             med(&|r| millis(r.proxy.p50)),
             med(&|r| millis(r.proxy.p99)),
-            med(&|r| added(r.proxy.p50, r.direct.p50)),
-            med(&|r| added(r.proxy.p99, r.direct.p99)),
+            med(&|r| r.added.0 as f64 / 1e3),
+            med(&|r| r.added.1 as f64 / 1e3),
             med(&|r| r.failed as f64),
+            med(&|r| r.proxied as f64),
+            med(&|r| r.timed_out as f64),
             med(&|r| r.proxy_cpu_us),
             med(&|r| r.rss_idle_kb as f64 / 1024.0),
             med(&|r| r.rss_peak_kb as f64 / 1024.0),
@@ -538,9 +686,4 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
 fn per_request_us(ticks: u64, rate: u32, elapsed: Duration, requests_per_rate: u32) -> f64 {
     let requests = f64::from(rate * requests_per_rate) * elapsed.as_secs_f64();
     ticks as f64 / clock_ticks_per_second() * 1e6 / requests.max(1.0)
-}
-
-/// `proxy − direct` in µs (negative when noise wins).
-fn added(proxy: u64, direct: u64) -> f64 {
-    micros(proxy) - micros(direct)
 }

@@ -590,16 +590,46 @@ pub async fn run(args: &HttpArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let store = StoreArgs::new(args.redis)?;
+    let mut failures = Failures::default();
     if args.parts.contains(&Part::Throughput) {
-        throughput(args, &binary, &store).await?;
+        throughput(args, &binary, &store, &mut failures).await?;
     }
     if args.parts.contains(&Part::Latency) {
-        latency(args, &binary, &store).await?;
+        latency(args, &binary, &store, &mut failures).await?;
     }
     if args.parts.contains(&Part::Telemetry) {
-        telemetry(args, &binary, &store).await?;
+        telemetry(args, &binary, &store, &mut failures).await?;
     }
-    Ok(())
+    failures.check()
+}
+
+/// Requests answered other than expected (a create not `201`, a check not
+/// `200`), over every run. The tables count them; any at all fails the bench
+/// after the tables are printed: the rates above count only successes, so a
+/// run with failures does not measure what it says.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn add(&mut self, count: u64, first: Option<&str>) {
+        self.count += count;
+        if self.first.is_none() {
+            self.first = first.map(str::to_owned);
+        }
+    }
+
+    fn check(self) -> anyhow::Result<()> {
+        match self.count {
+            0 => Ok(()),
+            n => anyhow::bail!(
+                "{n} requests got an unexpected answer (first: {}); the numbers above count only the expected answers, so they are not a valid measurement",
+                self.first.as_deref().unwrap_or("?")
+            ),
+        }
+    }
 }
 
 /// A sink for OTLP/HTTP exports: answers every request 200 and counts the
@@ -652,6 +682,7 @@ async fn telemetry(
     args: &HttpArgs,
     binary: &std::path::Path,
     store: &StoreArgs,
+    failures: &mut Failures,
 ) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration);
     let c = args.concurrency.first().copied().unwrap_or(64);
@@ -684,6 +715,7 @@ async fn telemetry(
                 })
             });
             let create = closed_loop(&client, Target::CreateNoop, c, duration, server.pid).await?;
+            failures.add(create.failed, create.first_failure.as_deref());
             let finished_at = wait_until_finished(&client).await?;
             if let Some(s) = scraper {
                 s.abort();
@@ -755,6 +787,7 @@ async fn throughput(
     args: &HttpArgs,
     binary: &std::path::Path,
     store: &StoreArgs,
+    failures: &mut Failures,
 ) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration);
     let mut runs: BTreeMap<usize, Vec<ThroughputRun>> = BTreeMap::new();
@@ -793,6 +826,8 @@ async fn throughput(
                 r.healthz.cpu.server,
                 r.healthz.cpu.bench,
             );
+            failures.add(r.create.failed, r.create.first_failure.as_deref());
+            failures.add(r.healthz.failed, r.healthz.first_failure.as_deref());
             runs.entry(r.concurrency).or_default().push(r);
         }
     }
@@ -804,16 +839,17 @@ async fn throughput(
     );
     println!();
     println!(
-        "| clients | created/s | create→complete tasks/s | create p50 / p99 (ms) | {} req/s | create ÷ healthz | server CPU (cores) | bench CPU (cores) |",
+        "| clients | created/s | create→complete tasks/s | create p50 / p99 (ms) | {} req/s | create ÷ healthz | server CPU (cores) | bench CPU (cores) | failed (all reps) |",
         Target::Healthz.label()
     );
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (c, rs) in &runs {
         let med = |f: &dyn Fn(&ThroughputRun) -> f64| median(&rs.iter().map(f).collect::<Vec<_>>());
         let created = med(&|r| r.create.per_sec());
         let healthz = med(&|r| r.healthz.per_sec());
+        let failed: u64 = rs.iter().map(|r| r.create.failed + r.healthz.failed).sum();
         println!(
-            "| {c} | {created:.0} | {:.0} | {:.2} / {:.2} | {healthz:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {c} | {created:.0} | {:.0} | {:.2} / {:.2} | {healthz:.0} | {:.2} | {:.2} | {:.2} | {failed} |",
             med(&|r| r.completed_per_sec),
             med(&|r| millis(r.create.latency.p50)),
             med(&|r| millis(r.create.latency.p99)),
@@ -829,6 +865,7 @@ async fn latency(
     args: &HttpArgs,
     binary: &std::path::Path,
     store: &StoreArgs,
+    failures: &mut Failures,
 ) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for rep in 1..=args.reps {
@@ -869,6 +906,7 @@ async fn latency(
             r.cpu.breakdown(),
             r.cpu.bench,
         );
+        failures.add(r.failed as u64, r.first_failure.as_deref());
         runs.push(r);
     }
     let med = |f: &dyn Fn(&LatencyRun) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
@@ -903,6 +941,11 @@ async fn latency(
         );
     }
     println!();
+    println!(
+        "failed: {} of {} measured requests (all reps; failures are not in the percentiles)",
+        runs.iter().map(|r| r.failed).sum::<usize>(),
+        runs.iter().map(|r| r.sent).sum::<usize>(),
+    );
     println!(
         "achieved {:.0}/s, max in flight {:.0}, server {:.2} cores, bench {:.2} cores",
         med(&|r| r.achieved_rate),
