@@ -1,4 +1,4 @@
-//! The policy engine (SPEC §7, FR-POL-1, 3, 4): policies compiled into a
+//! The policy engine (REQUIREMENTS §7, FR-POL): policies compiled into a
 //! [`PolicySet`] that answers "may this actor do this action?" in
 //! microseconds, with no IO and no clock of its own.
 //!
