@@ -103,7 +103,8 @@ impl Default for IsolationConfig {
     }
 }
 
-/// `budget { ... }`: limits per day (enforced by the budgets issue; stored now).
+/// `budget { ... }`: limits per day. At spawn they become the agent's budget
+/// (`agent:<id>`), which the server's budgets service enforces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
