@@ -362,8 +362,8 @@ impl PolicySet {
 /// everything the fabric did before policies existed keeps working: it
 /// allows task creation, LLM calls and egress (the agent's egress allowlist
 /// still applies first) in every tenant, at the lowest priority, so any
-/// other tenant policy overrides it. Admins may edit or delete it; once
-/// deleted it is not recreated (the server remembers the seed).
+/// other tenant policy overrides it. Admins may edit or delete it; the
+/// server creates it again only at a start that finds no policy at all.
 pub fn default_policy() -> Policy {
     use fabric_core::policy::PolicyRule;
     let allow = |pattern: &str| PolicyRule {
