@@ -1,4 +1,4 @@
-//! [`FabricClient`]: the HTTP API (`/v1/...`, SPEC §10) and the task WebSocket, spoken
+//! [`FabricClient`]: the HTTP API (`/v1/...`, REQUIREMENTS §10) and the task WebSocket, spoken
 //! with the wire types of `fabric-core` only (this module must never use the server crate).
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! [`CliError`]: every way a command can fail, and the exit code each one means (SPEC §11).
+//! [`CliError`]: every way a command can fail, and the exit code each one means (REQUIREMENTS §11).
 
 use fabric_core::{TaskId, TaskStatus};
 use fabric_docker::DockerError;
@@ -8,7 +8,7 @@ use fabric_docker::instance::InstanceError;
 use crate::client::ClientError;
 use crate::config::ConfigError;
 
-/// Exit codes of SPEC §11. clap exits with [`exit::USAGE`] on its own.
+/// Exit codes of REQUIREMENTS §11. clap exits with [`exit::USAGE`] on its own.
 pub mod exit {
     pub const OK: u8 = 0;
     pub const ERROR: u8 = 1;
@@ -102,7 +102,7 @@ fn not_logged_in_message(url: &str, stored_for: Option<&str>) -> String {
 }
 
 impl CliError {
-    /// The process exit code for this error (SPEC §11).
+    /// The process exit code for this error (REQUIREMENTS §11).
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => exit::USAGE,
@@ -115,7 +115,7 @@ impl CliError {
                 } => exit::AUTH,
                 ClientError::Api { status: 404, .. } => exit::NOT_FOUND,
                 ClientError::Api { status: 409, .. } => exit::CONFLICT,
-                // The server answered, but its Docker daemon did not (SPEC §11: 6).
+                // The server answered, but its Docker daemon did not (REQUIREMENTS §11: 6).
                 ClientError::Api { code, .. } if code == "docker_unavailable" => exit::UNREACHABLE,
                 ClientError::Api { .. } | ClientError::Protocol(_) | ClientError::Request(_) => {
                     exit::ERROR

@@ -1,4 +1,4 @@
-//! The `reactor-fabric` command line (SPEC §11): every subcommand, the client for
+//! The `reactor-fabric` command line (REQUIREMENTS §11): every subcommand, the client for
 //! the HTTP API it talks to, and its own small config file.
 //!
 //! The API client speaks only the wire types of `fabric-core`; the server crate is
@@ -13,7 +13,7 @@
 //! - [`config`]: where the server is and which token to use: the config file
 //!   (`config.toml`, written 0600), `FABRIC_*` environment and flags, in that order.
 //! - [`output`]: human text vs `-o json`, and stdout writes that survive a closed pipe.
-//! - [`error`]: [`CliError`], which knows the exit code of every failure (SPEC §11).
+//! - [`error`]: [`CliError`], which knows the exit code of every failure (REQUIREMENTS §11).
 
 // Tests may unwrap: a panic there is a failed test, which is the point.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     {
         fabric_runtime::sandbox::helper_main(args.collect())
     }
-    // clap prints its own usage errors and exits 2 (SPEC §11 "2 usage").
+    // clap prints its own usage errors and exits 2 (REQUIREMENTS §11 "2 usage").
     let cli = fabric_cli::Cli::parse();
     match fabric_cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! Agents (SPEC §5): their configuration, life-cycle state and sessions.
+//! Agents (REQUIREMENTS §5): their configuration, life-cycle state and sessions.
 
 use std::fmt;
 use std::str::FromStr;
@@ -103,7 +103,8 @@ impl Default for IsolationConfig {
     }
 }
 
-/// `budget { ... }`: limits per day (enforced by the budgets issue; stored now).
+/// `budget { ... }`: limits per day. At spawn they become the agent's budget
+/// (`agent:<id>`), which the server's budgets service enforces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -150,7 +151,7 @@ pub struct PoolConfig {
     pub min_idle: u32,
 }
 
-/// An agent's configuration (SPEC §5), as given to `POST /v1/agents` or in an agent file.
+/// An agent's configuration (REQUIREMENTS §5), as given to `POST /v1/agents` or in an agent file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! Bodies of the HTTP API under `/v1` (SPEC §10). The server serves them, the CLI
+//! Bodies of the HTTP API under `/v1` (REQUIREMENTS §10). The server serves them, the CLI
 //! client sends and reads them; neither depends on the other.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Users, API tokens and the scopes a token carries (SPEC §10).
+//! Users, API tokens and the scopes a token carries (REQUIREMENTS §10).
 
 use std::fmt;
 use std::str::FromStr;

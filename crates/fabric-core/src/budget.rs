@@ -1,4 +1,4 @@
-//! Budgets (SPEC §8, FR-BUD): who a budget is for ([`BudgetEntity`]), its
+//! Budgets (REQUIREMENTS §8, FR-BUD): who a budget is for ([`BudgetEntity`]), its
 //! limits ([`BudgetSpec`]), what the store keeps of it ([`BudgetRecord`]),
 //! the [`BudgetStore`] port, and the API bodies of `/v1/budgets` and
 //! `/v1/usage`. The accounting itself lives in `fabric-engine::budget`.
@@ -145,7 +145,7 @@ fn default_alert_threshold() -> u8 {
     80
 }
 
-/// `PUT /v1/budgets/{entity}`: the SPEC §5 budget fields plus the reset
+/// `PUT /v1/budgets/{entity}`: the REQUIREMENTS §5 budget fields plus the reset
 /// policy. An unset limit is unlimited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -5,15 +5,15 @@
 //!
 //! # Layout
 //!
-//! - [`agent`]: agent configuration (SPEC §5), state, health, sessions, egress rules.
+//! - [`agent`]: agent configuration (REQUIREMENTS §5), state, health, sessions, egress rules.
 //! - [`ids`]: newtype identifiers (tasks, agents, tenants) and validation.
 //! - [`time`]: [`Timestamp`] (wall-clock milliseconds, RFC 3339 on the wire) and the [`Clock`] port.
 //! - [`task`]: the task model: [`Task`], [`Priority`], [`TaskStatus`] and its legal transitions.
 //! - [`auth`]: users, API tokens and [`Scope`]s.
-//! - [`budget`]: budget entities, limits, the [`BudgetStore`] port, usage reports (SPEC §8).
+//! - [`budget`]: budget entities, limits, the [`BudgetStore`] port, usage reports (REQUIREMENTS §8).
 //! - [`api`]: request and response bodies of the HTTP API (`/v1/...`).
 //! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
-//! - [`policy`]: policies, approvals, audit records and the [`PolicyStore`] port (SPEC §7).
+//! - [`policy`]: policies, approvals, audit records and the [`PolicyStore`] port (REQUIREMENTS §7).
 //! - [`usage`]: the LLM usage ledger ([`UsageRecord`], [`UsageStore`]) the gateway meters into.
 
 pub mod agent;

@@ -1,4 +1,4 @@
-//! Policies, approvals and the audit trail (SPEC §7, FR-POL): the records the
+//! Policies, approvals and the audit trail (REQUIREMENTS §7, FR-POL): the records the
 //! policy engine (`fabric-engine::policy`) evaluates and the server persists
 //! through the [`PolicyStore`] port.
 
@@ -150,7 +150,7 @@ pub const DEFAULT_APPROVAL_TIMEOUT_SECS: u64 = 300;
 /// Longest approval timeout a rule may set (a day).
 pub const MAX_APPROVAL_TIMEOUT_SECS: u64 = 86_400;
 
-/// A policy: rules attached to a tenant, workspace or agent (SPEC §7). The
+/// A policy: rules attached to a tenant, workspace or agent (REQUIREMENTS §7). The
 /// body of `PUT /v1/policies/{id}` and the entries of `policy apply -f`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

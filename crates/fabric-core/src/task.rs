@@ -1,4 +1,4 @@
-//! The task model (SPEC §4): what a task asks for, where it is in its life, what it produced.
+//! The task model (REQUIREMENTS §4): what a task asks for, where it is in its life, what it produced.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -288,7 +288,7 @@ pub struct Task {
     pub finished_at: Option<Timestamp>,
     /// W3C trace context of the request that created the task (its
     /// `traceparent`), so that its scheduling, leases and execution join that
-    /// trace (FR-TEL-2). Absent when the task was created untraced.
+    /// trace (FR-TEL traces). Absent when the task was created untraced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }

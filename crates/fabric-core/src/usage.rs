@@ -1,4 +1,4 @@
-//! The LLM usage ledger (SPEC §6 metering, §8 budgets): one [`UsageRecord`] per
+//! The LLM usage ledger (REQUIREMENTS §6 metering, §8 budgets): one [`UsageRecord`] per
 //! gateway call, stored through the [`UsageStore`] port and summed by
 //! [`UsageTotals`] for budgets and reports.
 

@@ -1,5 +1,5 @@
-//! Agent containers (isolation level `container`, SPEC §5 FR-ISO) and their
-//! inference sidecars (SPEC §6).
+//! Agent containers (isolation level `container`, REQUIREMENTS §5 FR-ISO) and their
+//! inference sidecars (REQUIREMENTS §6).
 //!
 //! An agent container is locked down the same way whatever it runs:
 //!

@@ -5,14 +5,14 @@
 
 use bollard::errors::Error as BollardError;
 
-/// What SPEC §3 says every command prints when there is no daemon, word for word.
+/// What REQUIREMENTS §3 says every command prints when there is no daemon, word for word.
 pub const DAEMON_UNREACHABLE: &str = "Cannot connect to the Docker daemon. Is it running?";
 
 /// A failed Docker operation.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     /// No daemon answers at `DOCKER_HOST` (or the default socket).
-    // The SPEC fixes this text (capitalised, with a question mark), unlike our other messages.
+    // REQUIREMENTS §3 fixes this text (capitalised, with a question mark), unlike our other messages.
     #[error("{}", DAEMON_UNREACHABLE)]
     DaemonUnreachable {
         /// What the connection attempt said (for `--verbose`-style diagnostics, not printed).

@@ -1,4 +1,4 @@
-//! The instance lifecycle of SPEC §3: [`start`], [`down`], [`list`].
+//! The instance lifecycle of REQUIREMENTS §3: [`start`], [`down`], [`list`].
 //!
 //! An instance `NAME` is a bridge network `reactor-fabric-NAME`, the containers
 //! `reactor-fabric-NAME-orchestrator` (this binary's `serve`) and
@@ -42,7 +42,7 @@ use crate::labels::{
 };
 use crate::stats::{self, Target, Usage};
 
-/// Where the orchestrator keeps its state: the instance's Redis (SPEC §2.2),
+/// Where the orchestrator keeps its state: the instance's Redis (REQUIREMENTS §2.2),
 /// which it waits for before starting. `SqliteInVolume` is kept for an
 /// orchestrator without Redis (its own volume, no waiting).
 pub const ORCHESTRATOR_STORE: OrchestratorStore = OrchestratorStore::Redis;

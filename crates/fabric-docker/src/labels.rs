@@ -1,4 +1,4 @@
-//! The labels and names every reactor-fabric Docker resource carries (SPEC §3).
+//! The labels and names every reactor-fabric Docker resource carries (REQUIREMENTS §3).
 //!
 //! Labels, not names, are the source of truth: `down` and `list` find an instance's
 //! containers, networks and volumes by [`LABEL_INSTANCE`], so whatever else is

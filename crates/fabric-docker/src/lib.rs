@@ -1,6 +1,6 @@
 //! Docker for reactor-fabric: a thin client with clear errors, the labels every
 //! resource carries, images built locally without a registry, and the namespaced
-//! instance lifecycle of SPEC §2.2 and §3 (`start`, `down`, `list`).
+//! instance lifecycle of REQUIREMENTS §2.2 and §3 (`start`, `down`, `list`).
 //!
 //! bollard lives here alone, so its weight stays out of the crates that do not
 //! talk to Docker; the container isolation level for agents builds on the same

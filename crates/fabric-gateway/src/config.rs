@@ -52,9 +52,9 @@ pub const ENV_ANTHROPIC_BASE_URL: &str = "ANTHROPIC_BASE_URL";
 /// Overrides the file's `policy`, e.g. `cloud` or `ollama,openai`.
 pub const ENV_GATEWAY_POLICY: &str = "FABRIC_GATEWAY_POLICY";
 
-/// Default per-request limit of the whole call (SPEC §6: 120 s).
+/// Default per-request limit of the whole call (REQUIREMENTS §6: 120 s).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Default largest request body (SPEC §6: 10 MiB → 413).
+/// Default largest request body (REQUIREMENTS §6: 10 MiB → 413).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// Most providers a chain may hold beyond the first, whatever the config says.
 pub const MAX_FALLBACKS_LIMIT: usize = 8;

@@ -1,4 +1,4 @@
-//! The error taxonomy (SPEC §6): what one upstream attempt can fail with
+//! The error taxonomy (REQUIREMENTS §6): what one upstream attempt can fail with
 //! ([`ProviderError`]) and what a gateway call answers ([`GatewayError`]),
 //! each knowing its HTTP status, its stable code and whether a retry helps.
 
@@ -152,10 +152,10 @@ pub enum GatewayError {
         correlation_id: Option<String>,
         retry_after: Option<u64>,
     },
-    /// The caller's budget is spent (budgets; SPEC §8).
+    /// The caller's budget is spent (budgets; REQUIREMENTS §8).
     #[error("{0}")]
     QuotaExceeded(String),
-    /// A hard budget limit refused the call (SPEC §8): which entity, which
+    /// A hard budget limit refused the call (REQUIREMENTS §8): which entity, which
     /// limit, when it resets.
     #[error("{message}")]
     BudgetExceeded {

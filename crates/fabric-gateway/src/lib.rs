@@ -1,4 +1,4 @@
-//! The inference gateway (SPEC §6): every LLM call an agent or user makes
+//! The inference gateway (REQUIREMENTS §6): every LLM call an agent or user makes
 //! goes through [`Gateway`], which routes it local-first with cloud fallback,
 //! never hands out a provider key, and meters every token.
 //!

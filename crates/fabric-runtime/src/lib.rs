@@ -1,7 +1,7 @@
 //! Where agent work runs.
 //!
 //! Today that is a plain child process on the host: isolation level `none`
-//! (SPEC §5, FR-ISO), the executor behind the built-in `shell` agent. It runs a
+//! (REQUIREMENTS §5, FR-ISO), the executor behind the built-in `shell` agent. It runs a
 //! task's commands with a minimal environment, captures their output up to a
 //! documented limit ([`DEFAULT_OUTPUT_LIMIT`]), streams it line by line, and on
 //! cancel terminates every process a command started, not just the shell.

@@ -1,4 +1,4 @@
-//! Anomaly alerts (FR-TEL-6): the [`AlertHub`] every detector raises into,
+//! Anomaly alerts (FR-TEL): the [`AlertHub`] every detector raises into,
 //! and the built-in detectors (task and HTTP error rates over a window,
 //! agent crash loops; budgets call [`AlertHub::budget_exceeded`]).
 //!

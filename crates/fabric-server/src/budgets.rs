@@ -1,4 +1,4 @@
-//! Budgets in the server (SPEC §8): [`BudgetService`] owns the live
+//! Budgets in the server (REQUIREMENTS §8): [`BudgetService`] owns the live
 //! accounting ([`SharedBudgets`] from `fabric-engine`), keeps the store's
 //! budget records in step, rebuilds the current period from the usage ledger
 //! at start, delivers alerts through one [`BudgetAlerts`] hook, and plugs

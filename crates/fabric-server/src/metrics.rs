@@ -1,4 +1,4 @@
-//! Prometheus metrics (FR-TEL-1, SPEC §9): a small hand-rolled registry of
+//! Prometheus metrics (FR-TEL, REQUIREMENTS §9): a small hand-rolled registry of
 //! atomic counters and fixed-bucket histograms, rendered in the text
 //! exposition format (0.0.4) by `GET /metrics`.
 //!

@@ -250,7 +250,8 @@ impl PolicyService {
     /// THE decision point: evaluates `action` for `actor` against the current
     /// set, honours approval grants, and audits the decision (asynchronously,
     /// through the store's writer). Every enforcement point calls this, once
-    /// per decision. (Metrics: count `decision.effect` here.)
+    /// per decision. (Its metric, `agent_fabric_policy_decisions_total`, is
+    /// counted in `audit`, with the record.)
     pub fn decide(
         &self,
         actor: &Actor,

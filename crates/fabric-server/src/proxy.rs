@@ -1,7 +1,7 @@
 //! The container sidecar (`reactor-fabric proxy`): what a container agent
-//! reaches as `OLLAMA_BASE_URL` (SPEC §6) inside its network namespace.
+//! reaches as `OLLAMA_BASE_URL` (REQUIREMENTS §6) inside its network namespace.
 //!
-//! [`InferenceForward`] is its forwarding hop, with the SPEC's limits: request
+//! [`InferenceForward`] is its forwarding hop, with the limits of REQUIREMENTS §6: request
 //! bodies over [`MAX_REQUEST_BYTES`] get 413, an upstream slower than its
 //! timeout (120 s) gets 504, and credentials never pass (`Authorization` and
 //! `Proxy-Authorization` from the agent are dropped; none are added). Its

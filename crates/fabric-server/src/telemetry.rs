@@ -1,4 +1,4 @@
-//! Telemetry (SPEC §9): log output, the metrics registry, the tracer and the
+//! Telemetry (REQUIREMENTS §9): log output, the metrics registry, the tracer and the
 //! alert hub bundled as [`Telemetry`], and the HTTP middleware that measures
 //! and traces every request.
 //!
@@ -230,7 +230,7 @@ pub async fn http_layer(State(layer): State<HttpLayer>, request: Request, next: 
 }
 
 /// `GET /metrics`: the Prometheus text exposition. Unauthenticated like
-/// `/healthz` (SPEC §10): it holds counts, agent ids and model names, never
+/// `/healthz` (REQUIREMENTS §10): it holds counts, agent ids and model names, never
 /// secrets; keep the API port off untrusted networks or filter `/metrics` at
 /// the proxy.
 pub async fn metrics_handler(State(state): State<crate::state::AppState>) -> Response {

@@ -1,4 +1,4 @@
-//! Distributed traces (FR-TEL-2): W3C `traceparent` propagation and a small
+//! Distributed traces (FR-TEL): W3C `traceparent` propagation and a small
 //! OTLP/HTTP (protobuf) span exporter.
 //!
 //! Why hand-written: the `opentelemetry` + `tonic` stack doubles the

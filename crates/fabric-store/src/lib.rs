@@ -4,7 +4,7 @@
 //! [`SqliteStore`] is the embedded default: one file under `FABRIC_DATA_DIR`,
 //! WAL mode, `synchronous=FULL`. A write is acknowledged only once its
 //! transaction is on disk, so an acknowledged task survives `kill -9`
-//! (SPEC NFR-REL-1). To still reach thousands of writes per second, all writes
+//! (NFR-REL-1, REQUIREMENTS §4). To still reach thousands of writes per second, all writes
 //! go to one writer thread that commits whatever is queued as a single
 //! transaction (group commit): one fsync serves the whole batch.
 //!

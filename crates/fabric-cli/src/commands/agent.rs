@@ -1,4 +1,4 @@
-//! `reactor-fabric agent spawn | list | get | terminate` (SPEC §5, §11).
+//! `reactor-fabric agent spawn | list | get | terminate` (REQUIREMENTS §5, §11).
 //!
 //! `spawn` builds the [`AgentConfig`] here, from `-f FILE` and flags, and checks it
 //! with [`AgentConfig::validate`] before anything is sent: a bad file or flag fails

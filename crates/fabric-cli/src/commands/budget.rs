@@ -1,5 +1,5 @@
 //! `reactor-fabric budget set | get | list | delete` and `reactor-fabric
-//! usage` (SPEC §8): limits per agent, user or tenant, and the period's
+//! usage` (REQUIREMENTS §8): limits per agent, user or tenant, and the period's
 //! used, remaining and projected amounts.
 
 use fabric_core::budget::{

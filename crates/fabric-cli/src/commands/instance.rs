@@ -1,4 +1,4 @@
-//! `reactor-fabric start | down | list`: namespaced Docker instances (SPEC §2.2, §3).
+//! `reactor-fabric start | down | list`: namespaced Docker instances (REQUIREMENTS §2.2, §3).
 //!
 //! Everything local is checked before Docker is contacted: the name, and the
 //! `--config` file (which must exist: exit 2). The work is in `fabric_docker::instance`.

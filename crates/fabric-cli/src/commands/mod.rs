@@ -49,7 +49,7 @@ pub enum Command {
     Status,
     /// Run the fabric server in this process (API, scheduler, store, runtime)
     Serve(serve::ServeArgs),
-    /// Run a container agent's inference sidecar (the fabric starts it; SPEC §6)
+    /// Run a container agent's inference sidecar (the fabric starts it; REQUIREMENTS §6)
     Proxy(proxy::ProxyArgs),
     /// Run a deterministic mock LLM server speaking the Ollama, OpenAI and Anthropic APIs
     MockLlm(mock_llm::MockLlmArgs),

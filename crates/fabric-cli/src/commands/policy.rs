@@ -1,9 +1,9 @@
 //! `reactor-fabric policy apply | list | delete | check`, `approval list |
-//! approve | deny` and `audit` (SPEC §7, §11).
+//! approve | deny` and `audit` (REQUIREMENTS §7, §11).
 //!
 //! `policy check` exits 0 when the action is allowed, 7 when it is denied and
 //! 8 when it needs an approval, so scripts can branch on it; errors keep the
-//! usual codes (SPEC §11).
+//! usual codes (REQUIREMENTS §11).
 
 use std::path::{Path, PathBuf};
 

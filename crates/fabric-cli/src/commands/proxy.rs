@@ -1,4 +1,4 @@
-//! `reactor-fabric proxy`: the inference sidecar of a container agent (SPEC §6).
+//! `reactor-fabric proxy`: the inference sidecar of a container agent (REQUIREMENTS §6).
 //!
 //! The fabric starts it in a container of its own image that shares the agent
 //! container's network namespace; see `fabric_server::proxy`. Not for people,

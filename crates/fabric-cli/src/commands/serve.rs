@@ -1,4 +1,4 @@
-//! `reactor-fabric serve`: the embedded fabric (SPEC §2.1) in this process.
+//! `reactor-fabric serve`: the embedded fabric (REQUIREMENTS §2.1) in this process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `reactor-fabric task create | get | list | cancel | result | logs` (SPEC §4, §11).
+//! `reactor-fabric task create | get | list | cancel | result | logs` (REQUIREMENTS §4, §11).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! `reactor-fabric agent spawn | list | get | terminate` against a real server (SPEC §5, §11).
+//! `reactor-fabric agent spawn | list | get | terminate` against a real server (REQUIREMENTS §5, §11).
 //!
 //! Only isolation `none` here: it needs no privileges, so these run anywhere and fast.
 //! The sandbox itself is tested where it lives (fabric-runtime, fabric-server).

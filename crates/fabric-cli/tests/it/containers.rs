@@ -1,6 +1,6 @@
-//! Container agents through the CLI (SPEC §5, §11): `agent spawn --isolation
+//! Container agents through the CLI (REQUIREMENTS §5, §11): `agent spawn --isolation
 //! container`, a task in it, `agent list`, `agent terminate`; Docker away is
-//! exit 6 with the SPEC's sentence. The server is a `reactor-fabric serve`
+//! exit 6 with the sentence of REQUIREMENTS §3. The server is a `reactor-fabric serve`
 //! child, killed when the test ends: a guard removes what it left in Docker.
 
 use std::process::Command as StdCommand;
@@ -123,7 +123,7 @@ fn container_agent_spawn_task_list_terminate() {
     assert!(guard.left().is_empty(), "{:?}", guard.left());
 }
 
-/// SPEC §3/§11: no Docker daemon → the sentence, exit 6; the server lives on.
+/// REQUIREMENTS §3/§11: no Docker daemon → the sentence, exit 6; the server lives on.
 #[test]
 fn container_agent_without_docker_is_exit_6() {
     let fabric =

@@ -1,4 +1,4 @@
-//! Docker instances (SPEC §3, FR-INST) against the real dockerd: `start`, `list`,
+//! Docker instances (REQUIREMENTS §3, FR-INST) against the real dockerd: `start`, `list`,
 //! `down`, their errors and exit codes, and the orchestrator's API through the
 //! printed URL. Every test uses its own instance name and removes it even when it
 //! fails ([`Instance`] runs `down` on drop), so tests run in parallel.
@@ -172,7 +172,7 @@ fn start_list_down_lifecycle_leaves_nothing_behind() {
     let (url, password) = inst.start(&[]);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
-    // Names, labels and network as SPEC §3 says.
+    // Names, labels and network as REQUIREMENTS §3 says.
     let network = format!("reactor-fabric-{name}");
     for component in ["orchestrator", "redis"] {
         let container = format!("reactor-fabric-{name}-{component}");
@@ -291,7 +291,7 @@ fn the_api_answers_through_the_printed_url() {
     assert!(text.contains("hello from the container"), "{text}");
 }
 
-/// SPEC §2.2: the instance's orchestrator runs container agents (through the
+/// REQUIREMENTS §2.2: the instance's orchestrator runs container agents (through the
 /// Docker socket it is given), labelled with the instance, each with its
 /// sidecar; `list` shows them and `down` removes them with the rest.
 #[test]

@@ -1,4 +1,4 @@
-//! The real `reactor-fabric` binary against a real `reactor-fabric serve` (SPEC §10, §11).
+//! The real `reactor-fabric` binary against a real `reactor-fabric serve` (REQUIREMENTS §10, §11).
 //!
 //! Every test that needs a server starts its own on a free port with its own data
 //! dir and config file, so tests run in parallel and never see each other's state.
@@ -232,7 +232,7 @@ fn version_needs_no_server() {
     assert_eq!(json["version"], fabric_core::VERSION);
 }
 
-/// SPEC §11: exit 6 when the server cannot be reached, with a message that says what to do.
+/// REQUIREMENTS §11: exit 6 when the server cannot be reached, with a message that says what to do.
 #[test]
 fn unreachable_server_exits_6() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,7 +258,7 @@ fn unreachable_server_exits_6() {
         .code(6);
 }
 
-/// SPEC §11: a usage error (no --prompt and no --command) exits 2 before anything is sent.
+/// REQUIREMENTS §11: a usage error (no --prompt and no --command) exits 2 before anything is sent.
 #[test]
 fn create_without_work_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,7 +300,7 @@ fn missing_file_fails_before_any_request() {
     );
 }
 
-/// SPEC §10 auth, §11 exit code 3: login (flag and stdin), whoami, logout.
+/// REQUIREMENTS §10 auth, §11 exit code 3: login (flag and stdin), whoami, logout.
 #[test]
 fn login_whoami_logout() {
     let fabric = Fabric::start();

@@ -1,4 +1,4 @@
-//! Telemetry as shipped (SPEC §9, FR-TEL-1..6): `/metrics` checked by
+//! Telemetry as shipped (REQUIREMENTS §9, FR-TEL): `/metrics` checked by
 //! `promtool` and scraped by a real Prometheus server; traces exported over
 //! OTLP/HTTP to a receiver that decodes them with the reference protobuf
 //! classes (Python `opentelemetry-proto`, from the venv `./scripts/test`
@@ -970,7 +970,7 @@ async fn the_grafana_dashboard_only_queries_metrics_the_server_exposes() {
             used.insert(name);
         }
     }
-    // The SPEC §9 metrics are all on the dashboard.
+    // The REQUIREMENTS §9 metrics are all on the dashboard.
     for name in [
         "agent_fabric_tasks_total",
         "agent_fabric_task_duration_seconds_bucket",

@@ -1,4 +1,4 @@
-//! Budget accounting (SPEC §8, FR-BUD): per entity (`agent:`, `user:`,
+//! Budget accounting (REQUIREMENTS §8, FR-BUD): per entity (`agent:`, `user:`,
 //! `tenant:`) limits on tokens, compute seconds and cost per UTC day; used,
 //! reserved and remaining amounts; daily reset or carryover; linear
 //! projection; a soft alert and a hard-limit event, each at most once per

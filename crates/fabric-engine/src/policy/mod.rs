@@ -1,4 +1,4 @@
-//! The policy engine (SPEC §7, FR-POL-1, 3, 4): policies compiled into a
+//! The policy engine (REQUIREMENTS §7, FR-POL): policies compiled into a
 //! [`PolicySet`] that answers "may this actor do this action?" in
 //! microseconds, with no IO and no clock of its own.
 //!
@@ -362,8 +362,8 @@ impl PolicySet {
 /// everything the fabric did before policies existed keeps working: it
 /// allows task creation, LLM calls and egress (the agent's egress allowlist
 /// still applies first) in every tenant, at the lowest priority, so any
-/// other tenant policy overrides it. Admins may edit or delete it; once
-/// deleted it is not recreated (the server remembers the seed).
+/// other tenant policy overrides it. Admins may edit or delete it; the
+/// server creates it again only at a start that finds no policy at all.
 pub fn default_policy() -> Policy {
     use fabric_core::policy::PolicyRule;
     let allow = |pattern: &str| PolicyRule {

@@ -1,6 +1,6 @@
 //! Isolation level `none`: a task's commands as plain child processes of the fabric.
 //!
-//! This is the executor behind the built-in `shell` agent (SPEC §5). It
+//! This is the executor behind the built-in `shell` agent (REQUIREMENTS §5). It
 //! isolates nothing beyond a clean environment and a working directory; the
 //! commands run with the fabric's user, filesystem and network.
 //!

@@ -1,4 +1,4 @@
-//! The network services the fabric serves inside a sandbox's network namespace: the egress proxy and TCP forwards (SPEC §5, FR-ISO-5).
+//! The network services the fabric serves inside a sandbox's network namespace: the egress proxy and TCP forwards (REQUIREMENTS §5, FR-ISO-5).
 //!
 //! A sandbox's network namespace has only `lo`, so nothing in it reaches the
 //! host or the internet by itself. The fabric opens listeners inside with

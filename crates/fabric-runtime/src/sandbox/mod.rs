@@ -1,4 +1,4 @@
-//! Isolation level `process`: Linux namespaces, cgroups and rlimits around an agent's processes (SPEC §5, FR-ISO).
+//! Isolation level `process`: Linux namespaces, cgroups and rlimits around an agent's processes (REQUIREMENTS §5, FR-ISO).
 //!
 //! A [`Sandbox`] is one isolated environment for one agent session, reused
 //! for many commands: the built-in shell agent runs each task's commands in
@@ -156,9 +156,9 @@ use crate::child::{
 };
 use fabric_core::reason;
 
-/// Memory limit when the agent config sets none (SPEC §5).
+/// Memory limit when the agent config sets none (REQUIREMENTS §5).
 pub const DEFAULT_MEMORY_MB: u64 = 512;
-/// CPU limit when the agent config sets none (SPEC §5).
+/// CPU limit when the agent config sets none (REQUIREMENTS §5).
 pub const DEFAULT_CPU_CORES: f64 = 1.0;
 /// Processes and threads a sandbox may have at once: plenty for builds and
 /// test runners, few enough that a fork bomb stays a nuisance.
@@ -276,7 +276,7 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// A config with the defaults of SPEC §5 (512 MB, 1 core) and of this module.
+    /// A config with the defaults of REQUIREMENTS §5 (512 MB, 1 core) and of this module.
     pub fn new(
         name: impl Into<String>,
         workdir: impl Into<PathBuf>,

@@ -1,4 +1,4 @@
-//! Isolation level `container` (SPEC §5 FR-ISO, §6): agents in Docker
+//! Isolation level `container` (REQUIREMENTS §5 FR-ISO, §6): agents in Docker
 //! containers, with an inference sidecar each.
 //!
 //! [`DockerRuntime`] is this server's side of Docker: the client (connected on
@@ -48,7 +48,7 @@ use crate::proxy::{
     API_SOCKET, EGRESS_PROXY_PORT, EGRESS_SOCKET, INFERENCE_PORT, INFERENCE_SOCKET, bind_socket,
 };
 
-/// Memory limit of warm-pool containers until an agent takes one (SPEC default).
+/// Memory limit of warm-pool containers until an agent takes one (the default of REQUIREMENTS §5).
 const POOL_MEMORY_MB: u64 = 512;
 const POOL_CPU_CORES: f64 = 1.0;
 /// How often a container's usage is asked of the daemon when its cgroup is not visible here.

@@ -1,4 +1,4 @@
-//! The inference endpoint agents see as `OLLAMA_BASE_URL` (SPEC §6): the
+//! The inference endpoint agents see as `OLLAMA_BASE_URL` (REQUIREMENTS §6): the
 //! gateway's Ollama-compatible API ([`crate::llm::ollama_endpoint`]) for one
 //! agent, so every call is routed (local first, cloud fallback), metered
 //! against the agent, its owner and tenant, and made with the fabric's own

@@ -1,4 +1,4 @@
-//! Agents (SPEC §5, FR-LIFE): the lifecycle manager and the built-in agents.
+//! Agents (REQUIREMENTS §5, FR-LIFE): the lifecycle manager and the built-in agents.
 //!
 //! [`AgentManager`] owns every agent the fabric runs. Each agent has one
 //! *supervisor* task that runs its sessions one after another: start a
@@ -926,7 +926,7 @@ fn draining(id: &AgentId, state: AgentState) -> ApiError {
     )
 }
 
-/// 503 with the SPEC's sentence when Docker cannot be reached (other levels keep working).
+/// 503 with the sentence of REQUIREMENTS §3 when Docker cannot be reached (other levels keep working).
 fn docker_unavailable(e: &fabric_docker::DockerError) -> ApiError {
     match e {
         fabric_docker::DockerError::DaemonUnreachable { .. } => ApiError::new(

@@ -30,7 +30,7 @@ fn user_only(principal: &Principal) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Spawns an agent (SPEC §5 config). Answers once its first session runs.
+/// Spawns an agent (REQUIREMENTS §5 config). Answers once its first session runs.
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", security(("bearer" = [])), request_body = AgentConfig,
     responses(
         (status = 201, description = "spawned", body = Agent),

@@ -1,4 +1,4 @@
-//! `GET /v1/alerts` (FR-TEL-6) and `GET /metrics` (FR-TEL-1).
+//! `GET /v1/alerts` and `GET /metrics` (FR-TEL, REQUIREMENTS §9).
 
 use axum::Json;
 use axum::extract::State;

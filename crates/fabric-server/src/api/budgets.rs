@@ -1,4 +1,4 @@
-//! Budgets (SPEC §8): `PUT/GET/DELETE /v1/budgets/{entity}`, `GET /v1/budgets`,
+//! Budgets (REQUIREMENTS §8): `PUT/GET/DELETE /v1/budgets/{entity}`, `GET /v1/budgets`,
 //! `GET /v1/usage/{entity}?period=day`. Writes need `admin`; an agent or a
 //! user may read its own budget and usage.
 

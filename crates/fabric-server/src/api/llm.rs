@@ -1,4 +1,4 @@
-//! The inference gateway's routes (SPEC §6): OpenAI-compatible
+//! The inference gateway's routes (REQUIREMENTS §6): OpenAI-compatible
 //! `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`; the fabric's own
 //! `POST /v1/llm/infer`; the Ollama API under `/v1/ollama/...` (what a
 //! sandbox sidecar forwards an agent's calls to, with the agent's token);

@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §10): routes, OpenAPI document, body limits, fallbacks.
+//! The HTTP API (REQUIREMENTS §10): routes, OpenAPI document, body limits, fallbacks.
 
 mod agent;
 mod agents;

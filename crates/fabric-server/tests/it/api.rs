@@ -1,4 +1,4 @@
-//! The HTTP API end to end (SPEC §10, FR-SCHED-1..6).
+//! The HTTP API end to end (REQUIREMENTS §10, FR-SCHED-1..6).
 
 use std::time::{Duration, Instant};
 

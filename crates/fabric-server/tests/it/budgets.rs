@@ -1,4 +1,4 @@
-//! Budgets through the real server (SPEC §8): a mock LLM upstream over HTTP,
+//! Budgets through the real server (REQUIREMENTS §8): a mock LLM upstream over HTTP,
 //! the gateway's admission, the usage ledger, the budget API.
 
 use std::sync::Arc;

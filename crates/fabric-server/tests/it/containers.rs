@@ -1,4 +1,4 @@
-//! Isolation level `container` against the real dockerd (SPEC §5 FR-ISO, §6):
+//! Isolation level `container` against the real dockerd (REQUIREMENTS §5 FR-ISO, §6):
 //! the built-in shell agent in a container, what its commands can and cannot
 //! do (asserted from inside), OOM, the inference sidecar, crash and restart,
 //! terminate, the warm pool, Docker being away.
@@ -160,7 +160,7 @@ fn agent_container(owner: &str, agent: &str) -> Option<String> {
     .map(str::to_owned)
 }
 
-/// SPEC §5 FR-ISO: a built-in shell agent in a container runs a task end to
+/// REQUIREMENTS §5 FR-ISO: a built-in shell agent in a container runs a task end to
 /// end, and from inside, its commands are nobody, without capabilities, on a
 /// read-only root with a writable workspace, without any network; Docker
 /// says the same; its usage is real; terminate removes container, sidecar,
@@ -374,7 +374,7 @@ pub fn gateway_to(
     }
 }
 
-/// SPEC §6: inside the container, `localhost:11434` is the sidecar, which
+/// REQUIREMENTS §6: inside the container, `localhost:11434` is the sidecar, which
 /// reaches the gateway's Ollama API through the fabric: the call is routed to
 /// the provider with the fabric's key (the agent's Authorization goes
 /// nowhere), an 11 MiB body gets 413 and never leaves, a provider slower than
@@ -653,7 +653,7 @@ async fn container_program_reaches_the_api_through_its_sidecar() {
 }
 
 /// Docker unreachable: spawning a container agent is a clear 503 with the
-/// SPEC's sentence, never a panic; other levels keep working.
+/// sentence of REQUIREMENTS §3, never a panic; other levels keep working.
 #[tokio::test]
 async fn docker_unreachable_is_a_clear_error_and_other_levels_work() {
     let (s, _guard) = server_with(|c| {

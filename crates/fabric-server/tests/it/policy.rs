@@ -1,4 +1,4 @@
-//! Policies over real HTTP (SPEC §7): the API and its validation, the
+//! Policies over real HTTP (REQUIREMENTS §7): the API and its validation, the
 //! precedence table end to end, live updates, the enforcement points (task
 //! creation, the gateway, egress) and the audit trail, plus an approval
 //! round trip with the real Python example agent waiting.

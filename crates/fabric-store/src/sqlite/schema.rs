@@ -74,7 +74,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (agent_id, session)
     ) WITHOUT ROWID;
     ",
-    // 3: the LLM usage ledger (SPEC §6 metering, read by budgets).
+    // 3: the LLM usage ledger (REQUIREMENTS §6 metering, read by budgets).
     "
     -- One row per gateway call; the filter and sum columns beside the JSON body.
     CREATE TABLE usage (
@@ -97,7 +97,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_user ON usage (user, ts_ms);
     CREATE INDEX usage_ts ON usage (ts_ms);
     ",
-    // 4: budgets (SPEC §8): limits, reset policy and the current period's
+    // 4: budgets (REQUIREMENTS §8): limits, reset policy and the current period's
     // state per entity (`agent:coder`, `user:alice`, `tenant:default`).
     "
     CREATE TABLE budgets (
@@ -105,13 +105,13 @@ const MIGRATIONS: &[&str] = &[
         body   TEXT NOT NULL
     );
     ",
-    // 5: the trace context a task was created in (FR-TEL-2). The body holds
+    // 5: the trace context a task was created in (FR-TEL traces). The body holds
     // it for the server; the column lets an operator find the tasks of a
     // trace in SQL (`WHERE traceparent LIKE '00-<trace id>-%'`).
     "
     ALTER TABLE tasks ADD COLUMN traceparent TEXT;
     ",
-    // 6: policies, approvals and the audit trail (SPEC §7).
+    // 6: policies, approvals and the audit trail (REQUIREMENTS §7).
     "
     -- Read whole (all of them, to compile the policy set).
     CREATE TABLE policies (
