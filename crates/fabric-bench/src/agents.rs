@@ -702,7 +702,9 @@ fn parse_server_log(log: &str) -> LogTimes {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let Some(at) = v["timestamp"].as_str().and_then(parse_log_time) else {
+        // `ts` since the log schema of issue #7; `timestamp` before.
+        let stamp = v["ts"].as_str().or_else(|| v["timestamp"].as_str());
+        let Some(at) = stamp.and_then(parse_log_time) else {
             continue;
         };
         match v["message"].as_str() {
@@ -1400,7 +1402,7 @@ mod tests {
         let log = concat!(
             r#"{"timestamp":"1970-01-01T00:00:01.5Z","message":"sandbox ready","sandbox":"cold-7-1-b741ac"}"#,
             "\n",
-            r#"{"timestamp":"1970-01-01T00:00:02Z","message":"agent session started","agent_id":"cold-7"}"#,
+            r#"{"ts":"1970-01-01T00:00:02Z","message":"agent session started","agent_id":"cold-7"}"#,
             "\n",
             "not json\n",
         );
