@@ -394,7 +394,7 @@ pub(crate) async fn count_completed(
     loop {
         let mut query = "status=completed&limit=1000".to_owned();
         if let Some(c) = cursor {
-            query.push_str(&format!("&before={c}"));
+            query.push_str(&format!("&cursor={c}"));
         }
         let page = list(client, &query).await?;
         for t in &page.tasks {

@@ -156,7 +156,7 @@ impl FabricClient {
             params.push(("limit", l.to_string()));
         }
         if let Some(b) = query.before {
-            params.push(("before", b.to_string()));
+            params.push(("cursor", b.to_string()));
         }
         self.json(self.authed(self.http.get(self.url("/v1/tasks")).query(&params)))
             .await
@@ -174,17 +174,22 @@ impl FabricClient {
             .await
     }
 
-    /// `GET /v1/tasks/{id}/events?after=&limit=`: events with `seq > after`, oldest first.
+    /// `GET /v1/tasks/{id}/events?cursor=&limit=`: one page of events, oldest
+    /// first, after `cursor` (the `next_cursor` of the previous page).
     pub async fn task_events(
         &self,
         id: TaskId,
-        after: u64,
-        limit: u32,
+        cursor: Option<&str>,
+        limit: usize,
     ) -> Result<EventList, ClientError> {
+        let mut params = vec![("limit", limit.to_string())];
+        if let Some(cursor) = cursor {
+            params.push(("cursor", cursor.to_owned()));
+        }
         let req = self
             .http
             .get(self.url(&format!("/v1/tasks/{id}/events")))
-            .query(&[("after", after.to_string()), ("limit", limit.to_string())]);
+            .query(&params);
         self.json(self.authed(req)).await
     }
 

@@ -45,12 +45,21 @@ pub struct CreateTaskRequest {
     pub max_attempts: Option<u32>,
 }
 
+/// The paging contract of every list endpoint. A request takes `?limit=`
+/// (an integer from 1 to [`PAGE_MAX_LIMIT`], default [`PAGE_DEFAULT_LIMIT`])
+/// and `?cursor=` (the `next_cursor` of the previous answer, opaque); the
+/// answer carries `next_cursor` while there may be more, and none on the
+/// last page. Any other value of either is a 400 `invalid_request`.
+pub const PAGE_DEFAULT_LIMIT: usize = 100;
+/// The largest `?limit=` of a list endpoint; see [`PAGE_DEFAULT_LIMIT`].
+pub const PAGE_MAX_LIMIT: usize = 1000;
+
 /// `GET /v1/tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskList {
     pub tasks: Vec<Task>,
-    /// Pass as `?before=` to get the next (older) page; absent on the last page.
+    /// Pass as `?cursor=` to get the next (older) page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<TaskId>,
 }
@@ -73,6 +82,9 @@ pub struct TaskResultView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventList {
     pub events: Vec<crate::task::TaskEvent>,
+    /// Pass as `?cursor=` for the events after these; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One WebSocket message on `/v1/stream/{id}`.
@@ -192,6 +204,9 @@ pub struct ErrorDetail {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentList {
     pub agents: Vec<crate::agent::Agent>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /v1/agents/{id}/sessions`.
@@ -199,6 +214,9 @@ pub struct AgentList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionList {
     pub sessions: Vec<crate::agent::AgentSession>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/agent/lease` (agent token): the next task, valid while `epoch` is current.

@@ -339,6 +339,9 @@ pub struct BudgetView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BudgetList {
     pub budgets: Vec<BudgetView>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Used, limit, remaining and projection of one quantity, in its display unit

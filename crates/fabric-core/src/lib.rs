@@ -31,8 +31,8 @@ pub use auth::{ApiToken, Scope, User};
 pub use budget::{BudgetEntity, BudgetRecord, BudgetSpec, BudgetStore, ResetPolicy};
 pub use ids::{AgentId, IdError, TaskId, TenantId};
 pub use policy::{
-    Approval, ApprovalStatus, AuditQuery, AuditRecord, Effect, Policy, PolicyRule, PolicyScope,
-    PolicyStore,
+    Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, Effect, Policy, PolicyRule,
+    PolicyScope, PolicyStore,
 };
 pub use store::{
     AgentStore, AuthStore, CreateOutcome, StoreError, TaskQuery, TaskStore, TaskWrite, WriteOutcome,

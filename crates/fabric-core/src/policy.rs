@@ -289,6 +289,8 @@ pub struct AuditQuery {
     pub tenant: Option<TenantId>,
     pub agent: Option<AgentId>,
     pub decision: Option<Effect>,
+    /// Only records older than this one (the paging cursor).
+    pub before: Option<uuid::Uuid>,
     pub limit: usize,
 }
 
@@ -298,15 +300,47 @@ impl Default for AuditQuery {
             tenant: None,
             agent: None,
             decision: None,
+            before: None,
             limit: 100,
         }
+    }
+}
+
+/// Filters for [`PolicyStore::list_approvals`]; newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalQuery {
+    pub tenant: Option<TenantId>,
+    pub status: Option<ApprovalStatus>,
+    /// Only approvals older than this one (the paging cursor).
+    pub before: Option<uuid::Uuid>,
+    pub limit: usize,
+}
+
+impl Default for ApprovalQuery {
+    fn default() -> Self {
+        Self {
+            tenant: None,
+            status: None,
+            before: None,
+            limit: 100,
+        }
+    }
+}
+
+impl ApprovalQuery {
+    /// Whether `approval` is one this query selects (ignoring `limit`).
+    pub fn matches(&self, approval: &Approval) -> bool {
+        self.tenant.as_ref().is_none_or(|t| *t == approval.tenant)
+            && self.status.is_none_or(|s| s == approval.status)
+            && self.before.is_none_or(|b| approval.id < b)
     }
 }
 
 impl AuditQuery {
     /// Whether `record` is one this query selects (ignoring `limit`).
     pub fn matches(&self, record: &AuditRecord) -> bool {
-        self.tenant.as_ref().is_none_or(|t| *t == record.tenant)
+        self.before.is_none_or(|b| record.id < b)
+            && self.tenant.as_ref().is_none_or(|t| *t == record.tenant)
             && self
                 .agent
                 .as_ref()
@@ -345,11 +379,10 @@ pub trait PolicyStore: Send + Sync + 'static {
         id: uuid::Uuid,
     ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send + 'static;
 
-    /// Approvals (only those in `status` when set), newest first, at most `limit`.
+    /// Approvals matching `query`, newest first, at most `query.limit`.
     fn list_approvals(
         &self,
-        status: Option<ApprovalStatus>,
-        limit: usize,
+        query: ApprovalQuery,
     ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send + 'static;
 
     /// Appends an audit record; fails if one with the same id exists.
@@ -409,6 +442,9 @@ pub struct CheckResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyList {
     pub policies: Vec<Policy>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /v1/approvals`.
@@ -416,6 +452,9 @@ pub struct PolicyList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovalList {
     pub approvals: Vec<Approval>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /v1/audit`.
@@ -423,6 +462,9 @@ pub struct ApprovalList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditList {
     pub records: Vec<AuditRecord>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Checks a policy id: `[A-Za-z0-9._-]`, 1-64 characters, starting with a letter or digit.

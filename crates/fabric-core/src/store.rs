@@ -194,10 +194,12 @@ pub trait AgentStore: Send + Sync + 'static {
         session: AgentSession,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
 
-    /// Sessions of an agent, newest (highest number) first, at most `limit`.
+    /// Sessions of an agent, newest (highest number) first, at most `limit`;
+    /// only those numbered below `before` when set (the paging cursor).
     fn list_sessions(
         &self,
         id: AgentId,
+        before: Option<u32>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static;
 }

@@ -95,6 +95,9 @@ pub struct UsageQuery {
     pub user: Option<String>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
+    /// Only records after this one in the listing's order (call start,
+    /// then id, newest first): the paging cursor. Totals ignore it.
+    pub before: Option<uuid::Uuid>,
     /// Most records [`UsageStore::list_usage`] returns (totals ignore it).
     pub limit: usize,
 }
@@ -107,13 +110,15 @@ impl Default for UsageQuery {
             user: None,
             since: None,
             until: None,
+            before: None,
             limit: 100,
         }
     }
 }
 
 impl UsageQuery {
-    /// Whether `record` is one this query selects (ignoring `limit`).
+    /// Whether `record` is one this query selects (ignoring `limit` and
+    /// `before`, which depends on the listing's order).
     pub fn matches(&self, record: &UsageRecord) -> bool {
         self.tenant.as_ref().is_none_or(|t| *t == record.tenant)
             && self

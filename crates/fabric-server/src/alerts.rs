@@ -190,12 +190,15 @@ impl AlertHub {
         self.raise(kind::BUDGET_EXCEEDED, entity, message, details)
     }
 
-    /// Newest first, at most `limit`, optionally of one kind.
-    pub fn list(&self, kind: Option<&str>, limit: usize) -> Vec<Alert> {
+    /// Newest first, at most `limit`, optionally of one kind; after the
+    /// alert with id `before` when given (the paging cursor; ids grow with
+    /// time, so one that has been dropped still marks the place).
+    pub fn list(&self, kind: Option<&str>, before: Option<&str>, limit: usize) -> Vec<Alert> {
         self.recent
             .lock()
             .iter()
             .rev()
+            .filter(|a| before.is_none_or(|b| a.id.as_str() < b))
             .filter(|a| kind.is_none_or(|k| a.kind == k))
             .take(limit)
             .cloned()
@@ -416,7 +419,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(raise(&hub, "a"), "a window later it raises again");
         assert_eq!(metrics.alerts.get(&[kind::AGENT_CRASH_LOOP]), 3);
-        assert_eq!(hub.list(None, 10).len(), 3);
+        assert_eq!(hub.list(None, None, 10).len(), 3);
     }
 
     #[tokio::test(start_paused = true)]
@@ -435,21 +438,24 @@ mod tests {
             metrics.tasks.inc(&["shell", "failed"]);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(hub.list(None, 10).is_empty(), "too few events to judge");
+        assert!(
+            hub.list(None, None, 10).is_empty(),
+            "too few events to judge"
+        );
         // Three more (one of them a success): 11 of 12 failed.
         metrics.tasks.inc(&["shell", "failed"]);
         metrics.tasks.inc(&["shell", "timed_out"]);
         metrics.tasks.inc(&["shell", "completed"]);
         // Many more looks within the window, the rate as high: one alert.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let alerts = hub.list(Some(kind::TASK_ERROR_RATE), 10);
+        let alerts = hub.list(Some(kind::TASK_ERROR_RATE), None, 10);
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         assert_eq!(alerts[0].details["errors"], 11);
         assert_eq!(alerts[0].details["total"], 12);
         assert_eq!(metrics.alerts.get(&[kind::TASK_ERROR_RATE]), 1);
         // Once the window has passed over them, nothing new is counted.
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(hub.list(None, 10).len(), 1);
+        assert_eq!(hub.list(None, None, 10).len(), 1);
         stop.send(true).unwrap();
         detector.await.unwrap();
     }
@@ -463,10 +469,10 @@ mod tests {
         // The first falls out of the window before the third.
         tokio::time::advance(window + Duration::from_secs(1)).await;
         hub.agent_restarted("x", "exited (code 1)");
-        assert!(hub.list(None, 10).is_empty());
+        assert!(hub.list(None, None, 10).is_empty());
         hub.agent_restarted("x", "exited (code 1)");
         hub.agent_restarted("x", "exited (code 2)");
-        let alerts = hub.list(Some(kind::AGENT_CRASH_LOOP), 10);
+        let alerts = hub.list(Some(kind::AGENT_CRASH_LOOP), None, 10);
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         assert_eq!(alerts[0].details["restarts"], 3);
         assert_eq!(alerts[0].details["last_exit"], "exited (code 2)");

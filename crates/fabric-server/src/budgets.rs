@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fabric_core::budget::{
-    Amounts, BudgetAlert, BudgetEntity, BudgetList, BudgetRecord, BudgetSpec, BudgetStore,
-    BudgetUsageReport, BudgetView, DAY_MS, PeriodState, UsageLine,
+    Amounts, BudgetAlert, BudgetEntity, BudgetRecord, BudgetSpec, BudgetStore, BudgetUsageReport,
+    BudgetView, DAY_MS, PeriodState, UsageLine,
 };
 use fabric_core::{AgentId, Clock, TenantId, Timestamp, UsageQuery, UsageRecord, UsageStore};
 use fabric_engine::budget::{Demand, Refusal, Reservation, SharedBudgets, day_start, project};
@@ -231,11 +231,12 @@ impl BudgetService {
         }
     }
 
-    pub async fn list(&self) -> Result<BudgetList, ApiError> {
+    /// Every budget, by entity (`agent:…`, `tenant:…`, `user:…`).
+    pub async fn list(&self) -> Result<Vec<BudgetView>, ApiError> {
         let records = self.store.list_budgets().await?;
-        Ok(BudgetList {
-            budgets: records.into_iter().map(view).collect(),
-        })
+        let mut budgets: Vec<BudgetView> = records.into_iter().map(view).collect();
+        budgets.sort_by_key(|b| b.entity.to_string());
+        Ok(budgets)
     }
 
     pub async fn delete(&self, entity: &BudgetEntity) -> Result<(), ApiError> {

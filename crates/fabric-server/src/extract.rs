@@ -1,9 +1,12 @@
-//! Extractors whose rejections are [`ApiError`]s (JSON bodies), not axum's plain text.
+//! Extractors whose rejections are [`ApiError`]s (JSON bodies), not axum's
+//! plain text, and [`Listing`]: the one paging contract of every list endpoint.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use fabric_core::api::{PAGE_DEFAULT_LIMIT, PAGE_MAX_LIMIT};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -57,5 +60,270 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|e: QueryRejection| {
                 ApiError::bad_request(format!("invalid query string: {}", e.body_text()))
             })
+    }
+}
+
+/// A list endpoint's query string: the paging contract ([`Page`]: `limit`
+/// and `cursor`, checked here the same way for every list) and the
+/// endpoint's own filters `F`, which must name every other parameter
+/// (`F` denies unknown fields, so a misspelt filter is a 400, not ignored).
+#[derive(Debug)]
+pub struct Listing<F> {
+    pub page: Page,
+    pub filters: F,
+}
+
+/// `?limit=&cursor=` of a list request (see [`fabric_core::api::PAGE_DEFAULT_LIMIT`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// 1..=[`PAGE_MAX_LIMIT`]; [`PAGE_DEFAULT_LIMIT`] when not given.
+    pub limit: usize,
+    cursor: Option<String>,
+}
+
+/// The paging parameters, for the OpenAPI document (parsed by [`Listing`]).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[expect(
+    dead_code,
+    reason = "describes what Listing parses; never built itself"
+)]
+pub struct PageParams {
+    /// Page size: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page; leave out for the first page.
+    pub cursor: Option<String>,
+}
+
+/// The filters of a list endpoint that has none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFilters {}
+
+impl Page {
+    /// The cursor as the endpoint's key (a task id, a sequence number, ...);
+    /// one that does not parse is a 400.
+    pub fn cursor<K: std::str::FromStr>(&self) -> Result<Option<K>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|raw| raw.parse::<K>().map_err(|_| bad_cursor(raw)))
+            .transpose()
+    }
+
+    /// `next_cursor` of a page of `items` from the store: the key of its last
+    /// item when the page is full (there may be more), else none.
+    pub fn next<T, K: std::fmt::Display>(
+        &self,
+        items: &[T],
+        key: impl Fn(&T) -> K,
+    ) -> Option<String> {
+        (items.len() >= self.limit)
+            .then(|| items.last().map(|item| key(item).to_string()))
+            .flatten()
+    }
+
+    /// One page of a whole list held in memory and sorted by `key`
+    /// (ascending): the items whose key comes after the cursor (so a cursor
+    /// whose item was deleted meanwhile still works), at most `limit`, and
+    /// the `next_cursor` of that page.
+    pub fn slice<T, K: std::fmt::Display>(
+        &self,
+        items: Vec<T>,
+        key: impl Fn(&T) -> K,
+    ) -> (Vec<T>, Option<String>) {
+        let mut after: Vec<T> = match self.cursor.as_deref() {
+            None => items,
+            Some(cursor) => items
+                .into_iter()
+                .filter(|item| key(item).to_string().as_str() > cursor)
+                .collect(),
+        };
+        let more = after.len() > self.limit;
+        after.truncate(self.limit);
+        let next = more
+            .then(|| after.last().map(|item| key(item).to_string()))
+            .flatten();
+        (after, next)
+    }
+}
+
+fn bad_cursor(raw: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "invalid cursor {raw:?}: pass the next_cursor of the previous page, or leave it out for the first page"
+    ))
+}
+
+impl<S: Send + Sync, F: DeserializeOwned> FromRequestParts<S> for Listing<F> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+        let (mut limit, mut cursor) = (None, None);
+        let mut rest = Vec::new();
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "limit" => &mut limit,
+                "cursor" => &mut cursor,
+                _ => {
+                    rest.push((name, value));
+                    continue;
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "'{name}' is given more than once: give it once"
+                )));
+            }
+        }
+        let limit = match limit {
+            None => PAGE_DEFAULT_LIMIT,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=PAGE_MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "'limit' must be an integer from 1 to {PAGE_MAX_LIMIT} (got {raw:?})"
+                    ))
+                })?,
+        };
+        if cursor.as_deref() == Some("") {
+            return Err(bad_cursor(""));
+        }
+        let rest = serde_urlencoded::to_string(&rest)
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+        let filters = serde_urlencoded::from_str::<F>(&rest)
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+        Ok(Self {
+            page: Page { limit, cursor },
+            filters,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Filters {
+        status: Option<String>,
+    }
+
+    async fn listing(query: &str) -> Result<Listing<Filters>, ApiError> {
+        let request = axum::http::Request::builder()
+            .uri(format!("/v1/things?{query}"))
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        Listing::<Filters>::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn paging_parameters_are_checked_and_the_rest_are_the_filters() {
+        let l = listing("").await.unwrap();
+        assert_eq!(
+            (l.page.limit, l.page.cursor.clone()),
+            (PAGE_DEFAULT_LIMIT, None)
+        );
+        assert_eq!(l.filters, Filters { status: None });
+        let l = listing("limit=1000&cursor=abc&status=queued")
+            .await
+            .unwrap();
+        assert_eq!(l.page.limit, 1000);
+        assert_eq!(l.page.cursor.as_deref(), Some("abc"));
+        assert_eq!(l.filters.status.as_deref(), Some("queued"));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=-1",
+            "limit=ten",
+            "limit=",
+            "limit=1&limit=2",
+        ] {
+            let e = listing(bad).await.unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_request"),
+                "{bad}"
+            );
+            assert!(e.message.contains("'limit'"), "{bad}: {e}");
+        }
+        let e = listing("cursor=").await.unwrap_err();
+        assert!(e.message.contains("invalid cursor"), "{e}");
+        let e = listing("colour=red").await.unwrap_err();
+        assert!(
+            e.message.contains("colour"),
+            "unknown filters are refused: {e}"
+        );
+    }
+
+    #[test]
+    fn a_cursor_is_parsed_as_the_endpoints_key() {
+        let page = Page {
+            limit: 2,
+            cursor: Some("7".into()),
+        };
+        assert_eq!(page.cursor::<u64>().unwrap(), Some(7));
+        let e = page.cursor::<uuid::Uuid>().unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn next_cursor_only_on_a_full_page() {
+        let page = Page {
+            limit: 2,
+            cursor: None,
+        };
+        assert_eq!(page.next(&[1, 2], |n| *n), Some("2".to_owned()));
+        assert_eq!(page.next(&[1], |n| *n), None);
+        assert_eq!(page.next::<u32, u32>(&[], |n| *n), None);
+    }
+
+    #[test]
+    fn in_memory_lists_page_after_the_cursor() {
+        let all = || vec!["a", "b", "c", "d", "e"];
+        let first = Page {
+            limit: 2,
+            cursor: None,
+        };
+        assert_eq!(
+            first.slice(all(), |s| *s),
+            (vec!["a", "b"], Some("b".into()))
+        );
+        let next = Page {
+            limit: 2,
+            cursor: Some("b".into()),
+        };
+        assert_eq!(
+            next.slice(all(), |s| *s),
+            (vec!["c", "d"], Some("d".into()))
+        );
+        let last = Page {
+            limit: 2,
+            cursor: Some("d".into()),
+        };
+        assert_eq!(last.slice(all(), |s| *s), (vec!["e"], None));
+        let exact = Page {
+            limit: 5,
+            cursor: None,
+        };
+        assert_eq!(
+            exact.slice(all(), |s| *s).1,
+            None,
+            "no next page when all fit"
+        );
+        let deleted = Page {
+            limit: 2,
+            cursor: Some("bb".into()),
+        };
+        assert_eq!(
+            deleted.slice(all(), |s| *s),
+            (vec!["c", "d"], Some("d".into()))
+        );
     }
 }

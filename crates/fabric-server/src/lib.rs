@@ -26,6 +26,7 @@ pub mod agents;
 pub mod alerts;
 pub mod api;
 pub mod auth;
+mod body;
 pub mod budgets;
 mod error;
 pub mod events;

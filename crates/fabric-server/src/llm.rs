@@ -168,52 +168,28 @@ pub fn into_response(reply: Reply) -> Response {
     response
 }
 
-/// How far past the limit a body is still read (and thrown away) before the
-/// 413 goes out. A client that is still sending when the server answers and
-/// closes sees a reset connection, not the 413; reading a moderately
-/// oversized body to its end lets it read the answer. Far larger bodies are
-/// refused at once rather than read.
-const DRAIN_SLACK: usize = 16 << 20;
-
-/// Reads a request body of at most `limit` bytes; `Err` is the 413 (or a 400
-/// when the body could not be read).
+/// Reads a request body of at most `limit` bytes (draining a moderately
+/// larger one first, see `crate::body`); `Err` is the 413 (or a 400 when the
+/// body could not be read).
 pub(crate) async fn read_body(
     request: Request,
     limit: usize,
     request_id: &str,
 ) -> Result<(axum::http::request::Parts, bytes::Bytes), Response> {
     let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_large = || into_response(Reply::too_large(limit, request_id));
-    if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_SLACK)) {
-        return Err(too_large());
-    }
-    let mut stream = body.into_data_stream();
-    let mut kept = bytes::BytesMut::new();
-    let mut total = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
+    match crate::body::read_limited(&parts.headers, body, limit).await {
+        Ok(body) => Ok((parts, body)),
+        Err(crate::body::BodyError::TooLarge { .. }) => {
+            Err(into_response(Reply::too_large(limit, request_id)))
+        }
+        Err(e @ crate::body::BodyError::Unreadable(_)) => {
             let err = fabric_gateway::GatewayError::InvalidRequest {
-                message: format!("cannot read the request body: {e}"),
+                message: e.to_string(),
                 provider: None,
             };
-            into_response(Reply::error(&err, request_id))
-        })?;
-        total = total.saturating_add(chunk.len());
-        if total <= limit {
-            kept.extend_from_slice(&chunk);
-        } else if total > limit.saturating_add(DRAIN_SLACK) {
-            return Err(too_large());
+            Err(into_response(Reply::error(&err, request_id)))
         }
     }
-    if total > limit {
-        return Err(too_large());
-    }
-    Ok((parts, kept.freeze()))
 }
 
 /// Who an agent's inference endpoint calls as.

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use fabric_core::policy::{
-    Approval, ApprovalStatus, AuditQuery, AuditRecord, CheckResponse, Effect, Policy, PolicyStore,
+    Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, CheckResponse, Effect,
+    Policy, PolicyStore,
 };
 use fabric_core::{AgentId, Clock, Scope, TenantId, Timestamp};
 use fabric_engine::policy::{compile_policy, default_policy};
@@ -193,7 +194,11 @@ impl PolicyService {
         self.swap(policies)?;
         for approval in self
             .store
-            .list_approvals(Some(ApprovalStatus::Pending), usize::MAX)
+            .list_approvals(ApprovalQuery {
+                status: Some(ApprovalStatus::Pending),
+                limit: usize::MAX,
+                ..ApprovalQuery::default()
+            })
             .await?
         {
             if !self.pending.lock().contains_key(&approval.id) {
@@ -548,15 +553,8 @@ impl PolicyService {
         Ok(approval)
     }
 
-    pub async fn list_approvals(
-        &self,
-        tenant: &TenantId,
-        status: Option<ApprovalStatus>,
-        limit: usize,
-    ) -> Result<Vec<Approval>, ApiError> {
-        let mut list = self.store.list_approvals(status, limit).await?;
-        list.retain(|a| &a.tenant == tenant);
-        Ok(list)
+    pub async fn list_approvals(&self, query: ApprovalQuery) -> Result<Vec<Approval>, ApiError> {
+        Ok(self.store.list_approvals(query).await?)
     }
 
     pub async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, ApiError> {

@@ -95,15 +95,20 @@ async fn forward(State(fwd): State<InferenceForward>, request: Request) -> Respo
     // The host is not used on a Unix socket; it only fills the URL.
     let (upstream, client) = ("http://fabric", &fwd.client);
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+    // Drains a moderately oversized body before answering, so the agent
+    // reads the 413 rather than a reset (see `crate::body`).
+    let body = match crate::body::read_limited(&parts.headers, body, MAX_REQUEST_BYTES).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(crate::body::BodyError::TooLarge { .. }) => {
             tracing::info!(agent_id = %fwd.agent, "inference request over 10 MiB refused");
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("inference requests are limited to {MAX_REQUEST_BYTES} bytes"),
             );
+        }
+        Err(e @ crate::body::BodyError::Unreadable(_)) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string());
         }
     };
     let path = parts

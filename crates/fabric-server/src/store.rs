@@ -8,7 +8,7 @@ use std::path::Path;
 
 use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::budget::{BudgetEntity, BudgetRecord, BudgetStore};
-use fabric_core::policy::{Approval, ApprovalStatus, AuditQuery, AuditRecord, Policy, PolicyStore};
+use fabric_core::policy::{Approval, ApprovalQuery, AuditQuery, AuditRecord, Policy, PolicyStore};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
     TaskQuery, TaskStore, TaskWrite, UsageQuery, UsageRecord, UsageStore, UsageTotals, User,
@@ -259,9 +259,10 @@ impl AgentStore for AnyStore {
     fn list_sessions(
         &self,
         id: AgentId,
+        before: Option<u32>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static {
-        dispatch!(self, s => s.list_sessions(id, limit))
+        dispatch!(self, s => s.list_sessions(id, before, limit))
     }
 }
 
@@ -354,10 +355,9 @@ impl PolicyStore for AnyStore {
 
     fn list_approvals(
         &self,
-        status: Option<ApprovalStatus>,
-        limit: usize,
+        query: ApprovalQuery,
     ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send + 'static {
-        dispatch!(self, s => s.list_approvals(status, limit))
+        dispatch!(self, s => s.list_approvals(query))
     }
 
     fn record_audit(

@@ -21,8 +21,8 @@ use fabric_core::agent::{
 };
 use fabric_core::budget::{Amounts, BudgetEntity, BudgetRecord, BudgetSpec, PeriodState};
 use fabric_core::policy::{
-    Approval, ApprovalStatus, AuditQuery, AuditRecord, Conditions, Effect, Policy, PolicyRule,
-    PolicyScope, PolicyStore,
+    Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, Conditions, Effect, Policy,
+    PolicyRule, PolicyScope, PolicyStore,
 };
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, BudgetStore, CreateOutcome, EventKind, Priority,
@@ -60,6 +60,7 @@ where
     policies_put_list_replace_delete(&make_store().await).await;
     approvals_put_get_list_by_status(&make_store().await).await;
     audit_filters_order_and_duplicates(&make_store().await).await;
+    lists_page_through_with_cursors(&make_store().await).await;
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -267,7 +268,7 @@ async fn agent_ids<S: AgentStore>(store: &S) -> Vec<String> {
 
 async fn session_numbers<S: AgentStore>(store: &S, id: &str, limit: usize) -> Vec<u32> {
     must(
-        store.list_sessions(agent(id), limit).await,
+        store.list_sessions(agent(id), None, limit).await,
         "listing sessions",
     )
     .into_iter()
@@ -1094,7 +1095,7 @@ pub async fn agent_sessions_upsert_newest_first<S: AgentStore>(store: &S) {
     must(store.put_agent(sample_agent("b")).await, "putting an agent");
     assert_eq!(
         must(
-            store.list_sessions(agent("a"), 10).await,
+            store.list_sessions(agent("a"), None, 10).await,
             "listing sessions"
         ),
         Vec::new(),
@@ -1121,7 +1122,7 @@ pub async fn agent_sessions_upsert_newest_first<S: AgentStore>(store: &S) {
 
     assert_eq!(
         must(
-            store.list_sessions(agent("a"), 10).await,
+            store.list_sessions(agent("a"), None, 10).await,
             "listing sessions"
         ),
         vec![
@@ -1556,7 +1557,10 @@ pub async fn approvals_put_get_list_by_status<S: PolicyStore>(store: &S) {
     assert_eq!(
         ids(must(
             store
-                .list_approvals(Some(ApprovalStatus::Pending), 100)
+                .list_approvals(ApprovalQuery {
+                    status: Some(ApprovalStatus::Pending),
+                    ..ApprovalQuery::default()
+                })
                 .await,
             "listing"
         )),
@@ -1566,16 +1570,60 @@ pub async fn approvals_put_get_list_by_status<S: PolicyStore>(store: &S) {
     assert_eq!(
         must(
             store
-                .list_approvals(Some(ApprovalStatus::Approved), 100)
+                .list_approvals(ApprovalQuery {
+                    status: Some(ApprovalStatus::Approved),
+                    ..ApprovalQuery::default()
+                })
                 .await,
             "listing"
         ),
         vec![decided]
     );
     assert_eq!(
-        ids(must(store.list_approvals(None, 2).await, "listing")),
+        ids(must(
+            store
+                .list_approvals(ApprovalQuery {
+                    limit: 2,
+                    ..ApprovalQuery::default()
+                })
+                .await,
+            "listing"
+        )),
         vec![third.id, second.id],
         "every status, newest first, limited"
+    );
+    let mut elsewhere = sample_approval(3);
+    elsewhere.tenant = tenant("other");
+    must(
+        store.put_approval(elsewhere.clone()).await,
+        "putting an approval",
+    );
+    assert_eq!(
+        ids(must(
+            store
+                .list_approvals(ApprovalQuery {
+                    tenant: Some(tenant("other")),
+                    ..ApprovalQuery::default()
+                })
+                .await,
+            "listing"
+        )),
+        vec![elsewhere.id],
+        "one tenant's only"
+    );
+    assert_eq!(
+        ids(must(
+            store
+                .list_approvals(ApprovalQuery {
+                    tenant: Some(first.tenant.clone()),
+                    before: Some(third.id),
+                    ..ApprovalQuery::default()
+                })
+                .await,
+            "listing"
+        )),
+        vec![second.id, first.id],
+        "older than the cursor, of that tenant"
     );
 }
 
@@ -1639,7 +1687,18 @@ pub async fn audit_filters_order_and_duplicates<S: PolicyStore>(store: &S) {
             tenant: Some(tenant("acme")),
             agent: Some(agent("coder")),
             decision: Some(Effect::Allow),
+            before: None,
             limit: 100,
+        },
+        AuditQuery {
+            before: Some(records[2].id),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            agent: Some(agent("coder")),
+            before: Some(records[3].id),
+            limit: 1,
+            ..AuditQuery::default()
         },
         AuditQuery {
             tenant: Some(tenant("other")),
@@ -1671,4 +1730,132 @@ pub async fn audit_filters_order_and_duplicates<S: PolicyStore>(store: &S) {
         store.record_audit(records[0].clone()).await.is_err(),
         "an audit record is appended once; a duplicate id is an error"
     );
+}
+
+/// The paging cursors of sessions, usage records, approvals and audit
+/// records: walking pages of `limit` from each page's last item yields the
+/// whole listing once, in order, with no gap and no repeat, also where
+/// several usage records share a millisecond (the order breaks the tie by id).
+pub async fn lists_page_through_with_cursors<S: AgentStore + UsageStore + PolicyStore>(store: &S) {
+    must(store.put_agent(sample_agent("p")).await, "putting an agent");
+    for n in 1..=5 {
+        must(
+            store.put_session(sample_session("p", n)).await,
+            "putting a session",
+        );
+    }
+    let mut walked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = must(
+            store.list_sessions(agent("p"), cursor, 2).await,
+            "listing sessions",
+        );
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        cursor = page.last().map(|s| s.session);
+        walked.extend(page.into_iter().map(|s| s.session));
+    }
+    assert_eq!(walked, [5, 4, 3, 2, 1], "sessions, page by page");
+
+    // Three records in one millisecond, two in another.
+    for (agent_name, offset) in [
+        ("c", 0),
+        ("c", 10),
+        ("c", 10),
+        ("d", 10),
+        ("c", 20),
+        ("c", 30),
+        ("c", 30),
+    ] {
+        must(
+            store
+                .record_usage(sample_usage("acme", "alice", Some(agent_name), offset))
+                .await,
+            "recording usage",
+        );
+    }
+    for filter in [None, Some(agent("c"))] {
+        let query = UsageQuery {
+            agent: filter.clone(),
+            ..UsageQuery::default()
+        };
+        let whole = usage_ids(store, query.clone()).await;
+        let mut walked = Vec::new();
+        let mut before = None;
+        loop {
+            let page = usage_ids(
+                store,
+                UsageQuery {
+                    before,
+                    limit: 2,
+                    ..query.clone()
+                },
+            )
+            .await;
+            if page.is_empty() {
+                break;
+            }
+            before = page.last().copied();
+            walked.extend(page);
+        }
+        assert_eq!(walked, whole, "usage records of {filter:?}, page by page");
+        assert_eq!(whole.len(), if filter.is_some() { 6 } else { 7 });
+    }
+
+    let approvals: Vec<Approval> = (10..15).map(sample_approval).collect();
+    for a in &approvals {
+        must(store.put_approval(a.clone()).await, "putting an approval");
+    }
+    let mut walked = Vec::new();
+    let mut before = None;
+    loop {
+        let page = must(
+            store
+                .list_approvals(ApprovalQuery {
+                    before,
+                    limit: 2,
+                    ..ApprovalQuery::default()
+                })
+                .await,
+            "listing approvals",
+        );
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|a| a.id);
+        walked.extend(page.into_iter().map(|a| a.id));
+    }
+    let newest_first: Vec<uuid::Uuid> = approvals.iter().rev().map(|a| a.id).collect();
+    assert_eq!(walked, newest_first, "approvals, page by page");
+
+    let records: Vec<AuditRecord> = (0..5)
+        .map(|_| sample_audit("acme", Some("coder"), Effect::Allow))
+        .collect();
+    for r in &records {
+        must(store.record_audit(r.clone()).await, "auditing");
+    }
+    let mut walked = Vec::new();
+    let mut before = None;
+    loop {
+        let page = must(
+            store
+                .list_audit(AuditQuery {
+                    before,
+                    limit: 2,
+                    ..AuditQuery::default()
+                })
+                .await,
+            "listing audit",
+        );
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|r| r.id);
+        walked.extend(page.into_iter().map(|r| r.id));
+    }
+    let newest_first: Vec<uuid::Uuid> = records.iter().rev().map(|r| r.id).collect();
+    assert_eq!(walked, newest_first, "audit records, page by page");
 }

@@ -16,7 +16,7 @@ use crate::outln;
 use crate::output::{print_json, print_json_line, short_time, table, write_text};
 
 /// Page size of `task logs` (the server's cap for `GET /v1/tasks/{id}/events`).
-const EVENTS_PAGE: u32 = 1000;
+const EVENTS_PAGE: usize = fabric_core::api::PAGE_MAX_LIMIT;
 /// Polling of `task result --wait`: start fast (short tasks), back off to this.
 const POLL_MIN: Duration = Duration::from_millis(100);
 const POLL_MAX: Duration = Duration::from_secs(1);
@@ -391,24 +391,28 @@ fn push_block(text: &mut String, block: &str) {
 /// `task logs ID`: the recorded history, page by page.
 async fn logs(ctx: &Ctx, id: TaskId) -> Result<(), CliError> {
     let client = ctx.authed_client()?;
-    let mut after = 0;
+    let mut cursor: Option<String> = None;
     let mut all = Vec::new();
     loop {
-        let page = client.task_events(id, after, EVENTS_PAGE).await?;
-        let full = page.events.len() >= EVENTS_PAGE as usize;
+        let page = client
+            .task_events(id, cursor.as_deref(), EVENTS_PAGE)
+            .await?;
         for event in page.events {
-            after = after.max(event.seq);
             if !ctx.output.is_json() {
                 print_event(event.kind, &event.payload)?;
             }
             all.push(event);
         }
-        if !full {
-            break;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
         }
     }
     if ctx.output.is_json() {
-        print_json(&fabric_core::api::EventList { events: all })?;
+        print_json(&fabric_core::api::EventList {
+            events: all,
+            next_cursor: None,
+        })?;
     }
     Ok(())
 }

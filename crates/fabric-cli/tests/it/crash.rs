@@ -346,7 +346,7 @@ async fn kill_9_mid_load(store: &str, successor: Successor) {
     loop {
         let mut url = format!("{base}/v1/tasks?limit=1000");
         if let Some(c) = &cursor {
-            url.push_str(&format!("&before={c}"));
+            url.push_str(&format!("&cursor={c}"));
         }
         let page: Value = client
             .get(url)

@@ -462,10 +462,15 @@ impl AgentManager {
     pub async fn sessions(
         &self,
         id: &AgentId,
+        before: Option<u32>,
         limit: usize,
     ) -> Result<Vec<AgentSession>, ApiError> {
         let slot = self.slot_or_404(id)?;
-        let mut sessions = self.inner.store.list_sessions(id.clone(), limit).await?;
+        let mut sessions = self
+            .inner
+            .store
+            .list_sessions(id.clone(), before, limit)
+            .await?;
         // The running session's count lives in memory until it ends.
         let status = slot.status.lock();
         if let Some(live) = &status.session

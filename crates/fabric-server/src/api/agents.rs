@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::agents::MAX_DRAIN_TIMEOUT;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams};
 use crate::state::AppState;
 
 fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
@@ -67,16 +67,20 @@ pub async fn spawn(
     Ok((StatusCode::CREATED, Json(agent)))
 }
 
-#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])),
-    responses((status = 200, body = AgentList)))]
+/// The agents, by id.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = AgentList), (status = 400, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    Listing { page, .. }: Listing<NoFilters>,
 ) -> Result<Json<AgentList>, ApiError> {
     user_only(&principal)?;
     principal.require(Scope::ReadTasks)?;
+    let (agents, next_cursor) = page.slice(state.agents.list(), |a| a.config.id.clone());
     Ok(Json(AgentList {
-        agents: state.agents.list(),
+        agents,
+        next_cursor,
     }))
 }
 
@@ -130,27 +134,26 @@ pub async fn terminate(
     Ok(Json(agent))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct SessionParams {
-    /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<usize>,
-}
-
-/// Each run of the agent: start, end, exit reason, tasks done (FR-LIFE-5).
+/// Each run of the agent, newest first: start, end, exit reason, tasks done
+/// (FR-LIFE-5). The cursor is a session number: the sessions before it.
 #[utoipa::path(get, path = "/v1/agents/{id}/sessions", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "agent id"), SessionParams),
-    responses((status = 200, body = SessionList), (status = 404, body = fabric_core::api::ErrorBody)))]
+    params(("id" = String, Path, description = "agent id"), PageParams),
+    responses((status = 200, body = SessionList), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn sessions(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    ApiQuery(params): ApiQuery<SessionParams>,
+    Listing { page, .. }: Listing<NoFilters>,
 ) -> Result<Json<SessionList>, ApiError> {
     user_only(&principal)?;
     principal.require(Scope::ReadTasks)?;
-    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
-    let sessions = state.agents.sessions(&agent_id(&id)?, limit).await?;
-    Ok(Json(SessionList { sessions }))
+    let sessions = state
+        .agents
+        .sessions(&agent_id(&id)?, page.cursor()?, page.limit)
+        .await?;
+    let next_cursor = page.next(&sessions, |s| s.session);
+    Ok(Json(SessionList {
+        sessions,
+        next_cursor,
+    }))
 }

@@ -7,39 +7,44 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::Alert;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::ApiQuery;
+use crate::extract::{Listing, PageParams};
 use crate::state::AppState;
 use fabric_core::Scope;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct AlertParams {
     /// Only alerts of this kind (`task_error_rate`, `http_error_rate`, `agent_crash_loop`, `budget_exceeded`).
     pub kind: Option<String>,
-    /// At most this many, newest first (default 100, at most 1000).
-    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AlertList {
     pub alerts: Vec<Alert>,
+    /// Pass as `?cursor=` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Alerts raised since the server started, newest first (the last 1000 are kept). Admins only.
-#[utoipa::path(get, path = "/v1/alerts", tag = "telemetry", security(("bearer" = [])), params(AlertParams),
-    responses((status = 200, body = AlertList), (status = 403, body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/alerts", tag = "telemetry", security(("bearer" = [])), params(AlertParams, PageParams),
+    responses((status = 200, body = AlertList), (status = 400, body = fabric_core::api::ErrorBody), (status = 401, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
-    ApiQuery(params): ApiQuery<AlertParams>,
+    Listing { page, filters }: Listing<AlertParams>,
 ) -> Result<Json<AlertList>, ApiError> {
     principal?.require(Scope::Admin)?;
-    let limit = params
-        .limit
-        .unwrap_or(100)
-        .clamp(1, crate::alerts::KEEP_ALERTS);
+    let alerts = state.telemetry.alerts.list(
+        filters.kind.as_deref(),
+        page.cursor::<String>()?.as_deref(),
+        page.limit,
+    );
+    let next_cursor = page.next(&alerts, |a| a.id.clone());
     Ok(Json(AlertList {
-        alerts: state.telemetry.alerts.list(params.kind.as_deref(), limit),
+        alerts,
+        next_cursor,
     }))
 }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams};
 use crate::state::AppState;
 
 fn entity(raw: &str) -> Result<BudgetEntity, ApiError> {
@@ -56,15 +56,20 @@ pub async fn put(
     Ok(Json(view))
 }
 
-/// Every budget.
-#[utoipa::path(get, path = "/v1/budgets", tag = "budgets", security(("bearer" = [])),
-    responses((status = 200, body = BudgetList), (status = 403, body = fabric_core::api::ErrorBody)))]
+/// Every budget, by entity.
+#[utoipa::path(get, path = "/v1/budgets", tag = "budgets", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = BudgetList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    Listing { page, .. }: Listing<NoFilters>,
 ) -> Result<Json<BudgetList>, ApiError> {
     principal.require(Scope::Admin)?;
-    Ok(Json(state.budgets.list().await?))
+    let (budgets, next_cursor) = page.slice(state.budgets.list().await?, |b| b.entity.to_string());
+    Ok(Json(BudgetList {
+        budgets,
+        next_cursor,
+    }))
 }
 
 /// One entity's budget.

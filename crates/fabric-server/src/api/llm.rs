@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::ApiQuery;
+use crate::extract::{Listing, PageParams};
 use crate::llm::{into_response, read_body};
 use crate::request_id;
 use crate::state::AppState;
@@ -208,24 +208,29 @@ pub struct UsageParams {
     /// RFC 3339; exclusive.
     #[param(value_type = Option<String>)]
     pub until: Option<Timestamp>,
-    /// Most records returned (default 100, at most 1000); totals cover every match.
-    pub limit: Option<usize>,
 }
 
-/// Usage records (newest first) and totals.
+/// Usage records (newest first; a page of them) and the totals of every
+/// record the filters select.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
     pub records: Vec<UsageRecord>,
     pub totals: UsageTotals,
+    /// Pass as `?cursor=` for the next page of records; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// The usage ledger: raw records and totals, per agent, user or tenant.
-#[utoipa::path(get, path = "/v1/llm/usage", tag = "inference", security(("bearer" = [])), params(UsageParams),
-    responses((status = 200, body = UsageReport), (status = 403, body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/llm/usage", tag = "inference", security(("bearer" = [])), params(UsageParams, PageParams),
+    responses((status = 200, body = UsageReport), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
-    ApiQuery(params): ApiQuery<UsageParams>,
+    Listing {
+        page,
+        filters: params,
+    }: Listing<UsageParams>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let principal = principal?;
     let mut query = UsageQuery {
@@ -234,7 +239,8 @@ pub async fn usage(
         user: params.user,
         since: params.since,
         until: params.until,
-        limit: params.limit.unwrap_or(100).min(1000),
+        before: page.cursor()?,
+        limit: page.limit,
     };
     if let Some(agent) = &principal.agent {
         query.agent = Some(agent.clone());
@@ -244,9 +250,12 @@ pub async fn usage(
     }
     let records = state.llm.store.list_usage(query.clone());
     let totals = state.llm.store.usage_totals(query);
+    let records = records.await?;
+    let next_cursor = page.next(&records, |r| r.id);
     Ok(Json(UsageReport {
-        records: records.await?,
+        records,
         totals: totals.await?,
+        next_cursor,
     }))
 }
 

@@ -7,21 +7,20 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use fabric_core::policy::{
-    Approval, ApprovalList, ApprovalStatus, AuditList, AuditQuery, CheckRequest, CheckResponse,
-    Effect, Policy, PolicyList, validate_policy_id,
+    Approval, ApprovalList, ApprovalQuery, ApprovalStatus, AuditList, AuditQuery, CheckRequest,
+    CheckResponse, Effect, Policy, PolicyList, validate_policy_id,
 };
 use fabric_core::{AgentId, Scope};
 use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams};
 use crate::policy::{Actor, Decision, approval_response};
 use crate::state::AppState;
 
 /// Longest wait of one agent check or approval poll.
 const MAX_WAIT_SECS: f64 = 60.0;
-const MAX_PAGE: usize = 1000;
 /// Longest action string accepted.
 const MAX_ACTION_BYTES: usize = 4096;
 
@@ -76,15 +75,18 @@ pub async fn put(
 }
 
 /// Every policy, by id.
-#[utoipa::path(get, path = "/v1/policies", tag = "policy", security(("bearer" = [])),
-    responses((status = 200, body = PolicyList)))]
+#[utoipa::path(get, path = "/v1/policies", tag = "policy", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = PolicyList), (status = 400, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    Listing { page, .. }: Listing<NoFilters>,
 ) -> Result<Json<PolicyList>, ApiError> {
     principal.require(Scope::ReadTasks)?;
+    let (policies, next_cursor) = page.slice(state.policy.list(), |p| p.id.clone());
     Ok(Json(PolicyList {
-        policies: state.policy.list(),
+        policies,
+        next_cursor,
     }))
 }
 
@@ -151,31 +153,34 @@ pub async fn check(
 pub struct ApprovalParams {
     /// `pending`, `approved`, `denied` or `timed_out` (default: every status).
     status: Option<String>,
-    /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<usize>,
 }
 
 /// Approvals of the caller's tenant, newest first.
-#[utoipa::path(get, path = "/v1/approvals", tag = "policy", security(("bearer" = [])), params(ApprovalParams),
-    responses((status = 200, body = ApprovalList), (status = 403, description = "needs the approve scope", body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/approvals", tag = "policy", security(("bearer" = [])), params(ApprovalParams, PageParams),
+    responses((status = 200, body = ApprovalList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "needs the approve scope", body = fabric_core::api::ErrorBody)))]
 pub async fn approvals(
     State(state): State<AppState>,
     principal: Principal,
-    ApiQuery(params): ApiQuery<ApprovalParams>,
+    Listing { page, filters }: Listing<ApprovalParams>,
 ) -> Result<Json<ApprovalList>, ApiError> {
     principal.require(Scope::Approve)?;
-    let status = params
+    let status = filters
         .status
         .as_deref()
         .map(str::parse::<ApprovalStatus>)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let limit = params.limit.unwrap_or(100).min(MAX_PAGE);
+    let query = ApprovalQuery {
+        tenant: Some(principal.tenant.clone()),
+        status,
+        before: page.cursor()?,
+        limit: page.limit,
+    };
+    let approvals = state.policy.list_approvals(query).await?;
+    let next_cursor = page.next(&approvals, |a| a.id);
     Ok(Json(ApprovalList {
-        approvals: state
-            .policy
-            .list_approvals(&principal.tenant, status, limit)
-            .await?,
+        approvals,
+        next_cursor,
     }))
 }
 
@@ -219,17 +224,18 @@ pub struct AuditParams {
     agent: Option<String>,
     /// Only `allow`, `deny` or `require_approval` decisions.
     decision: Option<String>,
-    /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<usize>,
 }
 
 /// The audit trail of the caller's tenant (FR-POL-5), newest first.
-#[utoipa::path(get, path = "/v1/audit", tag = "policy", security(("bearer" = [])), params(AuditParams),
-    responses((status = 200, body = AuditList), (status = 403, description = "needs the admin scope", body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/audit", tag = "policy", security(("bearer" = [])), params(AuditParams, PageParams),
+    responses((status = 200, body = AuditList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "needs the admin scope", body = fabric_core::api::ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
     principal: Principal,
-    ApiQuery(params): ApiQuery<AuditParams>,
+    Listing {
+        page,
+        filters: params,
+    }: Listing<AuditParams>,
 ) -> Result<Json<AuditList>, ApiError> {
     principal.require(Scope::Admin)?;
     let agent = params
@@ -248,10 +254,14 @@ pub async fn audit(
         tenant: Some(principal.tenant.clone()),
         agent,
         decision,
-        limit: params.limit.unwrap_or(100).min(MAX_PAGE),
+        before: page.cursor()?,
+        limit: page.limit,
     };
+    let records = state.policy.list_audit(query).await?;
+    let next_cursor = page.next(&records, |r| r.id);
     Ok(Json(AuditList {
-        records: state.policy.list_audit(query).await?,
+        records,
+        next_cursor,
     }))
 }
 

@@ -12,10 +12,8 @@ use serde::Deserialize;
 use super::task_id;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, Listing, NoFilters, PageParams};
 use crate::state::AppState;
-
-const MAX_PAGE: usize = 1000;
 
 /// Creates a task. With an `Idempotency-Key` header, a retry returns the task
 /// the first call created (200 instead of 201).
@@ -94,32 +92,27 @@ pub async fn create_job(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only tasks in this status.
     status: Option<String>,
     /// Only tasks of this agent.
     agent: Option<String>,
-    /// Page size (default 100, at most 1000).
-    limit: Option<usize>,
-    /// Cursor from a previous page's `next_cursor`.
-    before: Option<String>,
 }
 
 /// Lists the caller's tenant's tasks, newest first.
-#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(ListParams),
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(ListParams, PageParams),
     responses((status = 200, body = TaskList), (status = 400, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    ApiQuery(params): ApiQuery<ListParams>,
+    Listing {
+        page,
+        filters: params,
+    }: Listing<ListParams>,
 ) -> Result<Json<TaskList>, ApiError> {
     principal.require(Scope::ReadTasks)?;
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::bad_request(format!(
-            "'limit' must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page.limit;
     let query = TaskQuery {
         tenant: None,
         status: params
@@ -134,7 +127,7 @@ pub async fn list(
             .map(str::parse::<AgentId>)
             .transpose()
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        before: params.before.as_deref().map(task_id).transpose()?,
+        before: page.cursor()?,
         limit,
     };
     let tasks = state.tasks.list(&principal.tenant, query).await?;
@@ -201,34 +194,29 @@ pub async fn cancel(
     Ok(Json(task))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct EventParams {
-    /// Only events with a higher sequence number.
-    after: Option<u64>,
-    /// At most this many (default 1000, at most 10000).
-    limit: Option<usize>,
-}
-
-/// A task's history: status changes, log lines, its result.
-#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path), EventParams),
-    responses((status = 200, body = EventList), (status = 404, body = fabric_core::api::ErrorBody)))]
+/// A task's history, oldest first: status changes, log lines, its result.
+/// The cursor is a sequence number: the events after it.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path), PageParams),
+    responses((status = 200, body = EventList), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    ApiQuery(params): ApiQuery<EventParams>,
+    Listing { page, .. }: Listing<NoFilters>,
 ) -> Result<Json<EventList>, ApiError> {
     principal.require(Scope::ReadTasks)?;
-    let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
     let events = state
         .tasks
         .task_events(
             &principal.tenant,
             task_id(&id)?,
-            params.after.unwrap_or(0),
-            limit,
+            page.cursor::<u64>()?.unwrap_or(0),
+            page.limit,
         )
         .await?;
-    Ok(Json(EventList { events }))
+    let next_cursor = page.next(&events, |e| e.seq);
+    Ok(Json(EventList {
+        events,
+        next_cursor,
+    }))
 }

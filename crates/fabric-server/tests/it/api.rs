@@ -562,7 +562,7 @@ async fn list_filters_and_pages() {
     let (_, rest) = s
         .get(
             &token,
-            &format!("/v1/tasks?limit=3&agent=noop&before={cursor}"),
+            &format!("/v1/tasks?limit=3&agent=noop&cursor={cursor}"),
         )
         .await;
     assert_eq!(rest["tasks"].as_array().unwrap().len(), 2);
@@ -616,4 +616,110 @@ fn pgrep(pattern: &str) -> Vec<String> {
         .split_whitespace()
         .map(str::to_owned)
         .collect()
+}
+
+/// One paging contract on every list endpoint: `limit` from 1 to 1000,
+/// `cursor` the previous page's `next_cursor`, the same 400 for bad values
+/// and for unknown parameters, and walking the pages yields each item once.
+#[tokio::test]
+async fn every_list_endpoint_pages_the_same_way() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let task = s
+        .create(&token, json!({"commands": ["echo a", "echo b", "echo c"]}))
+        .await;
+    s.wait_done(&token, &task).await;
+    for id in ["pager-a", "pager-b", "pager-c"] {
+        s.spawn_agent(&token, json!({"id": id, "external": true}))
+            .await;
+        let (status, body) = s
+            .put(
+                &token,
+                &format!("/v1/budgets/agent:{id}"),
+                json!({"max_tokens_per_day": 10}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = s
+            .put(
+                &token,
+                &format!("/v1/policies/{id}"),
+                json!({"scope": {"agent": id}, "rules": [{"action_pattern": "task:*", "effect": "allow"}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let lists = [
+        ("/v1/tasks", "tasks"),
+        (&format!("/v1/tasks/{task}/events") as &str, "events"),
+        ("/v1/agents", "agents"),
+        ("/v1/agents/pager-a/sessions", "sessions"),
+        ("/v1/budgets", "budgets"),
+        ("/v1/policies", "policies"),
+        ("/v1/approvals", "approvals"),
+        ("/v1/audit", "records"),
+        ("/v1/alerts", "alerts"),
+        ("/v1/llm/usage", "records"),
+    ];
+    for (path, field) in lists {
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=ten",
+            "limit=1&limit=2",
+            "cursor=",
+            "colour=red",
+        ] {
+            let (status, body) = s.get(&token, &format!("{path}?{bad}")).await;
+            assert_eq!(
+                (status, error_code(&body)),
+                (400, "invalid_request"),
+                "{path}?{bad}: {body}"
+            );
+        }
+        // Page by page, one item at a time, against the whole list at once.
+        let (status, whole) = s.get(&token, &format!("{path}?limit=1000")).await;
+        assert_eq!(status, 200, "{path}: {whole}");
+        let whole = whole[field].as_array().unwrap().clone();
+        let mut walked = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("{path}?limit=1&cursor={c}"),
+                None => format!("{path}?limit=1"),
+            };
+            let (status, page) = s.get(&token, &url).await;
+            assert_eq!(status, 200, "{url}: {page}");
+            walked.extend(page[field].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+            assert!(walked.len() <= whole.len() + 1, "{path} pages without end");
+        }
+        let id_of = |v: &Value| {
+            ["id", "seq", "session", "entity"]
+                .iter()
+                .find_map(|k| v.get(*k).filter(|x| !x.is_null()).map(ToString::to_string))
+                .unwrap_or_else(|| v["config"]["id"].to_string())
+        };
+        assert_eq!(
+            walked.iter().map(id_of).collect::<Vec<_>>(),
+            whole.iter().map(id_of).collect::<Vec<_>>(),
+            "{path}: the pages are the whole list, in order"
+        );
+        // What the setup made: the walk above must have had pages to walk.
+        let at_least = match field {
+            "events" | "agents" | "budgets" | "policies" => 3,
+            "tasks" | "sessions" => 1,
+            "records" if path == "/v1/audit" => 1,
+            _ => 0,
+        };
+        assert!(
+            whole.len() >= at_least,
+            "{path}: {} items, expected at least {at_least}",
+            whole.len()
+        );
+    }
+    s.stop().await;
 }

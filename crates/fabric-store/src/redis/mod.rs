@@ -606,14 +606,18 @@ impl AgentStore for RedisStore {
     fn list_sessions(
         &self,
         id: AgentId,
+        before: Option<u32>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static {
-        // ZREVRANGE's stop is inclusive; -1 is "to the end".
-        let stop = i64::try_from(limit).map_or(-1, |n| n - 1);
-        let c = cmd("ZREVRANGE")
+        // Scored by session number: the cursor is an exclusive upper bound.
+        let max = before.map_or_else(|| "+inf".to_owned(), |n| format!("({n}"));
+        let c = cmd("ZREVRANGEBYSCORE")
             .arg(self.inner.keys.sessions(&id))
+            .arg(max)
+            .arg("-inf")
+            .arg("LIMIT")
             .arg(0)
-            .arg(stop)
+            .arg(i64::try_from(limit).unwrap_or(i64::MAX))
             .clone();
         let what = format!("agent {id} session");
         let read = self.read(

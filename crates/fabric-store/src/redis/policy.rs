@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use ::redis::{Script, Value, cmd};
 use fabric_core::StoreError;
-use fabric_core::policy::{Approval, ApprovalStatus, AuditQuery, AuditRecord, Policy, PolicyStore};
+use fabric_core::policy::{Approval, ApprovalQuery, AuditQuery, AuditRecord, Policy, PolicyStore};
 
 use super::codec::{self, encode_json};
 use super::scripts::script;
@@ -36,12 +36,13 @@ return 1
     )
 });
 
-/// `KEYS[1]`: the index. `ARGV`: prefix, limit. Returns `id, body` pairs,
-/// newest first.
+/// `KEYS[1]`: the index. `ARGV`: prefix, limit, the highest id to list as a
+/// `ZRANGEBYLEX` bound (`+` for all, `(<id>` for those older than `<id>`).
+/// Returns `id, body` pairs, newest first.
 pub(crate) static LIST_AUDIT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[3], '-', 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for i, id in ipairs(ids) do
   out[2 * i - 1] = id
@@ -131,15 +132,14 @@ impl PolicyStore for RedisStore {
 
     fn list_approvals(
         &self,
-        status: Option<ApprovalStatus>,
-        limit: usize,
+        query: ApprovalQuery,
     ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send + 'static {
         let c = cmd("HGETALL").arg(self.inner.keys.approvals()).clone();
         self.read(c, "cannot list approvals".to_owned(), move |value| {
             let mut approvals: Vec<Approval> = codec::json_pairs("approval", value)?;
-            approvals.retain(|a| status.is_none_or(|s| a.status == s));
+            approvals.retain(|a| query.matches(a));
             approvals.sort_by_key(|a| std::cmp::Reverse(a.id));
-            approvals.truncate(limit);
+            approvals.truncate(query.limit);
             Ok(approvals)
         })
     }
@@ -185,7 +185,13 @@ impl PolicyStore for RedisStore {
             .arg(1)
             .arg(index)
             .arg(&self.inner.keys.prefix)
-            .arg(query.limit.min(1_000_000));
+            .arg(query.limit.min(1_000_000))
+            // Every member has score 0, so the index sorts by id (UUIDv7 = time).
+            .arg(
+                query
+                    .before
+                    .map_or_else(|| "+".to_owned(), |b| format!("({b}")),
+            );
         let read = self.read(c, "cannot list audit records".to_owned(), |value| {
             codec::json_pairs("audit record", value)
         });

@@ -37,12 +37,32 @@ return 1
     )
 });
 
-/// `KEYS[1]`: the index. `ARGV`: prefix, min score, max score, limit.
-/// Returns `id, body` pairs, newest first.
+/// `KEYS[1]`: the index. `ARGV`: prefix, min score, max score, limit, and
+/// the paging cursor (a record id, or empty). Returns `id, body` pairs,
+/// newest first: by score (call start), then by id, both descending, as
+/// `ZREVRANGEBYSCORE` orders them. After a cursor: the rest of its own
+/// millisecond (lower ids at the same score), then the lower scores.
 pub(crate) static LIST_USAGE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[2], 'LIMIT', 0, ARGV[4])
+local limit, cursor = tonumber(ARGV[4]), ARGV[5]
+local ids
+if cursor == '' then
+  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[2], 'LIMIT', 0, limit)
+else
+  local score = redis.call('ZSCORE', KEYS[1], cursor)
+  if not score then return {} end
+  ids = {}
+  local same = redis.call('ZRANGEBYSCORE', KEYS[1], score, score)
+  for i = #same, 1, -1 do
+    if #ids >= limit then break end
+    if same[i] < cursor then ids[#ids + 1] = same[i] end
+  end
+  if #ids < limit then
+    local older = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. score, ARGV[2], 'LIMIT', 0, limit - #ids)
+    for _, id in ipairs(older) do ids[#ids + 1] = id end
+  end
+end
 local out = {}
 for i, id in ipairs(ids) do
   out[2 * i - 1] = id
@@ -145,7 +165,8 @@ impl UsageStore for RedisStore {
             .arg(&self.inner.keys.prefix)
             .arg(min)
             .arg(max)
-            .arg(i64::try_from(query.limit).unwrap_or(-1));
+            .arg(i64::try_from(query.limit).unwrap_or(i64::MAX))
+            .arg(query.before.map(|b| b.to_string()).unwrap_or_default());
         let read = self.read(c, "cannot list usage records".to_owned(), |value| {
             codec::json_pairs("usage record", value)
         });

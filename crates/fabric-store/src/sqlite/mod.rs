@@ -361,8 +361,9 @@ impl AgentStore for SqliteStore {
     fn list_sessions(
         &self,
         id: AgentId,
+        before: Option<u32>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AgentSession>, StoreError>> + Send + 'static {
-        self.read(move |conn| reader::list_sessions(conn, &id, limit))
+        self.read(move |conn| reader::list_sessions(conn, &id, before, limit))
     }
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use fabric_core::StoreError;
-use fabric_core::policy::{Approval, ApprovalStatus, AuditQuery, AuditRecord, Policy, PolicyStore};
+use fabric_core::policy::{Approval, ApprovalQuery, AuditQuery, AuditRecord, Policy, PolicyStore};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
@@ -96,6 +96,10 @@ fn list_audit(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditRecord>,
     if let Some(decision) = query.decision {
         eq("decision", decision.as_str().to_owned());
     }
+    if let Some(before) = query.before {
+        values.push(Value::Text(before.to_string()));
+        sql.push_str(&format!(" AND id < ?{}", values.len()));
+    }
     values.push(Value::Integer(clamp_limit(query.limit)));
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", values.len()));
     collect(
@@ -104,6 +108,38 @@ fn list_audit(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditRecord>,
         params_from_iter(values),
         "cannot list audit records",
         "audit record",
+    )
+}
+
+fn list_approvals(
+    conn: &Connection,
+    query: &ApprovalQuery,
+) -> Result<Vec<Approval>, SqliteStoreError> {
+    let mut sql = String::from("SELECT id, body FROM approvals WHERE 1 = 1");
+    let mut values = Vec::new();
+    let mut add = |condition: &str, value: String| {
+        values.push(Value::Text(value));
+        sql.push_str(&format!(" AND {condition} ?{}", values.len()));
+    };
+    if let Some(status) = query.status {
+        add("status =", status.as_str().to_owned());
+    }
+    if let Some(before) = query.before {
+        add("id <", before.to_string());
+    }
+    // Approvals are few (pending ones expire): the tenant is read from the
+    // body rather than indexed.
+    if let Some(tenant) = &query.tenant {
+        add("json_extract(body, '$.tenant') =", tenant.to_string());
+    }
+    values.push(Value::Integer(clamp_limit(query.limit)));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", values.len()));
+    collect(
+        conn,
+        &sql,
+        params_from_iter(values),
+        "cannot list approvals",
+        "approval",
     )
 }
 
@@ -173,25 +209,9 @@ impl PolicyStore for SqliteStore {
 
     fn list_approvals(
         &self,
-        status: Option<ApprovalStatus>,
-        limit: usize,
+        query: ApprovalQuery,
     ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send + 'static {
-        self.read(move |conn| match status {
-            Some(status) => collect(
-                conn,
-                "SELECT id, body FROM approvals WHERE status = ?1 ORDER BY id DESC LIMIT ?2",
-                params![status.as_str(), clamp_limit(limit)],
-                "cannot list approvals",
-                "approval",
-            ),
-            None => collect(
-                conn,
-                "SELECT id, body FROM approvals ORDER BY id DESC LIMIT ?1",
-                params![clamp_limit(limit)],
-                "cannot list approvals",
-                "approval",
-            ),
-        })
+        self.read(move |conn| list_approvals(conn, &query))
     }
 
     fn record_audit(

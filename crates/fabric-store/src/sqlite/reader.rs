@@ -261,13 +261,18 @@ pub(crate) fn list_agents(conn: &Connection) -> Result<Vec<AgentRecord>, SqliteS
 pub(crate) fn list_sessions(
     conn: &Connection,
     id: &AgentId,
+    before: Option<u32>,
     limit: usize,
 ) -> Result<Vec<AgentSession>, SqliteStoreError> {
     collect(
         conn,
         "SELECT agent_id || ' session ' || session, body FROM agent_sessions
-         WHERE agent_id = ?1 ORDER BY session DESC LIMIT ?2",
-        params![id.as_str(), clamp_limit(limit)],
+         WHERE agent_id = ?1 AND session < ?2 ORDER BY session DESC LIMIT ?3",
+        params![
+            id.as_str(),
+            before.map_or(i64::MAX, i64::from),
+            clamp_limit(limit)
+        ],
         &format!("cannot read the sessions of agent {id}"),
         "agent",
     )

@@ -103,7 +103,16 @@ fn filter(query: &UsageQuery) -> (String, Vec<Value>) {
 
 fn list(conn: &Connection, query: &UsageQuery) -> Result<Vec<UsageRecord>, SqliteStoreError> {
     let context = "cannot list usage records";
-    let (filter, mut values) = filter(query);
+    let (mut filter, mut values) = filter(query);
+    if let Some(before) = query.before {
+        // After the cursor record in the listing's order (call start, then
+        // id, newest first); a cursor that names no record ends the listing.
+        values.push(Value::Text(before.to_string()));
+        let n = values.len();
+        filter.push_str(&format!(
+            " AND (ts_ms, id) < (SELECT ts_ms, id FROM usage WHERE id = ?{n})"
+        ));
+    }
     values.push(Value::Integer(
         i64::try_from(query.limit).unwrap_or(i64::MAX),
     ));

@@ -199,7 +199,7 @@ async fn a_deposed_generation_is_refused_and_generation_zero_is_unchecked() {
     let agents = new.list_agents().await.unwrap();
     assert_eq!(agents.len(), 1, "{agents:?}");
     assert!(
-        new.list_sessions(AgentId::new("coder").unwrap(), 10)
+        new.list_sessions(AgentId::new("coder").unwrap(), None, 10)
             .await
             .unwrap()
             .is_empty()

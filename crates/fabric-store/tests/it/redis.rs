@@ -107,7 +107,7 @@ async fn acknowledged_writes_survive_kill_9_of_redis() {
     );
     assert_eq!(
         store
-            .list_sessions(AgentId::new("coder").unwrap(), 5)
+            .list_sessions(AgentId::new("coder").unwrap(), None, 5)
             .await
             .unwrap(),
         vec![sample_session("coder", 1)]

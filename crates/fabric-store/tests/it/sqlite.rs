@@ -133,13 +133,16 @@ async fn agents_and_sessions_survive_close_and_reopen() {
         Some(coder)
     );
     assert_eq!(
-        store.list_sessions(agent_id("shell-2"), 10).await.unwrap(),
+        store
+            .list_sessions(agent_id("shell-2"), None, 10)
+            .await
+            .unwrap(),
         vec![sample_session("shell-2", 2), first]
     );
     assert_eq!(store.get_agent(agent_id("gone")).await.unwrap(), None);
     assert!(
         store
-            .list_sessions(agent_id("gone"), 10)
+            .list_sessions(agent_id("gone"), None, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -171,7 +174,10 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
     store.put_session(sample_session("coder", 1)).await.unwrap();
     assert_eq!(store.list_agents().await.unwrap(), vec![record]);
     assert_eq!(
-        store.list_sessions(agent_id("coder"), 1).await.unwrap(),
+        store
+            .list_sessions(agent_id("coder"), None, 1)
+            .await
+            .unwrap(),
         vec![sample_session("coder", 1)]
     );
     // ... and the usage ledger (schema 3).
@@ -224,7 +230,7 @@ async fn corrupt_agent_rows_are_errors_not_panics() {
         Err(StoreError::Corrupt(_))
     ));
     let err = store
-        .list_sessions(agent_id("coder"), 10)
+        .list_sessions(agent_id("coder"), None, 10)
         .await
         .unwrap_err();
     assert!(
