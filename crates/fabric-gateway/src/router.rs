@@ -237,6 +237,17 @@ struct Trace {
     fallback: bool,
 }
 
+impl Trace {
+    /// The provider's name and model of the last step tried; before any was
+    /// (no route at all), "none" and the model as the caller named it.
+    fn last_tried(&self, gateway: &Gateway, requested: &str) -> (String, String) {
+        match &self.provider {
+            Some((slot, model)) => (gateway.inner.slots[*slot].name.clone(), model.clone()),
+            None => ("none".to_owned(), requested.to_owned()),
+        }
+    }
+}
+
 /// A routed success: the output and the step that produced it.
 struct Routed {
     output: Output,
@@ -343,9 +354,18 @@ impl Gateway {
         validate_chat(&req)?;
         self.check_guard(caller, &req.model).await?;
         let admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
-        let mut trace = Trace::default();
+        let mut meter = Meter {
+            caller: caller.clone(),
+            api: opts.api,
+            started: opts.started,
+            started_at: opts.started_at,
+            requested: req.model.clone(),
+            stream: false,
+            trace: Trace::default(),
+            admitted,
+        };
         let result = self
-            .execute(opts, &req.model, Op::Chat(&req), &mut trace)
+            .execute(opts, &req.model, Op::Chat(&req), &mut meter.trace)
             .await;
         match result {
             Ok(Routed {
@@ -359,37 +379,21 @@ impl Gateway {
                     || estimate_tokens(&resp.content),
                 );
                 let provider = self.inner.slots[slot].name.clone();
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    usage,
-                    false,
-                    Ok(()),
-                    admitted,
-                );
+                self.observe_overhead(opts, &meter.trace);
+                let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
+                meter.finish(self, usage, Ended::Ok);
                 Ok(Answer {
                     value: resp,
                     provider,
                     model,
-                    fallback: trace.fallback,
-                    attempts: trace.attempts,
+                    fallback,
+                    attempts,
                     usage,
                 })
             }
             Ok(_) => Err(self.internal_mismatch()),
             Err(e) => {
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    Usage::default(),
-                    false,
-                    Err(&e),
-                    admitted,
-                );
+                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
                 Err(e)
             }
         }
@@ -406,10 +410,19 @@ impl Gateway {
     ) -> Result<Answer<GatewayStream>, GatewayError> {
         validate_chat(&req)?;
         self.check_guard(caller, &req.model).await?;
-        let mut admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
-        let mut trace = Trace::default();
+        let admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
+        let mut meter = Meter {
+            caller: caller.clone(),
+            api: opts.api,
+            started: opts.started,
+            started_at: opts.started_at,
+            requested: req.model.clone(),
+            stream: true,
+            trace: Trace::default(),
+            admitted,
+        };
         let result = self
-            .execute(opts, &req.model, Op::Stream(&req), &mut trace)
+            .execute(opts, &req.model, Op::Stream(&req), &mut meter.trace)
             .await;
         match result {
             Ok(Routed {
@@ -417,48 +430,37 @@ impl Gateway {
                 slot,
                 model,
             }) => {
-                self.observe_overhead(opts, &trace);
+                self.observe_overhead(opts, &meter.trace);
                 let provider = self.inner.slots[slot].name.clone();
-                let meter = StreamMeter {
+                let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
+                let stream_meter = StreamMeter {
                     gateway: self.clone(),
-                    caller: caller.clone(),
-                    opts: opts.clone(),
-                    requested: req.model.clone(),
-                    trace: Trace {
-                        attempts: trace.attempts,
-                        upstream: trace.upstream,
-                        waited: trace.waited,
-                        provider: trace.provider.clone(),
-                        fallback: trace.fallback,
-                    },
+                    meter: Some(meter),
                     prompt_estimate: estimate_prompt_tokens(&req.messages),
                     output_chars: 0,
-                    finished: false,
-                    admitted: admitted.take(),
                 };
-                let idle = self.inner.slots[slot].timeout;
-                let deadline = opts.started + self.inner.request_timeout;
+                let stream = MeteredStream {
+                    first: Some(first),
+                    rest,
+                    meter: stream_meter,
+                    provider: provider.clone(),
+                    model: model.clone(),
+                    idle: self.inner.slots[slot].timeout,
+                    deadline: opts.started + self.inner.request_timeout,
+                    done: false,
+                };
                 Ok(Answer {
-                    value: metered_stream(first, rest, meter, idle, deadline),
+                    value: stream.into_stream(),
                     provider,
                     model,
-                    fallback: trace.fallback,
-                    attempts: trace.attempts,
+                    fallback,
+                    attempts,
                     usage: Usage::default(),
                 })
             }
             Ok(_) => Err(self.internal_mismatch()),
             Err(e) => {
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    Usage::default(),
-                    true,
-                    Err(&e),
-                    admitted,
-                );
+                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
                 Err(e)
             }
         }
@@ -483,9 +485,18 @@ impl Gateway {
             output_tokens: 0,
         };
         let admitted = self.admit(caller, &req.model, estimate)?;
-        let mut trace = Trace::default();
+        let mut meter = Meter {
+            caller: caller.clone(),
+            api: opts.api,
+            started: opts.started,
+            started_at: opts.started_at,
+            requested: req.model.clone(),
+            stream: false,
+            trace: Trace::default(),
+            admitted,
+        };
         let result = self
-            .execute(opts, &req.model, Op::Embed(&req), &mut trace)
+            .execute(opts, &req.model, Op::Embed(&req), &mut meter.trace)
             .await;
         match result {
             Ok(Routed {
@@ -506,37 +517,21 @@ impl Gateway {
                     },
                 };
                 let provider = self.inner.slots[slot].name.clone();
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    usage,
-                    false,
-                    Ok(()),
-                    admitted,
-                );
+                self.observe_overhead(opts, &meter.trace);
+                let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
+                meter.finish(self, usage, Ended::Ok);
                 Ok(Answer {
                     value: resp,
                     provider,
                     model,
-                    fallback: trace.fallback,
-                    attempts: trace.attempts,
+                    fallback,
+                    attempts,
                     usage,
                 })
             }
             Ok(_) => Err(self.internal_mismatch()),
             Err(e) => {
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    Usage::default(),
-                    false,
-                    Err(&e),
-                    admitted,
-                );
+                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
                 Err(e)
             }
         }
@@ -943,62 +938,6 @@ impl Gateway {
             .overhead(total.saturating_sub(trace.upstream + trace.waited));
     }
 
-    /// Meters a finished non-streamed call (or a failed call of any kind).
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        caller: &Caller,
-        opts: &CallOptions,
-        requested: &str,
-        trace: &Trace,
-        usage: Usage,
-        stream: bool,
-        outcome: Result<(), &GatewayError>,
-        admitted: Option<Box<dyn Admitted>>,
-    ) {
-        if outcome.is_ok() {
-            self.observe_overhead(opts, trace);
-        }
-        let (provider, model) = match &trace.provider {
-            Some((slot, model)) => (self.inner.slots[*slot].name.clone(), model.clone()),
-            None => ("none".to_owned(), requested.to_owned()),
-        };
-        let (outcome, error_code) = match outcome {
-            Ok(()) => (UsageOutcome::Ok, None),
-            Err(e) => (UsageOutcome::Error, Some(e.code().to_owned())),
-        };
-        self.record(
-            UsageRecord {
-                id: uuid::Uuid::now_v7(),
-                ts: opts.started_at,
-                tenant: caller.tenant.clone(),
-                user: caller.user.clone(),
-                agent: caller.agent.clone(),
-                request_id: caller.request_id.clone(),
-                api: opts.api.to_owned(),
-                cost_nano_usd: self.inner.prices.cost_nano_usd(
-                    &provider,
-                    &model,
-                    usage.input_tokens,
-                    usage.output_tokens,
-                ),
-                provider,
-                model,
-                requested_model: requested.to_owned(),
-                tokens_in: usage.input_tokens,
-                tokens_out: usage.output_tokens,
-                estimated: usage.estimated,
-                latency_ms: u64::try_from(opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                fallback: trace.fallback,
-                attempts: trace.attempts,
-                stream,
-                outcome,
-                error_code,
-            },
-            admitted,
-        );
-    }
-
     /// Meters a call: metrics, the log line, the admission's settlement, the sink.
     fn record(&self, record: UsageRecord, admitted: Option<Box<dyn Admitted>>) {
         if let Some(admitted) = admitted {
@@ -1103,47 +1042,66 @@ fn metered_usage(
     }
 }
 
-/// Meters a stream when it ends, fails, or is dropped by a departing client.
-struct StreamMeter {
-    gateway: Gateway,
+/// How a metered call ended: the record's outcome, and the error's code
+/// exactly when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Ok,
+    Failed { code: &'static str },
+    Canceled,
+}
+
+/// A call's usage record in the making: who asked for what and when, what
+/// routing did, and the admission's hold. [`Meter::finish`] consumes it, so a
+/// call is recorded, and its hold settled, at most once.
+struct Meter {
     caller: Caller,
-    opts: CallOptions,
+    api: &'static str,
+    started: Instant,
+    started_at: Timestamp,
+    /// The model as the caller named it.
     requested: String,
+    stream: bool,
     trace: Trace,
-    prompt_estimate: u64,
-    output_chars: u64,
-    finished: bool,
-    /// The admission's hold, settled with the stream's record.
     admitted: Option<Box<dyn Admitted>>,
 }
 
-impl StreamMeter {
-    /// Records the call once. Without reported usage the counts are estimated
-    /// from the prompt and the text streamed so far (a broken or abandoned
-    /// stream still consumed what it produced).
-    fn finish(
-        &mut self,
-        usage: Option<TokenCounts>,
-        outcome: UsageOutcome,
-        error_code: Option<&str>,
-    ) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        let chars = self.output_chars;
-        let usage = metered_usage(usage, || self.prompt_estimate, || chars.div_ceil(4));
-        let (provider, model) = self.provider_model();
-        self.gateway.record(
+impl Meter {
+    /// Records the call with the usage it consumed: priced, settled with the
+    /// admission, counted, logged and sent to the sink.
+    fn finish(self, gateway: &Gateway, usage: Usage, ended: Ended) {
+        let Meter {
+            caller,
+            api,
+            started,
+            started_at,
+            requested,
+            stream,
+            trace,
+            admitted,
+        } = self;
+        let (provider, model) = trace.last_tried(gateway, &requested);
+        let (outcome, error_code) = match ended {
+            Ended::Ok => (UsageOutcome::Ok, None),
+            Ended::Failed { code } => (UsageOutcome::Error, Some(code.to_owned())),
+            Ended::Canceled => (UsageOutcome::Canceled, None),
+        };
+        let Caller {
+            tenant,
+            user,
+            agent,
+            request_id,
+        } = caller;
+        gateway.record(
             UsageRecord {
                 id: uuid::Uuid::now_v7(),
-                ts: self.opts.started_at,
-                tenant: self.caller.tenant.clone(),
-                user: self.caller.user.clone(),
-                agent: self.caller.agent.clone(),
-                request_id: self.caller.request_id.clone(),
-                api: self.opts.api.to_owned(),
-                cost_nano_usd: self.gateway.inner.prices.cost_nano_usd(
+                ts: started_at,
+                tenant,
+                user,
+                agent,
+                request_id,
+                api: api.to_owned(),
+                cost_nano_usd: gateway.inner.prices.cost_nano_usd(
                     &provider,
                     &model,
                     usage.input_tokens,
@@ -1151,118 +1109,126 @@ impl StreamMeter {
                 ),
                 provider,
                 model,
-                requested_model: self.requested.clone(),
+                requested_model: requested,
                 tokens_in: usage.input_tokens,
                 tokens_out: usage.output_tokens,
                 estimated: usage.estimated,
-                latency_ms: u64::try_from(self.opts.started.elapsed().as_millis())
-                    .unwrap_or(u64::MAX),
-                fallback: self.trace.fallback,
-                attempts: self.trace.attempts,
-                stream: true,
+                latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                fallback: trace.fallback,
+                attempts: trace.attempts,
+                stream,
                 outcome,
-                error_code: error_code.map(str::to_owned),
+                error_code,
             },
-            self.admitted.take(),
+            admitted,
         );
     }
+}
 
-    fn provider_model(&self) -> (String, String) {
-        match &self.trace.provider {
-            Some((slot, model)) => (self.gateway.inner.slots[*slot].name.clone(), model.clone()),
-            None => ("none".to_owned(), self.requested.clone()),
-        }
+/// Meters a stream when it ends, fails, or is dropped by a departing client.
+struct StreamMeter {
+    gateway: Gateway,
+    /// Taken by the first [`StreamMeter::finish`]: later ends (the drop after
+    /// `Done`) find nothing left to record.
+    meter: Option<Meter>,
+    prompt_estimate: u64,
+    output_chars: u64,
+}
+
+impl StreamMeter {
+    /// Records the call once. Without reported usage the counts are estimated
+    /// from the prompt and the text streamed so far (a broken or abandoned
+    /// stream still consumed what it produced).
+    fn finish(&mut self, usage: Option<TokenCounts>, ended: Ended) {
+        let Some(meter) = self.meter.take() else {
+            return;
+        };
+        let chars = self.output_chars;
+        let usage = metered_usage(usage, || self.prompt_estimate, || chars.div_ceil(4));
+        meter.finish(&self.gateway, usage, ended);
     }
 }
 
 impl Drop for StreamMeter {
     fn drop(&mut self) {
-        self.finish(None, UsageOutcome::Canceled, None);
+        self.finish(None, Ended::Canceled);
     }
 }
 
-/// The provider's stream with the first event put back, an idle timeout
-/// between events, the call's deadline, errors translated, and metering.
-fn metered_stream(
-    first: StreamEvent,
+/// A routed stream on its way to the caller: the provider's stream with the
+/// first event put back, an idle timeout between events, the call's
+/// deadline, errors translated, and metering.
+struct MeteredStream {
+    first: Option<StreamEvent>,
     rest: ChatStream,
     meter: StreamMeter,
+    /// Who is streaming, for the errors: fixed once the first event came.
+    provider: String,
+    model: String,
     idle: Duration,
     deadline: Instant,
-) -> GatewayStream {
-    struct State {
-        first: Option<StreamEvent>,
-        rest: ChatStream,
-        meter: StreamMeter,
-        idle: Duration,
-        deadline: Instant,
-        done: bool,
-    }
-    let state = State {
-        first: Some(first),
-        rest,
-        meter,
-        idle,
-        deadline,
-        done: false,
-    };
-    stream::unfold(state, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        let next = match s.first.take() {
-            Some(first) => Some(Ok(first)),
-            None => {
-                let wait = s
-                    .idle
-                    .min(s.deadline.saturating_duration_since(Instant::now()));
-                match timeout(wait, s.rest.next()).await {
-                    Ok(next) => next,
-                    Err(_) => Some(Err(ProviderError::new(
-                        ProviderErrorKind::Timeout,
-                        format!("no token for {:.1}s", wait.as_secs_f64()),
-                    ))),
+    done: bool,
+}
+
+impl MeteredStream {
+    fn into_stream(self) -> GatewayStream {
+        stream::unfold(self, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let next = match s.first.take() {
+                Some(first) => Some(Ok(first)),
+                None => {
+                    let wait = s
+                        .idle
+                        .min(s.deadline.saturating_duration_since(Instant::now()));
+                    match timeout(wait, s.rest.next()).await {
+                        Ok(next) => next,
+                        Err(_) => Some(Err(ProviderError::new(
+                            ProviderErrorKind::Timeout,
+                            format!("no token for {:.1}s", wait.as_secs_f64()),
+                        ))),
+                    }
+                }
+            };
+            match next {
+                Some(Ok(StreamEvent::Delta(text))) => {
+                    s.meter.output_chars += text.chars().count() as u64;
+                    Some((Ok(StreamEvent::Delta(text)), s))
+                }
+                Some(Ok(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                })) => {
+                    s.meter.finish(usage, Ended::Ok);
+                    s.done = true;
+                    Some((
+                        Ok(StreamEvent::Done {
+                            finish_reason,
+                            usage,
+                        }),
+                        s,
+                    ))
+                }
+                Some(Err(e)) => {
+                    let timeout_after = s.idle;
+                    let err = GatewayError::from_provider(&s.provider, &s.model, e, timeout_after);
+                    s.meter.finish(None, Ended::Failed { code: err.code() });
+                    s.done = true;
+                    Some((Err(err), s))
+                }
+                None => {
+                    let err = GatewayError::Upstream {
+                        provider: s.provider.clone(),
+                        message: "the stream ended before it was complete".to_owned(),
+                        correlation_id: None,
+                    };
+                    s.meter.finish(None, Ended::Failed { code: err.code() });
+                    s.done = true;
+                    Some((Err(err), s))
                 }
             }
-        };
-        let (provider, model) = s.meter.provider_model();
-        match next {
-            Some(Ok(StreamEvent::Delta(text))) => {
-                s.meter.output_chars += text.chars().count() as u64;
-                Some((Ok(StreamEvent::Delta(text)), s))
-            }
-            Some(Ok(StreamEvent::Done {
-                finish_reason,
-                usage,
-            })) => {
-                s.meter.finish(usage, UsageOutcome::Ok, None);
-                s.done = true;
-                Some((
-                    Ok(StreamEvent::Done {
-                        finish_reason,
-                        usage,
-                    }),
-                    s,
-                ))
-            }
-            Some(Err(e)) => {
-                let timeout_after = s.idle;
-                let err = GatewayError::from_provider(&provider, &model, e, timeout_after);
-                s.meter.finish(None, UsageOutcome::Error, Some(err.code()));
-                s.done = true;
-                Some((Err(err), s))
-            }
-            None => {
-                let err = GatewayError::Upstream {
-                    provider,
-                    message: "the stream ended before it was complete".to_owned(),
-                    correlation_id: None,
-                };
-                s.meter.finish(None, UsageOutcome::Error, Some(err.code()));
-                s.done = true;
-                Some((Err(err), s))
-            }
-        }
-    })
-    .boxed()
+        })
+        .boxed()
+    }
 }
