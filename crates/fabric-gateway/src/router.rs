@@ -167,6 +167,21 @@ struct Slot {
     models: Vec<String>,
 }
 
+impl Slot {
+    /// The error of an attempt that took its whole `budget`.
+    fn timed_out(&self, budget: Duration, call: &Call) -> ProviderError {
+        ProviderError::new(
+            ProviderErrorKind::Timeout,
+            format!(
+                "{} did not answer within {:.1}s",
+                self.name,
+                budget.as_secs_f64()
+            ),
+        )
+        .with_correlation(Some(call.correlation_id.clone()))
+    }
+}
+
 struct Inner {
     slots: Vec<Slot>,
     policy: Policy,
@@ -211,19 +226,6 @@ struct Step {
     model: String,
 }
 
-/// What an attempt asks of a provider.
-enum Op<'a> {
-    Chat(&'a ChatRequest),
-    Stream(&'a ChatRequest),
-    Embed(&'a EmbedRequest),
-}
-
-enum Output {
-    Chat(ChatResponse),
-    Stream(StreamEvent, ChatStream),
-    Embed(EmbedResponse),
-}
-
 /// What routing did, for the ledger and the overhead histogram.
 #[derive(Debug, Default)]
 struct Trace {
@@ -248,11 +250,29 @@ impl Trace {
     }
 }
 
-/// A routed success: the output and the step that produced it.
-struct Routed {
-    output: Output,
-    slot: usize,
+/// A routed success: the reply and the step that produced it.
+struct Routed<'a, R> {
+    reply: R,
+    /// The provider that answered.
+    slot: &'a Slot,
+    /// The model name it was asked for.
     model: String,
+}
+
+impl<R> Routed<'_, R> {
+    /// Meters the call now, with `usage`, and answers with the reply as it is.
+    fn answer_metered(self, gateway: &Gateway, meter: Meter, usage: Usage) -> Answer<R> {
+        let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
+        meter.finish(gateway, usage, Ended::Ok);
+        Answer {
+            value: self.reply,
+            provider: self.slot.name.clone(),
+            model: self.model,
+            fallback,
+            attempts,
+            usage,
+        }
+    }
 }
 
 impl Gateway {
@@ -351,52 +371,7 @@ impl Gateway {
         opts: &CallOptions,
         req: ChatRequest,
     ) -> Result<Answer<ChatResponse>, GatewayError> {
-        validate_chat(&req)?;
-        self.check_guard(caller, &req.model).await?;
-        let admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
-        let mut meter = Meter {
-            caller: caller.clone(),
-            api: opts.api,
-            started: opts.started,
-            started_at: opts.started_at,
-            requested: req.model.clone(),
-            stream: false,
-            trace: Trace::default(),
-            admitted,
-        };
-        let result = self
-            .execute(opts, &req.model, Op::Chat(&req), &mut meter.trace)
-            .await;
-        match result {
-            Ok(Routed {
-                output: Output::Chat(resp),
-                slot,
-                model,
-            }) => {
-                let usage = metered_usage(
-                    resp.usage,
-                    || estimate_prompt_tokens(&req.messages),
-                    || estimate_tokens(&resp.content),
-                );
-                let provider = self.inner.slots[slot].name.clone();
-                self.observe_overhead(opts, &meter.trace);
-                let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
-                meter.finish(self, usage, Ended::Ok);
-                Ok(Answer {
-                    value: resp,
-                    provider,
-                    model,
-                    fallback,
-                    attempts,
-                    usage,
-                })
-            }
-            Ok(_) => Err(self.internal_mismatch()),
-            Err(e) => {
-                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
-                Err(e)
-            }
-        }
+        self.call::<Chat>(caller, opts, &req).await
     }
 
     /// A streamed chat answer. Routing (and fallback) happen before the first
@@ -408,62 +383,7 @@ impl Gateway {
         opts: &CallOptions,
         req: ChatRequest,
     ) -> Result<Answer<GatewayStream>, GatewayError> {
-        validate_chat(&req)?;
-        self.check_guard(caller, &req.model).await?;
-        let admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
-        let mut meter = Meter {
-            caller: caller.clone(),
-            api: opts.api,
-            started: opts.started,
-            started_at: opts.started_at,
-            requested: req.model.clone(),
-            stream: true,
-            trace: Trace::default(),
-            admitted,
-        };
-        let result = self
-            .execute(opts, &req.model, Op::Stream(&req), &mut meter.trace)
-            .await;
-        match result {
-            Ok(Routed {
-                output: Output::Stream(first, rest),
-                slot,
-                model,
-            }) => {
-                self.observe_overhead(opts, &meter.trace);
-                let provider = self.inner.slots[slot].name.clone();
-                let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
-                let stream_meter = StreamMeter {
-                    gateway: self.clone(),
-                    meter: Some(meter),
-                    prompt_estimate: estimate_prompt_tokens(&req.messages),
-                    output_chars: 0,
-                };
-                let stream = MeteredStream {
-                    first: Some(first),
-                    rest,
-                    meter: stream_meter,
-                    provider: provider.clone(),
-                    model: model.clone(),
-                    idle: self.inner.slots[slot].timeout,
-                    deadline: opts.started + self.inner.request_timeout,
-                    done: false,
-                };
-                Ok(Answer {
-                    value: stream.into_stream(),
-                    provider,
-                    model,
-                    fallback,
-                    attempts,
-                    usage: Usage::default(),
-                })
-            }
-            Ok(_) => Err(self.internal_mismatch()),
-            Err(e) => {
-                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
-                Err(e)
-            }
-        }
+        self.call::<StreamedChat>(caller, opts, &req).await
     }
 
     /// Embeddings, one vector per input.
@@ -473,68 +393,7 @@ impl Gateway {
         opts: &CallOptions,
         req: EmbedRequest,
     ) -> Result<Answer<EmbedResponse>, GatewayError> {
-        if req.model.trim().is_empty() {
-            return Err(GatewayError::invalid("model is required"));
-        }
-        if req.inputs.is_empty() {
-            return Err(GatewayError::invalid("input must not be empty"));
-        }
-        self.check_guard(caller, &req.model).await?;
-        let estimate = Estimate {
-            input_tokens: req.inputs.iter().map(|t| estimate_tokens(t)).sum(),
-            output_tokens: 0,
-        };
-        let admitted = self.admit(caller, &req.model, estimate)?;
-        let mut meter = Meter {
-            caller: caller.clone(),
-            api: opts.api,
-            started: opts.started,
-            started_at: opts.started_at,
-            requested: req.model.clone(),
-            stream: false,
-            trace: Trace::default(),
-            admitted,
-        };
-        let result = self
-            .execute(opts, &req.model, Op::Embed(&req), &mut meter.trace)
-            .await;
-        match result {
-            Ok(Routed {
-                output: Output::Embed(resp),
-                slot,
-                model,
-            }) => {
-                let usage = match resp.input_tokens {
-                    Some(input) => Usage {
-                        input_tokens: input,
-                        output_tokens: 0,
-                        estimated: false,
-                    },
-                    None => Usage {
-                        input_tokens: req.inputs.iter().map(|t| estimate_tokens(t)).sum(),
-                        output_tokens: 0,
-                        estimated: true,
-                    },
-                };
-                let provider = self.inner.slots[slot].name.clone();
-                self.observe_overhead(opts, &meter.trace);
-                let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
-                meter.finish(self, usage, Ended::Ok);
-                Ok(Answer {
-                    value: resp,
-                    provider,
-                    model,
-                    fallback,
-                    attempts,
-                    usage,
-                })
-            }
-            Ok(_) => Err(self.internal_mismatch()),
-            Err(e) => {
-                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
-                Err(e)
-            }
-        }
+        self.call::<Embed>(caller, opts, &req).await
     }
 
     /// Every model the gateway can route: mapped names first, then what each
@@ -596,12 +455,6 @@ impl Gateway {
         }
         *self.inner.models_cache.lock() = Some((Instant::now(), out.clone()));
         out
-    }
-
-    fn internal_mismatch(&self) -> GatewayError {
-        GatewayError::NoProvider(
-            "internal error: a provider answered another kind of request; this is a bug in fabric-gateway".to_owned(),
-        )
     }
 
     fn admit(
@@ -719,13 +572,50 @@ impl Gateway {
         Ok(steps)
     }
 
-    async fn execute(
+    /// The one call path every kind takes: validate, guard, admission, then
+    /// route (attempts, retries, breaker, fallback) and meter the outcome.
+    /// A refusal before routing holds nothing and is not metered.
+    async fn call<K: CallKind>(
+        &self,
+        caller: &Caller,
+        opts: &CallOptions,
+        req: &K::Request,
+    ) -> Result<Answer<K::Value>, GatewayError> {
+        K::validate(req)?;
+        let requested = K::model(req);
+        self.check_guard(caller, requested).await?;
+        let admitted = self.admit(caller, requested, K::estimate(req))?;
+        let mut meter = Meter {
+            caller: caller.clone(),
+            api: opts.api,
+            started: opts.started,
+            started_at: opts.started_at,
+            requested: requested.to_owned(),
+            stream: K::STREAM,
+            trace: Trace::default(),
+            admitted,
+        };
+        match self.route::<K>(opts, req, &mut meter.trace).await {
+            Ok(routed) => {
+                self.observe_overhead(opts, &meter.trace);
+                Ok(K::deliver(self, req, routed, meter))
+            }
+            Err(e) => {
+                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
+                Err(e)
+            }
+        }
+    }
+
+    /// Plans the route and walks it until a provider answers; `trace` keeps
+    /// what it did, for the ledger.
+    async fn route<K: CallKind>(
         &self,
         opts: &CallOptions,
-        model: &str,
-        op: Op<'_>,
+        req: &K::Request,
         trace: &mut Trace,
-    ) -> Result<Routed, GatewayError> {
+    ) -> Result<Routed<'_, K::Reply>, GatewayError> {
+        let model = K::model(req);
         let steps = self.plan(model, opts.policy_override.as_ref())?;
         let deadline = opts.started + self.inner.request_timeout;
         // (provider, what went wrong) of every failed step, for the final message.
@@ -752,17 +642,22 @@ impl Gateway {
                 let budget = slot.timeout.min(deadline - now);
                 let call = Call::new();
                 trace.attempts += 1;
-                let result = self.attempt(slot, &op, &step.model, &call, budget).await;
+                // For a stream the budget covers its first event too.
+                let attempt = K::attempt(slot, req, &step.model, &call);
+                let result = match timeout(budget, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => Err(slot.timed_out(budget, &call)),
+                };
                 let took = now.elapsed();
                 trace.upstream += took;
                 self.inner.metrics.attempt(&slot.name, took);
                 let e = match result {
-                    Ok(output) => {
+                    Ok(reply) => {
                         permit.success();
                         trace.fallback = index > 0;
                         return Ok(Routed {
-                            output,
-                            slot: step.slot,
+                            reply,
+                            slot,
                             model: step.model.clone(),
                         });
                     }
@@ -796,66 +691,6 @@ impl Gateway {
             }
         }
         Err(self.final_error(model, failures, &skipped))
-    }
-
-    /// One attempt within `budget`. For streams, the attempt includes the
-    /// first event, so a provider that accepts and then fails at once still
-    /// falls back.
-    async fn attempt(
-        &self,
-        slot: &Slot,
-        op: &Op<'_>,
-        model: &str,
-        call: &Call,
-        budget: Duration,
-    ) -> Result<Output, ProviderError> {
-        let timed_out = || {
-            ProviderError::new(
-                ProviderErrorKind::Timeout,
-                format!(
-                    "{} did not answer within {:.1}s",
-                    slot.name,
-                    budget.as_secs_f64()
-                ),
-            )
-            .with_correlation(Some(call.correlation_id.clone()))
-        };
-        let started = Instant::now();
-        match op {
-            Op::Chat(req) => {
-                let req = with_model(req, model);
-                timeout(budget, slot.provider.chat(&req, call))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map(Output::Chat)
-            }
-            Op::Embed(req) => {
-                let req = EmbedRequest {
-                    model: model.to_owned(),
-                    inputs: req.inputs.clone(),
-                };
-                timeout(budget, slot.provider.embed(&req, call))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map(Output::Embed)
-            }
-            Op::Stream(req) => {
-                let req = with_model(req, model);
-                let mut stream = timeout(budget, slot.provider.chat_stream(&req, call))
-                    .await
-                    .map_err(|_| timed_out())??;
-                let left = budget.saturating_sub(started.elapsed());
-                match timeout(left, stream.next()).await {
-                    Ok(Some(Ok(first))) => Ok(Output::Stream(first, stream)),
-                    Ok(Some(Err(e))) => Err(e.with_correlation(Some(call.correlation_id.clone()))),
-                    Ok(None) => Err(ProviderError::protocol(format!(
-                        "{} ended the stream without any event",
-                        slot.name
-                    ))),
-                    Err(_) => Err(timed_out()),
-                }
-            }
-        }
     }
 
     /// The caller's error when no step succeeded.
@@ -965,6 +800,247 @@ impl Gateway {
         );
         self.inner.sink.record(record);
     }
+}
+
+/// One kind of call the router routes: what the caller sends, what one
+/// provider attempt returns, and how a success reaches the caller and the
+/// ledger. [`Gateway::call`] is the path every kind takes; each kind calls
+/// the provider method that returns its own reply type, so no reply is ever
+/// of the wrong kind.
+trait CallKind {
+    /// What the caller asks for.
+    type Request: Sync;
+    /// What one successful attempt returns.
+    type Reply: Send;
+    /// What the caller's [`Answer`] carries.
+    type Value;
+    /// Whether the ledger marks the call as streamed.
+    const STREAM: bool;
+
+    /// Refuses a request no provider should see (400), before the guard.
+    fn validate(req: &Self::Request) -> Result<(), GatewayError>;
+
+    /// The model as the caller named it.
+    fn model(req: &Self::Request) -> &str;
+
+    /// What the call may consume, for the admission.
+    fn estimate(req: &Self::Request) -> Estimate;
+
+    /// One attempt at `slot`'s provider, asked for `model` (its own name for
+    /// the model); the router bounds it with the attempt's timeout.
+    fn attempt(
+        slot: &Slot,
+        req: &Self::Request,
+        model: &str,
+        call: &Call,
+    ) -> impl Future<Output = Result<Self::Reply, ProviderError>> + Send;
+
+    /// Hands the routed reply to the caller and meters the call: at once, or
+    /// (streams) when the answer ends.
+    fn deliver(
+        gateway: &Gateway,
+        req: &Self::Request,
+        routed: Routed<'_, Self::Reply>,
+        meter: Meter,
+    ) -> Answer<Self::Value>;
+}
+
+/// A complete chat answer ([`Gateway::chat`]).
+enum Chat {}
+
+impl CallKind for Chat {
+    type Request = ChatRequest;
+    type Reply = ChatResponse;
+    type Value = ChatResponse;
+    const STREAM: bool = false;
+
+    fn validate(req: &ChatRequest) -> Result<(), GatewayError> {
+        validate_chat(req)
+    }
+
+    fn model(req: &ChatRequest) -> &str {
+        &req.model
+    }
+
+    fn estimate(req: &ChatRequest) -> Estimate {
+        chat_estimate(req)
+    }
+
+    async fn attempt(
+        slot: &Slot,
+        req: &ChatRequest,
+        model: &str,
+        call: &Call,
+    ) -> Result<ChatResponse, ProviderError> {
+        slot.provider.chat(&with_model(req, model), call).await
+    }
+
+    fn deliver(
+        gateway: &Gateway,
+        req: &ChatRequest,
+        routed: Routed<'_, ChatResponse>,
+        meter: Meter,
+    ) -> Answer<ChatResponse> {
+        let usage = metered_usage(
+            routed.reply.usage,
+            || estimate_prompt_tokens(&req.messages),
+            || estimate_tokens(&routed.reply.content),
+        );
+        routed.answer_metered(gateway, meter, usage)
+    }
+}
+
+/// A streamed chat answer ([`Gateway::chat_stream`]): routed like a chat up
+/// to its first event, metered when the stream ends.
+enum StreamedChat {}
+
+/// A provider's stream that has produced its first event.
+struct OpenedStream {
+    first: StreamEvent,
+    rest: ChatStream,
+}
+
+impl CallKind for StreamedChat {
+    type Request = ChatRequest;
+    type Reply = OpenedStream;
+    type Value = GatewayStream;
+    const STREAM: bool = true;
+
+    fn validate(req: &ChatRequest) -> Result<(), GatewayError> {
+        validate_chat(req)
+    }
+
+    fn model(req: &ChatRequest) -> &str {
+        &req.model
+    }
+
+    fn estimate(req: &ChatRequest) -> Estimate {
+        chat_estimate(req)
+    }
+
+    /// The attempt includes the first event, so a provider that accepts and
+    /// then fails at once still falls back.
+    async fn attempt(
+        slot: &Slot,
+        req: &ChatRequest,
+        model: &str,
+        call: &Call,
+    ) -> Result<OpenedStream, ProviderError> {
+        let mut rest = slot
+            .provider
+            .chat_stream(&with_model(req, model), call)
+            .await?;
+        match rest.next().await {
+            Some(Ok(first)) => Ok(OpenedStream { first, rest }),
+            Some(Err(e)) => Err(e.with_correlation(Some(call.correlation_id.clone()))),
+            None => Err(ProviderError::protocol(format!(
+                "{} ended the stream without any event",
+                slot.name
+            ))),
+        }
+    }
+
+    fn deliver(
+        gateway: &Gateway,
+        req: &ChatRequest,
+        routed: Routed<'_, OpenedStream>,
+        meter: Meter,
+    ) -> Answer<GatewayStream> {
+        let Routed {
+            reply: OpenedStream { first, rest },
+            slot,
+            model,
+        } = routed;
+        let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
+        let deadline = meter.started + gateway.inner.request_timeout;
+        let stream = MeteredStream {
+            first: Some(first),
+            rest,
+            meter: StreamMeter {
+                gateway: gateway.clone(),
+                meter: Some(meter),
+                prompt_estimate: estimate_prompt_tokens(&req.messages),
+                output_chars: 0,
+            },
+            provider: slot.name.clone(),
+            model: model.clone(),
+            idle: slot.timeout,
+            deadline,
+            done: false,
+        };
+        Answer {
+            value: stream.into_stream(),
+            provider: slot.name.clone(),
+            model,
+            fallback,
+            attempts,
+            // Known only when the stream ends.
+            usage: Usage::default(),
+        }
+    }
+}
+
+/// Embeddings ([`Gateway::embed`]).
+enum Embed {}
+
+impl CallKind for Embed {
+    type Request = EmbedRequest;
+    type Reply = EmbedResponse;
+    type Value = EmbedResponse;
+    const STREAM: bool = false;
+
+    fn validate(req: &EmbedRequest) -> Result<(), GatewayError> {
+        if req.model.trim().is_empty() {
+            return Err(GatewayError::invalid("model is required"));
+        }
+        if req.inputs.is_empty() {
+            return Err(GatewayError::invalid("input must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn model(req: &EmbedRequest) -> &str {
+        &req.model
+    }
+
+    fn estimate(req: &EmbedRequest) -> Estimate {
+        Estimate {
+            input_tokens: embed_input_estimate(req),
+            output_tokens: 0,
+        }
+    }
+
+    async fn attempt(
+        slot: &Slot,
+        req: &EmbedRequest,
+        model: &str,
+        call: &Call,
+    ) -> Result<EmbedResponse, ProviderError> {
+        let req = EmbedRequest {
+            model: model.to_owned(),
+            inputs: req.inputs.clone(),
+        };
+        slot.provider.embed(&req, call).await
+    }
+
+    fn deliver(
+        gateway: &Gateway,
+        req: &EmbedRequest,
+        routed: Routed<'_, EmbedResponse>,
+        meter: Meter,
+    ) -> Answer<EmbedResponse> {
+        let reported = routed
+            .reply
+            .input_tokens
+            .map(|input| TokenCounts { input, output: 0 });
+        let usage = metered_usage(reported, || embed_input_estimate(req), || 0);
+        routed.answer_metered(gateway, meter, usage)
+    }
+}
+
+/// What embedding the inputs may consume (4 characters a token).
+fn embed_input_estimate(req: &EmbedRequest) -> u64 {
+    req.inputs.iter().map(|t| estimate_tokens(t)).sum()
 }
 
 /// What a chat call may consume: its prompt and at most `max_tokens` more.
