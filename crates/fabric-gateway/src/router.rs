@@ -618,8 +618,7 @@ impl Gateway {
         let model = K::model(req);
         let steps = self.plan(model, opts.policy_override.as_ref())?;
         let deadline = opts.started + self.inner.request_timeout;
-        // (provider, what went wrong) of every failed step, for the final message.
-        let mut failures: Vec<(usize, String, ProviderError, Duration)> = Vec::new();
+        let mut failures: Vec<Failure<'_>> = Vec::new();
         let mut skipped: Vec<&str> = Vec::new();
         for (index, step) in steps.iter().enumerate() {
             let slot = &self.inner.slots[step.slot];
@@ -686,84 +685,15 @@ impl Gateway {
                     permit = next;
                     continue;
                 }
-                failures.push((step.slot, step.model.clone(), e, budget));
+                failures.push(Failure {
+                    slot,
+                    error: e,
+                    budget,
+                });
                 break;
             }
         }
-        Err(self.final_error(model, failures, &skipped))
-    }
-
-    /// The caller's error when no step succeeded.
-    fn final_error(
-        &self,
-        model: &str,
-        mut failures: Vec<(usize, String, ProviderError, Duration)>,
-        skipped: &[&str],
-    ) -> GatewayError {
-        let slots = &self.inner.slots;
-        if failures.is_empty() {
-            return GatewayError::NoProvider(format!(
-                "every provider that serves {model:?} is failing (circuit open for {}): retry in a few seconds",
-                skipped.join(", ")
-            ));
-        }
-        if failures
-            .iter()
-            .all(|(_, _, e, _)| e.kind == ProviderErrorKind::ModelNotFound)
-        {
-            return GatewayError::ModelNotFound {
-                model: model.to_owned(),
-                tried: failures
-                    .iter()
-                    .map(|(i, _, _, _)| slots[*i].name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            };
-        }
-        // Report the last failure that is not "no such model": where the
-        // provider was down, the model may well exist.
-        let chosen = failures
-            .iter()
-            .rposition(|(_, _, e, _)| e.kind != ProviderErrorKind::ModelNotFound)
-            .unwrap_or(failures.len() - 1);
-        let mut earlier = String::new();
-        for (i, (slot, _, e, _)) in failures.iter().enumerate() {
-            if i != chosen {
-                let _ = write!(
-                    earlier,
-                    "; {} also failed: {}",
-                    slots[*slot].name, e.message
-                );
-            }
-        }
-        for name in skipped {
-            let _ = write!(earlier, "; {name} was skipped (circuit open)");
-        }
-        let (slot, _, last, budget) = failures.swap_remove(chosen);
-        let name = &slots[slot].name;
-        match GatewayError::from_provider(name, model, last, budget) {
-            GatewayError::Upstream {
-                provider,
-                message,
-                correlation_id,
-            } => GatewayError::Upstream {
-                provider,
-                message: format!("{message}{earlier}"),
-                correlation_id,
-            },
-            GatewayError::RateLimited {
-                provider,
-                message,
-                correlation_id,
-                retry_after,
-            } => GatewayError::RateLimited {
-                provider,
-                message: format!("{message}{earlier}"),
-                correlation_id,
-                retry_after,
-            },
-            other => other,
-        }
+        Err(final_error(model, failures, &skipped))
     }
 
     fn observe_overhead(&self, opts: &CallOptions, trace: &Trace) {
@@ -799,6 +729,80 @@ impl Gateway {
             "llm call"
         );
         self.inner.sink.record(record);
+    }
+}
+
+/// A step that failed for good (retries spent, or not worth it).
+struct Failure<'a> {
+    slot: &'a Slot,
+    error: ProviderError,
+    /// The attempt's timeout, for a timeout's message.
+    budget: Duration,
+}
+
+/// The caller's error when no step succeeded.
+fn final_error(model: &str, mut failures: Vec<Failure<'_>>, skipped: &[&str]) -> GatewayError {
+    if failures.is_empty() {
+        return GatewayError::NoProvider(format!(
+            "every provider that serves {model:?} is failing (circuit open for {}): retry in a few seconds",
+            skipped.join(", ")
+        ));
+    }
+    if failures
+        .iter()
+        .all(|f| f.error.kind == ProviderErrorKind::ModelNotFound)
+    {
+        return GatewayError::ModelNotFound {
+            model: model.to_owned(),
+            tried: failures
+                .iter()
+                .map(|f| f.slot.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+    }
+    // Report the last failure that is not "no such model": where the
+    // provider was down, the model may well exist.
+    let chosen = failures
+        .iter()
+        .rposition(|f| f.error.kind != ProviderErrorKind::ModelNotFound)
+        .unwrap_or(failures.len() - 1);
+    let mut earlier = String::new();
+    for (i, f) in failures.iter().enumerate() {
+        if i != chosen {
+            let _ = write!(
+                earlier,
+                "; {} also failed: {}",
+                f.slot.name, f.error.message
+            );
+        }
+    }
+    for name in skipped {
+        let _ = write!(earlier, "; {name} was skipped (circuit open)");
+    }
+    let last = failures.swap_remove(chosen);
+    match GatewayError::from_provider(&last.slot.name, model, last.error, last.budget) {
+        GatewayError::Upstream {
+            provider,
+            message,
+            correlation_id,
+        } => GatewayError::Upstream {
+            provider,
+            message: format!("{message}{earlier}"),
+            correlation_id,
+        },
+        GatewayError::RateLimited {
+            provider,
+            message,
+            correlation_id,
+            retry_after,
+        } => GatewayError::RateLimited {
+            provider,
+            message: format!("{message}{earlier}"),
+            correlation_id,
+            retry_after,
+        },
+        other => other,
     }
 }
 
