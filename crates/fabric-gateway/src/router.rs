@@ -581,10 +581,10 @@ impl Gateway {
         opts: &CallOptions,
         req: &K::Request,
     ) -> Result<Answer<K::Value>, GatewayError> {
-        K::validate(req)?;
-        let requested = K::model(req);
+        req.validate()?;
+        let requested = req.model();
         self.check_guard(caller, requested).await?;
-        let admitted = self.admit(caller, requested, K::estimate(req))?;
+        let admitted = self.admit(caller, requested, req.estimate())?;
         let mut meter = Meter {
             caller: caller.clone(),
             api: opts.api,
@@ -615,7 +615,7 @@ impl Gateway {
         req: &K::Request,
         trace: &mut Trace,
     ) -> Result<Routed<'_, K::Reply>, GatewayError> {
-        let model = K::model(req);
+        let model = req.model();
         let steps = self.plan(model, opts.policy_override.as_ref())?;
         let deadline = opts.started + self.inner.request_timeout;
         let mut failures: Vec<Failure<'_>> = Vec::new();
@@ -806,29 +806,98 @@ fn final_error(model: &str, mut failures: Vec<Failure<'_>>, skipped: &[&str]) ->
     }
 }
 
-/// One kind of call the router routes: what the caller sends, what one
-/// provider attempt returns, and how a success reaches the caller and the
-/// ledger. [`Gateway::call`] is the path every kind takes; each kind calls
-/// the provider method that returns its own reply type, so no reply is ever
-/// of the wrong kind.
+/// What the router asks of a request before routing it, whatever its kind.
+trait CallRequest: Sync {
+    /// The model as the caller named it.
+    fn model(&self) -> &str;
+
+    /// Refuses a request no provider should see (400), before the guard.
+    fn validate(&self) -> Result<(), GatewayError>;
+
+    /// What the call may consume, for the admission.
+    fn estimate(&self) -> Estimate;
+}
+
+impl CallRequest for ChatRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn validate(&self) -> Result<(), GatewayError> {
+        if self.model.trim().is_empty() {
+            return Err(GatewayError::invalid("model is required"));
+        }
+        if self.messages.is_empty() {
+            return Err(GatewayError::invalid(
+                "messages must not be empty: send at least one user message",
+            ));
+        }
+        if let Some(t) = self.params.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(GatewayError::invalid(format!(
+                "temperature {t} is out of range: use 0 to 2"
+            )));
+        }
+        if let Some(p) = self.params.top_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(GatewayError::invalid(format!(
+                "top_p {p} is out of range: use 0 to 1"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Its prompt and at most `max_tokens` more.
+    fn estimate(&self) -> Estimate {
+        Estimate {
+            input_tokens: estimate_prompt_tokens(&self.messages),
+            output_tokens: self
+                .params
+                .max_tokens
+                .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
+        }
+    }
+}
+
+impl CallRequest for EmbedRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn validate(&self) -> Result<(), GatewayError> {
+        if self.model.trim().is_empty() {
+            return Err(GatewayError::invalid("model is required"));
+        }
+        if self.inputs.is_empty() {
+            return Err(GatewayError::invalid("input must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Its inputs; embeddings generate no tokens.
+    fn estimate(&self) -> Estimate {
+        Estimate {
+            input_tokens: self.inputs.iter().map(|t| estimate_tokens(t)).sum(),
+            output_tokens: 0,
+        }
+    }
+}
+
+/// One kind of call the router routes: its request, what one provider
+/// attempt returns, and how a success reaches the caller and the ledger.
+/// [`Gateway::call`] is the path every kind takes; each kind calls the
+/// provider method that returns its own reply type, so no reply is ever of
+/// the wrong kind.
 trait CallKind {
-    /// What the caller asks for.
-    type Request: Sync;
+    type Request: CallRequest;
     /// What one successful attempt returns.
     type Reply: Send;
     /// What the caller's [`Answer`] carries.
     type Value;
     /// Whether the ledger marks the call as streamed.
     const STREAM: bool;
-
-    /// Refuses a request no provider should see (400), before the guard.
-    fn validate(req: &Self::Request) -> Result<(), GatewayError>;
-
-    /// The model as the caller named it.
-    fn model(req: &Self::Request) -> &str;
-
-    /// What the call may consume, for the admission.
-    fn estimate(req: &Self::Request) -> Estimate;
 
     /// One attempt at `slot`'s provider, asked for `model` (its own name for
     /// the model); the router bounds it with the attempt's timeout.
@@ -857,18 +926,6 @@ impl CallKind for Chat {
     type Reply = ChatResponse;
     type Value = ChatResponse;
     const STREAM: bool = false;
-
-    fn validate(req: &ChatRequest) -> Result<(), GatewayError> {
-        validate_chat(req)
-    }
-
-    fn model(req: &ChatRequest) -> &str {
-        &req.model
-    }
-
-    fn estimate(req: &ChatRequest) -> Estimate {
-        chat_estimate(req)
-    }
 
     async fn attempt(
         slot: &Slot,
@@ -909,18 +966,6 @@ impl CallKind for StreamedChat {
     type Reply = OpenedStream;
     type Value = GatewayStream;
     const STREAM: bool = true;
-
-    fn validate(req: &ChatRequest) -> Result<(), GatewayError> {
-        validate_chat(req)
-    }
-
-    fn model(req: &ChatRequest) -> &str {
-        &req.model
-    }
-
-    fn estimate(req: &ChatRequest) -> Estimate {
-        chat_estimate(req)
-    }
 
     /// The attempt includes the first event, so a provider that accepts and
     /// then fails at once still falls back.
@@ -993,27 +1038,6 @@ impl CallKind for Embed {
     type Value = EmbedResponse;
     const STREAM: bool = false;
 
-    fn validate(req: &EmbedRequest) -> Result<(), GatewayError> {
-        if req.model.trim().is_empty() {
-            return Err(GatewayError::invalid("model is required"));
-        }
-        if req.inputs.is_empty() {
-            return Err(GatewayError::invalid("input must not be empty"));
-        }
-        Ok(())
-    }
-
-    fn model(req: &EmbedRequest) -> &str {
-        &req.model
-    }
-
-    fn estimate(req: &EmbedRequest) -> Estimate {
-        Estimate {
-            input_tokens: embed_input_estimate(req),
-            output_tokens: 0,
-        }
-    }
-
     async fn attempt(
         slot: &Slot,
         req: &EmbedRequest,
@@ -1037,59 +1061,18 @@ impl CallKind for Embed {
             .reply
             .input_tokens
             .map(|input| TokenCounts { input, output: 0 });
-        let usage = metered_usage(reported, || embed_input_estimate(req), || 0);
+        let usage = metered_usage(reported, || req.estimate().input_tokens, || 0);
         routed.answer_metered(gateway, meter, usage)
     }
 }
 
-/// What embedding the inputs may consume (4 characters a token).
-fn embed_input_estimate(req: &EmbedRequest) -> u64 {
-    req.inputs.iter().map(|t| estimate_tokens(t)).sum()
-}
-
-/// What a chat call may consume: its prompt and at most `max_tokens` more.
-fn chat_estimate(req: &ChatRequest) -> Estimate {
-    Estimate {
-        input_tokens: estimate_prompt_tokens(&req.messages),
-        output_tokens: req
-            .params
-            .max_tokens
-            .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
-    }
-}
-
+/// `req` with the model name one provider knows it by.
 fn with_model(req: &ChatRequest, model: &str) -> ChatRequest {
     ChatRequest {
         model: model.to_owned(),
         messages: req.messages.clone(),
         params: req.params.clone(),
     }
-}
-
-fn validate_chat(req: &ChatRequest) -> Result<(), GatewayError> {
-    if req.model.trim().is_empty() {
-        return Err(GatewayError::invalid("model is required"));
-    }
-    if req.messages.is_empty() {
-        return Err(GatewayError::invalid(
-            "messages must not be empty: send at least one user message",
-        ));
-    }
-    if let Some(t) = req.params.temperature
-        && !(0.0..=2.0).contains(&t)
-    {
-        return Err(GatewayError::invalid(format!(
-            "temperature {t} is out of range: use 0 to 2"
-        )));
-    }
-    if let Some(p) = req.params.top_p
-        && !(0.0..=1.0).contains(&p)
-    {
-        return Err(GatewayError::invalid(format!(
-            "top_p {p} is out of range: use 0 to 1"
-        )));
-    }
-    Ok(())
 }
 
 /// Exponential backoff with ±25% jitter, capped.
