@@ -1295,3 +1295,120 @@ impl MeteredStream {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fabric_core::{TenantId, UsageOutcome};
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::config::{GatewayConfig, ProviderConfig, ProviderKind};
+    use crate::metering::MemorySink;
+    use crate::types::{Message, Params, Role};
+
+    fn caller() -> Caller {
+        Caller {
+            tenant: TenantId::new("acme").unwrap(),
+            user: "alice".into(),
+            agent: None,
+            request_id: "req_unit".into(),
+        }
+    }
+
+    fn chat(model: &str, messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            model: model.into(),
+            messages,
+            params: Params::default(),
+        }
+    }
+
+    /// The in-process mock serving only `m`, and the sink it meters into.
+    fn gateway() -> (Gateway, Arc<MemorySink>) {
+        let mut provider = ProviderConfig::new("mock", ProviderKind::Mock, None);
+        provider.models = vec!["m".into()];
+        let config = GatewayConfig {
+            providers: vec![provider],
+            ..GatewayConfig::default()
+        };
+        let sink = Arc::new(MemorySink::default());
+        let gw = Gateway::new(config, Arc::clone(&sink) as Arc<dyn UsageSink>).unwrap();
+        (gw, sink)
+    }
+
+    /// Every kind takes `Gateway::call`: one record per routed call, marked
+    /// streamed only for streams, with the outcome its end deserves; a call
+    /// refused before routing records nothing.
+    #[tokio::test]
+    async fn every_kind_meters_one_record_per_routed_call() {
+        let (gw, sink) = gateway();
+        let opts = CallOptions::new("infer");
+        let hello = || vec![Message::new(Role::User, "a b c")];
+
+        let err = gw.chat(&caller(), &opts, chat("m", vec![])).await;
+        assert_eq!(err.unwrap_err().status(), 400);
+        assert!(sink.records().is_empty(), "refused before routing");
+
+        gw.chat(&caller(), &opts, chat("m", hello())).await.unwrap();
+        let embed = EmbedRequest {
+            model: "m".into(),
+            inputs: vec!["one".into()],
+        };
+        let a = gw.embed(&caller(), &opts, embed).await.unwrap();
+        assert_eq!(a.value.embeddings.len(), 1);
+        let s = gw
+            .chat_stream(&caller(), &opts, chat("m", hello()))
+            .await
+            .unwrap();
+        let events: Vec<_> = s.value.collect().await;
+        assert!(matches!(events.last(), Some(Ok(StreamEvent::Done { .. }))));
+        let mut s = gw
+            .chat_stream(&caller(), &opts, chat("m", hello()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.value.next().await,
+            Some(Ok(StreamEvent::Delta(_)))
+        ));
+        drop(s);
+        let err = gw
+            .chat(&caller(), &opts, chat("other", hello()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "model_not_found");
+
+        let seen: Vec<_> = sink
+            .records()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.stream,
+                    r.outcome,
+                    r.error_code,
+                    r.provider,
+                    r.model,
+                    r.attempts,
+                )
+            })
+            .collect();
+        let ok = |stream, outcome| (stream, outcome, None, "mock".into(), "m".into(), 1);
+        assert_eq!(
+            seen,
+            vec![
+                ok(false, UsageOutcome::Ok),
+                ok(false, UsageOutcome::Ok),
+                ok(true, UsageOutcome::Ok),
+                ok(true, UsageOutcome::Canceled),
+                // No provider serves it: nobody was tried.
+                (
+                    false,
+                    UsageOutcome::Error,
+                    Some("model_not_found".into()),
+                    "none".into(),
+                    "other".into(),
+                    0
+                ),
+            ]
+        );
+    }
+}
