@@ -11,6 +11,14 @@
 //!   none left: the most telling error (404 if nobody has the model, else the
 //!   last failure with its provider and correlation id; 503 if all were open)
 //! ```
+//!
+//! Chat, streamed chat and embeddings take that one path (`Gateway::call`),
+//! generic over a private `CallKind`: the request's type says how to check
+//! and estimate it (`CallRequest`), the kind says which provider method one
+//! attempt calls (so its reply has the right type) and how the routed reply
+//! reaches the caller. Chat and embeddings are metered at once; a stream is
+//! routed the same way up to its first event and metered when it ends,
+//! fails or is dropped (`StreamMeter`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
