@@ -247,17 +247,6 @@ struct Trace {
     fallback: bool,
 }
 
-impl Trace {
-    /// The provider's name and model of the last step tried; before any was
-    /// (no route at all), "none" and the model as the caller named it.
-    fn last_tried(&self, gateway: &Gateway, requested: &str) -> (String, String) {
-        match &self.provider {
-            Some((slot, model)) => (gateway.inner.slots[*slot].name.clone(), model.clone()),
-            None => ("none".to_owned(), requested.to_owned()),
-        }
-    }
-}
-
 /// A routed success: the reply and the step that produced it.
 struct Routed<'a, R> {
     reply: R,
@@ -1151,7 +1140,12 @@ impl Meter {
             trace,
             admitted,
         } = self;
-        let (provider, model) = trace.last_tried(gateway, &requested);
+        // Before any step was tried (no route at all) nobody answered: the
+        // record names no provider and the model as the caller named it.
+        let (provider, model) = match trace.provider {
+            Some((slot, model)) => (gateway.inner.slots[slot].name.clone(), model),
+            None => ("none".to_owned(), requested.clone()),
+        };
         let (outcome, error_code) = match ended {
             Ended::Ok => (UsageOutcome::Ok, None),
             Ended::Failed { code } => (UsageOutcome::Error, Some(code.to_owned())),
