@@ -11,6 +11,14 @@
 //!   none left: the most telling error (404 if nobody has the model, else the
 //!   last failure with its provider and correlation id; 503 if all were open)
 //! ```
+//!
+//! Chat, streamed chat and embeddings take that one path (`Gateway::call`),
+//! generic over a private `CallKind`: the request's type says how to check
+//! and estimate it (`CallRequest`), the kind says which provider method one
+//! attempt calls (so its reply has the right type) and how the routed reply
+//! reaches the caller. Chat and embeddings are metered at once; a stream is
+//! routed the same way up to its first event and metered when it ends,
+//! fails or is dropped (`StreamMeter`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -167,6 +175,21 @@ struct Slot {
     models: Vec<String>,
 }
 
+impl Slot {
+    /// The error of an attempt that took its whole `budget`.
+    fn timed_out(&self, budget: Duration, call: &Call) -> ProviderError {
+        ProviderError::new(
+            ProviderErrorKind::Timeout,
+            format!(
+                "{} did not answer within {:.1}s",
+                self.name,
+                budget.as_secs_f64()
+            ),
+        )
+        .with_correlation(Some(call.correlation_id.clone()))
+    }
+}
+
 struct Inner {
     slots: Vec<Slot>,
     policy: Policy,
@@ -211,19 +234,6 @@ struct Step {
     model: String,
 }
 
-/// What an attempt asks of a provider.
-enum Op<'a> {
-    Chat(&'a ChatRequest),
-    Stream(&'a ChatRequest),
-    Embed(&'a EmbedRequest),
-}
-
-enum Output {
-    Chat(ChatResponse),
-    Stream(StreamEvent, ChatStream),
-    Embed(EmbedResponse),
-}
-
 /// What routing did, for the ledger and the overhead histogram.
 #[derive(Debug, Default)]
 struct Trace {
@@ -237,11 +247,29 @@ struct Trace {
     fallback: bool,
 }
 
-/// A routed success: the output and the step that produced it.
-struct Routed {
-    output: Output,
-    slot: usize,
+/// A routed success: the reply and the step that produced it.
+struct Routed<'a, R> {
+    reply: R,
+    /// The provider that answered.
+    slot: &'a Slot,
+    /// The model name it was asked for.
     model: String,
+}
+
+impl<R> Routed<'_, R> {
+    /// Meters the call now, with `usage`, and answers with the reply as it is.
+    fn answer_metered(self, gateway: &Gateway, meter: Meter, usage: Usage) -> Answer<R> {
+        let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
+        meter.finish(gateway, usage, Ended::Ok);
+        Answer {
+            value: self.reply,
+            provider: self.slot.name.clone(),
+            model: self.model,
+            fallback,
+            attempts,
+            usage,
+        }
+    }
 }
 
 impl Gateway {
@@ -340,59 +368,7 @@ impl Gateway {
         opts: &CallOptions,
         req: ChatRequest,
     ) -> Result<Answer<ChatResponse>, GatewayError> {
-        validate_chat(&req)?;
-        self.check_guard(caller, &req.model).await?;
-        let admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
-        let mut trace = Trace::default();
-        let result = self
-            .execute(opts, &req.model, Op::Chat(&req), &mut trace)
-            .await;
-        match result {
-            Ok(Routed {
-                output: Output::Chat(resp),
-                slot,
-                model,
-            }) => {
-                let usage = metered_usage(
-                    resp.usage,
-                    || estimate_prompt_tokens(&req.messages),
-                    || estimate_tokens(&resp.content),
-                );
-                let provider = self.inner.slots[slot].name.clone();
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    usage,
-                    false,
-                    Ok(()),
-                    admitted,
-                );
-                Ok(Answer {
-                    value: resp,
-                    provider,
-                    model,
-                    fallback: trace.fallback,
-                    attempts: trace.attempts,
-                    usage,
-                })
-            }
-            Ok(_) => Err(self.internal_mismatch()),
-            Err(e) => {
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    Usage::default(),
-                    false,
-                    Err(&e),
-                    admitted,
-                );
-                Err(e)
-            }
-        }
+        self.call::<Chat>(caller, opts, &req).await
     }
 
     /// A streamed chat answer. Routing (and fallback) happen before the first
@@ -404,64 +380,7 @@ impl Gateway {
         opts: &CallOptions,
         req: ChatRequest,
     ) -> Result<Answer<GatewayStream>, GatewayError> {
-        validate_chat(&req)?;
-        self.check_guard(caller, &req.model).await?;
-        let mut admitted = self.admit(caller, &req.model, chat_estimate(&req))?;
-        let mut trace = Trace::default();
-        let result = self
-            .execute(opts, &req.model, Op::Stream(&req), &mut trace)
-            .await;
-        match result {
-            Ok(Routed {
-                output: Output::Stream(first, rest),
-                slot,
-                model,
-            }) => {
-                self.observe_overhead(opts, &trace);
-                let provider = self.inner.slots[slot].name.clone();
-                let meter = StreamMeter {
-                    gateway: self.clone(),
-                    caller: caller.clone(),
-                    opts: opts.clone(),
-                    requested: req.model.clone(),
-                    trace: Trace {
-                        attempts: trace.attempts,
-                        upstream: trace.upstream,
-                        waited: trace.waited,
-                        provider: trace.provider.clone(),
-                        fallback: trace.fallback,
-                    },
-                    prompt_estimate: estimate_prompt_tokens(&req.messages),
-                    output_chars: 0,
-                    finished: false,
-                    admitted: admitted.take(),
-                };
-                let idle = self.inner.slots[slot].timeout;
-                let deadline = opts.started + self.inner.request_timeout;
-                Ok(Answer {
-                    value: metered_stream(first, rest, meter, idle, deadline),
-                    provider,
-                    model,
-                    fallback: trace.fallback,
-                    attempts: trace.attempts,
-                    usage: Usage::default(),
-                })
-            }
-            Ok(_) => Err(self.internal_mismatch()),
-            Err(e) => {
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    Usage::default(),
-                    true,
-                    Err(&e),
-                    admitted,
-                );
-                Err(e)
-            }
-        }
+        self.call::<StreamedChat>(caller, opts, &req).await
     }
 
     /// Embeddings, one vector per input.
@@ -471,75 +390,7 @@ impl Gateway {
         opts: &CallOptions,
         req: EmbedRequest,
     ) -> Result<Answer<EmbedResponse>, GatewayError> {
-        if req.model.trim().is_empty() {
-            return Err(GatewayError::invalid("model is required"));
-        }
-        if req.inputs.is_empty() {
-            return Err(GatewayError::invalid("input must not be empty"));
-        }
-        self.check_guard(caller, &req.model).await?;
-        let estimate = Estimate {
-            input_tokens: req.inputs.iter().map(|t| estimate_tokens(t)).sum(),
-            output_tokens: 0,
-        };
-        let admitted = self.admit(caller, &req.model, estimate)?;
-        let mut trace = Trace::default();
-        let result = self
-            .execute(opts, &req.model, Op::Embed(&req), &mut trace)
-            .await;
-        match result {
-            Ok(Routed {
-                output: Output::Embed(resp),
-                slot,
-                model,
-            }) => {
-                let usage = match resp.input_tokens {
-                    Some(input) => Usage {
-                        input_tokens: input,
-                        output_tokens: 0,
-                        estimated: false,
-                    },
-                    None => Usage {
-                        input_tokens: req.inputs.iter().map(|t| estimate_tokens(t)).sum(),
-                        output_tokens: 0,
-                        estimated: true,
-                    },
-                };
-                let provider = self.inner.slots[slot].name.clone();
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    usage,
-                    false,
-                    Ok(()),
-                    admitted,
-                );
-                Ok(Answer {
-                    value: resp,
-                    provider,
-                    model,
-                    fallback: trace.fallback,
-                    attempts: trace.attempts,
-                    usage,
-                })
-            }
-            Ok(_) => Err(self.internal_mismatch()),
-            Err(e) => {
-                self.finish(
-                    caller,
-                    opts,
-                    &req.model,
-                    &trace,
-                    Usage::default(),
-                    false,
-                    Err(&e),
-                    admitted,
-                );
-                Err(e)
-            }
-        }
+        self.call::<Embed>(caller, opts, &req).await
     }
 
     /// Every model the gateway can route: mapped names first, then what each
@@ -601,12 +452,6 @@ impl Gateway {
         }
         *self.inner.models_cache.lock() = Some((Instant::now(), out.clone()));
         out
-    }
-
-    fn internal_mismatch(&self) -> GatewayError {
-        GatewayError::NoProvider(
-            "internal error: a provider answered another kind of request; this is a bug in fabric-gateway".to_owned(),
-        )
     }
 
     fn admit(
@@ -724,17 +569,53 @@ impl Gateway {
         Ok(steps)
     }
 
-    async fn execute(
+    /// The one call path every kind takes: validate, guard, admission, then
+    /// route (attempts, retries, breaker, fallback) and meter the outcome.
+    /// A refusal before routing holds nothing and is not metered.
+    async fn call<K: CallKind>(
+        &self,
+        caller: &Caller,
+        opts: &CallOptions,
+        req: &K::Request,
+    ) -> Result<Answer<K::Value>, GatewayError> {
+        req.validate()?;
+        let requested = req.model();
+        self.check_guard(caller, requested).await?;
+        let admitted = self.admit(caller, requested, req.estimate())?;
+        let mut meter = Meter {
+            caller: caller.clone(),
+            api: opts.api,
+            started: opts.started,
+            started_at: opts.started_at,
+            requested: requested.to_owned(),
+            stream: K::STREAM,
+            trace: Trace::default(),
+            admitted,
+        };
+        match self.route::<K>(opts, req, &mut meter.trace).await {
+            Ok(routed) => {
+                self.observe_overhead(opts, &meter.trace);
+                Ok(K::deliver(self, req, routed, meter))
+            }
+            Err(e) => {
+                meter.finish(self, Usage::default(), Ended::Failed { code: e.code() });
+                Err(e)
+            }
+        }
+    }
+
+    /// Plans the route and walks it until a provider answers; `trace` keeps
+    /// what it did, for the ledger.
+    async fn route<K: CallKind>(
         &self,
         opts: &CallOptions,
-        model: &str,
-        op: Op<'_>,
+        req: &K::Request,
         trace: &mut Trace,
-    ) -> Result<Routed, GatewayError> {
+    ) -> Result<Routed<'_, K::Reply>, GatewayError> {
+        let model = req.model();
         let steps = self.plan(model, opts.policy_override.as_ref())?;
         let deadline = opts.started + self.inner.request_timeout;
-        // (provider, what went wrong) of every failed step, for the final message.
-        let mut failures: Vec<(usize, String, ProviderError, Duration)> = Vec::new();
+        let mut failures: Vec<Failure<'_>> = Vec::new();
         let mut skipped: Vec<&str> = Vec::new();
         for (index, step) in steps.iter().enumerate() {
             let slot = &self.inner.slots[step.slot];
@@ -757,17 +638,22 @@ impl Gateway {
                 let budget = slot.timeout.min(deadline - now);
                 let call = Call::new();
                 trace.attempts += 1;
-                let result = self.attempt(slot, &op, &step.model, &call, budget).await;
+                // For a stream the budget covers its first event too.
+                let attempt = K::attempt(slot, req, &step.model, &call);
+                let result = match timeout(budget, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => Err(slot.timed_out(budget, &call)),
+                };
                 let took = now.elapsed();
                 trace.upstream += took;
                 self.inner.metrics.attempt(&slot.name, took);
                 let e = match result {
-                    Ok(output) => {
+                    Ok(reply) => {
                         permit.success();
                         trace.fallback = index > 0;
                         return Ok(Routed {
-                            output,
-                            slot: step.slot,
+                            reply,
+                            slot,
                             model: step.model.clone(),
                         });
                     }
@@ -796,144 +682,15 @@ impl Gateway {
                     permit = next;
                     continue;
                 }
-                failures.push((step.slot, step.model.clone(), e, budget));
+                failures.push(Failure {
+                    slot,
+                    error: e,
+                    budget,
+                });
                 break;
             }
         }
-        Err(self.final_error(model, failures, &skipped))
-    }
-
-    /// One attempt within `budget`. For streams, the attempt includes the
-    /// first event, so a provider that accepts and then fails at once still
-    /// falls back.
-    async fn attempt(
-        &self,
-        slot: &Slot,
-        op: &Op<'_>,
-        model: &str,
-        call: &Call,
-        budget: Duration,
-    ) -> Result<Output, ProviderError> {
-        let timed_out = || {
-            ProviderError::new(
-                ProviderErrorKind::Timeout,
-                format!(
-                    "{} did not answer within {:.1}s",
-                    slot.name,
-                    budget.as_secs_f64()
-                ),
-            )
-            .with_correlation(Some(call.correlation_id.clone()))
-        };
-        let started = Instant::now();
-        match op {
-            Op::Chat(req) => {
-                let req = with_model(req, model);
-                timeout(budget, slot.provider.chat(&req, call))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map(Output::Chat)
-            }
-            Op::Embed(req) => {
-                let req = EmbedRequest {
-                    model: model.to_owned(),
-                    inputs: req.inputs.clone(),
-                };
-                timeout(budget, slot.provider.embed(&req, call))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map(Output::Embed)
-            }
-            Op::Stream(req) => {
-                let req = with_model(req, model);
-                let mut stream = timeout(budget, slot.provider.chat_stream(&req, call))
-                    .await
-                    .map_err(|_| timed_out())??;
-                let left = budget.saturating_sub(started.elapsed());
-                match timeout(left, stream.next()).await {
-                    Ok(Some(Ok(first))) => Ok(Output::Stream(first, stream)),
-                    Ok(Some(Err(e))) => Err(e.with_correlation(Some(call.correlation_id.clone()))),
-                    Ok(None) => Err(ProviderError::protocol(format!(
-                        "{} ended the stream without any event",
-                        slot.name
-                    ))),
-                    Err(_) => Err(timed_out()),
-                }
-            }
-        }
-    }
-
-    /// The caller's error when no step succeeded.
-    fn final_error(
-        &self,
-        model: &str,
-        mut failures: Vec<(usize, String, ProviderError, Duration)>,
-        skipped: &[&str],
-    ) -> GatewayError {
-        let slots = &self.inner.slots;
-        if failures.is_empty() {
-            return GatewayError::NoProvider(format!(
-                "every provider that serves {model:?} is failing (circuit open for {}): retry in a few seconds",
-                skipped.join(", ")
-            ));
-        }
-        if failures
-            .iter()
-            .all(|(_, _, e, _)| e.kind == ProviderErrorKind::ModelNotFound)
-        {
-            return GatewayError::ModelNotFound {
-                model: model.to_owned(),
-                tried: failures
-                    .iter()
-                    .map(|(i, _, _, _)| slots[*i].name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            };
-        }
-        // Report the last failure that is not "no such model": where the
-        // provider was down, the model may well exist.
-        let chosen = failures
-            .iter()
-            .rposition(|(_, _, e, _)| e.kind != ProviderErrorKind::ModelNotFound)
-            .unwrap_or(failures.len() - 1);
-        let mut earlier = String::new();
-        for (i, (slot, _, e, _)) in failures.iter().enumerate() {
-            if i != chosen {
-                let _ = write!(
-                    earlier,
-                    "; {} also failed: {}",
-                    slots[*slot].name, e.message
-                );
-            }
-        }
-        for name in skipped {
-            let _ = write!(earlier, "; {name} was skipped (circuit open)");
-        }
-        let (slot, _, last, budget) = failures.swap_remove(chosen);
-        let name = &slots[slot].name;
-        match GatewayError::from_provider(name, model, last, budget) {
-            GatewayError::Upstream {
-                provider,
-                message,
-                correlation_id,
-            } => GatewayError::Upstream {
-                provider,
-                message: format!("{message}{earlier}"),
-                correlation_id,
-            },
-            GatewayError::RateLimited {
-                provider,
-                message,
-                correlation_id,
-                retry_after,
-            } => GatewayError::RateLimited {
-                provider,
-                message: format!("{message}{earlier}"),
-                correlation_id,
-                retry_after,
-            },
-            other => other,
-        }
+        Err(final_error(model, failures, &skipped))
     }
 
     fn observe_overhead(&self, opts: &CallOptions, trace: &Trace) {
@@ -941,62 +698,6 @@ impl Gateway {
         self.inner
             .metrics
             .overhead(total.saturating_sub(trace.upstream + trace.waited));
-    }
-
-    /// Meters a finished non-streamed call (or a failed call of any kind).
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        caller: &Caller,
-        opts: &CallOptions,
-        requested: &str,
-        trace: &Trace,
-        usage: Usage,
-        stream: bool,
-        outcome: Result<(), &GatewayError>,
-        admitted: Option<Box<dyn Admitted>>,
-    ) {
-        if outcome.is_ok() {
-            self.observe_overhead(opts, trace);
-        }
-        let (provider, model) = match &trace.provider {
-            Some((slot, model)) => (self.inner.slots[*slot].name.clone(), model.clone()),
-            None => ("none".to_owned(), requested.to_owned()),
-        };
-        let (outcome, error_code) = match outcome {
-            Ok(()) => (UsageOutcome::Ok, None),
-            Err(e) => (UsageOutcome::Error, Some(e.code().to_owned())),
-        };
-        self.record(
-            UsageRecord {
-                id: uuid::Uuid::now_v7(),
-                ts: opts.started_at,
-                tenant: caller.tenant.clone(),
-                user: caller.user.clone(),
-                agent: caller.agent.clone(),
-                request_id: caller.request_id.clone(),
-                api: opts.api.to_owned(),
-                cost_nano_usd: self.inner.prices.cost_nano_usd(
-                    &provider,
-                    &model,
-                    usage.input_tokens,
-                    usage.output_tokens,
-                ),
-                provider,
-                model,
-                requested_model: requested.to_owned(),
-                tokens_in: usage.input_tokens,
-                tokens_out: usage.output_tokens,
-                estimated: usage.estimated,
-                latency_ms: u64::try_from(opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                fallback: trace.fallback,
-                attempts: trace.attempts,
-                stream,
-                outcome,
-                error_code,
-            },
-            admitted,
-        );
     }
 
     /// Meters a call: metrics, the log line, the admission's settlement, the sink.
@@ -1028,49 +729,347 @@ impl Gateway {
     }
 }
 
-/// What a chat call may consume: its prompt and at most `max_tokens` more.
-fn chat_estimate(req: &ChatRequest) -> Estimate {
-    Estimate {
-        input_tokens: estimate_prompt_tokens(&req.messages),
-        output_tokens: req
-            .params
-            .max_tokens
-            .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
+/// A step that failed for good (retries spent, or not worth it).
+struct Failure<'a> {
+    slot: &'a Slot,
+    error: ProviderError,
+    /// The attempt's timeout, for a timeout's message.
+    budget: Duration,
+}
+
+/// The caller's error when no step succeeded.
+fn final_error(model: &str, mut failures: Vec<Failure<'_>>, skipped: &[&str]) -> GatewayError {
+    if failures.is_empty() {
+        return GatewayError::NoProvider(format!(
+            "every provider that serves {model:?} is failing (circuit open for {}): retry in a few seconds",
+            skipped.join(", ")
+        ));
+    }
+    if failures
+        .iter()
+        .all(|f| f.error.kind == ProviderErrorKind::ModelNotFound)
+    {
+        return GatewayError::ModelNotFound {
+            model: model.to_owned(),
+            tried: failures
+                .iter()
+                .map(|f| f.slot.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+    }
+    // Report the last failure that is not "no such model": where the
+    // provider was down, the model may well exist.
+    let chosen = failures
+        .iter()
+        .rposition(|f| f.error.kind != ProviderErrorKind::ModelNotFound)
+        .unwrap_or(failures.len() - 1);
+    let mut earlier = String::new();
+    for (i, f) in failures.iter().enumerate() {
+        if i != chosen {
+            let _ = write!(
+                earlier,
+                "; {} also failed: {}",
+                f.slot.name, f.error.message
+            );
+        }
+    }
+    for name in skipped {
+        let _ = write!(earlier, "; {name} was skipped (circuit open)");
+    }
+    let last = failures.swap_remove(chosen);
+    match GatewayError::from_provider(&last.slot.name, model, last.error, last.budget) {
+        GatewayError::Upstream {
+            provider,
+            message,
+            correlation_id,
+        } => GatewayError::Upstream {
+            provider,
+            message: format!("{message}{earlier}"),
+            correlation_id,
+        },
+        GatewayError::RateLimited {
+            provider,
+            message,
+            correlation_id,
+            retry_after,
+        } => GatewayError::RateLimited {
+            provider,
+            message: format!("{message}{earlier}"),
+            correlation_id,
+            retry_after,
+        },
+        other => other,
     }
 }
 
+/// What the router asks of a request before routing it, whatever its kind.
+trait CallRequest: Sync {
+    /// The model as the caller named it.
+    fn model(&self) -> &str;
+
+    /// Refuses a request no provider should see (400), before the guard.
+    fn validate(&self) -> Result<(), GatewayError>;
+
+    /// What the call may consume, for the admission.
+    fn estimate(&self) -> Estimate;
+}
+
+impl CallRequest for ChatRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn validate(&self) -> Result<(), GatewayError> {
+        if self.model.trim().is_empty() {
+            return Err(GatewayError::invalid("model is required"));
+        }
+        if self.messages.is_empty() {
+            return Err(GatewayError::invalid(
+                "messages must not be empty: send at least one user message",
+            ));
+        }
+        if let Some(t) = self.params.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(GatewayError::invalid(format!(
+                "temperature {t} is out of range: use 0 to 2"
+            )));
+        }
+        if let Some(p) = self.params.top_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(GatewayError::invalid(format!(
+                "top_p {p} is out of range: use 0 to 1"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Its prompt and at most `max_tokens` more.
+    fn estimate(&self) -> Estimate {
+        Estimate {
+            input_tokens: estimate_prompt_tokens(&self.messages),
+            output_tokens: self
+                .params
+                .max_tokens
+                .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
+        }
+    }
+}
+
+impl CallRequest for EmbedRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn validate(&self) -> Result<(), GatewayError> {
+        if self.model.trim().is_empty() {
+            return Err(GatewayError::invalid("model is required"));
+        }
+        if self.inputs.is_empty() {
+            return Err(GatewayError::invalid("input must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Its inputs; embeddings generate no tokens.
+    fn estimate(&self) -> Estimate {
+        Estimate {
+            input_tokens: self.inputs.iter().map(|t| estimate_tokens(t)).sum(),
+            output_tokens: 0,
+        }
+    }
+}
+
+/// One kind of call the router routes: its request, what one provider
+/// attempt returns, and how a success reaches the caller and the ledger.
+/// [`Gateway::call`] is the path every kind takes; each kind calls the
+/// provider method that returns its own reply type, so no reply is ever of
+/// the wrong kind.
+trait CallKind {
+    type Request: CallRequest;
+    /// What one successful attempt returns.
+    type Reply: Send;
+    /// What the caller's [`Answer`] carries.
+    type Value;
+    /// Whether the ledger marks the call as streamed.
+    const STREAM: bool;
+
+    /// One attempt at `slot`'s provider, asked for `model` (its own name for
+    /// the model); the router bounds it with the attempt's timeout.
+    fn attempt(
+        slot: &Slot,
+        req: &Self::Request,
+        model: &str,
+        call: &Call,
+    ) -> impl Future<Output = Result<Self::Reply, ProviderError>> + Send;
+
+    /// Hands the routed reply to the caller and meters the call: at once, or
+    /// (streams) when the answer ends.
+    fn deliver(
+        gateway: &Gateway,
+        req: &Self::Request,
+        routed: Routed<'_, Self::Reply>,
+        meter: Meter,
+    ) -> Answer<Self::Value>;
+}
+
+/// A complete chat answer ([`Gateway::chat`]).
+enum Chat {}
+
+impl CallKind for Chat {
+    type Request = ChatRequest;
+    type Reply = ChatResponse;
+    type Value = ChatResponse;
+    const STREAM: bool = false;
+
+    async fn attempt(
+        slot: &Slot,
+        req: &ChatRequest,
+        model: &str,
+        call: &Call,
+    ) -> Result<ChatResponse, ProviderError> {
+        slot.provider.chat(&with_model(req, model), call).await
+    }
+
+    fn deliver(
+        gateway: &Gateway,
+        req: &ChatRequest,
+        routed: Routed<'_, ChatResponse>,
+        meter: Meter,
+    ) -> Answer<ChatResponse> {
+        let usage = metered_usage(
+            routed.reply.usage,
+            || estimate_prompt_tokens(&req.messages),
+            || estimate_tokens(&routed.reply.content),
+        );
+        routed.answer_metered(gateway, meter, usage)
+    }
+}
+
+/// A streamed chat answer ([`Gateway::chat_stream`]): routed like a chat up
+/// to its first event, metered when the stream ends.
+enum StreamedChat {}
+
+/// A provider's stream that has produced its first event.
+struct OpenedStream {
+    first: StreamEvent,
+    rest: ChatStream,
+}
+
+impl CallKind for StreamedChat {
+    type Request = ChatRequest;
+    type Reply = OpenedStream;
+    type Value = GatewayStream;
+    const STREAM: bool = true;
+
+    /// The attempt includes the first event, so a provider that accepts and
+    /// then fails at once still falls back.
+    async fn attempt(
+        slot: &Slot,
+        req: &ChatRequest,
+        model: &str,
+        call: &Call,
+    ) -> Result<OpenedStream, ProviderError> {
+        let mut rest = slot
+            .provider
+            .chat_stream(&with_model(req, model), call)
+            .await?;
+        match rest.next().await {
+            Some(Ok(first)) => Ok(OpenedStream { first, rest }),
+            Some(Err(e)) => Err(e.with_correlation(Some(call.correlation_id.clone()))),
+            None => Err(ProviderError::protocol(format!(
+                "{} ended the stream without any event",
+                slot.name
+            ))),
+        }
+    }
+
+    fn deliver(
+        gateway: &Gateway,
+        req: &ChatRequest,
+        routed: Routed<'_, OpenedStream>,
+        meter: Meter,
+    ) -> Answer<GatewayStream> {
+        let Routed {
+            reply: OpenedStream { first, rest },
+            slot,
+            model,
+        } = routed;
+        let (fallback, attempts) = (meter.trace.fallback, meter.trace.attempts);
+        let deadline = meter.started + gateway.inner.request_timeout;
+        let stream = MeteredStream {
+            first: Some(first),
+            rest,
+            meter: StreamMeter {
+                gateway: gateway.clone(),
+                meter: Some(meter),
+                prompt_estimate: estimate_prompt_tokens(&req.messages),
+                output_chars: 0,
+            },
+            provider: slot.name.clone(),
+            model: model.clone(),
+            idle: slot.timeout,
+            deadline,
+            done: false,
+        };
+        Answer {
+            value: stream.into_stream(),
+            provider: slot.name.clone(),
+            model,
+            fallback,
+            attempts,
+            // Known only when the stream ends.
+            usage: Usage::default(),
+        }
+    }
+}
+
+/// Embeddings ([`Gateway::embed`]).
+enum Embed {}
+
+impl CallKind for Embed {
+    type Request = EmbedRequest;
+    type Reply = EmbedResponse;
+    type Value = EmbedResponse;
+    const STREAM: bool = false;
+
+    async fn attempt(
+        slot: &Slot,
+        req: &EmbedRequest,
+        model: &str,
+        call: &Call,
+    ) -> Result<EmbedResponse, ProviderError> {
+        let req = EmbedRequest {
+            model: model.to_owned(),
+            inputs: req.inputs.clone(),
+        };
+        slot.provider.embed(&req, call).await
+    }
+
+    fn deliver(
+        gateway: &Gateway,
+        req: &EmbedRequest,
+        routed: Routed<'_, EmbedResponse>,
+        meter: Meter,
+    ) -> Answer<EmbedResponse> {
+        let reported = routed
+            .reply
+            .input_tokens
+            .map(|input| TokenCounts { input, output: 0 });
+        let usage = metered_usage(reported, || req.estimate().input_tokens, || 0);
+        routed.answer_metered(gateway, meter, usage)
+    }
+}
+
+/// `req` with the model name one provider knows it by.
 fn with_model(req: &ChatRequest, model: &str) -> ChatRequest {
     ChatRequest {
         model: model.to_owned(),
         messages: req.messages.clone(),
         params: req.params.clone(),
     }
-}
-
-fn validate_chat(req: &ChatRequest) -> Result<(), GatewayError> {
-    if req.model.trim().is_empty() {
-        return Err(GatewayError::invalid("model is required"));
-    }
-    if req.messages.is_empty() {
-        return Err(GatewayError::invalid(
-            "messages must not be empty: send at least one user message",
-        ));
-    }
-    if let Some(t) = req.params.temperature
-        && !(0.0..=2.0).contains(&t)
-    {
-        return Err(GatewayError::invalid(format!(
-            "temperature {t} is out of range: use 0 to 2"
-        )));
-    }
-    if let Some(p) = req.params.top_p
-        && !(0.0..=1.0).contains(&p)
-    {
-        return Err(GatewayError::invalid(format!(
-            "top_p {p} is out of range: use 0 to 1"
-        )));
-    }
-    Ok(())
 }
 
 /// Exponential backoff with ±25% jitter, capped.
@@ -1103,47 +1102,71 @@ fn metered_usage(
     }
 }
 
-/// Meters a stream when it ends, fails, or is dropped by a departing client.
-struct StreamMeter {
-    gateway: Gateway,
+/// How a metered call ended: the record's outcome, and the error's code
+/// exactly when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Ok,
+    Failed { code: &'static str },
+    Canceled,
+}
+
+/// A call's usage record in the making: who asked for what and when, what
+/// routing did, and the admission's hold. [`Meter::finish`] consumes it, so a
+/// call is recorded, and its hold settled, at most once.
+struct Meter {
     caller: Caller,
-    opts: CallOptions,
+    api: &'static str,
+    started: Instant,
+    started_at: Timestamp,
+    /// The model as the caller named it.
     requested: String,
+    stream: bool,
     trace: Trace,
-    prompt_estimate: u64,
-    output_chars: u64,
-    finished: bool,
-    /// The admission's hold, settled with the stream's record.
     admitted: Option<Box<dyn Admitted>>,
 }
 
-impl StreamMeter {
-    /// Records the call once. Without reported usage the counts are estimated
-    /// from the prompt and the text streamed so far (a broken or abandoned
-    /// stream still consumed what it produced).
-    fn finish(
-        &mut self,
-        usage: Option<TokenCounts>,
-        outcome: UsageOutcome,
-        error_code: Option<&str>,
-    ) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        let chars = self.output_chars;
-        let usage = metered_usage(usage, || self.prompt_estimate, || chars.div_ceil(4));
-        let (provider, model) = self.provider_model();
-        self.gateway.record(
+impl Meter {
+    /// Records the call with the usage it consumed: priced, settled with the
+    /// admission, counted, logged and sent to the sink.
+    fn finish(self, gateway: &Gateway, usage: Usage, ended: Ended) {
+        let Meter {
+            caller,
+            api,
+            started,
+            started_at,
+            requested,
+            stream,
+            trace,
+            admitted,
+        } = self;
+        // Before any step was tried (no route at all) nobody answered: the
+        // record names no provider and the model as the caller named it.
+        let (provider, model) = match trace.provider {
+            Some((slot, model)) => (gateway.inner.slots[slot].name.clone(), model),
+            None => ("none".to_owned(), requested.clone()),
+        };
+        let (outcome, error_code) = match ended {
+            Ended::Ok => (UsageOutcome::Ok, None),
+            Ended::Failed { code } => (UsageOutcome::Error, Some(code.to_owned())),
+            Ended::Canceled => (UsageOutcome::Canceled, None),
+        };
+        let Caller {
+            tenant,
+            user,
+            agent,
+            request_id,
+        } = caller;
+        gateway.record(
             UsageRecord {
                 id: uuid::Uuid::now_v7(),
-                ts: self.opts.started_at,
-                tenant: self.caller.tenant.clone(),
-                user: self.caller.user.clone(),
-                agent: self.caller.agent.clone(),
-                request_id: self.caller.request_id.clone(),
-                api: self.opts.api.to_owned(),
-                cost_nano_usd: self.gateway.inner.prices.cost_nano_usd(
+                ts: started_at,
+                tenant,
+                user,
+                agent,
+                request_id,
+                api: api.to_owned(),
+                cost_nano_usd: gateway.inner.prices.cost_nano_usd(
                     &provider,
                     &model,
                     usage.input_tokens,
@@ -1151,118 +1174,243 @@ impl StreamMeter {
                 ),
                 provider,
                 model,
-                requested_model: self.requested.clone(),
+                requested_model: requested,
                 tokens_in: usage.input_tokens,
                 tokens_out: usage.output_tokens,
                 estimated: usage.estimated,
-                latency_ms: u64::try_from(self.opts.started.elapsed().as_millis())
-                    .unwrap_or(u64::MAX),
-                fallback: self.trace.fallback,
-                attempts: self.trace.attempts,
-                stream: true,
+                latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                fallback: trace.fallback,
+                attempts: trace.attempts,
+                stream,
                 outcome,
-                error_code: error_code.map(str::to_owned),
+                error_code,
             },
-            self.admitted.take(),
+            admitted,
         );
     }
+}
 
-    fn provider_model(&self) -> (String, String) {
-        match &self.trace.provider {
-            Some((slot, model)) => (self.gateway.inner.slots[*slot].name.clone(), model.clone()),
-            None => ("none".to_owned(), self.requested.clone()),
-        }
+/// Meters a stream when it ends, fails, or is dropped by a departing client.
+struct StreamMeter {
+    gateway: Gateway,
+    /// Taken by the first [`StreamMeter::finish`]: later ends (the drop after
+    /// `Done`) find nothing left to record.
+    meter: Option<Meter>,
+    prompt_estimate: u64,
+    output_chars: u64,
+}
+
+impl StreamMeter {
+    /// Records the call once. Without reported usage the counts are estimated
+    /// from the prompt and the text streamed so far (a broken or abandoned
+    /// stream still consumed what it produced).
+    fn finish(&mut self, usage: Option<TokenCounts>, ended: Ended) {
+        let Some(meter) = self.meter.take() else {
+            return;
+        };
+        let chars = self.output_chars;
+        let usage = metered_usage(usage, || self.prompt_estimate, || chars.div_ceil(4));
+        meter.finish(&self.gateway, usage, ended);
     }
 }
 
 impl Drop for StreamMeter {
     fn drop(&mut self) {
-        self.finish(None, UsageOutcome::Canceled, None);
+        self.finish(None, Ended::Canceled);
     }
 }
 
-/// The provider's stream with the first event put back, an idle timeout
-/// between events, the call's deadline, errors translated, and metering.
-fn metered_stream(
-    first: StreamEvent,
+/// A routed stream on its way to the caller: the provider's stream with the
+/// first event put back, an idle timeout between events, the call's
+/// deadline, errors translated, and metering.
+struct MeteredStream {
+    first: Option<StreamEvent>,
     rest: ChatStream,
     meter: StreamMeter,
+    /// Who is streaming, for the errors: fixed once the first event came.
+    provider: String,
+    model: String,
     idle: Duration,
     deadline: Instant,
-) -> GatewayStream {
-    struct State {
-        first: Option<StreamEvent>,
-        rest: ChatStream,
-        meter: StreamMeter,
-        idle: Duration,
-        deadline: Instant,
-        done: bool,
-    }
-    let state = State {
-        first: Some(first),
-        rest,
-        meter,
-        idle,
-        deadline,
-        done: false,
-    };
-    stream::unfold(state, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        let next = match s.first.take() {
-            Some(first) => Some(Ok(first)),
-            None => {
-                let wait = s
-                    .idle
-                    .min(s.deadline.saturating_duration_since(Instant::now()));
-                match timeout(wait, s.rest.next()).await {
-                    Ok(next) => next,
-                    Err(_) => Some(Err(ProviderError::new(
-                        ProviderErrorKind::Timeout,
-                        format!("no token for {:.1}s", wait.as_secs_f64()),
-                    ))),
+    done: bool,
+}
+
+impl MeteredStream {
+    fn into_stream(self) -> GatewayStream {
+        stream::unfold(self, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let next = match s.first.take() {
+                Some(first) => Some(Ok(first)),
+                None => {
+                    let wait = s
+                        .idle
+                        .min(s.deadline.saturating_duration_since(Instant::now()));
+                    match timeout(wait, s.rest.next()).await {
+                        Ok(next) => next,
+                        Err(_) => Some(Err(ProviderError::new(
+                            ProviderErrorKind::Timeout,
+                            format!("no token for {:.1}s", wait.as_secs_f64()),
+                        ))),
+                    }
+                }
+            };
+            match next {
+                Some(Ok(StreamEvent::Delta(text))) => {
+                    s.meter.output_chars += text.chars().count() as u64;
+                    Some((Ok(StreamEvent::Delta(text)), s))
+                }
+                Some(Ok(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                })) => {
+                    s.meter.finish(usage, Ended::Ok);
+                    s.done = true;
+                    Some((
+                        Ok(StreamEvent::Done {
+                            finish_reason,
+                            usage,
+                        }),
+                        s,
+                    ))
+                }
+                Some(Err(e)) => {
+                    let timeout_after = s.idle;
+                    let err = GatewayError::from_provider(&s.provider, &s.model, e, timeout_after);
+                    s.meter.finish(None, Ended::Failed { code: err.code() });
+                    s.done = true;
+                    Some((Err(err), s))
+                }
+                None => {
+                    let err = GatewayError::Upstream {
+                        provider: s.provider.clone(),
+                        message: "the stream ended before it was complete".to_owned(),
+                        correlation_id: None,
+                    };
+                    s.meter.finish(None, Ended::Failed { code: err.code() });
+                    s.done = true;
+                    Some((Err(err), s))
                 }
             }
-        };
-        let (provider, model) = s.meter.provider_model();
-        match next {
-            Some(Ok(StreamEvent::Delta(text))) => {
-                s.meter.output_chars += text.chars().count() as u64;
-                Some((Ok(StreamEvent::Delta(text)), s))
-            }
-            Some(Ok(StreamEvent::Done {
-                finish_reason,
-                usage,
-            })) => {
-                s.meter.finish(usage, UsageOutcome::Ok, None);
-                s.done = true;
-                Some((
-                    Ok(StreamEvent::Done {
-                        finish_reason,
-                        usage,
-                    }),
-                    s,
-                ))
-            }
-            Some(Err(e)) => {
-                let timeout_after = s.idle;
-                let err = GatewayError::from_provider(&provider, &model, e, timeout_after);
-                s.meter.finish(None, UsageOutcome::Error, Some(err.code()));
-                s.done = true;
-                Some((Err(err), s))
-            }
-            None => {
-                let err = GatewayError::Upstream {
-                    provider,
-                    message: "the stream ended before it was complete".to_owned(),
-                    correlation_id: None,
-                };
-                s.meter.finish(None, UsageOutcome::Error, Some(err.code()));
-                s.done = true;
-                Some((Err(err), s))
-            }
+        })
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fabric_core::{TenantId, UsageOutcome};
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::config::{GatewayConfig, ProviderConfig, ProviderKind};
+    use crate::metering::MemorySink;
+    use crate::types::{Message, Params, Role};
+
+    fn caller() -> Caller {
+        Caller {
+            tenant: TenantId::new("acme").unwrap(),
+            user: "alice".into(),
+            agent: None,
+            request_id: "req_unit".into(),
         }
-    })
-    .boxed()
+    }
+
+    fn chat(model: &str, messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            model: model.into(),
+            messages,
+            params: Params::default(),
+        }
+    }
+
+    /// The in-process mock serving only `m`, and the sink it meters into.
+    fn gateway() -> (Gateway, Arc<MemorySink>) {
+        let mut provider = ProviderConfig::new("mock", ProviderKind::Mock, None);
+        provider.models = vec!["m".into()];
+        let config = GatewayConfig {
+            providers: vec![provider],
+            ..GatewayConfig::default()
+        };
+        let sink = Arc::new(MemorySink::default());
+        let gw = Gateway::new(config, Arc::clone(&sink) as Arc<dyn UsageSink>).unwrap();
+        (gw, sink)
+    }
+
+    /// Every kind takes `Gateway::call`: one record per routed call, marked
+    /// streamed only for streams, with the outcome its end deserves; a call
+    /// refused before routing records nothing.
+    #[tokio::test]
+    async fn every_kind_meters_one_record_per_routed_call() {
+        let (gw, sink) = gateway();
+        let opts = CallOptions::new("infer");
+        let hello = || vec![Message::new(Role::User, "a b c")];
+
+        let err = gw.chat(&caller(), &opts, chat("m", vec![])).await;
+        assert_eq!(err.unwrap_err().status(), 400);
+        assert!(sink.records().is_empty(), "refused before routing");
+
+        gw.chat(&caller(), &opts, chat("m", hello())).await.unwrap();
+        let embed = EmbedRequest {
+            model: "m".into(),
+            inputs: vec!["one".into()],
+        };
+        let a = gw.embed(&caller(), &opts, embed).await.unwrap();
+        assert_eq!(a.value.embeddings.len(), 1);
+        let s = gw
+            .chat_stream(&caller(), &opts, chat("m", hello()))
+            .await
+            .unwrap();
+        let events: Vec<_> = s.value.collect().await;
+        assert!(matches!(events.last(), Some(Ok(StreamEvent::Done { .. }))));
+        let mut s = gw
+            .chat_stream(&caller(), &opts, chat("m", hello()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.value.next().await,
+            Some(Ok(StreamEvent::Delta(_)))
+        ));
+        drop(s);
+        let err = gw
+            .chat(&caller(), &opts, chat("other", hello()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "model_not_found");
+
+        let seen: Vec<_> = sink
+            .records()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.stream,
+                    r.outcome,
+                    r.error_code,
+                    r.provider,
+                    r.model,
+                    r.attempts,
+                )
+            })
+            .collect();
+        let ok = |stream, outcome| (stream, outcome, None, "mock".into(), "m".into(), 1);
+        assert_eq!(
+            seen,
+            vec![
+                ok(false, UsageOutcome::Ok),
+                ok(false, UsageOutcome::Ok),
+                ok(true, UsageOutcome::Ok),
+                ok(true, UsageOutcome::Canceled),
+                // No provider serves it: nobody was tried.
+                (
+                    false,
+                    UsageOutcome::Error,
+                    Some("model_not_found".into()),
+                    "none".into(),
+                    "other".into(),
+                    0
+                ),
+            ]
+        );
+    }
 }
