@@ -75,8 +75,10 @@ pub struct IsolationConfig {
     #[serde(default)]
     pub level: IsolationLevel,
     #[serde(default = "default_memory_mb")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 16, maximum = 1048576))]
     pub memory_mb: u64,
     #[serde(default = "default_cpu_cores")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.01, maximum = 1024.0))]
     pub cpu_cores: f64,
     /// Directory the agent's working dir is created under (default: the fabric's data dir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +118,7 @@ pub struct BudgetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_per_day_usd: Option<f64>,
     #[serde(default = "default_alert_threshold")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub alert_threshold_percent: u8,
 }
 
@@ -148,6 +151,7 @@ pub enum RestartPolicy {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 64))]
     pub min_idle: u32,
 }
 
@@ -186,8 +190,10 @@ pub struct AgentConfig {
     pub external: bool,
     /// Tasks it works on at once.
     #[serde(default = "default_concurrency")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
     pub concurrency: u32,
     #[serde(default = "default_max_queue_depth")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_queue_depth: u32,
     #[serde(default)]
     pub pool: PoolConfig,

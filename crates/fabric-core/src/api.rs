@@ -131,8 +131,11 @@ pub struct CreateTokenRequest {
     pub name: Option<String>,
     /// Defaults to the caller's scopes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub scopes: Option<Vec<Scope>>,
+    /// Seconds the token lives: 1 to a year (default 30 days).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31536000))]
     pub ttl_seconds: Option<u64>,
     /// An agent token for this (existing) agent: it can use only `/v1/agent/...`
     /// as that agent. Needs `admin`. How an `external` agent gets its token.
@@ -152,6 +155,9 @@ pub struct WhoAmI {
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// Named apart from `agent::Health` (an agent's heartbeat health), which
+// would otherwise take this one's place in the OpenAPI document.
+#[cfg_attr(feature = "openapi", schema(as = ServerHealth))]
 pub struct Health {
     /// `ok`; `starting` while not ready; `standby` while another orchestrator
     /// leads the store prefix; `stepping_down` after losing the leadership.
@@ -276,4 +282,91 @@ pub struct CompleteRequest {
     pub result: Option<TaskResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Parses a request body: a JSON object, read as `T`. The one way every
+/// JSON body of the API (the server's routes and the gateway's) is read.
+///
+/// - Anything but an object is refused: serde would otherwise build a
+///   struct from an array (`[null, null]`, field by position), which no
+///   client means.
+/// - A number with a zero fraction (`63.0`) is an integer, as JSON Schema
+///   (and so the OpenAPI document) has it and as JavaScript clients send
+///   them; serde alone would refuse `63.0` where it wants an integer.
+///
+/// The error says what is wrong, for a 400.
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    if !value.is_object() {
+        return Err(
+            "the body must be a JSON object ({...}); see /openapi.json for its fields".to_owned(),
+        );
+    }
+    integral_floats_as_integers(&mut value);
+    // The error names the field: `invalid JSON body: rules[0].effect: unknown variant ...`.
+    serde_path_to_error::deserialize(value).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+            {
+                // Only where the cast is exact: |f| < 2^63 (a value of
+                // -2^63 or below, written with a fraction or too long for
+                // an i64, stays a float and an integer field refuses it).
+                const TWO_POW_63: f64 = 9.223_372_036_854_776e18;
+                if (0.0..TWO_POW_63).contains(&f) {
+                    *value = Value::from(f as u64);
+                } else if f < 0.0 && f > -TWO_POW_63 {
+                    *value = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Body {
+        n: u64,
+        x: f64,
+        #[serde(default)]
+        list: Vec<i32>,
+    }
+
+    #[test]
+    fn integral_floats_are_integers_and_only_objects_are_bodies() {
+        let b: Body = parse_json_body(br#"{"n": 63.0, "x": 2.0, "list": [-1.0, 2]}"#).unwrap();
+        assert_eq!(
+            b,
+            Body {
+                n: 63,
+                x: 2.0,
+                list: vec![-1, 2]
+            }
+        );
+        #[derive(Debug, serde::Deserialize)]
+        struct Signed {
+            #[allow(dead_code)]
+            s: i64,
+        }
+        let e = parse_json_body::<Signed>(br#"{"s": -9223372036854775809}"#).unwrap_err();
+        assert!(e.starts_with("invalid JSON body:"), "below i64::MIN: {e}");
+        let e = parse_json_body::<Body>(br#"{"n": 63.5, "x": 1}"#).unwrap_err();
+        assert!(e.starts_with("invalid JSON body:"), "{e}");
+        let e = parse_json_body::<Body>(b"[63, 1.0]").unwrap_err();
+        assert!(e.contains("must be a JSON object"), "{e}");
+        let e = parse_json_body::<Body>(b"{not json").unwrap_err();
+        assert!(e.starts_with("invalid JSON body:"), "{e}");
+    }
 }

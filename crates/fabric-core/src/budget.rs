@@ -152,13 +152,17 @@ fn default_alert_threshold() -> u8 {
 #[serde(deny_unknown_fields)]
 pub struct BudgetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_u64))]
     pub max_tokens_per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1099511627776_u64))]
     pub max_compute_seconds_per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1e9))]
     pub max_cost_per_day_usd: Option<f64>,
     /// Percent of a limit at which the soft alert fires (once per period).
     #[serde(default = "default_alert_threshold")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub alert_threshold_percent: u8,
     #[serde(default)]
     pub reset: ResetPolicy,
@@ -186,10 +190,10 @@ impl BudgetSpec {
             ));
         }
         if let Some(usd) = self.max_cost_per_day_usd
-            && !(0.0..1e9).contains(&usd)
+            && !(0.0..=1e9).contains(&usd)
         {
             return Err(format!(
-                "max_cost_per_day_usd {usd} is invalid: use a non-negative number of US dollars below 1e9"
+                "max_cost_per_day_usd {usd} is invalid: use a non-negative number of US dollars up to 1e9"
             ));
         }
         if self
@@ -197,6 +201,16 @@ impl BudgetSpec {
             .is_some_and(|s| s > 1 << 40)
         {
             return Err("max_compute_seconds_per_day is too large".to_owned());
+        }
+        // Stores keep counts as signed 64-bit integers.
+        if self
+            .max_tokens_per_day
+            .is_some_and(|t| i64::try_from(t).is_err())
+        {
+            return Err(format!(
+                "max_tokens_per_day is too large: use at most {}",
+                i64::MAX
+            ));
         }
         Ok(())
     }
@@ -329,7 +343,11 @@ impl BudgetLimit {
 pub struct BudgetView {
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "agent:coder"))]
     pub entity: BudgetEntity,
+    // Inlined: a reference to `BudgetSpec` would bring its
+    // `additionalProperties: false` (unknown fields are refused in a PUT),
+    // which `entity` and `updated_at` beside it would break.
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(inline))]
     pub spec: BudgetSpec,
     pub updated_at: Timestamp,
 }

@@ -405,7 +405,13 @@ pub trait PolicyStore: Send + Sync + 'static {
 pub struct CheckRequest {
     /// The agent acting (ignored on `/v1/agent/check`: the token names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    )]
     pub agent: Option<String>,
+    /// What the agent wants to do, e.g. `shell:rm -rf /tmp/x` (1 to 4096 bytes).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 4096))]
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,

@@ -19,10 +19,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        // axum checks the content type and the size; the body is read the
+        // way every API body is (an object; `63.0` is an integer).
+        let body =
+            match axum::Json::<Box<serde_json::value::RawValue>>::from_request(req, state).await {
+                Ok(axum::Json(raw)) => raw,
+                Err(rejection) => return Err(json_rejection(rejection)),
+            };
+        fabric_core::api::parse_json_body::<T>(body.get().as_bytes())
+            .map(Self)
+            .map_err(ApiError::bad_request)
     }
 }
 
@@ -81,18 +87,45 @@ pub struct Page {
     cursor: Option<String>,
 }
 
-/// The paging parameters, for the OpenAPI document (parsed by [`Listing`]).
+/// The paging parameters of a list whose cursor is a name (an agent id, a
+/// policy id, ...), for the OpenAPI document; [`Listing`] parses them.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[expect(
-    dead_code,
-    reason = "describes what Listing parses; never built itself"
-)]
+#[expect(dead_code, reason = "describes what Listing parses; never built")]
 pub struct PageParams {
     /// Page size: 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page; leave out for the first page.
+    #[param(min_length = 1)]
+    pub cursor: Option<String>,
+}
+
+/// [`PageParams`] of a list whose cursor is a UUID (tasks, approvals, audit
+/// and usage records).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[expect(dead_code, reason = "describes what Listing parses; never built")]
+pub struct UuidPageParams {
+    /// Page size: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page; leave out for the first page.
+    #[param(format = Uuid)]
+    pub cursor: Option<String>,
+}
+
+/// [`PageParams`] of a list whose cursor is a number (a task's events by
+/// sequence number, an agent's sessions).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[expect(dead_code, reason = "describes what Listing parses; never built")]
+pub struct NumberPageParams {
+    /// Page size: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page; leave out for the first page.
+    #[param(pattern = "^[0-9]{1,9}$")]
     pub cursor: Option<String>,
 }
 

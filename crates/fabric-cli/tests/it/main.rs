@@ -17,6 +17,7 @@ mod containers;
 mod crash;
 mod gateway;
 mod instances;
+mod openapi;
 mod policy;
 mod telemetry;
 

@@ -16,10 +16,13 @@ use crate::types::{ChatRequest, FinishReason, Message, Params, Role, StreamEvent
 
 /// The request body.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InferRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = "\\S"))]
     pub model: String,
     /// A prompt, or `[{role, content}]`.
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::InferInput))]
     pub input: Value,
     #[serde(default)]
     pub params: Params,
@@ -32,6 +35,7 @@ pub struct InferRequest {
 
 /// The answer (also the `done` event of a stream).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferResponse {
     pub id: String,
@@ -51,6 +55,7 @@ pub struct InferResponse {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferUsage {
     pub input_tokens: u64,
@@ -177,5 +182,46 @@ pub async fn infer(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: 
             Reply::streaming(SSE, answer.provider, answer.model, events.boxed())
         }
         Err(e) => Reply::error(&e, &caller.request_id),
+    }
+}
+
+/// The shape of `input`, for the OpenAPI document.
+#[cfg(feature = "openapi")]
+pub mod schema {
+    /// A prompt, or messages (at least one).
+    pub struct InferInput;
+
+    impl utoipa::PartialSchema for InferInput {
+        fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+            use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+            use utoipa::openapi::{Ref, RefOr};
+            let message: RefOr<_> = Ref::from_schema_name("InferMessage").into();
+            OneOfBuilder::new()
+                .item(ObjectBuilder::new().schema_type(Type::String))
+                .item(ArrayBuilder::new().items(message).min_items(Some(1)))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for InferInput {
+        fn schemas(
+            schemas: &mut Vec<(
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+            )>,
+        ) {
+            use utoipa::PartialSchema as _;
+            schemas.push(("InferMessage".to_owned(), InferMessage::schema()));
+            // And what the message refers to (its `Role`).
+            <InferMessage as utoipa::ToSchema>::schemas(schemas);
+        }
+    }
+
+    /// One message of `input`.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct InferMessage {
+        pub role: crate::types::Role,
+        pub content: String,
     }
 }

@@ -162,8 +162,7 @@ pub fn parse_policy(value: Option<&str>) -> Result<Option<Policy>, GatewayError>
 
 /// Parses a JSON request body, or a 400 naming what is wrong.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
-    serde_json::from_slice(body)
-        .map_err(|e| GatewayError::invalid(format!("invalid JSON body: {e}")))
+    fabric_core::api::parse_json_body(body).map_err(GatewayError::invalid)
 }
 
 /// One SSE frame: `[event: NAME\n]data: JSON\n\n`.

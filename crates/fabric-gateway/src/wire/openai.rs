@@ -12,46 +12,65 @@ use crate::error::GatewayError;
 use crate::types::{Message, Role};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatCompletionRequest {
+    /// A model name the providers know (mapped per provider by the gateway's config).
+    #[cfg_attr(feature = "openapi", schema(pattern = "\\S"))]
     pub model: String,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub messages: Vec<ChatMessage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 2.0))]
     pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u32>,
+    /// A string or an array of strings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<schema::StopSequences>))]
     pub stop: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
+    /// Choices to generate: one (more are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1))]
     pub n: Option<u32>,
+    /// Refused: the gateway routes text chats only (not in the schema).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub tools: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub functions: Option<Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::ChatRole))]
     pub role: String,
-    /// A string, or an array of content parts.
+    /// A string, or an array of text parts.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<schema::MessageContent>))]
     pub content: Value,
+    /// Refused: no tool calls (not in the schema).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub tool_calls: Option<Value>,
 }
 
@@ -145,6 +164,7 @@ pub fn messages_from(messages: &[ChatMessage]) -> Result<Vec<Message>, GatewayEr
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatCompletion {
     #[serde(default)]
     pub id: String,
@@ -165,6 +185,7 @@ fn chat_completion_object() -> String {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Choice {
     #[serde(default)]
     pub index: u32,
@@ -176,6 +197,7 @@ pub struct Choice {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResponseMessage {
     pub role: String,
     #[serde(default)]
@@ -183,6 +205,7 @@ pub struct ResponseMessage {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompletionUsage {
     #[serde(default)]
     pub prompt_tokens: u64,
@@ -234,17 +257,23 @@ pub struct Delta {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EmbeddingRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = "\\S"))]
     pub model: String,
     /// A string, or an array of strings.
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::EmbeddingInput))]
     pub input: Value,
+    /// `float` (default) or `base64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<schema::EncodingFormat>))]
     pub encoding_format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EmbeddingResponse {
     #[serde(default = "list_object")]
     pub object: String,
@@ -260,6 +289,7 @@ fn list_object() -> String {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Embedding {
     #[serde(default = "embedding_object")]
     pub object: String,
@@ -274,6 +304,7 @@ fn embedding_object() -> String {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EmbeddingUsage {
     #[serde(default)]
     pub prompt_tokens: u64,
@@ -282,6 +313,7 @@ pub struct EmbeddingUsage {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelList {
     #[serde(default = "list_object")]
     pub object: String,
@@ -289,6 +321,7 @@ pub struct ModelList {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Model {
     pub id: String,
     #[serde(default = "model_object")]
@@ -372,5 +405,68 @@ mod tests {
         assert_eq!(embedding_base64(&[1.0]), "AACAPw==");
         assert_eq!(parse_stop(Some(&json!("x"))).unwrap(), ["x"]);
         assert!(embedding_inputs(&json!([1, 2])).is_err());
+    }
+}
+
+/// Shapes of the request fields kept as JSON values above, for the OpenAPI
+/// document: what the hand-written parsing below each accepts. Never built.
+#[cfg(feature = "openapi")]
+pub mod schema {
+    /// `system` (or `developer`), `user`, `assistant`.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ChatRole {
+        System,
+        Developer,
+        User,
+        Assistant,
+    }
+
+    /// A message's text, or its text parts.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(untagged)]
+    pub enum MessageContent {
+        Text(String),
+        Parts(Vec<TextPart>),
+    }
+
+    /// `{"type": "text", "text": "..."}`.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct TextPart {
+        #[schema(value_type = String, pattern = "^text$")]
+        pub r#type: String,
+        pub text: String,
+    }
+
+    /// One stop sequence or several.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(untagged)]
+    pub enum StopSequences {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    /// One text to embed, or several (at least one).
+    pub struct EmbeddingInput;
+
+    impl utoipa::PartialSchema for EmbeddingInput {
+        fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+            use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+            let text = || ObjectBuilder::new().schema_type(Type::String);
+            OneOfBuilder::new()
+                .item(text())
+                .item(ArrayBuilder::new().items(text()).min_items(Some(1)))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for EmbeddingInput {}
+
+    /// How embeddings come back.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum EncodingFormat {
+        Float,
+        Base64,
     }
 }

@@ -85,7 +85,7 @@ pub struct LeaseParams {
 }
 
 /// Leases the agent's next task, waiting up to `wait` seconds for one.
-#[utoipa::path(post, path = "/v1/agent/lease", tag = "agent protocol", security(("bearer" = [])), params(LeaseParams),
+#[utoipa::path(post, path = "/v1/agent/lease", operation_id = "agent_lease", tag = "agent protocol", security(("bearer" = [])), params(LeaseParams),
     responses(
         (status = 200, body = LeaseResponse), (status = 204, description = "nothing within `wait`"),
         (status = 409, description = "agent_draining: finish held tasks and exit", body = fabric_core::api::ErrorBody),
@@ -130,8 +130,8 @@ pub async fn lease(
 }
 
 /// Renews the lease of a running task.
-#[utoipa::path(post, path = "/v1/agent/tasks/{id}/heartbeat", tag = "agent protocol", security(("bearer" = [])),
-    params(("id" = String, Path, description = "task id")), request_body = TaskHeartbeat,
+#[utoipa::path(post, path = "/v1/agent/tasks/{id}/heartbeat", operation_id = "agent_task_heartbeat", tag = "agent protocol", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "task id")), request_body = TaskHeartbeat,
     responses((status = 200, body = HeartbeatResponse), (status = 409, description = "stale_lease", body = fabric_core::api::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -149,8 +149,8 @@ pub async fn heartbeat(
 }
 
 /// Log lines of a running task (also renews its lease).
-#[utoipa::path(post, path = "/v1/agent/tasks/{id}/events", tag = "agent protocol", security(("bearer" = [])),
-    params(("id" = String, Path, description = "task id")), request_body = AgentEvents,
+#[utoipa::path(post, path = "/v1/agent/tasks/{id}/events", operation_id = "agent_task_events", tag = "agent protocol", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "task id")), request_body = AgentEvents,
     responses((status = 204), (status = 409, description = "stale_lease", body = fabric_core::api::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
@@ -180,8 +180,8 @@ pub async fn events(
 }
 
 /// Ends an attempt: `completed` or `failed`. Answered once durable.
-#[utoipa::path(post, path = "/v1/agent/tasks/{id}/complete", tag = "agent protocol", security(("bearer" = [])),
-    params(("id" = String, Path, description = "task id")), request_body = CompleteRequest,
+#[utoipa::path(post, path = "/v1/agent/tasks/{id}/complete", operation_id = "agent_complete_task", tag = "agent protocol", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "task id")), request_body = CompleteRequest,
     responses((status = 200, body = Task), (status = 400, body = fabric_core::api::ErrorBody), (status = 409, description = "stale_lease", body = fabric_core::api::ErrorBody)))]
 pub async fn complete(
     State(state): State<AppState>,
@@ -226,7 +226,7 @@ pub async fn complete(
 }
 
 /// Agent-level liveness, for an agent with nothing to do.
-#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent protocol", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/agent/heartbeat", operation_id = "agent_heartbeat", tag = "agent protocol", security(("bearer" = [])),
     responses((status = 200, description = "noted")))]
 pub async fn agent_heartbeat(
     State(state): State<AppState>,
@@ -237,7 +237,7 @@ pub async fn agent_heartbeat(
 }
 
 /// A fresh token for the calling agent (the old one lives until it expires).
-#[utoipa::path(post, path = "/v1/agent/token", tag = "agent protocol", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/agent/token", operation_id = "agent_renew_token", tag = "agent protocol", security(("bearer" = [])),
     responses((status = 200, body = TokenResponse)))]
 pub async fn renew_token(
     State(state): State<AppState>,

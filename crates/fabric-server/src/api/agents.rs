@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::agents::MAX_DRAIN_TIMEOUT;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams};
+use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, NumberPageParams, PageParams};
 use crate::state::AppState;
 
 fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
@@ -31,7 +31,7 @@ fn user_only(principal: &Principal) -> Result<(), ApiError> {
 }
 
 /// Spawns an agent (REQUIREMENTS §5 config). Answers once its first session runs.
-#[utoipa::path(post, path = "/v1/agents", tag = "agents", security(("bearer" = [])), request_body = AgentConfig,
+#[utoipa::path(post, path = "/v1/agents", operation_id = "spawn_agent", tag = "agents", security(("bearer" = [])), request_body = AgentConfig,
     responses(
         (status = 201, description = "spawned", body = Agent),
         (status = 400, description = "invalid config", body = fabric_core::api::ErrorBody),
@@ -68,7 +68,7 @@ pub async fn spawn(
 }
 
 /// The agents, by id.
-#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/v1/agents", operation_id = "list_agents", tag = "agents", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = AgentList), (status = 400, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -84,8 +84,8 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "agent id")),
+#[utoipa::path(get, path = "/v1/agents/{id}", operation_id = "get_agent", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id")),
     responses((status = 200, body = Agent), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -102,14 +102,15 @@ pub async fn get_one(
 #[serde(deny_unknown_fields)]
 pub struct TerminateParams {
     /// Seconds in-flight tasks may take to finish before they are requeued (default 30).
+    #[param(minimum = 0, maximum = 3600)]
     drain_timeout: Option<f64>,
 }
 
 /// Terminates an agent (FR-LIFE-4): it leases nothing more, its in-flight
 /// tasks get `drain_timeout` seconds, then it is stopped and what is left is
 /// requeued (`drain_timeout`). Answers once it has stopped.
-#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "agent id"), TerminateParams),
+#[utoipa::path(delete, path = "/v1/agents/{id}", operation_id = "terminate_agent", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id"), TerminateParams),
     responses((status = 200, body = Agent), (status = 404, body = fabric_core::api::ErrorBody), (status = 409, body = fabric_core::api::ErrorBody)))]
 pub async fn terminate(
     State(state): State<AppState>,
@@ -136,8 +137,8 @@ pub async fn terminate(
 
 /// Each run of the agent, newest first: start, end, exit reason, tasks done
 /// (FR-LIFE-5). The cursor is a session number: the sessions before it.
-#[utoipa::path(get, path = "/v1/agents/{id}/sessions", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "agent id"), PageParams),
+#[utoipa::path(get, path = "/v1/agents/{id}/sessions", operation_id = "list_agent_sessions", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id"), NumberPageParams),
     responses((status = 200, body = SessionList), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn sessions(
     State(state): State<AppState>,

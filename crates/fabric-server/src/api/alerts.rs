@@ -28,7 +28,7 @@ pub struct AlertList {
 }
 
 /// Alerts raised since the server started, newest first (the last 1000 are kept). Admins only.
-#[utoipa::path(get, path = "/v1/alerts", tag = "telemetry", security(("bearer" = [])), params(AlertParams, PageParams),
+#[utoipa::path(get, path = "/v1/alerts", operation_id = "list_alerts", tag = "telemetry", security(("bearer" = [])), params(AlertParams, PageParams),
     responses((status = 200, body = AlertList), (status = 400, body = fabric_core::api::ErrorBody), (status = 401, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -49,7 +49,7 @@ pub async fn list(
 }
 
 /// Prometheus metrics (text exposition format 0.0.4). No authentication, like `/healthz`.
-#[utoipa::path(get, path = "/metrics", tag = "telemetry",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "telemetry",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(state: State<AppState>) -> axum::response::Response {
     crate::telemetry::metrics_handler(state).await

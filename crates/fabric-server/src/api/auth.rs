@@ -14,7 +14,7 @@ use crate::state::AppState;
 const MAX_TOKEN_TTL_SECONDS: u64 = 365 * 24 * 3600;
 
 /// Exchanges a username and password for a bearer token.
-#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+#[utoipa::path(post, path = "/v1/auth/login", operation_id = "login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = fabric_core::api::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
@@ -32,7 +32,7 @@ pub async fn login(
 }
 
 /// Revokes the token used for this request.
-#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/auth/logout", operation_id = "logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = fabric_core::api::ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
@@ -43,7 +43,7 @@ pub async fn logout(
 }
 
 /// Who the token belongs to.
-#[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/auth/whoami", operation_id = "whoami", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = WhoAmI), (status = 401, body = fabric_core::api::ErrorBody)))]
 pub async fn whoami(principal: Principal) -> Json<WhoAmI> {
     Json(WhoAmI {
@@ -54,8 +54,9 @@ pub async fn whoami(principal: Principal) -> Json<WhoAmI> {
 }
 
 /// Creates a token for scripts with at most the caller's scopes.
-#[utoipa::path(post, path = "/v1/auth/tokens", tag = "auth", security(("bearer" = [])), request_body = CreateTokenRequest,
-    responses((status = 201, body = TokenResponse), (status = 403, body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/auth/tokens", operation_id = "create_token", tag = "auth", security(("bearer" = [])), request_body = CreateTokenRequest,
+    responses((status = 201, body = TokenResponse), (status = 403, body = fabric_core::api::ErrorBody),
+        (status = 404, description = "an agent token for an agent that does not exist", body = fabric_core::api::ErrorBody)))]
 pub async fn create_token(
     State(state): State<AppState>,
     principal: Principal,

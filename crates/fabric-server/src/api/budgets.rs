@@ -39,8 +39,8 @@ fn may_read(principal: &Principal, entity: &BudgetEntity) -> Result<(), ApiError
 }
 
 /// Sets (creates or replaces) an entity's budget.
-#[utoipa::path(put, path = "/v1/budgets/{entity}", tag = "budgets", security(("bearer" = [])),
-    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>")),
+#[utoipa::path(put, path = "/v1/budgets/{entity}", operation_id = "put_budget", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, pattern = "^(agent|tenant|user):[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent:<id>, user:<name> or tenant:<id>")),
     request_body = BudgetSpec,
     responses((status = 200, body = BudgetView), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn put(
@@ -57,7 +57,7 @@ pub async fn put(
 }
 
 /// Every budget, by entity.
-#[utoipa::path(get, path = "/v1/budgets", tag = "budgets", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/v1/budgets", operation_id = "list_budgets", tag = "budgets", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = BudgetList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -73,8 +73,8 @@ pub async fn list(
 }
 
 /// One entity's budget.
-#[utoipa::path(get, path = "/v1/budgets/{entity}", tag = "budgets", security(("bearer" = [])),
-    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>")),
+#[utoipa::path(get, path = "/v1/budgets/{entity}", operation_id = "get_budget", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, pattern = "^(agent|tenant|user):[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent:<id>, user:<name> or tenant:<id>")),
     responses((status = 200, body = BudgetView), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -87,8 +87,8 @@ pub async fn get_one(
 }
 
 /// Removes an entity's budget (its usage stays in the ledger).
-#[utoipa::path(delete, path = "/v1/budgets/{entity}", tag = "budgets", security(("bearer" = [])),
-    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>")),
+#[utoipa::path(delete, path = "/v1/budgets/{entity}", operation_id = "delete_budget", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, pattern = "^(agent|tenant|user):[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent:<id>, user:<name> or tenant:<id>")),
     responses((status = 204), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -103,16 +103,18 @@ pub async fn delete(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// `day` (the only period budgets have).
+    #[param(pattern = "^day$")]
     pub period: Option<String>,
 }
 
 /// Used, limits, remaining, percent, projection to the end of the period,
 /// alerts and reset time of an entity.
-#[utoipa::path(get, path = "/v1/usage/{entity}", tag = "budgets", security(("bearer" = [])),
-    params(("entity" = String, Path, description = "agent:<id>, user:<name> or tenant:<id>"), UsageParams),
+#[utoipa::path(get, path = "/v1/usage/{entity}", operation_id = "get_usage", tag = "budgets", security(("bearer" = [])),
+    params(("entity" = String, Path, pattern = "^(agent|tenant|user):[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent:<id>, user:<name> or tenant:<id>"), UsageParams),
     responses((status = 200, body = BudgetUsageReport), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,

@@ -22,7 +22,7 @@ fn health(status: &str, message: Option<String>, leader: Option<String>) -> Json
 }
 
 /// Liveness: the process answers (also while a standby).
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     health("ok", None, None)
 }
@@ -31,7 +31,7 @@ pub async fn healthz() -> Json<Health> {
 /// prefix is held and unfinished tasks are reloaded; 503 `standby` while
 /// another orchestrator leads the prefix; 503 `stepping_down` once the
 /// leadership is lost.
-#[utoipa::path(get, path = "/readyz", tag = "health",
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     if state.is_ready() {

@@ -18,10 +18,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{Listing, PageParams};
+use crate::extract::{Listing, UuidPageParams};
 use crate::llm::{into_response, read_body};
 use crate::request_id;
 use crate::state::AppState;
+
+/// One server-sent event of a streamed answer, for the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SseEvent {
+    /// The event's name where it has one (`delta`, `done`, `error` of `/v1/llm/infer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// A JSON document (or `[DONE]`, the end of an OpenAI stream).
+    pub data: String,
+}
 
 /// An [`ApiError`] with `X-Fabric-Provider: none`.
 fn refused(e: ApiError) -> Response {
@@ -103,12 +113,16 @@ async fn prepare(
 }
 
 /// OpenAI-compatible chat completions (SSE when `stream: true`).
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", security(("bearer" = [])),
-    request_body(content = Object, description = "OpenAI chat completion request"),
-    responses((status = 200, description = "chat.completion, or SSE chat.completion.chunk events"),
-        (status = 400, body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
-        (status = 502, body = fabric_core::api::ErrorBody), (status = 503, body = fabric_core::api::ErrorBody),
-        (status = 504, body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/chat/completions", operation_id = "chat_completions", tag = "inference", security(("bearer" = [])),
+    request_body = fabric_gateway::wire::openai::ChatCompletionRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),
+    responses((status = 200, description = "a chat.completion, or (`stream: true`) SSE chat.completion.chunk events",
+            content((fabric_gateway::wire::openai::ChatCompletion = "application/json"), (SseEvent = "text/event-stream"))),
+        (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "a policy denies this model to the caller (`policy_denied`)", body = fabric_core::api::ErrorBody),
+        (status = 404, description = "no provider serves this model (`model_not_found`)", body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
+        (status = 429, description = "a budget is spent or a provider rate-limits (`budget_exceeded`, `rate_limited`)", body = fabric_core::api::ErrorBody),
+        (status = 502, description = "the provider failed (`upstream_error`)", body = fabric_core::api::ErrorBody),
+        (status = 503, description = "no provider available (`no_provider_available`)", body = fabric_core::api::ErrorBody),
+        (status = 504, description = "the provider did not answer in time (`upstream_timeout`)", body = fabric_core::api::ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -123,9 +137,15 @@ pub async fn chat_completions(
 }
 
 /// OpenAI-compatible embeddings.
-#[utoipa::path(post, path = "/v1/embeddings", tag = "inference", security(("bearer" = [])),
-    request_body(content = Object, description = "OpenAI embeddings request"),
-    responses((status = 200, description = "list of embeddings"), (status = 400, body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/embeddings", operation_id = "embeddings", tag = "inference", security(("bearer" = [])),
+    request_body = fabric_gateway::wire::openai::EmbeddingRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),
+    responses((status = 200, body = fabric_gateway::wire::openai::EmbeddingResponse),
+        (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "a policy denies this model to the caller (`policy_denied`)", body = fabric_core::api::ErrorBody),
+        (status = 404, description = "no provider serves this model (`model_not_found`)", body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
+        (status = 429, description = "a budget is spent or a provider rate-limits (`budget_exceeded`, `rate_limited`)", body = fabric_core::api::ErrorBody),
+        (status = 502, description = "the provider failed (`upstream_error`)", body = fabric_core::api::ErrorBody),
+        (status = 503, description = "no provider available (`no_provider_available`)", body = fabric_core::api::ErrorBody),
+        (status = 504, description = "the provider did not answer in time (`upstream_timeout`)", body = fabric_core::api::ErrorBody)))]
 pub async fn embeddings(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -140,8 +160,8 @@ pub async fn embeddings(
 }
 
 /// Models the gateway can route (OpenAI format).
-#[utoipa::path(get, path = "/v1/models", tag = "inference", security(("bearer" = [])),
-    responses((status = 200, description = "OpenAI model list")))]
+#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "inference", security(("bearer" = [])),
+    responses((status = 200, body = fabric_gateway::wire::openai::ModelList)))]
 pub async fn models(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -154,13 +174,16 @@ pub async fn models(
 
 /// `{model, input, params, policyOverride?, stream?}`: final JSON, or SSE
 /// `delta`/`done`/`error` events.
-#[utoipa::path(post, path = "/v1/llm/infer", tag = "inference", security(("bearer" = [])),
-    request_body(content = Object, description = "{model, input: string | [{role, content}], params?: {temperature, top_p, max_tokens, stop, seed}, policyOverride?: \"local\" | \"cloud\" | provider | list, stream?: bool}"),
-    responses((status = 200, description = "{id, provider, model, requestedModel, output, finishReason, usage, fallback, attempts, latencyMs}, or SSE"),
-        (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody),
-        (status = 404, body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
-        (status = 429, body = fabric_core::api::ErrorBody), (status = 502, body = fabric_core::api::ErrorBody),
-        (status = 503, body = fabric_core::api::ErrorBody), (status = 504, body = fabric_core::api::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/llm/infer", operation_id = "infer", tag = "inference", security(("bearer" = [])),
+    request_body = fabric_gateway::api::infer::InferRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),
+    responses((status = 200, description = "the answer, or (`stream: true`) SSE `delta`, `done` and `error` events",
+            content((fabric_gateway::api::infer::InferResponse = "application/json"), (SseEvent = "text/event-stream"))),
+        (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "a policy denies this model to the caller (`policy_denied`)", body = fabric_core::api::ErrorBody),
+        (status = 404, description = "no provider serves this model (`model_not_found`)", body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
+        (status = 429, description = "a budget is spent or a provider rate-limits (`budget_exceeded`, `rate_limited`)", body = fabric_core::api::ErrorBody),
+        (status = 502, description = "the provider failed (`upstream_error`)", body = fabric_core::api::ErrorBody),
+        (status = 503, description = "no provider available (`no_provider_available`)", body = fabric_core::api::ErrorBody),
+        (status = 504, description = "the provider did not answer in time (`upstream_timeout`)", body = fabric_core::api::ErrorBody)))]
 pub async fn infer(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -198,15 +221,19 @@ pub async fn ollama(
 /// `GET /v1/llm/usage` filters. Agent tokens see their agent only, users
 /// without `admin` their own calls only; everyone stays in their tenant.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
+    /// Only calls of this agent.
     pub agent: Option<AgentId>,
+    /// Only calls of this user (admins; others see their own).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub user: Option<String>,
     /// RFC 3339; inclusive.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<Timestamp>,
     /// RFC 3339; exclusive.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<Timestamp>,
 }
 
@@ -222,7 +249,7 @@ pub struct UsageReport {
 }
 
 /// The usage ledger: raw records and totals, per agent, user or tenant.
-#[utoipa::path(get, path = "/v1/llm/usage", tag = "inference", security(("bearer" = [])), params(UsageParams, PageParams),
+#[utoipa::path(get, path = "/v1/llm/usage", operation_id = "llm_usage", tag = "inference", security(("bearer" = [])), params(UsageParams, UuidPageParams),
     responses((status = 200, body = UsageReport), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,
@@ -233,6 +260,11 @@ pub async fn usage(
     }: Listing<UsageParams>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let principal = principal?;
+    if let Some(user) = &params.user {
+        // The same rule as every name (users, agents, tenants).
+        AgentId::new(user.as_str())
+            .map_err(|e| ApiError::bad_request(e.to_string().replace("agent id", "user name")))?;
+    }
     let mut query = UsageQuery {
         tenant: Some(principal.tenant.clone()),
         agent: params.agent,
@@ -260,7 +292,7 @@ pub async fn usage(
 }
 
 /// Providers (breaker state), routing policy and the gateway's counters.
-#[utoipa::path(get, path = "/v1/llm/status", tag = "inference", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/llm/status", operation_id = "llm_status", tag = "inference", security(("bearer" = [])),
     responses((status = 200, description = "{providers, metrics}"), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,

@@ -41,7 +41,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
         policy::deny, policy::audit, policy::agent_check, policy::agent_approval,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &StandardErrors, &OpenFlattened),
     tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"))
 )]
 pub struct ApiDoc;
@@ -55,6 +55,126 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The error answers every operation of a kind can give, documented once
+/// here instead of on every handler: where they come from is shared code
+/// (the readiness gate, the token extractor, the JSON and query extractors,
+/// path ids). An answer a handler documents itself is left as it is.
+struct StandardErrors;
+
+impl StandardErrors {
+    /// `(status, description)` of what `operation` at `path` can answer.
+    fn for_operation(
+        path: &str,
+        operation: &utoipa::openapi::path::Operation,
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut errors = Vec::new();
+        if path.starts_with("/v1/") {
+            errors.push(("503", "the server is starting, stands by for another orchestrator, or is stopping (`unavailable`); retry, or send it to the active one"));
+            errors.push((
+                "500",
+                "an internal failure (`internal`); the server log has the request id",
+            ));
+        }
+        let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+        if secured {
+            errors.push((
+                "401",
+                "no, an unknown or an expired bearer token (`unauthorized`)",
+            ));
+            errors.push((
+                "403",
+                "the token lacks the scope this needs, or is of the wrong kind (`forbidden`)",
+            ));
+        }
+        if operation.request_body.is_some() {
+            errors.push((
+                "400",
+                "the body is not valid JSON or breaks a rule of the schema (`invalid_request`)",
+            ));
+            errors.push((
+                "413",
+                "the body is larger than the server accepts (`payload_too_large`)",
+            ));
+            errors.push((
+                "415",
+                "the body is not sent as `application/json` (`unsupported_media_type`)",
+            ));
+        }
+        if path.contains('{') {
+            errors.push(("400", "an id in the path is malformed (`invalid_request`)"));
+            errors.push(("404", "nothing with that id (`not_found`)"));
+        }
+        let has_query = operation.parameters.as_ref().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query))
+        });
+        if has_query {
+            errors.push((
+                "400",
+                "a query parameter is malformed, out of range or unknown (`invalid_request`)",
+            ));
+        }
+        errors
+    }
+}
+
+impl utoipa::Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        for (path, item) in &mut openapi.paths.paths {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in Self::for_operation(path, operation) {
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build();
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert(RefOr::T(response));
+                }
+            }
+        }
+    }
+}
+
+/// Response schemas that flatten a request schema which refuses unknown
+/// fields (`BudgetView` holds a `BudgetSpec`): the flattened part's
+/// `additionalProperties: false` would, under `allOf`, forbid the fields
+/// beside it. The request schema itself keeps it.
+struct OpenFlattened;
+
+impl utoipa::Modify for OpenFlattened {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, Schema};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for name in ["BudgetView"] {
+            if let Some(RefOr::T(Schema::AllOf(all_of))) = components.schemas.get_mut(name) {
+                for item in &mut all_of.items {
+                    if let RefOr::T(Schema::Object(object)) = item {
+                        object.additional_properties = None;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -136,8 +256,62 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+async fn openapi_json() -> axum::Json<&'static serde_json::Value> {
+    axum::Json(openapi_document())
+}
+
+/// `/openapi.json`: the generated document with unsigned integers stated as
+/// such. utoipa writes a `u32` as `integer, format: int32, minimum: 0` (and a
+/// `u64` as `int64`), so a client believes 2^31 is out of range while the
+/// server takes it; without the signed format and with the true maximum the
+/// document says what the server accepts. (Signed fields here carry no lower
+/// bound, which is how they are told apart.)
+pub fn openapi_document() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+        let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        unsigned_integers(&mut document);
+        document
+    });
+    &DOCUMENT
+}
+
+fn unsigned_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let integer = match map.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            // Signed fields carry no lower bound; unsigned ones one of 0 or more.
+            let unsigned = map
+                .get("minimum")
+                .and_then(Value::as_f64)
+                .is_some_and(|m| m >= 0.0);
+            let width = match map.get("format").and_then(Value::as_str) {
+                Some("int32") => Some(u64::from(u32::MAX)),
+                Some("int64") => Some(u64::MAX),
+                _ => None,
+            };
+            if integer
+                && unsigned
+                && let Some(max) = width
+            {
+                map.remove("format");
+                let bound = map
+                    .get("maximum")
+                    .and_then(Value::as_u64)
+                    .map_or(max, |m| m.min(max));
+                map.insert("maximum".to_owned(), Value::from(bound));
+            }
+            for child in map.values_mut() {
+                unsigned_integers(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_integers),
+        _ => {}
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -162,4 +336,66 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 fn task_id(raw: &str) -> Result<fabric_core::TaskId, ApiError> {
     raw.parse()
         .map_err(|e: fabric_core::IdError| ApiError::bad_request(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::openapi_document;
+
+    fn refs(value: &Value, out: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.insert(r.clone());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_every_reference_resolves() {
+        let doc = openapi_document();
+        let mut ids = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path}"));
+                assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "path" {
+                        let name = p["name"].as_str().unwrap();
+                        assert!(
+                            path.contains(&format!("{{{name}}}")),
+                            "{method} {path}: {name}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut all = BTreeSet::new();
+        refs(doc, &mut all);
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            assert!(schemas.contains_key(name), "{r} does not resolve");
+        }
+    }
+
+    #[test]
+    fn unsigned_integers_carry_their_true_range() {
+        let doc = openapi_document();
+        let session = &doc["components"]["schemas"]["AgentSession"]["properties"]["session"];
+        assert_eq!(session["maximum"], u32::MAX);
+        assert!(session.get("format").is_none(), "{session}");
+        let concurrency = &doc["components"]["schemas"]["AgentConfig"]["properties"]["concurrency"];
+        assert_eq!(concurrency["maximum"], 1024);
+    }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams};
+use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams, UuidPageParams};
 use crate::policy::{Actor, Decision, approval_response};
 use crate::state::AppState;
 
@@ -52,8 +52,8 @@ fn approval_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
 }
 
 /// Creates or replaces a policy; live at once (the next check sees it).
-#[utoipa::path(put, path = "/v1/policies/{id}", tag = "policy", security(("bearer" = [])),
-    params(("id" = String, Path, description = "policy id")), request_body = Policy,
+#[utoipa::path(put, path = "/v1/policies/{id}", operation_id = "put_policy", tag = "policy", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "policy id")), request_body = Policy,
     responses((status = 200, body = Policy), (status = 400, description = "invalid policy (bad glob, scope, condition)", body = fabric_core::api::ErrorBody),
         (status = 403, description = "needs the admin scope", body = fabric_core::api::ErrorBody)))]
 pub async fn put(
@@ -75,7 +75,7 @@ pub async fn put(
 }
 
 /// Every policy, by id.
-#[utoipa::path(get, path = "/v1/policies", tag = "policy", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/v1/policies", operation_id = "list_policies", tag = "policy", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = PolicyList), (status = 400, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -91,8 +91,8 @@ pub async fn list(
 }
 
 /// Deletes a policy; live at once.
-#[utoipa::path(delete, path = "/v1/policies/{id}", tag = "policy", security(("bearer" = [])),
-    params(("id" = String, Path, description = "policy id")),
+#[utoipa::path(delete, path = "/v1/policies/{id}", operation_id = "delete_policy", tag = "policy", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "policy id")),
     responses((status = 204), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -106,7 +106,7 @@ pub async fn delete(
 
 /// May `agent` do `action`? Evaluates (and audits) without creating an
 /// approval: a `require_approval` answer says an agent asking would wait.
-#[utoipa::path(post, path = "/v1/policy/check", tag = "policy", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/policy/check", operation_id = "check_policy", tag = "policy", security(("bearer" = [])),
     request_body = CheckRequest, responses((status = 200, body = CheckResponse), (status = 400, body = fabric_core::api::ErrorBody)))]
 pub async fn check(
     State(state): State<AppState>,
@@ -152,11 +152,12 @@ pub async fn check(
 #[serde(deny_unknown_fields)]
 pub struct ApprovalParams {
     /// `pending`, `approved`, `denied` or `timed_out` (default: every status).
+    #[param(value_type = Option<ApprovalStatus>)]
     status: Option<String>,
 }
 
 /// Approvals of the caller's tenant, newest first.
-#[utoipa::path(get, path = "/v1/approvals", tag = "policy", security(("bearer" = [])), params(ApprovalParams, PageParams),
+#[utoipa::path(get, path = "/v1/approvals", operation_id = "list_approvals", tag = "policy", security(("bearer" = [])), params(ApprovalParams, UuidPageParams),
     responses((status = 200, body = ApprovalList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "needs the approve scope", body = fabric_core::api::ErrorBody)))]
 pub async fn approvals(
     State(state): State<AppState>,
@@ -185,8 +186,8 @@ pub async fn approvals(
 }
 
 /// Approves a pending approval: the waiting agent proceeds.
-#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "policy", security(("bearer" = [])),
-    params(("id" = String, Path, description = "approval id")),
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", operation_id = "approve", tag = "policy", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "approval id")),
     responses((status = 200, body = Approval), (status = 403, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody),
         (status = 409, description = "already decided or timed out", body = fabric_core::api::ErrorBody)))]
 pub async fn approve(
@@ -201,8 +202,8 @@ pub async fn approve(
 }
 
 /// Denies a pending approval: the waiting agent is told no.
-#[utoipa::path(post, path = "/v1/approvals/{id}/deny", tag = "policy", security(("bearer" = [])),
-    params(("id" = String, Path, description = "approval id")),
+#[utoipa::path(post, path = "/v1/approvals/{id}/deny", operation_id = "deny", tag = "policy", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "approval id")),
     responses((status = 200, body = Approval), (status = 403, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody),
         (status = 409, description = "already decided or timed out", body = fabric_core::api::ErrorBody)))]
 pub async fn deny(
@@ -221,13 +222,15 @@ pub async fn deny(
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// Only decisions about this agent.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     agent: Option<String>,
     /// Only `allow`, `deny` or `require_approval` decisions.
+    #[param(value_type = Option<Effect>)]
     decision: Option<String>,
 }
 
 /// The audit trail of the caller's tenant (FR-POL-5), newest first.
-#[utoipa::path(get, path = "/v1/audit", tag = "policy", security(("bearer" = [])), params(AuditParams, PageParams),
+#[utoipa::path(get, path = "/v1/audit", operation_id = "list_audit", tag = "policy", security(("bearer" = [])), params(AuditParams, UuidPageParams),
     responses((status = 200, body = AuditList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "needs the admin scope", body = fabric_core::api::ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
@@ -279,7 +282,7 @@ fn agent_actor(state: &AppState, principal: &Principal) -> Result<Actor, ApiErro
 
 /// An agent asks before acting. `require_approval` creates a pending
 /// approval; with `wait`, the call waits that long for its decision.
-#[utoipa::path(post, path = "/v1/agent/check", tag = "agent protocol", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/agent/check", operation_id = "agent_check", tag = "agent protocol", security(("bearer" = [])),
     request_body = CheckRequest,
     responses((status = 200, description = "decision: allow, deny, or require_approval with approval_status pending (poll GET /v1/agent/approvals/{id})", body = CheckResponse),
         (status = 400, body = fabric_core::api::ErrorBody)))]
@@ -347,8 +350,8 @@ pub struct PollParams {
 }
 
 /// Waits for an approval the agent asked for.
-#[utoipa::path(get, path = "/v1/agent/approvals/{id}", tag = "agent protocol", security(("bearer" = [])),
-    params(("id" = String, Path, description = "approval id"), PollParams),
+#[utoipa::path(get, path = "/v1/agent/approvals/{id}", operation_id = "agent_wait_approval", tag = "agent protocol", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "approval id"), PollParams),
     responses((status = 200, body = CheckResponse), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn agent_approval(
     State(state): State<AppState>,

@@ -24,8 +24,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 const HISTORY_PAGE: usize = 1000;
 
 /// Streams a task's events until its `result` or `error` message.
-#[utoipa::path(get, path = "/v1/stream/{id}", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path), ("token" = Option<String>, Query, description = "bearer token, for clients that cannot set headers")),
+#[utoipa::path(get, path = "/v1/stream/{id}", operation_id = "stream_task", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "task id"), ("token" = Option<String>, Query, description = "bearer token, for clients that cannot set headers")),
     responses((status = 101, description = "WebSocket of StreamMessage", body = StreamMessage), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,

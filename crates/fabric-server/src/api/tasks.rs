@@ -12,12 +12,12 @@ use serde::Deserialize;
 use super::task_id;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, Listing, NoFilters, PageParams};
+use crate::extract::{ApiJson, Listing, NoFilters, NumberPageParams, UuidPageParams};
 use crate::state::AppState;
 
 /// Creates a task. With an `Idempotency-Key` header, a retry returns the task
 /// the first call created (200 instead of 201).
-#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest,
+#[utoipa::path(post, path = "/v1/tasks", operation_id = "create_task", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes the create safe to retry")),
     responses(
         (status = 201, description = "created", body = Task),
@@ -79,7 +79,7 @@ pub async fn create(
 }
 
 /// `POST /v1/jobs`: the same as `POST /v1/tasks`.
-#[utoipa::path(post, path = "/v1/jobs", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest,
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest,
     responses((status = 201, body = Task), (status = 200, body = Task)))]
 pub async fn create_job(
     state: State<AppState>,
@@ -95,13 +95,15 @@ pub async fn create_job(
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
     /// Only tasks of this agent.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     agent: Option<String>,
 }
 
 /// Lists the caller's tenant's tasks, newest first.
-#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(ListParams, PageParams),
+#[utoipa::path(get, path = "/v1/tasks", operation_id = "list_tasks", tag = "tasks", security(("bearer" = [])), params(ListParams, UuidPageParams),
     responses((status = 200, body = TaskList), (status = 400, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -138,7 +140,7 @@ pub async fn list(
 }
 
 /// One task.
-#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/tasks/{id}", operation_id = "get_task", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, format = Uuid, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -152,7 +154,7 @@ pub async fn get_one(
 }
 
 /// `GET /v1/jobs/{id}`: the same as `GET /v1/tasks/{id}`.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, format = Uuid, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn get_job(
     state: State<AppState>,
@@ -163,7 +165,7 @@ pub async fn get_job(
 }
 
 /// A task's status and, once finished, its result.
-#[utoipa::path(get, path = "/v1/tasks/{id}/result", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/tasks/{id}/result", operation_id = "get_task_result", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, format = Uuid, description = "task id")),
     responses((status = 200, body = TaskResultView), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn result(
     State(state): State<AppState>,
@@ -181,7 +183,7 @@ pub async fn result(
 }
 
 /// Cancels a task; 409 when it already finished.
-#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", operation_id = "cancel_task", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, format = Uuid, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = fabric_core::api::ErrorBody), (status = 409, body = fabric_core::api::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -196,7 +198,7 @@ pub async fn cancel(
 
 /// A task's history, oldest first: status changes, log lines, its result.
 /// The cursor is a sequence number: the events after it.
-#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path), PageParams),
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", operation_id = "list_task_events", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, format = Uuid, description = "task id"), NumberPageParams),
     responses((status = 200, body = EventList), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
