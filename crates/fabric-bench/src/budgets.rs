@@ -291,6 +291,7 @@ fn gateway_overhead(args: &BudgetsArgs) -> anyhow::Result<()> {
         tenant,
         user: "alice".to_owned(),
         agent: Some(agent),
+        workspace: None,
         request_id: "bench".to_owned(),
     };
     let request = ChatRequest {

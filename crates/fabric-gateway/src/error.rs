@@ -139,6 +139,10 @@ pub enum GatewayError {
     /// The fabric's policy refuses this call (`llm:<model>`).
     #[error("{0}")]
     PolicyDenied(String),
+    /// The fabric's policy wants an approver for this call, which a call
+    /// cannot wait for.
+    #[error("{0}")]
+    ApprovalRequired(String),
     /// No provider in the route serves the model.
     #[error(
         "model {model:?} is not served by {tried}: list models with GET /v1/models, or map it in the gateway config's [models] table"
@@ -199,7 +203,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::InvalidRequest { .. } => 400,
-            GatewayError::PolicyDenied(_) => 403,
+            GatewayError::PolicyDenied(_) | GatewayError::ApprovalRequired(_) => 403,
             GatewayError::ModelNotFound { .. } => 404,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::RateLimited { .. }
@@ -217,6 +221,7 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. } => "invalid_request",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::PolicyDenied(_) => "policy_denied",
+            GatewayError::ApprovalRequired(_) => "approval_required",
             GatewayError::ModelNotFound { .. } => "model_not_found",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::QuotaExceeded(_) => "quota_exceeded",

@@ -55,6 +55,8 @@ pub struct Caller {
     pub user: String,
     /// Set when an agent calls.
     pub agent: Option<AgentId>,
+    /// The calling agent's workspace (an attribute its policies match on).
+    pub workspace: Option<String>,
     /// The fabric request id (`X-Request-Id`), in error bodies and records.
     pub request_id: String,
 }
@@ -94,8 +96,9 @@ impl CallOptions {
 /// A boxed future borrowed for `'a` (what [`CallGuard::check`] returns).
 pub type GuardFuture<'a> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send + 'a>>;
 
-/// A check run before every call: the seam for policy (`llm:<model>`, 403
-/// `policy_denied`) and budgets (429 `quota_exceeded`).
+/// A check run before every call, once its model is known: where the
+/// fabric's policy decides `llm:<model>` (403 `policy_denied` or
+/// `approval_required`), for every front end alike.
 pub trait CallGuard: Send + Sync + 'static {
     fn check<'a>(&'a self, caller: &'a Caller, model: &'a str) -> GuardFuture<'a>;
 }
@@ -1156,6 +1159,7 @@ impl Meter {
             user,
             agent,
             request_id,
+            ..
         } = caller;
         gateway.record(
             UsageRecord {
@@ -1313,6 +1317,7 @@ mod tests {
             tenant: TenantId::new("acme").unwrap(),
             user: "alice".into(),
             agent: None,
+            workspace: None,
             request_id: "req_unit".into(),
         }
     }

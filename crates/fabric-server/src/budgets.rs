@@ -22,35 +22,17 @@ use fabric_core::budget::{
 use fabric_core::{AgentId, Clock, TenantId, Timestamp, UsageQuery, UsageRecord, UsageStore};
 use fabric_engine::budget::{Demand, Refusal, Reservation, SharedBudgets, day_start, project};
 use fabric_gateway::{Admission, Admitted, Caller, Estimate, GatewayError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::error::{ApiError, BudgetRefusalDetail};
 use crate::store::Store;
 
 /// Where budget alerts go: the soft threshold crossed, a hard limit hit
-/// (each at most once per entity and period). The telemetry layer installs
-/// its alert hub here (webhook, metric, `/v1/alerts`); the default logs.
+/// (each at most once per entity and period). The server passes its alert
+/// hub (log, webhook, metric, `/v1/alerts`) at construction. Alerts are also
+/// kept per entity for the current period and shown in `GET /v1/usage/{entity}`.
 pub trait BudgetAlerts: Send + Sync + 'static {
     fn alert(&self, alert: &BudgetAlert);
-}
-
-/// The default hook: a `warn` log line per alert. Alerts are also kept per
-/// entity for the current period and shown in `GET /v1/usage/{entity}`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogAlerts;
-
-impl BudgetAlerts for LogAlerts {
-    fn alert(&self, alert: &BudgetAlert) {
-        tracing::warn!(
-            entity = %alert.entity,
-            kind = ?alert.kind,
-            limit = alert.limit.as_str(),
-            used = alert.used,
-            allowance = alert.allowance,
-            threshold_percent = alert.threshold_percent,
-            "budget alert"
-        );
-    }
 }
 
 /// The clock budget periods follow (`ServerConfig::budget_clock`): the
@@ -75,7 +57,8 @@ pub struct BudgetService {
     book: SharedBudgets,
     store: Store,
     clock: Arc<dyn Clock>,
-    alerts: RwLock<Arc<dyn BudgetAlerts>>,
+    /// Where threshold and exceeded alerts go (the server's alert hub).
+    alerts: Arc<dyn BudgetAlerts>,
     /// CPU seconds of agents without a budget, today (for usage reports;
     /// in memory only).
     unbudgeted_compute: Mutex<HashMap<BudgetEntity, (Timestamp, u64)>>,
@@ -116,19 +99,18 @@ fn ledger_query(entity: &BudgetEntity, start: Timestamp) -> UsageQuery {
 
 impl BudgetService {
     /// An empty service; [`BudgetService::load`] fills it from the store.
-    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub(crate) fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        alerts: Arc<dyn BudgetAlerts>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             book: SharedBudgets::new(),
             store,
             clock,
-            alerts: RwLock::new(Arc::new(LogAlerts)),
+            alerts,
             unbudgeted_compute: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Replaces the alert hook (the integrator's alert hub).
-    pub fn set_alerts(&self, alerts: Arc<dyn BudgetAlerts>) {
-        *self.alerts.write() = alerts;
     }
 
     pub fn now(&self) -> Timestamp {
@@ -401,7 +383,7 @@ impl BudgetService {
     fn drain(&self) {
         let outbox = self.book.lock().take_outbox();
         if !outbox.alerts.is_empty() {
-            let hook = Arc::clone(&*self.alerts.read());
+            let hook = Arc::clone(&self.alerts);
             for alert in &outbox.alerts {
                 hook.alert(alert);
             }

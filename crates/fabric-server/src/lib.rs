@@ -267,12 +267,26 @@ pub async fn run(
         max_attempts: config.default_max_attempts,
         agent: AgentId::shell(),
     };
+    // Built in dependency order: each service gets what it uses at construction.
+    let policy = policy::PolicyService::new(
+        store.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&telemetry.metrics),
+    );
+    // Budget alerts become alert events (webhook, metric, /v1/alerts).
+    let budgets = budgets::BudgetService::new(
+        store.clone(),
+        Arc::clone(&config.budget_clock.0),
+        Arc::clone(&telemetry.alerts) as Arc<dyn budgets::BudgetAlerts>,
+    );
     let tasks = Arc::new(
         TaskService::new(
             store.clone(),
             Arc::clone(&clock),
             config.scheduler.clone(),
             defaults,
+            Arc::clone(&policy),
+            Arc::clone(&budgets),
         )
         .await?
         .with_telemetry(Arc::clone(&telemetry)),
@@ -281,25 +295,19 @@ pub async fn run(
     let queue = AgentQueueConfig {
         max_queue_depth: config.max_queue_depth,
     };
-    tasks.register_agent(AgentId::shell(), queue);
-    tasks.register_agent(AgentId::noop(), queue);
+    tasks.register_agent(AgentId::shell(), queue, None);
+    tasks.register_agent(AgentId::noop(), queue, None);
 
     let auth = Arc::new(AuthService::new(store.clone(), Arc::clone(&clock)));
-    let policy = policy::PolicyService::new(
-        store.clone(),
-        Arc::clone(&clock),
-        Arc::clone(&telemetry.metrics),
-    );
     let api_addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
     let local = api_addr.to_string();
-    let budgets = budgets::BudgetService::new(store.clone(), Arc::clone(&config.budget_clock.0));
-    tasks.set_budgets(Arc::clone(&budgets));
     let llm = llm::Llm::new(
         config.gateway.clone(),
         store.clone(),
         Arc::clone(&budgets),
+        Arc::clone(&policy),
         Arc::clone(&telemetry),
     )?;
     let manager_config = ManagerConfig {
@@ -336,8 +344,6 @@ pub async fn run(
         telemetry: Arc::clone(&telemetry),
     };
     telemetry::register_collectors(&state);
-    // Budget alerts become alert events (webhook, metric, /v1/alerts).
-    budgets.set_alerts(Arc::clone(&telemetry.alerts) as Arc<dyn budgets::BudgetAlerts>);
     let error_rates =
         tokio::spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop_rx.clone()));
     let app = api::router(state.clone());

@@ -33,6 +33,7 @@ impl Llm {
         config: GatewayConfig,
         store: Store,
         budgets: Arc<crate::budgets::BudgetService>,
+        policy: Arc<crate::policy::PolicyService>,
         telemetry: Arc<crate::telemetry::Telemetry>,
     ) -> anyhow::Result<Self> {
         let providers: Vec<String> = config
@@ -48,7 +49,7 @@ impl Llm {
                 )
             })
             .collect();
-        let policy = config.policy.to_string();
+        let routing = config.policy.to_string();
         let sink = StoreSink::new(store.clone(), fabric_gateway::metering::DEFAULT_FLUSH_EVERY);
         let metered = TelemetrySink {
             ledger: sink.clone(),
@@ -56,13 +57,14 @@ impl Llm {
         };
         let gateway = Gateway::new(config, Arc::new(metered))
             .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?
+            .with_guard(Arc::new(crate::policy::LlmGuard { policy }))
             .with_admission(Arc::new(crate::budgets::BudgetAdmission(budgets)));
         if providers.is_empty() {
             tracing::warn!(
                 "inference gateway: no provider configured; LLM calls answer 503 until OLLAMA_BASE_URL, OPENAI_API_KEY or --gateway-config is set"
             );
         } else {
-            tracing::info!(providers = %providers.join(", "), policy = %policy, "inference gateway ready");
+            tracing::info!(providers = %providers.join(", "), policy = %routing, "inference gateway ready");
         }
         Ok(Self {
             gateway,
@@ -199,10 +201,8 @@ pub struct EndpointIdentity {
     /// The user the agent runs for (its owner).
     pub user: String,
     pub agent: AgentId,
-    /// Decides its `llm:<model>` calls; `None` lets every call through
-    /// (a gateway without the fabric's policies, as in tests).
-    pub policy: Option<Arc<crate::policy::PolicyService>>,
-    /// The agent's workspace (a policy attribute).
+    /// The agent's workspace (a policy attribute of its `llm:<model>` calls,
+    /// which the gateway's guard decides).
     pub workspace: Option<String>,
 }
 
@@ -276,20 +276,13 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
             return too_large;
         }
     };
-    if let Some(policy) = &endpoint.identity.policy {
-        let actor = crate::policy::Actor::agent(
-            endpoint.identity.tenant.clone(),
-            endpoint.identity.agent.clone(),
-            endpoint.identity.workspace.clone(),
-        );
-        if let Some(refusal) = crate::policy::check_llm(policy, &actor, &body, &request_id) {
-            return into_response(refusal);
-        }
-    }
+    // The gateway's guard decides `llm:<model>` (its policy, with this
+    // agent's identity and workspace).
     let caller = Caller {
         tenant: endpoint.identity.tenant.clone(),
         user: endpoint.identity.user.clone(),
         agent: Some(endpoint.identity.agent.clone()),
+        workspace: endpoint.identity.workspace.clone(),
         request_id,
     };
     into_response(

@@ -597,48 +597,49 @@ pub fn approval_response(decision: &Decision, approval: &Approval) -> CheckRespo
     }
 }
 
-/// The model an inference request body names (`"model"`), if any: what the
-/// `llm:<model>` check is about. Bodies without one (listing models) are
-/// not LLM calls and are not checked.
-pub fn requested_model(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Model {
-        model: Option<String>,
-    }
-    serde_json::from_slice::<Model>(body)
-        .ok()
-        .and_then(|m| m.model)
-        .filter(|m| !m.is_empty())
+/// Enforcement point `llm:<model>`: the gateway's [`CallGuard`], run once
+/// per call on its parsed model, for every front end (the OpenAI, Ollama and
+/// `/v1/llm/infer` routes and agents' inference endpoints).
+///
+/// [`CallGuard`]: fabric_gateway::CallGuard
+pub struct LlmGuard {
+    pub policy: Arc<PolicyService>,
 }
 
-/// Enforcement point `llm:<model>`: `None` to go on, or the refusal in the
-/// gateway's error shape (`{"error": {code, message, request_id}}`, 403).
-pub fn check_llm(
-    policy: &PolicyService,
-    actor: &Actor,
-    body: &[u8],
-    request_id: &str,
-) -> Option<fabric_gateway::api::Reply> {
-    let model = requested_model(body)?;
-    let action = format!("llm:{model}");
-    let decision = policy.decide(actor, &action, None, "llm", request_id);
-    if decision.effect == Effect::Allow {
-        return None;
+impl fabric_gateway::CallGuard for LlmGuard {
+    fn check<'a>(
+        &'a self,
+        caller: &'a fabric_gateway::Caller,
+        model: &'a str,
+    ) -> fabric_gateway::GuardFuture<'a> {
+        let actor = match &caller.agent {
+            Some(agent) => Actor::agent(
+                caller.tenant.clone(),
+                agent.clone(),
+                caller.workspace.clone(),
+            ),
+            None => Actor {
+                tenant: caller.tenant.clone(),
+                name: caller.user.clone(),
+                agent: None,
+                workspace: None,
+            },
+        };
+        let action = format!("llm:{model}");
+        let decision = self
+            .policy
+            .decide(&actor, &action, None, "llm", &caller.request_id);
+        let outcome = match decision.effect {
+            Effect::Allow => Ok(()),
+            Effect::RequireApproval => Err(fabric_gateway::GatewayError::ApprovalRequired(
+                decision.refusal(&action).message,
+            )),
+            Effect::Deny => Err(fabric_gateway::GatewayError::PolicyDenied(
+                decision.refusal(&action).message,
+            )),
+        };
+        Box::pin(std::future::ready(outcome))
     }
-    let refusal = decision.refusal(&action);
-    let body = fabric_core::api::ErrorBody {
-        error: fabric_core::api::ErrorDetail {
-            code: refusal.code.to_owned(),
-            message: refusal.message,
-            request_id: request_id.to_owned(),
-            provider: None,
-            correlation_id: None,
-            entity: None,
-            limit: None,
-            resets_at: None,
-        },
-    };
-    Some(fabric_gateway::api::Reply::json(403, &body))
 }
 
 /// Enforcement point `net:connect:<host>:<port>` for an agent's egress

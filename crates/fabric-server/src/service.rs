@@ -79,9 +79,14 @@ pub struct TaskService {
     clock: Arc<dyn Clock>,
     defaults: TaskDefaults,
     wakers: RwLock<HashMap<AgentId, Arc<Notify>>>,
+    /// Each registered agent's workspace: an attribute of the `task:create`
+    /// decision about giving it work.
+    workspaces: RwLock<HashMap<AgentId, Option<String>>>,
+    /// Decides `task:create:<agent>` for every creation.
+    policy: Arc<crate::policy::PolicyService>,
     running: Mutex<HashMap<TaskId, RunningAttempt>>,
     /// Compute-seconds budgets: an agent over its limit gets no new tasks.
-    budgets: std::sync::OnceLock<Arc<crate::budgets::BudgetService>>,
+    budgets: Arc<crate::budgets::BudgetService>,
     telemetry: Arc<Telemetry>,
     /// With tracing on: the open `task.execute` span of each running attempt
     /// (its lease epoch and span), ended when the attempt ends.
@@ -89,19 +94,11 @@ pub struct TaskService {
 }
 
 impl TaskService {
-    /// Enforces compute budgets from now on (task creation and leases).
-    pub fn set_budgets(&self, budgets: Arc<crate::budgets::BudgetService>) {
-        let _ = self.budgets.set(budgets);
-    }
-
     /// `Err` (429 `budget_exceeded`) when `agent`'s compute budget is spent.
     fn check_compute(&self, agent: &AgentId) -> Result<(), ApiError> {
-        match self.budgets.get() {
-            Some(budgets) => budgets
-                .check_compute(agent)
-                .map_err(|r| crate::budgets::refusal_error(&r)),
-            None => Ok(()),
-        }
+        self.budgets
+            .check_compute(agent)
+            .map_err(|r| crate::budgets::refusal_error(&r))
     }
 
     pub async fn new(
@@ -109,6 +106,8 @@ impl TaskService {
         clock: Arc<dyn Clock>,
         config: SchedulerConfig,
         defaults: TaskDefaults,
+        policy: Arc<crate::policy::PolicyService>,
+        budgets: Arc<crate::budgets::BudgetService>,
     ) -> Result<Self, StoreError> {
         let last_seq = store.last_event_seq().await?;
         Ok(Self {
@@ -119,8 +118,10 @@ impl TaskService {
             clock,
             defaults,
             wakers: RwLock::new(HashMap::new()),
+            workspaces: RwLock::new(HashMap::new()),
+            policy,
             running: Mutex::new(HashMap::new()),
-            budgets: std::sync::OnceLock::new(),
+            budgets,
             exec_spans: Mutex::new(HashMap::new()),
         })
     }
@@ -150,6 +151,11 @@ impl TaskService {
         &self.events
     }
 
+    /// The workspace `agent` was registered with, if any.
+    pub fn workspace_of(&self, agent: &AgentId) -> Option<String> {
+        self.workspaces.read().get(agent).cloned().flatten()
+    }
+
     /// The agent a task goes to when its request names none.
     pub fn default_agent(&self) -> &AgentId {
         &self.defaults.agent
@@ -163,11 +169,18 @@ impl TaskService {
         self.sched.lock().config().lease_ttl
     }
 
-    pub fn register_agent(&self, agent: AgentId, config: AgentQueueConfig) {
+    /// Gives `agent` a queue (or updates it) and records its workspace.
+    pub fn register_agent(
+        &self,
+        agent: AgentId,
+        config: AgentQueueConfig,
+        workspace: Option<String>,
+    ) {
         self.wakers
             .write()
             .entry(agent.clone())
             .or_insert_with(|| Arc::new(Notify::new()));
+        self.workspaces.write().insert(agent.clone(), workspace);
         self.sched.lock().register_agent(agent, config);
     }
 
@@ -247,6 +260,25 @@ impl TaskService {
             .agent
             .clone()
             .unwrap_or_else(|| self.defaults.agent.clone());
+        // Policy enforcement point `task:create:<agent>`: the target agent's
+        // policies (and workspace) decide who may give it work.
+        let actor = crate::policy::Actor {
+            tenant: principal.tenant.clone(),
+            name: principal.user.clone(),
+            workspace: self.workspace_of(&agent),
+            agent: Some(agent.clone()),
+        };
+        let action = format!("task:create:{agent}");
+        let decision = self.policy.decide(
+            &actor,
+            &action,
+            None,
+            "task_create",
+            &crate::request_id::current(),
+        );
+        if decision.effect != fabric_core::Effect::Allow {
+            return Err(decision.refusal(&action));
+        }
         let spec = validate::create_request(&req, &agent, idempotency_key.as_deref())?;
         self.check_compute(&agent)?;
         // Dependencies must exist (and be visible to the caller) before anything is stored.

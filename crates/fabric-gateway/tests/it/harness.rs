@@ -74,6 +74,7 @@ pub fn caller() -> Caller {
         tenant: TenantId::new("acme").unwrap(),
         user: "alice".into(),
         agent: Some(AgentId::new("coder").unwrap()),
+        workspace: None,
         request_id: "req_test".into(),
     }
 }

@@ -257,6 +257,7 @@ impl AgentManager {
                 AgentQueueConfig {
                     max_queue_depth: record.config.max_queue_depth as usize,
                 },
+                record.config.workspace.clone(),
             );
         }
         Ok(())
@@ -362,6 +363,7 @@ impl AgentManager {
             AgentQueueConfig {
                 max_queue_depth: record.config.max_queue_depth as usize,
             },
+            record.config.workspace.clone(),
         );
         let min_idle = record.config.pool.min_idle as isize;
         let (sandboxes, containers) = match record.config.isolation.level {

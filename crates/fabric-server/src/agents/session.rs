@@ -248,13 +248,7 @@ impl Session {
                 self.background.push(inference::serve_std(
                     listener,
                     &inner,
-                    endpoint_identity(
-                        &id,
-                        tenant,
-                        owner,
-                        &inner.config.policy,
-                        config.workspace.clone(),
-                    ),
+                    endpoint_identity(&id, tenant, owner, config.workspace.clone()),
                 )?);
                 env.push((
                     ENV_OLLAMA.into(),
@@ -297,13 +291,7 @@ impl Session {
                 env.push((ENV_URL.into(), format!("http://{}", loopback(api))));
                 let (endpoint, server) = inference::serve_loopback(
                     &inner,
-                    endpoint_identity(
-                        &id,
-                        tenant,
-                        owner,
-                        &inner.config.policy,
-                        config.workspace.clone(),
-                    ),
+                    endpoint_identity(&id, tenant, owner, config.workspace.clone()),
                 )?;
                 self.background.push(server);
                 env.push((ENV_OLLAMA.into(), format!("http://{endpoint}")));
@@ -477,13 +465,7 @@ impl Session {
         let listening = container::listen(
             &inner,
             &parts.warm,
-            endpoint_identity(
-                &id,
-                tenant,
-                owner,
-                &inner.config.policy,
-                config.workspace.clone(),
-            ),
+            endpoint_identity(&id, tenant, owner, config.workspace.clone()),
             proxy,
             api_port.map(|_| loopback(api)),
         );
@@ -751,14 +733,12 @@ fn endpoint_identity(
     agent: &AgentId,
     tenant: &TenantId,
     owner: &str,
-    policy: &Arc<crate::policy::PolicyService>,
     workspace: Option<String>,
 ) -> EndpointIdentity {
     EndpointIdentity {
         tenant: tenant.clone(),
         user: owner.to_owned(),
         agent: agent.clone(),
-        policy: Some(Arc::clone(policy)),
         workspace,
     }
 }

@@ -52,11 +52,15 @@ fn authorize(principal: Result<Principal, ApiError>) -> Result<Principal, ApiErr
     Ok(principal)
 }
 
-fn caller(principal: &Principal) -> Caller {
+fn caller(state: &AppState, principal: &Principal) -> Caller {
     Caller {
         tenant: principal.tenant.clone(),
         user: principal.user.clone(),
         agent: principal.agent.clone(),
+        workspace: principal
+            .agent
+            .as_ref()
+            .and_then(|agent| state.agents.workspace_of(agent)),
         request_id: request_id::current(),
     }
 }
@@ -85,30 +89,12 @@ async fn prepare(
     Response,
 > {
     let principal = authorize(principal).map_err(refused)?;
-    let caller = caller(&principal);
+    let caller = caller(state, &principal);
     let opts = options(api_name, request.headers())
         .map_err(|e| into_response(Reply::error(&e, &caller.request_id)))?;
     let limit = state.llm.gateway.max_body_bytes();
     let (parts, body) = read_body(request, limit, &caller.request_id).await?;
-    // Policy enforcement point `llm:<model>`, before the gateway is called.
-    let actor = match &principal.agent {
-        Some(agent) => crate::policy::Actor::agent(
-            principal.tenant.clone(),
-            agent.clone(),
-            state.agents.workspace_of(agent),
-        ),
-        None => crate::policy::Actor {
-            tenant: principal.tenant.clone(),
-            name: principal.user.clone(),
-            agent: None,
-            workspace: None,
-        },
-    };
-    if let Some(refusal) =
-        crate::policy::check_llm(&state.policy, &actor, &body, &caller.request_id)
-    {
-        return Err(into_response(refusal));
-    }
+    // `llm:<model>` is decided by the gateway's guard once it has parsed the model.
     Ok((caller, opts, parts, body))
 }
 

@@ -33,29 +33,6 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     principal.require(Scope::WriteTasks)?;
-    // Policy enforcement point `task:create:<agent>`: the target agent's
-    // policies (and workspace) apply to who may give it work.
-    let agent = req
-        .agent
-        .clone()
-        .unwrap_or_else(|| state.tasks.default_agent().clone());
-    let actor = crate::policy::Actor {
-        tenant: principal.tenant.clone(),
-        name: principal.user.clone(),
-        workspace: state.agents.workspace_of(&agent),
-        agent: Some(agent.clone()),
-    };
-    let action = format!("task:create:{agent}");
-    let decision = state.policy.decide(
-        &actor,
-        &action,
-        None,
-        "task_create",
-        &crate::request_id::current(),
-    );
-    if decision.effect != fabric_core::Effect::Allow {
-        return Err(decision.refusal(&action));
-    }
     let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
         None => None,
         Some(v) => Some(

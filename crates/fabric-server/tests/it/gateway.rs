@@ -417,7 +417,6 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
         tenant: TenantId::new("acme").unwrap(),
         user: "alice".into(),
         agent: AgentId::new("box").unwrap(),
-        policy: None,
         workspace: None,
     };
     let _endpoint = serve_ollama_endpoint(

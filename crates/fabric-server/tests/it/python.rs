@@ -68,7 +68,6 @@ async fn official_openai_and_ollama_python_clients() {
         tenant: TenantId::default_tenant(),
         user: "admin".into(),
         agent: AgentId::new("py-agent").unwrap(),
-        policy: None,
         workspace: None,
     };
     let _endpoint = serve_ollama_endpoint(
