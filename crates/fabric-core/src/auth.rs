@@ -5,8 +5,40 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::TenantId;
+use crate::ids::{AgentId, TenantId};
 use crate::time::Timestamp;
+
+/// Who is calling, once a token has proven it: what every service of the
+/// server is told of its caller (the HTTP layer builds it from the bearer
+/// token; nothing else in it is HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub tenant: TenantId,
+    pub scopes: Vec<Scope>,
+    /// Set when the token is an agent's: it may act only as this agent.
+    pub agent: Option<AgentId>,
+}
+
+impl Identity {
+    /// `Err` unless the caller holds `scope` (or `admin`).
+    pub fn require(&self, scope: Scope) -> Result<(), MissingScope> {
+        if scope.granted_by(&self.scopes) {
+            Ok(())
+        } else {
+            Err(MissingScope { scope })
+        }
+    }
+}
+
+/// A caller lacks the scope an action needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this token lacks the '{scope}' scope; log in as a user that has it or create a token with it"
+)]
+pub struct MissingScope {
+    pub scope: Scope,
+}
 
 /// What a bearer token may do. `admin` implies every other scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

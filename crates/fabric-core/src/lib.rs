@@ -27,7 +27,7 @@ pub mod task;
 pub mod time;
 pub mod usage;
 
-pub use auth::{ApiToken, Scope, User};
+pub use auth::{ApiToken, Identity, MissingScope, Scope, User};
 pub use budget::{BudgetEntity, BudgetRecord, BudgetSpec, BudgetStore, ResetPolicy};
 pub use ids::{AgentId, IdError, TaskId, TenantId};
 pub use policy::{

@@ -10,7 +10,9 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use fabric_core::{AgentId, ApiToken, AuthStore, Clock, Scope, TenantId, Timestamp, User};
+use fabric_core::{
+    AgentId, ApiToken, AuthStore, Clock, Identity, Scope, TenantId, Timestamp, User,
+};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -24,27 +26,20 @@ pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Prefix of every token this fabric issues (recognisable in secret scanners).
 const TOKEN_PREFIX: &str = "rf_";
 
-/// Who is calling, as proven by a bearer token.
+/// The HTTP extractor of the caller: its [`Identity`] (what services are
+/// told; `principal.tenant`, `principal.require(..)` read through to it) and
+/// the hash of the token it came with (for logout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub user: String,
-    pub tenant: TenantId,
-    pub scopes: Vec<Scope>,
-    /// Set when the token is an agent's: it may act only as this agent.
-    pub agent: Option<AgentId>,
+    pub identity: Identity,
     pub(crate) token_hash: String,
 }
 
-impl Principal {
-    /// Fails with 403 unless the token carries `scope` (or `admin`).
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if scope.granted_by(&self.scopes) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "this token lacks the '{scope}' scope; log in as a user that has it or create a token with it"
-            )))
-        }
+impl std::ops::Deref for Principal {
+    type Target = Identity;
+
+    fn deref(&self) -> &Identity {
+        &self.identity
     }
 }
 
@@ -211,10 +206,12 @@ impl AuthService {
             ));
         }
         Ok(Principal {
-            user: token.user,
-            tenant: token.tenant,
-            scopes: token.scopes,
-            agent: token.agent,
+            identity: Identity {
+                user: token.user,
+                tenant: token.tenant,
+                scopes: token.scopes,
+                agent: token.agent,
+            },
             token_hash: hash,
         })
     }

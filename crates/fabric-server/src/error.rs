@@ -93,6 +93,12 @@ impl ApiError {
     }
 }
 
+impl From<fabric_core::MissingScope> for ApiError {
+    fn from(e: fabric_core::MissingScope) -> Self {
+        Self::forbidden(e.to_string())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");

@@ -24,7 +24,6 @@ use fabric_engine::{PolicyRequest, PolicySet};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::store::Store;
 
@@ -437,7 +436,7 @@ impl PolicyService {
         &self,
         id: uuid::Uuid,
         approve: bool,
-        by: &Principal,
+        by: &fabric_core::Identity,
     ) -> Result<Approval, ApiError> {
         by.require(Scope::Approve)?;
         let current = self.pending.lock().get(&id).map(|tx| tx.borrow().clone());

@@ -23,7 +23,6 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 use tokio::sync::{Notify, oneshot};
 
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::store::Store;
@@ -252,7 +251,7 @@ impl TaskService {
     /// (false for an idempotent replay).
     pub async fn create(
         &self,
-        principal: &Principal,
+        principal: &fabric_core::Identity,
         req: CreateTaskRequest,
         idempotency_key: Option<String>,
     ) -> Result<(Task, bool), ApiError> {

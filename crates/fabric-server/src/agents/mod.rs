@@ -42,7 +42,7 @@ use tokio::sync::{oneshot, watch};
 pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop};
 pub use self::container::{ContainerConfig, SocketVolume};
 use self::session::{Session, SessionEnd};
-use crate::auth::{AuthService, Principal};
+use crate::auth::AuthService;
 use crate::error::ApiError;
 use crate::service::TaskService;
 use crate::store::Store;
@@ -285,7 +285,11 @@ impl AgentManager {
 
     /// `POST /v1/agents` (FR-LIFE-1): validates, stores and starts an agent.
     /// Answers once its first session runs (or failed to start).
-    pub async fn spawn(&self, config: AgentConfig, by: &Principal) -> Result<Agent, ApiError> {
+    pub async fn spawn(
+        &self,
+        config: AgentConfig,
+        by: &fabric_core::Identity,
+    ) -> Result<Agent, ApiError> {
         config
             .validate()
             .map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -250,8 +250,8 @@ pub async fn renew_token(
             .issue_agent_token(&agent, &principal.tenant, &principal.user, AGENT_TOKEN_TTL);
     Ok(Json(TokenResponse {
         token: secret,
-        user: principal.user,
-        tenant: principal.tenant,
+        user: principal.identity.user,
+        tenant: principal.identity.tenant,
         scopes: Vec::new(),
         expires_at: Some(expires),
     }))

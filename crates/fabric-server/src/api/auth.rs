@@ -46,10 +46,11 @@ pub async fn logout(
 #[utoipa::path(get, path = "/v1/auth/whoami", operation_id = "whoami", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = WhoAmI), (status = 401, body = fabric_core::api::ErrorBody)))]
 pub async fn whoami(principal: Principal) -> Json<WhoAmI> {
+    let identity = principal.identity;
     Json(WhoAmI {
-        user: principal.user,
-        tenant: principal.tenant,
-        scopes: principal.scopes,
+        user: identity.user,
+        tenant: identity.tenant,
+        scopes: identity.scopes,
     })
 }
 
