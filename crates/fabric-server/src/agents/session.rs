@@ -458,7 +458,8 @@ impl Session {
             container_env,
             api_port,
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         let (usage, poller) = ContainerUsage::start(&client, &warm);
         let mut parts = ContainerParts {
             warm,
@@ -491,7 +492,7 @@ impl Session {
             Ok(tasks) => parts.listeners.extend(tasks),
             Err(e) => {
                 self.container = Some(parts);
-                return Err(e);
+                return Err(e.to_string());
             }
         }
         let shell = builtin.then(|| {
