@@ -27,20 +27,22 @@
 //! agent reaches the fabric through the sidecar's ports only.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fabric_core::AgentId;
 use fabric_core::agent::{AgentConfig, ResourceUsage};
-use fabric_docker::DockerClient;
 use fabric_docker::agent::{
     AgentContainer, AgentContainerSpec, DEFAULT_PIDS_LIMIT, DEFAULT_TMP_MB, SidecarSpec,
     SocketMount,
 };
 use fabric_docker::client::LimitsUpdate;
+use fabric_docker::image::ImageError;
 use fabric_docker::labels::{Component, LABEL_AGENT, LABEL_INSTANCE, LABEL_OWNER};
 use fabric_docker::stats::ContainerCgroup;
+use fabric_docker::{DockerClient, DockerError};
 use fabric_runtime::sandbox::ProcessExit;
 use tokio::task::JoinHandle;
 
@@ -74,6 +76,50 @@ pub struct ContainerConfig {
     /// here at `local_dir` (the fabric runs in a container); `None`: host
     /// directories under the agents dir, bound into sidecars.
     pub socket_volume: Option<SocketVolume>,
+}
+
+/// Why an agent container could not be made or served.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ContainerError {
+    /// No client: the daemon cannot be reached.
+    #[error(transparent)]
+    Connect(DockerError),
+    /// The configured agent image is neither here nor pullable (the message
+    /// says how to provide it).
+    #[error(transparent)]
+    AgentImage(DockerError),
+    #[error("cannot build the default agent image: {0}")]
+    BuildAgentImage(#[source] ImageError),
+    #[error("cannot build the sidecar image: {0}")]
+    BuildSidecarImage(#[source] ImageError),
+    #[error(
+        "no sidecar image: this server was started without a reactor-fabric binary or --proxy-image to run 'reactor-fabric proxy' from"
+    )]
+    NoSidecarImage,
+    #[error(
+        "the socket path {} is too long for a Unix socket: use a shorter --data-dir",
+        .0.display()
+    )]
+    SocketPathTooLong(PathBuf),
+    #[error("cannot create socket directory {}: {source}", dir.display())]
+    CreateSocketDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the mode of {}: {source}", dir.display())]
+    SocketDirMode {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Creating or starting the agent container or its sidecar.
+    #[error(transparent)]
+    Create(DockerError),
+    /// A socket of the fabric's listeners (`crate::proxy::bind_socket` says
+    /// why in words only).
+    #[error("{0}")]
+    Listen(String),
 }
 
 /// See [`ContainerConfig::socket_volume`].
@@ -142,7 +188,7 @@ impl DockerRuntime {
         Ok(client)
     }
 
-    async fn agent_image(&self, client: &DockerClient) -> Result<String, String> {
+    async fn agent_image(&self, client: &DockerClient) -> Result<String, ContainerError> {
         let mut slot = self.agent_image.lock().await;
         if let Some(image) = slot.as_ref() {
             return Ok(image.clone());
@@ -155,13 +201,13 @@ impl DockerRuntime {
                     "load it with 'docker load', or leave the agent image unset to build the default one",
                 )
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(ContainerError::AgentImage)?
                 .image
             }
             None => {
                 let ready = fabric_docker::image::ensure_agent_image(client)
                     .await
-                    .map_err(|e| format!("cannot build the default agent image: {e}"))?;
+                    .map_err(ContainerError::BuildAgentImage)?;
                 if ready.built {
                     tracing::info!(image = %ready.image, bytes = ready.size_bytes, took_ms = ready.took.as_millis() as u64, "built the default agent image");
                 }
@@ -172,7 +218,7 @@ impl DockerRuntime {
         Ok(image)
     }
 
-    async fn proxy_image(&self, client: &DockerClient) -> Result<String, String> {
+    async fn proxy_image(&self, client: &DockerClient) -> Result<String, ContainerError> {
         let mut slot = self.proxy_image.lock().await;
         if let Some(image) = slot.as_ref() {
             return Ok(image.clone());
@@ -182,15 +228,13 @@ impl DockerRuntime {
             (None, Some(binary)) => {
                 let ready = fabric_docker::image::ensure_orchestrator_image(client, binary)
                     .await
-                    .map_err(|e| format!("cannot build the sidecar image: {e}"))?;
+                    .map_err(ContainerError::BuildSidecarImage)?;
                 if ready.built {
                     tracing::info!(image = %ready.image, took_ms = ready.took.as_millis() as u64, "built the sidecar image");
                 }
                 ready.image
             }
-            (None, None) => {
-                return Err("no sidecar image: this server was started without a reactor-fabric binary or --proxy-image to run 'reactor-fabric proxy' from".into());
-            }
+            (None, None) => return Err(ContainerError::NoSidecarImage),
         };
         *slot = Some(image.clone());
         Ok(image)
@@ -210,7 +254,7 @@ impl DockerRuntime {
 
     /// A new socket directory: where this server makes it, and how a sidecar mounts it.
     /// The name is short: a socket path must fit in 108 bytes.
-    fn socket_dir(&self) -> Result<(PathBuf, SocketMount), String> {
+    fn socket_dir(&self) -> Result<(PathBuf, SocketMount), ContainerError> {
         let name = format!("s-{:08x}", rand::random::<u32>());
         let (local, mount) = match &self.config.socket_volume {
             Some(volume) => (
@@ -226,8 +270,10 @@ impl DockerRuntime {
             }
         };
         check_socket_path(&local)?;
-        std::fs::create_dir_all(&local)
-            .map_err(|e| format!("cannot create socket directory {}: {e}", local.display()))?;
+        std::fs::create_dir_all(&local).map_err(|source| ContainerError::CreateSocketDir {
+            dir: local.clone(),
+            source,
+        })?;
         // The sidecar runs as nobody; the agent never sees this directory.
         let owned = std::os::unix::fs::chown(
             &local,
@@ -237,8 +283,12 @@ impl DockerRuntime {
         .is_ok();
         use std::os::unix::fs::PermissionsExt;
         let mode = if owned { 0o700 } else { 0o755 };
-        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", local.display()))?;
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode)).map_err(
+            |source| ContainerError::SocketDirMode {
+                dir: local.clone(),
+                source,
+            },
+        )?;
         Ok((local, mount))
     }
 
@@ -267,8 +317,8 @@ impl DockerRuntime {
         mut spec: AgentContainerSpec,
         api_port: Option<u16>,
         own_image: bool,
-    ) -> Result<ContainerPair, String> {
-        let client = self.client().await.map_err(|e| e.to_string())?;
+    ) -> Result<ContainerPair, ContainerError> {
+        let client = self.client().await.map_err(ContainerError::Connect)?;
         let default_image = self.agent_image(&client).await?;
         let proxy_image = self.proxy_image(&client).await?;
         if spec.image.is_empty() {
@@ -288,13 +338,13 @@ impl DockerRuntime {
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&socket_dir);
-                Err(e.to_string())
+                Err(ContainerError::Create(e))
             }
         }
     }
 
     /// A container for the warm pool: default image and limits, no agent yet.
-    pub(super) async fn create_pooled(&self) -> Result<ContainerPair, String> {
+    pub(super) async fn create_pooled(&self) -> Result<ContainerPair, ContainerError> {
         let spec = AgentContainerSpec {
             name: format!("reactor-fabric-pool-{:08x}", rand::random::<u32>()),
             image: String::new(),
@@ -386,8 +436,8 @@ pub(super) async fn acquire(
     name: &str,
     env: Vec<(String, String)>,
     api_port: Option<u16>,
-) -> Result<(ContainerPair, DockerClient), String> {
-    let client = runtime.client().await.map_err(|e| e.to_string())?;
+) -> Result<(ContainerPair, DockerClient), ContainerError> {
+    let client = runtime.client().await.map_err(ContainerError::Connect)?;
     let iso = &config.isolation;
     if poolable(config)
         && let Some(warm) = pool.take()
@@ -447,17 +497,17 @@ pub(super) fn listen(
     identity: crate::llm::EndpointIdentity,
     egress: fabric_runtime::net::EgressProxy,
     api: Option<std::net::SocketAddr>,
-) -> Result<Vec<JoinHandle<()>>, String> {
+) -> Result<Vec<JoinHandle<()>>, ContainerError> {
     let dir = &warm.socket_dir;
     let mut tasks = Vec::new();
-    let inference = bind_socket(&dir.join(INFERENCE_SOCKET))?;
+    let inference = bind_socket(&dir.join(INFERENCE_SOCKET)).map_err(ContainerError::Listen)?;
     tasks.push(super::inference::serve_unix(inference, inner, identity));
-    let egress_listener = bind_socket(&dir.join(EGRESS_SOCKET))?;
+    let egress_listener = bind_socket(&dir.join(EGRESS_SOCKET)).map_err(ContainerError::Listen)?;
     tasks.push(tokio::spawn(
         egress.serve_unix(egress_listener, std::future::pending()),
     ));
     if let Some(api) = api {
-        let listener = bind_socket(&dir.join(API_SOCKET))?;
+        let listener = bind_socket(&dir.join(API_SOCKET)).map_err(ContainerError::Listen)?;
         tasks.push(tokio::spawn(fabric_runtime::net::forward_unix_to_tcp(
             listener,
             api,
@@ -571,13 +621,10 @@ pub(super) async fn wait_exit(client: &DockerClient, name: &str) -> ProcessExit 
 }
 
 /// The socket directory's path must leave room for the socket names (108-byte limit).
-fn check_socket_path(dir: &Path) -> Result<(), String> {
+fn check_socket_path(dir: &Path) -> Result<(), ContainerError> {
     let longest = dir.join(INFERENCE_SOCKET);
     if longest.as_os_str().len() >= 100 {
-        return Err(format!(
-            "the socket path {} is too long for a Unix socket: use a shorter --data-dir",
-            longest.display()
-        ));
+        return Err(ContainerError::SocketPathTooLong(longest));
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use tokio::task::JoinHandle;
 
 use super::Inner;
+use super::session::SessionError;
 use crate::llm::{EndpointIdentity, ollama_endpoint, serve_ollama_endpoint};
 
 /// Serves the endpoint on a listener bound inside an agent's sandbox.
@@ -21,12 +22,12 @@ pub(super) fn serve_std(
     listener: std::net::TcpListener,
     inner: &Inner,
     identity: EndpointIdentity,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<JoinHandle<()>, SessionError> {
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("cannot serve the inference endpoint: {e}"))?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|e| format!("cannot serve the inference endpoint: {e}"))?;
+        .map_err(SessionError::ServeInference)?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(SessionError::ServeInference)?;
     Ok(serve_ollama_endpoint(
         listener,
         inner.config.gateway.clone(),
@@ -60,11 +61,9 @@ pub(super) fn serve_unix(
 pub(super) fn serve_loopback(
     inner: &Inner,
     identity: EndpointIdentity,
-) -> Result<(SocketAddr, JoinHandle<()>), String> {
+) -> Result<(SocketAddr, JoinHandle<()>), SessionError> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| format!("cannot open the inference endpoint: {e}"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot open the inference endpoint: {e}"))?;
+        .map_err(SessionError::OpenInference)?;
+    let addr = listener.local_addr().map_err(SessionError::OpenInference)?;
     Ok((addr, serve_std(listener, inner, identity)?))
 }

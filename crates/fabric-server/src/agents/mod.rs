@@ -41,7 +41,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop};
 pub use self::container::{ContainerConfig, SocketVolume};
-use self::session::{Session, SessionEnd};
+use self::session::{Session, SessionEnd, SessionError};
 use crate::auth::AuthService;
 use crate::error::ApiError;
 use crate::service::TaskService;
@@ -397,11 +397,7 @@ impl AgentManager {
                     .observe(&[&isolation], started.elapsed());
                 Ok(self.view(&slot))
             }
-            Ok(Err(message)) => Err(ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "spawn_failed",
-                format!("agent '{id}' could not start: {message}"),
-            )),
+            Ok(Err(e)) => Err(spawn_failed(&id, &e)),
             Err(_) => Err(ApiError::unavailable("the server is shutting down")),
         }
     }
@@ -665,7 +661,7 @@ impl Inner {
 async fn supervise(
     inner: &Arc<Inner>,
     slot: &Arc<Slot>,
-    mut first: Option<oneshot::Sender<Result<(), String>>>,
+    mut first: Option<oneshot::Sender<Result<(), SessionError>>>,
 ) {
     let mut control = slot.control.subscribe();
     let mut shutdown = inner.shutdown.clone();
@@ -691,9 +687,9 @@ async fn supervise(
         let started = Session::start(inner, &config, number, &tenant, &owner).await;
         let mut session = match started {
             Ok(session) => session,
-            Err(message) => {
-                tracing::error!(agent_id = %slot.id, session = number, error = %message, "agent session did not start");
-                let why = format!("{}: {message}", reason::SPAWN_FAILED);
+            Err(e) => {
+                tracing::error!(agent_id = %slot.id, session = number, error = %e, "agent session did not start");
+                let why = format!("{}: {e}", reason::SPAWN_FAILED);
                 {
                     let mut s = slot.status.lock();
                     s.session = Some(SessionInfo {
@@ -710,7 +706,7 @@ async fn supervise(
                     .await;
                 slot.status.lock().session = None;
                 if let Some(tx) = first.take() {
-                    let _ = tx.send(Err(message));
+                    let _ = tx.send(Err(e));
                     inner.set_state(slot, AgentState::Crashed);
                     return;
                 }
@@ -934,6 +930,15 @@ fn draining(id: &AgentId, state: AgentState) -> ApiError {
             "agent '{id}' is {}: finish the tasks you hold, then exit",
             state_name(state)
         ),
+    )
+}
+
+/// 500 `spawn_failed`: the agent's first session did not start, for the reason `e` gives.
+fn spawn_failed(id: &AgentId, e: &SessionError) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "spawn_failed",
+        format!("agent '{id}' could not start: {e}"),
     )
 }
 

@@ -78,8 +78,8 @@ impl Warm for ContainerKind {
     type Item = super::container::ContainerPair;
     const WHAT: &'static str = "container";
 
-    fn make(&self) -> impl Future<Output = Result<Self::Item, String>> + Send {
-        self.docker.create_pooled()
+    async fn make(&self) -> Result<Self::Item, String> {
+        self.docker.create_pooled().await.map_err(|e| e.to_string())
     }
 
     async fn discard(&self, item: Self::Item) {

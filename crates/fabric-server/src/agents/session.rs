@@ -20,25 +20,71 @@
 //! container, its volume and the socket directory.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fabric_agent::AgentError;
 use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
 use fabric_core::{AgentId, TenantId};
 use fabric_docker::DockerClient;
-use fabric_runtime::HostProcess;
 use fabric_runtime::container::ContainerShell;
 use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess, SandboxStdio};
+use fabric_runtime::{HostProcess, RuntimeError};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::task::JoinHandle;
 
 use super::builtin::{Executor, ShellSpec, ShellWorkers};
-use super::container::{ContainerParts, ContainerUsage};
+use super::container::{ContainerError, ContainerParts, ContainerUsage};
 use super::{AGENT_TOKEN_TTL, Inner, container, inference};
 use crate::llm::EndpointIdentity;
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
+
+/// Why a session did not start. The message is what the `spawn_failed`
+/// answer and the session's exit reason say.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    /// Isolation `process` on a server started without the sandbox helper.
+    #[error("this server has no sandbox helper")]
+    NoSandboxHelper,
+    #[error(transparent)]
+    CreateSandbox(RuntimeError),
+    /// A fabric listener (API, inference, egress proxy) inside the sandbox's
+    /// network namespace.
+    #[error(transparent)]
+    BindInSandbox(RuntimeError),
+    #[error("cannot use the sandbox's port {port}: {source}")]
+    SandboxPortUnusable {
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create working dir {}: {source}", dir.display())]
+    CreateWorkdir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the inference endpoint: {0}")]
+    OpenInference(#[source] io::Error),
+    #[error("cannot serve the inference endpoint: {0}")]
+    ServeInference(#[source] io::Error),
+    /// An `isolation.network_egress` rule (`parse_egress` says why in words only).
+    #[error("{0}")]
+    EgressRule(String),
+    /// A program agent without `command` (validation refuses it first).
+    #[error("nothing to run: give 'command'")]
+    NothingToRun,
+    #[error(transparent)]
+    SpawnProgram(RuntimeError),
+    /// The built-in shell's client of the agent protocol.
+    #[error(transparent)]
+    ShellClient(AgentError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
 
 pub(super) enum SessionEnd {
     Exited(ProcessExit),
@@ -181,7 +227,7 @@ impl Session {
         number: u32,
         tenant: &TenantId,
         owner: &str,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, SessionError> {
         let id = &config.id;
         let root = config
             .isolation
@@ -209,9 +255,9 @@ impl Session {
             .await;
         match result {
             Ok(()) => Ok(session),
-            Err(message) => {
+            Err(e) => {
                 session.cleanup().await;
-                Err(message)
+                Err(e)
             }
         }
     }
@@ -223,7 +269,7 @@ impl Session {
         workdir: &Path,
         tenant: &TenantId,
         owner: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let inner = Arc::clone(&self.inner);
         let id = config.id.clone();
         let api = inner.config.api_addr;
@@ -259,7 +305,8 @@ impl Session {
                     .network_egress
                     .iter()
                     .map(|r| parse_egress(r))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(SessionError::EgressRule)?;
                 let listener = bind_in(&sandbox, EGRESS_PROXY_PORT)?;
                 // Every decision is logged by the proxy itself (target `audit`).
                 let proxy =
@@ -285,8 +332,10 @@ impl Session {
                 env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
             }
             IsolationLevel::None => {
-                std::fs::create_dir_all(workdir)
-                    .map_err(|e| format!("cannot create working dir {}: {e}", workdir.display()))?;
+                std::fs::create_dir_all(workdir).map_err(|source| SessionError::CreateWorkdir {
+                    dir: workdir.to_path_buf(),
+                    source,
+                })?;
                 self.host_workdir = Some(workdir.to_path_buf());
                 env.push((ENV_URL.into(), format!("http://{}", loopback(api))));
                 let (endpoint, server) = inference::serve_loopback(
@@ -344,7 +393,7 @@ impl Session {
             return Ok(());
         }
         let Some(command) = config.command.clone() else {
-            return Err("nothing to run: give 'command'".into());
+            return Err(SessionError::NothingToRun);
         };
         let (secret, hash, _) = inner
             .auth
@@ -357,7 +406,10 @@ impl Session {
                 cmd.env = env;
                 cmd.stdout = SandboxStdio::Piped;
                 cmd.stderr = SandboxStdio::Piped;
-                let mut process = sandbox.spawn(cmd).await.map_err(|e| e.to_string())?;
+                let mut process = sandbox
+                    .spawn(cmd)
+                    .await
+                    .map_err(SessionError::SpawnProgram)?;
                 let (out, err) = (process.stdout.take(), process.stderr.take());
                 (
                     Program::Sandboxed(process),
@@ -367,7 +419,7 @@ impl Session {
             }
             None => {
                 let mut process = fabric_runtime::spawn_program(&command, &workdir, &env)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(SessionError::SpawnProgram)?;
                 self.record_host_group(&workdir, &process);
                 let (out, err) = (process.stdout.take(), process.stderr.take());
                 (
@@ -395,7 +447,7 @@ impl Session {
         config: &AgentConfig,
         tenant: &TenantId,
         owner: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let inner = Arc::clone(&self.inner);
         let id = config.id.clone();
         let api = inner.config.api_addr;
@@ -404,7 +456,8 @@ impl Session {
             .network_egress
             .iter()
             .map(|r| parse_egress(r))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SessionError::EgressRule)?;
         let builtin = config.is_builtin_shell();
         // The agent's endpoints, as its sidecar serves them on its loopback.
         let mut env: Vec<(String, String)> = vec![(
@@ -473,7 +526,7 @@ impl Session {
             Ok(tasks) => parts.listeners.extend(tasks),
             Err(e) => {
                 self.container = Some(parts);
-                return Err(e);
+                return Err(e.into());
             }
         }
         let shell = builtin.then(|| {
@@ -506,7 +559,7 @@ impl Session {
         spec: ShellSpec,
         tenant: &TenantId,
         owner: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let inner = Arc::clone(&self.inner);
         let id = spec.agent.clone();
         let (secret, hash, _) = inner
@@ -518,7 +571,7 @@ impl Session {
             secret,
             id,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(SessionError::ShellClient)?;
         self.workers = Some(ShellWorkers::start(Arc::clone(&inner.tasks), spec, client));
         Ok(())
     }
@@ -678,7 +731,7 @@ async fn acquire_sandbox(
     config: &AgentConfig,
     name: &str,
     workdir: &Path,
-) -> Result<Sandbox, String> {
+) -> Result<Sandbox, SessionError> {
     let iso = &config.isolation;
     let poolable = iso.read_only_paths.is_empty() && iso.filesystem_root.is_none();
     if poolable && let Some(sandbox) = inner.sandbox_pool.take() {
@@ -698,7 +751,7 @@ async fn acquire_sandbox(
         .sandbox_pool
         .kind
         .config(name.to_owned(), workdir.to_path_buf())
-        .ok_or("this server has no sandbox helper")?;
+        .ok_or(SessionError::NoSandboxHelper)?;
     sandbox_config.memory_mb = iso.memory_mb;
     sandbox_config.cpu_cores = iso.cpu_cores;
     for path in &iso.read_only_paths {
@@ -706,7 +759,7 @@ async fn acquire_sandbox(
     }
     Sandbox::create(sandbox_config)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(SessionError::CreateSandbox)
 }
 
 pub const ENV_URL: &str = "FABRIC_URL";
@@ -756,11 +809,13 @@ fn egress_policy(
     )
 }
 
-fn bind_in(sandbox: &Sandbox, port: u16) -> Result<std::net::TcpListener, String> {
-    let listener = sandbox.bind_tcp(port).map_err(|e| e.to_string())?;
+fn bind_in(sandbox: &Sandbox, port: u16) -> Result<std::net::TcpListener, SessionError> {
+    let listener = sandbox
+        .bind_tcp(port)
+        .map_err(SessionError::BindInSandbox)?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("cannot use the sandbox's port {port}: {e}"))?;
+        .map_err(|source| SessionError::SandboxPortUnusable { port, source })?;
     Ok(listener)
 }
 
@@ -854,5 +909,46 @@ mod tests {
         // The snapshot is shared for a while: a second read costs no scan.
         let first = host_groups().unwrap();
         assert!(Arc::ptr_eq(&first, &host_groups().unwrap()));
+    }
+
+    /// The `spawn_failed` answers and exit reasons tests and users read are
+    /// the sentences the String errors said before `SessionError`.
+    #[test]
+    fn start_errors_keep_their_sentences() {
+        let cause = || io::Error::other("no space left");
+        let cases = [
+            (
+                SessionError::NoSandboxHelper,
+                "this server has no sandbox helper",
+            ),
+            (
+                SessionError::CreateWorkdir {
+                    dir: PathBuf::from("/data/agents/a-1"),
+                    source: cause(),
+                },
+                "cannot create working dir /data/agents/a-1: no space left",
+            ),
+            (
+                SessionError::SandboxPortUnusable {
+                    port: 3128,
+                    source: cause(),
+                },
+                "cannot use the sandbox's port 3128: no space left",
+            ),
+            (
+                SessionError::OpenInference(cause()),
+                "cannot open the inference endpoint: no space left",
+            ),
+            (
+                SessionError::ServeInference(cause()),
+                "cannot serve the inference endpoint: no space left",
+            ),
+            (SessionError::NothingToRun, "nothing to run: give 'command'"),
+        ];
+        for (error, sentence) in cases {
+            assert_eq!(error.to_string(), sentence);
+        }
+        let rule = parse_egress("host:0").unwrap_err();
+        assert_eq!(SessionError::EgressRule(rule.clone()).to_string(), rule);
     }
 }
