@@ -42,7 +42,8 @@ use crate::stats::{
 };
 
 /// What the spawn runs log: when each sandbox was ready and each session started.
-const SPAWN_LOG_FILTER: &str = "warn,fabric_runtime::sandbox=debug,fabric_server::agents=info";
+const SPAWN_LOG_FILTER: &str =
+    "warn,fabric_runtime::sandbox=debug,fabric_server::services::agents=info";
 /// The floor: the namespaces of a sandbox (mount, pid, net, ipc, uts), nothing else.
 const UNSHARE_FLOOR: [&str; 8] = ["unshare", "-m", "-p", "-n", "-i", "-u", "-f", "/bin/true"];
 /// The hidden subcommand of `reactor-fabric` that builds sandboxes.

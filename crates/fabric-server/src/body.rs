@@ -6,7 +6,7 @@
 //! the limit is read to its end and thrown away before the 413 goes out;
 //! only one far over it (declared, or once that much has arrived) is cut at
 //! once. Used by the gateway's routes and agents' inference endpoints
-//! (`crate::llm`) and by the container sidecar's forwarding hop (`crate::proxy`).
+//! (`crate::services::llm`) and by the container sidecar's forwarding hop (`crate::proxy`).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};

@@ -22,22 +22,16 @@
 //!   context and the OTLP/HTTP span exporter; [`alerts`]: the alert hub and its detectors.
 //! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
 
-pub mod agents;
-pub mod alerts;
 pub mod api;
-pub mod auth;
 mod body;
-pub mod budgets;
 mod error;
 pub mod events;
 mod extract;
 pub mod leader;
-pub mod llm;
 pub mod metrics;
-pub mod policy;
 pub mod proxy;
 mod request_id;
-pub mod service;
+pub mod services;
 pub mod state;
 mod store;
 pub mod telemetry;
@@ -63,11 +57,12 @@ pub use crate::store::StoreConfig;
 pub use crate::telemetry::{LogFormat, TelemetryConfig, init_logging};
 pub use fabric_runtime::sandbox::HelperCommand;
 
-use crate::agents::{AgentManager, ManagerConfig};
-pub use crate::agents::{ContainerConfig, SocketVolume};
-use crate::auth::AuthService;
 use crate::leader::Leadership;
-use crate::service::{TaskDefaults, TaskService};
+use crate::services::agents::{AgentManager, ManagerConfig};
+pub use crate::services::agents::{ContainerConfig, SocketVolume};
+use crate::services::auth::AuthService;
+use crate::services::tasks::{TaskDefaults, TaskService};
+use crate::services::{agents, alerts, budgets, llm, policy};
 use crate::state::{AppState, Readiness};
 
 /// Default API address (`--listen`, `FABRIC_LISTEN`).

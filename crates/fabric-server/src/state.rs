@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::agents::AgentManager;
-use crate::auth::AuthService;
-use crate::llm::Llm;
-use crate::policy::PolicyService;
-use crate::service::TaskService;
+use crate::services::agents::AgentManager;
+use crate::services::auth::AuthService;
+use crate::services::llm::Llm;
+use crate::services::policy::PolicyService;
+use crate::services::tasks::TaskService;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,7 +19,7 @@ pub struct AppState {
     /// The inference gateway and its usage ledger.
     pub llm: Llm,
     /// Budgets: limits, live usage, reservations, alerts.
-    pub budgets: Arc<crate::budgets::BudgetService>,
+    pub budgets: Arc<crate::services::budgets::BudgetService>,
     /// Policies, decisions, approvals and the audit trail.
     pub policy: Arc<PolicyService>,
     /// Turns true when the server starts shutting down (ends long polls).

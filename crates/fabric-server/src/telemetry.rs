@@ -22,8 +22,8 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::alerts::{AlertConfig, AlertHub};
 use crate::metrics::Metrics;
+use crate::services::alerts::{AlertConfig, AlertHub};
 use crate::trace::{
     OtlpConfig, SERVICE_NAME, Span, SpanContext, SpanKind, TRACEPARENT_HEADER, Tracer,
 };

@@ -217,7 +217,7 @@ fn telemetry_config(
     }
     Ok(fabric_server::TelemetryConfig {
         otlp,
-        alerts: fabric_server::alerts::AlertConfig {
+        alerts: fabric_server::services::alerts::AlertConfig {
             webhook,
             error_rate_threshold: error_rate,
             error_window: window.max(std::time::Duration::from_secs(1)),

@@ -16,10 +16,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::task_id;
-use crate::agents::AGENT_TOKEN_TTL;
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
+use crate::services::agents::AGENT_TOKEN_TTL;
+use crate::services::auth::Principal;
 use crate::state::AppState;
 
 /// Longest long poll of `lease`.

@@ -10,10 +10,10 @@ use fabric_core::api::{AgentList, SessionList};
 use fabric_core::{AgentId, Scope};
 use serde::Deserialize;
 
-use crate::agents::MAX_DRAIN_TIMEOUT;
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, NumberPageParams, PageParams};
+use crate::services::agents::MAX_DRAIN_TIMEOUT;
+use crate::services::auth::Principal;
 use crate::state::AppState;
 
 fn agent_id(raw: &str) -> Result<AgentId, ApiError> {

@@ -4,10 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::Alert;
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{Listing, PageParams};
+use crate::services::alerts::Alert;
+use crate::services::auth::Principal;
 use crate::state::AppState;
 use fabric_core::Scope;
 

@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use fabric_core::api::{CreateTokenRequest, LoginRequest, TokenResponse, WhoAmI};
 
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+use crate::services::auth::Principal;
 use crate::state::AppState;
 
 /// Longest lifetime of a scripted token.

@@ -9,9 +9,9 @@ use fabric_core::Scope;
 use fabric_core::budget::{BudgetEntity, BudgetList, BudgetSpec, BudgetUsageReport, BudgetView};
 use serde::Deserialize;
 
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams};
+use crate::services::auth::Principal;
 use crate::state::AppState;
 
 fn entity(raw: &str) -> Result<BudgetEntity, ApiError> {

@@ -13,10 +13,10 @@ use fabric_core::policy::{
 use fabric_core::{AgentId, Scope};
 use serde::Deserialize;
 
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, PageParams, UuidPageParams};
-use crate::policy::{Actor, Decision, approval_response};
+use crate::services::auth::Principal;
+use crate::services::policy::{Actor, Decision, approval_response};
 use crate::state::AppState;
 
 /// Longest wait of one agent check or approval poll.

@@ -15,8 +15,8 @@ use fabric_core::{EventKind, Scope, TaskEvent, TaskId};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::task_id;
-use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::services::auth::Principal;
 use crate::state::AppState;
 
 /// How often an idle stream says it is alive.

@@ -10,9 +10,9 @@ use fabric_core::{AgentId, Scope, Task, TaskQuery, TaskStatus};
 use serde::Deserialize;
 
 use super::task_id;
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Listing, NoFilters, NumberPageParams, UuidPageParams};
+use crate::services::auth::Principal;
 use crate::state::AppState;
 
 /// Creates a task. With an `Idempotency-Key` header, a retry returns the task

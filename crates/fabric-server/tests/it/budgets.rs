@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fabric_core::{Clock, Timestamp};
 use fabric_gateway::mock::server::{MockConfig, MockServer};
 use fabric_gateway::{GatewayConfig, ProviderConfig, ProviderKind};
-use fabric_server::budgets::BudgetClock;
+use fabric_server::services::budgets::BudgetClock;
 use serde_json::{Value, json};
 
 use crate::gateway::agent_token;

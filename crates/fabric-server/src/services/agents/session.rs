@@ -39,8 +39,8 @@ use tokio::task::JoinHandle;
 use super::builtin::{Executor, ShellSpec, ShellWorkers};
 use super::container::{ContainerError, ContainerParts, ContainerUsage};
 use super::{AGENT_TOKEN_TTL, Inner, container, inference};
-use crate::llm::EndpointIdentity;
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
+use crate::services::llm::EndpointIdentity;
 
 /// Why a session did not start. The message is what the `spawn_failed`
 /// answer and the session's exit reason say.
@@ -800,12 +800,12 @@ fn endpoint_identity(
 fn egress_policy(
     agent: &AgentId,
     tenant: &TenantId,
-    policy: &Arc<crate::policy::PolicyService>,
+    policy: &Arc<crate::services::policy::PolicyService>,
     workspace: Option<String>,
 ) -> fabric_runtime::net::PolicyGate {
-    crate::policy::egress_gate(
+    crate::services::policy::egress_gate(
         Arc::clone(policy),
-        crate::policy::Actor::agent(tenant.clone(), agent.clone(), workspace),
+        crate::services::policy::Actor::agent(tenant.clone(), agent.clone(), workspace),
     )
 }
 

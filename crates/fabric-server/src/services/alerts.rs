@@ -354,7 +354,7 @@ async fn deliver(url: String, mut rx: mpsc::Receiver<Alert>) {
 /// Budget alerts (the soft threshold crossed, a hard limit hit; each at most
 /// once per entity and period, which the budget service decides) become
 /// alert events: `/v1/alerts`, the log, `agent_fabric_alerts_total`, the webhook.
-impl crate::budgets::BudgetAlerts for AlertHub {
+impl crate::services::budgets::BudgetAlerts for AlertHub {
     fn alert(&self, alert: &fabric_core::budget::BudgetAlert) {
         use fabric_core::budget::BudgetAlertKind;
         let entity = alert.entity.to_string();

@@ -494,7 +494,7 @@ pub(super) async fn acquire(
 pub(super) fn listen(
     inner: &super::Inner,
     warm: &ContainerPair,
-    identity: crate::llm::EndpointIdentity,
+    identity: crate::services::llm::EndpointIdentity,
     egress: fabric_runtime::net::EgressProxy,
     api: Option<std::net::SocketAddr>,
 ) -> Result<Vec<JoinHandle<()>>, ContainerError> {

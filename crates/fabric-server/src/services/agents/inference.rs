@@ -1,5 +1,5 @@
 //! The inference endpoint agents see as `OLLAMA_BASE_URL` (REQUIREMENTS §6): the
-//! gateway's Ollama-compatible API ([`crate::llm::ollama_endpoint`]) for one
+//! gateway's Ollama-compatible API ([`crate::services::llm::ollama_endpoint`]) for one
 //! agent, so every call is routed (local first, cloud fallback), metered
 //! against the agent, its owner and tenant, and made with the fabric's own
 //! provider keys, never the agent's. It listens on a loopback port of the
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::Inner;
 use super::session::SessionError;
-use crate::llm::{EndpointIdentity, ollama_endpoint, serve_ollama_endpoint};
+use crate::services::llm::{EndpointIdentity, ollama_endpoint, serve_ollama_endpoint};
 
 /// Serves the endpoint on a listener bound inside an agent's sandbox.
 pub(super) fn serve_std(

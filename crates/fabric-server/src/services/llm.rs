@@ -32,8 +32,8 @@ impl Llm {
     pub(crate) fn new(
         config: GatewayConfig,
         store: Store,
-        budgets: Arc<crate::budgets::BudgetService>,
-        policy: Arc<crate::policy::PolicyService>,
+        budgets: Arc<crate::services::budgets::BudgetService>,
+        policy: Arc<crate::services::policy::PolicyService>,
         telemetry: Arc<crate::telemetry::Telemetry>,
     ) -> anyhow::Result<Self> {
         let providers: Vec<String> = config
@@ -57,8 +57,8 @@ impl Llm {
         };
         let gateway = Gateway::new(config, Arc::new(metered))
             .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?
-            .with_guard(Arc::new(crate::policy::LlmGuard { policy }))
-            .with_admission(Arc::new(crate::budgets::BudgetAdmission(budgets)));
+            .with_guard(Arc::new(crate::services::policy::LlmGuard { policy }))
+            .with_admission(Arc::new(crate::services::budgets::BudgetAdmission(budgets)));
         if providers.is_empty() {
             tracing::warn!(
                 "inference gateway: no provider configured; LLM calls answer 503 until OLLAMA_BASE_URL, OPENAI_API_KEY or --gateway-config is set"

@@ -537,7 +537,7 @@ pub const DEFAULT_COMPUTE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// zero. Granularity: one sample period; work already running when a limit
 /// is reached runs to its end (new tasks are refused).
 pub(crate) async fn sample_compute(
-    agents: crate::agents::AgentManager,
+    agents: crate::services::agents::AgentManager,
     budgets: Arc<BudgetService>,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,

@@ -22,7 +22,7 @@ use fabric_runtime::{LogLine, ShellJob, run_shell};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::service::TaskService;
+use crate::services::tasks::TaskService;
 
 pub const ENV_TASK_ID: &str = "FABRIC_TASK_ID";
 pub const ENV_AGENT_ID: &str = "FABRIC_AGENT_ID";

@@ -82,10 +82,10 @@ pub struct TaskService {
     /// decision about giving it work.
     workspaces: RwLock<HashMap<AgentId, Option<String>>>,
     /// Decides `task:create:<agent>` for every creation.
-    policy: Arc<crate::policy::PolicyService>,
+    policy: Arc<crate::services::policy::PolicyService>,
     running: Mutex<HashMap<TaskId, RunningAttempt>>,
     /// Compute-seconds budgets: an agent over its limit gets no new tasks.
-    budgets: Arc<crate::budgets::BudgetService>,
+    budgets: Arc<crate::services::budgets::BudgetService>,
     telemetry: Arc<Telemetry>,
     /// With tracing on: the open `task.execute` span of each running attempt
     /// (its lease epoch and span), ended when the attempt ends.
@@ -97,7 +97,7 @@ impl TaskService {
     fn check_compute(&self, agent: &AgentId) -> Result<(), ApiError> {
         self.budgets
             .check_compute(agent)
-            .map_err(|r| crate::budgets::refusal_error(&r))
+            .map_err(|r| crate::services::budgets::refusal_error(&r))
     }
 
     pub async fn new(
@@ -105,8 +105,8 @@ impl TaskService {
         clock: Arc<dyn Clock>,
         config: SchedulerConfig,
         defaults: TaskDefaults,
-        policy: Arc<crate::policy::PolicyService>,
-        budgets: Arc<crate::budgets::BudgetService>,
+        policy: Arc<crate::services::policy::PolicyService>,
+        budgets: Arc<crate::services::budgets::BudgetService>,
     ) -> Result<Self, StoreError> {
         let last_seq = store.last_event_seq().await?;
         Ok(Self {
@@ -261,7 +261,7 @@ impl TaskService {
             .unwrap_or_else(|| self.defaults.agent.clone());
         // Policy enforcement point `task:create:<agent>`: the target agent's
         // policies (and workspace) decide who may give it work.
-        let actor = crate::policy::Actor {
+        let actor = crate::services::policy::Actor {
             tenant: principal.tenant.clone(),
             name: principal.user.clone(),
             workspace: self.workspace_of(&agent),

@@ -42,9 +42,9 @@ use tokio::sync::{oneshot, watch};
 pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop};
 pub use self::container::{ContainerConfig, SocketVolume};
 use self::session::{Session, SessionEnd, SessionError};
-use crate::auth::AuthService;
 use crate::error::ApiError;
-use crate::service::TaskService;
+use crate::services::auth::AuthService;
+use crate::services::tasks::TaskService;
 use crate::store::Store;
 
 /// How long an agent token lives; agents renew it with `POST /v1/agent/token`.
@@ -73,7 +73,7 @@ pub struct ManagerConfig {
     /// The inference gateway agents' endpoints (`OLLAMA_BASE_URL`) call.
     pub gateway: fabric_gateway::Gateway,
     /// Decides the agents' `llm:<model>` calls and `net:connect:...` egress.
-    pub policy: std::sync::Arc<crate::policy::PolicyService>,
+    pub policy: std::sync::Arc<crate::services::policy::PolicyService>,
     /// Bytes of stdout / stderr the shell agent keeps per task.
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.
