@@ -8,6 +8,12 @@ use fabric_core::api::{ErrorBody, ErrorDetail};
 use fabric_engine::SchedulerError;
 
 use crate::request_id;
+use crate::services::agents::AgentError;
+use crate::services::auth::AuthError;
+use crate::services::budgets::BudgetError;
+use crate::services::policy::{PolicyError, Refusal};
+use crate::services::tasks::TaskError;
+use fabric_engine::budget::Refusal as BudgetRefusal;
 
 /// An error answered to an API client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,12 +91,6 @@ impl ApiError {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         )
     }
-
-    pub fn task_not_found(id: impl std::fmt::Display) -> Self {
-        Self::not_found(format!(
-            "task {id} not found: check the id with 'reactor-fabric task list'"
-        ))
-    }
 }
 
 impl From<fabric_core::MissingScope> for ApiError {
@@ -122,12 +122,116 @@ impl From<SchedulerError> for ApiError {
             }
             E::UnknownDependency(_) => Self::bad_request(e.to_string()),
             E::DependencyNotReady(_) => Self::unavailable(e.to_string()),
-            E::UnknownTask(id) => Self::task_not_found(id),
+            E::UnknownTask(id) => TaskError::NotFound(*id).into(),
             E::AlreadyFinished { .. } | E::StaleLease { .. } | E::Duplicate(_) => {
                 Self::conflict(e.to_string())
             }
             E::InvalidCompletion(_) => Self::bad_request(e.to_string()),
         }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        use AgentError as E;
+        let message = e.to_string();
+        match e {
+            E::Invalid(_) | E::NoSandboxHelper | E::MissingPath(_) => Self::bad_request(message),
+            E::DockerUnavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "docker_unavailable",
+                message,
+            ),
+            E::Reserved(_) | E::Exists { .. } | E::SpawnInProgress(_) | E::BuiltIn(_) => {
+                Self::conflict(message)
+            }
+            E::Draining { .. } => Self::new(StatusCode::CONFLICT, "agent_draining", message),
+            E::SpawnFailed { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "spawn_failed", message)
+            }
+            E::ShuttingDown => Self::unavailable(message),
+            E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "agent_not_found", message),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials | AuthError::InvalidToken | AuthError::TokenExpired => {
+                Self::unauthorized(e.to_string())
+            }
+            AuthError::PasswordWorkerDown | AuthError::Hash(_) => Self::internal(e.to_string()),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        use TaskError as E;
+        match e {
+            E::Invalid(_) | E::UnknownDependency(_) => Self::bad_request(e.to_string()),
+            E::NotFound(_) => Self::not_found(e.to_string()),
+            E::AlreadyFinished { .. } | E::ChangedConcurrently(_) => Self::conflict(e.to_string()),
+            E::Refused(r) => r.into(),
+            E::OverBudget(r) => r.into(),
+            E::Scheduler(e) => e.into(),
+            E::Store(e) => e.into(),
+            E::Invariant(_) => Self::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<BudgetError> for ApiError {
+    fn from(e: BudgetError) -> Self {
+        match e {
+            BudgetError::Invalid(_) => Self::bad_request(e.to_string()),
+            BudgetError::NoBudget(_) => Self::not_found(e.to_string()),
+            BudgetError::Exceeded(r) => r.into(),
+            BudgetError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// 429 `budget_exceeded`, naming the entity, the limit and when it resets.
+impl From<BudgetRefusal> for ApiError {
+    fn from(r: BudgetRefusal) -> Self {
+        Self::budget_exceeded(
+            r.to_string(),
+            BudgetRefusalDetail {
+                entity: r.entity.to_string(),
+                limit: r.limit.as_str().to_owned(),
+                resets_at: r.resets_at,
+            },
+        )
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        use PolicyError as E;
+        match e {
+            E::Invalid(_) => Self::bad_request(e.to_string()),
+            E::PolicyNotFound(_) | E::ApprovalNotFound(_) => Self::not_found(e.to_string()),
+            E::AlreadyDecided { .. } | E::DecidedMeanwhile(_) => Self::conflict(e.to_string()),
+            E::NotAnApprover { .. } => Self::forbidden(e.to_string()),
+            E::Refused(refusal) => refusal.into(),
+            E::MissingScope(e) => e.into(),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let code = if r.needs_approval {
+            "approval_required"
+        } else {
+            "policy_denied"
+        };
+        Self::new(StatusCode::FORBIDDEN, code, r.message)
     }
 }
 

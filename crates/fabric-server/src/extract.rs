@@ -4,12 +4,15 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use fabric_core::api::{PAGE_DEFAULT_LIMIT, PAGE_MAX_LIMIT};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::services::auth::Principal;
+use crate::state::AppState;
 
 /// `axum::Json` with JSON errors: 400 bad JSON, 413 too large, 415 wrong content type.
 #[derive(Debug, Clone, Copy, Default)]
@@ -234,6 +237,41 @@ impl<S: Send + Sync, F: DeserializeOwned> FromRequestParts<S> for Listing<F> {
             page: Page { limit, cursor },
             filters,
         })
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer …`, or `?token=` for
+/// WebSocket clients (browsers cannot set headers on them).
+pub(crate) fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    parts
+        .uri
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))
+}
+
+/// The caller of a request, from its bearer token; 401 without one.
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let secret = bearer(parts).ok_or_else(|| {
+            ApiError::unauthorized("missing bearer token: log in with 'reactor-fabric auth login' or send 'Authorization: Bearer <token>'")
+        })?;
+        Ok(state.auth.authenticate(&secret).await?)
     }
 }
 

@@ -6,20 +6,29 @@
 //!
 //! # Layout
 //!
-//! - [`api`]: axum routes, OpenAPI document (`/openapi.json`), WebSocket stream.
-//! - [`service`]: `TaskService`, the scheduler + store + events under one lock discipline.
-//! - [`agents`]: the agent lifecycle manager, sessions, sandboxes, containers, the built-in `shell` and `noop` agents.
+//! Two layers; the HTTP layer depends on the services, never the reverse.
+//!
+//! - [`services`]: the domain services, built once in dependency order by
+//!   [`run`]: `tasks` (the scheduler + store + events under one lock
+//!   discipline), `agents` (lifecycle manager, sessions, sandboxes,
+//!   containers, the built-in `shell` and `noop` agents), `policy`
+//!   (decisions, approvals, audit), `budgets`, `llm` (the inference gateway
+//!   with its ledger, guard and admission), `auth` (users, tokens), `alerts`.
+//!   No axum, no `AppState`, no `ApiError`: each answers with its own error
+//!   enum and takes a plain [`fabric_core::Identity`].
+//! - [`api`]: axum routes, the OpenAPI document (`/openapi.json`), the
+//!   WebSocket stream, agents' inference endpoints ([`api::inference`]);
+//!   with `error` (`ApiError` and the one mapping of every service error to a
+//!   status and code), `extract` (JSON, query, paging and `Principal`
+//!   extractors), `body`, `request_id`: the edges every request passes.
+//! - [`state`]: `AppState`, what handlers share.
 //! - [`proxy`]: the inference forwarder (10 MiB, 120 s, no credentials) and the
 //!   container sidecar that runs it (`reactor-fabric proxy`).
-//! - [`llm`]: the inference gateway in the server: its usage ledger, reply → response, and
-//!   [`llm::ollama_endpoint`], the Ollama API of an agent's inference endpoint.
-//! - [`auth`]: users, hashed passwords and tokens, the `Principal` extractor.
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
-//! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
 //! - [`telemetry`]: log subscriber setup (JSON or pretty), the HTTP metrics/trace middleware.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`; [`trace`]: W3C trace
-//!   context and the OTLP/HTTP span exporter; [`alerts`]: the alert hub and its detectors.
+//!   context and the OTLP/HTTP span exporter.
 //! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
 
 pub mod api;
@@ -36,7 +45,6 @@ pub mod state;
 mod store;
 pub mod telemetry;
 pub mod trace;
-mod validate;
 
 use std::fs::File;
 use std::future::Future;
@@ -317,6 +325,10 @@ pub async fn run(
         owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
         containers: config.containers.clone(),
         telemetry: Arc::clone(&telemetry),
+        inference: Arc::new(api::inference::OllamaEndpoints {
+            gateway: llm.gateway.clone(),
+            telemetry: Arc::clone(&telemetry),
+        }),
     };
     let agents = AgentManager::new(
         Arc::clone(&tasks),
@@ -401,7 +413,7 @@ pub async fn run(
     if let Some(generated) = auth
         .bootstrap_admin(config.admin_password.as_deref())
         .await
-        .map_err(|e| anyhow::anyhow!(e.message))?
+        .context("cannot create the first admin user")?
     {
         // Printed once, to the terminal only: never logged (NFR-SEC-2).
         println!("Created user 'admin' with generated password: {generated}");
@@ -409,23 +421,17 @@ pub async fn run(
     }
     agents.sweep_leftovers().await;
     // Every stored agent's queue exists before its tasks are reloaded.
-    agents
-        .register_queues()
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    agents.register_queues().await?;
     let restored = tasks.recover().await?;
     // The current period's usage comes back from the ledger before any call
     // is admitted.
-    let budgeted = budgets
-        .load()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot load budgets: {}", e.message))?;
+    let budgeted = budgets.load().await.context("cannot load budgets")?;
     tracing::info!(budgets = budgeted, "budgets loaded");
     state
         .policy
         .load()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot load the policies: {}", e.message))?;
+        .context("cannot load the policies")?;
     let audit_flusher = tokio::spawn(Arc::clone(&state.policy).flush_audit_every(stop_rx.clone()));
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
@@ -435,11 +441,8 @@ pub async fn run(
     agents
         .start_system(shell)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot start the built-in shell agent: {}", e.message))?;
-    let respawned = agents
-        .restore()
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+        .context("cannot start the built-in shell agent")?;
+    let respawned = agents.restore().await?;
     let mut workers = agents::spawn_noop(Arc::clone(&tasks), stop_rx.clone());
     let ticker = {
         let (tasks, agents, mut stop) = (Arc::clone(&tasks), agents.clone(), stop_rx.clone());

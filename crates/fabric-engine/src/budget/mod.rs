@@ -86,6 +86,8 @@ pub struct Refusal {
     pub resets_at: Timestamp,
 }
 
+impl std::error::Error for Refusal {}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let unit = match self.limit {

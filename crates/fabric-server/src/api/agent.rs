@@ -11,7 +11,7 @@ use fabric_core::api::{
     AgentEvents, CompleteRequest, HeartbeatResponse, LeaseResponse, TaskHeartbeat, TokenResponse,
 };
 use fabric_core::{AgentId, EventKind, Task, TaskId, TaskStatus};
-use fabric_engine::Completion;
+use fabric_engine::{Completion, SchedulerError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::services::agents::AGENT_TOKEN_TTL;
 use crate::services::auth::Principal;
+use crate::services::tasks::TaskError;
 use crate::state::AppState;
 
 /// Longest long poll of `lease`.
@@ -45,7 +46,7 @@ async fn own_task(state: &AppState, agent: &AgentId, id: TaskId) -> Result<Task,
         if &task.agent_id == agent {
             return Ok(task);
         }
-        return Err(ApiError::task_not_found(id));
+        return Err(TaskError::NotFound(id).into());
     }
     match state.tasks.get_any(id).await {
         Ok(task) if &task.agent_id == agent => Err(ApiError::new(
@@ -56,8 +57,8 @@ async fn own_task(state: &AppState, agent: &AgentId, id: TaskId) -> Result<Task,
                 task.status
             ),
         )),
-        Ok(_) => Err(ApiError::task_not_found(id)),
-        Err(e) => Err(e),
+        Ok(_) => Err(TaskError::NotFound(id).into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -107,7 +108,7 @@ pub async fn lease(
     let lease = tokio::select! {
         lease = state.tasks.lease_within(&agent, Duration::from_secs_f64(wait)) => lease?,
         // Draining began while waiting: no task, and say so.
-        _ = gate.wait_for(|may| !may) => return Err(state.agents.draining_error(&agent)),
+        _ = gate.wait_for(|may| !may) => return Err(state.agents.draining_error(&agent).into()),
         // The server is stopping: answer now, so its graceful shutdown is not held up.
         _ = shutdown.wait_for(|s| *s) => return Err(ApiError::unavailable("the fabric is shutting down; retry shortly")),
     };
@@ -212,11 +213,13 @@ pub async fn complete(
     let commit = state
         .tasks
         .complete(&id, body.epoch, completion)
-        .map_err(|e| match e.code {
-            "stale_lease" | "conflict" => {
-                ApiError::new(StatusCode::CONFLICT, "stale_lease", e.message)
-            }
-            _ => e,
+        .map_err(|e| match e {
+            TaskError::Scheduler(
+                e @ (SchedulerError::StaleLease { .. }
+                | SchedulerError::AlreadyFinished { .. }
+                | SchedulerError::Duplicate(_)),
+            ) => ApiError::new(StatusCode::CONFLICT, "stale_lease", e.to_string()),
+            other => other.into(),
         })?;
     commit.await?;
     state.agents.task_done(&agent);

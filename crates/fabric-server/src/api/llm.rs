@@ -16,11 +16,11 @@ use fabric_gateway::api::{self, Reply};
 use fabric_gateway::{CallOptions, Caller, GatewayError};
 use serde::{Deserialize, Serialize};
 
+use super::inference::{into_response, read_body};
 use crate::error::ApiError;
 use crate::extract::{Listing, UuidPageParams};
 use crate::request_id;
 use crate::services::auth::Principal;
-use crate::services::llm::{into_response, read_body};
 use crate::state::AppState;
 
 /// One server-sent event of a streamed answer, for the OpenAPI document.

@@ -6,6 +6,7 @@ mod alerts;
 mod auth;
 mod budgets;
 mod health;
+pub mod inference;
 mod llm;
 mod policy;
 mod stream;

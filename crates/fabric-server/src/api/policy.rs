@@ -336,7 +336,7 @@ async fn wait_for(
 ) -> Result<Approval, ApiError> {
     let mut shutdown = state.shutdown.clone();
     tokio::select! {
-        approval = state.policy.wait_approval(&actor.tenant, id, wait) => approval,
+        approval = state.policy.wait_approval(&actor.tenant, id, wait) => Ok(approval?),
         _ = shutdown.wait_for(|s| *s) => Err(ApiError::unavailable("the fabric is shutting down; retry shortly")),
     }
 }

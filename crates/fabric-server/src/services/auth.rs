@@ -1,5 +1,6 @@
 //! Authentication: users with argon2id password hashes, bearer tokens stored
-//! only as SHA-256, scopes, and the [`Principal`] extractor.
+//! only as SHA-256, scopes, and the [`Principal`] a token stands for (the HTTP
+//! layer extracts it from a request in `crate::extract`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -7,9 +8,6 @@ use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use fabric_core::{
     AgentId, ApiToken, AuthStore, Clock, Identity, Scope, TenantId, Timestamp, User,
 };
@@ -17,8 +15,6 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use crate::error::ApiError;
-use crate::state::AppState;
 use crate::store::Store;
 
 /// How long a login session lasts.
@@ -26,7 +22,24 @@ pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Prefix of every token this fabric issues (recognisable in secret scanners).
 const TOKEN_PREFIX: &str = "rf_";
 
-/// The HTTP extractor of the caller: its [`Identity`] (what services are
+/// Why authentication failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("invalid or revoked token: log in again with 'reactor-fabric auth login'")]
+    InvalidToken,
+    #[error("token expired: log in again with 'reactor-fabric auth login'")]
+    TokenExpired,
+    #[error("the password hashing thread is not running; see the server log")]
+    PasswordWorkerDown,
+    #[error("cannot hash password: {0}")]
+    Hash(argon2::password_hash::Error),
+    #[error(transparent)]
+    Store(#[from] fabric_core::StoreError),
+}
+
+/// The caller a token stands for: its [`Identity`] (what services are
 /// told; `principal.tenant`, `principal.require(..)` read through to it) and
 /// the hash of the token it came with (for logout).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +79,7 @@ impl AuthService {
     pub async fn bootstrap_admin(
         &self,
         password: Option<&str>,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, AuthError> {
         if self.store.count_users().await? > 0 {
             return Ok(None);
         }
@@ -94,8 +107,8 @@ impl AuthService {
         &self,
         username: &str,
         password: &str,
-    ) -> Result<(String, ApiToken), ApiError> {
-        let invalid = || ApiError::unauthorized("invalid username or password");
+    ) -> Result<(String, ApiToken), AuthError> {
+        let invalid = || AuthError::InvalidCredentials;
         let user = self
             .store
             .get_user(username.to_owned())
@@ -126,7 +139,7 @@ impl AuthService {
         name: Option<String>,
         expires_at: Option<Timestamp>,
         agent: Option<AgentId>,
-    ) -> Result<(String, ApiToken), ApiError> {
+    ) -> Result<(String, ApiToken), AuthError> {
         let secret = format!("{TOKEN_PREFIX}{}", random_secret(32));
         let token = ApiToken {
             token_hash: hash_token(&secret),
@@ -184,26 +197,24 @@ impl AuthService {
     }
 
     /// Resolves a bearer token to its principal.
-    pub async fn authenticate(&self, secret: &str) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, secret: &str) -> Result<Principal, AuthError> {
         let hash = hash_token(secret);
         let cached = self.cache.lock().get(&hash).cloned();
         let token = match cached {
             Some(t) => t,
             None => {
-                let t = self.store.get_token(hash.clone()).await?.ok_or_else(|| {
-                    ApiError::unauthorized(
-                        "invalid or revoked token: log in again with 'reactor-fabric auth login'",
-                    )
-                })?;
+                let t = self
+                    .store
+                    .get_token(hash.clone())
+                    .await?
+                    .ok_or(AuthError::InvalidToken)?;
                 self.cache.lock().insert(hash.clone(), t.clone());
                 t
             }
         };
         if token.is_expired(self.clock.now()) {
             self.cache.lock().remove(&hash);
-            return Err(ApiError::unauthorized(
-                "token expired: log in again with 'reactor-fabric auth login'",
-            ));
+            return Err(AuthError::TokenExpired);
         }
         Ok(Principal {
             identity: Identity {
@@ -217,7 +228,7 @@ impl AuthService {
     }
 
     /// Revokes the caller's token.
-    pub async fn logout(&self, principal: &Principal) -> Result<(), ApiError> {
+    pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
         self.cache.lock().remove(&principal.token_hash);
         self.store
             .delete_token(principal.token_hash.clone())
@@ -238,7 +249,10 @@ pub(crate) fn hash_token(secret: &str) -> String {
 
 /// A password job for [`password_worker`].
 enum PasswordJob {
-    Hash(String, oneshot::Sender<Result<String, String>>),
+    Hash(
+        String,
+        oneshot::Sender<Result<String, argon2::password_hash::Error>>,
+    ),
     Verify {
         password: String,
         hash: String,
@@ -269,7 +283,7 @@ fn password_worker() -> Option<&'static std::sync::mpsc::Sender<PasswordJob>> {
                                 let hashed = argon2
                                     .hash_password(password.as_bytes(), &salt)
                                     .map(|h| h.to_string());
-                                let _ = reply.send(hashed.map_err(|e| e.to_string()));
+                                let _ = reply.send(hashed);
                             }
                             PasswordJob::Verify {
                                 password,
@@ -333,9 +347,8 @@ fn verify_in(blocks: &mut Vec<Block>, password: &[u8], phc: &str) -> bool {
 }
 
 /// Argon2id with the crate's default (OWASP-recommended) parameters.
-async fn hash_password(password: String) -> Result<String, ApiError> {
-    let unavailable =
-        || ApiError::internal("the password hashing thread is not running; see the server log");
+async fn hash_password(password: String) -> Result<String, AuthError> {
+    let unavailable = || AuthError::PasswordWorkerDown;
     let (reply, result) = oneshot::channel();
     password_worker()
         .ok_or_else(unavailable)?
@@ -344,7 +357,7 @@ async fn hash_password(password: String) -> Result<String, ApiError> {
     result
         .await
         .map_err(|_| unavailable())?
-        .map_err(|e| ApiError::internal(format!("cannot hash password: {e}")))
+        .map_err(AuthError::Hash)
 }
 
 async fn verify_password(password: String, hash: String) -> bool {
@@ -363,40 +376,6 @@ async fn verify_password(password: String, hash: String) -> bool {
         return false;
     }
     result.await.unwrap_or(false)
-}
-
-/// The bearer token of a request: `Authorization: Bearer …`, or `?token=` for
-/// WebSocket clients (browsers cannot set headers on them).
-pub(crate) fn bearer(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
-    }
-    parts
-        .uri
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let secret = bearer(parts).ok_or_else(|| {
-            ApiError::unauthorized("missing bearer token: log in with 'reactor-fabric auth login' or send 'Authorization: Bearer <token>'")
-        })?;
-        state.auth.authenticate(&secret).await
-    }
 }
 
 #[cfg(test)]

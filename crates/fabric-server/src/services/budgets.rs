@@ -24,8 +24,22 @@ use fabric_engine::budget::{Demand, Refusal, Reservation, SharedBudgets, day_sta
 use fabric_gateway::{Admission, Admitted, Caller, Estimate, GatewayError};
 use parking_lot::Mutex;
 
-use crate::error::{ApiError, BudgetRefusalDetail};
 use crate::store::Store;
+
+/// Why the budget service refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    /// Limits that make no sense (a threshold out of range, …).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} has no budget: set one with 'reactor-fabric budget set --{kind} {name} --max-tokens-per-day N'", kind = .0.kind(), name = .0.name())]
+    NoBudget(BudgetEntity),
+    /// An entity's budget for the period is spent.
+    #[error(transparent)]
+    Exceeded(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] fabric_core::StoreError),
+}
 
 /// Where budget alerts go: the soft threshold crossed, a hard limit hit
 /// (each at most once per entity and period). The server passes its alert
@@ -122,7 +136,7 @@ impl BudgetService {
         &self,
         entity: &BudgetEntity,
         start: Timestamp,
-    ) -> Result<(Amounts, u64), ApiError> {
+    ) -> Result<(Amounts, u64), BudgetError> {
         let totals = self.store.usage_totals(ledger_query(entity, start)).await?;
         Ok((
             Amounts {
@@ -138,7 +152,7 @@ impl BudgetService {
     /// rebuilt from the usage ledger (and rolled to today if that period is
     /// over, carrying over what the policy carries). Call once at start,
     /// before requests are served.
-    pub async fn load(&self) -> Result<usize, ApiError> {
+    pub async fn load(&self) -> Result<usize, BudgetError> {
         let records = self.store.list_budgets().await?;
         let now = self.now();
         for record in &records {
@@ -163,8 +177,8 @@ impl BudgetService {
         &self,
         entity: BudgetEntity,
         spec: BudgetSpec,
-    ) -> Result<BudgetView, ApiError> {
-        spec.validate().map_err(ApiError::bad_request)?;
+    ) -> Result<BudgetView, BudgetError> {
+        spec.validate().map_err(BudgetError::Invalid)?;
         let now = self.now();
         let existing = self.book.lock().snapshot(&entity, now);
         let (period, used) = match existing {
@@ -206,28 +220,28 @@ impl BudgetService {
         Ok(view(record))
     }
 
-    pub async fn get(&self, entity: &BudgetEntity) -> Result<BudgetView, ApiError> {
+    pub async fn get(&self, entity: &BudgetEntity) -> Result<BudgetView, BudgetError> {
         match self.store.get_budget(entity.clone()).await? {
             Some(r) => Ok(view(r)),
-            None => Err(no_budget(entity)),
+            None => Err(BudgetError::NoBudget(entity.clone())),
         }
     }
 
     /// Every budget, by entity (`agent:…`, `tenant:…`, `user:…`).
-    pub async fn list(&self) -> Result<Vec<BudgetView>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<BudgetView>, BudgetError> {
         let records = self.store.list_budgets().await?;
         let mut budgets: Vec<BudgetView> = records.into_iter().map(view).collect();
         budgets.sort_by_key(|b| b.entity.to_string());
         Ok(budgets)
     }
 
-    pub async fn delete(&self, entity: &BudgetEntity) -> Result<(), ApiError> {
+    pub async fn delete(&self, entity: &BudgetEntity) -> Result<(), BudgetError> {
         let deleted = self.store.delete_budget(entity.clone()).await?;
         let removed = self.book.lock().remove(entity);
         if deleted || removed {
             Ok(())
         } else {
-            Err(no_budget(entity))
+            Err(BudgetError::NoBudget(entity.clone()))
         }
     }
 
@@ -318,7 +332,7 @@ impl BudgetService {
     }
 
     /// `GET /v1/usage/{entity}?period=day`.
-    pub async fn report(&self, entity: &BudgetEntity) -> Result<BudgetUsageReport, ApiError> {
+    pub async fn report(&self, entity: &BudgetEntity) -> Result<BudgetUsageReport, BudgetError> {
         let now = self.now();
         let start = day_start(now);
         let snapshot = self.book.lock().snapshot(entity, now);
@@ -437,26 +451,6 @@ fn view(r: BudgetRecord) -> BudgetView {
         spec: r.spec,
         updated_at: r.updated_at,
     }
-}
-
-fn no_budget(entity: &BudgetEntity) -> ApiError {
-    ApiError::not_found(format!(
-        "{entity} has no budget: set one with 'reactor-fabric budget set --{} {} --max-tokens-per-day N'",
-        entity.kind(),
-        entity.name()
-    ))
-}
-
-/// A refusal as the API's 429 `budget_exceeded`.
-pub fn refusal_error(r: &Refusal) -> ApiError {
-    ApiError::budget_exceeded(
-        r.to_string(),
-        BudgetRefusalDetail {
-            entity: r.entity.to_string(),
-            limit: r.limit.as_str().to_owned(),
-            resets_at: r.resets_at,
-        },
-    )
 }
 
 /// The gateway's [`Admission`]: reserves `prompt + max_tokens` tokens (and

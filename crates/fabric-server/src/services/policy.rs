@@ -13,24 +13,61 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use fabric_core::policy::{
     Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, CheckResponse, Effect,
     Policy, PolicyStore,
 };
 use fabric_core::{AgentId, Clock, Scope, TenantId, Timestamp};
-use fabric_engine::policy::{compile_policy, default_policy};
+use fabric_engine::policy::{PolicyError as CompileError, compile_policy, default_policy};
 use fabric_engine::{PolicyRequest, PolicySet};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use crate::error::ApiError;
 use crate::store::Store;
 
 /// How long an approved action stays approved for the agent that asked: its
 /// next checks of the same action (e.g. the egress proxy's, when it then
 /// connects) are allowed without asking again.
 pub const APPROVAL_GRANT_TTL: Duration = Duration::from_secs(600);
+
+/// Why the policy service refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A policy that does not compile (bad glob, condition or id).
+    #[error(transparent)]
+    Invalid(#[from] CompileError),
+    #[error("no policy {0:?}: see reactor-fabric policy list")]
+    PolicyNotFound(String),
+    /// No such approval, or one of another tenant (which is not revealed).
+    #[error("no approval {0}: see reactor-fabric approval list")]
+    ApprovalNotFound(uuid::Uuid),
+    #[error("approval {id} is already {status}: nothing to decide")]
+    AlreadyDecided {
+        id: uuid::Uuid,
+        status: ApprovalStatus,
+    },
+    /// Another decision (or the timeout) won the race.
+    #[error("approval {0} was already decided")]
+    DecidedMeanwhile(uuid::Uuid),
+    #[error("only {approvers} may decide approval {id}")]
+    NotAnApprover { id: uuid::Uuid, approvers: String },
+    /// An enforcement point's deny, or an approval gate it cannot wait on.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    MissingScope(#[from] fabric_core::MissingScope),
+    #[error(transparent)]
+    Store(#[from] fabric_core::StoreError),
+}
+
+/// A `deny` (or a `require_approval` the caller cannot wait on) of `action`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// The decision was `require_approval` (else `deny`).
+    pub needs_approval: bool,
+    pub message: String,
+}
 
 /// Who is acting, with the attributes policies match on.
 #[derive(Debug, Clone)]
@@ -76,28 +113,26 @@ impl Decision {
         }
     }
 
-    /// The 403 an enforcement point answers for a deny (or an approval gate
-    /// it cannot wait on).
-    pub fn refusal(&self, action: &str) -> ApiError {
+    /// The refusal an enforcement point answers for a deny (or an approval
+    /// gate it cannot wait on).
+    pub fn refusal(&self, action: &str) -> Refusal {
         let by = match &self.policy_id {
             Some(policy) => format!("rule {} of policy {policy:?}", self.rule),
             None => "no policy allows it (default deny)".to_owned(),
         };
         match self.effect {
-            Effect::RequireApproval => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "approval_required",
-                format!(
+            Effect::RequireApproval => Refusal {
+                needs_approval: true,
+                message: format!(
                     "{action:?} needs an approver's approval ({by}), which this call cannot wait for: ask through the agent protocol (POST /v1/agent/check) or have an admin change the policy"
                 ),
-            ),
-            _ => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "policy_denied",
-                format!(
+            },
+            _ => Refusal {
+                needs_approval: false,
+                message: format!(
                     "{action:?} is denied by {by}: ask an admin to change the policies (reactor-fabric policy list)"
                 ),
-            ),
+            },
         }
     }
 }
@@ -167,7 +202,7 @@ impl PolicyService {
     /// Loads the stored policies (creating the built-in default policy when
     /// there are none) and the pending approvals (timing out the expired).
     /// Runs once the store is ours (after the leadership, before `/v1`).
-    pub async fn load(self: &Arc<Self>) -> Result<(), ApiError> {
+    pub async fn load(self: &Arc<Self>) -> Result<(), PolicyError> {
         let _write = self.writes.lock().await;
         let mut stored = self.store.list_policies().await?;
         if stored.is_empty() {
@@ -217,8 +252,8 @@ impl PolicyService {
     }
 
     /// Validates, stores and applies a policy; the next check sees it.
-    pub async fn put(&self, mut policy: Policy) -> Result<Policy, ApiError> {
-        compile_policy(&policy).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    pub async fn put(&self, mut policy: Policy) -> Result<Policy, PolicyError> {
+        compile_policy(&policy)?;
         policy.updated_at = Some(self.clock.now());
         let _write = self.writes.lock().await;
         self.store.put_policy(policy.clone()).await?;
@@ -230,12 +265,10 @@ impl PolicyService {
     }
 
     /// Deletes a policy; 404 if there is none.
-    pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, id: &str) -> Result<(), PolicyError> {
         let _write = self.writes.lock().await;
         if !self.store.delete_policy(id.to_owned()).await? {
-            return Err(ApiError::not_found(format!(
-                "no policy {id:?}: see reactor-fabric policy list"
-            )));
+            return Err(PolicyError::PolicyNotFound(id.to_owned()));
         }
         let mut next = self.policies.lock().clone();
         next.remove(id);
@@ -244,7 +277,7 @@ impl PolicyService {
         Ok(())
     }
 
-    fn swap(&self, next: std::collections::BTreeMap<String, Policy>) -> Result<(), ApiError> {
+    fn swap(&self, next: std::collections::BTreeMap<String, Policy>) -> Result<(), PolicyError> {
         let set = compile_all(&next)?;
         *self.set.write() = Arc::new(set);
         *self.policies.lock() = next;
@@ -386,7 +419,7 @@ impl PolicyService {
         resource: Option<&str>,
         decision: &Decision,
         request_id: &str,
-    ) -> Result<Approval, ApiError> {
+    ) -> Result<Approval, PolicyError> {
         let now = self.clock.now();
         let approval = Approval {
             id: uuid::Uuid::now_v7(),
@@ -424,9 +457,9 @@ impl PolicyService {
                 && let Err(e) = service
                     .resolve(id, ApprovalStatus::TimedOut, "system")
                     .await
-                && e.status != StatusCode::CONFLICT
+                && !matches!(e, PolicyError::DecidedMeanwhile(_))
             {
-                tracing::error!(approval_id = %id, error = %e.message, "cannot time out an approval");
+                tracing::error!(approval_id = %id, error = %e, "cannot time out an approval");
             }
         });
     }
@@ -437,29 +470,29 @@ impl PolicyService {
         id: uuid::Uuid,
         approve: bool,
         by: &fabric_core::Identity,
-    ) -> Result<Approval, ApiError> {
+    ) -> Result<Approval, PolicyError> {
         by.require(Scope::Approve)?;
         let current = self.pending.lock().get(&id).map(|tx| tx.borrow().clone());
         let Some(current) = current else {
             return match self.store.get_approval(id).await? {
-                Some(a) if a.tenant == by.tenant => Err(ApiError::conflict(format!(
-                    "approval {id} is already {}: nothing to decide",
-                    a.status
-                ))),
-                _ => Err(not_found(id)),
+                Some(a) if a.tenant == by.tenant => Err(PolicyError::AlreadyDecided {
+                    id,
+                    status: a.status,
+                }),
+                _ => Err(PolicyError::ApprovalNotFound(id)),
             };
         };
         if current.tenant != by.tenant {
-            return Err(not_found(id));
+            return Err(PolicyError::ApprovalNotFound(id));
         }
         if !current.approvers.is_empty()
             && !current.approvers.contains(&by.user)
             && !Scope::Admin.granted_by(&by.scopes)
         {
-            return Err(ApiError::forbidden(format!(
-                "only {} may decide approval {id}",
-                current.approvers.join(", ")
-            )));
+            return Err(PolicyError::NotAnApprover {
+                id,
+                approvers: current.approvers.join(", "),
+            });
         }
         let status = if approve {
             ApprovalStatus::Approved
@@ -476,11 +509,9 @@ impl PolicyService {
         id: uuid::Uuid,
         status: ApprovalStatus,
         by: &str,
-    ) -> Result<Approval, ApiError> {
+    ) -> Result<Approval, PolicyError> {
         let Some(tx) = self.pending.lock().remove(&id) else {
-            return Err(ApiError::conflict(format!(
-                "approval {id} was already decided"
-            )));
+            return Err(PolicyError::DecidedMeanwhile(id));
         };
         let now = self.clock.now();
         let mut approval = tx.borrow().clone();
@@ -529,7 +560,7 @@ impl PolicyService {
         tenant: &TenantId,
         id: uuid::Uuid,
         wait: Duration,
-    ) -> Result<Approval, ApiError> {
+    ) -> Result<Approval, PolicyError> {
         let rx = self.pending.lock().get(&id).map(watch::Sender::subscribe);
         let approval = match rx {
             Some(mut rx) => {
@@ -544,19 +575,19 @@ impl PolicyService {
                 .store
                 .get_approval(id)
                 .await?
-                .ok_or_else(|| not_found(id))?,
+                .ok_or(PolicyError::ApprovalNotFound(id))?,
         };
         if &approval.tenant != tenant {
-            return Err(not_found(id));
+            return Err(PolicyError::ApprovalNotFound(id));
         }
         Ok(approval)
     }
 
-    pub async fn list_approvals(&self, query: ApprovalQuery) -> Result<Vec<Approval>, ApiError> {
+    pub async fn list_approvals(&self, query: ApprovalQuery) -> Result<Vec<Approval>, PolicyError> {
         Ok(self.store.list_approvals(query).await?)
     }
 
-    pub async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, ApiError> {
+    pub async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, PolicyError> {
         // Read your writes: audit records are queued without waiting for
         // their commit; an empty write behind them commits once they have
         // (the store commits in submission order).
@@ -567,17 +598,11 @@ impl PolicyService {
     }
 }
 
-fn not_found(id: uuid::Uuid) -> ApiError {
-    ApiError::not_found(format!(
-        "no approval {id}: see reactor-fabric approval list"
-    ))
-}
-
 fn compile_all(
     policies: &std::collections::BTreeMap<String, Policy>,
-) -> Result<PolicySet, ApiError> {
+) -> Result<PolicySet, PolicyError> {
     let list: Vec<Policy> = policies.values().cloned().collect();
-    PolicySet::compile(&list).map_err(|e| ApiError::bad_request(e.to_string()))
+    Ok(PolicySet::compile(&list)?)
 }
 
 /// What a check answers once an approval stands as `approval`.

@@ -402,7 +402,7 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
     use std::sync::Arc;
 
     use fabric_core::{AgentId, TenantId};
-    use fabric_server::services::llm::{EndpointIdentity, serve_ollama_endpoint};
+    use fabric_server::api::inference::{EndpointIdentity, serve_ollama_endpoint};
 
     let up = Upstreams::start().await;
     let sink = Arc::new(fabric_gateway::MemorySink::default());

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use fabric_core::{AgentId, TenantId};
-use fabric_server::services::llm::{EndpointIdentity, serve_ollama_endpoint};
+use fabric_server::api::inference::{EndpointIdentity, serve_ollama_endpoint};
 use serde_json::json;
 
 use crate::gateway::{Upstreams, agent_token, server_with};

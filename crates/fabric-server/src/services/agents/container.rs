@@ -80,7 +80,7 @@ pub struct ContainerConfig {
 
 /// Why an agent container could not be made or served.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum ContainerError {
+pub enum ContainerError {
     /// No client: the daemon cannot be reached.
     #[error(transparent)]
     Connect(DockerError),

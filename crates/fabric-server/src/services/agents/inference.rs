@@ -1,5 +1,5 @@
 //! The inference endpoint agents see as `OLLAMA_BASE_URL` (REQUIREMENTS §6): the
-//! gateway's Ollama-compatible API ([`crate::services::llm::ollama_endpoint`]) for one
+//! gateway's Ollama-compatible API (served by the HTTP layer's [`InferenceServer`]) for one
 //! agent, so every call is routed (local first, cloud fallback), metered
 //! against the agent, its owner and tenant, and made with the fabric's own
 //! provider keys, never the agent's. It listens on a loopback port of the
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::Inner;
 use super::session::SessionError;
-use crate::services::llm::{EndpointIdentity, ollama_endpoint, serve_ollama_endpoint};
+use crate::services::llm::EndpointIdentity;
 
 /// Serves the endpoint on a listener bound inside an agent's sandbox.
 pub(super) fn serve_std(
@@ -28,12 +28,7 @@ pub(super) fn serve_std(
         .map_err(SessionError::ServeInference)?;
     let listener =
         tokio::net::TcpListener::from_std(listener).map_err(SessionError::ServeInference)?;
-    Ok(serve_ollama_endpoint(
-        listener,
-        inner.config.gateway.clone(),
-        identity,
-        std::sync::Arc::clone(&inner.config.telemetry),
-    ))
+    Ok(inner.config.inference.serve_tcp(listener, identity))
 }
 
 /// Serves the endpoint on a container agent's socket (its sidecar's upstream).
@@ -42,17 +37,7 @@ pub(super) fn serve_unix(
     inner: &Inner,
     identity: EndpointIdentity,
 ) -> JoinHandle<()> {
-    let agent = identity.agent.clone();
-    let app = ollama_endpoint(
-        inner.config.gateway.clone(),
-        identity,
-        std::sync::Arc::clone(&inner.config.telemetry),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
-        }
-    })
+    inner.config.inference.serve_unix(listener, identity)
 }
 
 /// The endpoint of an isolation `none` agent: a loopback port of its own, so
@@ -66,4 +51,23 @@ pub(super) fn serve_loopback(
         .map_err(SessionError::OpenInference)?;
     let addr = listener.local_addr().map_err(SessionError::OpenInference)?;
     Ok((addr, serve_std(listener, inner, identity)?))
+}
+
+/// Serves an agent's inference endpoint on a listener: the HTTP layer's
+/// business (`crate::api::inference::OllamaEndpoints`), given to the
+/// manager at construction so this service needs no HTTP framework.
+pub trait InferenceServer: Send + Sync + std::fmt::Debug {
+    /// Serves on a TCP listener (a sandbox's `localhost:11434`, or an
+    /// isolation `none` agent's loopback port) until aborted.
+    fn serve_tcp(
+        &self,
+        listener: tokio::net::TcpListener,
+        identity: EndpointIdentity,
+    ) -> JoinHandle<()>;
+    /// Serves on a container agent's `inference.sock` until aborted.
+    fn serve_unix(
+        &self,
+        listener: tokio::net::UnixListener,
+        identity: EndpointIdentity,
+    ) -> JoinHandle<()>;
 }

@@ -40,12 +40,49 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop};
-pub use self::container::{ContainerConfig, SocketVolume};
-use self::session::{Session, SessionEnd, SessionError};
-use crate::error::ApiError;
+pub use self::container::{ContainerConfig, ContainerError, SocketVolume};
+pub use self::inference::InferenceServer;
+pub use self::session::SessionError;
+use self::session::{Session, SessionEnd};
 use crate::services::auth::AuthService;
 use crate::services::tasks::TaskService;
 use crate::store::Store;
+
+/// Why the agent manager refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A config that breaks a rule; the message names the field.
+    #[error(transparent)]
+    Invalid(#[from] fabric_core::agent::AgentConfigError),
+    #[error("isolation level 'process' is not available: this server has no sandbox helper")]
+    NoSandboxHelper,
+    #[error("isolation.read_only_paths: {0} does not exist on the fabric's host")]
+    MissingPath(String),
+    #[error("{}", docker_message(.0))]
+    DockerUnavailable(fabric_docker::DockerError),
+    #[error("agent id '{0}' is reserved for the built-in agent; choose another id")]
+    Reserved(AgentId),
+    #[error("agent '{id}' already exists and is {state}; terminate it first or choose another id")]
+    Exists { id: AgentId, state: &'static str },
+    #[error(
+        "agent '{0}' is being spawned by another request; wait for it and check 'reactor-fabric agent get {0}'"
+    )]
+    SpawnInProgress(AgentId),
+    #[error("'{0}' is the server's built-in agent and cannot be terminated")]
+    BuiltIn(AgentId),
+    /// The agent is draining or stopped: it may not lease any more.
+    #[error("agent '{id}' is {state}: finish the tasks you hold, then exit")]
+    Draining { id: AgentId, state: &'static str },
+    /// The agent's first session did not start.
+    #[error("agent '{id}' could not start: {source}")]
+    SpawnFailed { id: AgentId, source: SessionError },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("agent '{0}' does not exist: see 'reactor-fabric agent list'")]
+    NotFound(AgentId),
+    #[error(transparent)]
+    Store(#[from] fabric_core::StoreError),
+}
 
 /// How long an agent token lives; agents renew it with `POST /v1/agent/token`.
 pub const AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -85,6 +122,8 @@ pub struct ManagerConfig {
     pub owner: String,
     /// Spawn latency, restarts and crash-loop alerts go here.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Serves agents' inference endpoints (the HTTP layer's part).
+    pub inference: Arc<dyn InferenceServer>,
 }
 
 /// Stop requests a supervisor acts on.
@@ -237,7 +276,7 @@ impl AgentManager {
 
     /// Starts a built-in agent of the server itself (the default `shell`
     /// agent): not stored, always there, not terminable.
-    pub async fn start_system(&self, config: AgentConfig) -> Result<(), ApiError> {
+    pub async fn start_system(&self, config: AgentConfig) -> Result<(), AgentError> {
         let record = AgentRecord {
             config,
             desired: DesiredState::Running,
@@ -250,7 +289,7 @@ impl AgentManager {
 
     /// Registers the queue of every stored agent, so their unfinished tasks
     /// can be reloaded before the agents start.
-    pub async fn register_queues(&self) -> Result<(), ApiError> {
+    pub async fn register_queues(&self) -> Result<(), AgentError> {
         for record in self.inner.store.list_agents().await? {
             self.inner.tasks.register_agent(
                 record.config.id.clone(),
@@ -264,7 +303,7 @@ impl AgentManager {
     }
 
     /// Respawns every stored agent that should be running (after a restart).
-    pub async fn restore(&self) -> Result<usize, ApiError> {
+    pub async fn restore(&self) -> Result<usize, AgentError> {
         let records = self.inner.store.list_agents().await?;
         let mut started = 0;
         for record in records {
@@ -273,7 +312,7 @@ impl AgentManager {
                 match self.launch(record, false).await {
                     Ok(_) => started += 1,
                     Err(e) => {
-                        tracing::error!(agent_id = %id, error = %e.message, "cannot restart agent")
+                        tracing::error!(agent_id = %id, error = %e, "cannot restart agent")
                     }
                 }
             } else {
@@ -289,19 +328,15 @@ impl AgentManager {
         &self,
         config: AgentConfig,
         by: &fabric_core::Identity,
-    ) -> Result<Agent, ApiError> {
-        config
-            .validate()
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    ) -> Result<Agent, AgentError> {
+        config.validate()?;
         if config.isolation.level == IsolationLevel::Process && self.inner.config.helper.is_none() {
-            return Err(ApiError::bad_request(
-                "isolation level 'process' is not available: this server has no sandbox helper",
-            ));
+            return Err(AgentError::NoSandboxHelper);
         }
         if config.isolation.level == IsolationLevel::Container {
             // Docker down is a clear error now, not a crashed agent later.
             if let Err(e) = self.inner.docker.check().await {
-                return Err(docker_unavailable(&e));
+                return Err(AgentError::DockerUnavailable(e));
             }
         }
         // Bind paths name the Docker host's filesystem, which is this one
@@ -314,9 +349,7 @@ impl AgentManager {
         if paths_are_local {
             for path in &config.isolation.read_only_paths {
                 if !std::path::Path::new(path).exists() {
-                    return Err(ApiError::bad_request(format!(
-                        "isolation.read_only_paths: {path} does not exist on the fabric's host"
-                    )));
+                    return Err(AgentError::MissingPath(path.clone()));
                 }
             }
         }
@@ -326,17 +359,13 @@ impl AgentManager {
         if let Some(slot) = self.slot(&config.id) {
             let status = slot.status.lock();
             if status.system {
-                return Err(ApiError::conflict(format!(
-                    "agent id '{}' is reserved for the built-in agent; choose another id",
-                    config.id
-                )));
+                return Err(AgentError::Reserved(config.id.clone()));
             }
             if !matches!(status.state, AgentState::Stopped | AgentState::Crashed) {
-                return Err(ApiError::conflict(format!(
-                    "agent '{}' already exists and is {}; terminate it first or choose another id",
-                    config.id,
-                    state_name(status.state)
-                )));
+                return Err(AgentError::Exists {
+                    id: config.id.clone(),
+                    state: state_name(status.state),
+                });
             }
         }
         tracing::info!(agent_id = %config.id, by = %by.user, isolation = %config.isolation.level, "spawning agent");
@@ -358,7 +387,7 @@ impl AgentManager {
 
     /// Registers the agent's queue, installs its slot and starts its
     /// supervisor; waits for the first session to start.
-    async fn launch(&self, record: AgentRecord, system: bool) -> Result<Agent, ApiError> {
+    async fn launch(&self, record: AgentRecord, system: bool) -> Result<Agent, AgentError> {
         let started = std::time::Instant::now();
         let isolation = record.config.isolation.level.to_string();
         let id = record.config.id.clone();
@@ -397,8 +426,8 @@ impl AgentManager {
                     .observe(&[&isolation], started.elapsed());
                 Ok(self.view(&slot))
             }
-            Ok(Err(e)) => Err(spawn_failed(&id, &e)),
-            Err(_) => Err(ApiError::unavailable("the server is shutting down")),
+            Ok(Err(source)) => Err(AgentError::SpawnFailed { id, source }),
+            Err(_) => Err(AgentError::ShuttingDown),
         }
     }
 
@@ -431,8 +460,9 @@ impl AgentManager {
         self.inner.slots.lock().get(id).cloned()
     }
 
-    fn slot_or_404(&self, id: &AgentId) -> Result<Arc<Slot>, ApiError> {
-        self.slot(id).ok_or_else(|| agent_not_found(id))
+    fn slot_or_404(&self, id: &AgentId) -> Result<Arc<Slot>, AgentError> {
+        self.slot(id)
+            .ok_or_else(|| AgentError::NotFound(id.clone()))
     }
 
     /// The tenant and user every agent of this server runs for.
@@ -455,7 +485,7 @@ impl AgentManager {
     }
 
     /// `GET /v1/agents/{id}`.
-    pub async fn get(&self, id: &AgentId) -> Result<Agent, ApiError> {
+    pub async fn get(&self, id: &AgentId) -> Result<Agent, AgentError> {
         Ok(self.view(&*self.slot_or_404(id)?))
     }
 
@@ -466,7 +496,7 @@ impl AgentManager {
         id: &AgentId,
         before: Option<u32>,
         limit: usize,
-    ) -> Result<Vec<AgentSession>, ApiError> {
+    ) -> Result<Vec<AgentSession>, AgentError> {
         let slot = self.slot_or_404(id)?;
         let mut sessions = self
             .inner
@@ -486,12 +516,10 @@ impl AgentManager {
     /// `DELETE /v1/agents/{id}` (FR-LIFE-4): stop leasing, let in-flight tasks
     /// finish for `drain`, stop the agent, requeue what is left
     /// (`drain_timeout`). Answers once it has stopped.
-    pub async fn terminate(&self, id: &AgentId, drain: Duration) -> Result<Agent, ApiError> {
+    pub async fn terminate(&self, id: &AgentId, drain: Duration) -> Result<Agent, AgentError> {
         let slot = self.slot_or_404(id)?;
         if slot.status.lock().system {
-            return Err(ApiError::conflict(format!(
-                "'{id}' is the server's built-in agent and cannot be terminated"
-            )));
+            return Err(AgentError::BuiltIn(id.clone()));
         }
         let record = {
             let mut status = slot.status.lock();
@@ -519,7 +547,7 @@ impl AgentManager {
     /// Whether `id` may lease: 404 for an unknown agent, 409
     /// `agent_draining` when it is draining or stopped (it should exit).
     /// Otherwise a receiver that turns false when that changes.
-    pub fn lease_gate(&self, id: &AgentId) -> Result<watch::Receiver<bool>, ApiError> {
+    pub fn lease_gate(&self, id: &AgentId) -> Result<watch::Receiver<bool>, AgentError> {
         let slot = self.slot_or_404(id)?;
         let state = slot.status.lock().state;
         if may_lease(state) {
@@ -529,7 +557,7 @@ impl AgentManager {
     }
 
     /// The 409 for an agent that may not lease any more.
-    pub fn draining_error(&self, id: &AgentId) -> ApiError {
+    pub fn draining_error(&self, id: &AgentId) -> AgentError {
         let state = self
             .slot(id)
             .map_or(AgentState::Stopped, |s| s.status.lock().state);
@@ -759,7 +787,7 @@ async fn supervise(
                     why.clone()
                 };
                 if let Err(e) = inner.tasks.abandon(&held, &task_reason).await {
-                    tracing::error!(agent_id = %slot.id, error = %e.message, "cannot requeue the tasks of an exited agent");
+                    tracing::error!(agent_id = %slot.id, error = %e, "cannot requeue the tasks of an exited agent");
                 }
                 (why, !exit.success())
             }
@@ -774,7 +802,7 @@ async fn supervise(
                 if !left.is_empty() {
                     tracing::warn!(agent_id = %slot.id, tasks = left.len(), "drain timeout: requeueing unfinished tasks");
                     if let Err(e) = inner.tasks.abandon(&left, reason::DRAIN_TIMEOUT).await {
-                        tracing::error!(agent_id = %slot.id, error = %e.message, "cannot requeue drained tasks");
+                        tracing::error!(agent_id = %slot.id, error = %e, "cannot requeue drained tasks");
                     }
                 }
                 let why = if drained {
@@ -896,11 +924,9 @@ struct Claim<'a> {
 }
 
 impl<'a> Claim<'a> {
-    fn take(inner: &'a Inner, id: &AgentId) -> Result<Self, ApiError> {
+    fn take(inner: &'a Inner, id: &AgentId) -> Result<Self, AgentError> {
         if !inner.claims.lock().insert(id.clone()) {
-            return Err(ApiError::conflict(format!(
-                "agent '{id}' is being spawned by another request; wait for it and check 'reactor-fabric agent get {id}'"
-            )));
+            return Err(AgentError::SpawnInProgress(id.clone()));
         }
         Ok(Self {
             inner,
@@ -922,48 +948,22 @@ fn may_lease(state: AgentState) -> bool {
     )
 }
 
-fn draining(id: &AgentId, state: AgentState) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::CONFLICT,
-        "agent_draining",
-        format!(
-            "agent '{id}' is {}: finish the tasks you hold, then exit",
-            state_name(state)
-        ),
-    )
-}
-
-/// 500 `spawn_failed`: the agent's first session did not start, for the reason `e` gives.
-fn spawn_failed(id: &AgentId, e: &SessionError) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "spawn_failed",
-        format!("agent '{id}' could not start: {e}"),
-    )
-}
-
-/// 503 with the sentence of REQUIREMENTS §3 when Docker cannot be reached (other levels keep working).
-fn docker_unavailable(e: &fabric_docker::DockerError) -> ApiError {
-    match e {
-        fabric_docker::DockerError::DaemonUnreachable { .. } => ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "docker_unavailable",
-            fabric_docker::error::DAEMON_UNREACHABLE,
-        ),
-        other => ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "docker_unavailable",
-            format!("isolation level 'container' needs Docker: {other}"),
-        ),
+fn draining(id: &AgentId, state: AgentState) -> AgentError {
+    AgentError::Draining {
+        id: id.clone(),
+        state: state_name(state),
     }
 }
 
-fn agent_not_found(id: &AgentId) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "agent_not_found",
-        format!("agent '{id}' does not exist: see 'reactor-fabric agent list'"),
-    )
+/// What Docker being down means for a container spawn (REQUIREMENTS §3: other
+/// isolation levels keep working).
+fn docker_message(e: &fabric_docker::DockerError) -> String {
+    match e {
+        fabric_docker::DockerError::DaemonUnreachable { .. } => {
+            fabric_docker::error::DAEMON_UNREACHABLE.to_owned()
+        }
+        other => format!("isolation level 'container' needs Docker: {other}"),
+    }
 }
 
 fn state_name(state: AgentState) -> &'static str {

@@ -45,7 +45,7 @@ use crate::services::llm::EndpointIdentity;
 /// Why a session did not start. The message is what the `spawn_failed`
 /// answer and the session's exit reason say.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum SessionError {
+pub enum SessionError {
     /// Isolation `process` on a server started without the sandbox helper.
     #[error("this server has no sandbox helper")]
     NoSandboxHelper,

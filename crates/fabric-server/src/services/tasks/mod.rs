@@ -23,14 +23,45 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 use tokio::sync::{Notify, oneshot};
 
-use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::trace::{Span, SpanContext, SpanKind};
-use crate::validate;
 
 type Commit = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
+
+mod validate;
+
+/// Why the task service refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A create request that breaks a rule; the message names the field and the fix.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("dependency {0} does not exist: depends_on must name existing tasks")]
+    UnknownDependency(TaskId),
+    /// No such task, or one of another tenant (which is not revealed).
+    #[error("task {0} not found: check the id with 'reactor-fabric task list'")]
+    NotFound(TaskId),
+    #[error("task {id} already finished ({status}); nothing to cancel")]
+    AlreadyFinished { id: TaskId, status: TaskStatus },
+    /// The store refused a write made on a stale lease.
+    #[error("task {0} changed concurrently (its lease is no longer valid); fetch it and retry")]
+    ChangedConcurrently(TaskId),
+    /// `task:create:<agent>` was denied (or needs an approval).
+    #[error(transparent)]
+    Refused(#[from] crate::services::policy::Refusal),
+    /// The agent's compute budget is spent.
+    #[error(transparent)]
+    OverBudget(#[from] fabric_engine::budget::Refusal),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error(transparent)]
+    Store(#[from] fabric_core::StoreError),
+    /// A broken internal invariant (a bug): the request cannot complete.
+    #[error("{0}")]
+    Invariant(&'static str),
+}
 
 /// Pause of the in-process lease loop after a lease write failed.
 const LEASE_RETRY_AFTER: Duration = Duration::from_millis(100);
@@ -93,11 +124,9 @@ pub struct TaskService {
 }
 
 impl TaskService {
-    /// `Err` (429 `budget_exceeded`) when `agent`'s compute budget is spent.
-    fn check_compute(&self, agent: &AgentId) -> Result<(), ApiError> {
-        self.budgets
-            .check_compute(agent)
-            .map_err(|r| crate::services::budgets::refusal_error(&r))
+    /// `Err` ([`TaskError::OverBudget`]) when `agent`'s compute budget is spent.
+    fn check_compute(&self, agent: &AgentId) -> Result<(), TaskError> {
+        Ok(self.budgets.check_compute(agent)?)
     }
 
     pub async fn new(
@@ -189,7 +218,7 @@ impl TaskService {
 
     /// Reloads every unfinished task after a (re)start. Running tasks lost their
     /// agents with the old process and go back to their queues.
-    pub async fn recover(&self) -> Result<usize, StoreError> {
+    pub async fn recover(&self) -> Result<usize, TaskError> {
         // Read again now, not only at construction: with Redis, an
         // orchestrator that was a standby until now continues the numbering
         // from what the previous leader stored (whose later appends the store
@@ -224,9 +253,7 @@ impl TaskService {
                 }
             }
         }
-        self.await_commits(commits)
-            .await
-            .map_err(|e| StoreError::Backend(e.message))?;
+        self.await_commits(commits).await?;
         Ok(count)
     }
 
@@ -254,7 +281,7 @@ impl TaskService {
         principal: &fabric_core::Identity,
         req: CreateTaskRequest,
         idempotency_key: Option<String>,
-    ) -> Result<(Task, bool), ApiError> {
+    ) -> Result<(Task, bool), TaskError> {
         let agent = req
             .agent
             .clone()
@@ -276,21 +303,18 @@ impl TaskService {
             &crate::request_id::current(),
         );
         if decision.effect != fabric_core::Effect::Allow {
-            return Err(decision.refusal(&action));
+            return Err(decision.refusal(&action).into());
         }
         let spec = validate::create_request(&req, &agent, idempotency_key.as_deref())?;
         self.check_compute(&agent)?;
         // Dependencies must exist (and be visible to the caller) before anything is stored.
         for dep in &req.depends_on {
-            self.get(&principal.tenant, *dep).await.map_err(|e| {
-                if e.status == axum::http::StatusCode::NOT_FOUND {
-                    ApiError::bad_request(format!(
-                        "dependency {dep} does not exist: depends_on must name existing tasks"
-                    ))
-                } else {
-                    e
-                }
-            })?;
+            self.get(&principal.tenant, *dep)
+                .await
+                .map_err(|e| match e {
+                    TaskError::NotFound(_) => TaskError::UnknownDependency(*dep),
+                    other => other,
+                })?;
         }
         let reservation = self.sched.lock().reserve(&agent)?;
         let now = self.clock.now();
@@ -333,7 +357,7 @@ impl TaskService {
         if let Some(mut span) = schedule_span {
             span.end_nanos = crate::trace::now_nanos();
             if let Err(e) = &created {
-                span.error = Some(e.message.clone());
+                span.error = Some(e.to_string());
             }
             self.telemetry.tracer.record(span);
         }
@@ -345,7 +369,7 @@ impl TaskService {
         &self,
         task: Task,
         reservation: fabric_engine::Reservation,
-    ) -> Result<(Task, bool), ApiError> {
+    ) -> Result<(Task, bool), TaskError> {
         let created = match self.store.create_task(task).await {
             Ok(CreateOutcome::Created(t)) => t,
             Ok(CreateOutcome::Existing(existing)) => {
@@ -372,7 +396,7 @@ impl TaskService {
         &self,
         task: Task,
         reservation: fabric_engine::Reservation,
-    ) -> Result<Task, ApiError> {
+    ) -> Result<Task, TaskError> {
         let mut known = self.dependency_statuses(&task.depends_on).await?;
         let mut reservation = Some(reservation);
         for _ in 0..200 {
@@ -385,7 +409,7 @@ impl TaskService {
         if let Some(r) = reservation {
             self.sched.lock().release(r);
         }
-        Err(ApiError::internal(
+        Err(TaskError::Invariant(
             "a dependency never became visible to the scheduler; the task was stored but not scheduled",
         ))
     }
@@ -396,7 +420,7 @@ impl TaskService {
         task: &Task,
         reservation: &mut Option<fabric_engine::Reservation>,
         known: &HashMap<TaskId, TaskStatus>,
-    ) -> Result<Option<Task>, ApiError> {
+    ) -> Result<Option<Task>, TaskError> {
         let now = self.clock.now();
         let mut sched = self.sched.lock();
         let not_ready = task
@@ -407,7 +431,7 @@ impl TaskService {
             return Ok(None);
         }
         let Some(r) = reservation.take() else {
-            return Err(ApiError::internal("task admitted twice"));
+            return Err(TaskError::Invariant("task admitted twice"));
         };
         let changes = sched.submit(task.clone(), r, known, now)?;
         let current = sched.get(&task.id).cloned().unwrap_or_else(|| task.clone());
@@ -548,7 +572,7 @@ impl TaskService {
     }
 
     /// A task of `tenant`, from the scheduler (freshest) or the store.
-    pub async fn get(&self, tenant: &TenantId, id: TaskId) -> Result<Task, ApiError> {
+    pub async fn get(&self, tenant: &TenantId, id: TaskId) -> Result<Task, TaskError> {
         let live = self.sched.lock().get(&id).cloned();
         let task = match live {
             Some(t) => t,
@@ -556,17 +580,17 @@ impl TaskService {
                 .store
                 .get_task(id)
                 .await?
-                .ok_or_else(|| ApiError::task_not_found(id))?,
+                .ok_or(TaskError::NotFound(id))?,
         };
         // Another tenant's task is reported as missing, not forbidden: ids are not to be probed.
         if &task.tenant != tenant {
-            return Err(ApiError::task_not_found(id));
+            return Err(TaskError::NotFound(id));
         }
         Ok(task)
     }
 
     /// A task of any tenant (for its agent), from the scheduler or the store.
-    pub async fn get_any(&self, id: TaskId) -> Result<Task, ApiError> {
+    pub async fn get_any(&self, id: TaskId) -> Result<Task, TaskError> {
         let live = self.sched.lock().get(&id).cloned();
         match live {
             Some(t) => Ok(t),
@@ -574,7 +598,7 @@ impl TaskService {
                 .store
                 .get_task(id)
                 .await?
-                .ok_or_else(|| ApiError::task_not_found(id)),
+                .ok_or(TaskError::NotFound(id)),
         }
     }
 
@@ -583,7 +607,7 @@ impl TaskService {
         &self,
         tenant: &TenantId,
         mut query: TaskQuery,
-    ) -> Result<Vec<Task>, ApiError> {
+    ) -> Result<Vec<Task>, TaskError> {
         query.tenant = Some(tenant.clone());
         // Filters run in the store: let every decision already made reach it
         // first, so a list agrees with what `get` just said.
@@ -600,13 +624,13 @@ impl TaskService {
 
     /// Cancels a task (FR-SCHED-4): queued or pending at once; a running one is
     /// marked canceled and its process is stopped (SIGTERM, then SIGKILL after the grace period).
-    pub async fn cancel(&self, tenant: &TenantId, id: TaskId) -> Result<Task, ApiError> {
+    pub async fn cancel(&self, tenant: &TenantId, id: TaskId) -> Result<Task, TaskError> {
         let task = self.get(tenant, id).await?;
         if task.status.is_terminal() {
-            return Err(ApiError::conflict(format!(
-                "task {id} already finished ({}); nothing to cancel",
-                task.status
-            )));
+            return Err(TaskError::AlreadyFinished {
+                id,
+                status: task.status,
+            });
         }
         let now = self.clock.now();
         let (commits, canceled) = {
@@ -616,11 +640,11 @@ impl TaskService {
             (self.apply(&mut sched, changes), canceled)
         };
         self.await_commits(commits).await?;
-        canceled.ok_or_else(|| ApiError::internal("cancel produced no task state"))
+        canceled.ok_or(TaskError::Invariant("cancel produced no task state"))
     }
 
     /// Waits for commits in order, then drops finished tasks from the scheduler.
-    async fn await_commits(&self, commits: Vec<(TaskId, bool, Commit)>) -> Result<(), ApiError> {
+    async fn await_commits(&self, commits: Vec<(TaskId, bool, Commit)>) -> Result<(), TaskError> {
         settle(Arc::clone(&self.sched), commits).await
     }
 
@@ -632,7 +656,7 @@ impl TaskService {
         id: TaskId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<TaskEvent>, ApiError> {
+    ) -> Result<Vec<TaskEvent>, TaskError> {
         self.get(tenant, id).await?;
         self.store_barrier().await?;
         Ok(self.store.task_events(id, after, limit).await?)
@@ -743,9 +767,9 @@ impl TaskService {
         &self,
         agent: &AgentId,
         wait: Duration,
-    ) -> Result<Option<Lease>, ApiError> {
+    ) -> Result<Option<Lease>, TaskError> {
         let Some(waker) = self.waker(agent) else {
-            return Err(ApiError::from(SchedulerError::UnknownAgent(agent.clone())));
+            return Err(SchedulerError::UnknownAgent(agent.clone()).into());
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -773,7 +797,7 @@ impl TaskService {
     /// Gives up attempts whose agent is gone (died, or stopped past its drain
     /// timeout): each goes back to its queue at once, or fails with `why` when
     /// out of attempts. Kills any in-process work left. Resolves once durable.
-    pub async fn abandon(&self, attempts: &[(TaskId, u64)], why: &str) -> Result<(), ApiError> {
+    pub async fn abandon(&self, attempts: &[(TaskId, u64)], why: &str) -> Result<(), TaskError> {
         let now = self.clock.now();
         let commits = {
             let mut sched = self.sched.lock();
@@ -837,7 +861,7 @@ impl TaskService {
         id: &TaskId,
         epoch: u64,
         completion: Completion,
-    ) -> Result<impl Future<Output = Result<(), ApiError>> + Send + 'static, ApiError> {
+    ) -> Result<impl Future<Output = Result<(), TaskError>> + Send + 'static, TaskError> {
         let now = self.clock.now();
         let commits = {
             let mut sched = self.sched.lock();
@@ -876,16 +900,14 @@ impl TaskService {
 async fn settle(
     sched: Arc<Mutex<Scheduler>>,
     commits: Vec<(TaskId, bool, Commit)>,
-) -> Result<(), ApiError> {
+) -> Result<(), TaskError> {
     let mut first_error = None;
     for (id, terminal, commit) in commits {
         match commit.await {
             Ok(WriteOutcome::Applied) => {}
             Ok(WriteOutcome::Rejected) => {
                 tracing::warn!(task_id = %id, "store refused a stale task write");
-                first_error.get_or_insert(ApiError::conflict(format!(
-                    "task {id} changed concurrently (its lease is no longer valid); fetch it and retry"
-                )));
+                first_error.get_or_insert(TaskError::ChangedConcurrently(id));
             }
             Err(e) => {
                 tracing::error!(task_id = %id, error = %e, "cannot store task");

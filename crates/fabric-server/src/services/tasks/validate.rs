@@ -1,4 +1,5 @@
-//! Checks on client input, each failure a 400 that names the field and the fix.
+//! Checks on a task create request, each failure a [`TaskError::Invalid`]
+//! that names the field and the fix.
 
 use std::collections::HashSet;
 use std::path::{Component, Path};
@@ -7,7 +8,7 @@ use std::time::Duration;
 use fabric_core::AgentId;
 use fabric_core::api::CreateTaskRequest;
 
-use crate::error::ApiError;
+use super::TaskError;
 
 /// Longest allowed attempt timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -28,30 +29,26 @@ pub fn create_request(
     req: &CreateTaskRequest,
     agent: &AgentId,
     idempotency_key: Option<&str>,
-) -> Result<CreateSpec, ApiError> {
+) -> Result<CreateSpec, TaskError> {
     if *agent == AgentId::shell() && req.prompt.is_none() && req.commands.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(invalid(
             "the shell agent needs something to run: give 'prompt' or 'commands'",
         ));
     }
     if req.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
-        return Err(ApiError::bad_request(
-            "'name' is longer than 200 characters",
-        ));
+        return Err(invalid("'name' is longer than 200 characters"));
     }
     if req.commands.len() > MAX_COMMANDS {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "too many commands ({}); at most {MAX_COMMANDS}",
             req.commands.len()
         )));
     }
     if req.commands.iter().any(|c| c.trim().is_empty()) {
-        return Err(ApiError::bad_request(
-            "'commands' contains an empty command",
-        ));
+        return Err(invalid("'commands' contains an empty command"));
     }
     if req.files.len() > MAX_FILES {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "too many files ({}); at most {MAX_FILES}",
             req.files.len()
         )));
@@ -63,21 +60,21 @@ pub fn create_request(
         env_key(key)?;
     }
     if req.depends_on.len() > MAX_DEPENDENCIES {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "too many dependencies; at most {MAX_DEPENDENCIES}"
         )));
     }
     let unique: HashSet<_> = req.depends_on.iter().collect();
     if unique.len() != req.depends_on.len() {
-        return Err(ApiError::bad_request("'depends_on' lists a task twice"));
+        return Err(invalid("'depends_on' lists a task twice"));
     }
     if let Some(n) = req.max_attempts.filter(|n| *n == 0 || *n > MAX_ATTEMPTS) {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "'max_attempts' must be between 1 and {MAX_ATTEMPTS}, got {n}"
         )));
     }
     if idempotency_key.is_some_and(|key| key.is_empty() || key.len() > 255) {
-        return Err(ApiError::bad_request(
+        return Err(invalid(
             "the Idempotency-Key header must be 1 to 255 characters",
         ));
     }
@@ -87,7 +84,7 @@ pub fn create_request(
             Some(Duration::from_secs_f64(s))
         }
         Some(s) => {
-            return Err(ApiError::bad_request(format!(
+            return Err(invalid(format!(
                 "'timeout_seconds' must be a positive number of seconds up to {} (7 days), got {s}",
                 MAX_TIMEOUT.as_secs()
             )));
@@ -97,7 +94,7 @@ pub fn create_request(
 }
 
 /// A task file path: relative, and staying inside the working directory.
-pub fn file_path(path: &str) -> Result<(), ApiError> {
+pub fn file_path(path: &str) -> Result<(), TaskError> {
     let p = Path::new(path);
     let ok = !path.is_empty()
         && path.len() <= 4096
@@ -108,29 +105,33 @@ pub fn file_path(path: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(invalid(format!(
             "invalid file path {path:?}: use a relative path inside the task's working directory (no '..', not absolute)"
         )))
     }
 }
 
-fn env_key(key: &str) -> Result<(), ApiError> {
+fn env_key(key: &str) -> Result<(), TaskError> {
     let valid = key
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "invalid environment variable name {key:?}: use letters, digits and '_'"
         )));
     }
     if key.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "environment variable {key} is reserved: FABRIC_* variables are set by the fabric itself"
         )));
     }
     Ok(())
+}
+
+fn invalid(message: impl Into<String>) -> TaskError {
+    TaskError::Invalid(message.into())
 }
 
 #[cfg(test)]
@@ -157,7 +158,7 @@ mod tests {
         let mut r = req();
         r.env.insert("FABRIC_TASK_ID".into(), "forged".into());
         let e = create_request(&r, &AgentId::shell(), None).unwrap_err();
-        assert!(e.message.contains("reserved"), "{}", e.message);
+        assert!(e.to_string().contains("reserved"), "{e}");
         for bad in ["../x", "/etc/passwd", "a/../../b", "", "."] {
             assert!(file_path(bad).is_err(), "{bad}");
         }
