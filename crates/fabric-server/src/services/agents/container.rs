@@ -8,7 +8,7 @@
 //! content), the labels, the socket directories, and the sweep of what a
 //! killed server left behind.
 //!
-//! A container session ([`ContainerParts`]) is an [`AgentContainer`] (see
+//! A container session (`session::container`) is an [`AgentContainer`] (see
 //! `fabric_docker::agent` for its settings) with its sidecar, plus the
 //! fabric's listeners the sidecar forwards to, in the session's socket
 //! directory:
@@ -410,15 +410,6 @@ pub(super) struct ContainerPair {
     pub(super) container: AgentContainer,
     /// The fabric's side of the socket directory (its listeners go here).
     pub(super) socket_dir: PathBuf,
-}
-
-/// What a container session runs on: the container (from the pool or made
-/// now), the fabric's listeners in its socket directory, and its usage.
-pub(super) struct ContainerParts {
-    pub(super) warm: ContainerPair,
-    pub(super) client: DockerClient,
-    pub(super) usage: Arc<ContainerUsage>,
-    pub(super) listeners: Vec<JoinHandle<()>>,
 }
 
 /// Whether an agent can take a pooled container: the built-in shell on the

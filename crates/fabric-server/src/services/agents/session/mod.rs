@@ -1,0 +1,542 @@
+//! One run of an agent: what it runs, where, and how it is cleaned up.
+//!
+//! | agent | isolation `none` | isolation `process` | isolation `container` |
+//! |---|---|---|---|
+//! | built-in shell | workers in the fabric run each task's commands as host processes | the same workers run them inside the agent's sandbox | the same workers run them in the agent's container, one `docker exec` each |
+//! | `command` | a host process group | a program in the agent's sandbox | the container's main process (`sh -c`, default image) |
+//! | `image` | (refused by validation) | (refused) | the image's own command (or `command`) as the container's main process |
+//! | `external` | nothing: it connects from elsewhere | (refused by validation) | (refused) |
+//!
+//! A [`Session`] is one of four kinds, each with its own start, terminate
+//! and cleanup, and holding only what that kind has:
+//!
+//! - `host` (isolation `none`): a working dir, the inference endpoint on a
+//!   loopback port of its own, the workers or a host process group.
+//! - `sandbox` (isolation `process`): a [`Sandbox`] and the fabric-side
+//!   listeners inside its network namespace: the API at `FABRIC_URL`, the
+//!   inference endpoint at `localhost:11434` and the egress proxy. Cleanup
+//!   kills every process, removes the cgroups, the network namespace (with
+//!   the sandbox's last process and listener) and the working dir.
+//! - `container` (isolation `container`): an agent container with its
+//!   sidecar, and the fabric-side listeners on Unix sockets the sidecar
+//!   forwards the same three ports to (see `agents::container`). The
+//!   container stopping (killed, crashed, OOM) ends the session like a
+//!   program's exit; cleanup removes the sidecar, the container, its volume
+//!   and the socket directory.
+//! - `external`: an agent the fabric does not run.
+//!
+//! The first three embed `Common`: the session's agent token and the tasks
+//! serving the agent, released on drop so that a start failing half-way
+//! leaves neither behind.
+
+mod container;
+mod external;
+mod host;
+mod sandbox;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric_agent::AgentError;
+use fabric_core::agent::{AgentConfig, IsolationLevel, ResourceUsage, parse_egress};
+use fabric_core::{AgentId, TenantId};
+use fabric_runtime::RuntimeError;
+use fabric_runtime::net::EgressProxy;
+use fabric_runtime::sandbox::{ProcessExit, Sandbox};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::task::JoinHandle;
+
+use self::container::ContainerSession;
+use self::external::ExternalSession;
+use self::host::HostSession;
+pub(super) use self::host::kill_stale_programs;
+use self::sandbox::SandboxSession;
+use super::builtin::{ShellSpec, ShellWorkers};
+use super::container::{ContainerError, ContainerUsage};
+use super::{AGENT_TOKEN_TTL, Inner};
+use crate::services::auth::AuthService;
+use crate::services::llm::EndpointIdentity;
+
+/// Why a session did not start. The message is what the `spawn_failed`
+/// answer and the session's exit reason say.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Isolation `process` on a server started without the sandbox helper.
+    #[error("this server has no sandbox helper")]
+    NoSandboxHelper,
+    #[error(transparent)]
+    CreateSandbox(RuntimeError),
+    /// A fabric listener (API, inference, egress proxy) inside the sandbox's
+    /// network namespace.
+    #[error(transparent)]
+    BindInSandbox(RuntimeError),
+    #[error("cannot use the sandbox's port {port}: {source}")]
+    SandboxPortUnusable {
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create working dir {}: {source}", dir.display())]
+    CreateWorkdir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the inference endpoint: {0}")]
+    OpenInference(#[source] io::Error),
+    #[error("cannot serve the inference endpoint: {0}")]
+    ServeInference(#[source] io::Error),
+    /// An `isolation.network_egress` rule (`parse_egress` says why in words only).
+    #[error("{0}")]
+    EgressRule(String),
+    /// A program agent without `command` (validation refuses it first).
+    #[error("nothing to run: give 'command'")]
+    NothingToRun,
+    #[error(transparent)]
+    SpawnProgram(RuntimeError),
+    /// The built-in shell's client of the agent protocol.
+    #[error(transparent)]
+    ShellClient(AgentError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
+
+pub(super) enum SessionEnd {
+    Exited(ProcessExit),
+    Stop(Duration),
+    Shutdown,
+}
+
+/// Where an agent's resource use is read from.
+#[derive(Clone)]
+pub(super) enum UsageProbe {
+    None,
+    Sandbox(Arc<Sandbox>),
+    /// A host process (isolation `none`): `/proc/<pid>`.
+    Pid(u32),
+    /// An agent container: its cgroup, or the daemon's stats.
+    Container(Arc<ContainerUsage>),
+}
+
+impl UsageProbe {
+    pub(super) fn read(&self) -> ResourceUsage {
+        match self {
+            Self::None => ResourceUsage::default(),
+            Self::Sandbox(sandbox) => match sandbox.usage() {
+                Ok(u) => ResourceUsage {
+                    memory_bytes: u.memory_bytes,
+                    memory_peak_bytes: u.memory_peak_bytes.unwrap_or(u.memory_bytes),
+                    cpu_millis: u64::try_from(u.cpu_time.as_millis()).unwrap_or(u64::MAX),
+                    pids: u.pids,
+                },
+                Err(_) => ResourceUsage::default(),
+            },
+            Self::Pid(pgid) => host::group_usage(*pgid),
+            Self::Container(usage) => usage.read(),
+        }
+    }
+}
+
+/// A running session, one variant per kind (see the module docs).
+pub(super) enum Session {
+    Host(HostSession),
+    Sandbox(SandboxSession),
+    Container(ContainerSession),
+    External(ExternalSession),
+}
+
+impl Session {
+    /// Starts session `number` of an agent. On error, what the start made
+    /// is removed again; the error says what failed.
+    pub(super) async fn start(
+        inner: &Arc<Inner>,
+        config: &AgentConfig,
+        number: u32,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<Session, SessionError> {
+        let launch = Launch {
+            inner,
+            config,
+            number,
+            tenant,
+            owner,
+        };
+        // Validation allows `external` at isolation `none` only.
+        if config.external {
+            return ExternalSession::start(&launch).map(Session::External);
+        }
+        match config.isolation.level {
+            IsolationLevel::None => HostSession::start(&launch).map(Session::Host),
+            IsolationLevel::Process => SandboxSession::start(&launch).await.map(Session::Sandbox),
+            IsolationLevel::Container => ContainerSession::start(&launch)
+                .await
+                .map(Session::Container),
+        }
+    }
+
+    /// Host pid of the agent's program, or of its sandbox's or container's init.
+    pub(super) fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Host(s) => s.pid(),
+            Self::Sandbox(s) => Some(s.pid()),
+            Self::Container(s) => s.pid(),
+            Self::External(_) => None,
+        }
+    }
+
+    pub(super) fn usage_probe(&self) -> UsageProbe {
+        match self {
+            Self::Host(s) => s.usage_probe(),
+            Self::Sandbox(s) => s.usage_probe(),
+            Self::Container(s) => s.usage_probe(),
+            Self::External(_) => UsageProbe::None,
+        }
+    }
+
+    /// Whether the agent proves it is up by calling in (a program), rather
+    /// than being up as soon as the session is (built-in workers; an
+    /// external agent, which the fabric does not wait for).
+    pub(super) fn reports_in(&self) -> bool {
+        match self {
+            Self::Host(s) => s.runs_program(),
+            Self::Sandbox(s) => s.runs_program(),
+            Self::Container(s) => s.runs_program(),
+            Self::External(_) => false,
+        }
+    }
+
+    /// Resolves when the agent's program (or container) exits; never for
+    /// sessions without one. Cancel-safe and repeatable.
+    pub(super) async fn wait_exit(&mut self) -> ProcessExit {
+        match self {
+            Self::Host(s) => s.wait_exit().await,
+            Self::Sandbox(s) => s.wait_exit().await,
+            Self::Container(s) => s.wait_exit().await,
+            Self::External(_) => std::future::pending().await,
+        }
+    }
+
+    /// Built-in workers stop taking tasks (programs learn it from `lease`).
+    pub(super) fn stop_leasing(&self) {
+        match self {
+            Self::Host(s) => s.stop_leasing(),
+            Self::Sandbox(s) => s.stop_leasing(),
+            Self::Container(s) => s.stop_leasing(),
+            Self::External(_) => {}
+        }
+    }
+
+    /// Stops the agent: SIGTERM, then SIGKILL after `grace`.
+    pub(super) async fn terminate(&mut self, grace: Duration) {
+        match self {
+            Self::Host(s) => s.terminate(grace).await,
+            Self::Sandbox(s) => s.terminate(grace).await,
+            Self::Container(s) => s.terminate(grace).await,
+            Self::External(_) => {}
+        }
+    }
+
+    /// Removes everything the session made: processes, listeners, the
+    /// sandbox (cgroups, namespaces, working dir) or container, the token.
+    pub(super) async fn cleanup(self) {
+        match self {
+            Self::Host(s) => s.cleanup().await,
+            Self::Sandbox(s) => s.cleanup().await,
+            Self::Container(s) => s.cleanup().await,
+            Self::External(s) => s.cleanup(),
+        }
+    }
+}
+
+/// What every kind's start is given.
+struct Launch<'a> {
+    inner: &'a Arc<Inner>,
+    config: &'a AgentConfig,
+    /// Session number (1 for the first run of the agent).
+    number: u32,
+    tenant: &'a TenantId,
+    owner: &'a str,
+}
+
+impl Launch<'_> {
+    fn agent(&self) -> &AgentId {
+        &self.config.id
+    }
+
+    /// A fresh name and working dir: `<root>/<agent>-<session>-<random>`,
+    /// under `filesystem_root` if the agent gives one, else the agents dir.
+    fn workdir(&self) -> (String, PathBuf) {
+        let root = self
+            .config
+            .isolation
+            .filesystem_root
+            .as_ref()
+            .map_or_else(|| self.inner.config.agents_dir.clone(), PathBuf::from);
+        let name = sandbox_name(self.agent(), self.number);
+        let workdir = root.join(&name);
+        (name, workdir)
+    }
+
+    /// Who the agent's inference endpoint calls the gateway as: the agent,
+    /// for the user who spawned it, in their tenant.
+    fn endpoint_identity(&self) -> EndpointIdentity {
+        EndpointIdentity {
+            tenant: self.tenant.clone(),
+            user: self.owner.to_owned(),
+            agent: self.agent().clone(),
+            workspace: self.config.workspace.clone(),
+        }
+    }
+
+    /// The agent's egress proxy: its `network_egress` allowlist, then the
+    /// policy. Every decision is logged by the proxy itself (target `audit`).
+    fn egress_proxy(&self) -> Result<EgressProxy, SessionError> {
+        let rules = self
+            .config
+            .isolation
+            .network_egress
+            .iter()
+            .map(|r| parse_egress(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SessionError::EgressRule)?;
+        let actor = crate::services::policy::Actor::agent(
+            self.tenant.clone(),
+            self.agent().clone(),
+            self.config.workspace.clone(),
+        );
+        let gate =
+            crate::services::policy::egress_gate(Arc::clone(&self.inner.config.policy), actor);
+        Ok(EgressProxy::new(self.agent().to_string(), rules, Arc::new(|_| {})).with_policy(gate))
+    }
+
+    /// The built-in shell's workers, leasing with the session's token `secret`.
+    fn start_workers(&self, spec: ShellSpec, secret: String) -> Result<Workers, SessionError> {
+        let client = fabric_agent::AgentClient::new(
+            format!("http://{}", loopback(self.inner.config.api_addr)),
+            secret,
+            self.agent().clone(),
+        )
+        .map_err(SessionError::ShellClient)?;
+        let workers = ShellWorkers::start(Arc::clone(&self.inner.tasks), spec, client);
+        Ok(Workers(Some(workers)))
+    }
+}
+
+/// What every session that runs something for its agent holds: its token
+/// and the tasks serving it. Both are released when dropped, so a start
+/// that fails half-way leaves neither behind.
+struct Common {
+    /// Endpoints, forwards, usage pollers and output loggers.
+    tasks: Background,
+    token: AgentToken,
+}
+
+impl Common {
+    /// Stops serving the agent, then revokes its token.
+    fn release(self) {
+        let Common { tasks, token } = self;
+        drop(tasks);
+        drop(token);
+    }
+}
+
+/// A session's agent token (minted per session, in memory only): revoked
+/// when dropped.
+struct AgentToken {
+    auth: Arc<AuthService>,
+    hash: String,
+}
+
+impl AgentToken {
+    /// Mints the token; the secret is what the agent presents.
+    fn issue(launch: &Launch<'_>) -> (AgentToken, String) {
+        let auth = Arc::clone(&launch.inner.auth);
+        let (secret, hash, _) =
+            auth.issue_agent_token(launch.agent(), launch.tenant, launch.owner, AGENT_TOKEN_TTL);
+        (AgentToken { auth, hash }, secret)
+    }
+}
+
+impl Drop for AgentToken {
+    fn drop(&mut self) {
+        self.auth.revoke_cached(&self.hash);
+    }
+}
+
+/// Tasks that serve one session: aborted when dropped.
+#[derive(Default)]
+struct Background(Vec<JoinHandle<()>>);
+
+impl Background {
+    fn push(&mut self, task: JoinHandle<()>) {
+        self.0.push(task);
+    }
+}
+
+impl Extend<JoinHandle<()>> for Background {
+    fn extend<I: IntoIterator<Item = JoinHandle<()>>>(&mut self, tasks: I) {
+        self.0.extend(tasks);
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The built-in shell's workers of a session. Killed once: by `terminate`
+/// with its grace, else at cleanup at once (`None` once killed).
+struct Workers(Option<ShellWorkers>);
+
+impl Workers {
+    fn stop_leasing(&self) {
+        if let Some(w) = &self.0 {
+            w.stop_leasing();
+        }
+    }
+
+    async fn kill(&mut self, grace: Duration) {
+        if let Some(w) = self.0.take() {
+            w.kill(grace).await;
+        }
+    }
+}
+
+const ENV_URL: &str = "FABRIC_URL";
+const ENV_TOKEN: &str = "FABRIC_TOKEN";
+const ENV_OLLAMA: &str = "OLLAMA_BASE_URL";
+
+/// The environment of a host or sandbox agent: `endpoints` (the fabric's
+/// URL, the inference endpoint, proxies), then for a program who it is and
+/// where it works; `OPENAI_BASE_URL` beside `FABRIC_URL`. The built-in
+/// shell's tasks get the endpoints, not the agent's own identity.
+fn agent_env(
+    mut env: Vec<(String, String)>,
+    program: Option<(&AgentId, &Path)>,
+) -> Vec<(String, String)> {
+    if let Some((id, workdir)) = program {
+        env.push((super::ENV_AGENT_ID.into(), id.to_string()));
+        env.push((
+            super::ENV_WORKSPACE_DIR.into(),
+            workdir.display().to_string(),
+        ));
+    }
+    if let Some(url) = env
+        .iter()
+        .find(|(k, _)| k == ENV_URL)
+        .map(|(_, v)| v.clone())
+    {
+        env.push(("OPENAI_BASE_URL".into(), format!("{url}/v1")));
+    }
+    env
+}
+
+/// `<agent>-<session>-<random>`: unique on the host even with several fabrics.
+fn sandbox_name(id: &AgentId, number: u32) -> String {
+    let short: String = id.as_str().chars().take(40).collect();
+    format!("{short}-{number}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+    } else {
+        addr
+    }
+}
+
+/// Logs an agent program's stdout and stderr, line by line, from tasks in `tasks`.
+fn log_output(
+    tasks: &mut Background,
+    agent: &AgentId,
+    stdout: Option<impl AsyncRead + Send + Unpin + 'static>,
+    stderr: Option<impl AsyncRead + Send + Unpin + 'static>,
+) {
+    if let Some(reader) = stdout {
+        tasks.push(tokio::spawn(log_lines(agent.clone(), "stdout", reader)));
+    }
+    if let Some(reader) = stderr {
+        tasks.push(tokio::spawn(log_lines(agent.clone(), "stderr", reader)));
+    }
+}
+
+/// An agent program's output goes to the fabric's log, line by line.
+async fn log_lines(agent: AgentId, stream: &'static str, reader: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(agent_id = %agent, stream, line = %truncate(&line, 4096), "agent output");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// What a program's exit is taken to be when waiting for it failed.
+fn unknown_exit() -> ProcessExit {
+    ProcessExit {
+        code: None,
+        signal: None,
+        oom_killed: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `spawn_failed` answers and exit reasons tests and users read are
+    /// the sentences the String errors said before `SessionError`.
+    #[test]
+    fn start_errors_keep_their_sentences() {
+        let cause = || io::Error::other("no space left");
+        let cases = [
+            (
+                SessionError::NoSandboxHelper,
+                "this server has no sandbox helper",
+            ),
+            (
+                SessionError::CreateWorkdir {
+                    dir: PathBuf::from("/data/agents/a-1"),
+                    source: cause(),
+                },
+                "cannot create working dir /data/agents/a-1: no space left",
+            ),
+            (
+                SessionError::SandboxPortUnusable {
+                    port: 3128,
+                    source: cause(),
+                },
+                "cannot use the sandbox's port 3128: no space left",
+            ),
+            (
+                SessionError::OpenInference(cause()),
+                "cannot open the inference endpoint: no space left",
+            ),
+            (
+                SessionError::ServeInference(cause()),
+                "cannot serve the inference endpoint: no space left",
+            ),
+            (SessionError::NothingToRun, "nothing to run: give 'command'"),
+        ];
+        for (error, sentence) in cases {
+            assert_eq!(error.to_string(), sentence);
+        }
+        let rule = parse_egress("host:0").unwrap_err();
+        assert_eq!(SessionError::EgressRule(rule.clone()).to_string(), rule);
+    }
+}
