@@ -16,10 +16,10 @@
 //! how soon a standby takes over and how soon a deposed leader notices.
 
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use fabric_store::RedisStore;
 use fabric_store::redis::{Acquire, Renewal};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::state::{Readiness, Role};
@@ -59,16 +59,12 @@ impl Leadership {
     /// Returns once this orchestrator leads the prefix (`true`), or `false`
     /// if `shutdown` came first. Meanwhile it stands by: `readiness` says so,
     /// and the log says so once per holder.
-    pub async fn acquire(
-        &mut self,
-        readiness: &Readiness,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    pub async fn acquire(&mut self, readiness: &Readiness, shutdown: &CancellationToken) -> bool {
         let prefix = self.store.prefix().to_owned();
         let mut announced: Option<String> = None;
         let mut stood_by = false;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return false;
             }
             let sent = Instant::now();
@@ -107,7 +103,7 @@ impl Leadership {
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                _ = shutdown.wait_for(|s| *s) => return false,
+                () = shutdown.cancelled() => return false,
             }
         }
     }

@@ -59,6 +59,8 @@ use fabric_core::{AgentId, Clock, SystemClock};
 use fabric_engine::{AgentQueueConfig, SchedulerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use crate::error::ApiError;
 pub use crate::store::StoreConfig;
@@ -246,13 +248,18 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot open the store ({store_name})"))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
+    // One token stops everything: cancelled on `shutdown`, or when the
+    // leadership is lost. Background loops run on `background` and end on
+    // it; shutdown waits for them instead of aborting them midway.
+    let stop = CancellationToken::new();
+    let background = TaskTracker::new();
+    // The OTLP exporter's stop flag (it flushes what is queued, then ends).
+    let (exporter_stop_tx, exporter_stop_rx) = watch::channel(false);
     let metrics = Arc::new(metrics::Metrics::new());
     let (tracer, exporter) = match config.telemetry.otlp.clone() {
         Some(otlp) => {
             let (tracer, handle) =
-                trace::Tracer::start(otlp, Arc::clone(&metrics), stop_rx.clone());
+                trace::Tracer::start(otlp, Arc::clone(&metrics), exporter_stop_rx);
             (tracer, Some(handle))
         }
         None => (trace::Tracer::default(), None),
@@ -336,7 +343,7 @@ pub async fn run(
         store.clone(),
         Arc::clone(&clock),
         manager_config,
-        stop_rx.clone(),
+        stop.clone(),
     );
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
@@ -346,25 +353,26 @@ pub async fn run(
         llm,
         budgets: Arc::clone(&budgets),
         policy,
-        shutdown: stop_rx.clone(),
+        shutdown: stop.clone(),
         readiness: Arc::clone(&readiness),
         telemetry: Arc::clone(&telemetry),
     };
     telemetry::register_collectors(&state);
-    let error_rates =
-        tokio::spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop_rx.clone()));
+    background.spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop.clone()));
     let app = api::router(state.clone());
     {
-        let stop_tx = Arc::clone(&stop_tx);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
+        let stop = stop.clone();
+        background.spawn(async move {
+            tokio::select! {
+                () = shutdown => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
         });
     }
 
     // Serve /healthz and /readyz (503) while standing by and reloading;
     // `/v1` answers 503 until the reload is done (`Readiness`).
-    let mut http_stop = stop_rx.clone();
+    let http_stop = stop.clone();
     let mut http = tokio::spawn(async move {
         // No Nagle: streamed answers (SSE, NDJSON) go out token by token.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -372,7 +380,7 @@ pub async fn run(
         });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
+                http_stop.cancelled().await;
             })
             .await
     });
@@ -385,7 +393,7 @@ pub async fn run(
         store::AnyStore::Sqlite(_) => None,
     };
     if let Some(leadership) = &mut leadership
-        && !leadership.acquire(&readiness, &mut stop_rx.clone()).await
+        && !leadership.acquire(&readiness, &stop).await
     {
         tracing::info!("shutdown requested while standing by");
         let served = http.await;
@@ -432,7 +440,7 @@ pub async fn run(
         .load()
         .await
         .context("cannot load the policies")?;
-    let audit_flusher = tokio::spawn(Arc::clone(&state.policy).flush_audit_every(stop_rx.clone()));
+    background.spawn(Arc::clone(&state.policy).flush_audit_every(stop.clone()));
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
     let mut shell = AgentConfig::new(AgentId::shell());
@@ -443,10 +451,10 @@ pub async fn run(
         .await
         .context("cannot start the built-in shell agent")?;
     let respawned = agents.restore().await?;
-    let mut workers = agents::spawn_noop(Arc::clone(&tasks), stop_rx.clone());
-    let ticker = {
-        let (tasks, agents, mut stop) = (Arc::clone(&tasks), agents.clone(), stop_rx.clone());
-        tokio::spawn(async move {
+    let mut workers = agents::spawn_noop(Arc::clone(&tasks), stop.clone());
+    {
+        let (tasks, agents, stop) = (Arc::clone(&tasks), agents.clone(), stop.clone());
+        background.spawn(async move {
             let mut every = tokio::time::interval(TICK_EVERY);
             let mut ticks: u64 = 0;
             loop {
@@ -458,17 +466,19 @@ pub async fn run(
                             agents.housekeeping();
                         }
                     }
-                    _ = stop.wait_for(|s| *s) => break,
+                    () = stop.cancelled() => break,
                 }
             }
-        })
-    };
-    let compute_sampler = tokio::spawn(budgets::sample_compute(
+        });
+    }
+    background.spawn(budgets::sample_compute(
         agents.clone(),
         Arc::clone(&budgets),
         config.compute_sample_every,
-        stop_rx.clone(),
+        stop.clone(),
     ));
+    // Nothing else runs in the background from here on.
+    background.close();
     readiness.set_ready();
     tracing::info!(restored, agents = respawned, "ready");
 
@@ -481,17 +491,19 @@ pub async fn run(
             // here is requeued by the new leader.
             tracing::error!(reason = %reason, "lost the leadership of the store; this orchestrator stops serving and exits so that a supervisor restarts it as a standby");
             readiness.step_down(reason.clone());
-            let _ = stop_tx.send(true);
+            stop.cancel();
             deposed = Some(reason);
             http.await
         }
     };
+    // The token is cancelled by now (the HTTP server only ends after it):
+    // the ticker, the compute sampler, the audit flusher and the alert
+    // watcher end at their next await.
+    background.close();
+    background.wait().await;
     state.llm.flush().await;
-    audit_flusher.abort();
     state.policy.flush_audit().await;
     tasks.stop_all_running();
-    ticker.abort();
-    compute_sampler.abort();
     let drain = async {
         agents.wait_stopped().await;
         while workers.join_next().await.is_some() {}
@@ -530,7 +542,7 @@ pub async fn run(
         }
     }
     store.close().await;
-    error_rates.abort();
+    let _ = exporter_stop_tx.send(true);
     if let Some(exporter) = exporter {
         // The exporter sends what is queued once the stop flag is up.
         let _ = tokio::time::timeout(Duration::from_secs(5), exporter).await;

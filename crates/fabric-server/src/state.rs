@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
 
 use parking_lot::RwLock;
 
@@ -23,7 +24,7 @@ pub struct AppState {
     /// Policies, decisions, approvals and the audit trail.
     pub policy: Arc<PolicyService>,
     /// Turns true when the server starts shutting down (ends long polls).
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
     /// What `/readyz` says, and whether `/v1` requests are served.
     pub readiness: Arc<Readiness>,
     /// Metrics, tracer and alert hub.

@@ -104,13 +104,13 @@ pub async fn lease(
         )));
     }
     let mut gate = state.agents.lease_gate(&agent)?;
-    let mut shutdown = state.shutdown.clone();
+    let shutdown = state.shutdown.clone();
     let lease = tokio::select! {
         lease = state.tasks.lease_within(&agent, Duration::from_secs_f64(wait)) => lease?,
         // Draining began while waiting: no task, and say so.
         _ = gate.wait_for(|may| !may) => return Err(state.agents.draining_error(&agent).into()),
         // The server is stopping: answer now, so its graceful shutdown is not held up.
-        _ = shutdown.wait_for(|s| *s) => return Err(ApiError::unavailable("the fabric is shutting down; retry shortly")),
+        () = shutdown.cancelled() => return Err(ApiError::unavailable("the fabric is shutting down; retry shortly")),
     };
     state.agents.touch(&agent);
     let Some(lease) = lease else {

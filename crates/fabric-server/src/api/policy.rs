@@ -334,10 +334,10 @@ async fn wait_for(
     id: uuid::Uuid,
     wait: Duration,
 ) -> Result<Approval, ApiError> {
-    let mut shutdown = state.shutdown.clone();
+    let shutdown = state.shutdown.clone();
     tokio::select! {
         approval = state.policy.wait_approval(&actor.tenant, id, wait) => Ok(approval?),
-        _ = shutdown.wait_for(|s| *s) => Err(ApiError::unavailable("the fabric is shutting down; retry shortly")),
+        () = shutdown.cancelled() => Err(ApiError::unavailable("the fabric is shutting down; retry shortly")),
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use fabric_core::{Clock, Timestamp};
 use parking_lot::Mutex;
@@ -235,14 +236,14 @@ impl AlertHub {
         }
     }
 
-    /// Runs the error-rate detector until `stop` flips.
-    pub async fn watch_error_rates(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Runs the error-rate detector until `stop` is cancelled.
+    pub async fn watch_error_rates(self: Arc<Self>, stop: CancellationToken) {
         let mut history: VecDeque<(Instant, Counts)> = VecDeque::new();
         let mut every = tokio::time::interval(self.config.check_every);
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
             }
             let now = Instant::now();
             let counts = Counts::read(&self.metrics);
@@ -430,8 +431,8 @@ mod tests {
             ..AlertConfig::default()
         };
         let (hub, metrics) = hub(config);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let detector = tokio::spawn(Arc::clone(&hub).watch_error_rates(stopped));
+        let stop = CancellationToken::new();
+        let detector = tokio::spawn(Arc::clone(&hub).watch_error_rates(stop.clone()));
         // A baseline look, then 9 failures: under the minimum of 10 events.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         for _ in 0..9 {
@@ -456,7 +457,7 @@ mod tests {
         // Once the window has passed over them, nothing new is counted.
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(hub.list(None, None, 10).len(), 1);
-        stop.send(true).unwrap();
+        stop.cancel();
         detector.await.unwrap();
     }
 

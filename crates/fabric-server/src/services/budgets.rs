@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use fabric_core::budget::{
     Amounts, BudgetAlert, BudgetEntity, BudgetRecord, BudgetSpec, BudgetStore, BudgetUsageReport,
@@ -534,7 +535,7 @@ pub(crate) async fn sample_compute(
     agents: crate::services::agents::AgentManager,
     budgets: Arc<BudgetService>,
     every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut last: HashMap<AgentId, (u32, u64)> = HashMap::new();
     let mut tick = tokio::time::interval(every);
@@ -543,7 +544,7 @@ pub(crate) async fn sample_compute(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
         }
         // Reading usage touches cgroup files and /proc: off the runtime's threads.
         let list = {

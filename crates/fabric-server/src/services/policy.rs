@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use fabric_core::policy::{
     Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, CheckResponse, Effect,
@@ -396,7 +397,7 @@ impl PolicyService {
 
     /// Flushes the audit buffer every [`AUDIT_FLUSH_EVERY`] until `stop`;
     /// the server flushes the rest itself when it stops (`flush_audit`).
-    pub async fn flush_audit_every(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub async fn flush_audit_every(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(AUDIT_FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -406,7 +407,7 @@ impl PolicyService {
                         drop(self.submit_audit());
                     }
                 }
-                _ = stop.wait_for(|stopped| *stopped) => break,
+                () = stop.cancelled() => break,
             }
         }
     }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use fabric_agent::{AgentClient, Outcome, RunOptions, TaskContext};
 use fabric_core::{AgentId, TaskResult, TaskStatus, reason};
@@ -145,11 +146,11 @@ impl ShellWorkers {
 const NOOP_DRAIN: usize = 1024;
 
 /// Starts the `noop` agent's worker (completes every task at once; for benchmarks and tests).
-pub fn spawn_noop(service: Arc<TaskService>, mut shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+pub fn spawn_noop(service: Arc<TaskService>, shutdown: CancellationToken) -> JoinSet<()> {
     let mut set = JoinSet::new();
     set.spawn(async move {
         let agent = AgentId::noop();
-        while let Some(lease) = service.lease_wait(&agent, &mut shutdown).await {
+        while let Some(lease) = service.lease_wait(&agent, &shutdown).await {
             complete_noop(&service, lease);
             // Drain everything ready: submit all the lease writes first, then
             // wait for them together (they share the store's batches), and

@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use fabric_core::agent::{
     Agent, AgentConfig, AgentRecord, AgentSession, AgentState, DesiredState, Health,
@@ -181,7 +182,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: ManagerConfig,
     slots: Mutex<HashMap<AgentId, Arc<Slot>>>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     sandbox_pool: Arc<pool::WarmPool<pool::SandboxKind>>,
     container_pool: Arc<pool::WarmPool<pool::ContainerKind>>,
     docker: Arc<container::DockerRuntime>,
@@ -198,7 +199,7 @@ impl AgentManager {
         store: Store,
         clock: Arc<dyn Clock>,
         config: ManagerConfig,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Self {
         let sandbox_pool = pool::WarmPool::new(pool::SandboxKind {
             helper: config.helper.clone(),
@@ -692,10 +693,10 @@ async fn supervise(
     mut first: Option<oneshot::Sender<Result<(), SessionError>>>,
 ) {
     let mut control = slot.control.subscribe();
-    let mut shutdown = inner.shutdown.clone();
+    let shutdown = inner.shutdown.clone();
     let mut failures: u32 = 0;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         if let Control::Stop { .. } = *control.borrow() {
@@ -739,7 +740,7 @@ async fn supervise(
                     return;
                 }
                 failures += 1;
-                if !restart_after_failure(inner, slot, failures, &mut control, &mut shutdown).await
+                if !restart_after_failure(inner, slot, failures, &mut control, &shutdown).await
                 {
                     return;
                 }
@@ -772,7 +773,7 @@ async fn supervise(
             stop = control.wait_for(|c| matches!(c, Control::Stop { .. })) => {
                 SessionEnd::Stop(stop.map_or(Duration::ZERO, |c| requested_drain(*c)))
             }
-            _ = shutdown.wait_for(|s| *s) => SessionEnd::Shutdown,
+            () = shutdown.cancelled() => SessionEnd::Shutdown,
         };
         let (why, failed) = match end {
             SessionEnd::Exited(exit) => {
@@ -838,7 +839,7 @@ async fn supervise(
             failures = 0;
         }
         failures += 1;
-        if !restart_after_failure(inner, slot, failures, &mut control, &mut shutdown).await {
+        if !restart_after_failure(inner, slot, failures, &mut control, &shutdown).await {
             return;
         }
     }
@@ -867,7 +868,7 @@ async fn restart_after_failure(
     slot: &Slot,
     failures: u32,
     control: &mut watch::Receiver<Control>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> bool {
     let (policy, max) = {
         let s = slot.status.lock();
@@ -895,7 +896,7 @@ async fn restart_after_failure(
             inner.set_state(slot, AgentState::Stopped);
             false
         }
-        _ = shutdown.wait_for(|s| *s) => false,
+        () = shutdown.cancelled() => false,
     }
 }
 

@@ -16,10 +16,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio_util::sync::CancellationToken;
 
 use fabric_runtime::sandbox::{HelperCommand, Sandbox, SandboxConfig};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use super::container::DockerRuntime;
 
@@ -131,10 +132,10 @@ impl<K: Warm> WarmPool<K> {
     }
 
     /// Keeps the pool at its target until `shutdown`, then discards what is idle.
-    pub(super) async fn fill(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub(super) async fn fill(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 break;
             }
             let wanted = self.target.load(Ordering::SeqCst);
@@ -162,7 +163,7 @@ impl<K: Warm> WarmPool<K> {
             }
             tokio::select! {
                 () = self.wake.notified() => { failures = 0; }
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = shutdown.cancelled() => break,
             }
             // Woken by a take: let the spawn that took the item finish first.
             // Making a sandbox forks the server, which stalls its threads for
@@ -170,7 +171,7 @@ impl<K: Warm> WarmPool<K> {
             // refill started at once lands in that spawn's own latency.
             tokio::select! {
                 () = tokio::time::sleep(REFILL_DELAY) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = shutdown.cancelled() => break,
             }
         }
         let idle: Vec<_> = self.idle.lock().drain(..).collect();

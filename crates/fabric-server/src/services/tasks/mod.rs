@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use fabric_core::api::CreateTaskRequest;
 use fabric_core::{
@@ -728,14 +729,10 @@ impl TaskService {
     }
 
     /// Waits until a task of `agent` is leased durably (or `shutdown` resolves).
-    pub async fn lease_wait(
-        &self,
-        agent: &AgentId,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Option<Lease> {
+    pub async fn lease_wait(&self, agent: &AgentId, shutdown: &CancellationToken) -> Option<Lease> {
         let waker = self.waker(agent)?;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return None;
             }
             let notified = waker.notified();
@@ -754,7 +751,7 @@ impl TaskService {
             }
             tokio::select! {
                 () = &mut notified => {}
-                _ = shutdown.changed() => {}
+                () = shutdown.cancelled() => {}
             }
         }
     }
