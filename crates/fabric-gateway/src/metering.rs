@@ -16,6 +16,9 @@ use serde::Serialize;
 use crate::config::Price;
 use crate::types::Message;
 
+/// The fabric's one histogram type (also behind the server's own families).
+pub use fabric_telemetry::metrics::{Histogram, HistogramSnapshot};
+
 /// Where usage records go. Fire and forget: `record` must not block.
 pub trait UsageSink: Send + Sync + 'static {
     fn record(&self, record: UsageRecord);
@@ -198,77 +201,6 @@ pub const OVERHEAD_BUCKETS: [f64; 14] = [
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
-
-/// A fixed-bucket histogram with lock-free recording.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative), plus one for `+Inf`.
-    counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(self.bounds.len());
-        if let Some(c) = self.counts.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_nanos.fetch_add(
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.bounds.len());
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            buckets.push((*bound, cumulative));
-        }
-        let count = cumulative + self.counts.last().map_or(0, |c| c.load(Ordering::Relaxed));
-        HistogramSnapshot {
-            buckets,
-            count,
-            sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-        }
-    }
-}
-
-/// A histogram as Prometheus exports it: cumulative `(le, count)` buckets,
-/// total count (the `+Inf` bucket) and sum.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistogramSnapshot {
-    pub buckets: Vec<(f64, u64)>,
-    pub count: u64,
-    pub sum_seconds: f64,
-}
-
-impl HistogramSnapshot {
-    /// The smallest bucket bound holding at least `q` of the observations
-    /// (an upper estimate of the quantile), or `None` if empty/beyond the last bound.
-    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
-        let want = (self.count as f64 * q).ceil() as u64;
-        self.buckets
-            .iter()
-            .find(|(_, c)| *c >= want && self.count > 0)
-            .map(|(b, _)| *b)
-    }
-}
 
 /// In-memory counters of the gateway (reset on restart; the ledger is durable).
 #[derive(Debug)]

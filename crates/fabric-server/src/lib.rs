@@ -35,7 +35,8 @@ pub mod services;
 pub mod state;
 mod store;
 pub mod telemetry;
-pub mod trace;
+/// W3C trace context and the OTLP/HTTP exporter (from `fabric-telemetry`).
+pub use fabric_telemetry::trace;
 mod validate;
 
 use std::fs::File;
@@ -244,7 +245,7 @@ pub async fn run(
     let (tracer, exporter) = match config.telemetry.otlp.clone() {
         Some(otlp) => {
             let (tracer, handle) =
-                trace::Tracer::start(otlp, Arc::clone(&metrics), stop_rx.clone());
+                trace::Tracer::start(otlp, Arc::clone(&metrics.spans), stop_rx.clone());
             (tracer, Some(handle))
         }
         None => (trace::Tracer::default(), None),

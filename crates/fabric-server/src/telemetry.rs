@@ -351,12 +351,7 @@ pub fn register_collectors(state: &crate::state::AppState) {
         }
         let mut upstream = Vec::new();
         for (provider, h) in &m.upstream_latency {
-            upstream.extend(Sample::histogram(
-                &[("provider", provider.clone())],
-                &h.buckets,
-                h.count,
-                h.sum_seconds,
-            ));
+            upstream.extend(Sample::histogram(&[("provider", provider.clone())], h));
         }
         vec![
             Collected {
@@ -387,12 +382,7 @@ pub fn register_collectors(state: &crate::state::AppState) {
                 name: "agent_fabric_llm_gateway_overhead_seconds",
                 help: "Time the gateway adds to a call (total minus upstream).",
                 kind: "histogram",
-                samples: Sample::histogram(
-                    &[],
-                    &m.overhead.buckets,
-                    m.overhead.count,
-                    m.overhead.sum_seconds,
-                ),
+                samples: Sample::histogram(&[], &m.overhead),
             },
         ]
     }));
