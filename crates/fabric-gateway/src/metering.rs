@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::config::Price;
 use crate::types::Message;
 
+use fabric_telemetry::metrics::{Collected, Sample};
 /// The fabric's one histogram type (also behind the server's own families).
 pub use fabric_telemetry::metrics::{Histogram, HistogramSnapshot};
 
@@ -321,6 +322,69 @@ pub struct MetricsSnapshot {
     pub overhead: HistogramSnapshot,
     /// `llm_upstream_duration_seconds{provider}` (histogram).
     pub upstream_latency: Vec<(String, HistogramSnapshot)>,
+}
+
+impl MetricsSnapshot {
+    /// The `agent_fabric_llm_*` families of `/metrics` (exported as is, not
+    /// copied into counters of the server's).
+    pub fn families(&self) -> Vec<Collected> {
+        let calls = self
+            .calls
+            .iter()
+            .map(|c| {
+                Sample::new(c.count as f64)
+                    .with("provider", c.provider.clone())
+                    .with("outcome", c.outcome)
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for t in &self.tokens {
+            for (direction, n) in [("input", t.input), ("output", t.output)] {
+                tokens.push(
+                    Sample::new(n as f64)
+                        .with("provider", t.provider.clone())
+                        .with("model", t.model.clone())
+                        .with("direction", direction),
+                );
+            }
+        }
+        let mut upstream = Vec::new();
+        for (provider, h) in &self.upstream_latency {
+            upstream.extend(Sample::histogram(&[("provider", provider.clone())], h));
+        }
+        vec![
+            Collected {
+                name: "agent_fabric_llm_calls_total",
+                help: "Gateway calls, by the provider that answered (last tried) and outcome.",
+                kind: "counter",
+                samples: calls,
+            },
+            Collected {
+                name: "agent_fabric_llm_fallbacks_total",
+                help: "Gateway calls answered by a provider other than the policy's first choice.",
+                kind: "counter",
+                samples: vec![Sample::new(self.fallbacks as f64)],
+            },
+            Collected {
+                name: "agent_fabric_llm_tokens_total",
+                help: "Tokens through the gateway, by provider, model and direction.",
+                kind: "counter",
+                samples: tokens,
+            },
+            Collected {
+                name: "agent_fabric_llm_upstream_duration_seconds",
+                help: "Duration of each upstream attempt, by provider.",
+                kind: "histogram",
+                samples: upstream,
+            },
+            Collected {
+                name: "agent_fabric_llm_gateway_overhead_seconds",
+                help: "Time the gateway adds to a call (total minus upstream).",
+                kind: "histogram",
+                samples: Sample::histogram(&[], &self.overhead),
+            },
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -28,7 +28,8 @@ mod error;
 pub mod events;
 mod extract;
 pub mod leader;
-pub mod metrics;
+/// The metric registry and families (from `fabric-telemetry`).
+pub use fabric_telemetry::metrics;
 pub mod proxy;
 mod request_id;
 pub mod services;
@@ -241,22 +242,25 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let metrics = Arc::new(metrics::Metrics::new());
+    // Every part declares its metrics on this registry as it is built, so
+    // families render in build order.
+    let registry = fabric_telemetry::metrics::Registry::new();
+    let spans = trace::ExportCounters::register(&registry);
     let (tracer, exporter) = match config.telemetry.otlp.clone() {
         Some(otlp) => {
-            let (tracer, handle) =
-                trace::Tracer::start(otlp, Arc::clone(&metrics.spans), stop_rx.clone());
+            let (tracer, handle) = trace::Tracer::start(otlp, spans, stop_rx.clone());
             (tracer, Some(handle))
         }
         None => (trace::Tracer::default(), None),
     };
     let telemetry = Arc::new(telemetry::Telemetry {
+        http: telemetry::HttpMetrics::register(&registry),
         alerts: alerts::AlertHub::new(
             config.telemetry.alerts.clone(),
-            Arc::clone(&metrics),
+            &registry,
             Arc::clone(&clock),
         ),
-        metrics,
+        registry,
         tracer,
     });
     let defaults = TaskDefaults {
@@ -264,16 +268,13 @@ pub async fn run(
         agent: AgentId::shell(),
     };
     // Built in dependency order: each service gets what it uses at construction.
-    let policy = policy::PolicyService::new(
-        store.clone(),
-        Arc::clone(&clock),
-        Arc::clone(&telemetry.metrics),
-    );
+    let policy = policy::PolicyService::new(store.clone(), Arc::clone(&clock), &telemetry.registry);
     // Budget alerts become alert events (webhook, metric, /v1/alerts).
     let budgets = budgets::BudgetService::new(
         store.clone(),
         Arc::clone(&config.budget_clock.0),
         Arc::clone(&telemetry.alerts) as Arc<dyn budgets::BudgetAlerts>,
+        &telemetry.registry,
     );
     let tasks = Arc::new(
         TaskService::new(
@@ -283,9 +284,9 @@ pub async fn run(
             defaults,
             Arc::clone(&policy),
             Arc::clone(&budgets),
+            Arc::clone(&telemetry),
         )
-        .await?
-        .with_telemetry(Arc::clone(&telemetry)),
+        .await?,
     );
     // The built-in agents' queues exist before unfinished tasks are reloaded.
     let queue = AgentQueueConfig {
@@ -339,9 +340,13 @@ pub async fn run(
         readiness: Arc::clone(&readiness),
         telemetry: Arc::clone(&telemetry),
     };
-    telemetry::register_collectors(&state);
-    let error_rates =
-        tokio::spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop_rx.clone()));
+    let error_rates = tokio::spawn(Arc::clone(&telemetry.alerts).watch_error_rates(
+        alerts::ErrorRateSources {
+            tasks: tasks.finished_tasks(),
+            http_requests: Arc::clone(&telemetry.http.requests),
+        },
+        stop_rx.clone(),
+    ));
     let app = api::router(state.clone());
     {
         let stop_tx = Arc::clone(&stop_tx);

@@ -29,6 +29,7 @@ use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::trace::{Span, SpanContext, SpanKind};
 use crate::validate;
+use fabric_telemetry::metrics::{Collected, CounterVec, Histogram, HistogramVec, Registry, Sample};
 
 type Commit = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
 
@@ -87,6 +88,7 @@ pub struct TaskService {
     /// Compute-seconds budgets: an agent over its limit gets no new tasks.
     budgets: Arc<crate::services::budgets::BudgetService>,
     telemetry: Arc<Telemetry>,
+    metrics: TaskMetrics,
     /// With tracing on: the open `task.execute` span of each running attempt
     /// (its lease epoch and span), ended when the attempt ends.
     exec_spans: Mutex<HashMap<TaskId, (u64, Span)>>,
@@ -107,13 +109,16 @@ impl TaskService {
         defaults: TaskDefaults,
         policy: Arc<crate::services::policy::PolicyService>,
         budgets: Arc<crate::services::budgets::BudgetService>,
+        telemetry: Arc<Telemetry>,
     ) -> Result<Self, StoreError> {
         let last_seq = store.last_event_seq().await?;
+        let sched = Arc::new(Mutex::new(Scheduler::new(config)));
         Ok(Self {
             events: EventHub::new(store.clone(), last_seq),
             store,
-            sched: Arc::new(Mutex::new(Scheduler::new(config))),
-            telemetry: Telemetry::disabled(Arc::clone(&clock)),
+            metrics: TaskMetrics::register(&telemetry.registry, Arc::downgrade(&sched)),
+            sched,
+            telemetry,
             clock,
             defaults,
             wakers: RwLock::new(HashMap::new()),
@@ -123,13 +128,6 @@ impl TaskService {
             budgets,
             exec_spans: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Records metrics, spans and alerts into `telemetry` from now on.
-    #[must_use]
-    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
-        self.telemetry = telemetry;
-        self
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
@@ -466,11 +464,9 @@ impl TaskService {
                 .finished_at
                 .unwrap_or(task.updated_at)
                 .since(task.created_at);
-            self.telemetry.metrics.task_finished(
-                task.agent_id.as_str(),
-                task.status.as_str(),
-                took,
-            );
+            let agent = task.agent_id.as_str();
+            self.metrics.finished.inc(&[agent, task.status.as_str()]);
+            self.metrics.duration.observe(&[agent], took);
             tracing::info!(task_id = %task.id, agent_id = %task.agent_id, outcome = task.status.as_str(),
                 reason = task.reason.as_deref(), attempt = task.attempt,
                 latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "task outcome");
@@ -499,8 +495,7 @@ impl TaskService {
     /// `task.lease` span (queued → leased) and the opening of `task.execute`.
     fn observe_lease(&self, task: &Task, epoch: u64, now: fabric_core::Timestamp) {
         if task.attempt <= 1 {
-            self.telemetry
-                .metrics
+            self.metrics
                 .lease_latency
                 .observe(now.since(task.created_at));
         }
@@ -868,6 +863,67 @@ impl TaskService {
     /// Pending, queued and running task counts.
     pub fn stats(&self) -> fabric_engine::SchedulerStats {
         self.sched.lock().stats()
+    }
+
+    /// `agent_fabric_tasks_total{agent_id,status}` (the task error-rate alert reads it).
+    pub fn finished_tasks(&self) -> Arc<CounterVec> {
+        Arc::clone(&self.metrics.finished)
+    }
+}
+
+/// Buckets (seconds) of task durations: milliseconds to an hour.
+const TASK_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The task service's metrics.
+struct TaskMetrics {
+    /// `agent_fabric_tasks_total{agent_id,status}`: tasks that reached a final status.
+    finished: Arc<CounterVec>,
+    /// `agent_fabric_task_duration_seconds{agent_id}`: creation to final status.
+    duration: Arc<HistogramVec>,
+    /// `agent_fabric_lease_latency_seconds`: first attempts, from creation to lease.
+    lease_latency: Arc<Histogram>,
+}
+
+impl TaskMetrics {
+    /// Declares them, and `agent_fabric_scheduler_tasks{state}` read from `sched` at scrape time.
+    fn register(registry: &Registry, sched: std::sync::Weak<Mutex<Scheduler>>) -> Self {
+        let metrics = Self {
+            finished: registry.counter_vec(
+                "agent_fabric_tasks_total",
+                "Tasks that reached a final status, by agent and status.",
+                &["agent_id", "status"],
+            ),
+            duration: registry.histogram_vec(
+                "agent_fabric_task_duration_seconds",
+                "Time from a task's creation to its final status.",
+                &["agent_id"],
+                TASK_BUCKETS,
+            ),
+            lease_latency: registry.histogram(
+                "agent_fabric_lease_latency_seconds",
+                "Time a task waited from queued (or requeued) to leased.",
+                crate::telemetry::LATENCY_BUCKETS,
+            ),
+        };
+        registry.collector(move || {
+            let stats = sched
+                .upgrade()
+                .map(|s| s.lock().stats())
+                .unwrap_or_default();
+            vec![Collected {
+                name: "agent_fabric_scheduler_tasks",
+                help: "Tasks the scheduler holds, by state (queued = the queue depth).",
+                kind: "gauge",
+                samples: vec![
+                    Sample::new(stats.pending as f64).with("state", "pending"),
+                    Sample::new(stats.queued as f64).with("state", "queued"),
+                    Sample::new(stats.running as f64).with("state", "running"),
+                ],
+            }]
+        });
+        metrics
     }
 }
 
