@@ -12,6 +12,8 @@
 //! `task_id`, `agent_id`, `provider`, `model`, `tokens`, `latency_ms`,
 //! `outcome` where they apply), or compact human-readable lines.
 
+pub mod task_spans;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 

@@ -27,7 +27,8 @@ use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
-use crate::trace::{Span, SpanContext, SpanKind};
+use crate::telemetry::task_spans::TaskSpans;
+use crate::trace::{Span, SpanKind};
 use crate::validate;
 use fabric_telemetry::metrics::{Collected, CounterVec, Histogram, HistogramVec, Registry, Sample};
 
@@ -89,9 +90,8 @@ pub struct TaskService {
     budgets: Arc<crate::services::budgets::BudgetService>,
     telemetry: Arc<Telemetry>,
     metrics: TaskMetrics,
-    /// With tracing on: the open `task.execute` span of each running attempt
-    /// (its lease epoch and span), ended when the attempt ends.
-    exec_spans: Mutex<HashMap<TaskId, (u64, Span)>>,
+    /// `task.lease` and `task.execute`, from the scheduler's writes.
+    spans: TaskSpans,
 }
 
 impl TaskService {
@@ -117,6 +117,7 @@ impl TaskService {
             events: EventHub::new(store.clone(), last_seq),
             store,
             metrics: TaskMetrics::register(&telemetry.registry, Arc::downgrade(&sched)),
+            spans: TaskSpans::new(telemetry.tracer.clone()),
             sched,
             telemetry,
             clock,
@@ -126,7 +127,6 @@ impl TaskService {
             policy,
             running: Mutex::new(HashMap::new()),
             budgets,
-            exec_spans: Mutex::new(HashMap::new()),
         })
     }
 
@@ -138,10 +138,7 @@ impl TaskService {
     /// `task.execute` span with tracing on, else the context the task was
     /// created in (passed through), if any.
     pub fn traceparent_of(&self, task: &Task) -> Option<String> {
-        if let Some((_, span)) = self.exec_spans.lock().get(&task.id) {
-            return Some(span.context.traceparent());
-        }
-        task.traceparent.clone()
+        self.spans.traceparent_of(task)
     }
 
     pub fn events(&self) -> &EventHub {
@@ -426,6 +423,7 @@ impl TaskService {
     fn apply(&self, sched: &mut Scheduler, changes: Changes) -> Vec<(TaskId, bool, Commit)> {
         let _ = sched; // the lock guard proves the caller holds the lock
         let mut commits = Vec::with_capacity(changes.writes.len());
+        self.spans.observe(&changes.writes);
         for write in changes.writes {
             let task = &write.task;
             self.observe(task);
@@ -457,7 +455,7 @@ impl TaskService {
         commits
     }
 
-    /// Metrics, the log line and the end of the execution span of a task's new state.
+    /// Metrics and the log line of a task's new state.
     fn observe(&self, task: &Task) {
         if task.status.is_terminal() {
             let took = task
@@ -471,67 +469,6 @@ impl TaskService {
                 reason = task.reason.as_deref(), attempt = task.attempt,
                 latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "task outcome");
         }
-        if !self.telemetry.tracer.enabled() || task.status == TaskStatus::Running {
-            return;
-        }
-        let ended = self.exec_spans.lock().remove(&task.id);
-        if let Some((_, mut span)) = ended {
-            span.end_nanos = crate::trace::now_nanos();
-            span = span.attr("task.status", task.status.as_str());
-            if matches!(task.status, TaskStatus::Failed | TaskStatus::TimedOut)
-                || task.status == TaskStatus::Queued
-            {
-                span.error = Some(
-                    task.reason
-                        .clone()
-                        .unwrap_or_else(|| task.status.to_string()),
-                );
-            }
-            self.telemetry.tracer.record(span);
-        }
-    }
-
-    /// A lease was granted: lease latency, and with tracing on the
-    /// `task.lease` span (queued → leased) and the opening of `task.execute`.
-    fn observe_lease(&self, task: &Task, epoch: u64, now: fabric_core::Timestamp) {
-        if task.attempt <= 1 {
-            self.metrics
-                .lease_latency
-                .observe(now.since(task.created_at));
-        }
-        if !self.telemetry.tracer.enabled() {
-            return;
-        }
-        let parent = task.traceparent.as_deref().and_then(SpanContext::parse);
-        let now_nanos = crate::trace::now_nanos();
-        // The first attempt waited since creation; a retry's requeue time is
-        // not kept, so its lease span marks the moment only.
-        let waited = if task.attempt <= 1 {
-            u64::try_from(now.since(task.created_at).as_nanos()).unwrap_or(0)
-        } else {
-            0
-        };
-        let mut lease = Span::new(
-            "task.lease",
-            SpanKind::Internal,
-            parent.as_ref(),
-            now_nanos.saturating_sub(waited),
-        )
-        .attr("task_id", task.id.to_string())
-        .attr("agent_id", task.agent_id.as_str())
-        .attr("attempt", u64::from(task.attempt));
-        lease.end_nanos = now_nanos;
-        let exec = Span::new(
-            "task.execute",
-            SpanKind::Internal,
-            Some(&lease.context),
-            now_nanos,
-        )
-        .attr("task_id", task.id.to_string())
-        .attr("agent_id", task.agent_id.as_str())
-        .attr("attempt", u64::from(task.attempt));
-        self.telemetry.tracer.record(lease);
-        self.exec_spans.lock().insert(task.id, (epoch, exec));
     }
 
     /// Waits for commits in the background; finished tasks leave the
@@ -670,7 +607,12 @@ impl TaskService {
         let commit = Box::pin(self.store.write_task(lease.write.clone())) as Commit;
         drop(sched);
         // Outside the lock: every other decision waits on it.
-        self.observe_lease(&lease.task, lease.epoch, now);
+        if lease.task.attempt <= 1 {
+            self.metrics
+                .lease_latency
+                .observe(now.since(lease.task.created_at));
+        }
+        self.spans.observe([&lease.write]);
         Some(PendingLease { lease, commit })
     }
 
@@ -685,7 +627,7 @@ impl TaskService {
         match commit.await {
             Ok(WriteOutcome::Applied) => Ok(Some(lease)),
             Ok(WriteOutcome::Rejected) => {
-                self.exec_spans.lock().remove(&lease.task.id);
+                self.spans.discard(&lease.task.id);
                 let dropped = self.sched.lock().disown(&lease.task.id, lease.epoch);
                 tracing::warn!(task_id = %lease.task.id, agent_id = %lease.task.agent_id, epoch = lease.epoch, dropped,
                     "the store rejected a lease: the stored task changed behind this scheduler (another orchestrator or writer); not handed out, dropped from this scheduler");
