@@ -17,9 +17,12 @@
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
 //! - `error`, `extract`, `request_id`, `validate`: the edges every request passes.
-//! - [`telemetry`]: log subscriber setup (JSON or pretty), the HTTP metrics/trace middleware.
-//! - [`metrics`]: the Prometheus registry behind `/metrics`; [`trace`]: W3C trace
-//!   context and the OTLP/HTTP span exporter; [`alerts`]: the alert hub and its detectors.
+//! - [`telemetry`]: log subscriber setup (JSON or pretty), the HTTP metrics/trace
+//!   middleware, the server's `Telemetry` (registry, tracer, alert hub) and
+//!   `telemetry::task_spans` (task spans observed from the scheduler's writes).
+//! - [`metrics`] and [`trace`]: `fabric-telemetry`'s registry behind `/metrics`,
+//!   W3C trace context and OTLP/HTTP span exporter, re-exported; [`alerts`]: the
+//!   alert hub and its detectors.
 //! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
 
 pub mod api;
