@@ -25,7 +25,8 @@
 //! - [`error`]: [`ProviderError`] (one attempt) and [`GatewayError`] (the
 //!   taxonomy callers see, with status, code and retryability).
 //! - [`metering`]: usage records, token estimates, the price table, the
-//!   [`metering::UsageSink`] port and in-memory metrics (overhead histogram).
+//!   [`metering::UsageSink`] port and in-memory metrics (`GatewayMetrics`, on
+//!   `fabric-telemetry`'s `Histogram`; exported by [`Gateway::register_metrics`]).
 //! - [`config`]: [`GatewayConfig`] from file and environment; keys as
 //!   [`secret::Secret`]s, scrubbed from upstream text by [`secret::Redactor`].
 //! - [`mock`]: the deterministic mock LLM; with `mock-server`, `mock::server`

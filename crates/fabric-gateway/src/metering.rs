@@ -16,6 +16,10 @@ use serde::Serialize;
 use crate::config::Price;
 use crate::types::Message;
 
+use fabric_telemetry::metrics::{Collected, Sample};
+/// The fabric's one histogram type (also behind the server's own families).
+pub use fabric_telemetry::metrics::{Histogram, HistogramSnapshot};
+
 /// Where usage records go. Fire and forget: `record` must not block.
 pub trait UsageSink: Send + Sync + 'static {
     fn record(&self, record: UsageRecord);
@@ -199,77 +203,6 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// A fixed-bucket histogram with lock-free recording.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative), plus one for `+Inf`.
-    counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(self.bounds.len());
-        if let Some(c) = self.counts.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_nanos.fetch_add(
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.bounds.len());
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            buckets.push((*bound, cumulative));
-        }
-        let count = cumulative + self.counts.last().map_or(0, |c| c.load(Ordering::Relaxed));
-        HistogramSnapshot {
-            buckets,
-            count,
-            sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-        }
-    }
-}
-
-/// A histogram as Prometheus exports it: cumulative `(le, count)` buckets,
-/// total count (the `+Inf` bucket) and sum.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistogramSnapshot {
-    pub buckets: Vec<(f64, u64)>,
-    pub count: u64,
-    pub sum_seconds: f64,
-}
-
-impl HistogramSnapshot {
-    /// The smallest bucket bound holding at least `q` of the observations
-    /// (an upper estimate of the quantile), or `None` if empty/beyond the last bound.
-    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
-        let want = (self.count as f64 * q).ceil() as u64;
-        self.buckets
-            .iter()
-            .find(|(_, c)| *c >= want && self.count > 0)
-            .map(|(b, _)| *b)
-    }
-}
-
 /// In-memory counters of the gateway (reset on restart; the ledger is durable).
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -389,6 +322,69 @@ pub struct MetricsSnapshot {
     pub overhead: HistogramSnapshot,
     /// `llm_upstream_duration_seconds{provider}` (histogram).
     pub upstream_latency: Vec<(String, HistogramSnapshot)>,
+}
+
+impl MetricsSnapshot {
+    /// The `agent_fabric_llm_*` families of `/metrics` (exported as is, not
+    /// copied into counters of the server's).
+    pub fn families(&self) -> Vec<Collected> {
+        let calls = self
+            .calls
+            .iter()
+            .map(|c| {
+                Sample::new(c.count as f64)
+                    .with("provider", c.provider.clone())
+                    .with("outcome", c.outcome)
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for t in &self.tokens {
+            for (direction, n) in [("input", t.input), ("output", t.output)] {
+                tokens.push(
+                    Sample::new(n as f64)
+                        .with("provider", t.provider.clone())
+                        .with("model", t.model.clone())
+                        .with("direction", direction),
+                );
+            }
+        }
+        let mut upstream = Vec::new();
+        for (provider, h) in &self.upstream_latency {
+            upstream.extend(Sample::histogram(&[("provider", provider.clone())], h));
+        }
+        vec![
+            Collected {
+                name: "agent_fabric_llm_calls_total",
+                help: "Gateway calls, by the provider that answered (last tried) and outcome.",
+                kind: "counter",
+                samples: calls,
+            },
+            Collected {
+                name: "agent_fabric_llm_fallbacks_total",
+                help: "Gateway calls answered by a provider other than the policy's first choice.",
+                kind: "counter",
+                samples: vec![Sample::new(self.fallbacks as f64)],
+            },
+            Collected {
+                name: "agent_fabric_llm_tokens_total",
+                help: "Tokens through the gateway, by provider, model and direction.",
+                kind: "counter",
+                samples: tokens,
+            },
+            Collected {
+                name: "agent_fabric_llm_upstream_duration_seconds",
+                help: "Duration of each upstream attempt, by provider.",
+                kind: "histogram",
+                samples: upstream,
+            },
+            Collected {
+                name: "agent_fabric_llm_gateway_overhead_seconds",
+                help: "Time the gateway adds to a call (total minus upstream).",
+                kind: "histogram",
+                samples: Sample::histogram(&[], &self.overhead),
+            },
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

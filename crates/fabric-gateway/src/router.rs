@@ -203,7 +203,7 @@ struct Inner {
     model_map: BTreeMap<String, BTreeMap<String, String>>,
     prices: PriceTable,
     sink: Arc<dyn UsageSink>,
-    metrics: GatewayMetrics,
+    metrics: Arc<GatewayMetrics>,
     guard: Option<Arc<dyn CallGuard>>,
     admission: Option<Arc<dyn Admission>>,
     models_cache: Mutex<Option<(Instant, Vec<ModelInfo>)>>,
@@ -306,7 +306,7 @@ impl Gateway {
                 model_map: config.models,
                 prices: PriceTable::new(config.prices),
                 sink,
-                metrics: GatewayMetrics::default(),
+                metrics: Arc::default(),
                 guard: None,
                 admission: None,
                 models_cache: Mutex::new(None),
@@ -347,6 +347,13 @@ impl Gateway {
 
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
+    }
+
+    /// Exports the gateway's counters on `registry` (`agent_fabric_llm_*`),
+    /// read at scrape time.
+    pub fn register_metrics(&self, registry: &fabric_telemetry::metrics::Registry) {
+        let metrics = Arc::clone(&self.inner.metrics);
+        registry.collector(move || metrics.snapshot().families());
     }
 
     pub fn providers(&self) -> Vec<ProviderStatus> {

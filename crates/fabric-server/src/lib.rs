@@ -26,9 +26,11 @@
 //!   container sidecar that runs it (`reactor-fabric proxy`).
 //! - [`events`]: task event numbering, storage and live fan-out.
 //! - [`leader`]: active/standby among orchestrators sharing one Redis store prefix.
-//! - [`telemetry`]: log subscriber setup (JSON or pretty), the HTTP metrics/trace middleware.
-//! - [`metrics`]: the Prometheus registry behind `/metrics`; [`trace`]: W3C trace
-//!   context and the OTLP/HTTP span exporter.
+//! - [`telemetry`]: log subscriber setup (JSON or pretty), the HTTP metrics/trace
+//!   middleware, the server's `Telemetry` (registry, tracer, alert hub) and
+//!   `telemetry::task_spans` (task spans observed from the scheduler's writes).
+//! - [`metrics`] and [`trace`]: `fabric-telemetry`'s registry behind `/metrics`,
+//!   W3C trace context and OTLP/HTTP span exporter, re-exported.
 //! - `store`: [`StoreConfig`] and `AnyStore`, SQLite or Redis behind the store ports.
 
 pub mod api;
@@ -37,14 +39,16 @@ mod error;
 pub mod events;
 mod extract;
 pub mod leader;
-pub mod metrics;
+/// The metric registry and families (from `fabric-telemetry`).
+pub use fabric_telemetry::metrics;
 pub mod proxy;
 mod request_id;
 pub mod services;
 pub mod state;
 mod store;
 pub mod telemetry;
-pub mod trace;
+/// W3C trace context and the OTLP/HTTP exporter (from `fabric-telemetry`).
+pub use fabric_telemetry::trace;
 
 use std::fs::File;
 use std::future::Future;
@@ -255,22 +259,25 @@ pub async fn run(
     let background = TaskTracker::new();
     // The OTLP exporter's stop flag (it flushes what is queued, then ends).
     let (exporter_stop_tx, exporter_stop_rx) = watch::channel(false);
-    let metrics = Arc::new(metrics::Metrics::new());
+    // Every part declares its metrics on this registry as it is built, so
+    // families render in build order.
+    let registry = fabric_telemetry::metrics::Registry::new();
+    let spans = trace::ExportCounters::register(&registry);
     let (tracer, exporter) = match config.telemetry.otlp.clone() {
         Some(otlp) => {
-            let (tracer, handle) =
-                trace::Tracer::start(otlp, Arc::clone(&metrics), exporter_stop_rx);
+            let (tracer, handle) = trace::Tracer::start(otlp, spans, exporter_stop_rx);
             (tracer, Some(handle))
         }
         None => (trace::Tracer::default(), None),
     };
     let telemetry = Arc::new(telemetry::Telemetry {
+        http: telemetry::HttpMetrics::register(&registry),
         alerts: alerts::AlertHub::new(
             config.telemetry.alerts.clone(),
-            Arc::clone(&metrics),
+            &registry,
             Arc::clone(&clock),
         ),
-        metrics,
+        registry,
         tracer,
     });
     let defaults = TaskDefaults {
@@ -278,16 +285,13 @@ pub async fn run(
         agent: AgentId::shell(),
     };
     // Built in dependency order: each service gets what it uses at construction.
-    let policy = policy::PolicyService::new(
-        store.clone(),
-        Arc::clone(&clock),
-        Arc::clone(&telemetry.metrics),
-    );
+    let policy = policy::PolicyService::new(store.clone(), Arc::clone(&clock), &telemetry.registry);
     // Budget alerts become alert events (webhook, metric, /v1/alerts).
     let budgets = budgets::BudgetService::new(
         store.clone(),
         Arc::clone(&config.budget_clock.0),
         Arc::clone(&telemetry.alerts) as Arc<dyn budgets::BudgetAlerts>,
+        &telemetry.registry,
     );
     let tasks = Arc::new(
         TaskService::new(
@@ -297,9 +301,9 @@ pub async fn run(
             defaults,
             Arc::clone(&policy),
             Arc::clone(&budgets),
+            Arc::clone(&telemetry),
         )
-        .await?
-        .with_telemetry(Arc::clone(&telemetry)),
+        .await?,
     );
     // The built-in agents' queues exist before unfinished tasks are reloaded.
     let queue = AgentQueueConfig {
@@ -357,8 +361,13 @@ pub async fn run(
         readiness: Arc::clone(&readiness),
         telemetry: Arc::clone(&telemetry),
     };
-    telemetry::register_collectors(&state);
-    background.spawn(Arc::clone(&telemetry.alerts).watch_error_rates(stop.clone()));
+    background.spawn(Arc::clone(&telemetry.alerts).watch_error_rates(
+        alerts::ErrorRateSources {
+            tasks: tasks.finished_tasks(),
+            http_requests: Arc::clone(&telemetry.http.requests),
+        },
+        stop.clone(),
+    ));
     let app = api::router(state.clone());
     {
         let stop = stop.clone();

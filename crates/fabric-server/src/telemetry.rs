@@ -1,12 +1,18 @@
 //! Telemetry (REQUIREMENTS §9): log output, the metrics registry, the tracer and the
 //! alert hub bundled as [`Telemetry`], and the HTTP middleware that measures
-//! and traces every request.
+//! and traces every request (with its own metrics, [`HttpMetrics`]).
+//!
+//! The registry, metric families, trace context and exporter are
+//! `fabric-telemetry`'s; each service declares its metrics on the registry
+//! when it is built.
 //!
 //! Libraries only emit `tracing` events; [`init_logging`] is where they are
 //! written: one JSON object per line (`ts`, `level`, `service`, `message`,
 //! `target`, then the fields of the event and of its spans — `request_id`,
 //! `task_id`, `agent_id`, `provider`, `model`, `tokens`, `latency_ms`,
 //! `outcome` where they apply), or compact human-readable lines.
+
+pub mod task_spans;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -22,7 +28,8 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::metrics::Metrics;
+use fabric_telemetry::metrics::{CounterVec, HistogramVec, Registry};
+
 use crate::services::alerts::{AlertConfig, AlertHub};
 use crate::trace::{
     OtlpConfig, SERVICE_NAME, Span, SpanContext, SpanKind, TRACEPARENT_HEADER, Tracer,
@@ -138,10 +145,13 @@ pub struct TelemetryConfig {
     pub alerts: AlertConfig,
 }
 
-/// Metrics, tracer and alerts of one server.
+/// Metrics registry, tracer and alerts of one server.
 #[derive(Debug)]
 pub struct Telemetry {
-    pub metrics: Arc<Metrics>,
+    /// Where every part declares its metrics; rendered by `GET /metrics`.
+    pub registry: Arc<Registry>,
+    /// The HTTP layer's metrics (one set for the API and every agent's endpoint).
+    pub http: HttpMetrics,
     pub tracer: Tracer,
     pub alerts: Arc<AlertHub>,
 }
@@ -149,12 +159,47 @@ pub struct Telemetry {
 impl Telemetry {
     /// Telemetry with nothing exported (tests of other parts, benchmarks).
     pub fn disabled(clock: Arc<dyn fabric_core::Clock>) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new();
         Arc::new(Self {
-            alerts: AlertHub::new(AlertConfig::default(), Arc::clone(&metrics), clock),
-            metrics,
+            http: HttpMetrics::register(&registry),
+            alerts: AlertHub::new(AlertConfig::default(), &registry, clock),
+            registry,
             tracer: Tracer::default(),
         })
+    }
+}
+
+/// Buckets (seconds) of HTTP request latency.
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// What [`http_layer`] records.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    /// `agent_fabric_http_requests_total{method,route,status}` (also read by
+    /// the HTTP error-rate alert).
+    pub requests: Arc<CounterVec>,
+    /// `agent_fabric_http_request_duration_seconds{method,route}`.
+    pub duration: Arc<HistogramVec>,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            requests: registry.counter_vec(
+                "agent_fabric_http_requests_total",
+                "HTTP requests served, by method, route template and status code.",
+                &["method", "route", "status"],
+            ),
+            duration: registry.histogram_vec(
+                "agent_fabric_http_request_duration_seconds",
+                "HTTP request latency (to the response head), by method and route template.",
+                &["method", "route"],
+                LATENCY_BUCKETS,
+            ),
+        }
     }
 }
 
@@ -220,11 +265,11 @@ pub async fn http_layer(State(layer): State<HttpLayer>, request: Request, next: 
         next.run(request).await
     };
     let status = response.status();
-    t.metrics
-        .http_requests
+    t.http
+        .requests
         .inc(&[method.as_str(), &route, status.as_str()]);
-    t.metrics
-        .http_duration
+    t.http
+        .duration
         .observe(&[method.as_str(), &route], started.elapsed());
     response
 }
@@ -234,166 +279,10 @@ pub async fn http_layer(State(layer): State<HttpLayer>, request: Request, next: 
 /// secrets; keep the API port off untrusted networks or filter `/metrics` at
 /// the proxy.
 pub async fn metrics_handler(State(state): State<crate::state::AppState>) -> Response {
-    let mut response = state.telemetry.metrics.render().into_response();
+    let mut response = state.telemetry.registry.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
-}
-
-/// Registers the scrape-time collectors of values owned elsewhere: the
-/// scheduler's queue depths, agents (count, state, CPU, memory) and the
-/// gateway's `GatewayMetrics` (exported as is, not duplicated).
-pub fn register_collectors(state: &crate::state::AppState) {
-    use crate::metrics::{Collected, Sample};
-    let metrics = &state.telemetry.metrics;
-
-    let budgets = Arc::clone(&state.budgets);
-    metrics.set_budget_ratios(Arc::new(move || budgets.usage_ratios()));
-
-    let tasks = Arc::clone(&state.tasks);
-    metrics.register(Arc::new(move || {
-        let stats = tasks.stats();
-        vec![Collected {
-            name: "agent_fabric_scheduler_tasks",
-            help: "Tasks the scheduler holds, by state (queued = the queue depth).",
-            kind: "gauge",
-            samples: vec![
-                Sample::new(stats.pending as f64).with("state", "pending"),
-                Sample::new(stats.queued as f64).with("state", "queued"),
-                Sample::new(stats.running as f64).with("state", "running"),
-            ],
-        }]
-    }));
-
-    let agents = state.agents.clone();
-    metrics.register(Arc::new(move || {
-        use fabric_core::agent::AgentState;
-        let list = agents.list();
-        let active = list
-            .iter()
-            .filter(|a| {
-                matches!(
-                    a.state,
-                    AgentState::Starting | AgentState::Running | AgentState::Draining
-                )
-            })
-            .count();
-        let mut cpu = Vec::new();
-        let mut memory = Vec::new();
-        let mut running_tasks = Vec::new();
-        for a in list.iter().take(crate::metrics::MAX_SERIES) {
-            let id = a.config.id.as_str();
-            cpu.push(Sample::new(a.usage.cpu_millis as f64 / 1000.0).with("agent_id", id));
-            memory.push(Sample::new(a.usage.memory_bytes as f64).with("agent_id", id));
-            running_tasks.push(Sample::new(f64::from(a.tasks_running)).with("agent_id", id));
-        }
-        vec![
-            Collected {
-                name: "agent_fabric_agents_active",
-                help: "Agents starting, running or draining.",
-                kind: "gauge",
-                samples: vec![Sample::new(active as f64)],
-            },
-            Collected {
-                name: "agent_fabric_agent_cpu_seconds_total",
-                help: "CPU time used by an agent's current session (its cgroup or process tree); starts again at 0 with each session.",
-                kind: "counter",
-                samples: cpu,
-            },
-            Collected {
-                name: "agent_fabric_agent_memory_bytes",
-                help: "Memory used by an agent's current session.",
-                kind: "gauge",
-                samples: memory,
-            },
-            Collected {
-                name: "agent_fabric_agent_tasks_running",
-                help: "Tasks an agent is running now.",
-                kind: "gauge",
-                samples: running_tasks,
-            },
-            Collected {
-                name: "agent_fabric_pool_idle",
-                help: "Pre-started sandboxes and containers ready for the next spawn (pool.min_idle).",
-                kind: "gauge",
-                samples: vec![
-                    Sample::new(agents.pooled() as f64).with("isolation", "process"),
-                    Sample::new(agents.pooled_containers() as f64).with("isolation", "container"),
-                ],
-            },
-        ]
-    }));
-
-    let gateway = state.llm.gateway.clone();
-    metrics.register(Arc::new(move || {
-        let m = gateway.metrics();
-        let calls = m
-            .calls
-            .iter()
-            .map(|c| {
-                Sample::new(c.count as f64)
-                    .with("provider", c.provider.clone())
-                    .with("outcome", c.outcome)
-            })
-            .collect();
-        let mut tokens = Vec::new();
-        for t in &m.tokens {
-            for (direction, n) in [("input", t.input), ("output", t.output)] {
-                tokens.push(
-                    Sample::new(n as f64)
-                        .with("provider", t.provider.clone())
-                        .with("model", t.model.clone())
-                        .with("direction", direction),
-                );
-            }
-        }
-        let mut upstream = Vec::new();
-        for (provider, h) in &m.upstream_latency {
-            upstream.extend(Sample::histogram(
-                &[("provider", provider.clone())],
-                &h.buckets,
-                h.count,
-                h.sum_seconds,
-            ));
-        }
-        vec![
-            Collected {
-                name: "agent_fabric_llm_calls_total",
-                help: "Gateway calls, by the provider that answered (last tried) and outcome.",
-                kind: "counter",
-                samples: calls,
-            },
-            Collected {
-                name: "agent_fabric_llm_fallbacks_total",
-                help: "Gateway calls answered by a provider other than the policy's first choice.",
-                kind: "counter",
-                samples: vec![Sample::new(m.fallbacks as f64)],
-            },
-            Collected {
-                name: "agent_fabric_llm_tokens_total",
-                help: "Tokens through the gateway, by provider, model and direction.",
-                kind: "counter",
-                samples: tokens,
-            },
-            Collected {
-                name: "agent_fabric_llm_upstream_duration_seconds",
-                help: "Duration of each upstream attempt, by provider.",
-                kind: "histogram",
-                samples: upstream,
-            },
-            Collected {
-                name: "agent_fabric_llm_gateway_overhead_seconds",
-                help: "Time the gateway adds to a call (total minus upstream).",
-                kind: "histogram",
-                samples: Sample::histogram(
-                    &[],
-                    &m.overhead.buckets,
-                    m.overhead.count,
-                    m.overhead.sum_seconds,
-                ),
-            },
-        ]
-    }));
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 // tokio's clock, so the windows below are tested on paused time.
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use fabric_telemetry::metrics::{CounterVec, Registry};
 
 /// Alerts kept for `GET /v1/alerts`.
 pub const KEEP_ALERTS: usize = 1000;
@@ -93,7 +93,7 @@ pub struct Alert {
 /// Where alerts are raised.
 pub struct AlertHub {
     config: AlertConfig,
-    metrics: Arc<Metrics>,
+    metrics: AlertMetrics,
     clock: Arc<dyn Clock>,
     recent: Mutex<VecDeque<Alert>>,
     last_raised: Mutex<HashMap<(String, String), Instant>>,
@@ -109,7 +109,7 @@ impl std::fmt::Debug for AlertHub {
 
 impl AlertHub {
     /// A hub; with a webhook configured it starts the delivery task (ends when the hub is dropped).
-    pub fn new(config: AlertConfig, metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(config: AlertConfig, registry: &Registry, clock: Arc<dyn Clock>) -> Arc<Self> {
         let webhook = config.webhook.clone().map(|url| {
             let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
             tokio::spawn(deliver(url, rx));
@@ -117,7 +117,7 @@ impl AlertHub {
         });
         Arc::new(Self {
             config,
-            metrics,
+            metrics: AlertMetrics::register(registry),
             clock,
             recent: Mutex::new(VecDeque::new()),
             last_raised: Mutex::new(HashMap::new()),
@@ -237,7 +237,11 @@ impl AlertHub {
     }
 
     /// Runs the error-rate detector until `stop` is cancelled.
-    pub async fn watch_error_rates(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn watch_error_rates(
+        self: Arc<Self>,
+        sources: ErrorRateSources,
+        stop: CancellationToken,
+    ) {
         let mut history: VecDeque<(Instant, Counts)> = VecDeque::new();
         let mut every = tokio::time::interval(self.config.check_every);
         loop {
@@ -246,7 +250,7 @@ impl AlertHub {
                 () = stop.cancelled() => return,
             }
             let now = Instant::now();
-            let counts = Counts::read(&self.metrics);
+            let counts = Counts::read(&sources);
             // Keep the oldest sample still inside the window as the baseline.
             while history.len() > 1
                 && history
@@ -306,7 +310,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn read(m: &Metrics) -> Self {
+    fn read(m: &ErrorRateSources) -> Self {
         Self {
             tasks: m.tasks.sum_where("status", |_| true),
             tasks_failed: m
@@ -314,6 +318,40 @@ impl Counts {
                 .sum_where("status", |s| s == "failed" || s == "timed_out"),
             http: m.http_requests.sum_where("status", |_| true),
             http_5xx: m.http_requests.sum_where("status", |s| s.starts_with('5')),
+        }
+    }
+}
+
+/// The counters the error-rate detector watches (declared by their owners).
+#[derive(Debug, Clone)]
+pub struct ErrorRateSources {
+    /// `agent_fabric_tasks_total{agent_id,status}` (the task service's).
+    pub tasks: Arc<CounterVec>,
+    /// `agent_fabric_http_requests_total{method,route,status}` (the HTTP layer's).
+    pub http_requests: Arc<CounterVec>,
+}
+
+/// The hub's own metrics.
+struct AlertMetrics {
+    /// `agent_fabric_alerts_total{kind}`.
+    alerts: Arc<CounterVec>,
+    /// `agent_fabric_agent_restarts_total{agent_id}`.
+    agent_restarts: Arc<CounterVec>,
+}
+
+impl AlertMetrics {
+    fn register(registry: &Registry) -> Self {
+        Self {
+            agent_restarts: registry.counter_vec(
+                "agent_fabric_agent_restarts_total",
+                "Agent sessions restarted after a failure, by agent.",
+                &["agent_id"],
+            ),
+            alerts: registry.counter_vec(
+                "agent_fabric_alerts_total",
+                "Alerts raised, by kind.",
+                &["kind"],
+            ),
         }
     }
 }
@@ -398,9 +436,27 @@ mod tests {
 
     use super::*;
 
-    fn hub(config: AlertConfig) -> (Arc<AlertHub>, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new());
-        let hub = AlertHub::new(config, Arc::clone(&metrics), Arc::new(SystemClock));
+    /// The counters the tests drive or read.
+    struct Metrics {
+        tasks: Arc<CounterVec>,
+        sources: ErrorRateSources,
+        alerts: Arc<CounterVec>,
+        agent_restarts: Arc<CounterVec>,
+    }
+
+    fn hub(config: AlertConfig) -> (Arc<AlertHub>, Metrics) {
+        let registry = Registry::new();
+        let hub = AlertHub::new(config, &registry, Arc::new(SystemClock));
+        let sources = ErrorRateSources {
+            tasks: registry.counter_vec("tasks_total", "", &["agent_id", "status"]),
+            http_requests: registry.counter_vec("http_total", "", &["method", "route", "status"]),
+        };
+        let metrics = Metrics {
+            tasks: Arc::clone(&sources.tasks),
+            sources,
+            alerts: Arc::clone(&hub.metrics.alerts),
+            agent_restarts: Arc::clone(&hub.metrics.agent_restarts),
+        };
         (hub, metrics)
     }
 
@@ -432,7 +488,8 @@ mod tests {
         };
         let (hub, metrics) = hub(config);
         let stop = CancellationToken::new();
-        let detector = tokio::spawn(Arc::clone(&hub).watch_error_rates(stop.clone()));
+        let detector =
+            tokio::spawn(Arc::clone(&hub).watch_error_rates(metrics.sources.clone(), stop.clone()));
         // A baseline look, then 9 failures: under the minimum of 10 events.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         for _ in 0..9 {

@@ -114,18 +114,27 @@ fn ledger_query(entity: &BudgetEntity, start: Timestamp) -> UsageQuery {
 
 impl BudgetService {
     /// An empty service; [`BudgetService::load`] fills it from the store.
+    /// Exports `agent_fabric_budget_usage_ratio` on `registry`.
     pub(crate) fn new(
         store: Store,
         clock: Arc<dyn Clock>,
         alerts: Arc<dyn BudgetAlerts>,
+        registry: &fabric_telemetry::metrics::Registry,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let service = Arc::new(Self {
             book: SharedBudgets::new(),
             store,
             clock,
             alerts,
             unbudgeted_compute: Mutex::new(HashMap::new()),
-        })
+        });
+        let weak = Arc::downgrade(&service);
+        registry.collector(move || {
+            vec![usage_ratio_family(
+                weak.upgrade().map(|s| s.usage_ratios()).unwrap_or_default(),
+            )]
+        });
+        service
     }
 
     pub fn now(&self) -> Timestamp {
@@ -313,8 +322,8 @@ impl BudgetService {
             .map_or(0, |(_, ms)| *ms)
     }
 
-    /// used ÷ allowance of every budgeted entity's most used limit: the
-    /// values of `agent_fabric_budget_usage_ratio{entity_id}` for /metrics.
+    /// used ÷ allowance of every budgeted entity's most used limit (sorted by
+    /// entity): the values of `agent_fabric_budget_usage_ratio{entity_id}`.
     pub fn usage_ratios(&self) -> Vec<(String, f64)> {
         let now = self.now();
         let mut book = self.book.lock();
@@ -566,5 +575,21 @@ pub(crate) async fn sample_compute(
                 budgets.record_compute(&entities_of(Some(&id), &owner, &tenant), delta);
             }
         }
+    }
+}
+
+/// `agent_fabric_budget_usage_ratio{entity_id}` of these ratios (sorted, at
+/// most `MAX_SERIES`).
+fn usage_ratio_family(ratios: Vec<(String, f64)>) -> fabric_telemetry::metrics::Collected {
+    use fabric_telemetry::metrics::{Collected, MAX_SERIES, Sample};
+    Collected {
+        name: "agent_fabric_budget_usage_ratio",
+        help: "Budget spent over its limit, by budget entity (1 = exhausted).",
+        kind: "gauge",
+        samples: ratios
+            .into_iter()
+            .take(MAX_SERIES)
+            .map(|(entity, ratio)| Sample::new(ratio).with("entity_id", entity))
+            .collect(),
     }
 }

@@ -45,12 +45,18 @@ impl Llm {
         let sink = StoreSink::new(store.clone(), fabric_gateway::metering::DEFAULT_FLUSH_EVERY);
         let metered = TelemetrySink {
             ledger: sink.clone(),
-            telemetry,
+            tokens: telemetry.registry.counter_vec(
+                "agent_fabric_tokens_total",
+                "LLM tokens (prompt and completion) through the gateway, by calling agent (none for users) and model.",
+                &["agent_id", "model"],
+            ),
+            telemetry: Arc::clone(&telemetry),
         };
         let gateway = Gateway::new(config, Arc::new(metered))
             .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?
             .with_guard(Arc::new(crate::services::policy::LlmGuard { policy }))
             .with_admission(Arc::new(crate::services::budgets::BudgetAdmission(budgets)));
+        gateway.register_metrics(&telemetry.registry);
         if providers.is_empty() {
             tracing::warn!(
                 "inference gateway: no provider configured; LLM calls answer 503 until OLLAMA_BASE_URL, OPENAI_API_KEY or --gateway-config is set"
@@ -75,6 +81,8 @@ impl Llm {
 /// `llm.call` span under the request's span for every gateway call.
 struct TelemetrySink {
     ledger: StoreSink<Store>,
+    /// `agent_fabric_tokens_total{agent_id,model}`.
+    tokens: Arc<fabric_telemetry::metrics::CounterVec>,
     telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
@@ -83,10 +91,7 @@ impl fabric_gateway::UsageSink for TelemetrySink {
         let tokens = record.tokens_in + record.tokens_out;
         if tokens > 0 {
             let agent = record.agent.as_ref().map_or("none", AgentId::as_str);
-            self.telemetry
-                .metrics
-                .tokens
-                .add(&[agent, &record.model], tokens);
+            self.tokens.add(&[agent, &record.model], tokens);
         }
         // A streamed answer is recorded when its stream ends, outside the
         // request's scope: it then has no parent and is not traced.

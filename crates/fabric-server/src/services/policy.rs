@@ -154,7 +154,7 @@ pub struct PolicyService {
     grants: Mutex<HashMap<(AgentId, String), Timestamp>>,
     /// `agent_fabric_policy_decisions_total{decision}`: counted where each
     /// decision is audited, so the metric and the audit trail agree.
-    metrics: Arc<crate::metrics::Metrics>,
+    decisions: Arc<fabric_telemetry::metrics::CounterVec>,
     /// Audit records decided but not yet handed to the store. They go in
     /// batches ([`AUDIT_FLUSH_EVERY`], before a listing, at shutdown): one
     /// submission per decision made the store writer commit (and fsync) a
@@ -185,7 +185,7 @@ impl PolicyService {
     pub fn new(
         store: Store,
         clock: Arc<dyn Clock>,
-        metrics: Arc<crate::metrics::Metrics>,
+        registry: &fabric_telemetry::metrics::Registry,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -195,7 +195,11 @@ impl PolicyService {
             writes: tokio::sync::Mutex::new(()),
             pending: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
-            metrics,
+            decisions: registry.counter_vec(
+                "agent_fabric_policy_decisions_total",
+                "Policy engine decisions, by decision.",
+                &["decision"],
+            ),
             audit_buffer: Mutex::new(Vec::new()),
         })
     }
@@ -360,7 +364,7 @@ impl PolicyService {
     /// Queues an audit record without waiting for its commit: the flusher
     /// hands the queued ones to the store's writer together.
     fn audit(&self, record: AuditRecord) {
-        self.metrics.policy_decision(record.decision.as_str());
+        self.decisions.inc(&[record.decision.as_str()]);
         let full = {
             let mut buffer = self.audit_buffer.lock();
             buffer.push(record);

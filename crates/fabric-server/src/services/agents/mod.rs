@@ -20,6 +20,7 @@
 mod builtin;
 mod container;
 mod inference;
+mod metrics;
 mod pool;
 mod session;
 
@@ -190,6 +191,8 @@ struct Inner {
     claims: Mutex<std::collections::HashSet<AgentId>>,
     /// The pools' fillers; they empty the pools when the server stops.
     fillers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// `agent_fabric_agent_spawn_seconds{isolation}`.
+    spawn_latency: Arc<fabric_telemetry::metrics::HistogramVec>,
 }
 
 impl AgentManager {
@@ -219,8 +222,10 @@ impl AgentManager {
             tokio::spawn(Arc::clone(&sandbox_pool).fill(shutdown.clone())),
             tokio::spawn(Arc::clone(&container_pool).fill(shutdown.clone())),
         ];
-        Self {
+        let spawn_latency = metrics::spawn_latency(&config.telemetry.registry);
+        let manager = Self {
             inner: Arc::new(Inner {
+                spawn_latency,
                 tasks,
                 auth,
                 store,
@@ -234,7 +239,9 @@ impl AgentManager {
                 fillers: Mutex::new(fillers),
                 claims: Mutex::new(std::collections::HashSet::new()),
             }),
-        }
+        };
+        metrics::register_collector(&manager);
+        manager
     }
 
     /// Clears what a previous run of this server left behind if it was
@@ -420,9 +427,6 @@ impl AgentManager {
         match first_rx.await {
             Ok(Ok(())) => {
                 self.inner
-                    .config
-                    .telemetry
-                    .metrics
                     .spawn_latency
                     .observe(&[&isolation], started.elapsed());
                 Ok(self.view(&slot))
@@ -740,8 +744,7 @@ async fn supervise(
                     return;
                 }
                 failures += 1;
-                if !restart_after_failure(inner, slot, failures, &mut control, &shutdown).await
-                {
+                if !restart_after_failure(inner, slot, failures, &mut control, &shutdown).await {
                     return;
                 }
                 continue;

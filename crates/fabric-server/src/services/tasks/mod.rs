@@ -27,7 +27,9 @@ use tokio::sync::{Notify, oneshot};
 use crate::events::EventHub;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
-use crate::trace::{Span, SpanContext, SpanKind};
+use crate::telemetry::task_spans::TaskSpans;
+use crate::trace::{Span, SpanKind};
+use fabric_telemetry::metrics::{Collected, CounterVec, Histogram, HistogramVec, Registry, Sample};
 
 type Commit = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
 
@@ -119,9 +121,9 @@ pub struct TaskService {
     /// Compute-seconds budgets: an agent over its limit gets no new tasks.
     budgets: Arc<crate::services::budgets::BudgetService>,
     telemetry: Arc<Telemetry>,
-    /// With tracing on: the open `task.execute` span of each running attempt
-    /// (its lease epoch and span), ended when the attempt ends.
-    exec_spans: Mutex<HashMap<TaskId, (u64, Span)>>,
+    metrics: TaskMetrics,
+    /// `task.lease` and `task.execute`, from the scheduler's writes.
+    spans: TaskSpans,
 }
 
 impl TaskService {
@@ -137,13 +139,17 @@ impl TaskService {
         defaults: TaskDefaults,
         policy: Arc<crate::services::policy::PolicyService>,
         budgets: Arc<crate::services::budgets::BudgetService>,
+        telemetry: Arc<Telemetry>,
     ) -> Result<Self, StoreError> {
         let last_seq = store.last_event_seq().await?;
+        let sched = Arc::new(Mutex::new(Scheduler::new(config)));
         Ok(Self {
             events: EventHub::new(store.clone(), last_seq),
             store,
-            sched: Arc::new(Mutex::new(Scheduler::new(config))),
-            telemetry: Telemetry::disabled(Arc::clone(&clock)),
+            metrics: TaskMetrics::register(&telemetry.registry, Arc::downgrade(&sched)),
+            spans: TaskSpans::new(telemetry.tracer.clone()),
+            sched,
+            telemetry,
             clock,
             defaults,
             wakers: RwLock::new(HashMap::new()),
@@ -151,15 +157,7 @@ impl TaskService {
             policy,
             running: Mutex::new(HashMap::new()),
             budgets,
-            exec_spans: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Records metrics, spans and alerts into `telemetry` from now on.
-    #[must_use]
-    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
-        self.telemetry = telemetry;
-        self
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
@@ -170,10 +168,7 @@ impl TaskService {
     /// `task.execute` span with tracing on, else the context the task was
     /// created in (passed through), if any.
     pub fn traceparent_of(&self, task: &Task) -> Option<String> {
-        if let Some((_, span)) = self.exec_spans.lock().get(&task.id) {
-            return Some(span.context.traceparent());
-        }
-        task.traceparent.clone()
+        self.spans.traceparent_of(task)
     }
 
     pub fn events(&self) -> &EventHub {
@@ -453,6 +448,7 @@ impl TaskService {
     fn apply(&self, sched: &mut Scheduler, changes: Changes) -> Vec<(TaskId, bool, Commit)> {
         let _ = sched; // the lock guard proves the caller holds the lock
         let mut commits = Vec::with_capacity(changes.writes.len());
+        self.spans.observe(&changes.writes);
         for write in changes.writes {
             let task = &write.task;
             self.observe(task);
@@ -484,84 +480,20 @@ impl TaskService {
         commits
     }
 
-    /// Metrics, the log line and the end of the execution span of a task's new state.
+    /// Metrics and the log line of a task's new state.
     fn observe(&self, task: &Task) {
         if task.status.is_terminal() {
             let took = task
                 .finished_at
                 .unwrap_or(task.updated_at)
                 .since(task.created_at);
-            self.telemetry.metrics.task_finished(
-                task.agent_id.as_str(),
-                task.status.as_str(),
-                took,
-            );
+            let agent = task.agent_id.as_str();
+            self.metrics.finished.inc(&[agent, task.status.as_str()]);
+            self.metrics.duration.observe(&[agent], took);
             tracing::info!(task_id = %task.id, agent_id = %task.agent_id, outcome = task.status.as_str(),
                 reason = task.reason.as_deref(), attempt = task.attempt,
                 latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "task outcome");
         }
-        if !self.telemetry.tracer.enabled() || task.status == TaskStatus::Running {
-            return;
-        }
-        let ended = self.exec_spans.lock().remove(&task.id);
-        if let Some((_, mut span)) = ended {
-            span.end_nanos = crate::trace::now_nanos();
-            span = span.attr("task.status", task.status.as_str());
-            if matches!(task.status, TaskStatus::Failed | TaskStatus::TimedOut)
-                || task.status == TaskStatus::Queued
-            {
-                span.error = Some(
-                    task.reason
-                        .clone()
-                        .unwrap_or_else(|| task.status.to_string()),
-                );
-            }
-            self.telemetry.tracer.record(span);
-        }
-    }
-
-    /// A lease was granted: lease latency, and with tracing on the
-    /// `task.lease` span (queued → leased) and the opening of `task.execute`.
-    fn observe_lease(&self, task: &Task, epoch: u64, now: fabric_core::Timestamp) {
-        if task.attempt <= 1 {
-            self.telemetry
-                .metrics
-                .lease_latency
-                .observe(now.since(task.created_at));
-        }
-        if !self.telemetry.tracer.enabled() {
-            return;
-        }
-        let parent = task.traceparent.as_deref().and_then(SpanContext::parse);
-        let now_nanos = crate::trace::now_nanos();
-        // The first attempt waited since creation; a retry's requeue time is
-        // not kept, so its lease span marks the moment only.
-        let waited = if task.attempt <= 1 {
-            u64::try_from(now.since(task.created_at).as_nanos()).unwrap_or(0)
-        } else {
-            0
-        };
-        let mut lease = Span::new(
-            "task.lease",
-            SpanKind::Internal,
-            parent.as_ref(),
-            now_nanos.saturating_sub(waited),
-        )
-        .attr("task_id", task.id.to_string())
-        .attr("agent_id", task.agent_id.as_str())
-        .attr("attempt", u64::from(task.attempt));
-        lease.end_nanos = now_nanos;
-        let exec = Span::new(
-            "task.execute",
-            SpanKind::Internal,
-            Some(&lease.context),
-            now_nanos,
-        )
-        .attr("task_id", task.id.to_string())
-        .attr("agent_id", task.agent_id.as_str())
-        .attr("attempt", u64::from(task.attempt));
-        self.telemetry.tracer.record(lease);
-        self.exec_spans.lock().insert(task.id, (epoch, exec));
     }
 
     /// Waits for commits in the background; finished tasks leave the
@@ -700,7 +632,12 @@ impl TaskService {
         let commit = Box::pin(self.store.write_task(lease.write.clone())) as Commit;
         drop(sched);
         // Outside the lock: every other decision waits on it.
-        self.observe_lease(&lease.task, lease.epoch, now);
+        if lease.task.attempt <= 1 {
+            self.metrics
+                .lease_latency
+                .observe(now.since(lease.task.created_at));
+        }
+        self.spans.observe([&lease.write]);
         Some(PendingLease { lease, commit })
     }
 
@@ -715,7 +652,7 @@ impl TaskService {
         match commit.await {
             Ok(WriteOutcome::Applied) => Ok(Some(lease)),
             Ok(WriteOutcome::Rejected) => {
-                self.exec_spans.lock().remove(&lease.task.id);
+                self.spans.discard(&lease.task.id);
                 let dropped = self.sched.lock().disown(&lease.task.id, lease.epoch);
                 tracing::warn!(task_id = %lease.task.id, agent_id = %lease.task.agent_id, epoch = lease.epoch, dropped,
                     "the store rejected a lease: the stored task changed behind this scheduler (another orchestrator or writer); not handed out, dropped from this scheduler");
@@ -889,6 +826,67 @@ impl TaskService {
     /// Pending, queued and running task counts.
     pub fn stats(&self) -> fabric_engine::SchedulerStats {
         self.sched.lock().stats()
+    }
+
+    /// `agent_fabric_tasks_total{agent_id,status}` (the task error-rate alert reads it).
+    pub fn finished_tasks(&self) -> Arc<CounterVec> {
+        Arc::clone(&self.metrics.finished)
+    }
+}
+
+/// Buckets (seconds) of task durations: milliseconds to an hour.
+const TASK_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The task service's metrics.
+struct TaskMetrics {
+    /// `agent_fabric_tasks_total{agent_id,status}`: tasks that reached a final status.
+    finished: Arc<CounterVec>,
+    /// `agent_fabric_task_duration_seconds{agent_id}`: creation to final status.
+    duration: Arc<HistogramVec>,
+    /// `agent_fabric_lease_latency_seconds`: first attempts, from creation to lease.
+    lease_latency: Arc<Histogram>,
+}
+
+impl TaskMetrics {
+    /// Declares them, and `agent_fabric_scheduler_tasks{state}` read from `sched` at scrape time.
+    fn register(registry: &Registry, sched: std::sync::Weak<Mutex<Scheduler>>) -> Self {
+        let metrics = Self {
+            finished: registry.counter_vec(
+                "agent_fabric_tasks_total",
+                "Tasks that reached a final status, by agent and status.",
+                &["agent_id", "status"],
+            ),
+            duration: registry.histogram_vec(
+                "agent_fabric_task_duration_seconds",
+                "Time from a task's creation to its final status.",
+                &["agent_id"],
+                TASK_BUCKETS,
+            ),
+            lease_latency: registry.histogram(
+                "agent_fabric_lease_latency_seconds",
+                "Time a task waited from queued (or requeued) to leased.",
+                crate::telemetry::LATENCY_BUCKETS,
+            ),
+        };
+        registry.collector(move || {
+            let stats = sched
+                .upgrade()
+                .map(|s| s.lock().stats())
+                .unwrap_or_default();
+            vec![Collected {
+                name: "agent_fabric_scheduler_tasks",
+                help: "Tasks the scheduler holds, by state (queued = the queue depth).",
+                kind: "gauge",
+                samples: vec![
+                    Sample::new(stats.pending as f64).with("state", "pending"),
+                    Sample::new(stats.queued as f64).with("state", "queued"),
+                    Sample::new(stats.running as f64).with("state", "running"),
+                ],
+            }]
+        });
+        metrics
     }
 }
 

@@ -21,13 +21,12 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Registry};
 
 /// Spans waiting for export at most; beyond, new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 32_768;
@@ -51,6 +50,9 @@ pub struct OtlpConfig {
 
 /// The default `service.name` and the `service` field of log lines.
 pub const SERVICE_NAME: &str = "reactor-fabric";
+/// `service.version` of the resource and the scope's version: every crate
+/// of the workspace shares one version (`fabric_core::VERSION`; pinned by a test).
+pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl OtlpConfig {
     /// Reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or
@@ -266,11 +268,36 @@ impl Span {
     }
 }
 
+/// `agent_fabric_trace_spans_{dropped,exported}_total`: what became of the
+/// spans handed to the exporter.
+#[derive(Debug)]
+pub struct ExportCounters {
+    /// Spans the export queue had no room for, or the endpoint refused.
+    pub dropped: Arc<Counter>,
+    pub exported: Arc<Counter>,
+}
+
+impl ExportCounters {
+    /// Declares both counters on `registry` (exported with tracing off too, at 0).
+    pub fn register(registry: &Registry) -> Arc<Self> {
+        Arc::new(Self {
+            dropped: registry.counter(
+                "agent_fabric_trace_spans_dropped_total",
+                "Trace spans dropped because the OTLP export queue was full.",
+            ),
+            exported: registry.counter(
+                "agent_fabric_trace_spans_exported_total",
+                "Trace spans sent to the OTLP endpoint.",
+            ),
+        })
+    }
+}
+
 /// Records spans; a no-op without an OTLP endpoint.
 #[derive(Clone, Default)]
 pub struct Tracer {
     queue: Option<Arc<SpanBuffer>>,
-    metrics: Option<Arc<Metrics>>,
+    counters: Option<Arc<ExportCounters>>,
 }
 
 /// Finished spans waiting for the exporter.
@@ -294,7 +321,7 @@ impl Tracer {
     /// flips, then sends what is queued and stops.
     pub fn start(
         config: OtlpConfig,
-        metrics: Arc<Metrics>,
+        counters: Arc<ExportCounters>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let buffer = Arc::new(SpanBuffer::default());
@@ -302,13 +329,13 @@ impl Tracer {
         let handle = tokio::spawn(export_loop(
             config,
             Arc::clone(&buffer),
-            Arc::clone(&metrics),
+            Arc::clone(&counters),
             shutdown,
         ));
         (
             Self {
                 queue: Some(buffer),
-                metrics: Some(metrics),
+                counters: Some(counters),
             },
             handle,
         )
@@ -327,8 +354,8 @@ impl Tracer {
         let mut spans = queue.spans.lock();
         if spans.len() >= QUEUE_CAPACITY {
             drop(spans);
-            if let Some(m) = &self.metrics {
-                m.spans_dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = &self.counters {
+                c.dropped.add(1);
             }
             return;
         }
@@ -355,7 +382,7 @@ fn without_userinfo(url: &str) -> String {
 async fn export_loop(
     config: OtlpConfig,
     buffer: Arc<SpanBuffer>,
-    metrics: Arc<Metrics>,
+    counters: Arc<ExportCounters>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let client = match reqwest::Client::builder()
@@ -380,7 +407,7 @@ async fn export_loop(
         while !batch.is_empty() {
             let take = batch.len().min(MAX_BATCH);
             let chunk: Vec<Span> = batch.drain(..take).collect();
-            send(&client, &config, &chunk, &metrics).await;
+            send(&client, &config, &chunk, &counters).await;
         }
         if stopping {
             return;
@@ -388,7 +415,12 @@ async fn export_loop(
     }
 }
 
-async fn send(client: &reqwest::Client, config: &OtlpConfig, spans: &[Span], metrics: &Metrics) {
+async fn send(
+    client: &reqwest::Client,
+    config: &OtlpConfig,
+    spans: &[Span],
+    counters: &ExportCounters,
+) {
     // Bytes: a retry resends the same buffer without copying it.
     let body = bytes::Bytes::from(encode_export_request(&config.service_name, spans));
     let mut delay = Duration::from_millis(200);
@@ -401,9 +433,7 @@ async fn send(client: &reqwest::Client, config: &OtlpConfig, spans: &[Span], met
             .await;
         match sent {
             Ok(r) if r.status().is_success() => {
-                metrics
-                    .spans_exported
-                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
+                counters.exported.add(spans.len() as u64);
                 return;
             }
             // 4xx other than 429: the collector will not take this batch.
@@ -423,9 +453,7 @@ async fn send(client: &reqwest::Client, config: &OtlpConfig, spans: &[Span], met
             delay *= 2;
         }
     }
-    metrics
-        .spans_dropped
-        .fetch_add(spans.len() as u64, Ordering::Relaxed);
+    counters.dropped.add(spans.len() as u64);
 }
 
 // ---- protobuf encoding of opentelemetry/proto/collector/trace/v1 ----
@@ -499,14 +527,14 @@ pub fn encode_export_request(service_name: &str, spans: &[Span]) -> Vec<u8> {
             res,
             1,
             "service.version",
-            &Value::Str(fabric_core::VERSION.to_owned()),
+            &Value::Str(SERVICE_VERSION.to_owned()),
         );
     });
     // scope_spans = 2 { scope = 1 { name = 1, version = 2 }, spans = 2 (above) }
     let mut scope = Vec::with_capacity(64);
     put_message(&mut scope, 1, |sc| {
         put_bytes(sc, 1, b"reactor-fabric");
-        put_bytes(sc, 2, fabric_core::VERSION.as_bytes());
+        put_bytes(sc, 2, SERVICE_VERSION.as_bytes());
     });
     let scope_spans_len = scope.len() + span_bytes.len();
     let mut scope_spans_header = Vec::with_capacity(16);
@@ -589,6 +617,11 @@ mod tests {
         ] {
             assert_eq!(SpanContext::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_service_version_is_the_fabrics() {
+        assert_eq!(SERVICE_VERSION, fabric_core::VERSION);
     }
 
     #[test]
