@@ -480,7 +480,7 @@ pub async fn run(
             }
         });
     }
-    background.spawn(budgets::sample_compute(
+    background.spawn(agents::sample_compute(
         agents.clone(),
         Arc::clone(&budgets),
         config.compute_sample_every,

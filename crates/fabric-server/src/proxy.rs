@@ -6,7 +6,7 @@
 //! timeout (120 s) gets 504, and credentials never pass (`Authorization` and
 //! `Proxy-Authorization` from the agent are dropped; none are added). Its
 //! upstream is the fabric's per-agent inference endpoint (the gateway's
-//! Ollama API, `crate::services::llm::ollama_endpoint`) on a Unix socket: the
+//! Ollama API, `crate::api::inference::ollama_endpoint`) on a Unix socket: the
 //! sidecar's network namespace reaches nothing else.
 //!
 //! [`run_sidecar`] is the sidecar: in the agent container's network namespace

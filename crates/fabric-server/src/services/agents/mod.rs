@@ -980,3 +980,49 @@ fn state_name(state: AgentState) -> &'static str {
         AgentState::Crashed => "crashed",
     }
 }
+/// Samples every agent's CPU time (cgroup `cpu.stat` for isolation
+/// `process`, the container's stats for `container`, `/proc` for `none`)
+/// every `every`, and counts the growth since the last sample against the
+/// agent, its owner and its tenant. A new session starts its counter at
+/// zero. Granularity: one sample period; work already running when a limit
+/// is reached runs to its end (new tasks are refused).
+pub(crate) async fn sample_compute(
+    agents: AgentManager,
+    budgets: Arc<crate::services::budgets::BudgetService>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut last: std::collections::HashMap<AgentId, (u32, u64)> = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (tenant, owner) = agents.tenant_and_owner();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        // Reading usage touches cgroup files and /proc: off the runtime's threads.
+        let list = {
+            let agents = agents.clone();
+            match tokio::task::spawn_blocking(move || agents.list()).await {
+                Ok(list) => list,
+                Err(_) => continue,
+            }
+        };
+        for agent in list {
+            let id = agent.config.id.clone();
+            let cpu = agent.usage.cpu_millis;
+            let delta = match last.insert(id.clone(), (agent.session, cpu)) {
+                Some((session, before)) if session == agent.session => cpu.saturating_sub(before),
+                // First sight of this session: what it used so far.
+                _ => cpu,
+            };
+            if delta > 0 {
+                budgets.record_compute(
+                    &crate::services::budgets::entities_of(Some(&id), &owner, &tenant),
+                    delta,
+                );
+            }
+        }
+    }
+}
