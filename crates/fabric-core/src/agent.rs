@@ -410,6 +410,20 @@ pub enum AgentState {
     Crashed,
 }
 
+impl AgentState {
+    /// The wire name (`running`, `crashed`, ...), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Draining => "draining",
+            AgentState::Restarting => "restarting",
+            AgentState::Stopped => "stopped",
+            AgentState::Crashed => "crashed",
+        }
+    }
+}
+
 /// Whether an agent is alive, judged by its heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -471,6 +485,21 @@ pub struct AgentSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_names_are_the_wire_names() {
+        for state in [
+            AgentState::Starting,
+            AgentState::Running,
+            AgentState::Draining,
+            AgentState::Restarting,
+            AgentState::Stopped,
+            AgentState::Crashed,
+        ] {
+            let wire = serde_json::to_string(&state).unwrap();
+            assert_eq!(wire, format!("\"{}\"", state.as_str()));
+        }
+    }
 
     #[test]
     fn egress_rules_match_hosts_ports_and_wildcards() {

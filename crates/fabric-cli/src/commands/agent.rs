@@ -150,7 +150,7 @@ async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<(), CliError> {
     let mut line = format!(
         "spawned agent {} ({}, isolation {}",
         agent.config.id,
-        state_name(agent.state),
+        agent.state.as_str(),
         agent.config.isolation.level
     );
     if let Some(pid) = agent.pid {
@@ -370,7 +370,7 @@ async fn list(ctx: &Ctx) -> Result<(), CliError> {
             let live = has_usage(a);
             vec![
                 a.config.id.to_string(),
-                state_name(a.state).to_owned(),
+                a.state.as_str().to_owned(),
                 health_name(a.health).to_owned(),
                 a.last_heartbeat
                     .map_or_else(|| "-".to_owned(), |t| ago(now, t)),
@@ -439,7 +439,7 @@ fn describe_agent(agent: &Agent, now: Timestamp) -> String {
     let iso = &config.isolation;
     let mut lines: Vec<(&str, String)> = vec![
         ("id", config.id.to_string()),
-        ("state", state_name(agent.state).to_owned()),
+        ("state", agent.state.as_str().to_owned()),
         ("health", health_name(agent.health).to_owned()),
         ("session", agent.session.to_string()),
     ];
@@ -573,9 +573,9 @@ async fn terminate(ctx: &Ctx, args: TerminateArgs) -> Result<(), CliError> {
         Some(exit) => outln!(
             "agent {} is {} (last exit: {exit})",
             agent.config.id,
-            state_name(agent.state)
+            agent.state.as_str()
         ),
-        None => outln!("agent {} is {}", agent.config.id, state_name(agent.state)),
+        None => outln!("agent {} is {}", agent.config.id, agent.state.as_str()),
     }
 }
 
@@ -587,18 +587,6 @@ fn has_usage(agent: &Agent) -> bool {
         AgentState::Starting | AgentState::Running | AgentState::Draining
     );
     up && (agent.pid.is_some() || agent.usage != ResourceUsage::default())
-}
-
-/// The wire name of a state (`running`, `crashed`, ...).
-pub fn state_name(state: AgentState) -> &'static str {
-    match state {
-        AgentState::Starting => "starting",
-        AgentState::Running => "running",
-        AgentState::Draining => "draining",
-        AgentState::Restarting => "restarting",
-        AgentState::Stopped => "stopped",
-        AgentState::Crashed => "crashed",
-    }
 }
 
 fn health_name(health: Health) -> &'static str {

@@ -372,7 +372,7 @@ impl AgentManager {
             if !matches!(status.state, AgentState::Stopped | AgentState::Crashed) {
                 return Err(AgentError::Exists {
                     id: config.id.clone(),
-                    state: state_name(status.state),
+                    state: status.state.as_str(),
                 });
             }
         }
@@ -955,7 +955,7 @@ fn may_lease(state: AgentState) -> bool {
 fn draining(id: &AgentId, state: AgentState) -> AgentError {
     AgentError::Draining {
         id: id.clone(),
-        state: state_name(state),
+        state: state.as_str(),
     }
 }
 
@@ -970,16 +970,6 @@ fn docker_message(e: &fabric_docker::DockerError) -> String {
     }
 }
 
-fn state_name(state: AgentState) -> &'static str {
-    match state {
-        AgentState::Starting => "starting",
-        AgentState::Running => "running",
-        AgentState::Draining => "draining",
-        AgentState::Restarting => "restarting",
-        AgentState::Stopped => "stopped",
-        AgentState::Crashed => "crashed",
-    }
-}
 /// Samples every agent's CPU time (cgroup `cpu.stat` for isolation
 /// `process`, the container's stats for `container`, `/proc` for `none`)
 /// every `every`, and counts the growth since the last sample against the
