@@ -11,6 +11,15 @@ use fabric_gateway::{Gateway, GatewayConfig, StoreSink};
 
 use crate::store::Store;
 
+/// Why the inference gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// A provider, route or price in the gateway configuration is unusable
+    /// (named in the message, not chained: the CLI prints chains).
+    #[error("cannot start the inference gateway: {0}")]
+    Config(fabric_gateway::config::ConfigError),
+}
+
 /// The gateway and the ledger it writes, shared by every handler.
 #[derive(Clone, Debug)]
 pub struct Llm {
@@ -27,7 +36,7 @@ impl Llm {
         budgets: Arc<crate::services::budgets::BudgetService>,
         policy: Arc<crate::services::policy::PolicyService>,
         telemetry: Arc<crate::telemetry::Telemetry>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, LlmError> {
         let providers: Vec<String> = config
             .providers
             .iter()
@@ -53,7 +62,7 @@ impl Llm {
             telemetry: Arc::clone(&telemetry),
         };
         let gateway = Gateway::new(config, Arc::new(metered))
-            .map_err(|e| anyhow::anyhow!("cannot start the inference gateway: {e}"))?
+            .map_err(LlmError::Config)?
             .with_guard(Arc::new(crate::services::policy::LlmGuard { policy }))
             .with_admission(Arc::new(crate::services::budgets::BudgetAdmission(budgets)));
         gateway.register_metrics(&telemetry.registry);
