@@ -241,10 +241,12 @@ pub async fn run_sidecar(
 /// Binds `path` as a Unix listener the sidecar (user 65534) may connect to:
 /// owned by that user when the fabric may chown (root), else world-connectable
 /// (the directory holding it is the fabric's, see the session docs).
-pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, String> {
+pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, SocketError> {
     let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(|source| SocketError::Listen {
+        path: path.to_path_buf(),
+        source,
+    })?;
     use std::os::unix::fs::PermissionsExt;
     let owned = std::os::unix::fs::chown(
         path,
@@ -253,7 +255,26 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, String> {
     )
     .is_ok();
     let mode = if owned { 0o600 } else { 0o666 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        SocketError::Mode {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(listener)
+}
+
+/// Why [`bind_socket`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("cannot listen on {}: {source}", path.display())]
+    Listen {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set the mode of {}: {source}", path.display())]
+    Mode {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }

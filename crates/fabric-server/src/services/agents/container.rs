@@ -118,8 +118,8 @@ pub enum ContainerError {
     Create(DockerError),
     /// A socket of the fabric's listeners (`crate::proxy::bind_socket` says
     /// why in words only).
-    #[error("{0}")]
-    Listen(String),
+    #[error(transparent)]
+    Listen(crate::proxy::SocketError),
 }
 
 /// See [`ContainerConfig::socket_volume`].

@@ -22,7 +22,8 @@ use fabric_runtime::sandbox::{HelperCommand, Sandbox, SandboxConfig};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::container::DockerRuntime;
+use super::container::{ContainerError, DockerRuntime};
+use super::session::SessionError;
 
 /// Pause between a take and the refill it triggers; see `WarmPool::fill`.
 const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
@@ -32,7 +33,9 @@ pub(super) trait Warm: Send + Sync + 'static {
     type Item: Send + 'static;
     /// What the log calls an item.
     const WHAT: &'static str;
-    fn make(&self) -> impl Future<Output = Result<Self::Item, String>> + Send;
+    /// Why an item could not be made (logged; the pool retries with backoff).
+    type Error: std::error::Error + Send + 'static;
+    fn make(&self) -> impl Future<Output = Result<Self::Item, Self::Error>> + Send;
     fn discard(&self, item: Self::Item) -> impl Future<Output = ()> + Send;
 }
 
@@ -56,13 +59,16 @@ impl SandboxKind {
 impl Warm for SandboxKind {
     type Item = Sandbox;
     const WHAT: &'static str = "sandbox";
+    type Error = SessionError;
 
-    async fn make(&self) -> Result<Sandbox, String> {
+    async fn make(&self) -> Result<Sandbox, SessionError> {
         let name = format!("pool-{:08x}", rand::random::<u32>());
         let config = self
             .config(name.clone(), self.root.join(&name))
-            .ok_or("this server has no sandbox helper")?;
-        Sandbox::create(config).await.map_err(|e| e.to_string())
+            .ok_or(SessionError::NoSandboxHelper)?;
+        Sandbox::create(config)
+            .await
+            .map_err(SessionError::CreateSandbox)
     }
 
     async fn discard(&self, sandbox: Sandbox) {
@@ -78,9 +84,10 @@ pub(super) struct ContainerKind {
 impl Warm for ContainerKind {
     type Item = super::container::ContainerPair;
     const WHAT: &'static str = "container";
+    type Error = ContainerError;
 
-    async fn make(&self) -> Result<Self::Item, String> {
-        self.docker.create_pooled().await.map_err(|e| e.to_string())
+    async fn make(&self) -> Result<Self::Item, ContainerError> {
+        self.docker.create_pooled().await
     }
 
     async fn discard(&self, item: Self::Item) {
