@@ -35,6 +35,7 @@
 
 pub mod api;
 mod body;
+pub mod cors;
 mod error;
 pub mod events;
 mod extract;
@@ -127,6 +128,9 @@ pub struct ServerConfig {
     pub compute_sample_every: Duration,
     /// Trace export (`OTEL_*`) and alerts (`--alert-webhook`, thresholds).
     pub telemetry: TelemetryConfig,
+    /// Origins a browser frontend may call the API from (`--cors-origin`,
+    /// see [`cors::parse_origin`]); none by default.
+    pub cors_origins: Vec<cors::Origin>,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +153,7 @@ impl Default for ServerConfig {
             budget_clock: budgets::BudgetClock::default(),
             compute_sample_every: budgets::DEFAULT_COMPUTE_SAMPLE_EVERY,
             telemetry: TelemetryConfig::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -368,7 +373,11 @@ pub async fn run(
         },
         stop.clone(),
     ));
-    let app = api::router(state.clone());
+    let mut app = api::router(state.clone());
+    // Outermost, so a preflight is answered before authentication.
+    if let Some(cors) = cors::layer(&config.cors_origins) {
+        app = app.layer(cors);
+    }
     {
         let stop = stop.clone();
         background.spawn(async move {

@@ -118,6 +118,15 @@ pub struct ServeArgs {
     /// Window the error rates are measured over (e.g. 5m)
     #[arg(long, env = "FABRIC_ALERT_WINDOW", value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub alert_window: std::time::Duration,
+
+    /// Let a browser frontend on ORIGIN (scheme://host[:port]) call the API; repeatable (env: comma-separated). None by default; '*' is refused
+    #[arg(
+        long = "cors-origin",
+        env = "FABRIC_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<fabric_server::cors::Origin>,
 }
 
 /// `--log-format`.
@@ -179,6 +188,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         },
         gateway,
         telemetry: telemetry_config(args.alert_webhook, args.alert_error_rate, args.alert_window)?,
+        cors_origins: args.cors_origins,
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };

@@ -723,3 +723,72 @@ async fn every_list_endpoint_pages_the_same_way() {
     }
     s.stop().await;
 }
+
+/// `--cors-origin`: a preflight from a listed origin is answered (before
+/// authentication) and real responses name it; another origin gets no CORS
+/// headers, so the browser refuses it; without the flag nothing is sent.
+#[tokio::test]
+async fn cors_answers_listed_origins_only() {
+    let allowed = "http://localhost:3000";
+    let s = TestServer::start_with(|c| {
+        c.cors_origins = vec![allowed.parse().unwrap()];
+    })
+    .await;
+    let anonymous = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        anonymous
+            .request(reqwest::Method::OPTIONS, s.url("/v1/tasks"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let ok = preflight(allowed).await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let h = ok.headers();
+    assert_eq!(h["access-control-allow-origin"], allowed);
+    let methods = h["access-control-allow-methods"].to_str().unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+    assert!(h.get("access-control-allow-credentials").is_none());
+
+    let refused = preflight("http://evil.example").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{:?}",
+        refused.headers()
+    );
+
+    // A real (authenticated) request from the allowed origin is marked too.
+    let token = s.login().await;
+    let listed = s
+        .client
+        .get(s.url("/v1/tasks"))
+        .bearer_auth(&token)
+        .header("Origin", allowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["access-control-allow-origin"], allowed);
+
+    let plain = TestServer::start().await;
+    let none = anonymous
+        .request(reqwest::Method::OPTIONS, plain.url("/v1/tasks"))
+        .header("Origin", allowed)
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(none.headers().get("access-control-allow-origin").is_none());
+}
