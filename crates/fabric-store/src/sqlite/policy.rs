@@ -7,10 +7,10 @@ use std::future::Future;
 use fabric_core::StoreError;
 use fabric_core::policy::{Approval, ApprovalQuery, AuditQuery, AuditRecord, Policy, PolicyStore};
 use rusqlite::types::Value;
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, params};
 
 use super::SqliteStore;
-use super::reader::{clamp_limit, collect};
+use super::reader::{collect, collect_newest_first};
 use super::rows::encode_json;
 use super::writer::{Pending, WriteOp};
 use crate::error::SqliteStoreError;
@@ -100,12 +100,11 @@ fn list_audit(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditRecord>,
         values.push(Value::Text(before.to_string()));
         sql.push_str(&format!(" AND id < ?{}", values.len()));
     }
-    values.push(Value::Integer(clamp_limit(query.limit)));
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", values.len()));
-    collect(
+    collect_newest_first(
         conn,
-        &sql,
-        params_from_iter(values),
+        sql,
+        values,
+        query.limit,
         "cannot list audit records",
         "audit record",
     )
@@ -132,12 +131,11 @@ fn list_approvals(
     if let Some(tenant) = &query.tenant {
         add("json_extract(body, '$.tenant') =", tenant.to_string());
     }
-    values.push(Value::Integer(clamp_limit(query.limit)));
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", values.len()));
-    collect(
+    collect_newest_first(
         conn,
-        &sql,
-        params_from_iter(values),
+        sql,
+        values,
+        query.limit,
         "cannot list approvals",
         "approval",
     )

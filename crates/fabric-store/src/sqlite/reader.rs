@@ -76,6 +76,22 @@ pub(crate) fn clamp_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// One page of a list: `sql` (a `SELECT id, body ... WHERE ...` whose
+/// placeholders `values` fill) ordered newest first (ids are UUIDv7) and
+/// cut at `limit`, each body decoded as `T`.
+pub(crate) fn collect_newest_first<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    mut sql: String,
+    mut values: Vec<Value>,
+    limit: usize,
+    context: &str,
+    kind: &str,
+) -> Result<Vec<T>, SqliteStoreError> {
+    values.push(Value::Integer(clamp_limit(limit)));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", values.len()));
+    collect(conn, &sql, params_from_iter(values), context, kind)
+}
+
 /// Collects `(label, body)` rows, decoding each body as `T`.
 pub(crate) fn collect<T: serde::de::DeserializeOwned>(
     conn: &Connection,
@@ -145,15 +161,7 @@ pub(crate) fn list_tasks(
         values.push(Value::Text(before.to_string()));
         sql.push_str(&format!(" AND id < ?{}", values.len()));
     }
-    values.push(Value::Integer(clamp_limit(query.limit)));
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", values.len()));
-    collect(
-        conn,
-        &sql,
-        params_from_iter(values),
-        "cannot list tasks",
-        "task",
-    )
+    collect_newest_first(conn, sql, values, query.limit, "cannot list tasks", "task")
 }
 
 pub(crate) fn unfinished_tasks(conn: &Connection) -> Result<Vec<Task>, SqliteStoreError> {
