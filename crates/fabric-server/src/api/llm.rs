@@ -102,13 +102,7 @@ async fn prepare(
 #[utoipa::path(post, path = "/v1/chat/completions", operation_id = "chat_completions", tag = "inference", security(("bearer" = [])),
     request_body = fabric_gateway::wire::openai::ChatCompletionRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),
     responses((status = 200, description = "a chat.completion, or (`stream: true`) SSE chat.completion.chunk events",
-            content((fabric_gateway::wire::openai::ChatCompletion = "application/json"), (SseEvent = "text/event-stream"))),
-        (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "a policy denies this model to the caller (`policy_denied`)", body = fabric_core::api::ErrorBody),
-        (status = 404, description = "no provider serves this model (`model_not_found`)", body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
-        (status = 429, description = "a budget is spent or a provider rate-limits (`budget_exceeded`, `rate_limited`)", body = fabric_core::api::ErrorBody),
-        (status = 502, description = "the provider failed (`upstream_error`)", body = fabric_core::api::ErrorBody),
-        (status = 503, description = "no provider available (`no_provider_available`)", body = fabric_core::api::ErrorBody),
-        (status = 504, description = "the provider did not answer in time (`upstream_timeout`)", body = fabric_core::api::ErrorBody)))]
+            content((fabric_gateway::wire::openai::ChatCompletion = "application/json"), (SseEvent = "text/event-stream")))))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -125,13 +119,7 @@ pub async fn chat_completions(
 /// OpenAI-compatible embeddings.
 #[utoipa::path(post, path = "/v1/embeddings", operation_id = "embeddings", tag = "inference", security(("bearer" = [])),
     request_body = fabric_gateway::wire::openai::EmbeddingRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),
-    responses((status = 200, body = fabric_gateway::wire::openai::EmbeddingResponse),
-        (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "a policy denies this model to the caller (`policy_denied`)", body = fabric_core::api::ErrorBody),
-        (status = 404, description = "no provider serves this model (`model_not_found`)", body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
-        (status = 429, description = "a budget is spent or a provider rate-limits (`budget_exceeded`, `rate_limited`)", body = fabric_core::api::ErrorBody),
-        (status = 502, description = "the provider failed (`upstream_error`)", body = fabric_core::api::ErrorBody),
-        (status = 503, description = "no provider available (`no_provider_available`)", body = fabric_core::api::ErrorBody),
-        (status = 504, description = "the provider did not answer in time (`upstream_timeout`)", body = fabric_core::api::ErrorBody)))]
+    responses((status = 200, body = fabric_gateway::wire::openai::EmbeddingResponse)))]
 pub async fn embeddings(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -163,13 +151,7 @@ pub async fn models(
 #[utoipa::path(post, path = "/v1/llm/infer", operation_id = "infer", tag = "inference", security(("bearer" = [])),
     request_body = fabric_gateway::api::infer::InferRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),
     responses((status = 200, description = "the answer, or (`stream: true`) SSE `delta`, `done` and `error` events",
-            content((fabric_gateway::api::infer::InferResponse = "application/json"), (SseEvent = "text/event-stream"))),
-        (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "a policy denies this model to the caller (`policy_denied`)", body = fabric_core::api::ErrorBody),
-        (status = 404, description = "no provider serves this model (`model_not_found`)", body = fabric_core::api::ErrorBody), (status = 413, body = fabric_core::api::ErrorBody),
-        (status = 429, description = "a budget is spent or a provider rate-limits (`budget_exceeded`, `rate_limited`)", body = fabric_core::api::ErrorBody),
-        (status = 502, description = "the provider failed (`upstream_error`)", body = fabric_core::api::ErrorBody),
-        (status = 503, description = "no provider available (`no_provider_available`)", body = fabric_core::api::ErrorBody),
-        (status = 504, description = "the provider did not answer in time (`upstream_timeout`)", body = fabric_core::api::ErrorBody)))]
+            content((fabric_gateway::api::infer::InferResponse = "application/json"), (SseEvent = "text/event-stream")))))]
 pub async fn infer(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,

@@ -65,13 +65,40 @@ impl utoipa::Modify for BearerAuth {
 /// path ids). An answer a handler documents itself is left as it is.
 struct StandardErrors;
 
+/// The routes that call a model through the gateway.
+const GATEWAY_CALLS: [&str; 3] = ["/v1/chat/completions", "/v1/embeddings", "/v1/llm/infer"];
+
+/// What a gateway call can answer beyond every request's errors (listed
+/// first, so its 403 and 503 are the ones documented).
+const GATEWAY_CALL_ERRORS: [(&str, &str); 6] = [
+    (
+        "403",
+        "a policy denies this model to the caller (`policy_denied`)",
+    ),
+    ("404", "no provider serves this model (`model_not_found`)"),
+    (
+        "429",
+        "a budget is spent or a provider rate-limits (`budget_exceeded`, `rate_limited`)",
+    ),
+    ("502", "the provider failed (`upstream_error`)"),
+    ("503", "no provider available (`no_provider_available`)"),
+    (
+        "504",
+        "the provider did not answer in time (`upstream_timeout`)",
+    ),
+];
+
 impl StandardErrors {
-    /// `(status, description)` of what `operation` at `path` can answer.
+    /// `(status, description)` of what `operation` at `path` can answer; the
+    /// first description of a status is the one documented.
     fn for_operation(
         path: &str,
         operation: &utoipa::openapi::path::Operation,
     ) -> Vec<(&'static str, &'static str)> {
         let mut errors = Vec::new();
+        if GATEWAY_CALLS.contains(&path) {
+            errors.extend(GATEWAY_CALL_ERRORS);
+        }
         if path.starts_with("/v1/") {
             errors.push(("503", "the server is starting, stands by for another orchestrator, or is stopping (`unavailable`); retry, or send it to the active one"));
             errors.push((
