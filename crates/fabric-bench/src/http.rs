@@ -43,6 +43,9 @@ pub enum Part {
     Latency,
     /// Create throughput with telemetry off vs on (OTLP export + scrapes), alternating
     Telemetry,
+    /// What authentication and per-user rate limiting cost: GET /v1/tasks/{id}
+    /// latency and create throughput, beside --baseline-bin, alternating
+    Access,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +82,9 @@ pub struct HttpArgs {
     /// What the open loop sends
     #[arg(long, value_enum, default_value = "create-task")]
     latency_target: LatencyTarget,
+    /// The server binary `access` compares with (built from the commit before)
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
     /// Run the servers on the Redis store: a durable redis-server
     /// (`appendfsync always`) started by the bench, a fresh key prefix per run
     #[arg(long)]
@@ -190,6 +196,17 @@ impl Request {
             url: Url::parse(&client.url(path))?,
             body,
             expect,
+        })
+    }
+
+    /// `GET path`, expecting 200.
+    fn get(client: &Client, path: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: client.http.clone(),
+            method: Method::GET,
+            url: Url::parse(&client.url(path))?,
+            body: None,
+            expect: StatusCode::OK,
         })
     }
 
@@ -495,13 +512,27 @@ async fn latency_once(
         load_rules(&client).await?;
     }
     let request = Request::new(&client, target)?;
+    let run = open_loop(request, rate, duration, warmup, server.pid).await?;
+    server.stop().await?;
+    Ok(run)
+}
+
+/// Sends `request` on a fixed schedule of `rate` per second (each its own
+/// task, so a slow answer delays nobody) and measures what came back.
+async fn open_loop(
+    request: Request,
+    rate: u32,
+    duration: Duration,
+    warmup: Duration,
+    server_pid: u32,
+) -> anyhow::Result<LatencyRun> {
     let period = Duration::from_secs(1) / rate;
     let warm = (warmup.as_secs_f64() * f64::from(rate)) as u32;
     let total = warm + (duration.as_secs_f64() * f64::from(rate)) as u32;
     let in_flight = Arc::new(AtomicUsize::new(0));
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let runtime = tokio::runtime::Handle::current();
-    let cpu = CpuWindow::open(server.pid)?;
+    let cpu = CpuWindow::open(server_pid)?;
     let start = Instant::now() + Duration::from_millis(50);
 
     // The schedule runs on its own (blocking-pool) thread with OS sleeps, which
@@ -559,7 +590,6 @@ async fn latency_once(
         }
     }
     let cpu = cpu.close()?;
-    server.stop().await?;
     let measured = (total - warm) as usize;
     let span = match (first_due, last_done) {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
@@ -599,6 +629,12 @@ pub async fn run(args: &HttpArgs) -> anyhow::Result<()> {
     }
     if args.parts.contains(&Part::Telemetry) {
         telemetry(args, &binary, &store, &mut failures).await?;
+    }
+    if args.parts.contains(&Part::Access) {
+        let baseline = args.baseline_bin.as_deref().context(
+            "--parts access needs --baseline-bin (the server built from the commit before)",
+        )?;
+        access(args, baseline, &binary, &store, &mut failures).await?;
     }
     failures.check()
 }
@@ -977,4 +1013,131 @@ async fn load_rules(client: &Client) -> anyhow::Result<()> {
         resp.text().await.unwrap_or_default()
     );
     Ok(())
+}
+
+/// One server configuration of the `access` comparison.
+struct AccessConfig {
+    label: &'static str,
+    binary: std::path::PathBuf,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+/// Per rep: GET p50, GET p99 (µs), created/s.
+type AccessRow = (f64, f64, f64);
+
+async fn access(
+    args: &HttpArgs,
+    baseline: &std::path::Path,
+    binary: &std::path::Path,
+    store: &StoreArgs,
+    failures: &mut Failures,
+) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(args.duration);
+    let rate_duration = Duration::from_secs(args.rate_duration);
+    let warmup = Duration::from_secs(args.warmup);
+    let c = args.concurrency.first().copied().unwrap_or(64);
+    // The servers set FABRIC_RATE_LIMIT_RPS=0 unless told otherwise; a rate no
+    // bench reaches keeps the limiter counting without ever refusing.
+    let configs = [
+        AccessConfig {
+            label: "before (baseline binary)",
+            binary: baseline.to_path_buf(),
+            env: Vec::new(),
+        },
+        AccessConfig {
+            label: "after, rate limit on (never reached)",
+            binary: binary.to_path_buf(),
+            env: vec![("FABRIC_RATE_LIMIT_RPS", "1000000000")],
+        },
+        AccessConfig {
+            label: "after, rate limit off",
+            binary: binary.to_path_buf(),
+            env: vec![("FABRIC_RATE_LIMIT_RPS", "0")],
+        },
+    ];
+    let mut rows: Vec<Vec<AccessRow>> = vec![Vec::new(); configs.len()];
+    for rep in 1..=args.reps {
+        for (i, config) in configs.iter().enumerate() {
+            let flags = store.next();
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let (server, client) =
+                Server::start_with_env(&config.binary, &flags, &config.env).await?;
+            let id = create_one(&client).await?;
+            let get = Request::get(&client, &format!("/v1/tasks/{id}"))?;
+            let read = open_loop(get, args.rate, rate_duration, warmup, server.pid).await?;
+            failures.add(read.failed as u64, read.first_failure.as_deref());
+            let create = closed_loop(&client, Target::CreateNoop, c, duration, server.pid).await?;
+            failures.add(create.failed, create.first_failure.as_deref());
+            server.stop().await?;
+            let row = (
+                read.service.p50 as f64 / 1e3,
+                read.service.p99 as f64 / 1e3,
+                create.per_sec(),
+            );
+            println!(
+                "rep {rep} {}: GET /v1/tasks/{{id}} at {}/s p50/p99 {:.0}/{:.0} µs ({} failed); create {:.0}/s at C={c}",
+                config.label, args.rate, row.0, row.1, read.failed, row.2
+            );
+            rows[i].push(row);
+        }
+    }
+    let med = |rows: &[AccessRow], f: fn(&AccessRow) -> f64| {
+        median(&rows.iter().map(f).collect::<Vec<_>>())
+    };
+    println!();
+    println!(
+        "Authentication + rate limiting, median of {} alternating reps: GET /v1/tasks/{{id}} open loop at {}/s for {} s; POST /v1/tasks closed loop, {c} clients, {} s:",
+        args.reps, args.rate, args.rate_duration, args.duration
+    );
+    println!();
+    println!("| server | GET p50 (µs) | GET p99 (µs) | created/s |");
+    println!("|---|--:|--:|--:|");
+    for (config, rows) in configs.iter().zip(&rows) {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} |",
+            config.label,
+            med(rows, |r| r.0),
+            med(rows, |r| r.1),
+            med(rows, |r| r.2)
+        );
+    }
+    let ratio = |a: usize, b: usize, f: fn(&AccessRow) -> f64| {
+        let pairs: Vec<f64> = rows[a]
+            .iter()
+            .zip(&rows[b])
+            .map(|(x, y)| f(y) / f(x))
+            .collect();
+        median(&pairs)
+    };
+    println!();
+    println!(
+        "after (limit on) ÷ before: GET p50 {:.3}, GET p99 {:.3}, created/s {:.3}; limit on ÷ off: GET p50 {:.3}, created/s {:.3}",
+        ratio(0, 1, |r| r.0),
+        ratio(0, 1, |r| r.1),
+        ratio(0, 1, |r| r.2),
+        ratio(2, 1, |r| r.0),
+        ratio(2, 1, |r| r.2),
+    );
+    Ok(())
+}
+
+/// Creates one noop task and returns its id (what the GETs read).
+async fn create_one(client: &Client) -> anyhow::Result<String> {
+    let response = client
+        .http
+        .post(client.url("/v1/tasks"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(NOOP_BODY)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == StatusCode::CREATED,
+        "creating a task answered {}",
+        response.status()
+    );
+    let task: serde_json::Value = response.json().await?;
+    task["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the created task has no id")
 }

@@ -6,15 +6,17 @@ use std::time::Duration;
 use fabric_core::agent::{Agent, AgentConfig};
 use fabric_core::api::CreateTaskRequest;
 use fabric_core::api::{
-    AgentList, ErrorBody, EventList, Health, IDEMPOTENCY_KEY_HEADER, LoginRequest,
-    REQUEST_ID_HEADER, SessionList, TaskList, TaskResultView, TokenResponse, WhoAmI,
+    AgentList, CreateTenantRequest, CreateTokenRequest, CreateUserRequest, CreatedUser, ErrorBody,
+    EventList, Health, IDEMPOTENCY_KEY_HEADER, LoginRequest, PasswordChanged, REQUEST_ID_HEADER,
+    SessionList, SetPasswordRequest, TaskList, TaskResultView, TenantList, TokenList,
+    TokenResponse, TokenView, UpdateTenantRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
 };
 use fabric_core::budget::{BudgetEntity, BudgetList, BudgetSpec, BudgetUsageReport, BudgetView};
 use fabric_core::policy::{
     Approval, ApprovalList, ApprovalStatus, AuditList, CheckRequest, CheckResponse, Effect, Policy,
     PolicyList,
 };
-use fabric_core::{AgentId, Task, TaskId, TaskStatus};
+use fabric_core::{AgentId, Task, TaskId, TaskStatus, Tenant, TenantId};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio_tungstenite::tungstenite;
@@ -191,6 +193,124 @@ impl FabricClient {
             .get(self.url(&format!("/v1/tasks/{id}/events")))
             .query(&params);
         self.json(self.authed(req)).await
+    }
+
+    /// `POST /v1/auth/tokens`: the secret is in the answer, and only there.
+    pub async fn create_token(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> Result<TokenResponse, ClientError> {
+        self.json(self.authed(self.http.post(self.url("/v1/auth/tokens")).json(req)))
+            .await
+    }
+
+    /// `GET /v1/auth/tokens[?user=]`.
+    pub async fn list_tokens(&self, user: Option<&str>) -> Result<TokenList, ClientError> {
+        let mut req = self
+            .http
+            .get(self.url("/v1/auth/tokens"))
+            .query(&[("limit", "1000")]);
+        if let Some(user) = user {
+            req = req.query(&[("user", user)]);
+        }
+        self.json(self.authed(req)).await
+    }
+
+    /// `DELETE /v1/auth/tokens/{id or name}[?user=]`.
+    pub async fn revoke_token(
+        &self,
+        token: &str,
+        user: Option<&str>,
+    ) -> Result<TokenView, ClientError> {
+        let mut req = self
+            .http
+            .delete(self.url(&format!("/v1/auth/tokens/{}", path_segment(token))));
+        if let Some(user) = user {
+            req = req.query(&[("user", user)]);
+        }
+        self.json(self.authed(req)).await
+    }
+
+    /// `POST /v1/tenants` (admin).
+    pub async fn create_tenant(&self, req: &CreateTenantRequest) -> Result<Tenant, ClientError> {
+        self.json(self.authed(self.http.post(self.url("/v1/tenants")).json(req)))
+            .await
+    }
+
+    /// `GET /v1/tenants`.
+    pub async fn list_tenants(&self) -> Result<TenantList, ClientError> {
+        let req = self
+            .http
+            .get(self.url("/v1/tenants"))
+            .query(&[("limit", "1000")]);
+        self.json(self.authed(req)).await
+    }
+
+    /// `PATCH /v1/tenants/{name}` (admin).
+    pub async fn update_tenant(
+        &self,
+        name: &TenantId,
+        req: &UpdateTenantRequest,
+    ) -> Result<Tenant, ClientError> {
+        let path = format!("/v1/tenants/{name}");
+        self.json(self.authed(self.http.patch(self.url(&path)).json(req)))
+            .await
+    }
+
+    /// `DELETE /v1/tenants/{name}` (admin).
+    pub async fn delete_tenant(&self, name: &TenantId) -> Result<(), ClientError> {
+        let path = format!("/v1/tenants/{name}");
+        self.send(self.authed(self.http.delete(self.url(&path))))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /v1/users`.
+    pub async fn create_user(&self, req: &CreateUserRequest) -> Result<CreatedUser, ClientError> {
+        self.json(self.authed(self.http.post(self.url("/v1/users")).json(req)))
+            .await
+    }
+
+    /// `GET /v1/users[?tenant=]`.
+    pub async fn list_users(&self, tenant: Option<&TenantId>) -> Result<UserList, ClientError> {
+        let mut req = self
+            .http
+            .get(self.url("/v1/users"))
+            .query(&[("limit", "1000")]);
+        if let Some(tenant) = tenant {
+            req = req.query(&[("tenant", tenant.as_str())]);
+        }
+        self.json(self.authed(req)).await
+    }
+
+    /// `PATCH /v1/users/{name}`.
+    pub async fn update_user(
+        &self,
+        name: &str,
+        req: &UpdateUserRequest,
+    ) -> Result<UserView, ClientError> {
+        let path = format!("/v1/users/{}", path_segment(name));
+        self.json(self.authed(self.http.patch(self.url(&path)).json(req)))
+            .await
+    }
+
+    /// `PUT /v1/users/{name}/password`.
+    pub async fn set_password(
+        &self,
+        name: &str,
+        req: &SetPasswordRequest,
+    ) -> Result<PasswordChanged, ClientError> {
+        let path = format!("/v1/users/{}/password", path_segment(name));
+        self.json(self.authed(self.http.put(self.url(&path)).json(req)))
+            .await
+    }
+
+    /// `DELETE /v1/users/{name}`.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/users/{}", path_segment(name));
+        self.send(self.authed(self.http.delete(self.url(&path))))
+            .await
+            .map(drop)
     }
 
     /// `PUT /v1/policies/{id}` (admin): live at once.
@@ -646,9 +766,30 @@ fn lowercase_first(text: &str) -> String {
     }
 }
 
+/// A name as one URL path segment: anything but unreserved characters
+/// percent-encoded, so a name can never reach another route.
+fn path_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cannot_leave_their_path_segment() {
+        assert_eq!(path_segment("ci"), "ci");
+        assert_eq!(path_segment("a.b-c_d~"), "a.b-c_d~");
+        assert_eq!(path_segment("../x?y#z"), "..%2Fx%3Fy%23z");
+    }
 
     #[test]
     fn error_bodies_become_api_errors() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Scope;
+use crate::auth::{Role, Scope, TokenKind};
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::task::{EventKind, Priority, Task, TaskFile, TaskResult, TaskStatus};
 use crate::time::Timestamp;
@@ -114,12 +114,207 @@ pub struct LoginRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
+    /// The secret: `rf_pat_...` (or `rf_agent_...`). Only this answer shows it.
     pub token: String,
+    /// The token's public id (for `token list` and `token revoke`).
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub kind: TokenKind,
     pub user: String,
     pub tenant: TenantId,
     pub scopes: Vec<Scope>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+}
+
+/// A stored token as `GET /v1/auth/tokens` lists it: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenView {
+    /// The first 12 hex digits of the token's SHA-256: names it, reveals nothing.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub kind: TokenKind,
+    pub user: String,
+    pub tenant: TenantId,
+    pub scopes: Vec<Scope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentId>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl From<&crate::auth::ApiToken> for TokenView {
+    fn from(t: &crate::auth::ApiToken) -> Self {
+        Self {
+            id: t.id().to_owned(),
+            name: t.name.clone(),
+            kind: t.kind,
+            user: t.user.clone(),
+            tenant: t.tenant.clone(),
+            scopes: t.scopes.clone(),
+            agent: t.agent.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+        }
+    }
+}
+
+/// `GET /v1/auth/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    pub name: TenantId,
+}
+
+/// `PATCH /v1/tenants/{name}`; fields left out stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenantRequest {
+    /// A disabled tenant's users cannot log in, and their tokens are revoked.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// `GET /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantList {
+    pub tenants: Vec<crate::auth::Tenant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A user as the API shows it: never the password hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserView {
+    pub name: String,
+    pub tenant: TenantId,
+    pub role: Role,
+    /// What the role grants.
+    pub scopes: Vec<Scope>,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+    /// The user's own requests per second, where an admin set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
+    /// The user's own LLM tokens per minute, where an admin set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_tokens_per_minute: Option<u64>,
+}
+
+impl From<&crate::auth::User> for UserView {
+    fn from(u: &crate::auth::User) -> Self {
+        Self {
+            name: u.name.clone(),
+            tenant: u.tenant.clone(),
+            role: u.role,
+            scopes: u.scopes(),
+            disabled: u.disabled,
+            created_at: u.created_at,
+            rate_limit_rps: u.rate_limit_rps,
+            llm_tokens_per_minute: u.llm_tokens_per_minute,
+        }
+    }
+}
+
+/// `GET /v1/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserList {
+    pub users: Vec<UserView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    )]
+    pub name: String,
+    /// Defaults to the caller's tenant.
+    #[serde(default)]
+    pub tenant: Option<TenantId>,
+    pub role: Role,
+    /// Leave out to have one generated (returned once, in `password`).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 8))]
+    pub password: Option<String>,
+}
+
+/// `POST /v1/users`: the user, and the generated password if none was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedUser {
+    pub user: UserView,
+    /// Shown once: the server keeps only its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `PATCH /v1/users/{name}`; fields left out stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// A disabled user cannot log in, and its tokens are revoked.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    /// The user's own API requests per second; 0 returns to the server's.
+    #[serde(default)]
+    pub rate_limit_rps: Option<u32>,
+    /// The user's own LLM tokens per minute; 0 returns to the server's.
+    #[serde(default)]
+    pub llm_tokens_per_minute: Option<u64>,
+}
+
+/// `PUT /v1/users/{name}/password`: your own (with `current_password`) or,
+/// as a (tenant) admin, anyone's of your tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetPasswordRequest {
+    /// Leave out to have one generated (returned once).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 8))]
+    pub password: Option<String>,
+    /// Needed to change your own password.
+    #[serde(default)]
+    pub current_password: Option<String>,
+}
+
+/// `PUT /v1/users/{name}/password`. Every token of the user is revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PasswordChanged {
+    /// The generated password, when none was given; shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// `POST /v1/auth/tokens`: a token for scripts, with at most the caller's scopes.
@@ -128,6 +323,10 @@ pub struct TokenResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    )]
     pub name: Option<String>,
     /// Defaults to the caller's scopes.
     #[serde(default)]
@@ -150,6 +349,11 @@ pub struct WhoAmI {
     pub user: String,
     pub tenant: TenantId,
     pub scopes: Vec<Scope>,
+    /// `personal` or `session` for a person's token, `agent` for an agent's.
+    pub kind: TokenKind,
+    /// The agent an agent token acts as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentId>,
 }
 
 /// `GET /healthz` and `GET /readyz`.

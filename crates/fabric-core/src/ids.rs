@@ -74,6 +74,16 @@ fn validate_name(kind: &'static str, value: &str) -> Result<(), IdError> {
     }
 }
 
+/// User names follow the rule of every other name (agents, tenants, policies).
+pub fn validate_user_name(name: &str) -> Result<(), IdError> {
+    validate_name("user name", name)
+}
+
+/// Token names (`token create --name`) too.
+pub fn validate_token_name(name: &str) -> Result<(), IdError> {
+    validate_name("token name", name)
+}
+
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*

@@ -27,9 +27,9 @@ pub mod task;
 pub mod time;
 pub mod usage;
 
-pub use auth::{ApiToken, Identity, MissingScope, Scope, User};
+pub use auth::{ApiToken, Identity, MissingScope, Role, Scope, Tenant, TokenKind, User};
 pub use budget::{BudgetEntity, BudgetRecord, BudgetSpec, BudgetStore, ResetPolicy};
-pub use ids::{AgentId, IdError, TaskId, TenantId};
+pub use ids::{AgentId, IdError, TaskId, TenantId, validate_user_name};
 pub use policy::{
     Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, Effect, Policy, PolicyRule,
     PolicyScope, PolicyStore,

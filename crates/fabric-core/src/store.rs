@@ -9,7 +9,7 @@
 use std::future::Future;
 
 use crate::agent::{AgentRecord, AgentSession};
-use crate::auth::{ApiToken, User};
+use crate::auth::{ApiToken, Tenant, User};
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::task::{Task, TaskEvent, TaskStatus};
 
@@ -145,6 +145,42 @@ pub trait AuthStore: Send + Sync + 'static {
 
     fn count_users(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static;
 
+    /// Replaces a stored user (a role, a password, disabling); inserts it if absent.
+    fn put_user(&self, user: User)
+    -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    /// Every user, ordered by name.
+    fn list_users(&self) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send + 'static;
+
+    /// Deletes a user and every token issued to it, at once; `false` if there was none.
+    fn delete_user(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+
+    /// Inserts a tenant; `false` if the name is taken (nothing changes then).
+    fn create_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+
+    /// Replaces a stored tenant; inserts it if absent.
+    fn put_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    /// Every tenant, ordered by name.
+    fn list_tenants(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send + 'static;
+
+    /// Deletes a tenant record; `false` if there was none.
+    fn delete_tenant(
+        &self,
+        name: TenantId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+
     fn put_token(
         &self,
         token: ApiToken,
@@ -154,6 +190,18 @@ pub trait AuthStore: Send + Sync + 'static {
         &self,
         token_hash: String,
     ) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send + 'static;
+
+    /// Replaces a stored token only if it is still stored (`false` if not): a
+    /// token revoked meanwhile stays revoked.
+    fn update_token(
+        &self,
+        token: ApiToken,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static;
+
+    /// Every stored token (agents' in-memory tokens are not stored).
+    fn list_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ApiToken>, StoreError>> + Send + 'static;
 
     /// Deletes a token; `false` if there was none.
     fn delete_token(

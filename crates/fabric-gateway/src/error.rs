@@ -159,6 +159,13 @@ pub enum GatewayError {
     /// The caller's budget is spent (budgets; REQUIREMENTS §8).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The caller used its own rate limit (LLM tokens per minute).
+    #[error("{message}")]
+    CallerRateLimited {
+        message: String,
+        /// Seconds until it may call again (`Retry-After`).
+        retry_after: u64,
+    },
     /// A hard budget limit refused the call (REQUIREMENTS §8): which entity, which
     /// limit, when it resets.
     #[error("{message}")]
@@ -207,6 +214,7 @@ impl GatewayError {
             GatewayError::ModelNotFound { .. } => 404,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::RateLimited { .. }
+            | GatewayError::CallerRateLimited { .. }
             | GatewayError::QuotaExceeded(_)
             | GatewayError::BudgetExceeded { .. } => 429,
             GatewayError::Upstream { .. } => 502,
@@ -223,7 +231,9 @@ impl GatewayError {
             GatewayError::PolicyDenied(_) => "policy_denied",
             GatewayError::ApprovalRequired(_) => "approval_required",
             GatewayError::ModelNotFound { .. } => "model_not_found",
-            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::RateLimited { .. } | GatewayError::CallerRateLimited { .. } => {
+                "rate_limited"
+            }
             GatewayError::QuotaExceeded(_) => "quota_exceeded",
             GatewayError::BudgetExceeded { .. } => "budget_exceeded",
             GatewayError::Upstream { .. } => "upstream_error",
@@ -268,6 +278,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::RateLimited { retry_after, .. } => *retry_after,
+            GatewayError::CallerRateLimited { retry_after, .. } => Some(*retry_after),
             GatewayError::BudgetExceeded { retry_after, .. } => Some(*retry_after),
             _ => None,
         }

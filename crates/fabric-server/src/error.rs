@@ -8,9 +8,11 @@ use fabric_core::api::{ErrorBody, ErrorDetail};
 use fabric_engine::SchedulerError;
 
 use crate::request_id;
+use crate::services::accounts::AccountError;
 use crate::services::agents::AgentError;
 use crate::services::auth::AuthError;
 use crate::services::budgets::BudgetError;
+use crate::services::limits::Throttled;
 use crate::services::policy::{PolicyError, Refusal};
 use crate::services::tasks::TaskError;
 use fabric_engine::budget::Refusal as BudgetRefusal;
@@ -26,6 +28,8 @@ pub struct ApiError {
     pub message: String,
     /// `budget_exceeded`: the entity, the limit and when it resets.
     pub budget: Option<Box<BudgetRefusalDetail>>,
+    /// Seconds to wait before retrying (`Retry-After`), for a 429.
+    pub retry_after: Option<u64>,
 }
 
 /// The extra fields of a `budget_exceeded` body.
@@ -43,6 +47,7 @@ impl ApiError {
             code,
             message: message.into(),
             budget: None,
+            retry_after: None,
         }
     }
 
@@ -53,6 +58,19 @@ impl ApiError {
             code: "budget_exceeded",
             message: message.into(),
             budget: Some(Box::new(detail)),
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limited`: the caller's own request rate.
+    pub fn rate_limited(throttled: &Throttled) -> Self {
+        Self {
+            retry_after: Some(throttled.retry_after_secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{throttled}: slow down, or ask an admin for a higher limit"),
+            )
         }
     }
 
@@ -162,8 +180,24 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidCredentials | AuthError::InvalidToken | AuthError::TokenExpired => {
                 Self::unauthorized(e.to_string())
             }
+            AuthError::Disabled(_) => Self::forbidden(e.to_string()),
             AuthError::PasswordWorkerDown | AuthError::Hash(_) => Self::internal(e.to_string()),
             AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        use AccountError as E;
+        match e {
+            E::NotFound { .. } => Self::not_found(e.to_string()),
+            E::Conflict(_) => Self::conflict(e.to_string()),
+            E::Forbidden(_) => Self::forbidden(e.to_string()),
+            E::Invalid(_) => Self::bad_request(e.to_string()),
+            E::MissingScope(e) => e.into(),
+            E::Auth(e) => e.into(),
+            E::Store(e) => e.into(),
         }
     }
 }
@@ -252,6 +286,12 @@ impl IntoResponse for ApiError {
                 resets_at: self.budget.as_ref().map(|b| b.resets_at),
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

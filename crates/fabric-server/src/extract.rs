@@ -10,8 +10,14 @@ use fabric_core::api::{PAGE_DEFAULT_LIMIT, PAGE_MAX_LIMIT};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
+use axum::response::Response;
+use fabric_core::TokenKind;
+
 use crate::error::ApiError;
 use crate::services::auth::Principal;
+use crate::services::limits::Quota;
 use crate::state::AppState;
 
 /// `axum::Json` with JSON errors: 400 bad JSON, 413 too large, 415 wrong content type.
@@ -260,7 +266,9 @@ pub(crate) fn bearer(parts: &Parts) -> Option<String> {
         .find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))
 }
 
-/// The caller of a request, from its bearer token; 401 without one.
+/// The caller of a request, from its bearer token; 401 without one, 429
+/// when a person's token is over its user's request rate (agents' tokens
+/// are not throttled here).
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -271,8 +279,64 @@ impl FromRequestParts<AppState> for Principal {
         let secret = bearer(parts).ok_or_else(|| {
             ApiError::unauthorized("missing bearer token: log in with 'reactor-fabric auth login' or send 'Authorization: Bearer <token>'")
         })?;
-        Ok(state.auth.authenticate(&secret).await?)
+        let principal = state.auth.authenticate(&secret).await?;
+        if principal.kind == TokenKind::Agent && !agent_may_use(parts.uri.path()) {
+            return Err(ApiError::forbidden(
+                "an agent token works only on the agent protocol (/v1/agent/...), the inference API, its own budget and usage, and /v1/auth/whoami (docs/AGENT_PROTOCOL.md)",
+            ));
+        }
+        if principal.kind != TokenKind::Agent {
+            let counted = state.limits.request(&principal.user);
+            let quota = match &counted {
+                Ok(quota) => *quota,
+                Err(throttled) => Some(throttled.quota),
+            };
+            if let (Some(quota), Some(slot)) = (quota, parts.extensions.get::<QuotaSlot>()) {
+                *slot.0.lock() = Some(quota);
+            }
+            counted.map_err(|t| ApiError::rate_limited(&t))?;
+        }
+        Ok(principal)
     }
+}
+
+/// The routes an agent token is accepted on (docs/AGENT_PROTOCOL.md lists
+/// them); the handlers further hold it to its own agent.
+fn agent_may_use(path: &str) -> bool {
+    const EXACT: [&str; 6] = [
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/llm/infer",
+        "/v1/models",
+        "/v1/llm/usage",
+        "/v1/auth/whoami",
+    ];
+    const UNDER: [&str; 4] = [
+        "/v1/agent/",
+        "/v1/ollama",
+        "/v1/budgets/agent:",
+        "/v1/usage/agent:",
+    ];
+    EXACT.contains(&path) || UNDER.iter().any(|prefix| path.starts_with(prefix))
+}
+
+/// Where the extractor leaves the caller's [`Quota`] for [`rate_limit_headers`].
+#[derive(Clone, Default)]
+struct QuotaSlot(Arc<parking_lot::Mutex<Option<Quota>>>);
+
+/// Middleware: `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until
+/// the allowance is whole again) on every answer to a rate-limited caller.
+pub async fn rate_limit_headers(mut request: Request, next: axum::middleware::Next) -> Response {
+    let slot = QuotaSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let mut response = next.run(request).await;
+    if let Some(quota) = *slot.0.lock() {
+        let headers = response.headers_mut();
+        headers.insert("x-ratelimit-limit", quota.limit.into());
+        headers.insert("x-ratelimit-remaining", quota.remaining.into());
+        headers.insert("x-ratelimit-reset", quota.reset_secs.into());
+    }
+    response
 }
 
 #[cfg(test)]
@@ -292,6 +356,30 @@ mod tests {
             .unwrap();
         let (mut parts, ()) = request.into_parts();
         Listing::<Filters>::from_request_parts(&mut parts, &()).await
+    }
+
+    #[test]
+    fn agent_tokens_reach_only_the_routes_the_protocol_names() {
+        for allowed in [
+            "/v1/agent/lease",
+            "/v1/chat/completions",
+            "/v1/ollama/api/chat",
+            "/v1/budgets/agent:coder",
+            "/v1/auth/whoami",
+        ] {
+            assert!(agent_may_use(allowed), "{allowed}");
+        }
+        for refused in [
+            "/v1/tasks",
+            "/v1/agents",
+            "/v1/auth/tokens",
+            "/v1/users",
+            "/v1/budgets/user:admin",
+            "/v1/agentx",
+            "/v1/policies",
+        ] {
+            assert!(!agent_may_use(refused), "{refused}");
+        }
     }
 
     #[tokio::test]

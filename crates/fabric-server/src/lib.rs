@@ -131,6 +131,9 @@ pub struct ServerConfig {
     /// Origins a browser frontend may call the API from (`--cors-origin`,
     /// see [`cors::parse_origin`]); none by default.
     pub cors_origins: Vec<cors::Origin>,
+    /// Per-user request and LLM token rates (`--rate-limit-rps`,
+    /// `--llm-tokens-per-minute`).
+    pub limits: services::limits::LimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +157,7 @@ impl Default for ServerConfig {
             compute_sample_every: budgets::DEFAULT_COMPUTE_SAMPLE_EVERY,
             telemetry: TelemetryConfig::default(),
             cors_origins: Vec::new(),
+            limits: services::limits::LimitsConfig::default(),
         }
     }
 }
@@ -322,11 +326,13 @@ pub async fn run(
         .local_addr()
         .context("cannot read the listening address")?;
     let local = api_addr.to_string();
+    let limits = Arc::new(services::limits::RateLimits::new(config.limits));
     let llm = llm::Llm::new(
         config.gateway.clone(),
         store.clone(),
         Arc::clone(&budgets),
         Arc::clone(&policy),
+        Arc::clone(&limits),
         Arc::clone(&telemetry),
     )?;
     let manager_config = ManagerConfig {
@@ -355,9 +361,16 @@ pub async fn run(
         stop.clone(),
     );
     let readiness = Arc::new(Readiness::default());
+    let accounts = Arc::new(services::accounts::AccountService::new(
+        Arc::clone(&auth),
+        Arc::clone(&policy),
+        Arc::clone(&limits),
+    ));
     let state = AppState {
         tasks: Arc::clone(&tasks),
         auth: Arc::clone(&auth),
+        accounts: Arc::clone(&accounts),
+        limits: Arc::clone(&limits),
         agents: agents.clone(),
         llm,
         budgets: Arc::clone(&budgets),
@@ -444,6 +457,18 @@ pub async fn run(
         // Printed once, to the terminal only: never logged (NFR-SEC-2).
         println!("Created user 'admin' with generated password: {generated}");
         println!("(set FABRIC_ADMIN_PASSWORD before the first start to choose it)");
+    }
+    accounts
+        .ensure_default_tenant()
+        .await
+        .context("cannot create the default tenant")?;
+    accounts
+        .load_limits()
+        .await
+        .context("cannot load the users' rate limits")?;
+    if store.is_shared() {
+        // Another orchestrator of the store may change a user's limits.
+        background.spawn(refresh_user_limits(Arc::clone(&accounts), stop.clone()));
     }
     agents.sweep_leftovers().await;
     // Every stored agent's queue exists before its tasks are reloaded.
@@ -575,4 +600,22 @@ pub async fn run(
         .context("server task failed")?
         .context("server failed")?;
     Ok(())
+}
+
+/// How often a server on a shared store re-reads the users' own rate limits.
+const USER_LIMITS_REFRESH: Duration = Duration::from_secs(10);
+
+async fn refresh_user_limits(
+    accounts: Arc<services::accounts::AccountService>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(USER_LIMITS_REFRESH) => {}
+        }
+        if let Err(e) = accounts.load_limits().await {
+            tracing::warn!(error = %e, "cannot refresh the users' rate limits; keeping the last ones");
+        }
+    }
 }

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use parking_lot::RwLock;
 
+use crate::services::accounts::AccountService;
 use crate::services::agents::AgentManager;
 use crate::services::auth::AuthService;
 use crate::services::llm::Llm;
@@ -16,6 +17,10 @@ use crate::services::tasks::TaskService;
 pub struct AppState {
     pub tasks: Arc<TaskService>,
     pub auth: Arc<AuthService>,
+    /// Tenants, users and tokens, managed by their admins.
+    pub accounts: Arc<AccountService>,
+    /// Requests per second and LLM tokens per minute, per user.
+    pub limits: Arc<crate::services::limits::RateLimits>,
     pub agents: AgentManager,
     /// The inference gateway and its usage ledger.
     pub llm: Llm,

@@ -11,8 +11,8 @@ use fabric_core::budget::{BudgetEntity, BudgetRecord, BudgetStore};
 use fabric_core::policy::{Approval, ApprovalQuery, AuditQuery, AuditRecord, Policy, PolicyStore};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
-    TaskQuery, TaskStore, TaskWrite, UsageQuery, UsageRecord, UsageStore, UsageTotals, User,
-    WriteOutcome,
+    TaskQuery, TaskStore, TaskWrite, Tenant, TenantId, UsageQuery, UsageRecord, UsageStore,
+    UsageTotals, User, WriteOutcome,
 };
 use fabric_store::{RedisConfig, RedisStore, SqliteStore};
 use futures_util::future::Either;
@@ -102,6 +102,12 @@ impl AnyStore {
                 Ok(AnyStore::Redis(RedisStore::connect(config).await?))
             }
         }
+    }
+
+    /// Whether other servers may write this store too (Redis: several
+    /// orchestrators), so nothing read from it may be trusted from memory.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, AnyStore::Redis(_))
     }
 
     /// Commits what was submitted, then closes (see each backend's `close`).
@@ -197,6 +203,64 @@ impl AuthStore for AnyStore {
 
     fn count_users(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
         dispatch!(self, s => s.count_users())
+    }
+
+    fn put_user(
+        &self,
+        user: User,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_user(user))
+    }
+
+    fn list_users(&self) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_users())
+    }
+
+    fn delete_user(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_user(name))
+    }
+
+    fn create_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.create_tenant(tenant))
+    }
+
+    fn put_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_tenant(tenant))
+    }
+
+    fn list_tenants(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_tenants())
+    }
+
+    fn delete_tenant(
+        &self,
+        name: TenantId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_tenant(name))
+    }
+
+    fn list_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ApiToken>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.list_tokens())
+    }
+
+    fn update_token(
+        &self,
+        token: ApiToken,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.update_token(token))
     }
 
     fn put_token(

@@ -26,9 +26,9 @@ use fabric_core::policy::{
 };
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, BudgetStore, CreateOutcome, EventKind, Priority,
-    ResetPolicy, Scope, StoreError, Task, TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery,
-    TaskResult, TaskStatus, TaskStore, TaskWrite, TenantId, Timestamp, UsageOutcome, UsageQuery,
-    UsageRecord, UsageStore, UsageTotals, User, WriteOutcome,
+    ResetPolicy, Role, Scope, StoreError, Task, TaskEvent, TaskFile, TaskId, TaskInput, TaskQuery,
+    TaskResult, TaskStatus, TaskStore, TaskWrite, Tenant, TenantId, Timestamp, TokenKind,
+    UsageOutcome, UsageQuery, UsageRecord, UsageStore, UsageTotals, User, WriteOutcome,
 };
 
 /// Runs every check, each against a new store from `make_store`.
@@ -46,6 +46,8 @@ where
     events_append_and_query(&make_store().await).await;
     users_crud(&make_store().await).await;
     tokens_crud(&make_store().await).await;
+    users_update_list_delete_with_tokens(&make_store().await).await;
+    tenants_crud(&make_store().await).await;
     concurrent_creates(&make_store().await).await;
     concurrent_idempotent_creates(&make_store().await).await;
     fire_and_forget_ordering(&make_store().await).await;
@@ -181,8 +183,11 @@ fn user(name: &str, hash: &str) -> User {
         name: name.to_owned(),
         tenant: tenant("acme"),
         password_hash: hash.to_owned(),
-        scopes: vec![Scope::ReadTasks, Scope::WriteTasks],
+        role: Role::Operator,
+        disabled: false,
         created_at: Timestamp::from_millis(T0),
+        rate_limit_rps: None,
+        llm_tokens_per_minute: None,
     }
 }
 
@@ -196,6 +201,12 @@ fn token(hash: &str, scopes: Vec<Scope>, expires_at: Option<Timestamp>) -> ApiTo
         created_at: Timestamp::from_millis(T0),
         // Tokens that expire are agent tokens here, so both shapes round-trip.
         agent: expires_at.map(|_| agent("coder")),
+        kind: if expires_at.is_some() {
+            TokenKind::Agent
+        } else {
+            TokenKind::Personal
+        },
+        last_used_at: expires_at.map(|_| Timestamp::from_millis(T0 + 5)),
         expires_at,
     }
 }
@@ -814,9 +825,17 @@ pub async fn tokens_crud<S: AuthStore>(store: &S) {
     must(store.put_token(replaced.clone()).await, "replacing a token");
     assert_eq!(
         must(get_token("aa").await, "reading a token"),
-        Some(replaced),
+        Some(replaced.clone()),
         "put must replace"
     );
+
+    let mut used = replaced.clone();
+    used.last_used_at = Some(Timestamp::from_millis(T0 + 60_000));
+    assert!(must(
+        store.update_token(used.clone()).await,
+        "updating a token"
+    ));
+    assert_eq!(must(get_token("aa").await, "reading a token"), Some(used));
 
     assert!(
         must(
@@ -824,6 +843,13 @@ pub async fn tokens_crud<S: AuthStore>(store: &S) {
             "deleting a token"
         ),
         "an existing token: true"
+    );
+    assert!(
+        !must(
+            store.update_token(replaced).await,
+            "updating a deleted token"
+        ),
+        "an update must not bring a revoked token back"
     );
     assert_eq!(
         must(get_token("aa").await, "reading a token"),
@@ -839,6 +865,103 @@ pub async fn tokens_crud<S: AuthStore>(store: &S) {
         Some(forever),
         "other tokens stay"
     );
+}
+
+/// Users: replaced by `put_user`, listed by name, deleted with their tokens
+/// (and only theirs).
+pub async fn users_update_list_delete_with_tokens<S: AuthStore>(store: &S) {
+    let names = |users: Vec<User>| users.into_iter().map(|u| u.name).collect::<Vec<_>>();
+    assert_eq!(must(store.list_users().await, "listing no users"), vec![]);
+    for name in ["carol", "alice", "bob"] {
+        must(
+            store.create_user(user(name, "$argon2id$x")).await,
+            "creating",
+        );
+    }
+    assert_eq!(
+        names(must(store.list_users().await, "listing users")),
+        ["alice", "bob", "carol"],
+        "users are listed by name"
+    );
+
+    let mut changed = user("bob", "$argon2id$new");
+    changed.role = Role::Viewer;
+    changed.disabled = true;
+    must(store.put_user(changed.clone()).await, "replacing bob");
+    assert_eq!(
+        must(store.get_user("bob".to_owned()).await, "reading bob"),
+        Some(changed)
+    );
+    let dave = user("dave", "$argon2id$d");
+    must(store.put_user(dave.clone()).await, "putting a new user");
+    assert_eq!(
+        must(store.get_user("dave".to_owned()).await, "reading dave"),
+        Some(dave),
+        "put inserts an absent user"
+    );
+
+    let mut bobs = token("b1", vec![Scope::ReadTasks], None);
+    bobs.user = "bob".to_owned();
+    let mut bobs_second = token("b2", vec![Scope::ReadTasks], None);
+    bobs_second.user = "bob".to_owned();
+    let alices = token("a1", vec![Scope::ReadTasks], None);
+    for t in [&bobs, &bobs_second, &alices] {
+        must(store.put_token(t.clone()).await, "putting a token");
+    }
+    let mut listed = must(store.list_tokens().await, "listing tokens");
+    listed.sort_by(|a, b| a.token_hash.cmp(&b.token_hash));
+    assert_eq!(listed, vec![alices.clone(), bobs, bobs_second]);
+
+    assert!(must(
+        store.delete_user("bob".to_owned()).await,
+        "deleting bob"
+    ));
+    assert_eq!(
+        must(store.get_user("bob".to_owned()).await, "reading"),
+        None
+    );
+    assert_eq!(
+        must(store.list_tokens().await, "listing tokens"),
+        vec![alices],
+        "a deleted user's tokens go with it, nobody else's"
+    );
+    assert!(
+        !must(store.delete_user("bob".to_owned()).await, "deleting again"),
+        "a missing user: false"
+    );
+    assert_eq!(must(store.count_users().await, "counting"), 3);
+}
+
+/// Tenants: create once, replace, list by name, delete once.
+pub async fn tenants_crud<S: AuthStore>(store: &S) {
+    let sample = |name: &str| Tenant {
+        name: tenant(name),
+        created_at: Timestamp::from_millis(T0),
+        disabled: false,
+    };
+    assert_eq!(must(store.list_tenants().await, "listing"), vec![]);
+    assert!(must(store.create_tenant(sample("zeta")).await, "creating"));
+    assert!(must(store.create_tenant(sample("acme")).await, "creating"));
+    let mut taken = sample("acme");
+    taken.created_at = Timestamp::from_millis(T0 + 1);
+    assert!(
+        !must(store.create_tenant(taken).await, "creating again"),
+        "a taken name must return false"
+    );
+    let mut disabled = sample("acme");
+    disabled.disabled = true;
+    must(store.put_tenant(disabled.clone()).await, "replacing");
+    assert_eq!(
+        must(store.list_tenants().await, "listing"),
+        vec![disabled, sample("zeta")],
+        "by name, replaced, the refused create changed nothing"
+    );
+    assert!(must(store.delete_tenant(tenant("zeta")).await, "deleting"));
+    assert!(!must(
+        store.delete_tenant(tenant("zeta")).await,
+        "deleting again"
+    ));
+    assert_eq!(must(store.list_tenants().await, "listing").len(), 1);
 }
 
 /// 200 creates from concurrent tasks: all acknowledged, all readable.

@@ -155,5 +155,9 @@ async fn whoami(ctx: &Ctx) -> Result<(), CliError> {
     let scopes: Vec<&str> = me.scopes.iter().map(|s| s.as_str()).collect();
     outln!("user={}", me.user)?;
     outln!("tenant={}", me.tenant)?;
+    outln!("kind={}", me.kind.as_str())?;
+    if let Some(agent) = &me.agent {
+        outln!("agent={agent}")?;
+    }
     outln!("scopes={}", scopes.join(","))
 }

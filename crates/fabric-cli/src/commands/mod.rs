@@ -1,5 +1,6 @@
 //! The argument tree ([`Cli`]) and dispatch; one module per command group.
 
+pub mod access;
 pub mod agent;
 pub mod auth;
 pub mod budget;
@@ -56,6 +57,15 @@ pub enum Command {
     /// Log in, log out, show who you are
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Create, list, disable and delete tenants
+    #[command(subcommand)]
+    Tenant(access::TenantCommand),
+    /// Create, list, disable and delete users; change passwords and roles
+    #[command(subcommand)]
+    User(access::UserCommand),
+    /// Create, list and revoke API tokens
+    #[command(subcommand)]
+    Token(access::TokenCommand),
     /// Create, inspect, cancel and follow tasks
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -139,6 +149,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 match command {
                     Command::Status => status::run(&ctx).await,
                     Command::Auth(cmd) => auth::run(&ctx, cmd).await,
+                    Command::Tenant(cmd) => access::run_tenant(&ctx, cmd).await,
+                    Command::User(cmd) => access::run_user(&ctx, cmd).await,
+                    Command::Token(cmd) => access::run_token(&ctx, cmd).await,
                     Command::Task(cmd) => task::run(&ctx, cmd).await,
                     Command::Agent(cmd) => agent::run(&ctx, cmd).await,
                     Command::Budget(cmd) => budget::run(&ctx, cmd).await,

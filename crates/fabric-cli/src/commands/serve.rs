@@ -127,6 +127,19 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<fabric_server::cors::Origin>,
+
+    /// API requests per second per user, in bursts of one second's worth (429 beyond); 0: no limit. Agents' tokens are not counted
+    #[arg(
+        long,
+        env = "FABRIC_RATE_LIMIT_RPS",
+        value_name = "N",
+        default_value_t = fabric_server::services::limits::DEFAULT_REQUESTS_PER_SECOND
+    )]
+    pub rate_limit_rps: u32,
+
+    /// LLM tokens (prompt + completion) per minute per user through the gateway (429 beyond) [default: no limit]
+    #[arg(long, env = "FABRIC_LLM_TPM", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub llm_tokens_per_minute: Option<u64>,
 }
 
 /// `--log-format`.
@@ -189,6 +202,10 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         gateway,
         telemetry: telemetry_config(args.alert_webhook, args.alert_error_rate, args.alert_window)?,
         cors_origins: args.cors_origins,
+        limits: fabric_server::services::limits::LimitsConfig {
+            requests_per_second: args.rate_limit_rps,
+            llm_tokens_per_minute: args.llm_tokens_per_minute,
+        },
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
     };

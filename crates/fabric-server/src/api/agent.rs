@@ -247,12 +247,15 @@ pub async fn renew_token(
     principal: Principal,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let agent = calling_agent(&state, &principal)?;
-    let (secret, _, expires) =
+    let (secret, hash, expires) =
         state
             .auth
             .issue_agent_token(&agent, &principal.tenant, &principal.user, AGENT_TOKEN_TTL);
     Ok(Json(TokenResponse {
         token: secret,
+        id: hash.get(..12).unwrap_or_default().to_owned(),
+        name: Some(format!("agent {agent}")),
+        kind: fabric_core::TokenKind::Agent,
         user: principal.identity.user,
         tenant: principal.identity.tenant,
         scopes: Vec::new(),

@@ -1,34 +1,43 @@
-//! `/v1/auth/*`: login, logout, whoami, scoped tokens.
+//! `/v1/auth/*`: login, logout, whoami, and the caller's tokens.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use fabric_core::api::{CreateTokenRequest, LoginRequest, TokenResponse, WhoAmI};
+use fabric_core::ApiToken;
+use fabric_core::api::{
+    CreateTokenRequest, LoginRequest, TokenList, TokenResponse, TokenView, WhoAmI,
+};
+use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiQuery, Listing};
 use crate::services::auth::Principal;
 use crate::state::AppState;
 
-/// Longest lifetime of a scripted token.
-const MAX_TOKEN_TTL_SECONDS: u64 = 365 * 24 * 3600;
+fn issued(secret: String, token: ApiToken) -> TokenResponse {
+    TokenResponse {
+        token: secret,
+        id: token.id().to_owned(),
+        name: token.name,
+        kind: token.kind,
+        user: token.user,
+        tenant: token.tenant,
+        scopes: token.scopes,
+        expires_at: token.expires_at,
+    }
+}
 
 /// Exchanges a username and password for a bearer token.
 #[utoipa::path(post, path = "/v1/auth/login", operation_id = "login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = fabric_core::api::ErrorBody)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = fabric_core::api::ErrorBody),
+        (status = 403, description = "the user or its tenant is disabled", body = fabric_core::api::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let (secret, token) = state.auth.login(&req.username, &req.password).await?;
     tracing::info!(user = %token.user, outcome = "ok", "logged in");
-    Ok(Json(TokenResponse {
-        token: secret,
-        user: token.user,
-        tenant: token.tenant,
-        scopes: token.scopes,
-        expires_at: token.expires_at,
-    }))
+    Ok(Json(issued(secret, token)))
 }
 
 /// Revokes the token used for this request.
@@ -42,15 +51,18 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Who the token belongs to.
+/// Who the token belongs to, and whether it is a person's or an agent's.
 #[utoipa::path(get, path = "/v1/auth/whoami", operation_id = "whoami", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = WhoAmI), (status = 401, body = fabric_core::api::ErrorBody)))]
 pub async fn whoami(principal: Principal) -> Json<WhoAmI> {
+    let kind = principal.kind;
     let identity = principal.identity;
     Json(WhoAmI {
         user: identity.user,
         tenant: identity.tenant,
         scopes: identity.scopes,
+        kind,
+        agent: identity.agent,
     })
 }
 
@@ -63,60 +75,58 @@ pub async fn create_token(
     principal: Principal,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    if principal.agent.is_some() {
-        return Err(ApiError::forbidden(
-            "an agent token cannot create tokens: renew it with POST /v1/agent/token",
-        ));
+    if let Some(agent) = &req.agent {
+        state.agents.get(agent).await?;
     }
-    // An agent token: only for `/v1/agent/...` as that (existing) agent; admins only.
-    let (scopes, agent) = match req.agent {
-        Some(agent) => {
-            principal.require(fabric_core::Scope::Admin)?;
-            state.agents.get(&agent).await?;
-            (Vec::new(), Some(agent))
-        }
-        None => {
-            let scopes = req.scopes.unwrap_or_else(|| principal.scopes.clone());
-            if let Some(missing) = scopes.iter().find(|s| !s.granted_by(&principal.scopes)) {
-                return Err(ApiError::forbidden(format!(
-                    "cannot grant '{missing}': your token does not hold it"
-                )));
-            }
-            if scopes.is_empty() {
-                return Err(ApiError::bad_request("a token needs at least one scope"));
-            }
-            (scopes, None)
-        }
-    };
-    let ttl = req.ttl_seconds.unwrap_or(30 * 24 * 3600);
-    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
-        return Err(ApiError::bad_request(format!(
-            "'ttl_seconds' must be between 1 and {MAX_TOKEN_TTL_SECONDS}"
-        )));
-    }
-    let expires = state.tasks.now().plus(std::time::Duration::from_secs(ttl));
-    let name = req
-        .name
-        .or_else(|| agent.as_ref().map(|a| format!("agent {a}")));
-    let (secret, token) = state
-        .auth
-        .issue(
-            &principal.user,
-            &principal.tenant,
-            scopes,
-            name,
-            Some(expires),
-            agent,
-        )
+    let (secret, token) = state.accounts.create_token(&principal, req).await?;
+    Ok((StatusCode::CREATED, Json(issued(secret, token))))
+}
+
+/// `GET /v1/auth/tokens?user=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFilters {
+    /// Another user's tokens (a user the caller manages); default: the caller's.
+    pub user: Option<String>,
+}
+
+/// The caller's stored tokens (never their secrets), by id.
+#[utoipa::path(get, path = "/v1/auth/tokens", operation_id = "list_tokens", tag = "auth", security(("bearer" = [])),
+    params(crate::extract::PageParams, TokenFilters),
+    responses((status = 200, body = TokenList), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    principal: Principal,
+    Listing { page, filters }: Listing<TokenFilters>,
+) -> Result<Json<TokenList>, ApiError> {
+    let tokens = state
+        .accounts
+        .list_tokens(&principal, filters.user.as_deref())
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenResponse {
-            token: secret,
-            user: token.user,
-            tenant: token.tenant,
-            scopes: token.scopes,
-            expires_at: token.expires_at,
-        }),
-    ))
+    let views = tokens.iter().map(TokenView::from).collect();
+    let (tokens, next_cursor) = page.slice(views, |t: &TokenView| t.id.clone());
+    Ok(Json(TokenList {
+        tokens,
+        next_cursor,
+    }))
+}
+
+/// Revokes one of the caller's tokens, named by its id or its name; takes
+/// effect on the next request, on every orchestrator.
+#[utoipa::path(delete, path = "/v1/auth/tokens/{token}", operation_id = "revoke_token", tag = "auth", security(("bearer" = [])),
+    params(("token" = String, Path, description = "the token's id (from the list) or its name"), TokenFilters),
+    responses((status = 200, body = TokenView), (status = 404, body = fabric_core::api::ErrorBody),
+        (status = 409, description = "several tokens have that name", body = fabric_core::api::ErrorBody)))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(token): Path<String>,
+    ApiQuery(filters): ApiQuery<TokenFilters>,
+) -> Result<Json<TokenView>, ApiError> {
+    let revoked = state
+        .accounts
+        .revoke_token(&principal, &token, filters.user.as_deref())
+        .await?;
+    Ok(Json(revoked))
 }

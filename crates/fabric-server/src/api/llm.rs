@@ -229,9 +229,7 @@ pub async fn usage(
 ) -> Result<Json<UsageReport>, ApiError> {
     let principal = principal?;
     if let Some(user) = &params.user {
-        // The same rule as every name (users, agents, tenants).
-        AgentId::new(user.as_str())
-            .map_err(|e| ApiError::bad_request(e.to_string().replace("agent id", "user name")))?;
+        fabric_core::validate_user_name(user).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     let mut query = UsageQuery {
         tenant: Some(principal.tenant.clone()),

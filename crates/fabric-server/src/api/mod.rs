@@ -1,5 +1,6 @@
 //! The HTTP API (REQUIREMENTS §10): routes, OpenAPI document, body limits, fallbacks.
 
+mod accounts;
 mod agent;
 mod agents;
 mod alerts;
@@ -14,7 +15,7 @@ mod tasks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post, put};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -30,7 +31,9 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
     info(title = "reactor-fabric", description = "Self-hosted agent fabric: tasks, agents, policy, budgets, inference."),
     paths(
         health::healthz, health::readyz,
-        auth::login, auth::logout, auth::whoami, auth::create_token,
+        auth::login, auth::logout, auth::whoami, auth::create_token, auth::list_tokens, auth::revoke_token,
+        accounts::create_tenant, accounts::list_tenants, accounts::get_tenant, accounts::update_tenant, accounts::delete_tenant,
+        accounts::create_user, accounts::list_users, accounts::get_user, accounts::update_user, accounts::set_password, accounts::delete_user,
         tasks::create, tasks::list, tasks::get_one, tasks::result, tasks::cancel, tasks::events,
         tasks::create_job, tasks::get_job,
         stream::stream,
@@ -43,7 +46,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         policy::deny, policy::audit, policy::agent_check, policy::agent_approval,
     ),
     modifiers(&BearerAuth, &StandardErrors, &OpenFlattened),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "access"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"))
 )]
 pub struct ApiDoc;
 
@@ -115,6 +118,10 @@ impl StandardErrors {
             errors.push((
                 "403",
                 "the token lacks the scope this needs, or is of the wrong kind (`forbidden`)",
+            ));
+            errors.push((
+                "429",
+                "the user's request rate is used up (`rate_limited`); retry after `Retry-After` seconds",
             ));
         }
         if operation.request_body.is_some() {
@@ -216,7 +223,32 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
-        .route("/v1/auth/tokens", post(auth::create_token))
+        .route(
+            "/v1/auth/tokens",
+            post(auth::create_token).get(auth::list_tokens),
+        )
+        .route("/v1/auth/tokens/{token}", delete(auth::revoke_token))
+        .route(
+            "/v1/tenants",
+            post(accounts::create_tenant).get(accounts::list_tenants),
+        )
+        .route(
+            "/v1/tenants/{name}",
+            get(accounts::get_tenant)
+                .patch(accounts::update_tenant)
+                .delete(accounts::delete_tenant),
+        )
+        .route(
+            "/v1/users",
+            post(accounts::create_user).get(accounts::list_users),
+        )
+        .route(
+            "/v1/users/{name}",
+            get(accounts::get_user)
+                .patch(accounts::update_user)
+                .delete(accounts::delete_user),
+        )
+        .route("/v1/users/{name}/password", put(accounts::set_password))
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .route("/v1/tasks/{id}/result", get(tasks::result))
@@ -240,10 +272,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/check", post(policy::agent_check))
         .route("/v1/agent/approvals/{id}", get(policy::agent_approval))
         .route("/v1/policies", get(policy::list))
-        .route(
-            "/v1/policies/{id}",
-            axum::routing::put(policy::put).delete(policy::delete),
-        )
+        .route("/v1/policies/{id}", put(policy::put).delete(policy::delete))
         .route("/v1/policy/check", post(policy::check))
         .route("/v1/approvals", get(policy::approvals))
         .route("/v1/approvals/{id}/approve", post(policy::approve))
@@ -269,6 +298,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            crate::extract::rate_limit_headers,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::clone(&state.readiness),
             health::gate,

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use fabric_core::{
-    AgentId, ApiToken, AuthStore, Clock, Identity, Scope, TenantId, Timestamp, User,
+    AgentId, ApiToken, AuthStore, Clock, Identity, Role, Scope, TenantId, Timestamp, TokenKind,
+    User,
 };
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -19,8 +20,9 @@ use crate::store::Store;
 
 /// How long a login session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Prefix of every token this fabric issues (recognisable in secret scanners).
-const TOKEN_PREFIX: &str = "rf_";
+/// How often a token's `last_used_at` is written at most (a write per
+/// request would double the store traffic of every read).
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 /// Why authentication failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum AuthError {
     InvalidToken,
     #[error("token expired: log in again with 'reactor-fabric auth login'")]
     TokenExpired,
+    #[error("{0} is disabled: ask an admin to enable it")]
+    Disabled(String),
     #[error("the password hashing thread is not running; see the server log")]
     PasswordWorkerDown,
     #[error("cannot hash password: {0}")]
@@ -45,6 +49,7 @@ pub enum AuthError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub identity: Identity,
+    pub kind: TokenKind,
     pub(crate) token_hash: String,
 }
 
@@ -56,22 +61,59 @@ impl std::ops::Deref for Principal {
     }
 }
 
+/// What a new token is for; [`AuthService::issue`] adds the secret.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub user: String,
+    pub tenant: TenantId,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub expires_at: Option<Timestamp>,
+    pub kind: TokenKind,
+    /// The agent an agent token acts as.
+    pub agent: Option<AgentId>,
+}
+
+/// A token known to this server, and whether the store holds it (agents'
+/// session tokens live only here).
+#[derive(Debug, Clone)]
+struct Cached {
+    token: ApiToken,
+    stored: bool,
+}
+
 /// Users, tokens and the token cache.
 pub struct AuthService {
     store: Store,
     clock: Arc<dyn Clock>,
-    /// token hash → token; avoids a store read per request. Entries are
-    /// dropped on logout, and expiry is checked on every use.
-    cache: Mutex<HashMap<String, ApiToken>>,
+    /// token hash → token; avoids a store read per request on a store only
+    /// this server writes (SQLite). On a shared store (Redis) stored tokens
+    /// are read on every request, so a revocation by another orchestrator
+    /// holds on the next request; only in-memory agent tokens are cached.
+    cache: Mutex<HashMap<String, Cached>>,
+    shared_store: bool,
+    /// token hash → when its `last_used_at` was last written.
+    last_used: Mutex<HashMap<String, Instant>>,
 }
 
 impl AuthService {
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
+        let shared_store = store.is_shared();
         Self {
             store,
             clock,
             cache: Mutex::new(HashMap::new()),
+            shared_store,
+            last_used: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// On first start (no users), creates `admin` with the given password or a
@@ -94,20 +136,20 @@ impl AuthService {
             name: "admin".into(),
             tenant: TenantId::default_tenant(),
             password_hash: hash_password(password).await?,
-            scopes: vec![Scope::Admin],
+            role: Role::Admin,
+            disabled: false,
             created_at: self.clock.now(),
+            rate_limit_rps: None,
+            llm_tokens_per_minute: None,
         };
         self.store.create_user(user).await?;
         tracing::info!(user = "admin", "created the first admin user");
         Ok(generated)
     }
 
-    /// Checks a password and issues a session token.
-    pub async fn login(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<(String, ApiToken), AuthError> {
+    /// Checks a user's password (without telling a wrong password from an
+    /// unknown user) and returns the user.
+    pub async fn verify(&self, username: &str, password: &str) -> Result<User, AuthError> {
         let invalid = || AuthError::InvalidCredentials;
         let user = self
             .store
@@ -118,38 +160,55 @@ impl AuthService {
             tracing::info!(user = username, outcome = "denied", "login failed");
             return Err(invalid());
         }
+        Ok(user)
+    }
+
+    /// Checks a password and issues a session token.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(String, ApiToken), AuthError> {
+        let user = self.verify(username, password).await?;
+        if user.disabled {
+            return Err(AuthError::Disabled(format!("user {:?}", user.name)));
+        }
+        let tenant_disabled = self
+            .store
+            .list_tenants()
+            .await?
+            .iter()
+            .any(|t| t.name == user.tenant && t.disabled);
+        if tenant_disabled {
+            return Err(AuthError::Disabled(format!("tenant {}", user.tenant)));
+        }
         let now = self.clock.now();
-        self.issue(
-            &user.name,
-            &user.tenant,
-            user.scopes.clone(),
-            Some("login".into()),
-            Some(now.plus(SESSION_TTL)),
-            None,
-        )
+        self.issue(NewToken {
+            scopes: user.scopes(),
+            user: user.name,
+            tenant: user.tenant,
+            name: Some("login".into()),
+            expires_at: Some(now.plus(SESSION_TTL)),
+            kind: TokenKind::Session,
+            agent: None,
+        })
         .await
     }
 
     /// Stores a new token and returns it in clear (the only time it exists in clear).
-    pub async fn issue(
-        &self,
-        user: &str,
-        tenant: &TenantId,
-        scopes: Vec<Scope>,
-        name: Option<String>,
-        expires_at: Option<Timestamp>,
-        agent: Option<AgentId>,
-    ) -> Result<(String, ApiToken), AuthError> {
-        let secret = format!("{TOKEN_PREFIX}{}", random_secret(32));
+    pub async fn issue(&self, new: NewToken) -> Result<(String, ApiToken), AuthError> {
+        let secret = format!("{}{}", new.kind.prefix(), random_secret(32));
         let token = ApiToken {
             token_hash: hash_token(&secret),
-            user: user.to_owned(),
-            tenant: tenant.clone(),
-            scopes,
-            name,
+            user: new.user,
+            tenant: new.tenant,
+            scopes: new.scopes,
+            name: new.name,
             created_at: self.clock.now(),
-            expires_at,
-            agent,
+            expires_at: new.expires_at,
+            agent: new.agent,
+            kind: new.kind,
+            last_used_at: None,
         };
         self.store.put_token(token.clone()).await?;
         Ok((secret, token))
@@ -166,7 +225,7 @@ impl AuthService {
         user: &str,
         ttl: Duration,
     ) -> (String, String, Timestamp) {
-        let secret = format!("{TOKEN_PREFIX}{}", random_secret(32));
+        let secret = format!("{}{}", TokenKind::Agent.prefix(), random_secret(32));
         let hash = hash_token(&secret);
         let now = self.clock.now();
         let expires = now.plus(ttl);
@@ -179,8 +238,16 @@ impl AuthService {
             created_at: now,
             expires_at: Some(expires),
             agent: Some(agent.clone()),
+            kind: TokenKind::Agent,
+            last_used_at: None,
         };
-        self.cache.lock().insert(hash.clone(), token);
+        self.cache.lock().insert(
+            hash.clone(),
+            Cached {
+                token,
+                stored: false,
+            },
+        );
         (secret, hash, expires)
     }
 
@@ -189,30 +256,60 @@ impl AuthService {
         self.cache.lock().remove(hash);
     }
 
+    /// Drops every cached token `forget` picks (a disabled user's, a
+    /// disabled tenant's), so the next request reads the store.
+    pub(crate) fn forget(&self, forget: impl Fn(&ApiToken) -> bool) {
+        self.cache.lock().retain(|_, c| !forget(&c.token));
+    }
+
     /// Drops expired tokens from memory (agent tokens are renewed every few
     /// minutes, so their predecessors pile up otherwise).
     pub fn purge_expired(&self) {
         let now = self.clock.now();
-        self.cache.lock().retain(|_, t| !t.is_expired(now));
+        self.cache.lock().retain(|_, c| !c.token.is_expired(now));
+        let stale = Instant::now().checked_sub(LAST_USED_EVERY);
+        self.last_used
+            .lock()
+            .retain(|_, at| stale.is_none_or(|stale| *at > stale));
     }
 
     /// Resolves a bearer token to its principal.
     pub async fn authenticate(&self, secret: &str) -> Result<Principal, AuthError> {
         let hash = hash_token(secret);
-        let cached = self.cache.lock().get(&hash).cloned();
+        let cached = self
+            .cache
+            .lock()
+            .get(&hash)
+            .filter(|c| !(c.stored && self.shared_store))
+            .cloned();
         let token = match cached {
-            Some(t) => t,
+            Some(Cached { token, stored }) => {
+                if stored {
+                    self.note_use(&token);
+                }
+                token
+            }
             None => {
                 let t = self
                     .store
                     .get_token(hash.clone())
                     .await?
                     .ok_or(AuthError::InvalidToken)?;
-                self.cache.lock().insert(hash.clone(), t.clone());
+                if !self.shared_store {
+                    self.cache.lock().insert(
+                        hash.clone(),
+                        Cached {
+                            token: t.clone(),
+                            stored: true,
+                        },
+                    );
+                }
+                self.note_use(&t);
                 t
             }
         };
-        if token.is_expired(self.clock.now()) {
+        let now = self.clock.now();
+        if token.is_expired(now) {
             self.cache.lock().remove(&hash);
             return Err(AuthError::TokenExpired);
         }
@@ -223,18 +320,49 @@ impl AuthService {
                 scopes: token.scopes,
                 agent: token.agent,
             },
+            kind: token.kind,
             token_hash: hash,
         })
     }
 
+    /// Records `last_used_at` of a stored token, at most once a minute per
+    /// token, without holding up the request. The write replaces the token
+    /// only if it is still stored, so it cannot undo a revocation.
+    fn note_use(&self, token: &ApiToken) {
+        let due = {
+            let mut last = self.last_used.lock();
+            let due = last
+                .get(&token.token_hash)
+                .is_none_or(|at| at.elapsed() >= LAST_USED_EVERY);
+            if due {
+                last.insert(token.token_hash.clone(), Instant::now());
+            }
+            due
+        };
+        if !due {
+            return;
+        }
+        let mut used = token.clone();
+        used.last_used_at = Some(self.clock.now());
+        // The store commits it in order; nobody waits for it.
+        drop(self.store.update_token(used));
+    }
+
+    /// Revokes one stored token.
+    pub async fn revoke(&self, token_hash: &str) -> Result<bool, AuthError> {
+        self.cache.lock().remove(token_hash);
+        Ok(self.store.delete_token(token_hash.to_owned()).await?)
+    }
+
     /// Revokes the caller's token.
     pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
-        self.cache.lock().remove(&principal.token_hash);
-        self.store
-            .delete_token(principal.token_hash.clone())
-            .await?;
-        Ok(())
+        self.revoke(&principal.token_hash).await.map(drop)
     }
+}
+
+/// A new random password, for users created or reset without one.
+pub(crate) fn generate_password() -> String {
+    random_secret(12)
 }
 
 /// A random URL-safe secret of `bytes` random bytes (hex encoded).
@@ -347,7 +475,7 @@ fn verify_in(blocks: &mut Vec<Block>, password: &[u8], phc: &str) -> bool {
 }
 
 /// Argon2id with the crate's default (OWASP-recommended) parameters.
-async fn hash_password(password: String) -> Result<String, AuthError> {
+pub(crate) async fn hash_password(password: String) -> Result<String, AuthError> {
     let unavailable = || AuthError::PasswordWorkerDown;
     let (reply, result) = oneshot::channel();
     password_worker()

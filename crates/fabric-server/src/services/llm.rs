@@ -35,6 +35,7 @@ impl Llm {
         store: Store,
         budgets: Arc<crate::services::budgets::BudgetService>,
         policy: Arc<crate::services::policy::PolicyService>,
+        limits: Arc<crate::services::limits::RateLimits>,
         telemetry: Arc<crate::telemetry::Telemetry>,
     ) -> Result<Self, LlmError> {
         let providers: Vec<String> = config
@@ -64,7 +65,10 @@ impl Llm {
         let gateway = Gateway::new(config, Arc::new(metered))
             .map_err(LlmError::Config)?
             .with_guard(Arc::new(crate::services::policy::LlmGuard { policy }))
-            .with_admission(Arc::new(crate::services::budgets::BudgetAdmission(budgets)));
+            .with_admission(Arc::new(crate::services::limits::RateLimitedAdmission {
+                limits,
+                inner: crate::services::budgets::BudgetAdmission(budgets),
+            }));
         gateway.register_metrics(&telemetry.registry);
         if providers.is_empty() {
             tracing::warn!(

@@ -4,10 +4,12 @@
 //! `crate::api` alone turns those into status codes and error codes.
 //! Callers are named by [`fabric_core::Identity`], not by a request.
 
+pub mod accounts;
 pub mod agents;
 pub mod alerts;
 pub mod auth;
 pub mod budgets;
+pub mod limits;
 pub mod llm;
 pub mod policy;
 pub mod tasks;

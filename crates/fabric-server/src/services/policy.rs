@@ -18,7 +18,7 @@ use fabric_core::policy::{
     Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, CheckResponse, Effect,
     Policy, PolicyStore,
 };
-use fabric_core::{AgentId, Clock, Scope, TenantId, Timestamp};
+use fabric_core::{AgentId, Clock, Identity, Scope, TenantId, Timestamp};
 use fabric_engine::policy::{PolicyError as CompileError, compile_policy, default_policy};
 use fabric_engine::{PolicyRequest, PolicySet};
 use parking_lot::{Mutex, RwLock};
@@ -363,6 +363,32 @@ impl PolicyService {
 
     /// Queues an audit record without waiting for its commit: the flusher
     /// hands the queued ones to the store's writer together.
+    /// Audits an administrative action (NFR-SEC-3): users, tenants, tokens,
+    /// policies, budgets, agents. `action` is e.g. `user:create`,
+    /// `resource` what it acted on; the rule names the scope that allowed it.
+    pub fn record_admin(&self, by: &Identity, action: &str, resource: &str) {
+        let scope = if Scope::Admin.granted_by(&by.scopes) {
+            Scope::Admin
+        } else {
+            Scope::TenantAdmin
+        };
+        self.audit(AuditRecord {
+            id: uuid::Uuid::now_v7(),
+            ts: self.clock.now(),
+            tenant: by.tenant.clone(),
+            actor: by.user.clone(),
+            agent: by.agent.clone(),
+            action: action.to_owned(),
+            resource: Some(resource.to_owned()),
+            decision: Effect::Allow,
+            policy_id: None,
+            rule: format!("scope {scope}"),
+            source: "admin".to_owned(),
+            approval_id: None,
+            correlation_id: crate::request_id::current(),
+        });
+    }
+
     fn audit(&self, record: AuditRecord) {
         self.decisions.inc(&[record.decision.as_str()]);
         let full = {

@@ -56,6 +56,12 @@ impl TestServer {
             data_dir: data_dir.clone(),
             admin_password: Some(ADMIN_PASSWORD.into()),
             kill_grace: Duration::from_millis(500),
+            // Tests poll and burst far above a person's rate; the limiter
+            // has its own tests, which turn it on.
+            limits: fabric_server::services::limits::LimitsConfig {
+                requests_per_second: 0,
+                llm_tokens_per_minute: None,
+            },
             ..ServerConfig::default()
         };
         configure(&mut config);
@@ -119,18 +125,36 @@ impl TestServer {
     }
 
     pub async fn login(&self) -> String {
+        self.login_as("admin", ADMIN_PASSWORD).await
+    }
+
+    /// Logs a user in, asserting 200; returns the session token.
+    pub async fn login_as(&self, user: &str, password: &str) -> String {
         let r = self
             .client
             .post(self.url("/v1/auth/login"))
-            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .json(&json!({"username": user, "password": password}))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(r.status(), 200, "logging in as {user}");
         r.json::<Value>().await.unwrap()["token"]
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    pub async fn patch(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {

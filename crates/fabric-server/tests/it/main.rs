@@ -4,6 +4,7 @@
 // Test helpers outside #[test] fns: a panic is the right failure here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod agents;
 mod api;
 mod budgets;

@@ -518,3 +518,61 @@ async fn the_leader_rides_out_a_redis_restart_shorter_than_its_ttl() {
     );
     server.stop().await;
 }
+
+/// Issue #15: a revoked token is refused on the next request by every
+/// orchestrator of the store, whichever of them revoked it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_is_refused_by_every_orchestrator_of_the_store() {
+    use fabric_core::AuthStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let store = shared_store(&redis, "revoke");
+    let config = |c: &mut fabric_server::ServerConfig| {
+        c.store = store.clone();
+        c.leader_ttl = TTL;
+    };
+    let first = TestServer::start_with(config).await;
+    let admin = first.login().await;
+    let mut secrets = Vec::new();
+    for name in ["a", "b"] {
+        let (status, t) = first
+            .post(
+                &admin,
+                "/v1/auth/tokens",
+                json!({"name": name, "scopes": ["read:tasks"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{t}");
+        let secret = t["token"].as_str().unwrap().to_owned();
+        assert_eq!(first.get(&secret, "/v1/tasks").await.0, 200);
+        secrets.push(secret);
+    }
+
+    // Revoked by another orchestrator (its store handle, as its API would):
+    // this one refuses the token on the very next request.
+    let other = RedisStore::connect(RedisConfig::new(redis.url()).with_prefix("revoke"))
+        .await
+        .unwrap();
+    let a = other
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name.as_deref() == Some("a"))
+        .unwrap();
+    assert!(other.delete_token(a.token_hash).await.unwrap());
+    assert_eq!(first.get(&secrets[0], "/v1/tasks").await.0, 401);
+    assert_eq!(first.get(&secrets[1], "/v1/tasks").await.0, 200);
+
+    // Revoked here: refused by the orchestrator that takes over.
+    assert_eq!(first.delete(&admin, "/v1/auth/tokens/b").await.0, 200);
+    first.stop().await;
+    let second = TestServer::start_with(config).await;
+    assert_eq!(second.get(&secrets[1], "/v1/tasks").await.0, 401);
+    assert_eq!(
+        second.get(&admin, "/v1/tasks").await.0,
+        200,
+        "the rest stay valid"
+    );
+}

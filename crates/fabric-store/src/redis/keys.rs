@@ -11,6 +11,7 @@
 //! | `event_seq` | string | the highest event seq stored |
 //! | `users` | hash | name → user JSON |
 //! | `tokens` | hash | token hash → token JSON |
+//! | `tenants` | hash | tenant name → tenant JSON |
 //! | `agents` | hash | agent id → record JSON |
 //! | `sessions:{agent id}` | sorted set | session JSON, score = session number |
 //! | `budgets` | hash | budget entity (`agent:coder`) → budget record JSON |
@@ -75,6 +76,10 @@ impl Keys {
 
     pub fn tokens(&self) -> String {
         self.key("tokens")
+    }
+
+    pub fn tenants(&self) -> String {
+        self.key("tenants")
     }
 
     pub fn agents(&self) -> String {

@@ -43,7 +43,7 @@ use ::redis::{Cmd, Script, Value, cmd};
 use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
-    TaskQuery, TaskStore, TaskWrite, User, WriteOutcome,
+    TaskQuery, TaskStore, TaskWrite, Tenant, TenantId, User, WriteOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -487,6 +487,139 @@ impl AuthStore for RedisStore {
             // HLEN is never negative.
             Ok(u64::try_from(codec::int("counting users", &value)?).unwrap_or(0))
         })
+    }
+
+    fn put_user(
+        &self,
+        user: User,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = encode_json(|| format!("user {:?}", user.name), &user).map(|body| {
+            let c = cmd("HSET")
+                .arg(self.inner.keys.users())
+                .arg(&user.name)
+                .arg(body)
+                .clone();
+            writer::op(
+                Some(c),
+                format!("cannot store user {:?}", user.name),
+                ignore,
+            )
+        });
+        self.submit(op)
+    }
+
+    fn list_users(&self) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send + 'static {
+        let c = cmd("HGETALL").arg(self.inner.keys.users()).clone();
+        self.read(c, "cannot list users".to_owned(), |value| {
+            let mut users: Vec<User> = codec::json_pairs("user", value)?;
+            // A hash has no order; the port promises name order.
+            users.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(users)
+        })
+    }
+
+    fn delete_user(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let mut c = self.eval(&scripts::DELETE_USER);
+        c.arg(&name);
+        self.submit(Ok(writer::op(
+            Some(c),
+            format!("cannot delete user {name:?}"),
+            flag("deleting a user"),
+        )))
+    }
+
+    fn create_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let op = encode_json(|| format!("tenant {}", tenant.name), &tenant).map(|body| {
+            let c = cmd("HSETNX")
+                .arg(self.inner.keys.tenants())
+                .arg(tenant.name.as_str())
+                .arg(body)
+                .clone();
+            writer::op(
+                Some(c),
+                format!("cannot create tenant {}", tenant.name),
+                flag("creating a tenant"),
+            )
+        });
+        self.submit(op)
+    }
+
+    fn put_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = encode_json(|| format!("tenant {}", tenant.name), &tenant).map(|body| {
+            let c = cmd("HSET")
+                .arg(self.inner.keys.tenants())
+                .arg(tenant.name.as_str())
+                .arg(body)
+                .clone();
+            writer::op(
+                Some(c),
+                format!("cannot store tenant {}", tenant.name),
+                ignore,
+            )
+        });
+        self.submit(op)
+    }
+
+    fn list_tenants(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send + 'static {
+        let c = cmd("HGETALL").arg(self.inner.keys.tenants()).clone();
+        self.read(c, "cannot list tenants".to_owned(), |value| {
+            let mut tenants: Vec<Tenant> = codec::json_pairs("tenant", value)?;
+            tenants.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(tenants)
+        })
+    }
+
+    fn delete_tenant(
+        &self,
+        name: TenantId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let c = cmd("HDEL")
+            .arg(self.inner.keys.tenants())
+            .arg(name.as_str())
+            .clone();
+        self.submit(Ok(writer::op(
+            Some(c),
+            format!("cannot delete tenant {name}"),
+            flag("deleting a tenant"),
+        )))
+    }
+
+    fn list_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ApiToken>, StoreError>> + Send + 'static {
+        let c = cmd("HVALS").arg(self.inner.keys.tokens()).clone();
+        self.read(c, "cannot list API tokens".to_owned(), |value| {
+            let mut tokens: Vec<ApiToken> = codec::json_list("API token", value)?;
+            tokens.sort_by(|a, b| (&a.user, &a.token_hash).cmp(&(&b.user, &b.token_hash)));
+            Ok(tokens)
+        })
+    }
+
+    fn update_token(
+        &self,
+        token: ApiToken,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let op = encode_json(|| "API token", &token).map(|body| {
+            let mut c = self.eval(&scripts::UPDATE_TOKEN);
+            c.arg(&token.token_hash).arg(body);
+            writer::op(
+                Some(c),
+                "cannot update API token".to_owned(),
+                flag("updating a token"),
+            )
+        });
+        self.submit(op)
     }
 
     fn put_token(

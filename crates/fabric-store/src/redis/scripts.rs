@@ -32,7 +32,7 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 18] {
+pub(crate) fn all() -> [&'static Script; 20] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
@@ -52,6 +52,8 @@ pub(crate) fn all() -> [&'static Script; 18] {
         &super::budget::DELETE_BUDGET,
         &super::policy::RECORD_AUDIT,
         &super::policy::LIST_AUDIT,
+        &DELETE_USER,
+        &UPDATE_TOKEN,
     ]
 }
 
@@ -250,6 +252,43 @@ redis.call('DEL', P .. 'sessions:' .. ARGV[3])
 return deleted
 "#
     ))
+});
+
+/// `ARGV`: prefix, user name. Deletes the user and every token issued to it
+/// (tokens are found by the `user` of their JSON: a user holds a handful, and
+/// no index means none to migrate); returns 1 if a user was deleted. Users
+/// are not fenced: any orchestrator may manage them, like logins.
+pub(crate) static DELETE_USER: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local P, name = ARGV[1], ARGV[2]
+local tokens = redis.call('HGETALL', P .. 'tokens')
+for i = 1, #tokens, 2 do
+  local ok, token = pcall(cjson.decode, tokens[i + 1])
+  if ok and type(token) == 'table' and token.user == name then
+    redis.call('HDEL', P .. 'tokens', tokens[i])
+  end
+end
+return redis.call('HDEL', P .. 'users', name)
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix, token hash, body. Replaces the token only if it is still
+/// stored (a revoked token stays revoked); returns 1 if it was.
+pub(crate) static UPDATE_TOKEN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local key = ARGV[1] .. 'tokens'
+if redis.call('HEXISTS', key, ARGV[2]) == 0 then
+  return 0
+end
+redis.call('HSET', key, ARGV[2], ARGV[3])
+return 1
+"#
+        .to_owned(),
+    )
 });
 
 /// `ARGV`: prefix, generation, agent id, session number, body. Replaces the

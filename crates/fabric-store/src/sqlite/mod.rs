@@ -17,13 +17,13 @@ use std::sync::{Arc, mpsc};
 use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
-    TaskQuery, TaskStore, TaskWrite, User, WriteOutcome,
+    TaskQuery, TaskStore, TaskWrite, Tenant, TenantId, User, WriteOutcome,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use self::rows::{AgentRow, EventRow, SessionRow, TaskRow, encode_json};
-use self::writer::{Msg, Pending, Reply, WriteOp};
+use self::writer::{Msg, NamedTable, NamedWrite, Pending, Reply, WriteOp};
 use crate::error::SqliteStoreError;
 
 pub use self::schema::SCHEMA_VERSION;
@@ -269,14 +269,61 @@ impl TaskStore for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Stores a user or tenant record under its name (`record` is its JSON).
+    fn put_named(
+        &self,
+        table: NamedTable,
+        name: String,
+        record: Result<String, SqliteStoreError>,
+        replace: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let op = record.map(|body| {
+            move |reply| {
+                WriteOp::PutNamed(Pending::new(
+                    NamedWrite {
+                        table,
+                        name,
+                        body,
+                        replace,
+                    },
+                    reply,
+                ))
+            }
+        });
+        self.submit(op)
+    }
+
+    fn delete_named(
+        &self,
+        table: NamedTable,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let op: Result<_, SqliteStoreError> =
+            Ok(move |reply| WriteOp::DeleteNamed(Pending::new((table, name), reply)));
+        self.submit(op)
+    }
+}
+
+fn user_json(user: &User) -> Result<String, SqliteStoreError> {
+    encode_json(|| format!("user {:?}", user.name), user)
+}
+
+fn tenant_json(tenant: &Tenant) -> Result<String, SqliteStoreError> {
+    encode_json(|| format!("tenant {}", tenant.name), tenant)
+}
+
 impl AuthStore for SqliteStore {
     fn create_user(
         &self,
         user: User,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-        let op = encode_json(|| format!("user {:?}", user.name), &user)
-            .map(|body| move |reply| WriteOp::CreateUser(Pending::new((user.name, body), reply)));
-        self.submit(op)
+        self.put_named(
+            NamedTable::Users,
+            user.name.clone(),
+            user_json(&user),
+            false,
+        )
     }
 
     fn get_user(
@@ -290,12 +337,71 @@ impl AuthStore for SqliteStore {
         self.read(reader::count_users)
     }
 
+    fn put_user(
+        &self,
+        user: User,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let write = self.put_named(NamedTable::Users, user.name.clone(), user_json(&user), true);
+        async move { write.await.map(drop) }
+    }
+
+    fn list_users(&self) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send + 'static {
+        self.read(reader::list_users)
+    }
+
+    fn delete_user(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        self.delete_named(NamedTable::Users, name)
+    }
+
+    fn create_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        self.put_named(
+            NamedTable::Tenants,
+            tenant.name.to_string(),
+            tenant_json(&tenant),
+            false,
+        )
+    }
+
+    fn put_tenant(
+        &self,
+        tenant: Tenant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let write = self.put_named(
+            NamedTable::Tenants,
+            tenant.name.to_string(),
+            tenant_json(&tenant),
+            true,
+        );
+        async move { write.await.map(drop) }
+    }
+
+    fn list_tenants(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send + 'static {
+        self.read(reader::list_tenants)
+    }
+
+    fn delete_tenant(
+        &self,
+        name: TenantId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        self.delete_named(NamedTable::Tenants, name.to_string())
+    }
+
     fn put_token(
         &self,
         token: ApiToken,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let op = encode_json(|| "API token", &token).map(|body| {
-            move |reply| WriteOp::PutToken(Pending::new((token.token_hash, body), reply))
+            move |reply| {
+                WriteOp::PutToken(Pending::new((token.token_hash, token.user, body), reply))
+            }
         });
         self.submit(op)
     }
@@ -305,6 +411,22 @@ impl AuthStore for SqliteStore {
         token_hash: String,
     ) -> impl Future<Output = Result<Option<ApiToken>, StoreError>> + Send + 'static {
         self.read(move |conn| reader::get_token(conn, &token_hash))
+    }
+
+    fn list_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ApiToken>, StoreError>> + Send + 'static {
+        self.read(reader::list_tokens)
+    }
+
+    fn update_token(
+        &self,
+        token: ApiToken,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let op = encode_json(|| "API token", &token).map(|body| {
+            move |reply| WriteOp::UpdateToken(Pending::new((token.token_hash, body), reply))
+        });
+        self.submit(op)
     }
 
     fn delete_token(

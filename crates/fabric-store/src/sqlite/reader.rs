@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fabric_core::agent::{AgentRecord, AgentSession};
-use fabric_core::{AgentId, ApiToken, Task, TaskEvent, TaskId, TaskQuery, User};
+use fabric_core::{AgentId, ApiToken, Task, TaskEvent, TaskId, TaskQuery, Tenant, User};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -224,6 +224,37 @@ pub(crate) fn count_users(conn: &Connection) -> Result<u64, SqliteStoreError> {
         .map_err(SqliteStoreError::sql(context))?;
     // COUNT(*) is never negative.
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+pub(crate) fn list_users(conn: &Connection) -> Result<Vec<User>, SqliteStoreError> {
+    collect(
+        conn,
+        "SELECT name, body FROM users ORDER BY name",
+        [],
+        "cannot list users",
+        "user",
+    )
+}
+
+pub(crate) fn list_tenants(conn: &Connection) -> Result<Vec<Tenant>, SqliteStoreError> {
+    collect(
+        conn,
+        "SELECT name, body FROM tenants ORDER BY name",
+        [],
+        "cannot list tenants",
+        "tenant",
+    )
+}
+
+pub(crate) fn list_tokens(conn: &Connection) -> Result<Vec<ApiToken>, SqliteStoreError> {
+    // Named in errors by the public id, never by the whole hash.
+    collect(
+        conn,
+        "SELECT substr(hash, 1, 12), body FROM tokens ORDER BY user, hash",
+        [],
+        "cannot list API tokens",
+        "API token",
+    )
 }
 
 pub(crate) fn get_token(

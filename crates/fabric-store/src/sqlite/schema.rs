@@ -137,6 +137,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_agent ON audit (agent, id) WHERE agent IS NOT NULL;
     CREATE INDEX audit_decision ON audit (decision, id);
     ",
+    // 7: tenants (REQUIREMENTS §12), and the user of each token as a column:
+    // a user's tokens are listed, and deleted with the user, by it.
+    "
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    );
+
+    ALTER TABLE tokens ADD COLUMN user TEXT;
+    UPDATE tokens SET user = json_extract(body, '$.user');
+    CREATE INDEX tokens_user ON tokens (user);
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.

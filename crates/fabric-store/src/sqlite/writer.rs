@@ -45,8 +45,14 @@ pub(crate) enum WriteOp {
     CreateTask(Pending<(Task, TaskRow), CreateOutcome>),
     WriteTask(Pending<(TaskRow, Option<u64>), WriteOutcome>),
     AppendEvents(Pending<Vec<EventRow>, ()>),
-    CreateUser(Pending<(String, String), bool>),
-    PutToken(Pending<(String, String), ()>),
+    /// Inserts (or, if `replace`, upserts) a user or tenant; `true` if written.
+    PutNamed(Pending<NamedWrite, bool>),
+    /// Deletes a user (with its tokens) or a tenant.
+    DeleteNamed(Pending<(NamedTable, String), bool>),
+    /// `(hash, user, body)`.
+    PutToken(Pending<(String, String, String), ()>),
+    /// `(hash, body)`: replaces a token only if it is still stored.
+    UpdateToken(Pending<(String, String), bool>),
     DeleteToken(Pending<String, bool>),
     PutAgent(Pending<AgentRow, ()>),
     /// The agent's id; deletes its sessions too.
@@ -150,11 +156,22 @@ impl WriteOp {
                 let savepoint = p.args.as_ref().is_some_and(|rows| rows.len() > 1);
                 p.run(conn, savepoint, |c, rows| append_events(c, &rows))
             }
-            WriteOp::CreateUser(p) => {
-                p.run(conn, false, |c, (name, body)| create_user(c, &name, &body))
+            WriteOp::PutNamed(p) => p.run(conn, false, |c, write| put_named(c, &write)),
+            // A user goes with its tokens: two statements, undone as a unit.
+            WriteOp::DeleteNamed(p) => {
+                let savepoint = p
+                    .args
+                    .as_ref()
+                    .is_some_and(|(table, _)| *table == NamedTable::Users);
+                p.run(conn, savepoint, |c, (table, name)| {
+                    delete_named(c, table, &name)
+                })
             }
-            WriteOp::PutToken(p) => {
-                p.run(conn, false, |c, (hash, body)| put_token(c, &hash, &body))
+            WriteOp::PutToken(p) => p.run(conn, false, |c, (hash, user, body)| {
+                put_token(c, &hash, &user, &body)
+            }),
+            WriteOp::UpdateToken(p) => {
+                p.run(conn, false, |c, (hash, body)| update_token(c, &hash, &body))
             }
             WriteOp::DeleteToken(p) => p.run(conn, false, |c, hash| delete_token(c, &hash)),
             WriteOp::PutAgent(p) => p.run(conn, false, |c, row| put_agent(c, &row)),
@@ -178,8 +195,10 @@ impl WriteOp {
             WriteOp::CreateTask(p) => p.finish(batch_error),
             WriteOp::WriteTask(p) => p.finish(batch_error),
             WriteOp::AppendEvents(p) => p.finish(batch_error),
-            WriteOp::CreateUser(p) => p.finish(batch_error),
+            WriteOp::PutNamed(p) => p.finish(batch_error),
+            WriteOp::DeleteNamed(p) => p.finish(batch_error),
             WriteOp::PutToken(p) => p.finish(batch_error),
+            WriteOp::UpdateToken(p) => p.finish(batch_error),
             WriteOp::DeleteToken(p) => p.finish(batch_error),
             WriteOp::PutAgent(p) => p.finish(batch_error),
             WriteOp::DeleteAgent(p) => p.finish(batch_error),
@@ -402,26 +421,102 @@ fn append_events(conn: &Connection, rows: &[EventRow]) -> Result<(), SqliteStore
     Ok(())
 }
 
-fn create_user(conn: &Connection, name: &str, body: &str) -> Result<bool, SqliteStoreError> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO users (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-        )
-        .and_then(|mut stmt| stmt.execute(params![name, body]))
-        .map_err(SqliteStoreError::sql(format!(
-            "cannot create user {name:?}"
-        )))?;
-    Ok(inserted == 1)
+/// The tables of records kept whole under a unique name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NamedTable {
+    Users,
+    Tenants,
 }
 
-fn put_token(conn: &Connection, hash: &str, body: &str) -> Result<(), SqliteStoreError> {
+impl NamedTable {
+    pub(crate) fn what(self) -> &'static str {
+        match self {
+            NamedTable::Users => "user",
+            NamedTable::Tenants => "tenant",
+        }
+    }
+}
+
+/// A user or tenant record to store.
+pub(crate) struct NamedWrite {
+    pub table: NamedTable,
+    pub name: String,
+    pub body: String,
+    /// Replace a stored record of that name (else leave it and answer `false`).
+    pub replace: bool,
+}
+
+fn put_named(conn: &Connection, write: &NamedWrite) -> Result<bool, SqliteStoreError> {
+    let sql = match (write.table, write.replace) {
+        (NamedTable::Users, false) => {
+            "INSERT INTO users (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING"
+        }
+        (NamedTable::Users, true) => {
+            "INSERT INTO users (name, body) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body"
+        }
+        (NamedTable::Tenants, false) => {
+            "INSERT INTO tenants (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING"
+        }
+        (NamedTable::Tenants, true) => {
+            "INSERT INTO tenants (name, body) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body"
+        }
+    };
+    let written = conn
+        .prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute(params![write.name, write.body]))
+        .map_err(SqliteStoreError::sql(format!(
+            "cannot store {} {:?}",
+            write.table.what(),
+            write.name
+        )))?;
+    Ok(written == 1)
+}
+
+fn delete_named(
+    conn: &Connection,
+    table: NamedTable,
+    name: &str,
+) -> Result<bool, SqliteStoreError> {
+    let context = || format!("cannot delete {} {name:?}", table.what());
+    let sql = match table {
+        NamedTable::Users => {
+            conn.prepare_cached("DELETE FROM tokens WHERE user = ?1")
+                .and_then(|mut stmt| stmt.execute(params![name]))
+                .map_err(SqliteStoreError::sql(context()))?;
+            "DELETE FROM users WHERE name = ?1"
+        }
+        NamedTable::Tenants => "DELETE FROM tenants WHERE name = ?1",
+    };
+    let deleted = conn
+        .prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute(params![name]))
+        .map_err(SqliteStoreError::sql(context()))?;
+    Ok(deleted > 0)
+}
+
+fn put_token(
+    conn: &Connection,
+    hash: &str,
+    user: &str,
+    body: &str,
+) -> Result<(), SqliteStoreError> {
     conn.prepare_cached(
-        "INSERT INTO tokens (hash, body) VALUES (?1, ?2)
-         ON CONFLICT (hash) DO UPDATE SET body = excluded.body",
+        "INSERT INTO tokens (hash, user, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (hash) DO UPDATE SET user = excluded.user, body = excluded.body",
     )
-    .and_then(|mut stmt| stmt.execute(params![hash, body]))
+    .and_then(|mut stmt| stmt.execute(params![hash, user, body]))
     .map_err(SqliteStoreError::sql("cannot store API token"))?;
     Ok(())
+}
+
+fn update_token(conn: &Connection, hash: &str, body: &str) -> Result<bool, SqliteStoreError> {
+    let updated = conn
+        .prepare_cached("UPDATE tokens SET body = ?2 WHERE hash = ?1")
+        .and_then(|mut stmt| stmt.execute(params![hash, body]))
+        .map_err(SqliteStoreError::sql("cannot update API token"))?;
+    Ok(updated > 0)
 }
 
 fn delete_token(conn: &Connection, hash: &str) -> Result<bool, SqliteStoreError> {

@@ -17,8 +17,11 @@ pub fn user(name: &str) -> User {
         name: name.to_owned(),
         tenant: TenantId::default_tenant(),
         password_hash: "$argon2id$x".to_owned(),
-        scopes: vec![Scope::Admin],
+        role: fabric_core::Role::Admin,
+        disabled: false,
         created_at: Timestamp::from_millis(1_700_000_000_000),
+        rate_limit_rps: None,
+        llm_tokens_per_minute: None,
     }
 }
 
@@ -32,5 +35,7 @@ pub fn token(hash: &str) -> ApiToken {
         created_at: Timestamp::from_millis(1_700_000_000_000),
         expires_at: None,
         agent: None,
+        kind: fabric_core::TokenKind::Personal,
+        last_used_at: None,
     }
 }

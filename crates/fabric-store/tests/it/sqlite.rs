@@ -162,7 +162,8 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
     tamper(
         &path,
         "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; DROP TABLE budgets;
-         DROP TABLE policies; DROP TABLE approvals; DROP TABLE audit;
+         DROP TABLE policies; DROP TABLE approvals; DROP TABLE audit; DROP TABLE tenants;
+         DROP INDEX tokens_user; ALTER TABLE tokens DROP COLUMN user;
          ALTER TABLE tasks DROP COLUMN traceparent; PRAGMA user_version = 1;",
     );
 
@@ -201,6 +202,32 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, fabric_store::sqlite::SCHEMA_VERSION);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_version_6_database_gains_tenants_and_token_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    store.close().await;
+    // Schema 6 as the previous release left it: the bootstrap admin (stored
+    // before roles existed) and its login token, in the old shapes.
+    tamper(
+        &path,
+        r#"DROP TABLE tenants; DROP INDEX tokens_user; ALTER TABLE tokens DROP COLUMN user;
+         PRAGMA user_version = 6;
+         INSERT INTO users (name, body) VALUES ('admin', '{"name":"admin","tenant":"default","password_hash":"$argon2id$x","scopes":["admin"],"created_at":"2026-01-01T00:00:00Z"}');
+         INSERT INTO tokens (hash, body) VALUES ('ab12', '{"token_hash":"ab12","user":"admin","tenant":"default","scopes":["admin"],"name":"login","created_at":"2026-01-01T00:00:00Z","expires_at":null}');"#,
+    );
+
+    let store = open(&path);
+    let admin = store.get_user("admin".to_owned()).await.unwrap().unwrap();
+    assert_eq!(admin.role, fabric_core::Role::Admin);
+    assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+    assert!(store.list_tenants().await.unwrap().is_empty());
+    // The backfilled owner column: deleting the user takes its old token along.
+    assert!(store.delete_user("admin".to_owned()).await.unwrap());
+    assert!(store.list_tokens().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

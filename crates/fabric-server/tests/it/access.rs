@@ -1,0 +1,688 @@
+//! Issue #15: tenants, users, roles and tokens over real HTTP.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, error_code};
+
+/// Creates a user as `admin_token`; returns its (generated) password.
+async fn create_user(
+    s: &TestServer,
+    admin_token: &str,
+    name: &str,
+    tenant: &str,
+    role: &str,
+) -> String {
+    let (status, body) = s
+        .post(
+            admin_token,
+            "/v1/users",
+            json!({"name": name, "tenant": tenant, "role": role}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["user"]["role"], role);
+    assert!(body["user"].get("password_hash").is_none(), "{body}");
+    body["password"].as_str().unwrap().to_owned()
+}
+
+/// A user of `role` in `tenant`, logged in: its session token.
+async fn user_token(
+    s: &TestServer,
+    admin_token: &str,
+    name: &str,
+    tenant: &str,
+    role: &str,
+) -> String {
+    let password = create_user(s, admin_token, name, tenant, role).await;
+    s.login_as(name, &password).await
+}
+
+async fn login_status(s: &TestServer, user: &str, password: &str) -> (u16, Value) {
+    let r = s
+        .client
+        .post(s.url("/v1/auth/login"))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_and_users_are_managed_by_their_admins_only() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+
+    // The default tenant exists from the start; acme is created.
+    let (status, list) = s.get(&admin, "/v1/tenants").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["tenants"][0]["name"], "default");
+    let (status, body) = s.post(&admin, "/v1/tenants", json!({"name": "acme"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = s.post(&admin, "/v1/tenants", json!({"name": "acme"})).await;
+    assert_eq!((status, error_code(&body)), (409, "conflict"), "{body}");
+
+    // Users need an existing tenant, a valid name and a known role.
+    let (status, body) = s
+        .post(
+            &admin,
+            "/v1/users",
+            json!({"name": "x", "tenant": "nope", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no tenant named \"nope\""),
+        "{body}"
+    );
+    let (status, _) = s
+        .post(
+            &admin,
+            "/v1/users",
+            json!({"name": "a b", "tenant": "acme", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s
+        .post(
+            &admin,
+            "/v1/users",
+            json!({"name": "x", "tenant": "acme", "role": "root"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = s
+        .post(
+            &admin,
+            "/v1/users",
+            json!({"name": "short", "tenant": "acme", "role": "viewer", "password": "1234"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let bob = user_token(&s, &admin, "bob", "acme", "tenant-admin").await;
+    let alice_password = create_user(&s, &admin, "alice", "acme", "operator").await;
+    let alice = s.login_as("alice", &alice_password).await;
+    let (_, me) = s.get(&alice, "/v1/auth/whoami").await;
+    assert_eq!(
+        (me["user"].as_str(), me["tenant"].as_str()),
+        (Some("alice"), Some("acme"))
+    );
+    assert_eq!(me["kind"], "session");
+    assert!(me.get("agent").is_none(), "{me}");
+
+    // The tenant-admin manages its own tenant and sees nothing of another.
+    let (status, list) = s.get(&bob, "/v1/users").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let (status, list) = s.get(&bob, "/v1/tenants").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["tenants"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(s.get(&bob, "/v1/users/admin").await.0, 404);
+    assert_eq!(s.get(&bob, "/v1/tenants/default").await.0, 404);
+    assert_eq!(s.get(&bob, "/v1/users?tenant=default").await.0, 404);
+    let (status, _) = s
+        .post(
+            &bob,
+            "/v1/users",
+            json!({"name": "eve", "tenant": "default", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 404, "another tenant is invisible, not forbidden");
+    let (status, body) = s
+        .post(&bob, "/v1/users", json!({"name": "root2", "role": "admin"}))
+        .await;
+    assert_eq!(status, 403, "only an admin makes admins: {body}");
+    let (status, body) = s
+        .post(
+            &bob,
+            "/v1/users",
+            json!({"name": "carol", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["user"]["tenant"], "acme",
+        "defaults to the creator's tenant"
+    );
+    assert_eq!(
+        s.post(&bob, "/v1/tenants", json!({"name": "x"})).await.0,
+        403
+    );
+    // ... and an operator manages nobody.
+    assert_eq!(s.get(&alice, "/v1/users").await.0, 403);
+    assert_eq!(
+        s.post(&alice, "/v1/users", json!({"name": "z", "role": "viewer"}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        s.get(&alice, "/v1/users/alice").await.0,
+        200,
+        "oneself is readable"
+    );
+    assert_eq!(
+        s.patch(&bob, "/v1/users/bob", json!({"disabled": true}))
+            .await
+            .0,
+        403,
+        "not oneself"
+    );
+
+    // Disabling revokes at once and blocks logins; enabling lets them in again.
+    let (status, body) = s
+        .patch(&bob, "/v1/users/alice", json!({"disabled": true}))
+        .await;
+    assert_eq!(
+        (status, body["disabled"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    assert_eq!(
+        s.get(&alice, "/v1/tasks").await.0,
+        401,
+        "the disabled user's token is revoked"
+    );
+    let (status, body) = login_status(&s, "alice", &alice_password).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disabled"),
+        "{body}"
+    );
+    assert_eq!(
+        s.patch(&bob, "/v1/users/alice", json!({"disabled": false}))
+            .await
+            .0,
+        200
+    );
+    let alice = s.login_as("alice", &alice_password).await;
+
+    // A lower role takes effect on the next request: the old token is revoked.
+    let (status, _) = s
+        .patch(&bob, "/v1/users/alice", json!({"role": "viewer"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.get(&alice, "/v1/tasks").await.0, 401);
+    let alice = s.login_as("alice", &alice_password).await;
+    assert_eq!(
+        s.post(&alice, "/v1/tasks", json!({"commands": ["true"]}))
+            .await
+            .0,
+        403
+    );
+
+    // Passwords: one's own needs the current one; an admin resets anyone's.
+    let (status, _) = s
+        .put(
+            &alice,
+            "/v1/users/alice/password",
+            json!({"password": "new-password-1"}),
+        )
+        .await;
+    assert_eq!(status, 403, "the current password is required");
+    let (status, _) = s
+        .put(
+            &alice,
+            "/v1/users/alice/password",
+            json!({"password": "new-password-1", "current_password": "wrong-password"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = s
+        .put(
+            &alice,
+            "/v1/users/alice/password",
+            json!({"password": "new-password-1", "current_password": alice_password}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.get(&alice, "/v1/auth/whoami").await.0,
+        200,
+        "the changing session stays"
+    );
+    assert_eq!(login_status(&s, "alice", &alice_password).await.0, 401);
+    let (status, reset) = s.put(&bob, "/v1/users/alice/password", json!({})).await;
+    assert_eq!(status, 200);
+    let generated = reset["password"].as_str().unwrap();
+    assert_eq!(
+        s.get(&alice, "/v1/auth/whoami").await.0,
+        401,
+        "a reset revokes the user's tokens"
+    );
+    s.login_as("alice", generated).await;
+
+    // A tenant with users cannot go; without, it can.
+    let (status, body) = s.delete(&admin, "/v1/tenants/acme").await;
+    assert_eq!(status, 409, "{body}");
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(s.delete(&admin, &format!("/v1/users/{user}")).await.0, 204);
+    }
+    assert_eq!(
+        s.get(&bob, "/v1/auth/whoami").await.0,
+        401,
+        "a deleted user's tokens are gone"
+    );
+    assert_eq!(s.delete(&admin, "/v1/users/alice").await.0, 404);
+    assert_eq!(s.delete(&admin, "/v1/tenants/acme").await.0, 204);
+    assert_eq!(s.delete(&admin, "/v1/tenants/default").await.0, 403);
+
+    // Every one of those administrative actions is in the audit trail.
+    let (_, audit) = s.get(&admin, "/v1/audit?limit=1000").await;
+    let actions: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] == "admin")
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "tenant:create",
+        "user:create",
+        "user:delete",
+        "tenant:delete",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} not audited: {actions:?}"
+        );
+    }
+}
+
+/// Each role against each state-changing endpoint: allowed (anything but
+/// 403) or forbidden (403).
+#[tokio::test(flavor = "multi_thread")]
+async fn each_role_may_change_exactly_what_it_should() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    assert_eq!(
+        s.post(&admin, "/v1/tenants", json!({"name": "acme"}))
+            .await
+            .0,
+        201
+    );
+    let task = s.create(&admin, json!({"commands": ["sleep 30"]})).await;
+    let approval = "0192f0c4-7a1e-7c3b-9d2a-1b2c3d4e5f60";
+
+    let roles = ["admin", "tenant-admin", "operator", "viewer"];
+    let mut tokens = Vec::new();
+    for role in roles {
+        let tenant = if role == "admin" { "default" } else { "acme" };
+        let name = format!("u-{role}");
+        tokens.push(user_token(&s, &admin, &name, tenant, role).await);
+    }
+
+    // (method, path, body, which roles may): in `roles` order.
+    let matrix: Vec<(&str, String, Value, [bool; 4])> = vec![
+        (
+            "POST",
+            "/v1/tasks".into(),
+            json!({"commands": ["true"]}),
+            [true, true, true, false],
+        ),
+        (
+            "POST",
+            format!("/v1/tasks/{task}/cancel"),
+            json!({}),
+            [true, true, true, false],
+        ),
+        (
+            "POST",
+            format!("/v1/approvals/{approval}/approve"),
+            json!({}),
+            [true, true, true, false],
+        ),
+        (
+            "POST",
+            "/v1/auth/tokens".into(),
+            json!({"name": "t", "scopes": ["read:tasks"]}),
+            [true, true, true, true],
+        ),
+        (
+            "POST",
+            "/v1/users".into(),
+            json!({"name": "new-user", "role": "viewer"}),
+            [true, true, false, false],
+        ),
+        (
+            "POST",
+            "/v1/tenants".into(),
+            json!({"name": "other"}),
+            [true, false, false, false],
+        ),
+        (
+            "PATCH",
+            "/v1/tenants/acme".into(),
+            json!({"disabled": false}),
+            [true, false, false, false],
+        ),
+        (
+            "PUT",
+            "/v1/policies/p1".into(),
+            json!({"scope": {"tenant": "acme"}, "rules": [{"action_pattern": "x:*", "effect": "deny"}]}),
+            [true, false, false, false],
+        ),
+        (
+            "PUT",
+            "/v1/budgets/user:u-viewer".into(),
+            json!({"max_tokens_per_day": 10}),
+            [true, false, false, false],
+        ),
+        (
+            "POST",
+            "/v1/agents".into(),
+            json!({"id": "m1", "command": "sleep 1000"}),
+            [true, false, false, false],
+        ),
+        (
+            "DELETE",
+            "/v1/agents/nope".into(),
+            Value::Null,
+            [true, false, false, false],
+        ),
+    ];
+    for (method, path, body, allowed) in &matrix {
+        for (i, role) in roles.iter().enumerate() {
+            let token = &tokens[i];
+            let (status, answer) = match *method {
+                "POST" => s.post(token, path, body.clone()).await,
+                "PUT" => s.put(token, path, body.clone()).await,
+                "PATCH" => s.patch(token, path, body.clone()).await,
+                "DELETE" => s.delete(token, path).await,
+                other => unreachable!("{other}"),
+            };
+            if allowed[i] {
+                assert_ne!(status, 403, "{role} {method} {path}: {answer}");
+                assert_ne!(status, 401, "{role} {method} {path}: {answer}");
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}: {answer}");
+                assert_eq!(error_code(&answer), "forbidden", "{answer}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_narrowed_listed_revoked_and_expire() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    let viewer = user_token(&s, &admin, "vic", "default", "viewer").await;
+
+    // Never wider than the creator.
+    let (status, body) = s
+        .post(
+            &viewer,
+            "/v1/auth/tokens",
+            json!({"name": "w", "scopes": ["write:tasks"]}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // A narrowed token: the prefix scanners look for, the scopes it was given.
+    let (status, created) = s
+        .post(
+            &admin,
+            "/v1/auth/tokens",
+            json!({"name": "ci", "scopes": ["read:tasks"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let ci = created["token"].as_str().unwrap().to_owned();
+    assert!(ci.starts_with("rf_pat_"), "{ci}");
+    assert_eq!(created["kind"], "personal");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get(&ci, "/v1/tasks").await.0, 200);
+    let (status, body) = s
+        .post(&ci, "/v1/tasks", json!({"commands": ["true"]}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, me) = s.get(&ci, "/v1/auth/whoami").await;
+    assert_eq!(me["scopes"], json!(["read:tasks"]));
+    assert_eq!(me["kind"], "personal");
+
+    // Listed without the secret, with when it was last used.
+    let (status, list) = s.get(&admin, "/v1/auth/tokens").await;
+    assert_eq!(status, 200);
+    assert!(
+        !list.to_string().contains(&ci),
+        "a listing must never carry a secret"
+    );
+    let listed = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["name"], "ci");
+    assert!(listed["last_used_at"].is_string(), "{listed}");
+    // Another user's tokens are not the caller's to list (viewer manages nobody).
+    assert_eq!(s.get(&viewer, "/v1/auth/tokens?user=admin").await.0, 403);
+
+    // Revoked by name: refused on the next request.
+    let (status, revoked) = s.delete(&admin, "/v1/auth/tokens/ci").await;
+    assert_eq!(
+        (status, revoked["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{revoked}"
+    );
+    let (status, body) = s.get(&ci, "/v1/tasks").await;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"), "{body}");
+    assert_eq!(s.delete(&admin, "/v1/auth/tokens/ci").await.0, 404);
+
+    // Two tokens of one name: revoking by name is ambiguous, by id is not.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, t) = s
+            .post(
+                &admin,
+                "/v1/auth/tokens",
+                json!({"name": "dup", "scopes": ["read:tasks"]}),
+            )
+            .await;
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(s.delete(&admin, "/v1/auth/tokens/dup").await.0, 409);
+    assert_eq!(
+        s.delete(&admin, &format!("/v1/auth/tokens/{}", ids[0]))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(s.delete(&admin, "/v1/auth/tokens/dup").await.0, 200);
+
+    // Expiry.
+    let (_, short) = s
+        .post(
+            &admin,
+            "/v1/auth/tokens",
+            json!({"name": "brief", "ttl_seconds": 1}),
+        )
+        .await;
+    let short = short["token"].as_str().unwrap().to_owned();
+    assert_eq!(s.get(&short, "/v1/tasks").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = s.get(&short, "/v1/tasks").await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+}
+
+/// GET with the status, the headers and the JSON body.
+async fn get_with_headers(
+    s: &TestServer,
+    token: &str,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = s
+        .client
+        .get(s.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
+fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_over_the_rate_limit_gets_429_then_recovers() {
+    let s = TestServer::start_with(|c| c.limits.requests_per_second = 5).await;
+    let admin = s.login().await;
+    // Agents are not throttled by the per-user limit; neither is /healthz.
+    let agent = crate::gateway::agent_token(&s, &admin, "ext").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let (status, headers, body) = get_with_headers(&s, &admin, "/v1/tasks").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&headers, "x-ratelimit-limit"), Some(5));
+        remaining.push(header(&headers, "x-ratelimit-remaining").unwrap());
+    }
+    assert!(remaining.windows(2).all(|w| w[1] <= w[0]), "{remaining:?}");
+    let (status, headers, body) = get_with_headers(&s, &admin, "/v1/tasks").await;
+    assert_eq!((status, error_code(&body)), (429, "rate_limited"), "{body}");
+    let retry = header(&headers, "retry-after").expect("Retry-After");
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(header(&headers, "x-ratelimit-remaining"), Some(0));
+    assert!(header(&headers, "x-ratelimit-reset").is_some());
+
+    for _ in 0..20 {
+        let r = s.client.get(s.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let (status, _) = s.post(&agent, "/v1/agent/heartbeat", json!({})).await;
+        assert_ne!(status, 429, "the agent protocol is not throttled");
+    }
+
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(
+        s.get(&admin, "/v1/tasks").await.0,
+        200,
+        "recovered after Retry-After"
+    );
+
+    // A user's own limit, set by an admin, replaces the server's.
+    let password = create_user(&s, &admin, "slow", "default", "viewer").await;
+    let slow = s.login_as("slow", &password).await;
+    let (status, body) = s
+        .patch(&admin, "/v1/users/slow", json!({"rate_limit_rps": 2}))
+        .await;
+    assert_eq!(
+        (status, body["rate_limit_rps"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    assert_eq!(s.get(&slow, "/v1/tasks").await.0, 200);
+    assert_eq!(s.get(&slow, "/v1/tasks").await.0, 200);
+    assert_eq!(s.get(&slow, "/v1/tasks").await.0, 429);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_tokens_per_minute_are_limited_per_user() {
+    let upstreams = crate::gateway::Upstreams::start().await;
+    let gateway = upstreams.config();
+    let s = TestServer::start_with(move |c| {
+        c.gateway = gateway;
+        c.limits.llm_tokens_per_minute = Some(30);
+    })
+    .await;
+    let admin = s.login().await;
+    let call = json!({"model": "llama3", "messages": [{"role": "user", "content": "one two three four five six seven eight nine ten"}]});
+    let mut refused = None;
+    for _ in 0..10 {
+        let r = s
+            .client
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&admin)
+            .json(&call)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            let retry = header(r.headers(), "retry-after");
+            refused = Some((retry, r.json::<Value>().await.unwrap()));
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let (retry, body) = refused.expect("30 tokens a minute must run out within 10 calls");
+    assert_eq!(error_code(&body), "rate_limited", "{body}");
+    assert!(retry.is_some_and(|r| (1..=60).contains(&r)), "{retry:?}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("30 LLM tokens per minute"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_tokens_work_only_where_the_agent_protocol_says() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    let agent = crate::gateway::agent_token(&s, &admin, "ext").await;
+    assert!(agent.starts_with("rf_agent_"), "{agent}");
+
+    let (status, me) = s.get(&agent, "/v1/auth/whoami").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (me["kind"].as_str(), me["agent"].as_str()),
+        (Some("agent"), Some("ext")),
+        "{me}"
+    );
+    let (status, body) = s.get(&agent, "/v1/budgets/agent:ext").await;
+    assert_eq!(
+        status, 404,
+        "its own budget: none set, yet not forbidden: {body}"
+    );
+    let (status, _) = s.post(&agent, "/v1/agent/heartbeat", json!({})).await;
+    assert_ne!(status, 403);
+
+    for (method, path) in [
+        ("GET", "/v1/tasks"),
+        ("POST", "/v1/tasks"),
+        ("GET", "/v1/agents"),
+        ("GET", "/v1/auth/tokens"),
+        ("POST", "/v1/auth/tokens"),
+        ("GET", "/v1/users"),
+        ("GET", "/v1/audit"),
+        ("GET", "/v1/budgets/user:admin"),
+    ] {
+        let (status, body) = match method {
+            "GET" => s.get(&agent, path).await,
+            _ => s.post(&agent, path, json!({"commands": ["true"]})).await,
+        };
+        assert_eq!(
+            (status, error_code(&body)),
+            (403, "forbidden"),
+            "{method} {path}: {body}"
+        );
+    }
+}
