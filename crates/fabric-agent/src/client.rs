@@ -221,13 +221,27 @@ impl AgentClient {
         action: &str,
         resource: Option<&str>,
     ) -> Result<CheckResponse, AgentError> {
+        self.check_with(action, resource, |_| {}).await
+    }
+
+    /// [`check`](Self::check), calling `on_pending` once with the answer
+    /// that opened an approval, before waiting for its decision (to tell
+    /// whoever watches the task that it waits, and for what).
+    pub async fn check_with(
+        &self,
+        action: &str,
+        resource: Option<&str>,
+        mut on_pending: impl FnMut(&CheckResponse),
+    ) -> Result<CheckResponse, AgentError> {
         let path = "/v1/agent/check";
         let body = CheckRequest {
             agent: None,
             action: action.to_owned(),
             resource: resource.map(str::to_owned),
             workspace: None,
-            wait: Some(APPROVAL_POLL.as_secs_f64()),
+            // Answered at once, so `on_pending` hears of an approval when it
+            // opens; the waiting is the polls' below.
+            wait: Some(0.0),
         };
         let req = self
             .request(Method::POST, path)
@@ -235,6 +249,9 @@ impl AgentClient {
             .json(&body);
         let resp = self.send(path, req).await?;
         let mut answer: CheckResponse = self.read_json(path, resp).await?;
+        if answer.decision == Effect::RequireApproval {
+            on_pending(&answer);
+        }
         while answer.decision == Effect::RequireApproval {
             let Some(id) = answer.approval_id else {
                 return Err(AgentError::Protocol {

@@ -447,20 +447,21 @@ impl FabricClient {
         self.decode(response).await
     }
 
-    /// `PUT /v1/budgets/{entity}` (admin).
+    /// `PUT /v1/budgets/{entity}[?force=true]` (admin; `force`: the entity need not exist).
     pub async fn put_budget(
         &self,
         entity: &BudgetEntity,
         spec: &BudgetSpec,
+        force: bool,
     ) -> Result<BudgetView, ClientError> {
-        self.json(
-            self.authed(
-                self.http
-                    .put(self.url(&format!("/v1/budgets/{entity}")))
-                    .json(spec),
-            ),
-        )
-        .await
+        let mut req = self
+            .http
+            .put(self.url(&format!("/v1/budgets/{entity}")))
+            .json(spec);
+        if force {
+            req = req.query(&[("force", "true")]);
+        }
+        self.json(self.authed(req)).await
     }
 
     /// `GET /v1/budgets/{entity}`.

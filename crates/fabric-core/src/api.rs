@@ -117,9 +117,12 @@ pub struct TokenResponse {
     /// The secret: `rf_pat_...` (or `rf_agent_...`). Only this answer shows it.
     pub token: String,
     /// The token's public id (for `token list` and `token revoke`).
+    // Defaults: a client still reads the answer of a server from before ids.
+    #[serde(default)]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default)]
     pub kind: TokenKind,
     pub user: String,
     pub tenant: TenantId,

@@ -191,6 +191,9 @@ pub mod reason {
     pub const DRAIN_TIMEOUT: &str = "drain_timeout";
     /// Prefix of `crashed (signal N)` / `crashed (exit N)`: the agent died mid-task.
     pub const CRASHED: &str = "crashed";
+    /// A policy denied one of the task's actions (a command, a file write),
+    /// or its approval was denied or timed out.
+    pub const POLICY_DENIED: &str = "policy_denied";
 }
 
 /// A file the task brings along; written into the task's working directory before it runs.

@@ -62,6 +62,13 @@ pub const ENV_STORE: &str = "FABRIC_STORE";
 pub const ENV_ADMIN_PASSWORD_FILE: &str = "FABRIC_ADMIN_PASSWORD_FILE";
 /// Where the password file is put in the orchestrator container (never in its config or env).
 pub const ADMIN_PASSWORD_PATH: &str = "/run/fabric/admin-password";
+/// Environment key naming the file `serve` reads its Redis store's password from.
+pub const ENV_STORE_PASSWORD_FILE: &str = "FABRIC_STORE_PASSWORD_FILE";
+/// Where the instance's Redis password is put in the orchestrator container.
+pub const STORE_PASSWORD_PATH: &str = "/run/fabric/redis-password";
+/// The Redis container's configuration file: its `requirepass` (so the
+/// password is in neither its command line nor its environment).
+const REDIS_CONF_PATH: &str = "/run/fabric/redis.conf";
 /// Environment keys and paths that let the orchestrator run container agents
 /// (read by `serve`; see `fabric_server::ContainerConfig`).
 pub const ENV_INSTANCE: &str = "FABRIC_INSTANCE";
@@ -452,17 +459,23 @@ async fn create_and_start(
         &redis_volume,
         config.redis_limits(),
     );
+    // Every link authenticated (NFR-SEC-1): the instance's Redis requires a
+    // password of its own, made here, which only the two containers' files hold.
+    let store_password = generate_password();
     let (redis_created, uploaded) = tokio::join!(
         client.create_container(&redis, redis_body),
         client.upload(
             &orchestrator,
             "/",
-            password_archive(&options.admin_password)?
+            secrets_archive(&options.admin_password, &store_password)?
         ),
     );
     redis_created?;
     created.containers.push(redis.clone());
     uploaded?;
+    client
+        .upload(&redis, "/", redis_conf_archive(&store_password)?)
+        .await?;
     timings.mark("create");
 
     let deadline = Deadline::after(config.readiness_timeout());
@@ -534,6 +547,7 @@ fn orchestrator_body(
     host.init = Some(true);
     let mut env = vec![
         format!("{ENV_STORE}={store_url}"),
+        format!("{ENV_STORE_PASSWORD_FILE}={STORE_PASSWORD_PATH}"),
         format!("{ENV_ADMIN_PASSWORD_FILE}={ADMIN_PASSWORD_PATH}"),
         "FABRIC_LOG_FORMAT=json".to_owned(),
     ];
@@ -621,6 +635,8 @@ fn redis_body(
         cmd: Some(
             [
                 "redis-server",
+                // `requirepass`, written there before the container starts.
+                REDIS_CONF_PATH,
                 "--appendonly",
                 "yes",
                 // The Redis store acknowledges a write once Redis has fsynced it.
@@ -673,10 +689,34 @@ fn endpoint(network_id: &str, alias: &str) -> NetworkingConfig {
 }
 
 /// A tar holding the password file, readable by the orchestrator's user only.
-fn password_archive(password: &str) -> Result<Vec<u8>, ImageError> {
+/// The orchestrator's secret files: the first admin's password and the
+/// Redis password, readable by its user alone.
+fn secrets_archive(admin_password: &str, store_password: &str) -> Result<Vec<u8>, ImageError> {
     let mut fs = image::Rootfs::new();
     fs.dir("/run/fabric", 0o700, IMAGE_UID)?;
-    fs.file(ADMIN_PASSWORD_PATH, password.as_bytes(), 0o400, IMAGE_UID)?;
+    fs.file(
+        ADMIN_PASSWORD_PATH,
+        admin_password.as_bytes(),
+        0o400,
+        IMAGE_UID,
+    )?;
+    fs.file(
+        STORE_PASSWORD_PATH,
+        store_password.as_bytes(),
+        0o400,
+        IMAGE_UID,
+    )?;
+    fs.finish()
+}
+
+/// The Redis container's configuration: its password. Readable by any user
+/// of that container, whose only program is Redis (the official image runs it
+/// as its own `redis` user, a local build as root).
+fn redis_conf_archive(store_password: &str) -> Result<Vec<u8>, ImageError> {
+    let mut fs = image::Rootfs::new();
+    fs.dir("/run/fabric", 0o755, 0)?;
+    let conf = format!("requirepass {store_password}\n");
+    fs.file(REDIS_CONF_PATH, conf.as_bytes(), 0o444, 0)?;
     fs.finish()
 }
 
@@ -752,7 +792,10 @@ async fn wait_redis(
     let container = container_name(name, Component::Redis);
     loop {
         match client.exec(&container, &["redis-cli", "ping"]).await {
-            Ok(out) if out.stdout.trim() == "PONG" => return Ok(()),
+            // Up: it answers, and asks a password of this client, which has none.
+            Ok(out) if out.stdout.contains("NOAUTH") || out.stderr.contains("NOAUTH") => {
+                return Ok(());
+            }
             Ok(_) => {}
             // Not running (yet, or any more): the state check below tells which.
             Err(DockerError::NameConflict { .. } | DockerError::NotRunning { .. }) => {}
@@ -1158,6 +1201,7 @@ mod tests {
         let text = serde_json::to_string(&body).unwrap();
         assert!(!text.contains("sekrit-password"));
         assert!(text.contains("FABRIC_STORE=redis://reactor-fabric-t-redis:6379"));
+        assert!(text.contains("FABRIC_STORE_PASSWORD_FILE=/run/fabric/redis-password"));
         assert!(text.contains("FABRIC_INSTANCE=t"));
         assert!(text.contains("FABRIC_PROXY_IMAGE=img"));
         assert!(text.contains("FABRIC_AGENT_IMAGE=agent-img"));

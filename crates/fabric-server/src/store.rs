@@ -55,6 +55,39 @@ impl StoreConfig {
         ))
     }
 
+    /// The same store, logging in to Redis with `password` (read from a
+    /// file by `serve --store-password-file`, so it is in no URL, flag or
+    /// environment variable).
+    pub fn with_password(self, password: &str) -> Result<StoreConfig, String> {
+        let StoreConfig::Redis { url, prefix } = self else {
+            return Err("a store password needs a Redis store (--store redis://...)".to_owned());
+        };
+        let encoded: String = password
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let url = if let Some(rest) = url.strip_prefix("redis://") {
+            let authority = rest.split('/').next().unwrap_or_default();
+            if authority.contains('@') {
+                return Err(
+                    "the Redis URL has credentials already: give the password in one place"
+                        .to_owned(),
+                );
+            }
+            format!("redis://:{encoded}@{rest}")
+        } else {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}pass={encoded}")
+        };
+        Ok(StoreConfig::Redis { url, prefix })
+    }
+
     /// Where the data lives, for logs and errors (no password).
     pub fn describe(&self, data_dir: &Path) -> String {
         match self {
@@ -64,6 +97,33 @@ impl StoreConfig {
                 fabric_store::redis::redact_url(url).0
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_goes_into_the_url_only() {
+        let redis = |url: &str| StoreConfig::parse(url, "p").unwrap();
+        assert_eq!(
+            redis("redis://r:6379/0").with_password("s3cr#t").unwrap(),
+            redis("redis://:s3cr%23t@r:6379/0")
+        );
+        assert_eq!(
+            redis("redis+unix:///run/r.sock")
+                .with_password("pw")
+                .unwrap(),
+            redis("redis+unix:///run/r.sock?pass=pw")
+        );
+        assert!(redis("redis://:x@r:6379").with_password("pw").is_err());
+        assert!(StoreConfig::Sqlite.with_password("pw").is_err());
+        let shown = format!(
+            "{:?}",
+            redis("redis://r:6379").with_password("topsecret").unwrap()
+        );
+        assert!(!shown.contains("topsecret"), "{shown}");
     }
 }
 

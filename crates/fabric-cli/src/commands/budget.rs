@@ -76,6 +76,9 @@ pub struct SetArgs {
     /// daily: a fresh limit every day; carryover: unused allowance carries into the next day (up to one day's limit) [default: daily]
     #[arg(long, value_name = "POLICY", value_parser = parse_reset)]
     pub reset: Option<ResetPolicy>,
+    /// Set it although no such agent, user or tenant exists (yet)
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -103,7 +106,9 @@ pub async fn run(ctx: &Ctx, cmd: BudgetCommand) -> Result<(), CliError> {
                 reset: args.reset.unwrap_or_default(),
             };
             spec.validate().map_err(CliError::Usage)?;
-            let view = client.put_budget(&args.entity.entity()?, &spec).await?;
+            let view = client
+                .put_budget(&args.entity.entity()?, &spec, args.force)
+                .await?;
             show(ctx, &view)
         }
         BudgetCommand::Get(args) => {

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     )]
     pub store: String,
 
+    /// A file holding the Redis store's password (one line), kept out of the URL, `ps` and `docker inspect`
+    #[arg(long, env = "FABRIC_STORE_PASSWORD_FILE", value_name = "PATH")]
+    pub store_password_file: Option<PathBuf>,
+
     /// Prefix of every Redis key, so several instances can share one Redis
     #[arg(long, env = "FABRIC_STORE_PREFIX", value_name = "PREFIX",
           default_value = fabric_server::DEFAULT_STORE_PREFIX)]
@@ -161,8 +165,19 @@ impl From<LogFormatArg> for fabric_server::LogFormat {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    let store = fabric_server::StoreConfig::parse(&args.store, &args.store_prefix)
+    let mut store = fabric_server::StoreConfig::parse(&args.store, &args.store_prefix)
         .map_err(|e| CliError::Usage(format!("--store: {e}")))?;
+    if let Some(path) = &args.store_password_file {
+        let password = read_secret_file(path).map_err(|e| {
+            CliError::Other(anyhow::anyhow!(
+                "cannot read the store password file {}: {e}",
+                path.display()
+            ))
+        })?;
+        store = store
+            .with_password(&password)
+            .map_err(|e| CliError::Usage(format!("--store-password-file: {e}")))?;
+    }
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => config::default_data_dir(&process_env)?,
@@ -267,15 +282,20 @@ fn admin_password() -> Result<Option<String>, CliError> {
     let Some(path) = process_env(ENV_ADMIN_PASSWORD_FILE).filter(|p| !p.is_empty()) else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        CliError::Other(anyhow::anyhow!(
-            "cannot read {ENV_ADMIN_PASSWORD_FILE} {path}: {e}"
-        ))
-    })?;
-    let password = text.strip_suffix('\n').unwrap_or(&text);
-    Ok(Some(
-        password.strip_suffix('\r').unwrap_or(password).to_owned(),
-    ))
+    read_secret_file(std::path::Path::new(&path))
+        .map(Some)
+        .map_err(|e| {
+            CliError::Other(anyhow::anyhow!(
+                "cannot read {ENV_ADMIN_PASSWORD_FILE} {path}: {e}"
+            ))
+        })
+}
+
+/// A secret file's contents without one trailing line end.
+fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(secret.strip_suffix('\r').unwrap_or(secret).to_owned())
 }
 
 /// `--leader-ttl`: a duration of at least 300 ms (renewals go every third

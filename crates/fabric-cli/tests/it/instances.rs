@@ -194,6 +194,42 @@ fn start_list_down_lifecycle_leaves_nothing_behind() {
             "{container} leaks the password"
         );
     }
+    // The instance's Redis wants a password (NFR-SEC-1), which only the
+    // orchestrator's secret file holds: in no container's config or env.
+    let redis = format!("reactor-fabric-{name}-redis");
+    let refused = std::process::Command::new("docker")
+        .args(["exec", &redis, "redis-cli", "ping"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&refused).contains("NOAUTH") || stderr(&refused).contains("NOAUTH"),
+        "redis-cli without the password: {} {}",
+        stdout(&refused),
+        stderr(&refused)
+    );
+    // The orchestrator's image holds this binary alone (no `cat`): copy it out.
+    let copied = tempfile::tempdir().unwrap();
+    docker(&[
+        "cp",
+        &format!("reactor-fabric-{name}-orchestrator:/run/fabric/redis-password"),
+        copied.path().to_str().unwrap(),
+    ]);
+    let store_password = std::fs::read_to_string(copied.path().join("redis-password")).unwrap();
+    let store_password = store_password.trim();
+    assert!(store_password.len() >= 20, "{store_password:?}");
+    for component in ["orchestrator", "redis"] {
+        let inspect = docker(&["inspect", &format!("reactor-fabric-{name}-{component}")]);
+        assert!(
+            !inspect.contains(store_password),
+            "{component} shows the Redis password"
+        );
+    }
+    let auth = format!("REDISCLI_AUTH={store_password}");
+    assert_eq!(
+        docker(&["exec", "-e", &auth, &redis, "redis-cli", "ping"]).trim(),
+        "PONG"
+    );
+
     let net: Value = serde_json::from_str(&docker(&["network", "inspect", &network])).unwrap();
     assert_eq!(
         net[0]["Labels"]["io.reactor-fabric.instance"],

@@ -130,11 +130,17 @@ fn policy_apply_list_check_and_delete() {
         .args(["policy", "delete", "dev-tenant"])
         .assert()
         .code(4);
-    // Live: with the tenant rules gone, nothing allows shell actions any more.
+    // Live: with the tenant rules gone, only the built-in default decides:
+    // it allows commands but not deploys.
     fabric
         .cli()
         .args([
-            "policy", "check", "--agent", "coder", "--action", "shell:ls",
+            "policy",
+            "check",
+            "--agent",
+            "coder",
+            "--action",
+            "deploy:prod",
         ])
         .assert()
         .code(7);
@@ -150,7 +156,29 @@ fn policy_apply_list_check_and_delete() {
     );
     let out = stdout_of(fabric.cli().args(["-o", "json", "audit", "--limit", "100"]));
     let audit: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(audit["records"].as_array().unwrap().len(), 5, "{audit}");
+    let records = audit["records"].as_array().unwrap();
+    let decisions = records.iter().filter(|r| r["source"] == "check").count();
+    assert_eq!(decisions, 5, "{audit}");
+    // Applying and deleting policies are administrative actions, audited too.
+    let admin: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["source"] == "admin")
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["resource"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        admin,
+        [
+            ("policy:delete", "dev-tenant"),
+            ("policy:put", "coder"),
+            ("policy:put", "dev-tenant")
+        ],
+        "{audit}"
+    );
 }
 
 #[test]

@@ -232,10 +232,18 @@ fn precedence_and_inheritance_table() {
             Some(DEFAULT_POLICY_ID),
         ),
         (
-            "the built-in default does not allow shell actions",
+            "the built-in default allows tasks' commands",
             vec![default_policy()],
             "coder",
             "shell:ls",
+            Allow,
+            Some(DEFAULT_POLICY_ID),
+        ),
+        (
+            "the built-in default does not allow reading files",
+            vec![default_policy()],
+            "coder",
+            "file:read:/etc/passwd",
             Deny,
             None,
         ),
@@ -486,4 +494,32 @@ proptest! {
             prop_assert_eq!(verdict.effect, Deny);
         }
     }
+}
+
+#[test]
+fn only_the_untouched_default_policy_of_before_shell_checks_is_outdated() {
+    let current = default_policy();
+    assert!(!is_outdated_default(&current));
+    let mut old = current.clone();
+    old.rules.truncate(3);
+    old.description = Some(DEFAULT_POLICY_BEFORE_SHELL_CHECKS.0.to_owned());
+    assert!(is_outdated_default(&old));
+    let mut edited = old.clone();
+    edited.rules[1].effect = Effect::Deny;
+    assert!(!is_outdated_default(&edited));
+    let mut renamed = old;
+    renamed.id = "mine".to_owned();
+    assert!(!is_outdated_default(&renamed));
+}
+
+#[test]
+fn shell_patterns_match_whole_command_lines() {
+    let rm = Glob::new("shell:rm *").unwrap();
+    assert!(rm.is_match("shell:rm -rf /nonexistent; echo ran-anyway"));
+    assert!(!rm.is_match("shell:echo hi; rm -rf /"));
+    assert!(
+        Glob::new("file:write:*")
+            .unwrap()
+            .is_match("file:write:src/deep/main.rs")
+    );
 }

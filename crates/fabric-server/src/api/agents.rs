@@ -64,6 +64,9 @@ pub async fn spawn(
     }
     let agent = state.agents.spawn(config, &principal).await?;
     tracing::info!(agent_id = %agent.config.id, isolation = %agent.config.isolation.level, "agent spawned");
+    state
+        .policy
+        .record_admin(&principal, "agent:spawn", agent.config.id.as_str());
     Ok((StatusCode::CREATED, Json(agent)))
 }
 
@@ -132,6 +135,9 @@ pub async fn terminate(
         .terminate(&agent_id(&id)?, Duration::from_secs_f64(secs))
         .await?;
     tracing::info!(agent_id = %agent.config.id, "agent terminated");
+    state
+        .policy
+        .record_admin(&principal, "agent:terminate", agent.config.id.as_str());
     Ok(Json(agent))
 }
 

@@ -40,20 +40,44 @@ fn may_read(principal: &Principal, entity: &BudgetEntity) -> Result<(), ApiError
 
 /// Sets (creates or replaces) an entity's budget.
 #[utoipa::path(put, path = "/v1/budgets/{entity}", operation_id = "put_budget", tag = "budgets", security(("bearer" = [])),
-    params(("entity" = String, Path, pattern = "^(agent|tenant|user):[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent:<id>, user:<name> or tenant:<id>")),
+    params(("entity" = String, Path, pattern = "^(agent|tenant|user):[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent:<id>, user:<name> or tenant:<id>"), PutParams),
     request_body = BudgetSpec,
-    responses((status = 200, body = BudgetView), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
+    responses((status = 200, body = BudgetView), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody),
+        (status = 404, description = "no such agent, user or tenant (send force=true to budget it ahead of time)", body = fabric_core::api::ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
     principal: Principal,
     Path(raw): Path<String>,
+    ApiQuery(params): ApiQuery<PutParams>,
     ApiJson(spec): ApiJson<BudgetSpec>,
 ) -> Result<Json<BudgetView>, ApiError> {
     principal.require(Scope::Admin)?;
     let entity = entity(&raw)?;
+    // A bad spec is a 400 whether or not the entity exists.
+    spec.validate()
+        .map_err(crate::services::budgets::BudgetError::Invalid)?;
+    if !params.force.unwrap_or(false)
+        && !state.accounts.entity_exists(&entity, &state.agents).await?
+    {
+        return Err(ApiError::not_found(format!(
+            "there is no {entity}: a budget for it would never apply; check the name, or send force=true ('budget set --force') to set it ahead of time"
+        )));
+    }
     let view = state.budgets.put(entity, spec).await?;
     tracing::info!(entity = %view.entity, "budget set");
+    state
+        .policy
+        .record_admin(&principal, "budget:set", &view.entity.to_string());
     Ok(Json(view))
+}
+
+/// `PUT /v1/budgets/{entity}?force=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PutParams {
+    /// Set it even though no such agent, user or tenant exists (yet).
+    pub force: Option<bool>,
 }
 
 /// Every budget, by entity.
@@ -99,6 +123,9 @@ pub async fn delete(
     let entity = entity(&raw)?;
     state.budgets.delete(&entity).await?;
     tracing::info!(entity = %entity, "budget deleted");
+    state
+        .policy
+        .record_admin(&principal, "budget:delete", &entity.to_string());
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -181,7 +181,20 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
     let request_id = crate::request_id::current();
     let opts = CallOptions::new("ollama");
     let method = request.method().as_str().to_owned();
-    let path = request.uri().path().to_owned();
+    let path = match &endpoint.identity.path_secret {
+        None => request.uri().path().to_owned(),
+        Some(secret) => match strip_secret(request.uri().path(), secret) {
+            Some(rest) => rest.to_owned(),
+            None => {
+                tracing::info!(agent_id = %endpoint.identity.agent, "inference call without the endpoint's secret refused");
+                // Ollama's error shape; nothing said of the agent or the secret.
+                let body = serde_json::json!({
+                    "error": "not found: this endpoint serves only its agent, at the URL its OLLAMA_BASE_URL names"
+                });
+                return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+            }
+        },
+    };
     let (_, body) = match read_body(request, endpoint.gateway.max_body_bytes(), &request_id).await {
         Ok(read) => read,
         Err(too_large) => {
@@ -203,6 +216,23 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
     )
 }
 
+/// `path` without its first segment if that segment is `secret` (compared
+/// in constant time); `/` when nothing follows it.
+fn strip_secret<'a>(path: &'a str, secret: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix('/')?;
+    let (first, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let same = first.len() == secret.len()
+        && first
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same.then_some(tail)
+}
+
 impl IntoResponse for ReplyResponse {
     fn into_response(self) -> Response {
         into_response(self.0)
@@ -211,3 +241,18 @@ impl IntoResponse for ReplyResponse {
 
 /// A gateway [`Reply`] returned from an axum handler.
 pub struct ReplyResponse(pub Reply);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_under_the_secret_reach_the_gateway() {
+        assert_eq!(strip_secret("/abc/api/chat", "abc"), Some("/api/chat"));
+        assert_eq!(strip_secret("/abc", "abc"), Some("/"));
+        assert_eq!(strip_secret("/api/chat", "abc"), None);
+        assert_eq!(strip_secret("/abd/api/chat", "abc"), None);
+        assert_eq!(strip_secret("/abcd/api/chat", "abc"), None);
+        assert_eq!(strip_secret("", "abc"), None);
+    }
+}

@@ -71,7 +71,11 @@ pub async fn put(
         )));
     }
     policy.id = id;
-    Ok(Json(state.policy.put(policy).await?))
+    let stored = state.policy.put(policy).await?;
+    state
+        .policy
+        .record_admin(&principal, "policy:put", &stored.id);
+    Ok(Json(stored))
 }
 
 /// Every policy, by id.
@@ -101,6 +105,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     principal.require(Scope::Admin)?;
     state.policy.delete(&id).await?;
+    state.policy.record_admin(&principal, "policy:delete", &id);
     Ok(StatusCode::NO_CONTENT)
 }
 

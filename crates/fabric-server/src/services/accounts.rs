@@ -190,6 +190,27 @@ impl AccountService {
         Ok(())
     }
 
+    /// Whether a budget's entity exists: the agent (in `agents`), the user
+    /// or the tenant.
+    pub async fn entity_exists(
+        &self,
+        entity: &fabric_core::BudgetEntity,
+        agents: &crate::services::agents::AgentManager,
+    ) -> Result<bool, AccountError> {
+        use fabric_core::BudgetEntity as E;
+        Ok(match entity {
+            E::Agent(id) => agents.get(id).await.is_ok(),
+            E::User(name) => self.auth.store().get_user(name.clone()).await?.is_some(),
+            E::Tenant(name) => self
+                .auth
+                .store()
+                .list_tenants()
+                .await?
+                .iter()
+                .any(|t| &t.name == name),
+        })
+    }
+
     // ------------------------------------------------------------ users
 
     /// Creates a user; returns it and the generated password when none was given.

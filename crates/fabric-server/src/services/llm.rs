@@ -150,4 +150,8 @@ pub struct EndpointIdentity {
     /// The agent's workspace (a policy attribute of its `llm:<model>` calls,
     /// which the gateway's guard decides).
     pub workspace: Option<String>,
+    /// On a loopback port (isolation `none`), which any local process can
+    /// reach: the first path segment every call must carry, known only to
+    /// the agent (its `OLLAMA_BASE_URL` ends with it).
+    pub path_secret: Option<String>,
 }

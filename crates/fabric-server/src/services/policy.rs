@@ -19,7 +19,9 @@ use fabric_core::policy::{
     Policy, PolicyStore,
 };
 use fabric_core::{AgentId, Clock, Identity, Scope, TenantId, Timestamp};
-use fabric_engine::policy::{PolicyError as CompileError, compile_policy, default_policy};
+use fabric_engine::policy::{
+    PolicyError as CompileError, compile_policy, default_policy, is_outdated_default,
+};
 use fabric_engine::{PolicyRequest, PolicySet};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
@@ -210,6 +212,16 @@ impl PolicyService {
     pub async fn load(self: &Arc<Self>) -> Result<(), PolicyError> {
         let _write = self.writes.lock().await;
         let mut stored = self.store.list_policies().await?;
+        for policy in &mut stored {
+            if is_outdated_default(policy) {
+                *policy = Policy {
+                    updated_at: Some(self.clock.now()),
+                    ..default_policy()
+                };
+                self.store.put_policy(policy.clone()).await?;
+                tracing::info!(policy_id = %policy.id, "upgraded the built-in default policy: tasks' shell commands and file writes are checked now, and allowed by it");
+            }
+        }
         if stored.is_empty() {
             let mut policy = default_policy();
             policy.updated_at = Some(self.clock.now());
@@ -372,7 +384,8 @@ impl PolicyService {
         } else {
             Scope::TenantAdmin
         };
-        self.audit(AuditRecord {
+        // Not a policy decision: audited, not counted in the decisions metric.
+        self.enqueue_audit(AuditRecord {
             id: uuid::Uuid::now_v7(),
             ts: self.clock.now(),
             tenant: by.tenant.clone(),
@@ -391,6 +404,11 @@ impl PolicyService {
 
     fn audit(&self, record: AuditRecord) {
         self.decisions.inc(&[record.decision.as_str()]);
+        self.enqueue_audit(record);
+    }
+
+    /// Queues a record for the store, in order (a batch at a time).
+    fn enqueue_audit(&self, record: AuditRecord) {
         let full = {
             let mut buffer = self.audit_buffer.lock();
             buffer.push(record);

@@ -500,14 +500,35 @@ async fn the_budget_api_validates_and_guards_writes() {
         .await;
     assert_eq!(status, 403);
 
-    let (status, _) = s
+    // Issue #15: a budget of nobody would never apply: refused, unless forced.
+    let (status, body) = s
         .put(
             &admin,
             "/v1/budgets/user:alice",
             json!({"max_tokens_per_day": 1}),
         )
         .await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("force"),
+        "{body}"
+    );
+    let (status, _) = s
+        .put(
+            &admin,
+            "/v1/budgets/user:alice?force=true",
+            json!({"max_tokens_per_day": 1}),
+        )
+        .await;
     assert_eq!(status, 200);
+    let (status, _) = s
+        .put(
+            &admin,
+            "/v1/budgets/user:admin",
+            json!({"max_tokens_per_day": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "an existing user's");
     let (status, _) = s.delete(&admin, "/v1/budgets/user:alice").await;
     assert_eq!(status, 204);
     let (status, _) = s.delete(&admin, "/v1/budgets/user:alice").await;

@@ -638,7 +638,11 @@ async fn container_program_reaches_the_api_through_its_sidecar() {
             json!({"id": "prog", "isolation": {"level": "container"}, "command": script, "restart": "never"}),
         )
         .await;
-    assert_eq!(agent["state"], "starting", "{agent}");
+    // Its first heartbeat may beat the spawn's answer (the container start is slow).
+    assert!(
+        agent["state"] == "starting" || agent["state"] == "running",
+        "{agent}"
+    );
     let agent = s
         .wait_agent(&token, "prog", |a| a["state"] == "running")
         .await;

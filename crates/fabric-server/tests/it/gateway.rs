@@ -418,6 +418,7 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
         user: "alice".into(),
         agent: AgentId::new("box").unwrap(),
         workspace: None,
+        path_secret: None,
     };
     let _endpoint = serve_ollama_endpoint(
         listener,
@@ -466,4 +467,56 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
         ("acme", "alice", Some("box"))
     );
     assert_eq!(r.api, "ollama");
+}
+
+/// Issue #15: an isolation `none` agent's endpoint is a loopback port any
+/// local process can reach; only calls under its secret path (which only the
+/// agent's `OLLAMA_BASE_URL` carries) reach the gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_process_without_the_agent_secret_cannot_use_its_endpoint() {
+    let up = Upstreams::start().await;
+    let s = server_with(&up).await;
+    let admin = s.login().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url.txt");
+    s.spawn_agent(
+        &admin,
+        json!({"id": "local", "command": format!("echo \"$OLLAMA_BASE_URL\" > {} && exec sleep 1000", file.display())}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let url = loop {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && text.ends_with('\n')
+        {
+            break text.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the agent never wrote its URL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (origin, secret) = url.rsplit_once('/').unwrap();
+    assert!(
+        origin.starts_with("http://127.0.0.1:") && secret.len() >= 32,
+        "{url}"
+    );
+
+    let client = reqwest::Client::new();
+    let chat = json!({"model": "llama3", "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+    for guess in [
+        format!("{origin}/api/chat"),
+        format!("{origin}/{}/api/chat", "0".repeat(secret.len())),
+    ] {
+        let r = client.post(&guess).json(&chat).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{guess}");
+        assert!(!r.text().await.unwrap().contains(secret));
+    }
+    let r = client
+        .post(format!("{url}/api/chat"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the agent's own URL works");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["message"]["content"], "echo: hi");
 }

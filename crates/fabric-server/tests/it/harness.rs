@@ -145,35 +145,28 @@ impl TestServer {
     }
 
     pub async fn patch(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .patch(self.url(path))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.send(reqwest::Method::PATCH, token, path, body).await
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.send(reqwest::Method::POST, token, path, body).await
     }
 
     pub async fn put(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, token, path, body).await
+    }
+
+    /// `method path` with a JSON body: the status and the JSON answer (null if none).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let r = self
             .client
-            .put(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(token)
             .json(&body)
             .send()

@@ -487,7 +487,13 @@ async fn every_decision_of_a_scripted_run_is_audited_exactly_once() {
         assert_eq!(status, 201);
     }
     let (_, audit) = s.get(&admin, "/v1/audit?limit=1000").await;
-    let records = audit["records"].as_array().unwrap();
+    // Policy decisions only (setting the rules up is audited too, as admin actions).
+    let records: Vec<&Value> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] != "admin")
+        .collect();
     assert_eq!(
         records.len(),
         expected.len() + 5,
@@ -496,6 +502,7 @@ async fn every_decision_of_a_scripted_run_is_audited_exactly_once() {
     for (request_id, action, decision) in &expected {
         let matching: Vec<&Value> = records
             .iter()
+            .copied()
             .filter(|r| r["correlation_id"] == request_id.as_str())
             .collect();
         assert_eq!(matching.len(), 1, "{request_id}: {matching:?}");
@@ -784,4 +791,217 @@ async fn policies_audit_and_approvals_survive_a_restart_on_redis() {
         prefix: "policy".to_owned(),
     };
     survives_a_restart(store, &dir).await;
+}
+
+/// Issue #15: the shell agent asks `shell:<command>` for every command and
+/// `file:write:<path>` for every file before it runs anything; a denial
+/// fails the task `policy_denied` (audited), an approval gate makes it wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shell_agent_checks_commands_and_files_and_waits_for_approvals() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    apply(
+        &s,
+        &admin,
+        "shell-rules",
+        json!({"scope": {"tenant": "default"}, "rules": [
+            {"action_pattern": "shell:rm *", "effect": "deny"},
+            {"action_pattern": "file:write:secret*", "effect": "deny"},
+            {"action_pattern": "shell:touch *", "effect": "require_approval"},
+        ]}),
+    )
+    .await;
+
+    // Denied: nothing of the command runs.
+    let command = "rm -rf /nonexistent; echo ran-anyway";
+    let id = s.create(&admin, json!({"commands": [command]})).await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, fabric_core::TaskStatus::Failed);
+    assert_eq!(done.reason.as_deref(), Some("policy_denied"));
+    let result = done.result.unwrap();
+    assert!(!result.stdout.contains("ran-anyway"), "{result:?}");
+    let error = result.error.unwrap();
+    assert!(
+        error.contains("shell-rules") && error.contains("shell:rm *"),
+        "{error}"
+    );
+    let (_, audit) = s.get(&admin, "/v1/audit?decision=deny").await;
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == format!("shell:{command}").as_str()),
+        "{audit}"
+    );
+
+    // A file the policies forbid to write: denied before anything runs.
+    let id = s
+        .create(
+            &admin,
+            json!({"commands": ["echo wrote"], "files": [{"path": "secret.txt", "content": "x"}]}),
+        )
+        .await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.reason.as_deref(), Some("policy_denied"));
+    assert!(
+        done.result
+            .unwrap()
+            .error
+            .unwrap()
+            .contains("file:write:secret.txt")
+    );
+
+    // Allowed by the built-in default policy: runs as before.
+    let id = s.create(&admin, json!({"commands": ["echo fine"]})).await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, fabric_core::TaskStatus::Completed, "{done:?}");
+
+    // An approval gate: the task waits (and says so), then runs once approved.
+    let id = s
+        .create(
+            &admin,
+            json!({"commands": ["touch approved.txt && echo done-after-approval"]}),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let approval = loop {
+        let (_, list) = s.get(&admin, "/v1/approvals?status=pending").await;
+        if let Some(a) = list["approvals"].as_array().and_then(|a| a.first()) {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no approval was requested");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        approval["action"],
+        "shell:touch approved.txt && echo done-after-approval"
+    );
+    assert_eq!(
+        s.status_of(&admin, &id).await,
+        fabric_core::TaskStatus::Running
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, events) = s.get(&admin, &format!("/v1/tasks/{id}/events")).await;
+        if events.to_string().contains("awaiting approval") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never said it waits: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let approval_id = approval["id"].as_str().unwrap();
+    let (status, body) = s
+        .post(
+            &admin,
+            &format!("/v1/approvals/{approval_id}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, fabric_core::TaskStatus::Completed, "{done:?}");
+    assert!(done.result.unwrap().stdout.contains("done-after-approval"));
+
+    // Denied by the approver: policy_denied, naming the approval.
+    let id = s
+        .create(&admin, json!({"commands": ["touch nope.txt"]}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let approval_id = loop {
+        let (_, list) = s.get(&admin, "/v1/approvals?status=pending").await;
+        if let Some(a) = list["approvals"].as_array().and_then(|a| a.first()) {
+            break a["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval was requested");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    s.post(
+        &admin,
+        &format!("/v1/approvals/{approval_id}/deny"),
+        json!({}),
+    )
+    .await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.reason.as_deref(), Some("policy_denied"));
+    assert!(done.result.unwrap().error.unwrap().contains("denied"));
+}
+
+/// The built-in default policy an earlier release stored, untouched, is
+/// upgraded at start to allow tasks' commands and file writes (which it
+/// let run before they were checked); an edited one is left alone.
+async fn the_old_default_policy_is_upgraded(
+    store: fabric_server::StoreConfig,
+    dir: &tempfile::TempDir,
+) {
+    let data = dir.path().join("data");
+    let first = store.clone();
+    let s = TestServer::start_in(data.clone(), move |c| c.store = first).await;
+    let admin = s.login().await;
+    let old = json!({"scope": {"tenant": "*"}, "priority": i32::MIN,
+        "description": "built-in: allows task creation, LLM calls and allowlisted egress in every tenant; edit or delete it to tighten",
+        "rules": [{"action_pattern": "task:create:*", "effect": "allow"},
+                  {"action_pattern": "llm:*", "effect": "allow"},
+                  {"action_pattern": "net:connect:*", "effect": "allow"}]});
+    apply(&s, &admin, "default", old.clone()).await;
+    let mut edited = old;
+    edited["description"] = json!("ours: no shell");
+    apply(&s, &admin, "edited", edited).await;
+    s.stop().await;
+
+    let s = TestServer::start_in(data, move |c| c.store = store).await;
+    let admin = s.login().await;
+    let (_, list) = s.get(&admin, "/v1/policies").await;
+    let patterns = |id: &str| -> Vec<String> {
+        list["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap()["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["action_pattern"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        patterns("default").contains(&"shell:*".to_owned()),
+        "{list}"
+    );
+    assert!(
+        patterns("default").contains(&"file:write:*".to_owned()),
+        "{list}"
+    );
+    assert_eq!(
+        patterns("edited").len(),
+        3,
+        "an edited policy stays as written"
+    );
+    let id = s
+        .create(&admin, json!({"commands": ["echo still-runs"]}))
+        .await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, fabric_core::TaskStatus::Completed, "{done:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_old_default_policy_is_upgraded_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    the_old_default_policy_is_upgraded(fabric_server::StoreConfig::Sqlite, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_old_default_policy_is_upgraded_on_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = fabric_store::redis::testing::RedisServer::start(&dir.path().join("redis"));
+    let store = fabric_server::StoreConfig::Redis {
+        url: redis.url(),
+        prefix: "upgrade".to_owned(),
+    };
+    the_old_default_policy_is_upgraded(store, &dir).await;
 }

@@ -63,12 +63,16 @@ async fn official_openai_and_ollama_python_clients() {
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // As an isolation `none` agent's endpoint is: under a secret path, which
+    // the official clients keep when given it as their base URL.
+    let secret = "0123456789abcdef0123456789abcdef";
+    let endpoint = format!("http://{}/{secret}", listener.local_addr().unwrap());
     let identity = EndpointIdentity {
         tenant: TenantId::default_tenant(),
         user: "admin".into(),
         agent: AgentId::new("py-agent").unwrap(),
         workspace: None,
+        path_secret: Some(secret.to_owned()),
     };
     let _endpoint = serve_ollama_endpoint(
         listener,

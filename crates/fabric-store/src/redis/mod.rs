@@ -451,24 +451,95 @@ impl TaskStore for RedisStore {
     }
 }
 
+/// A user or tenant: a JSON record in one hash, under its name.
+struct Named {
+    /// The hash.
+    key: String,
+    /// Its field: the record's name.
+    name: String,
+    /// `user "alice"`, `tenant acme`: for messages.
+    what: String,
+    body: Result<String, RedisStoreError>,
+}
+
+impl Named {
+    fn user(store: &RedisStore, user: &User) -> Named {
+        let what = format!("user {:?}", user.name);
+        Named {
+            key: store.inner.keys.users(),
+            name: user.name.clone(),
+            body: encode_json(|| what.clone(), user),
+            what,
+        }
+    }
+
+    fn tenant(store: &RedisStore, tenant: &Tenant) -> Named {
+        let what = format!("tenant {}", tenant.name);
+        Named {
+            key: store.inner.keys.tenants(),
+            name: tenant.name.to_string(),
+            body: encode_json(|| what.clone(), tenant),
+            what,
+        }
+    }
+}
+
+impl RedisStore {
+    /// Stores a [`Named`] record: only if its name is free (`HSETNX`, `true`
+    /// if it was), or replacing any (`HSET`, always `true`).
+    fn put_named(
+        &self,
+        record: Named,
+        only_new: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let Named {
+            key,
+            name,
+            what,
+            body,
+        } = record;
+        let op = body.map(|body| {
+            let command = if only_new { "HSETNX" } else { "HSET" };
+            let c = cmd(command).arg(key).arg(name).arg(body).clone();
+            let decode = move |value: Value| {
+                if only_new {
+                    Ok(codec::int("storing a record", &value)? != 0)
+                } else {
+                    Ok(true)
+                }
+            };
+            writer::op(Some(c), format!("cannot store {what}"), decode)
+        });
+        self.submit(op)
+    }
+
+    /// Every record of a hash of [`Named`] ones, ordered by `order`.
+    fn list_named<T, K>(
+        &self,
+        key: String,
+        kind: &'static str,
+        order: fn(&T) -> K,
+    ) -> impl Future<Output = Result<Vec<T>, StoreError>> + Send + 'static
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        K: Ord + 'static,
+    {
+        let c = cmd("HGETALL").arg(key).clone();
+        self.read(c, format!("cannot list {kind}s"), move |value| {
+            let mut records: Vec<T> = codec::json_pairs(kind, value)?;
+            // A hash has no order; the port promises name order.
+            records.sort_by_key(order);
+            Ok(records)
+        })
+    }
+}
+
 impl AuthStore for RedisStore {
     fn create_user(
         &self,
         user: User,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-        let op = encode_json(|| format!("user {:?}", user.name), &user).map(|body| {
-            let c = cmd("HSETNX")
-                .arg(self.inner.keys.users())
-                .arg(&user.name)
-                .arg(body)
-                .clone();
-            writer::op(
-                Some(c),
-                format!("cannot create user {:?}", user.name),
-                flag("creating a user"),
-            )
-        });
-        self.submit(op)
+        self.put_named(Named::user(self, &user), true)
     }
 
     fn get_user(
@@ -493,29 +564,12 @@ impl AuthStore for RedisStore {
         &self,
         user: User,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let op = encode_json(|| format!("user {:?}", user.name), &user).map(|body| {
-            let c = cmd("HSET")
-                .arg(self.inner.keys.users())
-                .arg(&user.name)
-                .arg(body)
-                .clone();
-            writer::op(
-                Some(c),
-                format!("cannot store user {:?}", user.name),
-                ignore,
-            )
-        });
-        self.submit(op)
+        let write = self.put_named(Named::user(self, &user), false);
+        async move { write.await.map(drop) }
     }
 
     fn list_users(&self) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send + 'static {
-        let c = cmd("HGETALL").arg(self.inner.keys.users()).clone();
-        self.read(c, "cannot list users".to_owned(), |value| {
-            let mut users: Vec<User> = codec::json_pairs("user", value)?;
-            // A hash has no order; the port promises name order.
-            users.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(users)
-        })
+        self.list_named(self.inner.keys.users(), "user", |u: &User| u.name.clone())
     }
 
     fn delete_user(
@@ -535,48 +589,22 @@ impl AuthStore for RedisStore {
         &self,
         tenant: Tenant,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-        let op = encode_json(|| format!("tenant {}", tenant.name), &tenant).map(|body| {
-            let c = cmd("HSETNX")
-                .arg(self.inner.keys.tenants())
-                .arg(tenant.name.as_str())
-                .arg(body)
-                .clone();
-            writer::op(
-                Some(c),
-                format!("cannot create tenant {}", tenant.name),
-                flag("creating a tenant"),
-            )
-        });
-        self.submit(op)
+        self.put_named(Named::tenant(self, &tenant), true)
     }
 
     fn put_tenant(
         &self,
         tenant: Tenant,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let op = encode_json(|| format!("tenant {}", tenant.name), &tenant).map(|body| {
-            let c = cmd("HSET")
-                .arg(self.inner.keys.tenants())
-                .arg(tenant.name.as_str())
-                .arg(body)
-                .clone();
-            writer::op(
-                Some(c),
-                format!("cannot store tenant {}", tenant.name),
-                ignore,
-            )
-        });
-        self.submit(op)
+        let write = self.put_named(Named::tenant(self, &tenant), false);
+        async move { write.await.map(drop) }
     }
 
     fn list_tenants(
         &self,
     ) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send + 'static {
-        let c = cmd("HGETALL").arg(self.inner.keys.tenants()).clone();
-        self.read(c, "cannot list tenants".to_owned(), |value| {
-            let mut tenants: Vec<Tenant> = codec::json_pairs("tenant", value)?;
-            tenants.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(tenants)
+        self.list_named(self.inner.keys.tenants(), "tenant", |t: &Tenant| {
+            t.name.clone()
         })
     }
 

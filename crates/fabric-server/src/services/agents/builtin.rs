@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use fabric_agent::{AgentClient, Outcome, RunOptions, TaskContext};
+use fabric_core::policy::{CheckResponse, Effect};
 use fabric_core::{AgentId, TaskResult, TaskStatus, reason};
 use fabric_engine::{Completion, Lease};
 use fabric_runtime::container::ContainerShell;
@@ -67,6 +68,9 @@ pub struct ShellWorkers {
 
 struct Worker {
     service: Arc<TaskService>,
+    /// This agent's own client: its policy checks go through the agent
+    /// protocol (`/v1/agent/check`), as any agent's do.
+    client: AgentClient,
     agent: AgentId,
     executor: Executor,
     output_limit: usize,
@@ -91,6 +95,7 @@ impl ShellWorkers {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let worker = Arc::new(Worker {
             service,
+            client: client.clone(),
             agent,
             executor,
             output_limit,
@@ -196,6 +201,74 @@ fn complete_noop(service: &TaskService, lease: Lease) {
     }
 }
 
+/// Asks the policies, as this agent, whether the task may run each of its
+/// commands (`shell:<command>`, the whole command line) and write each of its
+/// files (`file:write:<path>`), before anything runs: at every isolation
+/// level, since the check is the fabric's, not the sandbox's. A
+/// `require_approval` answer waits for the approver (the task logs what it
+/// waits for); a cancel ends the wait. `Err` is the task's outcome then
+/// (`None`: the session is going away, the supervisor decides).
+async fn authorize(
+    worker: &Worker,
+    ctx: &TaskContext,
+    commands: &[String],
+    files: &[fabric_core::TaskFile],
+) -> Result<(), Option<Outcome>> {
+    let actions = commands
+        .iter()
+        .map(|c| format!("shell:{c}"))
+        .chain(files.iter().map(|f| format!("file:write:{}", f.path)));
+    for action in actions {
+        let announce = |pending: &CheckResponse| {
+            if let Some(id) = pending.approval_id {
+                ctx.log(
+                    "stderr",
+                    format!(
+                        "[fabric] awaiting approval {id} for {action} ({}): approve with 'reactor-fabric approval approve {id}'",
+                        decided_by(pending)
+                    ),
+                );
+            }
+        };
+        let mut kill = worker.kill.clone();
+        let answer = tokio::select! {
+            answer = worker.client.check_with(&action, None, announce) => answer,
+            () = ctx.cancelled() => return Err(Some(Outcome::failed("stopped"))),
+            _ = kill.wait_for(|k| *k) => return Err(None),
+        };
+        let refusal = match answer {
+            Ok(answer) if answer.decision == Effect::Allow => continue,
+            Ok(answer) => match (answer.approval_id, answer.approval_status) {
+                (Some(id), Some(status)) => {
+                    format!(
+                        "approval {id} for {action} was {status} ({})",
+                        decided_by(&answer)
+                    )
+                }
+                _ => format!("{action} is denied ({})", decided_by(&answer)),
+            },
+            Err(e) => format!("cannot ask the policies whether {action} is allowed: {e}"),
+        };
+        tracing::info!(task_id = %ctx.task().id, agent_id = %worker.agent, %refusal, "task refused by policy");
+        return Err(Some(Outcome::Failed {
+            result: TaskResult {
+                error: Some(format!("policy_denied: {refusal}")),
+                ..TaskResult::default()
+            },
+            reason: Some(reason::POLICY_DENIED.into()),
+        }));
+    }
+    Ok(())
+}
+
+/// `policy P, rule R` (or the default deny) of a check's answer.
+fn decided_by(answer: &CheckResponse) -> String {
+    match &answer.policy_id {
+        Some(policy) => format!("policy {policy}, rule {}", answer.rule),
+        None => format!("{}: no policy allows it", answer.rule),
+    }
+}
+
 /// Runs one task's commands; `pending` forever when the task must not be
 /// completed (the session is being killed: the supervisor requeues it).
 async fn run_shell_task(worker: &Worker, ctx: TaskContext) -> Outcome {
@@ -234,6 +307,9 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
     } else {
         task.input.commands
     };
+    if let Err(refused) = authorize(worker, ctx, &commands, &task.input.files).await {
+        return refused;
+    }
     let job = ShellJob {
         commands,
         files: task.input.files,

@@ -3,7 +3,7 @@
 //! agent, so every call is routed (local first, cloud fallback), metered
 //! against the agent, its owner and tenant, and made with the fabric's own
 //! provider keys, never the agent's. It listens on a loopback port of the
-//! agent's own (isolation `none`), inside the sandbox's network namespace on
+//! agent's own under a secret path (isolation `none`), inside the sandbox's network namespace on
 //! `localhost:11434` (`process`), or on a container agent's `inference.sock`,
 //! which its sidecar forwards `localhost:11434` to (`container`). Bodies over
 //! the gateway's limit (10 MiB) get 413, calls past its request timeout
@@ -41,16 +41,22 @@ pub(super) fn serve_unix(
 }
 
 /// The endpoint of an isolation `none` agent: a loopback port of its own, so
-/// its calls are metered against it. Returns the address and the server task
-/// (the session aborts it at its end).
+/// its calls are metered against it. Any local process can connect to a
+/// loopback port, so every call must start its path with a secret made for
+/// this session, which only the agent's `OLLAMA_BASE_URL` carries; anything
+/// else answers 404. Returns that base URL and the server task (the session
+/// aborts it at its end).
 pub(super) fn serve_loopback(
     inner: &Inner,
-    identity: EndpointIdentity,
-) -> Result<(SocketAddr, JoinHandle<()>), SessionError> {
+    mut identity: EndpointIdentity,
+) -> Result<(String, JoinHandle<()>), SessionError> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(SessionError::OpenInference)?;
-    let addr = listener.local_addr().map_err(SessionError::OpenInference)?;
-    Ok((addr, serve_std(listener, inner, identity)?))
+    let addr: SocketAddr = listener.local_addr().map_err(SessionError::OpenInference)?;
+    let secret = hex::encode(rand::random::<[u8; 16]>());
+    let url = format!("http://{addr}/{secret}");
+    identity.path_secret = Some(secret);
+    Ok((url, serve_std(listener, inner, identity)?))
 }
 
 /// Serves an agent's inference endpoint on a listener: the HTTP layer's

@@ -58,7 +58,7 @@ impl HostSession {
         )];
         let (endpoint, server) = inference::serve_loopback(inner, launch.endpoint_identity())?;
         tasks.push(server);
-        env.push((ENV_OLLAMA.into(), format!("http://{endpoint}")));
+        env.push((ENV_OLLAMA.into(), endpoint));
         let config = launch.config;
         let run = if config.is_builtin_shell() {
             let spec = ShellSpec {

@@ -289,6 +289,7 @@ impl Launch<'_> {
             user: self.owner.to_owned(),
             agent: self.agent().clone(),
             workspace: self.config.workspace.clone(),
+            path_secret: None,
         }
     }
 
