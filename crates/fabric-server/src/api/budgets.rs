@@ -51,8 +51,8 @@ pub async fn put(
     ApiQuery(params): ApiQuery<PutParams>,
     ApiJson(spec): ApiJson<BudgetSpec>,
 ) -> Result<Json<BudgetView>, ApiError> {
-    principal.require(Scope::Admin)?;
     let entity = entity(&raw)?;
+    state.accounts.may_budget(&principal, &entity).await?;
     // A bad spec is a 400 whether or not the entity exists.
     spec.validate()
         .map_err(crate::services::budgets::BudgetError::Invalid)?;
@@ -119,8 +119,8 @@ pub async fn delete(
     principal: Principal,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    principal.require(Scope::Admin)?;
     let entity = entity(&raw)?;
+    state.accounts.may_budget(&principal, &entity).await?;
     state.budgets.delete(&entity).await?;
     tracing::info!(entity = %entity, "budget deleted");
     state

@@ -55,15 +55,17 @@ fn approval_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
 #[utoipa::path(put, path = "/v1/policies/{id}", operation_id = "put_policy", tag = "policy", security(("bearer" = [])),
     params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "policy id")), request_body = Policy,
     responses((status = 200, body = Policy), (status = 400, description = "invalid policy (bad glob, scope, condition)", body = fabric_core::api::ErrorBody),
-        (status = 403, description = "needs the admin scope", body = fabric_core::api::ErrorBody)))]
+        (status = 403, description = "needs the admin scope (a tenant-admin: a policy scoped to its own tenant)", body = fabric_core::api::ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
     ApiJson(mut policy): ApiJson<Policy>,
 ) -> Result<Json<Policy>, ApiError> {
-    principal.require(Scope::Admin)?;
     validate_policy_id(&id).map_err(ApiError::bad_request)?;
+    state
+        .policy
+        .may_write(&principal, &id, Some(&policy.scope))?;
     if !policy.id.is_empty() && policy.id != id {
         return Err(ApiError::bad_request(format!(
             "the body names policy {:?} but the path names {id:?}: leave 'id' out of the body or make them match",
@@ -103,7 +105,7 @@ pub async fn delete(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    principal.require(Scope::Admin)?;
+    state.policy.may_write(&principal, &id, None)?;
     state.policy.delete(&id).await?;
     state.policy.record_admin(&principal, "policy:delete", &id);
     Ok(StatusCode::NO_CONTENT)

@@ -190,6 +190,36 @@ impl AccountService {
         Ok(())
     }
 
+    /// `Ok` if `by` may set or delete the budget of `entity`: an admin any;
+    /// a tenant-admin its own tenant's and its users' (another tenant's user
+    /// is "not found"); agents, not owned by a tenant yet, need an admin.
+    pub async fn may_budget(
+        &self,
+        by: &Identity,
+        entity: &fabric_core::BudgetEntity,
+    ) -> Result<(), AccountError> {
+        use fabric_core::BudgetEntity as E;
+        if Scope::Admin.granted_by(&by.scopes) {
+            return Ok(());
+        }
+        let needs_admin = || {
+            AccountError::MissingScope(MissingScope {
+                scope: Scope::Admin,
+            })
+        };
+        by.require(Scope::TenantAdmin).map_err(|_| needs_admin())?;
+        match entity {
+            E::Tenant(t) if *t == by.tenant => Ok(()),
+            E::User(name) => match self.auth.store().get_user(name.clone()).await? {
+                Some(user) if user.tenant == by.tenant => Ok(()),
+                // Another tenant's user, or none: nothing this caller can see.
+                _ => Err(AccountError::no_user(name)),
+            },
+            E::Tenant(t) => Err(AccountError::no_tenant(t)),
+            E::Agent(_) => Err(needs_admin()),
+        }
+    }
+
     /// Whether a budget's entity exists: the agent (in `agents`), the user
     /// or the tenant.
     pub async fn entity_exists(

@@ -18,7 +18,7 @@ use fabric_core::policy::{
     Approval, ApprovalQuery, ApprovalStatus, AuditQuery, AuditRecord, CheckResponse, Effect,
     Policy, PolicyStore,
 };
-use fabric_core::{AgentId, Clock, Identity, Scope, TenantId, Timestamp};
+use fabric_core::{AgentId, Clock, Identity, MissingScope, Scope, TenantId, Timestamp};
 use fabric_engine::policy::{
     PolicyError as CompileError, compile_policy, default_policy, is_outdated_default,
 };
@@ -282,6 +282,38 @@ impl PolicyService {
     }
 
     /// Deletes a policy; 404 if there is none.
+    /// `Ok` if `by` may write policy `id` with `scope` (`None`: delete it).
+    /// An admin may write any; a tenant-admin only policies scoped to its
+    /// own tenant (`{"tenant": "<its tenant>"}`), and another tenant's
+    /// policy is "not found" to it.
+    pub fn may_write(
+        &self,
+        by: &Identity,
+        id: &str,
+        scope: Option<&fabric_core::policy::PolicyScope>,
+    ) -> Result<(), PolicyError> {
+        use fabric_core::policy::PolicyScope;
+        if Scope::Admin.granted_by(&by.scopes) {
+            return Ok(());
+        }
+        by.require(Scope::TenantAdmin).map_err(|_| MissingScope {
+            scope: Scope::Admin,
+        })?;
+        let own = |s: &PolicyScope| matches!(s, PolicyScope::Tenant(t) if t == by.tenant.as_str());
+        if let Some(existing) = self.policies.lock().get(id)
+            && !own(&existing.scope)
+        {
+            return Err(PolicyError::PolicyNotFound(id.to_owned()));
+        }
+        match scope {
+            Some(scope) if !own(scope) => Err(MissingScope {
+                scope: Scope::Admin,
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn delete(&self, id: &str) -> Result<(), PolicyError> {
         let _write = self.writes.lock().await;
         if !self.store.delete_policy(id.to_owned()).await? {

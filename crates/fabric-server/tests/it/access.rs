@@ -157,6 +157,46 @@ async fn tenants_and_users_are_managed_by_their_admins_only() {
         body["user"]["tenant"], "acme",
         "defaults to the creator's tenant"
     );
+
+    // Its own tenant's policies and budgets, and nothing of another's.
+    let own_policy = json!({"scope": {"tenant": "acme"}, "rules": [{"action_pattern": "shell:rm *", "effect": "deny"}]});
+    assert_eq!(
+        s.put(&bob, "/v1/policies/acme-rules", own_policy).await.0,
+        200
+    );
+    let other = json!({"scope": {"tenant": "default"}, "rules": [{"action_pattern": "x:*", "effect": "deny"}]});
+    assert_eq!(s.put(&bob, "/v1/policies/other", other).await.0, 403);
+    assert_eq!(
+        s.delete(&bob, "/v1/policies/default").await.0,
+        404,
+        "the built-in one spans every tenant"
+    );
+    let budget = json!({"max_tokens_per_day": 10});
+    assert_eq!(
+        s.put(&bob, "/v1/budgets/tenant:acme", budget.clone())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.put(&bob, "/v1/budgets/user:carol", budget.clone())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.put(&bob, "/v1/budgets/user:admin", budget.clone())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        s.put(&bob, "/v1/budgets/tenant:default", budget.clone())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(s.delete(&bob, "/v1/policies/acme-rules").await.0, 204);
     assert_eq!(
         s.post(&bob, "/v1/tenants", json!({"name": "x"})).await.0,
         403
@@ -376,13 +416,13 @@ async fn each_role_may_change_exactly_what_it_should() {
             "PUT",
             "/v1/policies/p1".into(),
             json!({"scope": {"tenant": "acme"}, "rules": [{"action_pattern": "x:*", "effect": "deny"}]}),
-            [true, false, false, false],
+            [true, true, false, false],
         ),
         (
             "PUT",
             "/v1/budgets/user:u-viewer".into(),
             json!({"max_tokens_per_day": 10}),
-            [true, false, false, false],
+            [true, true, false, false],
         ),
         (
             "POST",
