@@ -493,6 +493,12 @@ pub async fn run(
         .start_system(shell)
         .await
         .context("cannot start the built-in shell agent")?;
+    // Said where an operator looks, until the default agent is sandboxed.
+    tracing::warn!(
+        agent_id = "shell",
+        isolation = "none",
+        "the built-in shell agent runs tasks unsandboxed as this server's own user: anyone who may create tasks on it can read what this user can (this process's environment, the data directory); give untrusted users an agent of isolation process or container and deny them task:create:shell"
+    );
     let respawned = agents.restore().await?;
     let mut workers = agents::spawn_noop(Arc::clone(&tasks), stop.clone());
     {
