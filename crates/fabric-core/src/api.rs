@@ -131,6 +131,22 @@ pub struct TokenResponse {
     pub expires_at: Option<Timestamp>,
 }
 
+impl TokenResponse {
+    /// The answer that hands out a just-issued `token`, whose secret is `secret`.
+    pub fn issued(secret: String, token: crate::auth::ApiToken) -> Self {
+        Self {
+            id: token.id().to_owned(),
+            token: secret,
+            name: token.name,
+            kind: token.kind,
+            user: token.user,
+            tenant: token.tenant,
+            scopes: token.scopes,
+            expires_at: token.expires_at,
+        }
+    }
+}
+
 /// A stored token as `GET /v1/auth/tokens` lists it: never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

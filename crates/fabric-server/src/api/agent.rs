@@ -247,18 +247,9 @@ pub async fn renew_token(
     principal: Principal,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let agent = calling_agent(&state, &principal)?;
-    let (secret, hash, expires) =
+    let (secret, token) =
         state
             .auth
             .issue_agent_token(&agent, &principal.tenant, &principal.user, AGENT_TOKEN_TTL);
-    Ok(Json(TokenResponse {
-        token: secret,
-        id: hash.get(..12).unwrap_or_default().to_owned(),
-        name: Some(format!("agent {agent}")),
-        kind: fabric_core::TokenKind::Agent,
-        user: principal.identity.user,
-        tenant: principal.identity.tenant,
-        scopes: Vec::new(),
-        expires_at: Some(expires),
-    }))
+    Ok(Json(TokenResponse::issued(secret, token)))
 }

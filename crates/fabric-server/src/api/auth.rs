@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use fabric_core::ApiToken;
 use fabric_core::api::{
     CreateTokenRequest, LoginRequest, TokenList, TokenResponse, TokenView, WhoAmI,
 };
@@ -13,19 +12,6 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Listing};
 use crate::services::auth::Principal;
 use crate::state::AppState;
-
-fn issued(secret: String, token: ApiToken) -> TokenResponse {
-    TokenResponse {
-        token: secret,
-        id: token.id().to_owned(),
-        name: token.name,
-        kind: token.kind,
-        user: token.user,
-        tenant: token.tenant,
-        scopes: token.scopes,
-        expires_at: token.expires_at,
-    }
-}
 
 /// Exchanges a username and password for a bearer token.
 #[utoipa::path(post, path = "/v1/auth/login", operation_id = "login", tag = "auth", request_body = LoginRequest,
@@ -37,7 +23,7 @@ pub async fn login(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let (secret, token) = state.auth.login(&req.username, &req.password).await?;
     tracing::info!(user = %token.user, outcome = "ok", "logged in");
-    Ok(Json(issued(secret, token)))
+    Ok(Json(TokenResponse::issued(secret, token)))
 }
 
 /// Revokes the token used for this request.
@@ -79,7 +65,10 @@ pub async fn create_token(
         state.agents.get(agent).await?;
     }
     let (secret, token) = state.accounts.create_token(&principal, req).await?;
-    Ok((StatusCode::CREATED, Json(issued(secret, token))))
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenResponse::issued(secret, token)),
+    ))
 }
 
 /// `GET /v1/auth/tokens?user=`.

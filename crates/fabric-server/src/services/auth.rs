@@ -217,14 +217,14 @@ impl AuthService {
     /// Issues the short-lived token a spawned agent gets as `FABRIC_TOKEN`:
     /// scoped to that agent, with no user scopes, kept in memory only (agent
     /// processes do not outlive the server, so neither need their tokens).
-    /// Returns the secret and its hash (to revoke it when the session ends).
+    /// Returns the secret and the token (its hash revokes it when the session ends).
     pub fn issue_agent_token(
         &self,
         agent: &AgentId,
         tenant: &TenantId,
         user: &str,
         ttl: Duration,
-    ) -> (String, String, Timestamp) {
+    ) -> (String, ApiToken) {
         let secret = format!("{}{}", TokenKind::Agent.prefix(), random_secret(32));
         let hash = hash_token(&secret);
         let now = self.clock.now();
@@ -242,13 +242,13 @@ impl AuthService {
             last_used_at: None,
         };
         self.cache.lock().insert(
-            hash.clone(),
+            hash,
             Cached {
-                token,
+                token: token.clone(),
                 stored: false,
             },
         );
-        (secret, hash, expires)
+        (secret, token)
     }
 
     /// Forgets a token issued by [`issue_agent_token`](Self::issue_agent_token).
@@ -276,12 +276,8 @@ impl AuthService {
     /// Resolves a bearer token to its principal.
     pub async fn authenticate(&self, secret: &str) -> Result<Principal, AuthError> {
         let hash = hash_token(secret);
-        let cached = self
-            .cache
-            .lock()
-            .get(&hash)
-            .filter(|c| !(c.stored && self.shared_store))
-            .cloned();
+        // On a shared store only in-memory agent tokens are ever cached.
+        let cached = self.cache.lock().get(&hash).cloned();
         let token = match cached {
             Some(Cached { token, stored }) => {
                 if stored {

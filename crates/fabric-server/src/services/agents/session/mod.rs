@@ -356,8 +356,9 @@ impl AgentToken {
     /// Mints the token; the secret is what the agent presents.
     fn issue(launch: &Launch<'_>) -> (AgentToken, String) {
         let auth = Arc::clone(&launch.inner.auth);
-        let (secret, hash, _) =
+        let (secret, token) =
             auth.issue_agent_token(launch.agent(), launch.tenant, launch.owner, AGENT_TOKEN_TTL);
+        let hash = token.token_hash;
         (AgentToken { auth, hash }, secret)
     }
 }
