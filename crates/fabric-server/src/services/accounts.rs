@@ -573,14 +573,13 @@ impl AccountService {
         Ok(TokenView::from(token))
     }
 
-    /// Revokes every stored token `pick` selects, and forgets them from memory.
+    /// Revokes every stored token `pick` selects (each also leaves the cache).
     async fn revoke_where(&self, pick: impl Fn(&ApiToken) -> bool) -> Result<(), AccountError> {
         for token in self.auth.store().list_tokens().await? {
             if pick(&token) {
                 self.auth.revoke(&token.token_hash).await?;
             }
         }
-        self.auth.forget(pick);
         Ok(())
     }
 

@@ -256,10 +256,13 @@ impl AuthService {
         self.cache.lock().remove(hash);
     }
 
-    /// Drops every cached token `forget` picks (a disabled user's, a
-    /// disabled tenant's), so the next request reads the store.
+    /// Drops every cached copy of a stored token `forget` picks (a deleted
+    /// user's), so the next request reads the store. The in-memory tokens of
+    /// running agents are not stored copies and stay.
     pub(crate) fn forget(&self, forget: impl Fn(&ApiToken) -> bool) {
-        self.cache.lock().retain(|_, c| !forget(&c.token));
+        self.cache
+            .lock()
+            .retain(|_, c| !(c.stored && forget(&c.token)));
     }
 
     /// Drops expired tokens from memory (agent tokens are renewed every few

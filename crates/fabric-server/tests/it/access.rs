@@ -726,3 +726,25 @@ async fn agent_tokens_work_only_where_the_agent_protocol_says() {
         );
     }
 }
+
+/// Revoking a user's tokens touches stored tokens only: the in-memory
+/// tokens of running agents (owned by the `fabric` user of the built-in
+/// agents) stay, even when a person by that name is disabled and deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_users_tokens_leaves_running_agents_authenticated() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    create_user(&s, &admin, "fabric", "default", "viewer").await;
+    assert_eq!(
+        s.patch(&admin, "/v1/users/fabric", json!({"disabled": true}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(s.delete(&admin, "/v1/users/fabric").await.0, 204);
+    let id = s
+        .create(&admin, json!({"commands": ["echo still-served"]}))
+        .await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, fabric_core::TaskStatus::Completed, "{done:?}");
+}
