@@ -123,12 +123,13 @@ impl AccountService {
             .collect())
     }
 
+    /// A tenant: any for an admin, only one's own for everyone else.
     pub async fn get_tenant(&self, by: &Identity, name: &TenantId) -> Result<Tenant, AccountError> {
-        self.list_tenants(by)
-            .await?
-            .into_iter()
-            .find(|t| &t.name == name)
-            .ok_or_else(|| AccountError::no_tenant(name))
+        let visible = Scope::Admin.granted_by(&by.scopes) || &by.tenant == name;
+        match self.auth.tenant(name).await? {
+            Some(tenant) if visible => Ok(tenant),
+            _ => Err(AccountError::no_tenant(name)),
+        }
     }
 
     /// Disables (or enables) a tenant: its users can no longer log in and
@@ -231,13 +232,7 @@ impl AccountService {
         Ok(match entity {
             E::Agent(id) => agents.get(id).await.is_ok(),
             E::User(name) => self.auth.store().get_user(name.clone()).await?.is_some(),
-            E::Tenant(name) => self
-                .auth
-                .store()
-                .list_tenants()
-                .await?
-                .iter()
-                .any(|t| &t.name == name),
+            E::Tenant(name) => self.auth.tenant(name).await?.is_some(),
         })
     }
 
@@ -253,14 +248,7 @@ impl AccountService {
         let tenant = req.tenant.unwrap_or_else(|| by.tenant.clone());
         self.may_manage(by, &tenant)?;
         may_grant(by, req.role)?;
-        let known = self
-            .auth
-            .store()
-            .list_tenants()
-            .await?
-            .into_iter()
-            .find(|t| t.name == tenant);
-        match known {
+        match self.auth.tenant(&tenant).await? {
             None => return Err(AccountError::no_tenant(&tenant)),
             Some(t) if t.disabled => {
                 return Err(AccountError::Conflict(format!(

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use fabric_core::{
-    AgentId, ApiToken, AuthStore, Clock, Identity, Role, Scope, TenantId, Timestamp, TokenKind,
-    User,
+    AgentId, ApiToken, AuthStore, Clock, Identity, Role, Scope, StoreError, Tenant, TenantId,
+    Timestamp, TokenKind, User,
 };
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -116,6 +116,12 @@ impl AuthService {
         self.clock.now()
     }
 
+    /// The stored tenant of that name (tenants are few: a scan of them).
+    pub(crate) async fn tenant(&self, name: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let tenants = self.store.list_tenants().await?;
+        Ok(tenants.into_iter().find(|t| &t.name == name))
+    }
+
     /// On first start (no users), creates `admin` with the given password or a
     /// generated one; returns the generated password so `serve` can print it once.
     pub async fn bootstrap_admin(
@@ -173,12 +179,7 @@ impl AuthService {
         if user.disabled {
             return Err(AuthError::Disabled(format!("user {:?}", user.name)));
         }
-        let tenant_disabled = self
-            .store
-            .list_tenants()
-            .await?
-            .iter()
-            .any(|t| t.name == user.tenant && t.disabled);
+        let tenant_disabled = self.tenant(&user.tenant).await?.is_some_and(|t| t.disabled);
         if tenant_disabled {
             return Err(AuthError::Disabled(format!("tenant {}", user.tenant)));
         }
