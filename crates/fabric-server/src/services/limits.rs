@@ -179,40 +179,39 @@ impl RateLimits {
         };
         let now = Instant::now();
         let mut windows = self.windows.lock();
-        let window = windows.entry(user.to_owned()).or_insert(Window {
-            started: now,
-            used: 0,
-        });
-        let elapsed = now.saturating_duration_since(window.started);
-        if elapsed >= MINUTE {
-            *window = Window {
-                started: now,
-                used: 0,
-            };
-            return Ok(());
-        }
+        let window = current_window(&mut windows, user, now);
         if window.used >= limit {
-            let retry = MINUTE.saturating_sub(elapsed).as_secs_f64().ceil() as u64;
-            return Err((limit, retry.max(1)));
+            let left = MINUTE.saturating_sub(now.saturating_duration_since(window.started));
+            return Err((limit, (left.as_secs_f64().ceil() as u64).max(1)));
         }
         Ok(())
     }
 
     fn record_llm(&self, user: &str, tokens: u64) {
         let mut windows = self.windows.lock();
-        let now = Instant::now();
-        let window = windows.entry(user.to_owned()).or_insert(Window {
-            started: now,
-            used: 0,
-        });
-        if now.saturating_duration_since(window.started) >= MINUTE {
-            *window = Window {
-                started: now,
-                used: 0,
-            };
-        }
+        let window = current_window(&mut windows, user, Instant::now());
         window.used = window.used.saturating_add(tokens);
     }
+}
+
+/// `user`'s window as of `now`: a fresh one once a minute has passed.
+fn current_window<'a>(
+    windows: &'a mut HashMap<String, Window>,
+    user: &str,
+    now: Instant,
+) -> &'a mut Window {
+    let fresh = Window {
+        started: now,
+        used: 0,
+    };
+    let window = windows.entry(user.to_owned()).or_insert(fresh);
+    if now.saturating_duration_since(window.started) >= MINUTE {
+        *window = Window {
+            started: now,
+            used: 0,
+        };
+    }
+    window
 }
 
 /// The gateway's admission with the tokens-per-minute limit of users in
