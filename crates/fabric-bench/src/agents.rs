@@ -19,7 +19,10 @@
 //!   clients; tasks/s until all are durably completed, server RSS before and
 //!   after the spawns and at the end, the sandboxes' memory and CPU. The
 //!   baseline row sends the same tasks to the server's own `shell` agent
-//!   (isolation `none`, `--shell-concurrency N`).
+//!   (isolation `none` as the fabric's user, `--shell-concurrency N`).
+//! - shell: the fleet's tasks through the server's own `shell` agent in each
+//!   way `serve` can run it: as the fabric's user, confined on the host
+//!   (Landlock, seccomp), and in one sandbox; the cost of the confinement.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader};
@@ -68,6 +71,9 @@ pub enum Part {
     Spawn,
     /// Many sandboxed built-in shell agents sharing many tasks, and the baseline
     Fleet,
+    /// The server's own shell agent as the fabric's user, confined, and
+    /// sandboxed: the same tasks through each, alternating
+    Shell,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,7 +129,16 @@ pub async fn run(args: &AgentsArgs) -> anyhow::Result<()> {
         spawn_part(args, &binary).await?;
     }
     if args.parts.contains(&Part::Fleet) {
-        fleet_part(args, &binary).await?;
+        let fleets = [Fleet::Sandboxed, Fleet::Default(ShellMode::FabricUser)];
+        fleet_part(args, &binary, &fleets).await?;
+    }
+    if args.parts.contains(&Part::Shell) {
+        let fleets = [
+            Fleet::Default(ShellMode::FabricUser),
+            Fleet::Default(ShellMode::Confined),
+            Fleet::Default(ShellMode::Sandbox),
+        ];
+        fleet_part(args, &binary, &fleets).await?;
     }
     Ok(())
 }
@@ -1036,15 +1051,46 @@ async fn spawn_part(args: &AgentsArgs, binary: &Path) -> anyhow::Result<()> {
 enum Fleet {
     /// `agents` built-in shell agents in `process` sandboxes.
     Sandboxed,
-    /// The server's own `shell` agent, isolation none, concurrency = agents.
-    Baseline,
+    /// The server's own `shell` agent, concurrency = agents, run as `serve`'s
+    /// shell flags say.
+    Default(ShellMode),
+}
+
+/// How `serve` runs its own shell agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShellMode {
+    /// `--shell-as-fabric-user`: plain host processes (the level `none` of
+    /// releases before the confinement).
+    FabricUser,
+    /// `--shell-isolation none`: host processes under Landlock and seccomp.
+    Confined,
+    /// `--shell-isolation process`: one sandbox for all its tasks.
+    Sandbox,
+}
+
+impl ShellMode {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            ShellMode::FabricUser => &["--shell-as-fabric-user"],
+            ShellMode::Confined => &["--shell-isolation", "none"],
+            ShellMode::Sandbox => &["--shell-isolation", "process"],
+        }
+    }
 }
 
 impl Fleet {
     fn label(self, agents: usize) -> String {
         match self {
             Fleet::Sandboxed => format!("{agents} shell agents, isolation process"),
-            Fleet::Baseline => format!("1 shell agent, isolation none, concurrency {agents}"),
+            Fleet::Default(ShellMode::FabricUser) => {
+                format!("1 shell agent, isolation none as the fabric's user, concurrency {agents}")
+            }
+            Fleet::Default(ShellMode::Confined) => {
+                format!("1 shell agent, isolation none confined, concurrency {agents}")
+            }
+            Fleet::Default(ShellMode::Sandbox) => {
+                format!("1 shell agent, isolation process, concurrency {agents}")
+            }
         }
     }
 }
@@ -1158,7 +1204,7 @@ async fn create_tasks(
                         "agent": format!("w-{}", i % agents),
                         "commands": ["true"],
                     }),
-                    Fleet::Baseline => serde_json::json!({"commands": ["true"]}),
+                    Fleet::Default(_) => serde_json::json!({"commands": ["true"]}),
                 };
                 let resp = client.http.post(&url).json(&body).send().await?;
                 let status = resp.status();
@@ -1185,7 +1231,11 @@ async fn fleet_once(args: &AgentsArgs, binary: &Path, fleet: Fleet) -> anyhow::R
     let concurrency = args.agents.to_string();
     let extra: Vec<&str> = match fleet {
         Fleet::Sandboxed => vec![],
-        Fleet::Baseline => vec!["--shell-concurrency", &concurrency],
+        Fleet::Default(mode) => {
+            let mut extra = vec!["--shell-concurrency", concurrency.as_str()];
+            extra.extend_from_slice(mode.args());
+            extra
+        }
     };
     let (server, client) = Server::start(binary, &extra).await?;
     let settle = Duration::from_secs(args.settle);
@@ -1279,11 +1329,8 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-async fn fleet_part(args: &AgentsArgs, binary: &Path) -> anyhow::Result<()> {
-    let mut runs: Vec<(Fleet, Vec<FleetRun>)> = vec![
-        (Fleet::Sandboxed, Vec::new()),
-        (Fleet::Baseline, Vec::new()),
-    ];
+async fn fleet_part(args: &AgentsArgs, binary: &Path, fleets: &[Fleet]) -> anyhow::Result<()> {
+    let mut runs: Vec<(Fleet, Vec<FleetRun>)> = fleets.iter().map(|f| (*f, Vec::new())).collect();
     for rep in 1..=args.reps {
         for (fleet, done) in &mut runs {
             let r = fleet_once(args, binary, *fleet)

@@ -86,10 +86,17 @@ pub struct IsolationConfig {
     /// Allowed egress: `host:port`, `*.domain:port` or a bare host (any port). Empty = no network.
     #[serde(default)]
     pub network_egress: Vec<String>,
-    /// Extra host paths visible read-only inside a `process` sandbox (at the
-    /// same path), e.g. the directory holding the agent's program.
+    /// Extra host paths visible read-only to the agent (inside a `process`
+    /// sandbox or a container at the same path, or allowed to a confined
+    /// `none` agent), e.g. the directory holding the agent's program.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_only_paths: Vec<String>,
+    /// Level `none` only: run as the fabric's own user without confinement,
+    /// seeing everything that user sees (its environment and data directory
+    /// included). Only an admin may ask for it; for programs trusted as much
+    /// as the fabric itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_fabric_user: bool,
 }
 
 impl Default for IsolationConfig {
@@ -101,6 +108,7 @@ impl Default for IsolationConfig {
             filesystem_root: None,
             network_egress: Vec::new(),
             read_only_paths: Vec::new(),
+            as_fabric_user: false,
         }
     }
 }
@@ -289,6 +297,12 @@ impl AgentConfig {
         }
         if self.image.is_some() && iso.level != IsolationLevel::Container {
             return err("'image' needs isolation.level = container".into());
+        }
+        if iso.as_fabric_user && iso.level != IsolationLevel::None {
+            return err(format!(
+                "isolation.as_fabric_user applies to level none only, not {}",
+                iso.level
+            ));
         }
         if iso.level == IsolationLevel::Container && iso.filesystem_root.is_some() {
             return err("isolation.filesystem_root does not apply to level container: its working dir is a Docker volume".into());

@@ -160,6 +160,17 @@ pub enum RuntimeError {
         reason: String,
     },
 
+    #[error(
+        "isolation level 'none' cannot confine processes here: {reason}; run the fabric as root \
+         to use isolation 'process', use isolation 'container', or, trusting every task, run \
+         them as the fabric's own user (agent config isolation.as_fabric_user, serve \
+         --shell-as-fabric-user)"
+    )]
+    ConfinementUnavailable { reason: String },
+
+    #[error("cannot confine the command: {reason}")]
+    ConfinementSetup { reason: String },
+
     #[error("cannot write the task's files into container {container:?}: {reason}")]
     ContainerFiles { container: String, reason: String },
 

@@ -23,6 +23,11 @@
 //!   [`ShellOutcome`]; inside it, `workdir` (path checks, writing task files),
 //!   `capture` (byte-limited output, log lines) and `group` (signalling a
 //!   command's whole process group).
+//! - [`confine`]: level `none` without privileges over the host: a
+//!   [`Confinement`](confine::Confinement) (Landlock: the system
+//!   directories read-only, the agent's own directory read-write, nothing
+//!   else; a seccomp filter against Unix sockets; no capabilities) that
+//!   [`run_shell`]'s jobs and [`spawn_program`]'s programs run under.
 //! - [`RuntimeError`]: everything that can stop a job from running, each
 //!   message saying what to do about it.
 //!
@@ -46,6 +51,7 @@
 //!   the containers themselves are made by `fabric_docker::agent`.
 
 pub mod child;
+pub mod confine;
 #[cfg(feature = "docker")]
 pub mod container;
 mod error;

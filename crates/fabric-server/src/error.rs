@@ -154,7 +154,11 @@ impl From<AgentError> for ApiError {
         use AgentError as E;
         let message = e.to_string();
         match e {
-            E::Invalid(_) | E::NoSandboxHelper | E::MissingPath(_) => Self::bad_request(message),
+            E::Invalid(_)
+            | E::NoSandboxHelper
+            | E::MissingPath(_)
+            | E::ConfinementUnavailable(_) => Self::bad_request(message),
+            E::AsFabricUser(_) => Self::forbidden(message),
             E::DockerUnavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "docker_unavailable",

@@ -59,7 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fabric_core::agent::AgentConfig;
+use fabric_core::agent::{AgentConfig, IsolationLevel};
 use fabric_core::{AgentId, Clock, SystemClock};
 use fabric_engine::{AgentQueueConfig, SchedulerConfig};
 use tokio::net::TcpListener;
@@ -108,6 +108,15 @@ pub struct ServerConfig {
     pub max_queue_depth: usize,
     /// Tasks the built-in shell agent runs at once.
     pub shell_concurrency: usize,
+    /// Where the built-in shell agent runs tasks (`--shell-isolation`).
+    pub shell_isolation: ShellIsolation,
+    /// Run the built-in shell agent's tasks as the fabric's own user,
+    /// unconfined (`--shell-as-fabric-user`): only for a fabric whose every
+    /// task creator is trusted with everything that user can read.
+    pub shell_as_fabric_user: bool,
+    /// Egress allowlist of the built-in shell agent when sandboxed
+    /// (`--shell-egress`), as an agent's `network_egress`.
+    pub shell_egress: Vec<String>,
     /// Bytes of stdout / stderr kept per shell task.
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace when a running task is canceled or times out.
@@ -147,6 +156,9 @@ impl Default for ServerConfig {
             scheduler: SchedulerConfig::default(),
             max_queue_depth: AgentQueueConfig::default().max_queue_depth,
             shell_concurrency: 4,
+            shell_isolation: ShellIsolation::Auto,
+            shell_as_fabric_user: false,
+            shell_egress: Vec::new(),
             shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
             kill_grace: Duration::from_secs(5),
             default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
@@ -161,6 +173,101 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// Where the built-in `shell` agent runs tasks. Running a task never means
+/// running as the fabric unless an admin asks for it
+/// ([`ServerConfig::shell_as_fabric_user`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShellIsolation {
+    /// `process` where the fabric can sandbox (root, namespaces, cgroups),
+    /// else `none` confined (Landlock, seccomp, no privileges).
+    #[default]
+    Auto,
+    /// A sandbox (isolation `process`); the server refuses to start without one.
+    Process,
+    /// Host processes (isolation `none`), confined unless
+    /// [`ServerConfig::shell_as_fabric_user`].
+    None,
+}
+
+impl ShellIsolation {
+    /// The `--shell-isolation` value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "process" => Ok(Self::Process),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "unknown shell isolation {other:?}: use auto, process or none"
+            )),
+        }
+    }
+}
+
+/// The built-in shell agent's config: sandboxed where the fabric can
+/// sandbox, else confined on the host, as the fabric's own user only when
+/// asked; said in the log either way.
+async fn shell_agent(
+    config: &ServerConfig,
+    agents: &agents::AgentManager,
+) -> anyhow::Result<AgentConfig> {
+    let mut shell = AgentConfig::new(AgentId::shell());
+    shell.concurrency = u32::try_from(config.shell_concurrency.max(1)).unwrap_or(u32::MAX);
+    shell.max_queue_depth = u32::try_from(config.max_queue_depth).unwrap_or(u32::MAX);
+    let level = match (config.shell_isolation, config.shell_as_fabric_user) {
+        (ShellIsolation::Process, true) => anyhow::bail!(
+            "--shell-as-fabric-user runs tasks unsandboxed and cannot go with --shell-isolation process"
+        ),
+        (_, true) => IsolationLevel::None,
+        (ShellIsolation::Process, false) => {
+            agents.probe_sandbox().await.map_err(|reason| {
+                anyhow::anyhow!("--shell-isolation process: this host cannot sandbox ({reason}); run as root on Linux 5.12+ with namespaces, or use --shell-isolation auto")
+            })?;
+            IsolationLevel::Process
+        }
+        (ShellIsolation::None, false) => IsolationLevel::None,
+        (ShellIsolation::Auto, false) => match agents.probe_sandbox().await {
+            Ok(()) => IsolationLevel::Process,
+            Err(reason) => {
+                tracing::info!(reason = %reason, "cannot sandbox the built-in shell agent; it runs tasks confined on the host (isolation none: Landlock, seccomp, no privileges)");
+                IsolationLevel::None
+            }
+        },
+    };
+    shell.isolation.level = level;
+    if level == IsolationLevel::Process {
+        // The one sandbox holds every task the agent runs at once.
+        shell.isolation.memory_mb = SHELL_SANDBOX_MEMORY_MB;
+        shell.isolation.cpu_cores =
+            std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        shell.isolation.network_egress = config.shell_egress.clone();
+    }
+    if config.shell_as_fabric_user {
+        shell.isolation.as_fabric_user = true;
+        tracing::warn!(
+            agent_id = "shell",
+            isolation = "none",
+            "--shell-as-fabric-user: the built-in shell agent runs tasks unconfined as this server's own user: anyone who may create tasks on it can read what this user can (this process's environment, the data directory)"
+        );
+    } else if level == IsolationLevel::None
+        && let Err(reason) = fabric_runtime::confine::landlock_abi()
+    {
+        anyhow::bail!(
+            "cannot confine the built-in shell agent: {reason}. Run the server as root (to sandbox tasks at isolation process), or, if everyone who may create tasks is trusted with this server's user, pass --shell-as-fabric-user"
+        );
+    }
+    if !config.shell_egress.is_empty() && level != IsolationLevel::Process {
+        tracing::warn!(
+            agent_id = "shell",
+            "--shell-egress applies to a sandboxed shell agent only; on the host its tasks use the host's network"
+        );
+    }
+    tracing::info!(agent_id = "shell", isolation = %level, as_fabric_user = config.shell_as_fabric_user, "built-in shell agent");
+    Ok(shell)
+}
+
+/// Memory of the built-in shell agent's sandbox, shared by its tasks.
+const SHELL_SANDBOX_MEMORY_MB: u64 = 2048;
 
 /// Binds `config.listen`, serves until SIGINT/SIGTERM, then shuts down gracefully.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
@@ -192,7 +299,14 @@ async fn shutdown_signal() {
 /// Takes the data directory's lock file: two servers on one database would
 /// both believe they own every lease.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
-    std::fs::create_dir_all(dir).with_context(|| {
+    use std::os::unix::fs::DirBuilderExt as _;
+    // Private to the server's user: it holds the database (users, token
+    // hashes) and every agent's working directory.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
         format!(
             "cannot create data directory {}: choose another with --data-dir or FABRIC_DATA_DIR",
             dir.display()
@@ -486,19 +600,11 @@ pub async fn run(
     background.spawn(Arc::clone(&state.policy).flush_audit_every(stop.clone()));
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
-    let mut shell = AgentConfig::new(AgentId::shell());
-    shell.concurrency = u32::try_from(config.shell_concurrency.max(1)).unwrap_or(u32::MAX);
-    shell.max_queue_depth = u32::try_from(config.max_queue_depth).unwrap_or(u32::MAX);
+    let shell = shell_agent(&config, &agents).await?;
     agents
         .start_system(shell)
         .await
         .context("cannot start the built-in shell agent")?;
-    // Said where an operator looks, until the default agent is sandboxed.
-    tracing::warn!(
-        agent_id = "shell",
-        isolation = "none",
-        "the built-in shell agent runs tasks unsandboxed as this server's own user: anyone who may create tasks on it can read what this user can (this process's environment, the data directory); give untrusted users an agent of isolation process or container and deny them task:create:shell"
-    );
     let respawned = agents.restore().await?;
     let mut workers = agents::spawn_noop(Arc::clone(&tasks), stop.clone());
     {

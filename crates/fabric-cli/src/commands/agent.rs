@@ -47,7 +47,7 @@ pub struct SpawnArgs {
     /// Agent file in the AgentConfig shape, TOML or JSON; flags given too override its fields
     #[arg(short, long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// none (a plain child process), process (namespaces, cgroup limits, egress allowlist) or container (Docker, with an inference sidecar) [default: none]
+    /// none (host processes confined to the system dirs and their own dir: Landlock, seccomp, no privileges), process (namespaces, cgroup limits, egress allowlist) or container (Docker, with an inference sidecar) [default: none]
     #[arg(long, value_name = "LEVEL")]
     pub isolation: Option<IsolationLevel>,
     /// Memory limit in MiB [default: 512]
@@ -59,9 +59,12 @@ pub struct SpawnArgs {
     /// Allowed egress (isolation process or container), repeatable: host:port, *.domain:port or a bare host; none given: no network
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_egress_flag)]
     pub egress: Vec<String>,
-    /// Host path the sandbox may read (at the same path), repeatable; relative to this directory
+    /// Host path the agent may read (at the same path), repeatable; relative to this directory
     #[arg(long = "read-only", value_name = "PATH")]
     pub read_only: Vec<PathBuf>,
+    /// Isolation none only, admins only: run unconfined as the fabric's own user, seeing everything it sees (its environment and data directory included)
+    #[arg(long)]
+    pub as_fabric_user: bool,
     /// What it runs: a shell command line [default: the built-in shell agent, running each task's commands]
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
@@ -197,6 +200,9 @@ fn build_config(args: &SpawnArgs, cwd: &Path) -> Result<AgentConfig, CliError> {
             })
             .collect::<Result<_, _>>()?;
     }
+    if args.as_fabric_user {
+        iso.as_fabric_user = true;
+    }
     if let Some(command) = &args.command {
         config.command = Some(command.clone());
     }
@@ -320,12 +326,9 @@ fn parse_config(
     serde_json::from_value(doc).map_err(|e| e.to_string())
 }
 
-/// `path` against `cwd` when relative, with `.` and `..` resolved by name (the
-/// server wants absolute paths without `..`); absolute paths are sent as given.
+/// `path` against `cwd` when relative, with `.` and `..` resolved by name,
+/// absolute ones too (the server wants absolute paths without `..`).
 fn absolute(cwd: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        return path.to_path_buf();
-    }
     let mut out = PathBuf::new();
     for component in cwd.join(path).components() {
         match component {
@@ -341,7 +344,7 @@ fn absolute(cwd: &Path, path: &Path) -> PathBuf {
 
 /// `--egress`: checked at parse time with the server's own rule parser, so the
 /// error names the flag.
-fn parse_egress_flag(text: &str) -> Result<String, String> {
+pub(crate) fn parse_egress_flag(text: &str) -> Result<String, String> {
     parse_egress(text).map(|_| text.to_owned())
 }
 
@@ -499,6 +502,9 @@ fn describe_agent(agent: &Agent, now: Timestamp) -> String {
     }
     if !iso.read_only_paths.is_empty() {
         lines.push(("read_only", iso.read_only_paths.join(", ")));
+    }
+    if iso.as_fabric_user {
+        lines.push(("runs_as", "the fabric's own user, unconfined".to_owned()));
     }
     if let Some(root) = &iso.filesystem_root {
         lines.push(("filesystem_root", root.clone()));

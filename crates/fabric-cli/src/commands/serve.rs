@@ -64,6 +64,25 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub shell_concurrency: u16,
 
+    /// Where the built-in shell agent runs tasks: auto (a sandbox where this host can
+    /// make one, i.e. as root; else host processes confined by Landlock and seccomp),
+    /// process (a sandbox, or refuse to start) or none (confined host processes)
+    #[arg(long, env = "FABRIC_SHELL_ISOLATION", value_name = "LEVEL", default_value = "auto",
+          value_parser = fabric_server::ShellIsolation::parse)]
+    pub shell_isolation: fabric_server::ShellIsolation,
+
+    /// Run the built-in shell agent's tasks unconfined as this server's own user: they can
+    /// read everything it can (its environment, the data directory). Only when everyone
+    /// who may create tasks is trusted with that
+    #[arg(long, env = "FABRIC_SHELL_AS_FABRIC_USER")]
+    pub shell_as_fabric_user: bool,
+
+    /// Egress the sandboxed shell agent's tasks may use (through HTTP(S)_PROXY),
+    /// repeatable: host:port, *.domain:port or a bare host [default: no network]
+    #[arg(long, env = "FABRIC_SHELL_EGRESS", value_name = "HOST:PORT", value_delimiter = ',',
+          value_parser = crate::commands::agent::parse_egress_flag)]
+    pub shell_egress: Vec<String>,
+
     /// Most tasks that may wait for one agent; beyond it creating a task answers 429
     #[arg(long, env = "FABRIC_MAX_QUEUE_DEPTH", value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -198,6 +217,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         leader_ttl: args.leader_ttl,
         admin_password: admin_password()?,
         shell_concurrency: usize::from(args.shell_concurrency),
+        shell_isolation: args.shell_isolation,
+        shell_as_fabric_user: args.shell_as_fabric_user,
+        shell_egress: args.shell_egress,
         max_queue_depth: args.max_queue_depth as usize,
         sandbox_helper: sandbox_helper(),
         containers: fabric_server::ContainerConfig {

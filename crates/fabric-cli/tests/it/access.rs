@@ -191,3 +191,90 @@ fn tenants_users_and_tokens_from_the_cli() {
     let out = stdout_of(fabric.cli().args(["tenant", "rm", "acme"]));
     assert_eq!(out.trim(), "deleted tenant acme");
 }
+
+/// Issue #15's privilege test: with a token holding only `write:tasks`, a
+/// task on the default agent reads none of the server's secrets (its
+/// environment through `/proc`, the admin password, a provider key, the
+/// data directory) and writes nowhere but its own directory. Run on the
+/// default (a sandbox here, as root) and on the confined host level the
+/// fabric falls back to where it cannot sandbox.
+#[test]
+fn tasks_on_the_default_agent_cannot_reach_the_servers_secrets() {
+    const PROVIDER_KEY: &str = "sk-privilege-test-9d81c7";
+    for isolation in ["auto", "none"] {
+        let fabric = Fabric::start_with_env(&[
+            ("OPENAI_API_KEY", PROVIDER_KEY),
+            ("FABRIC_SHELL_ISOLATION", isolation),
+        ]);
+        fabric.login();
+        let created = json_of(fabric.cli().args([
+            "-o",
+            "json",
+            "token",
+            "create",
+            "--name",
+            "writer",
+            "--scope",
+            "write:tasks",
+        ]));
+        let writer = created["token"].as_str().unwrap().to_owned();
+        let server_pid = fabric.child.id();
+        let data_dir = fabric.dir.path().join("data");
+        let outside = fabric.dir.path().join("outside-the-workdir");
+        let probes = [
+            format!("tr '\\0' '\\n' < /proc/{server_pid}/environ"),
+            "tr '\\0' '\\n' < /proc/$PPID/environ".to_owned(),
+            format!("cat /proc/{server_pid}/cmdline /proc/{server_pid}/maps"),
+            format!("ls -la {}", data_dir.display()),
+            format!("cat {}/fabric.db", data_dir.display()),
+            format!("grep -r {PROVIDER_KEY} {}", fabric.dir.path().display()),
+            format!("touch {}", outside.display()),
+            format!("touch {}/planted", data_dir.display()),
+            "env".to_owned(),
+        ];
+        for probe in probes {
+            let mut create = super::bare_cli(&fabric.dir.path().join("writer.toml"));
+            let out = stdout_of(
+                create
+                    .env("FABRIC_URL", &fabric.url)
+                    .env("FABRIC_TOKEN", &writer)
+                    .args(["task", "create", "--command", &probe]),
+            );
+            let id = out.lines().last().unwrap().trim().to_owned();
+            // Reading the result takes read:tasks: the admin does it.
+            let (_, result) = fabric.wait_result(&id);
+            for secret in [super::ADMIN_PASSWORD, PROVIDER_KEY, "FABRIC_ADMIN_PASSWORD"] {
+                assert!(
+                    !result.contains(secret),
+                    "{isolation}: `{probe}` revealed {secret}:\n{result}"
+                );
+            }
+            // The database's header, or the listing of its directory
+            // (error messages may name the path they were refused).
+            assert!(
+                !result.contains("SQLite format") && !result.contains("fabric.db-wal"),
+                "{isolation}: `{probe}` read the data directory:\n{result}"
+            );
+        }
+        assert!(
+            !outside.exists(),
+            "{isolation}: a task wrote outside its directory"
+        );
+        assert!(
+            !data_dir.join("planted").exists(),
+            "{isolation}: a task wrote into the data directory"
+        );
+        // The agent is what the server says it is.
+        let agent = json_of(fabric.cli().args(["-o", "json", "agent", "get", "shell"]));
+        let expected = if isolation == "auto" {
+            "process"
+        } else {
+            "none"
+        };
+        assert_eq!(agent["config"]["isolation"]["level"], expected, "{agent}");
+        assert!(
+            agent["config"]["isolation"].get("as_fabric_user").is_none(),
+            "{agent}"
+        );
+    }
+}

@@ -71,6 +71,9 @@ fn spawn_server(
         .args(["--shell-concurrency", &SHELL_CONCURRENCY.to_string()])
         // The load comes from one user far above a person's request rate.
         .args(["--rate-limit-rps", "0"])
+        // The tasks append to a log on the host that this test counts
+        // executions in: they must see the host's filesystem.
+        .arg("--shell-as-fabric-user")
         .args(extra)
         .env("FABRIC_ADMIN_PASSWORD", PASSWORD)
         .env("FABRIC_LOG", "warn")

@@ -198,7 +198,9 @@ fn approval_list_and_approve_let_the_waiting_agent_proceed() {
     stdout_of(
         fabric
             .cli()
-            .args(["agent", "spawn", "--id", "pycoder", "--command", &agent]),
+            .args(["agent", "spawn", "--id", "pycoder", "--command", &agent])
+            .arg("--read-only")
+            .arg(repo().join("examples")),
     );
     let task = fabric.create_task(&[
         "--agent",

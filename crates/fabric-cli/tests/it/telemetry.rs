@@ -112,6 +112,9 @@ impl Server {
             "--data-dir",
         ])
         .arg(dir.join("data"))
+        // The tasks run this test's Python (a venv under target/) and post
+        // spans to its collector on loopback: unconfined, on the host.
+        .arg("--shell-as-fabric-user")
         .args(args)
         .env("FABRIC_ADMIN_PASSWORD", password)
         .env("FABRIC_CONFIG", dir.join("cli.toml"))
@@ -344,7 +347,8 @@ async fn scripted_session() -> Session {
     let (status, v) = t
         .send(client.post(format!("{base}/v1/agents")).bearer_auth(&token).json(&json!({
             "id": "tokened",
-            "isolation": {"level": "none"},
+            // Unconfined: it writes where this test reads.
+            "isolation": {"level": "none", "as_fabric_user": true},
             "command": format!("printf %s \"$FABRIC_TOKEN\" > {}; sleep 1000", token_file.display()),
         })))
         .await;

@@ -1,8 +1,11 @@
 //! Isolation level `none`: a task's commands as plain child processes of the fabric.
 //!
-//! This is the executor behind the built-in `shell` agent (REQUIREMENTS §5). It
-//! isolates nothing beyond a clean environment and a working directory; the
-//! commands run with the fabric's user, filesystem and network.
+//! This is the executor behind the built-in `shell` agent (REQUIREMENTS §5).
+//! [`run_shell`] isolates nothing beyond a clean environment and a working
+//! directory: the commands run with the fabric's user, filesystem and
+//! network (what an agent's `as_fabric_user` asks for). The fabric's
+//! default for level `none` is [`Confinement::run_shell`](crate::confine::Confinement::run_shell):
+//! the same jobs under Landlock, seccomp and no privileges.
 //!
 //! What a job gets:
 //!
@@ -367,7 +370,19 @@ pub(crate) fn host_shell(
     workdir: &Path,
     env: &[(String, String)],
 ) -> Result<tokio::process::Child, RuntimeError> {
-    tokio::process::Command::new(SHELL)
+    host_shell_with(command, workdir, env, |_| {})
+}
+
+/// [`host_shell`], with `configure` given the command before it is spawned
+/// (a confinement adds its `pre_exec` there).
+pub(crate) fn host_shell_with(
+    command: &str,
+    workdir: &Path,
+    env: &[(String, String)],
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> Result<tokio::process::Child, RuntimeError> {
+    let mut shell = tokio::process::Command::new(SHELL);
+    shell
         .arg("-c")
         .arg(command)
         .current_dir(workdir)
@@ -379,12 +394,25 @@ pub(crate) fn host_shell(
         .process_group(0)
         // Backstop for the leader if its owner is dropped; `ProcessGroup`'s
         // drop covers the rest of the group.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|cause| RuntimeError::Spawn {
-            command: command.to_string(),
-            cause,
-        })
+        .kill_on_drop(true);
+    configure(&mut shell);
+    shell.spawn().map_err(|cause| RuntimeError::Spawn {
+        command: command.to_string(),
+        cause,
+    })
+}
+
+/// A shell [`host_shell`] started, as a [`Started`] command.
+pub(crate) fn started_on_host(
+    mut child: tokio::process::Child,
+    command: &str,
+) -> Result<Started, RuntimeError> {
+    Ok(Started {
+        group: AnyGroup::host(child.id().unwrap_or(0), command)?,
+        stdout: boxed(child.stdout.take()),
+        stderr: boxed(child.stderr.take()),
+        leader: AnyLeader::Host(child),
+    })
 }
 
 /// Isolation level `none`: the shell is a plain child of the fabric.
@@ -397,13 +425,7 @@ impl Launcher for OnHost {
         workdir: &Path,
         env: &[(String, String)],
     ) -> Result<Started, RuntimeError> {
-        let mut child = host_shell(command, workdir, env)?;
-        Ok(Started {
-            group: AnyGroup::host(child.id().unwrap_or(0), command)?,
-            stdout: boxed(child.stdout.take()),
-            stderr: boxed(child.stderr.take()),
-            leader: AnyLeader::Host(child),
-        })
+        started_on_host(host_shell(command, workdir, env)?, command)
     }
 }
 

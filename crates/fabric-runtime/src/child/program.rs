@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 
 use super::group::ProcessGroup;
-use super::{check_env, environment, host_shell};
+use super::{check_env, environment, host_shell_with};
 use crate::RuntimeError;
+use crate::confine::Confinement;
 use crate::sandbox::ProcessExit;
 
 /// A program started by [`spawn_program`]. Dropping it SIGKILLs its group.
@@ -30,10 +31,13 @@ pub struct HostProcess {
 /// Starts `/bin/sh -c command` in `workdir` with the base environment of
 /// [`run_shell`](crate::run_shell) (`PATH`, `HOME` = workdir, `LANG`,
 /// `TMPDIR`) plus `env`; stdin is `/dev/null`, stdout and stderr are piped.
+/// With a `confinement`, the program runs under its locks (its session's
+/// directory, which `workdir` lies in, is the only writable place).
 pub fn spawn_program(
     command: &str,
     workdir: &Path,
     env: &[(String, String)],
+    confinement: Option<&Confinement>,
 ) -> Result<HostProcess, RuntimeError> {
     check_env(env)?;
     if command.contains('\0') {
@@ -41,7 +45,11 @@ pub fn spawn_program(
             command: command.to_owned(),
         });
     }
-    let mut child = host_shell(command, workdir, &environment(workdir, env))?;
+    let mut child = host_shell_with(command, workdir, &environment(workdir, env), |cmd| {
+        if let Some(confinement) = confinement {
+            confinement.apply(cmd, &[]);
+        }
+    })?;
     let pid = child.id().unwrap_or(0);
     let group = ProcessGroup::led_by(pid).ok_or_else(|| RuntimeError::Wait {
         command: command.to_owned(),

@@ -118,7 +118,7 @@ mod cgroup;
 mod helper;
 mod launch;
 mod sweep;
-mod sys;
+pub(crate) mod sys;
 mod wire;
 
 use std::ffi::OsString;

@@ -310,6 +310,38 @@ pub(crate) fn drop_all_capabilities() -> io::Result<()> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
 }
 
+/// `no_new_privs`: no `exec` can gain privileges; what Landlock and
+/// seccomp need from an unprivileged process.
+pub(crate) fn set_no_new_privs() -> io::Result<()> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+}
+
+/// Installs `filter` as this thread's seccomp filter (`no_new_privs` set).
+pub(crate) fn install_seccomp(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let program = libc::sock_fprog {
+        len: filter.len() as libc::c_ushort,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `program` points at `filter`, alive for the call; the kernel
+    // copies it.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &program as *const libc::sock_fprog as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
+    .map(drop)
+}
+
+/// The effective user is root.
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A set of signals (`sigset_t`).
 #[derive(Clone, Copy)]
 pub(crate) struct SignalSet(libc::sigset_t);

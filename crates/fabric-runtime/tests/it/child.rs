@@ -640,6 +640,7 @@ async fn a_host_program_runs_until_stopped_and_takes_its_group_along() {
         "echo $GREETING from $PWD; sleep 300 & sleep 300",
         dir.path(),
         &env,
+        None,
     )
     .unwrap();
     let mut lines = tokio::io::BufReader::new(program.stdout.take().unwrap()).lines();
@@ -667,6 +668,6 @@ async fn a_host_program_runs_until_stopped_and_takes_its_group_along() {
     }
     assert!(left.is_empty(), "{}", String::from_utf8_lossy(&left));
 
-    let mut quick = fabric_runtime::spawn_program("exit 7", dir.path(), &[]).unwrap();
+    let mut quick = fabric_runtime::spawn_program("exit 7", dir.path(), &[], None).unwrap();
     assert_eq!(quick.wait().await.unwrap().describe(), "exited (code 7)");
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod child;
+mod confine;
 #[cfg(feature = "docker")]
 mod container;
 mod net;

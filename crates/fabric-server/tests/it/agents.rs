@@ -755,3 +755,83 @@ async fn agents_come_back_after_a_restart_as_they_were_left() {
     );
     s.stop().await;
 }
+
+/// Issue #15: a program agent of isolation `none` runs confined (its own
+/// directory and `read_only_paths`, nothing else of the host: not the data
+/// directory), and only `as_fabric_user` lifts that, at level `none` only.
+#[tokio::test(flavor = "multi_thread")]
+async fn isolation_none_programs_are_confined_unless_run_as_the_fabric_user() {
+    let s = server().await;
+    let token = s.login().await;
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("allowed.txt"), "readable").unwrap();
+    for (id, as_fabric_user) in [("confined", false), ("trusted", true)] {
+        let probe = format!(
+            "cat {shared}/allowed.txt > seen; ls {data} >> seen 2>&1; touch {data}/planted-{id} 2>> seen; sleep 1000",
+            shared = shared.path().display(),
+            data = s.data_dir.display(),
+        );
+        s.spawn_agent(
+            &token,
+            json!({"id": id, "command": probe,
+                   "isolation": {"read_only_paths": [shared.path()], "as_fabric_user": as_fabric_user}}),
+        )
+        .await;
+        let agent = s.wait_agent(&token, id, |a| a["pid"].is_u64()).await;
+        assert_eq!(
+            agent["config"]["isolation"]["as_fabric_user"].as_bool(),
+            as_fabric_user.then_some(true),
+            "{agent}"
+        );
+    }
+    let seen = |id: &str| {
+        let dir = std::fs::read_dir(s.data_dir.join("agents"))
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                e.path().is_dir()
+                    && e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{id}-"))
+            })
+            .unwrap()
+            .path();
+        std::fs::read_to_string(dir.join("seen")).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(seen("confined").contains("planted-confined")
+        && s.data_dir.join("planted-trusted").exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "confined: {}\ntrusted: {}",
+            seen("confined"),
+            seen("trusted"),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let confined = seen("confined");
+    assert!(confined.starts_with("readable"), "{confined}");
+    assert!(!confined.contains("fabric.db"), "{confined}");
+    assert!(!s.data_dir.join("planted-confined").exists());
+    assert!(s.data_dir.join("planted-trusted").exists());
+
+    // as_fabric_user belongs to level none.
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/agents",
+            json!({"id": "odd", "isolation": {"level": "process", "as_fabric_user": true}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("as_fabric_user applies to level none only"),
+        "{body}"
+    );
+    s.stop().await;
+}

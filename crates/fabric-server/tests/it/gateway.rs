@@ -481,7 +481,9 @@ async fn a_local_process_without_the_agent_secret_cannot_use_its_endpoint() {
     let file = dir.path().join("url.txt");
     s.spawn_agent(
         &admin,
-        json!({"id": "local", "command": format!("echo \"$OLLAMA_BASE_URL\" > {} && exec sleep 1000", file.display())}),
+        // Unconfined, so it can write where this test reads.
+        json!({"id": "local", "isolation": {"as_fabric_user": true},
+               "command": format!("echo \"$OLLAMA_BASE_URL\" > {} && exec sleep 1000", file.display())}),
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -563,8 +563,12 @@ async fn approval_round_trip_with_the_python_agent_waiting() {
         "python3 {}",
         examples_dir().join("python-agent/agent.py").display()
     );
-    s.spawn_agent(&admin, json!({"id": "pycoder", "command": command}))
-        .await;
+    let examples = examples_dir().display().to_string();
+    s.spawn_agent(
+        &admin,
+        json!({"id": "pycoder", "command": command, "isolation": {"read_only_paths": [examples]}}),
+    )
+    .await;
     apply(&s, &admin, "pycoder", json!({"scope": {"agent": "pycoder"}, "rules": [
         {"action_pattern": "net:connect:prod-*", "effect": "require_approval", "approvers": ["admin"]},
         {"action_pattern": "shell:rm *", "effect": "deny"}]})).await;

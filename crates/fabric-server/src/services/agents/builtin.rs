@@ -18,6 +18,7 @@ use fabric_agent::{AgentClient, Outcome, RunOptions, TaskContext};
 use fabric_core::policy::{CheckResponse, Effect};
 use fabric_core::{AgentId, TaskResult, TaskStatus, reason};
 use fabric_engine::{Completion, Lease};
+use fabric_runtime::confine::Confinement;
 use fabric_runtime::container::ContainerShell;
 use fabric_runtime::sandbox::Sandbox;
 use fabric_runtime::{LogLine, ShellJob, run_shell};
@@ -33,8 +34,13 @@ pub const ENV_WORKSPACE_DIR: &str = "FABRIC_WORKSPACE_DIR";
 /// Where the shell agent runs a task's commands.
 #[derive(Clone)]
 pub enum Executor {
-    /// Host processes (isolation `none`), each task in `<work_root>/<task id>`.
-    Host { work_root: PathBuf },
+    /// Host processes (isolation `none`), each task in `<work_root>/<task id>`,
+    /// under the session's confinement unless the agent runs as the
+    /// fabric's own user (`None`).
+    Host {
+        work_root: PathBuf,
+        confinement: Option<Arc<Confinement>>,
+    },
     /// Inside the agent's sandbox (isolation `process`), each task in
     /// `<sandbox workdir>/<task id>`.
     Sandbox(Arc<Sandbox>),
@@ -287,7 +293,7 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
     let task = ctx.task().clone();
     let (id, epoch) = (task.id, ctx.epoch());
     let workdir = match &worker.executor {
-        Executor::Host { work_root } => work_root.join(id.to_string()),
+        Executor::Host { work_root, .. } => work_root.join(id.to_string()),
         Executor::Sandbox(sandbox) => sandbox.workdir().join(id.to_string()),
         Executor::Container(_) => ContainerShell::workspace().join(id.to_string()),
     };
@@ -357,7 +363,13 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
 
     let run = async {
         match &worker.executor {
-            Executor::Host { .. } => run_shell(job, Some(log_tx), cancel).await,
+            Executor::Host {
+                confinement: Some(confinement),
+                ..
+            } => confinement.run_shell(job, Some(log_tx), cancel).await,
+            Executor::Host {
+                confinement: None, ..
+            } => run_shell(job, Some(log_tx), cancel).await,
             Executor::Sandbox(sandbox) => sandbox.run_shell(job, Some(log_tx), cancel).await,
             Executor::Container(shell) => shell.run_shell(job, Some(log_tx), cancel).await,
         }

@@ -60,6 +60,14 @@ pub enum AgentError {
     NoSandboxHelper,
     #[error("isolation.read_only_paths: {0} does not exist on the fabric's host")]
     MissingPath(String),
+    /// Isolation `none` cannot be confined on this host (no Landlock).
+    #[error(transparent)]
+    ConfinementUnavailable(fabric_runtime::RuntimeError),
+    /// `isolation.as_fabric_user` without the `admin` scope.
+    #[error(
+        "isolation.as_fabric_user runs the agent as the fabric's own user, unconfined: only an admin may ask for it ({0})"
+    )]
+    AsFabricUser(fabric_core::MissingScope),
     #[error("{}", docker_message(.0))]
     DockerUnavailable(fabric_docker::DockerError),
     #[error("agent id '{0}' is reserved for the built-in agent; choose another id")]
@@ -295,6 +303,20 @@ impl AgentManager {
         self.launch(record, true).await.map(|_| ())
     }
 
+    /// Whether isolation `process` works here: makes a sandbox and removes
+    /// it. `Err` says why not (no helper, not root, no namespaces).
+    pub async fn probe_sandbox(&self) -> Result<(), String> {
+        use self::pool::Warm as _;
+        let sandbox = self
+            .inner
+            .sandbox_pool
+            .kind
+            .make()
+            .await
+            .map_err(|e| e.to_string())?;
+        sandbox.destroy().await.map_err(|e| e.to_string())
+    }
+
     /// Registers the queue of every stored agent, so their unfinished tasks
     /// can be reloaded before the agents start.
     pub async fn register_queues(&self) -> Result<(), AgentError> {
@@ -341,6 +363,18 @@ impl AgentManager {
         if config.isolation.level == IsolationLevel::Process && self.inner.config.helper.is_none() {
             return Err(AgentError::NoSandboxHelper);
         }
+        if config.isolation.as_fabric_user {
+            by.require(fabric_core::Scope::Admin)
+                .map_err(AgentError::AsFabricUser)?;
+        }
+        let confined = config.isolation.level == IsolationLevel::None
+            && !config.isolation.as_fabric_user
+            && !config.external;
+        if confined && let Err(reason) = fabric_runtime::confine::landlock_abi() {
+            return Err(AgentError::ConfinementUnavailable(
+                fabric_runtime::RuntimeError::ConfinementUnavailable { reason },
+            ));
+        }
         if config.isolation.level == IsolationLevel::Container {
             // Docker down is a clear error now, not a crashed agent later.
             if let Err(e) = self.inner.docker.check().await {
@@ -352,7 +386,7 @@ impl AgentManager {
         let paths_are_local = match config.isolation.level {
             IsolationLevel::Process => true,
             IsolationLevel::Container => self.inner.config.containers.socket_volume.is_none(),
-            IsolationLevel::None => false,
+            IsolationLevel::None => confined,
         };
         if paths_are_local {
             for path in &config.isolation.read_only_paths {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fabric_core::AgentId;
-use fabric_core::agent::ResourceUsage;
+use fabric_core::agent::{IsolationConfig, ResourceUsage};
 use fabric_runtime::HostProcess;
+use fabric_runtime::confine::{ConfineConfig, Confinement};
 use fabric_runtime::sandbox::ProcessExit;
 
 use super::{
@@ -17,6 +18,16 @@ use super::{
 };
 use crate::services::agents::builtin::{Executor, ShellSpec};
 use crate::services::agents::inference;
+
+/// What a confined agent may read: the system directories (secrets masked,
+/// as in a sandbox) and its own `read_only_paths`.
+pub(in crate::services::agents) fn confine_config(isolation: &IsolationConfig) -> ConfineConfig {
+    let mut config = ConfineConfig::default();
+    config
+        .read_only_paths
+        .extend(isolation.read_only_paths.iter().map(PathBuf::from));
+    config
+}
 
 pub(in crate::services::agents) struct HostSession {
     agent: AgentId,
@@ -60,12 +71,21 @@ impl HostSession {
         tasks.push(server);
         env.push((ENV_OLLAMA.into(), endpoint));
         let config = launch.config;
+        let confinement = if config.isolation.as_fabric_user {
+            None
+        } else {
+            Some(Arc::new(
+                Confinement::new(&confine_config(&config.isolation), &workdir)
+                    .map_err(SessionError::Confine)?,
+            ))
+        };
         let run = if config.is_builtin_shell() {
             let spec = ShellSpec {
                 agent: config.id.clone(),
                 concurrency: config.concurrency as usize,
                 executor: Executor::Host {
                     work_root: workdir.clone(),
+                    confinement,
                 },
                 output_limit: inner.config.shell_output_limit,
                 kill_grace: inner.config.kill_grace,
@@ -78,8 +98,9 @@ impl HostSession {
             };
             let mut env = agent_env(env, Some((&config.id, &workdir)));
             env.push((ENV_TOKEN.into(), secret));
-            let mut process = fabric_runtime::spawn_program(command, &workdir, &env)
-                .map_err(SessionError::SpawnProgram)?;
+            let mut process =
+                fabric_runtime::spawn_program(command, &workdir, &env, confinement.as_deref())
+                    .map_err(SessionError::SpawnProgram)?;
             let group_record = record_group(&config.id, &workdir, &process);
             log_output(
                 &mut tasks,

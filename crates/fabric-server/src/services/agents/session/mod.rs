@@ -69,6 +69,9 @@ pub enum SessionError {
     NoSandboxHelper,
     #[error(transparent)]
     CreateSandbox(RuntimeError),
+    /// Isolation `none` without `as_fabric_user`: its Landlock and seccomp locks.
+    #[error(transparent)]
+    Confine(RuntimeError),
     /// A fabric listener (API, inference, egress proxy) inside the sandbox's
     /// network namespace.
     #[error(transparent)]

@@ -1,0 +1,471 @@
+//! Confinement of isolation level `none`: host processes that run as the
+//! fabric's user yet cannot reach what that user owns.
+//!
+//! Where the fabric cannot build a sandbox (it is not root, or the kernel
+//! gives it no namespaces, as in a container), a task's commands and an
+//! agent's program still run under three locks, each set in the child
+//! between `fork` and `exec` and inherited by everything it starts:
+//!
+//! - **Landlock** (Linux 5.13+, no privileges needed): the filesystem is
+//!   reduced to the system directories read-only (the same list as the
+//!   sandbox's, minus the same masked secrets such as `/etc/shadow`),
+//!   `/proc` read-only, `/dev/null`, `zero`, `full`, `random`, `urandom`,
+//!   and the working directory read-write. The fabric's data directory,
+//!   `/home`, `/root`, `/tmp`, `/run` and other agents' directories do not
+//!   exist for it. Landlock also forbids tracing a process outside the
+//!   domain, so `/proc/<fabric pid>/environ`, `mem` and friends refuse to
+//!   open even for the same user; on kernels with Landlock ABI 6 (6.12+)
+//!   signals to the fabric and abstract Unix sockets outside are refused too.
+//! - **seccomp**: `socket(AF_UNIX, …)` fails with `EACCES`, because Landlock
+//!   does not cover `connect` to a Unix socket by path: without this, a
+//!   socket the fabric's user may use (Docker's, a database's) would be a
+//!   way out. Pipes and `socketpair` still work.
+//! - **no privileges**: `no_new_privs` always; when the fabric is root, every
+//!   capability is dropped as well (uid 0 without capabilities only owns
+//!   files, and Landlock hides those outside the allowed paths).
+//!
+//! What does not hold: the network is the host's (TCP and UDP to anywhere,
+//! loopback services included: they must authenticate, as the fabric's own
+//! API and an instance's Redis do); below Landlock ABI 6 a command can still
+//! signal the fabric's user's processes; there are no resource limits beyond
+//! the rlimits the fabric has. Isolation `process` (root) or `container`
+//! close those.
+//!
+//! A [`Confinement`] is built once per agent session (the system paths,
+//! `/proc`, `/dev` and the session's own directory), then narrowed per task
+//! with a second Landlock layer that allows writes only below that task's
+//! working directory ([`Confinement::run_shell`]).
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::Sender;
+
+use crate::RuntimeError;
+use crate::child::{self, Launcher, LogLine, ShellJob, ShellOutcome, Started};
+use crate::sandbox::sys;
+
+// Landlock's ABI (include/uapi/linux/landlock.h).
+const CREATE_RULESET_VERSION: u32 = 1 << 0;
+const RULE_PATH_BENEATH: libc::c_int = 1;
+
+const FS_EXECUTE: u64 = 1 << 0;
+const FS_WRITE_FILE: u64 = 1 << 1;
+const FS_READ_FILE: u64 = 1 << 2;
+const FS_READ_DIR: u64 = 1 << 3;
+/// `REMOVE_DIR` through `MAKE_SYM`: the rights of ABI 1 that change a tree.
+const FS_CHANGE_TREE_V1: u64 = 0b1_1111_1111 << 4;
+/// ABI 2: linking or renaming a file into another directory.
+const FS_REFER: u64 = 1 << 13;
+/// ABI 3: `truncate` and `open(O_TRUNC)`.
+const FS_TRUNCATE: u64 = 1 << 14;
+/// ABI 5: `ioctl` on a device file.
+const FS_IOCTL_DEV: u64 = 1 << 15;
+
+/// ABI 6: abstract Unix sockets and signals stay inside the domain.
+const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0;
+const SCOPE_SIGNAL: u64 = 1 << 1;
+
+const READ: u64 = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR;
+/// Rights that make sense on a file (not a directory) in a rule.
+const FILE_RIGHTS: u64 = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV;
+
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// Device files every program expects, read-write.
+const DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+/// The Landlock ABI version of the running kernel, or why there is none.
+pub fn landlock_abi() -> Result<u32, String> {
+    // SAFETY: with a null attribute, size 0 and the VERSION flag the call only
+    // returns an integer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::ENOSYS) => "this kernel has no Landlock (Linux 5.13 or later is needed, built with CONFIG_SECURITY_LANDLOCK)".to_owned(),
+            Some(libc::EOPNOTSUPP) => "Landlock is built in but not enabled (add landlock to the kernel's lsm= boot parameter)".to_owned(),
+            Some(libc::EPERM) => "a seccomp filter refuses Landlock's system calls here (a container's profile?)".to_owned(),
+            _ => format!("Landlock cannot be used: {err}"),
+        });
+    }
+    Ok(rc as u32)
+}
+
+/// What a confined process may see besides its working directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfineConfig {
+    /// Readable (and executable) trees; missing ones are skipped.
+    pub read_only_paths: Vec<PathBuf>,
+    /// Paths under `read_only_paths` left out of them.
+    pub masked_paths: Vec<PathBuf>,
+}
+
+impl Default for ConfineConfig {
+    /// The sandbox's defaults: system directories, secrets masked.
+    fn default() -> Self {
+        Self {
+            read_only_paths: crate::sandbox::DEFAULT_READ_ONLY_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            masked_paths: crate::sandbox::DEFAULT_MASKED_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
+}
+
+/// The locks of one agent session; see the [module docs](self).
+#[derive(Debug)]
+pub struct Confinement {
+    /// The session's Landlock ruleset: the first layer of every process.
+    ruleset: Arc<OwnedFd>,
+    abi: u32,
+    /// Whether to drop every capability (the fabric is root).
+    drop_capabilities: bool,
+    /// The seccomp program, built once; the child only points the kernel at it.
+    filter: Arc<Vec<libc::sock_filter>>,
+}
+
+impl Confinement {
+    /// Builds the session's first layer: `config`'s paths, `/proc`, the
+    /// devices, and `workdir` (the session's own directory) read-write.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::ConfinementUnavailable`] when the kernel has no usable
+    /// Landlock or the seccomp filter has no rules for this architecture;
+    /// [`RuntimeError::ConfinementSetup`] when a rule cannot be added.
+    pub fn new(config: &ConfineConfig, workdir: &Path) -> Result<Self, RuntimeError> {
+        let abi =
+            landlock_abi().map_err(|reason| RuntimeError::ConfinementUnavailable { reason })?;
+        let filter = unix_socket_filter().ok_or_else(|| RuntimeError::ConfinementUnavailable {
+            reason: format!(
+                "no seccomp filter for this architecture ({})",
+                std::env::consts::ARCH
+            ),
+        })?;
+        let ruleset = new_ruleset(abi).map_err(|e| setup("create the Landlock ruleset", e))?;
+        let handled = handled_fs(abi);
+        let mut rules = Vec::new();
+        for root in &config.read_only_paths {
+            rules.extend(unmasked(root, &config.masked_paths));
+        }
+        for path in rules {
+            add_rule(&ruleset, &path, READ & handled)
+                .map_err(|e| setup(&format!("allow reading {}", path.display()), e))?;
+        }
+        add_rule(
+            &ruleset,
+            Path::new("/proc"),
+            (FS_READ_FILE | FS_READ_DIR) & handled,
+        )
+        .map_err(|e| setup("allow reading /proc", e))?;
+        add_devices(&ruleset, handled)?;
+        add_rule(&ruleset, workdir, handled)
+            .map_err(|e| setup(&format!("allow writing {}", workdir.display()), e))?;
+        Ok(Self {
+            ruleset: Arc::new(ruleset),
+            abi,
+            drop_capabilities: sys::is_root(),
+            filter: Arc::new(filter),
+        })
+    }
+
+    /// The kernel's Landlock ABI version this confinement was built with.
+    pub fn abi(&self) -> u32 {
+        self.abi
+    }
+
+    /// [`run_shell`](crate::run_shell) with every command confined, and
+    /// writes allowed only below `job.workdir` (which must lie in the
+    /// session's directory).
+    pub async fn run_shell(
+        &self,
+        job: ShellJob,
+        logs: Option<Sender<LogLine>>,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<ShellOutcome, RuntimeError> {
+        child::run_shell_with(job, logs, cancel, &Confined { confinement: self }).await
+    }
+
+    /// A second layer: reads as the first allows, writes only below `workdir`.
+    fn task_layer(&self, workdir: &Path) -> Result<OwnedFd, RuntimeError> {
+        let handled = handled_fs(self.abi);
+        let layer =
+            new_fs_ruleset(handled).map_err(|e| setup("create a task's Landlock layer", e))?;
+        add_rule(&layer, Path::new("/"), READ & handled)
+            .map_err(|e| setup("allow reading in a task's layer", e))?;
+        add_devices(&layer, handled)?;
+        add_rule(&layer, workdir, handled)
+            .map_err(|e| setup(&format!("allow writing {}", workdir.display()), e))?;
+        Ok(layer)
+    }
+
+    /// Sets the locks on `command`'s child, with `extra` Landlock layers on
+    /// top of the session's. The layers must stay open until it is spawned.
+    pub(crate) fn apply(&self, command: &mut tokio::process::Command, extra: &[&OwnedFd]) {
+        let mut layers: Vec<RawFd> = vec![self.ruleset.as_raw_fd()];
+        layers.extend(extra.iter().map(|fd| fd.as_raw_fd()));
+        let drop_capabilities = self.drop_capabilities;
+        let filter = Arc::clone(&self.filter);
+        sys::pre_exec(command, move || {
+            // Order matters: capabilities first (dropping them needs
+            // CAP_SETPCAP, which the Landlock domain does not take away but
+            // which must not survive), then no_new_privs (needed by both
+            // Landlock and seccomp without CAP_SYS_ADMIN), then the locks.
+            if drop_capabilities {
+                sys::drop_all_capabilities()?;
+            }
+            sys::set_no_new_privs()?;
+            for &layer in &layers {
+                // SAFETY: integer arguments; the fd is open (held by the parent).
+                let rc = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, layer, 0u32) };
+                if rc < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            sys::install_seccomp(&filter)
+        });
+    }
+}
+
+/// Starts a confined job's commands on the host.
+struct Confined<'a> {
+    confinement: &'a Confinement,
+}
+
+impl Launcher for Confined<'_> {
+    async fn start_shell(
+        &self,
+        command: &str,
+        workdir: &Path,
+        env: &[(String, String)],
+    ) -> Result<Started, RuntimeError> {
+        let layer = self.confinement.task_layer(workdir)?;
+        let child = child::host_shell_with(command, workdir, env, |cmd| {
+            self.confinement.apply(cmd, &[&layer]);
+        })?;
+        drop(layer);
+        child::started_on_host(child, command)
+    }
+}
+
+fn setup(what: &str, cause: io::Error) -> RuntimeError {
+    RuntimeError::ConfinementSetup {
+        reason: format!("cannot {what}: {cause}"),
+    }
+}
+
+/// The [`DEVICES`], read-write, in every layer (a layer that left them out
+/// would take `> /dev/null` away).
+fn add_devices(ruleset: &OwnedFd, handled: u64) -> Result<(), RuntimeError> {
+    for device in DEVICES {
+        let rights = (FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE | FS_IOCTL_DEV) & handled;
+        add_rule(ruleset, Path::new(device), rights)
+            .map_err(|e| setup(&format!("allow using {device}"), e))?;
+    }
+    Ok(())
+}
+
+/// Every filesystem right the kernel's ABI knows.
+fn handled_fs(abi: u32) -> u64 {
+    let mut rights = READ | FS_WRITE_FILE | FS_CHANGE_TREE_V1;
+    if abi >= 2 {
+        rights |= FS_REFER;
+    }
+    if abi >= 3 {
+        rights |= FS_TRUNCATE;
+    }
+    if abi >= 5 {
+        rights |= FS_IOCTL_DEV;
+    }
+    rights
+}
+
+fn new_ruleset(abi: u32) -> io::Result<OwnedFd> {
+    let scoped = if abi >= 6 {
+        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+    } else {
+        0
+    };
+    create_ruleset(&RulesetAttr {
+        handled_access_fs: handled_fs(abi),
+        handled_access_net: 0,
+        scoped,
+    })
+}
+
+fn new_fs_ruleset(handled: u64) -> io::Result<OwnedFd> {
+    create_ruleset(&RulesetAttr {
+        handled_access_fs: handled,
+        handled_access_net: 0,
+        scoped: 0,
+    })
+}
+
+fn create_ruleset(attr: &RulesetAttr) -> io::Result<OwnedFd> {
+    // Older kernels know a shorter struct: pass only what they know, so
+    // they do not refuse the zeroed fields they have never heard of.
+    let size = if attr.scoped != 0 {
+        std::mem::size_of::<RulesetAttr>()
+    } else {
+        std::mem::size_of::<u64>()
+    };
+    // SAFETY: `attr` is a live #[repr(C)] copy of struct landlock_ruleset_attr
+    // whose first `size` bytes the kernel reads.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            attr as *const RulesetAttr,
+            size,
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd (close-on-exec) to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Allows `rights` beneath `path`; a missing path is skipped, a file gets
+/// only the rights a file can have.
+fn add_rule(ruleset: &OwnedFd, path: &Path, rights: u64) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a valid C string; the returned fd is owned below.
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => Ok(()),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: the fd was just opened and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let rights = if std::fs::metadata(path)?.is_dir() {
+        rights
+    } else {
+        rights & FILE_RIGHTS
+    };
+    let attr = PathBeneathAttr {
+        allowed_access: rights,
+        parent_fd: fd.as_raw_fd(),
+    };
+    // SAFETY: the attribute is a live packed copy of struct
+    // landlock_path_beneath_attr; both fds are open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `root` as rules that leave out `masked`: `root` itself when nothing
+/// masked lies below it, else its entries (recursively down to the masked
+/// paths), minus the masked ones. Landlock only adds rights, so a secret
+/// inside an allowed tree is hidden by allowing its siblings instead.
+fn unmasked(root: &Path, masked: &[PathBuf]) -> Vec<PathBuf> {
+    if masked.iter().any(|m| m == root) {
+        return Vec::new();
+    }
+    let below: Vec<&PathBuf> = masked.iter().filter(|m| m.starts_with(root)).collect();
+    if below.is_empty() {
+        return vec![root.to_path_buf()];
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    for entry in entries.flatten() {
+        rules.extend(unmasked(&entry.path(), masked));
+    }
+    rules
+}
+
+/// `socket(AF_UNIX, …)` → `EACCES`, every other call allowed; `None` on an
+/// architecture this filter does not know (it must check the arch, or a
+/// 32-bit call could slip past with other numbers).
+fn unix_socket_filter() -> Option<Vec<libc::sock_filter>> {
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return None;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+        const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+        const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+        const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+        // struct seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low
+        // half on little-endian machines, which both of these are).
+        let stmt = |code, k| libc::sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jump = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+        let deny = libc::SECCOMP_RET_ERRNO | libc::EACCES as u32;
+        Some(vec![
+            stmt(LD_W_ABS, 4),
+            // Another architecture's calls (x86's int 0x80): refuse them all.
+            jump(JEQ_K, ARCH, 1, 0),
+            stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+            stmt(LD_W_ABS, 0),
+            // x32 numbers (bit 30) are another table: refuse them too.
+            jump(JGE_K, 0x4000_0000, 0, 1),
+            stmt(RET_K, deny),
+            jump(JEQ_K, libc::SYS_socket as u32, 0, 3),
+            stmt(LD_W_ABS, 16),
+            jump(JEQ_K, libc::AF_UNIX as u32, 0, 1),
+            stmt(RET_K, deny),
+            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        ])
+    }
+}
