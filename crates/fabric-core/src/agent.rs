@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::AgentId;
+use crate::ids::{AgentId, TenantId};
 use crate::time::Timestamp;
 
 /// How strongly an agent is separated from the host and from other agents.
@@ -400,6 +400,11 @@ pub enum DesiredState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub config: AgentConfig,
+    /// The tenant that owns it: only its users (and admins) see it, give it
+    /// tasks or manage it. Records from before tenants owned agents belong
+    /// to the default tenant.
+    #[serde(default = "TenantId::default_tenant")]
+    pub tenant: TenantId,
     pub desired: DesiredState,
     pub created_at: Timestamp,
     /// Sessions started so far (the next one gets `sessions + 1`).
@@ -464,6 +469,10 @@ pub struct ResourceUsage {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agent {
     pub config: AgentConfig,
+    /// The tenant that owns it (the built-in agents: the default tenant,
+    /// and every tenant may use them).
+    #[serde(default = "TenantId::default_tenant")]
+    pub tenant: TenantId,
     pub state: AgentState,
     pub health: Health,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -499,6 +508,17 @@ pub struct AgentSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record stored before agents had a tenant (and before
+    /// `as_fabric_user`) reads as the default tenant's, confined.
+    #[test]
+    fn records_from_before_tenants_owned_agents_belong_to_the_default_tenant() {
+        let old = r#"{"config":{"id":"coder","isolation":{"level":"none","memory_mb":512,"cpu_cores":1.0,"network_egress":[]},"command":"python3 agent.py"},"desired":"running","created_at":"2026-11-01T10:00:00Z","sessions":3,"tasks_done":7}"#;
+        let record: AgentRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.tenant, TenantId::default_tenant());
+        assert!(!record.config.isolation.as_fabric_user);
+        assert_eq!(record.sessions, 3);
+    }
 
     #[test]
     fn state_names_are_the_wire_names() {

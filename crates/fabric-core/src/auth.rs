@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{AgentId, TenantId};
 use crate::time::Timestamp;
 
+/// The user name every agent runs as, in the tenant that owns it: what its
+/// budgets (`user:fabric`), usage and audit records name. Reserved: no
+/// person may be created with it.
+pub const AGENTS_USER: &str = "fabric";
+
 /// Who is calling, once a token has proven it: what every service of the
 /// server is told of its caller (the HTTP layer builds it from the bearer
 /// token; nothing else in it is HTTP).

@@ -159,14 +159,17 @@ impl From<AgentError> for ApiError {
             | E::MissingPath(_)
             | E::ConfinementUnavailable(_) => Self::bad_request(message),
             E::AsFabricUser(_) => Self::forbidden(message),
+            E::MissingScope(e) => e.into(),
             E::DockerUnavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "docker_unavailable",
                 message,
             ),
-            E::Reserved(_) | E::Exists { .. } | E::SpawnInProgress(_) | E::BuiltIn(_) => {
-                Self::conflict(message)
-            }
+            E::Reserved(_)
+            | E::Exists { .. }
+            | E::IdTaken(_)
+            | E::SpawnInProgress(_)
+            | E::BuiltIn(_) => Self::conflict(message),
             E::Draining { .. } => Self::new(StatusCode::CONFLICT, "agent_draining", message),
             E::SpawnFailed { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "spawn_failed", message)

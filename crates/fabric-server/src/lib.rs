@@ -432,8 +432,8 @@ pub async fn run(
     let queue = AgentQueueConfig {
         max_queue_depth: config.max_queue_depth,
     };
-    tasks.register_agent(AgentId::shell(), queue, None);
-    tasks.register_agent(AgentId::noop(), queue, None);
+    tasks.register_agent(AgentId::shell(), queue, None, None);
+    tasks.register_agent(AgentId::noop(), queue, None, None);
 
     let auth = Arc::new(AuthService::new(store.clone(), Arc::clone(&clock)));
     let api_addr = listener

@@ -215,6 +215,7 @@ fn token(hash: &str, scopes: Vec<Scope>, expires_at: Option<Timestamp>) -> ApiTo
 pub fn sample_agent(id: &str) -> AgentRecord {
     AgentRecord {
         config: AgentConfig::new(agent(id)),
+        tenant: TenantId::default_tenant(),
         desired: DesiredState::Running,
         created_at: Timestamp::from_millis(T0),
         sessions: 0,
@@ -245,8 +246,10 @@ pub fn full_agent(id: &str) -> AgentRecord {
     config.pool.min_idle = 2;
     config.restart = RestartPolicy::Never;
     config.max_restarts = 9;
+    config.isolation.read_only_paths = vec!["/srv/models".to_owned()];
     AgentRecord {
         config,
+        tenant: tenant("acme"),
         desired: DesiredState::Stopped,
         created_at: Timestamp::from_millis(T0 + 5),
         sessions: 7,

@@ -45,7 +45,9 @@ pub async fn spawn(
     ApiJson(config): ApiJson<AgentConfig>,
 ) -> Result<(StatusCode, Json<Agent>), ApiError> {
     user_only(&principal)?;
-    principal.require(Scope::Admin)?;
+    // An admin, or a tenant-admin for its own tenant (the agent is the
+    // caller's tenant's).
+    principal.require(Scope::TenantAdmin)?;
     // The config's `budget{...}` becomes the agent's budget before it can
     // make a call (an agent spawned without limits keeps any budget set
     // through /v1/budgets).
@@ -80,7 +82,8 @@ pub async fn list(
 ) -> Result<Json<AgentList>, ApiError> {
     user_only(&principal)?;
     principal.require(Scope::ReadTasks)?;
-    let (agents, next_cursor) = page.slice(state.agents.list(), |a| a.config.id.clone());
+    let (agents, next_cursor) =
+        page.slice(state.agents.list_for(&principal), |a| a.config.id.clone());
     Ok(Json(AgentList {
         agents,
         next_cursor,
@@ -97,7 +100,7 @@ pub async fn get_one(
 ) -> Result<Json<Agent>, ApiError> {
     user_only(&principal)?;
     principal.require(Scope::ReadTasks)?;
-    Ok(Json(state.agents.get(&agent_id(&id)?).await?))
+    Ok(Json(state.agents.get(&agent_id(&id)?, &principal).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -122,7 +125,7 @@ pub async fn terminate(
     ApiQuery(params): ApiQuery<TerminateParams>,
 ) -> Result<Json<Agent>, ApiError> {
     user_only(&principal)?;
-    principal.require(Scope::Admin)?;
+    principal.require(Scope::TenantAdmin)?;
     let secs = params.drain_timeout.unwrap_or(30.0);
     if !(secs.is_finite() && secs >= 0.0 && secs <= MAX_DRAIN_TIMEOUT.as_secs_f64()) {
         return Err(ApiError::bad_request(format!(
@@ -132,7 +135,7 @@ pub async fn terminate(
     }
     let agent = state
         .agents
-        .terminate(&agent_id(&id)?, Duration::from_secs_f64(secs))
+        .terminate(&agent_id(&id)?, &principal, Duration::from_secs_f64(secs))
         .await?;
     tracing::info!(agent_id = %agent.config.id, "agent terminated");
     state
@@ -156,7 +159,7 @@ pub async fn sessions(
     principal.require(Scope::ReadTasks)?;
     let sessions = state
         .agents
-        .sessions(&agent_id(&id)?, page.cursor()?, page.limit)
+        .sessions(&agent_id(&id)?, &principal, page.cursor()?, page.limit)
         .await?;
     let next_cursor = page.next(&sessions, |s| s.session);
     Ok(Json(SessionList {

@@ -61,10 +61,15 @@ pub async fn create_token(
     principal: Principal,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    if let Some(agent) = &req.agent {
-        state.agents.get(agent).await?;
-    }
-    let (secret, token) = state.accounts.create_token(&principal, req).await?;
+    // An agent's token is of the tenant that owns the agent.
+    let agent_tenant = match &req.agent {
+        Some(agent) => Some(state.agents.get(agent, &principal).await?.tenant),
+        None => None,
+    };
+    let (secret, token) = state
+        .accounts
+        .create_token(&principal, req, agent_tenant)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenResponse::issued(secret, token)),

@@ -19,23 +19,32 @@ fn entity(raw: &str) -> Result<BudgetEntity, ApiError> {
         .map_err(|e: fabric_core::budget::BudgetEntityError| ApiError::bad_request(e.to_string()))
 }
 
-/// Admins read anything; an agent token its own agent, a user token its own user.
-fn may_read(principal: &Principal, entity: &BudgetEntity) -> Result<(), ApiError> {
-    if Scope::Admin.granted_by(&principal.scopes) {
-        return Ok(());
-    }
+/// Reading a budget or usage: a token its own agent's or user's; a
+/// tenant-admin its tenant's entities (`may_budget`); an admin any.
+async fn may_read(
+    state: &AppState,
+    principal: &Principal,
+    entity: &BudgetEntity,
+) -> Result<(), ApiError> {
     let own = match (entity, &principal.agent) {
         (BudgetEntity::Agent(a), Some(mine)) => a == mine,
         (BudgetEntity::User(u), None) => *u == principal.user,
         _ => false,
     };
     if own {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "reading {entity} needs the 'admin' scope: a token may read only its own agent's or user's budget and usage"
-        )))
+        return Ok(());
     }
+    if Scope::Admin.granted_by(&principal.scopes)
+        || Scope::TenantAdmin.granted_by(&principal.scopes)
+    {
+        return Ok(state
+            .accounts
+            .may_budget(principal, entity, &state.agents)
+            .await?);
+    }
+    Err(ApiError::forbidden(format!(
+        "reading {entity} needs the 'tenant:admin' scope: a token may read only its own agent's or user's budget and usage"
+    )))
 }
 
 /// Sets (creates or replaces) an entity's budget.
@@ -52,7 +61,10 @@ pub async fn put(
     ApiJson(spec): ApiJson<BudgetSpec>,
 ) -> Result<Json<BudgetView>, ApiError> {
     let entity = entity(&raw)?;
-    state.accounts.may_budget(&principal, &entity).await?;
+    state
+        .accounts
+        .may_budget(&principal, &entity, &state.agents)
+        .await?;
     // A bad spec is a 400 whether or not the entity exists.
     spec.validate()
         .map_err(crate::services::budgets::BudgetError::Invalid)?;
@@ -80,7 +92,8 @@ pub struct PutParams {
     pub force: Option<bool>,
 }
 
-/// Every budget, by entity.
+/// Every budget, by entity (a tenant-admin: its tenant's, its users' and
+/// its agents').
 #[utoipa::path(get, path = "/v1/budgets", operation_id = "list_budgets", tag = "budgets", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = BudgetList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, body = fabric_core::api::ErrorBody)))]
 pub async fn list(
@@ -88,8 +101,23 @@ pub async fn list(
     principal: Principal,
     Listing { page, .. }: Listing<NoFilters>,
 ) -> Result<Json<BudgetList>, ApiError> {
-    principal.require(Scope::Admin)?;
-    let (budgets, next_cursor) = page.slice(state.budgets.list().await?, |b| b.entity.to_string());
+    principal.require(Scope::TenantAdmin)?;
+    let mut budgets = state.budgets.list().await?;
+    if !Scope::Admin.granted_by(&principal.scopes) {
+        // A tenant-admin: its tenant's entities only.
+        let mut own = Vec::with_capacity(budgets.len());
+        for budget in budgets {
+            let tenant = state
+                .accounts
+                .entity_tenant(&budget.entity, &state.agents)
+                .await?;
+            if tenant.as_ref() == Some(&principal.tenant) {
+                own.push(budget);
+            }
+        }
+        budgets = own;
+    }
+    let (budgets, next_cursor) = page.slice(budgets, |b| b.entity.to_string());
     Ok(Json(BudgetList {
         budgets,
         next_cursor,
@@ -106,7 +134,7 @@ pub async fn get_one(
     Path(raw): Path<String>,
 ) -> Result<Json<BudgetView>, ApiError> {
     let entity = entity(&raw)?;
-    may_read(&principal, &entity)?;
+    may_read(&state, &principal, &entity).await?;
     Ok(Json(state.budgets.get(&entity).await?))
 }
 
@@ -120,7 +148,10 @@ pub async fn delete(
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let entity = entity(&raw)?;
-    state.accounts.may_budget(&principal, &entity).await?;
+    state
+        .accounts
+        .may_budget(&principal, &entity, &state.agents)
+        .await?;
     state.budgets.delete(&entity).await?;
     tracing::info!(entity = %entity, "budget deleted");
     state
@@ -157,6 +188,6 @@ pub async fn usage(
             "unknown period {period:?}: budgets count per UTC day; use period=day"
         )));
     }
-    may_read(&principal, &entity)?;
+    may_read(&state, &principal, &entity).await?;
     Ok(Json(state.budgets.report(&entity).await?))
 }

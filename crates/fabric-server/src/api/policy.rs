@@ -89,7 +89,12 @@ pub async fn list(
     Listing { page, .. }: Listing<NoFilters>,
 ) -> Result<Json<PolicyList>, ApiError> {
     principal.require(Scope::ReadTasks)?;
-    let (policies, next_cursor) = page.slice(state.policy.list(), |p| p.id.clone());
+    let sees_agent = |id: &str| {
+        id.parse::<fabric_core::AgentId>()
+            .is_ok_and(|id| state.agents.visible_to(&id, &principal))
+    };
+    let policies = state.policy.list_for(&principal, sees_agent);
+    let (policies, next_cursor) = page.slice(policies, |p| p.id.clone());
     Ok(Json(PolicyList {
         policies,
         next_cursor,
@@ -236,9 +241,10 @@ pub struct AuditParams {
     decision: Option<String>,
 }
 
-/// The audit trail of the caller's tenant (FR-POL-5), newest first.
+/// The audit trail of the caller's tenant (FR-POL-5), newest first: for its
+/// admins and tenant-admins.
 #[utoipa::path(get, path = "/v1/audit", operation_id = "list_audit", tag = "policy", security(("bearer" = [])), params(AuditParams, UuidPageParams),
-    responses((status = 200, body = AuditList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "needs the admin scope", body = fabric_core::api::ErrorBody)))]
+    responses((status = 200, body = AuditList), (status = 400, body = fabric_core::api::ErrorBody), (status = 403, description = "needs the tenant:admin scope", body = fabric_core::api::ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
     principal: Principal,
@@ -247,7 +253,7 @@ pub async fn audit(
         filters: params,
     }: Listing<AuditParams>,
 ) -> Result<Json<AuditList>, ApiError> {
-    principal.require(Scope::Admin)?;
+    principal.require(Scope::TenantAdmin)?;
     let agent = params
         .agent
         .as_deref()

@@ -191,34 +191,54 @@ impl AccountService {
         Ok(())
     }
 
-    /// `Ok` if `by` may set or delete the budget of `entity`: an admin any;
-    /// a tenant-admin its own tenant's and its users' (another tenant's user
-    /// is "not found"); agents, not owned by a tenant yet, need an admin.
+    /// Whether `by` may set, remove or read another entity's budget: an admin
+    /// any, a tenant-admin those of its tenant, its tenant's users and
+    /// agents. Another tenant's entity answers as if it did not exist.
     pub async fn may_budget(
         &self,
         by: &Identity,
         entity: &fabric_core::BudgetEntity,
+        agents: &crate::services::agents::AgentManager,
     ) -> Result<(), AccountError> {
-        use fabric_core::BudgetEntity as E;
         if Scope::Admin.granted_by(&by.scopes) {
             return Ok(());
         }
-        let needs_admin = || {
+        by.require(Scope::TenantAdmin).map_err(|_| {
             AccountError::MissingScope(MissingScope {
                 scope: Scope::Admin,
             })
-        };
-        by.require(Scope::TenantAdmin).map_err(|_| needs_admin())?;
-        match entity {
-            E::Tenant(t) if *t == by.tenant => Ok(()),
-            E::User(name) => match self.auth.store().get_user(name.clone()).await? {
-                Some(user) if user.tenant == by.tenant => Ok(()),
-                // Another tenant's user, or none: nothing this caller can see.
-                _ => Err(AccountError::no_user(name)),
-            },
-            E::Tenant(t) => Err(AccountError::no_tenant(t)),
-            E::Agent(_) => Err(needs_admin()),
+        })?;
+        if self.entity_tenant(entity, agents).await?.as_ref() == Some(&by.tenant) {
+            return Ok(());
         }
+        use fabric_core::BudgetEntity as E;
+        Err(match entity {
+            E::Tenant(t) => AccountError::no_tenant(t),
+            E::User(name) => AccountError::no_user(name),
+            E::Agent(id) => AccountError::NotFound {
+                kind: "agent",
+                name: id.to_string(),
+            },
+        })
+    }
+
+    /// The tenant a budget's entity belongs to (`None`: it does not exist).
+    pub async fn entity_tenant(
+        &self,
+        entity: &fabric_core::BudgetEntity,
+        agents: &crate::services::agents::AgentManager,
+    ) -> Result<Option<TenantId>, AccountError> {
+        use fabric_core::BudgetEntity as E;
+        Ok(match entity {
+            E::Tenant(t) => self.auth.tenant(t).await?.map(|_| t.clone()),
+            E::User(name) => self
+                .auth
+                .store()
+                .get_user(name.clone())
+                .await?
+                .map(|u| u.tenant),
+            E::Agent(id) => agents.tenant_of(id),
+        })
     }
 
     /// Whether a budget's entity exists: the agent (in `agents`), the user
@@ -230,7 +250,7 @@ impl AccountService {
     ) -> Result<bool, AccountError> {
         use fabric_core::BudgetEntity as E;
         Ok(match entity {
-            E::Agent(id) => agents.get(id).await.is_ok(),
+            E::Agent(id) => agents.exists(id),
             E::User(name) => self.auth.store().get_user(name.clone()).await?.is_some(),
             E::Tenant(name) => self.auth.tenant(name).await?.is_some(),
         })
@@ -245,6 +265,14 @@ impl AccountService {
         req: CreateUserRequest,
     ) -> Result<(User, Option<String>), AccountError> {
         validate_user_name(&req.name).map_err(|e| AccountError::Invalid(e.to_string()))?;
+        if req.name == fabric_core::auth::AGENTS_USER {
+            // Agents run as this user: a person by that name would share
+            // their budgets, usage and audit trail.
+            return Err(AccountError::Conflict(format!(
+                "the user name {:?} is reserved for the fabric's agents; choose another",
+                req.name
+            )));
+        }
         let tenant = req.tenant.unwrap_or_else(|| by.tenant.clone());
         self.may_manage(by, &tenant)?;
         may_grant(by, req.role)?;
@@ -445,11 +473,14 @@ impl AccountService {
 
     // ------------------------------------------------------------ tokens
 
-    /// Creates a token with at most the caller's scopes (agent tokens: admins only).
+    /// Creates a token with at most the caller's scopes. An agent's token
+    /// (admins and tenant-admins) is of `agent_tenant`, the tenant that
+    /// owns the agent.
     pub async fn create_token(
         &self,
         by: &Principal,
         req: CreateTokenRequest,
+        agent_tenant: Option<TenantId>,
     ) -> Result<(String, ApiToken), AccountError> {
         if by.kind == TokenKind::Agent {
             return Err(AccountError::Forbidden(
@@ -459,7 +490,9 @@ impl AccountService {
         }
         let (scopes, kind) = match &req.agent {
             Some(_) => {
-                by.require(Scope::Admin)?;
+                // Its agent is one the caller sees: an admin's, or its
+                // own tenant's for a tenant-admin.
+                by.require(Scope::TenantAdmin)?;
                 (Vec::new(), TokenKind::Agent)
             }
             None => {
@@ -494,7 +527,7 @@ impl AccountService {
             .auth
             .issue(NewToken {
                 user: by.user.clone(),
-                tenant: by.tenant.clone(),
+                tenant: agent_tenant.unwrap_or_else(|| by.tenant.clone()),
                 scopes,
                 name,
                 expires_at: Some(expires_at),

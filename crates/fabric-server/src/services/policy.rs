@@ -268,6 +268,27 @@ impl PolicyService {
         self.policies.lock().values().cloned().collect()
     }
 
+    /// The policies `by` may see: an admin every one; anyone else those of
+    /// its own tenant, the ones for every tenant (`*`) and those of agents
+    /// it sees (`sees_agent`). Workspace policies span tenants: admins only.
+    pub fn list_for(&self, by: &Identity, sees_agent: impl Fn(&str) -> bool) -> Vec<Policy> {
+        use fabric_core::policy::PolicyScope;
+        let admin = Scope::Admin.granted_by(&by.scopes);
+        self.policies
+            .lock()
+            .values()
+            .filter(|p| {
+                admin
+                    || match &p.scope {
+                        PolicyScope::Tenant(t) => t == "*" || t == by.tenant.as_str(),
+                        PolicyScope::Agent(a) => sees_agent(a),
+                        PolicyScope::Workspace(_) => false,
+                    }
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Validates, stores and applies a policy; the next check sees it.
     pub async fn put(&self, mut policy: Policy) -> Result<Policy, PolicyError> {
         compile_policy(&policy)?;

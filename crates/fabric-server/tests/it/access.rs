@@ -428,13 +428,13 @@ async fn each_role_may_change_exactly_what_it_should() {
             "POST",
             "/v1/agents".into(),
             json!({"id": "m1", "command": "sleep 1000"}),
-            [true, false, false, false],
+            [true, true, false, false],
         ),
         (
             "DELETE",
             "/v1/agents/nope".into(),
             Value::Null,
-            [true, false, false, false],
+            [true, true, false, false],
         ),
     ];
     for (method, path, body, allowed) in &matrix {
@@ -734,17 +734,304 @@ async fn agent_tokens_work_only_where_the_agent_protocol_says() {
 async fn revoking_a_users_tokens_leaves_running_agents_authenticated() {
     let s = TestServer::start().await;
     let admin = s.login().await;
-    create_user(&s, &admin, "fabric", "default", "viewer").await;
+    // Agents run as the user "fabric": no person may take the name (a person
+    // by it would share their budgets, and revoking their tokens once cut
+    // every agent off).
+    let (status, body) = s
+        .post(
+            &admin,
+            "/v1/users",
+            json!({"name": "fabric", "tenant": "default", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved for the fabric's agents"),
+        "{body}"
+    );
+    create_user(&s, &admin, "fabian", "default", "viewer").await;
     assert_eq!(
-        s.patch(&admin, "/v1/users/fabric", json!({"disabled": true}))
+        s.patch(&admin, "/v1/users/fabian", json!({"disabled": true}))
             .await
             .0,
         200
     );
-    assert_eq!(s.delete(&admin, "/v1/users/fabric").await.0, 204);
+    assert_eq!(s.delete(&admin, "/v1/users/fabian").await.0, 204);
     let id = s
         .create(&admin, json!({"commands": ["echo still-served"]}))
         .await;
     let done = s.wait_done(&admin, &id).await;
     assert_eq!(done.status, fabric_core::TaskStatus::Completed, "{done:?}");
+}
+
+/// Issue #15's tenant-isolation matrix: every resource of tenant A (task,
+/// job, agent, policy, budget, approval, audit record, user, token, the
+/// tenant itself) is listed and readable for A's users and invisible to
+/// B's: absent from B's lists, 404 on B's gets and changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_tenants_resources_are_invisible() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    for tenant in ["acme", "globex"] {
+        let (status, body) = s.post(&admin, "/v1/tenants", json!({"name": tenant})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let a_admin = user_token(&s, &admin, "a-admin", "acme", "tenant-admin").await;
+    let a_op = user_token(&s, &admin, "a-op", "acme", "operator").await;
+    let b_admin = user_token(&s, &admin, "b-admin", "globex", "tenant-admin").await;
+    let b_op = user_token(&s, &admin, "b-op", "globex", "operator").await;
+
+    // Acme's resources, made by acme's own people.
+    let task = s.create(&a_op, json!({"commands": ["echo acme"]})).await;
+    let (status, job) = s
+        .post(&a_op, "/v1/jobs", json!({"commands": ["true"]}))
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let job = job["id"].as_str().unwrap().to_owned();
+    let (status, agent) = s
+        .post(
+            &a_admin,
+            "/v1/agents",
+            json!({"id": "acme-bot", "command": "sleep 1000"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{agent}");
+    assert_eq!(agent["tenant"], "acme", "{agent}");
+    let (status, body) = s
+        .put(
+            &a_admin,
+            "/v1/policies/acme-gate",
+            json!({"scope": {"tenant": "acme"}, "rules": [
+                {"action_pattern": "deploy:*", "effect": "require_approval", "approvers": ["a-admin"]},
+                {"action_pattern": "*", "effect": "allow"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .put(
+            &a_admin,
+            "/v1/budgets/user:a-op",
+            json!({"max_tokens_per_day": 1000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .put(
+            &a_admin,
+            "/v1/budgets/agent:acme-bot",
+            json!({"max_tokens_per_day": 500}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A pending approval of acme: its agent asks, through its own token.
+    let (status, minted) = s
+        .post(&a_admin, "/v1/auth/tokens", json!({"agent": "acme-bot"}))
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let agent_token = minted["token"].as_str().unwrap().to_owned();
+    let (status, check) = s
+        .post(
+            &agent_token,
+            "/v1/agent/check",
+            json!({"action": "deploy:prod"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{check}");
+    let approval = check["approval_id"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .post(
+            &a_op,
+            "/v1/auth/tokens",
+            json!({"name": "acme-ci", "scopes": ["read:tasks"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    s.wait_done(&a_op, &task).await;
+
+    // (list path, JSON array field, what identifies acme's entry, who reads it in each tenant)
+    let lists = [
+        ("/v1/tasks", "tasks", "id", task.clone(), &a_op, &b_op),
+        (
+            "/v1/agents",
+            "agents",
+            "config.id",
+            "acme-bot".to_owned(),
+            &a_op,
+            &b_op,
+        ),
+        (
+            "/v1/policies",
+            "policies",
+            "id",
+            "acme-gate".to_owned(),
+            &a_admin,
+            &b_admin,
+        ),
+        (
+            "/v1/budgets",
+            "budgets",
+            "entity",
+            "user:a-op".to_owned(),
+            &a_admin,
+            &b_admin,
+        ),
+        (
+            "/v1/budgets",
+            "budgets",
+            "entity",
+            "agent:acme-bot".to_owned(),
+            &a_admin,
+            &b_admin,
+        ),
+        (
+            "/v1/approvals",
+            "approvals",
+            "id",
+            approval.clone(),
+            &a_admin,
+            &b_admin,
+        ),
+        (
+            "/v1/audit",
+            "records",
+            "resource",
+            "acme-gate".to_owned(),
+            &a_admin,
+            &b_admin,
+        ),
+        (
+            "/v1/users",
+            "users",
+            "name",
+            "a-op".to_owned(),
+            &a_admin,
+            &b_admin,
+        ),
+        (
+            "/v1/tenants",
+            "tenants",
+            "name",
+            "acme".to_owned(),
+            &a_admin,
+            &b_admin,
+        ),
+        (
+            "/v1/auth/tokens?user=a-op",
+            "tokens",
+            "name",
+            "acme-ci".to_owned(),
+            &a_admin,
+            &b_admin,
+        ),
+    ];
+    let field = |item: &Value, path: &str| -> String {
+        path.split('.')
+            .fold(item, |v, key| &v[key])
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for (path, key, id_field, id, own, other) in &lists {
+        let (status, list) = s.get(own, path).await;
+        assert_eq!(status, 200, "acme GET {path}: {list}");
+        let listed = |list: &Value| {
+            list[*key]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|i| field(i, id_field) == *id))
+        };
+        assert!(listed(&list), "acme GET {path} misses {id}: {list}");
+        let (status, list) = s.get(other, path).await;
+        // A list of another tenant's things is empty of acme's, or not found
+        // at all (another tenant's user's tokens).
+        assert!(
+            status == 404 || (status == 200 && !listed(&list)),
+            "globex GET {path} shows {id}: {status} {list}"
+        );
+    }
+
+    // Gets and changes of acme's resources: found for acme, 404 for globex.
+    let gets = [
+        format!("/v1/tasks/{task}"),
+        format!("/v1/tasks/{task}/result"),
+        format!("/v1/tasks/{task}/events"),
+        format!("/v1/jobs/{job}"),
+        "/v1/agents/acme-bot".to_owned(),
+        "/v1/agents/acme-bot/sessions".to_owned(),
+        "/v1/budgets/user:a-op".to_owned(),
+        "/v1/budgets/agent:acme-bot".to_owned(),
+        "/v1/usage/user:a-op".to_owned(),
+        "/v1/usage/agent:acme-bot".to_owned(),
+        "/v1/usage/tenant:acme".to_owned(),
+        "/v1/users/a-op".to_owned(),
+        "/v1/tenants/acme".to_owned(),
+    ];
+    for path in &gets {
+        let (status, body) = s.get(&a_admin, path).await;
+        assert_eq!(status, 200, "acme GET {path}: {body}");
+        let (status, body) = s.get(&b_admin, path).await;
+        assert_eq!(status, 404, "globex's tenant-admin GET {path}: {body}");
+        // An operator may not read others' budgets or users at all (403,
+        // which tells nothing either); everything else is not found.
+        let (status, body) = s.get(&b_op, path).await;
+        assert!(
+            status == 404 || status == 403,
+            "globex's operator GET {path}: {status} {body}"
+        );
+    }
+    let changes: [(&str, String, Value); 8] = [
+        ("POST", format!("/v1/tasks/{task}/cancel"), json!({})),
+        (
+            "POST",
+            "/v1/tasks".to_owned(),
+            json!({"agent": "acme-bot", "prompt": "x"}),
+        ),
+        ("DELETE", "/v1/agents/acme-bot".to_owned(), Value::Null),
+        (
+            "PUT",
+            "/v1/budgets/user:a-op".to_owned(),
+            json!({"max_tokens_per_day": 1}),
+        ),
+        (
+            "PUT",
+            "/v1/budgets/agent:acme-bot".to_owned(),
+            json!({"max_tokens_per_day": 1}),
+        ),
+        (
+            "POST",
+            format!("/v1/approvals/{approval}/approve"),
+            json!({}),
+        ),
+        ("DELETE", "/v1/policies/acme-gate".to_owned(), Value::Null),
+        (
+            "POST",
+            "/v1/auth/tokens".to_owned(),
+            json!({"agent": "acme-bot"}),
+        ),
+    ];
+    for (method, path, body) in &changes {
+        let (status, answer) = match *method {
+            "POST" => s.post(&b_admin, path, body.clone()).await,
+            "PUT" => s.put(&b_admin, path, body.clone()).await,
+            "DELETE" => s.delete(&b_admin, path).await,
+            other => unreachable!("{other}"),
+        };
+        assert_eq!(status, 404, "globex {method} {path}: {answer}");
+    }
+    // Nothing of acme changed: the agent runs, the approval waits.
+    let (_, agent) = s.get(&a_admin, "/v1/agents/acme-bot").await;
+    assert_ne!(agent["state"], "stopped", "{agent}");
+    let (_, approvals) = s.get(&a_admin, "/v1/approvals?status=pending").await;
+    assert_eq!(
+        approvals["approvals"][0]["id"],
+        approval.as_str(),
+        "{approvals}"
+    );
+    // The built-in agents serve every tenant.
+    let b_task = s.create(&b_op, json!({"commands": ["echo globex"]})).await;
+    let done = s.wait_done(&b_op, &b_task).await;
+    assert_eq!(done.status, fabric_core::TaskStatus::Completed, "{done:?}");
+    s.stop().await;
 }

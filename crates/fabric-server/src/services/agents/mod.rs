@@ -35,7 +35,9 @@ use fabric_core::agent::{
     Agent, AgentConfig, AgentRecord, AgentSession, AgentState, DesiredState, Health,
     IsolationLevel, ResourceUsage,
 };
-use fabric_core::{AgentId, AgentStore, Clock, TenantId, Timestamp, reason};
+use fabric_core::{
+    AgentId, AgentStore, Clock, Identity, MissingScope, Scope, TenantId, Timestamp, reason,
+};
 use fabric_engine::AgentQueueConfig;
 use fabric_runtime::sandbox::HelperCommand;
 use parking_lot::Mutex;
@@ -63,17 +65,24 @@ pub enum AgentError {
     /// Isolation `none` cannot be confined on this host (no Landlock).
     #[error(transparent)]
     ConfinementUnavailable(fabric_runtime::RuntimeError),
+    /// Spawning or terminating without `tenant:admin` (or another tenant's
+    /// agent without `admin`).
+    #[error(transparent)]
+    MissingScope(MissingScope),
     /// `isolation.as_fabric_user` without the `admin` scope.
     #[error(
         "isolation.as_fabric_user runs the agent as the fabric's own user, unconfined: only an admin may ask for it ({0})"
     )]
-    AsFabricUser(fabric_core::MissingScope),
+    AsFabricUser(MissingScope),
     #[error("{}", docker_message(.0))]
     DockerUnavailable(fabric_docker::DockerError),
     #[error("agent id '{0}' is reserved for the built-in agent; choose another id")]
     Reserved(AgentId),
     #[error("agent '{id}' already exists and is {state}; terminate it first or choose another id")]
     Exists { id: AgentId, state: &'static str },
+    /// Agent ids are one namespace over every tenant.
+    #[error("the agent id '{0}' is taken by another tenant; choose another id")]
+    IdTaken(AgentId),
     #[error(
         "agent '{0}' is being spawned by another request; wait for it and check 'reactor-fabric agent get {0}'"
     )]
@@ -93,6 +102,10 @@ pub enum AgentError {
     #[error(transparent)]
     Store(#[from] fabric_core::StoreError),
 }
+
+/// The user every agent runs as (in its owner tenant): what its budgets,
+/// usage and audit records name. No person may take this name.
+pub const AGENTS_USER: &str = fabric_core::auth::AGENTS_USER;
 
 /// How long an agent token lives; agents renew it with `POST /v1/agent/token`.
 pub const AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -295,6 +308,7 @@ impl AgentManager {
     pub async fn start_system(&self, config: AgentConfig) -> Result<(), AgentError> {
         let record = AgentRecord {
             config,
+            tenant: TenantId::default_tenant(),
             desired: DesiredState::Running,
             created_at: self.inner.clock.now(),
             sessions: 0,
@@ -327,6 +341,7 @@ impl AgentManager {
                     max_queue_depth: record.config.max_queue_depth as usize,
                 },
                 record.config.workspace.clone(),
+                Some(record.tenant.clone()),
             );
         }
         Ok(())
@@ -359,6 +374,7 @@ impl AgentManager {
         config: AgentConfig,
         by: &fabric_core::Identity,
     ) -> Result<Agent, AgentError> {
+        Self::may_manage(by, &by.tenant)?;
         config.validate()?;
         if config.isolation.level == IsolationLevel::Process && self.inner.config.helper.is_none() {
             return Err(AgentError::NoSandboxHelper);
@@ -403,6 +419,9 @@ impl AgentManager {
             if status.system {
                 return Err(AgentError::Reserved(config.id.clone()));
             }
+            if status.record.tenant != by.tenant {
+                return Err(AgentError::IdTaken(config.id.clone()));
+            }
             if !matches!(status.state, AgentState::Stopped | AgentState::Crashed) {
                 return Err(AgentError::Exists {
                     id: config.id.clone(),
@@ -413,11 +432,16 @@ impl AgentManager {
         tracing::info!(agent_id = %config.id, by = %by.user, isolation = %config.isolation.level, "spawning agent");
         let (created_at, sessions, tasks_done) =
             match self.inner.store.get_agent(config.id.clone()).await? {
+                // A stopped agent of another tenant keeps its id.
+                Some(old) if old.tenant != by.tenant => {
+                    return Err(AgentError::IdTaken(config.id.clone()));
+                }
                 Some(old) => (old.created_at, old.sessions, old.tasks_done),
                 None => (self.inner.clock.now(), 0, 0),
             };
         let record = AgentRecord {
             config,
+            tenant: by.tenant.clone(),
             desired: DesiredState::Running,
             created_at,
             sessions,
@@ -433,12 +457,15 @@ impl AgentManager {
         let started = std::time::Instant::now();
         let isolation = record.config.isolation.level.to_string();
         let id = record.config.id.clone();
+        // The built-in agents serve every tenant.
+        let owner = (!system).then(|| record.tenant.clone());
         self.inner.tasks.register_agent(
             id.clone(),
             AgentQueueConfig {
                 max_queue_depth: record.config.max_queue_depth as usize,
             },
             record.config.workspace.clone(),
+            owner,
         );
         let min_idle = record.config.pool.min_idle as isize;
         let (sandboxes, containers) = match record.config.isolation.level {
@@ -504,16 +531,68 @@ impl AgentManager {
             .ok_or_else(|| AgentError::NotFound(id.clone()))
     }
 
-    /// The tenant and user every agent of this server runs for.
-    pub fn tenant_and_owner(&self) -> (TenantId, String) {
-        self.inner.tenant_and_owner()
+    /// The agent as `by` may see it: another tenant's agent does not exist
+    /// for it (404), the built-in agents serve every tenant, admins see all.
+    fn visible_slot(&self, id: &AgentId, by: &Identity) -> Result<Arc<Slot>, AgentError> {
+        let slot = self.slot_or_404(id)?;
+        if visible_to(&slot.status.lock(), by) {
+            Ok(slot)
+        } else {
+            Err(AgentError::NotFound(id.clone()))
+        }
     }
 
-    /// `GET /v1/agents`.
+    /// Whether `by` may manage (spawn, terminate) agents of `tenant`: an
+    /// admin anywhere, a tenant-admin in its own tenant.
+    fn may_manage(by: &Identity, tenant: &TenantId) -> Result<(), AgentError> {
+        if Scope::Admin.granted_by(&by.scopes) {
+            return Ok(());
+        }
+        by.require(Scope::TenantAdmin)
+            .map_err(AgentError::MissingScope)?;
+        if *tenant == by.tenant {
+            Ok(())
+        } else {
+            Err(AgentError::MissingScope(MissingScope {
+                scope: Scope::Admin,
+            }))
+        }
+    }
+
+    /// Every agent, whoever owns it (the fabric's own bookkeeping).
     pub fn list(&self) -> Vec<Agent> {
         let mut slots: Vec<_> = self.inner.slots.lock().values().cloned().collect();
         slots.sort_by(|a, b| a.id.cmp(&b.id));
         slots.iter().map(|s| self.view(s)).collect()
+    }
+
+    /// `GET /v1/agents`: the agents `by` may see.
+    pub fn list_for(&self, by: &Identity) -> Vec<Agent> {
+        let mut slots: Vec<_> = self
+            .inner
+            .slots
+            .lock()
+            .values()
+            .filter(|s| visible_to(&s.status.lock(), by))
+            .cloned()
+            .collect();
+        slots.sort_by(|a, b| a.id.cmp(&b.id));
+        slots.iter().map(|s| self.view(s)).collect()
+    }
+
+    /// Whether `by` sees the agent `id` (false when there is none).
+    pub fn visible_to(&self, id: &AgentId, by: &Identity) -> bool {
+        self.visible_slot(id, by).is_ok()
+    }
+
+    /// Whether an agent of this id exists, whoever owns it.
+    pub fn exists(&self, id: &AgentId) -> bool {
+        self.slot(id).is_some()
+    }
+
+    /// The tenant that owns an agent (`None`: no such agent).
+    pub fn tenant_of(&self, id: &AgentId) -> Option<TenantId> {
+        Some(self.slot(id)?.status.lock().record.tenant.clone())
     }
 
     /// The workspace an agent is configured in (its policy attribute).
@@ -524,8 +603,8 @@ impl AgentManager {
     }
 
     /// `GET /v1/agents/{id}`.
-    pub async fn get(&self, id: &AgentId) -> Result<Agent, AgentError> {
-        Ok(self.view(&*self.slot_or_404(id)?))
+    pub async fn get(&self, id: &AgentId, by: &Identity) -> Result<Agent, AgentError> {
+        Ok(self.view(&*self.visible_slot(id, by)?))
     }
 
     /// `GET /v1/agents/{id}/sessions` (FR-LIFE-5), newest first; the running
@@ -533,10 +612,11 @@ impl AgentManager {
     pub async fn sessions(
         &self,
         id: &AgentId,
+        by: &Identity,
         before: Option<u32>,
         limit: usize,
     ) -> Result<Vec<AgentSession>, AgentError> {
-        let slot = self.slot_or_404(id)?;
+        let slot = self.visible_slot(id, by)?;
         let mut sessions = self
             .inner
             .store
@@ -555,11 +635,18 @@ impl AgentManager {
     /// `DELETE /v1/agents/{id}` (FR-LIFE-4): stop leasing, let in-flight tasks
     /// finish for `drain`, stop the agent, requeue what is left
     /// (`drain_timeout`). Answers once it has stopped.
-    pub async fn terminate(&self, id: &AgentId, drain: Duration) -> Result<Agent, AgentError> {
-        let slot = self.slot_or_404(id)?;
+    pub async fn terminate(
+        &self,
+        id: &AgentId,
+        by: &Identity,
+        drain: Duration,
+    ) -> Result<Agent, AgentError> {
+        let slot = self.visible_slot(id, by)?;
         if slot.status.lock().system {
             return Err(AgentError::BuiltIn(id.clone()));
         }
+        let tenant = slot.status.lock().record.tenant.clone();
+        Self::may_manage(by, &tenant)?;
         let record = {
             let mut status = slot.status.lock();
             status.record.desired = DesiredState::Stopped;
@@ -660,6 +747,7 @@ impl AgentManager {
         };
         let mut agent = Agent {
             config: status.record.config.clone(),
+            tenant: status.record.tenant.clone(),
             state: status.state,
             health,
             last_heartbeat: status.last_seen,
@@ -718,10 +806,11 @@ impl Inner {
             tracing::error!(agent_id = %slot.id, error = %e, "cannot store agent session");
         }
     }
+}
 
-    fn tenant_and_owner(&self) -> (TenantId, String) {
-        (TenantId::default_tenant(), "fabric".to_owned())
-    }
+/// Whether `by` sees the agent whose status this is.
+fn visible_to(status: &Status, by: &Identity) -> bool {
+    status.system || status.record.tenant == by.tenant || Scope::Admin.granted_by(&by.scopes)
 }
 
 /// Runs an agent's sessions until it is stopped, out of restarts, or the server stops.
@@ -750,8 +839,8 @@ async fn supervise(
         inner.persist(slot).await;
         let config = slot.status.lock().record.config.clone();
         let started_at = inner.clock.now();
-        let (tenant, owner) = inner.tenant_and_owner();
-        let started = Session::start(inner, &config, number, &tenant, &owner).await;
+        let tenant = slot.status.lock().record.tenant.clone();
+        let started = Session::start(inner, &config, number, &tenant, AGENTS_USER).await;
         let mut session = match started {
             Ok(session) => session,
             Err(e) => {
@@ -1019,7 +1108,6 @@ pub(crate) async fn sample_compute(
     let mut last: std::collections::HashMap<AgentId, (u32, u64)> = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (tenant, owner) = agents.tenant_and_owner();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -1043,7 +1131,7 @@ pub(crate) async fn sample_compute(
             };
             if delta > 0 {
                 budgets.record_compute(
-                    &crate::services::budgets::entities_of(Some(&id), &owner, &tenant),
+                    &crate::services::budgets::entities_of(Some(&id), AGENTS_USER, &agent.tenant),
                     delta,
                 );
             }

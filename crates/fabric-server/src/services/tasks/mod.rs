@@ -105,6 +105,12 @@ struct RunningAttempt {
     kill: oneshot::Sender<&'static str>,
 }
 
+/// Whose an agent is, for the policy (workspace) and for who may use it.
+struct AgentOwner {
+    workspace: Option<String>,
+    tenant: Option<TenantId>,
+}
+
 pub struct TaskService {
     store: Store,
     sched: Arc<Mutex<Scheduler>>,
@@ -114,7 +120,9 @@ pub struct TaskService {
     wakers: RwLock<HashMap<AgentId, Arc<Notify>>>,
     /// Each registered agent's workspace: an attribute of the `task:create`
     /// decision about giving it work.
-    workspaces: RwLock<HashMap<AgentId, Option<String>>>,
+    /// Each agent's workspace and owner tenant (`None`: the built-in
+    /// agents, which serve every tenant).
+    owners: RwLock<HashMap<AgentId, AgentOwner>>,
     /// Decides `task:create:<agent>` for every creation.
     policy: Arc<crate::services::policy::PolicyService>,
     running: Mutex<HashMap<TaskId, RunningAttempt>>,
@@ -153,7 +161,7 @@ impl TaskService {
             clock,
             defaults,
             wakers: RwLock::new(HashMap::new()),
-            workspaces: RwLock::new(HashMap::new()),
+            owners: RwLock::new(HashMap::new()),
             policy,
             running: Mutex::new(HashMap::new()),
             budgets,
@@ -177,7 +185,26 @@ impl TaskService {
 
     /// The workspace `agent` was registered with, if any.
     pub fn workspace_of(&self, agent: &AgentId) -> Option<String> {
-        self.workspaces.read().get(agent).cloned().flatten()
+        self.owners
+            .read()
+            .get(agent)
+            .and_then(|o| o.workspace.clone())
+    }
+
+    /// Whether `principal` may give `agent` work: its own tenant's agents,
+    /// the built-in ones, every agent for an admin. Unknown agents pass
+    /// (the scheduler answers for them).
+    fn may_use_agent(&self, principal: &fabric_core::Identity, agent: &AgentId) -> bool {
+        match self.owners.read().get(agent) {
+            Some(AgentOwner {
+                tenant: Some(tenant),
+                ..
+            }) => {
+                *tenant == principal.tenant
+                    || fabric_core::Scope::Admin.granted_by(&principal.scopes)
+            }
+            _ => true,
+        }
     }
 
     /// The agent a task goes to when its request names none.
@@ -199,12 +226,15 @@ impl TaskService {
         agent: AgentId,
         config: AgentQueueConfig,
         workspace: Option<String>,
+        tenant: Option<TenantId>,
     ) {
         self.wakers
             .write()
             .entry(agent.clone())
             .or_insert_with(|| Arc::new(Notify::new()));
-        self.workspaces.write().insert(agent.clone(), workspace);
+        self.owners
+            .write()
+            .insert(agent.clone(), AgentOwner { workspace, tenant });
         self.sched.lock().register_agent(agent, config);
     }
 
@@ -282,6 +312,10 @@ impl TaskService {
             .agent
             .clone()
             .unwrap_or_else(|| self.defaults.agent.clone());
+        // Another tenant's agent does not exist for the caller.
+        if !self.may_use_agent(principal, &agent) {
+            return Err(TaskError::Scheduler(SchedulerError::UnknownAgent(agent)));
+        }
         // Policy enforcement point `task:create:<agent>`: the target agent's
         // policies (and workspace) decide who may give it work.
         let actor = crate::services::policy::Actor {
