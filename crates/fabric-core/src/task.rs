@@ -70,6 +70,11 @@ impl FromStr for Priority {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
+    /// Created, but a policy asks an approver first (`task:create:<agent>`
+    /// with `require_approval`): held outside the scheduler until the
+    /// approval is granted (then `pending` or `queued`), denied or timed out
+    /// (`failed`, reason `policy_denied`).
+    AwaitingApproval,
     /// Waiting for its dependencies to complete.
     Pending,
     /// Ready, waiting for its agent to lease it.
@@ -91,7 +96,8 @@ pub struct IllegalTransition {
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 7] = [
+    pub const ALL: [TaskStatus; 8] = [
+        TaskStatus::AwaitingApproval,
         TaskStatus::Pending,
         TaskStatus::Queued,
         TaskStatus::Running,
@@ -111,6 +117,8 @@ impl TaskStatus {
     /// The one place the life cycle is written down:
     ///
     /// ```text
+    /// awaiting_approval ──► pending | queued   (approved)
+    ///         └──► failed | canceled           (denied or timed out | canceled)
     /// pending ──► queued ──► running ──► completed | failed | canceled | timed_out
     ///    │           │          │
     ///    │           │          └──► queued       (lease lost, attempts left: retry)
@@ -121,7 +129,8 @@ impl TaskStatus {
         use TaskStatus::*;
         matches!(
             (self, next),
-            (Pending, Queued | Failed | Canceled)
+            (AwaitingApproval, Pending | Queued | Failed | Canceled)
+                | (Pending, Queued | Failed | Canceled)
                 | (Queued, Running | Canceled | Failed)
                 | (Running, Completed | Failed | Canceled | TimedOut | Queued)
         )
@@ -141,6 +150,7 @@ impl TaskStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::AwaitingApproval => "awaiting_approval",
             Self::Pending => "pending",
             Self::Queued => "queued",
             Self::Running => "running",
@@ -163,7 +173,7 @@ impl FromStr for TaskStatus {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
             format!(
-                "invalid status {s:?}: use one of pending, queued, running, completed, failed, canceled, timed_out"
+                "invalid status {s:?}: use one of awaiting_approval, pending, queued, running, completed, failed, canceled, timed_out"
             )
         })
     }
@@ -294,6 +304,11 @@ pub struct Task {
     /// trace (FR-TEL traces). Absent when the task was created untraced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The approval its creation waits (or waited) for, when a policy asked
+    /// for one (status `awaiting_approval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub approval_id: Option<uuid::Uuid>,
 }
 
 impl Task {
@@ -328,6 +343,7 @@ impl Task {
             result: None,
             created_at: now,
             updated_at: now,
+            approval_id: None,
             started_at: None,
             finished_at: None,
             traceparent: None,

@@ -217,6 +217,7 @@ impl From<TaskError> for ApiError {
             E::NotFound(_) => Self::not_found(e.to_string()),
             E::AlreadyFinished { .. } | E::ChangedConcurrently(_) => Self::conflict(e.to_string()),
             E::Refused(r) => r.into(),
+            E::Approval(e) => e.into(),
             E::OverBudget(r) => r.into(),
             E::Scheduler(e) => e.into(),
             E::Store(e) => e.into(),

@@ -50,6 +50,7 @@ fn task(tenant: &TenantId, agent: &AgentId, n: u64) -> Task {
         started_at: None,
         finished_at: None,
         traceparent: None,
+        approval_id: None,
     }
 }
 

@@ -162,6 +162,9 @@ pub fn full_task() -> Task {
         }),
         created_at: Timestamp::from_millis(T0 + 1),
         updated_at: Timestamp::from_millis(T0 + 2_000),
+        approval_id: Some(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_0042,
+        )),
         started_at: Some(Timestamp::from_millis(T0 + 1_000)),
         finished_at: Some(Timestamp::from_millis(T0 + 1_999)),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
@@ -662,16 +665,24 @@ pub async fn unfinished_tasks_content_and_order<S: TaskStore>(store: &S) {
         stored.push(task);
     }
     // Finish one and start another after creation: the listing follows the writes.
-    let mut finished = stored[1].clone();
+    let at = |status: TaskStatus| {
+        TaskStatus::ALL
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(0)
+    };
+    let first_queued = at(TaskStatus::Queued);
+    let mut finished = stored[first_queued].clone();
     assert_eq!(finished.status, TaskStatus::Queued);
     finished.status = TaskStatus::Canceled;
     assert_eq!(write(store, &finished, None).await, WriteOutcome::Applied);
-    stored[1] = finished;
-    let mut started = stored[7].clone();
+    stored[first_queued] = finished;
+    let second_pending = TaskStatus::ALL.len() + at(TaskStatus::Pending);
+    let mut started = stored[second_pending].clone();
     assert_eq!(started.status, TaskStatus::Pending);
     started.status = TaskStatus::Queued;
     assert_eq!(write(store, &started, None).await, WriteOutcome::Applied);
-    stored[7] = started;
+    stored[second_pending] = started;
 
     let expected: Vec<Task> = stored
         .into_iter()

@@ -159,6 +159,14 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
         task.agent_id,
         task.priority
     )?;
+    if let Some(approval) = task
+        .approval_id
+        .filter(|_| task.status == fabric_core::TaskStatus::AwaitingApproval)
+    {
+        outln!(
+            "a policy asks for an approval first: it runs once an approver runs 'reactor-fabric approval approve {approval}'"
+        )?;
+    }
     // Alone on the last line, for `id=$(reactor-fabric task create ... | tail -n1)`.
     outln!("{}", task.id)
 }

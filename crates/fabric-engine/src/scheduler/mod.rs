@@ -283,7 +283,8 @@ impl Scheduler {
         }
     }
 
-    /// Accepts a durable new task (status `pending` or `queued` as stored).
+    /// Accepts a durable new task (status `pending` or `queued` as stored, or
+    /// `awaiting_approval` once its approval is granted).
     ///
     /// `known` gives the status of dependencies the scheduler no longer holds
     /// (looked up in the store). A dependency in neither is
@@ -386,6 +387,10 @@ impl Scheduler {
                 Some(t) => t.status,
                 None => match known.get(dep) {
                     Some(s) if s.is_terminal() => *s,
+                    // Held outside the scheduler until approved: waited for
+                    // like any unfinished dependency (`settle` ends the wait
+                    // if it is denied).
+                    Some(TaskStatus::AwaitingApproval) => TaskStatus::AwaitingApproval,
                     // Stored but not yet handed to the scheduler: its create is in flight.
                     Some(_) => return Err(SchedulerError::DependencyNotReady(*dep)),
                     None => return Err(SchedulerError::UnknownDependency(*dep)),
@@ -787,9 +792,29 @@ impl Scheduler {
             task: task.clone(),
             expected_epoch,
         });
-        let mut settled = vec![(task.id, status)];
+        let settled = vec![(task.id, status)];
         self.finished.insert(task.id, task);
-        // Settle dependents breadth-first; a failure cascades down the chain.
+        self.settle_dependents(settled, now, &mut changes);
+        changes
+    }
+
+    /// A task the scheduler never held (one that was awaiting an approval)
+    /// ended with `status`: its dependents go on (or fail) as if it had
+    /// finished here.
+    pub fn settle(&mut self, id: TaskId, status: TaskStatus, now: Timestamp) -> Changes {
+        let mut changes = Changes::default();
+        self.settle_dependents(vec![(id, status)], now, &mut changes);
+        changes
+    }
+
+    /// Settles the dependents of finished tasks breadth-first; a failure
+    /// cascades down the chain.
+    fn settle_dependents(
+        &mut self,
+        mut settled: Vec<(TaskId, TaskStatus)>,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) {
         while let Some((done_id, done_status)) = settled.pop() {
             for waiter in self.dependents.remove(&done_id).unwrap_or_default() {
                 let Some(entry) = self.active.get_mut(&waiter) else {
@@ -839,7 +864,6 @@ impl Scheduler {
                 }
             }
         }
-        changes
     }
 
     fn finish_detached(&self, task: &mut Task, status: TaskStatus, why: &str, now: Timestamp) {

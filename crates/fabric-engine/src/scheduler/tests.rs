@@ -159,6 +159,49 @@ fn dependent_waits_then_runs_after_its_dependency_completes() {
     assert_eq!(s.lease(&agent(), at(3)).unwrap().task.id, b.id);
 }
 
+/// A dependency held outside the scheduler for an approval: its dependents
+/// wait; approved, it is submitted with its stored status and they run after
+/// it; denied, `settle` fails them.
+#[test]
+fn dependents_of_a_task_awaiting_approval_wait_for_its_outcome() {
+    for approved in [true, false] {
+        let mut s = sched(100);
+        let mut a = task("t", Priority::Normal);
+        a.status = TaskStatus::AwaitingApproval;
+        let mut b = task("t", Priority::Normal);
+        b.depends_on = vec![a.id];
+        b.status = TaskStatus::Pending;
+        let known = HashMap::from([(a.id, TaskStatus::AwaitingApproval)]);
+        let r = s.reserve(&agent()).unwrap();
+        s.submit(b.clone(), r, &known, at(0)).unwrap();
+        assert_eq!(s.get(&b.id).unwrap().status, TaskStatus::Pending);
+        assert!(s.lease(&agent(), at(1)).is_none());
+        if approved {
+            let r = s.reserve(&agent()).unwrap();
+            let c = s.submit(a.clone(), r, &HashMap::new(), at(2)).unwrap();
+            assert_eq!(
+                c.writes[0].task.status,
+                TaskStatus::Queued,
+                "stored status changes"
+            );
+            let lease = s.lease(&agent(), at(3)).unwrap();
+            assert_eq!(lease.task.id, a.id);
+            s.complete(&a.id, lease.epoch, ok(), at(4)).unwrap();
+            assert_eq!(s.lease(&agent(), at(5)).unwrap().task.id, b.id);
+        } else {
+            let c = s.settle(a.id, TaskStatus::Failed, at(2));
+            assert_eq!(c.writes.len(), 1);
+            assert_eq!(c.writes[0].task.id, b.id);
+            assert_eq!(c.writes[0].task.status, TaskStatus::Failed);
+            assert_eq!(
+                c.writes[0].task.reason.as_deref(),
+                Some(reason::DEPENDENCY_FAILED)
+            );
+            assert_eq!(s.stats().pending, 0);
+        }
+    }
+}
+
 #[test]
 fn failed_dependency_fails_the_chain_with_dependency_failed() {
     let mut s = sched(100);

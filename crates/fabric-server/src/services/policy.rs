@@ -622,7 +622,11 @@ impl PolicyService {
         approval.decided_at = Some(now);
         let stored = self.store.put_approval(approval.clone()).await;
         let effect = if status == ApprovalStatus::Approved {
-            if let Some(agent) = &approval.agent {
+            // An agent that asked may repeat the action for a while; a
+            // person's approval (a gated task creation) is for that one task.
+            if let Some(agent) = &approval.agent
+                && approval.actor == format!("agent:{agent}")
+            {
                 self.grants.lock().insert(
                     (agent.clone(), approval.action.clone()),
                     now.plus(APPROVAL_GRANT_TTL),

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use fabric_core::TaskStatus;
 use serde_json::{Value, json};
 
 use crate::harness::{TestServer, error_code, examples_dir};
@@ -1008,4 +1009,131 @@ async fn the_old_default_policy_is_upgraded_on_redis() {
         prefix: "upgrade".to_owned(),
     };
     the_old_default_policy_is_upgraded(store, &dir).await;
+}
+
+/// Issue #15: creating a task that a policy gates on an approval waits (it
+/// does not fail): the task is `awaiting_approval` with its `approval_id`,
+/// its dependents wait too; approved it runs, denied it fails with
+/// `policy_denied` (and so do its dependents), canceled it stays canceled,
+/// and a restart keeps it waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_creation_needing_an_approval_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(dir.path().to_path_buf(), |_| {}).await;
+    let admin = s.login().await;
+    apply(&s, &admin, "gate-shell", json!({"scope": {"tenant": "default"}, "rules": [
+        {"action_pattern": "task:create:shell", "effect": "require_approval", "approvers": ["admin"]},
+        {"action_pattern": "*", "effect": "allow"}]}))
+    .await;
+    let create = |body: Value| {
+        let (s, admin) = (&s, &admin);
+        async move {
+            let (status, task) = s.post(admin, "/v1/tasks", body).await;
+            assert_eq!(status, 201, "{task}");
+            task
+        }
+    };
+    let decide = |approval: String, verdict: &'static str| {
+        let (s, admin) = (&s, &admin);
+        async move {
+            let (status, body) = s
+                .post(
+                    admin,
+                    &format!("/v1/approvals/{approval}/{verdict}"),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+
+    // Approved: it runs, then its dependent (on another agent) does.
+    let gated = create(json!({"commands": ["echo gated"]})).await;
+    assert_eq!(gated["status"], "awaiting_approval", "{gated}");
+    let approval = gated["approval_id"].as_str().unwrap().to_owned();
+    let id = gated["id"].as_str().unwrap().to_owned();
+    let after = create(json!({"agent": "noop", "prompt": "after", "depends_on": [id]})).await;
+    assert_eq!(after["status"], "pending", "{after}");
+    let (_, list) = s.get(&admin, "/v1/tasks?status=awaiting_approval").await;
+    assert_eq!(list["tasks"][0]["id"], id.as_str(), "{list}");
+    let (_, pending) = s.get(&admin, "/v1/approvals?status=pending").await;
+    assert_eq!(
+        pending["approvals"][0]["action"], "task:create:shell",
+        "{pending}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, still) = s.get(&admin, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(
+        still["status"], "awaiting_approval",
+        "nothing runs before the approval"
+    );
+    decide(approval, "approve").await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    assert_eq!(done.result.unwrap().stdout, "gated\n");
+    let done = s.wait_done(&admin, after["id"].as_str().unwrap()).await;
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+
+    // Denied: it fails with policy_denied, its dependent with dependency_failed.
+    let denied = create(json!({"commands": ["echo never"]})).await;
+    let id = denied["id"].as_str().unwrap().to_owned();
+    let after = create(json!({"agent": "noop", "prompt": "after", "depends_on": [id]})).await;
+    decide(denied["approval_id"].as_str().unwrap().to_owned(), "deny").await;
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, TaskStatus::Failed, "{done:?}");
+    assert_eq!(done.reason.as_deref(), Some("policy_denied"), "{done:?}");
+    assert!(
+        done.result
+            .unwrap()
+            .error
+            .unwrap()
+            .contains("denied by admin")
+    );
+    let done = s.wait_done(&admin, after["id"].as_str().unwrap()).await;
+    assert_eq!(
+        done.reason.as_deref(),
+        Some("dependency_failed"),
+        "{done:?}"
+    );
+
+    // Canceled while it waits: an approval afterwards changes nothing.
+    let canceled = create(json!({"commands": ["echo never"]})).await;
+    let id = canceled["id"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .post(&admin, &format!("/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("canceled")),
+        "{body}"
+    );
+    decide(
+        canceled["approval_id"].as_str().unwrap().to_owned(),
+        "approve",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, after) = s.get(&admin, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(after["status"], "canceled", "{after}");
+
+    // Across a restart it keeps waiting, and runs once approved.
+    let kept = create(json!({"commands": ["echo kept"]})).await;
+    let id = kept["id"].as_str().unwrap().to_owned();
+    s.stop().await;
+    let s = TestServer::start_in(dir.path().to_path_buf(), |_| {}).await;
+    let admin = s.login().await;
+    let (_, task) = s.get(&admin, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(task["status"], "awaiting_approval", "{task}");
+    let approval = kept["approval_id"].as_str().unwrap();
+    let (status, body) = s
+        .post(
+            &admin,
+            &format!("/v1/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = s.wait_done(&admin, &id).await;
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    s.stop().await;
 }

@@ -156,7 +156,10 @@ mod tests {
 
     #[test]
     fn status_lists_partition_every_status() {
-        assert_eq!(status_list(false), "'pending','queued','running'");
+        assert_eq!(
+            status_list(false),
+            "'awaiting_approval','pending','queued','running'"
+        );
         assert_eq!(
             status_list(true),
             "'completed','failed','canceled','timed_out'"

@@ -33,6 +33,7 @@ use fabric_telemetry::metrics::{Collected, CounterVec, Histogram, HistogramVec, 
 
 type Commit = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
 
+mod approval;
 mod validate;
 
 /// Why the task service refused a request.
@@ -51,9 +52,12 @@ pub enum TaskError {
     /// The store refused a write made on a stale lease.
     #[error("task {0} changed concurrently (its lease is no longer valid); fetch it and retry")]
     ChangedConcurrently(TaskId),
-    /// `task:create:<agent>` was denied (or needs an approval).
+    /// `task:create:<agent>` was denied.
     #[error(transparent)]
     Refused(#[from] crate::services::policy::Refusal),
+    /// Asking for the approval `task:create:<agent>` needs failed.
+    #[error(transparent)]
+    Approval(#[from] crate::services::policy::PolicyError),
     /// The agent's compute budget is spent.
     #[error(transparent)]
     OverBudget(#[from] fabric_engine::budget::Refusal),
@@ -118,14 +122,17 @@ pub struct TaskService {
     clock: Arc<dyn Clock>,
     defaults: TaskDefaults,
     wakers: RwLock<HashMap<AgentId, Arc<Notify>>>,
-    /// Each registered agent's workspace: an attribute of the `task:create`
-    /// decision about giving it work.
-    /// Each agent's workspace and owner tenant (`None`: the built-in
-    /// agents, which serve every tenant).
+    /// Each agent's workspace (an attribute of the `task:create` decision
+    /// about giving it work) and owner tenant (`None`: the built-in agents,
+    /// which serve every tenant).
     owners: RwLock<HashMap<AgentId, AgentOwner>>,
     /// Decides `task:create:<agent>` for every creation.
     policy: Arc<crate::services::policy::PolicyService>,
     running: Mutex<HashMap<TaskId, RunningAttempt>>,
+    /// Tasks stored `awaiting_approval`, held outside the scheduler until
+    /// their approval is decided (see `approval.rs`). Whoever removes a
+    /// task from here (the decision or a cancel) settles it.
+    awaiting: Mutex<std::collections::HashSet<TaskId>>,
     /// Compute-seconds budgets: an agent over its limit gets no new tasks.
     budgets: Arc<crate::services::budgets::BudgetService>,
     telemetry: Arc<Telemetry>,
@@ -164,6 +171,7 @@ impl TaskService {
             owners: RwLock::new(HashMap::new()),
             policy,
             running: Mutex::new(HashMap::new()),
+            awaiting: Mutex::new(std::collections::HashSet::new()),
             budgets,
         })
     }
@@ -244,7 +252,7 @@ impl TaskService {
 
     /// Reloads every unfinished task after a (re)start. Running tasks lost their
     /// agents with the old process and go back to their queues.
-    pub async fn recover(&self) -> Result<usize, TaskError> {
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, TaskError> {
         // Read again now, not only at construction: with Redis, an
         // orchestrator that was a standby until now continues the numbering
         // from what the previous leader stored (whose later appends the store
@@ -254,6 +262,11 @@ impl TaskService {
         let count = tasks.len();
         let mut commits = Vec::new();
         for task in tasks {
+            if task.status == TaskStatus::AwaitingApproval {
+                // Still held: its approval outlived the restart.
+                self.resume_awaiting(&task);
+                continue;
+            }
             let known = self.dependency_statuses(&task.depends_on).await?;
             let now = self.clock.now();
             let mut sched = self.sched.lock();
@@ -303,7 +316,7 @@ impl TaskService {
     /// Creates a task (FR-SCHED-1..5). Returns the task and whether it is new
     /// (false for an idempotent replay).
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         principal: &fabric_core::Identity,
         req: CreateTaskRequest,
         idempotency_key: Option<String>,
@@ -332,9 +345,12 @@ impl TaskService {
             "task_create",
             &crate::request_id::current(),
         );
-        if decision.effect != fabric_core::Effect::Allow {
-            return Err(decision.refusal(&action).into());
-        }
+        let gate = match decision.effect {
+            fabric_core::Effect::Allow => None,
+            // Created, but held until an approver decides (approval.rs).
+            fabric_core::Effect::RequireApproval => Some(decision),
+            fabric_core::Effect::Deny => return Err(decision.refusal(&action).into()),
+        };
         let spec = validate::create_request(&req, &agent, idempotency_key.as_deref())?;
         self.check_compute(&agent)?;
         // Dependencies must exist (and be visible to the caller) before anything is stored.
@@ -346,7 +362,11 @@ impl TaskService {
                     other => other,
                 })?;
         }
-        let reservation = self.sched.lock().reserve(&agent)?;
+        // A gated task takes its queue slot once approved.
+        let reservation = match gate {
+            None => Some(self.sched.lock().reserve(&agent)?),
+            Some(_) => None,
+        };
         let now = self.clock.now();
         let input = TaskInput {
             prompt: req.prompt,
@@ -383,7 +403,11 @@ impl TaskService {
             .attr("task_id", task.id.to_string())
             .attr("agent_id", task.agent_id.as_str())
         });
-        let created = self.create_admitted(task, reservation).await;
+        let created = match (gate, reservation) {
+            (Some(decision), _) => self.hold_for_approval(task, &actor, &decision).await,
+            (None, Some(reservation)) => self.create_admitted(task, reservation).await,
+            (None, None) => Err(TaskError::Invariant("an ungated task without a queue slot")),
+        };
         if let Some(mut span) = schedule_span {
             span.end_nanos = crate::trace::now_nanos();
             if let Err(e) = &created {
@@ -453,10 +477,12 @@ impl TaskService {
     ) -> Result<Option<Task>, TaskError> {
         let now = self.clock.now();
         let mut sched = self.sched.lock();
-        let not_ready = task
-            .depends_on
-            .iter()
-            .any(|d| sched.get(d).is_none() && !known.get(d).is_some_and(|s| s.is_terminal()));
+        let not_ready = task.depends_on.iter().any(|d| {
+            sched.get(d).is_none()
+                && !known
+                    .get(d)
+                    .is_some_and(|s| s.is_terminal() || *s == TaskStatus::AwaitingApproval)
+        });
         if not_ready {
             return Ok(None);
         }
@@ -598,6 +624,16 @@ impl TaskService {
                 id,
                 status: task.status,
             });
+        }
+        if self.awaiting.lock().remove(&id) {
+            return self
+                .end_unadmitted(
+                    task,
+                    TaskStatus::Canceled,
+                    fabric_core::reason::CANCELED,
+                    None,
+                )
+                .await;
         }
         let now = self.clock.now();
         let (commits, canceled) = {
