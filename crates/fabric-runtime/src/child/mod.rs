@@ -370,18 +370,29 @@ pub(crate) fn host_shell(
     workdir: &Path,
     env: &[(String, String)],
 ) -> Result<tokio::process::Child, RuntimeError> {
-    host_shell_with(command, workdir, env, |_| {})
+    host_shell_with(command, workdir, env, &[], |_| {})
 }
 
-/// [`host_shell`], with `configure` given the command before it is spawned
-/// (a confinement adds its `pre_exec` there).
+/// [`host_shell`] run through `wrapper` (a program and its arguments that
+/// end by executing the shell they are given, e.g. the confinement
+/// trampoline; empty: the shell itself), with `configure` given the command
+/// before it is spawned (a confinement without trampoline adds its
+/// `pre_exec` there).
 pub(crate) fn host_shell_with(
     command: &str,
     workdir: &Path,
     env: &[(String, String)],
+    wrapper: &[std::ffi::OsString],
     configure: impl FnOnce(&mut tokio::process::Command),
 ) -> Result<tokio::process::Child, RuntimeError> {
-    let mut shell = tokio::process::Command::new(SHELL);
+    let mut shell = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut wrapped = tokio::process::Command::new(program);
+            wrapped.args(args).arg(SHELL);
+            wrapped
+        }
+        None => tokio::process::Command::new(SHELL),
+    };
     shell
         .arg("-c")
         .arg(command)

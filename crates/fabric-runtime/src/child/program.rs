@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 
 use super::group::ProcessGroup;
-use super::{check_env, environment, host_shell_with};
+use super::{check_env, environment, host_shell};
 use crate::RuntimeError;
 use crate::confine::Confinement;
 use crate::sandbox::ProcessExit;
@@ -45,11 +45,11 @@ pub fn spawn_program(
             command: command.to_owned(),
         });
     }
-    let mut child = host_shell_with(command, workdir, &environment(workdir, env), |cmd| {
-        if let Some(confinement) = confinement {
-            confinement.apply(cmd, &[]);
-        }
-    })?;
+    let env = environment(workdir, env);
+    let mut child = match confinement {
+        Some(confinement) => confinement.spawn_shell(command, workdir, &env, None)?,
+        None => host_shell(command, workdir, &env)?,
+    };
     let pid = child.id().unwrap_or(0);
     let group = ProcessGroup::led_by(pid).ok_or_else(|| RuntimeError::Wait {
         command: command.to_owned(),

@@ -90,6 +90,7 @@ const PROC_MASKED: [&str; 5] = [
 pub fn helper_main(args: Vec<OsString>) -> ! {
     let mode = args.first().and_then(|a| a.to_str()).unwrap_or("");
     match mode {
+        crate::confine::MODE_CONFINE => crate::confine::confine_main(&args[1..]),
         MODE_INIT => match init(&args[1..]) {
             Ok(never) => match never {},
             Err(message) => {

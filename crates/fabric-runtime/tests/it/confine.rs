@@ -4,16 +4,26 @@
 use std::path::Path;
 
 use fabric_runtime::confine::{ConfineConfig, Confinement, landlock_abi};
+use fabric_runtime::sandbox::HelperCommand;
 use fabric_runtime::{ShellJob, ShellOutcome};
 
 /// Skips (loudly) where the kernel has no Landlock: nothing to test there
 /// but the error, which `unavailable_confinement_says_what_to_do` covers.
-fn confinement(session: &Path) -> Option<Confinement> {
+/// `trampoline`: commands start through the helper's `confine` mode (what
+/// the fabric does), else the locks are set in a `pre_exec` hook.
+fn confinement(session: &Path, trampoline: bool) -> Option<Confinement> {
     if let Err(reason) = landlock_abi() {
         eprintln!("SKIPPED: no Landlock: {reason}");
         return None;
     }
-    Some(Confinement::new(&ConfineConfig::default(), session).unwrap())
+    let confinement = Confinement::new(&ConfineConfig::default(), session).unwrap();
+    Some(if trampoline {
+        confinement.with_trampoline(HelperCommand::new(env!(
+            "CARGO_BIN_EXE_fabric-sandbox-init"
+        )))
+    } else {
+        confinement
+    })
 }
 
 async fn run(confinement: &Confinement, workdir: &Path, command: &str) -> ShellOutcome {
@@ -26,10 +36,16 @@ async fn run(confinement: &Confinement, workdir: &Path, command: &str) -> ShellO
 
 #[tokio::test]
 async fn confined_commands_see_system_dirs_and_their_workdir_only() {
+    for trampoline in [false, true] {
+        commands_see_system_dirs_and_their_workdir_only(trampoline).await;
+    }
+}
+
+async fn commands_see_system_dirs_and_their_workdir_only(trampoline: bool) {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret"), "s3cr3t").unwrap();
     let session = tempfile::tempdir().unwrap();
-    let Some(confinement) = confinement(session.path()) else {
+    let Some(confinement) = confinement(session.path(), trampoline) else {
         return;
     };
     let task = session.path().join("t1");
@@ -63,7 +79,10 @@ async fn confined_commands_see_system_dirs_and_their_workdir_only() {
     ];
     for command in denied {
         let out = run(&confinement, &task, &command).await;
-        assert!(!out.success(), "{command} should fail: {out:?}");
+        assert!(
+            !out.success(),
+            "{command} should fail (trampoline {trampoline}): {out:?}"
+        );
         assert!(!out.stdout.contains("s3cr3t"), "{command}: {out:?}");
     }
     assert!(!Path::new("/tmp/confined-escape").exists());
@@ -74,8 +93,14 @@ async fn confined_commands_see_system_dirs_and_their_workdir_only() {
 
 #[tokio::test]
 async fn confined_program_cannot_read_the_fabric_environment() {
+    for trampoline in [false, true] {
+        program_cannot_read_the_fabric_environment(trampoline).await;
+    }
+}
+
+async fn program_cannot_read_the_fabric_environment(trampoline: bool) {
     let session = tempfile::tempdir().unwrap();
-    let Some(confinement) = confinement(session.path()) else {
+    let Some(confinement) = confinement(session.path(), trampoline) else {
         return;
     };
     let workdir = session.path().join("program");

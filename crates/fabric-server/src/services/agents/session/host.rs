@@ -74,10 +74,14 @@ impl HostSession {
         let confinement = if config.isolation.as_fabric_user {
             None
         } else {
-            Some(Arc::new(
-                Confinement::new(&confine_config(&config.isolation), &workdir)
-                    .map_err(SessionError::Confine)?,
-            ))
+            let confinement = Confinement::new(&confine_config(&config.isolation), &workdir)
+                .map_err(SessionError::Confine)?;
+            // The sandbox helper confines each command in a fresh process,
+            // so the fabric spawns instead of forking itself.
+            Some(Arc::new(match &inner.config.helper {
+                Some(helper) => confinement.with_trampoline(helper.clone()),
+                None => confinement,
+            }))
         };
         let run = if config.is_builtin_shell() {
             let spec = ShellSpec {
