@@ -187,9 +187,17 @@ impl Confinement {
         })?;
         let ruleset = new_ruleset(abi).map_err(|e| setup("create the Landlock ruleset", e))?;
         let handled = handled_fs(abi);
+        // Only what this user could read needs hiding (as root: all of it);
+        // each masked path costs a rule per sibling on the way down to it.
+        let masked: Vec<PathBuf> = config
+            .masked_paths
+            .iter()
+            .filter(|p| readable(p))
+            .cloned()
+            .collect();
         let mut rules = Vec::new();
         for root in &config.read_only_paths {
-            rules.extend(unmasked(root, &config.masked_paths));
+            rules.extend(unmasked(root, &masked));
         }
         for path in rules {
             add_rule(&ruleset, &path, READ & handled)
@@ -486,6 +494,15 @@ fn unmasked(root: &Path, masked: &[PathBuf]) -> Vec<PathBuf> {
         rules.extend(unmasked(&entry.path(), masked));
     }
     rules
+}
+
+/// Whether this process may read `path` (a missing one: no).
+fn readable(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid C string; access(2) only reads it.
+    unsafe { libc::access(c_path.as_ptr(), libc::R_OK) == 0 }
 }
 
 /// `socket(AF_UNIX, …)` → `EACCES`, every other call allowed; `None` on an
