@@ -70,8 +70,34 @@ pub fn print_json_line<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError>
         .map_err(CliError::Stdout)
 }
 
+/// `text` with every control character shown as an escape (`\u{1b}`), so
+/// that a value from the server (a task's name, an agent's last error)
+/// cannot move the cursor, recolour or rewrite an operator's terminal.
+pub fn plain(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<String>()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// Lays out rows under a header, columns padded to their widest cell; the last column is not padded.
+/// Control characters in cells are escaped ([`plain`]).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| plain(cell).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -120,6 +146,18 @@ mod tests {
         ];
         let text = table(&["ID", "STATUS", "NAME"], &rows);
         assert_eq!(text, "ID    STATUS   NAME\na     running  x\nbbbb  ok\n");
+    }
+
+    #[test]
+    fn tables_escape_control_characters() {
+        let rows = vec![vec!["\u{1b}[2Jwiped\r\n".to_owned(), "ok".to_owned()]];
+        let text = table(&["NAME", "STATUS"], &rows);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}[2Jwiped\\r\\n"), "{text}");
+        assert_eq!(plain("fine"), "fine");
     }
 
     #[test]

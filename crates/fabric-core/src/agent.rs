@@ -275,12 +275,24 @@ impl AgentConfig {
                 ));
             }
         }
-        if let Some(root) = &iso.filesystem_root
-            && !std::path::Path::new(root).is_absolute()
-        {
-            return err(format!(
-                "isolation.filesystem_root: {root:?} must be an absolute path"
-            ));
+        if let Some(root) = &iso.filesystem_root {
+            let p = std::path::Path::new(root);
+            let plain = p.is_absolute()
+                && !root.contains('\0')
+                && p.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if !plain || p == std::path::Path::new("/") {
+                return err(format!(
+                    "isolation.filesystem_root: {root:?} must be an absolute directory path below / without . or .. (and one of the server's --agent-root directories)"
+                ));
+            }
+        }
+        if iso.read_only_paths.iter().any(|p| p.contains('\0')) {
+            return err("isolation.read_only_paths: a path contains a NUL character".into());
         }
         if self.command.is_some() && self.image.is_some() && iso.level != IsolationLevel::Container
         {
@@ -288,6 +300,9 @@ impl AgentConfig {
         }
         if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return err("'command' is empty".into());
+        }
+        if self.command.as_deref().is_some_and(|c| c.contains('\0')) {
+            return err("'command' contains a NUL character, which no program can receive".into());
         }
         if self.external && (self.command.is_some() || self.image.is_some()) {
             return err("an 'external' agent runs elsewhere: give no 'command' or 'image'".into());

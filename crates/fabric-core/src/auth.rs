@@ -280,6 +280,11 @@ pub struct ApiToken {
     /// When the token last authenticated a request (recorded at most once a minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<Timestamp>,
+    /// The id ([`ApiToken::id`]) of the token that created this one: it
+    /// expires no later than that one, and revoking that one (a logout)
+    /// revokes this one too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl ApiToken {

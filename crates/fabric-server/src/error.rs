@@ -157,6 +157,7 @@ impl From<AgentError> for ApiError {
             E::Invalid(_)
             | E::NoSandboxHelper
             | E::MissingPath(_)
+            | E::ForbiddenPath(_)
             | E::ConfinementUnavailable(_) => Self::bad_request(message),
             E::AsFabricUser(_) => Self::forbidden(message),
             E::MissingScope(e) => e.into(),

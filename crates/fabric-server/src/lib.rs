@@ -114,6 +114,10 @@ pub struct ServerConfig {
     /// unconfined (`--shell-as-fabric-user`): only for a fabric whose every
     /// task creator is trusted with everything that user can read.
     pub shell_as_fabric_user: bool,
+    /// Directories an agent's `isolation.filesystem_root` may lie in
+    /// (`--agent-root`); none by default, which refuses every
+    /// `filesystem_root`.
+    pub agent_roots: Vec<PathBuf>,
     /// Egress allowlist of the built-in shell agent when sandboxed
     /// (`--shell-egress`), as an agent's `network_egress`.
     pub shell_egress: Vec<String>,
@@ -159,6 +163,7 @@ impl Default for ServerConfig {
             shell_isolation: ShellIsolation::Auto,
             shell_as_fabric_user: false,
             shell_egress: Vec::new(),
+            agent_roots: Vec::new(),
             shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
             kill_grace: Duration::from_secs(5),
             default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
@@ -450,6 +455,8 @@ pub async fn run(
         Arc::clone(&telemetry),
     )?;
     let manager_config = ManagerConfig {
+        agent_roots: config.agent_roots.clone(),
+        data_dir: config.data_dir.clone(),
         agents_dir: config.data_dir.join("agents"),
         api_addr,
         helper: config.sandbox_helper.clone(),

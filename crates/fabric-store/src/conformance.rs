@@ -210,6 +210,7 @@ fn token(hash: &str, scopes: Vec<Scope>, expires_at: Option<Timestamp>) -> ApiTo
             TokenKind::Personal
         },
         last_used_at: expires_at.map(|_| Timestamp::from_millis(T0 + 5)),
+        parent: expires_at.map(|_| "0123456789ab".to_owned()),
         expires_at,
     }
 }

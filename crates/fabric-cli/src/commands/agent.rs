@@ -276,8 +276,7 @@ impl FileFormat {
 
 /// Reads an agent file; `id` stands in for an `id` the file leaves out.
 fn load_config_file(path: &Path, id: Option<&AgentId>) -> Result<AgentConfig, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Usage(format!("cannot read agent file {}: {e}", path.display())))?;
+    let text = super::read_capped_text(path, &format!("agent file {}", path.display()))?;
     let format = FileFormat::detect(path, &text);
     parse_config(&text, format, id).map_err(|e| {
         CliError::Usage(format!(

@@ -21,6 +21,44 @@ use crate::config::{ClientSettings, TokenSource, process_env};
 use crate::error::CliError;
 use crate::output::OutputFormat;
 
+/// Most bytes the CLI reads from one file it sends (`--file`, `-f`): the
+/// server's request limit. `FABRIC_MAX_FILE_BYTES` changes it.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Reads at most the file limit of `path` (`what` names it in errors, e.g.
+/// `--file build.sh`): a device like `/dev/zero` or a huge file is refused
+/// (a usage error), not read into memory. A file that cannot be read is
+/// `unreadable`'s error.
+pub fn read_capped(
+    path: &std::path::Path,
+    what: &str,
+    unreadable: fn(String) -> CliError,
+) -> Result<Vec<u8>, CliError> {
+    use std::io::Read as _;
+    let limit = std::env::var("FABRIC_MAX_FILE_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_MAX_FILE_BYTES);
+    let file =
+        std::fs::File::open(path).map_err(|e| unreadable(format!("cannot read {what}: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(format!("cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(CliError::Usage(format!(
+            "{what} is larger than {limit} bytes, the most the CLI sends from one file (a request may carry 8 MiB); set FABRIC_MAX_FILE_BYTES to change it"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] as UTF-8 text; a file that cannot be read is a usage error.
+pub fn read_capped_text(path: &std::path::Path, what: &str) -> Result<String, CliError> {
+    String::from_utf8(read_capped(path, what, CliError::Usage)?)
+        .map_err(|_| CliError::Usage(format!("{what} is not UTF-8 text")))
+}
+
 /// reactor-fabric: run AI agents safely. One binary: server, CLI and agent runner.
 #[derive(Debug, Parser)]
 #[command(name = "reactor-fabric", version = fabric_core::VERSION, propagate_version = true)]
@@ -49,7 +87,7 @@ pub enum Command {
     /// Check that the fabric server answers (GET /healthz)
     Status,
     /// Run the fabric server in this process (API, scheduler, store, runtime)
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a container agent's inference sidecar (the fabric starts it; REQUIREMENTS §6)
     Proxy(proxy::ProxyArgs),
     /// Run a deterministic mock LLM server speaking the Ollama, OpenAI and Anthropic APIs
@@ -131,7 +169,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         // Neither needs the client config: `version` works with no HOME, `serve` has its own.
         Command::Version => version::run(cli.output),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Proxy(args) => proxy::run(args),
         Command::MockLlm(args) => mock_llm::run(args),
         // Docker commands: no fabric server, so no client settings either.

@@ -178,8 +178,7 @@ pub fn parse_policy_file(path: &Path, text: &str) -> Result<Vec<Policy>, String>
 }
 
 async fn apply(ctx: &Ctx, path: &Path) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Usage(format!("cannot read policy file {}: {e}", path.display())))?;
+    let text = super::read_capped_text(path, &format!("policy file {}", path.display()))?;
     let policies = parse_policy_file(path, &text).map_err(|e| {
         CliError::Usage(format!(
             "invalid policy file {}: {}",

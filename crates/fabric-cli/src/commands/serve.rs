@@ -83,6 +83,12 @@ pub struct ServeArgs {
           value_parser = crate::commands::agent::parse_egress_flag)]
     pub shell_egress: Vec<String>,
 
+    /// A directory agents' isolation.filesystem_root may lie in, repeatable (absolute);
+    /// none given: no agent may choose where its working dir goes
+    #[arg(long, env = "FABRIC_AGENT_ROOTS", value_name = "DIR", value_delimiter = ',',
+          value_parser = parse_agent_root)]
+    pub agent_root: Vec<PathBuf>,
+
     /// Most tasks that may wait for one agent; beyond it creating a task answers 429
     #[arg(long, env = "FABRIC_MAX_QUEUE_DEPTH", value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -220,6 +226,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         shell_isolation: args.shell_isolation,
         shell_as_fabric_user: args.shell_as_fabric_user,
         shell_egress: args.shell_egress,
+        agent_roots: args.agent_root,
         max_queue_depth: args.max_queue_depth as usize,
         sandbox_helper: sandbox_helper(),
         containers: fabric_server::ContainerConfig {
@@ -318,6 +325,24 @@ fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;
     let secret = text.strip_suffix('\n').unwrap_or(&text);
     Ok(secret.strip_suffix('\r').unwrap_or(secret).to_owned())
+}
+
+/// `--agent-root`: an absolute directory path without `.` or `..`, not `/`.
+fn parse_agent_root(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    let plain = path.is_absolute()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+    if !plain || path == std::path::Path::new("/") {
+        return Err(format!(
+            "{text:?}: give an absolute directory below / without . or .."
+        ));
+    }
+    Ok(path)
 }
 
 /// `--leader-ttl`: a duration of at least 300 ms (renewals go every third

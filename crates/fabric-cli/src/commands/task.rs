@@ -196,12 +196,11 @@ fn read_task_files(paths: &[PathBuf]) -> Result<Vec<TaskFile>, CliError> {
 }
 
 fn read_text_file(path: &Path) -> Result<String, CliError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| CliError::Other(anyhow!("cannot read --file {}: {e}", path.display())))?;
+    let what = format!("--file {}", path.display());
+    let bytes = super::read_capped(path, &what, |message| CliError::Other(anyhow!(message)))?;
     String::from_utf8(bytes).map_err(|_| {
         CliError::Other(anyhow!(
-            "--file {} is not UTF-8 text: only text files can be attached",
-            path.display()
+            "{what} is not UTF-8 text: only text files can be attached"
         ))
     })
 }

@@ -302,6 +302,44 @@ fn missing_file_fails_before_any_request() {
     );
 }
 
+/// Issue #16 item 5: files the CLI sends are read up to a limit, so
+/// `--file /dev/zero` is a clear usage error, not a CLI eating the memory.
+#[test]
+fn oversized_files_are_refused_before_they_are_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = bare_cli(&dir.path().join("c.toml"))
+        .args([
+            "--url",
+            &url,
+            "task",
+            "create",
+            "--command",
+            "true",
+            "--file",
+            "/dev/zero",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("--file /dev/zero is larger than")
+            && stderr.contains("FABRIC_MAX_FILE_BYTES"),
+        "{stderr}"
+    );
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, "x".repeat(2048)).unwrap();
+    let out = bare_cli(&dir.path().join("c.toml"))
+        .env("FABRIC_MAX_FILE_BYTES", "1024")
+        .args(["--url", &url, "agent", "spawn", "-f"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 1024 bytes"));
+}
+
 /// REQUIREMENTS §10 auth, §11 exit code 3: login (flag and stdin), whoami, logout.
 #[test]
 fn login_whoami_logout() {

@@ -519,7 +519,13 @@ impl AccountService {
         if let Some(name) = &req.name {
             validate_token_name(name)?;
         }
-        let expires_at = self.auth.now().plus(std::time::Duration::from_secs(ttl));
+        // Never past the token creating it (which a logout also revokes it with).
+        let requested = self.auth.now().plus(std::time::Duration::from_secs(ttl));
+        let parent = self.auth.token_expiry(&by.token_hash).await?;
+        let expires_at = match parent {
+            Some(parent) if parent < requested => parent,
+            _ => requested,
+        };
         let name = req
             .name
             .or_else(|| req.agent.as_ref().map(|a| format!("agent-{a}")));
@@ -533,6 +539,7 @@ impl AccountService {
                 expires_at: Some(expires_at),
                 kind,
                 agent: req.agent,
+                parent: Some(by.token_hash.get(..12).unwrap_or(&by.token_hash).to_owned()),
             })
             .await?;
         self.audit

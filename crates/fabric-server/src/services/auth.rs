@@ -72,6 +72,8 @@ pub struct NewToken {
     pub kind: TokenKind,
     /// The agent an agent token acts as.
     pub agent: Option<AgentId>,
+    /// The token that creates it (see [`ApiToken::parent`]).
+    pub parent: Option<String>,
 }
 
 /// A token known to this server, and whether the store holds it (agents'
@@ -192,6 +194,7 @@ impl AuthService {
             expires_at: Some(now.plus(SESSION_TTL)),
             kind: TokenKind::Session,
             agent: None,
+            parent: None,
         })
         .await
     }
@@ -210,6 +213,7 @@ impl AuthService {
             agent: new.agent,
             kind: new.kind,
             last_used_at: None,
+            parent: new.parent,
         };
         self.store.put_token(token.clone()).await?;
         Ok((secret, token))
@@ -241,6 +245,7 @@ impl AuthService {
             agent: Some(agent.clone()),
             kind: TokenKind::Agent,
             last_used_at: None,
+            parent: None,
         };
         self.cache.lock().insert(
             hash,
@@ -348,10 +353,37 @@ impl AuthService {
         drop(self.store.update_token(used));
     }
 
-    /// Revokes one stored token.
+    /// Revokes one stored token and every token it created, theirs too.
     pub async fn revoke(&self, token_hash: &str) -> Result<bool, AuthError> {
         self.cache.lock().remove(token_hash);
-        Ok(self.store.delete_token(token_hash.to_owned()).await?)
+        let revoked = self.store.delete_token(token_hash.to_owned()).await?;
+        let tokens = self.store.list_tokens().await?;
+        let mut parents = vec![token_hash.get(..12).unwrap_or(token_hash).to_owned()];
+        while let Some(parent) = parents.pop() {
+            for child in tokens
+                .iter()
+                .filter(|t| t.parent.as_deref() == Some(parent.as_str()))
+            {
+                self.cache.lock().remove(&child.token_hash);
+                if self.store.delete_token(child.token_hash.clone()).await? {
+                    parents.push(child.id().to_owned());
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// When the stored or cached token `token_hash` expires (`None`: never,
+    /// or no such token).
+    pub async fn token_expiry(&self, token_hash: &str) -> Result<Option<Timestamp>, AuthError> {
+        if let Some(cached) = self.cache.lock().get(token_hash) {
+            return Ok(cached.token.expires_at);
+        }
+        Ok(self
+            .store
+            .get_token(token_hash.to_owned())
+            .await?
+            .and_then(|t| t.expires_at))
     }
 
     /// Revokes the caller's token.

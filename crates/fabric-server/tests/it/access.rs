@@ -1035,3 +1035,66 @@ async fn another_tenants_resources_are_invisible() {
     assert_eq!(done.status, fabric_core::TaskStatus::Completed, "{done:?}");
     s.stop().await;
 }
+
+/// Issue #16 item 4: a token never outlives the token that created it, and
+/// revoking (logging out) a token revokes the ones it created, theirs too.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_never_outlive_or_survive_the_token_that_made_them() {
+    let s = TestServer::start().await;
+    let session = s.login().await;
+    let (status, parent) = s
+        .post(
+            &session,
+            "/v1/auth/tokens",
+            json!({"name": "short", "ttl_seconds": 60}),
+        )
+        .await;
+    assert_eq!(status, 201, "{parent}");
+    let parent_token = parent["token"].as_str().unwrap().to_owned();
+    let (status, child) = s
+        .post(
+            &parent_token,
+            "/v1/auth/tokens",
+            json!({"name": "long", "ttl_seconds": 31_536_000}),
+        )
+        .await;
+    assert_eq!(status, 201, "{child}");
+    assert_eq!(
+        child["expires_at"], parent["expires_at"],
+        "capped at its parent's expiry: {child}"
+    );
+    let child_token = child["token"].as_str().unwrap().to_owned();
+    let (status, grandchild) = s
+        .post(&child_token, "/v1/auth/tokens", json!({"name": "longer"}))
+        .await;
+    assert_eq!(status, 201, "{grandchild}");
+    let grandchild_token = grandchild["token"].as_str().unwrap().to_owned();
+    for token in [&child_token, &grandchild_token] {
+        assert_eq!(s.get(token, "/v1/auth/whoami").await.0, 200);
+    }
+    // The parent logs out: its descendants go with it.
+    let (status, _) = s.post(&parent_token, "/v1/auth/logout", json!({})).await;
+    assert!(status == 200 || status == 204, "{status}");
+    for token in [&parent_token, &child_token, &grandchild_token] {
+        assert_eq!(s.get(token, "/v1/auth/whoami").await.0, 401);
+    }
+    // Revoking by id cascades the same way; the session itself stays.
+    let (_, p2) = s
+        .post(&session, "/v1/auth/tokens", json!({"name": "p2"}))
+        .await;
+    let p2_token = p2["token"].as_str().unwrap().to_owned();
+    let (_, c2) = s
+        .post(&p2_token, "/v1/auth/tokens", json!({"name": "c2"}))
+        .await;
+    let c2_token = c2["token"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .delete(
+            &session,
+            &format!("/v1/auth/tokens/{}", p2["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.get(&c2_token, "/v1/auth/whoami").await.0, 401);
+    assert_eq!(s.get(&session, "/v1/auth/whoami").await.0, 200);
+    s.stop().await;
+}

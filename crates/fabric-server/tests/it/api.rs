@@ -792,3 +792,73 @@ async fn cors_answers_listed_origins_only() {
         .unwrap();
     assert!(none.headers().get("access-control-allow-origin").is_none());
 }
+
+/// Issue #16 items 8 and 10: bad input is a 400 naming the field, never a
+/// 500 at spawn or a 201 that fails later: NUL and control characters, host
+/// paths outside the allowed roots or showing the data directory, and a
+/// JSON array where an object is expected.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_input_is_refused_at_the_api() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let data_dir = s.data_dir.display().to_string();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("/v1/tasks", json!({"prompt": "echo a\u{0}b"}), "prompt"),
+        ("/v1/tasks", json!({"commands": ["true\u{0}"]}), "commands"),
+        (
+            "/v1/tasks",
+            json!({"commands": ["true"], "env": {"A": "x\u{0}"}}),
+            "env",
+        ),
+        (
+            "/v1/tasks",
+            json!({"commands": ["true"], "name": "\u{1b}[2Jgotcha"}),
+            "name",
+        ),
+        (
+            "/v1/agents",
+            json!({"id": "a1", "command": "sleep 1\u{0}0"}),
+            "command",
+        ),
+        (
+            "/v1/agents",
+            json!({"id": "a2", "command": "true", "isolation": {"filesystem_root": "/"}}),
+            "filesystem_root",
+        ),
+        (
+            "/v1/agents",
+            json!({"id": "a3", "command": "true", "isolation": {"filesystem_root": "/proc"}}),
+            "filesystem_root",
+        ),
+        (
+            "/v1/agents",
+            json!({"id": "a4", "command": "true", "isolation": {"filesystem_root": "/etc/passwd"}}),
+            "filesystem_root",
+        ),
+        (
+            "/v1/agents",
+            json!({"id": "a5", "command": "true", "isolation": {"filesystem_root": "/tmp/x\u{0}y"}}),
+            "filesystem_root",
+        ),
+        (
+            "/v1/agents",
+            json!({"id": "a6", "command": "true", "isolation": {"read_only_paths": [data_dir]}}),
+            "read_only_paths",
+        ),
+        (
+            "/v1/agents",
+            json!({"id": "a7", "command": "true", "isolation": {"read_only_paths": ["/"]}}),
+            "read_only_paths",
+        ),
+        ("/v1/auth/tokens", json!([null, null]), "object"),
+    ];
+    for (path, body, field) in cases {
+        let (status, answer) = s.post(&token, path, body.clone()).await;
+        assert_eq!(status, 400, "POST {path} {body}: {answer}");
+        assert_eq!(error_code(&answer), "invalid_request", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "POST {path} {body}: {message}");
+    }
+    assert!(!std::path::Path::new("/a2").exists());
+    s.stop().await;
+}

@@ -37,5 +37,6 @@ pub fn token(hash: &str) -> ApiToken {
         agent: None,
         kind: fabric_core::TokenKind::Personal,
         last_used_at: None,
+        parent: None,
     }
 }

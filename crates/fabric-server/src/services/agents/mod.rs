@@ -62,6 +62,9 @@ pub enum AgentError {
     NoSandboxHelper,
     #[error("isolation.read_only_paths: {0} does not exist on the fabric's host")]
     MissingPath(String),
+    /// A host path the agent config may not name.
+    #[error("{0}")]
+    ForbiddenPath(String),
     /// Isolation `none` cannot be confined on this host (no Landlock).
     #[error(transparent)]
     ConfinementUnavailable(fabric_runtime::RuntimeError),
@@ -121,6 +124,12 @@ pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// What the manager needs from the server's configuration.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
+    /// Where `isolation.filesystem_root` may point (`serve --agent-root`):
+    /// an agent's working dir is made below one of these, or below the
+    /// data directory's agents dir when it names none.
+    pub agent_roots: Vec<PathBuf>,
+    /// The server's data directory: no agent may be given a view of it.
+    pub data_dir: PathBuf,
     /// Parent of every session's working dir (`<data dir>/agents`).
     pub agents_dir: PathBuf,
     /// Where agents reach the API, host side.
@@ -317,6 +326,56 @@ impl AgentManager {
         self.launch(record, true).await.map(|_| ())
     }
 
+    /// Host paths of an agent config that would reach the fabric's own
+    /// files or leave the allowed roots: a read-only path containing or
+    /// inside the data directory, a `filesystem_root` outside every
+    /// `--agent-root` (or not a directory).
+    fn check_host_paths(
+        &self,
+        iso: &fabric_core::agent::IsolationConfig,
+    ) -> Result<(), AgentError> {
+        let data_dir = &self.inner.config.data_dir;
+        let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.clone());
+        for path in &iso.read_only_paths {
+            let path = std::path::Path::new(path);
+            let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            if path.starts_with(&data_dir) || data_dir.starts_with(&path) {
+                return Err(AgentError::ForbiddenPath(format!(
+                    "isolation.read_only_paths: {} would show the fabric's data directory {} to the agent; name a path outside it",
+                    path.display(),
+                    data_dir.display()
+                )));
+            }
+        }
+        let Some(root) = &iso.filesystem_root else {
+            return Ok(());
+        };
+        let root = std::path::Path::new(root);
+        let roots = &self.inner.config.agent_roots;
+        if !roots.iter().any(|allowed| root.starts_with(allowed)) {
+            let allowed = if roots.is_empty() {
+                "none are configured (serve --agent-root DIR)".to_owned()
+            } else {
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(AgentError::ForbiddenPath(format!(
+                "isolation.filesystem_root: {} is not below one of the server's agent roots: {allowed}",
+                root.display()
+            )));
+        }
+        if root.exists() && !root.is_dir() {
+            return Err(AgentError::ForbiddenPath(format!(
+                "isolation.filesystem_root: {} exists and is not a directory",
+                root.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether isolation `process` works here: makes a sandbox and removes
     /// it. `Err` says why not (no helper, not root, no namespaces).
     pub async fn probe_sandbox(&self) -> Result<(), String> {
@@ -411,6 +470,7 @@ impl AgentManager {
                 }
             }
         }
+        self.check_host_paths(&config.isolation)?;
         // One spawn per id at a time: the checks below and the install in
         // `launch` must not interleave with another spawn of the same id.
         let _claim = Claim::take(&self.inner, &config.id)?;

@@ -38,6 +38,31 @@ pub fn create_request(
     if req.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
         return Err(invalid("'name' is longer than 200 characters"));
     }
+    if req
+        .name
+        .as_deref()
+        .is_some_and(|n| n.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            "'name' contains a control character (a newline, tab, escape, ...): names are one plain line",
+        ));
+    }
+    // A NUL cannot reach a process (argv and environment are C strings):
+    // refused here rather than failing the task at spawn.
+    let nul = |field: &str| {
+        invalid(format!(
+            "'{field}' contains a NUL character, which no command can receive"
+        ))
+    };
+    if req.prompt.as_deref().is_some_and(|p| p.contains('\0')) {
+        return Err(nul("prompt"));
+    }
+    if req.commands.iter().any(|c| c.contains('\0')) {
+        return Err(nul("commands"));
+    }
+    if req.env.values().any(|v| v.contains('\0')) {
+        return Err(nul("env"));
+    }
     if req.commands.len() > MAX_COMMANDS {
         return Err(invalid(format!(
             "too many commands ({}); at most {MAX_COMMANDS}",
