@@ -189,6 +189,12 @@ impl From<AuthError> for ApiError {
                 Self::unauthorized(e.to_string())
             }
             AuthError::Disabled(_) => Self::forbidden(e.to_string()),
+            AuthError::TooManyAttempts {
+                retry_after_secs, ..
+            } => Self {
+                retry_after: Some(retry_after_secs),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            },
             AuthError::PasswordWorkerDown | AuthError::Hash(_) => Self::internal(e.to_string()),
             AuthError::Store(e) => e.into(),
         }

@@ -530,11 +530,15 @@ pub async fn run(
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                http_stop.cancelled().await;
-            })
-            .await
+        // The client's address reaches handlers (login throttling per address).
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            http_stop.cancelled().await;
+        })
+        .await
     });
     tracing::info!(listen = %local, data_dir = %config.data_dir.display(), store = %store_name, version = fabric_core::VERSION, "reactor-fabric serving");
 

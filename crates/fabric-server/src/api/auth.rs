@@ -19,9 +19,11 @@ use crate::state::AppState;
         (status = 403, description = "the user or its tenant is disabled", body = fabric_core::api::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let (secret, token) = state.auth.login(&req.username, &req.password).await?;
+    let from = client.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
+    let (secret, token) = state.auth.login(&req.username, &req.password, from).await?;
     tracing::info!(user = %token.user, outcome = "ok", "logged in");
     Ok(Json(TokenResponse::issued(secret, token)))
 }

@@ -35,6 +35,9 @@ pub enum AuthError {
     TokenExpired,
     #[error("{0} is disabled: ask an admin to enable it")]
     Disabled(String),
+    /// Too many failed logins for this user name or from this address.
+    #[error("too many failed logins for {who}: try again in {retry_after_secs} s")]
+    TooManyAttempts { who: String, retry_after_secs: u64 },
     #[error("the password hashing thread is not running; see the server log")]
     PasswordWorkerDown,
     #[error("cannot hash password: {0}")]
@@ -96,6 +99,10 @@ pub struct AuthService {
     shared_store: bool,
     /// token hash → when its `last_used_at` was last written.
     last_used: Mutex<HashMap<String, Instant>>,
+    /// Failed logins per user name and address.
+    login_throttle: LoginThrottle,
+    /// What unknown users' passwords are checked against (see `verify`).
+    decoy: tokio::sync::OnceCell<String>,
 }
 
 impl AuthService {
@@ -107,6 +114,8 @@ impl AuthService {
             cache: Mutex::new(HashMap::new()),
             shared_store,
             last_used: Mutex::new(HashMap::new()),
+            login_throttle: LoginThrottle::default(),
+            decoy: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -159,11 +168,14 @@ impl AuthService {
     /// unknown user) and returns the user.
     pub async fn verify(&self, username: &str, password: &str) -> Result<User, AuthError> {
         let invalid = || AuthError::InvalidCredentials;
-        let user = self
-            .store
-            .get_user(username.to_owned())
-            .await?
-            .ok_or_else(invalid)?;
+        let Some(user) = self.store.get_user(username.to_owned()).await? else {
+            // The same argon2 work as a wrong password, so the answer's
+            // time does not tell which user names exist.
+            let decoy = self.decoy_hash().await?;
+            let _ = verify_password(password.to_owned(), decoy).await;
+            tracing::info!(user = username, outcome = "denied", "login failed");
+            return Err(invalid());
+        };
         if !verify_password(password.to_owned(), user.password_hash.clone()).await {
             tracing::info!(user = username, outcome = "denied", "login failed");
             return Err(invalid());
@@ -171,13 +183,37 @@ impl AuthService {
         Ok(user)
     }
 
-    /// Checks a password and issues a session token.
+    /// A hash of a random password, made once: what an unknown user's
+    /// password is checked against.
+    async fn decoy_hash(&self) -> Result<String, AuthError> {
+        self.decoy
+            .get_or_try_init(|| hash_password(random_secret(16)))
+            .await
+            .cloned()
+    }
+
+    /// Checks a password and issues a session token. `from` is the
+    /// client's address: failures are counted per user name and per
+    /// address ([`LoginThrottle`]).
     pub async fn login(
         &self,
         username: &str,
         password: &str,
+        from: Option<std::net::IpAddr>,
     ) -> Result<(String, ApiToken), AuthError> {
-        let user = self.verify(username, password).await?;
+        let keys = LoginThrottle::keys(username, from);
+        self.login_throttle.check(&keys, Instant::now())?;
+        let user = match self.verify(username, password).await {
+            Ok(user) => {
+                self.login_throttle.succeeded(&keys);
+                user
+            }
+            Err(AuthError::InvalidCredentials) => {
+                self.login_throttle.failed(&keys, Instant::now());
+                return Err(AuthError::InvalidCredentials);
+            }
+            Err(e) => return Err(e),
+        };
         if user.disabled {
             return Err(AuthError::Disabled(format!("user {:?}", user.name)));
         }
@@ -389,6 +425,80 @@ impl AuthService {
     /// Revokes the caller's token.
     pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
         self.revoke(&principal.token_hash).await.map(drop)
+    }
+}
+
+/// Failed logins per user name and per client address, with backoff: the
+/// first [`LoginThrottle::FREE`] failures of a user name (and
+/// [`LoginThrottle::FREE_PER_ADDRESS`] of an address, which may be many
+/// people's) cost nothing, each one after locks the key for twice as long
+/// as the one before (1 s, 2 s, 4 s, …, at most
+/// [`LoginThrottle::MAX_LOCK`]). A success clears the user's count.
+/// Kept in memory: a restart forgets it (a guesser loses nothing but a lock).
+#[derive(Default)]
+pub struct LoginThrottle {
+    failures: Mutex<HashMap<String, (u32, Option<Instant>)>>,
+}
+
+impl LoginThrottle {
+    pub const FREE: u32 = 5;
+    pub const FREE_PER_ADDRESS: u32 = 20;
+    pub const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
+    /// Keys forgotten when the map grows past this (oldest locks first go
+    /// with a clear: a flood of names must not grow memory without bound).
+    const MAX_KEYS: usize = 100_000;
+
+    fn keys(username: &str, from: Option<std::net::IpAddr>) -> Vec<String> {
+        let mut keys = vec![format!("user:{username}")];
+        if let Some(ip) = from {
+            keys.push(format!("ip:{ip}"));
+        }
+        keys
+    }
+
+    fn check(&self, keys: &[String], now: Instant) -> Result<(), AuthError> {
+        let failures = self.failures.lock();
+        for key in keys {
+            if let Some((_, Some(until))) = failures.get(key)
+                && *until > now
+            {
+                let wait = until.duration_since(now);
+                return Err(AuthError::TooManyAttempts {
+                    who: key.replacen(':', " ", 1),
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(&self, keys: &[String], now: Instant) {
+        let mut failures = self.failures.lock();
+        if failures.len() > Self::MAX_KEYS {
+            failures.clear();
+        }
+        for key in keys {
+            let free = if key.starts_with("ip:") {
+                Self::FREE_PER_ADDRESS
+            } else {
+                Self::FREE
+            };
+            let entry = failures.entry(key.clone()).or_insert((0, None));
+            entry.0 += 1;
+            if entry.0 > free {
+                let doublings = (entry.0 - free - 1).min(20);
+                let lock = Duration::from_secs(1 << doublings).min(Self::MAX_LOCK);
+                entry.1 = Some(now + lock);
+            }
+        }
+    }
+
+    fn succeeded(&self, keys: &[String]) {
+        // The address keeps its count: one right password does not excuse
+        // guessing at other users from it.
+        if let Some(user) = keys.first() {
+            self.failures.lock().remove(user);
+        }
     }
 }
 
