@@ -301,6 +301,28 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// Takes away group and other access to an existing data directory (ours
+/// are created 0700; one made earlier, e.g. 0755 by `mkdir`, would show the
+/// database and agents' directories to every local user). Another user's
+/// directory cannot be changed: that is warned about.
+fn make_private(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    if meta.mode() & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => {
+            tracing::info!(data_dir = %dir.display(), was = format!("{:o}", meta.mode() & 0o777), "made the data directory private to this user (0700)")
+        }
+        Err(e) => {
+            tracing::warn!(data_dir = %dir.display(), error = %e, "cannot make the data directory private; other local users may read it")
+        }
+    }
+}
+
 /// Takes the data directory's lock file: two servers on one database would
 /// both believe they own every lease.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
@@ -317,6 +339,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
             dir.display()
         )
     })?;
+    make_private(dir);
     let path = dir.join("LOCK");
     let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     file.try_lock().map_err(|_| {

@@ -862,3 +862,16 @@ async fn hostile_input_is_refused_at_the_api() {
     assert!(!std::path::Path::new("/a2").exists());
     s.stop().await;
 }
+
+/// Issue #16 item 11: a data directory that already exists with group or
+/// other access is made private (0700) at start, whatever its prior mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_data_directory_is_made_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = TestServer::start_in(dir.path().to_path_buf(), |_| {}).await;
+    let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+    s.stop().await;
+}
