@@ -298,12 +298,21 @@ impl Http {
 }
 
 /// The provider's own id for a request, when it sends one.
+/// The upstream's id for the attempt, if it is a plain id: 1 to 128 of
+/// `A-Z a-z 0-9 . _ : -`. Anything else (markup, escapes, a key an
+/// upstream echoed) is dropped for the gateway's own id: it would reach
+/// error bodies, logs and agents as is.
 fn upstream_request_id(headers: &HeaderMap) -> Option<String> {
     ["x-request-id", "request-id", "x-amzn-requestid"]
         .iter()
         .find_map(|h| headers.get(*h))
         .and_then(|v| v.to_str().ok())
-        .map(|v| truncate(v, 128))
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        })
+        .map(str::to_owned)
 }
 
 fn kind_for_status(status: StatusCode) -> ProviderErrorKind {
@@ -341,6 +350,25 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_upstream_request_ids_are_kept() {
+        let id = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-request-id", value.parse().unwrap());
+            upstream_request_id(&headers)
+        };
+        assert_eq!(id("req_0123-abc.9:z").as_deref(), Some("req_0123-abc.9:z"));
+        for hostile in [
+            "<script>x</script>",
+            "a b",
+            "a\tb",
+            "sk-live key=1",
+            &"x".repeat(129),
+        ] {
+            assert_eq!(id(hostile), None, "{hostile:?}");
+        }
+    }
 
     #[test]
     fn statuses_map_onto_the_taxonomy() {
