@@ -522,6 +522,7 @@ pub async fn run(
         shutdown: stop.clone(),
         readiness: Arc::clone(&readiness),
         telemetry: Arc::clone(&telemetry),
+        streams: Arc::default(),
     };
     background.spawn(Arc::clone(&telemetry.alerts).watch_error_rates(
         alerts::ErrorRateSources {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Metrics, tracer and alert hub.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Open task streams, per task and per token (`GET /v1/stream/{id}`).
+    pub streams: Arc<crate::api::stream::StreamSlots>,
 }
 
 impl AppState {

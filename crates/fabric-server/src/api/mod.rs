@@ -10,7 +10,7 @@ mod health;
 pub mod inference;
 mod llm;
 mod policy;
-mod stream;
+pub(crate) mod stream;
 mod tasks;
 
 use axum::Router;

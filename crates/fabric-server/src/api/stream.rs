@@ -22,6 +22,91 @@ use crate::state::AppState;
 /// How often an idle stream says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 const HISTORY_PAGE: usize = 1000;
+/// Streams of one task open at once.
+pub const MAX_STREAMS_PER_TASK: usize = 100;
+/// Streams one token has open at once.
+pub const MAX_STREAMS_PER_TOKEN: usize = 50;
+/// A stream's socket buffers: clients send nothing but pings and closes,
+/// and events are small (tungstenite's defaults are 128 KiB each, which
+/// made a watcher cost ~230 KB).
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// Counts the open streams per task and per token, so that a client cannot
+/// hold memory without bound by opening watchers.
+#[derive(Default)]
+pub struct StreamSlots {
+    open: parking_lot::Mutex<(
+        std::collections::HashMap<TaskId, usize>,
+        std::collections::HashMap<String, usize>,
+    )>,
+}
+
+/// One open stream; gives its slots back when dropped.
+pub struct StreamSlot {
+    slots: std::sync::Arc<StreamSlots>,
+    task: TaskId,
+    token: String,
+}
+
+impl StreamSlots {
+    /// A slot for a stream of `task` by `token`, or the 429 that says which cap.
+    fn take(
+        self: &std::sync::Arc<Self>,
+        task: TaskId,
+        token: &str,
+    ) -> Result<StreamSlot, ApiError> {
+        let mut open = self.open.lock();
+        let (per_task, per_token) = &mut *open;
+        if per_task.get(&task).copied().unwrap_or(0) >= MAX_STREAMS_PER_TASK {
+            return Err(too_many(format!(
+                "task {task} already has {MAX_STREAMS_PER_TASK} open streams; close one or read GET /v1/tasks/{task}/events"
+            )));
+        }
+        if per_token.get(token).copied().unwrap_or(0) >= MAX_STREAMS_PER_TOKEN {
+            return Err(too_many(format!(
+                "this token already has {MAX_STREAMS_PER_TOKEN} open streams; close one first"
+            )));
+        }
+        *per_task.entry(task).or_default() += 1;
+        *per_token.entry(token.to_owned()).or_default() += 1;
+        Ok(StreamSlot {
+            slots: std::sync::Arc::clone(self),
+            task,
+            token: token.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock();
+        let (per_task, per_token) = &mut *open;
+        if let Some(n) = per_task.get_mut(&self.task) {
+            *n -= 1;
+            if *n == 0 {
+                per_task.remove(&self.task);
+            }
+        }
+        if let Some(n) = per_token.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                per_token.remove(&self.token);
+            }
+        }
+    }
+}
+
+fn too_many(message: String) -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            message,
+        )
+    }
+}
 
 /// Streams a task's events until its `result` or `error` message.
 #[utoipa::path(get, path = "/v1/stream/{id}", operation_id = "stream_task", tag = "tasks", security(("bearer" = [])),
@@ -42,7 +127,12 @@ pub async fn stream(
             format!("{}: connect with a WebSocket client", e.body_text()),
         )
     })?;
+    let slot = state.streams.take(task.id, &principal.token_hash)?;
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER);
     Ok(ws.on_upgrade(move |socket| async move {
+        let _slot = slot;
         if let Err(e) = run(state, task.id, socket).await {
             tracing::debug!(task_id = %task.id, error = %e, "stream ended early");
         }

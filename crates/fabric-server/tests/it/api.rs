@@ -875,3 +875,83 @@ async fn an_open_data_directory_is_made_private() {
     assert_eq!(mode, 0o700, "{mode:o}");
     s.stop().await;
 }
+
+/// Issue #16 item 12: watchers are capped per token (50) and per task (100),
+/// with a 429 `too_many_streams`, and a closed stream gives its slot back.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_streams_are_capped_per_token_and_per_task() {
+    let s = TestServer::start().await;
+    let admin = s.login().await;
+    // A task that stays open: it waits on a dependency that never runs.
+    let blocker = s.create(&admin, json!({"commands": ["sleep 600"]})).await;
+    let id = s
+        .create(
+            &admin,
+            json!({"agent": "noop", "prompt": "x", "depends_on": [blocker]}),
+        )
+        .await;
+    let connect = |token: String| {
+        let url = format!(
+            "{}/v1/stream/{id}?token={token}",
+            s.base.replace("http://", "ws://")
+        );
+        async move { tokio_tungstenite::connect_async(url).await }
+    };
+    let tokens = [s.login().await, s.login().await, s.login().await];
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        open.push(connect(tokens[0].clone()).await.unwrap().0);
+    }
+    let refused = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            (response.status().as_u16(), body)
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a stream over the cap was accepted"),
+    };
+    let (status, body) = refused(connect(tokens[0].clone()).await.map(drop));
+    assert_eq!(
+        (status, error_code(&body)),
+        (429, "too_many_streams"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this token"),
+        "{body}"
+    );
+    for _ in 0..50 {
+        open.push(connect(tokens[1].clone()).await.unwrap().0);
+    }
+    let (status, body) = refused(connect(tokens[2].clone()).await.map(drop));
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("open streams"),
+        "{body}"
+    );
+    // Closing one frees its slot.
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect(tokens[2].clone()).await {
+            Ok((ws, _)) => {
+                open.push(ws);
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the closed stream's slot never came back: {e}"),
+        }
+    }
+    drop(open);
+    s.stop().await;
+}
