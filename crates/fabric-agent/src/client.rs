@@ -30,6 +30,8 @@ const APPROVAL_POLL: Duration = Duration::from_secs(30);
 /// Timeout of every request but `lease`, whose timeout is its wait plus this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `lease` got.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +98,9 @@ impl AgentClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            // Below the fabric's idle keep-alive limit (15 s by default), so
+            // a pooled connection is not reused just as the server closes it.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| AgentError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {

@@ -40,6 +40,7 @@ mod error;
 pub mod events;
 mod extract;
 pub mod leader;
+pub mod listen;
 /// The metric registry and families (from `fabric-telemetry`).
 pub use fabric_telemetry::metrics;
 pub mod proxy;
@@ -144,6 +145,10 @@ pub struct ServerConfig {
     /// Origins a browser frontend may call the API from (`--cors-origin`,
     /// see [`cors::parse_origin`]); none by default.
     pub cors_origins: Vec<cors::Origin>,
+    /// Connection caps and the header/idle timeout of the API listener
+    /// (`--max-connections`, `--max-connections-per-address`,
+    /// `--header-timeout`).
+    pub listen_limits: listen::ListenLimits,
     /// Per-user request and LLM token rates (`--rate-limit-rps`,
     /// `--llm-tokens-per-minute`).
     pub limits: services::limits::LimitsConfig,
@@ -175,6 +180,7 @@ impl Default for ServerConfig {
             telemetry: TelemetryConfig::default(),
             cors_origins: Vec::new(),
             limits: services::limits::LimitsConfig::default(),
+            listen_limits: listen::ListenLimits::default(),
         }
     }
 }
@@ -549,21 +555,8 @@ pub async fn run(
     // Serve /healthz and /readyz (503) while standing by and reloading;
     // `/v1` answers 503 until the reload is done (`Readiness`).
     let http_stop = stop.clone();
-    let mut http = tokio::spawn(async move {
-        // No Nagle: streamed answers (SSE, NDJSON) go out token by token.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        // The client's address reaches handlers (login throttling per address).
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            http_stop.cancelled().await;
-        })
-        .await
-    });
+    let listen_limits = config.listen_limits;
+    let mut http = tokio::spawn(listen::serve(listener, app, listen_limits, http_stop));
     tracing::info!(listen = %local, data_dir = %config.data_dir.display(), store = %store_name, version = fabric_core::VERSION, "reactor-fabric serving");
 
     // Several orchestrators may share a Redis prefix; only the leader may

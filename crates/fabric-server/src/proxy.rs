@@ -60,6 +60,8 @@ impl InferenceForward {
         let client = reqwest::Client::builder()
             .unix_socket(upstream)
             .connect_timeout(Duration::from_secs(10))
+            // Below the fabric's idle keep-alive limit (15 s by default).
+            .pool_idle_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         Ok(InferenceForward {

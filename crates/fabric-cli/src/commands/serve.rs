@@ -89,6 +89,23 @@ pub struct ServeArgs {
           value_parser = parse_agent_root)]
     pub agent_root: Vec<PathBuf>,
 
+    /// API connections served at once; past it, a small reserve still answers /healthz,
+    /// /readyz, /metrics and the agent protocol (others get 503 server_busy)
+    #[arg(long, env = "FABRIC_MAX_CONNECTIONS", value_name = "N", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// API connections one client address may hold at once (more are closed at once)
+    #[arg(long, env = "FABRIC_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
+
+    /// Time a client has to send a request's headers; also how long a keep-alive
+    /// connection may sit idle (e.g. 15s)
+    #[arg(long, env = "FABRIC_HEADER_TIMEOUT", value_name = "DURATION", default_value = "15s",
+          value_parser = crate::commands::task::parse_duration)]
+    pub header_timeout: std::time::Duration,
+
     /// Most tasks that may wait for one agent; beyond it creating a task answers 429
     #[arg(long, env = "FABRIC_MAX_QUEUE_DEPTH", value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -227,6 +244,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         shell_as_fabric_user: args.shell_as_fabric_user,
         shell_egress: args.shell_egress,
         agent_roots: args.agent_root,
+        listen_limits: fabric_server::listen::ListenLimits {
+            max_connections: args.max_connections as usize,
+            max_per_address: args.max_connections_per_address as usize,
+            header_timeout: args.header_timeout,
+        },
         max_queue_depth: args.max_queue_depth as usize,
         sandbox_helper: sandbox_helper(),
         containers: fabric_server::ContainerConfig {

@@ -955,3 +955,140 @@ async fn task_streams_are_capped_per_token_and_per_task() {
     drop(open);
     s.stop().await;
 }
+
+/// Issue #16 item 1: idle, half-sent and idle keep-alive connections are
+/// closed after the header timeout; past the connection cap, a reserve still
+/// answers /healthz (others get 503 `server_busy`), and one address cannot
+/// hold more than its share. Loopback only, a bounded number of sockets.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_flooding_connections_are_bounded() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = TestServer::start_with(|c| {
+        c.listen_limits = fabric_server::listen::ListenLimits {
+            max_connections: 8,
+            max_per_address: 80,
+            header_timeout: Duration::from_millis(800),
+        };
+    })
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    /// Whether the server closed the connection within `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue, // a response (e.g. 408): keep reading to the close
+                Err(_) => return false,
+            }
+        }
+    }
+    // Silent, half-sent and idle keep-alive connections all end.
+    let mut silent = connect().await.unwrap();
+    let mut partial = connect().await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut kept = connect().await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    for (what, stream) in [
+        ("silent", &mut silent),
+        ("partial", &mut partial),
+        ("keep-alive", &mut kept),
+    ] {
+        assert!(
+            closed_within(stream, Duration::from_secs(5)).await,
+            "{what} connection stayed open"
+        );
+    }
+
+    s.stop().await;
+
+    // Past the cap: the reserve answers /healthz, and a 503 elsewhere.
+    let s = TestServer::start_with(|c| {
+        c.listen_limits = fabric_server::listen::ListenLimits {
+            max_connections: 4,
+            max_per_address: 100,
+            header_timeout: Duration::from_secs(30),
+        };
+    })
+    .await;
+    let token = s.login().await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ask = |path: &'static str| {
+        let (addr, token) = (addr.clone(), token.clone());
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+        }
+    };
+    let health = ask("/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let busy = ask("/v1/tasks").await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(busy.contains("server_busy"), "{busy}");
+    drop(held);
+    // The held connections gone, everything is served again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ask("/v1/tasks").await.starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "the cap was never given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+
+    // One address holds at most its share: the next connection is closed.
+    let s = TestServer::start_with(|c| {
+        c.listen_limits = fabric_server::listen::ListenLimits {
+            max_connections: 100,
+            max_per_address: 3,
+            header_timeout: Duration::from_secs(30),
+        };
+    })
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // From an address of its own (127.0.0.2; the test client's pooled
+    // connections come from 127.0.0.1).
+    let from_other = || {
+        let addr = addr.clone();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            socket.connect(addr.parse().unwrap()).await.unwrap()
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(from_other().await);
+    }
+    let mut extra = from_other().await;
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)).await,
+        "a 4th connection from one address stayed open"
+    );
+    for stream in &mut held {
+        assert!(
+            !closed_within(stream, Duration::from_millis(100)).await,
+            "a connection within the share was closed"
+        );
+    }
+    s.stop().await;
+}
