@@ -16,7 +16,8 @@ use crate::state::AppState;
 /// Exchanges a username and password for a bearer token.
 #[utoipa::path(post, path = "/v1/auth/login", operation_id = "login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = fabric_core::api::ErrorBody),
-        (status = 403, description = "the user or its tenant is disabled", body = fabric_core::api::ErrorBody)))]
+        (status = 403, description = "the user or its tenant is disabled", body = fabric_core::api::ErrorBody),
+        (status = 429, description = "too many failed logins for this user name or from this address: rate_limited, with Retry-After", body = fabric_core::api::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
