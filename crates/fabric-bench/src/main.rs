@@ -11,6 +11,7 @@
 //! cargo run --release -p fabric-bench -- gateway    # LLM gateway overhead vs direct, vs LiteLLM
 //! cargo run --release -p fabric-bench -- budgets    # budget check-and-reserve under contention
 //! cargo run --release -p fabric-bench -- policy     # policy decision in process, beside Cedar
+//! cargo run --release -p fabric-bench -- flood      # /healthz and RSS under an idle-connection flood
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -37,12 +38,15 @@
 //!   threads, on the same or distinct entities, in process.
 //! - `policy`: one policy decision with 10 / 1,000 / 10,000 rules, ours
 //!   beside the same decisions in Cedar (`cedar-policy`), checked equal.
+//! - `flood`: `/healthz` latency and server RSS before, during and after
+//!   thousands of idle connections from several loopback addresses.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
 mod agents;
 mod budgets;
 mod containers;
+mod flood;
 mod gateway;
 mod http;
 mod instances;
@@ -91,6 +95,8 @@ enum Command {
     Budgets(budgets::BudgetsArgs),
     /// Policy decision latency in process with 10 to 10,000 rules, beside Cedar
     Policy(policy::PolicyArgs),
+    /// /healthz latency and server RSS before, during and after an idle-connection flood
+    Flood(flood::FloodArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,6 +126,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => block_on(cli.client_threads, gateway::run(args)),
         Command::Budgets(args) => budgets::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Flood(args) => block_on(cli.client_threads, flood::run(args)),
     }
 }
 

@@ -63,6 +63,7 @@ pub use child::{
     ShellJob, ShellOutcome, Stream, kill_stale_group, run_shell, spawn_program,
 };
 pub use error::RuntimeError;
+pub use sandbox::sys::release_free_memory;
 pub use sandbox::{
     ProcessExit, ResourceUsage, Sandbox, SandboxCommand, SandboxConfig, SandboxProcess,
 };

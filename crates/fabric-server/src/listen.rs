@@ -54,6 +54,13 @@ impl Default for ListenLimits {
 /// supervisor and the agents need.
 const RESERVE: usize = 64;
 
+/// Reserve connections one address may hold: a flood that spills over
+/// the cap cannot take the whole reserve.
+const RESERVE_PER_ADDRESS: usize = 8;
+/// A reserve connection must send its request at once: idle ones are
+/// dropped after this, whatever `--header-timeout` says.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Paths the reserve serves: health, metrics and the agent protocol.
 fn essential(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/v1/agent/")
@@ -69,7 +76,9 @@ pub async fn serve(
     let main = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let reserve = Arc::new(Semaphore::new(RESERVE));
     let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let reserve_per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let restricted = app.clone().layer(axum::middleware::from_fn(only_essential));
+    let load = Arc::new(Load::default());
     let connections = TaskTracker::new();
     // Dropped at the end: every connection then finishes its request in
     // flight and closes (hyper's graceful shutdown).
@@ -92,24 +101,34 @@ pub async fn serve(
             tracing::debug!(client = %peer, "too many connections from one address; closed");
             continue;
         };
-        let (permit, app) = match Arc::clone(&main).try_acquire_owned() {
-            Ok(permit) => (permit, app.clone()),
-            Err(_) => match Arc::clone(&reserve).try_acquire_owned() {
-                Ok(permit) => (permit, restricted.clone()),
-                Err(_) => {
-                    tracing::debug!(client = %peer, "connection cap and reserve full; closed");
-                    continue;
+        let (permit, app, header_timeout, in_reserve) = match Arc::clone(&main).try_acquire_owned()
+        {
+            Ok(permit) => (permit, app.clone(), limits.header_timeout, None),
+            Err(_) => {
+                let slot = AddressSlot::take(&reserve_per_address, peer.ip(), RESERVE_PER_ADDRESS);
+                match (slot, Arc::clone(&reserve).try_acquire_owned()) {
+                    (Some(slot), Ok(permit)) => (
+                        permit,
+                        restricted.clone(),
+                        limits.header_timeout.min(RESERVE_HEADER_TIMEOUT),
+                        Some(slot),
+                    ),
+                    _ => {
+                        tracing::debug!(client = %peer, "connection cap and reserve full; closed");
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let _ = stream.set_nodelay(true);
         let closed = closed.clone();
+        let opened = load.opened();
         connections.spawn(serve_connection(
             stream,
             peer,
             app,
-            limits.header_timeout,
-            (permit, address),
+            header_timeout,
+            (permit, address, opened, in_reserve),
             closed,
         ));
     }
@@ -125,7 +144,12 @@ async fn serve_connection(
     peer: SocketAddr,
     app: Router,
     header_timeout: Duration,
-    slots: (OwnedSemaphorePermit, AddressSlot),
+    slots: (
+        OwnedSemaphorePermit,
+        AddressSlot,
+        Opened,
+        Option<AddressSlot>,
+    ),
     mut closed: watch::Receiver<bool>,
 ) {
     let _slots = slots;
@@ -156,6 +180,52 @@ async fn serve_connection(
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
+}
+
+/// Connections open now and the most open since memory was last trimmed:
+/// when a flood of connections is over, the allocator is asked to give
+/// their buffers back (glibc keeps freed heap otherwise, and the RSS stayed
+/// at the flood's peak).
+#[derive(Default)]
+struct Load {
+    open: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// A peak of open connections worth trimming after.
+const TRIM_AFTER_PEAK: usize = 1024;
+
+impl Load {
+    fn opened(self: &Arc<Self>) -> Opened {
+        use std::sync::atomic::Ordering::Relaxed;
+        let open = self.open.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(open, Relaxed);
+        Opened(Arc::clone(self))
+    }
+}
+
+/// One open connection in [`Load`]; closing the last of a flood trims.
+struct Opened(Arc<Load>);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let open = self.0.open.fetch_sub(1, Relaxed) - 1;
+        let peak = self.0.peak.load(Relaxed);
+        if peak >= TRIM_AFTER_PEAK
+            && open <= peak / 8
+            && self
+                .0
+                .peak
+                .compare_exchange(peak, open, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tokio::task::spawn_blocking(|| {
+                let released = fabric_runtime::release_free_memory();
+                tracing::debug!(released, "connection flood over: trimmed the heap");
+            });
+        }
+    }
 }
 
 /// One connection counted against its client address; uncounted on drop.
