@@ -275,21 +275,12 @@ impl AgentConfig {
                 ));
             }
         }
-        if let Some(root) = &iso.filesystem_root {
-            let p = std::path::Path::new(root);
-            let plain = p.is_absolute()
-                && !root.contains('\0')
-                && p.components().all(|c| {
-                    matches!(
-                        c,
-                        std::path::Component::RootDir | std::path::Component::Normal(_)
-                    )
-                });
-            if !plain || p == std::path::Path::new("/") {
-                return err(format!(
-                    "isolation.filesystem_root: {root:?} must be an absolute directory path below / without . or .. (and one of the server's --agent-root directories)"
-                ));
-            }
+        if let Some(root) = &iso.filesystem_root
+            && (root.contains('\0') || !is_plain_path_below_root(std::path::Path::new(root)))
+        {
+            return err(format!(
+                "isolation.filesystem_root: {root:?} must be an absolute directory path below / without . or .. (and one of the server's --agent-root directories)"
+            ));
         }
         if iso.read_only_paths.iter().any(|p| p.contains('\0')) {
             return err("isolation.read_only_paths: a path contains a NUL character".into());
@@ -372,6 +363,20 @@ impl EgressRule {
         };
         host_ok && self.port.is_none_or(|p| p == port)
     }
+}
+
+/// An absolute path below `/` written without `.` or `..`: what a host
+/// directory of an agent's config (`filesystem_root`) and the server's
+/// `--agent-root` must be.
+pub fn is_plain_path_below_root(path: &std::path::Path) -> bool {
+    path.is_absolute()
+        && path != std::path::Path::new("/")
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        })
 }
 
 /// Parses `host[:port]` / `*.domain[:port]`.

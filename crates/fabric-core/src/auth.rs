@@ -287,6 +287,12 @@ pub struct ApiToken {
     pub parent: Option<String>,
 }
 
+/// A token's public id from its hash: the first 12 hex digits (see
+/// [`ApiToken::id`]); what [`ApiToken::parent`] holds.
+pub fn token_id(token_hash: &str) -> &str {
+    token_hash.get(..12).unwrap_or(token_hash)
+}
+
 impl ApiToken {
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.expires_at.is_some_and(|e| e <= now)
@@ -295,7 +301,7 @@ impl ApiToken {
     /// The token's public id: the first 12 hex digits of its hash. Shown by
     /// `token list`, accepted by `token revoke`; it reveals nothing of the secret.
     pub fn id(&self) -> &str {
-        self.token_hash.get(..12).unwrap_or(&self.token_hash)
+        token_id(&self.token_hash)
     }
 }
 

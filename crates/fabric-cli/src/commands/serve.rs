@@ -352,14 +352,7 @@ fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
 /// `--agent-root`: an absolute directory path without `.` or `..`, not `/`.
 fn parse_agent_root(text: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
-    let plain = path.is_absolute()
-        && path.components().all(|c| {
-            matches!(
-                c,
-                std::path::Component::RootDir | std::path::Component::Normal(_)
-            )
-        });
-    if !plain || path == std::path::Path::new("/") {
+    if !fabric_core::agent::is_plain_path_below_root(&path) {
         return Err(format!(
             "{text:?}: give an absolute directory below / without . or .."
         ));

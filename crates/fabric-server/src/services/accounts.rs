@@ -539,7 +539,7 @@ impl AccountService {
                 expires_at: Some(expires_at),
                 kind,
                 agent: req.agent,
-                parent: Some(by.token_hash.get(..12).unwrap_or(&by.token_hash).to_owned()),
+                parent: Some(fabric_core::auth::token_id(&by.token_hash).to_owned()),
             })
             .await?;
         self.audit

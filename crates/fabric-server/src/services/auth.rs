@@ -394,7 +394,7 @@ impl AuthService {
         self.cache.lock().remove(token_hash);
         let revoked = self.store.delete_token(token_hash.to_owned()).await?;
         let tokens = self.store.list_tokens().await?;
-        let mut parents = vec![token_hash.get(..12).unwrap_or(token_hash).to_owned()];
+        let mut parents = vec![fabric_core::auth::token_id(token_hash).to_owned()];
         while let Some(parent) = parents.pop() {
             for child in tokens
                 .iter()
