@@ -130,15 +130,17 @@ fn policy_apply_list_check_and_delete() {
         .args(["policy", "delete", "dev-tenant"])
         .assert()
         .code(4);
-    // Live: with the tenant rules gone, only the built-in default decides:
-    // it allows commands but not deploys.
+    // Live: with the tenant rules gone, only the built-in default decides
+    // for an agent without a policy of its own: it allows commands but not
+    // deploys. (Not `coder`: its policy asks for an approval of deploys on
+    // weekdays 09:00-17:00 UTC, so the answer would depend on the clock.)
     fabric
         .cli()
         .args([
             "policy",
             "check",
             "--agent",
-            "coder",
+            "builder",
             "--action",
             "deploy:prod",
         ])
