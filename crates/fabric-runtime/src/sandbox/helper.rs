@@ -41,7 +41,7 @@ use std::path::{Component, Path, PathBuf};
 use std::collections::HashMap;
 
 use super::sys::{self, SignalSet};
-use super::wire::{Io, Launch, MAX_MESSAGE, Reply};
+use super::wire::{Io, Launch, MAX_MESSAGE, Reply, TaskScope};
 
 /// First argument of the helper that builds and holds a sandbox.
 pub(crate) const MODE_INIT: &str = "init";
@@ -433,6 +433,11 @@ fn run_launched(
         fail(&format!("cannot close inherited descriptors: {err}"));
     }
     sys::reset_signals(&[libc::SIGCHLD]);
+    if let Some(scope) = &launch.scope
+        && let Err(message) = enter_task_scope(scope)
+    {
+        fail(&message);
+    }
     if let Err(err) = std::env::set_current_dir(&launch.cwd) {
         fail(&format!("cannot enter {}: {err}", launch.cwd.display()));
     }
@@ -461,6 +466,116 @@ fn run_launched(
     } else {
         126
     })
+}
+
+/// Signals a task's command is stopped with; the processes between the init
+/// and the command ignore them, so the command's own end decides the status.
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+/// Keeps a launched command apart from the sandbox's other tasks (see
+/// [`TaskScope`]). Returns only in the process that goes on to become the
+/// command; the two processes above it never return:
+///
+/// 1. this process (the one the fabric knows, its process group's leader)
+///    enters new mount and pid namespaces, covers the sandbox's workdir but
+///    the task's directory, binds the task's tmp directory at `/tmp` and
+///    mounts a fresh `/dev/shm`, forks, waits, and ends the way the command
+///    did (status passed up a pipe);
+/// 2. its child is PID 1 of the new pid namespace: it mounts that
+///    namespace's `/proc`, forks the command and, when the command ends,
+///    exits, and the kernel kills whatever the command left, `setsid` or
+///    not. Signals from outside cannot stop it (a namespace's init ignores
+///    those it has no handler for), only SIGKILL, which ends everything;
+/// 3. the command, in the same process group, so the fabric's SIGTERM to
+///    the group reaches it directly.
+fn enter_task_scope(scope: &TaskScope) -> Result<(), String> {
+    let open_dir = |path: &Path| {
+        open_path(path, libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .map_err(|err| format!("cannot open {}: {err}", path.display()))
+    };
+    let shm = Path::new("/dev/shm");
+    let shm_bytes = sys::filesystem_bytes(shm).unwrap_or(64 << 20);
+    sys::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID)
+        .map_err(|err| format!("cannot create the task's namespaces: {err}"))?;
+    sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .map_err(|err| format!("cannot make the task's mount namespace private: {err}"))?;
+    // Sources next (a bind source must be a mount of this namespace), before
+    // the task's directory is covered below.
+    let task_dir = open_dir(&scope.task_dir)?;
+    let tmp = open_dir(&scope.tmp)?;
+    let null = open_path(Path::new("/dev/null"), 0)
+        .map_err(|err| format!("cannot open /dev/null: {err}"))?;
+    let writable = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    if scope.task_dir != scope.workdir {
+        mount_tmpfs(
+            &scope.workdir,
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "mode=0755,size=64k,nr_inodes=256",
+        )?;
+        mount_point(&scope.task_dir, true)?;
+        bind(&task_dir, &scope.task_dir, false, writable)?;
+        sys::mount_setattr(&c_path(&scope.workdir)?, false, libc::MOUNT_ATTR_RDONLY)
+            .map_err(mount_err("make read-only", &scope.workdir))?;
+    }
+    let tmp_dir = Path::new("/tmp");
+    if scope.workdir.starts_with(tmp_dir) {
+        // The workdir would be covered by the task's /tmp: carried over into it.
+        let work = open_dir(&scope.workdir)?;
+        bind(&tmp, tmp_dir, false, writable)?;
+        mount_point(&scope.workdir, true)?;
+        bind(&work, &scope.workdir, true, 0)?;
+    } else {
+        bind(&tmp, tmp_dir, false, writable)?;
+    }
+    mount_tmpfs(
+        shm,
+        libc::MS_NOSUID | libc::MS_NODEV,
+        &format!("mode=1777,size={shm_bytes}"),
+    )?;
+    drop((task_dir, tmp));
+    let (status_read, status_write) =
+        sys::pipe().map_err(|err| format!("cannot create a pipe: {err}"))?;
+    let init = sys::fork().map_err(|err| format!("cannot fork the task's init: {err}"))?;
+    if let Some(init) = init {
+        drop(status_write);
+        sys::ignore_signals(&STOP_SIGNALS);
+        let _ = sys::set_not_dumpable();
+        let init_status = loop {
+            match sys::waitpid(init, 0) {
+                Ok(Some((_, status))) => break status,
+                Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+                // Cannot happen for our own child; end as if it was killed.
+                _ => break libc::SIGKILL,
+            }
+        };
+        let mut status = [0u8; 4];
+        match sys::read_fd(status_read.as_raw_fd(), &mut status) {
+            Ok(4) => sys::exit_like(i32::from_le_bytes(status)),
+            // The init was killed (SIGKILL to the group) before the command ended.
+            _ => sys::exit_like(init_status),
+        }
+    }
+    drop(status_read);
+    let _ = sys::set_parent_death_signal(libc::SIGKILL);
+    let _ = sys::set_not_dumpable();
+    mount_proc(Path::new("/proc"), &null)?;
+    drop(null);
+    let command = sys::fork().map_err(|err| format!("cannot fork the command: {err}"))?;
+    let Some(command) = command else {
+        drop(status_write);
+        return Ok(());
+    };
+    loop {
+        match sys::waitpid(-1, 0) {
+            Ok(Some((pid, status))) if pid == command => {
+                let _ = sys::write_fd(status_write.as_raw_fd(), &status.to_le_bytes());
+                // Leaving ends the namespace: the kernel kills what is left.
+                sys::exit_now(0);
+            }
+            Err(err) if err.raw_os_error() != Some(libc::EINTR) => sys::exit_now(0),
+            _ => {}
+        }
+    }
 }
 
 /// A launched program could not be set up: say why on its stderr and exit 125.
@@ -555,6 +670,35 @@ fn mount_point(target: &Path, directory: bool) -> Result<(), String> {
 
 const READ_ONLY: u64 = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
 
+/// A fresh `/proc` at `proc_dir` for the caller's pid namespace, with the
+/// kernel's knobs read-only and its secrets masked (by binding `null` over them).
+fn mount_proc(proc_dir: &Path, null: &OwnedFd) -> Result<(), String> {
+    mount_point(proc_dir, true)?;
+    sys::mount(
+        Some(c"proc"),
+        &c_path(proc_dir)?,
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(mount_err("mount proc on", proc_dir))?;
+    for name in PROC_READ_ONLY {
+        let path = proc_dir.join(name);
+        if path.exists() {
+            let fd = open_path(&path, 0)
+                .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+            bind(&fd, &path, true, READ_ONLY | libc::MOUNT_ATTR_NOEXEC)?;
+        }
+    }
+    for name in PROC_MASKED {
+        let path = proc_dir.join(name);
+        if path.is_file() {
+            bind(null, &path, false, READ_ONLY)?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds the sandbox's filesystem and makes it the root:
 ///
 /// - `/`: an empty tmpfs, read-only once built;
@@ -618,30 +762,7 @@ fn build_root(plan: &InitPlan) -> Result<(), String> {
     )?;
 
     // /proc for the new pid namespace (this process is its PID 1).
-    let proc_dir = root.join("proc");
-    mount_point(&proc_dir, true)?;
-    sys::mount(
-        Some(c"proc"),
-        &c_path(&proc_dir)?,
-        Some(c"proc"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        None,
-    )
-    .map_err(mount_err("mount proc on", &proc_dir))?;
-    for name in PROC_READ_ONLY {
-        let path = proc_dir.join(name);
-        if path.exists() {
-            let fd = open_path(&path, 0)
-                .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
-            bind(&fd, &path, true, READ_ONLY | libc::MOUNT_ATTR_NOEXEC)?;
-        }
-    }
-    for name in PROC_MASKED {
-        let path = proc_dir.join(name);
-        if path.is_file() {
-            bind(null, &path, false, READ_ONLY)?;
-        }
-    }
+    mount_proc(&root.join("proc"), null)?;
 
     // /dev: just the harmless devices.
     let dev = root.join("dev");

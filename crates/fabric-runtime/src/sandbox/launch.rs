@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::sys;
-use super::wire::{Io, Launch, MAX_MESSAGE, Reply};
+use super::wire::{Io, Launch, MAX_MESSAGE, Reply, TaskScope};
 use crate::child::group::Leader;
 
 /// Replies are small; a larger one means the peer is not our init.
@@ -47,6 +47,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) stdin: SandboxStdio,
     pub(crate) stdout: SandboxStdio,
     pub(crate) stderr: SandboxStdio,
+    /// A task's command: kept apart from the sandbox's other tasks.
+    pub(crate) scope: Option<TaskScope>,
 }
 
 /// A program the init started, and the fabric's ends of its pipes.
@@ -196,6 +198,7 @@ impl InitLink {
             stdin: io(spec.stdin),
             stdout: io(spec.stdout),
             stderr: io(spec.stderr),
+            scope: spec.scope,
         }
         .encode();
         if message.len() > MAX_MESSAGE {

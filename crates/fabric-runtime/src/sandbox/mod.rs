@@ -59,6 +59,15 @@
 //! - **Processes**: a pid namespace; commands see their own sandbox's
 //!   processes only, with its init as PID 1. When the init dies the kernel
 //!   kills everything in the namespace.
+//! - **Tasks apart**: each command of [`Sandbox::run_shell`] runs in pid and
+//!   mount namespaces of its own, nested in the sandbox's: when it ends,
+//!   everything it started ends too (`setsid` or double fork included, the
+//!   kernel kills a pid namespace with its init); its `/proc` shows only its
+//!   own processes; `/tmp` is its task's `TMPDIR` (`<task dir>/.tmp`, kept
+//!   for the task's next commands, on disk and removed with the task's
+//!   directory), `/dev/shm` a fresh tmpfs; and of the sandbox's workdir only
+//!   the task's own directory is visible. Programs of [`Sandbox::spawn`]
+//!   (user agents) run in the sandbox's own namespaces.
 //! - **Network**: a network namespace with only `lo` up: no route out, and
 //!   the host's loopback services are unreachable. [`Sandbox::bind_tcp`]
 //!   opens a listener *inside* it; the fabric serves the agent's way out on
@@ -149,6 +158,7 @@ pub(crate) use self::launch::InitChild;
 pub use self::launch::SandboxStdio;
 use self::launch::{InitLink, LaunchError, LaunchSpec, Launched};
 pub use self::sweep::{SandboxCgroups, SweepReport, remove_parent, sandbox_cgroups, sweep_stale};
+use self::wire::TaskScope;
 use crate::RuntimeError;
 use crate::child::group::ProcessGroup;
 use crate::child::{
@@ -660,6 +670,7 @@ impl Sandbox {
                     stdin: command.stdin,
                     stdout: command.stdout,
                     stderr: command.stderr,
+                    scope: None,
                 },
                 &shown,
             )
@@ -946,6 +957,13 @@ impl Launcher for Sandbox {
             stdin: SandboxStdio::Null,
             stdout: SandboxStdio::Piped,
             stderr: SandboxStdio::Piped,
+            // Each command in namespaces of its own: nothing it starts outlives
+            // it, and it sees neither other tasks' files nor their processes.
+            scope: Some(TaskScope {
+                workdir: self.workdir.clone(),
+                task_dir: workdir.to_path_buf(),
+                tmp: workdir.join(child::workdir::TMP_DIR),
+            }),
         };
         let launched = self.launch(spec, command).await?;
         Ok(Started {

@@ -400,6 +400,37 @@ pub(crate) fn reset_signals(handled: &[libc::c_int]) {
     }
 }
 
+/// Ignores these signals (`SIG_IGN`, kept across `fork`, reset by [`reset_signals`]).
+pub(crate) fn ignore_signals(signals: &[libc::c_int]) {
+    // SAFETY: setting a disposition takes no memory of ours.
+    unsafe {
+        for &signal in signals {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+}
+
+/// `pipe2(2)` with `O_CLOEXEC`: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is ours for the call; on success both are new descriptors we own.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: just created, owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Size in bytes of the filesystem holding `path` (`statvfs(3)`).
+pub(crate) fn filesystem_bytes(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statvfs is plain data, filled by the call.
+    let mut stat = unsafe { std::mem::zeroed::<libc::statvfs>() };
+    // SAFETY: `path` is NUL-terminated and `stat` is ours for the call.
+    check(unsafe { libc::statvfs(path.as_ptr(), &mut stat) })?;
+    Ok(stat.f_blocks.saturating_mul(stat.f_frsize))
+}
+
 /// Ends the helper the same way its child ended: with the same exit code, or
 /// killed by the same signal (so the fabric sees exactly what the program did).
 pub(crate) fn exit_like(status: libc::c_int) -> ! {

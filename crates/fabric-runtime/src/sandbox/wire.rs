@@ -46,6 +46,24 @@ pub(crate) struct Launch {
     pub(crate) stdin: Io,
     pub(crate) stdout: Io,
     pub(crate) stderr: Io,
+    /// Run it as one task's command, in namespaces of its own (shell tasks).
+    pub(crate) scope: Option<TaskScope>,
+}
+
+/// Where a task's command is kept apart from the sandbox's other tasks: the
+/// init starts it in a pid namespace of its own (everything it starts ends
+/// with it, `setsid` or not) and a mount namespace where `/tmp` is the task's
+/// own directory, `/dev/shm` a fresh tmpfs, `/proc` shows its own processes
+/// only, and of the sandbox's workdir only the task's directory is visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskScope {
+    /// The sandbox's workdir; covered when `task_dir` is below it.
+    pub(crate) workdir: PathBuf,
+    /// The task's working directory: `workdir` or a directory below it.
+    pub(crate) task_dir: PathBuf,
+    /// Mounted at `/tmp`: a directory of the task's (so it is counted with
+    /// the task's files and removed with them).
+    pub(crate) tmp: PathBuf,
 }
 
 impl Launch {
@@ -72,6 +90,15 @@ impl Launch {
         for (key, value) in &self.env {
             put_str(&mut out, key);
             put_str(&mut out, value);
+        }
+        match &self.scope {
+            None => out.push(0),
+            Some(scope) => {
+                out.push(1);
+                for path in [&scope.workdir, &scope.task_dir, &scope.tmp] {
+                    put_str(&mut out, &path.to_string_lossy());
+                }
+            }
         }
         out
     }
@@ -102,6 +129,15 @@ impl Launch {
         for _ in 0..envc {
             env.push((r.str()?, r.str()?));
         }
+        let scope = match r.byte()? {
+            0 => None,
+            1 => Some(TaskScope {
+                workdir: PathBuf::from(r.str()?),
+                task_dir: PathBuf::from(r.str()?),
+                tmp: PathBuf::from(r.str()?),
+            }),
+            other => return Err(format!("bad scope flag {other}")),
+        };
         r.end()?;
         if argv.is_empty() {
             return Err("launch without a program".into());
@@ -114,6 +150,7 @@ impl Launch {
             stdin: io[0],
             stdout: io[1],
             stderr: io[2],
+            scope,
         })
     }
 }
@@ -248,6 +285,11 @@ mod tests {
             stdin: Io::Null,
             stdout: Io::Fd,
             stderr: Io::Fd,
+            scope: Some(TaskScope {
+                workdir: "/w".into(),
+                task_dir: "/w/t1".into(),
+                tmp: "/w/t1/.tmp".into(),
+            }),
         }
     }
 
@@ -256,6 +298,11 @@ mod tests {
         let message = launch();
         assert_eq!(Launch::decode(&message.encode()), Ok(message.clone()));
         assert_eq!(message.fd_count(), 3);
+        let unscoped = Launch {
+            scope: None,
+            ..message
+        };
+        assert_eq!(Launch::decode(&unscoped.encode()), Ok(unscoped));
     }
 
     #[test]

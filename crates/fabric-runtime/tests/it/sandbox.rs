@@ -554,6 +554,119 @@ async fn the_pid_namespace_hides_host_processes() {
     sandbox.destroy().await.unwrap();
 }
 
+/// Issue #16, item 2: a task's command leaves nothing behind for the next
+/// task: no process (not even one that left its process group with
+/// `setsid`), no file in `/tmp` or `/dev/shm`, and no view of other tasks'
+/// directories or processes.
+#[tokio::test]
+async fn a_task_leaves_no_process_or_temp_file_and_sees_only_its_own_directory() {
+    let (_tmp, config) = config("scope");
+    let sandbox = create(config).await;
+    let first = sandbox.workdir().join("task-a");
+    let second = sandbox.workdir().join("task-b");
+    let escape = "setsid sleep 307 </dev/null >/dev/null 2>&1 & \
+                  (sleep 308 &) ; echo a >/tmp/mark; echo a >/dev/shm/mark; echo a >secret";
+    let outcome = within(
+        30,
+        sandbox.run_shell(job_in(&first, &[escape]), None, pending()),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.success(), "{outcome:?}");
+    let sleepers = |sandbox: &Sandbox| {
+        sandbox
+            .processes()
+            .unwrap()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sleepers(&sandbox) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a task's background processes outlived it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first task's own files stay where the fabric keeps them.
+    assert_eq!(
+        std::fs::read_to_string(first.join("secret")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(first.join(".tmp/mark")).unwrap(),
+        "a\n"
+    );
+
+    let look = [
+        "ls -a .. | tr '\\n' ' '; echo",
+        "test -e /tmp/mark && echo tmp-shared || echo tmp-private",
+        "test -e /dev/shm/mark && echo shm-shared || echo shm-private",
+        "cat ../task-a/secret 2>/dev/null || echo unreadable",
+        "ls /proc | grep -c '^[0-9]'",
+        "echo b >/tmp/own && cat \"$TMPDIR/own\"",
+    ];
+    let outcome = within(
+        30,
+        sandbox.run_shell(job_in(&second, &[&look.join("; ")]), None, pending()),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.success(), "{outcome:?}");
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(
+        lines[0].trim(),
+        ". .. task-b",
+        "other tasks' directories are hidden"
+    );
+    assert_eq!(lines[1], "tmp-private");
+    assert_eq!(lines[2], "shm-private");
+    assert_eq!(lines[3], "unreadable");
+    let visible: usize = lines[4].parse().unwrap();
+    assert!(
+        visible <= 4,
+        "only the task's own processes: {}",
+        outcome.stdout
+    );
+    assert_eq!(lines[5], "b", "/tmp is the task's own TMPDIR");
+    sandbox.destroy().await.unwrap();
+}
+
+/// The processes between the init and a task's command pass on exactly how
+/// it ended, and a stop (SIGTERM to the group) still reaches the command at once.
+#[tokio::test]
+async fn a_scoped_command_reports_its_status_and_stops_promptly() {
+    let (_tmp, config) = config("scope-status");
+    let sandbox = create(config).await;
+    let outcome = sh(&sandbox, &["exit 7"]).await;
+    assert_eq!(outcome.exit_code, Some(7));
+    let outcome = sh(&sandbox, &["kill -TERM $$"]).await;
+    assert_eq!(outcome.signal, Some(libc::SIGTERM));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let job = job_in(sandbox.workdir(), &["sleep 300"]);
+    let started = Instant::now();
+    let run = sandbox.run_shell(job, None, async {
+        let _ = stopped.await;
+    });
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop.send(());
+    };
+    let (outcome, ()) = within(30, async { tokio::join!(run, stopper) }).await;
+    let outcome = outcome.unwrap();
+    assert!(outcome.canceled, "{outcome:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM must stop the command without waiting for the kill grace: {:?}",
+        started.elapsed()
+    );
+    sandbox.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn spawn_runs_programs_and_reports_how_they_ended() {
     let (_tmp, config) = config("spawn");
@@ -726,6 +839,20 @@ async fn wait_for_program(sandbox: &Sandbox, program: &str, n: usize) -> Vec<u32
     }
 }
 
+/// An agent program that starts a `sleep` in a session of its own, out of
+/// the program's process group (task commands cannot leave their task, but a
+/// long-lived agent program may do this): only the sandbox's end stops it.
+async fn spawn_escaped(sandbox: &Sandbox) -> fabric_runtime::SandboxProcess {
+    sandbox
+        .spawn(SandboxCommand::new([
+            "sh",
+            "-c",
+            "setsid sleep 1000 >/dev/null 2>&1 & wait",
+        ]))
+        .await
+        .unwrap()
+}
+
 struct Footprint {
     pids: Vec<u32>,
     cgroup_dirs: Vec<PathBuf>,
@@ -764,18 +891,8 @@ async fn destroy_leaves_nothing_behind_and_may_be_repeated() {
         .spawn(SandboxCommand::new(["sleep", "1000"]))
         .await
         .unwrap();
-    // A process that left its command's process group stays in the sandbox
-    // (the loop waits until it has called setsid, before the group is stopped).
-    let outcome = sh(
-        &sandbox,
-        &[
-            "setsid sh -c 'echo $$ > escaped; exec sleep 1000' > /dev/null 2>&1 & \
-             while [ ! -s escaped ]; do sleep 0.01; done",
-            "echo spawned",
-        ],
-    )
-    .await;
-    assert_eq!(outcome.stdout, "spawned\n");
+    // A process that left its program's process group stays in the sandbox.
+    let _escaper = spawn_escaped(&sandbox).await;
     // The agent's sleep and the setsid sleep.
     wait_for_program(&sandbox, "sleep", 2).await;
     let before = footprint(&sandbox);
@@ -1063,20 +1180,13 @@ async fn sweep_stale_kills_leaked_sandboxes_and_removes_their_cgroups() {
         .spawn(SandboxCommand::new(["sleep", "1000"]))
         .await
         .unwrap();
-    let outcome = sh(
-        &leaked,
-        &[
-            "setsid sh -c 'echo $$ > escaped; exec sleep 1000' > /dev/null 2>&1 & \
-           while [ ! -s escaped ]; do sleep 0.01; done",
-        ],
-    )
-    .await;
-    assert!(outcome.failure().is_none(), "{outcome:?}");
+    let escaper = spawn_escaped(&leaked).await;
     wait_for_program(&leaked, "sleep", 2).await;
     let before = footprint(&leaked);
     let leaked_name = leaked.name().to_string();
     // What a SIGKILLed fabric leaves: no destroy, no Drop.
     std::mem::forget(agent);
+    std::mem::forget(escaper);
     std::mem::forget(leaked);
 
     let report = within(20, sweep_stale(&parent, |name| name == kept.name()))
