@@ -15,7 +15,14 @@
 //! container, as on the host), notes that group's id in `PIDFILE` on the
 //! container's small exec tmpfs, waits for the command and exits with its
 //! status. Then, as on the host, whatever the command left running in its
-//! group gets SIGTERM and, after the grace, SIGKILL. The fabric cannot signal
+//! group gets SIGTERM and, after the grace, SIGKILL. A process that left the
+//! group (`setsid`, a double fork) is found by the mark every process the
+//! command starts inherits, `FABRIC_EXEC_SCOPE=<pid file>` in its
+//! environment, and gets SIGKILL. (Without privileges in the container there
+//! is no pid namespace or cgroup per command: a program that execs itself
+//! with a scrubbed environment *and* leaves the group escapes this; the
+//! container's end still stops it. The `process` level has no such gap.)
+//! The fabric cannot signal
 //! processes in a container it does not share a PID namespace with (an
 //! orchestrator in its own container), so to stop a command it runs a second
 //! exec, `kill -TERM -- -$(cat PIDFILE)`, and SIGKILL after the grace.
@@ -63,7 +70,7 @@ use crate::child::{
 
 /// The shell script every command runs under; see the module docs.
 /// `$0` is the command, `$1` the pid file, `$2` the grace in tenths of a second.
-pub const WRAPPER: &str = r#"setsid /bin/sh -c "$0" & q=$!
+pub const WRAPPER: &str = r#"FABRIC_EXEC_SCOPE="$1" setsid /bin/sh -c "$0" & q=$!
 echo "$q" >"$1"
 wait "$q"; rc=$?
 if kill -TERM -- "-$q" 2>/dev/null; then
@@ -71,6 +78,16 @@ if kill -TERM -- "-$q" 2>/dev/null; then
   while [ "$n" -lt "$2" ] && kill -0 -- "-$q" 2>/dev/null; do sleep 0.1; n=$((n+1)); done
   kill -KILL -- "-$q" 2>/dev/null
 fi
+r=0
+while [ "$r" -lt 50 ]; do
+  found=
+  for e in /proc/[0-9]*/environ; do
+    tr '\0' '\n' <"$e" 2>/dev/null | grep -qxF "FABRIC_EXEC_SCOPE=$1" || continue
+    p=${e#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null && found=1
+  done
+  [ -z "$found" ] && break
+  r=$((r+1))
+done
 rm -f "$1"
 exit "$rc""#;
 

@@ -235,7 +235,13 @@ async fn what_a_command_leaves_running_ends_with_it() {
     let outcome = b
         .shell
         .run_shell(
-            job(&["sleep 1005 >/dev/null 2>&1 & echo started"], "t1"),
+            job(
+                &["sleep 1005 >/dev/null 2>&1 & \
+                   setsid sleep 1006 </dev/null >/dev/null 2>&1 & \
+                   (setsid sh -c 'sleep 1007 & sleep 1008' </dev/null >/dev/null 2>&1 &) ; \
+                   echo started"],
+                "t1",
+            ),
             None,
             std::future::pending(),
         )
@@ -244,7 +250,8 @@ async fn what_a_command_leaves_running_ends_with_it() {
     assert_eq!(outcome.stdout, "started\n");
     assert_eq!(outcome.exit_code, Some(0));
     let ps = processes(&b).await;
-    assert!(!ps.contains("sleep 1005"), "{ps}");
+    // Issue #16, item 2: not even what left the command's process group.
+    assert!(!ps.contains("sleep 100"), "{ps}");
 }
 
 #[tokio::test]
