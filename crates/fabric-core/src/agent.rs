@@ -54,6 +54,14 @@ fn default_memory_mb() -> u64 {
 fn default_cpu_cores() -> f64 {
     1.0
 }
+/// 10 GiB: room for a repository checkout and its build, not for a runaway
+/// writer to fill the host's disk.
+pub const DEFAULT_DISK_MB: u64 = 10 * 1024;
+fn default_disk_mb() -> u64 {
+    DEFAULT_DISK_MB
+}
+/// Largest `isolation.disk_mb`: 16 TiB.
+pub const MAX_DISK_MB: u64 = 16 * 1024 * 1024;
 fn default_alert_threshold() -> u8 {
     80
 }
@@ -80,6 +88,12 @@ pub struct IsolationConfig {
     #[serde(default = "default_cpu_cores")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0.01, maximum = 1024.0))]
     pub cpu_cores: f64,
+    /// Disk quota in MiB for everything the agent's tasks write in their
+    /// working directories (their `/tmp` included at isolation `process`). A
+    /// task that goes past it fails with reason `disk_quota_exceeded`.
+    #[serde(default = "default_disk_mb")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16777216))]
+    pub disk_mb: u64,
     /// Directory the agent's working dir is created under (default: the fabric's data dir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem_root: Option<String>,
@@ -105,6 +119,7 @@ impl Default for IsolationConfig {
             level: IsolationLevel::None,
             memory_mb: default_memory_mb(),
             cpu_cores: default_cpu_cores(),
+            disk_mb: default_disk_mb(),
             filesystem_root: None,
             network_egress: Vec::new(),
             read_only_paths: Vec::new(),
@@ -252,6 +267,12 @@ impl AgentConfig {
             return err(format!(
                 "isolation.memory_mb must be between 16 and 1048576, got {}",
                 iso.memory_mb
+            ));
+        }
+        if !(1..=MAX_DISK_MB).contains(&iso.disk_mb) {
+            return err(format!(
+                "isolation.disk_mb must be between 1 and {MAX_DISK_MB}, got {}",
+                iso.disk_mb
             ));
         }
         if !(iso.cpu_cores.is_finite() && iso.cpu_cores >= 0.01 && iso.cpu_cores <= 1024.0) {
@@ -581,6 +602,15 @@ mod tests {
         let mut c = AgentConfig::new(id.clone());
         c.isolation.memory_mb = 1;
         assert!(c.validate().unwrap_err().to_string().contains("memory_mb"));
+        c.isolation.memory_mb = 64;
+        c.isolation.disk_mb = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("isolation.disk_mb")
+        );
+        c.isolation.disk_mb = DEFAULT_DISK_MB;
         let mut c = AgentConfig::new(id.clone());
         c.isolation.network_egress = vec!["nope:x".into()];
         assert!(c.validate().unwrap_err().to_string().contains("egress"));

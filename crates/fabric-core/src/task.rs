@@ -195,6 +195,8 @@ pub mod reason {
     pub const SPAWN_FAILED: &str = "spawn_failed";
     /// The out-of-memory killer struck in the agent's sandbox.
     pub const OOM_KILLED: &str = "oom_killed";
+    /// The agent's task directories went past its disk quota (`isolation.disk_mb`).
+    pub const DISK_QUOTA_EXCEEDED: &str = "disk_quota_exceeded";
     /// The process used up its CPU-time limit (SIGXCPU).
     pub const CPU_TIME_EXCEEDED: &str = "cpu_time_exceeded";
     /// The agent was terminated and did not finish the task within its drain timeout.

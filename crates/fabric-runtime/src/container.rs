@@ -189,6 +189,62 @@ impl ContainerShell {
         Ok(outcome)
     }
 
+    /// Removes a finished task's working directory (below the workspace).
+    /// With `clear_tmp`, for an agent that runs one task at a time, also
+    /// empties the container's `/tmp` and `/dev/shm`, so the next task finds
+    /// nothing of this one there (a container has one of each for all its
+    /// tasks; at `process` each task has its own).
+    pub async fn remove_task_dir(&self, workdir: &Path, clear_tmp: bool) -> io::Result<()> {
+        let inside = workdir.strip_prefix(WORKSPACE).is_ok_and(|rest| {
+            rest.components().next().is_some()
+                && rest.components().all(|c| matches!(c, Component::Normal(_)))
+        });
+        let Some(dir) = workdir.to_str().filter(|_| inside) else {
+            return Err(io::Error::other(format!(
+                "{} is not a task directory below {WORKSPACE}",
+                workdir.display()
+            )));
+        };
+        let script = r#"rm -rf -- "$0"
+[ "$1" = 1 ] && rm -rf /tmp/* /tmp/.[!.]* /tmp/..?* /dev/shm/* /dev/shm/.[!.]* 2>/dev/null
+true"#;
+        let flag = if clear_tmp { "1" } else { "0" };
+        let output = self
+            .client
+            .exec(&self.container, &["sh", "-c", script, dir, flag])
+            .await
+            .map_err(io::Error::other)?;
+        match output.exit_code {
+            Some(0) => Ok(()),
+            _ => Err(io::Error::other(format!(
+                "removing {dir} failed: {}",
+                output.stderr.trim()
+            ))),
+        }
+    }
+
+    /// Bytes the workspace volume's files take (`du -sk`, run in the container).
+    pub async fn workspace_usage(&self) -> io::Result<u64> {
+        let output = self
+            .client
+            .exec(&self.container, &["du", "-sk", WORKSPACE])
+            .await
+            .map_err(io::Error::other)?;
+        // Unreadable entries make du complain and exit 1, with the total still printed.
+        output
+            .stdout
+            .split_whitespace()
+            .next()
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "du -sk {WORKSPACE} answered {:?} {:?}",
+                    output.stdout, output.stderr
+                ))
+            })
+    }
+
     /// Whether the container stopped (or is gone), looking for up to `window`:
     /// Docker learns that a container's init died a moment after its execs end.
     async fn stopped_within(&self, window: Duration) -> bool {

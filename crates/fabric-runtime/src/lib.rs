@@ -56,6 +56,7 @@ pub mod confine;
 pub mod container;
 mod error;
 pub mod net;
+pub mod quota;
 pub mod sandbox;
 
 pub use child::{

@@ -126,6 +126,9 @@ pub struct ServerConfig {
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace when a running task is canceled or times out.
     pub kill_grace: Duration,
+    /// How long a finished shell task's working directory stays before it is
+    /// removed (`--workdir-retention`); zero removes it at once.
+    pub workdir_retention: Duration,
     /// Attempts per task unless the request says otherwise.
     pub default_max_attempts: u32,
     /// How to start the sandbox helper (isolation `process`); `None` turns
@@ -171,6 +174,7 @@ impl Default for ServerConfig {
             agent_roots: Vec::new(),
             shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
             kill_grace: Duration::from_secs(5),
+            workdir_retention: Duration::ZERO,
             default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
             sandbox_helper: None,
             containers: ContainerConfig::default(),
@@ -494,6 +498,7 @@ pub async fn run(
         policy: Arc::clone(&policy),
         shell_output_limit: config.shell_output_limit,
         kill_grace: config.kill_grace,
+        workdir_retention: config.workdir_retention,
         owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
         containers: config.containers.clone(),
         telemetry: Arc::clone(&telemetry),

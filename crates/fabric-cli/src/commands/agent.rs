@@ -56,6 +56,9 @@ pub struct SpawnArgs {
     /// CPU limit in cores, e.g. 0.5 [default: 1]
     #[arg(long, value_name = "F")]
     pub cpu_cores: Option<f64>,
+    /// Disk quota in MiB for the working directories of its tasks; a task past it fails with disk_quota_exceeded [default: 10240]
+    #[arg(long, value_name = "N")]
+    pub disk_mb: Option<u64>,
     /// Allowed egress (isolation process or container), repeatable: host:port, *.domain:port or a bare host; none given: no network
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_egress_flag)]
     pub egress: Vec<String>,
@@ -184,6 +187,9 @@ fn build_config(args: &SpawnArgs, cwd: &Path) -> Result<AgentConfig, CliError> {
     }
     if let Some(cores) = args.cpu_cores {
         iso.cpu_cores = cores;
+    }
+    if let Some(mb) = args.disk_mb {
+        iso.disk_mb = mb;
     }
     if !args.egress.is_empty() {
         iso.network_egress = args.egress.clone();
@@ -484,6 +490,7 @@ fn describe_agent(agent: &Agent, now: Timestamp) -> String {
     };
     lines.push(("runs", runs));
     lines.push(("isolation", iso.level.to_string()));
+    lines.push(("disk_quota", format!("{} MiB", iso.disk_mb)));
     if iso.level != IsolationLevel::None {
         lines.push(("memory_limit", format!("{} MiB", iso.memory_mb)));
         let unit = if iso.cpu_cores == 1.0 {
@@ -655,6 +662,8 @@ mod tests {
                 "256",
                 "--cpu-cores",
                 "0.5",
+                "--disk-mb",
+                "2048",
                 "--egress",
                 "api.github.com:443",
                 "--egress",
@@ -686,7 +695,10 @@ mod tests {
         assert_eq!(config.id.as_str(), "coder");
         let iso = &config.isolation;
         assert_eq!(iso.level, IsolationLevel::Process);
-        assert_eq!((iso.memory_mb, iso.cpu_cores), (256, 0.5));
+        assert_eq!(
+            (iso.memory_mb, iso.cpu_cores, iso.disk_mb),
+            (256, 0.5, 2048)
+        );
         assert_eq!(iso.network_egress, ["api.github.com:443", "*.example.org"]);
         assert_eq!(
             iso.read_only_paths,
@@ -709,6 +721,7 @@ mod tests {
     fn bad_flags_are_usage_errors_naming_the_field() {
         assert!(usage_error(&["--id", "a", "--memory-mb", "1"]).contains("isolation.memory_mb"));
         assert!(usage_error(&["--id", "a", "--cpu-cores", "0"]).contains("isolation.cpu_cores"));
+        assert!(usage_error(&["--id", "a", "--disk-mb", "0"]).contains("isolation.disk_mb"));
         assert!(usage_error(&["--id", "a", "--concurrency", "0"]).contains("concurrency"));
         assert!(usage_error(&["--id", "a", "--external", "--command", "x"]).contains("external"));
         assert!(

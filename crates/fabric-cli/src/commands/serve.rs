@@ -106,6 +106,12 @@ pub struct ServeArgs {
           value_parser = crate::commands::task::parse_duration)]
     pub header_timeout: std::time::Duration,
 
+    /// How long a finished task's working directory is kept before it is
+    /// removed (its result stays in the store); 0s removes it at once (e.g. 1h)
+    #[arg(long, env = "FABRIC_WORKDIR_RETENTION", value_name = "DURATION", default_value = "0s",
+          value_parser = crate::commands::task::parse_duration)]
+    pub workdir_retention: std::time::Duration,
+
     /// Most tasks that may wait for one agent; beyond it creating a task answers 429
     #[arg(long, env = "FABRIC_MAX_QUEUE_DEPTH", value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -250,6 +256,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             header_timeout: args.header_timeout,
         },
         max_queue_depth: args.max_queue_depth as usize,
+        workdir_retention: args.workdir_retention,
         sandbox_helper: sandbox_helper(),
         containers: fabric_server::ContainerConfig {
             docker_host: None,

@@ -242,7 +242,13 @@ async fn python_agent_completes_tasks_on_the_host_and_in_a_sandbox() {
 
 #[tokio::test]
 async fn process_shell_agent_sees_only_its_own_workspace() {
-    let s = server().await;
+    // Finished tasks' directories are kept a while here, so the other agent
+    // has something to try to read.
+    let s = TestServer::start_with(|c| {
+        c.sandbox_helper = Some(sandbox_helper());
+        c.workdir_retention = Duration::from_secs(600);
+    })
+    .await;
     let token = s.login().await;
     for id in ["box-a", "box-b"] {
         s.spawn_agent(
@@ -285,6 +291,82 @@ async fn process_shell_agent_sees_only_its_own_workspace() {
     let (status, _) = s.delete(&token, "/v1/agents/box-a?drain_timeout=1").await;
     assert_eq!(status, 200);
     assert!(!Path::new(&workdir).exists(), "{workdir} left behind");
+    s.stop().await;
+}
+
+/// Issue #16, items 2 and 3 at isolation `process`: a task past the agent's
+/// disk quota fails with `disk_quota_exceeded` and the agent goes on; a
+/// finished task's directory is removed at once (retention 0, the default),
+/// and nothing a task started in the background survives it.
+#[tokio::test]
+async fn process_disk_quota_fails_the_task_and_finished_workdirs_go() {
+    let s = server().await;
+    let token = s.login().await;
+    s.spawn_agent(
+        &token,
+        json!({"id": "small-disk", "isolation": {"level": "process", "memory_mb": 128, "disk_mb": 20}}),
+    )
+    .await;
+    let (_, agent) = s.get(&token, "/v1/agents/small-disk").await;
+    assert_eq!(agent["config"]["isolation"]["disk_mb"], 20, "{agent}");
+    let left = s
+        .create(
+            &token,
+            json!({"agent": "small-disk", "commands": [
+                "setsid sleep 307 </dev/null >/dev/null 2>&1 & echo kept > out.txt; pwd"
+            ]}),
+        )
+        .await;
+    let view = s.wait_done(&token, &left).await;
+    assert_eq!(view.status, TaskStatus::Completed, "{view:?}");
+    let workdir = view.result.unwrap().stdout.trim().to_owned();
+    assert!(
+        !Path::new(&workdir).exists(),
+        "{workdir}: a finished task's directory is removed"
+    );
+    let hog = s
+        .create(
+            &token,
+            json!({"agent": "small-disk", "commands": [
+                "for i in $(seq 1 100); do head -c 1048576 /dev/zero > /tmp/f$i || exit 1; sleep 0.02; done; echo wrote-it-all"
+            ]}),
+        )
+        .await;
+    let view = s.wait_done(&token, &hog).await;
+    assert_eq!(
+        (view.status, view.reason.as_deref()),
+        (TaskStatus::Failed, Some("disk_quota_exceeded")),
+        "{view:?}"
+    );
+    let result = view.result.unwrap();
+    assert!(!result.stdout.contains("wrote-it-all"), "{result:?}");
+    let error = result.error.unwrap_or_default();
+    assert!(
+        error.contains("disk quota of 20 MiB") && error.contains("--disk-mb"),
+        "{error}"
+    );
+    // The agent, its disk (the hog's files went with its directory) and the
+    // fabric are fine; the first task's background sleep is gone.
+    let after = s
+        .create(
+            &token,
+            json!({"agent": "small-disk", "commands": [
+                "head -c 5242880 /dev/zero > five-mib && ps -eo comm= | grep -c sleep || true"
+            ]}),
+        )
+        .await;
+    let view = s.wait_done(&token, &after).await;
+    assert_eq!(view.status, TaskStatus::Completed, "{view:?}");
+    assert_eq!(view.result.unwrap().stdout.trim(), "0");
+    let sleepers = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 307$"])
+        .output()
+        .unwrap();
+    assert!(
+        sleepers.stdout.is_empty(),
+        "the background sleep outlived its task: {:?}",
+        String::from_utf8_lossy(&sleepers.stdout)
+    );
     s.stop().await;
 }
 

@@ -336,6 +336,64 @@ async fn container_memory_bomb_is_oom_killed_and_the_agent_keeps_working() {
     );
 }
 
+/// Issue #16, items 2 and 3 at isolation `container`: a task past the
+/// agent's disk quota fails with `disk_quota_exceeded` and the agent goes on;
+/// a finished task's directory is removed, its `/tmp` files are gone for the
+/// next task (one task at a time), and a process it left in a session of its
+/// own does not survive it.
+#[tokio::test]
+async fn container_disk_quota_fails_the_task_and_nothing_of_a_task_stays() {
+    let (s, _guard) = server().await;
+    let token = s.login().await;
+    s.spawn_agent(
+        &token,
+        json!({"id": "tight", "isolation": {"level": "container", "memory_mb": 128, "disk_mb": 20}}),
+    )
+    .await;
+    let (status, _, stdout, stderr) = run(
+        &s,
+        &token,
+        "tight",
+        &["setsid sleep 307 </dev/null >/dev/null 2>&1 & echo mark > /tmp/mark; echo kept > out.txt; pwd"],
+    )
+    .await;
+    assert_eq!(status, TaskStatus::Completed, "{stderr}");
+    let first_dir = stdout.trim().to_owned();
+    let (status, reason, stdout, stderr) = run(
+        &s,
+        &token,
+        "tight",
+        &["for i in $(seq 1 200); do head -c 1048576 /dev/zero > f$i || exit 1; sleep 0.02; done; echo wrote-it-all"],
+    )
+    .await;
+    assert_eq!(
+        (status, reason.as_deref()),
+        (TaskStatus::Failed, Some("disk_quota_exceeded")),
+        "{stdout} {stderr}"
+    );
+    assert!(!stdout.contains("wrote-it-all"));
+    let (status, _, stdout, stderr) = run(
+        &s,
+        &token,
+        "tight",
+        &[&format!(
+            "test -e {first_dir} && echo dir-kept || echo dir-gone; \
+             test -e /tmp/mark && echo tmp-kept || echo tmp-gone; \
+             ps -o args | grep -c '^sleep 307' || true; \
+             du -sk /workspace | cut -f1"
+        )],
+    )
+    .await;
+    assert_eq!(status, TaskStatus::Completed, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(&lines[..3], ["dir-gone", "tmp-gone", "0"], "{stdout}");
+    let used_kib: u64 = lines[3].parse().unwrap();
+    assert!(
+        used_kib < 1024,
+        "the quota-breaking task's files went too: {stdout}"
+    );
+}
+
 /// The `ollama` provider the agents' endpoints route to: a mock that takes
 /// only the fabric's own key, so a call that works came with that key and
 /// not with whatever the agent sent.

@@ -20,6 +20,7 @@ use fabric_core::{AgentId, TaskResult, TaskStatus, reason};
 use fabric_engine::{Completion, Lease};
 use fabric_runtime::confine::Confinement;
 use fabric_runtime::container::ContainerShell;
+use fabric_runtime::quota::DiskQuota;
 use fabric_runtime::sandbox::Sandbox;
 use fabric_runtime::{LogLine, ShellJob, run_shell};
 use tokio::sync::{mpsc, watch};
@@ -61,6 +62,10 @@ pub struct ShellSpec {
     pub kill_grace: Duration,
     /// Environment every task gets from the agent (`OLLAMA_BASE_URL`, proxies).
     pub env: Vec<(String, String)>,
+    /// The agent's `isolation.disk_mb` over its task directories.
+    pub disk_quota: DiskQuota,
+    /// How long a finished task's directory is kept (`--workdir-retention`).
+    pub workdir_retention: Duration,
 }
 
 /// The running shell agent of one session: a `fabric-agent` runner talking
@@ -84,6 +89,11 @@ struct Worker {
     kill: watch::Receiver<bool>,
     env: Vec<(String, String)>,
     in_flight: Arc<AtomicUsize>,
+    disk_quota: DiskQuota,
+    workdir_retention: Duration,
+    /// One task at a time: what a container keeps for all its tasks (`/tmp`)
+    /// can be emptied between them.
+    exclusive: bool,
 }
 
 impl ShellWorkers {
@@ -96,6 +106,8 @@ impl ShellWorkers {
             output_limit,
             kill_grace,
             env,
+            disk_quota,
+            workdir_retention,
         } = spec;
         let (kill, kill_rx) = watch::channel(false);
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -109,6 +121,9 @@ impl ShellWorkers {
             kill: kill_rx,
             env,
             in_flight: Arc::clone(&in_flight),
+            disk_quota,
+            workdir_retention,
+            exclusive: concurrency <= 1,
         });
         let options = RunOptions {
             concurrency: concurrency.max(1),
@@ -279,7 +294,13 @@ fn decided_by(answer: &CheckResponse) -> String {
 /// completed (the session is being killed: the supervisor requeues it).
 async fn run_shell_task(worker: &Worker, ctx: TaskContext) -> Outcome {
     worker.in_flight.fetch_add(1, Ordering::SeqCst);
-    let outcome = run_commands(worker, &ctx).await;
+    let workdir = worker.task_dir(&ctx.task().id);
+    let outcome = run_commands(worker, &ctx, &workdir).await;
+    if outcome.is_some() {
+        // Finished: the result holds what the task said; its files go (a
+        // task that is requeued keeps them for its next attempt).
+        worker.remove_task_dir(workdir).await;
+    }
     worker.in_flight.fetch_sub(1, Ordering::SeqCst);
     // Counted as done by the protocol's `complete`, like any agent's.
     match outcome {
@@ -288,15 +309,56 @@ async fn run_shell_task(worker: &Worker, ctx: TaskContext) -> Outcome {
     }
 }
 
-async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
+impl Worker {
+    /// Where a task's commands run: `<agent's work root>/<task id>`.
+    fn task_dir(&self, id: &fabric_core::TaskId) -> PathBuf {
+        let root = match &self.executor {
+            Executor::Host { work_root, .. } => work_root.as_path(),
+            Executor::Sandbox(sandbox) => sandbox.workdir(),
+            Executor::Container(_) => ContainerShell::workspace(),
+        };
+        root.join(id.to_string())
+    }
+
+    /// Removes a finished task's directory, now or after the retention.
+    async fn remove_task_dir(&self, dir: PathBuf) {
+        let executor = self.executor.clone();
+        let clear_tmp = self.exclusive;
+        let remove = async move {
+            let removed = match &executor {
+                Executor::Host { .. } | Executor::Sandbox(_) => {
+                    match tokio::fs::remove_dir_all(&dir).await {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        other => other,
+                    }
+                }
+                Executor::Container(shell) => shell.remove_task_dir(&dir, clear_tmp).await,
+            };
+            if let Err(e) = removed {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a finished task's directory");
+            }
+        };
+        if self.workdir_retention.is_zero() {
+            remove.await;
+        } else {
+            let retention = self.workdir_retention;
+            tokio::spawn(async move {
+                tokio::time::sleep(retention).await;
+                remove.await;
+            });
+        }
+    }
+}
+
+async fn run_commands(
+    worker: &Worker,
+    ctx: &TaskContext,
+    workdir: &std::path::Path,
+) -> Option<Outcome> {
     let service = &worker.service;
     let task = ctx.task().clone();
     let (id, epoch) = (task.id, ctx.epoch());
-    let workdir = match &worker.executor {
-        Executor::Host { work_root, .. } => work_root.join(id.to_string()),
-        Executor::Sandbox(sandbox) => sandbox.workdir().join(id.to_string()),
-        Executor::Container(_) => ContainerShell::workspace().join(id.to_string()),
-    };
+    let workdir = workdir.to_path_buf();
     let mut env: Vec<(String, String)> = task.input.env.into_iter().collect();
     // The agent's own (proxy, inference endpoint) win over the request's.
     env.extend(worker.env.iter().cloned());
@@ -337,7 +399,9 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
     }
     let mut kill = worker.kill.clone();
     let lost = ctx.clone();
-    let cancel = async move {
+    // Set when the task is stopped for the agent's disk quota: bytes used then.
+    let over_quota = std::sync::OnceLock::new();
+    let cancel = async {
         let tracked = async {
             // A dropped sender means "no longer tracked", not "stop".
             if stop.await.is_err() {
@@ -348,6 +412,9 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
             () = tracked => {}
             () = lost.cancelled() => {}
             _ = kill.wait_for(|k| *k) => {}
+            used = worker.disk_quota.exceeded() => {
+                let _ = over_quota.set(used);
+            }
         }
     };
     let (log_tx, mut log_rx) = mpsc::channel::<LogLine>(4096);
@@ -380,6 +447,22 @@ async fn run_commands(worker: &Worker, ctx: &TaskContext) -> Option<Outcome> {
     let _ = forwarder.await;
 
     match outcome {
+        Ok(outcome) if outcome.canceled && over_quota.get().is_some() => {
+            let used = over_quota.get().copied().unwrap_or_default();
+            let limit = worker.disk_quota.limit_bytes();
+            tracing::info!(task_id = %id, agent_id = %worker.agent, used, limit, "task stopped: disk quota exceeded");
+            let mut result = TaskResult::from(outcome);
+            result.error = Some(format!(
+                "disk_quota_exceeded: the agent's task directories use {} MiB, over its disk quota of {} MiB; \
+                 write less, or give the agent more (isolation.disk_mb, agent spawn --disk-mb)",
+                used.div_ceil(1 << 20),
+                limit >> 20
+            ));
+            Some(Outcome::Failed {
+                result,
+                reason: Some(reason::DISK_QUOTA_EXCEEDED.into()),
+            })
+        }
         Ok(outcome) if outcome.canceled => {
             tracing::info!(task_id = %id, "task stopped");
             if *worker.kill.borrow() {

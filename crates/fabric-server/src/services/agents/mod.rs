@@ -147,6 +147,8 @@ pub struct ManagerConfig {
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.
     pub kill_grace: Duration,
+    /// How long a finished shell task's working directory is kept.
+    pub workdir_retention: Duration,
     /// Isolation `container`: Docker, images, sockets.
     pub containers: ContainerConfig,
     /// Value of the owner label on this server's containers and volumes (see

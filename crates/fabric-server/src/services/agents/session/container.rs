@@ -3,6 +3,7 @@
 //! built-in shell's workers (which run each task's commands in it) or the
 //! container's own program.
 
+use fabric_runtime::quota::{DiskMeter, DiskQuota};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,6 +211,10 @@ fn start_shell(
         pair.container.pid,
         kill_grace,
     );
+    let disk_quota = DiskQuota::new(
+        DiskMeter::Container(shell.clone()),
+        launch.config.isolation.disk_mb,
+    );
     let spec = ShellSpec {
         agent: launch.agent().clone(),
         concurrency: launch.config.concurrency as usize,
@@ -217,6 +222,8 @@ fn start_shell(
         output_limit: launch.inner.config.shell_output_limit,
         kill_grace,
         env,
+        disk_quota,
+        workdir_retention: launch.inner.config.workdir_retention,
     };
     launch.start_workers(spec, secret)
 }

@@ -1,6 +1,7 @@
 //! Isolation `none`: the agent's program, or the built-in shell's commands,
 //! as host processes in a working dir of the session's own.
 
+use fabric_runtime::quota::{DiskMeter, DiskQuota};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,6 +95,11 @@ impl HostSession {
                 output_limit: inner.config.shell_output_limit,
                 kill_grace: inner.config.kill_grace,
                 env: agent_env(env, None),
+                disk_quota: DiskQuota::new(
+                    DiskMeter::Host(workdir.clone()),
+                    config.isolation.disk_mb,
+                ),
+                workdir_retention: inner.config.workdir_retention,
             };
             HostRun::Shell(launch.start_workers(spec, secret)?)
         } else {

@@ -2,6 +2,7 @@
 //! commands, inside a [`Sandbox`], with the fabric's listeners bound inside
 //! its network namespace.
 
+use fabric_runtime::quota::{DiskMeter, DiskQuota};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +110,11 @@ impl SandboxSession {
                 output_limit: inner.config.shell_output_limit,
                 kill_grace: inner.config.kill_grace,
                 env: agent_env(env, None),
+                disk_quota: DiskQuota::new(
+                    DiskMeter::Host(sandbox.workdir().to_path_buf()),
+                    config.isolation.disk_mb,
+                ),
+                workdir_retention: inner.config.workdir_retention,
             };
             SandboxRun::Shell(launch.start_workers(spec, secret)?)
         } else {
