@@ -593,6 +593,10 @@ pub(crate) fn confine_main(args: &[OsString]) -> ! {
     let Some((program, program_args)) = command.split_first() else {
         fail("no command after --".to_owned())
     };
+    if task.is_some() {
+        // A task's command: nothing it starts may outlive it.
+        keep_task().unwrap_or_else(|e| fail(format!("cannot watch over the command: {e}")));
+    }
     let confinement = Confinement::new(&config, &session).unwrap_or_else(|e| fail(e.to_string()));
     let layer = task
         .as_deref()
@@ -611,6 +615,47 @@ pub(crate) fn confine_main(args: &[OsString]) -> ! {
         "cannot execute {}: {error}",
         program.to_string_lossy()
     ))
+}
+
+/// Signals a task's command is stopped with; its keeper ignores them, so the
+/// command's own end decides the status.
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+/// Makes the calling process the *keeper* of a task's command: it becomes a
+/// child subreaper (whatever the command starts and orphans, `setsid` or a
+/// double fork, is re-parented to it rather than to init), forks, and
+/// returns in the child, which goes on to confine itself and become the
+/// command. The keeper waits for the command, then SIGKILLs every process
+/// left below it, round after round until none is left, and ends the way the
+/// command did. It stays in the command's process group and ignores the
+/// stop signals, so the fabric's SIGTERM reaches the command and the
+/// command's end decides the status; a SIGKILL of the group (the grace ran
+/// out) ends the keeper too, and what left the group then outlives it.
+fn keep_task() -> io::Result<()> {
+    sys::set_child_subreaper()?;
+    let Some(command) = sys::fork()? else {
+        return Ok(());
+    };
+    sys::ignore_signals(&STOP_SIGNALS);
+    let mut status = None;
+    loop {
+        match sys::waitpid(-1, 0) {
+            Ok(Some((pid, code))) if pid == command => {
+                status = Some(code);
+                // Whatever is left below us ends with the command.
+                sys::kill_children();
+            }
+            Ok(_) => {
+                if status.is_some() {
+                    sys::kill_children();
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            // ECHILD: nothing is left below us.
+            Err(_) => break,
+        }
+    }
+    sys::exit_like(status.unwrap_or(libc::SIGKILL))
 }
 
 /// The locks, on the calling (single-threaded) process: what the `pre_exec`

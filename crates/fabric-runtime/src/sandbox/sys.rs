@@ -400,6 +400,29 @@ pub(crate) fn reset_signals(handled: &[libc::c_int]) {
     }
 }
 
+/// `PR_SET_CHILD_SUBREAPER`: orphaned descendants are re-parented to the caller.
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: integers only.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
+}
+
+/// SIGKILLs every child of the calling process (`/proc/self/task/*/children`).
+/// Their own children are re-parented to a subreaper caller as they die, so
+/// calling this after each reap empties the whole tree.
+pub(crate) fn kill_children() {
+    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for thread in threads.flatten() {
+        let Ok(children) = std::fs::read_to_string(thread.path().join("children")) else {
+            continue;
+        };
+        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let _ = kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
 /// Ignores these signals (`SIG_IGN`, kept across `fork`, reset by [`reset_signals`]).
 pub(crate) fn ignore_signals(signals: &[libc::c_int]) {
     // SAFETY: setting a disposition takes no memory of ours.

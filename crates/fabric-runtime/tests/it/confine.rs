@@ -135,3 +135,47 @@ fn unavailable_confinement_says_what_to_do() {
     assert!(text.contains("no Landlock"), "{text}");
     assert!(text.contains("as_fabric_user"), "{text}");
 }
+
+/// Issue #16, item 2 at level `none`: what a task's command starts ends with
+/// it, even a process that left its process group (`setsid`, double fork),
+/// and the command's own status still comes through the keeper.
+#[tokio::test]
+async fn nothing_a_confined_command_starts_outlives_it() {
+    let session = tempfile::tempdir().unwrap();
+    let Some(confinement) = confinement(session.path(), true) else {
+        return;
+    };
+    let task = session.path().join("t1");
+    // A duration no other process sleeps, to find them by.
+    let marker = format!("sleep 300.{}", std::process::id());
+    let outcome = run(
+        &confinement,
+        &task,
+        &format!(
+            "setsid {marker} </dev/null >/dev/null 2>&1 & \
+             (setsid sh -c '{marker} & {marker}' </dev/null >/dev/null 2>&1 &); \
+             sleep 0.2; pgrep -c -f '^{marker}'; exit 3"
+        ),
+    )
+    .await;
+    assert_eq!(outcome.exit_code, Some(3), "{outcome:?}");
+    assert_eq!(outcome.stdout, "3\n", "all three ran: {outcome:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        if left.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "escaped processes outlived their command: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let outcome = run(&confinement, &task, "kill -TERM $$").await;
+    assert_eq!(outcome.signal, Some(libc::SIGTERM), "{outcome:?}");
+}
