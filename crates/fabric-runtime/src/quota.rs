@@ -37,7 +37,7 @@ pub enum DiskMeter {
     Host(PathBuf),
     /// The container's workspace volume (level `container`).
     #[cfg(feature = "docker")]
-    Container(ContainerShell),
+    Container(Box<ContainerShell>),
 }
 
 /// An agent's disk quota and how to measure it.

@@ -212,7 +212,7 @@ fn start_shell(
         kill_grace,
     );
     let disk_quota = DiskQuota::new(
-        DiskMeter::Container(shell.clone()),
+        DiskMeter::Container(Box::new(shell.clone())),
         launch.config.isolation.disk_mb,
     );
     let spec = ShellSpec {
