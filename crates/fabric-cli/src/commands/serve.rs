@@ -109,7 +109,7 @@ pub struct ServeArgs {
     /// How long a finished task's working directory is kept before it is
     /// removed (its result stays in the store); 0s removes it at once (e.g. 1h)
     #[arg(long, env = "FABRIC_WORKDIR_RETENTION", value_name = "DURATION", default_value = "0s",
-          value_parser = crate::commands::task::parse_duration)]
+          value_parser = crate::commands::task::parse_duration_or_zero)]
     pub workdir_retention: std::time::Duration,
 
     /// Most tasks that may wait for one agent; beyond it creating a task answers 429

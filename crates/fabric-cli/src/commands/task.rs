@@ -615,6 +615,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| invalid())
 }
 
+/// [`parse_duration`] that also takes zero (`0`, `0s`): for settings where
+/// zero means "not at all" (`serve --workdir-retention 0s`: remove at once).
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    let zero = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if zero.parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
 /// `KEY=VALUE` for `--env`.
 fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -626,6 +638,17 @@ fn parse_env_pair(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_is_a_duration_where_it_may_be() {
+        for zero in ["0", "0s", " 0ms ", "0.0h"] {
+            assert_eq!(parse_duration_or_zero(zero), Ok(Duration::ZERO), "{zero}");
+        }
+        assert_eq!(parse_duration_or_zero("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration_or_zero("-1s").is_err());
+        assert!(parse_duration_or_zero("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
 
     #[test]
     fn durations_parse() {

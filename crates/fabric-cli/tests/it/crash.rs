@@ -189,6 +189,107 @@ async fn kill_9_of_the_leader_mid_load_the_standby_takes_over_and_loses_nothing(
     kill_9_mid_load(&redis.url(), Successor::Standby).await;
 }
 
+/// Issue #16's chaos test: the server is SIGKILLed three times (and
+/// restarted on the same data dir each time) while 16 clients submit 2,000
+/// tasks, each client retrying a submission with the same idempotency key
+/// until the server acknowledges it: every task completes, none exists
+/// twice, each has one recorded completion, and a task ran more than once
+/// only if a kill interrupted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_three_times_under_retrying_clients_loses_nothing_and_completes_each_once() {
+    const KILLS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let exec_log = Arc::new(dir.path().join("executions.log"));
+    let server_log = dir.path().join("server.log");
+    let port = super::free_port();
+    let base = Arc::new(format!("http://127.0.0.1:{port}"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut server = spawn_server(&data_dir, port, &server_log, "sqlite", &[]);
+    wait_ready(&client, &base).await;
+    let token = Arc::new(login(&client, &base).await);
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(HashMap::<usize, String>::new()));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let mut submitters = Vec::new();
+    for _ in 0..SUBMITTERS {
+        let (client, base, token, exec_log, next, acked, retries) = (
+            client.clone(),
+            Arc::clone(&base),
+            Arc::clone(&token),
+            Arc::clone(&exec_log),
+            Arc::clone(&next),
+            Arc::clone(&acked),
+            Arc::clone(&retries),
+        );
+        submitters.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= TASKS {
+                    return;
+                }
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let id = loop {
+                    if let Some(id) = submit(&client, &base, &token, &exec_log, i).await {
+                        break id;
+                    }
+                    assert!(Instant::now() < deadline, "task {i} was never acknowledged");
+                    retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                acked.lock().await.insert(i, id);
+            }
+        }));
+    }
+    // Kill when a quarter, half and three quarters are acknowledged.
+    let mut executed_at_kills = Vec::new();
+    for kill in 1..=KILLS {
+        let threshold = TASKS * kill / (KILLS + 1);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acked.lock().await.len() < threshold {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {TASKS} acknowledged before kill {kill}",
+                acked.lock().await.len()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        server.kill().unwrap(); // SIGKILL
+        server.wait().unwrap();
+        executed_at_kills.push(executions(&exec_log).values().sum::<usize>());
+        server = spawn_server(&data_dir, port, &server_log, "sqlite", &[]);
+        wait_ready(&client, &base).await;
+    }
+    for s in submitters {
+        s.await.unwrap();
+    }
+    let acked = acked.lock().await.clone();
+    assert_eq!(acked.len(), TASKS);
+    assert!(
+        retries.load(Ordering::Relaxed) > 0,
+        "the kills must have interrupted submissions"
+    );
+    let reran =
+        assert_each_ran_and_completed_once(&client, &base, &token, &acked, &exec_log, 1 + KILLS)
+            .await;
+    assert!(
+        reran.len() <= SHELL_CONCURRENCY * KILLS,
+        "{} tasks re-ran; at most {SHELL_CONCURRENCY} were running at each of {KILLS} kills",
+        reran.len()
+    );
+    eprintln!(
+        "chaos test: {KILLS} kills, executions at each {executed_at_kills:?}, {} submission retries, {} re-ran",
+        retries.load(Ordering::Relaxed),
+        reran.len()
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
 async fn kill_9_mid_load(store: &str, successor: Successor) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
@@ -307,114 +408,13 @@ async fn kill_9_mid_load(store: &str, successor: Successor) {
     let acked = acked.lock().await.clone();
     assert_eq!(acked.len(), TASKS);
 
-    // Every acknowledged task completes.
-    let mut remaining: HashSet<&String> = acked.values().collect();
-    let mut finals: HashMap<String, Value> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !remaining.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} tasks never completed",
-            remaining.len()
-        );
-        let mut done = Vec::new();
-        for id in remaining.iter().take(200) {
-            let task: Value = client
-                .get(format!("{base}/v1/tasks/{id}"))
-                .bearer_auth(&*token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            match task["status"].as_str() {
-                Some("completed") => {
-                    done.push(*id);
-                    finals.insert((*id).clone(), task);
-                }
-                Some("queued" | "running" | "pending") => {}
-                other => panic!("task {id} ended {other:?}: {task}"),
-            }
-        }
-        if done.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        for id in done {
-            remaining.remove(id);
-        }
-    }
-
-    // No duplicate tasks: exactly TASKS exist.
-    let mut listed = 0;
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/tasks?limit=1000");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: Value = client
-            .get(url)
-            .bearer_auth(&*token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        listed += page["tasks"].as_array().unwrap().len();
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
-    assert_eq!(
-        listed, TASKS,
-        "idempotent resubmission must not duplicate tasks"
-    );
-
-    // Agent side: everything ran, nothing ran more than twice, and only tasks
-    // the server had recorded as started (attempt ≥ 2 after the restart)
-    // ran twice; at most one per shell worker was running at the crash.
-    let runs = executions(&exec_log);
-    let mut twice = Vec::new();
-    for id in acked.values() {
-        let n = runs.get(id).copied().unwrap_or(0);
-        assert!((1..=2).contains(&n), "task {id} executed {n} times");
-        if n == 2 {
-            twice.push(id);
-            let attempt = finals[id]["attempt"].as_u64().unwrap();
-            assert!(
-                attempt >= 2,
-                "task {id} ran twice but the server never recorded the first run (attempt {attempt})"
-            );
-        }
-    }
+    let twice =
+        assert_each_ran_and_completed_once(&client, &base, &token, &acked, &exec_log, 2).await;
     assert!(
         twice.len() <= SHELL_CONCURRENCY,
         "{} tasks ran twice; at most {SHELL_CONCURRENCY} were running",
         twice.len()
     );
-
-    // Server side: each completion recorded exactly once.
-    for id in acked.values() {
-        let events: Value = client
-            .get(format!("{base}/v1/tasks/{id}/events"))
-            .bearer_auth(&*token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let results = events["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "result")
-            .count();
-        assert_eq!(results, 1, "task {id} has {results} recorded completions");
-    }
     eprintln!(
         "crash test: {acked_before_crash} acknowledged and {executed_before_crash} executed before kill -9; {} re-ran",
         twice.len()
@@ -640,6 +640,125 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
     );
     stop_gracefully(&mut server);
     assert!(host_pids().is_empty(), "a clean stop stops the host agent");
+}
+
+/// Every acknowledged task (`acked`: submission index → task id) completes;
+/// exactly `TASKS` tasks exist (idempotent resubmissions made no
+/// duplicates); each has exactly one recorded completion; each ran between
+/// once and `max_runs` times by the agent-side log, and more than once only
+/// if the server recorded the earlier runs. Returns the tasks that re-ran.
+async fn assert_each_ran_and_completed_once(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    acked: &HashMap<usize, String>,
+    exec_log: &Path,
+    max_runs: usize,
+) -> Vec<String> {
+    // Every acknowledged task completes.
+    let mut remaining: HashSet<&String> = acked.values().collect();
+    let mut finals: HashMap<String, Value> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !remaining.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks never completed",
+            remaining.len()
+        );
+        let mut done = Vec::new();
+        for id in remaining.iter().take(200) {
+            let task: Value = client
+                .get(format!("{base}/v1/tasks/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match task["status"].as_str() {
+                Some("completed") => {
+                    done.push(*id);
+                    finals.insert((*id).clone(), task);
+                }
+                Some("queued" | "running" | "pending") => {}
+                other => panic!("task {id} ended {other:?}: {task}"),
+            }
+        }
+        if done.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for id in done {
+            remaining.remove(id);
+        }
+    }
+
+    // No duplicate tasks: exactly TASKS exist.
+    let mut listed = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/tasks?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed += page["tasks"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        listed, TASKS,
+        "idempotent resubmission must not duplicate tasks"
+    );
+
+    // Agent side: everything ran, at most `max_runs` times, and only tasks
+    // the server had recorded as started (attempt ≥ 2 after a restart) ran
+    // more than once.
+    let runs = executions(exec_log);
+    let mut reran = Vec::new();
+    for id in acked.values() {
+        let n = runs.get(id).copied().unwrap_or(0);
+        assert!((1..=max_runs).contains(&n), "task {id} executed {n} times");
+        if n >= 2 {
+            reran.push(id.clone());
+            let attempt = finals[id]["attempt"].as_u64().unwrap();
+            assert!(
+                attempt >= n as u64,
+                "task {id} ran {n} times but the server recorded {attempt} attempts"
+            );
+        }
+    }
+
+    // Server side: each completion recorded exactly once.
+    for id in acked.values() {
+        let events: Value = client
+            .get(format!("{base}/v1/tasks/{id}/events"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let results = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "result")
+            .count();
+        assert_eq!(results, 1, "task {id} has {results} recorded completions");
+    }
+    reran
 }
 
 /// SIGTERM and wait: a clean stop removes the agent's sandbox.
