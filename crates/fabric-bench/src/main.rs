@@ -52,6 +52,7 @@ mod http;
 mod instances;
 mod policy;
 mod rss;
+mod sandbox_tasks;
 mod sched;
 mod server;
 mod stats;
@@ -97,6 +98,8 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// /healthz latency and server RSS before, during and after an idle-connection flood
     Flood(flood::FloodArgs),
+    /// Sandboxed task latency and throughput with and without per-task namespaces (root)
+    SandboxTasks(sandbox_tasks::SandboxTasksArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -127,6 +130,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Budgets(args) => budgets::run(args),
         Command::Policy(args) => policy::run(args),
         Command::Flood(args) => block_on(cli.client_threads, flood::run(args)),
+        Command::SandboxTasks(args) => block_on(cli.client_threads, sandbox_tasks::run(args)),
     }
 }
 

@@ -437,6 +437,9 @@ pub struct Sandbox {
     holder_pid: libc::pid_t,
     holder: Mutex<Option<Child>>,
     destroyed: AtomicBool,
+    /// Commands of `run_shell` without their own namespaces: only ever set
+    /// by [`Sandbox::benchmark_without_task_scopes`].
+    unscoped: AtomicBool,
 }
 
 impl fmt::Debug for Sandbox {
@@ -581,6 +584,7 @@ impl Sandbox {
                     holder_pid,
                     holder: Mutex::new(Some(holder)),
                     destroyed: AtomicBool::new(false),
+                    unscoped: AtomicBool::new(false),
                 })
             }
             Err(err) => {
@@ -637,6 +641,15 @@ impl Sandbox {
         let mut outcome = child::run_shell_with(job, logs, cancel, self).await?;
         outcome.oom_killed = self.cgroup.oom_kills() > oom_before;
         Ok(outcome)
+    }
+
+    /// Runs this sandbox's shell commands without a pid and mount namespace
+    /// of their own per command, as before tasks were kept apart: for
+    /// `fabric-bench sandbox-tasks` to measure what that costs, side by side.
+    /// Nothing else may call it (what a task leaves would reach the next).
+    #[doc(hidden)]
+    pub fn benchmark_without_task_scopes(&self) {
+        self.unscoped.store(true, Ordering::SeqCst);
     }
 
     /// Starts a long-lived program inside the sandbox (a user agent).
@@ -959,7 +972,7 @@ impl Launcher for Sandbox {
             stderr: SandboxStdio::Piped,
             // Each command in namespaces of its own: nothing it starts outlives
             // it, and it sees neither other tasks' files nor their processes.
-            scope: Some(TaskScope {
+            scope: (!self.unscoped.load(Ordering::Relaxed)).then(|| TaskScope {
                 workdir: self.workdir.clone(),
                 task_dir: workdir.to_path_buf(),
                 tmp: workdir.join(child::workdir::TMP_DIR),
