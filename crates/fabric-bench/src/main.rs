@@ -57,6 +57,7 @@ mod sched;
 mod server;
 mod stats;
 mod takeover;
+mod watchers;
 
 use clap::{Parser, Subcommand};
 
@@ -98,6 +99,8 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// /healthz latency and server RSS before, during and after an idle-connection flood
     Flood(flood::FloodArgs),
+    /// Server memory per WebSocket watcher of a task, and the watchers refused past the caps
+    Watchers(watchers::WatchersArgs),
     /// Sandboxed task latency and throughput with and without per-task namespaces (root)
     SandboxTasks(sandbox_tasks::SandboxTasksArgs),
 }
@@ -130,6 +133,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Budgets(args) => budgets::run(args),
         Command::Policy(args) => policy::run(args),
         Command::Flood(args) => block_on(cli.client_threads, flood::run(args)),
+        Command::Watchers(args) => block_on(cli.client_threads, watchers::run(args)),
         Command::SandboxTasks(args) => block_on(cli.client_threads, sandbox_tasks::run(args)),
     }
 }
