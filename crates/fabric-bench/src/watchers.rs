@@ -70,7 +70,9 @@ pub async fn run(args: &WatchersArgs) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("| build | watchers accepted | refused | RSS before (MB) | with watchers (MB) | after (MB) | KB per watcher |");
+    println!(
+        "| build | watchers accepted | refused | RSS before (MB) | with watchers (MB) | after (MB) | KB per watcher |"
+    );
     println!("|---|--:|--:|--:|--:|--:|--:|");
     for (name, _, runs) in &builds {
         let med = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
@@ -157,4 +159,3 @@ async fn once(args: &WatchersArgs, binary: &std::path::Path) -> anyhow::Result<R
 async fn settle() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
-

@@ -74,6 +74,17 @@ impl ApiError {
         }
     }
 
+    pub fn address_throttled(throttled: &crate::services::limits::AddressThrottled) -> Self {
+        Self {
+            retry_after: Some(throttled.retry_after_secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                throttled.to_string(),
+            )
+        }
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }

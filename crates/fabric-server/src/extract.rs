@@ -2,7 +2,7 @@
 //! plain text, and [`Listing`]: the one paging contract of every list endpoint.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -10,6 +10,7 @@ use fabric_core::api::{PAGE_DEFAULT_LIMIT, PAGE_MAX_LIMIT};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::response::Response;
@@ -276,10 +277,30 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let secret = bearer(parts).ok_or_else(|| {
-            ApiError::unauthorized("missing bearer token: log in with 'reactor-fabric auth login' or send 'Authorization: Bearer <token>'")
-        })?;
-        let principal = state.auth.authenticate(&secret).await?;
+        let authenticated = match bearer(parts) {
+            Some(secret) => state
+                .auth
+                .authenticate(&secret)
+                .await
+                .map_err(ApiError::from),
+            None => Err(ApiError::unauthorized(
+                "missing bearer token: log in with 'reactor-fabric auth login' or send 'Authorization: Bearer <token>'",
+            )),
+        };
+        let principal = match authenticated {
+            Ok(principal) => principal,
+            Err(refused) => {
+                // Guessing tokens, or flooding without any, is held to a rate per address.
+                if refused.status == StatusCode::UNAUTHORIZED
+                    && let Some(ConnectInfo(client)) =
+                        parts.extensions.get::<ConnectInfo<SocketAddr>>()
+                    && let Err(throttled) = state.limits.unauthenticated(client.ip())
+                {
+                    return Err(ApiError::address_throttled(&throttled));
+                }
+                return Err(refused);
+            }
+        };
         if principal.kind == TokenKind::Agent && !agent_may_use(parts.uri.path()) {
             return Err(ApiError::forbidden(
                 "an agent token works only on the agent protocol (/v1/agent/...), the inference API, its own budget and usage, and /v1/auth/whoami (docs/AGENT_PROTOCOL.md)",

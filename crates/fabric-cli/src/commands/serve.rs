@@ -189,6 +189,15 @@ pub struct ServeArgs {
     )]
     pub rate_limit_rps: u32,
 
+    /// Requests without valid credentials per second per client address, in bursts of 10 seconds' worth (429 beyond); 0: no limit
+    #[arg(
+        long,
+        env = "FABRIC_UNAUTHENTICATED_RPS",
+        value_name = "N",
+        default_value_t = fabric_server::services::limits::DEFAULT_UNAUTHENTICATED_PER_SECOND
+    )]
+    pub unauthenticated_rps: u32,
+
     /// LLM tokens (prompt + completion) per minute per user through the gateway (429 beyond) [default: no limit]
     #[arg(long, env = "FABRIC_LLM_TPM", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub llm_tokens_per_minute: Option<u64>,
@@ -278,6 +287,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         limits: fabric_server::services::limits::LimitsConfig {
             requests_per_second: args.rate_limit_rps,
             llm_tokens_per_minute: args.llm_tokens_per_minute,
+            unauthenticated_per_second: args.unauthenticated_rps,
         },
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()

@@ -21,16 +21,30 @@ pub struct LimitsConfig {
     pub requests_per_second: u32,
     /// LLM tokens (prompt + completion) per minute per user; `None`: off.
     pub llm_tokens_per_minute: Option<u64>,
+    /// Requests without valid credentials (no token, an unknown, expired or
+    /// revoked one) per second per client address, in bursts of
+    /// [`UNAUTHENTICATED_BURST_SECONDS`]' worth; 0: off.
+    pub unauthenticated_per_second: u32,
 }
 
 /// The server default for `requests_per_second`.
 pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 50;
+/// The server default for `unauthenticated_per_second`.
+pub const DEFAULT_UNAUTHENTICATED_PER_SECOND: u32 = 10;
+/// An address's allowance of unauthenticated requests holds this many
+/// seconds' worth: a client that mistypes its token a few times is not
+/// refused, one that guesses tokens is held to the rate.
+pub const UNAUTHENTICATED_BURST_SECONDS: u32 = 10;
+/// Addresses whose unauthenticated requests are tracked at once; past it,
+/// those whose allowance is whole again are forgotten first.
+const MAX_TRACKED_ADDRESSES: usize = 65_536;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             llm_tokens_per_minute: None,
+            unauthenticated_per_second: DEFAULT_UNAUTHENTICATED_PER_SECOND,
         }
     }
 }
@@ -62,6 +76,31 @@ pub struct Throttled {
     pub quota: Quota,
     /// Seconds until one more request is allowed (`Retry-After`).
     pub retry_after_secs: u64,
+}
+
+/// Too many requests without valid credentials from one address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "too many requests without valid credentials from {address} (at most {per_second} per second); retry in {retry_after_secs} s with a valid token"
+)]
+pub struct AddressThrottled {
+    pub address: std::net::IpAddr,
+    pub per_second: u32,
+    pub retry_after_secs: u64,
+}
+
+/// An address's allowance of unauthenticated requests: `tokens` of at most
+/// `rate × UNAUTHENTICATED_BURST_SECONDS`, refilled at `rate` per second.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Allowance {
+    fn refilled(&self, rate: f64, burst: f64, now: Instant) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst)
+    }
 }
 
 /// A token bucket: `capacity` requests, refilled at `capacity` per second.
@@ -120,6 +159,7 @@ pub struct RateLimits {
     buckets: Mutex<HashMap<String, Bucket>>,
     windows: Mutex<HashMap<String, Window>>,
     overrides: RwLock<HashMap<String, UserLimits>>,
+    addresses: Mutex<HashMap<std::net::IpAddr, Allowance>>,
 }
 
 impl RateLimits {
@@ -169,6 +209,48 @@ impl RateLimits {
             at: now,
         });
         bucket.take(rps, now).map(Some)
+    }
+
+    /// Counts one request from `address` that came without valid
+    /// credentials; `Err` once the address has used its allowance.
+    pub fn unauthenticated(&self, address: std::net::IpAddr) -> Result<(), AddressThrottled> {
+        let per_second = self.config.unauthenticated_per_second;
+        if per_second == 0 {
+            return Ok(());
+        }
+        let rate = f64::from(per_second);
+        let burst = rate * f64::from(UNAUTHENTICATED_BURST_SECONDS);
+        let now = Instant::now();
+        let mut addresses = self.addresses.lock();
+        if addresses.len() >= MAX_TRACKED_ADDRESSES && !addresses.contains_key(&address) {
+            // A whole allowance is what an unknown address gets anyway.
+            addresses.retain(|_, a| a.refilled(rate, burst, now) < burst);
+            if addresses.len() >= MAX_TRACKED_ADDRESSES {
+                // All of them busy: a flood from many addresses; refuse newcomers
+                // rather than grow without bound.
+                return Err(AddressThrottled {
+                    address,
+                    per_second,
+                    retry_after_secs: 1,
+                });
+            }
+        }
+        let allowance = addresses.entry(address).or_insert(Allowance {
+            tokens: burst,
+            at: now,
+        });
+        allowance.tokens = allowance.refilled(rate, burst, now);
+        allowance.at = now;
+        if allowance.tokens >= 1.0 {
+            allowance.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(AddressThrottled {
+                address,
+                per_second,
+                retry_after_secs: (((1.0 - allowance.tokens) / rate).ceil() as u64).max(1),
+            })
+        }
     }
 
     /// Whether `user` may start an LLM call now: refused once the minute's
@@ -292,10 +374,38 @@ mod tests {
     }
 
     #[test]
+    fn unauthenticated_requests_are_limited_per_address_after_a_burst() {
+        let limits = RateLimits::new(LimitsConfig {
+            unauthenticated_per_second: 2,
+            ..LimitsConfig::default()
+        });
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..2 * UNAUTHENTICATED_BURST_SECONDS {
+            assert!(limits.unauthenticated(a).is_ok());
+        }
+        let refused = limits.unauthenticated(a).unwrap_err();
+        assert_eq!((refused.address, refused.retry_after_secs), (a, 1));
+        assert!(refused.to_string().contains("valid token"), "{refused}");
+        assert!(
+            limits.unauthenticated(b).is_ok(),
+            "each address has its own"
+        );
+        let off = RateLimits::new(LimitsConfig {
+            unauthenticated_per_second: 0,
+            ..LimitsConfig::default()
+        });
+        for _ in 0..1000 {
+            assert!(off.unauthenticated(a).is_ok());
+        }
+    }
+
+    #[test]
     fn users_have_their_own_buckets_and_limits() {
         let limits = RateLimits::new(LimitsConfig {
             requests_per_second: 2,
             llm_tokens_per_minute: Some(100),
+            ..LimitsConfig::default()
         });
         limits.set_user(
             "vip",
@@ -324,6 +434,7 @@ mod tests {
         let off = RateLimits::new(LimitsConfig {
             requests_per_second: 0,
             llm_tokens_per_minute: None,
+            unauthenticated_per_second: 0,
         });
         assert_eq!(off.request("a"), Ok(None));
         off.record_llm("a", u64::MAX);

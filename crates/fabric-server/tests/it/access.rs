@@ -590,6 +590,50 @@ fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.parse().ok()
 }
 
+/// Issue #16: requests without valid credentials are held to a rate per
+/// client address (token guessing, floods without a token): past a burst
+/// of ten seconds' worth they get 429 `rate_limited` with `Retry-After`
+/// instead of 401, while a valid token and `/healthz` are unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthenticated_requests_are_limited_per_address() {
+    let s = TestServer::start_with(|c| c.limits.unauthenticated_per_second = 2).await;
+    let admin = s.login().await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let mut request = client.get(s.url("/v1/tasks"));
+        if i % 2 == 0 {
+            request = request.bearer_auth(format!("rf_guess{i}"));
+        }
+        statuses.push(request.send().await.unwrap());
+    }
+    let codes: Vec<u16> = statuses.iter().map(|r| r.status().as_u16()).collect();
+    assert!(
+        codes[..20].iter().all(|&c| c == 401),
+        "a burst of 20 is answered: {codes:?}"
+    );
+    assert!(
+        codes[20..].iter().all(|&c| c == 429),
+        "then refused: {codes:?}"
+    );
+    let refused = statuses.pop().unwrap();
+    assert!(refused.headers().get("retry-after").is_some());
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(error_code(&body), "rate_limited", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("without valid credentials"),
+        "{body}"
+    );
+    // A caller with a valid token is not affected, nor is the health check.
+    assert_eq!(s.get(&admin, "/v1/tasks").await.0, 200);
+    let health = client.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_over_the_rate_limit_gets_429_then_recovers() {
     let s = TestServer::start_with(|c| c.limits.requests_per_second = 5).await;

@@ -61,6 +61,7 @@ impl TestServer {
             limits: fabric_server::services::limits::LimitsConfig {
                 requests_per_second: 0,
                 llm_tokens_per_minute: None,
+                unauthenticated_per_second: 0,
             },
             ..ServerConfig::default()
         };
