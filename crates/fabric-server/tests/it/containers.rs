@@ -7,7 +7,7 @@
 //! [`DockerGuard`] removes whatever carries that label when the test ends,
 //! even when it fails (the server is dropped without its graceful stop).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -392,6 +392,88 @@ async fn container_disk_quota_fails_the_task_and_nothing_of_a_task_stays() {
         used_kib < 1024,
         "the quota-breaking task's files went too: {stdout}"
     );
+}
+
+/// Issue #16, item 11: a container agent's sidecar sockets (its model and
+/// egress) are reachable by the fabric and that agent's sidecar only, not by
+/// any host process running as `nobody` (the uid the sidecar runs as), even
+/// when the data directory had been made world-readable before the server
+/// started: the server makes it private, and the sockets lie below it.
+#[tokio::test]
+async fn sidecar_sockets_are_not_reachable_by_other_host_users() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let data_dir = parent.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    for dir in [parent.path(), data_dir.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let binary = reactor_fabric();
+    let s = TestServer::start_in(data_dir.clone(), |c| {
+        c.containers.proxy_binary = Some(binary)
+    })
+    .await;
+    let _guard = DockerGuard {
+        owner: fabric_server::container_owner(&s.data_dir, None),
+    };
+    let mode = std::fs::metadata(&data_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the data directory was made private");
+    let token = s.login().await;
+    s.spawn_agent(
+        &token,
+        json!({"id": "sc", "isolation": {"level": "container", "memory_mb": 64}}),
+    )
+    .await;
+    s.wait_agent(&token, "sc", |a| a["state"] == "running")
+        .await;
+    let sockets: Vec<PathBuf> = std::fs::read_dir(data_dir.join("agents"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("s-"))
+        .flat_map(|e| {
+            std::fs::read_dir(e.path())
+                .unwrap()
+                .flatten()
+                .map(|f| f.path())
+        })
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert!(!sockets.is_empty(), "the agent has sidecar sockets");
+    let connect = |path: &Path, as_nobody: bool| {
+        let script =
+            "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])";
+        let mut command = if as_nobody {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+            ]);
+            c
+        } else {
+            std::process::Command::new("/usr/bin/python3")
+        };
+        let out = command.args(["-c", script]).arg(path).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for socket in &sockets {
+        let (ok, stderr) = connect(socket, true);
+        assert!(!ok, "nobody reached {}", socket.display());
+        assert!(stderr.contains("PermissionError"), "{stderr}");
+    }
+    // The sockets are live: the fabric's own user reaches them.
+    let inference = sockets
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "inference.sock"))
+        .expect("an inference socket");
+    assert_eq!(connect(inference, false), (true, String::new()));
+    s.stop().await;
 }
 
 /// The `ollama` provider the agents' endpoints route to: a mock that takes
