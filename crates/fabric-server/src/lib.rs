@@ -41,6 +41,7 @@ pub mod events;
 mod extract;
 pub mod leader;
 pub mod listen;
+mod protocol_errors;
 /// The metric registry and families (from `fabric-telemetry`).
 pub use fabric_telemetry::metrics;
 pub mod proxy;

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::error::ApiError;
+use crate::protocol_errors::{Answering, JsonErrors};
 
 /// Limits of the API listener (`serve --max-connections`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,12 +154,18 @@ async fn serve_connection(
     mut closed: watch::Receiver<bool>,
 ) {
     let _slots = slots;
+    let answering = Answering::default();
+    let tracked = answering.clone();
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let mut request: Request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
             let app = app.clone();
-            async move { Ok::<Response, Infallible>(app.oneshot(request).await.into_response()) }
+            let tracked = tracked.clone();
+            async move {
+                let response = app.oneshot(request).await.into_response();
+                Ok::<Response, Infallible>(tracked.track(response))
+            }
         });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -166,7 +173,7 @@ async fn serve_connection(
         .header_read_timeout(header_timeout)
         .keep_alive(true);
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(JsonErrors::new(stream, answering)), service)
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {

@@ -19,7 +19,7 @@ pub fn current() -> String {
         .unwrap_or_else(|_| "-".to_owned())
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     format!("req_{:016x}", rand::random::<u64>())
 }
 

@@ -956,6 +956,69 @@ async fn task_streams_are_capped_per_token_and_per_task() {
     s.stop().await;
 }
 
+/// Issue #16, item 8: requests hyper refuses before the router sees them
+/// (malformed, too-long URI, too-large headers, an unknown version) get the
+/// JSON error shape too, with the right status, and the server goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_errors_have_the_json_error_shape() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = TestServer::start().await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let long_path = "a".repeat(70_000);
+    let big_header = "b".repeat(500_000);
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"GARBAGE\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("GET /{long_path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big_header}\r\n\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            b"GET /healthz HTTP/3.0\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // The server may answer (and close) before it has read everything.
+        let _ = stream.write_all(&request).await;
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{code}: {}",
+            &text[..text.len().min(200)]
+        );
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{text}"
+        );
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(error_code(&body), code, "{body}");
+    }
+    // Ordinary answers are untouched, on a fresh connection and after the errors.
+    let ok = reqwest::get(s.url("/healthz")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let (status, body) = s.get("no-such-token", "/v1/tasks").await;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+    s.stop().await;
+}
+
 /// Issue #16 item 1: idle, half-sent and idle keep-alive connections are
 /// closed after the header timeout; past the connection cap, a reserve still
 /// answers /healthz (others get 503 `server_busy`), and one address cannot
