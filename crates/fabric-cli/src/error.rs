@@ -49,11 +49,15 @@ pub enum CliError {
     #[error(transparent)]
     Image(#[from] ImageError),
     /// The task ended, but not well (its result has been printed already).
+    /// The process exits with the task's own exit code when it has one (as
+    /// `docker run` passes its container's through), else 1.
     #[error("task {id} ended {status}{}", detail(status, reason.as_deref()))]
     TaskUnsuccessful {
         id: TaskId,
         status: TaskStatus,
         reason: Option<String>,
+        /// The exit code of the task's last command, if it exited with one.
+        exit_code: Option<i32>,
     },
     /// The task has no result yet and we were not asked to wait.
     #[error("task {id} is {status} and has no result yet: use --wait to wait for it")]
@@ -132,6 +136,10 @@ impl CliError {
             CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
             CliError::Decision(fabric_core::Effect::RequireApproval) => exit::APPROVAL_REQUIRED,
             CliError::Decision(_) => exit::DENIED,
+            CliError::TaskUnsuccessful {
+                exit_code: Some(code),
+                ..
+            } if (1..=255).contains(code) => *code as u8,
             CliError::TaskUnsuccessful { .. }
             | CliError::TaskNotFinished { .. }
             | CliError::WaitTimedOut { .. }
@@ -159,6 +167,21 @@ mod tests {
             message: "boom".into(),
             request_id: None,
         })
+    }
+
+    #[test]
+    fn a_failed_tasks_exit_code_passes_through() {
+        let failed = |exit_code| CliError::TaskUnsuccessful {
+            id: TaskId::new(),
+            status: TaskStatus::Failed,
+            reason: None,
+            exit_code,
+        };
+        assert_eq!(failed(Some(3)).exit_code(), 3);
+        assert_eq!(failed(Some(255)).exit_code(), 255);
+        assert_eq!(failed(None).exit_code(), 1, "canceled, timed out, killed");
+        assert_eq!(failed(Some(0)).exit_code(), 1, "failed all the same");
+        assert_eq!(failed(Some(-1)).exit_code(), 1);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum TaskCommand {
     List(ListArgs),
     /// Cancel a task that has not finished
     Cancel(IdArg),
-    /// Show a task's result (exit 1 if it failed, was canceled or timed out)
+    /// Show a task's result; a task that failed exits with its last command's exit code (1 if it has none: canceled, timed out, killed)
     Result(ResultArgs),
     /// Show a task's log lines and status changes
     Logs(LogsArgs),
@@ -73,6 +73,12 @@ pub struct CreateArgs {
     /// Makes creation safe to retry: the same key returns the same task
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// Wait for the task to finish and print its result; exit with its exit code, as `docker run` does
+    #[arg(long, conflicts_with = "follow")]
+    pub wait: bool,
+    /// Stream the task's log lines as they come, then print its result; exit with its exit code
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,7 +130,7 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<(), CliError> {
         TaskCommand::Get(args) => get(ctx, args.id).await,
         TaskCommand::List(args) => list(ctx, args).await,
         TaskCommand::Cancel(args) => cancel(ctx, args.id).await,
-        TaskCommand::Result(args) => result(ctx, args).await,
+        TaskCommand::Result(args) => result(ctx, args, true).await,
         TaskCommand::Logs(args) if args.follow => follow(ctx, args.id).await,
         TaskCommand::Logs(args) => logs(ctx, args.id).await,
     }
@@ -149,6 +155,20 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
     let task = client
         .create_task(&request, args.idempotency_key.as_deref())
         .await?;
+    if args.wait || args.follow {
+        // Like `docker run`: stdout is the task's; the id goes to stderr.
+        eprintln!("created task {} (agent {})", task.id, task.agent_id);
+        if args.follow && !ctx.output.is_json() {
+            // Its exit is decided by the result below, which says it in full.
+            let _ = follow(ctx, task.id).await;
+        }
+        let wait = ResultArgs {
+            id: task.id,
+            wait: true,
+            timeout: None,
+        };
+        return result(ctx, wait, !args.follow).await;
+    }
     if ctx.output.is_json() {
         return print_json(&task);
     }
@@ -314,7 +334,9 @@ async fn cancel(ctx: &Ctx, id: TaskId) -> Result<(), CliError> {
     }
 }
 
-async fn result(ctx: &Ctx, args: ResultArgs) -> Result<(), CliError> {
+/// `task result`; `with_output`: print the task's stdout and stderr too
+/// (after `--follow` has streamed them already, only the status lines).
+async fn result(ctx: &Ctx, args: ResultArgs, with_output: bool) -> Result<(), CliError> {
     let client = ctx.authed_client()?;
     let started = Instant::now();
     let mut delay = POLL_MIN;
@@ -356,6 +378,8 @@ async fn result(ctx: &Ctx, args: ResultArgs) -> Result<(), CliError> {
             if let Some(output) = &result.output {
                 text.push_str(&format!("output={output}\n"));
             }
+        }
+        if let Some(result) = view.result.as_ref().filter(|_| with_output) {
             push_block(&mut text, &result.stdout);
             if result.stdout_truncated {
                 text.push_str("[stdout truncated]\n");
@@ -377,6 +401,7 @@ async fn result(ctx: &Ctx, args: ResultArgs) -> Result<(), CliError> {
             id: view.id,
             status,
             reason: view.reason.clone(),
+            exit_code: view.result.as_ref().and_then(|r| r.exit_code),
         }),
         status => Err(CliError::TaskNotFinished {
             id: view.id,
@@ -484,6 +509,9 @@ async fn finish_follow(
                     id,
                     status,
                     reason: message.or_else(|| payload_str(&m.payload, "reason")),
+                    exit_code: m.payload["result"]["exit_code"]
+                        .as_i64()
+                        .and_then(|c| i32::try_from(c).ok()),
                 }),
                 _ => Err(CliError::Other(anyhow!(
                     "task {id}: {}",

@@ -558,6 +558,104 @@ fn files_and_env_reach_the_task() {
     assert!(has_line(&out, "hi from env"), "{out}");
 }
 
+/// Issue #17: `task create --wait` and `--follow` run a task to its end as
+/// `docker run` does: the task's output on stdout, its exit code as the
+/// command's; `task result` passes a failed task's exit code through too.
+#[test]
+fn create_wait_and_follow_pass_the_tasks_exit_code_through() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let out = fabric
+        .cli()
+        .args([
+            "task",
+            "create",
+            "--wait",
+            "--command",
+            "echo hello; echo oops >&2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        has_line(&stdout, "hello") && has_line(&stdout, "status=completed"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("created task "), "{stderr}");
+
+    let out = fabric
+        .cli()
+        .args([
+            "task",
+            "create",
+            "--wait",
+            "--command",
+            "echo before; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        has_line(&stdout, "exit_code=3") && has_line(&stdout, "before"),
+        "{stdout}"
+    );
+    let id = String::from_utf8(out.stderr).unwrap();
+    let id = id
+        .split_whitespace()
+        .nth(2)
+        .expect("created task ID on stderr")
+        .to_owned();
+    let out = fabric.cli().args(["task", "result", &id]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "task result passes it through: {out:?}"
+    );
+
+    // --follow: the lines as they come (printed once), then the result.
+    let out = fabric
+        .cli()
+        .args([
+            "task",
+            "create",
+            "-f",
+            "--command",
+            "echo one; sleep 0.5; echo two; exit 5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.iter().filter(|l| **l == "one").count(), 1, "{stdout}");
+    assert!(
+        lines.contains(&"two") && lines.contains(&"exit_code=5"),
+        "{stdout}"
+    );
+
+    // JSON: the result view, and the same exit code.
+    let out = fabric
+        .cli()
+        .args([
+            "-o",
+            "json",
+            "task",
+            "create",
+            "--wait",
+            "--command",
+            "exit 4",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["result"]["exit_code"], 4, "{view}");
+}
+
 /// `task logs --follow` streams lines as they come and ends when the task does.
 #[test]
 fn logs_follow_streams_until_the_task_ends() {
@@ -579,18 +677,19 @@ fn logs_follow_streams_until_the_task_ends() {
     let out = stdout_of(fabric.cli().args(["task", "logs", &id]));
     assert!(has_line(&out, "a") && has_line(&out, "b"), "{out}");
 
-    // A task that fails: its lines, then the failure on stderr and exit 1 (as `task result`).
-    let failing = fabric.create_task(&["--prompt", "echo x; exit 2"]);
+    // A task that fails: its lines, then the failure on stderr, and the
+    // task's own exit code (as `task result`, and `docker run`).
+    let failing = fabric.create_task(&["--prompt", "echo x; exit 42"]);
     let out = fabric
         .cli()
         .args(["task", "logs", &failing, "--follow"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(42), "{out:?}");
     assert!(has_line(&String::from_utf8(out.stdout).unwrap(), "x"));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.contains("[error] status=failed exit_code=2"),
+        stderr.contains("[error] status=failed exit_code=42"),
         "{stderr}"
     );
     assert!(
