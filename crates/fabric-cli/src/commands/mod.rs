@@ -4,6 +4,7 @@ pub mod access;
 pub mod agent;
 pub mod auth;
 pub mod budget;
+pub mod completion;
 pub mod image;
 pub mod instance;
 pub mod mock_llm;
@@ -132,6 +133,8 @@ pub enum Command {
     /// Build the images Docker instances run, locally (no registry needed)
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Print a shell completion script (bash, zsh or fish)
+    Completion(completion::CompletionArgs),
 }
 
 /// What every client command gets: where the server is, which token to send, how to print.
@@ -169,6 +172,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         // Neither needs the client config: `version` works with no HOME, `serve` has its own.
         Command::Version => version::run(cli.output),
+        Command::Completion(args) => completion::run(&args),
         Command::Serve(args) => serve::run(*args),
         Command::Proxy(args) => proxy::run(args),
         Command::MockLlm(args) => mock_llm::run(args),
@@ -204,7 +208,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     | Command::Start(_)
                     | Command::Down(_)
                     | Command::List
-                    | Command::Image(_) => Ok(()),
+                    | Command::Image(_)
+                    | Command::Completion(_) => Ok(()),
                 }
             })
         }

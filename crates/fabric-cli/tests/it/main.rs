@@ -770,3 +770,52 @@ fn server_logs_are_json_and_hold_no_secrets() {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 }
+
+/// Issue #17: `completion bash|zsh|fish` prints scripts their shells accept,
+/// and the bash one completes subcommands and flags at every level.
+#[test]
+fn completion_scripts_parse_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = stdout_of(bare_cli(&config).args(["completion", shell]));
+        assert!(
+            script.contains("task") && script.contains("--wait"),
+            "{shell}"
+        );
+        let path = dir.path().join(format!("completion.{shell}"));
+        std::fs::write(&path, &script).unwrap();
+        // zsh and fish check their own where installed; bash is always here.
+        if shell == "bash" || installed(shell) {
+            let status = std::process::Command::new(shell)
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{shell} -n refused the script");
+        }
+    }
+    let bash = dir.path().join("completion.bash");
+    let complete = |words: &str, cword: usize, cur: &str, prev: &str| {
+        let script = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; _reactor__fabric reactor-fabric {cur} {prev}; echo \"${{COMPREPLY[@]}}\"",
+            bash.display()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(complete("reactor-fabric ta", 1, "ta", "reactor-fabric").contains("task"));
+    assert!(complete("reactor-fabric task cr", 2, "cr", "task").contains("create"));
+    assert!(complete("reactor-fabric task create --wa", 3, "--wa", "create").contains("--wait"));
+}
+
+/// Whether `program` is on the `PATH`.
+fn installed(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
