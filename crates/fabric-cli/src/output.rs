@@ -17,12 +17,39 @@ pub enum OutputFormat {
     Human,
     // One document, or one JSON object per line for streams.
     Json,
+    // The JSON documents as YAML (streams: one document each, `---` first).
+    Yaml,
+    // Human, with more columns where a list has more to show.
+    Wide,
 }
 
 impl OutputFormat {
+    /// Whether the output is a document for programs (JSON or YAML), not text for people.
     pub fn is_json(self) -> bool {
-        self == OutputFormat::Json
+        matches!(self, OutputFormat::Json | OutputFormat::Yaml)
     }
+
+    pub fn is_wide(self) -> bool {
+        self == OutputFormat::Wide
+    }
+}
+
+/// The format and `-q` of this run, set once by [`configure`] before any output.
+static FORMAT: std::sync::OnceLock<(OutputFormat, bool)> = std::sync::OnceLock::new();
+
+/// Sets this run's output format and whether lists print only their ids (`-q`).
+pub fn configure(format: OutputFormat, quiet: bool) {
+    let _ = FORMAT.set((format, quiet));
+}
+
+fn format() -> OutputFormat {
+    FORMAT
+        .get()
+        .map_or(OutputFormat::Human, |(format, _)| *format)
+}
+
+fn quiet() -> bool {
+    FORMAT.get().is_some_and(|(_, quiet)| *quiet)
 }
 
 /// Writes one line to stdout.
@@ -54,15 +81,29 @@ macro_rules! outln {
     };
 }
 
-/// Prints `value` as one pretty JSON document.
+/// Prints `value` as one pretty JSON document (a YAML one with `-o yaml`).
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+    if format() == OutputFormat::Yaml {
+        return write_text(&yaml(value)?);
+    }
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Other(e.into()))?;
     write_line(format_args!("{text}"))
 }
 
-/// Prints `value` as one compact JSON line (streams).
+/// `value` as a YAML document.
+fn yaml<T: Serialize + ?Sized>(value: &T) -> Result<String, CliError> {
+    let value = serde_json::to_value(value).map_err(|e| CliError::Other(e.into()))?;
+    Ok(to_yaml(&value))
+}
+
+/// Prints `value` as one compact JSON line (streams; with `-o yaml` one
+/// YAML document each, after a `---`).
 pub fn print_json_line<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string(value).map_err(|e| CliError::Other(e.into()))?;
+    let text = if format() == OutputFormat::Yaml {
+        format!("---\n{}", yaml(value)?.trim_end())
+    } else {
+        serde_json::to_string(value).map_err(|e| CliError::Other(e.into()))?
+    };
     let mut out = std::io::stdout().lock();
     // Followers of a stream read line by line; do not let lines sit in a buffer.
     writeln!(out, "{text}")
@@ -92,7 +133,15 @@ pub fn plain(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// Lays out rows under a header, columns padded to their widest cell; the last column is not padded.
 /// Control characters in cells are escaped ([`plain`]).
+/// With `-q`, only the first column (the id or name), without the header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    if quiet() {
+        return rows
+            .iter()
+            .filter_map(|row| row.first())
+            .map(|id| format!("{}\n", plain(id)))
+            .collect();
+    }
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|row| row.iter().map(|cell| plain(cell).into_owned()).collect())
@@ -122,6 +171,119 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         text.push('\n');
     }
     text
+}
+
+/// A JSON value as YAML (block style; strings plain where YAML reads them
+/// back as the same string, double-quoted with JSON's escapes otherwise,
+/// which YAML reads the same way).
+pub fn to_yaml(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_yaml(&mut out, value, 0);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+fn write_yaml(out: &mut String, value: &serde_json::Value, indent: usize) {
+    use serde_json::Value;
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            // The caller has put the cursor where the first key goes; the
+            // others start their own lines at `indent`.
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&pad);
+                }
+                out.push_str(&yaml_scalar_string(key));
+                out.push(':');
+                write_yaml_child(out, item, indent);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&pad);
+                }
+                out.push_str("- ");
+                match item {
+                    Value::Object(map) if !map.is_empty() => write_yaml(out, item, indent + 2),
+                    Value::Array(inner) if !inner.is_empty() => write_yaml(out, item, indent + 2),
+                    _ => {
+                        out.push_str(&yaml_scalar(item));
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        scalar => {
+            out.push_str(&yaml_scalar(scalar));
+            out.push('\n');
+        }
+    }
+}
+
+/// What follows `key:`: a scalar on the same line, a collection below it.
+fn write_yaml_child(out: &mut String, item: &serde_json::Value, indent: usize) {
+    use serde_json::Value;
+    match item {
+        Value::Object(map) if !map.is_empty() => {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent + 2));
+            write_yaml(out, item, indent + 2);
+        }
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            write_yaml(out, item, indent);
+        }
+        scalar => {
+            out.push(' ');
+            out.push_str(&yaml_scalar(scalar));
+            out.push('\n');
+        }
+    }
+}
+
+fn yaml_scalar(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => yaml_scalar_string(s),
+        Value::Array(_) => "[]".to_owned(),
+        Value::Object(_) => "{}".to_owned(),
+    }
+}
+
+/// A string plain when that is unambiguous, else JSON-quoted.
+fn yaml_scalar_string(s: &str) -> String {
+    let reserved = matches!(
+        s.to_ascii_lowercase().as_str(),
+        "null" | "~" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n"
+    );
+    let numeric = s.parse::<f64>().is_ok() || s.starts_with("0x") || s.starts_with("0o");
+    let plain = !s.is_empty()
+        && !reserved
+        && !numeric
+        // Not from a digit: YAML 1.1 readers take `2026-12-07T10:00:00Z` as
+        // a timestamp, `12:30` as a number, ...
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _./:@+-=,()".contains(c))
+        && !s.ends_with(' ')
+        && !s.ends_with(':')
+        && !s.contains(": ")
+        && !s.contains(" #");
+    if plain {
+        s.to_owned()
+    } else {
+        serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+    }
 }
 
 /// A timestamp to the second (`2024-05-01T12:00:00Z`), for tables.
@@ -158,6 +320,57 @@ mod tests {
         );
         assert!(text.contains("\\u{1b}[2Jwiped\\r\\n"), "{text}");
         assert_eq!(plain("fine"), "fine");
+    }
+
+    #[test]
+    fn yaml_is_block_style_and_quotes_what_yaml_would_misread() {
+        let value = serde_json::json!({
+            "id": "0193a7c2-1f2e-7abc-9def-0123456789ab",
+            "at": "2026-12-07T10:00:00.123Z",
+            "name": "a7c2-task",
+            "status": "completed",
+            "attempt": 1,
+            "ok": true,
+            "none": null,
+            "tricky": ["yes", "1.5", "", "a: b", "line\nbreak", "#hash", " lead", "plain text"],
+            "result": {"exit_code": 0, "stdout": "hello\n", "nested": {"deep": []}},
+            "rows": [{"a": 1, "b": [1, 2]}, [3, 4]],
+            "empty": {}
+        });
+        let text = to_yaml(&value);
+        // Keys sorted, as kubectl's YAML has them.
+        assert_eq!(
+            text,
+            "at: \"2026-12-07T10:00:00.123Z\"\n\
+             attempt: 1\n\
+             empty: {}\n\
+             id: \"0193a7c2-1f2e-7abc-9def-0123456789ab\"\n\
+             name: a7c2-task\n\
+             none: null\n\
+             ok: true\n\
+             result:\n  \
+               exit_code: 0\n  \
+               nested:\n    \
+                 deep: []\n  \
+               stdout: \"hello\\n\"\n\
+             rows:\n\
+             - a: 1\n  \
+               b:\n  \
+               - 1\n  \
+               - 2\n\
+             - - 3\n  \
+               - 4\n\
+             status: completed\n\
+             tricky:\n\
+             - \"yes\"\n\
+             - \"1.5\"\n\
+             - \"\"\n\
+             - \"a: b\"\n\
+             - \"line\\nbreak\"\n\
+             - \"#hash\"\n\
+             - \" lead\"\n\
+             - plain text\n"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub enum TenantCommand {
     },
     /// List tenants (an admin sees every tenant, anyone else their own)
     #[command(alias = "ls")]
+    #[command(visible_alias = "ls")]
     List,
     /// Disable a tenant: its users cannot log in and their tokens are revoked
     Disable {
@@ -36,6 +37,7 @@ pub enum TenantCommand {
     },
     /// Delete a tenant that has no users left
     #[command(alias = "delete")]
+    #[command(visible_alias = "delete")]
     Rm {
         #[arg(value_name = "NAME")]
         name: TenantId,
@@ -48,6 +50,7 @@ pub enum UserCommand {
     Create(CreateUserArgs),
     /// List the users of your tenant (an admin: of every tenant)
     #[command(alias = "ls")]
+    #[command(visible_alias = "ls")]
     List {
         /// Only this tenant's users
         #[arg(long, value_name = "TENANT")]
@@ -85,6 +88,7 @@ pub enum UserCommand {
     },
     /// Delete a user and its tokens
     #[command(alias = "delete")]
+    #[command(visible_alias = "delete")]
     Rm {
         #[arg(value_name = "NAME")]
         name: String,
@@ -124,12 +128,14 @@ pub enum TokenCommand {
     Create(CreateTokenArgs),
     /// List your tokens (never their secrets)
     #[command(alias = "ls")]
+    #[command(visible_alias = "ls")]
     List {
         /// Another user's tokens (one you manage)
         #[arg(long, value_name = "USER")]
         user: Option<String>,
     },
     /// Revoke a token by its id or its name; takes effect on the next request
+    #[command(visible_alias = "rm")]
     Revoke {
         #[arg(value_name = "ID_OR_NAME")]
         token: String,

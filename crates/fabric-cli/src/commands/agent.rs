@@ -31,6 +31,7 @@ pub enum AgentCommand {
     /// Start an agent from flags or an agent file (-f); answers once it runs
     Spawn(Box<SpawnArgs>),
     /// List agents: state, health, last heartbeat, tasks, CPU, memory
+    #[command(visible_alias = "ls")]
     List,
     /// Show one agent: state, last exit, resource usage, config
     Get(GetArgs),
@@ -371,18 +372,20 @@ async fn list(ctx: &Ctx) -> Result<(), CliError> {
         return Ok(());
     }
     let now = SystemClock.now();
+    let wide = ctx.output.is_wide();
     let rows: Vec<Vec<String>> = list
         .agents
         .iter()
         .map(|a| {
             let live = has_usage(a);
-            vec![
+            let mut row = vec![
                 a.config.id.to_string(),
                 a.state.as_str().to_owned(),
                 health_name(a.health).to_owned(),
                 a.last_heartbeat
                     .map_or_else(|| "-".to_owned(), |t| ago(now, t)),
-                format!("{}/{}", a.tasks_running, a.tasks_done),
+                a.tasks_running.to_string(),
+                a.tasks_done.to_string(),
                 if live {
                     cpu(a.usage.cpu_millis)
                 } else {
@@ -394,22 +397,34 @@ async fn list(ctx: &Ctx) -> Result<(), CliError> {
                     "-".into()
                 },
                 a.config.isolation.level.to_string(),
-            ]
+            ];
+            if wide {
+                row.extend([
+                    a.tenant.to_string(),
+                    a.session.to_string(),
+                    a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    a.last_exit.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            row
         })
         .collect();
-    write_text(&table(
-        &[
-            "ID",
-            "STATE",
-            "HEALTH",
-            "LAST HEARTBEAT",
-            "TASKS",
-            "CPU",
-            "MEMORY",
-            "ISOLATION",
-        ],
-        &rows,
-    ))
+    // RUNNING and DONE: tasks it works on now, and tasks it has finished (all sessions).
+    let mut header = vec![
+        "ID",
+        "STATE",
+        "HEALTH",
+        "LAST HEARTBEAT",
+        "RUNNING",
+        "DONE",
+        "CPU",
+        "MEMORY",
+        "ISOLATION",
+    ];
+    if wide {
+        header.extend(["TENANT", "SESSION", "PID", "LAST EXIT"]);
+    }
+    write_text(&table(&header, &rows))
 }
 
 /// `agent get ID --sessions -o json`.

@@ -20,8 +20,10 @@ pub enum BudgetCommand {
     /// Show one budget
     Get(EntityArgs),
     /// List every budget
+    #[command(visible_alias = "ls")]
     List,
     /// Remove a budget (usage stays in the ledger)
+    #[command(visible_alias = "rm")]
     Delete(EntityArgs),
 }
 

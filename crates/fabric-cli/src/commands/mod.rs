@@ -73,9 +73,13 @@ pub struct Cli {
     )]
     pub url: Option<String>,
 
-    /// Output format: text for people, or JSON for scripts (streams: one object per line)
+    /// Output format: human text, wide (more columns), or json / yaml for scripts (streams: one object per line / one document each)
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Human, help_heading = "Global options")]
     pub output: OutputFormat,
+
+    /// Lists print only their ids (or names), one per line
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    pub quiet: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -129,6 +133,7 @@ pub enum Command {
     /// Remove a Docker instance: every container, network and volume labelled with it
     Down(instance::DownArgs),
     /// List Docker instances: status, containers, CPU, memory, URL
+    #[command(visible_alias = "ls")]
     List,
     /// Build the images Docker instances run, locally (no registry needed)
     #[command(subcommand)]
@@ -169,6 +174,7 @@ impl Ctx {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    crate::output::configure(cli.output, cli.quiet);
     match cli.command {
         // Neither needs the client config: `version` works with no HOME, `serve` has its own.
         Command::Version => version::run(cli.output),

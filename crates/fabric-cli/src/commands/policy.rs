@@ -23,8 +23,10 @@ pub enum PolicyCommand {
     /// Create or replace policies from a TOML or JSON file (one policy, or several under `policies`); live at once
     Apply(ApplyArgs),
     /// List policies: id, scope, priority, rules
+    #[command(visible_alias = "ls")]
     List,
     /// Delete a policy; live at once
+    #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
     /// What the policies decide for an agent's action (exit 0 allow, 7 deny, 8 require_approval)
     Check(CheckArgs),
@@ -62,6 +64,7 @@ pub struct CheckArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ApprovalCommand {
     /// List approvals, newest first (default: pending ones)
+    #[command(visible_alias = "ls")]
     List(ApprovalListArgs),
     /// Approve a pending approval: the waiting agent proceeds
     Approve(ApprovalIdArgs),

@@ -28,6 +28,7 @@ pub enum TaskCommand {
     /// Show one task
     Get(IdArg),
     /// List tasks, newest first
+    #[command(visible_alias = "ls")]
     List(ListArgs),
     /// Cancel a task that has not finished
     Cancel(IdArg),
@@ -299,24 +300,44 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         eprintln!("no tasks");
         return Ok(());
     }
+    let wide = ctx.output.is_wide();
     let rows: Vec<Vec<String>> = page
         .tasks
         .iter()
         .map(|t| {
-            vec![
+            let mut row = vec![
                 t.id.to_string(),
                 t.status.to_string(),
                 t.agent_id.to_string(),
                 t.priority.to_string(),
                 short_time(t.created_at),
-                t.name.clone().unwrap_or_default(),
-            ]
+            ];
+            if wide {
+                row.extend([
+                    format!("{}/{}", t.attempt, t.max_attempts),
+                    t.owner.clone(),
+                    t.result
+                        .as_ref()
+                        .and_then(|r| r.exit_code)
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    t.finished_at.map(short_time).unwrap_or_default(),
+                    t.reason.clone().unwrap_or_default(),
+                ]);
+            }
+            row.push(t.name.clone().unwrap_or_default());
+            row
         })
         .collect();
-    write_text(&table(
-        &["ID", "STATUS", "AGENT", "PRIORITY", "CREATED", "NAME"],
-        &rows,
-    ))?;
+    let header: &[&str] = if wide {
+        &[
+            "ID", "STATUS", "AGENT", "PRIORITY", "CREATED", "ATTEMPT", "OWNER", "EXIT", "FINISHED",
+            "REASON", "NAME",
+        ]
+    } else {
+        &["ID", "STATUS", "AGENT", "PRIORITY", "CREATED", "NAME"]
+    };
+    write_text(&table(header, &rows))?;
     if let Some(cursor) = page.next_cursor {
         eprintln!("more tasks: add --before {cursor}");
     }

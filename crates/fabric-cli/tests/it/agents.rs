@@ -81,7 +81,8 @@ fn shell_agent_spawn_run_list_get_terminate_respawn() {
         "STATE",
         "HEALTH",
         "LAST HEARTBEAT",
-        "TASKS",
+        "RUNNING",
+        "DONE",
         "CPU",
         "MEMORY",
         "ISOLATION",
@@ -95,8 +96,64 @@ fn shell_agent_spawn_run_list_get_terminate_respawn() {
         .split_whitespace()
         .collect();
     assert_eq!(&row[1..3], ["running", "healthy"], "{out}");
-    assert!(row.contains(&"0/1"), "tasks running/done: {out}");
-    assert!(row.contains(&"ago"), "relative heartbeat: {out}");
+    let ago = row
+        .iter()
+        .position(|c| *c == "ago")
+        .expect("relative heartbeat");
+    assert_eq!(
+        &row[ago + 1..ago + 3],
+        ["0", "1"],
+        "tasks running, done: {out}"
+    );
+
+    // Issue #17: `ls`, `-q` (ids only), `-o wide` (more columns), `-o yaml`.
+    let ids = stdout_of(fabric.cli().args(["agent", "ls", "-q"]));
+    assert!(has_line(&ids, "box") && !ids.contains("STATE"), "{ids}");
+    let wide = stdout_of(fabric.cli().args(["agent", "ls", "-o", "wide"]));
+    let header = wide.lines().next().unwrap();
+    assert!(
+        header.contains("TENANT") && header.contains("LAST EXIT"),
+        "{wide}"
+    );
+    let yaml = stdout_of(fabric.cli().args(["agent", "ls", "-o", "yaml"]));
+    assert!(yaml.starts_with("agents:\n- config:\n"), "{yaml}");
+    // The test venv's python (./scripts/test makes it), which has PyYAML.
+    let parsed = std::process::Command::new(crate::telemetry::python())
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(yaml.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "PyYAML reads it: {}\n{yaml}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let from_yaml: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    let from_json: serde_json::Value =
+        serde_json::from_str(&stdout_of(fabric.cli().args(["agent", "ls", "-o", "json"]))).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["config"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(&from_yaml),
+        ids(&from_json),
+        "the same document: {yaml}"
+    );
 
     let out = stdout_of(fabric.cli().args(["agent", "get", "box", "--sessions"]));
     for line in [

@@ -819,3 +819,44 @@ fn installed(program: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Issue #17: `task ls` (the docker/kubectl spelling), `-q` for ids only,
+/// `-o wide` with more columns, and `rm` beside `delete` where things are removed.
+#[test]
+fn lists_have_ls_quiet_and_wide() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let first = fabric.create_task(&["--prompt", "true", "--name", "one"]);
+    let second = fabric.create_task(&["--prompt", "exit 3", "--name", "two"]);
+    for id in [&first, &second] {
+        let _ = fabric
+            .cli()
+            .args(["task", "result", id, "--wait"])
+            .output()
+            .unwrap();
+    }
+    let ids = stdout_of(fabric.cli().args(["task", "ls", "-q"]));
+    assert_eq!(
+        ids.lines().collect::<Vec<_>>(),
+        [second.as_str(), first.as_str()],
+        "{ids}"
+    );
+    let wide = stdout_of(fabric.cli().args(["task", "ls", "-o", "wide"]));
+    let header = wide.lines().next().unwrap();
+    for column in ["ATTEMPT", "OWNER", "EXIT", "FINISHED", "REASON", "NAME"] {
+        assert!(header.contains(column), "{wide}");
+    }
+    let row = wide.lines().find(|l| l.starts_with(&second)).unwrap();
+    assert!(
+        row.split_whitespace().any(|c| c == "3"),
+        "exit code column: {wide}"
+    );
+    // Budgets and policies: `rm` removes, as `delete` does.
+    let help = stdout_of(fabric.cli().args(["policy", "--help"]));
+    assert!(help.contains("[alias: rm]"), "{help}");
+    let help = stdout_of(fabric.cli().args(["budget", "--help"]));
+    assert!(
+        help.contains("[alias: rm]") && help.contains("[alias: ls]"),
+        "{help}"
+    );
+}

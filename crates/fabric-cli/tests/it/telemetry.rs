@@ -25,7 +25,7 @@ fn py_dir() -> PathBuf {
 }
 
 /// The venv's python, checked to import the OTLP protobuf classes.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let python = std::env::var_os("FABRIC_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/py-venv/bin/python"));
