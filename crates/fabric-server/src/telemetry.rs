@@ -59,8 +59,17 @@ pub fn init_logging(format: LogFormat) {
             .fmt_fields(JsonFields::new())
             .event_format(JsonLines)
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        // Colours only for a terminal, and never when NO_COLOR is set (no-color.org).
+        LogFormat::Pretty => builder
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && no_color_unset())
+            .try_init(),
     };
+}
+
+/// `NO_COLOR` absent or empty (no-color.org: any non-empty value turns colour off).
+fn no_color_unset() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The JSON line format: the fixed keys (`ts`, `level`, `service`, `target`;

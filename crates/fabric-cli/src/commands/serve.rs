@@ -150,9 +150,9 @@ pub struct ServeArgs {
     #[arg(long, env = "FABRIC_GATEWAY_CONFIG", value_name = "FILE")]
     pub gateway_config: Option<PathBuf>,
 
-    /// Log format on stderr
-    #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
-    pub log_format: LogFormatArg,
+    /// Log format on stderr [default: pretty on a terminal, json otherwise]
+    #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormatArg>,
 
     /// POST every alert (error rate, crash loop, budget exceeded) to this URL as JSON
     #[arg(long, env = "FABRIC_ALERT_WEBHOOK", value_name = "URL")]
@@ -210,6 +210,17 @@ pub enum LogFormatArg {
     Json,
     // Human-readable lines.
     Pretty,
+}
+
+/// The flag's (or `FABRIC_LOG_FORMAT`'s) format; else readable lines for a
+/// person at a terminal, JSON lines for a log pipeline or a file.
+fn log_format(chosen: Option<LogFormatArg>) -> fabric_server::LogFormat {
+    use std::io::IsTerminal as _;
+    match chosen {
+        Some(format) => format.into(),
+        None if std::io::stderr().is_terminal() => fabric_server::LogFormat::Pretty,
+        None => fabric_server::LogFormat::Json,
+    }
 }
 
 impl From<LogFormatArg> for fabric_server::LogFormat {
@@ -299,7 +310,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         .map_err(|e| {
             CliError::Other(anyhow::Error::new(e).context("cannot start the async runtime"))
         })?;
-    fabric_server::init_logging(args.log_format.into());
+    fabric_server::init_logging(log_format(args.log_format));
     runtime
         .block_on(fabric_server::serve(server_config))
         .map_err(CliError::Other)

@@ -1192,3 +1192,73 @@ async fn an_agent_in_a_crash_loop_raises_an_alert() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Issue #17: without `--log-format`, `serve` writes readable lines to a
+/// terminal (coloured unless `NO_COLOR` is set) and JSON lines elsewhere.
+#[test]
+fn serve_logs_are_readable_on_a_terminal_and_json_otherwise() {
+    use std::os::unix::process::CommandExt as _;
+    let binary = assert_cmd::cargo::cargo_bin("reactor-fabric");
+    let run = |no_color: bool| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let typescript = dir.path().join("typescript");
+        let command = format!(
+            "{} serve --listen 127.0.0.1:{} --data-dir {} --shell-as-fabric-user",
+            binary.display(),
+            free_port(),
+            dir.path().join("data").display()
+        );
+        // `script` gives the server a terminal (a pty) and records what it wrote there.
+        let mut cmd = Command::new("script");
+        cmd.args(["-qefc", &command])
+            .arg(&typescript)
+            .env("FABRIC_ADMIN_PASSWORD", "pw-tty-1234")
+            .env_remove("FABRIC_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0);
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        let child = cmd.spawn().unwrap();
+        let pgid = child.id();
+        let _child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let log = loop {
+            let log = std::fs::read_to_string(&typescript).unwrap_or_default();
+            if log.contains("reactor-fabric serving") {
+                break log;
+            }
+            assert!(Instant::now() < deadline, "never served: {log}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The whole group: `script`, its shell and the server.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status();
+        log
+    };
+    let coloured = run(false);
+    let serving = coloured
+        .lines()
+        .find(|l| l.contains("reactor-fabric serving"))
+        .unwrap();
+    assert!(
+        !serving.trim_start().starts_with('{'),
+        "not JSON on a terminal: {serving}"
+    );
+    assert!(
+        serving.contains('\u{1b}'),
+        "coloured on a terminal: {serving:?}"
+    );
+    let plain = run(true);
+    let serving = plain
+        .lines()
+        .find(|l| l.contains("reactor-fabric serving"))
+        .unwrap();
+    assert!(serving.contains("INFO"), "{serving}");
+    assert!(!serving.contains('\u{1b}'), "NO_COLOR: {serving:?}");
+    // Not a terminal (a file): JSON, as every other test here reads it.
+}
