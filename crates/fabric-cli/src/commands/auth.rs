@@ -24,6 +24,7 @@ pub enum AuthCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
+    /// The user to log in as (the first admin is `admin`)
     #[arg(short, long)]
     pub username: String,
     /// Password; else read from stdin when it is not a terminal, else prompted for

@@ -91,8 +91,8 @@ fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
 pub struct UsageArgs {
     #[command(flatten)]
     pub entity: EntityArgs,
-    /// The period to report: day (budgets count per UTC day)
-    #[arg(long, value_name = "PERIOD", default_value = "day")]
+    /// The period to report: day (budgets count per UTC day; the only period there is)
+    #[arg(long, value_name = "PERIOD", default_value = "day", value_parser = ["day"])]
     pub period: String,
 }
 

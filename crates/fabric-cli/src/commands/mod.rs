@@ -17,7 +17,7 @@ pub mod version;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::FabricClient;
+use crate::client::{ClientError, FabricClient};
 use crate::config::{ClientSettings, TokenSource, process_env};
 use crate::error::CliError;
 use crate::output::OutputFormat;
@@ -62,7 +62,7 @@ pub fn read_capped_text(path: &std::path::Path, what: &str) -> Result<String, Cl
 
 /// reactor-fabric: run AI agents safely. One binary: server, CLI and agent runner.
 #[derive(Debug, Parser)]
-#[command(name = "reactor-fabric", version = fabric_core::VERSION, propagate_version = true)]
+#[command(name = "reactor-fabric", version = fabric_core::VERSION)]
 pub struct Cli {
     /// Fabric server URL [env: FABRIC_URL; else the config file's url; else http://127.0.0.1:8080]
     #[arg(
@@ -172,8 +172,39 @@ impl Ctx {
     }
 }
 
+/// The global options reach every subcommand (clap), but some have no use
+/// for them: saying so beats ignoring them silently.
+fn refuse_unused_globals(cli: &Cli) -> Result<(), CliError> {
+    let client_options = cli.url.is_some() || cli.output != OutputFormat::Human || cli.quiet;
+    match &cli.command {
+        Command::Serve(_) | Command::Proxy(_) | Command::MockLlm(_) | Command::Completion(_)
+            if client_options =>
+        {
+            Err(CliError::Usage(
+                "--url, -o and -q are options of the commands that talk to a fabric server; \
+                 this one has its own flags (see its --help)"
+                    .into(),
+            ))
+        }
+        Command::Start(_) | Command::Down(_) | Command::List | Command::Image(_)
+            if cli.url.is_some() =>
+        {
+            Err(CliError::Usage(
+                "--url names a fabric server; instance commands talk to Docker (DOCKER_HOST) \
+                 and print each instance's URL"
+                    .into(),
+            ))
+        }
+        Command::Version if cli.url.is_some() || cli.quiet => Err(CliError::Usage(
+            "version prints this binary's version and takes only -o".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    refuse_unused_globals(&cli)?;
     crate::output::configure(cli.output, cli.quiet);
     match cli.command {
         // Neither needs the client config: `version` works with no HOME, `serve` has its own.
@@ -194,7 +225,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 output: cli.output,
             };
             block_on(async move {
-                match command {
+                let outcome = match command {
                     Command::Status => status::run(&ctx).await,
                     Command::Auth(cmd) => auth::run(&ctx, cmd).await,
                     Command::Tenant(cmd) => access::run_tenant(&ctx, cmd).await,
@@ -216,6 +247,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     | Command::List
                     | Command::Image(_)
                     | Command::Completion(_) => Ok(()),
+                };
+                match outcome {
+                    // No token for a server that is not there: the server's
+                    // absence is the first thing to fix (exit 6, not 3).
+                    Err(CliError::NotLoggedIn { url, stored_for }) => {
+                        match ctx.client()?.health().await {
+                            Err(unreachable @ ClientError::Unreachable { .. }) => {
+                                Err(unreachable.into())
+                            }
+                            _ => Err(CliError::NotLoggedIn { url, stored_for }),
+                        }
+                    }
+                    other => other,
                 }
             })
         }

@@ -105,6 +105,16 @@ fn parse_effect(s: &str) -> Result<Effect, String> {
     s.parse()
 }
 
+/// A policy's priority; the built-in default's (`i32::MIN`, below every
+/// other) reads `lowest` rather than -2147483648.
+fn priority_text(priority: i32) -> String {
+    if priority == i32::MIN {
+        "lowest".to_owned()
+    } else {
+        priority.to_string()
+    }
+}
+
 pub async fn run(ctx: &Ctx, cmd: PolicyCommand) -> Result<(), CliError> {
     match cmd {
         PolicyCommand::Apply(args) => apply(ctx, &args.file).await,
@@ -231,7 +241,7 @@ async fn list(ctx: &Ctx) -> Result<(), CliError> {
                         String::new()
                     },
                     if i == 0 {
-                        p.priority.to_string()
+                        priority_text(p.priority)
                     } else {
                         String::new()
                     },

@@ -258,6 +258,47 @@ fn unreachable_server_exits_6() {
         .arg("status")
         .assert()
         .code(6);
+    // Issue #17: not logged in to a server that is not there either: the
+    // missing server is what to fix first (6), not the login (3).
+    let out = bare_cli(&dir.path().join("c.toml"))
+        .env("FABRIC_URL", &url)
+        .args(["task", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the fabric"));
+}
+
+/// Issue #17: options that a command has no use for are refused, not
+/// silently ignored; `-V` belongs to the program, not to every subcommand;
+/// flags that had no words have them; a period that does not exist is a
+/// usage error (2).
+#[test]
+fn unused_global_options_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    for argv in [
+        &["serve", "--url", "http://127.0.0.1:1"][..],
+        &["serve", "-o", "json"],
+        &["mock-llm", "-q"],
+        &["completion", "bash", "-o", "yaml"],
+        &["list", "--url", "http://127.0.0.1:1"],
+        &["image", "build-orchestrator", "--url", "http://127.0.0.1:1"],
+        &["task", "-V"],
+        &["usage", "--user", "admin", "--period", "week"],
+    ] {
+        let out = bare_cli(&config).args(argv).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{argv:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{argv:?} says why");
+    }
+    let out = stdout_of(bare_cli(&config).arg("-V"));
+    assert!(out.starts_with("reactor-fabric "), "{out}");
+    let help = stdout_of(bare_cli(&config).args(["auth", "login", "--help"]));
+    let username = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("-u, --username"))
+        .unwrap();
+    assert!(username.contains("The user to log in as"), "{help}");
 }
 
 /// REQUIREMENTS §11: a usage error (no --prompt and no --command) exits 2 before anything is sent.

@@ -37,6 +37,13 @@ fn policy_apply_list_check_and_delete() {
     ] {
         assert!(out.contains(needle), "{needle} missing from:\n{out}");
     }
+    // The built-in default sits below every other: said in words (issue #17).
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("default") && l.contains("lowest")),
+        "{out}"
+    );
+    assert!(!out.contains("-2147483648"), "{out}");
 
     // The decision is printed, and the exit code says it: 0 allow, 7 deny, 8 approval.
     let out = fabric
