@@ -45,7 +45,7 @@ pub struct SpawnArgs {
     /// Agent id (tasks name it with --agent)
     #[arg(long, value_name = "ID")]
     pub id: Option<AgentId>,
-    /// Agent file in the AgentConfig shape, TOML or JSON; flags given too override its fields
+    /// Agent file in the AgentConfig shape, TOML or JSON (- reads standard input); flags given too override its fields
     #[arg(short, long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// none (host processes confined to the system dirs and their own dir: Landlock, seccomp, no privileges), process (namespaces, cgroup limits, egress allowlist) or container (Docker, with an inference sidecar) [default: none]

@@ -26,7 +26,7 @@ use crate::output::OutputFormat;
 /// server's request limit. `FABRIC_MAX_FILE_BYTES` changes it.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Reads at most the file limit of `path` (`what` names it in errors, e.g.
+/// Reads at most the file limit of `path`, `-` being standard input (`what` names it in errors, e.g.
 /// `--file build.sh`): a device like `/dev/zero` or a huge file is refused
 /// (a usage error), not read into memory. A file that cannot be read is
 /// `unreadable`'s error.
@@ -40,10 +40,18 @@ pub fn read_capped(
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(DEFAULT_MAX_FILE_BYTES);
-    let file =
-        std::fs::File::open(path).map_err(|e| unreadable(format!("cannot read {what}: {e}")))?;
+    // `-` is standard input, as for most tools (`kubectl apply -f -`).
+    let source: Box<dyn std::io::Read> = if path == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| unreadable(format!("cannot read {what}: {e}")))?,
+        )
+    };
     let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1))
+    source
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| unreadable(format!("cannot read {what}: {e}")))?;
     if bytes.len() as u64 > limit {

@@ -34,7 +34,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// Policy file: TOML or JSON, the body of PUT /v1/policies/{id} plus `id`
+    /// Policy file: TOML or JSON, the body of PUT /v1/policies/{id} plus `id`; - reads standard input
     #[arg(short, long, value_name = "PATH")]
     pub file: PathBuf,
 }

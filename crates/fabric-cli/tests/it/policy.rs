@@ -256,3 +256,35 @@ fn approval_list_and_approve_let_the_waiting_agent_proceed() {
     );
     assert!(out.contains(&id), "{out}");
 }
+
+/// Issue #17: `-f -` reads the file from standard input, for `policy apply`
+/// and `agent spawn` alike (TOML or JSON told apart by content).
+#[test]
+fn files_can_come_from_standard_input() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let out = fabric
+        .cli()
+        .args(["policy", "apply", "-f", "-"])
+        .write_stdin("id = \"from-stdin\"\nscope = { tenant = \"default\" }\npriority = 5\n\n[[rules]]\naction_pattern = \"shell:curl *\"\neffect = \"deny\"\n")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("applied policy from-stdin"), "{out}");
+    let out = stdout_of(fabric.cli().args(["policy", "ls"]));
+    assert!(out.contains("from-stdin"), "{out}");
+    let out = fabric
+        .cli()
+        .args(["agent", "spawn", "-f", "-"])
+        .write_stdin(r#"{"id": "piped", "isolation": {"level": "none"}}"#)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.starts_with("spawned agent piped"), "{out}");
+}
