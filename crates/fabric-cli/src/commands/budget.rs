@@ -15,7 +15,7 @@ use crate::output::{print_json, short_time, table, write_text};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BudgetCommand {
-    /// Set (or replace) the daily limits of an agent, user or tenant
+    /// Set daily limits of an agent, user or tenant: only the limits given change (--clear-* removes one)
     Set(SetArgs),
     /// Show one budget
     Get(EntityArgs),
@@ -72,15 +72,64 @@ pub struct SetArgs {
     /// US dollars per UTC day (from the gateway's price table)
     #[arg(long, value_name = "USD")]
     pub max_cost_per_day_usd: Option<f64>,
-    /// Percent of a limit at which the alert fires (once a day)
-    #[arg(long, value_name = "PERCENT", default_value_t = 80)]
-    pub alert_threshold: u8,
+    /// Remove the token limit
+    #[arg(long, conflicts_with = "max_tokens_per_day")]
+    pub clear_max_tokens: bool,
+    /// Remove the compute limit
+    #[arg(long, conflicts_with = "max_compute_seconds_per_day")]
+    pub clear_max_compute: bool,
+    /// Remove the cost limit
+    #[arg(long, conflicts_with = "max_cost_per_day_usd")]
+    pub clear_max_cost: bool,
+    /// Percent of a limit at which the alert fires (once a day) [default: 80, or what the budget has]
+    #[arg(long, value_name = "PERCENT")]
+    pub alert_threshold: Option<u8>,
     /// daily: a fresh limit every day; carryover: unused allowance carries into the next day (up to one day's limit) [default: daily]
     #[arg(long, value_name = "POLICY", value_parser = parse_reset)]
     pub reset: Option<ResetPolicy>,
     /// Set it although no such agent, user or tenant exists (yet)
     #[arg(long)]
     pub force: bool,
+}
+
+/// `current` (none: a new budget) with the flags of `budget set` applied.
+fn patched(current: Option<BudgetSpec>, args: &SetArgs) -> BudgetSpec {
+    let mut spec = current.unwrap_or_else(|| BudgetSpec {
+        max_tokens_per_day: None,
+        max_compute_seconds_per_day: None,
+        max_cost_per_day_usd: None,
+        alert_threshold_percent: 80,
+        reset: ResetPolicy::default(),
+    });
+    fn set<T: Copy>(limit: &mut Option<T>, given: Option<T>, clear: bool) {
+        if clear {
+            *limit = None;
+        } else if given.is_some() {
+            *limit = given;
+        }
+    }
+    set(
+        &mut spec.max_tokens_per_day,
+        args.max_tokens_per_day,
+        args.clear_max_tokens,
+    );
+    set(
+        &mut spec.max_compute_seconds_per_day,
+        args.max_compute_seconds_per_day,
+        args.clear_max_compute,
+    );
+    set(
+        &mut spec.max_cost_per_day_usd,
+        args.max_cost_per_day_usd,
+        args.clear_max_cost,
+    );
+    if let Some(percent) = args.alert_threshold {
+        spec.alert_threshold_percent = percent;
+    }
+    if let Some(reset) = args.reset {
+        spec.reset = reset;
+    }
+    spec
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -100,17 +149,16 @@ pub async fn run(ctx: &Ctx, cmd: BudgetCommand) -> Result<(), CliError> {
     let client = ctx.authed_client()?;
     match cmd {
         BudgetCommand::Set(args) => {
-            let spec = BudgetSpec {
-                max_tokens_per_day: args.max_tokens_per_day,
-                max_compute_seconds_per_day: args.max_compute_seconds_per_day,
-                max_cost_per_day_usd: args.max_cost_per_day_usd,
-                alert_threshold_percent: args.alert_threshold,
-                reset: args.reset.unwrap_or_default(),
+            let entity = args.entity.entity()?;
+            // A patch: what the budget has stays unless a flag changes it.
+            let current = match client.get_budget(&entity).await {
+                Ok(view) => Some(view.spec),
+                Err(crate::client::ClientError::Api { status: 404, .. }) => None,
+                Err(e) => return Err(e.into()),
             };
+            let spec = patched(current, &args);
             spec.validate().map_err(CliError::Usage)?;
-            let view = client
-                .put_budget(&args.entity.entity()?, &spec, args.force)
-                .await?;
+            let view = client.put_budget(&entity, &spec, args.force).await?;
             show(ctx, &view)
         }
         BudgetCommand::Get(args) => {

@@ -371,4 +371,65 @@ async fn budget_set_then_usage_shows_used_remaining_and_projection() {
         .args(["budget", "set", "--max-tokens-per-day", "5"])
         .assert()
         .code(2);
+
+    // Issue #17: `budget set` changes only the limits it is given.
+    let limits = |fabric: &super::Fabric| -> serde_json::Value {
+        let out = super::stdout_of(
+            fabric
+                .cli()
+                .args(["-o", "json", "budget", "get", "--user", "admin"]),
+        );
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    fabric
+        .cli()
+        .args([
+            "budget",
+            "set",
+            "--user",
+            "admin",
+            "--max-tokens-per-day",
+            "1000",
+            "--alert-threshold",
+            "50",
+        ])
+        .assert()
+        .success();
+    fabric
+        .cli()
+        .args([
+            "budget",
+            "set",
+            "--user",
+            "admin",
+            "--max-cost-per-day-usd",
+            "5",
+        ])
+        .assert()
+        .success();
+    let spec = limits(&fabric);
+    assert_eq!(spec["max_tokens_per_day"], 1000, "kept: {spec}");
+    assert_eq!(spec["max_cost_per_day_usd"], 5.0, "{spec}");
+    assert_eq!(spec["alert_threshold_percent"], 50, "kept: {spec}");
+    fabric
+        .cli()
+        .args(["budget", "set", "--user", "admin", "--clear-max-tokens"])
+        .assert()
+        .success();
+    let spec = limits(&fabric);
+    assert!(spec["max_tokens_per_day"].is_null(), "cleared: {spec}");
+    assert_eq!(spec["max_cost_per_day_usd"], 5.0, "{spec}");
+    // A budget for nobody is refused unless forced.
+    fabric
+        .cli()
+        .args([
+            "budget",
+            "set",
+            "--user",
+            "nobody-here",
+            "--max-tokens-per-day",
+            "5",
+        ])
+        .assert()
+        .code(4);
 }

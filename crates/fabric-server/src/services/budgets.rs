@@ -489,8 +489,16 @@ impl Admission for BudgetAdmission {
             Err(refusal) => {
                 let now = self.0.now();
                 let retry_after = refusal.resets_at.since(now).as_secs().max(1);
+                let mut message = refusal.to_string();
+                if refusal.limit == fabric_core::budget::BudgetLimit::MaxTokensPerDay {
+                    // What "this needs" is made of, and how to need less.
+                    message.push_str(&format!(
+                        " (a call holds its prompt's tokens, estimated at 4 characters each, plus its max_tokens, or {} when it sets none: pass max_tokens to reserve less)",
+                        fabric_gateway::router::DEFAULT_OUTPUT_ESTIMATE
+                    ));
+                }
                 Err(GatewayError::BudgetExceeded {
-                    message: refusal.to_string(),
+                    message,
                     entity: refusal.entity.to_string(),
                     limit: refusal.limit.as_str().to_owned(),
                     resets_at: refusal.resets_at,
