@@ -59,6 +59,15 @@ pub enum CliError {
         /// The exit code of the task's last command, if it exited with one.
         exit_code: Option<i32>,
     },
+    /// `task create --require-running` for an agent that does not run.
+    #[error(
+        "agent {agent} is {} (not running): no task created; start it with 'reactor-fabric agent spawn', or leave out --require-running to queue the task for when it runs",
+        state.as_str()
+    )]
+    AgentNotRunning {
+        agent: fabric_core::AgentId,
+        state: fabric_core::agent::AgentState,
+    },
     /// The task has no result yet and we were not asked to wait.
     #[error("task {id} is {status} and has no result yet: use --wait to wait for it")]
     TaskNotFinished { id: TaskId, status: TaskStatus },
@@ -136,6 +145,7 @@ impl CliError {
             CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
             CliError::Decision(fabric_core::Effect::RequireApproval) => exit::APPROVAL_REQUIRED,
             CliError::Decision(_) => exit::DENIED,
+            CliError::AgentNotRunning { .. } => exit::CONFLICT,
             CliError::TaskUnsuccessful {
                 exit_code: Some(code),
                 ..

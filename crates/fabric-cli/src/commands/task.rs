@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use fabric_core::agent::AgentState;
 use fabric_core::api::{CreateTaskRequest, StreamMessage};
 use fabric_core::{AgentId, EventKind, Priority, Task, TaskFile, TaskId, TaskStatus};
 use serde_json::Value;
@@ -80,6 +81,9 @@ pub struct CreateArgs {
     /// Stream the task's log lines as they come, then print its result; exit with its exit code
     #[arg(short, long)]
     pub follow: bool,
+    /// Refuse (exit 5) instead of queueing when the agent is not running
+    #[arg(long)]
+    pub require_running: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,9 +157,36 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
         max_attempts: args.max_attempts,
     };
     let client = ctx.authed_client()?;
+    // A task for an agent that does not run waits in its queue until the
+    // agent runs again: say so, or refuse when asked to.
+    let idle_agent = match &request.agent {
+        Some(agent) => match client.get_agent(agent).await {
+            Ok(found) if !matches!(found.state, AgentState::Running | AgentState::Starting) => {
+                Some((agent.clone(), found.state))
+            }
+            // A missing agent: the server's refusal says it best.
+            _ => None,
+        },
+        None => None,
+    };
+    if let Some((agent, state)) = &idle_agent
+        && args.require_running
+    {
+        return Err(CliError::AgentNotRunning {
+            agent: agent.clone(),
+            state: *state,
+        });
+    }
     let task = client
         .create_task(&request, args.idempotency_key.as_deref())
         .await?;
+    if let Some((agent, state)) = &idle_agent {
+        eprintln!(
+            "warning: agent {agent} is {}: task {} waits in its queue until the agent runs again (reactor-fabric agent spawn --id {agent} ...); --require-running refuses instead",
+            state.as_str(),
+            task.id
+        );
+    }
     if args.wait || args.follow {
         // Like `docker run`: stdout is the task's; the id goes to stderr.
         eprintln!("created task {} (agent {})", task.id, task.agent_id);

@@ -205,12 +205,57 @@ fn shell_agent_spawn_run_list_get_terminate_respawn() {
         "the session's exit reason: {out}"
     );
 
+    // Issue #17: a task for a stopped agent queues, with a warning saying
+    // so; --require-running refuses it (exit 5) and creates nothing.
+    let refused = fails_with(
+        fabric.cli().args([
+            "task",
+            "create",
+            "--agent",
+            "box",
+            "--command",
+            "echo refused",
+            "--require-running",
+        ]),
+        5,
+    );
+    assert!(refused.contains("agent box is stopped"), "{refused}");
+    let out = fabric
+        .cli()
+        .args([
+            "task",
+            "create",
+            "--agent",
+            "box",
+            "--command",
+            "echo queued",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let warning = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        warning.contains("warning: agent box is stopped") && warning.contains("waits in its queue"),
+        "{warning}"
+    );
+    let queued = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+
     // Terminated, the id is free again: a new session of the same agent.
     stdout_of(fabric.cli().args(["agent", "spawn", "--id", "box"]));
     let again = agent_json(&fabric, "box");
     assert_eq!((again.state, again.session), (AgentState::Running, 2));
     let id = fabric.create_task(&["--agent", "box", "--command", "echo again"]);
     assert_eq!(fabric.wait_result(&id).0, 0);
+    // The queued task ran once the agent did; nothing of the refused one.
+    let (code, out) = fabric.wait_result(&queued);
+    assert_eq!(code, 0, "{out}");
+    let all = stdout_of(fabric.cli().args(["task", "ls", "-o", "json"]));
+    assert!(!all.contains("echo refused"), "{all}");
 }
 
 /// An agent file (TOML, flags on top) and an agent running its own command.
