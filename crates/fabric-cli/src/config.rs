@@ -2,7 +2,11 @@
 //!
 //! The file (`$XDG_CONFIG_HOME/reactor-fabric/config.toml`, else
 //! `$HOME/.config/reactor-fabric/config.toml`, or `$FABRIC_CONFIG`) holds the last
-//! login: `url`, `token`, `user`. It holds a secret, so it is written with mode 0600.
+//! login: `url`, `token`, `user`; and, kubectl-style, named *contexts*, each
+//! a server with its own login (`[contexts.NAME]`), and the one in use
+//! (`current_context`; `--context` or `FABRIC_CONTEXT` pick another for one
+//! command). Without contexts the top-level login is used. It holds
+//! secrets, so it is written with mode 0600.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_CONFIG: &str = "FABRIC_CONFIG";
 pub const ENV_URL: &str = "FABRIC_URL";
 pub const ENV_TOKEN: &str = "FABRIC_TOKEN";
+pub const ENV_CONTEXT: &str = "FABRIC_CONTEXT";
 pub const ENV_XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const ENV_XDG_DATA_HOME: &str = "XDG_DATA_HOME";
 pub const ENV_HOME: &str = "HOME";
@@ -54,6 +59,21 @@ pub enum ConfigError {
     },
     #[error("invalid server url {url:?}: {reason} (expected e.g. {DEFAULT_URL})")]
     InvalidUrl { url: String, reason: String },
+    #[error("no context named {name:?} in {}: {}", path.display(), known_contexts(known))]
+    UnknownContext {
+        name: String,
+        path: PathBuf,
+        known: Vec<String>,
+    },
+}
+
+fn known_contexts(known: &[String]) -> String {
+    if known.is_empty() {
+        "there are none yet; make one with 'reactor-fabric config set-context NAME --url URL'"
+            .into()
+    } else {
+        format!("the contexts are {}", known.join(", "))
+    }
 }
 
 /// The config file as stored. Every field is optional: an absent file is an empty one.
@@ -69,9 +89,53 @@ pub struct FileConfig {
     /// Who logged in (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The context used when no `--context` or `FABRIC_CONTEXT` names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_context: Option<String>,
+    /// Named servers, each with its own login.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contexts: std::collections::BTreeMap<String, Login>,
+}
+
+/// A server and the login kept for it: the top level of the file, or a context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl FileConfig {
+    /// The login of `context`, or the top-level one.
+    pub fn login(&self, context: Option<&str>) -> Login {
+        match context {
+            Some(name) => self.contexts.get(name).cloned().unwrap_or_default(),
+            None => Login {
+                url: self.url.clone(),
+                token: self.token.clone(),
+                user: self.user.clone(),
+            },
+        }
+    }
+
+    /// Replaces the login of `context`, or the top-level one.
+    pub fn set_login(&mut self, context: Option<&str>, login: Login) {
+        match context {
+            Some(name) => {
+                self.contexts.insert(name.to_owned(), login);
+            }
+            None => {
+                self.url = login.url;
+                self.token = login.token;
+                self.user = login.user;
+            }
+        }
+    }
+
     /// Reads `path`; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {
@@ -219,29 +283,54 @@ pub struct ClientSettings {
     pub config_path: PathBuf,
     /// The file as loaded (login and logout edit and save it).
     pub file: FileConfig,
+    /// The context in use (`--context`, `FABRIC_CONTEXT`, `current_context`);
+    /// `None`: the file's top-level login.
+    pub context: Option<String>,
+    /// The login of that context (or the top level), as loaded.
+    pub login: Login,
 }
 
 impl ClientSettings {
-    /// Resolves flag > env > file > default for the URL, and `FABRIC_TOKEN` > stored login for the token.
-    pub fn resolve(flag_url: Option<&str>, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+    /// Resolves flag > env > context (or the file's top level) > default for
+    /// the URL, and `FABRIC_TOKEN` > that login's token for the token.
+    pub fn resolve(
+        flag_url: Option<&str>,
+        flag_context: Option<&str>,
+        env: EnvLookup<'_>,
+    ) -> Result<Self, ConfigError> {
         let config_path = config_path(env)?;
         let file = FileConfig::load(&config_path)?;
-        Self::from_parts(flag_url, env, config_path, file)
+        Self::from_parts(flag_url, flag_context, env, config_path, file)
     }
 
     fn from_parts(
         flag_url: Option<&str>,
+        flag_context: Option<&str>,
         env: EnvLookup<'_>,
         config_path: PathBuf,
         file: FileConfig,
     ) -> Result<Self, ConfigError> {
+        let context = flag_context
+            .map(str::to_owned)
+            .or_else(|| env(ENV_CONTEXT))
+            .or_else(|| file.current_context.clone());
+        if let Some(name) = &context
+            && !file.contexts.contains_key(name)
+        {
+            return Err(ConfigError::UnknownContext {
+                name: name.clone(),
+                path: config_path,
+                known: file.contexts.keys().cloned().collect(),
+            });
+        }
+        let login = file.login(context.as_deref());
         let raw_url = flag_url
             .map(str::to_owned)
             .or_else(|| env(ENV_URL))
-            .or_else(|| file.url.clone())
+            .or_else(|| login.url.clone())
             .unwrap_or_else(|| DEFAULT_URL.to_owned());
         let url = normalize_url(&raw_url)?;
-        let token = match (env(ENV_TOKEN), stored_token_for(&file, &url)) {
+        let token = match (env(ENV_TOKEN), stored_token_for(&login, &url)) {
             (Some(t), _) => TokenSource::Env(t),
             (None, Ok(t)) => TokenSource::Login(t.to_owned()),
             (None, Err(stored_for)) => TokenSource::Missing { stored_for },
@@ -251,12 +340,22 @@ impl ClientSettings {
             token,
             config_path,
             file,
+            context,
+            login,
         })
     }
 
     /// The stored login's token when it belongs to this server, whatever `FABRIC_TOKEN` says.
     pub fn stored_token(&self) -> Option<&str> {
-        stored_token_for(&self.file, &self.url).ok()
+        stored_token_for(&self.login, &self.url).ok()
+    }
+
+    /// The file with `login` stored where this invocation's login lives
+    /// (its context, or the top level), ready to save.
+    pub fn file_with_login(&self, login: Login) -> FileConfig {
+        let mut file = self.file.clone();
+        file.set_login(self.context.as_deref(), login);
+        file
     }
 
     /// The token, if there is one.
@@ -272,13 +371,13 @@ impl ClientSettings {
 ///
 /// A stored token is only sent to the server that issued it: `--url` pointing
 /// elsewhere must not leak it. A file without `url` predates that rule; trust it.
-fn stored_token_for<'a>(file: &'a FileConfig, url: &str) -> Result<&'a str, Option<String>> {
-    let token = file.token.as_deref().ok_or(None)?;
-    match file.url.as_deref().map(normalize_url) {
+fn stored_token_for<'a>(login: &'a Login, url: &str) -> Result<&'a str, Option<String>> {
+    let token = login.token.as_deref().ok_or(None)?;
+    match login.url.as_deref().map(normalize_url) {
         None => Ok(token),
         Some(Ok(stored)) if stored == url => Ok(token),
         Some(Ok(stored)) => Err(Some(stored)),
-        Some(Err(_)) => Err(file.url.clone()),
+        Some(Err(_)) => Err(login.url.clone()),
     }
 }
 
@@ -298,7 +397,7 @@ mod tests {
 
     fn resolve(flag: Option<&str>, pairs: &[(&str, &str)], file: FileConfig) -> ClientSettings {
         let env = env_of(pairs);
-        ClientSettings::from_parts(flag, &env, PathBuf::from("/x/config.toml"), file).unwrap()
+        ClientSettings::from_parts(flag, None, &env, PathBuf::from("/x/config.toml"), file).unwrap()
     }
 
     #[test]
@@ -361,6 +460,7 @@ mod tests {
             url: Some("http://h:1/".into()),
             token: Some("stored".into()),
             user: Some("admin".into()),
+            ..Default::default()
         };
         let s = resolve(None, &[("FABRIC_TOKEN", "from-env")], file.clone());
         assert_eq!(s.token, TokenSource::Env("from-env".into()));
@@ -375,6 +475,62 @@ mod tests {
             }
         );
         assert_eq!(resolve(None, &[], FileConfig::default()).token(), None);
+    }
+
+    #[test]
+    fn a_context_supplies_url_and_token_and_the_flag_env_and_file_pick_it() {
+        let file = FileConfig {
+            url: Some("http://top:1".into()),
+            token: Some("top-token".into()),
+            current_context: Some("a".into()),
+            contexts: [
+                (
+                    "a".to_owned(),
+                    Login {
+                        url: Some("http://a:1".into()),
+                        token: Some("ta".into()),
+                        user: None,
+                    },
+                ),
+                (
+                    "b".to_owned(),
+                    Login {
+                        url: Some("http://b:1".into()),
+                        token: Some("tb".into()),
+                        user: None,
+                    },
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let pick = |flag: Option<&str>, env: &[(&str, &str)]| {
+            let env = env_of(env);
+            ClientSettings::from_parts(None, flag, &env, PathBuf::from("/x/c.toml"), file.clone())
+        };
+        let s = pick(None, &[]).unwrap();
+        assert_eq!((s.url.as_str(), s.token()), ("http://a:1", Some("ta")));
+        let s = pick(None, &[("FABRIC_CONTEXT", "b")]).unwrap();
+        assert_eq!((s.url.as_str(), s.token()), ("http://b:1", Some("tb")));
+        let s = pick(Some("a"), &[("FABRIC_CONTEXT", "b")]).unwrap();
+        assert_eq!(s.context.as_deref(), Some("a"), "the flag wins");
+        // FABRIC_URL still wins over the context's URL (and its token stays home).
+        let s = pick(None, &[("FABRIC_URL", "http://elsewhere:9")]).unwrap();
+        assert_eq!((s.url.as_str(), s.token()), ("http://elsewhere:9", None));
+        let err = pick(Some("c"), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("no context named \"c\"") && err.contains("a, b"),
+            "{err}"
+        );
+        // A login stored by this invocation goes to its context, not the top level.
+        let s = pick(Some("b"), &[]).unwrap();
+        let saved = s.file_with_login(Login {
+            url: Some("http://b:1".into()),
+            token: Some("new".into()),
+            user: None,
+        });
+        assert_eq!(saved.contexts["b"].token.as_deref(), Some("new"));
+        assert_eq!(saved.token.as_deref(), Some("top-token"));
     }
 
     #[test]
@@ -398,6 +554,16 @@ mod tests {
             url: Some("http://h:1".into()),
             token: Some("t".into()),
             user: Some("u".into()),
+            current_context: Some("prod".into()),
+            contexts: [(
+                "prod".to_owned(),
+                Login {
+                    url: Some("https://prod:8443".into()),
+                    token: Some("p".into()),
+                    user: None,
+                },
+            )]
+            .into(),
         };
         cfg.save(&path).unwrap();
         assert_eq!(FileConfig::load(&path).unwrap(), cfg);

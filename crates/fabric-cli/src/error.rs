@@ -134,7 +134,9 @@ impl CliError {
                     exit::ERROR
                 }
             },
-            CliError::Config(ConfigError::InvalidUrl { .. }) => exit::USAGE,
+            CliError::Config(
+                ConfigError::InvalidUrl { .. } | ConfigError::UnknownContext { .. },
+            ) => exit::USAGE,
             CliError::InstanceConfig(_) => exit::USAGE,
             CliError::Docker(e) | CliError::Image(ImageError::Docker(e)) => docker_exit_code(e),
             CliError::Instance(InstanceError::Exists { .. }) => exit::CONFLICT,

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::client::{ClientError, FabricClient};
 use crate::commands::Ctx;
-use crate::config::{ENV_TOKEN, TokenSource};
+use crate::config::{ENV_TOKEN, Login, TokenSource};
 use crate::error::CliError;
 use crate::outln;
 use crate::output::print_json;
@@ -50,10 +50,11 @@ async fn login(ctx: &Ctx, args: LoginArgs) -> Result<(), CliError> {
         })
         .await?;
 
-    let mut file = ctx.settings.file.clone();
-    file.url = Some(ctx.settings.url.clone());
-    file.token = Some(issued.token.clone());
-    file.user = Some(issued.user.clone());
+    let file = ctx.settings.file_with_login(Login {
+        url: Some(ctx.settings.url.clone()),
+        token: Some(issued.token.clone()),
+        user: Some(issued.user.clone()),
+    });
     file.save(&ctx.settings.config_path)?;
 
     if matches!(ctx.settings.token, TokenSource::Env(_)) {
@@ -136,9 +137,11 @@ async fn logout(ctx: &Ctx) -> Result<(), CliError> {
         }
     };
 
-    let mut file = settings.file.clone();
-    file.token = None;
-    file.user = None;
+    let file = settings.file_with_login(Login {
+        token: None,
+        user: None,
+        ..settings.login.clone()
+    });
     file.save(&settings.config_path)?;
 
     if ctx.output.is_json() {

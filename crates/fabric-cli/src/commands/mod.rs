@@ -5,6 +5,7 @@ pub mod agent;
 pub mod auth;
 pub mod budget;
 pub mod completion;
+pub mod config;
 pub mod image;
 pub mod instance;
 pub mod mock_llm;
@@ -89,6 +90,15 @@ pub struct Cli {
     #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
 
+    /// Use this context (a named server and its login; see 'config get-contexts') [env: FABRIC_CONTEXT; else the current context]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Global options"
+    )]
+    pub context: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -148,6 +158,9 @@ pub enum Command {
     Image(image::ImageCommand),
     /// Print a shell completion script (bash, zsh or fish)
     Completion(completion::CompletionArgs),
+    /// Named servers (contexts): set-context, use-context, get-contexts, current-context, delete-context
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// What every client command gets: where the server is, which token to send, how to print.
@@ -183,19 +196,22 @@ impl Ctx {
 /// The global options reach every subcommand (clap), but some have no use
 /// for them: saying so beats ignoring them silently.
 fn refuse_unused_globals(cli: &Cli) -> Result<(), CliError> {
-    let client_options = cli.url.is_some() || cli.output != OutputFormat::Human || cli.quiet;
+    let client_options = cli.url.is_some()
+        || cli.output != OutputFormat::Human
+        || cli.quiet
+        || cli.context.is_some();
     match &cli.command {
         Command::Serve(_) | Command::Proxy(_) | Command::MockLlm(_) | Command::Completion(_)
             if client_options =>
         {
             Err(CliError::Usage(
-                "--url, -o and -q are options of the commands that talk to a fabric server; \
+                "--url, --context, -o and -q are options of the commands that talk to a fabric server; \
                  this one has its own flags (see its --help)"
                     .into(),
             ))
         }
         Command::Start(_) | Command::Down(_) | Command::List | Command::Image(_)
-            if cli.url.is_some() =>
+            if cli.url.is_some() || cli.context.is_some() =>
         {
             Err(CliError::Usage(
                 "--url names a fabric server; instance commands talk to Docker (DOCKER_HOST) \
@@ -203,7 +219,17 @@ fn refuse_unused_globals(cli: &Cli) -> Result<(), CliError> {
                     .into(),
             ))
         }
-        Command::Version if cli.url.is_some() || cli.quiet => Err(CliError::Usage(
+        // `set-context NAME --url URL` has a --url of its own (clap shares the name with the global).
+        Command::Config(cmd)
+            if cli.context.is_some()
+                || cli.quiet
+                || (cli.url.is_some() && !matches!(cmd, config::ConfigCommand::SetContext(_))) =>
+        {
+            Err(CliError::Usage(
+                "config edits the contexts in the config file: name them as arguments, not with --url or --context".into(),
+            ))
+        }
+        Command::Version if cli.url.is_some() || cli.quiet || cli.context.is_some() => Err(CliError::Usage(
             "version prints this binary's version and takes only -o".into(),
         )),
         _ => Ok(()),
@@ -218,6 +244,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         // Neither needs the client config: `version` works with no HOME, `serve` has its own.
         Command::Version => version::run(cli.output),
         Command::Completion(args) => completion::run(&args),
+        Command::Config(cmd) => config::run(cmd, cli.output),
         Command::Serve(args) => serve::run(*args),
         Command::Proxy(args) => proxy::run(args),
         Command::MockLlm(args) => mock_llm::run(args),
@@ -227,7 +254,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::List => block_on(instance::list(cli.output)),
         Command::Image(cmd) => block_on(image::run(cmd, cli.output)),
         command => {
-            let settings = ClientSettings::resolve(cli.url.as_deref(), &process_env)?;
+            let settings =
+                ClientSettings::resolve(cli.url.as_deref(), cli.context.as_deref(), &process_env)?;
             let ctx = Ctx {
                 settings,
                 output: cli.output,
@@ -254,7 +282,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     | Command::Down(_)
                     | Command::List
                     | Command::Image(_)
-                    | Command::Completion(_) => Ok(()),
+                    | Command::Completion(_)
+                    | Command::Config(_) => Ok(()),
                 };
                 match outcome {
                     // No token for a server that is not there: the server's

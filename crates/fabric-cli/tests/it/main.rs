@@ -901,3 +901,105 @@ fn lists_have_ls_quiet_and_wide() {
         "{help}"
     );
 }
+
+/// Issue #17: contexts, kubectl-style: two servers side by side in one
+/// config file, each with its own login; `use-context` switches, `--context`
+/// and `FABRIC_CONTEXT` pick one for a command; an unknown one is a usage
+/// error naming the known ones.
+#[test]
+fn contexts_keep_several_servers_and_their_logins() {
+    let one = Fabric::start();
+    let two = Fabric::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let cli = || bare_cli(&config);
+    let out = stdout_of(cli().args(["config", "set-context", "one", "--url", &one.url]));
+    assert!(out.starts_with("created context one"), "{out}");
+    stdout_of(cli().args(["config", "set-context", "two", "--url", &two.url]));
+    stdout_of(cli().args(["config", "use-context", "one"]));
+    assert_eq!(
+        stdout_of(cli().args(["config", "current-context"])).trim(),
+        "one"
+    );
+    // Log in to each: the login lands in the context in use.
+    for context in ["one", "two"] {
+        cli()
+            .args([
+                "--context",
+                context,
+                "auth",
+                "login",
+                "--username",
+                "admin",
+                "--password",
+                ADMIN_PASSWORD,
+            ])
+            .assert()
+            .success();
+    }
+    // A task on each server, through the current context and through --context.
+    let on_one = stdout_of(cli().args(["task", "create", "--prompt", "echo one"]));
+    let on_one = on_one.lines().last().unwrap().to_owned();
+    let on_two =
+        stdout_of(cli().args(["--context", "two", "task", "create", "--prompt", "echo two"]));
+    let on_two = on_two.lines().last().unwrap().to_owned();
+    let listed_one = stdout_of(cli().args(["task", "ls", "-q"]));
+    assert!(
+        has_line(&listed_one, &on_one) && !listed_one.contains(&on_two),
+        "{listed_one}"
+    );
+    let listed_two = stdout_of(
+        cli()
+            .env("FABRIC_CONTEXT", "two")
+            .args(["task", "ls", "-q"]),
+    );
+    assert!(
+        has_line(&listed_two, &on_two) && !listed_two.contains(&on_one),
+        "{listed_two}"
+    );
+    let contexts = stdout_of(cli().args(["config", "get-contexts"]));
+    let current = contexts.lines().find(|l| l.starts_with("one")).unwrap();
+    assert!(
+        current.contains('*') && current.contains(&one.url),
+        "{contexts}"
+    );
+    // Logging out of one context leaves the other logged in.
+    cli()
+        .args(["--context", "two", "auth", "logout"])
+        .assert()
+        .success();
+    cli()
+        .args(["--context", "two", "task", "ls"])
+        .assert()
+        .code(3);
+    cli().args(["task", "ls"]).assert().success();
+    // Unknown contexts: a usage error that lists the known ones.
+    let out = cli()
+        .args(["--context", "three", "task", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("no context named \"three\"") && stderr.contains("one, two"),
+        "{stderr}"
+    );
+    cli()
+        .args(["config", "use-context", "three"])
+        .assert()
+        .code(2);
+    // The file stays private: it holds tokens.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    stdout_of(cli().args(["config", "delete-context", "one"]));
+    // The current context is gone with it: none is current now.
+    cli().args(["config", "current-context"]).assert().code(2);
+    let contexts = stdout_of(cli().args(["config", "get-contexts", "-o", "json"]));
+    let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&contexts)
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["two"], "{contexts}");
+}
