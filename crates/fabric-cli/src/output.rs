@@ -48,7 +48,8 @@ fn format() -> OutputFormat {
         .map_or(OutputFormat::Human, |(format, _)| *format)
 }
 
-fn quiet() -> bool {
+/// Whether lists print only their ids (`-q`).
+pub fn is_quiet() -> bool {
     FORMAT.get().is_some_and(|(_, quiet)| *quiet)
 }
 
@@ -135,7 +136,7 @@ pub fn plain(text: &str) -> std::borrow::Cow<'_, str> {
 /// Control characters in cells are escaped ([`plain`]).
 /// With `-q`, only the first column (the id or name), without the header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    if quiet() {
+    if is_quiet() {
         return rows
             .iter()
             .filter_map(|row| row.first())

@@ -22,7 +22,6 @@ pub enum TenantCommand {
         name: TenantId,
     },
     /// List tenants (an admin sees every tenant, anyone else their own)
-    #[command(alias = "ls")]
     #[command(visible_alias = "ls")]
     List,
     /// Disable a tenant: its users cannot log in and their tokens are revoked
@@ -36,7 +35,6 @@ pub enum TenantCommand {
         name: TenantId,
     },
     /// Delete a tenant that has no users left
-    #[command(alias = "delete")]
     #[command(visible_alias = "delete")]
     Rm {
         #[arg(value_name = "NAME")]
@@ -49,7 +47,6 @@ pub enum UserCommand {
     /// Create a user; prints a generated one-time password unless --password-stdin
     Create(CreateUserArgs),
     /// List the users of your tenant (an admin: of every tenant)
-    #[command(alias = "ls")]
     #[command(visible_alias = "ls")]
     List {
         /// Only this tenant's users
@@ -87,7 +84,6 @@ pub enum UserCommand {
         name: String,
     },
     /// Delete a user and its tokens
-    #[command(alias = "delete")]
     #[command(visible_alias = "delete")]
     Rm {
         #[arg(value_name = "NAME")]
@@ -127,7 +123,6 @@ pub enum TokenCommand {
     /// Create a token for scripts; the secret is shown once
     Create(CreateTokenArgs),
     /// List your tokens (never their secrets)
-    #[command(alias = "ls")]
     #[command(visible_alias = "ls")]
     List {
         /// Another user's tokens (one you manage)

@@ -88,8 +88,9 @@ pub struct CreateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct IdArg {
-    /// Task id
-    pub id: TaskId,
+    /// Task: its full id, the last 6 or more characters of it (as tables show), or its name
+    #[arg(value_name = "TASK")]
+    pub id: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,8 +111,9 @@ pub struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ResultArgs {
-    /// Task id
-    pub id: TaskId,
+    /// Task: its full id, the last 6 or more characters of it (as tables show), or its name
+    #[arg(value_name = "TASK")]
+    pub id: String,
     /// Wait until the task has finished
     #[arg(long)]
     pub wait: bool,
@@ -122,8 +124,9 @@ pub struct ResultArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
-    /// Task id
-    pub id: TaskId,
+    /// Task: its full id, the last 6 or more characters of it (as tables show), or its name
+    #[arg(value_name = "TASK")]
+    pub id: String,
     /// Stream new lines as they come until the task ends
     #[arg(short, long)]
     pub follow: bool,
@@ -132,13 +135,89 @@ pub struct LogsArgs {
 pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<(), CliError> {
     match cmd {
         TaskCommand::Create(args) => create(ctx, args).await,
-        TaskCommand::Get(args) => get(ctx, args.id).await,
+        TaskCommand::Get(args) => get(ctx, resolve(ctx, &args.id).await?).await,
         TaskCommand::List(args) => list(ctx, args).await,
-        TaskCommand::Cancel(args) => cancel(ctx, args.id).await,
-        TaskCommand::Result(args) => result(ctx, args, true).await,
-        TaskCommand::Logs(args) if args.follow => follow(ctx, args.id).await,
-        TaskCommand::Logs(args) => logs(ctx, args.id).await,
+        TaskCommand::Cancel(args) => cancel(ctx, resolve(ctx, &args.id).await?).await,
+        TaskCommand::Result(args) => {
+            let id = resolve(ctx, &args.id).await?;
+            result(ctx, id, args.wait, args.timeout, true).await
+        }
+        TaskCommand::Logs(args) if args.follow => follow(ctx, resolve(ctx, &args.id).await?).await,
+        TaskCommand::Logs(args) => logs(ctx, resolve(ctx, &args.id).await?).await,
     }
+}
+
+/// How many of the newest tasks a short id or a name is looked for among.
+const RESOLVE_SCAN: usize = 10_000;
+/// The shortest id tail accepted: fewer characters would match too often.
+const MIN_ID_TAIL: usize = 6;
+
+/// The task `text` names: a full id; the end of one (at least
+/// [`MIN_ID_TAIL`] characters, as tables show ids by their last 8); or a
+/// task's name. Short ids and names are looked for among the
+/// [`RESOLVE_SCAN`] newest tasks one may see; two matches are an error
+/// listing both.
+async fn resolve(ctx: &Ctx, text: &str) -> Result<TaskId, CliError> {
+    let text = text.trim();
+    if let Ok(id) = text.parse::<TaskId>() {
+        return Ok(id);
+    }
+    let tail = text.to_ascii_lowercase();
+    let looks_like_tail =
+        tail.len() >= MIN_ID_TAIL && tail.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    let client = ctx.authed_client()?;
+    let mut matches: Vec<Task> = Vec::new();
+    let mut before = None;
+    let mut scanned = 0;
+    while scanned < RESOLVE_SCAN {
+        let page = client
+            .list_tasks(&TaskListQuery {
+                status: None,
+                agent: None,
+                limit: Some(1000),
+                before,
+            })
+            .await?;
+        scanned += page.tasks.len();
+        matches.extend(page.tasks.into_iter().filter(|t| {
+            (looks_like_tail && t.id.to_string().ends_with(&tail))
+                || t.name.as_deref() == Some(text)
+        }));
+        match page.next_cursor {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    match matches.as_slice() {
+        [one] => Ok(one.id),
+        [] => Err(CliError::Client(crate::client::ClientError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: format!(
+                "no task has the id {text:?}, an id ending in it or that name (among the {RESOLVE_SCAN} newest): give the full id (task ls -o wide shows them)"
+            ),
+            request_id: None,
+        })),
+        several => Err(CliError::Usage(format!(
+            "{text:?} names {} tasks: {}; give more of the id",
+            several.len(),
+            several
+                .iter()
+                .map(|t| match &t.name {
+                    Some(name) => format!("{} ({name})", t.id),
+                    None => t.id.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// How tables show a task id: its last 8 characters, the random part of a
+/// UUIDv7 (its head is a timestamp, alike for tasks made together).
+pub fn short_id(id: TaskId) -> String {
+    let full = id.to_string();
+    full[full.len() - 8..].to_owned()
 }
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
@@ -194,12 +273,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
             // Its exit is decided by the result below, which says it in full.
             let _ = follow(ctx, task.id).await;
         }
-        let wait = ResultArgs {
-            id: task.id,
-            wait: true,
-            timeout: None,
-        };
-        return result(ctx, wait, !args.follow).await;
+        return result(ctx, task.id, true, None, !args.follow).await;
     }
     if ctx.output.is_json() {
         return print_json(&task);
@@ -336,8 +410,14 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         .tasks
         .iter()
         .map(|t| {
+            // -q and wide print whole ids (for scripts); the table their tails.
+            let id = if wide || crate::output::is_quiet() {
+                t.id.to_string()
+            } else {
+                short_id(t.id)
+            };
             let mut row = vec![
-                t.id.to_string(),
+                id,
                 t.status.to_string(),
                 t.agent_id.to_string(),
                 t.priority.to_string(),
@@ -388,21 +468,27 @@ async fn cancel(ctx: &Ctx, id: TaskId) -> Result<(), CliError> {
 
 /// `task result`; `with_output`: print the task's stdout and stderr too
 /// (after `--follow` has streamed them already, only the status lines).
-async fn result(ctx: &Ctx, args: ResultArgs, with_output: bool) -> Result<(), CliError> {
+async fn result(
+    ctx: &Ctx,
+    id: TaskId,
+    wait: bool,
+    timeout: Option<Duration>,
+    with_output: bool,
+) -> Result<(), CliError> {
     let client = ctx.authed_client()?;
     let started = Instant::now();
     let mut delay = POLL_MIN;
     let view = loop {
-        let view = client.task_result(args.id).await?;
-        if view.status.is_terminal() || !args.wait {
+        let view = client.task_result(id).await?;
+        if view.status.is_terminal() || !wait {
             break view;
         }
         let mut sleep = delay;
-        if let Some(limit) = args.timeout {
+        if let Some(limit) = timeout {
             let waited = started.elapsed();
             if waited >= limit {
                 return Err(CliError::WaitTimedOut {
-                    id: args.id,
+                    id,
                     status: view.status,
                     waited,
                 });
@@ -808,9 +894,9 @@ mod tests {
             "b",
         ]);
         assert!(ok.is_ok());
-        let err =
-            crate::Cli::try_parse_from(["reactor-fabric", "task", "result", "x"]).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "task ids are validated by clap");
+        // A task may be named by a short id or its name: `x` parses, and is
+        // looked up (tasks_are_found_by_short_id_or_name).
+        assert!(crate::Cli::try_parse_from(["reactor-fabric", "task", "result", "x"]).is_ok());
         let err = crate::Cli::try_parse_from([
             "reactor-fabric",
             "task",

@@ -367,6 +367,7 @@ fn bad_spawns_fail_before_any_request() {
     std::fs::write(&file, r#"{"id": "a", "memory": 64}"#).unwrap();
     let stderr = fails_with(cli().args(["agent", "spawn", "-f"]).arg(&file), 2);
     assert!(stderr.contains("unknown field `memory`"), "{stderr}");
-    // And a good one gets as far as the network: not logged in is checked first (exit 3).
-    fails_with(cli().args(["agent", "spawn", "--id", "a"]), 3);
+    // And a good one gets as far as the network: no server there (exit 6;
+    // not being logged in comes second).
+    fails_with(cli().args(["agent", "spawn", "--id", "a"]), 6);
 }

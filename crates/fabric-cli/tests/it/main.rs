@@ -221,6 +221,10 @@ fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
+fn has_line_starting(text: &str, start: &str) -> bool {
+    text.lines().any(|l| l.starts_with(start))
+}
+
 #[test]
 fn version_needs_no_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -521,7 +525,9 @@ fn task_create_result_list_get_cancel() {
     assert!(ids.contains(&hello) && ids.contains(&two), "{ids:?}");
     let out = stdout_of(fabric.cli().args(["task", "list"]));
     assert!(out.starts_with("ID"), "{out}");
-    assert!(out.contains(&hello), "{out}");
+    // Tables show an id by its last 8 characters (issue #17).
+    assert!(has_line_starting(&out, &hello[hello.len() - 8..]), "{out}");
+    assert!(!out.contains(&hello), "{out}");
 
     let out = stdout_of(fabric.cli().args(["task", "get", &hello]));
     assert!(has_line(&out, &format!("id: {hello}")), "{out}");
@@ -552,10 +558,10 @@ fn task_create_result_list_get_cancel() {
             .starts_with("Error: ")
     );
 
-    // A failing task: its result is printed and the exit code is 1.
+    // A failing task: its result is printed and the exit code is the task's own.
     let failing = fabric.create_task(&["--command", "echo oops >&2; exit 3"]);
     let (code, out) = fabric.wait_result(&failing);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 3, "{out}");
     assert!(has_line(&out, "status=failed"), "{out}");
     assert!(has_line(&out, "exit_code=3"), "{out}");
     assert!(has_line(&out, "oops"), "{out}");
@@ -1002,4 +1008,46 @@ fn contexts_keep_several_servers_and_their_logins() {
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["two"], "{contexts}");
+}
+
+/// Issue #17: a task is named by its full id, by the end of it (at least 6
+/// characters; tables show the last 8), or by its name; an ambiguous one is
+/// a usage error listing the candidates, an unknown one exit 4.
+#[test]
+fn tasks_are_found_by_short_id_or_name() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let id = fabric.create_task(&["--prompt", "echo found", "--name", "build-docs"]);
+    let (code, _) = fabric.wait_result(&id);
+    assert_eq!(code, 0);
+    for by in [
+        &id[id.len() - 8..],
+        &id[id.len() - 6..],
+        "build-docs",
+        id.as_str(),
+    ] {
+        let out = stdout_of(fabric.cli().args(["task", "get", by]));
+        assert!(has_line(&out, &format!("id: {id}")), "{by}: {out}");
+    }
+    let out = stdout_of(fabric.cli().args(["task", "result", "build-docs"]));
+    assert!(has_line(&out, "found"), "{out}");
+    // Two tasks of one name: which one is for the user to say.
+    let other = fabric.create_task(&["--prompt", "true", "--name", "build-docs"]);
+    let out = fabric
+        .cli()
+        .args(["task", "get", "build-docs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains(&id) && stderr.contains(&other), "{stderr}");
+    // Nothing by that name or tail; and five characters are too few for a tail.
+    for unknown in ["no-such-task", &id[id.len() - 5..]] {
+        let out = fabric
+            .cli()
+            .args(["task", "get", unknown])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4), "{unknown}: {out:?}");
+    }
 }
