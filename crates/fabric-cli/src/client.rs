@@ -170,6 +170,23 @@ impl FabricClient {
             .await
     }
 
+    /// `DELETE /v1/tasks/{id}`: a finished task, with its events.
+    pub async fn delete_task(&self, id: TaskId) -> Result<(), ClientError> {
+        self.send(self.authed(self.http.delete(self.url(&format!("/v1/tasks/{id}")))))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /v1/tasks/prune`: the finished tasks older than `older_than_seconds`.
+    pub async fn prune_tasks(
+        &self,
+        older_than_seconds: u64,
+    ) -> Result<fabric_core::api::DeletedTasks, ClientError> {
+        let body = fabric_core::api::PruneTasksRequest { older_than_seconds };
+        self.json(self.authed(self.http.post(self.url("/v1/tasks/prune")).json(&body)))
+            .await
+    }
+
     /// `GET /v1/tasks/{id}/result`.
     pub async fn task_result(&self, id: TaskId) -> Result<TaskResultView, ClientError> {
         self.json(self.authed(self.http.get(self.url(&format!("/v1/tasks/{id}/result")))))

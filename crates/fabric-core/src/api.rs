@@ -77,6 +77,24 @@ pub struct TaskResultView {
     pub result: Option<TaskResult>,
 }
 
+/// `POST /v1/tasks/prune`: delete finished tasks created before a moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PruneTasksRequest {
+    /// Finished tasks created more than this many seconds ago are deleted,
+    /// with their events (0: every finished task).
+    pub older_than_seconds: u64,
+}
+
+/// What `DELETE /v1/tasks/{id}` and `POST /v1/tasks/prune` deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeletedTasks {
+    /// How many tasks were deleted (with their events).
+    pub deleted: u64,
+}
+
 /// `GET /v1/tasks/{id}/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

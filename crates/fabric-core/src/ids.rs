@@ -31,6 +31,19 @@ impl TaskId {
     pub fn as_uuid(&self) -> uuid::Uuid {
         self.0
     }
+
+    /// The smallest id of `at`'s millisecond: every task created earlier has
+    /// a smaller id (UUIDv7 leads with the Unix time in milliseconds), so it
+    /// is a "created before" bound in the stores' id order.
+    pub fn first_at(at: crate::Timestamp) -> Self {
+        let ms = u64::try_from(at.as_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        // Version 7 and the RFC 4122 variant, the rest zero.
+        bytes[6] = 0x70;
+        bytes[8] = 0x80;
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
 }
 
 impl Default for TaskId {
@@ -171,6 +184,30 @@ impl TenantId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_at_bounds_the_ids_of_earlier_tasks() {
+        let before = TaskId::new();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let now = crate::Timestamp::from_millis(
+            i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap(),
+        );
+        let bound = TaskId::first_at(now);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let after = TaskId::new();
+        assert!(
+            before < bound && bound < after,
+            "{before} < {bound} < {after}"
+        );
+        assert!(before.to_string() < bound.to_string(), "in text order too");
+        assert_eq!(bound.as_uuid().get_version_num(), 7);
+    }
 
     #[test]
     fn names_are_validated() {

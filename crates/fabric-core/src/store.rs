@@ -128,6 +128,14 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// The highest event `seq` stored (0 when none), so a restart continues the sequence.
     fn last_event_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static;
+
+    /// Deletes the finished (terminal) tasks among `ids`, with their events
+    /// and idempotency keys, atomically per task; returns the ids deleted. A
+    /// task that is not stored, or not finished, is left as it is.
+    fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+    ) -> impl Future<Output = Result<Vec<TaskId>, StoreError>> + Send + 'static;
 }
 
 /// Users and API tokens.

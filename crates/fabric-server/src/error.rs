@@ -233,7 +233,9 @@ impl From<TaskError> for ApiError {
         match e {
             E::Invalid(_) | E::UnknownDependency(_) => Self::bad_request(e.to_string()),
             E::NotFound(_) => Self::not_found(e.to_string()),
-            E::AlreadyFinished { .. } | E::ChangedConcurrently(_) => Self::conflict(e.to_string()),
+            E::AlreadyFinished { .. } | E::NotFinished { .. } | E::ChangedConcurrently(_) => {
+                Self::conflict(e.to_string())
+            }
             E::Refused(r) => r.into(),
             E::Approval(e) => e.into(),
             E::OverBudget(r) => r.into(),

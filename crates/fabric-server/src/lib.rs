@@ -130,6 +130,9 @@ pub struct ServerConfig {
     /// How long a finished shell task's working directory stays before it is
     /// removed (`--workdir-retention`); zero removes it at once.
     pub workdir_retention: Duration,
+    /// How long finished tasks (with their events) are kept, counted from
+    /// their creation (`--task-retention`); zero keeps them for ever.
+    pub task_retention: Duration,
     /// Attempts per task unless the request says otherwise.
     pub default_max_attempts: u32,
     /// How to start the sandbox helper (isolation `process`); `None` turns
@@ -158,6 +161,9 @@ pub struct ServerConfig {
     pub limits: services::limits::LimitsConfig,
 }
 
+/// The default of [`ServerConfig::task_retention`]: 30 days.
+pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -176,6 +182,7 @@ impl Default for ServerConfig {
             shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
             kill_grace: Duration::from_secs(5),
             workdir_retention: Duration::ZERO,
+            task_retention: DEFAULT_TASK_RETENTION,
             default_max_attempts: fabric_core::Task::DEFAULT_MAX_ATTEMPTS,
             sandbox_helper: None,
             containers: ContainerConfig::default(),
@@ -666,6 +673,13 @@ pub async fn run(
         config.compute_sample_every,
         stop.clone(),
     ));
+    if !config.task_retention.is_zero() {
+        background.spawn(prune_finished_tasks(
+            Arc::clone(&tasks),
+            config.task_retention,
+            stop.clone(),
+        ));
+    }
     // Nothing else runs in the background from here on.
     background.close();
     readiness.set_ready();
@@ -762,6 +776,39 @@ async fn refresh_user_limits(
         }
         if let Err(e) = accounts.load_limits().await {
             tracing::warn!(error = %e, "cannot refresh the users' rate limits; keeping the last ones");
+        }
+    }
+}
+
+/// The retention of finished tasks (`--task-retention`): every so often
+/// (a tenth of the retention, at most hourly) deletes the finished tasks
+/// created longer ago than the retention, with their events, so the store
+/// does not grow without bound.
+async fn prune_finished_tasks(
+    tasks: Arc<services::tasks::TaskService>,
+    retention: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let age = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff =
+            fabric_core::Timestamp::from_millis(tasks.now().as_millis().saturating_sub(age));
+        match tasks.prune(None, cutoff).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(
+                deleted,
+                retention_secs = retention.as_secs(),
+                "finished tasks past their retention deleted"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot delete finished tasks past their retention")
+            }
         }
     }
 }

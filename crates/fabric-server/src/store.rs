@@ -244,6 +244,13 @@ impl TaskStore for AnyStore {
     fn last_event_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
         dispatch!(self, s => s.last_event_seq())
     }
+
+    fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+    ) -> impl Future<Output = Result<Vec<TaskId>, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_tasks(ids))
+    }
 }
 
 impl AuthStore for AnyStore {

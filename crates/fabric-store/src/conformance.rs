@@ -44,6 +44,7 @@ where
     list_tasks_filters_paging_order(&make_store().await).await;
     unfinished_tasks_content_and_order(&make_store().await).await;
     events_append_and_query(&make_store().await).await;
+    delete_finished_tasks(&make_store().await).await;
     users_crud(&make_store().await).await;
     tokens_crud(&make_store().await).await;
     users_update_list_delete_with_tokens(&make_store().await).await;
@@ -775,6 +776,86 @@ pub async fn events_append_and_query<S: TaskStore>(store: &S) {
         must(store.last_event_seq().await, "last seq"),
         8,
         "last seq is the highest stored"
+    );
+}
+
+/// Deleting tasks (`task rm`, `task prune`, retention): only finished ones
+/// go, each with its events, its place in every listing and its
+/// idempotency key (which can then name a new task); the others stay whole.
+pub async fn delete_finished_tasks<S: TaskStore>(store: &S) {
+    let mut done = sample_task("acme", "shell");
+    done.idempotency_key = Some("nightly".to_owned());
+    let running = sample_task("acme", "shell");
+    let other = sample_task("globex", "shell");
+    for task in [&done, &running, &other] {
+        create(store, task).await;
+    }
+    let mut finished = done.clone();
+    finished.status = TaskStatus::Completed;
+    assert_eq!(write(store, &finished, None).await, WriteOutcome::Applied);
+    let mut other_finished = other.clone();
+    other_finished.status = TaskStatus::Failed;
+    assert_eq!(
+        write(store, &other_finished, None).await,
+        WriteOutcome::Applied
+    );
+    must(
+        store
+            .append_events(vec![
+                event(done.id, 1, EventKind::Log),
+                event(running.id, 2, EventKind::Log),
+                event(done.id, 3, EventKind::Result),
+            ])
+            .await,
+        "events",
+    );
+    let deleted = must(
+        store
+            .delete_tasks(vec![done.id, running.id, TaskId::new()])
+            .await,
+        "deleting",
+    );
+    assert_eq!(deleted, vec![done.id], "only the finished task is deleted");
+    assert_eq!(get(store, done.id).await, None);
+    assert_eq!(
+        must(store.task_events(done.id, 0, 100).await, "its events"),
+        Vec::new(),
+        "its events go with it"
+    );
+    assert_eq!(
+        must(store.task_events(running.id, 0, 100).await, "other events").len(),
+        1,
+        "a running task keeps its events"
+    );
+    assert!(get(store, running.id).await.is_some());
+    for query in [
+        TaskQuery::default(),
+        TaskQuery {
+            tenant: Some(tenant("acme")),
+            status: Some(TaskStatus::Completed),
+            agent_id: Some(agent("shell")),
+            ..TaskQuery::default()
+        },
+    ] {
+        assert!(
+            !list(store, query).await.contains(&done.id),
+            "a deleted task is in no listing"
+        );
+    }
+    // The idempotency key is free: it names a new task now.
+    let mut again = sample_task("acme", "shell");
+    again.idempotency_key = Some("nightly".to_owned());
+    match must(store.create_task(again.clone()).await, "reusing the key") {
+        CreateOutcome::Created(task) => assert_eq!(task.id, again.id),
+        other => panic!("the key of a deleted task must be free: {other:?}"),
+    }
+    assert_eq!(
+        must(store.delete_tasks(vec![other.id]).await, "another tenant's"),
+        vec![other.id]
+    );
+    assert_eq!(
+        must(store.delete_tasks(Vec::new()).await, "nothing"),
+        Vec::<TaskId>::new()
     );
 }
 

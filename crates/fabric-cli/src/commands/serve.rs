@@ -112,6 +112,12 @@ pub struct ServeArgs {
           value_parser = crate::commands::task::parse_duration_or_zero)]
     pub workdir_retention: std::time::Duration,
 
+    /// How long finished tasks and their events are kept, from their creation;
+    /// older ones are deleted (0s keeps them for ever)
+    #[arg(long, env = "FABRIC_TASK_RETENTION", value_name = "DURATION", default_value = "30d",
+          value_parser = crate::commands::task::parse_duration_or_zero)]
+    pub task_retention: std::time::Duration,
+
     /// Most tasks that may wait for one agent; beyond it creating a task answers 429
     #[arg(long, env = "FABRIC_MAX_QUEUE_DEPTH", value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -277,6 +283,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         },
         max_queue_depth: args.max_queue_depth as usize,
         workdir_retention: args.workdir_retention,
+        task_retention: args.task_retention,
         sandbox_helper: sandbox_helper(),
         containers: fabric_server::ContainerConfig {
             docker_host: None,

@@ -37,6 +37,40 @@ pub enum TaskCommand {
     Result(ResultArgs),
     /// Show a task's log lines and status changes
     Logs(LogsArgs),
+    /// Run a task again: a new task with the same agent, input and limits; prints its id
+    Rerun(RerunArgs),
+    /// Delete finished tasks with their logs (a running one: cancel it first)
+    #[command(visible_alias = "delete")]
+    Rm(RmArgs),
+    /// Delete the finished tasks older than a duration, with their logs
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RerunArgs {
+    /// Task: its full id, the last 6 or more characters of it, or its name
+    #[arg(value_name = "TASK")]
+    pub id: String,
+    /// Wait for the new task to finish and print its result; exit with its exit code
+    #[arg(long, conflicts_with = "follow")]
+    pub wait: bool,
+    /// Stream the new task's log lines, then print its result; exit with its exit code
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Tasks: full ids, id tails of 6+ characters, or names
+    #[arg(value_name = "TASK", required = true)]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Finished tasks created longer ago than this go, e.g. 7d, 12h (0s: every finished task)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub older_than: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +178,60 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<(), CliError> {
         }
         TaskCommand::Logs(args) if args.follow => follow(ctx, resolve(ctx, &args.id).await?).await,
         TaskCommand::Logs(args) => logs(ctx, resolve(ctx, &args.id).await?).await,
+        TaskCommand::Rerun(args) => rerun(ctx, args).await,
+        TaskCommand::Rm(args) => remove(ctx, &args.ids).await,
+        TaskCommand::Prune(args) => prune(ctx, args.older_than).await,
+    }
+}
+
+/// `task rerun`: the task's request again, as a new task.
+async fn rerun(ctx: &Ctx, args: RerunArgs) -> Result<(), CliError> {
+    let id = resolve(ctx, &args.id).await?;
+    let old = ctx.authed_client()?.get_task(id).await?;
+    let request = CreateTaskRequest {
+        agent: Some(old.agent_id),
+        name: old.name,
+        prompt: old.input.prompt,
+        commands: old.input.commands,
+        files: old.input.files,
+        env: old.input.env,
+        priority: Some(old.priority),
+        depends_on: old.depends_on,
+        timeout_seconds: old.timeout.map(|d| d.as_secs_f64()),
+        max_attempts: Some(old.max_attempts),
+    };
+    submit(ctx, request, None, args.wait, args.follow, false).await
+}
+
+/// `task rm`: each task, stopping at the first that cannot be deleted.
+async fn remove(ctx: &Ctx, names: &[String]) -> Result<(), CliError> {
+    let client = ctx.authed_client()?;
+    let mut deleted = Vec::new();
+    for name in names {
+        let id = resolve(ctx, name).await?;
+        client.delete_task(id).await?;
+        if !ctx.output.is_json() {
+            outln!("deleted task {id}")?;
+        }
+        deleted.push(id);
+    }
+    if ctx.output.is_json() {
+        print_json(&serde_json::json!({ "deleted": deleted }))?;
+    }
+    Ok(())
+}
+
+/// `task prune --older-than D`.
+async fn prune(ctx: &Ctx, older_than: Duration) -> Result<(), CliError> {
+    let answer = ctx
+        .authed_client()?
+        .prune_tasks(older_than.as_secs())
+        .await?;
+    if ctx.output.is_json() {
+        print_json(&answer)
+    } else {
+        let s = if answer.deleted == 1 { "" } else { "s" };
+        outln!("deleted {} finished task{s}", answer.deleted)
     }
 }
 
@@ -235,6 +323,27 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
         timeout_seconds: args.timeout.map(|d| d.as_secs_f64()),
         max_attempts: args.max_attempts,
     };
+    submit(
+        ctx,
+        request,
+        args.idempotency_key.as_deref(),
+        args.wait,
+        args.follow,
+        args.require_running,
+    )
+    .await
+}
+
+/// Creates a task (`create`, `rerun`) and reports it, or runs it to its end
+/// with `wait`/`follow`.
+async fn submit(
+    ctx: &Ctx,
+    request: CreateTaskRequest,
+    idempotency_key: Option<&str>,
+    wait: bool,
+    follow_it: bool,
+    require_running: bool,
+) -> Result<(), CliError> {
     let client = ctx.authed_client()?;
     // A task for an agent that does not run waits in its queue until the
     // agent runs again: say so, or refuse when asked to.
@@ -249,16 +358,14 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
         None => None,
     };
     if let Some((agent, state)) = &idle_agent
-        && args.require_running
+        && require_running
     {
         return Err(CliError::AgentNotRunning {
             agent: agent.clone(),
             state: *state,
         });
     }
-    let task = client
-        .create_task(&request, args.idempotency_key.as_deref())
-        .await?;
+    let task = client.create_task(&request, idempotency_key).await?;
     if let Some((agent, state)) = &idle_agent {
         eprintln!(
             "warning: agent {agent} is {}: task {} waits in its queue until the agent runs again (reactor-fabric agent spawn --id {agent} ...); --require-running refuses instead",
@@ -266,14 +373,14 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
             task.id
         );
     }
-    if args.wait || args.follow {
+    if wait || follow_it {
         // Like `docker run`: stdout is the task's; the id goes to stderr.
         eprintln!("created task {} (agent {})", task.id, task.agent_id);
-        if args.follow && !ctx.output.is_json() {
+        if follow_it && !ctx.output.is_json() {
             // Its exit is decided by the result below, which says it in full.
             let _ = follow(ctx, task.id).await;
         }
-        return result(ctx, task.id, true, None, !args.follow).await;
+        return result(ctx, task.id, true, None, !follow_it).await;
     }
     if ctx.output.is_json() {
         return print_json(&task);

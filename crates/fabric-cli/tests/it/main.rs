@@ -1051,3 +1051,62 @@ fn tasks_are_found_by_short_id_or_name() {
         assert_eq!(out.status.code(), Some(4), "{unknown}: {out:?}");
     }
 }
+
+/// Issue #17: `task rerun` runs a task again (same agent and input, a new
+/// id), `task rm` deletes finished tasks, `task prune --older-than` the
+/// finished ones older than an age.
+#[test]
+fn tasks_rerun_rm_and_prune() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let first = fabric.create_task(&["--command", "echo again-and-again", "--name", "repeat"]);
+    assert_eq!(fabric.wait_result(&first).0, 0);
+    let out = fabric
+        .cli()
+        .args(["task", "rerun", &first[first.len() - 8..], "--wait"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(has_line(
+        &String::from_utf8(out.stdout).unwrap(),
+        "again-and-again"
+    ));
+    let ids = stdout_of(fabric.cli().args(["task", "ls", "-q"]));
+    assert_eq!(ids.lines().count(), 2, "a new task: {ids}");
+    let second = ids.lines().next().unwrap().to_owned();
+    let second_task = stdout_of(fabric.cli().args(["task", "get", &second]));
+    assert!(
+        has_line(&second_task, "name: repeat")
+            && has_line(&second_task, "command: echo again-and-again"),
+        "{second_task}"
+    );
+
+    // rm: by id; a running one is refused until canceled (exit 5).
+    let out = stdout_of(fabric.cli().args(["task", "rm", &first]));
+    assert!(out.starts_with(&format!("deleted task {first}")), "{out}");
+    fabric.cli().args(["task", "get", &first]).assert().code(4);
+    let slow = fabric.create_task(&["--command", "sleep 30"]);
+    let out = fabric.cli().args(["task", "rm", &slow]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancel it first"));
+    fabric
+        .cli()
+        .args(["task", "cancel", &slow])
+        .assert()
+        .success();
+
+    // prune: nothing is a day old; everything finished is older than 0s.
+    let out = stdout_of(fabric.cli().args(["task", "prune", "--older-than", "1d"]));
+    assert_eq!(out.trim(), "deleted 0 finished tasks");
+    let _ = fabric
+        .cli()
+        .args(["task", "result", &slow, "--wait"])
+        .output();
+    let out = stdout_of(fabric.cli().args(["task", "prune", "--older-than", "0s"]));
+    assert_eq!(
+        out.trim(),
+        "deleted 2 finished tasks",
+        "the rerun and the canceled one"
+    );
+    assert_eq!(stdout_of(fabric.cli().args(["task", "ls", "-q"])), "");
+}

@@ -4,9 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use fabric_core::api::{
-    CreateTaskRequest, EventList, IDEMPOTENCY_KEY_HEADER, TaskList, TaskResultView,
+    CreateTaskRequest, DeletedTasks, EventList, IDEMPOTENCY_KEY_HEADER, PruneTasksRequest,
+    TaskList, TaskResultView,
 };
-use fabric_core::{AgentId, Scope, Task, TaskQuery, TaskStatus};
+use fabric_core::{AgentId, Scope, Task, TaskQuery, TaskStatus, Timestamp};
 use serde::Deserialize;
 
 use super::task_id;
@@ -171,6 +172,42 @@ pub async fn cancel(
     let task = state.tasks.cancel(&principal.tenant, task_id(&id)?).await?;
     tracing::info!(task_id = %task.id, "task canceled");
     Ok(Json(task))
+}
+
+/// Deletes a finished task with its events; 409 while it has not finished.
+#[utoipa::path(delete, path = "/v1/tasks/{id}", operation_id = "delete_task", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, format = Uuid, description = "task id")),
+    responses((status = 200, body = DeletedTasks), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody), (status = 409, description = "the task has not finished: cancel it first", body = fabric_core::api::ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<DeletedTasks>, ApiError> {
+    principal.require(Scope::WriteTasks)?;
+    let id = task_id(&id)?;
+    state.tasks.delete(&principal.tenant, id).await?;
+    tracing::info!(task_id = %id, "task deleted");
+    Ok(Json(DeletedTasks { deleted: 1 }))
+}
+
+/// Deletes the caller's tenant's finished tasks created more than
+/// `older_than_seconds` ago, with their events.
+#[utoipa::path(post, path = "/v1/tasks/prune", operation_id = "prune_tasks", tag = "tasks", security(("bearer" = [])), request_body = PruneTasksRequest,
+    responses((status = 200, body = DeletedTasks), (status = 400, body = fabric_core::api::ErrorBody)))]
+pub async fn prune(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<PruneTasksRequest>,
+) -> Result<Json<DeletedTasks>, ApiError> {
+    principal.require(Scope::WriteTasks)?;
+    let age = i64::try_from(req.older_than_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let cutoff = Timestamp::from_millis(state.tasks.now().as_millis().saturating_sub(age));
+    let deleted = state.tasks.prune(Some(&principal.tenant), cutoff).await?;
+    tracing::info!(
+        deleted,
+        older_than_seconds = req.older_than_seconds,
+        "tasks pruned"
+    );
+    Ok(Json(DeletedTasks { deleted }))
 }
 
 /// A task's history, oldest first: status changes, log lines, its result.

@@ -1155,3 +1155,93 @@ async fn idle_and_flooding_connections_are_bounded() {
     }
     s.stop().await;
 }
+
+/// Issue #17: a finished task can be deleted with its events (a running one
+/// answers 409, saying to cancel it first); prune deletes the caller's
+/// tenant's finished tasks older than a given age; and the retention
+/// (`--task-retention`) deletes old finished tasks by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_tasks_can_be_deleted_pruned_and_expire() {
+    let s = TestServer::start_with(|c| c.task_retention = Duration::from_secs(3)).await;
+    let token = s.login().await;
+    let running = s.create(&token, json!({"commands": ["sleep 30"]})).await;
+    s.wait_status(&token, &running, TaskStatus::Running).await;
+    let (status, body) = s.delete(&token, &format!("/v1/tasks/{running}")).await;
+    assert_eq!((status, error_code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cancel it first"),
+        "{body}"
+    );
+    s.post(&token, &format!("/v1/tasks/{running}/cancel"), json!({}))
+        .await;
+    s.wait_status(&token, &running, TaskStatus::Canceled).await;
+    let (status, body) = s.delete(&token, &format!("/v1/tasks/{running}")).await;
+    assert_eq!((status, body["deleted"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(s.get(&token, &format!("/v1/tasks/{running}")).await.0, 404);
+    assert_eq!(
+        s.get(&token, &format!("/v1/tasks/{running}/events"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        s.delete(&token, &format!("/v1/tasks/{running}")).await.0,
+        404
+    );
+
+    let done: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let id = s
+                .create(&token, json!({"commands": [format!("echo {i}")]}))
+                .await;
+            s.wait_done(&token, &id).await;
+            ids.push(id);
+        }
+        ids
+    };
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/tasks/prune",
+            json!({"older_than_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["deleted"].as_u64()),
+        (200, Some(0)),
+        "none that old: {body}"
+    );
+    let (status, body) = s
+        .post(&token, "/v1/tasks/prune", json!({"older_than_second": 1}))
+        .await;
+    assert_eq!(status, 400, "unknown fields are refused: {body}");
+    // The retention (3 s here) deletes them by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = 0;
+        for id in &done {
+            if s.get(&token, &format!("/v1/tasks/{id}")).await.0 != 404 {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} tasks outlived their retention"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let kept = s.create(&token, json!({"commands": ["true"]})).await;
+    s.wait_done(&token, &kept).await;
+    let (status, body) = s
+        .post(&token, "/v1/tasks/prune", json!({"older_than_seconds": 0}))
+        .await;
+    assert_eq!((status, body["deleted"].as_u64()), (200, Some(1)), "{body}");
+    s.stop().await;
+}

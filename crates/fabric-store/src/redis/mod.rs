@@ -386,6 +386,40 @@ impl TaskStore for RedisStore {
         })
     }
 
+    fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+    ) -> impl Future<Output = Result<Vec<TaskId>, StoreError>> + Send + 'static {
+        let op = if ids.is_empty() {
+            writer::op(None, "deleting no tasks".to_owned(), |_| Ok(Vec::new()))
+        } else {
+            let mut c = self.eval_fenced(&scripts::DELETE_TASKS);
+            for id in &ids {
+                c.arg(id.to_string());
+            }
+            writer::op(
+                Some(c),
+                format!("cannot delete {} task(s)", ids.len()),
+                |value| {
+                    codec::items("deleted tasks", value)?
+                        .iter()
+                        .map(|item| {
+                            let text = match item {
+                                Value::BulkString(bytes) => {
+                                    String::from_utf8_lossy(bytes).into_owned()
+                                }
+                                other => return Err(codec::unexpected("a deleted task id", other)),
+                            };
+                            text.parse::<TaskId>()
+                                .map_err(|_| codec::unexpected("a deleted task id", item))
+                        })
+                        .collect()
+                },
+            )
+        };
+        self.submit(Ok(op))
+    }
+
     fn append_events(
         &self,
         events: Vec<TaskEvent>,

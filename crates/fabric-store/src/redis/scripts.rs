@@ -32,10 +32,11 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 20] {
+pub(crate) fn all() -> [&'static Script; 21] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
+        &DELETE_TASKS,
         &APPEND_EVENTS,
         &PUT_AGENT,
         &DELETE_AGENT,
@@ -205,6 +206,34 @@ return 1
 /// `ARGV`: prefix, generation, then (task id, seq, body) per event. All or
 /// nothing: a seq already stored for its task fails the whole append. Raises
 /// the stored highest seq.
+/// `ARGV`: prefix, generation, task ids. Deletes each that is finished, with
+/// its index entries, idempotency key and events; returns the ids deleted.
+pub(crate) static DELETE_TASKS: LazyLock<Script> = LazyLock::new(|| {
+    script(format!(
+        r#"{prelude}
+local deleted = {{}}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local task = P .. 'task:' .. id
+  local cur = redis.call('HMGET', task, 'status', 'tenant', 'agent', 'idem')
+  local status, tenant, agent, key = cur[1], cur[2], cur[3], cur[4]
+  if status and TERMINAL[status] then
+    for _, k in ipairs(index_keys(tenant, status, agent)) do
+      redis.call('ZREM', k, id)
+    end
+    if key and redis.call('HGET', P .. 'idem:' .. tenant, key) == id then
+      redis.call('HDEL', P .. 'idem:' .. tenant, key)
+    end
+    redis.call('DEL', task, P .. 'events:' .. id)
+    deleted[#deleted + 1] = id
+  end
+end
+return deleted
+"#,
+        prelude = *PRELUDE
+    ))
+});
+
 pub(crate) static APPEND_EVENTS: LazyLock<Script> = LazyLock::new(|| {
     script(format!(
         r#"{FENCE}

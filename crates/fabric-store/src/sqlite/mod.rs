@@ -264,6 +264,15 @@ impl TaskStore for SqliteStore {
         self.read(move |conn| reader::task_events(conn, id, after_seq, limit))
     }
 
+    fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+    ) -> impl Future<Output = Result<Vec<TaskId>, StoreError>> + Send + 'static {
+        self.submit(Ok::<_, SqliteStoreError>(move |reply| {
+            WriteOp::DeleteTasks(Pending::new(ids, reply))
+        }))
+    }
+
     fn last_event_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
         self.read(reader::last_event_seq)
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use fabric_core::{CreateOutcome, StoreError, Task, WriteOutcome};
+use fabric_core::{CreateOutcome, StoreError, Task, TaskId, TaskStatus, WriteOutcome};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -45,6 +45,8 @@ pub(crate) enum WriteOp {
     CreateTask(Pending<(Task, TaskRow), CreateOutcome>),
     WriteTask(Pending<(TaskRow, Option<u64>), WriteOutcome>),
     AppendEvents(Pending<Vec<EventRow>, ()>),
+    /// Finished tasks to delete with their events; answers the ids deleted.
+    DeleteTasks(Pending<Vec<TaskId>, Vec<TaskId>>),
     /// Inserts (or, if `replace`, upserts) a user or tenant; `true` if written.
     PutNamed(Pending<NamedWrite, bool>),
     /// Deletes a user (with its tokens) or a tenant.
@@ -156,6 +158,8 @@ impl WriteOp {
                 let savepoint = p.args.as_ref().is_some_and(|rows| rows.len() > 1);
                 p.run(conn, savepoint, |c, rows| append_events(c, &rows))
             }
+            // A task goes with its events: undone as a unit.
+            WriteOp::DeleteTasks(p) => p.run(conn, true, |c, ids| delete_tasks(c, &ids)),
             WriteOp::PutNamed(p) => p.run(conn, false, |c, write| put_named(c, &write)),
             // A user goes with its tokens: two statements, undone as a unit.
             WriteOp::DeleteNamed(p) => {
@@ -195,6 +199,7 @@ impl WriteOp {
             WriteOp::CreateTask(p) => p.finish(batch_error),
             WriteOp::WriteTask(p) => p.finish(batch_error),
             WriteOp::AppendEvents(p) => p.finish(batch_error),
+            WriteOp::DeleteTasks(p) => p.finish(batch_error),
             WriteOp::PutNamed(p) => p.finish(batch_error),
             WriteOp::DeleteNamed(p) => p.finish(batch_error),
             WriteOp::PutToken(p) => p.finish(batch_error),
@@ -517,6 +522,38 @@ fn update_token(conn: &Connection, hash: &str, body: &str) -> Result<bool, Sqlit
         .and_then(|mut stmt| stmt.execute(params![hash, body]))
         .map_err(SqliteStoreError::sql("cannot update API token"))?;
     Ok(updated > 0)
+}
+
+fn delete_tasks(conn: &Connection, ids: &[TaskId]) -> Result<Vec<TaskId>, SqliteStoreError> {
+    let terminal: Vec<&str> = TaskStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(TaskStatus::as_str)
+        .collect();
+    let placeholders = (0..terminal.len())
+        .map(|i| format!("?{}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let delete_task = format!("DELETE FROM tasks WHERE id = ?1 AND status IN ({placeholders})");
+    let mut deleted = Vec::new();
+    for id in ids {
+        let key = id.to_string();
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&key];
+        args.extend(terminal.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let gone = conn
+            .prepare_cached(&delete_task)
+            .and_then(|mut stmt| stmt.execute(args.as_slice()))
+            .map_err(SqliteStoreError::sql(format!("cannot delete task {id}")))?;
+        if gone > 0 {
+            conn.prepare_cached("DELETE FROM events WHERE task_id = ?1")
+                .and_then(|mut stmt| stmt.execute(params![key]))
+                .map_err(SqliteStoreError::sql(format!(
+                    "cannot delete the events of task {id}"
+                )))?;
+            deleted.push(*id);
+        }
+    }
+    Ok(deleted)
 }
 
 fn delete_token(conn: &Connection, hash: &str) -> Result<bool, SqliteStoreError> {

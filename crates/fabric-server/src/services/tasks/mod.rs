@@ -49,6 +49,11 @@ pub enum TaskError {
     NotFound(TaskId),
     #[error("task {id} already finished ({status}); nothing to cancel")]
     AlreadyFinished { id: TaskId, status: TaskStatus },
+    /// Only finished tasks can be deleted.
+    #[error(
+        "task {id} is {status}, not finished: cancel it first ('reactor-fabric task cancel {id}'), then delete it"
+    )]
+    NotFinished { id: TaskId, status: TaskStatus },
     /// The store refused a write made on a stale lease.
     #[error("task {0} changed concurrently (its lease is no longer valid); fetch it and retry")]
     ChangedConcurrently(TaskId),
@@ -644,6 +649,58 @@ impl TaskService {
         };
         self.await_commits(commits).await?;
         canceled.ok_or(TaskError::Invariant("cancel produced no task state"))
+    }
+
+    /// Deletes a finished task of `tenant`, with its events (`task rm`).
+    pub async fn delete(&self, tenant: &TenantId, id: TaskId) -> Result<(), TaskError> {
+        let task = self.get(tenant, id).await?;
+        if !task.status.is_terminal() {
+            return Err(TaskError::NotFinished {
+                id,
+                status: task.status,
+            });
+        }
+        let deleted = self.store.delete_tasks(vec![id]).await?;
+        if deleted.is_empty() {
+            // Gone meanwhile (another delete): as if it never was.
+            return Err(TaskError::NotFound(id));
+        }
+        Ok(())
+    }
+
+    /// Deletes the finished tasks created before `cutoff` (all tenants when
+    /// `tenant` is `None`: the retention job), with their events; returns
+    /// how many. Pages through the store, oldest last, 500 at a time.
+    pub async fn prune(
+        &self,
+        tenant: Option<&TenantId>,
+        cutoff: fabric_core::Timestamp,
+    ) -> Result<u64, TaskError> {
+        // UUIDv7 ids sort by creation: the first id of `cutoff`'s millisecond
+        // bounds "created before" in the store's own order.
+        let mut before = Some(TaskId::first_at(cutoff));
+        let mut deleted = 0u64;
+        while let Some(cursor) = before {
+            let page = self
+                .store
+                .list_tasks(TaskQuery {
+                    tenant: tenant.cloned(),
+                    before: Some(cursor),
+                    limit: 500,
+                    ..TaskQuery::default()
+                })
+                .await?;
+            before = (page.len() == 500).then(|| page[page.len() - 1].id);
+            let finished: Vec<TaskId> = page
+                .iter()
+                .filter(|t| t.status.is_terminal())
+                .map(|t| t.id)
+                .collect();
+            if !finished.is_empty() {
+                deleted += self.store.delete_tasks(finished).await?.len() as u64;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Waits for commits in order, then drops finished tasks from the scheduler.
