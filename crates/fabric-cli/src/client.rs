@@ -464,6 +464,27 @@ impl FabricClient {
         self.decode(response).await
     }
 
+    /// `POST /v1/agents/{id}/restart`: stops it (draining) if it runs, starts it again.
+    pub async fn restart_agent(
+        &self,
+        id: &AgentId,
+        drain_timeout: Duration,
+    ) -> Result<Agent, ClientError> {
+        let req = self
+            .http
+            .post(self.url(&format!("/v1/agents/{id}/restart")))
+            .query(&[("drain_timeout", drain_timeout.as_secs_f64().to_string())])
+            .timeout(drain_timeout.saturating_add(TERMINATE_SLACK));
+        self.json(self.authed(req)).await
+    }
+
+    /// `POST /v1/agents/{id}/remove`: forgets a stopped agent.
+    pub async fn remove_agent(&self, id: &AgentId) -> Result<(), ClientError> {
+        self.send(self.authed(self.http.post(self.url(&format!("/v1/agents/{id}/remove")))))
+            .await
+            .map(drop)
+    }
+
     /// `PUT /v1/budgets/{entity}[?force=true]` (admin; `force`: the entity need not exist).
     pub async fn put_budget(
         &self,

@@ -181,7 +181,8 @@ impl From<AgentError> for ApiError {
             | E::Exists { .. }
             | E::IdTaken(_)
             | E::SpawnInProgress(_)
-            | E::BuiltIn(_) => Self::conflict(message),
+            | E::BuiltIn(_)
+            | E::NotStopped { .. } => Self::conflict(message),
             E::Draining { .. } => Self::new(StatusCode::CONFLICT, "agent_draining", message),
             E::SpawnFailed { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "spawn_failed", message)

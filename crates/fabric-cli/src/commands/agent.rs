@@ -37,6 +37,18 @@ pub enum AgentCommand {
     Get(GetArgs),
     /// Stop an agent: it leases nothing more, in-flight tasks get the drain timeout
     Terminate(TerminateArgs),
+    /// Stop an agent (as terminate does) if it runs, and start it again with its config
+    Restart(TerminateArgs),
+    /// Forget a stopped agent: its record and its sessions' history (the id is free again)
+    #[command(visible_alias = "delete")]
+    Rm(RmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Agent ids
+    #[arg(required = true)]
+    pub ids: Vec<AgentId>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +153,8 @@ pub async fn run(ctx: &Ctx, cmd: AgentCommand) -> Result<(), CliError> {
         AgentCommand::List => list(ctx).await,
         AgentCommand::Get(args) => get(ctx, args).await,
         AgentCommand::Terminate(args) => terminate(ctx, args).await,
+        AgentCommand::Restart(args) => restart(ctx, args).await,
+        AgentCommand::Rm(args) => remove(ctx, &args.ids).await,
     }
 }
 
@@ -574,6 +588,36 @@ fn sessions_table(sessions: &[AgentSession]) -> String {
         &["SESSION", "STARTED", "ENDED", "EXIT REASON", "TASKS DONE"],
         &rows,
     )
+}
+
+async fn restart(ctx: &Ctx, args: TerminateArgs) -> Result<(), CliError> {
+    let agent = ctx
+        .authed_client()?
+        .restart_agent(&args.id, args.drain_timeout)
+        .await?;
+    if ctx.output.is_json() {
+        return print_json(&agent);
+    }
+    outln!(
+        "restarted agent {} (session {}, {})",
+        agent.config.id,
+        agent.session,
+        agent.state.as_str()
+    )
+}
+
+async fn remove(ctx: &Ctx, ids: &[AgentId]) -> Result<(), CliError> {
+    let client = ctx.authed_client()?;
+    for id in ids {
+        client.remove_agent(id).await?;
+        if !ctx.output.is_json() {
+            outln!("removed agent {id}")?;
+        }
+    }
+    if ctx.output.is_json() {
+        print_json(&serde_json::json!({ "removed": ids }))?;
+    }
+    Ok(())
 }
 
 async fn terminate(ctx: &Ctx, args: TerminateArgs) -> Result<(), CliError> {

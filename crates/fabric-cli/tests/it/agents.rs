@@ -256,6 +256,33 @@ fn shell_agent_spawn_run_list_get_terminate_respawn() {
     assert_eq!(code, 0, "{out}");
     let all = stdout_of(fabric.cli().args(["task", "ls", "-o", "json"]));
     assert!(!all.contains("echo refused"), "{all}");
+
+    // Issue #17: restart (a new session of the same config), rm (only once stopped).
+    let out = stdout_of(
+        fabric
+            .cli()
+            .args(["agent", "restart", "box", "--drain-timeout", "5"]),
+    );
+    assert!(
+        out.starts_with("restarted agent box (session 3, running)"),
+        "{out}"
+    );
+    let stderr = fails_with(fabric.cli().args(["agent", "rm", "box"]), 5);
+    assert!(stderr.contains("terminate it first"), "{stderr}");
+    fails_with(fabric.cli().args(["agent", "rm", "shell"]), 5);
+    stdout_of(
+        fabric
+            .cli()
+            .args(["agent", "terminate", "box", "--drain-timeout", "5"]),
+    );
+    let out = stdout_of(fabric.cli().args(["agent", "rm", "box"]));
+    assert_eq!(out.trim(), "removed agent box");
+    fails_with(fabric.cli().args(["agent", "get", "box"]), 4);
+    let listed = stdout_of(fabric.cli().args(["agent", "ls", "-q"]));
+    assert!(!has_line(&listed, "box"), "{listed}");
+    // The id is free: a new agent, its first session.
+    stdout_of(fabric.cli().args(["agent", "spawn", "--id", "box"]));
+    assert_eq!(agent_json(&fabric, "box").session, 1);
 }
 
 /// An agent file (TOML, flags on top) and an agent running its own command.

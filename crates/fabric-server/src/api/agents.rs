@@ -126,22 +126,74 @@ pub async fn terminate(
 ) -> Result<Json<Agent>, ApiError> {
     user_only(&principal)?;
     principal.require(Scope::TenantAdmin)?;
-    let secs = params.drain_timeout.unwrap_or(30.0);
-    if !(secs.is_finite() && secs >= 0.0 && secs <= MAX_DRAIN_TIMEOUT.as_secs_f64()) {
-        return Err(ApiError::bad_request(format!(
-            "'drain_timeout' must be between 0 and {} seconds",
-            MAX_DRAIN_TIMEOUT.as_secs()
-        )));
-    }
+    let drain = drain_timeout(params.drain_timeout)?;
     let agent = state
         .agents
-        .terminate(&agent_id(&id)?, &principal, Duration::from_secs_f64(secs))
+        .terminate(&agent_id(&id)?, &principal, drain)
         .await?;
     tracing::info!(agent_id = %agent.config.id, "agent terminated");
     state
         .policy
         .record_admin(&principal, "agent:terminate", agent.config.id.as_str());
     Ok(Json(agent))
+}
+
+/// Restarts an agent: stops it as terminate does (if it runs), then starts a
+/// new session with its stored config. Answers once it runs.
+#[utoipa::path(post, path = "/v1/agents/{id}/restart", operation_id = "restart_agent", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id"), TerminateParams),
+    responses((status = 200, body = Agent), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody), (status = 409, body = fabric_core::api::ErrorBody)))]
+pub async fn restart(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<TerminateParams>,
+) -> Result<Json<Agent>, ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::TenantAdmin)?;
+    let drain = drain_timeout(params.drain_timeout)?;
+    let agent = state
+        .agents
+        .restart(&agent_id(&id)?, &principal, drain)
+        .await?;
+    tracing::info!(agent_id = %agent.config.id, session = agent.session, "agent restarted");
+    state
+        .policy
+        .record_admin(&principal, "agent:restart", agent.config.id.as_str());
+    Ok(Json(agent))
+}
+
+/// `drain_timeout` of terminate and restart: 30 s when absent.
+fn drain_timeout(secs: Option<f64>) -> Result<Duration, ApiError> {
+    let secs = secs.unwrap_or(30.0);
+    if !(secs.is_finite() && secs >= 0.0 && secs <= MAX_DRAIN_TIMEOUT.as_secs_f64()) {
+        return Err(ApiError::bad_request(format!(
+            "'drain_timeout' must be between 0 and {} seconds",
+            MAX_DRAIN_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Removes a stopped agent: its record and session history (the id is free
+/// again); 409 while it runs (terminate it first).
+#[utoipa::path(post, path = "/v1/agents/{id}/remove", operation_id = "remove_agent", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id")),
+    responses((status = 204, description = "removed"), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody), (status = 409, body = fabric_core::api::ErrorBody)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::TenantAdmin)?;
+    let id = agent_id(&id)?;
+    state.agents.remove(&id, &principal).await?;
+    tracing::info!(agent_id = %id, "agent removed");
+    state
+        .policy
+        .record_admin(&principal, "agent:remove", id.as_str());
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// Each run of the agent, newest first: start, end, exit reason, tasks done

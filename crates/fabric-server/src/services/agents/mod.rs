@@ -92,6 +92,10 @@ pub enum AgentError {
     SpawnInProgress(AgentId),
     #[error("'{0}' is the server's built-in agent and cannot be terminated")]
     BuiltIn(AgentId),
+    #[error(
+        "agent '{id}' is {state}: terminate it first ('reactor-fabric agent terminate {id}'), then remove it"
+    )]
+    NotStopped { id: AgentId, state: &'static str },
     /// The agent is draining or stopped: it may not lease any more.
     #[error("agent '{id}' is {state}: finish the tasks you hold, then exit")]
     Draining { id: AgentId, state: &'static str },
@@ -719,6 +723,61 @@ impl AgentManager {
         let mut finished = slot.finished.subscribe();
         let _ = finished.wait_for(|f| *f).await;
         Ok(self.view(&slot))
+    }
+
+    /// Stops an agent (draining for `drain`, as `terminate`) if it runs, and
+    /// starts it again with its stored config, in its own tenant (`agent restart`).
+    pub async fn restart(
+        &self,
+        id: &AgentId,
+        by: &Identity,
+        drain: Duration,
+    ) -> Result<Agent, AgentError> {
+        let slot = self.visible_slot(id, by)?;
+        let (system, tenant, config) = {
+            let status = slot.status.lock();
+            (
+                status.system,
+                status.record.tenant.clone(),
+                status.record.config.clone(),
+            )
+        };
+        if system {
+            return Err(AgentError::BuiltIn(id.clone()));
+        }
+        Self::may_manage(by, &tenant)?;
+        if !*slot.finished.borrow() {
+            self.terminate(id, by, drain).await?;
+        }
+        let as_owner = Identity {
+            tenant,
+            ..by.clone()
+        };
+        self.spawn(config, &as_owner).await
+    }
+
+    /// Forgets a stopped (or crashed) agent: its record and its sessions'
+    /// history (`agent rm`). Its id is free afterwards; tasks still queued
+    /// for it wait for an agent of that id to be spawned again.
+    pub async fn remove(&self, id: &AgentId, by: &Identity) -> Result<(), AgentError> {
+        let slot = self.visible_slot(id, by)?;
+        let (system, tenant, state) = {
+            let status = slot.status.lock();
+            (status.system, status.record.tenant.clone(), status.state)
+        };
+        if system {
+            return Err(AgentError::BuiltIn(id.clone()));
+        }
+        Self::may_manage(by, &tenant)?;
+        if !*slot.finished.borrow() {
+            return Err(AgentError::NotStopped {
+                id: id.clone(),
+                state: state.as_str(),
+            });
+        }
+        self.inner.slots.lock().remove(id);
+        self.inner.store.delete_agent(id.clone()).await?;
+        Ok(())
     }
 
     /// Records a request from an agent: it is alive (FR-LIFE-2).
