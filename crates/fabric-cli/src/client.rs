@@ -478,6 +478,22 @@ impl FabricClient {
         self.json(self.authed(req)).await
     }
 
+    /// `GET /v1/agents/{id}/logs?tail=N`: the last lines its program wrote.
+    pub async fn agent_logs(
+        &self,
+        id: &AgentId,
+        tail: u32,
+    ) -> Result<fabric_core::api::AgentLogs, ClientError> {
+        self.json(
+            self.authed(
+                self.http
+                    .get(self.url(&format!("/v1/agents/{id}/logs")))
+                    .query(&[("tail", tail.to_string())]),
+            ),
+        )
+        .await
+    }
+
     /// `POST /v1/agents/{id}/remove`: forgets a stopped agent.
     pub async fn remove_agent(&self, id: &AgentId) -> Result<(), ClientError> {
         self.send(self.authed(self.http.post(self.url(&format!("/v1/agents/{id}/remove")))))

@@ -456,6 +456,26 @@ pub struct AgentList {
     pub next_cursor: Option<String>,
 }
 
+/// One line an agent's program wrote (`GET /v1/agents/{id}/logs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProgramLogLine {
+    /// When the fabric read it (for a container's, when it was fetched).
+    pub ts: crate::Timestamp,
+    /// The session that wrote it.
+    pub session: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub line: String,
+}
+
+/// `GET /v1/agents/{id}/logs`: the program's last lines, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentLogs {
+    pub lines: Vec<ProgramLogLine>,
+}
+
 /// `GET /v1/agents/{id}/sessions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

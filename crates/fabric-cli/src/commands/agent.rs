@@ -42,6 +42,18 @@ pub enum AgentCommand {
     /// Forget a stopped agent: its record and its sessions' history (the id is free again)
     #[command(visible_alias = "delete")]
     Rm(RmArgs),
+    /// Show the last lines the agent's program wrote (stdout and stderr), across its sessions
+    Logs(AgentLogsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentLogsArgs {
+    /// Agent id
+    pub id: AgentId,
+    /// How many of the last lines (at most 1000)
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub tail: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +167,7 @@ pub async fn run(ctx: &Ctx, cmd: AgentCommand) -> Result<(), CliError> {
         AgentCommand::Terminate(args) => terminate(ctx, args).await,
         AgentCommand::Restart(args) => restart(ctx, args).await,
         AgentCommand::Rm(args) => remove(ctx, &args.ids).await,
+        AgentCommand::Logs(args) => logs(ctx, args).await,
     }
 }
 
@@ -178,7 +191,11 @@ async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<(), CliError> {
         line.push_str(&format!(", pid {pid}"));
     }
     line.push(')');
-    outln!("{line}")
+    outln!("{line}")?;
+    if agent.config.command.is_some() || agent.config.image.is_some() {
+        warn_if_it_died(&client, &agent.config.id).await;
+    }
+    Ok(())
 }
 
 /// The config to send: the file's (if any), then each flag given on top, then validated.
@@ -605,6 +622,65 @@ async fn restart(ctx: &Ctx, args: TerminateArgs) -> Result<(), CliError> {
         agent.state.as_str()
     )
 }
+
+/// `agent logs ID`: stdout lines on stdout, stderr lines on stderr (as the
+/// program wrote them), so `agent logs coder > out.txt` keeps its output.
+async fn logs(ctx: &Ctx, args: AgentLogsArgs) -> Result<(), CliError> {
+    let logs = ctx.authed_client()?.agent_logs(&args.id, args.tail).await?;
+    if ctx.output.is_json() {
+        return print_json(&logs);
+    }
+    if logs.lines.is_empty() {
+        eprintln!(
+            "agent {} has written nothing yet (the built-in shell agent writes to its tasks' logs: 'reactor-fabric task logs')",
+            args.id
+        );
+    }
+    for line in &logs.lines {
+        let text = crate::output::plain(&line.line);
+        if line.stream == "stderr" {
+            eprintln!("{text}");
+        } else {
+            outln!("{text}")?;
+        }
+    }
+    Ok(())
+}
+
+/// After a spawn: a program that exits within its first seconds is almost
+/// always a mistake (a typo in the command, a missing file); say so with its
+/// last lines instead of leaving it to `agent get`.
+async fn warn_if_it_died(client: &crate::client::FabricClient, id: &AgentId) {
+    let deadline = tokio::time::Instant::now() + EARLY_EXIT_WATCH;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let Ok(agent) = client.get_agent(id).await else {
+            return;
+        };
+        use fabric_core::agent::AgentState;
+        // Restarting after a crash, or out of restarts: its program is gone.
+        if !matches!(agent.state, AgentState::Restarting | AgentState::Crashed) {
+            continue;
+        }
+        eprintln!(
+            "warning: agent {id} exited within its first seconds ({}; now {}); its last lines:",
+            agent.last_exit.as_deref().unwrap_or("unknown"),
+            agent.state.as_str()
+        );
+        if let Ok(logs) = client.agent_logs(id, 10).await {
+            for line in &logs.lines {
+                eprintln!("  {}", crate::output::plain(&line.line));
+            }
+        }
+        eprintln!(
+            "(more: 'reactor-fabric agent logs {id}', 'reactor-fabric agent get {id} --sessions')"
+        );
+        return;
+    }
+}
+
+/// How long `agent spawn` watches a new program for an early exit.
+const EARLY_EXIT_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn remove(ctx: &Ctx, ids: &[AgentId]) -> Result<(), CliError> {
     let client = ctx.authed_client()?;

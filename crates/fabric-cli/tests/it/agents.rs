@@ -398,3 +398,57 @@ fn bad_spawns_fail_before_any_request() {
     // not being logged in comes second).
     fails_with(cli().args(["agent", "spawn", "--id", "a"]), 6);
 }
+
+/// Issue #17: `agent logs` shows what an agent's program wrote (stdout on
+/// stdout, stderr on stderr); `agent spawn` of a program that dies at once
+/// warns, with its last lines, instead of leaving only `exited (code 2)`.
+#[test]
+fn agent_logs_and_the_early_exit_warning() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let out = fabric
+        .cli()
+        .args([
+            "agent",
+            "spawn",
+            "--id",
+            "broken",
+            "--isolation",
+            "none",
+            "--restart",
+            "never",
+            "--command",
+            "echo starting up; echo 'config.toml: no such file' >&2; exit 2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("warning: agent broken exited within its first seconds")
+            && stderr.contains("config.toml: no such file"),
+        "{stderr}"
+    );
+    let out = fabric
+        .cli()
+        .args(["agent", "logs", "broken"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "starting up\n");
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("config.toml: no such file")
+    );
+    let json = stdout_of(
+        fabric
+            .cli()
+            .args(["-o", "json", "agent", "logs", "broken", "--tail", "1"]),
+    );
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let lines = json["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{json}");
+    assert_eq!(lines[0]["session"], 1);
+    fails_with(fabric.cli().args(["agent", "logs", "ghost"]), 4);
+}

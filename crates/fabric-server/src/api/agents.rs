@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use fabric_core::agent::{Agent, AgentConfig};
-use fabric_core::api::{AgentList, SessionList};
+use fabric_core::api::{AgentList, AgentLogs, SessionList};
 use fabric_core::{AgentId, Scope};
 use serde::Deserialize;
 
@@ -173,6 +173,41 @@ fn drain_timeout(secs: Option<f64>) -> Result<Duration, ApiError> {
         )));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `?tail=` of `GET /v1/agents/{id}/logs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LogsParams {
+    /// How many of the last lines (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    tail: Option<usize>,
+}
+
+/// The last lines the agent's program wrote on stdout and stderr, oldest
+/// first, across its sessions (kept in memory: 1,000 per agent; a container
+/// agent's come from Docker's log).
+#[utoipa::path(get, path = "/v1/agents/{id}/logs", operation_id = "agent_logs", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id"), LogsParams),
+    responses((status = 200, body = AgentLogs), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<LogsParams>,
+) -> Result<Json<AgentLogs>, ApiError> {
+    user_only(&principal)?;
+    principal.require(Scope::ReadTasks)?;
+    let tail = params.tail.unwrap_or(100);
+    if !(1..=crate::services::agents::logs::KEPT_LINES).contains(&tail) {
+        return Err(ApiError::bad_request(format!(
+            "'tail' must be between 1 and {}",
+            crate::services::agents::logs::KEPT_LINES
+        )));
+    }
+    let lines = state.agents.logs(&agent_id(&id)?, &principal, tail).await?;
+    Ok(Json(AgentLogs { lines }))
 }
 
 /// Removes a stopped agent: its record and session history (the id is free

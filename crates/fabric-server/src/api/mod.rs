@@ -38,7 +38,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         tasks::delete, tasks::prune,
         tasks::create_job, tasks::get_job,
         stream::stream,
-        agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions, agents::remove, agents::restart,
+        agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions, agents::remove, agents::restart, agents::logs,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
         llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
         budgets::put, budgets::list, budgets::get_one, budgets::delete, budgets::usage,
@@ -266,6 +266,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/agents/{id}/sessions", get(agents::sessions))
         .route("/v1/agents/{id}/remove", post(agents::remove))
+        .route("/v1/agents/{id}/logs", get(agents::logs))
         .route("/v1/agents/{id}/restart", post(agents::restart))
         .route("/v1/agent/lease", post(agent::lease))
         .route("/v1/agent/heartbeat", post(agent::agent_heartbeat))

@@ -20,6 +20,7 @@
 mod builtin;
 mod container;
 mod inference;
+pub mod logs;
 mod metrics;
 mod pool;
 mod session;
@@ -213,6 +214,8 @@ pub struct AgentManager {
 }
 
 struct Inner {
+    /// What the agents' programs wrote (`agent logs`).
+    program_logs: logs::ProgramLogs,
     tasks: Arc<TaskService>,
     auth: Arc<AuthService>,
     store: Store,
@@ -261,6 +264,7 @@ impl AgentManager {
         let spawn_latency = metrics::spawn_latency(&config.telemetry.registry);
         let manager = Self {
             inner: Arc::new(Inner {
+                program_logs: logs::ProgramLogs::default(),
                 spawn_latency,
                 tasks,
                 auth,
@@ -776,8 +780,24 @@ impl AgentManager {
             });
         }
         self.inner.slots.lock().remove(id);
+        self.inner.program_logs.forget(id);
         self.inner.store.delete_agent(id.clone()).await?;
         Ok(())
+    }
+
+    /// `GET /v1/agents/{id}/logs`: the last `tail` lines its program wrote.
+    pub async fn logs(
+        &self,
+        id: &AgentId,
+        by: &Identity,
+        tail: usize,
+    ) -> Result<Vec<fabric_core::api::ProgramLogLine>, AgentError> {
+        self.visible_slot(id, by)?;
+        Ok(self
+            .inner
+            .program_logs
+            .tail(id, tail, self.inner.clock.now())
+            .await)
     }
 
     /// Records a request from an agent: it is alive (FR-LIFE-2).

@@ -89,6 +89,13 @@ impl ContainerSession {
             api_port,
         )
         .await?;
+        // The container's own output (its program's) is Docker's log.
+        inner.program_logs.set_container(
+            id,
+            launch.number,
+            client.clone(),
+            pair.container.name.clone(),
+        );
         let (usage, poller) = ContainerUsage::start(&client, &pair);
         let mut tasks = Background::default();
         tasks.extend(poller);

@@ -112,12 +112,7 @@ impl HostSession {
                 fabric_runtime::spawn_program(command, &workdir, &env, confinement.as_deref())
                     .map_err(SessionError::SpawnProgram)?;
             let group_record = record_group(&config.id, &workdir, &process);
-            log_output(
-                &mut tasks,
-                &config.id,
-                process.stdout.take(),
-                process.stderr.take(),
-            );
+            log_output(launch, process.stdout.take(), process.stderr.take());
             HostRun::Program(Box::new(HostProgram {
                 process,
                 group_record,

@@ -459,24 +459,44 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 
 /// Logs an agent program's stdout and stderr, line by line, from tasks in `tasks`.
 fn log_output(
-    tasks: &mut Background,
-    agent: &AgentId,
+    launch: &Launch<'_>,
     stdout: Option<impl AsyncRead + Send + Unpin + 'static>,
     stderr: Option<impl AsyncRead + Send + Unpin + 'static>,
 ) {
-    if let Some(reader) = stdout {
-        tasks.push(tokio::spawn(log_lines(agent.clone(), "stdout", reader)));
-    }
-    if let Some(reader) = stderr {
-        tasks.push(tokio::spawn(log_lines(agent.clone(), "stderr", reader)));
+    for (stream, reader) in [("stdout", stdout.map(boxed)), ("stderr", stderr.map(boxed))] {
+        if let Some(reader) = reader {
+            // Not aborted with the session: what a dying program wrote last
+            // (why it died) is read to the end of its pipe.
+            tokio::spawn(log_lines(
+                Arc::clone(launch.inner),
+                launch.agent().clone(),
+                launch.number,
+                stream,
+                reader,
+            ));
+        }
     }
 }
 
-/// An agent program's output goes to the fabric's log, line by line.
-async fn log_lines(agent: AgentId, stream: &'static str, reader: impl AsyncRead + Unpin) {
+fn boxed(reader: impl AsyncRead + Send + Unpin + 'static) -> Box<dyn AsyncRead + Send + Unpin> {
+    Box::new(reader)
+}
+
+/// An agent program's output goes to the fabric's log, line by line, and
+/// to the agent's own last lines (`agent logs`).
+async fn log_lines(
+    inner: Arc<Inner>,
+    agent: AgentId,
+    session: u32,
+    stream: &'static str,
+    reader: impl AsyncRead + Unpin,
+) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(agent_id = %agent, stream, line = %truncate(&line, 4096), "agent output");
+        inner
+            .program_logs
+            .push(&agent, session, stream, &line, inner.clock.now());
     }
 }
 

@@ -132,12 +132,7 @@ impl SandboxSession {
                 .spawn(cmd)
                 .await
                 .map_err(SessionError::SpawnProgram)?;
-            log_output(
-                &mut tasks,
-                &config.id,
-                process.stdout.take(),
-                process.stderr.take(),
-            );
+            log_output(launch, process.stdout.take(), process.stderr.take());
             SandboxRun::Program {
                 process,
                 exit: None,
