@@ -441,9 +441,31 @@ impl FabricClient {
         id: &AgentId,
         drain_timeout: Duration,
     ) -> Result<Agent, ClientError> {
+        let req = self.http.delete(self.url(&format!("/v1/agents/{id}")));
+        self.draining(req, id, drain_timeout).await
+    }
+
+    /// `POST /v1/agents/{id}/restart`: stops it (draining) if it runs, starts it again.
+    pub async fn restart_agent(
+        &self,
+        id: &AgentId,
+        drain_timeout: Duration,
+    ) -> Result<Agent, ClientError> {
         let req = self
             .http
-            .delete(self.url(&format!("/v1/agents/{id}")))
+            .post(self.url(&format!("/v1/agents/{id}/restart")));
+        self.draining(req, id, drain_timeout).await
+    }
+
+    /// Sends a call that stops agent `id` with `drain_timeout` and answers
+    /// once it has, so it may take the whole drain and then some.
+    async fn draining(
+        &self,
+        req: reqwest::RequestBuilder,
+        id: &AgentId,
+        drain_timeout: Duration,
+    ) -> Result<Agent, ClientError> {
+        let req = req
             .query(&[("drain_timeout", drain_timeout.as_secs_f64().to_string())])
             .timeout(drain_timeout.saturating_add(TERMINATE_SLACK));
         let response = self.authed(req).send().await.map_err(|e| {
@@ -462,20 +484,6 @@ impl FabricClient {
         })?;
         let response = self.check(response).await?;
         self.decode(response).await
-    }
-
-    /// `POST /v1/agents/{id}/restart`: stops it (draining) if it runs, starts it again.
-    pub async fn restart_agent(
-        &self,
-        id: &AgentId,
-        drain_timeout: Duration,
-    ) -> Result<Agent, ClientError> {
-        let req = self
-            .http
-            .post(self.url(&format!("/v1/agents/{id}/restart")))
-            .query(&[("drain_timeout", drain_timeout.as_secs_f64().to_string())])
-            .timeout(drain_timeout.saturating_add(TERMINATE_SLACK));
-        self.json(self.authed(req)).await
     }
 
     /// `GET /v1/agents/{id}/logs?tail=N`: the last lines its program wrote.

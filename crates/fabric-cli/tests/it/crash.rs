@@ -212,39 +212,8 @@ async fn kill_9_three_times_under_retrying_clients_loses_nothing_and_completes_e
     wait_ready(&client, &base).await;
     let token = Arc::new(login(&client, &base).await);
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let acked = Arc::new(Mutex::new(HashMap::<usize, String>::new()));
-    let retries = Arc::new(AtomicUsize::new(0));
-    let mut submitters = Vec::new();
-    for _ in 0..SUBMITTERS {
-        let (client, base, token, exec_log, next, acked, retries) = (
-            client.clone(),
-            Arc::clone(&base),
-            Arc::clone(&token),
-            Arc::clone(&exec_log),
-            Arc::clone(&next),
-            Arc::clone(&acked),
-            Arc::clone(&retries),
-        );
-        submitters.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= TASKS {
-                    return;
-                }
-                let deadline = Instant::now() + Duration::from_secs(120);
-                let id = loop {
-                    if let Some(id) = submit(&client, &base, &token, &exec_log, i).await {
-                        break id;
-                    }
-                    assert!(Instant::now() < deadline, "task {i} was never acknowledged");
-                    retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                };
-                acked.lock().await.insert(i, id);
-            }
-        }));
-    }
+    let load = Load::start(&client, &base, &token, &exec_log, true);
+    let (acked, retries) = (Arc::clone(&load.acked), Arc::clone(&load.retries));
     // Kill when a quarter, half and three quarters are acknowledged.
     let mut executed_at_kills = Vec::new();
     for kill in 1..=KILLS {
@@ -264,9 +233,7 @@ async fn kill_9_three_times_under_retrying_clients_loses_nothing_and_completes_e
         server = spawn_server(&data_dir, port, &server_log, "sqlite", &[]);
         wait_ready(&client, &base).await;
     }
-    for s in submitters {
-        s.await.unwrap();
-    }
+    load.finish().await;
     let acked = acked.lock().await.clone();
     assert_eq!(acked.len(), TASKS);
     assert!(
@@ -323,33 +290,8 @@ async fn kill_9_mid_load(store: &str, successor: Successor) {
     };
 
     // Submit from many clients at once; kill -9 the server half-way through.
-    let next = Arc::new(AtomicUsize::new(0));
-    let acked = Arc::new(Mutex::new(HashMap::<usize, String>::new()));
-    let mut submitters = Vec::new();
-    for _ in 0..SUBMITTERS {
-        let (client, base, token, exec_log, next, acked) = (
-            client.clone(),
-            Arc::clone(&base),
-            Arc::clone(&token),
-            Arc::clone(&exec_log),
-            Arc::clone(&next),
-            Arc::clone(&acked),
-        );
-        submitters.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= TASKS {
-                    return;
-                }
-                match submit(&client, &base, &token, &exec_log, i).await {
-                    Some(id) => {
-                        acked.lock().await.insert(i, id);
-                    }
-                    None => return, // the server is gone
-                }
-            }
-        }));
-    }
+    let load = Load::start(&client, &base, &token, &exec_log, false);
+    let acked = Arc::clone(&load.acked);
     let deadline = Instant::now() + Duration::from_secs(120);
     while acked.lock().await.len() < TASKS / 2 {
         assert!(
@@ -362,9 +304,7 @@ async fn kill_9_mid_load(store: &str, successor: Successor) {
     server.kill().unwrap(); // SIGKILL
     let killed_at = Instant::now();
     server.wait().unwrap();
-    for s in submitters {
-        s.await.unwrap();
-    }
+    load.finish().await;
     let acked_before_crash = acked.lock().await.len();
     let executed_before_crash = executions(&exec_log).values().sum::<usize>();
     assert!(
@@ -640,6 +580,76 @@ async fn kill_9_with_a_sandboxed_agent_leaves_nothing_after_the_restart() {
     );
     stop_gracefully(&mut server);
     assert!(host_pids().is_empty(), "a clean stop stops the host agent");
+}
+
+/// `SUBMITTERS` clients submitting tasks `0..TASKS` between them, each
+/// task idempotently (`crash-<i>`); `acked` maps each acknowledged one to
+/// its id. With `retry`, a client tries a task again (same key) until the
+/// server acknowledges it, counting `retries`; else it stops at the first
+/// failure (the server is gone).
+struct Load {
+    acked: Arc<Mutex<HashMap<usize, String>>>,
+    retries: Arc<AtomicUsize>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        client: &reqwest::Client,
+        base: &Arc<String>,
+        token: &Arc<String>,
+        exec_log: &Arc<std::path::PathBuf>,
+        retry: bool,
+    ) -> Load {
+        let next = Arc::new(AtomicUsize::new(0));
+        let acked = Arc::new(Mutex::new(HashMap::new()));
+        let retries = Arc::new(AtomicUsize::new(0));
+        let clients = (0..SUBMITTERS)
+            .map(|_| {
+                let (client, base, token, exec_log) = (
+                    client.clone(),
+                    Arc::clone(base),
+                    Arc::clone(token),
+                    Arc::clone(exec_log),
+                );
+                let (next, acked, retries) =
+                    (Arc::clone(&next), Arc::clone(&acked), Arc::clone(&retries));
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= TASKS {
+                            return;
+                        }
+                        let deadline = Instant::now() + Duration::from_secs(120);
+                        let id = loop {
+                            if let Some(id) = submit(&client, &base, &token, &exec_log, i).await {
+                                break id;
+                            }
+                            if !retry {
+                                return; // the server is gone
+                            }
+                            assert!(Instant::now() < deadline, "task {i} was never acknowledged");
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        };
+                        acked.lock().await.insert(i, id);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            retries,
+            clients,
+        }
+    }
+
+    /// Waits for every client to be done.
+    async fn finish(self) {
+        for client in self.clients {
+            client.await.unwrap();
+        }
+    }
 }
 
 /// Every acknowledged task (`acked`: submission index → task id) completes;
