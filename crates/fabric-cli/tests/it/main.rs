@@ -20,6 +20,7 @@ mod gateway;
 mod instances;
 mod openapi;
 mod policy;
+mod readme;
 mod telemetry;
 
 use assert_cmd::Command;
