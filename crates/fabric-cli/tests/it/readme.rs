@@ -178,3 +178,20 @@ fn comments_say_what_the_harness_checks() {
         0
     );
 }
+
+/// The budgets section, with what it names in place first: an agent
+/// `coder` and a user `alice`.
+#[test]
+fn the_readme_budgets_section_runs_as_written() {
+    let fabric = Fabric::start();
+    fabric.login();
+    for setup in [
+        &["agent", "spawn", "--id", "coder", "--isolation", "none"][..],
+        &["user", "create", "alice", "--role", "operator"],
+    ] {
+        fabric.cli().args(setup).assert().success();
+    }
+    let lines = shell_block(&readme(), "## Budgets");
+    assert!(lines.len() >= 8, "{lines:?}");
+    run_lines(&fabric, &lines);
+}
