@@ -195,3 +195,113 @@ fn the_readme_budgets_section_runs_as_written() {
     assert!(lines.len() >= 8, "{lines:?}");
     run_lines(&fabric, &lines);
 }
+
+/// The gateway section is one script (background mock LLMs and a second
+/// server, shell variables across lines): it runs whole with `bash -e`, its
+/// fixed ports and data directory swapped for free ones, and must show the
+/// call answered locally, then by the cloud after the local mock stops.
+#[test]
+fn the_readme_gateway_section_runs_as_written() {
+    use std::os::unix::process::CommandExt as _;
+    let block = shell_block(&readme(), "## Inference gateway").join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let mut script = block;
+    for (fixed, free) in [
+        ("8090", super::free_port()),
+        ("11435", super::free_port()),
+        ("11436", super::free_port()),
+    ] {
+        assert!(
+            script.contains(fixed),
+            "the gateway block uses port {fixed}"
+        );
+        script = script.replace(fixed, &free.to_string());
+    }
+    script = script.replace(
+        "/tmp/gateway-demo",
+        &dir.path().join("data").display().to_string(),
+    );
+    let bin_dir = assert_cmd::cargo::cargo_bin("reactor-fabric")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut child = Command::new("bash")
+        .args(["-e", "-c", &script])
+        .current_dir(dir.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("FABRIC_CONFIG", dir.path().join("cli.toml"))
+        .env("FABRIC_LOG", "warn")
+        .env_remove("FABRIC_URL")
+        .env_remove("FABRIC_TOKEN")
+        .env_remove("FABRIC_CONTEXT")
+        .env_remove("OLLAMA_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: what the script leaves in the background goes with it.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = child.id();
+    // The background jobs hold the pipes open: read them on the side, wait
+    // for the script itself, then end its group so the pipes close.
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway block did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{group}")])
+        .status();
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let stdout = stdout.to_ascii_lowercase();
+    assert!(
+        status.success(),
+        "the gateway block failed:\n{stdout}\n{stderr}"
+    );
+    let local = stdout.find("x-fabric-provider: ollama");
+    let cloud = stdout.rfind("x-fabric-provider: openai");
+    assert!(
+        local.is_some() && cloud.is_some() && local < cloud,
+        "answered locally, then by the cloud: {stdout}"
+    );
+    assert!(
+        stdout.contains("\"provider\":\"openai\""),
+        "policyOverride: {stdout}"
+    );
+}
