@@ -89,38 +89,40 @@ pub struct AddressThrottled {
     pub retry_after_secs: u64,
 }
 
-/// An address's allowance of unauthenticated requests: `tokens` of at most
-/// `rate × UNAUTHENTICATED_BURST_SECONDS`, refilled at `rate` per second.
-#[derive(Debug, Clone, Copy)]
-struct Allowance {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Allowance {
-    fn refilled(&self, rate: f64, burst: f64, now: Instant) -> f64 {
-        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst)
-    }
-}
-
-/// A token bucket: `capacity` requests, refilled at `capacity` per second.
+/// A token bucket: at most `capacity` requests, refilled at `rate` per
+/// second (a user's: one second's worth; an address's unauthenticated
+/// requests: [`UNAUTHENTICATED_BURST_SECONDS`]' worth).
 #[derive(Debug)]
 struct Bucket {
+    rate: u32,
     capacity: u32,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn take(&mut self, capacity: u32, now: Instant) -> Result<Quota, Throttled> {
-        let rate = f64::from(capacity);
-        if capacity != self.capacity {
-            // A changed limit starts full at its new size.
-            self.capacity = capacity;
-            self.tokens = rate;
+    fn full(rate: u32, capacity: u32, now: Instant) -> Self {
+        Self {
+            rate,
+            capacity,
+            tokens: f64::from(capacity),
+            at: now,
         }
+    }
+
+    /// One request of a bucket whose capacity is one second's worth.
+    fn take(&mut self, capacity: u32, now: Instant) -> Result<Quota, Throttled> {
+        self.take_at_rate(capacity, capacity, now)
+    }
+
+    fn take_at_rate(&mut self, rate: u32, capacity: u32, now: Instant) -> Result<Quota, Throttled> {
+        if (rate, capacity) != (self.rate, self.capacity) {
+            // A changed limit starts full at its new size.
+            *self = Self::full(rate, capacity, now);
+        }
+        let (per_second, most) = (f64::from(rate), f64::from(capacity));
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.tokens = (self.tokens + elapsed * per_second).min(most);
         self.at = now;
         let taken = self.tokens >= 1.0;
         if taken {
@@ -130,16 +132,22 @@ impl Bucket {
             limit: capacity,
             // Truncation is the point: whole requests left.
             remaining: self.tokens.floor() as u32,
-            reset_secs: ((rate - self.tokens) / rate).ceil() as u64,
+            reset_secs: ((most - self.tokens) / per_second).ceil() as u64,
         };
         if taken {
             Ok(quota)
         } else {
             Err(Throttled {
                 quota,
-                retry_after_secs: (((1.0 - self.tokens) / rate).ceil() as u64).max(1),
+                retry_after_secs: (((1.0 - self.tokens) / per_second).ceil() as u64).max(1),
             })
         }
+    }
+
+    /// Whether it has refilled to its capacity by `now` (a fresh one would be the same).
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * f64::from(self.rate) >= f64::from(self.capacity)
     }
 }
 
@@ -159,7 +167,7 @@ pub struct RateLimits {
     buckets: Mutex<HashMap<String, Bucket>>,
     windows: Mutex<HashMap<String, Window>>,
     overrides: RwLock<HashMap<String, UserLimits>>,
-    addresses: Mutex<HashMap<std::net::IpAddr, Allowance>>,
+    addresses: Mutex<HashMap<std::net::IpAddr, Bucket>>,
 }
 
 impl RateLimits {
@@ -203,11 +211,9 @@ impl RateLimits {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        let bucket = buckets.entry(user.to_owned()).or_insert_with(|| Bucket {
-            capacity: rps,
-            tokens: f64::from(rps),
-            at: now,
-        });
+        let bucket = buckets
+            .entry(user.to_owned())
+            .or_insert_with(|| Bucket::full(rps, rps, now));
         bucket.take(rps, now).map(Some)
     }
 
@@ -218,13 +224,12 @@ impl RateLimits {
         if per_second == 0 {
             return Ok(());
         }
-        let rate = f64::from(per_second);
-        let burst = rate * f64::from(UNAUTHENTICATED_BURST_SECONDS);
+        let burst = per_second.saturating_mul(UNAUTHENTICATED_BURST_SECONDS);
         let now = Instant::now();
         let mut addresses = self.addresses.lock();
         if addresses.len() >= MAX_TRACKED_ADDRESSES && !addresses.contains_key(&address) {
-            // A whole allowance is what an unknown address gets anyway.
-            addresses.retain(|_, a| a.refilled(rate, burst, now) < burst);
+            // A full bucket is what an unknown address gets anyway.
+            addresses.retain(|_, bucket| !bucket.is_full(now));
             if addresses.len() >= MAX_TRACKED_ADDRESSES {
                 // All of them busy: a flood from many addresses; refuse newcomers
                 // rather than grow without bound.
@@ -235,22 +240,16 @@ impl RateLimits {
                 });
             }
         }
-        let allowance = addresses.entry(address).or_insert(Allowance {
-            tokens: burst,
-            at: now,
-        });
-        allowance.tokens = allowance.refilled(rate, burst, now);
-        allowance.at = now;
-        if allowance.tokens >= 1.0 {
-            allowance.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(AddressThrottled {
+        addresses
+            .entry(address)
+            .or_insert_with(|| Bucket::full(per_second, burst, now))
+            .take_at_rate(per_second, burst, now)
+            .map(drop)
+            .map_err(|throttled| AddressThrottled {
                 address,
                 per_second,
-                retry_after_secs: (((1.0 - allowance.tokens) / rate).ceil() as u64).max(1),
+                retry_after_secs: throttled.retry_after_secs,
             })
-        }
     }
 
     /// Whether `user` may start an LLM call now: refused once the minute's
@@ -355,11 +354,7 @@ mod tests {
     #[test]
     fn a_bucket_allows_a_burst_then_refills_at_its_rate() {
         let start = Instant::now();
-        let mut bucket = Bucket {
-            capacity: 5,
-            tokens: 5.0,
-            at: start,
-        };
+        let mut bucket = Bucket::full(5, 5, start);
         for left in (0..5).rev() {
             assert_eq!(bucket.take(5, start).unwrap().remaining, left);
         }
