@@ -617,10 +617,6 @@ pub(crate) fn confine_main(args: &[OsString]) -> ! {
     ))
 }
 
-/// Signals a task's command is stopped with; its keeper ignores them, so the
-/// command's own end decides the status.
-const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
-
 /// Makes the calling process the *keeper* of a task's command: it becomes a
 /// child subreaper (whatever the command starts and orphans, `setsid` or a
 /// double fork, is re-parented to it rather than to init), forks, and
@@ -636,7 +632,7 @@ fn keep_task() -> io::Result<()> {
     let Some(command) = sys::fork()? else {
         return Ok(());
     };
-    sys::ignore_signals(&STOP_SIGNALS);
+    sys::ignore_signals(&sys::STOP_SIGNALS);
     let mut status = None;
     loop {
         match sys::waitpid(-1, 0) {

@@ -468,10 +468,6 @@ fn run_launched(
     })
 }
 
-/// Signals a task's command is stopped with; the processes between the init
-/// and the command ignore them, so the command's own end decides the status.
-const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
-
 /// Keeps a launched command apart from the sandbox's other tasks (see
 /// [`TaskScope`]). Returns only in the process that goes on to become the
 /// command; the two processes above it never return:
@@ -538,7 +534,7 @@ fn enter_task_scope(scope: &TaskScope) -> Result<(), String> {
     let init = sys::fork().map_err(|err| format!("cannot fork the task's init: {err}"))?;
     if let Some(init) = init {
         drop(status_write);
-        sys::ignore_signals(&STOP_SIGNALS);
+        sys::ignore_signals(&sys::STOP_SIGNALS);
         let _ = sys::set_not_dumpable();
         let init_status = loop {
             match sys::waitpid(init, 0) {

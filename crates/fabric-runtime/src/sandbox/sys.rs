@@ -423,6 +423,13 @@ pub(crate) fn kill_children() {
     }
 }
 
+/// The signals a task's command is stopped with. The processes standing
+/// between the fabric and a command (a nested namespace's init, the
+/// confinement's keeper) ignore them, so the command's own end decides the
+/// status they pass on.
+pub(crate) const STOP_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
 /// Ignores these signals (`SIG_IGN`, kept across `fork`, reset by [`reset_signals`]).
 pub(crate) fn ignore_signals(signals: &[libc::c_int]) {
     // SAFETY: setting a disposition takes no memory of ours.
