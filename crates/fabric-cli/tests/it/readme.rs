@@ -81,18 +81,21 @@ fn the_readme_users_section_runs_as_written() {
     run_lines(&fabric, &lines);
 }
 
+/// `PATH` with this build's `reactor-fabric` first, so README lines run as written.
+fn path_with_the_binary() -> String {
+    let binary = assert_cmd::cargo::cargo_bin("reactor-fabric");
+    let dir = binary.parent().expect("the binary's directory");
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// Runs README lines one by one (see the module docs) against `fabric`.
 fn run_lines(fabric: &Fabric, lines: &[String]) {
     let workdir = tempfile::tempdir().unwrap();
-    let bin_dir = assert_cmd::cargo::cargo_bin("reactor-fabric")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_the_binary();
     let mut last_id: Option<String> = None;
     for line in lines {
         let (command, comment) = split_comment(line);
@@ -221,21 +224,10 @@ fn the_readme_gateway_section_runs_as_written() {
         "/tmp/gateway-demo",
         &dir.path().join("data").display().to_string(),
     );
-    let bin_dir = assert_cmd::cargo::cargo_bin("reactor-fabric")
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let mut child = Command::new("bash")
         .args(["-e", "-c", &script])
         .current_dir(dir.path())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", path_with_the_binary())
         .env("FABRIC_CONFIG", dir.path().join("cli.toml"))
         .env("FABRIC_LOG", "warn")
         .env_remove("FABRIC_URL")
