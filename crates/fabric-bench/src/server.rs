@@ -37,6 +37,24 @@ pub fn resolve_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The builds a side-by-side bench measures, with their runs: `--baseline-bin`
+/// first (named `baseline`) when given, then this one (`this build`).
+pub fn builds_to_compare<R>(
+    server_bin: Option<&Path>,
+    baseline_bin: Option<&Path>,
+) -> anyhow::Result<Vec<(String, PathBuf, Vec<R>)>> {
+    let mut builds = Vec::new();
+    if let Some(baseline) = baseline_bin {
+        builds.push(("baseline".to_owned(), baseline.to_owned(), Vec::new()));
+    }
+    builds.push((
+        "this build".to_owned(),
+        resolve_binary(server_bin)?,
+        Vec::new(),
+    ));
+    Ok(builds)
+}
+
 /// A running server. Killed (SIGKILL) if dropped without [`Server::stop`].
 pub struct Server {
     child: Child,

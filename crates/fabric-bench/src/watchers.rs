@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::server::{Server, resolve_binary};
+use crate::server::{Server, builds_to_compare};
 use crate::stats::{median, proc_status_kb};
 
 #[derive(Debug, clap::Args)]
@@ -51,12 +51,8 @@ struct Run {
 }
 
 pub async fn run(args: &WatchersArgs) -> anyhow::Result<()> {
-    let binary = resolve_binary(args.server_bin.as_deref())?;
-    let mut builds: Vec<(String, PathBuf, Vec<Run>)> =
-        vec![("this build".to_owned(), binary, Vec::new())];
-    if let Some(base) = &args.baseline_bin {
-        builds.insert(0, ("baseline".to_owned(), base.clone(), Vec::new()));
-    }
+    let mut builds =
+        builds_to_compare::<Run>(args.server_bin.as_deref(), args.baseline_bin.as_deref())?;
     for rep in 1..=args.reps {
         for (name, binary, runs) in &mut builds {
             let run = once(args, binary)
