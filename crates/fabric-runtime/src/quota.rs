@@ -14,6 +14,7 @@
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "docker")]
@@ -40,11 +41,15 @@ pub enum DiskMeter {
     Container(Box<ContainerShell>),
 }
 
-/// An agent's disk quota and how to measure it.
+/// An agent's disk quota and how to measure it. Clones share their last
+/// measurement: the tasks an agent runs at once watch one tree, and walk it
+/// once per interval between them, not once each.
 #[derive(Debug, Clone)]
 pub struct DiskQuota {
     meter: DiskMeter,
     limit_bytes: u64,
+    /// When the tree was last measured, and what it held then.
+    last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, u64)>>>,
 }
 
 impl DiskQuota {
@@ -52,6 +57,7 @@ impl DiskQuota {
         Self {
             meter,
             limit_bytes: limit_mb.saturating_mul(1024 * 1024),
+            last: Arc::default(),
         }
     }
 
@@ -73,6 +79,27 @@ impl DiskQuota {
         }
     }
 
+    /// The usage measured less than `fresh_for` ago, and not before
+    /// `not_before` (by this or another clone), else measured now; one
+    /// measurement at a time. `not_before` keeps a watcher from a measurement
+    /// taken before it began (of files an earlier task wrote and that are gone).
+    async fn recent_usage(
+        &self,
+        fresh_for: Duration,
+        not_before: tokio::time::Instant,
+    ) -> io::Result<u64> {
+        let mut last = self.last.lock().await;
+        if let Some((at, used)) = *last
+            && at >= not_before
+            && at.elapsed() < fresh_for
+        {
+            return Ok(used);
+        }
+        let used = self.usage().await?;
+        *last = Some((tokio::time::Instant::now(), used));
+        Ok(used)
+    }
+
     /// Resolves with the usage once it is over the limit; never while it is
     /// not. A measurement that fails is logged and tried again later.
     pub async fn exceeded(&self) -> u64 {
@@ -82,9 +109,10 @@ impl DiskQuota {
             DiskMeter::Container(_) => CONTAINER_POLL,
         };
         let mut warned = false;
+        let watching_since = tokio::time::Instant::now();
         loop {
             let started = tokio::time::Instant::now();
-            match self.usage().await {
+            match self.recent_usage(floor, watching_since).await {
                 Ok(used) if used > self.limit_bytes => return used,
                 Ok(_) => {}
                 Err(e) if !warned => {
@@ -126,6 +154,27 @@ pub fn directory_usage(root: &std::path::Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn clones_share_a_recent_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let quota = DiskQuota::new(DiskMeter::Host(dir.path().to_path_buf()), 1);
+        let other = quota.clone();
+        let minute = Duration::from_secs(60);
+        let start = tokio::time::Instant::now();
+        let before = quota.recent_usage(minute, start).await.unwrap();
+        std::fs::write(dir.path().join("data"), vec![7u8; 2 << 20]).unwrap();
+        // Fresh enough: the clone reuses it rather than walking again.
+        assert_eq!(other.recent_usage(minute, start).await.unwrap(), before);
+        // Too old: measured again, for both.
+        let now = other.recent_usage(Duration::ZERO, start).await.unwrap();
+        assert!(now >= before + (2 << 20), "{before} then {now}");
+        assert_eq!(quota.recent_usage(minute, start).await.unwrap(), now);
+        // A watcher that began after it measures for itself.
+        std::fs::remove_file(dir.path().join("data")).unwrap();
+        let later = tokio::time::Instant::now();
+        assert!(quota.recent_usage(minute, later).await.unwrap() < now);
+    }
 
     #[test]
     fn usage_counts_allocated_blocks_below_the_root() {
