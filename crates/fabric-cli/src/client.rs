@@ -362,6 +362,7 @@ impl FabricClient {
         &self,
         status: Option<ApprovalStatus>,
         limit: Option<u32>,
+        cursor: Option<&str>,
     ) -> Result<ApprovalList, ClientError> {
         let mut req = self.http.get(self.url("/v1/approvals"));
         if let Some(status) = status {
@@ -369,6 +370,9 @@ impl FabricClient {
         }
         if let Some(limit) = limit {
             req = req.query(&[("limit", limit.to_string())]);
+        }
+        if let Some(cursor) = cursor {
+            req = req.query(&[("cursor", cursor)]);
         }
         self.json(self.authed(req)).await
     }

@@ -107,6 +107,9 @@ pub struct Login {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The Docker instance `start` made this context for: its `down` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl FileConfig {
@@ -118,6 +121,7 @@ impl FileConfig {
                 url: self.url.clone(),
                 token: self.token.clone(),
                 user: self.user.clone(),
+                instance: None,
             },
         }
     }
@@ -354,7 +358,9 @@ impl ClientSettings {
     /// (its context, or the top level), ready to save.
     pub fn file_with_login(&self, login: Login) -> FileConfig {
         let mut file = self.file.clone();
-        file.set_login(self.context.as_deref(), login);
+        // Logging in again keeps what made the context (its instance).
+        let instance = login.instance.or_else(|| self.login.instance.clone());
+        file.set_login(self.context.as_deref(), Login { instance, ..login });
         file
     }
 
@@ -490,6 +496,7 @@ mod tests {
                         url: Some("http://a:1".into()),
                         token: Some("ta".into()),
                         user: None,
+                        instance: None,
                     },
                 ),
                 (
@@ -498,6 +505,7 @@ mod tests {
                         url: Some("http://b:1".into()),
                         token: Some("tb".into()),
                         user: None,
+                        instance: None,
                     },
                 ),
             ]
@@ -528,6 +536,7 @@ mod tests {
             url: Some("http://b:1".into()),
             token: Some("new".into()),
             user: None,
+            instance: None,
         });
         assert_eq!(saved.contexts["b"].token.as_deref(), Some("new"));
         assert_eq!(saved.token.as_deref(), Some("top-token"));
@@ -561,6 +570,7 @@ mod tests {
                     url: Some("https://prod:8443".into()),
                     token: Some("p".into()),
                     user: None,
+                    instance: Some("prod".into()),
                 },
             )]
             .into(),

@@ -54,6 +54,7 @@ async fn login(ctx: &Ctx, args: LoginArgs) -> Result<(), CliError> {
         url: Some(ctx.settings.url.clone()),
         token: Some(issued.token.clone()),
         user: Some(issued.user.clone()),
+        instance: None,
     });
     file.save(&ctx.settings.config_path)?;
 

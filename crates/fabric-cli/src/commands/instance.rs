@@ -2,16 +2,20 @@
 //!
 //! Everything local is checked before Docker is contacted: the name, and the
 //! `--config` file (which must exist: exit 2). The work is in `fabric_docker::instance`.
+//! `start` also leaves a context named after the instance, logged in as its
+//! admin (as `kind` adds a kubeconfig context); `down` removes it.
 
 use std::path::PathBuf;
 
+use fabric_core::api::LoginRequest;
 use fabric_docker::DockerClient;
 use fabric_docker::config::InstanceConfig;
 use fabric_docker::instance::{self, InstanceSummary, StartOptions};
 use serde_json::json;
 
+use crate::client::FabricClient;
 use crate::commands::serve::ENV_ADMIN_PASSWORD;
-use crate::config::process_env;
+use crate::config::{FileConfig, Login, config_path, process_env};
 use crate::error::CliError;
 use crate::outln;
 use crate::output::{OutputFormat, print_json, table, write_text};
@@ -85,10 +89,22 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
         );
     }
     let password_shown = generated.then_some(options.admin_password.as_str());
+    let context = match save_context(&report.name, &report.url, &options.admin_password).await {
+        Ok(()) => Some(report.name.clone()),
+        Err(e) => {
+            eprintln!(
+                "warning: no context saved for the instance ({e}); log in with: reactor-fabric --url {} auth login --username admin",
+                report.url
+            );
+            None
+        }
+    };
     if output.is_json() {
         return print_json(&json!({
             "name": report.name,
             "url": report.url,
+            // A context of the instance's name, logged in as admin; null if it could not be saved.
+            "context": context,
             "admin_user": "admin",
             // Shown once, here; null when it came from FABRIC_ADMIN_PASSWORD.
             "admin_password": password_shown,
@@ -106,18 +122,78 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
         Some(p) => outln!("  password: {p}  (generated, shown only this once)")?,
         None => outln!("  password: the one in {ENV_ADMIN_PASSWORD}")?,
     }
-    outln!(
-        "  log in:   reactor-fabric --url {} auth login --username admin",
-        report.url
-    )
+    match context {
+        Some(name) => outln!(
+            "  context:  {name}, logged in as admin (reactor-fabric --context {name} task ls; config use-context {name})"
+        ),
+        None => outln!(
+            "  log in:   reactor-fabric --url {} auth login --username admin",
+            report.url
+        ),
+    }
+}
+
+/// Logs in to a new instance as its admin and stores that login as a
+/// context named after the instance (as `kind` adds a kubeconfig context for
+/// a cluster it creates), marked so that its `down` removes it. A context of
+/// that name from before is replaced: it named an instance of that name.
+async fn save_context(name: &str, url: &str, admin_password: &str) -> Result<(), CliError> {
+    let issued = FabricClient::new(url, None)?
+        .login(&LoginRequest {
+            username: "admin".to_owned(),
+            password: admin_password.to_owned(),
+        })
+        .await?;
+    let path = config_path(&process_env)?;
+    let mut file = FileConfig::load(&path)?;
+    file.contexts.insert(
+        name.to_owned(),
+        Login {
+            url: Some(url.to_owned()),
+            token: Some(issued.token),
+            user: Some(issued.user),
+            instance: Some(name.to_owned()),
+        },
+    );
+    file.save(&path)?;
+    Ok(())
+}
+
+/// Removes the context `start` made for instance `name`, if it is still
+/// that instance's (one the user re-pointed elsewhere stays). Returns
+/// whether it did.
+fn remove_context(name: &str) -> Result<bool, CliError> {
+    let path = config_path(&process_env)?;
+    let mut file = FileConfig::load(&path)?;
+    if file.contexts.get(name).and_then(|c| c.instance.as_deref()) != Some(name) {
+        return Ok(false);
+    }
+    file.contexts.remove(name);
+    if file.current_context.as_deref() == Some(name) {
+        file.current_context = None;
+    }
+    file.save(&path)?;
+    Ok(true)
 }
 
 pub async fn down(args: DownArgs, output: OutputFormat) -> Result<(), CliError> {
     fabric_docker::labels::validate_instance_name(&args.name).map_err(CliError::Usage)?;
     let client = DockerClient::connect().await?;
     let report = instance::down(&client, &args.name).await?;
+    let context_removed = match remove_context(&args.name) {
+        Ok(removed) => removed,
+        Err(e) => {
+            eprintln!("warning: the instance's context is still in the config file: {e}");
+            false
+        }
+    };
     if output.is_json() {
-        return print_json(&report);
+        let mut value = serde_json::to_value(&report).map_err(|e| CliError::Other(e.into()))?;
+        value["context_removed"] = json!(context_removed);
+        return print_json(&value);
+    }
+    if context_removed {
+        eprintln!("removed context {:?}", args.name);
     }
     if !report.existed {
         return outln!("no instance {:?}, nothing to do", report.name);

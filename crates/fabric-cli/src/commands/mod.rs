@@ -6,6 +6,7 @@ pub mod auth;
 pub mod budget;
 pub mod completion;
 pub mod config;
+pub mod ids;
 pub mod image;
 pub mod instance;
 pub mod mock_llm;
@@ -222,11 +223,15 @@ fn refuse_unused_globals(cli: &Cli) -> Result<(), CliError> {
         // `set-context NAME --url URL` has a --url of its own (clap shares the name with the global).
         Command::Config(cmd)
             if cli.context.is_some()
-                || cli.quiet
                 || (cli.url.is_some() && !matches!(cmd, config::ConfigCommand::SetContext(_))) =>
         {
             Err(CliError::Usage(
                 "config edits the contexts in the config file: name them as arguments, not with --url or --context".into(),
+            ))
+        }
+        Command::Config(cmd) if cli.quiet && !matches!(cmd, config::ConfigCommand::GetContexts) => {
+            Err(CliError::Usage(
+                "-q is for lists: of the config commands only get-contexts has one".into(),
             ))
         }
         Command::Version if cli.url.is_some() || cli.quiet || cli.context.is_some() => Err(CliError::Usage(

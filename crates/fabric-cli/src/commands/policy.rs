@@ -13,7 +13,8 @@ use fabric_core::policy::{
 };
 use serde::Deserialize;
 
-use crate::commands::Ctx;
+use crate::client::FabricClient;
+use crate::commands::{Ctx, ids};
 use crate::error::CliError;
 use crate::outln;
 use crate::output::{print_json, short_time, table, write_text};
@@ -84,7 +85,7 @@ pub struct ApprovalListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ApprovalIdArgs {
-    /// Approval id (from `approval list`)
+    /// Approval id (from `approval list`): the full id or its end, 6 characters or more
     pub id: String,
 }
 
@@ -295,7 +296,7 @@ pub async fn run_approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<(), CliErro
             };
             let list = ctx
                 .authed_client()?
-                .list_approvals(status, args.limit)
+                .list_approvals(status, args.limit, None)
                 .await?;
             if ctx.output.is_json() {
                 return print_json(&list);
@@ -303,7 +304,11 @@ pub async fn run_approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<(), CliErro
             if list.approvals.is_empty() {
                 return outln!("no {} approvals", args.status);
             }
-            let rows: Vec<Vec<String>> = list.approvals.iter().map(approval_row).collect();
+            let rows: Vec<Vec<String>> = list
+                .approvals
+                .iter()
+                .map(|a| approval_row(a, ctx.output.is_wide()))
+                .collect();
             write_text(&table(
                 &[
                     "ID", "STATUS", "ACTOR", "ACTION", "RULE", "CREATED", "EXPIRES",
@@ -316,9 +321,13 @@ pub async fn run_approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<(), CliErro
     }
 }
 
-fn approval_row(a: &Approval) -> Vec<String> {
+fn approval_row(a: &Approval, wide: bool) -> Vec<String> {
     vec![
-        a.id.to_string(),
+        if wide || crate::output::is_quiet() {
+            a.id.to_string()
+        } else {
+            ids::short(&a.id)
+        },
         a.status.to_string(),
         a.actor.clone(),
         a.action.clone(),
@@ -328,8 +337,10 @@ fn approval_row(a: &Approval) -> Vec<String> {
     ]
 }
 
-async fn decide(ctx: &Ctx, id: &str, approve: bool) -> Result<(), CliError> {
-    let approval = ctx.authed_client()?.decide_approval(id, approve).await?;
+async fn decide(ctx: &Ctx, text: &str, approve: bool) -> Result<(), CliError> {
+    let client = ctx.authed_client()?;
+    let id = resolve_approval(&client, text).await?;
+    let approval = client.decide_approval(&id.to_string(), approve).await?;
     if ctx.output.is_json() {
         return print_json(&approval);
     }
@@ -340,6 +351,36 @@ async fn decide(ctx: &Ctx, id: &str, approve: bool) -> Result<(), CliError> {
         approval.actor,
         approval.action
     )
+}
+
+/// The approval `text` names: its full id or a unique tail of it (at least
+/// [`ids::MIN_TAIL`] characters), looked for among the [`ids::SCAN`]
+/// newest approvals one may see.
+async fn resolve_approval(client: &FabricClient, text: &str) -> Result<uuid::Uuid, CliError> {
+    if let Ok(id) = text.trim().parse::<uuid::Uuid>() {
+        return Ok(id);
+    }
+    let lookup = ids::Lookup::new("approval", text);
+    let mut matches = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut scanned = 0;
+    while scanned < ids::SCAN {
+        let page = client
+            .list_approvals(None, Some(1000), cursor.as_deref())
+            .await?;
+        scanned += page.approvals.len();
+        matches.extend(
+            page.approvals
+                .into_iter()
+                .filter(|a| lookup.matches(&a.id.to_string(), None))
+                .map(|a| a.id),
+        );
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    lookup.one(matches, |id| (id.to_string(), None))
 }
 
 pub async fn run_audit(ctx: &Ctx, args: AuditArgs) -> Result<(), CliError> {

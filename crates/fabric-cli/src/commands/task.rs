@@ -11,7 +11,7 @@ use fabric_core::{AgentId, EventKind, Priority, Task, TaskFile, TaskId, TaskStat
 use serde_json::Value;
 
 use crate::client::{FabricClient, TaskListQuery};
-use crate::commands::Ctx;
+use crate::commands::{Ctx, ids};
 use crate::error::CliError;
 use crate::outln;
 use crate::output::{print_json, print_json_line, short_time, table, write_text};
@@ -235,29 +235,20 @@ async fn prune(ctx: &Ctx, older_than: Duration) -> Result<(), CliError> {
     }
 }
 
-/// How many of the newest tasks a short id or a name is looked for among.
-const RESOLVE_SCAN: usize = 10_000;
-/// The shortest id tail accepted: fewer characters would match too often.
-const MIN_ID_TAIL: usize = 6;
-
 /// The task `text` names: a full id; the end of one (at least
-/// [`MIN_ID_TAIL`] characters, as tables show ids by their last 8); or a
-/// task's name. Short ids and names are looked for among the
-/// [`RESOLVE_SCAN`] newest tasks one may see; two matches are an error
-/// listing both.
+/// [`ids::MIN_TAIL`] characters, as tables show ids by their last 8); or a
+/// task's name. Short ids and names are looked for among the [`ids::SCAN`]
+/// newest tasks one may see; two matches are an error listing both.
 async fn resolve(ctx: &Ctx, text: &str) -> Result<TaskId, CliError> {
-    let text = text.trim();
-    if let Ok(id) = text.parse::<TaskId>() {
+    if let Ok(id) = text.trim().parse::<TaskId>() {
         return Ok(id);
     }
-    let tail = text.to_ascii_lowercase();
-    let looks_like_tail =
-        tail.len() >= MIN_ID_TAIL && tail.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    let lookup = ids::Lookup::new("task", text);
     let client = ctx.authed_client()?;
     let mut matches: Vec<Task> = Vec::new();
     let mut before = None;
     let mut scanned = 0;
-    while scanned < RESOLVE_SCAN {
+    while scanned < ids::SCAN {
         let page = client
             .list_tasks(&TaskListQuery {
                 status: None,
@@ -267,45 +258,19 @@ async fn resolve(ctx: &Ctx, text: &str) -> Result<TaskId, CliError> {
             })
             .await?;
         scanned += page.tasks.len();
-        matches.extend(page.tasks.into_iter().filter(|t| {
-            (looks_like_tail && t.id.to_string().ends_with(&tail))
-                || t.name.as_deref() == Some(text)
-        }));
+        matches.extend(
+            page.tasks
+                .into_iter()
+                .filter(|t| lookup.matches(&t.id.to_string(), t.name.as_deref())),
+        );
         match page.next_cursor {
             Some(next) => before = Some(next),
             None => break,
         }
     }
-    match matches.as_slice() {
-        [one] => Ok(one.id),
-        [] => Err(CliError::Client(crate::client::ClientError::Api {
-            status: 404,
-            code: "not_found".into(),
-            message: format!(
-                "no task has the id {text:?}, an id ending in it or that name (among the {RESOLVE_SCAN} newest): give the full id (task ls -o wide shows them)"
-            ),
-            request_id: None,
-        })),
-        several => Err(CliError::Usage(format!(
-            "{text:?} names {} tasks: {}; give more of the id",
-            several.len(),
-            several
-                .iter()
-                .map(|t| match &t.name {
-                    Some(name) => format!("{} ({name})", t.id),
-                    None => t.id.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
-
-/// How tables show a task id: its last 8 characters, the random part of a
-/// UUIDv7 (its head is a timestamp, alike for tasks made together).
-pub fn short_id(id: TaskId) -> String {
-    let full = id.to_string();
-    full[full.len() - 8..].to_owned()
+    lookup
+        .one(matches, |t| (t.id.to_string(), t.name.clone()))
+        .map(|t| t.id)
 }
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), CliError> {
@@ -521,7 +486,7 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
             let id = if wide || crate::output::is_quiet() {
                 t.id.to_string()
             } else {
-                short_id(t.id)
+                ids::short(&t.id)
             };
             let mut row = vec![
                 id,

@@ -291,11 +291,21 @@ fn unused_global_options_are_usage_errors() {
         &["image", "build-orchestrator", "--url", "http://127.0.0.1:1"],
         &["task", "-V"],
         &["usage", "--user", "admin", "--period", "week"],
+        &["config", "current-context", "-q"],
     ] {
         let out = bare_cli(&config).args(argv).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{argv:?}: {out:?}");
         assert!(!out.stderr.is_empty(), "{argv:?} says why");
     }
+    // -q belongs to lists, config's included.
+    bare_cli(&config)
+        .args(["config", "set-context", "a", "--url", "http://127.0.0.1:1"])
+        .assert()
+        .success();
+    assert_eq!(
+        stdout_of(bare_cli(&config).args(["config", "get-contexts", "-q"])),
+        "a\n"
+    );
     let out = stdout_of(bare_cli(&config).arg("-V"));
     assert!(out.starts_with("reactor-fabric "), "{out}");
     let help = stdout_of(bare_cli(&config).args(["auth", "login", "--help"]));
