@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Fabric, stdout_of};
+use super::{Fabric, has_line_starting, stdout_of};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -20,7 +20,7 @@ fn policy_apply_list_check_and_delete() {
     let dev = repo().join("policies/dev.toml");
     let out = stdout_of(fabric.cli().args(["policy", "apply", "-f"]).arg(&dev));
     assert!(
-        out.contains("applied policy dev-tenant (tenant:default, priority 0, 4 rules)"),
+        out.contains("applied policy dev-tenant (tenant:default, priority 0, 5 rules)"),
         "{out}"
     );
     assert!(
@@ -230,12 +230,23 @@ fn approval_list_and_approve_let_the_waiting_agent_proceed() {
         assert!(Instant::now() < deadline, "no pending approval appeared");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The table shows the end of the id (issue #17), which names it.
+    let short = &id[id.len() - 8..];
     let out = stdout_of(fabric.cli().args(["approval", "list"]));
     assert!(
-        out.contains(&id) && out.contains("agent:pycoder") && out.contains("pending"),
+        has_line_starting(&out, &format!("{short}  pending  agent:pycoder")),
         "{out}"
     );
-    let out = stdout_of(fabric.cli().args(["approval", "approve", &id]));
+    assert_eq!(
+        stdout_of(fabric.cli().args(["approval", "list", "-q"])).trim(),
+        id
+    );
+    fabric
+        .cli()
+        .args(["approval", "approve", "0000000000"])
+        .assert()
+        .code(4);
+    let out = stdout_of(fabric.cli().args(["approval", "approve", short]));
     assert_eq!(
         out.trim(),
         format!("approved {id}: agent:pycoder net:connect:prod-db:5432")
@@ -254,7 +265,7 @@ fn approval_list_and_approve_let_the_waiting_agent_proceed() {
             .cli()
             .args(["approval", "list", "--status", "approved"]),
     );
-    assert!(out.contains(&id), "{out}");
+    assert!(has_line_starting(&out, short), "{out}");
 }
 
 /// Issue #17: `-f -` reads the file from standard input, for `policy apply`
