@@ -11,7 +11,8 @@
 //! comes from the line's own comment: `exits N` is the exit code it must
 //! have (0 otherwise), each `key=value` and each `prints "text"` must appear
 //! in its output. Blocks that are one script (background jobs, shell
-//! variables across lines) run whole with `bash -e` ([`run_script`]).
+//! variables across lines) run whole with `bash -e` ([`run_script`]). The
+//! config files the README shows are loaded as the binary loads them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -584,4 +585,53 @@ fn the_readme_gateway_section_runs_as_written() {
         stdout.contains("\"provider\":\"openai\""),
         "policyOverride: {stdout}"
     );
+}
+
+/// The first fenced block of `lang` after `marker` in `text`, its
+/// indentation (a block inside a list item) removed.
+fn fenced_block(text: &str, marker: &str, lang: &str) -> String {
+    let rest = &text[text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"))..];
+    let open = format!("```{lang}\n");
+    let start = rest.find(&open).expect("the block") + open.len();
+    let end = start + rest[start..].find("```").expect("the block's end");
+    let block = &rest[start..end];
+    let indent = block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    block
+        .lines()
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The README's config files are ones the binary accepts: the gateway's
+/// TOML (`serve --gateway-config`) and an instance's `fabric.yml`
+/// (`start --config`), both of which refuse unknown keys.
+#[test]
+fn the_readme_config_files_are_accepted() {
+    let text = readme();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = dir.path().join("gateway.toml");
+    std::fs::write(
+        &gateway,
+        fenced_block(&text, "A config file (`--gateway-config", "toml"),
+    )
+    .unwrap();
+    let env = |name: &str| (name == "OPENAI_API_KEY").then(|| "sk-readme".to_owned());
+    let config = fabric_gateway::GatewayConfig::load(Some(&gateway), &env)
+        .unwrap_or_else(|e| panic!("the README's gateway config: {e}"));
+    assert_eq!(config.providers.len(), 2);
+
+    let instance = dir.path().join("fabric.yml");
+    std::fs::write(
+        &instance,
+        fenced_block(&text, "**`--config fabric.yml`**", "yaml"),
+    )
+    .unwrap();
+    fabric_docker::config::InstanceConfig::load(Some(&instance), &|_| None)
+        .unwrap_or_else(|e| panic!("the README's fabric.yml: {e}"));
 }
