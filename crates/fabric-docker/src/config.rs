@@ -160,13 +160,36 @@ impl InstanceConfig {
         path: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<InstanceConfig, ConfigError> {
-        let mut config = match path {
+        let config = match path {
             Some(path) => InstanceConfig::from_file(path)?,
             None => InstanceConfig::default(),
         };
-        config.apply_env(env);
-        config.validate()?;
-        Ok(config)
+        config.finish(env)
+    }
+
+    /// [`InstanceConfig::load`] for a file's text read elsewhere (`start
+    /// --config -` reads standard input); `origin` names it in errors.
+    pub fn load_text(
+        text: &str,
+        origin: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<InstanceConfig, ConfigError> {
+        InstanceConfig::from_yaml(text)
+            .map_err(|message| ConfigError::Parse {
+                path: origin.to_owned(),
+                message,
+            })?
+            .finish(env)
+    }
+
+    /// The environment's images over the file's, then the checks.
+    fn finish(
+        mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<InstanceConfig, ConfigError> {
+        self.apply_env(env);
+        self.validate()?;
+        Ok(self)
     }
 
     pub fn from_file(path: &Path) -> Result<InstanceConfig, ConfigError> {

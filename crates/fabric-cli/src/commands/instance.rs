@@ -27,7 +27,7 @@ pub struct StartArgs {
     /// Instance name: letters, digits, '_', '.', '-' (Docker names become reactor-fabric-NAME-…)
     #[arg(long, value_name = "NAME")]
     pub name: String,
-    /// fabric.yml with images, the published port and memory/CPU limits (must exist)
+    /// fabric.yml with images, the published port and memory/CPU limits (must exist; - reads stdin)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -41,7 +41,16 @@ pub struct DownArgs {
 
 pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError> {
     fabric_docker::labels::validate_instance_name(&args.name).map_err(CliError::Usage)?;
-    let config = InstanceConfig::load(args.config.as_deref(), &process_env)?;
+    let config = match args.config.as_deref() {
+        Some(stdin) if stdin == std::path::Path::new("-") => {
+            let bytes = super::read_capped(stdin, "--config -", CliError::Usage)?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                CliError::Usage("--config -: standard input is not UTF-8 text".into())
+            })?;
+            InstanceConfig::load_text(&text, std::path::Path::new("<stdin>"), &process_env)?
+        }
+        path => InstanceConfig::load(path, &process_env)?,
+    };
     let binary = std::env::current_exe().map_err(|e| {
         CliError::Other(anyhow::anyhow!(
             "cannot find this program's own binary (the orchestrator image is built from it): {e}"

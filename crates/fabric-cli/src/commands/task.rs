@@ -82,8 +82,8 @@ pub struct CreateArgs {
     /// Shell command, repeatable: run in order, the first failure stops the task
     #[arg(long, value_name = "CMD")]
     pub command: Vec<String>,
-    /// File to put in the task's working directory under its own name (repeatable, UTF-8 text)
-    #[arg(long, value_name = "PATH")]
+    /// File to put in the task's working directory, under its own name or NAME (repeatable, UTF-8 text; NAME=- reads stdin)
+    #[arg(long, value_name = "[NAME=]PATH")]
     pub file: Vec<PathBuf>,
     /// Agent that runs the task [default: shell]
     #[arg(long, value_name = "ID")]
@@ -373,12 +373,30 @@ async fn submit(
 fn read_task_files(paths: &[PathBuf]) -> Result<Vec<TaskFile>, CliError> {
     let mut names = BTreeSet::new();
     let mut files = Vec::with_capacity(paths.len());
-    for path in paths {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| CliError::Usage(format!("--file {}: not a file name", path.display())))?
-            .to_owned();
+    for arg in paths {
+        // `NAME=PATH` names the file in the task's directory (as kubectl's
+        // `--from-file=key=path`); standard input has no name of its own.
+        let (name, path) = match arg.to_str().and_then(|a| a.split_once('=')) {
+            Some((name, path)) if !name.is_empty() && !name.contains('/') => {
+                (name.to_owned(), Path::new(path))
+            }
+            _ => {
+                if arg.as_os_str() == "-" {
+                    return Err(CliError::Usage(
+                        "--file -: standard input has no file name; name it: --file build.sh=-"
+                            .into(),
+                    ));
+                }
+                let name = arg
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| {
+                        CliError::Usage(format!("--file {}: not a file name", arg.display()))
+                    })?
+                    .to_owned();
+                (name, arg.as_path())
+            }
+        };
         let content = read_text_file(path)?;
         if !names.insert(name.clone()) {
             return Err(CliError::Usage(format!(

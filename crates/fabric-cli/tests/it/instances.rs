@@ -512,6 +512,19 @@ fn config_files_must_exist_and_be_valid() {
     ]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("redis.cpu_cores"), "{}", stderr(&out));
+    // `--config -` reads standard input (issue #17), checked the same way.
+    let out = inst
+        .cli()
+        .args(["start", "--name", &inst.name, "--config", "-"])
+        .write_stdin("orchestrator:\n  prot: 8080\n")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("<stdin>") && stderr(&out).contains("unknown field `prot`"),
+        "{}",
+        stderr(&out)
+    );
     let out = inst.run(&["start", "--name", "bad/name"]);
     assert_eq!(code(&out), 2);
     assert_eq!(labelled(&inst.name), Vec::<String>::new());

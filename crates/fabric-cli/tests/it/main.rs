@@ -614,6 +614,25 @@ fn files_and_env_reach_the_task() {
     assert_eq!(code, 0, "{out}");
     assert!(has_line(&out, "hi from a file"), "{out}");
     assert!(has_line(&out, "hi from env"), "{out}");
+
+    // NAME=PATH names the file; NAME=- reads it from stdin (issue #17);
+    // bare `-` has no name to give it.
+    let out = fabric
+        .cli()
+        .args(["task", "create", "--wait", "--command", "cat build.sh"])
+        .args(["--file", "build.sh=-"])
+        .write_stdin("echo from stdin\n")
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(has_line(&stdout, "echo from stdin"), "{stdout}");
+    let out = fabric
+        .cli()
+        .args(["task", "create", "--command", "true", "--file", "-"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("--file build.sh=-"), "{stderr}");
 }
 
 /// Issue #17: `task create --wait` and `--follow` run a task to its end as
