@@ -301,6 +301,7 @@ fn gateway_overhead(args: &BudgetsArgs) -> anyhow::Result<()> {
             max_tokens: Some(64),
             ..Params::default()
         },
+        options: Default::default(),
     };
     let mut rows: Vec<(&str, Vec<Summary>)> = vec![
         ("without admission", Vec::new()),

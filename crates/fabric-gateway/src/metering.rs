@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::Price;
-use crate::types::Message;
+use crate::types::{ChatRequest, ChatResponse, Message, ResponseFormat};
 
 use fabric_telemetry::metrics::{Collected, Sample};
 /// The fabric's one histogram type (also behind the server's own families).
@@ -162,8 +162,52 @@ pub fn estimate_tokens(text: &str) -> u64 {
 pub fn estimate_prompt_tokens(messages: &[Message]) -> u64 {
     messages
         .iter()
-        .map(|m| estimate_tokens(&m.content) + 3)
+        .map(|m| {
+            estimate_tokens(&m.content)
+                + 3
+                + m.tool_calls
+                    .iter()
+                    .map(|c| estimate_tokens(&c.name) + estimate_tokens(&c.arguments) + 3)
+                    .sum::<u64>()
+                + IMAGE_TOKENS * m.images.len() as u64
+        })
         .sum()
+}
+
+/// What an image is counted as before a provider reports usage (OpenAI's
+/// price of a low-detail image).
+const IMAGE_TOKENS: u64 = 85;
+
+/// A chat request's input: its messages, and the tool definitions and
+/// answer schema a provider puts in front of them.
+pub fn estimate_request_tokens(req: &ChatRequest) -> u64 {
+    let json = |v: &serde_json::Value| estimate_tokens(&v.to_string());
+    let tools: u64 = req
+        .options
+        .tools
+        .iter()
+        .map(|t| {
+            estimate_tokens(&t.name)
+                + t.description.as_deref().map_or(0, estimate_tokens)
+                + json(&t.parameters)
+                + 8
+        })
+        .sum();
+    let schema = match &req.options.response_format {
+        Some(ResponseFormat::JsonSchema { schema, .. }) => json(schema),
+        _ => 0,
+    };
+    estimate_prompt_tokens(&req.messages) + tools + schema
+}
+
+/// An answer's output: its text and its tool calls.
+pub fn estimate_answer_tokens(answer: &ChatResponse) -> u64 {
+    estimate_tokens(&answer.content)
+        + answer
+            .tool_calls
+            .iter()
+            .map(|c| estimate_tokens(&c.name) + estimate_tokens(&c.arguments))
+            .sum::<u64>()
 }
 
 /// Prices by `provider/model`, `provider/*`, then `model`.

@@ -38,7 +38,8 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::config::{ConfigError, GatewayConfig, Policy, PolicyStep, RetryConfig, Tier};
 use crate::error::{GatewayError, ProviderError, ProviderErrorKind};
 use crate::metering::{
-    GatewayMetrics, MetricsSnapshot, PriceTable, UsageSink, estimate_prompt_tokens, estimate_tokens,
+    GatewayMetrics, MetricsSnapshot, PriceTable, UsageSink, estimate_answer_tokens,
+    estimate_request_tokens, estimate_tokens,
 };
 use crate::providers::{AnyProvider, Call, Provider as _};
 use crate::secret::Redactor;
@@ -627,8 +628,16 @@ impl Gateway {
         let deadline = opts.started + self.inner.request_timeout;
         let mut failures: Vec<Failure<'_>> = Vec::new();
         let mut skipped: Vec<&str> = Vec::new();
+        // Providers of the route that cannot honour a field of the request:
+        // not asked (the caller would get less than it asked for).
+        let mut unable: Vec<(&Slot, String)> = Vec::new();
         for (index, step) in steps.iter().enumerate() {
             let slot = &self.inner.slots[step.slot];
+            if let Some(field) = req.unsupported_by(&slot.provider) {
+                tracing::debug!(provider = %slot.name, field, "the provider cannot honour a field: skipping it");
+                unable.push((slot, field));
+                continue;
+            }
             let Some(mut permit) = slot.breaker.try_acquire() else {
                 tracing::debug!(provider = %slot.name, "circuit open: skipping the provider");
                 skipped.push(&slot.name);
@@ -700,6 +709,9 @@ impl Gateway {
                 break;
             }
         }
+        if failures.is_empty() && skipped.is_empty() {
+            return Err(unhonoured(&unable));
+        }
         Err(final_error(model, failures, &skipped))
     }
 
@@ -745,6 +757,19 @@ struct Failure<'a> {
     error: ProviderError,
     /// The attempt's timeout, for a timeout's message.
     budget: Duration,
+}
+
+/// The caller's error when no provider of the route can honour the
+/// request: a 400 naming the field and each provider (never a silent drop).
+fn unhonoured(unable: &[(&Slot, String)]) -> GatewayError {
+    let each: Vec<String> = unable
+        .iter()
+        .map(|(slot, field)| format!("{field} by provider {} ({})", slot.name, slot.kind))
+        .collect();
+    GatewayError::invalid(format!(
+        "the request cannot be honoured: {} is not supported; leave the field out, or route to a provider that supports it (a provider/model name, or a policy)",
+        each.join(", nor ")
+    ))
 }
 
 /// The caller's error when no step succeeded.
@@ -823,6 +848,12 @@ trait CallRequest: Sync {
 
     /// What the call may consume, for the admission.
     fn estimate(&self) -> Estimate;
+
+    /// The field of the request `provider` cannot honour, if any.
+    fn unsupported_by(&self, provider: &AnyProvider) -> Option<String> {
+        let _ = provider;
+        None
+    }
 }
 
 impl CallRequest for ChatRequest {
@@ -856,10 +887,15 @@ impl CallRequest for ChatRequest {
         Ok(())
     }
 
-    /// Its prompt and at most `max_tokens` more.
+    fn unsupported_by(&self, provider: &AnyProvider) -> Option<String> {
+        provider.unsupported(self)
+    }
+
+    /// Its prompt (tool definitions and an answer schema included) and at
+    /// most `max_tokens` more.
     fn estimate(&self) -> Estimate {
         Estimate {
-            input_tokens: estimate_prompt_tokens(&self.messages),
+            input_tokens: estimate_request_tokens(self),
             output_tokens: self
                 .params
                 .max_tokens
@@ -951,8 +987,8 @@ impl CallKind for Chat {
     ) -> Answer<ChatResponse> {
         let usage = metered_usage(
             routed.reply.usage,
-            || estimate_prompt_tokens(&req.messages),
-            || estimate_tokens(&routed.reply.content),
+            || estimate_request_tokens(req),
+            || estimate_answer_tokens(&routed.reply),
         );
         routed.answer_metered(gateway, meter, usage)
     }
@@ -1015,7 +1051,7 @@ impl CallKind for StreamedChat {
             meter: StreamMeter {
                 gateway: gateway.clone(),
                 meter: Some(meter),
-                prompt_estimate: estimate_prompt_tokens(&req.messages),
+                prompt_estimate: estimate_request_tokens(req),
                 output_chars: 0,
             },
             provider: slot.name.clone(),
@@ -1079,6 +1115,7 @@ fn with_model(req: &ChatRequest, model: &str) -> ChatRequest {
         model: model.to_owned(),
         messages: req.messages.clone(),
         params: req.params.clone(),
+        options: req.options.clone(),
     }
 }
 
@@ -1272,6 +1309,13 @@ impl MeteredStream {
                     s.meter.output_chars += text.chars().count() as u64;
                     Some((Ok(StreamEvent::Delta(text)), s))
                 }
+                Some(Ok(StreamEvent::ToolCall(call))) => {
+                    s.meter.output_chars += (call.arguments.chars().count()
+                        + call.name.as_deref().map_or(0, |n| n.chars().count()))
+                        as u64;
+                    Some((Ok(StreamEvent::ToolCall(call)), s))
+                }
+                Some(Ok(event @ StreamEvent::Logprobs(_))) => Some((Ok(event), s)),
                 Some(Ok(StreamEvent::Done {
                     finish_reason,
                     usage,
@@ -1334,6 +1378,7 @@ mod tests {
             model: model.into(),
             messages,
             params: Params::default(),
+            options: Default::default(),
         }
     }
 

@@ -7,31 +7,53 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProviderError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
+    /// OpenAI's newer name for system instructions (kept apart because some
+    /// OpenAI models take only this one); `system` for other providers.
+    Developer,
+    #[default]
     User,
     Assistant,
+    /// A tool's result, answering one of the assistant's tool calls.
+    Tool,
 }
 
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
+            Role::Developer => "developer",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
+    }
+
+    /// Instructions rather than conversation: `system` or `developer`.
+    pub fn is_system(self) -> bool {
+        matches!(self, Role::System | Role::Developer)
     }
 }
 
-/// One message of a conversation (text only: tools and images are not
-/// routed yet, and are refused with a clear error rather than dropped).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of a conversation: text, images, the assistant's tool calls,
+/// or (role `tool`) the result of one of them.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Message {
     pub role: Role,
+    /// The text (a message's text parts, joined).
     pub content: String,
+    /// Images, as `https://` or `data:<type>;base64,` URLs.
+    pub images: Vec<String>,
+    /// The assistant's tool calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// Role `tool`: the call this answers.
+    pub tool_call_id: Option<String>,
+    /// The participant's or tool's name, when the caller gave one.
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -39,8 +61,56 @@ impl Message {
         Self {
             role,
             content: content.into(),
+            ..Self::default()
         }
     }
+}
+
+/// A function the model asked to call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ToolCall {
+    /// The call's id, which the `tool` message answering it names.
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text (as OpenAI carries them).
+    pub arguments: String,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    pub parameters: serde_json::Value,
+    /// OpenAI's structured-outputs switch for the arguments.
+    pub strict: Option<bool>,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    /// Some tool, the model picks.
+    Required,
+    /// This one.
+    Function(String),
+}
+
+/// The shape the answer's text must have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against `schema`.
+    JsonSchema {
+        name: String,
+        description: Option<String>,
+        schema: serde_json::Value,
+        strict: Option<bool>,
+    },
 }
 
 /// Sampling parameters every provider understands.
@@ -63,6 +133,60 @@ pub struct Params {
     pub seed: Option<i64>,
 }
 
+/// What a chat asks beyond messages and sampling: tools, an answer format,
+/// and the OpenAI-only fields. Each provider honours what it can; one that
+/// cannot honour something is not asked (the router says which field, and
+/// refuses when no provider of the route can).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatOptions {
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    /// `false`: at most one tool call per answer.
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: Option<ResponseFormat>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    /// Log probabilities of the answer's tokens (and the `top_logprobs` alternatives).
+    pub logprobs: bool,
+    pub top_logprobs: Option<u32>,
+    /// OpenAI's `max_completion_tokens` (kept apart from `max_tokens`, which
+    /// some OpenAI models refuse): forwarded under its own name.
+    pub max_completion_tokens: bool,
+    /// OpenAI request fields the gateway does not interpret (`user`,
+    /// `metadata`, `reasoning_effort`, `n`, `logit_bias`, ...): forwarded
+    /// as they are to OpenAI-compatible providers; the others cannot honour
+    /// them.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ChatOptions {
+    /// The request fields a provider that honours none of these would have
+    /// to drop, by their OpenAI names (empty for a plain chat).
+    pub fn fields(&self) -> Vec<String> {
+        let mut fields = Vec::new();
+        let mut add = |present: bool, name: &str| {
+            if present {
+                fields.push(name.to_owned());
+            }
+        };
+        add(!self.tools.is_empty(), "tools");
+        add(self.tool_choice.is_some(), "tool_choice");
+        add(self.parallel_tool_calls.is_some(), "parallel_tool_calls");
+        add(
+            self.response_format
+                .as_ref()
+                .is_some_and(|f| *f != ResponseFormat::Text),
+            "response_format",
+        );
+        add(self.presence_penalty.is_some(), "presence_penalty");
+        add(self.frequency_penalty.is_some(), "frequency_penalty");
+        add(self.logprobs, "logprobs");
+        add(self.top_logprobs.is_some(), "top_logprobs");
+        fields.extend(self.extra.keys().cloned());
+        fields
+    }
+}
+
 /// A chat (or completion: a prompt is one user message) request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
@@ -70,6 +194,7 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub params: Params,
+    pub options: ChatOptions,
 }
 
 /// Why generation stopped.
@@ -81,6 +206,10 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The answer is tool calls.
+    ToolCalls,
+    /// The provider withheld the answer.
+    ContentFilter,
 }
 
 impl FinishReason {
@@ -89,6 +218,18 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+
+    /// From OpenAI's name (anything unknown is a plain stop).
+    pub fn from_openai(reason: Option<&str>) -> Self {
+        match reason {
+            Some("length") => FinishReason::Length,
+            Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
+            Some("content_filter") => FinishReason::ContentFilter,
+            _ => FinishReason::Stop,
         }
     }
 }
@@ -113,9 +254,35 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatResponse {
     pub content: String,
+    pub tool_calls: Vec<ToolCall>,
     pub finish_reason: FinishReason,
     /// `None` when the provider reported no usage (the meter estimates then).
     pub usage: Option<TokenCounts>,
+    /// OpenAI's `logprobs` object of the choice, when asked for and given.
+    pub logprobs: Option<serde_json::Value>,
+}
+
+impl ChatResponse {
+    /// A text answer.
+    pub fn text(content: impl Into<String>, finish_reason: FinishReason) -> Self {
+        Self {
+            content: content.into(),
+            tool_calls: Vec::new(),
+            finish_reason,
+            usage: None,
+            logprobs: None,
+        }
+    }
+}
+
+/// A piece of a tool call in a stream: the first piece of call `index`
+/// carries its id and name, the others more of its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// One piece of a streamed answer.
@@ -123,6 +290,10 @@ pub struct ChatResponse {
 pub enum StreamEvent {
     /// More text.
     Delta(String),
+    /// More of a tool call.
+    ToolCall(ToolCallDelta),
+    /// Log probabilities of the tokens just streamed (OpenAI's chunk `logprobs`).
+    Logprobs(serde_json::Value),
     /// The end; nothing follows.
     Done {
         finish_reason: FinishReason,

@@ -36,7 +36,7 @@ pub struct MockLlmArgs {
     #[arg(long, value_name = "VAR")]
     pub require_key_env: Option<String>,
 
-    /// JSON file of {"prompt substring": "answer"}: scripted answers instead of the echo
+    /// JSON file of {"prompt substring": answer}: an answer is a string, {"json": VALUE} or {"tool_calls": [{"name", "arguments"}]} (matched against the last user message or tool result)
     #[arg(long, value_name = "FILE")]
     pub script: Option<PathBuf>,
 
@@ -58,14 +58,21 @@ pub fn run(args: MockLlmArgs) -> Result<(), CliError> {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 CliError::Usage(format!("cannot read --script {}: {e}", path.display()))
             })?;
-            let map: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
-                .map_err(|e| {
-                    CliError::Usage(format!(
-                        "--script {} must be a JSON object of strings: {e}",
-                        path.display()
-                    ))
-                })?;
-            map.into_iter().collect()
+            let bad = |e: String| {
+                CliError::Usage(format!(
+                    "--script {}: {e}: give a JSON object of \"prompt substring\": answer, where an answer is a string, {{\"json\": VALUE}} or {{\"tool_calls\": [{{\"name\", \"arguments\"}}]}}",
+                    path.display()
+                ))
+            };
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            map.iter()
+                .map(|(key, value)| {
+                    fabric_gateway::mock::Scripted::from_value(value)
+                        .map(|answer| (key.clone(), answer))
+                        .map_err(|e| bad(format!("{key:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
         }
     };
     let config = MockConfig {

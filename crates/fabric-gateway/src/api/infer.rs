@@ -12,7 +12,9 @@ use serde_json::Value;
 use super::{Reply, SSE, parse_body, parse_policy, sse_frame};
 use crate::error::GatewayError;
 use crate::router::{CallOptions, Caller, Gateway};
-use crate::types::{ChatRequest, FinishReason, Message, Params, Role, StreamEvent, Usage};
+use crate::types::{
+    ChatOptions, ChatRequest, FinishReason, Message, Params, Role, StreamEvent, Usage,
+};
 
 /// The request body.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +75,15 @@ impl From<Usage> for InferUsage {
     }
 }
 
+/// One message of `input` (text chats only: tools go through the OpenAI,
+/// Ollama and Anthropic front ends).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferMessage {
+    role: Role,
+    content: String,
+}
+
 fn messages(input: &Value) -> Result<Vec<Message>, GatewayError> {
     match input {
         Value::String(prompt) => Ok(vec![Message::new(Role::User, prompt.clone())]),
@@ -80,11 +91,15 @@ fn messages(input: &Value) -> Result<Vec<Message>, GatewayError> {
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                serde_json::from_value::<Message>(item.clone()).map_err(|e| {
-                    GatewayError::invalid(format!(
-                        "input[{i}] must be {{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": string}}: {e}"
-                    ))
-                })
+                serde_json::from_value::<InferMessage>(item.clone())
+                    .ok()
+                    .filter(|m| m.role != Role::Tool)
+                    .map(|m| Message::new(m.role, m.content))
+                    .ok_or_else(|| {
+                        GatewayError::invalid(format!(
+                            "input[{i}] must be {{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": string}}"
+                        ))
+                    })
             })
             .collect(),
         _ => Err(GatewayError::invalid(
@@ -101,6 +116,7 @@ pub async fn infer(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: 
             model: raw.model.clone(),
             messages: messages(&raw.input)?,
             params: raw.params.clone(),
+            options: ChatOptions::default(),
         };
         Ok((raw.stream, policy, req))
     });
@@ -177,6 +193,8 @@ pub async fn infer(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: 
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     sse_frame(Some("done"), &done)
                 }
+                // Tools are not offered through this API, so none are called.
+                Ok(StreamEvent::ToolCall(_) | StreamEvent::Logprobs(_)) => bytes::Bytes::new(),
                 Err(e) => sse_frame(Some("error"), &super::error_body(&e, &request_id)),
             });
             Reply::streaming(SSE, answer.provider, answer.model, events.boxed())

@@ -9,11 +9,16 @@
 
 use futures_util::StreamExt as _;
 
+use serde_json::Value;
+
 use super::{NDJSON, Reply, ndjson_line, parse_body};
 use crate::error::GatewayError;
 use crate::router::{CallOptions, Caller, Gateway};
-use crate::types::{ChatRequest, EmbedRequest, Message, Role, StreamEvent};
+use crate::types::{
+    ChatOptions, ChatRequest, EmbedRequest, Message, ResponseFormat, Role, StreamEvent,
+};
 use crate::wire::ollama as wire;
+use crate::wire::openai as openai_wire;
 use crate::wire::rfc3339_now;
 
 /// Dispatches one request of the Ollama API. `path` starts at `/api/...`
@@ -108,64 +113,154 @@ enum Shape {
     Generate,
 }
 
+/// Ollama's `format`: `"json"`, or a JSON schema the answer must match.
+fn format_from(format: Option<&Value>) -> Result<Option<ResponseFormat>, GatewayError> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(ResponseFormat::JsonObject)),
+        Some(schema @ Value::Object(_)) => Ok(Some(ResponseFormat::JsonSchema {
+            name: "answer".to_owned(),
+            description: None,
+            schema: schema.clone(),
+            strict: None,
+        })),
+        Some(_) => Err(GatewayError::invalid(
+            "format must be \"json\" or a JSON schema object",
+        )),
+    }
+}
+
+/// Ollama's `tools` (OpenAI's function-tool shape).
+fn tools_from(tools: Option<&Value>) -> Result<Vec<crate::types::Tool>, GatewayError> {
+    match tools {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(value) => {
+            let defs: Vec<openai_wire::ToolDefinition> = serde_json::from_value(value.clone())
+                .map_err(|e| {
+                    GatewayError::invalid(format!(
+                        "tools must be an array of {{\"type\": \"function\", \"function\": {{name, description, parameters}}}}: {e}"
+                    ))
+                })?;
+            openai_wire::tools_from(&defs)
+        }
+    }
+}
+
+fn options_of(
+    options: Option<&wire::Options>,
+    tools: Vec<crate::types::Tool>,
+    format: Option<ResponseFormat>,
+) -> (crate::types::Params, ChatOptions) {
+    let params = options.map(wire::Options::to_params).unwrap_or_default();
+    let chat = ChatOptions {
+        tools,
+        response_format: format,
+        presence_penalty: options.and_then(|o| o.presence_penalty),
+        frequency_penalty: options.and_then(|o| o.frequency_penalty),
+        ..ChatOptions::default()
+    };
+    (params, chat)
+}
+
 async fn chat(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8]) -> Reply {
     let parsed = parse_body::<wire::ChatRequest>(body).and_then(|raw| {
-        if raw
-            .tools
-            .as_ref()
-            .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(GatewayError::invalid(
-                "tools are not supported: the gateway routes text chats only",
-            ));
-        }
+        let (params, options) = options_of(
+            raw.options.as_ref(),
+            tools_from(raw.tools.as_ref())?,
+            format_from(raw.format.as_ref())?,
+        );
         let req = ChatRequest {
             model: raw.model.clone(),
             messages: wire::messages_from(&raw.messages)?,
-            params: raw
-                .options
-                .as_ref()
-                .map(wire::Options::to_params)
-                .unwrap_or_default(),
+            params,
+            options,
         };
         Ok((raw.stream.unwrap_or(true), req))
     });
     match parsed {
         Ok((stream, req)) => respond(gateway, caller, opts, req, stream, Shape::Chat).await,
-        Err(e) => Reply::error(&e, &caller.request_id),
+        Err(e) => error(&e, &caller.request_id),
     }
 }
 
 async fn generate(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8]) -> Reply {
     let parsed = parse_body::<wire::GenerateRequest>(body).and_then(|raw| {
-        if raw
-            .images
-            .as_ref()
-            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(GatewayError::invalid(
-                "images are not supported: the gateway routes text only",
-            ));
-        }
+        let images = match &raw.images {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(wire::image_data_url))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    GatewayError::invalid("images must be an array of base64 strings")
+                })?,
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "images must be an array of base64 strings",
+                ));
+            }
+        };
         let mut messages = Vec::new();
         if let Some(system) = raw.system.as_ref().filter(|s| !s.is_empty()) {
             messages.push(Message::new(Role::System, system.clone()));
         }
-        messages.push(Message::new(Role::User, raw.prompt.clone()));
+        messages.push(Message {
+            images,
+            ..Message::new(Role::User, raw.prompt.clone())
+        });
+        let (params, options) = options_of(
+            raw.options.as_ref(),
+            Vec::new(),
+            format_from(raw.format.as_ref())?,
+        );
         let req = ChatRequest {
             model: raw.model.clone(),
             messages,
-            params: raw
-                .options
-                .as_ref()
-                .map(wire::Options::to_params)
-                .unwrap_or_default(),
+            params,
+            options,
         };
         Ok((raw.stream.unwrap_or(true), req))
     });
     match parsed {
         Ok((stream, req)) => respond(gateway, caller, opts, req, stream, Shape::Generate).await,
-        Err(e) => Reply::error(&e, &caller.request_id),
+        Err(e) => error(&e, &caller.request_id),
+    }
+}
+
+/// An error as Ollama answers one: `{"error": "..."}` (its clients print
+/// that string), with the status and headers of the fabric's own errors.
+fn error(err: &GatewayError, request_id: &str) -> Reply {
+    let mut reply = Reply::error(err, request_id);
+    reply.body = super::ReplyBody::Full(bytes::Bytes::from(
+        serde_json::json!({ "error": format!("{err} (request id {request_id})") }).to_string(),
+    ));
+    reply
+}
+
+/// Ollama's tool calls (arguments as objects) from canonical ones.
+fn ollama_calls(calls: &[crate::types::ToolCall]) -> Option<Vec<wire::ToolCall>> {
+    (!calls.is_empty()).then(|| {
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| wire::ToolCall {
+                id: Some(c.id.clone()),
+                function: wire::FunctionCall {
+                    index: u32::try_from(i).ok(),
+                    name: c.name.clone(),
+                    arguments: wire::arguments_value(&c.arguments),
+                },
+            })
+            .collect()
+    })
+}
+
+/// Ollama's name for why an answer ended (a tool call is a plain stop there).
+fn done_reason(reason: crate::types::FinishReason) -> String {
+    match reason {
+        crate::types::FinishReason::ToolCalls => "stop".to_owned(),
+        other => other.as_str().to_owned(),
     }
 }
 
@@ -183,7 +278,7 @@ async fn respond(
         return match gateway.chat(caller, &opts, req).await {
             Ok(answer) => {
                 let stats = stats(&answer.usage, started.elapsed());
-                let reason = Some(answer.value.finish_reason.as_str().to_owned());
+                let reason = Some(done_reason(answer.value.finish_reason));
                 let reply = match shape {
                     Shape::Chat => Reply::json(
                         200,
@@ -193,6 +288,7 @@ async fn respond(
                             message: Some(wire::ResponseMessage {
                                 role: "assistant".to_owned(),
                                 content: answer.value.content,
+                                tool_calls: ollama_calls(&answer.value.tool_calls),
                             }),
                             done: true,
                             done_reason: reason,
@@ -214,52 +310,95 @@ async fn respond(
                 };
                 reply.with_provider(answer.provider, answer.model)
             }
-            Err(e) => Reply::error(&e, &caller.request_id),
+            Err(e) => error(&e, &caller.request_id),
         };
     }
     match gateway.chat_stream(caller, &opts, req).await {
         Ok(answer) => {
-            let part =
-                move |text: String, done: bool, reason: Option<String>, stats: wire::Stats| {
-                    match shape {
-                        Shape::Chat => ndjson_line(&wire::ChatResponse {
-                            model: requested.clone(),
-                            created_at: rfc3339_now(),
-                            message: Some(wire::ResponseMessage {
-                                role: "assistant".to_owned(),
-                                content: text,
-                            }),
-                            done,
-                            done_reason: reason,
-                            stats,
+            let part = move |text: String,
+                             calls: Option<Vec<wire::ToolCall>>,
+                             done: bool,
+                             reason: Option<String>,
+                             stats: wire::Stats| {
+                match shape {
+                    Shape::Chat => ndjson_line(&wire::ChatResponse {
+                        model: requested.clone(),
+                        created_at: rfc3339_now(),
+                        message: Some(wire::ResponseMessage {
+                            role: "assistant".to_owned(),
+                            content: text,
+                            tool_calls: calls,
                         }),
-                        Shape::Generate => ndjson_line(&wire::GenerateResponse {
-                            model: requested.clone(),
-                            created_at: rfc3339_now(),
-                            response: text,
-                            done,
-                            done_reason: reason,
-                            context: None,
-                            stats,
-                        }),
+                        done,
+                        done_reason: reason,
+                        stats,
+                    }),
+                    Shape::Generate => ndjson_line(&wire::GenerateResponse {
+                        model: requested.clone(),
+                        created_at: rfc3339_now(),
+                        response: text,
+                        done,
+                        done_reason: reason,
+                        context: None,
+                        stats,
+                    }),
+                }
+            };
+            // Ollama streams each tool call whole: pieces are gathered and
+            // sent in one part before the last.
+            let mut calls: Vec<crate::types::ToolCall> = Vec::new();
+            let lines = answer.value.filter_map(move |item| {
+                let line = match item {
+                    Ok(StreamEvent::Delta(text)) => {
+                        Some(part(text, None, false, None, wire::Stats::default()))
                     }
+                    Ok(StreamEvent::ToolCall(delta)) => {
+                        let at = usize::try_from(delta.index).unwrap_or(usize::MAX);
+                        if at >= calls.len() && at < 1024 {
+                            calls.resize_with(at + 1, crate::types::ToolCall::default);
+                        }
+                        if let Some(call) = calls.get_mut(at) {
+                            if let Some(id) = delta.id {
+                                call.id = id;
+                            }
+                            if let Some(name) = delta.name {
+                                call.name = name;
+                            }
+                            call.arguments.push_str(&delta.arguments);
+                        }
+                        None
+                    }
+                    Ok(StreamEvent::Logprobs(_)) => None,
+                    Ok(StreamEvent::Done {
+                        finish_reason,
+                        usage,
+                    }) => {
+                        let mut out = Vec::new();
+                        if !calls.is_empty() {
+                            out.extend_from_slice(&part(
+                                String::new(),
+                                ollama_calls(&std::mem::take(&mut calls)),
+                                false,
+                                None,
+                                wire::Stats::default(),
+                            ));
+                        }
+                        out.extend_from_slice(&part(
+                            String::new(),
+                            None,
+                            true,
+                            Some(done_reason(finish_reason)),
+                            stats(&usage_of(usage), started.elapsed()),
+                        ));
+                        Some(bytes::Bytes::from(out))
+                    }
+                    Err(e) => Some(ndjson_line(&serde_json::json!({ "error": e.to_string() }))),
                 };
-            let lines = answer.value.map(move |item| match item {
-                Ok(StreamEvent::Delta(text)) => part(text, false, None, wire::Stats::default()),
-                Ok(StreamEvent::Done {
-                    finish_reason,
-                    usage,
-                }) => part(
-                    String::new(),
-                    true,
-                    Some(finish_reason.as_str().to_owned()),
-                    stats(&usage_of(usage), started.elapsed()),
-                ),
-                Err(e) => ndjson_line(&serde_json::json!({ "error": e.to_string() })),
+                std::future::ready(line)
             });
             Reply::streaming(NDJSON, answer.provider, answer.model, lines.boxed())
         }
-        Err(e) => Reply::error(&e, &caller.request_id),
+        Err(e) => error(&e, &caller.request_id),
     }
 }
 
@@ -268,7 +407,7 @@ async fn embed(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8
         .and_then(|raw| wire::embed_inputs(&raw.input).map(|inputs| (raw.model, inputs)));
     let (model, inputs) = match parsed {
         Ok(p) => p,
-        Err(e) => return Reply::error(&e, &caller.request_id),
+        Err(e) => return error(&e, &caller.request_id),
     };
     let started = opts.started;
     let req = EmbedRequest {
@@ -287,14 +426,14 @@ async fn embed(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8
             },
         )
         .with_provider(answer.provider, answer.model),
-        Err(e) => Reply::error(&e, &caller.request_id),
+        Err(e) => error(&e, &caller.request_id),
     }
 }
 
 async fn embeddings(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8]) -> Reply {
     let raw = match parse_body::<wire::EmbeddingsRequest>(body) {
         Ok(raw) => raw,
-        Err(e) => return Reply::error(&e, &caller.request_id),
+        Err(e) => return error(&e, &caller.request_id),
     };
     let req = EmbedRequest {
         model: raw.model,
@@ -311,7 +450,7 @@ async fn embeddings(gateway: &Gateway, caller: &Caller, opts: CallOptions, body:
             Reply::json(200, &wire::EmbeddingsResponse { embedding })
                 .with_provider(answer.provider, answer.model)
         }
-        Err(e) => Reply::error(&e, &caller.request_id),
+        Err(e) => error(&e, &caller.request_id),
     }
 }
 
@@ -347,7 +486,7 @@ async fn show(gateway: &Gateway, caller: &Caller, body: &[u8]) -> Reply {
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default()
             .to_owned(),
-        Err(e) => return Reply::error(&e, &caller.request_id),
+        Err(e) => return error(&e, &caller.request_id),
     };
     let Some(info) = gateway.models().await.into_iter().find(|m| m.id == model) else {
         return Reply::error(

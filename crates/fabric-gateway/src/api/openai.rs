@@ -9,7 +9,9 @@ use futures_util::stream;
 use super::{Reply, SSE, parse_body, sse_frame};
 use crate::error::GatewayError;
 use crate::router::{CallOptions, Caller, Gateway};
-use crate::types::{ChatRequest, EmbedRequest, Params, StreamEvent};
+use crate::types::{
+    ChatOptions, ChatRequest, EmbedRequest, Params, StreamEvent, ToolCallDelta, ToolChoice,
+};
 use crate::wire::openai as wire;
 use crate::wire::unix_seconds;
 
@@ -17,23 +19,66 @@ fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// The canonical request of an OpenAI chat completion; refuses what the
-/// gateway would otherwise silently drop (tools, `n > 1`).
+/// The canonical request of an OpenAI chat completion. Every field is kept:
+/// the ones the gateway translates for other providers in
+/// [`ChatOptions`], the rest in its `extra` (forwarded to OpenAI-compatible
+/// providers, refused by the others); what the gateway itself cannot do
+/// (`n > 1`, the deprecated `functions`) is refused here.
 pub fn chat_request(req: &wire::ChatCompletionRequest) -> Result<ChatRequest, GatewayError> {
     if req.n.is_some_and(|n| n > 1) {
         return Err(GatewayError::invalid(
             "n > 1 is not supported: ask for one choice per request",
         ));
     }
-    let has = |v: &Option<serde_json::Value>| {
-        v.as_ref()
-            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
-    };
-    if has(&req.tools) || has(&req.functions) {
+    if req.functions.as_ref().is_some_and(|v| !v.is_null())
+        || req.function_call.as_ref().is_some_and(|v| !v.is_null())
+    {
         return Err(GatewayError::invalid(
-            "tools and functions are not supported: the gateway routes text chats only",
+            "functions and function_call are OpenAI's deprecated function calling: send tools and tool_choice",
         ));
     }
+    if let Some(n) = req.top_logprobs
+        && n > 20
+    {
+        return Err(GatewayError::invalid(format!(
+            "top_logprobs {n} is out of range: use 0 to 20"
+        )));
+    }
+    if req.top_logprobs.is_some() && req.logprobs != Some(true) {
+        return Err(GatewayError::invalid("top_logprobs needs logprobs: true"));
+    }
+    for (name, value) in [
+        ("presence_penalty", req.presence_penalty),
+        ("frequency_penalty", req.frequency_penalty),
+    ] {
+        if let Some(v) = value
+            && !(-2.0..=2.0).contains(&v)
+        {
+            return Err(GatewayError::invalid(format!(
+                "{name} {v} is out of range: use -2 to 2"
+            )));
+        }
+    }
+    let tools = wire::tools_from(req.tools.as_deref().unwrap_or_default())?;
+    let tool_choice = req
+        .tool_choice
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(wire::tool_choice_from)
+        .transpose()?;
+    if let Some(ToolChoice::Function(name)) = &tool_choice
+        && !tools.iter().any(|t| &t.name == name)
+    {
+        return Err(GatewayError::invalid(format!(
+            "tool_choice names function {name:?}, which is not among the tools"
+        )));
+    }
+    let response_format = req
+        .response_format
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(wire::response_format_from)
+        .transpose()?;
     Ok(ChatRequest {
         model: req.model.clone(),
         messages: wire::messages_from(&req.messages)?,
@@ -44,7 +89,37 @@ pub fn chat_request(req: &wire::ChatCompletionRequest) -> Result<ChatRequest, Ga
             stop: wire::parse_stop(req.stop.as_ref())?,
             seed: req.seed,
         },
+        options: ChatOptions {
+            tools,
+            tool_choice,
+            parallel_tool_calls: req.parallel_tool_calls,
+            response_format,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logprobs: req.logprobs == Some(true),
+            top_logprobs: req.top_logprobs,
+            max_completion_tokens: req.max_completion_tokens.is_some(),
+            extra: req
+                .extra
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        },
     })
+}
+
+/// The OpenAI form of tool-call deltas.
+fn tool_call_chunks(delta: ToolCallDelta) -> Vec<wire::ToolCallChunk> {
+    vec![wire::ToolCallChunk {
+        index: delta.index,
+        kind: delta.id.as_ref().map(|_| "function".to_owned()),
+        id: delta.id,
+        function: wire::FunctionChunk {
+            name: delta.name,
+            arguments: Some(delta.arguments),
+        },
+    }]
 }
 
 /// `POST /v1/chat/completions`.
@@ -72,10 +147,22 @@ pub async fn chat_completions(
                         index: 0,
                         message: wire::ResponseMessage {
                             role: "assistant".to_owned(),
-                            content: Some(answer.value.content),
+                            // OpenAI's shape: no text beside tool calls is null.
+                            content: (!answer.value.content.is_empty()
+                                || answer.value.tool_calls.is_empty())
+                            .then_some(answer.value.content),
+                            tool_calls: (!answer.value.tool_calls.is_empty()).then(|| {
+                                answer
+                                    .value
+                                    .tool_calls
+                                    .iter()
+                                    .map(wire::ToolCall::from_call)
+                                    .collect()
+                            }),
+                            refusal: None,
                         },
                         finish_reason: Some(answer.value.finish_reason.as_str().to_owned()),
-                        logprobs: None,
+                        logprobs: answer.value.logprobs,
                     }],
                     usage: Some(wire::CompletionUsage {
                         prompt_tokens: answer.usage.input_tokens,
@@ -113,6 +200,7 @@ pub async fn chat_completions(
                     wire::Delta {
                         role: Some("assistant".to_owned()),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
                     None,
                 ),
@@ -122,12 +210,29 @@ pub async fn chat_completions(
                     None,
                     &chunk(
                         wire::Delta {
-                            role: None,
                             content: Some(text),
+                            ..wire::Delta::default()
                         },
                         None,
                     ),
                 ),
+                Ok(StreamEvent::ToolCall(delta)) => sse_frame(
+                    None,
+                    &chunk(
+                        wire::Delta {
+                            tool_calls: Some(tool_call_chunks(delta)),
+                            ..wire::Delta::default()
+                        },
+                        None,
+                    ),
+                ),
+                Ok(StreamEvent::Logprobs(logprobs)) => {
+                    let mut c = chunk(wire::Delta::default(), None);
+                    if let Some(choice) = c.choices.first_mut() {
+                        choice.logprobs = Some(logprobs);
+                    }
+                    sse_frame(None, &c)
+                }
                 Ok(StreamEvent::Done {
                     finish_reason,
                     usage,

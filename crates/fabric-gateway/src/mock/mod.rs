@@ -5,13 +5,17 @@
 //!
 //! Deterministic means: the answer to a conversation is a function of it.
 //! By default the mock echoes the last user message (`echo: <text>`); a
-//! script maps prompt substrings to fixed answers. Tokens are
+//! script maps substrings of the conversation's last message (the user's,
+//! or a tool's result) to fixed answers: a text, a JSON value (answered as
+//! its text) or tool calls, so a tool loop runs without a model. Tokens are
 //! whitespace-separated words, so tests can predict every count.
 
 #[cfg(feature = "mock-server")]
 pub mod server;
 
-use crate::types::{FinishReason, Message, Role};
+use serde_json::Value;
+
+use crate::types::{FinishReason, Message, Role, ToolCall};
 
 /// What the echo answer starts with.
 pub const ECHO_PREFIX: &str = "echo: ";
@@ -22,30 +26,111 @@ pub const EMBEDDING_DIMS: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub text: String,
+    /// Scripted tool calls (the text is empty then).
+    pub tool_calls: Vec<ToolCall>,
     pub finish_reason: FinishReason,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
 
+/// What a script entry answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scripted {
+    Text(String),
+    /// Calls of these functions, with these arguments (JSON objects).
+    ToolCalls(Vec<(String, Value)>),
+}
+
+impl Scripted {
+    /// A script file's value: a string (the answer), `{"json": VALUE}` (the
+    /// answer is VALUE's JSON text) or `{"tool_calls": [{"name", "arguments"}]}`.
+    pub fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::String(s) => Ok(Scripted::Text(s.clone())),
+            Value::Object(o) if o.contains_key("json") => {
+                Ok(Scripted::Text(o.get("json").map(Value::to_string).unwrap_or_default()))
+            }
+            Value::Object(o) if o.contains_key("tool_calls") => {
+                let calls = o
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .ok_or("tool_calls must be an array")?;
+                calls
+                    .iter()
+                    .map(|c| {
+                        let name = c
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .filter(|n| !n.is_empty())
+                            .ok_or("each tool call needs a name")?;
+                        let arguments = c
+                            .get("arguments")
+                            .cloned()
+                            .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+                        Ok((name.to_owned(), arguments))
+                    })
+                    .collect::<Result<Vec<_>, &str>>()
+                    .map(Scripted::ToolCalls)
+                    .map_err(str::to_owned)
+            }
+            _ => Err(
+                "an answer is a string, {\"json\": VALUE} or {\"tool_calls\": [{\"name\", \"arguments\"}]}"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// The message a script is matched against: the last user message or tool
+/// result (a tool loop goes on from what the tool said).
+fn last_prompt(messages: &[Message]) -> &str {
+    messages
+        .iter()
+        .rev()
+        .find(|m| matches!(m.role, Role::User | Role::Tool))
+        .map_or("", |m| m.content.as_str())
+}
+
 /// The answer to `messages`: the first script entry whose key the last user
-/// message contains, else the echo; cut to `max_tokens` words (`length`).
+/// message (or tool result) contains, else the echo; a text is cut to
+/// `max_tokens` words (`length`). Tool call ids are deterministic
+/// (`call_<messages>_<index>`).
 pub fn answer(
     messages: &[Message],
     max_tokens: Option<u32>,
-    script: &[(String, String)],
+    script: &[(String, Scripted)],
 ) -> Answer {
-    let last_user = messages
+    let prompt = last_prompt(messages);
+    let prompt_tokens = messages.iter().map(|m| count_tokens(&m.content)).sum();
+    let scripted = script
         .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .map_or("", |m| m.content.as_str());
-    let full = script
-        .iter()
-        .find(|(key, _)| last_user.contains(key.as_str()))
-        .map_or_else(
-            || format!("{ECHO_PREFIX}{last_user}"),
-            |(_, reply)| reply.clone(),
-        );
+        .find(|(key, _)| prompt.contains(key.as_str()))
+        .map(|(_, reply)| reply);
+    let full = match scripted {
+        Some(Scripted::ToolCalls(calls)) => {
+            let tool_calls: Vec<ToolCall> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, (name, arguments))| ToolCall {
+                    id: format!("call_{}_{i}", messages.len()),
+                    name: name.clone(),
+                    arguments: arguments.to_string(),
+                })
+                .collect();
+            return Answer {
+                text: String::new(),
+                completion_tokens: tool_calls
+                    .iter()
+                    .map(|c| count_tokens(&c.arguments) + 1)
+                    .sum(),
+                tool_calls,
+                finish_reason: FinishReason::ToolCalls,
+                prompt_tokens,
+            };
+        }
+        Some(Scripted::Text(text)) => text.clone(),
+        None => format!("{ECHO_PREFIX}{prompt}"),
+    };
     let mut parts = pieces(&full);
     let mut finish_reason = FinishReason::Stop;
     if let Some(max) = max_tokens.map(|m| m as usize)
@@ -61,8 +146,9 @@ pub fn answer(
     };
     Answer {
         completion_tokens: count_tokens(&text),
-        prompt_tokens: messages.iter().map(|m| count_tokens(&m.content)).sum(),
+        prompt_tokens,
         text,
+        tool_calls: Vec::new(),
         finish_reason,
     }
 }
@@ -130,7 +216,11 @@ mod tests {
             (cut.text.as_str(), cut.finish_reason),
             ("echo: hello", FinishReason::Length)
         );
-        let scripted = answer(&msgs, None, &[("there".into(), "scripted!".into())]);
+        let scripted = answer(
+            &msgs,
+            None,
+            &[("there".into(), Scripted::Text("scripted!".into()))],
+        );
         assert_eq!(scripted.text, "scripted!");
         assert_eq!(pieces("echo: a  b"), ["echo: ", "a  ", "b"]);
         assert_eq!(pieces("echo: a  b").concat(), "echo: a  b");
@@ -138,5 +228,39 @@ mod tests {
         assert_eq!(e.len(), EMBEDDING_DIMS);
         assert_eq!(e, embedding("x"));
         assert_ne!(e, embedding("y"));
+    }
+
+    #[test]
+    fn a_script_drives_a_tool_loop() {
+        let script: Vec<(String, Scripted)> = [
+            (
+                "weather in Oslo",
+                serde_json::json!({"tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}]}),
+            ),
+            ("rain", serde_json::json!({"json": {"umbrella": true}})),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Scripted::from_value(v).unwrap()))
+        .collect();
+        let mut msgs = vec![Message::new(Role::User, "weather in Oslo?")];
+        let first = answer(&msgs, None, &script);
+        assert_eq!(first.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(first.tool_calls[0].name, "weather");
+        assert_eq!(first.tool_calls[0].arguments, r#"{"city":"Oslo"}"#);
+        assert_eq!(first.tool_calls[0].id, "call_1_0");
+        msgs.push(Message {
+            tool_calls: first.tool_calls.clone(),
+            ..Message::new(Role::Assistant, "")
+        });
+        msgs.push(Message {
+            tool_call_id: Some("call_1_0".into()),
+            ..Message::new(Role::Tool, "rain all day")
+        });
+        let second = answer(&msgs, None, &script);
+        assert_eq!(
+            (second.text.as_str(), second.finish_reason),
+            (r#"{"umbrella":true}"#, FinishReason::Stop)
+        );
+        assert!(Scripted::from_value(&serde_json::json!(3)).is_err());
     }
 }

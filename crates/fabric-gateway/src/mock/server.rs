@@ -61,8 +61,9 @@ pub struct MockConfig {
     /// When set, requests must carry it (`Authorization: Bearer` for the
     /// OpenAI and Ollama APIs, `x-api-key` for Anthropic's).
     pub api_key: Option<String>,
-    /// Prompt substring → fixed answer, first match wins.
-    pub script: Vec<(String, String)>,
+    /// Substring of the last user message or tool result → fixed answer
+    /// (text, JSON or tool calls), first match wins.
+    pub script: Vec<(String, super::Scripted)>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +80,8 @@ pub struct MockControl {
     faults: Mutex<Faults>,
     requests: AtomicU64,
     by_path: Mutex<BTreeMap<String, u64>>,
+    /// The last request body of each chat path, as received (a capturing upstream for tests).
+    last_bodies: Mutex<BTreeMap<String, Value>>,
 }
 
 fn take(remaining: &mut u64) -> bool {
@@ -118,6 +121,17 @@ impl MockControl {
     }
 
     /// Requests received per path.
+    /// The last body received on `path` (`/v1/chat/completions`, `/api/chat`, `/v1/messages`, ...).
+    pub fn last_body(&self, path: &str) -> Option<Value> {
+        self.last_bodies.lock().get(path).cloned()
+    }
+
+    fn capture(&self, path: &str, body: &Value) {
+        self.last_bodies
+            .lock()
+            .insert(path.to_owned(), body.clone());
+    }
+
     pub fn requests_by_path(&self) -> BTreeMap<String, u64> {
         self.by_path.lock().clone()
     }
@@ -425,18 +439,28 @@ fn check_model(state: &Shared, api: Api, model: &str) -> Result<(), Response> {
     }
 }
 
-/// Text of a message `content`: a string or an array of text blocks/parts.
+/// Text of a message `content`: a string or an array of text blocks/parts
+/// (an Anthropic `tool_result` block's content included).
 fn text_of(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("tool_result") => text_of(p.get("content").unwrap_or(&Value::Null)),
+                _ => p
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
             .collect(),
         _ => String::new(),
     }
 }
 
+/// Messages of any of the three APIs: a `tool` message (OpenAI, Ollama) or
+/// a user turn of `tool_result` blocks (Anthropic) is a tool result.
 fn parse_messages(value: Option<&Value>) -> Vec<Message> {
     value
         .and_then(Value::as_array)
@@ -444,12 +468,20 @@ fn parse_messages(value: Option<&Value>) -> Vec<Message> {
             items
                 .iter()
                 .map(|m| {
+                    let content = m.get("content").unwrap_or(&Value::Null);
+                    let tool_result = content.as_array().is_some_and(|blocks| {
+                        blocks
+                            .iter()
+                            .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                    });
                     let role = match m.get("role").and_then(Value::as_str) {
                         Some("system") | Some("developer") => Role::System,
                         Some("assistant") => Role::Assistant,
+                        Some("tool") => Role::Tool,
+                        _ if tool_result => Role::Tool,
                         _ => Role::User,
                     };
-                    Message::new(role, text_of(m.get("content").unwrap_or(&Value::Null)))
+                    Message::new(role, text_of(content))
                 })
                 .collect()
         })
@@ -591,6 +623,7 @@ async fn ollama_answer(
     path: &str,
     chat: bool,
 ) -> Response {
+    state.control.capture(path, req);
     let d = directives(&last_user(&messages));
     if let Err(r) = gate(state, Api::Ollama, path, headers, &d).await {
         return r;
@@ -612,14 +645,25 @@ async fn ollama_answer(
     let a = answer(&messages, max, &state.config.script);
     let done_reason = match a.finish_reason {
         FinishReason::Length => "length",
-        FinishReason::Stop => "stop",
+        _ => "stop",
     };
+    let calls: Vec<Value> = a
+        .tool_calls
+        .iter()
+        .map(|c| json!({"function": {"name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)}}))
+        .collect();
     let part = move |text: &str, done: bool| {
         let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "done": done});
         if chat {
             v["message"] = json!({"role": "assistant", "content": text});
         } else {
             v["response"] = json!(text);
+        }
+        v
+    };
+    let with_calls = |mut v: Value| {
+        if !calls.is_empty() {
+            v["message"]["tool_calls"] = json!(calls);
         }
         v
     };
@@ -635,7 +679,7 @@ async fn ollama_answer(
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(true);
     let request_id = request_id(state, headers);
     if !stream {
-        let mut v = part(&a.text, true);
+        let mut v = with_calls(part(&a.text, true));
         counts(&mut v);
         return with_request_id(axum::Json(v).into_response(), &request_id);
     }
@@ -643,8 +687,12 @@ async fn ollama_answer(
     counts(&mut last);
     let fail = d.stream_error;
     let parts = pieces(&a.text);
+    // Ollama streams tool calls whole, in a part of their own.
+    let call_part = (!calls.is_empty()).then(|| format!("{}\n", with_calls(part("", false))));
     let frame = move |p: String| format!("{}\n", part(&p, false));
-    let body = paced(parts, state.config.stream_delay, frame);
+    let body = paced(parts, state.config.stream_delay, frame)
+        .chain(stream::iter(call_part))
+        .boxed();
     let tail = if fail {
         format!("{}\n", json!({"error": "mock: injected stream failure"}))
     } else {
@@ -747,6 +795,7 @@ async fn openai_chat(State(state): State<AppState>, headers: HeaderMap, body: By
         Ok(v) => v,
         Err(r) => return r,
     };
+    state.control.capture("/v1/chat/completions", &req);
     let messages = parse_messages(req.get("messages"));
     let d = directives(&last_user(&messages));
     if let Err(r) = gate(&state, Api::OpenAi, "/v1/chat/completions", &headers, &d).await {
@@ -765,10 +814,7 @@ async fn openai_chat(State(state): State<AppState>, headers: HeaderMap, body: By
     }
     let max = u32_field(&req, "max_completion_tokens").or_else(|| u32_field(&req, "max_tokens"));
     let a = answer(&messages, max, &state.config.script);
-    let finish = match a.finish_reason {
-        FinishReason::Length => "length",
-        FinishReason::Stop => "stop",
-    };
+    let finish = a.finish_reason.as_str();
     let id = format!(
         "chatcmpl-mock-{}",
         state.ids.fetch_add(1, Ordering::Relaxed)
@@ -776,10 +822,19 @@ async fn openai_chat(State(state): State<AppState>, headers: HeaderMap, body: By
     let usage = json!({"prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens,
                        "total_tokens": a.prompt_tokens + a.completion_tokens});
     let request_id = request_id(&state, &headers);
+    let calls: Vec<Value> = a
+        .tool_calls
+        .iter()
+        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .collect();
     if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        let mut message = json!({"role": "assistant", "content": a.text});
+        if !calls.is_empty() {
+            message = json!({"role": "assistant", "content": null, "tool_calls": calls});
+        }
         let mut v = json!({
             "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
+            "choices": [{"index": 0, "message": message,
                          "finish_reason": finish, "logprobs": null}],
         });
         if !d.no_usage {
@@ -804,12 +859,34 @@ async fn openai_chat(State(state): State<AppState>, headers: HeaderMap, body: By
         chunk(json!({"role": "assistant", "content": ""}), Value::Null)
     );
     let piece_chunk = chunk.clone();
+    // A tool call streams as OpenAI's do: id and name first, then the
+    // arguments in two pieces.
+    let call_chunks: Vec<String> = a
+        .tool_calls
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let half = c.arguments.len() / 2;
+            let cut = (0..=half)
+                .rev()
+                .find(|at| c.arguments.is_char_boundary(*at))
+                .unwrap_or(0);
+            [
+                json!({"tool_calls": [{"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}}]}),
+                json!({"tool_calls": [{"index": i, "function": {"arguments": &c.arguments[..cut]}}]}),
+                json!({"tool_calls": [{"index": i, "function": {"arguments": &c.arguments[cut..]}}]}),
+            ]
+        })
+        .map(|delta| format!("data: {}\n\n", chunk(delta, Value::Null)))
+        .collect();
     let body = paced(pieces(&a.text), state.config.stream_delay, move |p| {
         format!(
             "data: {}\n\n",
             piece_chunk(json!({"content": p}), Value::Null)
         )
-    });
+    })
+    .chain(stream::iter(call_chunks))
+    .boxed();
     let mut tail = format!("data: {}\n\n", chunk(json!({}), json!(finish)));
     if include_usage && !d.no_usage {
         tail.push_str(&format!(
@@ -910,6 +987,7 @@ async fn anthropic_messages(
         Ok(v) => v,
         Err(r) => return r,
     };
+    state.control.capture("/v1/messages", &req);
     let mut messages = Vec::new();
     match req.get("system") {
         Some(Value::Null) | None => {}
@@ -944,13 +1022,22 @@ async fn anthropic_messages(
     let a = answer(&messages, Some(max), &state.config.script);
     let stop = match a.finish_reason {
         FinishReason::Length => "max_tokens",
-        FinishReason::Stop => "end_turn",
+        FinishReason::ToolCalls => "tool_use",
+        _ => "end_turn",
     };
     let id = format!("msg_mock_{}", state.ids.fetch_add(1, Ordering::Relaxed));
     let request_id = request_id(&state, &headers);
     if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        let mut content = vec![json!({"type": "text", "text": a.text})];
+        if !a.tool_calls.is_empty() {
+            content = a
+                .tool_calls
+                .iter()
+                .map(|c| json!({"type": "tool_use", "id": c.id, "name": c.name, "input": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)}))
+                .collect();
+        }
         let mut v = json!({"id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": a.text}], "stop_reason": stop, "stop_sequence": null});
+            "content": content, "stop_reason": stop, "stop_sequence": null});
         if !d.no_usage {
             v["usage"] =
                 json!({"input_tokens": a.prompt_tokens, "output_tokens": a.completion_tokens});
@@ -979,6 +1066,22 @@ async fn anthropic_messages(
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     );
+    // Tool calls follow the (empty) text block, one block each.
+    for (i, c) in a.tool_calls.iter().enumerate() {
+        let index = i + 1;
+        tail.push_str(&event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}}),
+        ));
+        tail.push_str(&event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": c.arguments}}),
+        ));
+        tail.push_str(&event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
     tail.push_str(&event(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},

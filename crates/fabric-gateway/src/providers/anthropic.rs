@@ -4,13 +4,15 @@
 
 use std::collections::VecDeque;
 
+use serde_json::{Value, json};
+
 use super::stream::{self, Decode, SseEvent};
 use super::{Call, Http, Provider};
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::secret::Secret;
 use crate::types::{
-    ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, FinishReason, Role,
-    StreamEvent, TokenCounts,
+    ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, FinishReason, Message,
+    ResponseFormat, Role, StreamEvent, TokenCounts, ToolCall, ToolCallDelta, ToolChoice,
 };
 use crate::wire::anthropic as wire;
 
@@ -37,31 +39,81 @@ impl AnthropicProvider {
         }
     }
 
-    /// System messages travel beside the conversation, joined.
+    /// System messages travel beside the conversation, joined; tool results
+    /// are `tool_result` blocks of a user turn, and turns of one role in a
+    /// row are merged (Anthropic wants them alternating). A JSON answer
+    /// format becomes a tool the model is made to call, Anthropic's way to
+    /// structured output.
     fn body(req: &ChatRequest, stream: bool) -> wire::MessagesRequest {
+        let o = &req.options;
         let system: Vec<&str> = req
             .messages
             .iter()
-            .filter(|m| m.role == Role::System)
+            .filter(|m| m.role.is_system())
             .map(|m| m.content.as_str())
             .collect();
+        let mut messages: Vec<wire::InputMessage> = Vec::new();
+        for m in req.messages.iter().filter(|m| !m.role.is_system()) {
+            let role = if m.role == Role::Assistant {
+                "assistant"
+            } else {
+                "user"
+            };
+            let blocks = blocks(m);
+            match messages.last_mut() {
+                Some(last) if last.role == role => {
+                    if let Value::Array(existing) = &mut last.content {
+                        existing.extend(blocks);
+                    }
+                }
+                _ => messages.push(wire::InputMessage {
+                    role: role.to_owned(),
+                    content: Value::Array(blocks),
+                }),
+            }
+        }
+        let mut tools: Vec<Value> = o
+            .tools
+            .iter()
+            .map(|t| {
+                let mut tool = json!({"name": t.name, "input_schema": t.parameters});
+                if let Some(d) = &t.description {
+                    tool["description"] = json!(d);
+                }
+                tool
+            })
+            .collect();
+        let mut tool_choice = match &o.tool_choice {
+            None => None,
+            Some(ToolChoice::Auto) => Some(json!({"type": "auto"})),
+            Some(ToolChoice::None) => Some(json!({"type": "none"})),
+            Some(ToolChoice::Required) => Some(json!({"type": "any"})),
+            Some(ToolChoice::Function(name)) => Some(json!({"type": "tool", "name": name})),
+        };
+        if let Some((name, schema)) = json_answer_tool(o.response_format.as_ref()) {
+            tools.push(json!({"name": name, "description": "Give the answer as this tool's input: it is the JSON the user asked for.", "input_schema": schema}));
+            tool_choice = Some(json!({"type": "tool", "name": name}));
+        }
+        if o.parallel_tool_calls == Some(false) {
+            let choice = tool_choice.get_or_insert_with(|| json!({"type": "auto"}));
+            choice["disable_parallel_tool_use"] = json!(true);
+        }
         wire::MessagesRequest {
             model: req.model.clone(),
             max_tokens: req.params.max_tokens.unwrap_or(wire::DEFAULT_MAX_TOKENS),
-            messages: req
-                .messages
-                .iter()
-                .filter(|m| m.role != Role::System)
-                .map(|m| wire::InputMessage {
-                    role: m.role.as_str().to_owned(),
-                    content: m.content.clone(),
-                })
-                .collect(),
+            messages,
             system: (!system.is_empty()).then(|| system.join("\n\n")),
             temperature: req.params.temperature,
             top_p: req.params.top_p,
             stop_sequences: req.params.stop.clone(),
             stream,
+            tools: (!tools.is_empty()).then_some(tools),
+            tool_choice,
+            metadata: o
+                .extra
+                .get("user")
+                .and_then(Value::as_str)
+                .map(|user| json!({"user_id": user})),
         }
     }
 }
@@ -69,8 +121,81 @@ impl AnthropicProvider {
 fn finish(reason: Option<&str>) -> FinishReason {
     match reason {
         Some("max_tokens") => FinishReason::Length,
+        Some("refusal") => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
     }
+}
+
+/// The tool a JSON answer format becomes: its name and input schema.
+fn json_answer_tool(format: Option<&ResponseFormat>) -> Option<(String, Value)> {
+    match format? {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some((JSON_TOOL.to_owned(), json!({"type": "object"}))),
+        ResponseFormat::JsonSchema { name, schema, .. } => Some((name.clone(), schema.clone())),
+    }
+}
+
+/// The tool a `json_object` answer format becomes.
+const JSON_TOOL: &str = "json_answer";
+
+/// A canonical message as Anthropic content blocks.
+fn blocks(m: &Message) -> Vec<Value> {
+    let mut out = Vec::new();
+    if m.role == Role::Tool {
+        out.push(json!({
+            "type": "tool_result",
+            "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
+            "content": m.content,
+        }));
+        return out;
+    }
+    if !m.content.is_empty() {
+        out.push(json!({"type": "text", "text": m.content}));
+    }
+    for url in &m.images {
+        let source = match url.strip_prefix("data:").and_then(|r| r.split_once(',')) {
+            Some((meta, data)) => json!({
+                "type": "base64",
+                "media_type": meta.trim_end_matches(";base64"),
+                "data": data,
+            }),
+            None => json!({"type": "url", "url": url}),
+        };
+        out.push(json!({"type": "image", "source": source}));
+    }
+    for call in &m.tool_calls {
+        out.push(json!({
+            "type": "tool_use",
+            "id": call.id,
+            "name": call.name,
+            "input": crate::wire::ollama::arguments_value(&call.arguments),
+        }));
+    }
+    if out.is_empty() {
+        out.push(json!({"type": "text", "text": ""}));
+    }
+    out
+}
+
+/// The fields of a request Anthropic cannot honour, by their OpenAI names.
+pub(super) fn unsupported(req: &ChatRequest) -> Option<String> {
+    let o = &req.options;
+    let checks = [
+        (req.params.seed.is_some(), "seed"),
+        (o.presence_penalty.is_some(), "presence_penalty"),
+        (o.frequency_penalty.is_some(), "frequency_penalty"),
+        (o.logprobs, "logprobs"),
+        (o.top_logprobs.is_some(), "top_logprobs"),
+        (
+            !o.tools.is_empty() && json_answer_tool(o.response_format.as_ref()).is_some(),
+            "response_format together with tools (Anthropic answers JSON through a tool)",
+        ),
+    ];
+    if let Some((_, field)) = checks.iter().find(|(present, _)| *present) {
+        return Some((*field).to_owned());
+    }
+    // `user` becomes Anthropic's metadata.user_id; nothing else maps.
+    o.extra.keys().find(|k| k.as_str() != "user").cloned()
 }
 
 impl Provider for AnthropicProvider {
@@ -80,19 +205,42 @@ impl Provider for AnthropicProvider {
             .json(&Self::body(req, false));
         let response = self.http.send(request, call, wire::error_message).await?;
         let answer: wire::MessagesResponse = self.http.json(response, call).await?;
-        let content: String = answer
-            .content
-            .iter()
-            .filter(|b| b.kind == "text")
-            .filter_map(|b| b.text.as_deref())
-            .collect();
+        let json_answer = json_answer_tool(req.options.response_format.as_ref()).map(|(n, _)| n);
+        let mut content = String::new();
+        let mut tool_calls = Vec::new();
+        for block in answer.content {
+            match block.kind.as_str() {
+                "text" => content.push_str(block.text.as_deref().unwrap_or_default()),
+                "tool_use" => {
+                    let input = block.input.unwrap_or_else(|| json!({}));
+                    let name = block.name.unwrap_or_default();
+                    // The answer-format tool's input is the answer itself.
+                    if json_answer.as_deref() == Some(name.as_str()) {
+                        content = input.to_string();
+                    } else {
+                        tool_calls.push(ToolCall {
+                            id: block.id.unwrap_or_default(),
+                            name,
+                            arguments: input.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        let finish_reason = match answer.stop_reason.as_deref() {
+            Some("tool_use") if !tool_calls.is_empty() => FinishReason::ToolCalls,
+            other => finish(other),
+        };
         Ok(ChatResponse {
             content,
-            finish_reason: finish(answer.stop_reason.as_deref()),
+            tool_calls,
+            finish_reason,
             usage: answer.usage.map(|u| TokenCounts {
                 input: u.input_tokens.unwrap_or(0),
                 output: u.output_tokens.unwrap_or(0),
             }),
+            logprobs: None,
         })
     }
 
@@ -111,6 +259,9 @@ impl Provider for AnthropicProvider {
             input: None,
             output: None,
             finish: None,
+            json_answer: json_answer_tool(req.options.response_format.as_ref()).map(|(n, _)| n),
+            blocks: std::collections::HashMap::new(),
+            calls: 0,
         };
         Ok(stream::decode(
             stream::sse(stream::lines(response)),
@@ -150,6 +301,22 @@ struct EventDecoder {
     input: Option<u64>,
     output: Option<u64>,
     finish: Option<FinishReason>,
+    /// The answer-format tool, whose input streams as the answer's text.
+    json_answer: Option<String>,
+    /// What each open content block is, by its index.
+    blocks: std::collections::HashMap<u32, Block>,
+    /// Tool calls started so far.
+    calls: u32,
+}
+
+/// A content block of a stream.
+#[derive(Debug, Clone, Copy)]
+enum Block {
+    Text,
+    /// A tool call: its place among the answer's calls.
+    Call(u32),
+    /// The answer-format tool: its input is the answer's text.
+    Answer,
 }
 
 impl EventDecoder {
@@ -190,14 +357,58 @@ impl Decode for EventDecoder {
                     self.output = u.output_tokens.or(self.output);
                 }
             }
-            wire::StreamEvent::ContentBlockDelta { delta } => {
-                if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
-                    out.push_back(StreamEvent::Delta(text));
+            wire::StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => {
+                let block = match content_block {
+                    Some(b) if b.kind == "tool_use" => {
+                        let name = b.name.unwrap_or_default();
+                        if self.json_answer.as_deref() == Some(name.as_str()) {
+                            Block::Answer
+                        } else {
+                            let at = self.calls;
+                            self.calls += 1;
+                            out.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                                index: at,
+                                id: b.id,
+                                name: Some(name),
+                                arguments: String::new(),
+                            }));
+                            Block::Call(at)
+                        }
+                    }
+                    _ => Block::Text,
+                };
+                self.blocks.insert(index, block);
+            }
+            wire::StreamEvent::ContentBlockDelta { index, delta } => {
+                let block = self.blocks.get(&index).copied().unwrap_or(Block::Text);
+                match (block, delta.text, delta.partial_json) {
+                    (Block::Text, Some(text), _) if !text.is_empty() => {
+                        out.push_back(StreamEvent::Delta(text));
+                    }
+                    (Block::Call(at), _, Some(json)) => {
+                        out.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                            index: at,
+                            id: None,
+                            name: None,
+                            arguments: json,
+                        }));
+                    }
+                    (Block::Answer, _, Some(json)) if !json.is_empty() => {
+                        out.push_back(StreamEvent::Delta(json));
+                    }
+                    _ => {}
                 }
             }
             wire::StreamEvent::MessageDelta { delta, usage } => {
                 if let Some(reason) = delta.stop_reason {
-                    self.finish = Some(finish(Some(&reason)));
+                    self.finish = Some(if reason == "tool_use" && self.calls > 0 {
+                        FinishReason::ToolCalls
+                    } else {
+                        finish(Some(&reason))
+                    });
                 }
                 if let Some(u) = usage {
                     self.input = u.input_tokens.or(self.input);
@@ -221,9 +432,7 @@ impl Decode for EventDecoder {
                         .scrub(&format!("{} failed mid-stream: {message}", self.name)),
                 ));
             }
-            wire::StreamEvent::ContentBlockStart { .. }
-            | wire::StreamEvent::ContentBlockStop {}
-            | wire::StreamEvent::Ping {} => {}
+            wire::StreamEvent::ContentBlockStop {} | wire::StreamEvent::Ping {} => {}
         }
         Ok(())
     }

@@ -39,12 +39,11 @@ impl Provider for MockProvider {
         self.check_model(&req.model)?;
         let a = mock::answer(&req.messages, req.params.max_tokens, &[]);
         Ok(ChatResponse {
-            content: a.text,
-            finish_reason: a.finish_reason,
             usage: Some(TokenCounts {
                 input: a.prompt_tokens,
                 output: a.completion_tokens,
             }),
+            ..ChatResponse::text(a.text, a.finish_reason)
         })
     }
 

@@ -122,6 +122,39 @@ impl AnyProvider {
     }
 }
 
+impl AnyProvider {
+    /// The field of `req` (by its OpenAI name) this provider cannot honour,
+    /// if any: the router does not ask it then.
+    pub fn unsupported(&self, req: &ChatRequest) -> Option<String> {
+        match self {
+            AnyProvider::Ollama(_) => ollama::unsupported(req),
+            // The OpenAI wire format carries every field as the caller sent it.
+            AnyProvider::OpenAi(_) => None,
+            AnyProvider::Anthropic(_) => anthropic::unsupported(req),
+            // The in-process mock answers text chats only.
+            AnyProvider::Mock(_) => req
+                .options
+                .fields()
+                .into_iter()
+                .next()
+                .or_else(|| mock_unsupported_message(req)),
+        }
+    }
+}
+
+/// The first message part the in-process mock would have to drop.
+fn mock_unsupported_message(req: &ChatRequest) -> Option<String> {
+    req.messages.iter().enumerate().find_map(|(i, m)| {
+        if !m.images.is_empty() {
+            Some(format!("messages[{i}] images"))
+        } else if !m.tool_calls.is_empty() || m.role == crate::types::Role::Tool {
+            Some(format!("messages[{i}] tool calls"))
+        } else {
+            None
+        }
+    })
+}
+
 impl Provider for AnyProvider {
     async fn chat(&self, req: &ChatRequest, call: &Call) -> Result<ChatResponse, ProviderError> {
         match self {

@@ -7,10 +7,11 @@ use super::{Call, Http, Provider};
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::secret::Secret;
 use crate::types::{
-    ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, FinishReason, StreamEvent,
-    TokenCounts,
+    ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, FinishReason,
+    ResponseFormat, Role, StreamEvent, TokenCounts, ToolCall, ToolCallDelta, ToolChoice,
 };
 use crate::wire::ollama as wire;
+use crate::wire::openai as openai_wire;
 
 #[derive(Debug)]
 pub struct OllamaProvider {
@@ -33,22 +34,108 @@ impl OllamaProvider {
     }
 
     fn body(req: &ChatRequest, stream: bool) -> wire::ChatRequest {
+        let o = &req.options;
+        // Tool names by call id: Ollama matches a result to its call by name.
+        let names: std::collections::HashMap<&str, &str> = req
+            .messages
+            .iter()
+            .flat_map(|m| &m.tool_calls)
+            .map(|c| (c.id.as_str(), c.name.as_str()))
+            .collect();
+        let messages = req
+            .messages
+            .iter()
+            .map(|m| wire::ChatMessage {
+                role: if m.role.is_system() {
+                    "system"
+                } else {
+                    m.role.as_str()
+                }
+                .to_owned(),
+                content: m.content.clone(),
+                images: (!m.images.is_empty()).then(|| {
+                    serde_json::Value::from(
+                        m.images
+                            .iter()
+                            .filter_map(|url| wire::image_base64(url))
+                            .collect::<Vec<_>>(),
+                    )
+                }),
+                tool_calls: (!m.tool_calls.is_empty()).then(|| {
+                    m.tool_calls
+                        .iter()
+                        .map(|c| wire::ToolCall {
+                            id: None,
+                            function: wire::FunctionCall {
+                                index: None,
+                                name: c.name.clone(),
+                                arguments: wire::arguments_value(&c.arguments),
+                            },
+                        })
+                        .collect()
+                }),
+                tool_name: m
+                    .tool_call_id
+                    .as_deref()
+                    .and_then(|id| names.get(id))
+                    .map(|n| (*n).to_owned())
+                    .or_else(|| m.name.clone().filter(|_| m.role == Role::Tool)),
+            })
+            .collect();
+        // `tool_choice: none` is honoured by not offering the tools.
+        let offer_tools = !o.tools.is_empty() && o.tool_choice != Some(ToolChoice::None);
         wire::ChatRequest {
             model: req.model.clone(),
-            messages: req
-                .messages
-                .iter()
-                .map(|m| wire::ChatMessage {
-                    role: m.role.as_str().to_owned(),
-                    content: m.content.clone(),
-                    ..wire::ChatMessage::default()
-                })
-                .collect(),
+            messages,
             stream: Some(stream),
-            options: wire::Options::from_params(&req.params),
+            options: wire::Options::from_params(&req.params, o),
+            format: match &o.response_format {
+                None | Some(ResponseFormat::Text) => None,
+                Some(ResponseFormat::JsonObject) => Some(serde_json::Value::from("json")),
+                Some(ResponseFormat::JsonSchema { schema, .. }) => Some(schema.clone()),
+            },
+            tools: offer_tools.then(|| {
+                serde_json::Value::from(
+                    o.tools
+                        .iter()
+                        .map(|t| {
+                            serde_json::to_value(openai_wire::tool_definition(t))
+                                .unwrap_or_default()
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }),
             ..wire::ChatRequest::default()
         }
     }
+}
+
+/// The fields of a request Ollama cannot honour, by their OpenAI names.
+pub(super) fn unsupported(req: &ChatRequest) -> Option<String> {
+    let o = &req.options;
+    if matches!(
+        o.tool_choice,
+        Some(ToolChoice::Required | ToolChoice::Function(_))
+    ) {
+        return Some("tool_choice (Ollama cannot force a tool call)".to_owned());
+    }
+    if o.parallel_tool_calls == Some(false) {
+        return Some("parallel_tool_calls: false".to_owned());
+    }
+    if o.logprobs {
+        return Some("logprobs".to_owned());
+    }
+    if let Some(field) = o.extra.keys().next() {
+        return Some(field.clone());
+    }
+    req.messages.iter().enumerate().find_map(|(i, m)| {
+        m.images
+            .iter()
+            .any(|url| wire::image_base64(url).is_none())
+            .then(|| {
+                format!("messages[{i}] image URLs (Ollama takes images inline: send data: URLs)")
+            })
+    })
 }
 
 fn finish(reason: Option<&str>) -> FinishReason {
@@ -56,6 +143,21 @@ fn finish(reason: Option<&str>) -> FinishReason {
         Some("length") => FinishReason::Length,
         _ => FinishReason::Stop,
     }
+}
+
+/// Canonical tool calls from Ollama's, with ids (Ollama's own, or new ones).
+fn tool_calls(calls: Option<Vec<wire::ToolCall>>) -> Vec<ToolCall> {
+    calls
+        .into_iter()
+        .flatten()
+        .map(|c| ToolCall {
+            id: c
+                .id
+                .unwrap_or_else(|| format!("call_{}", uuid::Uuid::now_v7().simple())),
+            name: c.function.name,
+            arguments: wire::arguments_text(&c.function.arguments),
+        })
+        .collect()
 }
 
 /// Ollama reports usage on the final part; absent counts mean none reported.
@@ -76,10 +178,20 @@ impl Provider for OllamaProvider {
             .json(&Self::body(req, false));
         let response = self.http.send(request, call, wire::error_message).await?;
         let answer: wire::ChatResponse = self.http.json(response, call).await?;
+        let (content, calls) = answer
+            .message
+            .map(|m| (m.content, tool_calls(m.tool_calls)))
+            .unwrap_or_default();
         Ok(ChatResponse {
-            content: answer.message.map(|m| m.content).unwrap_or_default(),
-            finish_reason: finish(answer.done_reason.as_deref()),
+            finish_reason: if calls.is_empty() {
+                finish(answer.done_reason.as_deref())
+            } else {
+                FinishReason::ToolCalls
+            },
+            content,
+            tool_calls: calls,
             usage: counts(&answer.stats),
+            logprobs: None,
         })
     }
 
@@ -95,6 +207,7 @@ impl Provider for OllamaProvider {
         let decoder = PartDecoder {
             name: self.http.name.to_string(),
             redactor: self.http.redactor.clone(),
+            calls: 0,
         };
         Ok(stream::decode(stream::lines(response), decoder))
     }
@@ -136,6 +249,8 @@ impl Provider for OllamaProvider {
 struct PartDecoder {
     name: String,
     redactor: crate::secret::Redactor,
+    /// Tool calls streamed so far (Ollama sends each whole, in one part).
+    calls: u32,
 }
 
 impl Decode for PartDecoder {
@@ -161,12 +276,27 @@ impl Decode for PartDecoder {
         let part: wire::ChatResponse = serde_json::from_value(value).map_err(|e| {
             ProviderError::protocol(format!("{} streamed an unexpected part: {e}", self.name))
         })?;
-        if let Some(text) = part.message.map(|m| m.content).filter(|t| !t.is_empty()) {
-            out.push_back(StreamEvent::Delta(text));
+        if let Some(message) = part.message {
+            if !message.content.is_empty() {
+                out.push_back(StreamEvent::Delta(message.content));
+            }
+            for call in tool_calls(message.tool_calls) {
+                out.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                    index: self.calls,
+                    id: Some(call.id),
+                    name: Some(call.name),
+                    arguments: call.arguments,
+                }));
+                self.calls += 1;
+            }
         }
         if part.done {
             out.push_back(StreamEvent::Done {
-                finish_reason: finish(part.done_reason.as_deref()),
+                finish_reason: if self.calls > 0 {
+                    FinishReason::ToolCalls
+                } else {
+                    finish(part.done_reason.as_deref())
+                },
                 usage: counts(&part.stats),
             });
         }

@@ -12,7 +12,7 @@ use crate::error::{ProviderError, ProviderErrorKind};
 use crate::secret::Secret;
 use crate::types::{
     ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, FinishReason, StreamEvent,
-    TokenCounts,
+    TokenCounts, ToolCallDelta,
 };
 use crate::wire::openai as wire;
 
@@ -35,13 +35,22 @@ impl OpenAiProvider {
         }
     }
 
+    /// The request as OpenAI's API has it: every field the caller sent
+    /// (unknown ones from `extra` too), with this provider's model name, and
+    /// the usage chunk asked for when streamed.
     fn body(req: &ChatRequest, stream: bool) -> wire::ChatCompletionRequest {
+        let o = &req.options;
+        let (max_tokens, max_completion_tokens) = if o.max_completion_tokens {
+            (None, req.params.max_tokens)
+        } else {
+            (req.params.max_tokens, None)
+        };
         wire::ChatCompletionRequest {
             model: req.model.clone(),
             messages: req
                 .messages
                 .iter()
-                .map(|m| wire::ChatMessage::text(m.role, &m.content))
+                .map(wire::ChatMessage::from_message)
                 .collect(),
             stream: stream.then_some(true),
             stream_options: stream.then_some(wire::StreamOptions {
@@ -49,19 +58,29 @@ impl OpenAiProvider {
             }),
             temperature: req.params.temperature,
             top_p: req.params.top_p,
-            max_tokens: req.params.max_tokens,
+            max_tokens,
+            max_completion_tokens,
             stop: (!req.params.stop.is_empty()).then(|| Value::from(req.params.stop.clone())),
             seed: req.params.seed,
-            ..wire::ChatCompletionRequest::default()
+            n: None,
+            presence_penalty: o.presence_penalty,
+            frequency_penalty: o.frequency_penalty,
+            logprobs: o.logprobs.then_some(true),
+            top_logprobs: o.top_logprobs,
+            tools: (!o.tools.is_empty())
+                .then(|| o.tools.iter().map(wire::tool_definition).collect()),
+            tool_choice: o.tool_choice.as_ref().map(wire::tool_choice_value),
+            parallel_tool_calls: o.parallel_tool_calls,
+            response_format: o.response_format.as_ref().map(wire::response_format_value),
+            functions: None,
+            function_call: None,
+            extra: o.extra.clone(),
         }
     }
 }
 
 fn finish(reason: Option<&str>) -> FinishReason {
-    match reason {
-        Some("length") => FinishReason::Length,
-        _ => FinishReason::Stop,
-    }
+    FinishReason::from_openai(reason)
 }
 
 fn counts(u: wire::CompletionUsage) -> TokenCounts {
@@ -83,8 +102,16 @@ impl Provider for OpenAiProvider {
         })?;
         Ok(ChatResponse {
             content: choice.message.content.unwrap_or_default(),
+            tool_calls: choice
+                .message
+                .tool_calls
+                .iter()
+                .flatten()
+                .map(wire::ToolCall::to_call)
+                .collect(),
             finish_reason: finish(choice.finish_reason.as_deref()),
             usage: completion.usage.map(counts),
+            logprobs: choice.logprobs.filter(|l| !l.is_null()),
         })
     }
 
@@ -218,6 +245,17 @@ impl Decode for ChunkDecoder {
         for choice in chunk.choices {
             if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                 out.push_back(StreamEvent::Delta(text));
+            }
+            for call in choice.delta.tool_calls.into_iter().flatten() {
+                out.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                    index: call.index,
+                    id: call.id,
+                    name: call.function.name,
+                    arguments: call.function.arguments.unwrap_or_default(),
+                }));
+            }
+            if let Some(logprobs) = choice.logprobs.filter(|l| !l.is_null()) {
+                out.push_back(StreamEvent::Logprobs(logprobs));
             }
             if let Some(reason) = choice.finish_reason {
                 self.finish = Some(finish(Some(&reason)));

@@ -25,13 +25,23 @@ pub struct MessagesRequest {
     pub stop_sequences: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// `{name, description, input_schema}` each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Value>>,
+    /// `{type: auto | any | tool | none, name?, disable_parallel_tool_use?}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    /// `{user_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InputMessage {
     /// `user` or `assistant`.
     pub role: String,
-    pub content: String,
+    /// A string, or content blocks (`text`, `image`, `tool_use`, `tool_result`).
+    pub content: Value,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -52,8 +62,15 @@ pub struct MessagesResponse {
 pub struct ContentBlock {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// `tool_use`: the call's id, function and arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -73,9 +90,13 @@ pub enum StreamEvent {
     },
     ContentBlockStart {
         #[serde(default)]
+        index: u32,
+        #[serde(default)]
         content_block: Option<ContentBlock>,
     },
     ContentBlockDelta {
+        #[serde(default)]
+        index: u32,
         delta: BlockDelta,
     },
     ContentBlockStop {},
@@ -98,6 +119,9 @@ pub struct BlockDelta {
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
+    /// `input_json_delta`: more of a tool call's arguments.
+    #[serde(default)]
+    pub partial_json: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

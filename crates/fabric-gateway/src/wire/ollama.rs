@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::GatewayError;
-use crate::types::{Message, Params, Role};
+use crate::types::{ChatOptions, Message, Params, Role};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChatRequest {
@@ -30,10 +30,54 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: String,
+    /// Base64 images (no `data:` prefix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Value>,
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// Role `tool`: the function whose result this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+}
+
+/// A tool call as Ollama writes it: arguments as a JSON object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ToolCall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FunctionCall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    pub name: String,
+    #[serde(default)]
+    pub arguments: Value,
+}
+
+/// The base64 payload of a `data:` URL, as Ollama takes images.
+pub fn image_base64(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    meta.ends_with(";base64").then_some(data)
+}
+
+/// A `data:` URL for a base64 image Ollama sent, its type told by its first bytes.
+pub fn image_data_url(base64: &str) -> String {
+    let kind = if base64.starts_with("iVBOR") {
+        "image/png"
+    } else if base64.starts_with("/9j/") {
+        "image/jpeg"
+    } else if base64.starts_with("R0lGOD") {
+        "image/gif"
+    } else if base64.starts_with("UklGR") {
+        "image/webp"
+    } else {
+        "application/octet-stream"
+    };
+    format!("data:{kind};base64,{base64}")
 }
 
 /// The model options the gateway maps; others are accepted and ignored
@@ -42,6 +86,10 @@ pub struct ChatMessage {
 pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,15 +101,19 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_params(p: &Params) -> Option<Self> {
+    pub fn from_params(p: &Params, chat: &ChatOptions) -> Option<Self> {
         let o = Self {
             temperature: p.temperature,
+            presence_penalty: chat.presence_penalty,
+            frequency_penalty: chat.frequency_penalty,
             top_p: p.top_p,
             num_predict: p.max_tokens.map(i64::from),
             stop: (!p.stop.is_empty()).then(|| p.stop.clone()),
             seed: p.seed,
         };
         let empty = o.temperature.is_none()
+            && o.presence_penalty.is_none()
+            && o.frequency_penalty.is_none()
             && o.top_p.is_none()
             && o.num_predict.is_none()
             && o.stop.is_none()
@@ -84,38 +136,99 @@ impl Options {
     }
 }
 
-/// Canonical messages from Ollama ones; images and tools are refused.
+/// Canonical messages from Ollama ones. Images become `data:` URLs; tool
+/// calls get ids (Ollama's own, else made up from their place), and a tool
+/// result names the call it answers: the earliest unanswered call of its
+/// `tool_name`, else the earliest unanswered one.
 pub fn messages_from(messages: &[ChatMessage]) -> Result<Vec<Message>, GatewayError> {
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            if m.images.as_ref().is_some_and(|v| !v.is_null()) {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    // (id, name) of calls not answered yet, oldest first.
+    let mut open: Vec<(String, String)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let images = match &m.images {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(image_data_url))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    GatewayError::invalid(format!(
+                        "messages[{i}].images must be an array of base64 strings"
+                    ))
+                })?,
+            Some(_) => {
                 return Err(GatewayError::invalid(format!(
-                    "messages[{i}]: images are not supported: the gateway routes text chats only"
+                    "messages[{i}].images must be an array of base64 strings"
                 )));
             }
-            if m.tool_calls.as_ref().is_some_and(|v| !v.is_null()) {
+        };
+        let role = match m.role.as_str() {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => {
                 return Err(GatewayError::invalid(format!(
-                    "messages[{i}]: tool_calls are not supported: the gateway routes text chats only"
+                    "messages[{i}]: role {other:?} is not supported: use system, user, assistant or tool"
                 )));
             }
-            let role = match m.role.as_str() {
-                "system" => Role::System,
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
-                other => {
-                    return Err(GatewayError::invalid(format!(
-                        "messages[{i}]: role {other:?} is not supported: use system, user or assistant"
-                    )));
-                }
-            };
-            Ok(Message {
-                role,
-                content: m.content.clone(),
+        };
+        let tool_calls: Vec<crate::types::ToolCall> = m
+            .tool_calls
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, c)| crate::types::ToolCall {
+                id: c.id.clone().unwrap_or_else(|| format!("call_{i}_{j}")),
+                name: c.function.name.clone(),
+                arguments: arguments_text(&c.function.arguments),
             })
-        })
-        .collect()
+            .collect();
+        open.extend(tool_calls.iter().map(|c| (c.id.clone(), c.name.clone())));
+        let tool_call_id = if role == Role::Tool {
+            let at = m
+                .tool_name
+                .as_deref()
+                .and_then(|name| open.iter().position(|(_, n)| n == name))
+                .or_else(|| (!open.is_empty()).then_some(0))
+                .ok_or_else(|| {
+                    GatewayError::invalid(format!(
+                        "messages[{i}]: a tool message answers a tool call, and no call before it is unanswered"
+                    ))
+                })?;
+            Some(open.remove(at).0)
+        } else {
+            None
+        };
+        out.push(Message {
+            role,
+            content: m.content.clone(),
+            images,
+            tool_calls,
+            tool_call_id,
+            name: m.tool_name.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Ollama's arguments object as the JSON text OpenAI carries.
+pub fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::Null => "{}".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// OpenAI's arguments text as the object Ollama takes (text that is not a
+/// JSON object travels as a string).
+pub fn arguments_value(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ if arguments.trim().is_empty() => Value::Object(serde_json::Map::new()),
+        _ => Value::String(arguments.to_owned()),
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -167,6 +280,8 @@ pub struct ResponseMessage {
     pub role: String,
     #[serde(default)]
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// One generate answer or stream part.

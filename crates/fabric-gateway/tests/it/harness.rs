@@ -84,6 +84,7 @@ pub fn chat(model: &str, prompt: &str) -> ChatRequest {
         model: model.into(),
         messages: vec![Message::new(Role::User, prompt)],
         params: Params::default(),
+        options: Default::default(),
     }
 }
 

@@ -8,3 +8,4 @@ mod api;
 mod harness;
 mod providers;
 mod routing;
+mod tools;
