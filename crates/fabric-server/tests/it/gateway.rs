@@ -15,6 +15,35 @@ use crate::harness::{TestServer, error_code};
 /// machine's next calls still find a circuit open (0.5 s was not).
 pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(3);
 
+/// The mocks' script: a two-round tool loop (`get_weather`, then
+/// `get_umbrella`, then an answer) and a JSON answer, for the official
+/// clients' tool and structured-output checks.
+pub fn tool_script() -> Vec<(String, fabric_gateway::mock::Scripted)> {
+    [
+        (
+            "weather in Oslo",
+            json!({"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}),
+        ),
+        (
+            "rain",
+            json!({"tool_calls": [{"name": "get_umbrella", "arguments": {"size": "large"}}]}),
+        ),
+        ("umbrella stand", json!("Take the large umbrella.")),
+        (
+            "should I take",
+            json!({"json": {"umbrella": true, "reason": "rain"}}),
+        ),
+    ]
+    .into_iter()
+    .map(|(key, answer)| {
+        (
+            key.to_owned(),
+            fabric_gateway::mock::Scripted::from_value(&answer).unwrap(),
+        )
+    })
+    .collect()
+}
+
 pub struct Upstreams {
     pub local: MockServer,
     pub cloud: MockServer,
@@ -25,6 +54,7 @@ impl Upstreams {
         let start = |name: &str| {
             MockServer::start_local(MockConfig {
                 name: name.to_owned(),
+                script: tool_script(),
                 ..MockConfig::default()
             })
         };

@@ -12,11 +12,13 @@ endpoint, then passes:
 Prints "ok" and exits 0 when every check holds.
 """
 
+import json
 import os
 import sys
 
 import ollama
 import openai
+import pydantic
 
 BASE = os.environ["FABRIC_URL"]
 USER_TOKEN = os.environ["FABRIC_USER_TOKEN"]
@@ -88,6 +90,106 @@ def check_openai(label, token):
         check("injected stream failure" in str(e), f"{label}: {e}")
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Today's weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_umbrella",
+            "description": "Fetch an umbrella",
+            "parameters": {"type": "object", "properties": {"size": {"type": "string"}}, "required": ["size"]},
+        },
+    },
+]
+
+# What the tools answer; the mocks' script goes on from these words.
+TOOL_RESULTS = {"get_weather": "rain, 9 degrees", "get_umbrella": "umbrella stand: one large left"}
+
+
+def run_tool_loop(label, next_answer):
+    """Two rounds of tool calls, then the answer. `next_answer(messages)`
+    returns the assistant message (an SDK object, appended as is)."""
+    messages = [{"role": "user", "content": "weather in Oslo?"}]
+    called = []
+    for _ in range(3):
+        message, finish = next_answer(messages)
+        if not message.tool_calls:
+            check(finish == "stop", f"{label}: final finish {finish}")
+            return called, message.content
+        check(finish == "tool_calls", f"{label}: finish {finish}")
+        messages.append(message)
+        for call in message.tool_calls:
+            called.append((call.function.name, json.loads(call.function.arguments)))
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": TOOL_RESULTS[call.function.name]})
+    check(False, f"{label}: the loop did not end")
+
+
+class Advice(pydantic.BaseModel):
+    umbrella: bool
+    reason: str
+
+
+def check_openai_tools(label, client):
+    def plain(messages):
+        reply = client.chat.completions.create(model="llama3", messages=messages, tools=TOOLS)
+        return reply.choices[0].message, reply.choices[0].finish_reason
+
+    def streamed(messages):
+        # The SDK's stream helper reassembles the tool-call deltas.
+        with client.chat.completions.stream(model="llama3", messages=messages, tools=TOOLS) as stream:
+            final = stream.get_final_completion()
+        return final.choices[0].message, final.choices[0].finish_reason
+
+    for how, next_answer in [("plain", plain), ("streamed", streamed)]:
+        called, answer = run_tool_loop(f"{label} {how}", next_answer)
+        check(
+            called == [("get_weather", {"city": "Oslo"}), ("get_umbrella", {"size": "large"})],
+            f"{label} {how}: {called}",
+        )
+        check(answer == "Take the large umbrella.", f"{label} {how}: {answer!r}")
+
+    # Structured output: the SDK sends a strict json_schema and parses the answer.
+    parsed = client.chat.completions.parse(
+        model="llama3",
+        messages=[{"role": "user", "content": "should I take an umbrella?"}],
+        response_format=Advice,
+    )
+    advice = parsed.choices[0].message.parsed
+    check(advice == Advice(umbrella=True, reason="rain"), f"{label}: parsed {advice!r}")
+
+
+def check_ollama_tools(label, client):
+    messages = [{"role": "user", "content": "weather in Oslo?"}]
+    called = []
+    for _ in range(3):
+        reply = client.chat(model="llama3", messages=messages, tools=TOOLS)
+        if not reply.message.tool_calls:
+            break
+        messages.append(reply.message)
+        for call in reply.message.tool_calls:
+            called.append((call.function.name, dict(call.function.arguments)))
+            messages.append({"role": "tool", "tool_name": call.function.name, "content": TOOL_RESULTS[call.function.name]})
+    check(
+        called == [("get_weather", {"city": "Oslo"}), ("get_umbrella", {"size": "large"})],
+        f"{label}: {called}",
+    )
+    check(reply.message.content == "Take the large umbrella.", f"{label}: {reply.message}")
+    # JSON answers; an empty images list (what litellm sends) is no image.
+    reply = client.chat(
+        model="llama3",
+        messages=[{"role": "user", "content": "should I take an umbrella?", "images": []}],
+        format=Advice.model_json_schema(),
+    )
+    check(Advice.model_validate_json(reply.message.content).umbrella, f"{label}: {reply.message}")
+
+
 def check_ollama(label, client):
     reply = client.chat(model="llama3", messages=[{"role": "user", "content": "hi"}])
     check(reply.message.content == "echo: hi" and reply.done, f"{label}: {reply}")
@@ -121,14 +223,17 @@ def check_ollama(label, client):
 
     try:
         client.chat(model="llama3", messages=[{"role": "tool", "content": "x"}])
-        check(False, f"{label}: a tool message was accepted")
+        check(False, f"{label}: a tool result answering no call was accepted")
     except ollama.ResponseError as e:
-        check(e.status_code == 400, f"{label}: {e}")
+        # Ollama's error shape: a string the client shows as is.
+        check(e.status_code == 400 and "answers a tool call" in e.error, f"{label}: {e.error!r}")
 
 
 def main():
     check_openai("user token", USER_TOKEN)
     check_openai("agent token", AGENT_TOKEN)
+    check_openai_tools("openai tools", openai_client(USER_TOKEN))
+    check_ollama_tools("ollama tools", ollama.Client(host=f"{BASE}/v1/ollama", headers={"Authorization": f"Bearer {AGENT_TOKEN}"}))
     # What an agent does with its OLLAMA_BASE_URL: no credentials at all.
     check_ollama("agent endpoint", ollama.Client(host=AGENT_OLLAMA))
     # The same API through the fabric's routes, with the agent's token.
