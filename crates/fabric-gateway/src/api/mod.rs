@@ -3,7 +3,8 @@
 //! a [`Reply`] (status, content type, provider, body or stream) that the
 //! server turns into its framework's response.
 //!
-//! - [`openai`]: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
+//! - [`openai`]: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`,
+//!   `/v1/models/{id}`.
 //! - [`ollama`]: `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`,
 //!   `/api/tags` and friends: the agent-facing endpoint (`OLLAMA_BASE_URL`).
 //! - [`infer`]: the fabric's own `POST /v1/llm/infer`.
@@ -15,6 +16,46 @@
 pub mod infer;
 pub mod ollama;
 pub mod openai;
+
+/// One request to an agent's inference endpoint (`localhost:11434` in its
+/// sandbox, its sidecar, or its loopback port), which speaks every API a
+/// client library may bring, as a real Ollama server does: OpenAI's under
+/// `/v1` (what `OPENAI_BASE_URL` names inside an agent), Ollama's
+/// everywhere else.
+pub async fn agent_endpoint(
+    gateway: &crate::Gateway,
+    caller: &crate::Caller,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Reply {
+    use crate::CallOptions;
+    let trimmed = path.trim_end_matches('/');
+    match (method, trimmed) {
+        ("POST", "/v1/chat/completions") => {
+            openai::chat_completions(gateway, caller, CallOptions::new("openai"), body).await
+        }
+        ("POST", "/v1/embeddings") => {
+            openai::embeddings(gateway, caller, CallOptions::new("openai"), body).await
+        }
+        ("GET" | "HEAD", "/v1/models") => openai::models(gateway).await,
+        ("GET" | "HEAD", p) if p.starts_with("/v1/models/") => {
+            let id = &p["/v1/models/".len()..];
+            openai::model(gateway, id, &caller.request_id).await
+        }
+        (m, p) if p.starts_with("/v1/") => {
+            let mut reply = Reply::error(
+                &GatewayError::invalid(format!(
+                    "{m} {p} is not served here: this endpoint serves OpenAI's /v1/chat/completions, /v1/embeddings and /v1/models, and Ollama's /api/*"
+                )),
+                &caller.request_id,
+            );
+            reply.status = 404;
+            reply
+        }
+        _ => ollama::handle(gateway, caller, CallOptions::new("ollama"), method, path, body).await,
+    }
+}
 
 use bytes::Bytes;
 use fabric_core::api::{ErrorBody, ErrorDetail};

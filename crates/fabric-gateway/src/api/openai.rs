@@ -333,6 +333,33 @@ pub async fn embeddings(
     }
 }
 
+/// `GET /v1/models/{id}`: a model the gateway routes, or 404 `model_not_found`.
+pub async fn model(gateway: &Gateway, id: &str, request_id: &str) -> Reply {
+    let models = gateway.models().await;
+    match models.into_iter().find(|m| m.id == id) {
+        Some(m) => {
+            let mut reply = Reply::json(
+                200,
+                &wire::Model {
+                    id: m.id,
+                    object: "model".to_owned(),
+                    created: 0,
+                    owned_by: m.provider,
+                },
+            );
+            reply.provider = Some("gateway".to_owned());
+            reply
+        }
+        None => Reply::error(
+            &GatewayError::ModelNotFound {
+                model: id.to_owned(),
+                tried: "every configured provider's model list".to_owned(),
+            },
+            request_id,
+        ),
+    }
+}
+
 /// `GET /v1/models`.
 pub async fn models(gateway: &Gateway) -> Reply {
     let data = gateway

@@ -12,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fabric_gateway::api::{self, Reply, ReplyBody};
-use fabric_gateway::{CallOptions, Caller, Gateway};
+use fabric_gateway::{Caller, Gateway};
 use futures_util::StreamExt as _;
 use tokio::task::JoinHandle;
 
@@ -179,7 +179,6 @@ pub fn serve_ollama_endpoint(
 
 async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Response {
     let request_id = crate::request_id::current();
-    let opts = CallOptions::new("ollama");
     let method = request.method().as_str().to_owned();
     let path = match &endpoint.identity.path_secret {
         None => request.uri().path().to_owned(),
@@ -211,9 +210,7 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
         workspace: endpoint.identity.workspace.clone(),
         request_id,
     };
-    into_response(
-        api::ollama::handle(&endpoint.gateway, &caller, opts, &method, &path, &body).await,
-    )
+    into_response(api::agent_endpoint(&endpoint.gateway, &caller, &method, &path, &body).await)
 }
 
 /// `path` without its first segment if that segment is `secret` (compared

@@ -146,6 +146,22 @@ pub async fn models(
     into_response(api::openai::models(&state.llm.gateway).await)
 }
 
+/// One model the gateway can route (OpenAI format), or 404 `model_not_found`.
+#[utoipa::path(get, path = "/v1/models/{id}", operation_id = "get_model", tag = "inference", security(("bearer" = [])),
+    params(("id" = String, Path, description = "a model name, as /v1/models lists it")),
+    responses((status = 200, body = fabric_gateway::wire::openai::Model), (status = 404, body = fabric_core::api::ErrorBody)))]
+pub async fn model(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Err(e) = authorize(principal) {
+        return refused(e);
+    }
+    let request_id = crate::request_id::current();
+    into_response(api::openai::model(&state.llm.gateway, &id, &request_id).await)
+}
+
 /// `{model, input, params, policyOverride?, stream?}`: final JSON, or SSE
 /// `delta`/`done`/`error` events.
 #[utoipa::path(post, path = "/v1/llm/infer", operation_id = "infer", tag = "inference", security(("bearer" = [])),

@@ -40,7 +40,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         stream::stream,
         agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions, agents::remove, agents::restart, agents::logs,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
-        llm::chat_completions, llm::embeddings, llm::models, llm::infer, llm::usage, llm::status,
+        llm::chat_completions, llm::embeddings, llm::models, llm::model, llm::infer, llm::usage, llm::status,
         budgets::put, budgets::list, budgets::get_one, budgets::delete, budgets::usage,
         alerts::list, alerts::metrics,
         policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
@@ -287,6 +287,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/embeddings", post(llm::embeddings))
         .route("/v1/models", get(llm::models))
+        .route("/v1/models/{id}", get(llm::model))
         .route("/v1/llm/infer", post(llm::infer))
         .route("/v1/llm/usage", get(llm::usage))
         .route("/v1/llm/status", get(llm::status))
@@ -380,9 +381,31 @@ fn unsigned_integers(value: &mut serde_json::Value) {
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
+    let path = uri.path();
+    // OpenAI APIs the gateway does not offer: said by name, so a client's
+    // 404 explains itself.
+    let unsupported = [
+        ("/v1/images", "image generation"),
+        ("/v1/audio", "audio"),
+        ("/v1/files", "files"),
+        ("/v1/uploads", "file uploads"),
+        ("/v1/batches", "the batch API"),
+        ("/v1/fine_tuning", "fine-tuning"),
+        ("/v1/fine-tunes", "fine-tuning"),
+        ("/v1/assistants", "the Assistants API"),
+        ("/v1/threads", "the Assistants API"),
+        ("/v1/vector_stores", "vector stores"),
+        ("/v1/realtime", "the Realtime API"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(prefix, _)| {
+        path == *prefix || path.starts_with(&format!("{prefix}/"))
+    }) {
+        return ApiError::not_found(format!(
+            "{path}: {what} is not supported by the fabric's inference gateway (it serves /v1/chat/completions, /v1/embeddings and /v1/models)"
+        ));
+    }
     ApiError::not_found(format!(
-        "no such endpoint {}: see /openapi.json for the API",
-        uri.path()
+        "no such endpoint {path}: see /openapi.json for the API"
     ))
 }
 

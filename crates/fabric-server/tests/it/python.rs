@@ -120,3 +120,109 @@ async fn official_openai_and_ollama_python_clients() {
     );
     s.stop().await;
 }
+
+/// What an agent's own program does with the environment it is given: an
+/// unmodified `OpenAI()` client (base URL and key from the environment)
+/// calls tools, retrieves a model and lists models, inside a sandbox
+/// (isolation `process`) and as a host process (`none`), every call metered
+/// against the agent and no provider key in sight (issue #18, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmodified_openai_client_works_inside_agents() {
+    let venv = std::fs::canonicalize(python().parent().and_then(|bin| bin.parent()).unwrap())
+        .unwrap();
+    let python = venv.join("bin/python");
+    // The interpreter the venv points at (pyenv's, say) must be visible too;
+    // the system's is (/usr is in every sandbox).
+    let interpreter = std::fs::canonicalize(&python).unwrap();
+    let prefix = interpreter
+        .parent()
+        .and_then(|bin| bin.parent())
+        .unwrap()
+        .to_owned();
+    let mut visible = vec![venv.display().to_string()];
+    if !prefix.starts_with("/usr") {
+        visible.push(prefix.display().to_string());
+    }
+    let up = Upstreams::start().await;
+    let config = up.config();
+    let s = crate::harness::TestServer::start_with(move |c| {
+        c.gateway = config;
+        c.sandbox_helper = Some(crate::harness::sandbox_helper());
+    })
+    .await;
+    let token = s.login().await;
+    // Not under /tmp: a sandboxed command's /tmp is its task's own.
+    let dir = tempfile::tempdir_in(venv.parent().unwrap()).unwrap();
+    let script = dir.path().join("client.py");
+    std::fs::write(
+        &script,
+        r#"
+import os
+from openai import OpenAI
+
+client = OpenAI()  # OPENAI_BASE_URL and OPENAI_API_KEY from the agent's environment
+tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+reply = client.chat.completions.create(
+    model="llama3", messages=[{"role": "user", "content": "weather in Oslo?"}], tools=tools
+)
+call = reply.choices[0].message.tool_calls[0]
+print("call", call.function.name, call.function.arguments)
+print("model", client.models.retrieve("llama3").id)
+print("models", "llama3" in [m.id for m in client.models.list()])
+print("key", os.environ["OPENAI_API_KEY"])
+"#,
+    )
+    .unwrap();
+    for (agent, level) in [("py-process", "process"), ("py-none", "none")] {
+        s.spawn_agent(
+            &token,
+            json!({"id": agent, "isolation": {"level": level,
+                "read_only_paths": visible.iter().cloned().chain([dir.path().display().to_string()]).collect::<Vec<_>>()}}),
+        )
+        .await;
+        let task = s
+            .create(
+                &token,
+                json!({"agent": agent, "commands": [format!("{} {}", python.display(), script.display())]}),
+            )
+            .await;
+        let view = s.wait_done(&token, &task).await;
+        let result = view.result.unwrap();
+        assert_eq!(
+            result.exit_code,
+            Some(0),
+            "{level}: {}\n{}",
+            result.stdout,
+            result.stderr
+        );
+        let out = result.stdout;
+        assert!(
+            out.contains(r#"call get_weather {"city":"Oslo"}"#),
+            "{level}: {out}"
+        );
+        assert!(out.contains("model llama3\n"), "{level}: {out}");
+        assert!(out.contains("models True\n"), "{level}: {out}");
+        // A placeholder: the endpoint needs no key and the fabric's stay home.
+        assert!(out.contains("key fabric-agent-endpoint"), "{level}: {out}");
+
+        // Metered against the agent, through the OpenAI front end.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (status, usage) = s
+                .get(&token, &format!("/v1/llm/usage?agent={agent}"))
+                .await;
+            assert_eq!(status, 200, "{usage}");
+            if let Some(record) = usage["records"].as_array().and_then(|r| r.first()) {
+                assert_eq!(record["agent"], agent, "{usage}");
+                assert_eq!(record["api"], "openai", "{usage}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{level}: no usage record: {usage}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    s.stop().await;
+}

@@ -13,7 +13,7 @@ use fabric_runtime::container::ContainerShell;
 use fabric_runtime::sandbox::ProcessExit;
 
 use super::{
-    AgentToken, Background, Common, ENV_OLLAMA, ENV_TOKEN, ENV_URL, Launch, SessionError,
+    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError,
     UsageProbe, Workers, loopback,
 };
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
@@ -49,10 +49,7 @@ impl ContainerSession {
         let builtin = config.is_builtin_shell();
         let (token, secret) = AgentToken::issue(launch);
         // The agent's endpoints, as its sidecar serves them on its loopback.
-        let mut env: Vec<(String, String)> = vec![(
-            ENV_OLLAMA.into(),
-            format!("http://localhost:{INFERENCE_PORT}"),
-        )];
+        let mut env = super::inference_env(&format!("http://localhost:{INFERENCE_PORT}"));
         env.extend(fabric_runtime::net::proxy_env(EGRESS_PROXY_PORT));
         // A program reaches the API through its sidecar too; the built-in
         // shell's workers do not run in the container.
@@ -63,7 +60,6 @@ impl ContainerSession {
                 let mut container_env = env.clone();
                 container_env.extend([
                     (ENV_URL.to_owned(), url.clone()),
-                    ("OPENAI_BASE_URL".to_owned(), format!("{url}/v1")),
                     (ENV_TOKEN.to_owned(), secret.clone()),
                     (ENV_AGENT_ID.to_owned(), id.to_string()),
                     (

@@ -14,7 +14,7 @@ use fabric_runtime::confine::{ConfineConfig, Confinement};
 use fabric_runtime::sandbox::ProcessExit;
 
 use super::{
-    AgentToken, Background, Common, ENV_OLLAMA, ENV_TOKEN, ENV_URL, Launch, SessionError,
+    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError,
     UsageProbe, Workers, agent_env, log_output, loopback, unknown_exit,
 };
 use crate::services::agents::builtin::{Executor, ShellSpec};
@@ -70,7 +70,7 @@ impl HostSession {
         )];
         let (endpoint, server) = inference::serve_loopback(inner, launch.endpoint_identity())?;
         tasks.push(server);
-        env.push((ENV_OLLAMA.into(), endpoint));
+        env.extend(super::inference_env(&endpoint));
         let config = launch.config;
         let confinement = if config.isolation.as_fabric_user {
             None

@@ -418,10 +418,27 @@ const ENV_URL: &str = "FABRIC_URL";
 const ENV_TOKEN: &str = "FABRIC_TOKEN";
 const ENV_OLLAMA: &str = "OLLAMA_BASE_URL";
 
+/// What a client library inside an agent needs to reach its inference
+/// endpoint at `base`, which speaks Ollama's API and OpenAI's under `/v1`:
+/// the base URLs, and placeholder keys (the endpoint asks for none; they
+/// grant nothing anywhere else) so that `OpenAI()` starts without a
+/// "missing credentials" error. Every call is metered against the agent.
+fn inference_env(base: &str) -> Vec<(String, String)> {
+    vec![
+        (ENV_OLLAMA.into(), base.to_owned()),
+        ("OPENAI_BASE_URL".into(), format!("{base}/v1")),
+        ("OPENAI_API_KEY".into(), ENDPOINT_KEY_PLACEHOLDER.into()),
+    ]
+}
+
+/// The API key agents' client libraries are given: the endpoint needs
+/// none, and this one opens nothing.
+const ENDPOINT_KEY_PLACEHOLDER: &str = "fabric-agent-endpoint-no-key-needed";
+
 /// The environment of a host or sandbox agent: `endpoints` (the fabric's
 /// URL, the inference endpoint, proxies), then for a program who it is and
-/// where it works; `OPENAI_BASE_URL` beside `FABRIC_URL`. The built-in
-/// shell's tasks get the endpoints, not the agent's own identity.
+/// where it works. The built-in shell's tasks get the endpoints, not the
+/// agent's own identity.
 fn agent_env(
     mut env: Vec<(String, String)>,
     program: Option<(&AgentId, &Path)>,
@@ -432,13 +449,6 @@ fn agent_env(
             super::ENV_WORKSPACE_DIR.into(),
             workdir.display().to_string(),
         ));
-    }
-    if let Some(url) = env
-        .iter()
-        .find(|(k, _)| k == ENV_URL)
-        .map(|(_, v)| v.clone())
-    {
-        env.push(("OPENAI_BASE_URL".into(), format!("{url}/v1")));
     }
     env
 }

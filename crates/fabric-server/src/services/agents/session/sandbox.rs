@@ -12,7 +12,7 @@ use fabric_core::agent::AgentConfig;
 use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess, SandboxStdio};
 
 use super::{
-    AgentToken, Background, Common, ENV_OLLAMA, ENV_TOKEN, ENV_URL, Launch, SessionError,
+    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError,
     UsageProbe, Workers, agent_env, log_output, unknown_exit,
 };
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
@@ -82,10 +82,9 @@ impl SandboxSession {
             inner,
             launch.endpoint_identity(),
         )?);
-        env.push((
-            ENV_OLLAMA.into(),
-            format!("http://localhost:{INFERENCE_PORT}"),
-        ));
+        env.extend(super::inference_env(&format!(
+            "http://localhost:{INFERENCE_PORT}"
+        )));
         let proxy = launch.egress_proxy()?;
         let listener = bind_in(sandbox, EGRESS_PROXY_PORT)?;
         let serve = proxy.serve(listener, std::future::pending());
