@@ -247,8 +247,9 @@ impl<S: Send + Sync, F: DeserializeOwned> FromRequestParts<S> for Listing<F> {
     }
 }
 
-/// The bearer token of a request: `Authorization: Bearer …`, or `?token=` for
-/// WebSocket clients (browsers cannot set headers on them).
+/// The bearer token of a request: `Authorization: Bearer …`; `x-api-key`
+/// (how Anthropic's clients send their key, for `/v1/messages`); or
+/// `?token=` for WebSocket clients (browsers cannot set headers on them).
 pub(crate) fn bearer(parts: &Parts) -> Option<String> {
     if let Some(value) = parts
         .headers
@@ -259,6 +260,9 @@ pub(crate) fn bearer(parts: &Parts) -> Option<String> {
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_owned());
+    }
+    if let Some(key) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim().to_owned());
     }
     parts
         .uri

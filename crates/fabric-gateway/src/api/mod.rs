@@ -7,12 +7,14 @@
 //!   `/v1/models/{id}`.
 //! - [`ollama`]: `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`,
 //!   `/api/tags` and friends: the agent-facing endpoint (`OLLAMA_BASE_URL`).
+//! - [`anthropic`]: `/v1/messages`, Anthropic's Messages API.
 //! - [`infer`]: the fabric's own `POST /v1/llm/infer`.
 //!
 //! Errors have one shape everywhere (`{"error": {"code", "message",
 //! "request_id", "provider"?, "correlation_id"?}}`); once a stream has
 //! started they travel in-band, in the stream's own format.
 
+pub mod anthropic;
 pub mod infer;
 pub mod ollama;
 pub mod openai;
@@ -38,6 +40,9 @@ pub async fn agent_endpoint(
         ("POST", "/v1/embeddings") => {
             openai::embeddings(gateway, caller, CallOptions::new("openai"), body).await
         }
+        ("POST", "/v1/messages") => {
+            anthropic::messages(gateway, caller, CallOptions::new("anthropic"), body).await
+        }
         ("GET" | "HEAD", "/v1/models") => openai::models(gateway).await,
         ("GET" | "HEAD", p) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];
@@ -46,14 +51,24 @@ pub async fn agent_endpoint(
         (m, p) if p.starts_with("/v1/") => {
             let mut reply = Reply::error(
                 &GatewayError::invalid(format!(
-                    "{m} {p} is not served here: this endpoint serves OpenAI's /v1/chat/completions, /v1/embeddings and /v1/models, and Ollama's /api/*"
+                    "{m} {p} is not served here: this endpoint serves OpenAI's /v1/chat/completions, /v1/embeddings and /v1/models, Anthropic's /v1/messages, and Ollama's /api/*"
                 )),
                 &caller.request_id,
             );
             reply.status = 404;
             reply
         }
-        _ => ollama::handle(gateway, caller, CallOptions::new("ollama"), method, path, body).await,
+        _ => {
+            ollama::handle(
+                gateway,
+                caller,
+                CallOptions::new("ollama"),
+                method,
+                path,
+                body,
+            )
+            .await
+        }
     }
 }
 

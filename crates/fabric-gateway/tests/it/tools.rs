@@ -417,3 +417,98 @@ async fn malformed_tool_fields_are_400s_that_say_what_to_send() {
     .await;
     assert_eq!(status, 200, "{text}");
 }
+
+/// The Anthropic front end (`/v1/messages`) in front of any provider: tools
+/// in Anthropic's shape out, `tool_use` blocks back (streamed as
+/// `input_json_delta`s), a `tool_result` round, errors in Anthropic's shape.
+#[tokio::test]
+async fn anthropic_messages_run_a_tool_loop_through_any_provider() {
+    use fabric_gateway::api::anthropic;
+    let upstream = scripted("local").await;
+    let (gw, _) = gateway(one(ProviderKind::Ollama, "ollama", &upstream));
+    let tools = json!([{"name": "weather", "description": "Weather of a city",
+                        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let req = json!({"model": "llama3", "max_tokens": 200, "tools": tools,
+                     "messages": [{"role": "user", "content": "weather in Oslo?"}]});
+    let call = |req: Value| {
+        let gw = gw.clone();
+        async move {
+            body(
+                anthropic::messages(&gw, &caller(), CallOptions::new("anthropic"), &bytes(&req))
+                    .await,
+            )
+            .await
+        }
+    };
+    let (status, provider, text) = call(req.clone()).await;
+    assert_eq!(
+        (status, provider.as_deref()),
+        (200, Some("ollama")),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    let block = &v["content"][0];
+    assert_eq!(block["type"], "tool_use", "{v}");
+    assert_eq!(block["name"], "weather");
+    assert_eq!(block["input"], json!({"city": "Oslo"}));
+    let id = block["id"].as_str().unwrap().to_owned();
+
+    let mut streamed = req.clone();
+    streamed["stream"] = json!(true);
+    let (status, _, text) = call(streamed).await;
+    assert_eq!(status, 200, "{text}");
+    let events = sse_data(&text);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"message_start"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"message_stop"), "{kinds:?}");
+    let start = events
+        .iter()
+        .find(|e| e["type"] == "content_block_start")
+        .unwrap();
+    assert_eq!(start["content_block"]["type"], "tool_use", "{text}");
+    assert_eq!(start["content_block"]["name"], "weather");
+    let json_text: String = events
+        .iter()
+        .filter(|e| e["delta"]["type"] == "input_json_delta")
+        .filter_map(|e| e["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&json_text).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    let delta = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+
+    let follow = json!({"model": "llama3", "max_tokens": 200, "tools": tools, "messages": [
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": [block]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "rain"}]}
+    ]});
+    let (status, _, text) = call(follow).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["content"][0]["text"], r#"{"umbrella":true}"#, "{v}");
+    assert_eq!(v["stop_reason"], "end_turn");
+    let got = upstream.control().last_body("/api/chat").unwrap();
+    assert_eq!(got["messages"][2]["role"], "tool", "{got}");
+    assert_eq!(got["messages"][2]["tool_name"], "weather", "{got}");
+
+    // Errors in Anthropic's shape.
+    let (status, _, text) = call(json!({"model": "llama3", "messages": []})).await;
+    assert_eq!(status, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens"),
+        "{v}"
+    );
+}

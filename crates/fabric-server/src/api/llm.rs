@@ -116,6 +116,25 @@ pub async fn chat_completions(
     }
 }
 
+/// Anthropic-compatible Messages API (typed SSE events when `stream: true`);
+/// the token may come as `x-api-key`, as Anthropic's clients send it.
+#[utoipa::path(post, path = "/v1/messages", operation_id = "anthropic_messages", tag = "inference", security(("bearer" = [])),
+    request_body(content = Object, description = "Anthropic's Messages request: model, max_tokens, messages (text, image, tool_use, tool_result blocks), system, tools, tool_choice, stop_sequences, temperature, top_p, metadata, stream"),
+    responses((status = 200, description = "a message, or (`stream: true`) Anthropic's SSE events",
+            content((Object = "application/json"), (SseEvent = "text/event-stream")))))]
+pub async fn anthropic_messages(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    request: Request,
+) -> Response {
+    match prepare(&state, principal, "anthropic", request).await {
+        Ok((caller, opts, _, body)) => {
+            into_response(api::anthropic::messages(&state.llm.gateway, &caller, opts, &body).await)
+        }
+        Err(r) => r,
+    }
+}
+
 /// OpenAI-compatible embeddings.
 #[utoipa::path(post, path = "/v1/embeddings", operation_id = "embeddings", tag = "inference", security(("bearer" = [])),
     request_body = fabric_gateway::wire::openai::EmbeddingRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),

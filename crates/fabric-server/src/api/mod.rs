@@ -40,7 +40,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         stream::stream,
         agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions, agents::remove, agents::restart, agents::logs,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
-        llm::chat_completions, llm::embeddings, llm::models, llm::model, llm::infer, llm::usage, llm::status,
+        llm::chat_completions, llm::anthropic_messages, llm::embeddings, llm::models, llm::model, llm::infer, llm::usage, llm::status,
         budgets::put, budgets::list, budgets::get_one, budgets::delete, budgets::usage,
         alerts::list, alerts::metrics,
         policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
@@ -285,6 +285,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(policy::audit))
         // The inference gateway; bodies are read (and limited) by the handlers.
         .route("/v1/chat/completions", post(llm::chat_completions))
+        .route("/v1/messages", post(llm::anthropic_messages))
         .route("/v1/embeddings", post(llm::embeddings))
         .route("/v1/models", get(llm::models))
         .route("/v1/models/{id}", get(llm::model))
@@ -397,9 +398,10 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
         ("/v1/vector_stores", "vector stores"),
         ("/v1/realtime", "the Realtime API"),
     ];
-    if let Some((_, what)) = unsupported.iter().find(|(prefix, _)| {
-        path == *prefix || path.starts_with(&format!("{prefix}/"))
-    }) {
+    if let Some((_, what)) = unsupported
+        .iter()
+        .find(|(prefix, _)| path == *prefix || path.starts_with(&format!("{prefix}/")))
+    {
         return ApiError::not_found(format!(
             "{path}: {what} is not supported by the fabric's inference gateway (it serves /v1/chat/completions, /v1/embeddings and /v1/models)"
         ));

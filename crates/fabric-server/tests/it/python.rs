@@ -128,8 +128,8 @@ async fn official_openai_and_ollama_python_clients() {
 /// against the agent and no provider key in sight (issue #18, item 4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmodified_openai_client_works_inside_agents() {
-    let venv = std::fs::canonicalize(python().parent().and_then(|bin| bin.parent()).unwrap())
-        .unwrap();
+    let venv =
+        std::fs::canonicalize(python().parent().and_then(|bin| bin.parent()).unwrap()).unwrap();
     let python = venv.join("bin/python");
     // The interpreter the venv points at (pyenv's, say) must be visible too;
     // the system's is (/usr is in every sandbox).
@@ -208,9 +208,7 @@ print("key", os.environ["OPENAI_API_KEY"])
         // Metered against the agent, through the OpenAI front end.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let (status, usage) = s
-                .get(&token, &format!("/v1/llm/usage?agent={agent}"))
-                .await;
+            let (status, usage) = s.get(&token, &format!("/v1/llm/usage?agent={agent}")).await;
             assert_eq!(status, 200, "{usage}");
             if let Some(record) = usage["records"].as_array().and_then(|r| r.first()) {
                 assert_eq!(record["agent"], agent, "{usage}");

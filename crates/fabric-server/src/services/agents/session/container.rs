@@ -13,8 +13,8 @@ use fabric_runtime::container::ContainerShell;
 use fabric_runtime::sandbox::ProcessExit;
 
 use super::{
-    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError,
-    UsageProbe, Workers, loopback,
+    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError, UsageProbe, Workers,
+    loopback,
 };
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
 use crate::services::agents::builtin::{Executor, ShellSpec};

@@ -14,8 +14,8 @@ use fabric_runtime::confine::{ConfineConfig, Confinement};
 use fabric_runtime::sandbox::ProcessExit;
 
 use super::{
-    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError,
-    UsageProbe, Workers, agent_env, log_output, loopback, unknown_exit,
+    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError, UsageProbe, Workers,
+    agent_env, log_output, loopback, unknown_exit,
 };
 use crate::services::agents::builtin::{Executor, ShellSpec};
 use crate::services::agents::inference;

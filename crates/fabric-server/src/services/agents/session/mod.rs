@@ -419,7 +419,8 @@ const ENV_TOKEN: &str = "FABRIC_TOKEN";
 const ENV_OLLAMA: &str = "OLLAMA_BASE_URL";
 
 /// What a client library inside an agent needs to reach its inference
-/// endpoint at `base`, which speaks Ollama's API and OpenAI's under `/v1`:
+/// endpoint at `base`, which speaks Ollama's API, and OpenAI's and
+/// Anthropic's under `/v1`:
 /// the base URLs, and placeholder keys (the endpoint asks for none; they
 /// grant nothing anywhere else) so that `OpenAI()` starts without a
 /// "missing credentials" error. Every call is metered against the agent.
@@ -428,6 +429,8 @@ fn inference_env(base: &str) -> Vec<(String, String)> {
         (ENV_OLLAMA.into(), base.to_owned()),
         ("OPENAI_BASE_URL".into(), format!("{base}/v1")),
         ("OPENAI_API_KEY".into(), ENDPOINT_KEY_PLACEHOLDER.into()),
+        ("ANTHROPIC_BASE_URL".into(), base.to_owned()),
+        ("ANTHROPIC_API_KEY".into(), ENDPOINT_KEY_PLACEHOLDER.into()),
     ]
 }
 

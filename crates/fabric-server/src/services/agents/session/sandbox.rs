@@ -12,8 +12,8 @@ use fabric_core::agent::AgentConfig;
 use fabric_runtime::sandbox::{ProcessExit, Sandbox, SandboxCommand, SandboxProcess, SandboxStdio};
 
 use super::{
-    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError,
-    UsageProbe, Workers, agent_env, log_output, unknown_exit,
+    AgentToken, Background, Common, ENV_TOKEN, ENV_URL, Launch, SessionError, UsageProbe, Workers,
+    agent_env, log_output, unknown_exit,
 };
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
 use crate::services::agents::builtin::{Executor, ShellSpec};
