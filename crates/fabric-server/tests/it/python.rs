@@ -1,8 +1,11 @@
-//! The official `openai` and `ollama` Python clients against the fabric
-//! (`tests/python/gateway_clients.py`): the proof that the APIs are really
-//! compatible. Needs the venv `./scripts/test` creates (`target/py-venv`
-//! with `openai` and `ollama`), or `FABRIC_TEST_PYTHON` naming a python
-//! that has both.
+//! Real Python clients against the fabric: the official `openai`, `ollama`
+//! and `anthropic` SDKs, `litellm`, `langchain-openai`
+//! (`tests/python/gateway_clients.py`, `frameworks.py`), and the
+//! `openai-agents` framework inside sandboxed agents (`agent_framework.py`):
+//! the proof that the APIs are really compatible. Needs the venv
+//! `./scripts/test` creates (`target/py-venv`, from
+//! `scripts/requirements-test.txt`), or `FABRIC_TEST_PYTHON` naming a python
+//! that has those packages.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -26,16 +29,19 @@ fn python() -> PathBuf {
     let how = "create it with ./scripts/test, or: python3 -m venv target/py-venv && target/py-venv/bin/pip install -r scripts/requirements-test.txt";
     assert!(
         python.exists(),
-        "the Python client test needs {} (a venv with the openai and ollama packages): {how}",
+        "the Python client test needs {} (a venv with the packages of scripts/requirements-test.txt): {how}",
         python.display()
     );
     let imports = std::process::Command::new(&python)
-        .args(["-c", "import openai, ollama"])
+        .args([
+            "-c",
+            "import openai, ollama, anthropic, litellm, langchain_openai, agents",
+        ])
         .output()
         .unwrap();
     assert!(
         imports.status.success(),
-        "{} cannot import openai and ollama ({}): {how}",
+        "{} cannot import the client libraries ({}): {how}",
         python.display(),
         String::from_utf8_lossy(&imports.stderr).trim()
     );
@@ -83,30 +89,38 @@ async fn official_openai_and_ollama_python_clients() {
         )),
     );
 
-    let script = workspace().join("crates/fabric-server/tests/python/gateway_clients.py");
-    let output = tokio::process::Command::new(&python)
-        .arg(&script)
-        .env("FABRIC_URL", &s.base)
-        .env("FABRIC_USER_TOKEN", &user_token)
-        .env("FABRIC_AGENT_TOKEN", &agent)
-        .env("AGENT_OLLAMA_BASE_URL", &endpoint)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("OLLAMA_API_KEY")
-        .env_remove("OLLAMA_HOST")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("ok"),
-        "the Python clients failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    let run = |name: &'static str| {
+        let script = workspace()
+            .join("crates/fabric-server/tests/python")
+            .join(name);
+        let mut command = tokio::process::Command::new(&python);
+        command
+            .arg(&script)
+            .env("FABRIC_URL", &s.base)
+            .env("FABRIC_USER_TOKEN", &user_token)
+            .env("FABRIC_AGENT_TOKEN", &agent)
+            .env("AGENT_OLLAMA_BASE_URL", &endpoint)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .env_remove("OLLAMA_API_KEY")
+            .env_remove("OLLAMA_HOST")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            let output = command.output().await.unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success() && stdout.trim_end().ends_with("ok"),
+                "{name} failed ({}):\n{stdout}\n{stderr}",
+                output.status
+            );
+        }
+    };
+    run("gateway_clients.py").await;
 
     // The endpoint's calls were metered against the agent: chat, generate
     // (each plain and streamed), embed, embeddings, the failed stream; the
@@ -118,6 +132,9 @@ async fn official_openai_and_ollama_python_clients() {
             .iter()
             .all(|r| r.agent.as_ref().map(|a| a.as_str()) == Some("py-agent") && r.api == "ollama")
     );
+    // Issue #18: the anthropic SDK, litellm and langchain-openai, through
+    // the fabric's API and the agent's endpoint.
+    run("frameworks.py").await;
     s.stop().await;
 }
 
@@ -204,6 +221,23 @@ print("key", os.environ["OPENAI_API_KEY"])
         assert!(out.contains("models True\n"), "{level}: {out}");
         // A placeholder: the endpoint needs no key and the fabric's stay home.
         assert!(out.contains("key fabric-agent-endpoint"), "{level}: {out}");
+
+        // A real agent framework, unmodified, runs its two-tool agent there.
+        let framework = workspace().join("crates/fabric-server/tests/python/agent_framework.py");
+        std::fs::copy(&framework, dir.path().join("agent_framework.py")).unwrap();
+        let task = s
+            .create(
+                &token,
+                json!({"agent": agent, "commands": [format!("{} {}", python.display(), dir.path().join("agent_framework.py").display())]}),
+            )
+            .await;
+        let result = s.wait_done(&token, &task).await.result.unwrap();
+        assert!(
+            result.exit_code == Some(0) && result.stdout.trim_end().ends_with("ok"),
+            "{level}: openai-agents: {}\n{}",
+            result.stdout,
+            result.stderr
+        );
 
         // Metered against the agent, through the OpenAI front end.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
