@@ -44,6 +44,36 @@ const LITELLM_MASTER_KEY: &str = "sk-fabric-bench-master-0123456789abcdef";
 const BODY: &str =
     r#"{"model":"bench","messages":[{"role":"user","content":"hello gateway"}],"max_tokens":8}"#;
 
+/// A tool-bearing request (issue #18): five tool definitions, and the mock
+/// is scripted to answer it with a tool call.
+const TOOLS_BODY: &str = r#"{"model":"bench","max_tokens":64,"tool_choice":"auto","messages":[{"role":"user","content":"weather in Oslo?"}],"tools":[
+{"type":"function","function":{"name":"get_weather","description":"Today's weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}},
+{"type":"function","function":{"name":"get_forecast","description":"The forecast for the next days","parameters":{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city"]}}},
+{"type":"function","function":{"name":"get_umbrella","description":"Fetch an umbrella","parameters":{"type":"object","properties":{"size":{"type":"string","enum":["small","large"]}},"required":["size"]}}},
+{"type":"function","function":{"name":"book_taxi","description":"Book a taxi","parameters":{"type":"object","properties":{"from":{"type":"string"},"to":{"type":"string"},"at":{"type":"string"}},"required":["from","to"]}}},
+{"type":"function","function":{"name":"send_message","description":"Send a message to someone","parameters":{"type":"object","properties":{"to":{"type":"string"},"text":{"type":"string"}},"required":["to","text"]}}}]}"#;
+
+/// The mock's script: the tool-bearing request gets a tool call back.
+const MOCK_SCRIPT: &str = r#"{"weather in Oslo": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}}"#;
+
+/// Which request the load sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RequestKind {
+    /// A small chat, a short text answer
+    Plain,
+    /// Five tool definitions, a tool-call answer
+    Tools,
+}
+
+impl RequestKind {
+    fn body(self) -> &'static str {
+        match self {
+            RequestKind::Plain => BODY,
+            RequestKind::Tools => TOOLS_BODY,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Proxy {
     /// reactor-fabric serve
@@ -72,6 +102,9 @@ pub struct GatewayArgs {
         default_value = "fabric,litellm"
     )]
     proxies: Vec<Proxy>,
+    /// Requests to send: a plain chat, a tool-bearing one, or both
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "plain")]
+    requests: Vec<RequestKind>,
     /// Requests per second through the proxy (and as many straight to the mock)
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     rates: Vec<u32>,
@@ -111,11 +144,16 @@ impl Proc {
     }
 }
 
-/// `reactor-fabric mock-llm --port 0`, and its URL from its first line.
-async fn start_mock(binary: &Path, latency_ms: u64) -> anyhow::Result<(Proc, String)> {
+/// `reactor-fabric mock-llm --port 0` (scripted to answer the tool-bearing
+/// request with a tool call), and its URL from its first line.
+async fn start_mock(binary: &Path, latency_ms: u64, dir: &Path) -> anyhow::Result<(Proc, String)> {
+    let script = dir.join("mock-script.json");
+    std::fs::write(&script, MOCK_SCRIPT)?;
     let mut child = Command::new(binary)
         .args(["mock-llm", "--port", "0", "--name", "bench"])
         .args(["--latency-ms", &latency_ms.to_string()])
+        .arg("--script")
+        .arg(&script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -327,6 +365,7 @@ async fn measure(
     direct_url: &str,
     rate: u32,
     duration: Duration,
+    body: &'static str,
 ) -> anyhow::Result<Phase> {
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -351,7 +390,7 @@ async fn measure(
                 let mut request = client
                     .post(url.as_str())
                     .header("content-type", "application/json")
-                    .body(BODY);
+                    .body(body);
                 if twin == 0
                     && let Some(t) = &token
                 {
@@ -459,6 +498,7 @@ async fn warm_then_measure<F: Future<Output = anyhow::Result<T>>, T>(
     token: Option<&str>,
     direct_url: &str,
     rate: u32,
+    body: &'static str,
     between: F,
 ) -> anyhow::Result<(Phase, T)> {
     if args.warmup > 0 {
@@ -468,6 +508,7 @@ async fn warm_then_measure<F: Future<Output = anyhow::Result<T>>, T>(
             direct_url,
             rate,
             Duration::from_secs(args.warmup),
+            body,
         )
         .await?;
     }
@@ -478,6 +519,7 @@ async fn warm_then_measure<F: Future<Output = anyhow::Result<T>>, T>(
         direct_url,
         rate,
         Duration::from_secs(args.duration),
+        body,
     )
     .await?;
     Ok((phase, snapshot))
@@ -488,11 +530,12 @@ async fn run_once(
     binary: &Path,
     proxy: Proxy,
     rate: u32,
+    kind: RequestKind,
 ) -> anyhow::Result<Run> {
     let dir = tempfile::Builder::new()
         .prefix("fabric-bench-gw-")
         .tempdir()?;
-    let (mock, mock_url) = start_mock(binary, args.mock_latency_ms).await?;
+    let (mock, mock_url) = start_mock(binary, args.mock_latency_ms, dir.path()).await?;
     let direct_url = format!("{mock_url}/v1/chat/completions");
     let duration = Duration::from_secs(args.duration);
     let (running, base, token) = match proxy {
@@ -531,10 +574,18 @@ async fn run_once(
         anyhow::Ok(Some(status["metrics"]["overhead"].clone()))
     };
     let cpu_before = std::cell::Cell::new((0, 0));
-    let (phase, before) = warm_then_measure(args, &url, Some(&token), &direct_url, rate, async {
-        cpu_before.set((tree_cpu_ticks(proxy_pid), tree_cpu_ticks(mock.pid)));
-        overhead(token.clone(), status_url.clone()).await
-    })
+    let (phase, before) = warm_then_measure(
+        args,
+        &url,
+        Some(&token),
+        &direct_url,
+        rate,
+        kind.body(),
+        async {
+            cpu_before.set((tree_cpu_ticks(proxy_pid), tree_cpu_ticks(mock.pid)));
+            overhead(token.clone(), status_url.clone()).await
+        },
+    )
     .await?;
     let cpu_before = cpu_before.get();
     let cpu = (
@@ -601,18 +652,19 @@ fn internal_overhead(before: &serde_json::Value, after: &serde_json::Value) -> O
 pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     let binary = resolve_binary(args.server_bin.as_deref())?;
     println!(
-        "gateway overhead: mock latency {} ms, {} s measured after {} s warm-up, {} reps, small non-streamed chat completions",
-        args.mock_latency_ms, args.duration, args.warmup, args.reps
+        "gateway overhead: mock latency {} ms, {} s measured after {} s warm-up, {} reps, non-streamed chat completions ({:?})",
+        args.mock_latency_ms, args.duration, args.warmup, args.reps, args.requests
     );
     let mut rows = Vec::new();
-    for &rate in &args.rates {
-        for &proxy in &args.proxies {
-            let mut runs = Vec::new();
-            for rep in 0..args.reps {
-                match run_once(args, &binary, proxy, rate).await {
-                    Ok(r) => {
-                        println!(
-                            "{proxy:?} @ {rate}/s rep {rep}: proxy p50 {:.2} ms p99 {:.2} ms | direct p50 {:.2} ms p99 {:.2} ms | added per pair p50 {:.0} µs p99 {:.0} µs | failed {} of {} proxied ({} timed out; direct failed {}) | CPU/request proxy {:.0} µs, mock {:.0} µs | RSS idle {} MB peak {} MB{}{}",
+    for &kind in &args.requests {
+        for &rate in &args.rates {
+            for &proxy in &args.proxies {
+                let mut runs = Vec::new();
+                for rep in 0..args.reps {
+                    match run_once(args, &binary, proxy, rate, kind).await {
+                        Ok(r) => {
+                            println!(
+                            "{proxy:?} {kind:?} @ {rate}/s rep {rep}: proxy p50 {:.2} ms p99 {:.2} ms | direct p50 {:.2} ms p99 {:.2} ms | added per pair p50 {:.0} µs p99 {:.0} µs | failed {} of {} proxied ({} timed out; direct failed {}) | CPU/request proxy {:.0} µs, mock {:.0} µs | RSS idle {} MB peak {} MB{}{}",
                             millis(r.proxy.p50),
                             millis(r.proxy.p99),
                             millis(r.direct.p50),
@@ -637,13 +689,16 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
                                 .map(|f| format!(" | first failure: {f}"))
                                 .unwrap_or_default(),
                         );
-                        runs.push(r);
+                            runs.push(r);
+                        }
+                        Err(e) => {
+                            println!("{proxy:?} {kind:?} @ {rate}/s rep {rep}: skipped: {e:#}")
+                        }
                     }
-                    Err(e) => println!("{proxy:?} @ {rate}/s rep {rep}: skipped: {e:#}"),
                 }
-            }
-            if !runs.is_empty() {
-                rows.push((proxy, rate, runs));
+                if !runs.is_empty() {
+                    rows.push((proxy, kind, rate, runs));
+                }
             }
         }
     }
@@ -654,13 +709,13 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| proxy | rate | direct p50 / p99 | through proxy p50 / p99 | added p50 (pairs) | added p99 (pairs) | failed of proxied (timed out) | proxy CPU / request | RSS idle → peak |"
+        "| proxy | request | rate | direct p50 / p99 | through proxy p50 / p99 | added p50 (pairs) | added p99 (pairs) | failed of proxied (timed out) | proxy CPU / request | RSS idle → peak |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (proxy, rate, runs) in &rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (proxy, kind, rate, runs) in &rows {
         let med = |f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         println!(
-            "| {} | {rate}/s | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} µs | {:.0} µs | {:.0} of {:.0} ({:.0}) | {:.0} µs | {:.0} → {:.0} MB |",
+            "| {} | {kind:?} | {rate}/s | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} µs | {:.0} µs | {:.0} of {:.0} ({:.0}) | {:.0} µs | {:.0} → {:.0} MB |",
             match proxy {
                 Proxy::Fabric => "reactor-fabric",
                 Proxy::Litellm => "LiteLLM proxy",
