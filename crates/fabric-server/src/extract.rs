@@ -328,16 +328,20 @@ impl FromRequestParts<AppState> for Principal {
 /// The routes an agent token is accepted on (docs/AGENT_PROTOCOL.md lists
 /// them); the handlers further hold it to its own agent.
 fn agent_may_use(path: &str) -> bool {
-    const EXACT: [&str; 6] = [
+    const EXACT: [&str; 9] = [
         "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
         "/v1/embeddings",
         "/v1/llm/infer",
         "/v1/models",
         "/v1/llm/usage",
         "/v1/auth/whoami",
     ];
-    const UNDER: [&str; 4] = [
+    const UNDER: [&str; 5] = [
         "/v1/agent/",
+        "/v1/models/",
         "/v1/ollama",
         "/v1/budgets/agent:",
         "/v1/usage/agent:",
@@ -388,6 +392,9 @@ mod tests {
         for allowed in [
             "/v1/agent/lease",
             "/v1/chat/completions",
+            "/v1/responses",
+            "/v1/messages",
+            "/v1/models/llama3",
             "/v1/ollama/api/chat",
             "/v1/budgets/agent:coder",
             "/v1/auth/whoami",

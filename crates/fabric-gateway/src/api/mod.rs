@@ -8,6 +8,7 @@
 //! - [`ollama`]: `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`,
 //!   `/api/tags` and friends: the agent-facing endpoint (`OLLAMA_BASE_URL`).
 //! - [`anthropic`]: `/v1/messages`, Anthropic's Messages API.
+//! - [`responses`]: `/v1/responses`, OpenAI's Responses API (stateless).
 //! - [`infer`]: the fabric's own `POST /v1/llm/infer`.
 //!
 //! Errors have one shape everywhere (`{"error": {"code", "message",
@@ -18,6 +19,7 @@ pub mod anthropic;
 pub mod infer;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 
 /// One request to an agent's inference endpoint (`localhost:11434` in its
 /// sandbox, its sidecar, or its loopback port), which speaks every API a
@@ -37,6 +39,12 @@ pub async fn agent_endpoint(
         ("POST", "/v1/chat/completions") => {
             openai::chat_completions(gateway, caller, CallOptions::new("openai"), body).await
         }
+        ("POST", "/v1/responses") => {
+            responses::responses(gateway, caller, CallOptions::new("openai"), body).await
+        }
+        ("POST", "/v1/completions") => {
+            openai::completions(gateway, caller, CallOptions::new("openai"), body).await
+        }
         ("POST", "/v1/embeddings") => {
             openai::embeddings(gateway, caller, CallOptions::new("openai"), body).await
         }
@@ -51,7 +59,7 @@ pub async fn agent_endpoint(
         (m, p) if p.starts_with("/v1/") => {
             let mut reply = Reply::error(
                 &GatewayError::invalid(format!(
-                    "{m} {p} is not served here: this endpoint serves OpenAI's /v1/chat/completions, /v1/embeddings and /v1/models, Anthropic's /v1/messages, and Ollama's /api/*"
+                    "{m} {p} is not served here: this endpoint serves OpenAI's /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings and /v1/models, Anthropic's /v1/messages, and Ollama's /api/*"
                 )),
                 &caller.request_id,
             );

@@ -383,3 +383,134 @@ pub async fn models(gateway: &Gateway) -> Reply {
     reply.provider = Some("gateway".to_owned());
     reply
 }
+
+/// The legacy completions request fields the gateway translates; any other
+/// is refused by name.
+const COMPLETION_FIELDS: &[&str] = &[
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "stream",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+];
+
+/// The canonical request of a legacy completion: its prompt as one user
+/// message (the gateway routes chats; providers answer prompts as chats).
+fn completion_request(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(ChatRequest, bool, bool), GatewayError> {
+    use serde_json::Value;
+    if let Some(field) = body
+        .iter()
+        .find(|(k, v)| !COMPLETION_FIELDS.contains(&k.as_str()) && !v.is_null())
+        .map(|(k, _)| k)
+    {
+        return Err(GatewayError::invalid(format!(
+            "{field} is not supported by /v1/completions here (the gateway answers prompts as chats): leave it out, or use /v1/chat/completions"
+        )));
+    }
+    let prompt = match body.get("prompt") {
+        Some(Value::String(p)) => p.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_owned()
+        }
+        _ => {
+            return Err(GatewayError::invalid(
+                "prompt must be a string (one prompt per request)",
+            ));
+        }
+    };
+    let mut chat = serde_json::Map::new();
+    for (k, v) in body {
+        if k != "prompt" {
+            chat.insert(k.clone(), v.clone());
+        }
+    }
+    chat.insert(
+        "messages".to_owned(),
+        serde_json::json!([{"role": "user", "content": prompt}]),
+    );
+    let raw: wire::ChatCompletionRequest = serde_json::from_value(Value::Object(chat))
+        .map_err(|e| GatewayError::invalid(e.to_string()))?;
+    let include_usage = raw.stream_options.is_some_and(|o| o.include_usage);
+    let stream = raw.stream == Some(true);
+    Ok((chat_request(&raw)?, stream, include_usage))
+}
+
+fn text_completion_id() -> String {
+    format!("cmpl-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// `POST /v1/completions` (OpenAI's legacy text completions).
+pub async fn completions(
+    gateway: &Gateway,
+    caller: &Caller,
+    opts: CallOptions,
+    body: &[u8],
+) -> Reply {
+    use serde_json::json;
+    let parsed = parse_body::<serde_json::Map<String, serde_json::Value>>(body)
+        .and_then(|raw| completion_request(&raw));
+    let (req, stream, include_usage) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Reply::error(&e, &caller.request_id),
+    };
+    let requested = req.model.clone();
+    let id = text_completion_id();
+    let created = unix_seconds();
+    if !stream {
+        return match gateway.chat(caller, &opts, req).await {
+            Ok(answer) => {
+                let usage = answer.usage;
+                let value = json!({
+                    "id": id, "object": "text_completion", "created": created, "model": requested,
+                    "choices": [{"text": answer.value.content, "index": 0, "logprobs": null,
+                                 "finish_reason": answer.value.finish_reason.as_str()}],
+                    "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                              "total_tokens": usage.input_tokens + usage.output_tokens},
+                });
+                Reply::json(200, &value).with_provider(answer.provider, answer.model)
+            }
+            Err(e) => Reply::error(&e, &caller.request_id),
+        };
+    }
+    match gateway.chat_stream(caller, &opts, req).await {
+        Ok(answer) => {
+            let request_id = caller.request_id.clone();
+            let chunk = move |text: &str, finish: Option<&str>| {
+                json!({"id": id, "object": "text_completion", "created": created, "model": requested,
+                       "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
+            };
+            let events = answer.value.map(move |item| match item {
+                Ok(StreamEvent::Delta(text)) => sse_frame(None, &chunk(&text, None)),
+                Ok(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                }) => {
+                    let mut last = chunk("", Some(finish_reason.as_str()));
+                    if include_usage {
+                        let u = usage.unwrap_or_default();
+                        last["usage"] = json!({"prompt_tokens": u.input, "completion_tokens": u.output,
+                                               "total_tokens": u.input + u.output});
+                    }
+                    let mut out = sse_frame(None, &last).to_vec();
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    Bytes::from(out)
+                }
+                // A prompt offers no tools; nothing else streams here.
+                Ok(StreamEvent::ToolCall(_) | StreamEvent::Logprobs(_)) => Bytes::new(),
+                Err(e) => sse_frame(None, &super::error_body(&e, &request_id)),
+            });
+            Reply::streaming(SSE, answer.provider, answer.model, events.boxed())
+        }
+        Err(e) => Reply::error(&e, &caller.request_id),
+    }
+}

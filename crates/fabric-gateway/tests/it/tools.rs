@@ -512,3 +512,126 @@ async fn anthropic_messages_run_a_tool_loop_through_any_provider() {
         "{v}"
     );
 }
+
+/// `/v1/completions` (legacy): a prompt answered as a chat, plain and
+/// streamed; fields it cannot translate are refused by name.
+#[tokio::test]
+async fn legacy_completions_answer_prompts() {
+    let upstream = scripted("local").await;
+    let (gw, _) = gateway(one(ProviderKind::Ollama, "ollama", &upstream));
+    let req = json!({"model": "llama3", "prompt": "say hi", "max_tokens": 20});
+    let (status, _, text) =
+        body(openai::completions(&gw, &caller(), CallOptions::new("openai"), &bytes(&req)).await)
+            .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], "echo: say hi");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+
+    let streamed = json!({"model": "llama3", "prompt": "a b", "stream": true});
+    let (status, _, text) = body(
+        openai::completions(
+            &gw,
+            &caller(),
+            CallOptions::new("openai"),
+            &bytes(&streamed),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let chunks = sse_data(&text);
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(joined, "echo: a b");
+    assert_eq!(chunks.last(), Some(&json!("[DONE]")));
+
+    for (field, value) in [
+        ("echo", json!(true)),
+        ("suffix", json!("x")),
+        ("best_of", json!(2)),
+    ] {
+        let mut bad = req.clone();
+        bad[field] = value;
+        let (status, _, text) = body(
+            openai::completions(&gw, &caller(), CallOptions::new("openai"), &bytes(&bad)).await,
+        )
+        .await;
+        assert_eq!(status, 400, "{field}: {text}");
+        assert!(text.contains(field), "{field}: {text}");
+    }
+}
+
+/// `/v1/responses` (stateless): function calls back as output items, the
+/// conversation sent whole with `function_call_output`s, streamed events
+/// numbered and closed in order.
+#[tokio::test]
+async fn responses_run_a_tool_loop_statelessly() {
+    use fabric_gateway::api::responses;
+    let upstream = scripted("local").await;
+    let (gw, _) = gateway(one(ProviderKind::Ollama, "ollama", &upstream));
+    let tools = json!([{"type": "function", "name": "weather", "parameters": {"type": "object"}}]);
+    let call = |req: Value| {
+        let gw = gw.clone();
+        async move {
+            body(
+                responses::responses(&gw, &caller(), CallOptions::new("openai"), &bytes(&req))
+                    .await,
+            )
+            .await
+        }
+    };
+    let (status, _, text) =
+        call(json!({"model": "llama3", "input": "weather in Oslo?", "tools": tools})).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    let item = &v["output"][0];
+    assert_eq!(item["type"], "function_call", "{v}");
+    assert_eq!(item["name"], "weather");
+    let call_id = item["call_id"].as_str().unwrap().to_owned();
+
+    let (status, _, text) = call(json!({"model": "llama3", "tools": tools, "input": [
+        {"role": "user", "content": "weather in Oslo?"},
+        {"type": "function_call", "call_id": call_id, "name": "weather", "arguments": "{\"city\":\"Oslo\"}"},
+        {"type": "function_call_output", "call_id": call_id, "output": "rain"}
+    ]}))
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["output"][0]["type"], "message", "{v}");
+    assert_eq!(v["output"][0]["content"][0]["text"], r#"{"umbrella":true}"#);
+
+    let (status, _, text) = call(
+        json!({"model": "llama3", "input": "weather in Oslo?", "tools": tools, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let events = sse_data(&text);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"response.completed"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"response.function_call_arguments.delta"),
+        "{kinds:?}"
+    );
+    let numbers: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["sequence_number"].as_u64())
+        .collect();
+    assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>());
+    let completed = events.last().unwrap();
+    assert_eq!(
+        completed["response"]["output"][0]["arguments"],
+        r#"{"city":"Oslo"}"#
+    );
+
+    let (status, _, text) =
+        call(json!({"model": "llama3", "input": "x", "previous_response_id": "resp_1"})).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("stores no responses"), "{text}");
+}

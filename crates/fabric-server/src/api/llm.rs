@@ -135,6 +135,42 @@ pub async fn anthropic_messages(
     }
 }
 
+/// OpenAI's Responses API, stateless (the conversation comes whole in `input`).
+#[utoipa::path(post, path = "/v1/responses", operation_id = "responses", tag = "inference", security(("bearer" = [])),
+    request_body(content = Object, description = "OpenAI's Responses request: model, input (a string, or message, function_call and function_call_output items), instructions, tools (function), tool_choice, parallel_tool_calls, text.format, max_output_tokens, temperature, top_p, user, metadata, stream; previous_response_id and store: true are refused (no responses are stored)"),
+    responses((status = 200, description = "a response, or (`stream: true`) SSE response.* events",
+            content((Object = "application/json"), (SseEvent = "text/event-stream")))))]
+pub async fn responses(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    request: Request,
+) -> Response {
+    match prepare(&state, principal, "openai", request).await {
+        Ok((caller, opts, _, body)) => {
+            into_response(api::responses::responses(&state.llm.gateway, &caller, opts, &body).await)
+        }
+        Err(r) => r,
+    }
+}
+
+/// OpenAI's legacy text completions, answered as a one-message chat.
+#[utoipa::path(post, path = "/v1/completions", operation_id = "completions", tag = "inference", security(("bearer" = [])),
+    request_body(content = Object, description = "OpenAI's legacy completion request: model, prompt (one string), max_tokens, temperature, top_p, stop, seed, n (1), presence_penalty, frequency_penalty, user, stream, stream_options"),
+    responses((status = 200, description = "a text_completion, or (`stream: true`) SSE text_completion chunks",
+            content((Object = "application/json"), (SseEvent = "text/event-stream")))))]
+pub async fn completions(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    request: Request,
+) -> Response {
+    match prepare(&state, principal, "openai", request).await {
+        Ok((caller, opts, _, body)) => {
+            into_response(api::openai::completions(&state.llm.gateway, &caller, opts, &body).await)
+        }
+        Err(r) => r,
+    }
+}
+
 /// OpenAI-compatible embeddings.
 #[utoipa::path(post, path = "/v1/embeddings", operation_id = "embeddings", tag = "inference", security(("bearer" = [])),
     request_body = fabric_gateway::wire::openai::EmbeddingRequest, params(("X-Fabric-Policy" = Option<String>, Header, nullable = false, pattern = "^((local|cloud)(,(local|cloud))*)?$", description = "routing for this call: `local`, `cloud`, a provider name of this server's gateway configuration, or a comma-separated list of those; empty is no override")),

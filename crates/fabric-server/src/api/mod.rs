@@ -40,7 +40,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         stream::stream,
         agents::spawn, agents::list, agents::get_one, agents::terminate, agents::sessions, agents::remove, agents::restart, agents::logs,
         agent::lease, agent::heartbeat, agent::events, agent::complete, agent::agent_heartbeat, agent::renew_token,
-        llm::chat_completions, llm::anthropic_messages, llm::embeddings, llm::models, llm::model, llm::infer, llm::usage, llm::status,
+        llm::chat_completions, llm::completions, llm::responses, llm::anthropic_messages, llm::embeddings, llm::models, llm::model, llm::infer, llm::usage, llm::status,
         budgets::put, budgets::list, budgets::get_one, budgets::delete, budgets::usage,
         alerts::list, alerts::metrics,
         policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
@@ -70,7 +70,14 @@ impl utoipa::Modify for BearerAuth {
 struct StandardErrors;
 
 /// The routes that call a model through the gateway.
-const GATEWAY_CALLS: [&str; 3] = ["/v1/chat/completions", "/v1/embeddings", "/v1/llm/infer"];
+const GATEWAY_CALLS: [&str; 6] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/embeddings",
+    "/v1/llm/infer",
+];
 
 /// What a gateway call can answer beyond every request's errors (listed
 /// first, so its 403 and 503 are the ones documented).
@@ -286,6 +293,8 @@ pub fn router(state: AppState) -> Router {
         // The inference gateway; bodies are read (and limited) by the handlers.
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/messages", post(llm::anthropic_messages))
+        .route("/v1/completions", post(llm::completions))
+        .route("/v1/responses", post(llm::responses))
         .route("/v1/embeddings", post(llm::embeddings))
         .route("/v1/models", get(llm::models))
         .route("/v1/models/{id}", get(llm::model))
@@ -403,7 +412,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
         .find(|(prefix, _)| path == *prefix || path.starts_with(&format!("{prefix}/")))
     {
         return ApiError::not_found(format!(
-            "{path}: {what} is not supported by the fabric's inference gateway (it serves /v1/chat/completions, /v1/embeddings and /v1/models)"
+            "{path}: {what} is not supported by the fabric's inference gateway (it serves /v1/chat/completions, /v1/responses, /v1/completions, /v1/messages, /v1/embeddings and /v1/models)"
         ));
     }
     ApiError::not_found(format!(

@@ -60,6 +60,15 @@ def check_openai(label, token):
 
     ids = [m.id for m in client.models.list()]
     check("llama3" in ids, f"{label}: models {ids}")
+    check(client.models.retrieve("llama3").id == "llama3", f"{label}: models.retrieve")
+    try:
+        client.models.retrieve("no-such-model")
+        check(False, f"{label}: an unknown model was found")
+    except openai.NotFoundError as e:
+        check(e.status_code == 404, f"{label}: {e}")
+
+    legacy = client.completions.create(model="llama3", prompt="p q", max_tokens=10)
+    check(legacy.choices[0].text == "echo: p q", f"{label}: completions {legacy}")
 
     # The client asks for base64 by default and decodes it.
     emb = client.embeddings.create(model="embed", input=["one", "two words"])
@@ -165,6 +174,45 @@ def check_openai_tools(label, client):
     check(advice == Advice(umbrella=True, reason="rain"), f"{label}: parsed {advice!r}")
 
 
+def check_responses(label, client):
+    """The Responses API, stateless: the conversation goes back whole in input."""
+    tools = [{"type": "function", **t["function"]} for t in TOOLS]
+    items = [{"role": "user", "content": "weather in Oslo?"}]
+    called = []
+    for _ in range(3):
+        reply = client.responses.create(model="llama3", input=items, tools=tools, store=False)
+        calls = [o for o in reply.output if o.type == "function_call"]
+        if not calls:
+            break
+        for call in calls:
+            called.append((call.name, json.loads(call.arguments)))
+            items.append({"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments})
+            items.append({"type": "function_call_output", "call_id": call.call_id, "output": TOOL_RESULTS[call.name]})
+    check(
+        called == [("get_weather", {"city": "Oslo"}), ("get_umbrella", {"size": "large"})],
+        f"{label}: {called}",
+    )
+    check(reply.output_text == "Take the large umbrella.", f"{label}: {reply}")
+
+    # Streamed: the SDK's helper assembles the events into the response.
+    with client.responses.stream(model="llama3", input="weather in Oslo?", tools=tools, store=False) as stream:
+        final = stream.get_final_response()
+    calls = [(o.name, json.loads(o.arguments)) for o in final.output if o.type == "function_call"]
+    check(calls == [("get_weather", {"city": "Oslo"})], f"{label} streamed: {final}")
+    with client.responses.stream(model="llama3", input="a b c", store=False) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+    check(text == "echo: a b c", f"{label} streamed text: {text!r}")
+
+    parsed = client.responses.parse(model="llama3", input="should I take an umbrella?", text_format=Advice, store=False)
+    check(parsed.output_parsed == Advice(umbrella=True, reason="rain"), f"{label}: {parsed}")
+
+    try:
+        client.responses.create(model="llama3", input="x", previous_response_id="resp_1")
+        check(False, f"{label}: previous_response_id was accepted")
+    except openai.BadRequestError as e:
+        check("stores no responses" in str(e), f"{label}: {e}")
+
+
 def check_ollama_tools(label, client):
     messages = [{"role": "user", "content": "weather in Oslo?"}]
     called = []
@@ -233,6 +281,7 @@ def main():
     check_openai("user token", USER_TOKEN)
     check_openai("agent token", AGENT_TOKEN)
     check_openai_tools("openai tools", openai_client(USER_TOKEN))
+    check_responses("openai responses", openai_client(USER_TOKEN))
     check_ollama_tools("ollama tools", ollama.Client(host=f"{BASE}/v1/ollama", headers={"Authorization": f"Bearer {AGENT_TOKEN}"}))
     # What an agent does with its OLLAMA_BASE_URL: no credentials at all.
     check_ollama("agent endpoint", ollama.Client(host=AGENT_OLLAMA))
