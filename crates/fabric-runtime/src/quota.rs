@@ -6,7 +6,9 @@
 //! loop-mounted image per agent would cost a `mkfs` per sandbox and pin
 //! its size. So the fabric measures what the agent's task directories hold
 //! ([`DiskQuota::exceeded`]) while a task runs and stops the task once the
-//! total is over the limit; the caller reports it as `disk_quota_exceeded`.
+//! total is over the limit; the caller reports it as `disk_quota_exceeded`,
+//! and measures once more ([`DiskQuota::usage`]) when a task ends, so that a
+//! task that wrote past the limit within one interval fails too.
 //! Between two measurements a fast writer can go past the limit by what it
 //! writes in one interval (250 ms on the host, 1 s in a container, longer for
 //! big trees); the sandbox's file-size rlimit bounds any single file.

@@ -21,11 +21,69 @@ pub mod ollama;
 pub mod openai;
 pub mod responses;
 
+/// A front end that takes a JSON body; Ollama's, routed by path, is
+/// [`ollama::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontEnd {
+    ChatCompletions,
+    Completions,
+    Responses,
+    Embeddings,
+    /// Anthropic's `/v1/messages`.
+    Messages,
+    /// The fabric's own `/v1/llm/infer`.
+    Infer,
+}
+
+impl FrontEnd {
+    /// The front end of `method path` under `/v1`, if it is one.
+    pub fn of(method: &str, path: &str) -> Option<Self> {
+        match (method, path.trim_end_matches('/')) {
+            ("POST", "/v1/chat/completions") => Some(FrontEnd::ChatCompletions),
+            ("POST", "/v1/completions") => Some(FrontEnd::Completions),
+            ("POST", "/v1/responses") => Some(FrontEnd::Responses),
+            ("POST", "/v1/embeddings") => Some(FrontEnd::Embeddings),
+            ("POST", "/v1/messages") => Some(FrontEnd::Messages),
+            ("POST", "/v1/llm/infer") => Some(FrontEnd::Infer),
+            _ => None,
+        }
+    }
+
+    /// The `api` its calls are metered under.
+    pub fn api(self) -> &'static str {
+        match self {
+            FrontEnd::Messages => "anthropic",
+            FrontEnd::Infer => "infer",
+            _ => "openai",
+        }
+    }
+
+    /// Serves one request `body` for `caller`.
+    pub async fn call(
+        self,
+        gateway: &crate::Gateway,
+        caller: &crate::Caller,
+        opts: crate::CallOptions,
+        body: &[u8],
+    ) -> Reply {
+        match self {
+            FrontEnd::ChatCompletions => {
+                openai::chat_completions(gateway, caller, opts, body).await
+            }
+            FrontEnd::Completions => openai::completions(gateway, caller, opts, body).await,
+            FrontEnd::Responses => responses::responses(gateway, caller, opts, body).await,
+            FrontEnd::Embeddings => openai::embeddings(gateway, caller, opts, body).await,
+            FrontEnd::Messages => anthropic::messages(gateway, caller, opts, body).await,
+            FrontEnd::Infer => infer::infer(gateway, caller, opts, body).await,
+        }
+    }
+}
+
 /// One request to an agent's inference endpoint (`localhost:11434` in its
 /// sandbox, its sidecar, or its loopback port), which speaks every API a
-/// client library may bring, as a real Ollama server does: OpenAI's under
-/// `/v1` (what `OPENAI_BASE_URL` names inside an agent), Ollama's
-/// everywhere else.
+/// client library may bring, as a real Ollama server does: OpenAI's and
+/// Anthropic's under `/v1` (what `OPENAI_BASE_URL` and `ANTHROPIC_BASE_URL`
+/// name inside an agent), Ollama's everywhere else.
 pub async fn agent_endpoint(
     gateway: &crate::Gateway,
     caller: &crate::Caller,
@@ -34,23 +92,12 @@ pub async fn agent_endpoint(
     body: &[u8],
 ) -> Reply {
     use crate::CallOptions;
-    let trimmed = path.trim_end_matches('/');
-    match (method, trimmed) {
-        ("POST", "/v1/chat/completions") => {
-            openai::chat_completions(gateway, caller, CallOptions::new("openai"), body).await
-        }
-        ("POST", "/v1/responses") => {
-            responses::responses(gateway, caller, CallOptions::new("openai"), body).await
-        }
-        ("POST", "/v1/completions") => {
-            openai::completions(gateway, caller, CallOptions::new("openai"), body).await
-        }
-        ("POST", "/v1/embeddings") => {
-            openai::embeddings(gateway, caller, CallOptions::new("openai"), body).await
-        }
-        ("POST", "/v1/messages") => {
-            anthropic::messages(gateway, caller, CallOptions::new("anthropic"), body).await
-        }
+    if let Some(front) = FrontEnd::of(method, path).filter(|f| *f != FrontEnd::Infer) {
+        return front
+            .call(gateway, caller, CallOptions::new(front.api()), body)
+            .await;
+    }
+    match (method, path.trim_end_matches('/')) {
         ("GET" | "HEAD", "/v1/models") => openai::models(gateway).await,
         ("GET" | "HEAD", p) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];

@@ -12,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use fabric_core::{AgentId, Scope, Timestamp, UsageQuery, UsageRecord, UsageStore, UsageTotals};
-use fabric_gateway::api::{self, Reply};
+use fabric_gateway::api::{self, FrontEnd, Reply};
 use fabric_gateway::{CallOptions, Caller, GatewayError};
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,21 @@ fn options(api_name: &'static str, headers: &HeaderMap) -> Result<CallOptions, G
     api::parse_policy(header).map(|policy| CallOptions::new(api_name).with_policy(policy))
 }
 
+/// Serves a request of one of the gateway's JSON front ends as its caller.
+async fn front_end(
+    state: &AppState,
+    principal: Result<Principal, ApiError>,
+    request: Request,
+    front: FrontEnd,
+) -> Response {
+    match prepare(state, principal, front.api(), request).await {
+        Ok((caller, opts, _, body)) => {
+            into_response(front.call(&state.llm.gateway, &caller, opts, &body).await)
+        }
+        Err(r) => r,
+    }
+}
+
 /// Authorizes, reads the body (413 over the limit), builds the call.
 async fn prepare(
     state: &AppState,
@@ -108,12 +123,7 @@ pub async fn chat_completions(
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    match prepare(&state, principal, "openai", request).await {
-        Ok((caller, opts, _, body)) => into_response(
-            api::openai::chat_completions(&state.llm.gateway, &caller, opts, &body).await,
-        ),
-        Err(r) => r,
-    }
+    front_end(&state, principal, request, FrontEnd::ChatCompletions).await
 }
 
 /// Anthropic-compatible Messages API (typed SSE events when `stream: true`);
@@ -127,12 +137,7 @@ pub async fn anthropic_messages(
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    match prepare(&state, principal, "anthropic", request).await {
-        Ok((caller, opts, _, body)) => {
-            into_response(api::anthropic::messages(&state.llm.gateway, &caller, opts, &body).await)
-        }
-        Err(r) => r,
-    }
+    front_end(&state, principal, request, FrontEnd::Messages).await
 }
 
 /// OpenAI's Responses API, stateless (the conversation comes whole in `input`).
@@ -145,12 +150,7 @@ pub async fn responses(
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    match prepare(&state, principal, "openai", request).await {
-        Ok((caller, opts, _, body)) => {
-            into_response(api::responses::responses(&state.llm.gateway, &caller, opts, &body).await)
-        }
-        Err(r) => r,
-    }
+    front_end(&state, principal, request, FrontEnd::Responses).await
 }
 
 /// OpenAI's legacy text completions, answered as a one-message chat.
@@ -163,12 +163,7 @@ pub async fn completions(
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    match prepare(&state, principal, "openai", request).await {
-        Ok((caller, opts, _, body)) => {
-            into_response(api::openai::completions(&state.llm.gateway, &caller, opts, &body).await)
-        }
-        Err(r) => r,
-    }
+    front_end(&state, principal, request, FrontEnd::Completions).await
 }
 
 /// OpenAI-compatible embeddings.
@@ -180,12 +175,7 @@ pub async fn embeddings(
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    match prepare(&state, principal, "openai", request).await {
-        Ok((caller, opts, _, body)) => {
-            into_response(api::openai::embeddings(&state.llm.gateway, &caller, opts, &body).await)
-        }
-        Err(r) => r,
-    }
+    front_end(&state, principal, request, FrontEnd::Embeddings).await
 }
 
 /// Models the gateway can route (OpenAI format).
@@ -228,12 +218,7 @@ pub async fn infer(
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    match prepare(&state, principal, "infer", request).await {
-        Ok((caller, opts, _, body)) => {
-            into_response(api::infer::infer(&state.llm.gateway, &caller, opts, &body).await)
-        }
-        Err(r) => r,
-    }
+    front_end(&state, principal, request, FrontEnd::Infer).await
 }
 
 /// The Ollama API (`/v1/ollama/api/chat`, ...), as the caller's identity.

@@ -345,6 +345,20 @@ async fn process_disk_quota_fails_the_task_and_finished_workdirs_go() {
         error.contains("disk quota of 20 MiB") && error.contains("--disk-mb"),
         "{error}"
     );
+    // One that writes past the quota faster than a measurement and ends at
+    // once fails too: the quota is measured again when a task ends.
+    let burst = s
+        .create(
+            &token,
+            json!({"agent": "small-disk", "commands": ["head -c 31457280 /dev/zero > burst && echo done"]}),
+        )
+        .await;
+    let view = s.wait_done(&token, &burst).await;
+    assert_eq!(
+        (view.status, view.reason.as_deref()),
+        (TaskStatus::Failed, Some("disk_quota_exceeded")),
+        "{view:?}"
+    );
     // The agent, its disk (the hog's files went with its directory) and the
     // fabric are fine; the first task's background sleep is gone.
     let after = s

@@ -965,7 +965,9 @@ async fn protocol_errors_have_the_json_error_shape() {
     let s = TestServer::start().await;
     let addr = s.base.trim_start_matches("http://").to_owned();
     let long_path = "a".repeat(70_000);
-    let big_header = "b".repeat(500_000);
+    // Far past hyper's header buffer however the reads fall (one big read
+    // of a smaller block could still parse).
+    let big_header = "b".repeat(4_000_000);
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"GARBAGE\r\n\r\n".to_vec(), 400, "bad_request"),
         (

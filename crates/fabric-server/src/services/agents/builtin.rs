@@ -446,8 +446,18 @@ async fn run_commands(
     // All log lines are handed over before the result, so a stream shows them in order.
     let _ = forwarder.await;
 
+    // A task that ends past the quota fails too: a fast writer can finish
+    // between two of the watcher's measurements.
+    if let Ok(o) = &outcome
+        && !o.canceled
+        && over_quota.get().is_none()
+        && let Ok(used) = worker.disk_quota.usage().await
+        && used > worker.disk_quota.limit_bytes()
+    {
+        let _ = over_quota.set(used);
+    }
     match outcome {
-        Ok(outcome) if outcome.canceled && over_quota.get().is_some() => {
+        Ok(outcome) if over_quota.get().is_some() => {
             let used = over_quota.get().copied().unwrap_or_default();
             let limit = worker.disk_quota.limit_bytes();
             tracing::info!(task_id = %id, agent_id = %worker.agent, used, limit, "task stopped: disk quota exceeded");
