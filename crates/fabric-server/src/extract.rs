@@ -328,17 +328,8 @@ impl FromRequestParts<AppState> for Principal {
 /// The routes an agent token is accepted on (docs/AGENT_PROTOCOL.md lists
 /// them); the handlers further hold it to its own agent.
 fn agent_may_use(path: &str) -> bool {
-    const EXACT: [&str; 9] = [
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/responses",
-        "/v1/messages",
-        "/v1/embeddings",
-        "/v1/llm/infer",
-        "/v1/models",
-        "/v1/llm/usage",
-        "/v1/auth/whoami",
-    ];
+    // Every route that calls a model, and these.
+    const EXACT: [&str; 3] = ["/v1/models", "/v1/llm/usage", "/v1/auth/whoami"];
     const UNDER: [&str; 5] = [
         "/v1/agent/",
         "/v1/models/",
@@ -346,7 +337,9 @@ fn agent_may_use(path: &str) -> bool {
         "/v1/budgets/agent:",
         "/v1/usage/agent:",
     ];
-    EXACT.contains(&path) || UNDER.iter().any(|prefix| path.starts_with(prefix))
+    crate::api::GATEWAY_CALLS.contains(&path)
+        || EXACT.contains(&path)
+        || UNDER.iter().any(|prefix| path.starts_with(prefix))
 }
 
 /// Where the extractor leaves the caller's [`Quota`] for [`rate_limit_headers`].

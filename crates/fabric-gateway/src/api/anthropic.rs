@@ -45,10 +45,14 @@ pub fn error(err: &GatewayError, request_id: &str) -> Reply {
     reply
 }
 
+/// Anthropic's error body; its `error` also carries the fabric's `code`
+/// and `request_id`, so it reads as the fabric's uniform error too.
 fn error_value(err: &GatewayError, request_id: &str) -> Value {
     json!({"type": "error", "error": {
         "type": error_type(err.status()),
         "message": format!("{err} (request id {request_id})"),
+        "code": err.code(),
+        "request_id": request_id,
     }, "request_id": request_id})
 }
 
@@ -91,6 +95,7 @@ fn result_text(content: Option<&Value>) -> String {
 fn messages_from(messages: &[Value]) -> Result<Vec<Message>, GatewayError> {
     let mut out = Vec::new();
     for (i, m) in messages.iter().enumerate() {
+        super::refuse_unknown_keys(m, &["role", "content"], &format!("messages[{i}]"))?;
         let role = match m.get("role").and_then(Value::as_str) {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
@@ -223,28 +228,33 @@ const KNOWN: &[&str] = &[
     "metadata",
 ];
 
+/// A tool as the Messages API defines one. `cache_control` (a prompt
+/// caching hint) is accepted and not passed on: the fabric routes to
+/// providers that may not cache.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomTool {
+    #[serde(rename = "type")]
+    _kind: Option<String>,
+    name: String,
+    description: Option<String>,
+    input_schema: Option<Map<String, Value>>,
+    #[serde(rename = "cache_control")]
+    _cache_control: Option<Value>,
+}
+
+/// `metadata`: who the call is for.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    user_id: Option<String>,
+}
+
 /// The canonical request of a Messages request.
 pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), GatewayError> {
-    if let Some(field) = body
-        .iter()
-        .find(|(k, v)| !KNOWN.contains(&k.as_str()) && !v.is_null())
-        .map(|(k, _)| k)
-    {
-        return Err(GatewayError::invalid(format!(
-            "{field} is not supported by the fabric's Messages API: leave it out (supported: {})",
-            KNOWN.join(", ")
-        )));
-    }
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|m| !m.trim().is_empty())
-        .ok_or_else(|| GatewayError::invalid("model is required"))?
-        .to_owned();
-    let max_tokens = body
-        .get("max_tokens")
-        .and_then(Value::as_u64)
-        .and_then(|n| u32::try_from(n).ok())
+    super::refuse_unknown_fields(body, KNOWN, "the fabric's Messages API")?;
+    let model = super::required_model(body)?;
+    let max_tokens = super::field::<u32>(body, "max_tokens")?
         .filter(|n| *n > 0)
         .ok_or_else(|| GatewayError::invalid("max_tokens is required: a positive integer"))?;
     let mut messages = Vec::new();
@@ -262,38 +272,31 @@ pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), Ga
         Some(v) => serde_json::from_value(v.clone())
             .map_err(|_| GatewayError::invalid("stop_sequences must be an array of strings"))?,
     };
-    let tools = match body.get("tools") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if t.get("type").and_then(Value::as_str).is_some_and(|k| k != "custom") {
-                    return Err(GatewayError::invalid(format!(
-                        "tools[{i}]: Anthropic's server tools are not supported: define a tool with name, description and input_schema"
-                    )));
-                }
-                let name = t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                    .ok_or_else(|| GatewayError::invalid(format!("tools[{i}].name is required")))?;
-                Ok(Tool {
-                    name: name.to_owned(),
-                    description: t
-                        .get("description")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                    parameters: t
-                        .get("input_schema")
-                        .cloned()
-                        .unwrap_or_else(|| json!({"type": "object"})),
-                    strict: None,
-                })
+    let tools = super::field::<Vec<Value>>(body, "tools")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.get("type").and_then(Value::as_str).is_some_and(|k| k != "custom") {
+                return Err(GatewayError::invalid(format!(
+                    "tools[{i}]: Anthropic's server tools are not supported: define a tool with name, description and input_schema"
+                )));
+            }
+            let tool: CustomTool = serde_json::from_value(t)
+                .map_err(|e| GatewayError::invalid(format!("tools[{i}]: {e}")))?;
+            if tool.name.trim().is_empty() {
+                return Err(GatewayError::invalid(format!("tools[{i}].name is required")));
+            }
+            Ok(Tool {
+                name: tool.name,
+                description: tool.description,
+                parameters: tool
+                    .input_schema
+                    .map_or_else(|| json!({"type": "object"}), Value::Object),
+                strict: None,
             })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(GatewayError::invalid("tools must be an array")),
-    };
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (tool_choice, parallel) = match body.get("tool_choice") {
         None | Some(Value::Null) => (None, None),
         Some(choice) => {
@@ -324,22 +327,18 @@ pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), Ga
         }
     };
     let mut extra = Map::new();
-    if let Some(user) = body
-        .get("metadata")
-        .and_then(|m| m.get("user_id"))
-        .and_then(Value::as_str)
-    {
+    if let Some(user) = super::field::<Metadata>(body, "metadata")?.and_then(|m| m.user_id) {
         extra.insert("user".to_owned(), json!(user));
     }
-    let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-    let number = |name: &str| body.get(name).and_then(Value::as_f64);
+    let stream = super::field::<bool>(body, "stream")? == Some(true);
+    let number = |name: &str| super::field::<f64>(body, name);
     Ok((
         ChatRequest {
             model,
             messages,
             params: Params {
-                temperature: number("temperature"),
-                top_p: number("top_p"),
+                temperature: number("temperature")?,
+                top_p: number("top_p")?,
                 max_tokens: Some(max_tokens),
                 stop,
                 seed: None,

@@ -239,7 +239,18 @@ pub mod schema {
     #[derive(serde::Serialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct InferMessage {
-        pub role: crate::types::Role,
+        pub role: InferRole,
         pub content: String,
+    }
+
+    /// The roles of `input` (tool results go through the OpenAI, Ollama
+    /// and Anthropic front ends).
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum InferRole {
+        System,
+        Developer,
+        User,
+        Assistant,
     }
 }

@@ -271,6 +271,68 @@ pub fn parse_policy(value: Option<&str>) -> Result<Option<Policy>, GatewayError>
     }
 }
 
+/// Refuses the first field of `body` outside `known` (a silently ignored
+/// field is a bug): a 400 naming it and what `api` takes instead.
+pub(crate) fn refuse_unknown_fields(
+    body: &serde_json::Map<String, serde_json::Value>,
+    known: &[&str],
+    api: &str,
+) -> Result<(), GatewayError> {
+    match body
+        .iter()
+        .find(|(k, v)| !known.contains(&k.as_str()) && !v.is_null())
+    {
+        Some((field, _)) => Err(GatewayError::invalid(format!(
+            "{field} is not supported by {api}: leave it out (supported: {})",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Field `name` of `body` as a `T`: `None` when absent or null, a 400 naming
+/// the field when it has another type (never silently ignored).
+pub(crate) fn field<T: serde::de::DeserializeOwned>(
+    body: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Option<T>, GatewayError> {
+    match body.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| GatewayError::invalid(format!("{name}: {e}"))),
+    }
+}
+
+/// Refuses a key of `object` (at `at`, e.g. `messages[2]`) outside `known`.
+pub(crate) fn refuse_unknown_keys(
+    object: &serde_json::Value,
+    known: &[&str],
+    at: &str,
+) -> Result<(), GatewayError> {
+    let Some(map) = object.as_object() else {
+        return Err(GatewayError::invalid(format!("{at} must be an object")));
+    };
+    match map.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => Err(GatewayError::invalid(format!(
+            "{at}.{key} is not supported: send {}",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The request's `model`, required and not blank.
+pub(crate) fn required_model(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, GatewayError> {
+    body.get("model")
+        .and_then(serde_json::Value::as_str)
+        .filter(|m| !m.trim().is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| GatewayError::invalid("model is required"))
+}
+
 /// Parses a JSON request body, or a 400 naming what is wrong.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
     fabric_core::api::parse_json_body(body).map_err(GatewayError::invalid)

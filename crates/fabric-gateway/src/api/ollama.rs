@@ -229,11 +229,17 @@ async fn generate(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &
 }
 
 /// An error as Ollama answers one: `{"error": "..."}` (its clients print
-/// that string), with the status and headers of the fabric's own errors.
+/// that string), with the fabric's `code` and `request_id` beside it and the
+/// status and headers of the fabric's own errors.
 fn error(err: &GatewayError, request_id: &str) -> Reply {
     let mut reply = Reply::error(err, request_id);
     reply.body = super::ReplyBody::Full(bytes::Bytes::from(
-        serde_json::json!({ "error": format!("{err} (request id {request_id})") }).to_string(),
+        serde_json::json!({
+            "error": format!("{err} (request id {request_id})"),
+            "code": err.code(),
+            "request_id": request_id,
+        })
+        .to_string(),
     ));
     reply
 }

@@ -44,9 +44,6 @@ pub fn chat_request(req: &wire::ChatCompletionRequest) -> Result<ChatRequest, Ga
             "top_logprobs {n} is out of range: use 0 to 20"
         )));
     }
-    if req.top_logprobs.is_some() && req.logprobs != Some(true) {
-        return Err(GatewayError::invalid("top_logprobs needs logprobs: true"));
-    }
     for (name, value) in [
         ("presence_penalty", req.presence_penalty),
         ("frequency_penalty", req.frequency_penalty),
@@ -58,6 +55,15 @@ pub fn chat_request(req: &wire::ChatCompletionRequest) -> Result<ChatRequest, Ga
                 "{name} {v} is out of range: use -2 to 2"
             )));
         }
+    }
+    if req
+        .extra
+        .get("user")
+        .is_some_and(|u| !u.is_string() && !u.is_null())
+    {
+        return Err(GatewayError::invalid(
+            "user must be a string (who the call is for)",
+        ));
     }
     let tools = wire::tools_from(req.tools.as_deref().unwrap_or_default())?;
     let tool_choice = req
@@ -96,7 +102,9 @@ pub fn chat_request(req: &wire::ChatCompletionRequest) -> Result<ChatRequest, Ga
             response_format,
             presence_penalty: req.presence_penalty,
             frequency_penalty: req.frequency_penalty,
-            logprobs: req.logprobs == Some(true),
+            // Alternatives come only with log probabilities: asking for
+            // some asks for both.
+            logprobs: req.logprobs == Some(true) || req.top_logprobs.is_some_and(|n| n > 0),
             top_logprobs: req.top_logprobs,
             max_completion_tokens: req.max_completion_tokens.is_some(),
             extra: req
@@ -408,15 +416,11 @@ fn completion_request(
     body: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(ChatRequest, bool, bool), GatewayError> {
     use serde_json::Value;
-    if let Some(field) = body
-        .iter()
-        .find(|(k, v)| !COMPLETION_FIELDS.contains(&k.as_str()) && !v.is_null())
-        .map(|(k, _)| k)
-    {
-        return Err(GatewayError::invalid(format!(
-            "{field} is not supported by /v1/completions here (the gateway answers prompts as chats): leave it out, or use /v1/chat/completions"
-        )));
-    }
+    super::refuse_unknown_fields(
+        body,
+        COMPLETION_FIELDS,
+        "/v1/completions here (the gateway answers prompts as chats; /v1/chat/completions takes more)",
+    )?;
     let prompt = match body.get("prompt") {
         Some(Value::String(p)) => p.clone(),
         Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {

@@ -99,6 +99,21 @@ fn messages_from(input: &Value) -> Result<Vec<Message>, GatewayError> {
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or("message");
+        // Items an answer gave carry their `id` and `status` back.
+        let known: &[&str] = match kind {
+            "message" => &["type", "role", "content", "id", "status"],
+            "function_call" => &["type", "call_id", "name", "arguments", "id", "status"],
+            "function_call_output" => &["type", "call_id", "output", "id", "status"],
+            _ => &[
+                "type",
+                "id",
+                "summary",
+                "content",
+                "encrypted_content",
+                "status",
+            ],
+        };
+        super::refuse_unknown_keys(item, known, &at)?;
         match kind {
             "message" => {
                 let role = match item.get("role").and_then(Value::as_str) {
@@ -177,18 +192,21 @@ fn messages_from(input: &Value) -> Result<Vec<Message>, GatewayError> {
     Ok(out)
 }
 
+/// A function tool as the Responses API defines one.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionTool {
+    #[serde(rename = "type")]
+    _kind: String,
+    name: String,
+    description: Option<String>,
+    parameters: Option<Map<String, Value>>,
+    strict: Option<bool>,
+}
+
 /// The canonical request of a Responses request, and whether it streams.
 pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), GatewayError> {
-    if let Some(field) = body
-        .iter()
-        .find(|(k, v)| !KNOWN.contains(&k.as_str()) && !v.is_null())
-        .map(|(k, _)| k)
-    {
-        return Err(GatewayError::invalid(format!(
-            "{field} is not supported by the fabric's Responses API: leave it out (supported: {})",
-            KNOWN.join(", ")
-        )));
-    }
+    super::refuse_unknown_fields(body, KNOWN, "the fabric's Responses API")?;
     if body
         .get("previous_response_id")
         .is_some_and(|v| !v.is_null())
@@ -197,51 +215,42 @@ pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), Ga
             "previous_response_id is not supported: the fabric stores no responses; send the whole conversation in input",
         ));
     }
-    if body.get("store").and_then(Value::as_bool) == Some(true) {
+    if super::field::<bool>(body, "store")? == Some(true) {
         return Err(GatewayError::invalid(
             "store: true is not supported: the fabric stores no responses; send store: false (or leave it out) and keep the conversation yourself",
         ));
     }
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|m| !m.trim().is_empty())
-        .ok_or_else(|| GatewayError::invalid("model is required"))?
-        .to_owned();
+    let model = super::required_model(body)?;
     let mut messages = Vec::new();
-    if let Some(instructions) = body.get("instructions").and_then(Value::as_str) {
+    if let Some(instructions) = super::field::<String>(body, "instructions")? {
         messages.push(Message::new(Role::System, instructions));
     }
     messages.extend(messages_from(body.get("input").unwrap_or(&Value::Null))?);
-    let tools = match body.get("tools") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if t.get("type").and_then(Value::as_str) != Some("function") {
-                    return Err(GatewayError::invalid(format!(
-                        "tools[{i}]: only function tools are supported (OpenAI's hosted tools run at OpenAI)"
-                    )));
-                }
-                Ok(Tool {
-                    name: t
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .filter(|n| !n.is_empty())
-                        .ok_or_else(|| GatewayError::invalid(format!("tools[{i}].name is required")))?
-                        .to_owned(),
-                    description: t.get("description").and_then(Value::as_str).map(str::to_owned),
-                    parameters: t
-                        .get("parameters")
-                        .cloned()
-                        .unwrap_or_else(|| json!({"type": "object"})),
-                    strict: t.get("strict").and_then(Value::as_bool),
-                })
+    let tools = super::field::<Vec<Value>>(body, "tools")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(GatewayError::invalid(format!(
+                    "tools[{i}]: only function tools are supported (OpenAI's hosted tools run at OpenAI)"
+                )));
+            }
+            let tool: FunctionTool = serde_json::from_value(t)
+                .map_err(|e| GatewayError::invalid(format!("tools[{i}]: {e}")))?;
+            if tool.name.trim().is_empty() {
+                return Err(GatewayError::invalid(format!("tools[{i}].name is required")));
+            }
+            Ok(Tool {
+                name: tool.name,
+                description: tool.description,
+                parameters: tool
+                    .parameters
+                    .map_or_else(|| json!({"type": "object"}), Value::Object),
+                strict: tool.strict,
             })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(GatewayError::invalid("tools must be an array")),
-    };
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let tool_choice = match body.get("tool_choice") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(match s.as_str() {
@@ -294,31 +303,35 @@ pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), Ga
         }),
     };
     let mut extra = Map::new();
-    for field in ["user", "metadata"] {
-        if let Some(v) = body.get(field).filter(|v| !v.is_null()) {
-            extra.insert(field.to_owned(), v.clone());
-        }
+    if let Some(user) = super::field::<String>(body, "user")? {
+        extra.insert("user".to_owned(), json!(user));
     }
-    let number = |name: &str| body.get(name).and_then(Value::as_f64);
-    let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+    if let Some(metadata) = super::field::<Map<String, Value>>(body, "metadata")? {
+        extra.insert("metadata".to_owned(), Value::Object(metadata));
+    }
+    let number = |name: &str| super::field::<f64>(body, name);
+    let stream = super::field::<bool>(body, "stream")? == Some(true);
+    let max_tokens = super::field::<u32>(body, "max_output_tokens")?;
+    if max_tokens == Some(0) {
+        return Err(GatewayError::invalid(
+            "max_output_tokens must be at least 1",
+        ));
+    }
     Ok((
         ChatRequest {
             model,
             messages,
             params: Params {
-                temperature: number("temperature"),
-                top_p: number("top_p"),
-                max_tokens: body
-                    .get("max_output_tokens")
-                    .and_then(Value::as_u64)
-                    .and_then(|n| u32::try_from(n).ok()),
+                temperature: number("temperature")?,
+                top_p: number("top_p")?,
+                max_tokens,
                 stop: Vec::new(),
                 seed: None,
             },
             options: ChatOptions {
                 tools,
                 tool_choice,
-                parallel_tool_calls: body.get("parallel_tool_calls").and_then(Value::as_bool),
+                parallel_tool_calls: super::field::<bool>(body, "parallel_tool_calls")?,
                 response_format,
                 extra,
                 ..ChatOptions::default()

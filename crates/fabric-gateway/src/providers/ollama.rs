@@ -125,7 +125,9 @@ pub(super) fn unsupported(req: &ChatRequest) -> Option<String> {
     if o.logprobs {
         return Some("logprobs".to_owned());
     }
-    if let Some(field) = o.extra.keys().next() {
+    // `user` (who the call is for, for a cloud's abuse monitoring) means
+    // nothing to a local model: the only OpenAI-only field it may go without.
+    if let Some(field) = o.extra.keys().find(|k| k.as_str() != "user") {
         return Some(field.clone());
     }
     req.messages.iter().enumerate().find_map(|(i, m)| {

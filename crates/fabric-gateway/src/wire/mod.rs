@@ -2,6 +2,8 @@
 //! small helpers that turn their polymorphic fields into the gateway's types.
 
 pub mod anthropic;
+#[cfg(feature = "openapi")]
+pub mod docs;
 pub mod ollama;
 pub mod openai;
 

@@ -17,7 +17,7 @@ pub struct ChatCompletionRequest {
     /// A model name the providers know (mapped per provider by the gateway's config).
     #[cfg_attr(feature = "openapi", schema(pattern = "\\S"))]
     pub model: String,
-    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<super::docs::ChatMessageDoc>, min_items = 1))]
     pub messages: Vec<ChatMessage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
@@ -59,13 +59,13 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<ToolDefinition>>,
     /// `auto`, `none`, `required`, or `{"type": "function", "function": {"name"}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<super::docs::ToolChoiceDoc>))]
     pub tool_choice: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
     /// `{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<super::docs::ResponseFormatDoc>))]
     pub response_format: Option<Value>,
     /// The deprecated function-calling fields: refused in favour of `tools`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +93,7 @@ pub struct StreamOptions {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolDefinition {
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^function$"))]
     pub kind: String,
     pub function: FunctionDefinition,
 }
@@ -100,6 +101,7 @@ pub struct ToolDefinition {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionDefinition {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

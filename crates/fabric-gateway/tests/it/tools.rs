@@ -393,10 +393,6 @@ async fn malformed_tool_fields_are_400s_that_say_what_to_send() {
             json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}),
             "json_schema",
         ),
-        (
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}),
-            "needs logprobs",
-        ),
     ] {
         let (status, _, text) = body(
             openai::chat_completions(&gw, &caller(), CallOptions::new("openai"), &bytes(&req))

@@ -129,7 +129,7 @@ pub async fn chat_completions(
 /// Anthropic-compatible Messages API (typed SSE events when `stream: true`);
 /// the token may come as `x-api-key`, as Anthropic's clients send it.
 #[utoipa::path(post, path = "/v1/messages", operation_id = "anthropic_messages", tag = "inference", security(("bearer" = [])),
-    request_body(content = Object, description = "Anthropic's Messages request: model, max_tokens, messages (text, image, tool_use, tool_result blocks), system, tools, tool_choice, stop_sequences, temperature, top_p, metadata, stream"),
+    request_body(content = fabric_gateway::wire::docs::MessagesRequestDoc, description = "Anthropic's Messages request: model, max_tokens, messages (text, image, tool_use, tool_result blocks), system, tools, tool_choice, stop_sequences, temperature, top_p, metadata, stream"),
     responses((status = 200, description = "a message, or (`stream: true`) Anthropic's SSE events",
             content((Object = "application/json"), (SseEvent = "text/event-stream")))))]
 pub async fn anthropic_messages(
@@ -142,7 +142,7 @@ pub async fn anthropic_messages(
 
 /// OpenAI's Responses API, stateless (the conversation comes whole in `input`).
 #[utoipa::path(post, path = "/v1/responses", operation_id = "responses", tag = "inference", security(("bearer" = [])),
-    request_body(content = Object, description = "OpenAI's Responses request: model, input (a string, or message, function_call and function_call_output items), instructions, tools (function), tool_choice, parallel_tool_calls, text.format, max_output_tokens, temperature, top_p, user, metadata, stream; previous_response_id and store: true are refused (no responses are stored)"),
+    request_body(content = fabric_gateway::wire::docs::ResponsesRequestDoc, description = "OpenAI's Responses request: model, input (a string, or message, function_call and function_call_output items), instructions, tools (function), tool_choice, parallel_tool_calls, text.format, max_output_tokens, temperature, top_p, user, metadata, stream; previous_response_id and store: true are refused (no responses are stored)"),
     responses((status = 200, description = "a response, or (`stream: true`) SSE response.* events",
             content((Object = "application/json"), (SseEvent = "text/event-stream")))))]
 pub async fn responses(
@@ -155,7 +155,7 @@ pub async fn responses(
 
 /// OpenAI's legacy text completions, answered as a one-message chat.
 #[utoipa::path(post, path = "/v1/completions", operation_id = "completions", tag = "inference", security(("bearer" = [])),
-    request_body(content = Object, description = "OpenAI's legacy completion request: model, prompt (one string), max_tokens, temperature, top_p, stop, seed, n (1), presence_penalty, frequency_penalty, user, stream, stream_options"),
+    request_body(content = fabric_gateway::wire::docs::CompletionRequestDoc, description = "OpenAI's legacy completion request: model, prompt (one string), max_tokens, temperature, top_p, stop, seed, n (1), presence_penalty, frequency_penalty, user, stream, stream_options"),
     responses((status = 200, description = "a text_completion, or (`stream: true`) SSE text_completion chunks",
             content((Object = "application/json"), (SseEvent = "text/event-stream")))))]
 pub async fn completions(

@@ -70,7 +70,7 @@ impl utoipa::Modify for BearerAuth {
 struct StandardErrors;
 
 /// The routes that call a model through the gateway.
-const GATEWAY_CALLS: [&str; 6] = [
+pub(crate) const GATEWAY_CALLS: [&str; 6] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/responses",

@@ -311,6 +311,24 @@ impl TestServer {
     }
 }
 
+/// Asserts Ollama's error shape (`error` a string, as its clients print
+/// it, with the fabric's `code` and `request_id` beside it) and returns the code.
+pub fn ollama_error_code(body: &Value) -> &str {
+    assert!(
+        body["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "not Ollama's error shape: {body}"
+    );
+    assert!(
+        body["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_")),
+        "no request id: {body}"
+    );
+    body["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code: {body}"))
+}
+
 /// Asserts the uniform error shape and returns the code.
 pub fn error_code(body: &Value) -> &str {
     let err = &body["error"];

@@ -396,7 +396,7 @@ async fn llm_calls_denied_by_a_policy_get_a_403_in_the_gateway_error_shape() {
         .post(&agent, "/v1/ollama/api/chat", json!({"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": false}))
         .await;
     assert_eq!(
-        (status, error_code(&body)),
+        (status, crate::harness::ollama_error_code(&body)),
         (403, "policy_denied"),
         "{body}"
     );

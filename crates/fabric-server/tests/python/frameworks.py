@@ -20,9 +20,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import anthropic  # noqa: E402
 import litellm  # noqa: E402
-import pydantic  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
+from tool_loop import ANSWER, EXPECTED_CALLS, TOOL_RESULTS, TOOLS, Advice, check  # noqa: E402
 
 BASE = os.environ["FABRIC_URL"]
 USER_TOKEN = os.environ["FABRIC_USER_TOKEN"]
@@ -30,42 +30,11 @@ AGENT_ENDPOINT = os.environ["AGENT_OLLAMA_BASE_URL"]
 # The agent endpoint asks for no key; clients that insist on one get this.
 NO_KEY = "fabric-agent-endpoint-no-key-needed"
 
-TOOL_RESULTS = {"get_weather": "rain, 9 degrees", "get_umbrella": "umbrella stand: one large left"}
-EXPECTED_CALLS = [("get_weather", {"city": "Oslo"}), ("get_umbrella", {"size": "large"})]
-ANSWER = "Take the large umbrella."
-
-OPENAI_TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Today's weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_umbrella",
-            "description": "Fetch an umbrella",
-            "parameters": {"type": "object", "properties": {"size": {"type": "string"}}, "required": ["size"]},
-        },
-    },
-]
+OPENAI_TOOLS = TOOLS
 ANTHROPIC_TOOLS = [
     {"name": t["function"]["name"], "description": t["function"]["description"], "input_schema": t["function"]["parameters"]}
     for t in OPENAI_TOOLS
 ]
-
-
-def check(condition, what):
-    if not condition:
-        raise AssertionError(what)
-
-
-class Advice(pydantic.BaseModel):
-    umbrella: bool
-    reason: str
 
 
 def check_anthropic(label, client):

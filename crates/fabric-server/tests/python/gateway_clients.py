@@ -18,17 +18,12 @@ import sys
 
 import ollama
 import openai
-import pydantic
+from tool_loop import ANSWER, EXPECTED_CALLS, TOOL_RESULTS, TOOLS, Advice, check
 
 BASE = os.environ["FABRIC_URL"]
 USER_TOKEN = os.environ["FABRIC_USER_TOKEN"]
 AGENT_TOKEN = os.environ["FABRIC_AGENT_TOKEN"]
 AGENT_OLLAMA = os.environ["AGENT_OLLAMA_BASE_URL"]
-
-
-def check(condition, what):
-    if not condition:
-        raise AssertionError(what)
 
 
 def openai_client(token):
@@ -99,29 +94,6 @@ def check_openai(label, token):
         check("injected stream failure" in str(e), f"{label}: {e}")
 
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Today's weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_umbrella",
-            "description": "Fetch an umbrella",
-            "parameters": {"type": "object", "properties": {"size": {"type": "string"}}, "required": ["size"]},
-        },
-    },
-]
-
-# What the tools answer; the mocks' script goes on from these words.
-TOOL_RESULTS = {"get_weather": "rain, 9 degrees", "get_umbrella": "umbrella stand: one large left"}
-
-
 def run_tool_loop(label, next_answer):
     """Two rounds of tool calls, then the answer. `next_answer(messages)`
     returns the assistant message (an SDK object, appended as is)."""
@@ -140,11 +112,6 @@ def run_tool_loop(label, next_answer):
     check(False, f"{label}: the loop did not end")
 
 
-class Advice(pydantic.BaseModel):
-    umbrella: bool
-    reason: str
-
-
 def check_openai_tools(label, client):
     def plain(messages):
         reply = client.chat.completions.create(model="llama3", messages=messages, tools=TOOLS)
@@ -158,11 +125,8 @@ def check_openai_tools(label, client):
 
     for how, next_answer in [("plain", plain), ("streamed", streamed)]:
         called, answer = run_tool_loop(f"{label} {how}", next_answer)
-        check(
-            called == [("get_weather", {"city": "Oslo"}), ("get_umbrella", {"size": "large"})],
-            f"{label} {how}: {called}",
-        )
-        check(answer == "Take the large umbrella.", f"{label} {how}: {answer!r}")
+        check(called == EXPECTED_CALLS, f"{label} {how}: {called}")
+        check(answer == ANSWER, f"{label} {how}: {answer!r}")
 
     # Structured output: the SDK sends a strict json_schema and parses the answer.
     parsed = client.chat.completions.parse(
@@ -188,11 +152,8 @@ def check_responses(label, client):
             called.append((call.name, json.loads(call.arguments)))
             items.append({"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments})
             items.append({"type": "function_call_output", "call_id": call.call_id, "output": TOOL_RESULTS[call.name]})
-    check(
-        called == [("get_weather", {"city": "Oslo"}), ("get_umbrella", {"size": "large"})],
-        f"{label}: {called}",
-    )
-    check(reply.output_text == "Take the large umbrella.", f"{label}: {reply}")
+    check(called == EXPECTED_CALLS, f"{label}: {called}")
+    check(reply.output_text == ANSWER, f"{label}: {reply}")
 
     # Streamed: the SDK's helper assembles the events into the response.
     with client.responses.stream(model="llama3", input="weather in Oslo?", tools=tools, store=False) as stream:
@@ -224,11 +185,8 @@ def check_ollama_tools(label, client):
         for call in reply.message.tool_calls:
             called.append((call.function.name, dict(call.function.arguments)))
             messages.append({"role": "tool", "tool_name": call.function.name, "content": TOOL_RESULTS[call.function.name]})
-    check(
-        called == [("get_weather", {"city": "Oslo"}), ("get_umbrella", {"size": "large"})],
-        f"{label}: {called}",
-    )
-    check(reply.message.content == "Take the large umbrella.", f"{label}: {reply.message}")
+    check(called == EXPECTED_CALLS, f"{label}: {called}")
+    check(reply.message.content == ANSWER, f"{label}: {reply.message}")
     # JSON answers; an empty images list (what litellm sends) is no image.
     reply = client.chat(
         model="llama3",
