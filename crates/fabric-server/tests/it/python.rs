@@ -145,8 +145,13 @@ async fn official_openai_and_ollama_python_clients() {
 /// against the agent and no provider key in sight (issue #18, item 4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmodified_openai_client_works_inside_agents() {
-    let venv =
+    let real_venv =
         std::fs::canonicalize(python().parent().and_then(|bin| bin.parent()).unwrap()).unwrap();
+    // What the agents see, outside /tmp (a sandboxed command's /tmp is its
+    // task's own, which would hide a checkout under /tmp): the venv bound
+    // into a directory of this test's, and the scripts beside it.
+    let shown = Shown::new(&real_venv);
+    let venv = shown.root.join("venv");
     let python = venv.join("bin/python");
     // The interpreter the venv points at (pyenv's, say) must be visible too;
     // the system's is (/usr is in every sandbox).
@@ -168,8 +173,7 @@ async fn an_unmodified_openai_client_works_inside_agents() {
     })
     .await;
     let token = s.login().await;
-    // Not under /tmp: a sandboxed command's /tmp is its task's own.
-    let dir = tempfile::tempdir_in(venv.parent().unwrap()).unwrap();
+    let dir = tempfile::tempdir_in(&shown.root).unwrap();
     let script = dir.path().join("client.py");
     std::fs::write(
         &script,
@@ -257,4 +261,43 @@ print("key", os.environ["OPENAI_API_KEY"])
         }
     }
     s.stop().await;
+}
+
+/// A directory outside /tmp (`/srv/fabric-it-<pid>`) with `venv` bound
+/// onto a venv; unmounted and removed on drop.
+struct Shown {
+    root: PathBuf,
+}
+
+impl Shown {
+    fn new(venv: &std::path::Path) -> Self {
+        let root = PathBuf::from(format!("/srv/fabric-it-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("venv")).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(venv)
+            .arg(root.join("venv"))
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot bind {} (root needed)",
+            venv.display()
+        );
+        Self { root }
+    }
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(self.root.join("venv"))
+            .status()
+            .is_ok_and(|s| s.success());
+        // Only empty directories: were the bind still there, the venv is below.
+        if unmounted {
+            let _ = std::fs::remove_dir(self.root.join("venv"));
+            let _ = std::fs::remove_dir(&self.root);
+        }
+    }
 }
