@@ -272,31 +272,21 @@ pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), Ga
         Some(v) => serde_json::from_value(v.clone())
             .map_err(|_| GatewayError::invalid("stop_sequences must be an array of strings"))?,
     };
-    let tools = super::field::<Vec<Value>>(body, "tools")?
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if t.get("type").and_then(Value::as_str).is_some_and(|k| k != "custom") {
-                return Err(GatewayError::invalid(format!(
-                    "tools[{i}]: Anthropic's server tools are not supported: define a tool with name, description and input_schema"
-                )));
-            }
-            let tool: CustomTool = serde_json::from_value(t)
-                .map_err(|e| GatewayError::invalid(format!("tools[{i}]: {e}")))?;
-            if tool.name.trim().is_empty() {
-                return Err(GatewayError::invalid(format!("tools[{i}].name is required")));
-            }
-            Ok(Tool {
-                name: tool.name,
-                description: tool.description,
-                parameters: tool
-                    .input_schema
-                    .map_or_else(|| json!({"type": "object"}), Value::Object),
-                strict: None,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let tools = super::tools_from(
+        body,
+        |kind| {
+            kind.is_some_and(|k| k != "custom")
+                .then_some("Anthropic's server tools are not supported: define a tool with name, description and input_schema")
+        },
+        |tool: CustomTool| Tool {
+            name: tool.name,
+            description: tool.description,
+            parameters: tool
+                .input_schema
+                .map_or_else(|| json!({"type": "object"}), Value::Object),
+            strict: None,
+        },
+    )?;
     let (tool_choice, parallel) = match body.get("tool_choice") {
         None | Some(Value::Null) => (None, None),
         Some(choice) => {

@@ -322,6 +322,36 @@ pub(crate) fn refuse_unknown_keys(
     }
 }
 
+/// The `tools` of `body`, each read as a `T` (unknown keys and wrong types
+/// refused by name) and made canonical by `into`, after `refuse` has had its
+/// say on the tool's `type` (what kinds of tool this API does not offer).
+pub(crate) fn tools_from<T: serde::de::DeserializeOwned>(
+    body: &serde_json::Map<String, serde_json::Value>,
+    refuse: impl Fn(Option<&str>) -> Option<&'static str>,
+    into: impl Fn(T) -> crate::types::Tool,
+) -> Result<Vec<crate::types::Tool>, GatewayError> {
+    field::<Vec<serde_json::Value>>(body, "tools")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if let Some(why) = refuse(t.get("type").and_then(serde_json::Value::as_str)) {
+                return Err(GatewayError::invalid(format!("tools[{i}]: {why}")));
+            }
+            let tool = into(
+                serde_json::from_value(t)
+                    .map_err(|e| GatewayError::invalid(format!("tools[{i}]: {e}")))?,
+            );
+            if tool.name.trim().is_empty() {
+                return Err(GatewayError::invalid(format!(
+                    "tools[{i}].name is required"
+                )));
+            }
+            Ok(tool)
+        })
+        .collect()
+}
+
 /// The request's `model`, required and not blank.
 pub(crate) fn required_model(
     body: &serde_json::Map<String, serde_json::Value>,

@@ -186,21 +186,7 @@ async fn chat(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8]
 
 async fn generate(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8]) -> Reply {
     let parsed = parse_body::<wire::GenerateRequest>(body).and_then(|raw| {
-        let images = match &raw.images {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(wire::image_data_url))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    GatewayError::invalid("images must be an array of base64 strings")
-                })?,
-            Some(_) => {
-                return Err(GatewayError::invalid(
-                    "images must be an array of base64 strings",
-                ));
-            }
-        };
+        let images = wire::images_from(raw.images.as_ref(), "images")?;
         let mut messages = Vec::new();
         if let Some(system) = raw.system.as_ref().filter(|s| !s.is_empty()) {
             messages.push(Message::new(Role::System, system.clone()));

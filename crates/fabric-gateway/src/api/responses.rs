@@ -226,31 +226,22 @@ pub fn chat_request(body: &Map<String, Value>) -> Result<(ChatRequest, bool), Ga
         messages.push(Message::new(Role::System, instructions));
     }
     messages.extend(messages_from(body.get("input").unwrap_or(&Value::Null))?);
-    let tools = super::field::<Vec<Value>>(body, "tools")?
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(GatewayError::invalid(format!(
-                    "tools[{i}]: only function tools are supported (OpenAI's hosted tools run at OpenAI)"
-                )));
-            }
-            let tool: FunctionTool = serde_json::from_value(t)
-                .map_err(|e| GatewayError::invalid(format!("tools[{i}]: {e}")))?;
-            if tool.name.trim().is_empty() {
-                return Err(GatewayError::invalid(format!("tools[{i}].name is required")));
-            }
-            Ok(Tool {
-                name: tool.name,
-                description: tool.description,
-                parameters: tool
-                    .parameters
-                    .map_or_else(|| json!({"type": "object"}), Value::Object),
-                strict: tool.strict,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let tools = super::tools_from(
+        body,
+        |kind| {
+            (kind != Some("function")).then_some(
+                "only function tools are supported (OpenAI's hosted tools run at OpenAI)",
+            )
+        },
+        |tool: FunctionTool| Tool {
+            name: tool.name,
+            description: tool.description,
+            parameters: tool
+                .parameters
+                .map_or_else(|| json!({"type": "object"}), Value::Object),
+            strict: tool.strict,
+        },
+    )?;
     let tool_choice = match body.get("tool_choice") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(match s.as_str() {

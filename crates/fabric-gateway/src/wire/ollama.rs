@@ -64,6 +64,21 @@ pub fn image_base64(url: &str) -> Option<&str> {
     meta.ends_with(";base64").then_some(data)
 }
 
+/// Ollama's `images` (base64 strings, the field called `field` in errors)
+/// as `data:` URLs; absent, null or `[]` is none.
+pub fn images_from(images: Option<&Value>, field: &str) -> Result<Vec<String>, GatewayError> {
+    let bad = || GatewayError::invalid(format!("{field} must be an array of base64 strings"));
+    match images {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(image_data_url))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
 /// A `data:` URL for a base64 image Ollama sent, its type told by its first bytes.
 pub fn image_data_url(base64: &str) -> String {
     let kind = if base64.starts_with("iVBOR") {
@@ -145,23 +160,7 @@ pub fn messages_from(messages: &[ChatMessage]) -> Result<Vec<Message>, GatewayEr
     // (id, name) of calls not answered yet, oldest first.
     let mut open: Vec<(String, String)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        let images = match &m.images {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(image_data_url))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    GatewayError::invalid(format!(
-                        "messages[{i}].images must be an array of base64 strings"
-                    ))
-                })?,
-            Some(_) => {
-                return Err(GatewayError::invalid(format!(
-                    "messages[{i}].images must be an array of base64 strings"
-                )));
-            }
-        };
+        let images = images_from(m.images.as_ref(), &format!("messages[{i}].images"))?;
         let role = match m.role.as_str() {
             "system" => Role::System,
             "user" => Role::User,
