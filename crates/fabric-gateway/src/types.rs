@@ -46,8 +46,7 @@ pub struct Message {
     pub role: Role,
     /// The text (a message's text parts, joined).
     pub content: String,
-    /// Images, as `https://` or `data:<type>;base64,` URLs.
-    pub images: Vec<String>,
+    pub images: Vec<Image>,
     /// The assistant's tool calls.
     pub tool_calls: Vec<ToolCall>,
     /// Role `tool`: the call this answers.
@@ -63,6 +62,31 @@ impl Message {
             content: content.into(),
             ..Self::default()
         }
+    }
+}
+
+/// An image of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Image {
+    /// An `https://` or `data:<type>;base64,` URL.
+    pub url: String,
+    /// OpenAI's resolution hint (`low`, `high` or `auto`), when the caller
+    /// gave one; a provider without it cannot honour `low` or `high`.
+    pub detail: Option<String>,
+}
+
+impl From<&str> for Image {
+    fn from(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            detail: None,
+        }
+    }
+}
+
+impl From<String> for Image {
+    fn from(url: String) -> Self {
+        Self { url, detail: None }
     }
 }
 

@@ -36,7 +36,7 @@ pub struct MockLlmArgs {
     #[arg(long, value_name = "VAR")]
     pub require_key_env: Option<String>,
 
-    /// JSON file of {"prompt substring": answer}: an answer is a string, {"json": VALUE} or {"tool_calls": [{"name", "arguments"}]} (matched against the last user message or tool result)
+    /// JSON file of {"prompt substring": answer}, plus optionally "models": {"<model>": {"prompt substring": answer}} for one model: an answer is a string, {"json": VALUE} or {"tool_calls": [{"name", "arguments"}]}; the longest substring of the last user message or tool result wins ("" matches any)
     #[arg(long, value_name = "FILE")]
     pub script: Option<PathBuf>,
 
@@ -53,26 +53,20 @@ pub fn run(args: MockLlmArgs) -> Result<(), CliError> {
         })?),
     };
     let script = match &args.script {
-        None => Vec::new(),
+        None => fabric_gateway::mock::Script::default(),
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 CliError::Usage(format!("cannot read --script {}: {e}", path.display()))
             })?;
-            let bad = |e: String| {
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                CliError::Usage(format!("--script {}: not JSON: {e}", path.display()))
+            })?;
+            fabric_gateway::mock::Script::from_value(&value).map_err(|e| {
                 CliError::Usage(format!(
-                    "--script {}: {e}: give a JSON object of \"prompt substring\": answer, where an answer is a string, {{\"json\": VALUE}} or {{\"tool_calls\": [{{\"name\", \"arguments\"}}]}}",
+                    "--script {}: {e}; give a JSON object of \"prompt substring\": answer (and optionally \"models\": {{\"<model>\": {{\"prompt substring\": answer}}}}), where an answer is a string, {{\"json\": VALUE}} or {{\"tool_calls\": [{{\"name\", \"arguments\"}}]}}",
                     path.display()
                 ))
-            };
-            let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-            map.iter()
-                .map(|(key, value)| {
-                    fabric_gateway::mock::Scripted::from_value(value)
-                        .map(|answer| (key.clone(), answer))
-                        .map_err(|e| bad(format!("{key:?}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?
+            })?
         }
     };
     let config = MockConfig {

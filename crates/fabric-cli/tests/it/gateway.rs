@@ -19,8 +19,14 @@ pub(crate) struct Mock {
 impl Mock {
     /// Starts one, optionally requiring `key` (passed through the environment).
     pub(crate) fn start(name: &str, key: Option<&str>) -> Mock {
+        Self::start_with(name, key, &[])
+    }
+
+    /// Starts one with more command-line arguments.
+    pub(crate) fn start_with(name: &str, key: Option<&str>, args: &[&str]) -> Mock {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"));
         cmd.args(["mock-llm", "--port", "0", "--name", name])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -90,6 +96,118 @@ impl Transcript {
             serde_json::from_str(&body).unwrap_or(Value::String(body)),
         )
     }
+}
+
+/// Issue #18 item 6: a script answers with tool calls or JSON, per model or
+/// for any, in each of the three wire formats; a bad script is refused
+/// with the key at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_llm_scripts_tool_calls_and_json_per_model_in_every_wire_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("answers.json");
+    std::fs::write(
+        &script,
+        json!({
+            "weather": "Sunny, for any model.",
+            "models": {
+                "small": {"weather": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}},
+                "big": {"": {"json": {"umbrella": true}}}
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mock = Mock::start_with("scripted", None, &["--script", script.to_str().unwrap()]);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let request = http
+            .post(format!("{}{path}", mock.url))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status();
+            let v = r.json::<Value>().await.unwrap();
+            assert_eq!(status, 200, "{v}");
+            v
+        }
+    };
+    let chat = |model: &str| {
+        json!({"model": model, "max_tokens": 50, "stream": false,
+        "messages": [{"role": "user", "content": "weather in Oslo?"}]})
+    };
+
+    let v = post("/v1/chat/completions", chat("small")).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let mut ollama = chat("small");
+    ollama.as_object_mut().unwrap().remove("max_tokens");
+    let v = post("/api/chat", ollama).await;
+    assert_eq!(
+        v["message"]["tool_calls"][0]["function"]["arguments"],
+        json!({"city": "Oslo"}),
+        "{v}"
+    );
+    let v = post("/v1/messages", chat("small")).await;
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    assert_eq!(v["content"][0]["input"], json!({"city": "Oslo"}));
+
+    let v = post("/v1/chat/completions", chat("big")).await;
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        r#"{"umbrella":true}"#
+    );
+    let v = post("/v1/messages", chat("other")).await;
+    assert_eq!(v["content"][0]["text"], "Sunny, for any model.", "{v}");
+
+    // The README's example script does what the README says.
+    let example = super::readme::fenced_block(
+        &super::readme::readme(),
+        "**`reactor-fabric mock-llm`**",
+        "json",
+    );
+    std::fs::write(&script, example).unwrap();
+    drop(mock);
+    let mock = Mock::start_with("readme", None, &["--script", script.to_str().unwrap()]);
+    let ask = |model: &str, prompt: &str| {
+        let request = http
+            .post(format!("{}/v1/chat/completions", mock.url))
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": prompt}]}));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let v = ask("gpt-4o", "weather in Oslo?").await;
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let v = ask("gpt-4o", "it is rain").await;
+    assert_eq!(v["choices"][0]["message"]["content"], "Take an umbrella.");
+    let v = ask("llama3", "weather in Oslo?").await;
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        r#"{"umbrella":true}"#
+    );
+
+    std::fs::write(&script, r#"{"models": {"small": {"weather": 7}}}"#).unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
+        .args([
+            "mock-llm",
+            "--port",
+            "0",
+            "--script",
+            script.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"models.small."weather": an answer is a string"#),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

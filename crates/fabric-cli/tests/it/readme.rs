@@ -26,7 +26,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The README, from the workspace root.
-fn readme() -> String {
+pub(crate) fn readme() -> String {
     doc("README.md")
 }
 
@@ -589,7 +589,7 @@ fn the_readme_gateway_section_runs_as_written() {
 
 /// The first fenced block of `lang` after `marker` in `text`, its
 /// indentation (a block inside a list item) removed.
-fn fenced_block(text: &str, marker: &str, lang: &str) -> String {
+pub(crate) fn fenced_block(text: &str, marker: &str, lang: &str) -> String {
     let rest = &text[text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"))..];
     let open = format!("```{lang}\n");
     let start = rest.find(&open).expect("the block") + open.len();

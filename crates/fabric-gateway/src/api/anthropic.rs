@@ -154,7 +154,7 @@ fn messages_from(messages: &[Value]) -> Result<Vec<Message>, GatewayError> {
                             )));
                         }
                     };
-                    message.images.push(url);
+                    message.images.push(url.into());
                 }
                 Some("tool_use") if role == Role::Assistant => {
                     message.tool_calls.push(ToolCall {
@@ -380,6 +380,107 @@ fn message(model: &str, answer: &ChatResponse, input: u64, output: u64) -> Value
     })
 }
 
+/// A canonical stream as the Messages API's events after `message_start`:
+/// content blocks opened as their content comes (text first if any, then one
+/// per tool call), each closed before the next opens, then `message_delta`
+/// and `message_stop`.
+struct BlockWriter {
+    request_id: String,
+    /// The open block: its index and, for a tool call, the call's index.
+    open: Option<(u32, Option<u32>)>,
+    next_block: u32,
+}
+
+impl BlockWriter {
+    fn new(request_id: String) -> Self {
+        Self {
+            request_id,
+            open: None,
+            next_block: 0,
+        }
+    }
+
+    /// The SSE frames one stream item becomes (none for logprobs).
+    fn write(&mut self, item: Result<StreamEvent, GatewayError>) -> Vec<u8> {
+        let mut out: Vec<u8> = Vec::new();
+        match item {
+            Ok(StreamEvent::Delta(text)) => {
+                if !matches!(self.open, Some((_, None))) {
+                    self.open_block(&mut out, None, json!({"type": "text", "text": ""}));
+                }
+                self.delta(&mut out, json!({"type": "text_delta", "text": text}));
+            }
+            Ok(StreamEvent::ToolCall(delta)) => {
+                if self.open.and_then(|(_, call)| call) != Some(delta.index) {
+                    let block = json!({"type": "tool_use",
+                        "id": delta.id.clone().unwrap_or_default(),
+                        "name": delta.name.clone().unwrap_or_default(),
+                        "input": {}});
+                    self.open_block(&mut out, Some(delta.index), block);
+                }
+                if !delta.arguments.is_empty() {
+                    self.delta(
+                        &mut out,
+                        json!({"type": "input_json_delta", "partial_json": delta.arguments}),
+                    );
+                }
+            }
+            Ok(StreamEvent::Logprobs(_)) => {}
+            Ok(StreamEvent::Done {
+                finish_reason,
+                usage,
+            }) => {
+                self.close(&mut out);
+                let usage = usage.unwrap_or_default();
+                out.extend_from_slice(&sse_frame(
+                    Some("message_delta"),
+                    &json!({"type": "message_delta",
+                            "delta": {"stop_reason": stop_reason(finish_reason), "stop_sequence": null},
+                            "usage": {"input_tokens": usage.input, "output_tokens": usage.output}}),
+                ));
+                out.extend_from_slice(&sse_frame(
+                    Some("message_stop"),
+                    &json!({"type": "message_stop"}),
+                ));
+            }
+            Err(e) => {
+                out.extend_from_slice(&sse_frame(
+                    Some("error"),
+                    &error_value(&e, &self.request_id),
+                ));
+            }
+        }
+        out
+    }
+
+    fn open_block(&mut self, out: &mut Vec<u8>, call: Option<u32>, block: Value) {
+        self.close(out);
+        out.extend_from_slice(&sse_frame(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": self.next_block, "content_block": block}),
+        ));
+        self.open = Some((self.next_block, call));
+        self.next_block += 1;
+    }
+
+    fn delta(&self, out: &mut Vec<u8>, delta: Value) {
+        let index = self.open.map_or(0, |(i, _)| i);
+        out.extend_from_slice(&sse_frame(
+            Some("content_block_delta"),
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some((index, _)) = self.open.take() {
+            out.extend_from_slice(&sse_frame(
+                Some("content_block_stop"),
+                &json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+    }
+}
+
 /// `POST /v1/messages`.
 pub async fn messages(gateway: &Gateway, caller: &Caller, opts: CallOptions, body: &[u8]) -> Reply {
     let parsed = parse_body::<Map<String, Value>>(body).and_then(|raw| chat_request(&raw));
@@ -412,86 +513,10 @@ pub async fn messages(gateway: &Gateway, caller: &Caller, opts: CallOptions, bod
                     "content": [], "stop_reason": null, "stop_sequence": null,
                     "usage": {"input_tokens": 0, "output_tokens": 0}}}),
             );
-            // Blocks are opened as their content comes: text first if any,
-            // then one per tool call; each is closed before the next opens.
-            let mut open: Option<(u32, Option<u32>)> = None; // (block index, tool call index)
-            let mut next_block = 0u32;
-            let close = |open: &mut Option<(u32, Option<u32>)>, out: &mut Vec<u8>| {
-                if let Some((index, _)) = open.take() {
-                    out.extend_from_slice(&sse_frame(
-                        Some("content_block_stop"),
-                        &json!({"type": "content_block_stop", "index": index}),
-                    ));
-                }
-            };
-            let events = answer.value.map(move |item| {
-                let mut out: Vec<u8> = Vec::new();
-                match item {
-                    Ok(StreamEvent::Delta(text)) => {
-                        if !matches!(open, Some((_, None))) {
-                            close(&mut open, &mut out);
-                            out.extend_from_slice(&sse_frame(
-                                Some("content_block_start"),
-                                &json!({"type": "content_block_start", "index": next_block,
-                                        "content_block": {"type": "text", "text": ""}}),
-                            ));
-                            open = Some((next_block, None));
-                            next_block += 1;
-                        }
-                        let index = open.map_or(0, |(i, _)| i);
-                        out.extend_from_slice(&sse_frame(
-                            Some("content_block_delta"),
-                            &json!({"type": "content_block_delta", "index": index,
-                                    "delta": {"type": "text_delta", "text": text}}),
-                        ));
-                    }
-                    Ok(StreamEvent::ToolCall(delta)) => {
-                        if open.and_then(|(_, call)| call) != Some(delta.index) {
-                            close(&mut open, &mut out);
-                            out.extend_from_slice(&sse_frame(
-                                Some("content_block_start"),
-                                &json!({"type": "content_block_start", "index": next_block,
-                                        "content_block": {"type": "tool_use",
-                                            "id": delta.id.clone().unwrap_or_default(),
-                                            "name": delta.name.clone().unwrap_or_default(),
-                                            "input": {}}}),
-                            ));
-                            open = Some((next_block, Some(delta.index)));
-                            next_block += 1;
-                        }
-                        if !delta.arguments.is_empty() {
-                            let index = open.map_or(0, |(i, _)| i);
-                            out.extend_from_slice(&sse_frame(
-                                Some("content_block_delta"),
-                                &json!({"type": "content_block_delta", "index": index,
-                                        "delta": {"type": "input_json_delta", "partial_json": delta.arguments}}),
-                            ));
-                        }
-                    }
-                    Ok(StreamEvent::Logprobs(_)) => {}
-                    Ok(StreamEvent::Done {
-                        finish_reason,
-                        usage,
-                    }) => {
-                        close(&mut open, &mut out);
-                        let usage = usage.unwrap_or_default();
-                        out.extend_from_slice(&sse_frame(
-                            Some("message_delta"),
-                            &json!({"type": "message_delta",
-                                    "delta": {"stop_reason": stop_reason(finish_reason), "stop_sequence": null},
-                                    "usage": {"input_tokens": usage.input, "output_tokens": usage.output}}),
-                        ));
-                        out.extend_from_slice(&sse_frame(
-                            Some("message_stop"),
-                            &json!({"type": "message_stop"}),
-                        ));
-                    }
-                    Err(e) => {
-                        out.extend_from_slice(&sse_frame(Some("error"), &error_value(&e, &request_id)));
-                    }
-                }
-                Bytes::from(out)
-            });
+            let mut writer = BlockWriter::new(request_id);
+            let events = answer
+                .value
+                .map(move |item| Bytes::from(writer.write(item)));
             Reply::streaming(
                 SSE,
                 answer.provider,
@@ -544,5 +569,141 @@ mod tests {
         let mut no_max = body;
         no_max.remove("max_tokens");
         assert!(chat_request(&no_max).is_err());
+    }
+
+    /// The frames a writer prints for `items`, as (event, data) pairs.
+    fn frames(items: Vec<Result<StreamEvent, GatewayError>>) -> Vec<(String, Value)> {
+        let mut writer = BlockWriter::new("req-1".into());
+        let text: String = items
+            .into_iter()
+            .map(|i| String::from_utf8(writer.write(i)).unwrap())
+            .collect();
+        text.split("\n\n")
+            .filter(|f| !f.is_empty())
+            .map(|frame| {
+                let (event, data) = frame.split_once('\n').unwrap();
+                (
+                    event.strip_prefix("event: ").unwrap().to_owned(),
+                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_canonical_stream_becomes_content_blocks_opened_and_closed_in_order() {
+        let call = |index: u32, id: Option<&str>, arguments: &str| {
+            Ok(StreamEvent::ToolCall(crate::types::ToolCallDelta {
+                index,
+                id: id.map(str::to_owned),
+                name: id.map(|_| format!("tool{index}")),
+                arguments: arguments.to_owned(),
+            }))
+        };
+        let got = frames(vec![
+            Ok(StreamEvent::Delta("Checking".into())),
+            Ok(StreamEvent::Delta(".".into())),
+            call(0, Some("call_a"), ""),
+            call(0, None, "{\"city\":"),
+            call(0, None, "\"Oslo\"}"),
+            call(1, Some("call_b"), "{}"),
+            Ok(StreamEvent::Logprobs(json!({"content": []}))),
+            Ok(StreamEvent::Done {
+                finish_reason: FinishReason::ToolCalls,
+                usage: Some(crate::types::TokenCounts {
+                    input: 12,
+                    output: 7,
+                }),
+            }),
+        ]);
+        let delta = |index: u32, delta: Value| {
+            (
+                "content_block_delta".to_owned(),
+                json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            )
+        };
+        let start = |index: u32, block: Value| {
+            (
+                "content_block_start".to_owned(),
+                json!({"type": "content_block_start", "index": index, "content_block": block}),
+            )
+        };
+        let stop = |index: u32| {
+            (
+                "content_block_stop".to_owned(),
+                json!({"type": "content_block_stop", "index": index}),
+            )
+        };
+        let json_delta =
+            |partial: &str| json!({"type": "input_json_delta", "partial_json": partial});
+        assert_eq!(
+            got,
+            vec![
+                start(0, json!({"type": "text", "text": ""})),
+                delta(0, json!({"type": "text_delta", "text": "Checking"})),
+                delta(0, json!({"type": "text_delta", "text": "."})),
+                stop(0),
+                start(
+                    1,
+                    json!({"type": "tool_use", "id": "call_a", "name": "tool0", "input": {}})
+                ),
+                delta(1, json_delta("{\"city\":")),
+                delta(1, json_delta("\"Oslo\"}")),
+                stop(1),
+                start(
+                    2,
+                    json!({"type": "tool_use", "id": "call_b", "name": "tool1", "input": {}})
+                ),
+                delta(2, json_delta("{}")),
+                stop(2),
+                (
+                    "message_delta".to_owned(),
+                    json!({"type": "message_delta",
+                           "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                           "usage": {"input_tokens": 12, "output_tokens": 7}})
+                ),
+                ("message_stop".to_owned(), json!({"type": "message_stop"})),
+            ]
+        );
+
+        // A failure mid-stream is an Anthropic error event.
+        let got = frames(vec![
+            Ok(StreamEvent::Delta("par".into())),
+            Err(GatewayError::Upstream {
+                provider: "local".into(),
+                message: "connection reset".into(),
+                correlation_id: None,
+            }),
+        ]);
+        assert_eq!(got[2].0, "error");
+        assert_eq!(got[2].1["type"], "error");
+        assert_eq!(got[2].1["request_id"], "req-1");
+    }
+
+    #[test]
+    fn a_canonical_answer_becomes_a_message_of_blocks() {
+        let answer = ChatResponse {
+            content: "Checking.".into(),
+            tool_calls: vec![crate::types::ToolCall {
+                id: "call_a".into(),
+                name: "weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            }],
+            finish_reason: FinishReason::ToolCalls,
+            usage: None,
+            logprobs: None,
+        };
+        let mut got = message("claude", &answer, 12, 7);
+        assert!(got["id"].as_str().unwrap().starts_with("msg_"));
+        got.as_object_mut().unwrap().remove("id");
+        assert_eq!(
+            got,
+            json!({"type": "message", "role": "assistant", "model": "claude",
+                "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "call_a", "name": "weather", "input": {"city": "Oslo"}}],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 12, "output_tokens": 7}})
+        );
     }
 }

@@ -15,9 +15,10 @@ use super::{Reply, SSE, parse_body, sse_frame};
 use crate::error::GatewayError;
 use crate::router::{CallOptions, Caller, Gateway};
 use crate::types::{
-    ChatOptions, ChatRequest, ChatResponse, Message, Params, ResponseFormat, Role, StreamEvent,
-    Tool, ToolCall, ToolChoice,
+    ChatOptions, ChatRequest, ChatResponse, Image, Message, Params, ResponseFormat, Role,
+    StreamEvent, Tool, ToolCall, ToolChoice,
 };
+use crate::wire::openai::detail_of;
 
 /// The request fields the gateway handles; others are refused by name.
 const KNOWN: &[&str] = &[
@@ -44,7 +45,7 @@ fn id(prefix: &str) -> String {
 
 /// The text of a message item's content: a string, or `input_text` /
 /// `output_text` parts (images become the message's images).
-fn content_of(content: &Value, at: &str) -> Result<(String, Vec<String>), GatewayError> {
+fn content_of(content: &Value, at: &str) -> Result<(String, Vec<Image>), GatewayError> {
     match content {
         Value::String(s) => Ok((s.clone(), Vec::new())),
         Value::Array(parts) => {
@@ -56,7 +57,10 @@ fn content_of(content: &Value, at: &str) -> Result<(String, Vec<String>), Gatewa
                         text.push_str(part.get("text").and_then(Value::as_str).unwrap_or_default());
                     }
                     Some("input_image") => match part.get("image_url").and_then(Value::as_str) {
-                        Some(url) => images.push(url.to_owned()),
+                        Some(url) => images.push(Image {
+                            url: url.to_owned(),
+                            detail: detail_of(part.get("detail"), &format!("{at}.content[{j}]"))?,
+                        }),
                         None => {
                             return Err(GatewayError::invalid(format!(
                                 "{at}.content[{j}]: an input_image needs an image_url (file ids are not supported)"

@@ -5,9 +5,10 @@
 //!
 //! Deterministic means: the answer to a conversation is a function of it.
 //! By default the mock echoes the last user message (`echo: <text>`); a
-//! script maps substrings of the conversation's last message (the user's,
-//! or a tool's result) to fixed answers: a text, a JSON value (answered as
-//! its text) or tool calls, so a tool loop runs without a model. Tokens are
+//! [`Script`] maps substrings of the conversation's last message (the
+//! user's, or a tool's result), for any model or one, to fixed answers: a
+//! text, a JSON value (answered as its text) or tool calls, so a tool loop
+//! runs without a model. Tokens are
 //! whitespace-separated words, so tests can predict every count.
 
 #[cfg(feature = "mock-server")]
@@ -81,6 +82,96 @@ impl Scripted {
     }
 }
 
+/// A mock's script: prompt patterns and their answers, for any model or
+/// for one. As JSON (`mock-llm --script`): `{"pattern": answer, ...}`, plus
+/// an optional `"models": {"<model>": {"pattern": answer, ...}}` whose
+/// entries win for that model. The longest pattern the prompt contains
+/// wins; an empty one matches every prompt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Script {
+    entries: Vec<ScriptEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ScriptEntry {
+    /// `None`: any model.
+    model: Option<String>,
+    pattern: String,
+    answer: Scripted,
+}
+
+impl Script {
+    /// Parses a script file's JSON (see [`Script`]); an error names the key.
+    pub fn from_value(value: &Value) -> Result<Self, String> {
+        let Value::Object(top) = value else {
+            return Err("a script is a JSON object of \"prompt substring\": answer".to_owned());
+        };
+        let mut script = Script::default();
+        let mut add = |model: Option<&str>, pattern: &str, answer: &Value| {
+            let answer = Scripted::from_value(answer).map_err(|e| match model {
+                Some(m) => format!("models.{m}.{pattern:?}: {e}"),
+                None => format!("{pattern:?}: {e}"),
+            })?;
+            script.entries.push(ScriptEntry {
+                model: model.map(str::to_owned),
+                pattern: pattern.to_owned(),
+                answer,
+            });
+            Ok::<(), String>(())
+        };
+        for (key, value) in top {
+            if key != MODELS_KEY {
+                add(None, key, value)?;
+                continue;
+            }
+            let models = value
+                .as_object()
+                .ok_or("\"models\" is an object of \"<model>\": {\"prompt substring\": answer}")?;
+            for (model, entries) in models {
+                let entries = entries.as_object().ok_or_else(|| {
+                    format!("models.{model} is an object of \"prompt substring\": answer")
+                })?;
+                for (pattern, answer) in entries {
+                    add(Some(model), pattern, answer)?;
+                }
+            }
+        }
+        Ok(script)
+    }
+
+    /// This script and one more entry.
+    pub fn with(mut self, model: Option<&str>, pattern: &str, answer: Scripted) -> Self {
+        self.entries.push(ScriptEntry {
+            model: model.map(str::to_owned),
+            pattern: pattern.to_owned(),
+            answer,
+        });
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The answer for `prompt` to `model`: the longest of the model's own
+    /// patterns the prompt contains, else the longest of those for any model
+    /// (JSON objects have no order, so "first" would mean nothing).
+    fn find(&self, model: &str, prompt: &str) -> Option<&Scripted> {
+        let best = |wanted: Option<&str>| {
+            self.entries
+                .iter()
+                .filter(|e| e.model.as_deref() == wanted && prompt.contains(e.pattern.as_str()))
+                // Longest first; among equals the earliest (max_by_key keeps the last).
+                .rev()
+                .max_by_key(|e| e.pattern.len())
+        };
+        best(Some(model)).or_else(|| best(None)).map(|e| &e.answer)
+    }
+}
+
+/// The script key holding per-model entries.
+const MODELS_KEY: &str = "models";
+
 /// The message a script is matched against: the last user message or tool
 /// result (a tool loop goes on from what the tool said).
 fn last_prompt(messages: &[Message]) -> &str {
@@ -91,21 +182,19 @@ fn last_prompt(messages: &[Message]) -> &str {
         .map_or("", |m| m.content.as_str())
 }
 
-/// The answer to `messages`: the first script entry whose key the last user
-/// message (or tool result) contains, else the echo; a text is cut to
+/// The answer to `messages` sent to `model`: the script's entry for the
+/// last user message (or tool result), else the echo; a text is cut to
 /// `max_tokens` words (`length`). Tool call ids are deterministic
 /// (`call_<messages>_<index>`).
 pub fn answer(
     messages: &[Message],
+    model: &str,
     max_tokens: Option<u32>,
-    script: &[(String, Scripted)],
+    script: &Script,
 ) -> Answer {
     let prompt = last_prompt(messages);
     let prompt_tokens = messages.iter().map(|m| count_tokens(&m.content)).sum();
-    let scripted = script
-        .iter()
-        .find(|(key, _)| prompt.contains(key.as_str()))
-        .map(|(_, reply)| reply);
+    let scripted = script.find(model, prompt);
     let full = match scripted {
         Some(Scripted::ToolCalls(calls)) => {
             let tool_calls: Vec<ToolCall> = calls
@@ -208,19 +297,16 @@ mod tests {
             Message::new(Role::System, "be nice"),
             Message::new(Role::User, "hello there world"),
         ];
-        let a = answer(&msgs, None, &[]);
+        let a = answer(&msgs, "m", None, &Script::default());
         assert_eq!(a.text, "echo: hello there world");
         assert_eq!((a.prompt_tokens, a.completion_tokens), (5, 4));
-        let cut = answer(&msgs, Some(2), &[]);
+        let cut = answer(&msgs, "m", Some(2), &Script::default());
         assert_eq!(
             (cut.text.as_str(), cut.finish_reason),
             ("echo: hello", FinishReason::Length)
         );
-        let scripted = answer(
-            &msgs,
-            None,
-            &[("there".into(), Scripted::Text("scripted!".into()))],
-        );
+        let script = Script::default().with(None, "there", Scripted::Text("scripted!".into()));
+        let scripted = answer(&msgs, "m", None, &script);
         assert_eq!(scripted.text, "scripted!");
         assert_eq!(pieces("echo: a  b"), ["echo: ", "a  ", "b"]);
         assert_eq!(pieces("echo: a  b").concat(), "echo: a  b");
@@ -232,18 +318,13 @@ mod tests {
 
     #[test]
     fn a_script_drives_a_tool_loop() {
-        let script: Vec<(String, Scripted)> = [
-            (
-                "weather in Oslo",
-                serde_json::json!({"tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}]}),
-            ),
-            ("rain", serde_json::json!({"json": {"umbrella": true}})),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Scripted::from_value(v).unwrap()))
-        .collect();
+        let script = Script::from_value(&serde_json::json!({
+            "weather in Oslo": {"tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}]},
+            "rain": {"json": {"umbrella": true}},
+        }))
+        .unwrap();
         let mut msgs = vec![Message::new(Role::User, "weather in Oslo?")];
-        let first = answer(&msgs, None, &script);
+        let first = answer(&msgs, "m", None, &script);
         assert_eq!(first.finish_reason, FinishReason::ToolCalls);
         assert_eq!(first.tool_calls[0].name, "weather");
         assert_eq!(first.tool_calls[0].arguments, r#"{"city":"Oslo"}"#);
@@ -256,11 +337,39 @@ mod tests {
             tool_call_id: Some("call_1_0".into()),
             ..Message::new(Role::Tool, "rain all day")
         });
-        let second = answer(&msgs, None, &script);
+        let second = answer(&msgs, "m", None, &script);
         assert_eq!(
             (second.text.as_str(), second.finish_reason),
             (r#"{"umbrella":true}"#, FinishReason::Stop)
         );
         assert!(Scripted::from_value(&serde_json::json!(3)).is_err());
+    }
+
+    #[test]
+    fn a_model_s_own_entries_win_and_errors_name_the_key() {
+        let script = Script::from_value(&serde_json::json!({
+            "hello": "hello to anyone",
+            "models": {
+                "small": {"hello": "hello from small", "": "small answers anything"},
+                "big": {"": {"json": {"big": true}}}
+            }
+        }))
+        .unwrap();
+        let ask = |model: &str, prompt: &str| {
+            answer(&[Message::new(Role::User, prompt)], model, None, &script).text
+        };
+        assert_eq!(ask("small", "hello there"), "hello from small");
+        assert_eq!(ask("small", "what now"), "small answers anything");
+        assert_eq!(ask("big", "hello"), r#"{"big":true}"#);
+        assert_eq!(ask("other", "hello"), "hello to anyone");
+        assert_eq!(ask("other", "bye"), "echo: bye");
+
+        let err = Script::from_value(&serde_json::json!({"models": {"m": {"x": 3}}})).unwrap_err();
+        assert!(err.starts_with("models.m.\"x\": an answer is"), "{err}");
+        let err = Script::from_value(&serde_json::json!({"models": ["m"]})).unwrap_err();
+        assert!(err.contains("\"models\" is an object"), "{err}");
+        let err = Script::from_value(&serde_json::json!({"hi": 3})).unwrap_err();
+        assert!(err.starts_with("\"hi\": "), "{err}");
+        assert!(Script::from_value(&serde_json::json!([])).is_err());
     }
 }

@@ -62,8 +62,8 @@ pub struct MockConfig {
     /// OpenAI and Ollama APIs, `x-api-key` for Anthropic's).
     pub api_key: Option<String>,
     /// Substring of the last user message or tool result → fixed answer
-    /// (text, JSON or tool calls), first match wins.
-    pub script: Vec<(String, super::Scripted)>,
+    /// (text, JSON or tool calls), for any model or one.
+    pub script: super::Script,
 }
 
 #[derive(Debug, Default)]
@@ -642,7 +642,7 @@ async fn ollama_answer(
         .and_then(Value::as_i64)
         .and_then(|n| u32::try_from(n).ok())
         .filter(|n| *n > 0);
-    let a = answer(&messages, max, &state.config.script);
+    let a = answer(&messages, &model, max, &state.config.script);
     let done_reason = match a.finish_reason {
         FinishReason::Length => "length",
         _ => "stop",
@@ -813,7 +813,7 @@ async fn openai_chat(State(state): State<AppState>, headers: HeaderMap, body: By
         return error_response(Api::OpenAi, 400, "messages must not be empty");
     }
     let max = u32_field(&req, "max_completion_tokens").or_else(|| u32_field(&req, "max_tokens"));
-    let a = answer(&messages, max, &state.config.script);
+    let a = answer(&messages, &model, max, &state.config.script);
     let finish = a.finish_reason.as_str();
     let id = format!(
         "chatcmpl-mock-{}",
@@ -1019,7 +1019,7 @@ async fn anthropic_messages(
             "system messages go in the system field",
         );
     }
-    let a = answer(&messages, Some(max), &state.config.script);
+    let a = answer(&messages, &model, Some(max), &state.config.script);
     let stop = match a.finish_reason {
         FinishReason::Length => "max_tokens",
         FinishReason::ToolCalls => "tool_use",

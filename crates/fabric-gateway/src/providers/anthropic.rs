@@ -152,7 +152,8 @@ fn blocks(m: &Message) -> Vec<Value> {
     if !m.content.is_empty() {
         out.push(json!({"type": "text", "text": m.content}));
     }
-    for url in &m.images {
+    for image in &m.images {
+        let url = &image.url;
         let source = match url.strip_prefix("data:").and_then(|r| r.split_once(',')) {
             Some((meta, data)) => json!({
                 "type": "base64",
@@ -195,7 +196,51 @@ pub(super) fn unsupported(req: &ChatRequest) -> Option<String> {
         return Some((*field).to_owned());
     }
     // `user` becomes Anthropic's metadata.user_id; nothing else maps.
-    o.extra.keys().find(|k| k.as_str() != "user").cloned()
+    o.extra
+        .keys()
+        .find(|k| k.as_str() != "user")
+        .cloned()
+        .or_else(|| super::image_detail(req))
+}
+
+/// A Messages API answer as a canonical one; the input of `json_answer`
+/// (the tool an answer format became) is the answer's text.
+fn chat_response(answer: wire::MessagesResponse, json_answer: Option<&str>) -> ChatResponse {
+    let mut content = String::new();
+    let mut tool_calls = Vec::new();
+    for block in answer.content {
+        match block.kind.as_str() {
+            "text" => content.push_str(block.text.as_deref().unwrap_or_default()),
+            "tool_use" => {
+                let input = block.input.unwrap_or_else(|| json!({}));
+                let name = block.name.unwrap_or_default();
+                if json_answer == Some(name.as_str()) {
+                    content = input.to_string();
+                } else {
+                    tool_calls.push(ToolCall {
+                        id: block.id.unwrap_or_default(),
+                        name,
+                        arguments: input.to_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    let finish_reason = match answer.stop_reason.as_deref() {
+        Some("tool_use") if !tool_calls.is_empty() => FinishReason::ToolCalls,
+        other => finish(other),
+    };
+    ChatResponse {
+        content,
+        tool_calls,
+        finish_reason,
+        usage: answer.usage.map(|u| TokenCounts {
+            input: u.input_tokens.unwrap_or(0),
+            output: u.output_tokens.unwrap_or(0),
+        }),
+        logprobs: None,
+    }
 }
 
 impl Provider for AnthropicProvider {
@@ -206,42 +251,7 @@ impl Provider for AnthropicProvider {
         let response = self.http.send(request, call, wire::error_message).await?;
         let answer: wire::MessagesResponse = self.http.json(response, call).await?;
         let json_answer = json_answer_tool(req.options.response_format.as_ref()).map(|(n, _)| n);
-        let mut content = String::new();
-        let mut tool_calls = Vec::new();
-        for block in answer.content {
-            match block.kind.as_str() {
-                "text" => content.push_str(block.text.as_deref().unwrap_or_default()),
-                "tool_use" => {
-                    let input = block.input.unwrap_or_else(|| json!({}));
-                    let name = block.name.unwrap_or_default();
-                    // The answer-format tool's input is the answer itself.
-                    if json_answer.as_deref() == Some(name.as_str()) {
-                        content = input.to_string();
-                    } else {
-                        tool_calls.push(ToolCall {
-                            id: block.id.unwrap_or_default(),
-                            name,
-                            arguments: input.to_string(),
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        let finish_reason = match answer.stop_reason.as_deref() {
-            Some("tool_use") if !tool_calls.is_empty() => FinishReason::ToolCalls,
-            other => finish(other),
-        };
-        Ok(ChatResponse {
-            content,
-            tool_calls,
-            finish_reason,
-            usage: answer.usage.map(|u| TokenCounts {
-                input: u.input_tokens.unwrap_or(0),
-                output: u.output_tokens.unwrap_or(0),
-            }),
-            logprobs: None,
-        })
+        Ok(chat_response(answer, json_answer.as_deref()))
     }
 
     async fn chat_stream(
@@ -253,16 +263,11 @@ impl Provider for AnthropicProvider {
             .request(reqwest::Method::POST, "/v1/messages")
             .json(&Self::body(req, true));
         let response = self.http.send(request, call, wire::error_message).await?;
-        let decoder = EventDecoder {
-            name: self.http.name.to_string(),
-            redactor: self.http.redactor.clone(),
-            input: None,
-            output: None,
-            finish: None,
-            json_answer: json_answer_tool(req.options.response_format.as_ref()).map(|(n, _)| n),
-            blocks: std::collections::HashMap::new(),
-            calls: 0,
-        };
+        let decoder = EventDecoder::new(
+            self.http.name.to_string(),
+            self.http.redactor.clone(),
+            json_answer_tool(req.options.response_format.as_ref()).map(|(n, _)| n),
+        );
         Ok(stream::decode(
             stream::sse(stream::lines(response)),
             decoder,
@@ -320,6 +325,19 @@ enum Block {
 }
 
 impl EventDecoder {
+    fn new(name: String, redactor: crate::secret::Redactor, json_answer: Option<String>) -> Self {
+        Self {
+            name,
+            redactor,
+            input: None,
+            output: None,
+            finish: None,
+            json_answer,
+            blocks: std::collections::HashMap::new(),
+            calls: 0,
+        }
+    }
+
     fn usage(&self) -> Option<TokenCounts> {
         match (self.input, self.output) {
             (None, None) => None,
@@ -439,5 +457,243 @@ impl Decode for EventDecoder {
 
     fn end(&mut self, _: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
         Ok(())
+    }
+}
+
+/// Golden translations, both ways: canonical requests as the Messages API
+/// body Anthropic receives, its answers and streamed events as canonical ones.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{decode_all, golden_tool_loop};
+
+    fn sse(event: &str, data: Value) -> SseEvent {
+        SseEvent {
+            event: Some(event.to_owned()),
+            data: data.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_tool_loop_becomes_alternating_turns_of_blocks() {
+        let body =
+            serde_json::to_value(AnthropicProvider::body(&golden_tool_loop(), true)).unwrap();
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        assert_eq!(
+            body,
+            json!({
+                "model": "m1",
+                "max_tokens": 50,
+                "system": "be brief",
+                "messages": [
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "weather in Oslo?"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]},
+                    {"role": "assistant", "content": [
+                        {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}}]},
+                    // The tool's result and the next question: one user turn.
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "call_1", "content": "rain"},
+                        {"type": "text", "text": "and tomorrow?"}]}
+                ],
+                "temperature": 0.5,
+                "stop_sequences": ["END"],
+                "stream": true,
+                "tools": [{"name": "weather", "description": "Weather of a city", "input_schema": schema}],
+                "tool_choice": {"type": "auto"}
+            })
+        );
+    }
+
+    #[test]
+    fn forced_tools_serial_calls_and_json_answers_use_anthropic_s_own_switches() {
+        let mut req = golden_tool_loop();
+        req.options.tool_choice = Some(ToolChoice::Function("weather".into()));
+        req.options.parallel_tool_calls = Some(false);
+        req.options.extra.insert("user".into(), json!("u-7"));
+        let body = serde_json::to_value(AnthropicProvider::body(&req, false)).unwrap();
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": "weather", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(body["metadata"], json!({"user_id": "u-7"}));
+        assert_eq!(body.get("stream"), None, "false is left out");
+
+        let mut req = golden_tool_loop();
+        req.options.tools.clear();
+        req.options.tool_choice = None;
+        req.options.response_format = Some(ResponseFormat::JsonSchema {
+            name: "forecast".into(),
+            description: None,
+            schema: json!({"type": "object"}),
+            strict: Some(true),
+        });
+        let body = serde_json::to_value(AnthropicProvider::body(&req, false)).unwrap();
+        assert_eq!(body["tools"][0]["name"], "forecast");
+        assert_eq!(body["tools"][0]["input_schema"], json!({"type": "object"}));
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": "forecast"})
+        );
+    }
+
+    #[test]
+    fn answers_with_tool_use_blocks_become_canonical_tool_calls() {
+        let answer: wire::MessagesResponse = serde_json::from_value(json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 7}
+        }))
+        .unwrap();
+        assert_eq!(
+            chat_response(answer, None),
+            ChatResponse {
+                content: "Checking.".into(),
+                tool_calls: vec![ToolCall {
+                    id: "toolu_1".into(),
+                    name: "weather".into(),
+                    arguments: r#"{"city":"Oslo"}"#.into(),
+                }],
+                finish_reason: FinishReason::ToolCalls,
+                usage: Some(TokenCounts {
+                    input: 12,
+                    output: 7
+                }),
+                logprobs: None,
+            }
+        );
+        // The answer-format tool's input is the answer's text, not a call.
+        let answer: wire::MessagesResponse = serde_json::from_value(json!({
+            "content": [{"type": "tool_use", "id": "toolu_2", "name": "forecast", "input": {"rain": true}}],
+            "stop_reason": "tool_use"
+        }))
+        .unwrap();
+        let got = chat_response(answer, Some("forecast"));
+        assert_eq!(
+            (
+                got.content.as_str(),
+                got.tool_calls.len(),
+                got.finish_reason
+            ),
+            (r#"{"rain":true}"#, 0, FinishReason::Stop)
+        );
+    }
+
+    #[test]
+    fn streamed_events_become_text_and_tool_call_deltas() {
+        let events = [
+            sse(
+                "message_start",
+                json!({"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
+                "stop_reason": null, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+            ),
+            sse(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ),
+            sse("ping", json!({"type": "ping"})),
+            sse(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "Checking."}}),
+            ),
+            sse(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            sse(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1,
+                "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}}),
+            ),
+            sse(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+            ),
+            sse(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": "\"Oslo\"}"}}),
+            ),
+            sse(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 1}),
+            ),
+            // A type this client does not know yet is skipped.
+            sse(
+                "thinking_summary",
+                json!({"type": "thinking_summary", "text": "..."}),
+            ),
+            sse(
+                "message_delta",
+                json!({"type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"output_tokens": 7}}),
+            ),
+            sse("message_stop", json!({"type": "message_stop"})),
+        ];
+        let decoder = EventDecoder::new("claude".into(), Default::default(), None);
+        let call = |id: Option<&str>, name: Option<&str>, arguments: &str| {
+            StreamEvent::ToolCall(ToolCallDelta {
+                index: 0,
+                id: id.map(str::to_owned),
+                name: name.map(str::to_owned),
+                arguments: arguments.to_owned(),
+            })
+        };
+        assert_eq!(
+            decode_all(decoder, events),
+            [
+                StreamEvent::Delta("Checking.".into()),
+                call(Some("toolu_1"), Some("weather"), ""),
+                call(None, None, "{\"city\": "),
+                call(None, None, "\"Oslo\"}"),
+                StreamEvent::Done {
+                    finish_reason: FinishReason::ToolCalls,
+                    usage: Some(TokenCounts {
+                        input: 12,
+                        output: 7
+                    }),
+                },
+            ]
+        );
+
+        // A JSON answer streams as the answer-format tool's input: text.
+        let events = [
+            sse(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_2", "name": "forecast", "input": {}}}),
+            ),
+            sse(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": "{\"rain\": true}"}}),
+            ),
+            sse(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+            ),
+            sse("message_stop", json!({"type": "message_stop"})),
+        ];
+        let decoder =
+            EventDecoder::new("claude".into(), Default::default(), Some("forecast".into()));
+        assert_eq!(
+            decode_all(decoder, events),
+            [
+                StreamEvent::Delta("{\"rain\": true}".into()),
+                StreamEvent::Done {
+                    finish_reason: FinishReason::Stop,
+                    usage: None
+                },
+            ]
+        );
     }
 }

@@ -37,7 +37,12 @@ impl MockProvider {
 impl Provider for MockProvider {
     async fn chat(&self, req: &ChatRequest, _: &Call) -> Result<ChatResponse, ProviderError> {
         self.check_model(&req.model)?;
-        let a = mock::answer(&req.messages, req.params.max_tokens, &[]);
+        let a = mock::answer(
+            &req.messages,
+            &req.model,
+            req.params.max_tokens,
+            &mock::Script::default(),
+        );
         Ok(ChatResponse {
             usage: Some(TokenCounts {
                 input: a.prompt_tokens,
@@ -49,7 +54,12 @@ impl Provider for MockProvider {
 
     async fn chat_stream(&self, req: &ChatRequest, _: &Call) -> Result<ChatStream, ProviderError> {
         self.check_model(&req.model)?;
-        let a = mock::answer(&req.messages, req.params.max_tokens, &[]);
+        let a = mock::answer(
+            &req.messages,
+            &req.model,
+            req.params.max_tokens,
+            &mock::Script::default(),
+        );
         let mut events: Vec<Result<StreamEvent, ProviderError>> = mock::pieces(&a.text)
             .into_iter()
             .map(|p| Ok(StreamEvent::Delta(p)))

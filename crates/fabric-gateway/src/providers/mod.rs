@@ -142,6 +142,17 @@ impl AnyProvider {
     }
 }
 
+/// An image resolution hint (`detail: low | high`) only OpenAI-compatible
+/// providers honour: the first message that asks for one.
+fn image_detail(req: &ChatRequest) -> Option<String> {
+    req.messages.iter().enumerate().find_map(|(i, m)| {
+        m.images
+            .iter()
+            .any(|image| image.detail.as_deref().is_some_and(|d| d != "auto"))
+            .then(|| format!("messages[{i}] image detail"))
+    })
+}
+
 /// The first message part the in-process mock would have to drop.
 fn mock_unsupported_message(req: &ChatRequest) -> Option<String> {
     req.messages.iter().enumerate().find_map(|(i, m)| {
@@ -378,6 +389,67 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
         Some((at, _)) => format!("{}...", &text[..at]),
         None => text.to_owned(),
     }
+}
+
+/// The conversation the providers' golden translation tests send: a
+/// developer instruction, an image, one round of a tool loop and a
+/// follow-up question, with a tool offered.
+#[cfg(test)]
+pub(crate) fn golden_tool_loop() -> ChatRequest {
+    use crate::types::{ChatOptions, Message, Params, Role, Tool, ToolCall, ToolChoice};
+    ChatRequest {
+        model: "m1".into(),
+        messages: vec![
+            Message::new(Role::Developer, "be brief"),
+            Message {
+                images: vec!["data:image/png;base64,iVBORw0KGgo=".into()],
+                ..Message::new(Role::User, "weather in Oslo?")
+            },
+            Message {
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "weather".into(),
+                    arguments: r#"{"city":"Oslo"}"#.into(),
+                }],
+                ..Message::new(Role::Assistant, "")
+            },
+            Message {
+                tool_call_id: Some("call_1".into()),
+                ..Message::new(Role::Tool, "rain")
+            },
+            Message::new(Role::User, "and tomorrow?"),
+        ],
+        params: Params {
+            temperature: Some(0.5),
+            max_tokens: Some(50),
+            stop: vec!["END".into()],
+            ..Params::default()
+        },
+        options: ChatOptions {
+            tools: vec![Tool {
+                name: "weather".into(),
+                description: Some("Weather of a city".into()),
+                parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                strict: None,
+            }],
+            tool_choice: Some(ToolChoice::Auto),
+            ..ChatOptions::default()
+        },
+    }
+}
+
+/// Feeds `items` to a stream decoder as an upstream would, then ends it.
+#[cfg(test)]
+pub(crate) fn decode_all<D: stream::Decode>(
+    mut decoder: D,
+    items: impl IntoIterator<Item = D::Item>,
+) -> Vec<crate::types::StreamEvent> {
+    let mut out = std::collections::VecDeque::new();
+    for item in items {
+        decoder.feed(item, &mut out).unwrap();
+    }
+    decoder.end(&mut out).unwrap();
+    out.into()
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ impl OllamaProvider {
                     serde_json::Value::from(
                         m.images
                             .iter()
-                            .filter_map(|url| wire::image_base64(url))
+                            .filter_map(|image| wire::image_base64(&image.url))
                             .collect::<Vec<_>>(),
                     )
                 }),
@@ -130,14 +130,15 @@ pub(super) fn unsupported(req: &ChatRequest) -> Option<String> {
     if let Some(field) = o.extra.keys().find(|k| k.as_str() != "user") {
         return Some(field.clone());
     }
-    req.messages.iter().enumerate().find_map(|(i, m)| {
+    let remote = req.messages.iter().enumerate().find_map(|(i, m)| {
         m.images
             .iter()
-            .any(|url| wire::image_base64(url).is_none())
+            .any(|image| wire::image_base64(&image.url).is_none())
             .then(|| {
                 format!("messages[{i}] image URLs (Ollama takes images inline: send data: URLs)")
             })
-    })
+    });
+    remote.or_else(|| super::image_detail(req))
 }
 
 fn finish(reason: Option<&str>) -> FinishReason {
@@ -173,6 +174,25 @@ fn counts(stats: &wire::Stats) -> Option<TokenCounts> {
     }
 }
 
+/// An `/api/chat` answer as a canonical one.
+fn chat_response(answer: wire::ChatResponse) -> ChatResponse {
+    let (content, calls) = answer
+        .message
+        .map(|m| (m.content, tool_calls(m.tool_calls)))
+        .unwrap_or_default();
+    ChatResponse {
+        finish_reason: if calls.is_empty() {
+            finish(answer.done_reason.as_deref())
+        } else {
+            FinishReason::ToolCalls
+        },
+        content,
+        tool_calls: calls,
+        usage: counts(&answer.stats),
+        logprobs: None,
+    }
+}
+
 impl Provider for OllamaProvider {
     async fn chat(&self, req: &ChatRequest, call: &Call) -> Result<ChatResponse, ProviderError> {
         let request = self
@@ -180,21 +200,7 @@ impl Provider for OllamaProvider {
             .json(&Self::body(req, false));
         let response = self.http.send(request, call, wire::error_message).await?;
         let answer: wire::ChatResponse = self.http.json(response, call).await?;
-        let (content, calls) = answer
-            .message
-            .map(|m| (m.content, tool_calls(m.tool_calls)))
-            .unwrap_or_default();
-        Ok(ChatResponse {
-            finish_reason: if calls.is_empty() {
-                finish(answer.done_reason.as_deref())
-            } else {
-                FinishReason::ToolCalls
-            },
-            content,
-            tool_calls: calls,
-            usage: counts(&answer.stats),
-            logprobs: None,
-        })
+        Ok(chat_response(answer))
     }
 
     async fn chat_stream(
@@ -307,5 +313,143 @@ impl Decode for PartDecoder {
 
     fn end(&mut self, _: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
         Ok(())
+    }
+}
+
+/// Golden translations, both ways: canonical requests as the `/api/chat`
+/// body Ollama receives, its answers and NDJSON parts as canonical ones.
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::providers::{decode_all, golden_tool_loop};
+
+    #[test]
+    fn a_tool_loop_becomes_ollama_messages_with_tool_names_and_inline_images() {
+        let body = serde_json::to_value(OllamaProvider::body(&golden_tool_loop(), false)).unwrap();
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        assert_eq!(
+            body,
+            json!({
+                "model": "m1",
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "weather in Oslo?", "images": ["iVBORw0KGgo="]},
+                    {"role": "assistant", "content": "",
+                     "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
+                    // Ollama matches a result to its call by the tool's name.
+                    {"role": "tool", "content": "rain", "tool_name": "weather"},
+                    {"role": "user", "content": "and tomorrow?"}
+                ],
+                "stream": false,
+                "options": {"temperature": 0.5, "num_predict": 50, "stop": ["END"]},
+                "tools": [{"type": "function", "function": {
+                    "name": "weather", "description": "Weather of a city", "parameters": schema}}]
+            })
+        );
+    }
+
+    #[test]
+    fn answer_formats_become_format_and_tool_choice_none_withholds_the_tools() {
+        let mut req = golden_tool_loop();
+        req.options.tool_choice = Some(ToolChoice::None);
+        req.options.response_format = Some(ResponseFormat::JsonObject);
+        let body = serde_json::to_value(OllamaProvider::body(&req, true)).unwrap();
+        assert_eq!(body["format"], "json");
+        assert_eq!(body.get("tools"), None);
+        req.options.response_format = Some(ResponseFormat::JsonSchema {
+            name: "forecast".into(),
+            description: None,
+            schema: json!({"type": "object", "required": ["rain"]}),
+            strict: None,
+        });
+        let body = serde_json::to_value(OllamaProvider::body(&req, true)).unwrap();
+        assert_eq!(
+            body["format"],
+            json!({"type": "object", "required": ["rain"]})
+        );
+    }
+
+    #[test]
+    fn answers_with_tool_calls_get_ids_and_json_text_arguments() {
+        let answer: wire::ChatResponse = serde_json::from_value(json!({
+            "model": "llama3", "created_at": "2026-12-07T00:00:00Z",
+            "message": {"role": "assistant", "content": "",
+                "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
+            "done": true, "done_reason": "stop", "prompt_eval_count": 12, "eval_count": 7
+        }))
+        .unwrap();
+        let got = chat_response(answer);
+        assert_eq!(got.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(
+            got.usage,
+            Some(TokenCounts {
+                input: 12,
+                output: 7
+            })
+        );
+        let call = &got.tool_calls[0];
+        assert_eq!(
+            (call.name.as_str(), call.arguments.as_str()),
+            ("weather", r#"{"city":"Oslo"}"#)
+        );
+        assert!(
+            call.id.starts_with("call_"),
+            "an id is made up: {}",
+            call.id
+        );
+
+        let answer: wire::ChatResponse = serde_json::from_value(json!({
+            "message": {"role": "assistant", "content": "cut sho"}, "done": true, "done_reason": "length"
+        }))
+        .unwrap();
+        assert_eq!(
+            chat_response(answer),
+            ChatResponse::text("cut sho", FinishReason::Length)
+        );
+    }
+
+    #[test]
+    fn ndjson_parts_become_text_and_whole_tool_call_deltas() {
+        let parts = [
+            json!({"model": "llama3", "message": {"role": "assistant", "content": "Checking"}, "done": false}),
+            json!({"model": "llama3", "message": {"role": "assistant", "content": ""}, "done": false}),
+            json!({"model": "llama3", "message": {"role": "assistant", "content": "",
+                "tool_calls": [
+                    {"id": "call_a", "function": {"name": "weather", "arguments": {"city": "Oslo"}}},
+                    {"id": "call_b", "function": {"name": "forecast", "arguments": {}}}]}, "done": false}),
+            json!({"model": "llama3", "message": {"role": "assistant", "content": ""},
+                "done": true, "done_reason": "stop", "prompt_eval_count": 12, "eval_count": 7}),
+        ]
+        .map(|p| p.to_string());
+        let decoder = PartDecoder {
+            name: "ollama".into(),
+            redactor: Default::default(),
+            calls: 0,
+        };
+        let call = |index: u32, id: &str, name: &str, arguments: &str| {
+            StreamEvent::ToolCall(ToolCallDelta {
+                index,
+                id: Some(id.into()),
+                name: Some(name.into()),
+                arguments: arguments.into(),
+            })
+        };
+        assert_eq!(
+            decode_all(decoder, parts),
+            [
+                StreamEvent::Delta("Checking".into()),
+                call(0, "call_a", "weather", r#"{"city":"Oslo"}"#),
+                call(1, "call_b", "forecast", "{}"),
+                StreamEvent::Done {
+                    finish_reason: FinishReason::ToolCalls,
+                    usage: Some(TokenCounts {
+                        input: 12,
+                        output: 7
+                    }),
+                },
+            ]
+        );
     }
 }

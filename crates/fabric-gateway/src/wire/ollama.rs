@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::GatewayError;
-use crate::types::{ChatOptions, Message, Params, Role};
+use crate::types::{ChatOptions, Image, Message, Params, Role};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChatRequest {
@@ -66,13 +66,13 @@ pub fn image_base64(url: &str) -> Option<&str> {
 
 /// Ollama's `images` (base64 strings, the field called `field` in errors)
 /// as `data:` URLs; absent, null or `[]` is none.
-pub fn images_from(images: Option<&Value>, field: &str) -> Result<Vec<String>, GatewayError> {
+pub fn images_from(images: Option<&Value>, field: &str) -> Result<Vec<Image>, GatewayError> {
     let bad = || GatewayError::invalid(format!("{field} must be an array of base64 strings"));
     match images {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_str().map(image_data_url))
+            .map(|v| v.as_str().map(|b| Image::from(image_data_url(b))))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(bad),
         Some(_) => Err(bad()),

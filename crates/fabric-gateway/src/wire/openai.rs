@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GatewayError;
-use crate::types::{Message, ResponseFormat, Role, Tool, ToolChoice};
+use crate::types::{Image, Message, ResponseFormat, Role, Tool, ToolChoice};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -174,11 +174,13 @@ impl ChatMessage {
             if !m.content.is_empty() {
                 parts.push(json!({"type": "text", "text": m.content}));
             }
-            parts.extend(
-                m.images
-                    .iter()
-                    .map(|url| json!({"type": "image_url", "image_url": {"url": url}})),
-            );
+            parts.extend(m.images.iter().map(|image| {
+                let mut part = json!({"type": "image_url", "image_url": {"url": image.url}});
+                if let Some(detail) = &image.detail {
+                    part["image_url"]["detail"] = json!(detail);
+                }
+                part
+            }));
             Value::Array(parts)
         };
         Self {
@@ -233,7 +235,7 @@ pub fn parse_role(role: &str, index: usize) -> Result<Role, GatewayError> {
 
 /// A message's text and images: a string, or an array of `text` and
 /// `image_url` parts (texts joined, images in order).
-pub fn content_parts(content: &Value, index: usize) -> Result<(String, Vec<String>), GatewayError> {
+pub fn content_parts(content: &Value, index: usize) -> Result<(String, Vec<Image>), GatewayError> {
     match content {
         Value::String(s) => Ok((s.clone(), Vec::new())),
         Value::Null => Ok((String::new(), Vec::new())),
@@ -251,16 +253,8 @@ pub fn content_parts(content: &Value, index: usize) -> Result<(String, Vec<Strin
                         }
                     },
                     Some("image_url") => {
-                        let url = part
-                            .get("image_url")
-                            .and_then(|i| i.get("url").or(Some(i)))
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| {
-                                GatewayError::invalid(format!(
-                                    "messages[{index}].content[{j}].image_url.url must be a string"
-                                ))
-                            })?;
-                        images.push(url.to_owned());
+                        let at = format!("messages[{index}].content[{j}].image_url");
+                        images.push(image_of(part.get("image_url"), &at)?);
                     }
                     kind => {
                         return Err(GatewayError::invalid(format!(
@@ -274,6 +268,40 @@ pub fn content_parts(content: &Value, index: usize) -> Result<(String, Vec<Strin
         }
         _ => Err(GatewayError::invalid(format!(
             "messages[{index}].content must be a string or an array of parts"
+        ))),
+    }
+}
+
+/// An `image_url` part's image: `{"url", "detail"?}` (or the bare URL
+/// older clients send); `at` names it in errors.
+pub fn image_of(image_url: Option<&Value>, at: &str) -> Result<Image, GatewayError> {
+    let image = match image_url {
+        Some(Value::String(url)) => Image::from(url.as_str()),
+        Some(value @ Value::Object(o)) => {
+            crate::api::refuse_unknown_keys(value, &["url", "detail"], at)?;
+            Image {
+                url: o
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| GatewayError::invalid(format!("{at}.url must be a string")))?
+                    .to_owned(),
+                detail: detail_of(o.get("detail"), at)?,
+            }
+        }
+        _ => return Err(GatewayError::invalid(format!("{at}.url must be a string"))),
+    };
+    Ok(image)
+}
+
+/// An image's `detail`: absent, or `low`, `high` or `auto`.
+pub fn detail_of(detail: Option<&Value>, at: &str) -> Result<Option<String>, GatewayError> {
+    match detail {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(d)) if ["low", "high", "auto"].contains(&d.as_str()) => {
+            Ok(Some(d.clone()))
+        }
+        Some(other) => Err(GatewayError::invalid(format!(
+            "{at}.detail must be low, high or auto (got {other})"
         ))),
     }
 }
@@ -753,12 +781,47 @@ mod tests {
         assert_eq!(parsed[0], Message::new(Role::Developer, "be brief"));
         assert_eq!(parsed[1], Message::new(Role::User, "ab"));
 
-        let image: Vec<ChatMessage> = serde_json::from_value(json!([
-            {"role": "user", "content": [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
-        ]))
-        .unwrap();
-        let parsed = messages_from(&image).unwrap();
-        assert_eq!(parsed[0].images, ["data:image/png;base64,AAAA"]);
+        let image = json!([
+            {"role": "user", "content": [{"type": "text", "text": "what is it?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}]}
+        ]);
+        let parsed =
+            messages_from(&serde_json::from_value::<Vec<ChatMessage>>(image.clone()).unwrap())
+                .unwrap();
+        assert_eq!(
+            parsed[0].images,
+            [
+                Image::from("data:image/png;base64,AAAA"),
+                Image {
+                    url: "https://x/y.png".into(),
+                    detail: Some("low".into())
+                }
+            ]
+        );
+        // Printed back as it came (the detail kept for OpenAI upstreams).
+        assert_eq!(
+            serde_json::to_value(ChatMessage::from_message(&parsed[0])).unwrap(),
+            image[0]
+        );
+        for (bad, says) in [
+            (
+                json!({"url": "https://x", "detail": "ultra"}),
+                "detail must be low, high or auto",
+            ),
+            (
+                json!({"url": "https://x", "size": 3}),
+                "image_url.size is not supported",
+            ),
+            (json!({"detail": "low"}), "image_url.url must be a string"),
+        ] {
+            let m: Vec<ChatMessage> = serde_json::from_value(json!([
+                {"role": "user", "content": [{"type": "image_url", "image_url": bad}]}
+            ]))
+            .unwrap();
+            let err = messages_from(&m).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
         let audio: Vec<ChatMessage> = serde_json::from_value(json!([
             {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
         ]))

@@ -5,12 +5,12 @@
 //! with a 400 naming the field where a provider cannot honour it.
 
 use fabric_gateway::api::{ollama, openai};
-use fabric_gateway::mock::Scripted;
+use fabric_gateway::mock::Script;
 use fabric_gateway::mock::server::MockServer;
 use fabric_gateway::{CallOptions, GatewayConfig, ProviderKind};
 use serde_json::{Value, json};
 
-use crate::harness::{body, caller, gateway, mock_with, provider, sse_data};
+use crate::harness::{body, caller, gateway, local_cloud, mock_with, provider, sse_data};
 
 fn bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap()
@@ -20,19 +20,11 @@ fn bytes(v: &Value) -> Vec<u8> {
 /// the tool's "rain" with JSON.
 async fn scripted(name: &str) -> MockServer {
     mock_with(name, |c| {
-        c.script = vec![
-            (
-                "weather in Oslo".into(),
-                Scripted::from_value(&json!({"tool_calls": [
-                    {"name": "weather", "arguments": {"city": "Oslo"}}
-                ]}))
-                .unwrap(),
-            ),
-            (
-                "rain".into(),
-                Scripted::from_value(&json!({"json": {"umbrella": true}})).unwrap(),
-            ),
-        ];
+        c.script = Script::from_value(&json!({
+            "weather in Oslo": {"tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}]},
+            "rain": {"json": {"umbrella": true}},
+        }))
+        .unwrap();
     })
     .await
 }
@@ -370,6 +362,61 @@ async fn a_field_a_provider_cannot_honour_is_a_400_naming_it_or_falls_to_one_tha
     .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("seed by provider anthropic"), "{text}");
+
+    // An image's resolution hint is OpenAI's: refused by the others, kept
+    // for an OpenAI-compatible upstream.
+    let image = |detail: &str| {
+        json!({"model": "llama3", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": detail}}]}]})
+    };
+    let (status, _, text) = body(
+        openai::chat_completions(
+            &gw,
+            &caller(),
+            CallOptions::new("openai"),
+            &bytes(&image("high")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("messages[0] image detail by provider anthropic"),
+        "{text}"
+    );
+    let (status, _, text) = body(
+        openai::chat_completions(
+            &gw,
+            &caller(),
+            CallOptions::new("openai"),
+            &bytes(&image("auto")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "auto is every provider's default: {text}");
+    let openai_up = scripted("openai").await;
+    let (gw, _) = gateway(one(ProviderKind::Openai, "openai", &openai_up));
+    let (status, _, text) = body(
+        openai::chat_completions(
+            &gw,
+            &caller(),
+            CallOptions::new("openai"),
+            &bytes(&image("low")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let got = openai_up
+        .control()
+        .last_body("/v1/chat/completions")
+        .unwrap();
+    assert_eq!(
+        got["messages"][0]["content"][1]["image_url"]["detail"], "low",
+        "{got}"
+    );
 }
 
 #[tokio::test]
@@ -630,4 +677,66 @@ async fn responses_run_a_tool_loop_statelessly() {
         call(json!({"model": "llama3", "input": "x", "previous_response_id": "resp_1"})).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("stores no responses"), "{text}");
+}
+
+/// Item 2 of the issue: the local model starts a tool loop, stops, and the
+/// cloud (another wire format) finishes it: the call's id made up for
+/// Ollama's answer is the `tool_use` id Anthropic is shown.
+#[tokio::test]
+async fn fallback_to_the_cloud_keeps_a_tool_loop_going() {
+    let (local, cloud) = (scripted("local").await, scripted("cloud").await);
+    let mut config = local_cloud(&local, &cloud);
+    config.providers[1] = provider("anthropic", ProviderKind::Anthropic, &cloud);
+    let (gw, _) = gateway(config);
+    let ask = |req: Value| {
+        let gw = &gw;
+        async move {
+            let (status, provider, text) = body(
+                openai::chat_completions(gw, &caller(), CallOptions::new("openai"), &bytes(&req))
+                    .await,
+            )
+            .await;
+            assert_eq!(status, 200, "{text}");
+            (provider.unwrap_or_default(), text)
+        }
+    };
+    let first = json!({"model": "llama3", "tools": [weather_tool()],
+                       "messages": [{"role": "user", "content": "weather in Oslo?"}]});
+    let (provider, text) = ask(first).await;
+    assert_eq!(provider, "ollama");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let call = v["choices"][0]["message"]["tool_calls"][0].clone();
+    let id = call["id"].as_str().unwrap().to_owned();
+
+    local.stop().await;
+    for stream in [false, true] {
+        let follow = json!({"model": "llama3", "tools": [weather_tool()], "stream": stream,
+        "messages": [
+            {"role": "user", "content": "weather in Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": id, "content": "rain"}
+        ]});
+        let (provider, text) = ask(follow).await;
+        assert_eq!(provider, "anthropic", "stream {stream}");
+        let answer = if stream {
+            sse_data(&text)
+                .iter()
+                .filter_map(|c| {
+                    c["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect::<String>()
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(answer, r#"{"umbrella":true}"#, "stream {stream}: {text}");
+        let got = cloud.control().last_body("/v1/messages").unwrap();
+        assert_eq!(got["messages"][1]["content"][0]["id"], json!(id), "{got}");
+        assert_eq!(got["messages"][2]["content"][0]["tool_use_id"], json!(id));
+    }
 }

@@ -18,30 +18,14 @@ pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(3);
 /// The mocks' script: a two-round tool loop (`get_weather`, then
 /// `get_umbrella`, then an answer) and a JSON answer, for the official
 /// clients' tool and structured-output checks.
-pub fn tool_script() -> Vec<(String, fabric_gateway::mock::Scripted)> {
-    [
-        (
-            "weather in Oslo",
-            json!({"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}),
-        ),
-        (
-            "rain",
-            json!({"tool_calls": [{"name": "get_umbrella", "arguments": {"size": "large"}}]}),
-        ),
-        ("umbrella stand", json!("Take the large umbrella.")),
-        (
-            "should I take",
-            json!({"json": {"umbrella": true, "reason": "rain"}}),
-        ),
-    ]
-    .into_iter()
-    .map(|(key, answer)| {
-        (
-            key.to_owned(),
-            fabric_gateway::mock::Scripted::from_value(&answer).unwrap(),
-        )
-    })
-    .collect()
+pub fn tool_script() -> fabric_gateway::mock::Script {
+    fabric_gateway::mock::Script::from_value(&json!({
+        "weather in Oslo": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
+        "rain": {"tool_calls": [{"name": "get_umbrella", "arguments": {"size": "large"}}]},
+        "umbrella stand": "Take the large umbrella.",
+        "should I take": {"json": {"umbrella": true, "reason": "rain"}},
+    }))
+    .unwrap()
 }
 
 pub struct Upstreams {
