@@ -377,12 +377,20 @@ impl FabricClient {
         self.json(self.authed(req)).await
     }
 
-    /// `POST /v1/approvals/{id}/approve` or `/deny`.
-    pub async fn decide_approval(&self, id: &str, approve: bool) -> Result<Approval, ClientError> {
+    /// `POST /v1/approvals/{id}/approve` or `/deny`, with the reason if given.
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<Approval, ClientError> {
         let verb = if approve { "approve" } else { "deny" };
         let path = format!("/v1/approvals/{id}/{verb}");
-        self.json(self.authed(self.http.post(self.url(&path))))
-            .await
+        let mut req = self.http.post(self.url(&path));
+        if let Some(reason) = reason {
+            req = req.json(&serde_json::json!({ "reason": reason }));
+        }
+        self.json(self.authed(req)).await
     }
 
     /// `GET /v1/audit?agent=&decision=&limit=` (admin), newest first.
@@ -504,6 +512,59 @@ impl FabricClient {
             ),
         )
         .await
+    }
+
+    /// `GET /v1/agents/{id}/logs?follow=true`: calls `each` with the last
+    /// `tail` lines, then with every new one, until the server ends the
+    /// stream (the fabric stopped, or this follower fell behind) or `each`
+    /// says to stop (false).
+    pub async fn follow_agent_logs(
+        &self,
+        id: &AgentId,
+        tail: u32,
+        mut each: impl FnMut(fabric_core::api::ProgramLogLine) -> bool,
+    ) -> Result<(), ClientError> {
+        let request = self
+            .authed(
+                self.http
+                    .get(self.url(&format!("/v1/agents/{id}/logs")))
+                    .query(&[("tail", tail.to_string()), ("follow", "true".to_owned())]),
+            )
+            // Open for as long as the user watches.
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        let response = self.send(request).await?;
+        let mut body = response.bytes_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = body.next().await {
+            pending.extend_from_slice(&chunk.map_err(|e| self.transport_error(&e))?);
+            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                let kind = text.lines().find_map(|l| l.strip_prefix("event: "));
+                let data: String = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                match kind {
+                    Some("line") => {
+                        let line = serde_json::from_str(&data).map_err(|e| {
+                            ClientError::Protocol(format!("cannot decode a log line: {e}: {data}"))
+                        })?;
+                        if !each(line) {
+                            return Ok(());
+                        }
+                    }
+                    Some("lagged") => {
+                        return Err(ClientError::Protocol(format!(
+                            "this follower fell behind the agent's output ({data})"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `POST /v1/agents/{id}/remove`: forgets a stopped agent.

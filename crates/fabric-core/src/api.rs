@@ -393,6 +393,22 @@ pub struct WhoAmI {
     pub agent: Option<AgentId>,
 }
 
+/// A browser session (`/v1/auth/session`): who is signed in, and the token
+/// every state-changing request of the session must carry in
+/// `X-CSRF-Token`. The session's own secret travels only in its HttpOnly
+/// cookie, never in a body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionView {
+    pub user: String,
+    pub tenant: TenantId,
+    pub scopes: Vec<Scope>,
+    /// Send it as `X-CSRF-Token` on POST, PUT, PATCH and DELETE.
+    pub csrf_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -271,9 +271,71 @@ pub(crate) fn bearer(parts: &Parts) -> Option<String> {
         .find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))
 }
 
-/// The caller of a request, from its bearer token; 401 without one, 429
-/// when a person's token is over its user's request rate (agents' tokens
-/// are not throttled here).
+/// The cookie holding a browser session's secret (`POST /v1/auth/session`).
+pub(crate) const SESSION_COOKIE: &str = "fabric_session";
+/// The header a browser session's state-changing requests carry.
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The session secret of a request's `Cookie` header(s), if any.
+pub(crate) fn session_cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|header| header.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then(|| value.to_owned())
+        })
+}
+
+/// The CSRF token of the session whose token hash is `token_hash`: derived,
+/// so nothing is stored, and one-way, so it reveals nothing of the secret.
+pub(crate) fn csrf_token(token_hash: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("fabric-csrf:{token_hash}")))
+}
+
+/// What a request authenticated by the session cookie must also show: an
+/// `Origin` (when the browser sends one) of this very host, and, unless it
+/// only reads, the session's CSRF token. A bearer token cannot be sent by
+/// another site's page, so bearer requests need neither.
+fn check_browser_request(parts: &Parts, principal: &Principal) -> Result<(), ApiError> {
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if let Some(origin) = parts
+        .headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    {
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+        if origin_host.is_none() || origin_host != host {
+            return Err(ApiError::forbidden(format!(
+                "a cross-site request with the session cookie is refused (Origin {origin}); use the dashboard on this server, or send a bearer token"
+            )));
+        }
+    }
+    let reads = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    if !reads && sent != Some(csrf_token(&principal.token_hash).as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "missing or wrong X-CSRF-Token: a browser session's changes must send the csrf_token that POST or GET /v1/auth/session answers",
+        ));
+    }
+    Ok(())
+}
+
+/// The caller of a request, from its bearer token (or a browser session's
+/// cookie); 401 without one, 429 when a person's token is over its user's
+/// request rate (agents' tokens are not throttled here).
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -281,7 +343,9 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let authenticated = match bearer(parts) {
+        let bearer = bearer(parts);
+        let from_cookie = bearer.is_none();
+        let authenticated = match bearer.or_else(|| session_cookie(parts)) {
             Some(secret) => state
                 .auth
                 .authenticate(&secret)
@@ -305,6 +369,9 @@ impl FromRequestParts<AppState> for Principal {
                 return Err(refused);
             }
         };
+        if from_cookie {
+            check_browser_request(parts, &principal)?;
+        }
         if principal.kind == TokenKind::Agent && !agent_may_use(parts.uri.path()) {
             return Err(ApiError::forbidden(
                 "an agent token works only on the agent protocol (/v1/agent/...), the inference API, its own budget and usage, and /v1/auth/whoami (docs/AGENT_PROTOCOL.md)",

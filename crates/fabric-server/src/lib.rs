@@ -50,6 +50,7 @@ pub mod services;
 pub mod state;
 mod store;
 pub mod telemetry;
+mod ui;
 /// W3C trace context and the OTLP/HTTP exporter (from `fabric-telemetry`).
 pub use fabric_telemetry::trace;
 

@@ -1742,6 +1742,7 @@ pub fn sample_approval(offset_ms: i64) -> Approval {
         expires_at: Timestamp::from_millis(T0 + offset_ms + 60_000),
         decided_by: None,
         decided_at: None,
+        reason: None,
         request_id: "req-1".to_owned(),
     }
 }

@@ -54,6 +54,9 @@ pub struct AgentLogsArgs {
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub tail: u32,
+    /// Keep printing lines as the program writes them (Ctrl-C stops)
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -626,6 +629,19 @@ async fn restart(ctx: &Ctx, args: TerminateArgs) -> Result<(), CliError> {
 /// `agent logs ID`: stdout lines on stdout, stderr lines on stderr (as the
 /// program wrote them), so `agent logs coder > out.txt` keeps its output.
 async fn logs(ctx: &Ctx, args: AgentLogsArgs) -> Result<(), CliError> {
+    if args.follow {
+        let json = ctx.output.is_json();
+        ctx.authed_client()?
+            .follow_agent_logs(&args.id, args.tail, |line| {
+                if json {
+                    // One object a line, as every followed stream prints.
+                    return serde_json::to_string(&line).is_ok_and(|text| outln!("{text}").is_ok());
+                }
+                print_line(&line)
+            })
+            .await?;
+        return Ok(());
+    }
     let logs = ctx.authed_client()?.agent_logs(&args.id, args.tail).await?;
     if ctx.output.is_json() {
         return print_json(&logs);
@@ -637,14 +653,23 @@ async fn logs(ctx: &Ctx, args: AgentLogsArgs) -> Result<(), CliError> {
         );
     }
     for line in &logs.lines {
-        let text = crate::output::plain(&line.line);
-        if line.stream == "stderr" {
-            eprintln!("{text}");
-        } else {
-            outln!("{text}")?;
+        if !print_line(line) {
+            break;
         }
     }
     Ok(())
+}
+
+/// One program line on the stream it was written to; false once stdout is
+/// closed (`| head`), so a follower stops.
+fn print_line(line: &fabric_core::api::ProgramLogLine) -> bool {
+    let text = crate::output::plain(&line.line);
+    if line.stream == "stderr" {
+        eprintln!("{text}");
+        true
+    } else {
+        outln!("{text}").is_ok()
+    }
 }
 
 /// After a spawn: a program that exits within its first seconds is almost

@@ -68,9 +68,9 @@ pub enum ApprovalCommand {
     #[command(visible_alias = "ls")]
     List(ApprovalListArgs),
     /// Approve a pending approval: the waiting agent proceeds
-    Approve(ApprovalIdArgs),
+    Approve(DecideArgs),
     /// Deny a pending approval: the waiting agent is told no
-    Deny(ApprovalIdArgs),
+    Deny(DecideArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,9 +84,12 @@ pub struct ApprovalListArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ApprovalIdArgs {
+pub struct DecideArgs {
     /// Approval id (from `approval list`): the full id or its end, 6 characters or more
     pub id: String,
+    /// Why (kept on the approval and in the audit trail)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -316,8 +319,8 @@ pub async fn run_approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<(), CliErro
                 &rows,
             ))
         }
-        ApprovalCommand::Approve(args) => decide(ctx, &args.id, true).await,
-        ApprovalCommand::Deny(args) => decide(ctx, &args.id, false).await,
+        ApprovalCommand::Approve(args) => decide(ctx, &args, true).await,
+        ApprovalCommand::Deny(args) => decide(ctx, &args, false).await,
     }
 }
 
@@ -337,10 +340,12 @@ fn approval_row(a: &Approval, wide: bool) -> Vec<String> {
     ]
 }
 
-async fn decide(ctx: &Ctx, text: &str, approve: bool) -> Result<(), CliError> {
+async fn decide(ctx: &Ctx, args: &DecideArgs, approve: bool) -> Result<(), CliError> {
     let client = ctx.authed_client()?;
-    let id = resolve_approval(&client, text).await?;
-    let approval = client.decide_approval(&id.to_string(), approve).await?;
+    let id = resolve_approval(&client, &args.id).await?;
+    let approval = client
+        .decide_approval(&id.to_string(), approve, args.reason.as_deref())
+        .await?;
     if ctx.output.is_json() {
         return print_json(&approval);
     }

@@ -451,4 +451,46 @@ fn agent_logs_and_the_early_exit_warning() {
     assert_eq!(lines.len(), 1, "{json}");
     assert_eq!(lines[0]["session"], 1);
     fails_with(fabric.cli().args(["agent", "logs", "ghost"]), 4);
+
+    // -f: the old lines, then each new one as the program writes it.
+    let out = fabric
+        .cli()
+        .args([
+            "agent",
+            "spawn",
+            "--id",
+            "ticker",
+            "--isolation",
+            "none",
+            "--command",
+            "for i in 1 2 3; do echo tick-$i; sleep 0.5; done; sleep 600",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let follow = |id: &str| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
+            .args(["agent", "logs", id, "-f", "--tail", "1"])
+            .env("FABRIC_CONFIG", fabric.config_path())
+            .env("FABRIC_URL", &fabric.url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = crate::gateway::KillOnDrop(follow("ticker"));
+    let mut seen = Vec::new();
+    let reader = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    for line in std::io::BufRead::lines(reader) {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line == "tick-3" {
+            break;
+        }
+    }
+    assert!(seen.ends_with(&["tick-3".to_owned()]), "{seen:?}");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "still following after the last line"
+    );
 }

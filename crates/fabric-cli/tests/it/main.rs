@@ -16,6 +16,7 @@ mod access;
 mod agents;
 mod containers;
 mod crash;
+mod dashboard;
 mod gateway;
 mod instances;
 mod openapi;

@@ -183,20 +183,28 @@ pub struct LogsParams {
     /// How many of the last lines (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     tail: Option<usize>,
+    /// Keep the answer open and send lines as they are written: a
+    /// `text/event-stream` of `line` events (each a ProgramLogLine), the
+    /// last `tail` first.
+    follow: Option<bool>,
 }
 
 /// The last lines the agent's program wrote on stdout and stderr, oldest
-/// first, across its sessions (kept in memory: 1,000 per agent; a container
-/// agent's come from Docker's log).
+/// first, across its sessions (1,000 per agent in memory, more in a
+/// size-capped file that survives restarts; a container agent's come from
+/// Docker's log). With `follow=true`, a server-sent event stream that goes
+/// on with the lines as they are written.
 #[utoipa::path(get, path = "/v1/agents/{id}/logs", operation_id = "agent_logs", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id"), LogsParams),
-    responses((status = 200, body = AgentLogs), (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
+    responses((status = 200, body = AgentLogs, content_type = "application/json", description = "the lines; with follow=true a text/event-stream of `line` events, each one ProgramLogLine"),
+        (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<LogsParams>,
-) -> Result<Json<AgentLogs>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     user_only(&principal)?;
     principal.require(Scope::ReadTasks)?;
     let tail = params.tail.unwrap_or(100);
@@ -206,8 +214,60 @@ pub async fn logs(
             crate::services::agents::logs::KEPT_LINES
         )));
     }
-    let lines = state.agents.logs(&agent_id(&id)?, &principal, tail).await?;
-    Ok(Json(AgentLogs { lines }))
+    let id = agent_id(&id)?;
+    if params.follow != Some(true) {
+        let lines = state.agents.logs(&id, &principal, tail).await?;
+        return Ok(Json(AgentLogs { lines }).into_response());
+    }
+    let (lines, live) = state.agents.follow_logs(&id, &principal, tail).await?;
+    Ok(follow_stream(id, lines, live).into_response())
+}
+
+/// The SSE answer of `logs?follow=true`: the tail, then this agent's live
+/// lines; a follower too slow for the feed is told so and the stream ends
+/// (it reconnects and gets the tail again).
+fn follow_stream(
+    id: fabric_core::AgentId,
+    lines: Vec<fabric_core::api::ProgramLogLine>,
+    live: tokio::sync::broadcast::Receiver<(
+        fabric_core::AgentId,
+        fabric_core::api::ProgramLogLine,
+    )>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt as _;
+    use tokio::sync::broadcast::error::RecvError;
+    let event = |line: &fabric_core::api::ProgramLogLine| {
+        Ok(Event::default()
+            .event("line")
+            .json_data(line)
+            .unwrap_or_else(|_| Event::default().comment("unencodable line")))
+    };
+    let history = futures_util::stream::iter(lines.iter().map(event).collect::<Vec<_>>());
+    let live = futures_util::stream::unfold(Some(live), move |receiver| {
+        let id = id.clone();
+        async move {
+            let mut receiver = receiver?;
+            loop {
+                match receiver.recv().await {
+                    Ok((agent, line)) if agent == id => {
+                        return Some((event(&line), Some(receiver)));
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        let said = Event::default()
+                            .event("lagged")
+                            .data(format!("{missed} lines were missed: reconnect to read on"));
+                        return Some((Ok(said), None));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Sse::new(history.chain(live)).keep_alive(KeepAlive::default())
 }
 
 /// Removes a stopped agent: its record and session history (the id is free

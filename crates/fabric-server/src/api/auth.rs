@@ -2,9 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
 use fabric_core::api::{
-    CreateTokenRequest, LoginRequest, TokenList, TokenResponse, TokenView, WhoAmI,
+    CreateTokenRequest, LoginRequest, SessionView, TokenList, TokenResponse, TokenView, WhoAmI,
 };
 use serde::Deserialize;
 
@@ -126,4 +127,99 @@ pub async fn revoke_token(
         .revoke_token(&principal, &token, filters.user.as_deref())
         .await?;
     Ok(Json(revoked))
+}
+
+/// A browser session's cookie: HttpOnly (scripts never see the secret),
+/// SameSite=Strict (other sites' pages never send it), Secure when the page
+/// was served over https. `max_age` 0 removes it.
+fn session_cookie(secret: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        crate::extract::SESSION_COOKIE
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether the browser is on an https page (its `Origin`, or the proxy's
+/// `X-Forwarded-Proto` in front of this server).
+fn over_https(headers: &HeaderMap) -> bool {
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| o.starts_with("https://"));
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    origin || forwarded
+}
+
+fn session_view(principal: &Principal, expires_at: Option<fabric_core::Timestamp>) -> SessionView {
+    SessionView {
+        user: principal.identity.user.clone(),
+        tenant: principal.identity.tenant.clone(),
+        scopes: principal.identity.scopes.clone(),
+        csrf_token: crate::extract::csrf_token(&principal.token_hash),
+        expires_at,
+    }
+}
+
+/// Signs a person in for the dashboard: the session's secret goes into an
+/// HttpOnly cookie, the answer carries the CSRF token its changes must send.
+#[utoipa::path(post, path = "/v1/auth/session", operation_id = "create_session", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = SessionView, headers(("set-cookie" = String, description = "fabric_session, HttpOnly, SameSite=Strict"))),
+        (status = 401, body = fabric_core::api::ErrorBody),
+        (status = 403, description = "the user or its tenant is disabled", body = fabric_core::api::ErrorBody),
+        (status = 429, description = "too many failed logins for this user name or from this address: rate_limited, with Retry-After", body = fabric_core::api::ErrorBody)))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let from = client.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
+    let (secret, token) = state.auth.login(&req.username, &req.password, from).await?;
+    let principal = state.auth.authenticate(&secret).await?;
+    tracing::info!(user = %token.user, outcome = "ok", "signed in (browser session)");
+    let max_age = i64::try_from(crate::services::auth::SESSION_TTL.as_secs()).unwrap_or(i64::MAX);
+    let cookie = session_cookie(&secret, max_age, over_https(&headers));
+    Ok((
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        Json(session_view(&principal, token.expires_at)),
+    ))
+}
+
+/// The signed-in browser session (401 when there is none): the dashboard
+/// asks on load, and gets the CSRF token again after a reload.
+#[utoipa::path(get, path = "/v1/auth/session", operation_id = "get_session", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = SessionView), (status = 401, body = fabric_core::api::ErrorBody)))]
+pub async fn get_session(principal: Principal) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(session_view(&principal, None)),
+    )
+}
+
+/// Signs the browser session out: its token is revoked and its cookie removed.
+#[utoipa::path(delete, path = "/v1/auth/session", operation_id = "delete_session", tag = "auth", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = fabric_core::api::ErrorBody),
+        (status = 403, description = "no X-CSRF-Token (`csrf_failed`)", body = fabric_core::api::ErrorBody)))]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    state.auth.logout(&principal).await?;
+    tracing::info!(user = %principal.identity.user, "signed out (browser session)");
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            session_cookie("", 0, over_https(&headers)),
+        )],
+    ))
 }

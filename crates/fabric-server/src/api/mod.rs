@@ -31,7 +31,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
     info(title = "reactor-fabric", description = "Self-hosted agent fabric: tasks, agents, policy, budgets, inference."),
     paths(
         health::healthz, health::readyz,
-        auth::login, auth::logout, auth::whoami, auth::create_token, auth::list_tokens, auth::revoke_token,
+        auth::login, auth::logout, auth::whoami, auth::create_session, auth::get_session, auth::delete_session, auth::create_token, auth::list_tokens, auth::revoke_token,
         accounts::create_tenant, accounts::list_tenants, accounts::get_tenant, accounts::update_tenant, accounts::delete_tenant,
         accounts::create_user, accounts::list_users, accounts::get_user, accounts::update_user, accounts::set_password, accounts::delete_user,
         tasks::create, tasks::list, tasks::get_one, tasks::result, tasks::cancel, tasks::events,
@@ -230,6 +230,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
+        .route(
+            "/v1/auth/session",
+            post(auth::create_session)
+                .get(auth::get_session)
+                .delete(auth::delete_session),
+        )
         .route("/v1/auth/whoami", get(auth::whoami))
         .route(
             "/v1/auth/tokens",
@@ -311,6 +317,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage/{entity}", get(budgets::usage))
         .route("/v1/ollama", any(llm::ollama))
         .route("/v1/ollama/{*path}", any(llm::ollama))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

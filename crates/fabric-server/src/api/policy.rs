@@ -199,34 +199,79 @@ pub async fn approvals(
 
 /// Approves a pending approval: the waiting agent proceeds.
 #[utoipa::path(post, path = "/v1/approvals/{id}/approve", operation_id = "approve", tag = "policy", security(("bearer" = [])),
-    params(("id" = String, Path, format = Uuid, description = "approval id")),
+    params(("id" = String, Path, format = Uuid, description = "approval id")), request_body(content = Option<DecisionRequest>, description = "optional: why"),
     responses((status = 200, body = Approval), (status = 403, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody),
         (status = 409, description = "already decided or timed out", body = fabric_core::api::ErrorBody)))]
 pub async fn approve(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Approval>, ApiError> {
-    let id = approval_id(&id)?;
+    decide(&state, &principal, &id, true, &body).await
+}
+
+/// The optional body of approve and deny.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// Why: kept on the approval and in the audit trail.
+    #[schema(max_length = 1000)]
+    reason: Option<String>,
+}
+
+/// Most characters of a decision's reason.
+const MAX_REASON: usize = 1000;
+
+async fn decide(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    approve: bool,
+    body: &[u8],
+) -> Result<Json<Approval>, ApiError> {
+    let id = approval_id(id)?;
+    // The body is optional: none, or `{"reason": ...}`.
+    let decision = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(
+            fabric_core::api::parse_json_body::<DecisionRequest>(body)
+                .map_err(ApiError::bad_request)?,
+        )
+    };
+    let reason = decision
+        .and_then(|d| d.reason)
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON)
+    {
+        return Err(ApiError::bad_request(format!(
+            "'reason' is longer than {MAX_REASON} characters: say it shorter"
+        )));
+    }
     Ok(Json(
-        state.policy.decide_approval(id, true, &principal).await?,
+        state
+            .policy
+            .decide_approval(id, approve, reason, principal)
+            .await?,
     ))
 }
 
 /// Denies a pending approval: the waiting agent is told no.
 #[utoipa::path(post, path = "/v1/approvals/{id}/deny", operation_id = "deny", tag = "policy", security(("bearer" = [])),
-    params(("id" = String, Path, format = Uuid, description = "approval id")),
+    params(("id" = String, Path, format = Uuid, description = "approval id")), request_body(content = Option<DecisionRequest>, description = "optional: why"),
     responses((status = 200, body = Approval), (status = 403, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody),
         (status = 409, description = "already decided or timed out", body = fabric_core::api::ErrorBody)))]
 pub async fn deny(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Approval>, ApiError> {
-    let id = approval_id(&id)?;
-    Ok(Json(
-        state.policy.decide_approval(id, false, &principal).await?,
-    ))
+    decide(&state, &principal, &id, false, &body).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -538,6 +538,7 @@ impl PolicyService {
             expires_at: now.plus(decision.approval_timeout),
             decided_by: None,
             decided_at: None,
+            reason: None,
             request_id: request_id.to_owned(),
         };
         self.store.put_approval(approval.clone()).await?;
@@ -557,7 +558,7 @@ impl PolicyService {
             tokio::time::sleep(wait).await;
             if let Some(service) = service.upgrade()
                 && let Err(e) = service
-                    .resolve(id, ApprovalStatus::TimedOut, "system")
+                    .resolve(id, ApprovalStatus::TimedOut, "system", None)
                     .await
                 && !matches!(e, PolicyError::DecidedMeanwhile(_))
             {
@@ -571,6 +572,7 @@ impl PolicyService {
         &self,
         id: uuid::Uuid,
         approve: bool,
+        reason: Option<String>,
         by: &fabric_core::Identity,
     ) -> Result<Approval, PolicyError> {
         by.require(Scope::Approve)?;
@@ -601,7 +603,7 @@ impl PolicyService {
         } else {
             ApprovalStatus::Denied
         };
-        self.resolve(id, status, &by.user).await
+        self.resolve(id, status, &by.user, reason).await
     }
 
     /// Moves a pending approval to its final status (once: the first caller
@@ -611,6 +613,7 @@ impl PolicyService {
         id: uuid::Uuid,
         status: ApprovalStatus,
         by: &str,
+        reason: Option<String>,
     ) -> Result<Approval, PolicyError> {
         let Some(tx) = self.pending.lock().remove(&id) else {
             return Err(PolicyError::DecidedMeanwhile(id));
@@ -620,6 +623,7 @@ impl PolicyService {
         approval.status = status;
         approval.decided_by = Some(by.to_owned());
         approval.decided_at = Some(now);
+        approval.reason = reason;
         let stored = self.store.put_approval(approval.clone()).await;
         let effect = if status == ApprovalStatus::Approved {
             // An agent that asked may repeat the action for a while; a
@@ -646,7 +650,10 @@ impl PolicyService {
             resource: approval.resource.clone(),
             decision: effect,
             policy_id: Some(approval.policy_id.clone()).filter(|p| !p.is_empty()),
-            rule: format!("approval {status}"),
+            rule: match &approval.reason {
+                Some(reason) => format!("approval {status}: {reason}"),
+                None => format!("approval {status}"),
+            },
             source: "approval".to_owned(),
             approval_id: Some(id),
             correlation_id: approval.request_id.clone(),

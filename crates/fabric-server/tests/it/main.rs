@@ -9,6 +9,7 @@ mod agents;
 mod api;
 mod budgets;
 mod containers;
+mod dashboard;
 mod gateway;
 mod harness;
 mod policy;

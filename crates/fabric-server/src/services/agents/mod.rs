@@ -264,7 +264,7 @@ impl AgentManager {
         let spawn_latency = metrics::spawn_latency(&config.telemetry.registry);
         let manager = Self {
             inner: Arc::new(Inner {
-                program_logs: logs::ProgramLogs::default(),
+                program_logs: logs::ProgramLogs::new(Some(config.data_dir.join("agent-logs"))),
                 spawn_latency,
                 tasks,
                 auth,
@@ -798,6 +798,31 @@ impl AgentManager {
             .program_logs
             .tail(id, tail, self.inner.clock.now())
             .await)
+    }
+
+    /// `GET /v1/agents/{id}/logs?follow=true`: the last `tail` lines, and
+    /// every agent's lines from then on (the caller keeps this agent's).
+    pub async fn follow_logs(
+        &self,
+        id: &AgentId,
+        by: &Identity,
+        tail: usize,
+    ) -> Result<
+        (
+            Vec<fabric_core::api::ProgramLogLine>,
+            tokio::sync::broadcast::Receiver<(AgentId, fabric_core::api::ProgramLogLine)>,
+        ),
+        AgentError,
+    > {
+        self.visible_slot(id, by)?;
+        // Subscribed first: a line written meanwhile may show twice, never not at all.
+        let live = self.inner.program_logs.follow();
+        let lines = self
+            .inner
+            .program_logs
+            .tail(id, tail, self.inner.clock.now())
+            .await;
+        Ok((lines, live))
     }
 
     /// Records a request from an agent: it is alive (FR-LIFE-2).

@@ -1,0 +1,242 @@
+"""The dashboard in a real headless Chromium (Playwright, Debian's chromium).
+
+Usage: dashboard.py SCENARIO. The environment names the server (FABRIC_URL),
+the admin password, the CLI binary and its config (signed in already), the
+repository, chromium and where screenshots go (ARTIFACTS). Each step saves a
+screenshot; a failure also saves the page's console log. Prints
+"scenario NAME: ok" at the end.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+
+from playwright.sync_api import expect, sync_playwright
+
+URL = os.environ["FABRIC_URL"]
+PASSWORD = os.environ["FABRIC_ADMIN_PASSWORD"]
+CLI = os.environ["FABRIC_CLI"]
+REPO = os.environ["FABRIC_REPO"]
+ARTIFACTS = os.environ["ARTIFACTS"]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+# Live views refresh every 5 s at most: what must appear "without a reload"
+# gets a few refreshes' time.
+LIVE = 20_000
+
+
+def cli(*args, check=True):
+    """The real CLI, as a user beside the browser would run it."""
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        raise AssertionError(f"reactor-fabric {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1].strip()
+
+
+class Run:
+    def __init__(self, name, page):
+        self.name = name
+        self.page = page
+        self.steps = 0
+        self.console = []
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+
+    def shot(self, step):
+        self.steps += 1
+        self.page.screenshot(path=os.path.join(ARTIFACTS, f"{self.name}-{self.steps:02d}-{step}.png"), full_page=True)
+        print(f"step {self.steps}: {step}", flush=True)
+
+    def failed(self):
+        try:
+            self.shot("failure")
+        except Exception as e:  # the page may be gone
+            print(f"(no failure screenshot: {e})")
+        path = os.path.join(ARTIFACTS, f"{self.name}-console.log")
+        with open(path, "w") as f:
+            f.write("\n".join(self.console) + "\n")
+        print(f"console log: {path}\n" + "\n".join(self.console[-30:]))
+
+    def no_page_errors(self):
+        errors = [c for c in self.console if c.startswith("pageerror")]
+        assert not errors, f"the page threw: {errors}"
+
+
+def sign_in(run, path="/"):
+    """Opens `path` signed out: the sign-in form shows, then the view asked for."""
+    page = run.page
+    page.goto(URL + path)
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(page).to_have_url(URL + path)
+    run.shot(f"signed-in-at-{path.strip('/') or 'overview'}")
+
+
+def tasks(run):
+    page = run.page
+    # A wrong password says so in place.
+    page.goto(URL + "/tasks")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("password")
+    run.shot("wrong-password")
+    sign_in(run, "/tasks")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Tasks")
+
+    # A task created with the CLI appears without a reload.
+    script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line-$i; sleep 1; done; sleep 120"
+    created = cli("task", "create", "--name", "web-demo", "--command", script)
+    task_id = last_line(created.stdout)
+    row = page.locator(f'tr[data-task-id="{task_id}"]')
+    expect(row).to_be_visible(timeout=LIVE)
+    expect(row).to_contain_text("web-demo")
+    run.shot("cli-task-in-list")
+
+    # Its page streams its log lines live.
+    row.get_by_role("link", name="web-demo").click()
+    expect(page).to_have_url(URL + f"/tasks/{task_id}")
+    log = page.get_by_test_id("task-log")
+    expect(log).to_contain_text("line-1", timeout=LIVE)
+    expect(log).to_contain_text("line-3", timeout=LIVE)
+    expect(page.get_by_test_id("task-status")).to_have_text("running")
+    run.shot("log-streaming")
+
+    # Cancel from the page; the status follows.
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    expect(page.get_by_test_id("task-status")).to_have_text("canceled", timeout=LIVE)
+    run.shot("canceled")
+    shown = cli("-o", "json", "task", "get", task_id).stdout
+    assert '"canceled"' in shown, shown
+
+    # The view survives a reload (its own path), and filters live in the URL.
+    page.reload()
+    expect(page.get_by_test_id("task-status")).to_have_text("canceled")
+    page.goto(URL + "/tasks?status=canceled")
+    expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_be_visible()
+    page.goto(URL + "/tasks?status=completed")
+    expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_have_count(0)
+    run.shot("filtered")
+    run.no_page_errors()
+
+
+def agents_and_approvals(run):
+    page = run.page
+    sign_in(run, "/agents")
+
+    # Spawn an agent from the form.
+    page.get_by_label("Agent id").fill("web-sleeper")
+    page.get_by_label("Command").fill("sleep 600")
+    page.get_by_label("Isolation").select_option("none")
+    page.get_by_role("button", name="Spawn").click()
+    row = page.locator('tr[data-agent-id="web-sleeper"]')
+    expect(row).to_be_visible(timeout=LIVE)
+    # A program that never speaks the protocol stays "starting": it runs.
+    expect(row).to_contain_text(re.compile("starting|running"), timeout=LIVE)
+    run.shot("agent-spawned")
+    shown = cli("-o", "json", "agent", "get", "web-sleeper").stdout
+    assert "sleep 600" in shown, shown
+
+    # An agent asks the policies about an action that needs a human: the
+    # approval shows in the inbox without a reload, is approved there, and
+    # the agent's task completes with the decision.
+    cli("policy", "apply", "-f", os.path.join(REPO, "policies/dev.toml"))
+    agent = os.path.join(REPO, "examples/python-agent/agent.py")
+    cli("agent", "spawn", "--id", "py", "--read-only", os.path.join(REPO, "examples"), "--command", f"python3 {agent}")
+    created = cli("task", "create", "--agent", "py", "--prompt", "check:net:connect:prod-db")
+    task_id = last_line(created.stdout)
+    page.get_by_role("link", name="Approvals").click()
+    expect(page).to_have_url(URL + "/approvals")
+    item = page.locator("[data-approval-id]").first
+    expect(item).to_be_visible(timeout=LIVE)
+    expect(item).to_contain_text("net:connect:prod-db")
+    run.shot("approval-pending")
+    item.get_by_label("Reason").fill("checked by the web test")
+    started = time.monotonic()
+    item.get_by_role("button", name="Approve").click()
+    result = cli("task", "result", task_id, "--wait", "--timeout", "60s")
+    waited = time.monotonic() - started
+    assert "allow" in result.stdout, result.stdout
+    print(f"the agent went on {waited:.2f} s after the click (result included)")
+    expect(page.locator("[data-approval-id]")).to_have_count(0, timeout=LIVE)
+    shown = cli("-o", "json", "approval", "list", "--status", "all").stdout
+    assert "checked by the web test" in shown, shown
+    run.shot("approved")
+    run.no_page_errors()
+
+
+def policies(run):
+    page = run.page
+    sign_in(run, "/policies")
+    editor = page.locator("form.editor")
+    alert = editor.get_by_role("alert")
+    page.get_by_label("Policy id").fill("web-broken")
+    # A syntax error, said in place.
+    page.get_by_label("Policy", exact=True).fill('{"rules": [ {"action_pattern": "shell:*", "effect": "allow" ')
+    page.get_by_role("button", name="Save").click()
+    expect(alert).to_contain_text("not valid JSON")
+    run.shot("policy-syntax-error-in-place")
+    # A document the server refuses: its message, in place.
+    page.get_by_label("Policy", exact=True).fill('{"scope": {"tenant": "default"}, "rules": [{"action_pattern": "shell:*", "effect": "perhaps"}]}')
+    page.get_by_role("button", name="Save").click()
+    expect(alert).to_contain_text("perhaps")
+    run.shot("policy-server-error-in-place")
+    assert "web-broken" not in cli("policy", "list").stdout
+    # A valid one is saved, listed and decides.
+    page.get_by_label("Policy", exact=True).fill('{"scope": {"tenant": "default"}, "priority": 5, "rules": [{"action_pattern": "shell:curl *", "effect": "deny"}]}')
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator('a[data-policy-id="web-broken"]')).to_be_visible()
+    assert "web-broken" in cli("policy", "list").stdout
+    checker = page.locator("form", has=page.get_by_role("button", name="Check"))
+    checker.get_by_label("Agent").fill("shell")
+    checker.get_by_label("Action").fill("shell:curl example.com")
+    checker.get_by_role("button", name="Check").click()
+    expect(page.get_by_test_id("check-result")).to_contain_text("deny")
+    run.shot("policy-saved-and-checked")
+
+    # Sign out: the sign-in form again, and a reload does not bring the session back.
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    page.goto(URL + "/tasks")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    run.shot("signed-out")
+    run.no_page_errors()
+
+
+SCENARIOS = {"tasks": tasks, "agents_and_approvals": agents_and_approvals, "policies": policies}
+
+
+def main():
+    name = sys.argv[1]
+    scenario = SCENARIOS[name]
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as p:
+        # Root in a container: Chromium's own sandbox cannot start there.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        run = Run(name, page)
+        try:
+            scenario(run)
+        except Exception:
+            traceback.print_exc()
+            run.failed()
+            browser.close()
+            sys.exit(1)
+        browser.close()
+    print(f"scenario {name}: ok")
+
+
+if __name__ == "__main__":
+    main()
