@@ -46,6 +46,7 @@
 mod agents;
 mod budgets;
 mod containers;
+mod dashboard;
 mod flood;
 mod gateway;
 mod http;
@@ -103,6 +104,8 @@ enum Command {
     Watchers(watchers::WatchersArgs),
     /// Sandboxed task latency and throughput with and without per-task namespaces (root)
     SandboxTasks(sandbox_tasks::SandboxTasksArgs),
+    /// The web UI in a real Chromium: first render of /tasks with 10,000 tasks, server CPU with browsers watching
+    Dashboard(dashboard::DashboardArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,6 +138,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Flood(args) => block_on(cli.client_threads, flood::run(args)),
         Command::Watchers(args) => block_on(cli.client_threads, watchers::run(args)),
         Command::SandboxTasks(args) => block_on(cli.client_threads, sandbox_tasks::run(args)),
+        Command::Dashboard(args) => block_on(cli.client_threads, dashboard::run(args)),
     }
 }
 
