@@ -68,6 +68,9 @@ fn api_message(status: u16, message: &str, request_id: Option<&str>) -> String {
 pub struct TaskListQuery {
     pub status: Option<TaskStatus>,
     pub agent: Option<AgentId>,
+    pub priority: Option<fabric_core::Priority>,
+    /// Name, prompt or command text to look for (`q`).
+    pub search: Option<String>,
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub before: Option<TaskId>,
@@ -153,6 +156,12 @@ impl FabricClient {
         }
         if let Some(a) = &query.agent {
             params.push(("agent", a.to_string()));
+        }
+        if let Some(p) = query.priority {
+            params.push(("priority", p.as_str().to_owned()));
+        }
+        if let Some(q) = &query.search {
+            params.push(("q", q.clone()));
         }
         if let Some(l) = query.limit {
             params.push(("limit", l.to_string()));

@@ -65,9 +65,32 @@ pub struct TaskQuery {
     pub tenant: Option<TenantId>,
     pub status: Option<TaskStatus>,
     pub agent_id: Option<AgentId>,
+    pub priority: Option<crate::Priority>,
+    /// Only tasks whose name, prompt or one of whose commands contains this,
+    /// ASCII case ignored. No index serves it: the store reads the tasks the
+    /// other filters leave until it has a page.
+    pub text: Option<String>,
     /// Only tasks created before this one (the paging cursor).
     pub before: Option<TaskId>,
     pub limit: usize,
+}
+
+impl TaskQuery {
+    /// Whether `task` passes the priority and text filters (the others are
+    /// the stores' indexes): the one definition every store must match.
+    pub fn matches_content(&self, task: &Task) -> bool {
+        if self.priority.is_some_and(|p| p != task.priority) {
+            return false;
+        }
+        let Some(text) = &self.text else {
+            return true;
+        };
+        let needle = text.to_ascii_lowercase();
+        let has = |s: &str| s.to_ascii_lowercase().contains(&needle);
+        task.name.as_deref().is_some_and(has)
+            || task.input.prompt.as_deref().is_some_and(has)
+            || task.input.commands.iter().any(|c| has(c))
+    }
 }
 
 impl Default for TaskQuery {
@@ -76,6 +99,8 @@ impl Default for TaskQuery {
             tenant: None,
             status: None,
             agent_id: None,
+            priority: None,
+            text: None,
             before: None,
             limit: 100,
         }

@@ -175,4 +175,14 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn everything_a_first_visit_can_load_is_under_300_kb_compressed() {
+        // Every file, not only the first page's: an upper bound.
+        let total: usize = FILES
+            .values()
+            .map(|a| a.gzip.as_ref().map_or(a.body.len(), Bytes::len))
+            .sum();
+        assert!(total < 300 * 1024, "{total} bytes compressed");
+    }
 }

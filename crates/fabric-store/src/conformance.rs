@@ -650,6 +650,89 @@ pub async fn list_tasks_filters_paging_order<S: TaskStore>(store: &S) {
         !queued.contains(&started.id),
         "the old status must no longer match"
     );
+
+    // Priority and text: no index, the same answers (ASCII case ignored).
+    let mut named = Vec::new();
+    for (i, (name, priority, prompt, commands)) in [
+        (Some("Nightly BUILD"), Priority::High, None, vec![]),
+        (None, Priority::Low, Some("build the docs"), vec![]),
+        (
+            None,
+            Priority::High,
+            None,
+            vec!["make test", "cargo Build --release"],
+        ),
+        (Some("deploy"), Priority::High, Some("ship it"), vec![]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut task = sample_task("initech", "shell");
+        task.name = name.map(str::to_owned);
+        task.priority = priority;
+        task.input.prompt = prompt.map(str::to_owned);
+        task.input.commands = commands.into_iter().map(str::to_owned).collect();
+        task.idempotency_key = Some(format!("content-{i}"));
+        create(store, &task).await;
+        named.push(task);
+    }
+    let initech = |f: fn(&mut TaskQuery)| {
+        let mut query = TaskQuery {
+            tenant: Some(tenant("initech")),
+            ..TaskQuery::default()
+        };
+        f(&mut query);
+        query
+    };
+    let expect_named = |query: &TaskQuery| -> Vec<TaskId> {
+        named
+            .iter()
+            .rev()
+            .filter(|t| query.matches_content(t))
+            .map(|t| t.id)
+            .collect()
+    };
+    for query in [
+        initech(|q| q.text = Some("build".into())),
+        initech(|q| q.text = Some("BUILD".into())),
+        initech(|q| q.priority = Some(Priority::High)),
+        initech(|q| {
+            q.priority = Some(Priority::High);
+            q.text = Some("build".into());
+        }),
+        initech(|q| q.text = Some("nothing like it".into())),
+        initech(|q| {
+            q.text = Some("build".into());
+            q.limit = 1;
+        }),
+    ] {
+        let want = expect_named(&query);
+        let want = want[..want.len().min(query.limit)].to_vec();
+        assert_eq!(list(store, query.clone()).await, want, "{query:?}");
+    }
+    assert_eq!(
+        list(store, initech(|q| q.text = Some("build".into())))
+            .await
+            .len(),
+        3,
+        "name, prompt and a command each match"
+    );
+    // Paging through a filtered list: the cursor is the last one's id.
+    let first = list(
+        store,
+        initech(|q| {
+            q.text = Some("build".into());
+            q.limit = 2;
+        }),
+    )
+    .await;
+    let mut next = initech(|q| q.text = Some("build".into()));
+    next.before = first.last().copied();
+    assert_eq!(
+        list(store, next).await.len(),
+        1,
+        "the rest after the cursor"
+    );
 }
 
 /// Exactly the non-terminal tasks, oldest first, as currently stored.

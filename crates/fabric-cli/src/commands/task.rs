@@ -135,6 +135,12 @@ pub struct ListArgs {
     /// Only tasks of this agent
     #[arg(long, value_name = "ID")]
     pub agent: Option<AgentId>,
+    /// Only tasks of this priority (critical, high, normal, low)
+    #[arg(long)]
+    pub priority: Option<Priority>,
+    /// Only tasks whose name, prompt or a command contains TEXT (case ignored)
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
     /// At most this many tasks
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
@@ -251,10 +257,9 @@ async fn resolve(ctx: &Ctx, text: &str) -> Result<TaskId, CliError> {
     while scanned < ids::SCAN {
         let page = client
             .list_tasks(&TaskListQuery {
-                status: None,
-                agent: None,
                 limit: Some(1000),
                 before,
+                ..TaskListQuery::default()
             })
             .await?;
         scanned += page.tasks.len();
@@ -484,6 +489,8 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
     let query = TaskListQuery {
         status: args.status,
         agent: args.agent,
+        priority: args.priority,
+        search: args.search,
         limit: args.limit,
         before: args.before,
     };

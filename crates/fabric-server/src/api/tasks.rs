@@ -78,7 +78,18 @@ pub struct ListParams {
     /// Only tasks of this agent.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     agent: Option<String>,
+    /// Only tasks of this priority.
+    #[param(value_type = Option<fabric_core::Priority>)]
+    priority: Option<String>,
+    /// Only tasks whose name, prompt or a command contains this text (ASCII
+    /// case ignored; no index serves it, so it reads the tasks the other
+    /// filters leave until a page is full).
+    #[param(min_length = 1, max_length = 200)]
+    q: Option<String>,
 }
+
+/// Longest `q` of a task search.
+const MAX_SEARCH: usize = 200;
 
 /// Lists the caller's tenant's tasks, newest first.
 #[utoipa::path(get, path = "/v1/tasks", operation_id = "list_tasks", tag = "tasks", security(("bearer" = [])), params(ListParams, UuidPageParams),
@@ -107,6 +118,28 @@ pub async fn list(
             .map(str::parse::<AgentId>)
             .transpose()
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        priority: params
+            .priority
+            .as_deref()
+            .map(|p| {
+                fabric_core::Priority::ALL
+                    .into_iter()
+                    .find(|known| known.as_str() == p)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "unknown priority {p:?}: use critical, high, normal or low"
+                        ))
+                    })
+            })
+            .transpose()?,
+        text: match params.q {
+            Some(q) if q.is_empty() || q.chars().count() > MAX_SEARCH => {
+                return Err(ApiError::bad_request(format!(
+                    "'q' must be 1 to {MAX_SEARCH} characters: leave it out to list every task"
+                )));
+            }
+            q => q,
+        },
         before: page.cursor()?,
         limit,
     };

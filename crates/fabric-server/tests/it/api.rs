@@ -1247,3 +1247,63 @@ async fn finished_tasks_can_be_deleted_pruned_and_expire() {
     assert_eq!((status, body["deleted"].as_u64()), (200, Some(1)), "{body}");
     s.stop().await;
 }
+
+/// `GET /v1/tasks?priority=&q=`: the server filters by priority and searches
+/// names, prompts and commands (what the dashboard's task list asks), and
+/// refuses a priority or a search it cannot use.
+#[tokio::test]
+async fn tasks_are_listed_by_priority_and_searched_by_text() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let build = s
+        .create(
+            &token,
+            json!({"name": "Nightly build", "commands": ["true"], "priority": "high"}),
+        )
+        .await;
+    let docs = s
+        .create(
+            &token,
+            json!({"prompt": "echo BUILD the docs", "priority": "low"}),
+        )
+        .await;
+    let other = s
+        .create(
+            &token,
+            json!({"commands": ["echo deploy"], "priority": "high"}),
+        )
+        .await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, body) = s.get(&token, "/v1/tasks?q=build").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), [docs.clone(), build.clone()], "newest first");
+    let (_, body) = s.get(&token, "/v1/tasks?priority=high").await;
+    assert_eq!(ids(&body), [other.clone(), build.clone()]);
+    let (_, body) = s.get(&token, "/v1/tasks?priority=high&q=BUILD").await;
+    assert_eq!(ids(&body), std::slice::from_ref(&build));
+    let (_, body) = s.get(&token, "/v1/tasks?q=build&limit=1").await;
+    assert_eq!(ids(&body), std::slice::from_ref(&docs));
+    let cursor = body["next_cursor"].as_str().unwrap().to_owned();
+    let (_, body) = s
+        .get(
+            &token,
+            &format!("/v1/tasks?q=build&limit=1&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(ids(&body), [build]);
+    for bad in ["priority=urgent", "q=", &format!("q={}", "x".repeat(201))] {
+        let (status, body) = s.get(&token, &format!("/v1/tasks?{bad}")).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_request"),
+            "{bad}: {body}"
+        );
+    }
+}

@@ -15,19 +15,21 @@ export async function render(ctx) {
   // Filters (in the URL query: /tasks?status=running&agent=shell).
   const status = field('Status', 'select', { id: 'filter-status', value: ctx.query.get('status') || '' }, [['', 'Any'], ...STATUSES]);
   const agent = field('Agent', 'input', { id: 'filter-agent', type: 'search', value: ctx.query.get('agent') || '', autocomplete: 'off' });
-  const filters = h('form', { class: 'filters', role: 'search', 'aria-label': 'Task filters' }, status.wrap, agent.wrap);
+  const priority = field('Priority', 'select', { id: 'filter-priority', value: ctx.query.get('priority') || '' }, [['', 'Any'], ...PRIORITIES]);
+  const search = field('Search', 'input', { id: 'filter-q', type: 'search', value: ctx.query.get('q') || '', autocomplete: 'off', placeholder: 'name, prompt or command' });
+  const filters = h('form', { class: 'filters', role: 'search', 'aria-label': 'Task filters' }, status.wrap, agent.wrap, priority.wrap, search.wrap);
   let debounce = null;
+  const FILTERS = ['status', 'agent', 'priority', 'q'];
   const apply = () => {
     clearTimeout(debounce);
-    const q = { status: status.input.value, agent: agent.input.value.trim() };
-    if (q.status === (ctx.query.get('status') || '') && q.agent === (ctx.query.get('agent') || '')) return;
+    const q = { status: status.input.value, agent: agent.input.value.trim(), priority: priority.input.value, q: search.input.value.trim() };
+    if (FILTERS.every((k) => q[k] === (ctx.query.get(k) || ''))) return;
     ctx.setQuery(q);
     pg.reset();
     load();
   };
-  status.input.addEventListener('change', apply);
-  agent.input.addEventListener('change', apply);
-  agent.input.addEventListener('input', () => { clearTimeout(debounce); debounce = setTimeout(apply, 400); });
+  for (const f of [status, agent, priority, search]) f.input.addEventListener('change', apply);
+  for (const f of [agent, search]) f.input.addEventListener('input', () => { clearTimeout(debounce); debounce = setTimeout(apply, 400); });
   filters.addEventListener('submit', (ev) => { ev.preventDefault(); apply(); });
   ctx.onLeave(() => clearTimeout(debounce));
 
@@ -72,7 +74,8 @@ export async function render(ctx) {
     const my = ++seq;
     try {
       const res = await get('/v1/tasks', {
-        status: ctx.query.get('status'), agent: ctx.query.get('agent'), limit: PAGE, cursor: pg.cursor,
+        status: ctx.query.get('status'), agent: ctx.query.get('agent'), priority: ctx.query.get('priority'), q: ctx.query.get('q'),
+        limit: PAGE, cursor: pg.cursor,
       });
       if (!ctx.alive() || my !== seq) return;
       loadErr.clear();

@@ -365,7 +365,15 @@ impl TaskStore for RedisStore {
             .arg(&self.inner.keys.prefix)
             .arg(max)
             // Redis reads a negative count as "no limit".
-            .arg(i64::try_from(query.limit).unwrap_or(-1));
+            .arg(i64::try_from(query.limit).unwrap_or(-1))
+            .arg(query.priority.map_or("", |p| p.as_str()))
+            .arg(
+                query
+                    .text
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or_default(),
+            );
         let read = self.read(c, "cannot list tasks".to_owned(), |value| {
             codec::json_pairs("task", value)
         });

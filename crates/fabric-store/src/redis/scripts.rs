@@ -334,16 +334,57 @@ return 1
 });
 
 /// `KEYS[1]`: the index to read. `ARGV`: prefix, upper bound (`+` or
-/// `(id`), limit. Returns `id, body` pairs, newest first. One script, so the
-/// bodies are those of the same instant as the index (a snapshot).
+/// `(id`), limit, priority (`''`: any), lower-cased text (`''`: any).
+/// Returns `id, body` pairs, newest first. One script, so the bodies are
+/// those of the same instant as the index (a snapshot).
 pub(crate) static LIST_TASKS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[2], '-', 'LIMIT', 0, ARGV[3])
-local out = {}
-for i, id in ipairs(ids) do
-  out[2 * i - 1] = id
-  out[2 * i] = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
+local priority, needle = ARGV[4] or '', ARGV[5] or ''
+if priority == '' and needle == '' then
+  local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[2], '-', 'LIMIT', 0, ARGV[3])
+  local out = {}
+  for i, id in ipairs(ids) do
+    out[2 * i - 1] = id
+    out[2 * i] = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
+  end
+  return out
+end
+-- Priority and text have no index: read the index's tasks newest first, in
+-- chunks, until a page passes (TaskQuery::matches_content, ASCII case ignored).
+local function has(s)
+  return type(s) == 'string' and string.find(string.lower(s), needle, 1, true) ~= nil
+end
+local function passes(task)
+  if priority ~= '' and task.priority ~= priority then return false end
+  if needle == '' then return true end
+  if has(task.name) then return true end
+  local input = task.input
+  if type(input) ~= 'table' then return false end
+  if has(input.prompt) then return true end
+  if type(input.commands) == 'table' then
+    for _, c in ipairs(input.commands) do
+      if has(c) then return true end
+    end
+  end
+  return false
+end
+local limit = tonumber(ARGV[3])
+if limit < 0 then limit = math.huge end
+local out, n, from = {}, 0, ARGV[2]
+while n < limit do
+  local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], from, '-', 'LIMIT', 0, 500)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local body = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'body')
+    if body and passes(cjson.decode(body)) then
+      n = n + 1
+      out[2 * n - 1] = id
+      out[2 * n] = body
+      if n >= limit then break end
+    end
+  end
+  from = '(' .. ids[#ids]
 end
 return out
 "#

@@ -141,8 +141,10 @@ pub(crate) fn list_tasks(
     query: &TaskQuery,
 ) -> Result<Vec<Task>, SqliteStoreError> {
     // Only the filters present go into the SQL, so each combination gets a plan
-    // that can use its index (`?x IS NULL OR ...` would defeat them). At most 16
-    // distinct statements, all kept in the statement cache.
+    // that can use its index (`?x IS NULL OR ...` would defeat them). Up to 64
+    // distinct statements, prepared again when the statement cache drops
+    // one. Priority and text
+    // have no index: they filter the rows the others leave, newest first.
     let mut sql = String::from("SELECT id, body FROM tasks WHERE 1 = 1");
     let mut values: Vec<Value> = Vec::with_capacity(5);
     if let Some(tenant) = &query.tenant {
@@ -156,6 +158,23 @@ pub(crate) fn list_tasks(
     if let Some(agent) = &query.agent_id {
         values.push(Value::Text(agent.to_string()));
         sql.push_str(&format!(" AND agent_id = ?{}", values.len()));
+    }
+    if let Some(priority) = query.priority {
+        values.push(Value::Text(priority.as_str().to_owned()));
+        sql.push_str(&format!(
+            " AND json_extract(body, '$.priority') = ?{}",
+            values.len()
+        ));
+    }
+    if let Some(text) = &query.text {
+        // lower() is ASCII-only in SQLite, as TaskQuery::matches_content is.
+        values.push(Value::Text(text.to_ascii_lowercase()));
+        let n = values.len();
+        sql.push_str(&format!(
+            " AND (instr(lower(COALESCE(json_extract(body, '$.name'), '')), ?{n}) > 0 \
+             OR instr(lower(COALESCE(json_extract(body, '$.input.prompt'), '')), ?{n}) > 0 \
+             OR EXISTS (SELECT 1 FROM json_each(body, '$.input.commands') WHERE instr(lower(value), ?{n}) > 0))"
+        ));
     }
     if let Some(before) = query.before {
         values.push(Value::Text(before.to_string()));

@@ -126,6 +126,16 @@ def tasks(run):
     expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_be_visible()
     page.goto(URL + "/tasks?status=completed")
     expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_have_count(0)
+    # Searched by the server: name, prompt or command text.
+    page.goto(URL + "/tasks")
+    page.get_by_label("Search").fill("LINE-$I")
+    expect(page).to_have_url(re.compile(r"q=LINE-%24I"))
+    expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_be_visible()
+    page.get_by_label("Search").fill("no such text anywhere")
+    expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_have_count(0)
+    page.goto(URL + "/tasks?priority=normal&q=web-demo")
+    expect(page.get_by_label("Priority")).to_have_value("normal")
+    expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_be_visible()
     run.shot("filtered")
     run.no_page_errors()
 
