@@ -72,3 +72,8 @@ fn dashboard_spawns_agents_and_approves_a_waiting_agent() {
 fn dashboard_shows_policy_errors_in_place_and_signs_out() {
     scenario("policies");
 }
+
+#[test]
+fn dashboard_every_view_renders_on_a_phone_in_dark_mode_and_the_nav_works_from_the_keyboard() {
+    scenario("every_view");
+}

@@ -325,6 +325,33 @@ fn the_api_answers_through_the_printed_url() {
     assert_eq!(code(&out), 0, "{text}\n{}", stderr(&out));
     assert!(text.contains("status=completed"), "{text}");
     assert!(text.contains("hello from the container"), "{text}");
+
+    // The instance's orchestrator serves the dashboard too, and signs a browser in.
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-i"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = curl(&[&format!("{url}/tasks")]);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("/ui/app.js"), "{page}");
+    let session = curl(&[
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &format!(r#"{{"username":"admin","password":"{password}"}}"#),
+        &format!("{url}/v1/auth/session"),
+    ]);
+    assert!(
+        session
+            .to_ascii_lowercase()
+            .contains("set-cookie: fabric_session=")
+            && session.contains("csrf_token"),
+        "{session}"
+    );
 }
 
 /// REQUIREMENTS §2.2: the instance's orchestrator runs container agents (through the

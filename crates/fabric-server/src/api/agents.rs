@@ -30,7 +30,9 @@ fn user_only(principal: &Principal) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Spawns an agent (REQUIREMENTS §5 config). Answers once its first session runs.
+/// Spawns an agent (REQUIREMENTS §5 config). Answers once its first session
+/// runs. The config may also be sent as TOML (`Content-Type:
+/// application/toml`), as an agent file is written.
 #[utoipa::path(post, path = "/v1/agents", operation_id = "spawn_agent", tag = "agents", security(("bearer" = [])), request_body = AgentConfig,
     responses(
         (status = 201, description = "spawned", body = Agent),
@@ -42,9 +44,10 @@ fn user_only(principal: &Principal) -> Result<(), ApiError> {
 pub async fn spawn(
     State(state): State<AppState>,
     principal: Principal,
-    ApiJson(config): ApiJson<AgentConfig>,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Agent>), ApiError> {
     user_only(&principal)?;
+    let config = agent_config(request, &state).await?;
     // An admin, or a tenant-admin for its own tenant (the agent is the
     // caller's tenant's).
     principal.require(Scope::TenantAdmin)?;
@@ -175,6 +178,33 @@ fn drain_timeout(secs: Option<f64>) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The body of a spawn: JSON (the documented form), or the same config as
+/// TOML when the content type says so (what the dashboard's paste box and
+/// agent files hold).
+async fn agent_config(
+    request: axum::extract::Request,
+    state: &AppState,
+) -> Result<AgentConfig, ApiError> {
+    use axum::extract::FromRequest as _;
+    let toml = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim().starts_with("application/toml"));
+    if !toml {
+        return ApiJson::<AgentConfig>::from_request(request, state)
+            .await
+            .map(|ApiJson(config)| config);
+    }
+    let body = axum::body::to_bytes(request.into_body(), crate::api::MAX_BODY_BYTES)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the TOML body is not UTF-8"))?;
+    toml::from_str::<AgentConfig>(text)
+        .map_err(|e| ApiError::bad_request(format!("invalid TOML body: {e}")))
+}
+
 /// `?tail=` of `GET /v1/agents/{id}/logs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -196,7 +226,8 @@ pub struct LogsParams {
 /// on with the lines as they are written.
 #[utoipa::path(get, path = "/v1/agents/{id}/logs", operation_id = "agent_logs", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description = "agent id"), LogsParams),
-    responses((status = 200, body = AgentLogs, content_type = "application/json", description = "the lines; with follow=true a text/event-stream of `line` events, each one ProgramLogLine"),
+    responses((status = 200, description = "the lines; with follow=true a text/event-stream of `line` events, each one ProgramLogLine",
+            content((AgentLogs = "application/json"), (crate::api::llm::SseEvent = "text/event-stream"))),
         (status = 400, body = fabric_core::api::ErrorBody), (status = 404, body = fabric_core::api::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,

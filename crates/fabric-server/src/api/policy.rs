@@ -231,8 +231,9 @@ async fn decide(
     body: &[u8],
 ) -> Result<Json<Approval>, ApiError> {
     let id = approval_id(id)?;
-    // The body is optional: none, or `{"reason": ...}`.
-    let decision = if body.iter().all(u8::is_ascii_whitespace) {
+    // The body is optional: none (or JSON `null`), or `{"reason": ...}`.
+    let text = body.trim_ascii();
+    let decision = if text.is_empty() || text == b"null" {
         None
     } else {
         Some(

@@ -223,3 +223,56 @@ async fn a_browser_session_is_a_cookie_whose_changes_need_the_csrf_token() {
             .contains("; Secure")
     );
 }
+
+/// An agent config may be sent as TOML, as agent files are written (the
+/// dashboard's paste box sends what is pasted); a TOML error says where.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_config_may_be_sent_as_toml() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let http = plain();
+    let r = http
+        .post(s.url("/v1/agents"))
+        .bearer_auth(&token)
+        .header(header::CONTENT_TYPE, "application/toml")
+        .body("id = \"tomly\"\ncommand = \"sleep 600\"\n[isolation]\nlevel = \"none\"\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let agent: Value = r.json().await.unwrap();
+    assert_eq!(agent["config"]["command"], "sleep 600");
+    assert_eq!(agent["config"]["isolation"]["level"], "none");
+
+    let r = http
+        .post(s.url("/v1/agents"))
+        .bearer_auth(&token)
+        .header(header::CONTENT_TYPE, "application/toml")
+        .body("id = \"broken\"\ncommand = sleep\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("invalid TOML body") && message.contains("line 2"),
+        "{message}"
+    );
+    let r = http
+        .post(s.url("/v1/agents"))
+        .bearer_auth(&token)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body("id = \"x\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415, "other types are still refused");
+    let r = http
+        .delete(s.url("/v1/agents/tomly"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}

@@ -1,5 +1,5 @@
 import { h, field, alertBox, statusLine, pager, table, emptyRow, statusBadge, fmtAgo, fmtBytes, fmtNum, sparkline, replaceKeepFocus, loader } from './dom.js';
-import { get, post, enc } from './api.js';
+import { api, get, post, enc } from './api.js';
 
 export const ISOLATION = ['none', 'process', 'container'];
 const KEEP = 30;
@@ -60,14 +60,14 @@ function spawnForm(reload) {
   const id = field('Agent id', 'input', { name: 'id', autocomplete: 'off' });
   const command = field('Command', 'input', { name: 'command', autocomplete: 'off', placeholder: 'shell command line, e.g. python3 agent.py' });
   const isolation = field('Isolation', 'select', { name: 'isolation', value: '' }, [['', 'Server default'], ...ISOLATION]);
-  const config = field('Config (JSON)', 'textarea', { name: 'config', rows: 5, placeholder: '{"id": "coder", "command": "…", "isolation": {"level": "process"}}' });
+  const config = field('Config (TOML or JSON)', 'textarea', { name: 'config', rows: 5, placeholder: 'id = "coder"\ncommand = "…"\n[isolation]\nlevel = "process"' });
   const err = alertBox();
   const note = statusLine();
   const submit = h('button', { type: 'submit', class: 'primary' }, 'Spawn');
   const form = h('form', { class: 'card grid-form', 'aria-labelledby': 'h-spawn' },
     h('h2', { id: 'h-spawn' }, 'Spawn agent'),
     id.wrap, command.wrap, isolation.wrap,
-    h('p', { class: 'muted wide' }, 'Or give the whole AgentConfig as JSON (sent as is when not empty):'),
+    h('p', { class: 'muted wide' }, 'Or paste a whole agent config, as TOML (as agent files are written) or JSON; when not empty it is sent as it is:'),
     config.wrap, err, note, h('div', { class: 'actions' }, submit));
   config.wrap.classList.add('wide');
   form.addEventListener('submit', async (ev) => {
@@ -75,9 +75,14 @@ function spawnForm(reload) {
     err.clear();
     note.say('');
     let body;
+    let toml = null;
     const raw = config.input.value.trim();
-    if (raw) {
-      try { body = JSON.parse(raw); } catch (e) { err.show(new Error(`Config (JSON) is not valid JSON: ${e.message}`)); return; }
+    if (raw.startsWith('{')) {
+      try { body = JSON.parse(raw); } catch (e) { err.show(new Error(`The config is not valid JSON: ${e.message}`)); return; }
+    } else if (raw) {
+      // TOML, as an agent file is written: the server reads it.
+      toml = raw;
+      body = {};
     } else {
       body = { id: id.input.value.trim() };
       if (!body.id) { err.show(new Error('Give an agent id (or a config).')); return; }
@@ -86,7 +91,9 @@ function spawnForm(reload) {
     }
     submit.disabled = true;
     try {
-      const a = await post('/v1/agents', body);
+      const a = toml === null
+        ? await post('/v1/agents', body)
+        : await api('POST', '/v1/agents', { raw: toml, contentType: 'application/toml' });
       note.say(`Spawned agent ${a.config ? a.config.id : body.id}.`);
       form.reset();
       await reload();

@@ -38,7 +38,11 @@ export async function api(method, path, opts = {}) {
   const headers = { Accept: 'application/json' };
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
   if (method !== 'GET' && method !== 'HEAD' && csrfToken) headers['X-CSRF-Token'] = csrfToken;
-  if (opts.body !== undefined) {
+  if (opts.raw !== undefined) {
+    // A body sent as it is, e.g. a TOML agent config.
+    headers['Content-Type'] = opts.contentType;
+    init.body = opts.raw;
+  } else if (opts.body !== undefined) {
     headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(opts.body);
   }

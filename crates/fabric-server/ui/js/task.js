@@ -1,5 +1,6 @@
 import { h, alertBox, statusLine, dl, fmtTime, fmtDuration, jsonPre, fill } from './dom.js';
 import { get, post, enc } from './api.js';
+import { createAndOpen } from './tasks.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'canceled', 'timed_out']);
 const MAX_LOG_LINES = 5000;
@@ -135,15 +136,7 @@ export async function render(ctx) {
     if (inp.files && inp.files.length) body.files = inp.files;
     if (task.timeout_ms) body.timeout_seconds = task.timeout_ms / 1000;
     if (task.max_attempts) body.max_attempts = task.max_attempts;
-    rerunBtn.disabled = true;
-    try {
-      const t = await post('/v1/tasks', body);
-      ctx.navigate(`/tasks/${enc(t.id)}`);
-    } catch (e) {
-      err.show(e);
-    } finally {
-      rerunBtn.disabled = false;
-    }
+    await createAndOpen(ctx, body, rerunBtn, err);
   });
 
   // ---- live log: WebSocket (history replay, then live); events API polling as a fallback.

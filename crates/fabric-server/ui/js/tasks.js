@@ -132,15 +132,20 @@ function newTaskForm(ctx) {
     const d = v(deps).split(/[\s,]+/).filter(Boolean);
     if (d.length) body.depends_on = d;
     if (v(timeout)) body.timeout_seconds = Number(v(timeout));
-    submit.disabled = true;
-    try {
-      const t = await post('/v1/tasks', body);
-      ctx.navigate(`/tasks/${enc(t.id)}`);
-    } catch (e) {
-      err.show(e);
-    } finally {
-      submit.disabled = false;
-    }
+    await createAndOpen(ctx, body, submit, err);
   });
   return form;
+}
+
+/** Creates a task and opens its page; `button` is disabled meanwhile, a refusal goes to `err`. */
+export async function createAndOpen(ctx, body, button, err) {
+  button.disabled = true;
+  try {
+    const t = await post('/v1/tasks', body);
+    ctx.navigate(`/tasks/${enc(t.id)}`);
+  } catch (e) {
+    err.show(e);
+  } finally {
+    button.disabled = false;
+  }
 }

@@ -19,7 +19,7 @@ from playwright.sync_api import expect, sync_playwright
 URL = os.environ["FABRIC_URL"]
 PASSWORD = os.environ["FABRIC_ADMIN_PASSWORD"]
 CLI = os.environ["FABRIC_CLI"]
-REPO = os.environ["FABRIC_REPO"]
+REPO = os.path.realpath(os.environ["FABRIC_REPO"])
 ARTIFACTS = os.environ["ARTIFACTS"]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
@@ -161,8 +161,21 @@ def agents_and_approvals(run):
     # approval shows in the inbox without a reload, is approved there, and
     # the agent's task completes with the decision.
     cli("policy", "apply", "-f", os.path.join(REPO, "policies/dev.toml"))
+    # The Python example agent, spawned from a pasted TOML config.
     agent = os.path.join(REPO, "examples/python-agent/agent.py")
-    cli("agent", "spawn", "--id", "py", "--read-only", os.path.join(REPO, "examples"), "--command", f"python3 {agent}")
+    config = "\n".join([
+        'id = "py"',
+        f'command = "python3 {agent}"',
+        "[isolation]",
+        'level = "none"',
+        f'read_only_paths = ["{os.path.join(REPO, "examples")}"]',
+    ])
+    page.get_by_label("Config (TOML or JSON)").fill(config)
+    page.get_by_role("button", name="Spawn").click()
+    expect(page.locator('tr[data-agent-id="py"]')).to_be_visible(timeout=LIVE)
+    run.shot("agent-spawned-from-toml")
+    shown = cli("-o", "json", "agent", "get", "py").stdout
+    assert "read_only_paths" in shown and "examples" in shown, shown
     created = cli("task", "create", "--agent", "py", "--prompt", "check:net:connect:prod-db")
     task_id = last_line(created.stdout)
     page.get_by_role("link", name="Approvals").click()
@@ -223,7 +236,44 @@ def policies(run):
     run.no_page_errors()
 
 
-SCENARIOS = {"tasks": tasks, "agents_and_approvals": agents_and_approvals, "policies": policies}
+VIEWS = ["/", "/tasks", "/agents", "/agents/shell", "/approvals", "/policies", "/budgets", "/audit", "/gateway", "/alerts"]
+
+
+def every_view(run):
+    """Each view at its own path on a phone-sized screen in dark mode: it
+    renders a heading, shows no error, throws nothing; the nav works from
+    the keyboard."""
+    page = run.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    cli("budget", "set", "--agent", "shell", "--max-tokens-per-day", "100000")
+    sign_in(run, "/")
+    for path in VIEWS:
+        page.goto(URL + path)
+        heading = page.get_by_role("heading", level=1)
+        expect(heading).to_be_visible()
+        expect(heading).not_to_be_empty()
+        page.wait_for_load_state("networkidle")
+        shown = [t for t in page.get_by_role("alert").all_inner_texts() if t.strip()]
+        assert not shown, f"{path} shows an error: {shown}"
+        run.shot(f"view-{path.strip('/').replace('/', '-') or 'overview'}")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), f"dark mode: body is {background}"
+    # Every nav link is reachable on the narrow screen, and works from the keyboard.
+    nav = page.get_by_role("navigation", name="Main")
+    for name in ["Overview", "Tasks", "Agents", "Approvals", "Policies", "Budgets", "Audit", "Gateway", "Alerts"]:
+        link = nav.get_by_role("link", name=name, exact=True)
+        link.scroll_into_view_if_needed()
+        expect(link).to_be_visible()
+    nav.get_by_role("link", name="Audit", exact=True).focus()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(URL + "/audit")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Audit")
+    run.shot("keyboard-navigated")
+    run.no_page_errors()
+
+
+SCENARIOS = {"tasks": tasks, "agents_and_approvals": agents_and_approvals, "policies": policies, "every_view": every_view}
 
 
 def main():
