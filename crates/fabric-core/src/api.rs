@@ -64,6 +64,16 @@ pub struct TaskList {
     pub next_cursor: Option<TaskId>,
 }
 
+/// `GET /v1/tasks/counts`: how many of the caller's tenant's tasks are in
+/// each status (statuses with none are left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskCounts {
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, u64>))]
+    pub counts: std::collections::BTreeMap<crate::TaskStatus, u64>,
+    pub total: u64,
+}
+
 /// `GET /v1/tasks/{id}/result`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -154,6 +154,16 @@ pub trait TaskStore: Send + Sync + 'static {
     /// The highest event `seq` stored (0 when none), so a restart continues the sequence.
     fn last_event_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static;
 
+    /// How many tasks are in each status (statuses with none left out), of
+    /// one tenant and one agent when given: the dashboard's overview.
+    fn count_tasks(
+        &self,
+        tenant: Option<TenantId>,
+        agent: Option<AgentId>,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<TaskStatus, u64>, StoreError>>
+    + Send
+    + 'static;
+
     /// Deletes the finished (terminal) tasks among `ids`, with their events
     /// and idempotency keys, atomically per task; returns the ids deleted. A
     /// task that is not stored, or not finished, is left as it is.

@@ -245,6 +245,17 @@ impl TaskStore for AnyStore {
         dispatch!(self, s => s.last_event_seq())
     }
 
+    fn count_tasks(
+        &self,
+        tenant: Option<TenantId>,
+        agent: Option<AgentId>,
+    ) -> impl Future<
+        Output = Result<std::collections::BTreeMap<fabric_core::TaskStatus, u64>, StoreError>,
+    > + Send
+    + 'static {
+        dispatch!(self, s => s.count_tasks(tenant, agent))
+    }
+
     fn delete_tasks(
         &self,
         ids: Vec<TaskId>,

@@ -651,6 +651,50 @@ pub async fn list_tasks_filters_paging_order<S: TaskStore>(store: &S) {
         "the old status must no longer match"
     );
 
+    // Counts per status: the whole store, a tenant, a tenant's agent.
+    let count = |keep: &dyn Fn(&Task) -> bool| {
+        let mut counts = BTreeMap::new();
+        for t in tasks.iter().filter(|t| keep(t)) {
+            let status = if t.id == started.id {
+                Running
+            } else {
+                t.status
+            };
+            *counts.entry(status).or_insert(0u64) += 1;
+        }
+        counts
+    };
+    assert_eq!(
+        must(store.count_tasks(None, None).await, "counting tasks"),
+        count(&|_| true),
+        "counts of every task"
+    );
+    assert_eq!(
+        must(
+            store.count_tasks(Some(tenant("acme")), None).await,
+            "counting tasks"
+        ),
+        count(&|t| t.tenant.as_str() == "acme"),
+        "counts of a tenant (the current status)"
+    );
+    assert_eq!(
+        must(
+            store
+                .count_tasks(Some(tenant("globex")), Some(agent("noop")))
+                .await,
+            "counting tasks"
+        ),
+        count(&|t| t.tenant.as_str() == "globex" && t.agent_id.as_str() == "noop"),
+        "counts of a tenant's agent"
+    );
+    assert!(
+        must(
+            store.count_tasks(Some(tenant("nobody")), None).await,
+            "counting tasks"
+        )
+        .is_empty()
+    );
+
     // Priority and text: no index, the same answers (ASCII case ignored).
     let mut named = Vec::new();
     for (i, (name, priority, prompt, commands)) in [

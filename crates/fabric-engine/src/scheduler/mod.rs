@@ -426,10 +426,10 @@ impl Scheduler {
         if waiting_on > 0 {
             task.status = TaskStatus::Pending;
             for dep in &task.depends_on {
-                if !self
+                if self
                     .get(dep)
-                    .is_some_and(|t| t.status == TaskStatus::Completed)
-                    && !known.get(dep).is_some_and(|s| *s == TaskStatus::Completed)
+                    .is_none_or(|t| t.status != TaskStatus::Completed)
+                    && known.get(dep).is_none_or(|s| *s != TaskStatus::Completed)
                 {
                     self.dependents.entry(*dep).or_default().push(task.id);
                 }

@@ -34,7 +34,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         auth::login, auth::logout, auth::whoami, auth::create_session, auth::get_session, auth::delete_session, auth::create_token, auth::list_tokens, auth::revoke_token,
         accounts::create_tenant, accounts::list_tenants, accounts::get_tenant, accounts::update_tenant, accounts::delete_tenant,
         accounts::create_user, accounts::list_users, accounts::get_user, accounts::update_user, accounts::set_password, accounts::delete_user,
-        tasks::create, tasks::list, tasks::get_one, tasks::result, tasks::cancel, tasks::events,
+        tasks::create, tasks::list, tasks::counts, tasks::get_one, tasks::result, tasks::cancel, tasks::events,
         tasks::delete, tasks::prune,
         tasks::create_job, tasks::get_job,
         stream::stream,
@@ -264,6 +264,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/users/{name}/password", put(accounts::set_password))
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/counts", get(tasks::counts))
         .route("/v1/tasks/{id}", get(tasks::get_one).delete(tasks::delete))
         .route("/v1/tasks/prune", post(tasks::prune))
         .route("/v1/tasks/{id}/result", get(tasks::result))

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::task_id;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, Listing, NoFilters, NumberPageParams, UuidPageParams};
+use crate::extract::{ApiJson, ApiQuery, Listing, NoFilters, NumberPageParams, UuidPageParams};
 use crate::services::auth::Principal;
 use crate::state::AppState;
 
@@ -148,6 +148,37 @@ pub async fn list(
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
     Ok(Json(TaskList { tasks, next_cursor }))
+}
+
+/// `?agent=` of `GET /v1/tasks/counts`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CountParams {
+    /// Only tasks of this agent.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    agent: Option<String>,
+}
+
+/// How many of the caller's tenant's tasks are in each status (the
+/// dashboard's overview; statuses with none are left out).
+#[utoipa::path(get, path = "/v1/tasks/counts", operation_id = "count_tasks", tag = "tasks", security(("bearer" = [])), params(CountParams),
+    responses((status = 200, body = fabric_core::api::TaskCounts), (status = 400, body = fabric_core::api::ErrorBody)))]
+pub async fn counts(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<CountParams>,
+) -> Result<Json<fabric_core::api::TaskCounts>, ApiError> {
+    principal.require(Scope::ReadTasks)?;
+    let agent = params
+        .agent
+        .as_deref()
+        .map(str::parse::<AgentId>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let counts = state.tasks.counts(&principal.tenant, agent).await?;
+    let total = counts.values().sum();
+    Ok(Json(fabric_core::api::TaskCounts { counts, total }))
 }
 
 /// One task.

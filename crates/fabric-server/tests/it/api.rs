@@ -1307,3 +1307,44 @@ async fn tasks_are_listed_by_priority_and_searched_by_text() {
         );
     }
 }
+
+/// `GET /v1/tasks/counts`: every task of the tenant by status (the
+/// dashboard's overview), of one agent when asked; another tenant's are not counted.
+#[tokio::test]
+async fn tasks_are_counted_by_status() {
+    let s = TestServer::start().await;
+    let token = s.login().await;
+    let done = s.create(&token, json!({"commands": ["true"]})).await;
+    s.wait_done(&token, &done).await;
+    let failed = s.create(&token, json!({"commands": ["exit 3"]})).await;
+    s.wait_done(&token, &failed).await;
+    // A task depending on a failed one fails with it.
+    let dependant = s
+        .create(
+            &token,
+            json!({"commands": ["true"], "depends_on": [failed]}),
+        )
+        .await;
+    s.wait_done(&token, &dependant).await;
+    let (status, body) = s.get(&token, "/v1/tasks/counts").await;
+    assert_eq!(status, 200, "{body}");
+    let total: u64 = body["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(body["counts"]["completed"], 1, "{body}");
+    assert_eq!(body["counts"]["failed"], 2, "{body}");
+    assert_eq!((body["total"].as_u64(), total), (Some(3), 3), "{body}");
+    let (_, body) = s.get(&token, "/v1/tasks/counts?agent=noop").await;
+    assert_eq!(body, json!({"counts": {}, "total": 0}));
+    let (status, body) = s.get(&token, "/v1/tasks/counts?agent=../x").await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_request"));
+    let (status, body) = s.get(&token, "/v1/tasks/counts?status=queued").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "unknown parameters are refused"
+    );
+}

@@ -43,12 +43,9 @@ export async function render(ctx) {
     fill(health, statusBadge(r.status), r.version ? ` version ${r.version}` : '', r.message ? ` — ${r.message}` : '');
   };
   const loadCounts = () => guard(countsErr, async () => {
-    const res = await Promise.all(STATUSES.map((st) => get('/v1/tasks', { status: st, limit: COUNT_LIMIT })));
-    fill(counts, ...STATUSES.map((st, i) => {
-      const n = (res[i].tasks || []).length;
-      return h('li', {}, h('a', { href: `/tasks?status=${st}` }, statusBadge(st), ' ',
-        h('strong', { 'data-count': st }, res[i].next_cursor ? `${n}+` : String(n))));
-    }));
+    const r = await get('/v1/tasks/counts');
+    fill(counts, ...STATUSES.map((st) => h('li', {}, h('a', { href: `/tasks?status=${st}` }, statusBadge(st), ' ',
+      h('strong', { 'data-count': st }, fmtNum((r.counts || {})[st] || 0))))));
   });
   const loadChart = () => guard(chartErr, async () => {
     const r = await get('/v1/tasks', { limit: 500 });

@@ -43,7 +43,7 @@ use ::redis::{Cmd, Script, Value, cmd};
 use fabric_core::agent::{AgentRecord, AgentSession};
 use fabric_core::{
     AgentId, AgentStore, ApiToken, AuthStore, CreateOutcome, StoreError, Task, TaskEvent, TaskId,
-    TaskQuery, TaskStore, TaskWrite, Tenant, TenantId, User, WriteOutcome,
+    TaskQuery, TaskStatus, TaskStore, TaskWrite, Tenant, TenantId, User, WriteOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -383,6 +383,41 @@ impl TaskStore for RedisStore {
             }
             read.await
         }
+    }
+
+    fn count_tasks(
+        &self,
+        tenant: Option<TenantId>,
+        agent: Option<AgentId>,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<TaskStatus, u64>, StoreError>>
+    + Send
+    + 'static {
+        let mut c = cmd("EVALSHA");
+        c.arg(scripts::COUNT_TASKS.get_hash())
+            .arg(0)
+            .arg(&self.inner.keys.prefix)
+            .arg(tenant.as_ref().map_or("*", |t| t.as_str()))
+            .arg(agent.as_ref().map_or("*", |a| a.as_str()));
+        for status in TaskStatus::ALL {
+            c.arg(status.as_str());
+        }
+        self.read(c, "cannot count tasks".to_owned(), |value| {
+            let items = codec::items("task counts", value)?;
+            items
+                .chunks(2)
+                .map(|pair| {
+                    let [status, n] = pair else {
+                        return Err(codec::unexpected("a status and its count", &Value::Nil));
+                    };
+                    let name = codec::bytes("a task status", status.clone())?.unwrap_or_default();
+                    let status = String::from_utf8_lossy(&name)
+                        .parse::<TaskStatus>()
+                        .map_err(|_| codec::unexpected("a task status", status))?;
+                    let n = u64::try_from(codec::int("a task count", n)?).unwrap_or(0);
+                    Ok((status, n))
+                })
+                .collect()
+        })
     }
 
     fn unfinished_tasks(

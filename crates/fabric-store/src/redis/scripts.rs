@@ -32,7 +32,7 @@ use ::redis::Script;
 use fabric_core::TaskStatus;
 
 /// Every script, for `SCRIPT LOAD` on each new connection.
-pub(crate) fn all() -> [&'static Script; 21] {
+pub(crate) fn all() -> [&'static Script; 22] {
     [
         &CREATE_TASK,
         &WRITE_TASK,
@@ -42,6 +42,7 @@ pub(crate) fn all() -> [&'static Script; 21] {
         &DELETE_AGENT,
         &PUT_SESSION,
         &LIST_TASKS,
+        &COUNT_TASKS,
         &UNFINISHED_TASKS,
         &ACQUIRE_LEADERSHIP,
         &RENEW_LEADERSHIP,
@@ -385,6 +386,25 @@ while n < limit do
     end
   end
   from = '(' .. ids[#ids]
+end
+return out
+"#
+        .to_owned(),
+    )
+});
+
+/// `ARGV`: prefix, tenant (or `*`), agent (or `*`), then every status. The
+/// size of each status's index, as `status, count` pairs (none for 0).
+pub(crate) static COUNT_TASKS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+for i = 4, #ARGV do
+  local n = redis.call('ZCARD', ARGV[1] .. 'ix:' .. ARGV[2] .. ':' .. ARGV[i] .. ':' .. ARGV[3])
+  if n > 0 then
+    out[#out + 1] = ARGV[i]
+    out[#out + 1] = n
+  end
 end
 return out
 "#

@@ -276,6 +276,17 @@ impl TaskStore for SqliteStore {
     fn last_event_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
         self.read(reader::last_event_seq)
     }
+
+    fn count_tasks(
+        &self,
+        tenant: Option<TenantId>,
+        agent: Option<AgentId>,
+    ) -> impl Future<
+        Output = Result<std::collections::BTreeMap<fabric_core::TaskStatus, u64>, StoreError>,
+    > + Send
+    + 'static {
+        self.read(move |conn| reader::count_tasks(conn, tenant.as_ref(), agent.as_ref()))
+    }
 }
 
 impl SqliteStore {

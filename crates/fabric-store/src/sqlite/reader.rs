@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fabric_core::agent::{AgentRecord, AgentSession};
-use fabric_core::{AgentId, ApiToken, Task, TaskEvent, TaskId, TaskQuery, Tenant, User};
+use fabric_core::{
+    AgentId, ApiToken, Task, TaskEvent, TaskId, TaskQuery, TaskStatus, Tenant, TenantId, User,
+};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -181,6 +183,45 @@ pub(crate) fn list_tasks(
         sql.push_str(&format!(" AND id < ?{}", values.len()));
     }
     collect_newest_first(conn, sql, values, query.limit, "cannot list tasks", "task")
+}
+
+pub(crate) fn count_tasks(
+    conn: &Connection,
+    tenant: Option<&TenantId>,
+    agent: Option<&AgentId>,
+) -> Result<std::collections::BTreeMap<TaskStatus, u64>, SqliteStoreError> {
+    let mut sql = String::from("SELECT status, COUNT(*) FROM tasks WHERE 1 = 1");
+    let mut values: Vec<Value> = Vec::with_capacity(2);
+    if let Some(tenant) = tenant {
+        values.push(Value::Text(tenant.to_string()));
+        sql.push_str(&format!(" AND tenant = ?{}", values.len()));
+    }
+    if let Some(agent) = agent {
+        values.push(Value::Text(agent.to_string()));
+        sql.push_str(&format!(" AND agent_id = ?{}", values.len()));
+    }
+    sql.push_str(" GROUP BY status");
+    let context = "cannot count tasks";
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .map_err(SqliteStoreError::sql(context))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .map_err(SqliteStoreError::sql(context))?;
+    let mut counts = std::collections::BTreeMap::new();
+    for row in rows {
+        let (status, n) = row.map_err(SqliteStoreError::sql(context))?;
+        let status = status
+            .parse::<TaskStatus>()
+            .map_err(|e| SqliteStoreError::Corrupt {
+                what: "a stored task status".to_owned(),
+                detail: e.to_string(),
+            })?;
+        counts.insert(status, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(counts)
 }
 
 pub(crate) fn unfinished_tasks(conn: &Connection) -> Result<Vec<Task>, SqliteStoreError> {

@@ -247,7 +247,12 @@ def every_view(run):
     page.set_viewport_size({"width": 390, "height": 844})
     page.emulate_media(color_scheme="dark")
     cli("budget", "set", "--agent", "shell", "--max-tokens-per-day", "100000")
+    for _ in range(2):
+        cli("task", "create", "--wait", "--command", "true")
     sign_in(run, "/")
+    # The overview counts every task by status (GET /v1/tasks/counts).
+    expect(page.locator('strong[data-count="completed"]')).to_have_text("2")
+    expect(page.locator('strong[data-count="failed"]')).to_have_text("0")
     for path in VIEWS:
         page.goto(URL + path)
         heading = page.get_by_role("heading", level=1)

@@ -620,6 +620,17 @@ impl TaskService {
         Ok(tasks)
     }
 
+    /// How many of `tenant`'s tasks (of `agent` when given) are in each status.
+    pub async fn counts(
+        &self,
+        tenant: &TenantId,
+        agent: Option<AgentId>,
+    ) -> Result<std::collections::BTreeMap<TaskStatus, u64>, TaskError> {
+        // As for a list: every decision already made reaches the store first.
+        self.store_barrier().await?;
+        Ok(self.store.count_tasks(Some(tenant.clone()), agent).await?)
+    }
+
     /// Cancels a task (FR-SCHED-4): queued or pending at once; a running one is
     /// marked canceled and its process is stopped (SIGTERM, then SIGKILL after the grace period).
     pub async fn cancel(&self, tenant: &TenantId, id: TaskId) -> Result<Task, TaskError> {
