@@ -56,6 +56,8 @@ fn scenario(name: &str) {
         stdout.contains(&format!("scenario {name}: ok")),
         "{stdout}\n{stderr}"
     );
+    // The steps and what they measured (shown with --no-capture).
+    println!("{stdout}");
 }
 
 #[test]

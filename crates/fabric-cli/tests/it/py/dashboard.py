@@ -148,6 +148,24 @@ def tasks(run):
         expect(page.locator(f'tr[data-task-id="{task}"] .status')).to_have_text("canceled", timeout=LIVE)
         assert '"canceled"' in cli("-o", "json", "task", "get", task).stdout
     run.shot("bulk-canceled")
+
+    # Created from the form, then rerun from its page.
+    page.get_by_role("button", name="New task").click()
+    form = page.get_by_role("form", name="New task")
+    form.get_by_label("Name").fill("web-form")
+    form.get_by_label("Commands").fill("echo from-the-form")
+    form.get_by_label("Priority").select_option("high")
+    form.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("web-form")
+    expect(page.get_by_test_id("task-status")).to_have_text("completed", timeout=LIVE)
+    expect(page.get_by_test_id("task-log")).to_contain_text("from-the-form")
+    first = page.url
+    page.get_by_role("button", name="Rerun").click()
+    expect(page).not_to_have_url(first)
+    expect(page.get_by_test_id("task-status")).to_have_text("completed", timeout=LIVE)
+    shown = cli("-o", "json", "task", "list", "--search", "web-form").stdout
+    assert shown.count('"high"') == 2, shown
+    run.shot("created-and-rerun")
     run.no_page_errors()
 
 
@@ -220,6 +238,16 @@ def agents_and_approvals(run):
     assert "deny" in result.stdout, result.stdout + result.stderr
     assert "not today" in cli("-o", "json", "approval", "list", "--status", "denied").stdout
     run.shot("denied")
+
+    # Terminate from the agent's page, with a drain timeout.
+    page.goto(URL + "/agents/web-sleeper")
+    page.get_by_label("Drain timeout (s)").fill("1")
+    page.get_by_role("button", name="Terminate").click()
+    deadline = time.monotonic() + 20
+    while '"running"' in cli("-o", "json", "agent", "get", "web-sleeper").stdout or '"starting"' in cli("-o", "json", "agent", "get", "web-sleeper").stdout:
+        assert time.monotonic() < deadline, "web-sleeper still runs"
+        time.sleep(0.5)
+    run.shot("terminated")
     run.shot("approved")
     run.no_page_errors()
 
