@@ -149,10 +149,6 @@ impl Script {
         self
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The answer for `prompt` to `model`: the longest of the model's own
     /// patterns the prompt contains, else the longest of those for any model
     /// (JSON objects have no order, so "first" would mean nothing).

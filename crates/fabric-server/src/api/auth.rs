@@ -155,12 +155,20 @@ fn over_https(headers: &HeaderMap) -> bool {
     origin || forwarded
 }
 
-fn session_view(principal: &Principal, expires_at: Option<fabric_core::Timestamp>) -> SessionView {
+/// What a session's answers say of it; the CSRF token derives from the
+/// token's hash.
+fn session_view(
+    user: &str,
+    tenant: &fabric_core::TenantId,
+    scopes: &[fabric_core::Scope],
+    token_hash: &str,
+    expires_at: Option<fabric_core::Timestamp>,
+) -> SessionView {
     SessionView {
-        user: principal.identity.user.clone(),
-        tenant: principal.identity.tenant.clone(),
-        scopes: principal.identity.scopes.clone(),
-        csrf_token: crate::extract::csrf_token(&principal.token_hash),
+        user: user.to_owned(),
+        tenant: tenant.clone(),
+        scopes: scopes.to_vec(),
+        csrf_token: crate::extract::csrf_token(token_hash),
         expires_at,
     }
 }
@@ -180,7 +188,6 @@ pub async fn create_session(
 ) -> Result<impl IntoResponse, ApiError> {
     let from = client.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
     let (secret, token) = state.auth.login(&req.username, &req.password, from).await?;
-    let principal = state.auth.authenticate(&secret).await?;
     tracing::info!(user = %token.user, outcome = "ok", "signed in (browser session)");
     let max_age = i64::try_from(crate::services::auth::SESSION_TTL.as_secs()).unwrap_or(i64::MAX);
     let cookie = session_cookie(&secret, max_age, over_https(&headers));
@@ -189,7 +196,13 @@ pub async fn create_session(
             (header::SET_COOKIE, cookie),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        Json(session_view(&principal, token.expires_at)),
+        Json(session_view(
+            &token.user,
+            &token.tenant,
+            &token.scopes,
+            &token.token_hash,
+            token.expires_at,
+        )),
     ))
 }
 
@@ -200,7 +213,13 @@ pub async fn create_session(
 pub async fn get_session(principal: Principal) -> impl IntoResponse {
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Json(session_view(&principal, None)),
+        Json(session_view(
+            &principal.user,
+            &principal.tenant,
+            &principal.scopes,
+            &principal.token_hash,
+            None,
+        )),
     )
 }
 

@@ -88,6 +88,13 @@ pub struct ListParams {
     q: Option<String>,
 }
 
+/// The `agent` filter of a task query (400 when it is no agent id).
+fn agent_filter(raw: Option<&str>) -> Result<Option<AgentId>, ApiError> {
+    raw.map(str::parse::<AgentId>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 /// Longest `q` of a task search.
 const MAX_SEARCH: usize = 200;
 
@@ -112,12 +119,7 @@ pub async fn list(
             .map(str::parse::<TaskStatus>)
             .transpose()
             .map_err(ApiError::bad_request)?,
-        agent_id: params
-            .agent
-            .as_deref()
-            .map(str::parse::<AgentId>)
-            .transpose()
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        agent_id: agent_filter(params.agent.as_deref())?,
         priority: params
             .priority
             .as_deref()
@@ -170,12 +172,7 @@ pub async fn counts(
     ApiQuery(params): ApiQuery<CountParams>,
 ) -> Result<Json<fabric_core::api::TaskCounts>, ApiError> {
     principal.require(Scope::ReadTasks)?;
-    let agent = params
-        .agent
-        .as_deref()
-        .map(str::parse::<AgentId>)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let agent = agent_filter(params.agent.as_deref())?;
     let counts = state.tasks.counts(&principal.tenant, agent).await?;
     let total = counts.values().sum();
     Ok(Json(fabric_core::api::TaskCounts { counts, total }))
