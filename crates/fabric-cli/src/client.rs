@@ -680,6 +680,85 @@ impl FabricClient {
         }
     }
 
+    /// `POST /v1/mcp/servers`: registers (or replaces) an MCP server.
+    pub async fn put_mcp_server(
+        &self,
+        spec: &fabric_core::mcp::McpServerSpec,
+    ) -> Result<fabric_core::mcp::McpServerView, ClientError> {
+        self.json(self.authed(self.http.post(self.url("/v1/mcp/servers")).json(spec)))
+            .await
+    }
+
+    /// `GET /v1/mcp/servers`.
+    pub async fn list_mcp_servers(&self) -> Result<fabric_core::mcp::McpServerList, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/mcp/servers"))))
+            .await
+    }
+
+    /// `GET /v1/mcp/servers/{name}/tools`: starts the server when it is not
+    /// running, so it may take a while.
+    pub async fn mcp_server_tools(
+        &self,
+        name: &str,
+    ) -> Result<fabric_core::mcp::McpToolList, ClientError> {
+        let path = format!("/v1/mcp/servers/{name}/tools");
+        self.json(
+            self.authed(self.http.get(self.url(&path)))
+                .timeout(Duration::from_secs(150)),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/mcp/servers/{name}`.
+    pub async fn delete_mcp_server(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/mcp/servers/{name}");
+        self.send(self.authed(self.http.delete(self.url(&path))))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /mcp`: one MCP (JSON-RPC) message and its routing headers;
+    /// the JSON-RPC answer, `None` for an accepted notification. A JSON-RPC
+    /// error is an answer too (whatever its status); the API's own refusals
+    /// (401, 403, 429, 503) are [`ClientError::Api`].
+    pub async fn mcp_post(
+        &self,
+        message: Vec<u8>,
+        headers: &[(&'static str, String)],
+        timeout: Duration,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        let mut req = self
+            .authed(self.http.post(self.url("/mcp")))
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, text/event-stream",
+            )
+            .body(message);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let response = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        let request_id = response
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if status == 202 && body.is_empty() {
+            return Ok(None);
+        }
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(value) if value.get("jsonrpc").is_some() => Ok(Some(value)),
+            _ => Err(api_error(status, request_id, &body)),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

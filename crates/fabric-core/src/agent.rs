@@ -284,6 +284,9 @@ impl AgentConfig {
         for rule in &iso.network_egress {
             parse_egress(rule).map_err(AgentConfigError)?;
         }
+        for entry in &self.tools {
+            crate::mcp::ToolGrant::parse(entry).map_err(AgentConfigError)?;
+        }
         for path in &iso.read_only_paths {
             let p = std::path::Path::new(path);
             if !p.is_absolute()

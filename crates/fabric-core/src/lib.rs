@@ -14,6 +14,7 @@
 //! - [`api`]: request and response bodies of the HTTP API (`/v1/...`).
 //! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
 //! - [`policy`]: policies, approvals, audit records and the [`PolicyStore`] port (REQUIREMENTS §7).
+//! - [`mcp`]: MCP servers registered with the fabric, tool grants, the [`McpStore`](mcp::McpStore) port.
 //! - [`usage`]: the LLM usage ledger ([`UsageRecord`], [`UsageStore`]) the gateway meters into.
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod ids;
+pub mod mcp;
 pub mod policy;
 pub mod store;
 pub mod task;

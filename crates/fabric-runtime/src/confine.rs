@@ -271,13 +271,27 @@ impl Confinement {
         env: &[(String, String)],
         task: Option<&Path>,
     ) -> Result<tokio::process::Child, RuntimeError> {
+        self.spawn_shell_with(command, workdir, env, task, |_| {})
+    }
+
+    /// [`Confinement::spawn_shell`] with `configure` given the command
+    /// before it is spawned (its stdin piped, say).
+    pub(crate) fn spawn_shell_with(
+        &self,
+        command: &str,
+        workdir: &Path,
+        env: &[(String, String)],
+        task: Option<&Path>,
+        configure: impl FnOnce(&mut tokio::process::Command),
+    ) -> Result<tokio::process::Child, RuntimeError> {
         if self.trampoline.is_some() {
-            return child::host_shell_with(command, workdir, env, &self.wrapper(task), |_| {});
+            return child::host_shell_with(command, workdir, env, &self.wrapper(task), configure);
         }
         let layer = task.map(|t| self.task_layer(t)).transpose()?;
         let layers: Vec<&OwnedFd> = layer.iter().collect();
         child::host_shell_with(command, workdir, env, &[], |cmd| {
             self.apply(cmd, &layers);
+            configure(cmd);
         })
     }
 

@@ -62,6 +62,7 @@ pub mod sandbox;
 pub use child::{
     BASE_PATH, DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_LIMIT, HostProcess, LogLine, MAX_LOG_LINE, SHELL,
     ShellJob, ShellOutcome, Stream, kill_stale_group, run_shell, spawn_program,
+    spawn_program_with_stdin,
 };
 pub use error::RuntimeError;
 pub use sandbox::sys::release_free_memory;

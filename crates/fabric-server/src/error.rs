@@ -287,6 +287,27 @@ impl From<PolicyError> for ApiError {
     }
 }
 
+impl From<crate::services::mcp::McpError> for ApiError {
+    fn from(e: crate::services::mcp::McpError) -> Self {
+        use crate::services::mcp::McpError as E;
+        match e {
+            E::Invalid(_) => Self::bad_request(e.to_string()),
+            E::NotFound(_) => Self::not_found(e.to_string()),
+            E::MissingScope(e) => e.into(),
+            E::NoSandboxHelper => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sandbox_unavailable",
+                e.to_string(),
+            ),
+            // The server (not the fabric) failed: a gateway error.
+            E::Upstream(_) | E::Start { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "mcp_server_failed", e.to_string())
+            }
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         let code = if r.needs_approval {

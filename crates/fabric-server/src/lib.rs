@@ -41,6 +41,7 @@ pub mod events;
 mod extract;
 pub mod leader;
 pub mod listen;
+pub mod mcp;
 mod protocol_errors;
 /// The metric registry and families (from `fabric-telemetry`).
 pub use fabric_telemetry::metrics;
@@ -496,6 +497,18 @@ pub async fn run(
         Arc::clone(&limits),
         Arc::clone(&telemetry),
     )?;
+    // MCP servers' sandboxes live beside the agents' (swept alike after a crash).
+    let mcp = services::mcp::McpService::new(
+        store.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&policy),
+        Arc::clone(&telemetry),
+        services::mcp::McpRuntime {
+            helper: config.sandbox_helper.clone(),
+            root: config.data_dir.join("agents"),
+            cgroup_parent: instance_cgroup(&config.data_dir),
+        },
+    );
     let manager_config = ManagerConfig {
         agent_roots: config.agent_roots.clone(),
         data_dir: config.data_dir.clone(),
@@ -514,6 +527,7 @@ pub async fn run(
         inference: Arc::new(api::inference::OllamaEndpoints {
             gateway: llm.gateway.clone(),
             telemetry: Arc::clone(&telemetry),
+            mcp: Arc::clone(&mcp),
         }),
     };
     let agents = AgentManager::new(
@@ -543,6 +557,7 @@ pub async fn run(
         readiness: Arc::clone(&readiness),
         telemetry: Arc::clone(&telemetry),
         streams: Arc::default(),
+        mcp: Arc::clone(&mcp),
     };
     background.spawn(Arc::clone(&telemetry.alerts).watch_error_rates(
         alerts::ErrorRateSources {
@@ -640,6 +655,20 @@ pub async fn run(
         .await
         .context("cannot load the policies")?;
     background.spawn(Arc::clone(&state.policy).flush_audit_every(stop.clone()));
+    let mcp_servers = mcp.load().await.context("cannot load the MCP servers")?;
+    tracing::info!(mcp_servers, "MCP servers loaded");
+    {
+        let (mcp, stop) = (Arc::clone(&mcp), stop.clone());
+        background.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => mcp.reap_idle().await,
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     // From here on requests are safe: the built-in agents (below) need them.
     readiness.accept();
     let shell = shell_agent(&config, &agents).await?;
@@ -707,6 +736,7 @@ pub async fn run(
     background.wait().await;
     state.llm.flush().await;
     state.policy.flush_audit().await;
+    mcp.stop_all().await;
     tasks.stop_all_running();
     let drain = async {
         agents.wait_stopped().await;

@@ -36,6 +36,8 @@ pub struct AppState {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Open task streams, per task and per token (`GET /v1/stream/{id}`).
     pub streams: Arc<crate::api::stream::StreamSlots>,
+    /// MCP servers registered with the fabric, and agents' tool calls.
+    pub mcp: Arc<crate::services::mcp::McpService>,
 }
 
 impl AppState {

@@ -545,3 +545,27 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
     }
 }
+
+impl fabric_core::mcp::McpStore for AnyStore {
+    fn put_mcp_server(
+        &self,
+        record: fabric_core::mcp::McpServerRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_mcp_server(record))
+    }
+
+    fn list_mcp_servers(
+        &self,
+    ) -> impl Future<Output = Result<Vec<fabric_core::mcp::McpServerRecord>, StoreError>> + Send + 'static
+    {
+        dispatch!(self, s => s.list_mcp_servers())
+    }
+
+    fn delete_mcp_server(
+        &self,
+        tenant: fabric_core::TenantId,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_mcp_server(tenant, name))
+    }
+}

@@ -34,7 +34,14 @@ use fabric_core::{
 /// Runs every check, each against a new store from `make_store`.
 pub async fn run_all<S, F, Fut>(mut make_store: F)
 where
-    S: TaskStore + AuthStore + AgentStore + UsageStore + BudgetStore + PolicyStore + Clone,
+    S: TaskStore
+        + AuthStore
+        + AgentStore
+        + UsageStore
+        + BudgetStore
+        + PolicyStore
+        + fabric_core::mcp::McpStore
+        + Clone,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
 {
@@ -61,6 +68,7 @@ where
     usage_writes_fire_and_forget_in_order(&make_store().await).await;
     budgets_put_get_list_delete(&make_store().await).await;
     policies_put_list_replace_delete(&make_store().await).await;
+    mcp_servers_put_list_replace_delete(&make_store().await).await;
     approvals_put_get_list_by_status(&make_store().await).await;
     audit_filters_order_and_duplicates(&make_store().await).await;
     lists_page_through_with_cursors(&make_store().await).await;
@@ -1850,6 +1858,68 @@ pub async fn policies_put_list_replace_delete<S: PolicyStore>(store: &S) {
         "deleting a missing policy answers false"
     );
     assert_eq!(must(store.list_policies().await, "listing"), vec![a]);
+}
+
+/// MCP servers are kept per tenant by name, secrets included (the service
+/// hides them; the store must give them back to start the server).
+pub async fn mcp_servers_put_list_replace_delete<S: fabric_core::mcp::McpStore>(store: &S) {
+    use fabric_core::mcp::{McpServerRecord, McpServerSpec};
+    let record = |tenant_name: &str, name: &str| {
+        let mut spec = McpServerSpec::stdio(name, "python3 -m mcp_server_time");
+        spec.secret_env
+            .insert("API_KEY".into(), format!("secret-of-{name}"));
+        spec.read_write_paths = vec!["/srv/shared:/data".into()];
+        McpServerRecord {
+            tenant: tenant(tenant_name),
+            spec,
+            created_at: Timestamp::from_millis(T0),
+            created_by: "admin".into(),
+        }
+    };
+    let sorted = |mut records: Vec<McpServerRecord>| {
+        records.sort_by(|a, b| (&a.tenant, &a.spec.name).cmp(&(&b.tenant, &b.spec.name)));
+        records
+    };
+    let a = record("acme", "time");
+    let b = record("acme", "files");
+    let other = record("globex", "time");
+    for r in [&a, &b, &other] {
+        must(
+            store.put_mcp_server(r.clone()).await,
+            "putting an MCP server",
+        );
+    }
+    assert_eq!(
+        sorted(must(store.list_mcp_servers().await, "listing MCP servers")),
+        vec![b.clone(), a.clone(), other.clone()],
+        "servers of two tenants with one name are two servers, secrets kept"
+    );
+    let mut a2 = a.clone();
+    a2.spec.timeout_seconds = 5.0;
+    must(
+        store.put_mcp_server(a2.clone()).await,
+        "replacing an MCP server",
+    );
+    assert!(must(
+        store
+            .delete_mcp_server(tenant("acme"), "files".into())
+            .await,
+        "deleting files"
+    ));
+    assert!(
+        !must(
+            store
+                .delete_mcp_server(tenant("acme"), "files".into())
+                .await,
+            "deleting files again"
+        ),
+        "deleting a missing server answers false"
+    );
+    assert_eq!(
+        sorted(must(store.list_mcp_servers().await, "listing MCP servers")),
+        vec![a2, other],
+        "a put replaces the server of that tenant and name"
+    );
 }
 
 /// A pending approval at `T0 + offset_ms` with a fresh id.

@@ -123,6 +123,10 @@ pub struct SpawnArgs {
     /// Workspace the agent belongs to (policies attached to the workspace apply to it)
     #[arg(long, value_name = "W")]
     pub workspace: Option<String>,
+    /// MCP tools the agent may use at its MCP_URL, repeatable:
+    /// <server>/<tool>, with * as a wildcard ("time/*", "files/read_file")
+    #[arg(long = "tools", value_name = "SERVER/TOOL")]
+    pub tools: Vec<String>,
     /// The fabric runs nothing: the agent runs elsewhere and connects with its own token
     #[arg(long)]
     pub external: bool,
@@ -270,6 +274,9 @@ fn build_config(args: &SpawnArgs, cwd: &Path) -> Result<AgentConfig, CliError> {
     }
     if let Some(workspace) = &args.workspace {
         config.workspace = Some(workspace.clone());
+    }
+    if !args.tools.is_empty() {
+        config.tools = args.tools.clone();
     }
     if args.external {
         config.external = true;

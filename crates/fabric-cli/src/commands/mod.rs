@@ -9,6 +9,7 @@ pub mod config;
 pub mod ids;
 pub mod image;
 pub mod instance;
+pub mod mcp;
 pub mod mock_llm;
 pub mod policy;
 pub mod proxy;
@@ -147,6 +148,9 @@ pub enum Command {
     Approval(policy::ApprovalCommand),
     /// The audit trail of policy decisions, newest first
     Audit(policy::AuditArgs),
+    /// MCP: the fabric's tools for an MCP host (serve)
+    #[command(subcommand)]
+    Mcp(mcp::McpCommand),
     /// Start a namespaced Docker instance: network, orchestrator and Redis containers
     Start(instance::StartArgs),
     /// Remove a Docker instance: every container, network and volume labelled with it
@@ -279,6 +283,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Policy(cmd) => policy::run(&ctx, cmd).await,
                     Command::Approval(cmd) => policy::run_approval(&ctx, cmd).await,
                     Command::Audit(args) => policy::run_audit(&ctx, args).await,
+                    Command::Mcp(cmd) => mcp::run(&ctx, cmd).await,
                     Command::Version
                     | Command::Serve(_)
                     | Command::Proxy(_)

@@ -378,7 +378,7 @@ fn admin_password() -> Result<Option<String>, CliError> {
 }
 
 /// A secret file's contents without one trailing line end.
-fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+pub(crate) fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;
     let secret = text.strip_suffix('\n').unwrap_or(&text);
     Ok(secret.strip_suffix('\r').unwrap_or(secret).to_owned())

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{Fabric, has_line, stdout_of};
 
-fn json_of(cmd: &mut assert_cmd::Command) -> Value {
+pub(crate) fn json_of(cmd: &mut assert_cmd::Command) -> Value {
     serde_json::from_str(&stdout_of(cmd)).unwrap()
 }
 

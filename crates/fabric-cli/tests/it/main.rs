@@ -19,6 +19,7 @@ mod crash;
 mod dashboard;
 mod gateway;
 mod instances;
+mod mcp;
 mod openapi;
 mod policy;
 mod readme;

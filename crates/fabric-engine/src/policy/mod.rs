@@ -383,34 +383,55 @@ pub fn default_policy() -> Policy {
             allow("net:connect:*"),
             allow("shell:*"),
             allow("file:write:*"),
+            allow("tool:*"),
         ],
         description: Some(DEFAULT_POLICY_DESCRIPTION.to_owned()),
         updated_at: None,
     }
 }
 
-const DEFAULT_POLICY_DESCRIPTION: &str = "built-in: allows task creation, tasks' shell commands and file writes, LLM calls and allowlisted egress in every tenant; edit or delete it to tighten";
+const DEFAULT_POLICY_DESCRIPTION: &str = "built-in: allows task creation, tasks' shell commands and file writes, LLM calls, allowlisted egress and granted MCP tools in every tenant; edit or delete it to tighten";
 
 /// The built-in default policy as releases before the shell agent checked
 /// `shell:` and `file:write:` stored it (an install that never edited it).
-const DEFAULT_POLICY_BEFORE_SHELL_CHECKS: (&str, [&str; 3]) = (
+const DEFAULT_POLICY_BEFORE_SHELL_CHECKS: (&str, &[&str]) = (
     "built-in: allows task creation, LLM calls and allowlisted egress in every tenant; edit or delete it to tighten",
-    ["task:create:*", "llm:*", "net:connect:*"],
+    &["task:create:*", "llm:*", "net:connect:*"],
+);
+
+/// The built-in default policy as releases before MCP tools stored it: an
+/// agent's `tools[]` is the first gate of its tool calls (as its egress
+/// allowlist is of its connections), so the default allows `tool:*` behind it.
+const DEFAULT_POLICY_BEFORE_TOOLS: (&str, &[&str]) = (
+    "built-in: allows task creation, tasks' shell commands and file writes, LLM calls and allowlisted egress in every tenant; edit or delete it to tighten",
+    &[
+        "task:create:*",
+        "llm:*",
+        "net:connect:*",
+        "shell:*",
+        "file:write:*",
+    ],
 );
 
 /// Whether `stored` is the built-in default policy of an earlier release,
-/// untouched: then it is upgraded to [`default_policy`] (its commands and
-/// file writes allowed, as they ran before they were checked). An edited
-/// one is left as its admin wrote it.
+/// untouched: then it is upgraded to [`default_policy`] (what was added
+/// since allowed, as it ran before it was checked). An edited one is left
+/// as its admin wrote it.
 pub fn is_outdated_default(stored: &Policy) -> bool {
-    let (description, patterns) = DEFAULT_POLICY_BEFORE_SHELL_CHECKS;
     stored.id == DEFAULT_POLICY_ID
-        && stored.description.as_deref() == Some(description)
-        && stored.rules.len() == patterns.len()
-        && stored.rules.iter().zip(patterns).all(|(rule, pattern)| {
-            rule.action_pattern == pattern
-                && rule.effect == Effect::Allow
-                && rule.conditions == Conditions::default()
+        && [
+            DEFAULT_POLICY_BEFORE_SHELL_CHECKS,
+            DEFAULT_POLICY_BEFORE_TOOLS,
+        ]
+        .into_iter()
+        .any(|(description, patterns)| {
+            stored.description.as_deref() == Some(description)
+                && stored.rules.len() == patterns.len()
+                && stored.rules.iter().zip(patterns).all(|(rule, pattern)| {
+                    rule.action_pattern == *pattern
+                        && rule.effect == Effect::Allow
+                        && rule.conditions == Conditions::default()
+                })
         })
 }
 

@@ -513,6 +513,19 @@ fn only_the_untouched_default_policy_of_before_shell_checks_is_outdated() {
 }
 
 #[test]
+fn the_untouched_default_policy_of_before_mcp_tools_is_outdated_and_gains_tool_calls() {
+    let current = default_policy();
+    assert!(current.rules.iter().any(|r| r.action_pattern == "tool:*"));
+    let mut old = current.clone();
+    old.rules.truncate(5);
+    old.description = Some(DEFAULT_POLICY_BEFORE_TOOLS.0.to_owned());
+    assert!(is_outdated_default(&old));
+    let mut edited = old.clone();
+    edited.rules.pop();
+    assert!(!is_outdated_default(&edited));
+}
+
+#[test]
 fn shell_patterns_match_whole_command_lines() {
     let rm = Glob::new("shell:rm *").unwrap();
     assert!(rm.is_match("shell:rm -rf /nonexistent; echo ran-anyway"));

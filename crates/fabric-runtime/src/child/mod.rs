@@ -27,7 +27,7 @@ mod capture;
 pub(crate) mod group;
 mod program;
 
-pub use self::program::{HostProcess, kill_stale_group, spawn_program};
+pub use self::program::{HostProcess, kill_stale_group, spawn_program, spawn_program_with_stdin};
 pub(crate) mod workdir;
 
 use std::fmt;

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use super::group::ProcessGroup;
-use super::{check_env, environment, host_shell};
+use super::{check_env, environment, host_shell_with};
 use crate::RuntimeError;
 use crate::confine::Confinement;
 use crate::sandbox::ProcessExit;
@@ -20,6 +20,8 @@ use crate::sandbox::ProcessExit;
 /// A program started by [`spawn_program`]. Dropping it SIGKILLs its group.
 #[derive(Debug)]
 pub struct HostProcess {
+    /// Piped only for [`spawn_program_with_stdin`].
+    pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
     child: Child,
@@ -39,6 +41,27 @@ pub fn spawn_program(
     env: &[(String, String)],
     confinement: Option<&Confinement>,
 ) -> Result<HostProcess, RuntimeError> {
+    spawn(command, workdir, env, confinement, false)
+}
+
+/// [`spawn_program`] with its stdin piped too: a program spoken to on its
+/// stdio (an MCP server).
+pub fn spawn_program_with_stdin(
+    command: &str,
+    workdir: &Path,
+    env: &[(String, String)],
+    confinement: Option<&Confinement>,
+) -> Result<HostProcess, RuntimeError> {
+    spawn(command, workdir, env, confinement, true)
+}
+
+fn spawn(
+    command: &str,
+    workdir: &Path,
+    env: &[(String, String)],
+    confinement: Option<&Confinement>,
+    piped_stdin: bool,
+) -> Result<HostProcess, RuntimeError> {
     check_env(env)?;
     if command.contains('\0') {
         return Err(RuntimeError::InvalidCommand {
@@ -46,9 +69,14 @@ pub fn spawn_program(
         });
     }
     let env = environment(workdir, env);
+    let stdin = |cmd: &mut tokio::process::Command| {
+        if piped_stdin {
+            cmd.stdin(std::process::Stdio::piped());
+        }
+    };
     let mut child = match confinement {
-        Some(confinement) => confinement.spawn_shell(command, workdir, &env, None)?,
-        None => host_shell(command, workdir, &env)?,
+        Some(confinement) => confinement.spawn_shell_with(command, workdir, &env, None, stdin)?,
+        None => host_shell_with(command, workdir, &env, &[], stdin)?,
     };
     let pid = child.id().unwrap_or(0);
     let group = ProcessGroup::led_by(pid).ok_or_else(|| RuntimeError::Wait {
@@ -56,6 +84,7 @@ pub fn spawn_program(
         cause: io::Error::other("the program has no usable process id"),
     })?;
     Ok(HostProcess {
+        stdin: child.stdin.take(),
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         child,

@@ -120,6 +120,8 @@ pub(crate) struct InitPlan {
     pub(crate) name: String,
     pub(crate) workdir: PathBuf,
     pub(crate) read_only: Vec<PathBuf>,
+    /// Host directories bound writable at a path inside: `(host, inside)`.
+    pub(crate) read_write: Vec<(PathBuf, PathBuf)>,
     pub(crate) masked: Vec<PathBuf>,
     pub(crate) tmp_bytes: u64,
     /// The init's end of the control socket (inherited across `exec`).
@@ -152,6 +154,14 @@ impl InitPlan {
         for path in &self.masked {
             args.extend(["--mask".into(), path.clone().into_os_string()]);
         }
+        for (host, inside) in &self.read_write {
+            args.extend([
+                "--rw-source".into(),
+                host.clone().into_os_string(),
+                "--rw-target".into(),
+                inside.clone().into_os_string(),
+            ]);
+        }
         args
     }
 
@@ -170,11 +180,25 @@ impl InitPlan {
                 Some("--workdir") => plan.workdir = absolute(value)?,
                 Some("--ro") => plan.read_only.push(absolute(value)?),
                 Some("--mask") => plan.masked.push(absolute(value)?),
+                Some("--rw-source") => plan.read_write.push((absolute(value)?, PathBuf::new())),
+                Some("--rw-target") => match plan.read_write.last_mut() {
+                    Some((_, target)) if target.as_os_str().is_empty() => {
+                        *target = absolute(value)?;
+                    }
+                    _ => return Err("--rw-target must follow its --rw-source".into()),
+                },
                 Some("--tmp-bytes") => plan.tmp_bytes = number(value, "--tmp-bytes")?,
                 Some("--control") => plan.control = number(value, "--control")?,
                 Some("--cpu-seconds") => plan.cpu_seconds = Some(number(value, "--cpu-seconds")?),
                 _ => return Err(format!("unknown argument {}", flag.to_string_lossy())),
             }
+        }
+        if plan
+            .read_write
+            .iter()
+            .any(|(_, t)| t.as_os_str().is_empty())
+        {
+            return Err("every --rw-source needs its --rw-target".into());
         }
         if plan.name.is_empty() || plan.workdir.as_os_str().is_empty() || plan.control < 0 {
             return Err("--name, --workdir and --control are required".into());
@@ -750,6 +774,17 @@ fn build_root(plan: &InitPlan) -> Result<(), String> {
         read_only.push((path, source));
     }
 
+    let mut read_write = Vec::new();
+    for (host, inside) in &plan.read_write {
+        let fd = open_path(host, libc::O_DIRECTORY | libc::O_NOFOLLOW).map_err(|err| {
+            format!(
+                "cannot open {} to bind it writable: {err} (it must be an existing directory)",
+                host.display()
+            )
+        })?;
+        read_write.push((inside, fd));
+    }
+
     let root = Path::new(STAGING);
     mount_tmpfs(
         root,
@@ -846,7 +881,19 @@ fn build_root(plan: &InitPlan) -> Result<(), String> {
         libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
     )?;
 
+    for (inside, fd) in &read_write {
+        let target = under(root, inside);
+        mount_point(&target, true)?;
+        bind(
+            fd,
+            &target,
+            true,
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        )?;
+    }
+
     // The sources are no longer needed; none may leak into the sandbox.
+    drop(read_write);
     drop(read_only);
     drop(devices);
     drop(workdir);
@@ -873,6 +920,7 @@ mod tests {
             name: "agent-1".into(),
             workdir: "/var/lib/fabric/work/agent-1".into(),
             read_only: vec!["/usr".into(), "/etc".into()],
+            read_write: vec![("/srv/shared".into(), "/data".into())],
             masked: vec!["/etc/shadow".into()],
             tmp_bytes: 1 << 20,
             control: 5,

@@ -280,6 +280,9 @@ pub struct SandboxConfig {
     pub read_only_paths: Vec<PathBuf>,
     /// Paths under `read_only_paths` hidden behind an empty file or directory.
     pub masked_paths: Vec<PathBuf>,
+    /// Host directories bound writable inside: `(host path, path inside)`
+    /// (an MCP server's data directory, say).
+    pub read_write_mounts: Vec<(PathBuf, PathBuf)>,
     /// Relative path of the parent cgroup in each hierarchy (Docker's `--cgroup-parent`).
     pub cgroup_parent: PathBuf,
     pub helper: HelperCommand,
@@ -302,6 +305,7 @@ impl SandboxConfig {
             tmp_mb: DEFAULT_TMP_MB,
             read_only_paths: DEFAULT_READ_ONLY_PATHS.iter().map(PathBuf::from).collect(),
             masked_paths: DEFAULT_MASKED_PATHS.iter().map(PathBuf::from).collect(),
+            read_write_mounts: Vec::new(),
             cgroup_parent: PathBuf::from(DEFAULT_CGROUP_PARENT),
             helper,
         }
@@ -338,6 +342,16 @@ impl SandboxConfig {
                     "{} must be an absolute path below / without . or ..",
                     path.display()
                 ));
+            }
+        }
+        for (host, inside) in &self.read_write_mounts {
+            for path in [host, inside] {
+                if !plain_absolute(path) || path == Path::new("/") {
+                    return invalid(format!(
+                        "read-write mount {} must be an absolute path below / without . or ..",
+                        path.display()
+                    ));
+                }
             }
         }
         for path in &self.read_only_paths {
@@ -515,6 +529,7 @@ impl Sandbox {
             name: config.name.clone(),
             workdir: workdir.clone(),
             read_only: config.read_only_paths.clone(),
+            read_write: config.read_write_mounts.clone(),
             masked: config.masked_paths.clone(),
             tmp_bytes: config.tmp_mb << 20,
             control: theirs.as_raw_fd(),

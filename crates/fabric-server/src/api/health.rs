@@ -64,7 +64,8 @@ pub async fn gate(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path().starts_with("/v1/") && !readiness.is_accepting() {
+    let path = request.uri().path();
+    if (path.starts_with("/v1/") || path == "/mcp") && !readiness.is_accepting() {
         return ApiError::unavailable(readiness.refusal()).into_response();
     }
     next.run(request).await

@@ -24,6 +24,8 @@ pub use crate::services::llm::EndpointIdentity;
 pub struct OllamaEndpoints {
     pub gateway: Gateway,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Serves the endpoint's `/mcp` (the agent's `MCP_URL`).
+    pub mcp: Arc<crate::services::mcp::McpService>,
 }
 
 impl crate::services::agents::InferenceServer for OllamaEndpoints {
@@ -32,12 +34,14 @@ impl crate::services::agents::InferenceServer for OllamaEndpoints {
         listener: tokio::net::TcpListener,
         identity: EndpointIdentity,
     ) -> JoinHandle<()> {
-        serve_ollama_endpoint(
-            listener,
+        let agent = identity.agent.clone();
+        let app = endpoint_router(
             self.gateway.clone(),
+            Some(Arc::clone(&self.mcp)),
             identity,
             Arc::clone(&self.telemetry),
-        )
+        );
+        serve_nodelay(listener, app, agent)
     }
 
     fn serve_unix(
@@ -46,7 +50,12 @@ impl crate::services::agents::InferenceServer for OllamaEndpoints {
         identity: EndpointIdentity,
     ) -> JoinHandle<()> {
         let agent = identity.agent.clone();
-        let app = ollama_endpoint(self.gateway.clone(), identity, Arc::clone(&self.telemetry));
+        let app = endpoint_router(
+            self.gateway.clone(),
+            Some(Arc::clone(&self.mcp)),
+            identity,
+            Arc::clone(&self.telemetry),
+        );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
@@ -123,6 +132,8 @@ pub(crate) async fn read_body(
 struct Endpoint {
     gateway: Gateway,
     identity: Arc<EndpointIdentity>,
+    /// `/mcp`: the tools the agent's `tools[]` grants (absent: 404).
+    mcp: Option<Arc<crate::services::mcp::McpService>>,
 }
 
 /// The agent-facing Ollama API for one agent: mount it on the listener of an
@@ -136,9 +147,20 @@ pub fn ollama_endpoint(
     identity: EndpointIdentity,
     telemetry: Arc<crate::telemetry::Telemetry>,
 ) -> Router {
+    endpoint_router(gateway, None, identity, telemetry)
+}
+
+/// [`ollama_endpoint`] with the agent's MCP gateway at `/mcp`.
+fn endpoint_router(
+    gateway: Gateway,
+    mcp: Option<Arc<crate::services::mcp::McpService>>,
+    identity: EndpointIdentity,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+) -> Router {
     let state = Endpoint {
         gateway,
         identity: Arc::new(identity),
+        mcp,
     };
     let http = crate::telemetry::HttpLayer {
         telemetry,
@@ -166,7 +188,18 @@ pub fn serve_ollama_endpoint(
     telemetry: Arc<crate::telemetry::Telemetry>,
 ) -> tokio::task::JoinHandle<()> {
     let agent = identity.agent.clone();
-    let app = ollama_endpoint(gateway, identity, telemetry);
+    serve_nodelay(
+        listener,
+        ollama_endpoint(gateway, identity, telemetry),
+        agent,
+    )
+}
+
+fn serve_nodelay(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    agent: fabric_core::AgentId,
+) -> tokio::task::JoinHandle<()> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -194,6 +227,11 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
             }
         },
     };
+    if path == "/mcp"
+        && let Some(mcp) = &endpoint.mcp
+    {
+        return mcp_call(mcp, &endpoint.identity, request).await;
+    }
     let (_, body) = match read_body(request, endpoint.gateway.max_body_bytes(), &request_id).await {
         Ok(read) => read,
         Err(too_large) => {
@@ -211,6 +249,40 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
         request_id,
     };
     into_response(api::agent_endpoint(&endpoint.gateway, &caller, &method, &path, &body).await)
+}
+
+/// The agent's `MCP_URL`: its aggregated MCP server (POST), no stream
+/// (GET) and no session (DELETE), like the main API's `/mcp`.
+async fn mcp_call(
+    mcp: &Arc<crate::services::mcp::McpService>,
+    identity: &EndpointIdentity,
+    request: Request,
+) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return super::mcp::not_streamed().await;
+    }
+    let (parts, body) = request.into_parts();
+    let headers = super::mcp::routing_headers(&parts.headers);
+    let body = match crate::body::read_limited(&parts.headers, body, super::mcp::MAX_MESSAGE_BYTES)
+        .await
+    {
+        Ok(body) => body,
+        Err(e) => {
+            let answer = crate::mcp::HttpAnswer {
+                status: 413,
+                body: Some(serde_json::json!({"jsonrpc": "2.0", "id": null,
+                    "error": {"code": crate::mcp::code::INVALID_REQUEST, "message": e.to_string()}})),
+            };
+            return super::mcp::json_answer(answer);
+        }
+    };
+    let tools = mcp.agent_tools(crate::services::mcp::AgentCaller::new(
+        identity.tenant.clone(),
+        identity.agent.clone(),
+        identity.workspace.clone(),
+        &identity.tools,
+    ));
+    super::mcp::json_answer(crate::mcp::handle_http(&tools, &headers, &body).await)
 }
 
 /// `path` without its first segment if that segment is `secret` (compared

@@ -9,6 +9,8 @@ mod budgets;
 mod health;
 pub mod inference;
 mod llm;
+pub mod mcp;
+mod mcp_servers;
 mod policy;
 pub(crate) mod stream;
 mod tasks;
@@ -45,9 +47,10 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         alerts::list, alerts::metrics,
         policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
         policy::deny, policy::audit, policy::agent_check, policy::agent_approval,
+        mcp_servers::put, mcp_servers::list, mcp_servers::get_one, mcp_servers::delete, mcp_servers::tools,
     ),
     modifiers(&BearerAuth, &StandardErrors, &OpenFlattened),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "access"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "access"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"), (name = "mcp"))
 )]
 pub struct ApiDoc;
 
@@ -316,6 +319,21 @@ pub fn router(state: AppState) -> Router {
                 .delete(budgets::delete),
         )
         .route("/v1/usage/{entity}", get(budgets::usage))
+        .route(
+            "/v1/mcp/servers",
+            post(mcp_servers::put).get(mcp_servers::list),
+        )
+        .route(
+            "/v1/mcp/servers/{name}",
+            get(mcp_servers::get_one).delete(mcp_servers::delete),
+        )
+        .route("/v1/mcp/servers/{name}/tools", get(mcp_servers::tools))
+        .route(
+            "/mcp",
+            axum::routing::post(mcp::post)
+                .get(mcp::not_streamed)
+                .delete(mcp::not_streamed),
+        )
         .route("/v1/ollama", any(llm::ollama))
         .route("/v1/ollama/{*path}", any(llm::ollama))
         .merge(crate::ui::routes())

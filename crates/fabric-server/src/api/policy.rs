@@ -223,7 +223,7 @@ pub struct DecisionRequest {
 /// Most characters of a decision's reason.
 const MAX_REASON: usize = 1000;
 
-async fn decide(
+pub(super) async fn decide(
     state: &AppState,
     principal: &Principal,
     id: &str,

@@ -154,4 +154,6 @@ pub struct EndpointIdentity {
     /// reach: the first path segment every call must carry, known only to
     /// the agent (its `OLLAMA_BASE_URL` ends with it).
     pub path_secret: Option<String>,
+    /// The agent's `tools[]`: what its `MCP_URL` offers.
+    pub tools: Vec<String>,
 }

@@ -11,5 +11,6 @@ pub mod auth;
 pub mod budgets;
 pub mod limits;
 pub mod llm;
+pub mod mcp;
 pub mod policy;
 pub mod tasks;

@@ -219,7 +219,7 @@ impl PolicyService {
                     ..default_policy()
                 };
                 self.store.put_policy(policy.clone()).await?;
-                tracing::info!(policy_id = %policy.id, "upgraded the built-in default policy: tasks' shell commands and file writes are checked now, and allowed by it");
+                tracing::info!(policy_id = %policy.id, "upgraded the built-in default policy: what this release checks (tasks' shell commands and file writes, MCP tool calls) is allowed by it, as it ran before");
             }
         }
         if stored.is_empty() {
@@ -412,6 +412,23 @@ impl PolicyService {
             correlation_id: correlation_id.to_owned(),
         });
         decision
+    }
+
+    /// What `actor` doing `action` would get, neither audited nor counted:
+    /// for showing what may be asked (an agent's tool list), never for
+    /// letting something through.
+    pub fn peek(&self, actor: &Actor, action: &str) -> Effect {
+        let now = self.clock.now();
+        let set = self.current();
+        set.evaluate(&PolicyRequest {
+            tenant: actor.tenant.as_str(),
+            workspace: actor.workspace.as_deref(),
+            agent: actor.agent.as_ref().map(|a| a.as_str()),
+            action,
+            resource: None,
+            now,
+        })
+        .effect
     }
 
     fn granted(&self, agent: &AgentId, action: &str, now: Timestamp) -> bool {

@@ -433,6 +433,7 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
         agent: AgentId::new("box").unwrap(),
         workspace: None,
         path_secret: None,
+        tools: Vec::new(),
     };
     let _endpoint = serve_ollama_endpoint(
         listener,

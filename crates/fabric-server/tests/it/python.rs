@@ -79,6 +79,7 @@ async fn official_openai_and_ollama_python_clients() {
         agent: AgentId::new("py-agent").unwrap(),
         workspace: None,
         path_secret: Some(secret.to_owned()),
+        tools: Vec::new(),
     };
     let _endpoint = serve_ollama_endpoint(
         listener,

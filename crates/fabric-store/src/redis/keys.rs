@@ -22,6 +22,7 @@
 //! | `uix:{tenant or *}:{agent or *}:{user or *}` | sorted set | usage record ids, score = call start (ms): one per filter combination |
 //!
 //! | `policies` | hash | policy id → policy JSON |
+//! | `mcp_servers` | hash | `<tenant>/<server>` → MCP server record JSON |
 //! | `approvals` | hash | approval id → approval JSON |
 //! | `audit` | hash | audit record id → record JSON |
 //! | `aix:{tenant or *}:{agent or *}:{decision or *}` | sorted set | audit record ids, all score 0 (so by id = time order): one per filter combination |
@@ -106,6 +107,10 @@ impl Keys {
     /// The usage index of one combination of filters (`None` = any).
     pub fn policies(&self) -> String {
         self.key("policies")
+    }
+
+    pub fn mcp_servers(&self) -> String {
+        self.key("mcp_servers")
     }
 
     pub fn approvals(&self) -> String {

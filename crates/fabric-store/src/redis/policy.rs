@@ -203,3 +203,50 @@ impl PolicyStore for RedisStore {
         }
     }
 }
+
+/// MCP servers: one hash read whole at start (a new key, so a store written
+/// by an earlier release needs no migration: it simply has none).
+impl fabric_core::mcp::McpStore for RedisStore {
+    fn put_mcp_server(
+        &self,
+        record: fabric_core::mcp::McpServerRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let key = format!("{}/{}", record.tenant, record.spec.name);
+        let op = encode_json(|| format!("MCP server {key:?}"), &record).map(|body| {
+            let c = cmd("HSET")
+                .arg(self.inner.keys.mcp_servers())
+                .arg(&key)
+                .arg(body)
+                .clone();
+            writer::op(Some(c), format!("cannot store MCP server {key:?}"), ignore)
+        });
+        self.submit(op)
+    }
+
+    fn list_mcp_servers(
+        &self,
+    ) -> impl Future<Output = Result<Vec<fabric_core::mcp::McpServerRecord>, StoreError>> + Send + 'static
+    {
+        let c = cmd("HGETALL").arg(self.inner.keys.mcp_servers()).clone();
+        self.read(c, "cannot list MCP servers".to_owned(), |value| {
+            codec::json_pairs("MCP server", value)
+        })
+    }
+
+    fn delete_mcp_server(
+        &self,
+        tenant: fabric_core::TenantId,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let key = format!("{tenant}/{name}");
+        let c = cmd("HDEL")
+            .arg(self.inner.keys.mcp_servers())
+            .arg(&key)
+            .clone();
+        self.submit(Ok(writer::op(
+            Some(c),
+            format!("cannot delete MCP server {key:?}"),
+            flag("deleting an MCP server"),
+        )))
+    }
+}

@@ -325,6 +325,46 @@ impl SqliteStore {
     }
 }
 
+/// The key of an MCP server's row: its tenant and name (neither holds `/`).
+fn mcp_key(tenant: &TenantId, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+impl fabric_core::mcp::McpStore for SqliteStore {
+    fn put_mcp_server(
+        &self,
+        record: fabric_core::mcp::McpServerRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let key = mcp_key(&record.tenant, &record.spec.name);
+        let body = encode_json(|| format!("MCP server {key:?}"), &record);
+        let write = self.put_named(NamedTable::McpServers, key, body, true);
+        async move { write.await.map(drop) }
+    }
+
+    fn list_mcp_servers(
+        &self,
+    ) -> impl Future<Output = Result<Vec<fabric_core::mcp::McpServerRecord>, StoreError>> + Send + 'static
+    {
+        self.read(|conn| {
+            reader::collect(
+                conn,
+                "SELECT name, body FROM mcp_servers ORDER BY name",
+                [],
+                "cannot list MCP servers",
+                "MCP server",
+            )
+        })
+    }
+
+    fn delete_mcp_server(
+        &self,
+        tenant: TenantId,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        self.delete_named(NamedTable::McpServers, mcp_key(&tenant, &name))
+    }
+}
+
 fn user_json(user: &User) -> Result<String, SqliteStoreError> {
     encode_json(|| format!("user {:?}", user.name), user)
 }

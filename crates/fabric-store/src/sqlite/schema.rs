@@ -149,6 +149,14 @@ const MIGRATIONS: &[&str] = &[
     UPDATE tokens SET user = json_extract(body, '$.user');
     CREATE INDEX tokens_user ON tokens (user);
     ",
+    // 8: MCP servers registered with the fabric (REQUIREMENTS §14), keyed
+    // `<tenant>/<server>`; read whole at start.
+    "
+    CREATE TABLE mcp_servers (
+        name TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.

@@ -431,6 +431,8 @@ fn append_events(conn: &Connection, rows: &[EventRow]) -> Result<(), SqliteStore
 pub(crate) enum NamedTable {
     Users,
     Tenants,
+    /// Keyed `<tenant>/<server>`.
+    McpServers,
 }
 
 impl NamedTable {
@@ -438,6 +440,7 @@ impl NamedTable {
         match self {
             NamedTable::Users => "user",
             NamedTable::Tenants => "tenant",
+            NamedTable::McpServers => "MCP server",
         }
     }
 }
@@ -467,6 +470,13 @@ fn put_named(conn: &Connection, write: &NamedWrite) -> Result<bool, SqliteStoreE
             "INSERT INTO tenants (name, body) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET body = excluded.body"
         }
+        (NamedTable::McpServers, false) => {
+            "INSERT INTO mcp_servers (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING"
+        }
+        (NamedTable::McpServers, true) => {
+            "INSERT INTO mcp_servers (name, body) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body"
+        }
     };
     let written = conn
         .prepare_cached(sql)
@@ -493,6 +503,7 @@ fn delete_named(
             "DELETE FROM users WHERE name = ?1"
         }
         NamedTable::Tenants => "DELETE FROM tenants WHERE name = ?1",
+        NamedTable::McpServers => "DELETE FROM mcp_servers WHERE name = ?1",
     };
     let deleted = conn
         .prepare_cached(sql)

@@ -293,6 +293,7 @@ impl Launch<'_> {
             agent: self.agent().clone(),
             workspace: self.config.workspace.clone(),
             path_secret: None,
+            tools: self.config.tools.clone(),
         }
     }
 
@@ -427,6 +428,8 @@ const ENV_OLLAMA: &str = "OLLAMA_BASE_URL";
 fn inference_env(base: &str) -> Vec<(String, String)> {
     vec![
         (ENV_OLLAMA.into(), base.to_owned()),
+        // The same endpoint's MCP server: the tools `tools[]` grants.
+        ("MCP_URL".into(), format!("{base}/mcp")),
         ("OPENAI_BASE_URL".into(), format!("{base}/v1")),
         ("OPENAI_API_KEY".into(), ENDPOINT_KEY_PLACEHOLDER.into()),
         ("ANTHROPIC_BASE_URL".into(), base.to_owned()),
