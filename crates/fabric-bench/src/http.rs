@@ -671,7 +671,7 @@ impl Failures {
 /// A sink for OTLP/HTTP exports: answers every request 200 and counts the
 /// requests and bytes (what a collector on the same machine costs the
 /// server, minus the collector's own decoding).
-async fn otlp_sink() -> anyhow::Result<(String, Arc<std::sync::atomic::AtomicU64>)> {
+pub(crate) async fn otlp_sink() -> anyhow::Result<(String, Arc<std::sync::atomic::AtomicU64>)> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);

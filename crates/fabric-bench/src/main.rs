@@ -51,6 +51,7 @@ mod flood;
 mod gateway;
 mod http;
 mod instances;
+mod mcp;
 mod policy;
 mod rss;
 mod sandbox_tasks;
@@ -106,6 +107,11 @@ enum Command {
     SandboxTasks(sandbox_tasks::SandboxTasksArgs),
     /// The web UI in a real Chromium: first render of /tasks with 10,000 tasks, server CPU with browsers watching
     Dashboard(dashboard::DashboardArgs),
+    /// What the fabric adds to an agent's MCP tool call (policy, audit, trace) vs calling the server directly
+    Mcp(mcp::McpArgs),
+    /// The stdio MCP server `mcp` calls (an echo tool); run by the bench itself
+    #[command(hide = true)]
+    McpEcho,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +145,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Watchers(args) => block_on(cli.client_threads, watchers::run(args)),
         Command::SandboxTasks(args) => block_on(cli.client_threads, sandbox_tasks::run(args)),
         Command::Dashboard(args) => block_on(cli.client_threads, dashboard::run(args)),
+        Command::Mcp(args) => block_on(cli.client_threads, mcp::run(args)),
+        Command::McpEcho => mcp::echo_server(),
     }
 }
 

@@ -263,8 +263,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::List => block_on(instance::list(cli.output)),
         Command::Image(cmd) => block_on(image::run(cmd, cli.output)),
         command => {
+            // `mcp add NAME --url URL` names the MCP server's URL, which clap
+            // also hands the global --url: the fabric is then the one of
+            // FABRIC_URL or the context.
+            let server_url = match &command {
+                Command::Mcp(mcp::McpCommand::Add(add))
+                    if add.url.is_some() && add.url == cli.url =>
+                {
+                    None
+                }
+                _ => cli.url.as_deref(),
+            };
             let settings =
-                ClientSettings::resolve(cli.url.as_deref(), cli.context.as_deref(), &process_env)?;
+                ClientSettings::resolve(server_url, cli.context.as_deref(), &process_env)?;
             let ctx = Ctx {
                 settings,
                 output: cli.output,

@@ -84,8 +84,12 @@ fn mcp_serve_gives_an_mcp_host_the_fabric_over_stdio_with_the_stored_login() {
 
 /// The venv's python, and the host paths a sandbox must show for it to run
 /// (the venv, and the installation its python links to).
-fn sandboxed_python() -> (PathBuf, Vec<String>) {
+pub(crate) fn sandboxed_python() -> (PathBuf, Vec<String>) {
+    // Without `..` in it: a sandbox shows only the paths it is given.
     let python = crate::telemetry::python();
+    let python = std::fs::canonicalize(python.parent().unwrap())
+        .unwrap()
+        .join(python.file_name().unwrap());
     let out = Command::new(&python)
         .args([
             "-c",
@@ -177,6 +181,18 @@ fn pending_approval(fabric: &Fabric, action: &str) -> String {
 }
 
 const SECRET: &str = "s3cret-time-key-0a8f";
+const REMOTE_TOKEN: &str = "remote-bearer-7c1d9e";
+
+fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
 
 /// Issue #20 end to end: a third-party MCP server from PyPI
 /// (`mcp-server-time`) and a misbehaving one, each in a sandbox of its
@@ -230,11 +246,39 @@ fn a_sandboxed_agent_uses_mcp_tools_through_the_fabric_under_policy() {
         .args(&read_only)
         .assert()
         .success();
+    // A remote one (the SDK's own Streamable HTTP server, sessions and event
+    // streams), which wants a bearer token: a secret header.
+    let port = super::free_port();
+    let _remote = crate::gateway::KillOnDrop(
+        Command::new(&python)
+            .arg(py_dir.join("remote_mcp_server.py"))
+            .arg(port.to_string())
+            .arg(REMOTE_TOKEN)
+            .spawn()
+            .unwrap(),
+    );
+    let header_file = fabric.dir.path().join("remote.header");
+    std::fs::write(&header_file, format!("Bearer {REMOTE_TOKEN}")).unwrap();
+    wait_for_port(port);
+    fabric
+        .cli()
+        .args(["mcp", "add", "remote", "--url"])
+        .arg(format!("http://127.0.0.1:{port}/mcp"))
+        .arg("--secret-header")
+        .arg(format!("Authorization=@{}", header_file.display()))
+        .assert()
+        .success();
     let listed = super::stdout_of(fabric.cli().args(["-o", "json", "mcp", "list"]));
     assert!(
         listed.contains("TIME_API_KEY") && !listed.contains(SECRET),
         "{listed}"
     );
+    assert!(
+        listed.contains("Authorization") && !listed.contains(REMOTE_TOKEN),
+        "{listed}"
+    );
+    let remote_tools = super::stdout_of(fabric.cli().args(["mcp", "tools", "remote"]));
+    assert!(remote_tools.contains("remote__add"), "{remote_tools}");
     let tools = super::stdout_of(fabric.cli().args(["mcp", "tools", "time"]));
     assert!(
         tools.contains("time__get_current_time") && tools.contains("tool:time/convert_time"),
@@ -266,6 +310,8 @@ effect = "deny"
             "time/*",
             "--tools",
             "flaky/*",
+            "--tools",
+            "remote/add",
             "--command",
         ])
         .arg(format!(
@@ -300,6 +346,14 @@ effect = "deny"
     );
     assert_eq!(now["ok"], true, "{now}");
     assert!(now["text"].as_str().unwrap().contains("UTC"), "{now}");
+
+    // Through the remote server, with the secret header the agent never sees.
+    let sum = ask(
+        &fabric,
+        serde_json::json!({"op": "call", "name": "remote__add", "arguments": {"a": 2, "b": 3}}),
+    );
+    assert_eq!(sum["ok"], true, "{sum}");
+    assert_eq!(sum["text"], "5", "{sum}");
 
     // A hidden tool called by name is refused, naming the rule.
     let denied = ask(
@@ -470,6 +524,10 @@ approval_timeout_secs = 1
     assert!(
         !fabric.log().contains(SECRET),
         "the secret is in the server log"
+    );
+    assert!(
+        !env.to_string().contains(REMOTE_TOKEN) && !fabric.log().contains(REMOTE_TOKEN),
+        "the remote token reached the agent or the server log"
     );
 
     // Counted per server, tool and outcome.

@@ -189,6 +189,25 @@ fn the_readme_policies_section_runs_as_written() {
     run_lines(&mut Session::against(&fabric, &workspace()), &lines);
 }
 
+/// The MCP section: a PyPI MCP server registered (sandboxed; the test
+/// venv's python in place of `python3`, with the paths it needs), its
+/// tools listed, a shell agent's task reading them at its `MCP_URL`.
+#[test]
+fn the_readme_mcp_section_runs_as_written() {
+    let fabric = Fabric::start();
+    fabric.login();
+    let lines = shell_block(&readme(), "## Tools over MCP");
+    assert!(lines.len() >= 6, "{lines:?}");
+    let (python, paths) = crate::mcp::sandboxed_python();
+    let read_only: String = paths.iter().map(|p| format!(" --read-only {p}")).collect();
+    let mut session = Session::against(&fabric, &workspace());
+    session.swaps.push((
+        "\"python3 -m mcp_server_time\"".into(),
+        format!("\"{} -m mcp_server_time\"{read_only}", python.display()),
+    ));
+    run_lines(&mut session, &lines);
+}
+
 /// docs/POLICY.md's CLI examples, the same way.
 #[test]
 fn the_policy_docs_cli_examples_run_as_written() {

@@ -401,6 +401,45 @@ async fn only_the_workdir_is_writable() {
     sandbox.destroy().await.unwrap();
 }
 
+/// A read-write mount: a host directory writable inside at another path
+/// (an MCP server's data), and nothing beside it.
+#[tokio::test]
+async fn a_read_write_mount_is_writable_at_its_path_inside() {
+    let (tmp, mut config) = config("rw");
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("seen"), "from the host\n").unwrap();
+    config
+        .read_write_mounts
+        .push((shared.clone(), "/data".into()));
+    let sandbox = create(config).await;
+    let outcome = sh(
+        &sandbox,
+        &["cat /data/seen && echo made > /data/made && touch /x 2>/dev/null || echo root-read-only"],
+    )
+    .await;
+    assert_eq!(
+        outcome.stdout, "from the host\nroot-read-only\n",
+        "stderr: {}",
+        outcome.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("made")).unwrap(),
+        "made\n"
+    );
+    sandbox.destroy().await.unwrap();
+    // Destroying the sandbox leaves the host directory (it is not the workdir).
+    assert!(shared.join("made").exists());
+
+    // A missing host directory is a clear error, not a sandbox without it.
+    let (tmp, mut missing) = self::config("rw-missing");
+    missing
+        .read_write_mounts
+        .push((tmp.path().join("nope"), "/data".into()));
+    let err = Sandbox::create(missing).await.unwrap_err().to_string();
+    assert!(err.contains("it must be an existing directory"), "{err}");
+}
+
 #[tokio::test]
 async fn another_sandboxs_workdir_and_host_secrets_are_unreadable() {
     let parent = tempfile::tempdir().unwrap();

@@ -454,6 +454,40 @@ async fn prefixes_keep_instances_apart() {
     assert_eq!(a.count_users().await.unwrap(), 1);
 }
 
+/// A store the previous release wrote (everything but the `mcp_servers`
+/// hash, which did not exist) keeps its data and gains MCP servers: the new
+/// key needs no migration, and an absent hash reads as none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_from_before_mcp_servers_gains_them() {
+    use fabric_core::mcp::{McpServerRecord, McpServerSpec, McpStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let old = connect(&server.url(), "up").await;
+    let task = sample_task("acme", "shell");
+    old.create_task(task.clone()).await.unwrap();
+    old.put_agent(sample_agent("coder")).await.unwrap();
+    old.close().await;
+    let mut conn = raw(&server.url());
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("up:mcp_servers")
+        .query(&mut conn)
+        .unwrap();
+    assert!(!exists, "the previous release's layout has no MCP servers");
+
+    let store = connect(&server.url(), "up").await;
+    assert_eq!(store.get_task(task.id).await.unwrap(), Some(task));
+    assert!(store.list_mcp_servers().await.unwrap().is_empty());
+    let record = McpServerRecord {
+        tenant: "acme".parse().unwrap(),
+        spec: McpServerSpec::stdio("time", "python3 -m mcp_server_time"),
+        created_at: fabric_core::Timestamp::from_millis(1),
+        created_by: "admin".to_owned(),
+    };
+    store.put_mcp_server(record.clone()).await.unwrap();
+    assert_eq!(store.list_mcp_servers().await.unwrap(), vec![record]);
+    assert_eq!(store.list_agents().await.unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_share_pipelines_and_close_flushes_dropped_ones() {
     let dir = tempfile::tempdir().unwrap();

@@ -163,7 +163,7 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
         &path,
         "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; DROP TABLE budgets;
          DROP TABLE policies; DROP TABLE approvals; DROP TABLE audit; DROP TABLE tenants;
-         DROP INDEX tokens_user; ALTER TABLE tokens DROP COLUMN user;
+         DROP TABLE mcp_servers; DROP INDEX tokens_user; ALTER TABLE tokens DROP COLUMN user;
          ALTER TABLE tasks DROP COLUMN traceparent; PRAGMA user_version = 1;",
     );
 
@@ -215,7 +215,7 @@ async fn a_schema_version_6_database_gains_tenants_and_token_owners() {
     tamper(
         &path,
         r#"DROP TABLE tenants; DROP INDEX tokens_user; ALTER TABLE tokens DROP COLUMN user;
-         PRAGMA user_version = 6;
+         DROP TABLE mcp_servers; PRAGMA user_version = 6;
          INSERT INTO users (name, body) VALUES ('admin', '{"name":"admin","tenant":"default","password_hash":"$argon2id$x","scopes":["admin"],"created_at":"2026-01-01T00:00:00Z"}');
          INSERT INTO tokens (hash, body) VALUES ('ab12', '{"token_hash":"ab12","user":"admin","tenant":"default","scopes":["admin"],"name":"login","created_at":"2026-01-01T00:00:00Z","expires_at":null}');"#,
     );
@@ -228,6 +228,37 @@ async fn a_schema_version_6_database_gains_tenants_and_token_owners() {
     // The backfilled owner column: deleting the user takes its old token along.
     assert!(store.delete_user("admin".to_owned()).await.unwrap());
     assert!(store.list_tokens().await.unwrap().is_empty());
+}
+
+/// Schema 7 (the release before MCP servers) keeps everything it had and
+/// gains the `mcp_servers` table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_version_7_database_gains_mcp_servers() {
+    use fabric_core::mcp::{McpServerRecord, McpServerSpec, McpStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    let task = sample_task("acme", "shell");
+    store.create_task(task.clone()).await.unwrap();
+    store.close().await;
+    tamper(&path, "DROP TABLE mcp_servers; PRAGMA user_version = 7;");
+
+    let store = open(&path);
+    assert_eq!(store.get_task(task.id).await.unwrap(), Some(task));
+    assert!(store.list_mcp_servers().await.unwrap().is_empty());
+    let record = McpServerRecord {
+        tenant: "acme".parse().unwrap(),
+        spec: McpServerSpec::stdio("time", "python3 -m mcp_server_time"),
+        created_at: fabric_core::Timestamp::from_millis(1),
+        created_by: "admin".to_owned(),
+    };
+    store.put_mcp_server(record.clone()).await.unwrap();
+    assert_eq!(store.list_mcp_servers().await.unwrap(), vec![record]);
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, fabric_store::sqlite::SCHEMA_VERSION);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -531,7 +531,11 @@ impl Upstream {
                 .await
                 .map_err(|e| protocol(format!("its event stream broke: {e}")))?
             {
+                // Events end with a blank line; lines may end with CRLF.
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
+                if buffer.contains('\r') {
+                    buffer = buffer.replace("\r\n", "\n");
+                }
                 while let Some(end) = buffer.find("\n\n") {
                     let event: String = buffer.drain(..end + 2).collect();
                     let data: String = event
@@ -558,10 +562,12 @@ impl Upstream {
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(message) if message.get("jsonrpc").is_some() => Ok(answer_of(&message)),
             _ if status == reqwest::StatusCode::NOT_FOUND && http.session.lock().is_some() => {
-                *http.session.lock() = None;
-                Err(protocol(
-                    "its session expired (404): the next call starts a new one".to_owned(),
-                ))
+                // The next call finds this instance gone and connects anew
+                // (a new `initialize`, a new session).
+                let reason = "its session expired (404): the next call starts a new one";
+                self.alive.store(false, Ordering::Release);
+                *self.ended.lock() = Some(reason.to_owned());
+                Err(protocol(reason.to_owned()))
             }
             _ => Err(protocol(format!(
                 "{method} answered HTTP {status} without a JSON-RPC message"
