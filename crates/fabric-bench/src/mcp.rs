@@ -200,51 +200,59 @@ async fn measure(
     rate: u32,
     duration: Duration,
 ) -> anyhow::Result<Run> {
+    type Call = tokio::task::JoinHandle<(u64, bool)>;
     let period = Duration::from_secs(1) / rate;
     let total = (duration.as_secs_f64() * f64::from(rate)) as u64;
     let start = Instant::now() + Duration::from_millis(50);
-    let mut handles = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = start + period * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let request = http
-            .post(url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(call_body(i).to_string());
-        let through = tokio::spawn(async move {
-            let ok = match request.send().await {
-                Ok(r) if r.status().is_success() => r
-                    .json::<Value>()
+    let runtime = tokio::runtime::Handle::current();
+    let (http, url, direct) = (http.clone(), url.to_owned(), Arc::clone(direct));
+    // A thread of its own sends each call at its due time: tokio's timer
+    // has a millisecond's grain, as much as what is measured.
+    let dispatcher = tokio::task::spawn_blocking(move || {
+        let mut handles: Vec<(Call, Call)> = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let due = start + period * i as u32;
+            sleep_until(due);
+            let request = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(call_body(i).to_string());
+            let through = runtime.spawn(async move {
+                let ok = match request.send().await {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<Value>()
+                        .await
+                        .is_ok_and(|v| v.get("result").is_some()),
+                    _ => false,
+                };
+                (nanos(Instant::now().saturating_duration_since(due)), ok)
+            });
+            let twin_due = due + period / 2;
+            sleep_until(twin_due);
+            let direct = Arc::clone(&direct);
+            let twin = runtime.spawn(async move {
+                let ok = direct
+                    .call(
+                        "tools/call",
+                        json!({"name": "echo", "arguments": {"i": i, "text": "hello"}}),
+                    )
                     .await
-                    .is_ok_and(|v| v.get("result").is_some()),
-                _ => false,
-            };
-            (nanos(Instant::now().saturating_duration_since(due)), ok)
-        });
-        let twin_due = due + period / 2;
-        let direct = Arc::clone(direct);
-        let twin = tokio::spawn(async move {
-            tokio::time::sleep_until(twin_due.into()).await;
-            let ok = direct
-                .call(
-                    "tools/call",
-                    json!({"name": "echo", "arguments": {"i": i, "text": "hello"}}),
+                    .is_ok_and(|v| v.get("result").is_some());
+                (
+                    nanos(Instant::now().saturating_duration_since(twin_due)),
+                    ok,
                 )
-                .await
-                .is_ok_and(|v| v.get("result").is_some());
-            (
-                nanos(Instant::now().saturating_duration_since(twin_due)),
-                ok,
-            )
-        });
-        handles.push((through, twin));
-    }
+            });
+            handles.push((through, twin));
+        }
+        handles
+    });
     let mut through = Vec::new();
     let mut direct = Vec::new();
     let mut added = Vec::new();
     let mut failed = 0;
-    for (t, d) in handles {
+    for (t, d) in dispatcher.await? {
         let ((t_ns, t_ok), (d_ns, d_ok)) = (t.await?, d.await?);
         through.push(t_ns);
         direct.push(d_ns);
@@ -269,6 +277,13 @@ async fn measure(
         added_p99: pick(0.99),
         failed,
     })
+}
+
+fn sleep_until(due: Instant) {
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
 }
 
 pub async fn run(args: &McpArgs) -> anyhow::Result<()> {

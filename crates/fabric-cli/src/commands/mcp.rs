@@ -23,7 +23,7 @@ use crate::output::{print_json, table, write_text};
 pub enum McpCommand {
     /// Register an MCP server (or replace the one of that name): a stdio
     /// server the fabric runs (--command), or a remote one (--url)
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// The registered MCP servers
     #[command(visible_alias = "ls")]
     List,
@@ -177,7 +177,7 @@ fn spec_of(args: AddArgs) -> Result<McpServerSpec, CliError> {
 pub async fn run(ctx: &Ctx, command: McpCommand) -> Result<(), CliError> {
     match command {
         McpCommand::Add(args) => {
-            let spec = spec_of(args)?;
+            let spec = spec_of(*args)?;
             let view = ctx.authed_client()?.put_mcp_server(&spec).await?;
             if ctx.output.is_json() {
                 return print_json(&view);

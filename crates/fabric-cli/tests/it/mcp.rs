@@ -139,6 +139,16 @@ fn ask(fabric: &Fabric, instruction: serde_json::Value) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// The newest task, as `task list -o json` gives it.
+fn last_task(fabric: &Fabric) -> serde_json::Value {
+    let list = super::access::json_of(
+        fabric
+            .cli()
+            .args(["-o", "json", "task", "list", "--limit", "1"]),
+    );
+    list["tasks"][0].clone()
+}
+
 fn agent_logs(fabric: &Fabric) -> String {
     let out = fabric
         .cli()
@@ -180,6 +190,18 @@ fn pending_approval(fabric: &Fabric, action: &str) -> String {
     }
 }
 
+/// The agent's call was refused with an error whose message says `text`.
+fn assert_refused(answer: &serde_json::Value, text: &str) {
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(text),
+        "{answer} does not say {text:?}"
+    );
+}
+
 const SECRET: &str = "s3cret-time-key-0a8f";
 const REMOTE_TOKEN: &str = "remote-bearer-7c1d9e";
 
@@ -201,7 +223,9 @@ fn wait_for_port(port: u16) {
 /// audit, metrics, secrets, a crash and a hang.
 #[test]
 fn a_sandboxed_agent_uses_mcp_tools_through_the_fabric_under_policy() {
-    let fabric = Fabric::start();
+    let spans_dir = tempfile::tempdir().unwrap();
+    let receiver = crate::telemetry::Receiver::start(spans_dir.path());
+    let fabric = Fabric::start_with_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)]);
     fabric.login();
     let (python, mut paths) = sandboxed_python();
     let py_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/py");
@@ -347,6 +371,33 @@ effect = "deny"
     assert_eq!(now["ok"], true, "{now}");
     assert!(now["text"].as_str().unwrap().contains("UTC"), "{now}");
 
+    // Traced in the task's trace (the agent sends the task's traceparent).
+    let traced_task = last_task(&fabric);
+    let trace_id = traced_task["traceparent"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let spans = receiver.spans();
+        if spans.iter().any(|s| {
+            s["name"] == "mcp.tools/call"
+                && s["trace_id"] == trace_id.as_str()
+                && s["attributes"]["mcp.tool"] == "get_current_time"
+                && s["attributes"]["outcome"] == "ok"
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mcp.tools/call span in trace {trace_id}: {spans:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
     // Through the remote server, with the secret header the agent never sees.
     let sum = ask(
         &fabric,
@@ -361,11 +412,9 @@ effect = "deny"
         serde_json::json!({"op": "call", "name": "time__convert_time",
         "arguments": {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Oslo"}}),
     );
-    assert_eq!(denied["ok"], false, "{denied}");
-    let message = denied["message"].as_str().unwrap();
-    assert!(
-        message.contains("mcp-agent-tools") && message.contains("#0"),
-        "{denied}"
+    assert_refused(
+        &denied,
+        "rule #0 tool:time/convert_time of policy \"mcp-agent-tools\"",
     );
     // An ungranted server's tool is unknown.
     let ungranted = ask(
@@ -454,11 +503,7 @@ approval_timeout_secs = 1
         serde_json::json!({"op": "call", "name": "time__convert_time",
         "arguments": {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Oslo"}}),
     );
-    assert_eq!(timed_out["ok"], false, "{timed_out}");
-    assert!(
-        timed_out["message"].as_str().unwrap().contains("timed_out"),
-        "{timed_out}"
-    );
+    assert_refused(&timed_out, "which was timed_out");
 
     // A crashing server is restarted: the next call succeeds, in a new process.
     let first = ask(
@@ -489,26 +534,12 @@ approval_timeout_secs = 1
         &fabric,
         serde_json::json!({"op": "call", "name": "flaky__hang", "arguments": {}}),
     );
-    assert_eq!(hung["ok"], false, "{hung}");
-    assert!(
-        hung["message"]
-            .as_str()
-            .unwrap()
-            .contains("did not answer tools/call within 3.0 s"),
-        "{hung}"
-    );
+    assert_refused(&hung, "did not answer tools/call within 3.0 s");
     let big = ask(
         &fabric,
         serde_json::json!({"op": "call", "name": "flaky__big", "arguments": {}}),
     );
-    assert_eq!(big["ok"], false, "{big}");
-    assert!(
-        big["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_result_bytes"),
-        "{big}"
-    );
+    assert_refused(&big, "max_result_bytes");
 
     // Secrets: not in the agent's environment, its logs, the API or the server log.
     let env = ask(&fabric, serde_json::json!({"op": "env"}));
@@ -529,6 +560,12 @@ approval_timeout_secs = 1
         !env.to_string().contains(REMOTE_TOKEN) && !fabric.log().contains(REMOTE_TOKEN),
         "the remote token reached the agent or the server log"
     );
+    let spans = serde_json::to_string(&receiver.spans()).unwrap();
+    let audit = super::stdout_of(fabric.cli().args(["-o", "json", "audit"]));
+    for secret in [SECRET, REMOTE_TOKEN] {
+        assert!(!spans.contains(secret), "a secret is in the traces");
+        assert!(!audit.contains(secret), "a secret is in the audit trail");
+    }
 
     // Counted per server, tool and outcome.
     let metrics = reqwest_blocking_get(&format!("{}/metrics", fabric.url));

@@ -50,14 +50,14 @@ fn need(tool: &str) {
 }
 
 /// The OTLP receiver (py/otlp_receiver.py): spans land in `out` as JSON lines.
-struct Receiver {
+pub(crate) struct Receiver {
     _child: KillOnDrop,
-    url: String,
+    pub(crate) url: String,
     out: PathBuf,
 }
 
 impl Receiver {
-    fn start(dir: &Path) -> Receiver {
+    pub(crate) fn start(dir: &Path) -> Receiver {
         let portfile = dir.join("receiver.port");
         let out = dir.join("spans.jsonl");
         let child = Command::new(python())
@@ -83,7 +83,7 @@ impl Receiver {
         }
     }
 
-    fn spans(&self) -> Vec<Value> {
+    pub(crate) fn spans(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()

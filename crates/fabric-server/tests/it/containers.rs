@@ -514,6 +514,75 @@ pub fn gateway_to(
     }
 }
 
+/// An MCP server over stdio in a dozen lines of Python's standard library:
+/// one tool, `echo`, answering its arguments.
+const ECHO_MCP_SERVER: &str = r#"
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m:
+        continue
+    method = m["method"]
+    if method == "initialize":
+        r = {"protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": {"name": "echo", "version": "1"}}
+    elif method == "tools/list":
+        r = {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
+    else:
+        r = {"content": [{"type": "text", "text": "echoed " + json.dumps(m["params"].get("arguments"))}]}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+
+/// Issue #20: a container agent reaches its MCP gateway at `MCP_URL`
+/// (`localhost:11434/mcp`, its sidecar), with the tools its `tools[]` grants.
+#[tokio::test]
+async fn a_container_agent_calls_mcp_tools_through_its_sidecar() {
+    let (s, _guard) = server().await;
+    let token = s.login().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("echo.py"), ECHO_MCP_SERVER).unwrap();
+    let (status, body) = s
+        .post(
+            &token,
+            "/v1/mcp/servers",
+            json!({"name": "echo", "isolation": "none",
+                   "command": format!("/usr/bin/python3 {}/echo.py", dir.path().display()),
+                   "read_only_paths": [dir.path().display().to_string()]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    s.spawn_agent(
+        &token,
+        json!({"id": "tooled", "isolation": {"level": "container"}, "tools": ["echo/*"]}),
+    )
+    .await;
+    let post = |body: &str| {
+        format!(
+            "wget -Y off -q -O- --header 'Content-Type: application/json' --post-data '{body}' $MCP_URL"
+        )
+    };
+    let (status, _, stdout, stderr) = run(
+        &s,
+        &token,
+        "tooled",
+        &[
+            "echo $MCP_URL",
+            &post(r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#),
+            "echo",
+            &post(
+                r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo__echo", "arguments": {"n": 7}}}"#,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(status, TaskStatus::Completed, "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("http://localhost:11434/mcp\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""name":"echo__echo""#), "{stdout}");
+    assert!(stdout.contains(r#"echoed {\"n\": 7}"#), "{stdout}");
+}
+
 /// REQUIREMENTS §6: inside the container, `localhost:11434` is the sidecar, which
 /// reaches the gateway's Ollama API through the fabric: the call is routed to
 /// the provider with the fabric's key (the agent's Authorization goes

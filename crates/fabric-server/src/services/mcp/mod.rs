@@ -452,26 +452,17 @@ impl McpService {
                         return Err(failed(e.to_string()));
                     }
                 };
-                let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take())
-                else {
-                    return Err(failed("its stdio is not piped".to_owned()));
+                let pipes = (
+                    process.stdin.take(),
+                    process.stdout.take(),
+                    process.stderr.take(),
+                );
+                let running = Running::Sandbox {
+                    _process: process,
+                    sandbox,
+                    tasks,
                 };
-                let stderr = process
-                    .stderr
-                    .take()
-                    .map(|s| Box::pin(s) as std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>);
-                Ok(Upstream::stdio(
-                    &spec.name,
-                    Box::pin(stdin),
-                    Box::pin(stdout),
-                    stderr,
-                    Running::Sandbox {
-                        _process: process,
-                        sandbox,
-                        tasks,
-                    },
-                    redact,
-                ))
+                stdio_upstream(&spec.name, pipes, running, redact).map_err(failed)
             }
             _ => {
                 std::fs::create_dir_all(&workdir)
@@ -493,22 +484,13 @@ impl McpService {
                     Some(&confinement),
                 )
                 .map_err(|e| failed(e.to_string()))?;
-                let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take())
-                else {
-                    return Err(failed("its stdio is not piped".to_owned()));
-                };
-                let stderr = process
-                    .stderr
-                    .take()
-                    .map(|s| Box::pin(s) as std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>);
-                Ok(Upstream::stdio(
-                    &spec.name,
-                    Box::pin(stdin),
-                    Box::pin(stdout),
-                    stderr,
-                    Running::Host { _process: process },
-                    redact,
-                ))
+                let pipes = (
+                    process.stdin.take(),
+                    process.stdout.take(),
+                    process.stderr.take(),
+                );
+                let running = Running::Host { _process: process };
+                stdio_upstream(&spec.name, pipes, running, redact).map_err(failed)
             }
         }
     }
@@ -538,6 +520,33 @@ impl McpService {
             caller,
         }
     }
+}
+
+/// A started stdio server's pipes (`stdin`, `stdout`, `stderr`) as an
+/// [`Upstream`]; `running` keeps the process alive.
+fn stdio_upstream<I, O, E>(
+    server: &str,
+    (stdin, stdout, stderr): (Option<I>, Option<O>, Option<E>),
+    running: Running,
+    redact: Redact,
+) -> Result<Arc<Upstream>, String>
+where
+    I: tokio::io::AsyncWrite + Send + 'static,
+    O: tokio::io::AsyncRead + Send + 'static,
+    E: tokio::io::AsyncRead + Send + 'static,
+{
+    let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+        return Err("its stdin and stdout are not piped".to_owned());
+    };
+    let stderr = stderr.map(|s| Box::pin(s) as std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>);
+    Ok(Upstream::stdio(
+        server,
+        Box::pin(stdin),
+        Box::pin(stdout),
+        stderr,
+        running,
+        redact,
+    ))
 }
 
 impl Entry {

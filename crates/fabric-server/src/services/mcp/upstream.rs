@@ -115,7 +115,8 @@ struct Http {
 }
 
 enum Transport {
-    Stdio(Stdio),
+    // Boxed: the process handles make it twice the size of the HTTP side.
+    Stdio(Box<Stdio>),
     Http(Http),
 }
 
@@ -195,12 +196,12 @@ impl Upstream {
         }
         let upstream = Arc::new(Upstream {
             server: server.to_owned(),
-            transport: Transport::Stdio(Stdio {
+            transport: Transport::Stdio(Box::new(Stdio {
                 stdin: tokio::sync::Mutex::new(stdin),
                 pending,
                 _running: running,
                 reader,
-            }),
+            })),
             alive,
             ended,
             next_id: AtomicU64::new(1),
