@@ -583,3 +583,68 @@ fn reqwest_blocking_get(url: &str) -> String {
     let out = Command::new("curl").args(["-sf", url]).output().unwrap();
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A server that cannot start says why (its last stderr lines), and a
+/// registration the fabric cannot accept names the field.
+#[test]
+fn a_server_that_does_not_start_says_why_and_bad_registrations_name_the_field() {
+    let fabric = Fabric::start();
+    fabric.login();
+    fabric
+        .cli()
+        .args([
+            "mcp",
+            "add",
+            "broken",
+            "--command",
+            "no-such-mcp-server --flag",
+        ])
+        .assert()
+        .success();
+    let out = fabric
+        .cli()
+        .args(["mcp", "tools", "broken"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot start MCP server \"broken\"")
+            && stderr.contains("no-such-mcp-server: not found"),
+        "{stderr}"
+    );
+
+    for (args, says) in [
+        (
+            vec!["mcp", "add", "Bad_Name", "--command", "x"],
+            "must be 1 to 32 of a-z, 0-9 and '-'",
+        ),
+        (
+            vec!["mcp", "add", "both", "--command", "x", "--header", "A=b"],
+            "'headers' and 'secret_headers' are for remote servers",
+        ),
+        (
+            vec!["mcp", "add", "web", "--url", "ftp://example.com/mcp"],
+            "must be an http:// or https:// URL",
+        ),
+    ] {
+        let out = fabric.cli().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = fabric
+        .cli()
+        .args(["agent", "spawn", "--id", "t", "--tools", "time"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("must be <server>/<tool>"),
+        "{stderr}"
+    );
+    let listed = super::stdout_of(fabric.cli().args(["mcp", "list", "-q"]));
+    assert_eq!(listed.trim(), "broken");
+}

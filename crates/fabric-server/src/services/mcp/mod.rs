@@ -331,7 +331,19 @@ impl McpService {
         };
         match tokio::time::timeout(upstream::START_TIMEOUT, upstream.initialize()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Err(e)) => {
+                // What the server said on its way out is usually the reason
+                // (a command not found, a missing module, a bad argument).
+                return Err(
+                    match upstream.stderr_tail(Duration::from_millis(500)).await {
+                        Some(tail) => McpError::Start {
+                            server: spec.name.clone(),
+                            reason: format!("{e}; its stderr ended with: {tail}"),
+                        },
+                        None => e.into(),
+                    },
+                );
+            }
             Err(_) => {
                 return Err(McpError::Start {
                     server: spec.name.clone(),
@@ -798,7 +810,17 @@ impl AgentTools {
         let upstream = service
             .instance(entry, Some(&self.caller.agent))
             .await
-            .map_err(|e| ("error", RpcError::new(code::INTERNAL_ERROR, e.to_string())))?;
+            .map_err(|e| {
+                // The server's own output stays with the fabric's users (the
+                // log, `mcp tools`): an agent learns that it failed.
+                let message = match e {
+                    McpError::Start { server, .. } => format!(
+                        "MCP server {server:?} could not be started: the fabric's log, or reactor-fabric mcp tools {server}, says why"
+                    ),
+                    other => other.to_string(),
+                };
+                ("error", RpcError::new(code::INTERNAL_ERROR, message))
+            })?;
         let timeout = Duration::from_secs_f64(spec.timeout_seconds);
         let result = upstream
             .call_tool(tool, arguments, timeout)

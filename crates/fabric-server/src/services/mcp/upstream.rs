@@ -123,6 +123,8 @@ enum Transport {
 /// A connection to one server instance.
 pub struct Upstream {
     server: String,
+    /// A stdio server's last stderr lines.
+    stderr: Option<Arc<StderrTail>>,
     transport: Transport,
     alive: Arc<AtomicBool>,
     /// Why it stopped, once it has.
@@ -191,10 +193,18 @@ impl Upstream {
             Arc::clone(&ended),
             replies_tx,
         ));
-        if let Some(stderr) = stderr {
-            tokio::spawn(log_stderr(server.to_owned(), stderr, redact));
-        }
+        let stderr = stderr.map(|stderr| {
+            let tail = Arc::new(StderrTail::default());
+            tokio::spawn(log_stderr(
+                server.to_owned(),
+                stderr,
+                redact,
+                Arc::clone(&tail),
+            ));
+            tail
+        });
         let upstream = Arc::new(Upstream {
+            stderr,
             server: server.to_owned(),
             transport: Transport::Stdio(Box::new(Stdio {
                 stdin: tokio::sync::Mutex::new(stdin),
@@ -245,6 +255,7 @@ impl Upstream {
             .map_err(|e| protocol(format!("cannot build an HTTP client: {e}")))?;
         Ok(Arc::new(Upstream {
             server: server.clone(),
+            stderr: None,
             transport: Transport::Http(Http {
                 client,
                 url: spec.url.clone().unwrap_or_default(),
@@ -282,6 +293,15 @@ impl Upstream {
             self.suspect.store(false, Ordering::Release);
         }
         answered
+    }
+
+    /// A stdio server's last stderr lines (secrets redacted), once its
+    /// stderr has closed or `wait` has passed: why it would not start.
+    pub(super) async fn stderr_tail(&self, wait: Duration) -> Option<String> {
+        let tail = self.stderr.as_ref()?;
+        let _ = tokio::time::timeout(wait, tail.closed.notified()).await;
+        let lines = tail.lines.lock();
+        (!lines.is_empty()).then(|| lines.iter().cloned().collect::<Vec<_>>().join(" | "))
     }
 
     pub(super) fn idle_for(&self) -> Duration {
@@ -548,7 +568,7 @@ impl Upstream {
                     if let Ok(message) = serde_json::from_str::<Value>(&data)
                         && message.get("id").and_then(Value::as_u64) == Some(id)
                     {
-                        return Ok(answer_of(&message));
+                        return Ok(answer_of(message));
                     }
                 }
             }
@@ -561,7 +581,7 @@ impl Upstream {
             .await
             .map_err(|e| protocol(format!("cannot read its answer: {e}")))?;
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(message) if message.get("jsonrpc").is_some() => Ok(answer_of(&message)),
+            Ok(message) if message.get("jsonrpc").is_some() => Ok(answer_of(message)),
             _ if status == reqwest::StatusCode::NOT_FOUND && http.session.lock().is_some() => {
                 // The next call finds this instance gone and connects anew
                 // (a new `initialize`, a new session).
@@ -577,13 +597,10 @@ impl Upstream {
     }
 }
 
-fn answer_of(message: &Value) -> Answer {
+fn answer_of(mut message: Value) -> Answer {
     if let Some(error) = message.get("error") {
         return Err(RpcError {
-            code: error
-                .get("code")
-                .and_then(Value::as_i64)
-                .unwrap_or(code::INTERNAL_ERROR),
+            code: error.get("code").and_then(Value::as_i64).unwrap_or(code::INTERNAL_ERROR),
             message: error
                 .get("message")
                 .and_then(Value::as_str)
@@ -592,7 +609,11 @@ fn answer_of(message: &Value) -> Answer {
             data: error.get("data").cloned(),
         });
     }
-    Ok(message.get("result").cloned().unwrap_or(Value::Null))
+    // Taken, not cloned: a tool's answer may be large.
+    Ok(message
+        .get_mut("result")
+        .map(Value::take)
+        .unwrap_or(Value::Null))
 }
 
 /// Reads the server's stdout: answers go to their waiters, requests get a
@@ -637,7 +658,7 @@ async fn read_stdout(
             (Some(_), None) => {}
             (None, Some(id)) => {
                 if let Some(waiter) = id.as_u64().and_then(|id| pending.lock().remove(&id)) {
-                    let _ = waiter.send(answer_of(&message));
+                    let _ = waiter.send(answer_of(message));
                 }
             }
             (None, None) => {}
@@ -650,12 +671,34 @@ async fn read_stdout(
     pending.lock().clear();
 }
 
+/// The last lines of a stdio server's stderr.
+#[derive(Default)]
+pub(super) struct StderrTail {
+    lines: Mutex<std::collections::VecDeque<String>>,
+    /// Notified (with a permit kept) when stderr closes.
+    closed: tokio::sync::Notify,
+}
+
+/// How many stderr lines a start error quotes.
+const STDERR_TAIL_LINES: usize = 5;
+
 /// A stdio server's stderr, line by line, in the fabric's log (its secrets
-/// redacted).
-async fn log_stderr(server: String, stderr: Pin<Box<dyn AsyncRead + Send>>, redact: Redact) {
+/// redacted), the last lines kept for a start error.
+async fn log_stderr(
+    server: String,
+    stderr: Pin<Box<dyn AsyncRead + Send>>,
+    redact: Redact,
+    tail: Arc<StderrTail>,
+) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let line: String = redact.apply(&line).chars().take(2000).collect();
         tracing::info!(mcp_server = %server, line = %line, "MCP server stderr");
+        let mut kept = tail.lines.lock();
+        if kept.len() == STDERR_TAIL_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line.chars().take(300).collect());
     }
+    tail.closed.notify_one();
 }
