@@ -12,6 +12,7 @@ mod containers;
 mod dashboard;
 mod gateway;
 mod harness;
+mod mcp;
 mod policy;
 mod python;
 mod redis;

@@ -600,7 +600,10 @@ impl Upstream {
 fn answer_of(mut message: Value) -> Answer {
     if let Some(error) = message.get("error") {
         return Err(RpcError {
-            code: error.get("code").and_then(Value::as_i64).unwrap_or(code::INTERNAL_ERROR),
+            code: error
+                .get("code")
+                .and_then(Value::as_i64)
+                .unwrap_or(code::INTERNAL_ERROR),
             message: error
                 .get("message")
                 .and_then(Value::as_str)
