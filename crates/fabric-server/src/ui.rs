@@ -28,7 +28,7 @@ include!(concat!(env!("OUT_DIR"), "/ui_assets.rs"));
 
 /// The paths that answer the app itself (each view's own path, so a view
 /// survives a reload and can be shared).
-pub const VIEW_PATHS: [&str; 12] = [
+pub const VIEW_PATHS: [&str; 13] = [
     "/",
     "/login",
     "/tasks",
@@ -40,6 +40,7 @@ pub const VIEW_PATHS: [&str; 12] = [
     "/budgets",
     "/audit",
     "/gateway",
+    "/tools",
     "/alerts",
 ];
 

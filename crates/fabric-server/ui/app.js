@@ -15,10 +15,11 @@ import * as budgets from './js/budgets.js';
 import * as audit from './js/audit.js';
 import * as gateway from './js/gateway.js';
 import * as alerts from './js/alerts.js';
+import * as tools from './js/tools.js';
 
 const NAV = [
   ['/', 'Overview'], ['/tasks', 'Tasks'], ['/agents', 'Agents'], ['/approvals', 'Approvals'],
-  ['/policies', 'Policies'], ['/budgets', 'Budgets'], ['/audit', 'Audit'], ['/gateway', 'Gateway'], ['/alerts', 'Alerts'],
+  ['/policies', 'Policies'], ['/budgets', 'Budgets'], ['/audit', 'Audit'], ['/gateway', 'Gateway'], ['/tools', 'Tools'], ['/alerts', 'Alerts'],
 ];
 
 const ROUTES = [
@@ -32,6 +33,7 @@ const ROUTES = [
   [/^\/budgets\/?$/, budgets, '/budgets'],
   [/^\/audit\/?$/, audit, '/audit'],
   [/^\/gateway\/?$/, gateway, '/gateway'],
+  [/^\/tools\/?$/, tools, '/tools'],
   [/^\/alerts\/?$/, alerts, '/alerts'],
 ];
 

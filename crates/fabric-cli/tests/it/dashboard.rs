@@ -76,6 +76,11 @@ fn dashboard_shows_policy_errors_in_place_and_signs_out() {
 }
 
 #[test]
+fn dashboard_lists_mcp_servers_and_opens_their_tools() {
+    scenario("tools");
+}
+
+#[test]
 fn dashboard_every_view_renders_on_a_phone_in_dark_mode_and_the_nav_works_from_the_keyboard() {
     scenario("every_view");
 }

@@ -343,7 +343,7 @@ def policies(run):
     run.no_page_errors()
 
 
-VIEWS = ["/", "/tasks", "/agents", "/agents/shell", "/approvals", "/policies", "/budgets", "/audit", "/gateway", "/alerts"]
+VIEWS = ["/", "/tasks", "/agents", "/agents/shell", "/approvals", "/policies", "/budgets", "/audit", "/gateway", "/tools", "/alerts"]
 
 
 def every_view(run):
@@ -373,7 +373,7 @@ def every_view(run):
     assert background not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), f"dark mode: body is {background}"
     # Every nav link is reachable on the narrow screen, and works from the keyboard.
     nav = page.get_by_role("navigation", name="Main")
-    for name in ["Overview", "Tasks", "Agents", "Approvals", "Policies", "Budgets", "Audit", "Gateway", "Alerts"]:
+    for name in ["Overview", "Tasks", "Agents", "Approvals", "Policies", "Budgets", "Audit", "Gateway", "Tools", "Alerts"]:
         link = nav.get_by_role("link", name=name, exact=True)
         link.scroll_into_view_if_needed()
         expect(link).to_be_visible()
@@ -385,7 +385,36 @@ def every_view(run):
     run.no_page_errors()
 
 
-SCENARIOS = {"tasks": tasks, "agents_and_approvals": agents_and_approvals, "policies": policies, "every_view": every_view}
+def tools(run):
+    """The MCP servers registered on the CLI are listed with their secrets
+    by name only; a server's tools open on request (the fabric starts it)."""
+    page = run.page
+    py_dir = os.path.join(REPO, "crates/fabric-cli/tests/it/py")
+    read_only = []
+    for path in {sys.prefix, sys.base_prefix, py_dir}:
+        read_only += ["--read-only", path]
+    venv_python = os.path.join(sys.prefix, "bin", "python")
+    cli("mcp", "add", "flaky", "--isolation", "none", "--description", "misbehaves on purpose",
+        "--command", f"{venv_python} {py_dir}/flaky_mcp_server.py", "--secret-env", "FLAKY_KEY=do-not-show", *read_only)
+    sign_in(run, "/tools")
+    row = page.locator('tr[data-server="flaky"]')
+    expect(row).to_contain_text("stdio")
+    expect(row).to_contain_text("FLAKY_KEY")
+    expect(row).to_contain_text("misbehaves on purpose")
+    assert "do-not-show" not in page.content(), "a secret's value is on the page"
+    run.shot("tools-listed")
+    row.get_by_role("button", name="Show tools").click()
+    tools = page.locator('tr[data-tools-of="flaky"]')
+    expect(tools.locator('tr[data-tool="echo"]')).to_contain_text("flaky__echo")
+    expect(tools.locator('tr[data-tool="echo"]')).to_contain_text("tool:flaky/echo")
+    run.shot("tools-opened")
+    row.get_by_role("button", name="Hide tools").click()
+    expect(tools).to_have_count(0)
+    run.no_page_errors()
+
+
+SCENARIOS = {"tasks": tasks, "agents_and_approvals": agents_and_approvals, "policies": policies,
+             "every_view": every_view, "tools": tools}
 
 
 def main():
