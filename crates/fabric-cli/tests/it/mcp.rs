@@ -573,6 +573,9 @@ approval_timeout_secs = 1
         r#"agent_fabric_mcp_tool_calls_total{server="time",tool="get_current_time",outcome="ok"}"#,
         r#"agent_fabric_mcp_tool_calls_total{server="time",tool="convert_time",outcome="denied"}"#,
         r#"agent_fabric_mcp_tool_calls_total{server="flaky",tool="hang",outcome="timeout"}"#,
+        r#"agent_fabric_mcp_server_starts_total{server="flaky",reason="stopped"}"#,
+        r#"agent_fabric_mcp_server_starts_total{server="flaky",reason="unresponsive"}"#,
+        r#"agent_fabric_mcp_server_starts_total{server="time",reason="first_use"}"#,
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

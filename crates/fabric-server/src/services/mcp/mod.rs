@@ -97,6 +97,8 @@ pub struct McpService {
     runtime: McpRuntime,
     servers: Mutex<HashMap<(TenantId, String), Arc<Entry>>>,
     calls: Arc<fabric_telemetry::metrics::CounterVec>,
+    /// `agent_fabric_mcp_server_starts_total{server,reason}`.
+    starts: Arc<fabric_telemetry::metrics::CounterVec>,
     latency: Arc<fabric_telemetry::metrics::HistogramVec>,
 }
 
@@ -126,6 +128,11 @@ impl McpService {
             "Agents' MCP tool calls, by server, tool and outcome (ok, tool_error, denied, approval_denied, timeout, error).",
             &["server", "tool", "outcome"],
         );
+        let starts = registry.counter_vec(
+            "agent_fabric_mcp_server_starts_total",
+            "MCP server instances started, by server and why (first_use; stopped: it had exited or its session ended; unresponsive: silent to a ping after a call of its timed out).",
+            &["server", "reason"],
+        );
         let latency = registry.histogram_vec(
             "agent_fabric_mcp_tool_call_seconds",
             "Time of agents' MCP tool calls through the fabric (policy, approval wait and the server's answer), by server and tool.",
@@ -140,6 +147,7 @@ impl McpService {
             runtime,
             servers: Mutex::new(HashMap::new()),
             calls,
+            starts,
             latency,
         })
     }
@@ -302,18 +310,22 @@ impl McpService {
             McpInstance::Shared => None,
         };
         let mut instances = entry.instances.lock().await;
+        let mut why = "first_use";
         if let Some(upstream) = instances.get(&key) {
             if upstream.is_alive() && upstream.responsive(PING_TIMEOUT).await {
                 return Ok(Arc::clone(upstream));
             }
             if upstream.is_alive() {
+                why = "unresponsive";
                 tracing::warn!(mcp_server = %spec.name, "MCP server did not answer a ping after a call of its timed out: restarting it");
             } else {
+                why = "stopped";
                 tracing::warn!(mcp_server = %spec.name, reason = %upstream.ended().unwrap_or_default(), "MCP server is not running: restarting it");
             }
             instances.remove(&key);
             *entry.tools.lock() = None;
         }
+        self.starts.inc(&[&spec.name, why]);
         let upstream = self.start(spec, key.as_ref()).await?;
         instances.insert(key, Arc::clone(&upstream));
         Ok(upstream)
