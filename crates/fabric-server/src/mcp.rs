@@ -314,7 +314,6 @@ async fn dispatch<H: ToolHost>(
         return Err(RpcError::invalid_params("\"params\" must be an object"));
     }
     let era = era_of(method, params, headers)?;
-    let info = host.info();
     let mut result = match method {
         "initialize" => {
             let requested = params.get("protocolVersion").and_then(Value::as_str);
@@ -323,6 +322,7 @@ async fn dispatch<H: ToolHost>(
             let version = requested
                 .filter(|v| HANDSHAKE_VERSIONS.contains(v))
                 .unwrap_or(HANDSHAKE_VERSIONS[0]);
+            let info = host.info();
             return Ok(json!({
                 "protocolVersion": version,
                 "capabilities": capabilities(),
@@ -331,6 +331,7 @@ async fn dispatch<H: ToolHost>(
             }));
         }
         "server/discover" => {
+            let info = host.info();
             let mut supported = vec![MODERN_VERSION];
             supported.extend(HANDSHAKE_VERSIONS);
             json!({

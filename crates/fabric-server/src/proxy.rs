@@ -35,6 +35,33 @@ pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(120);
 pub const INFERENCE_PORT: u16 = 11434;
 /// The egress proxy's port inside a sandbox or container (`HTTP_PROXY`).
 pub const EGRESS_PROXY_PORT: u16 = 3128;
+/// Serves `proxy` on `listener` (bound inside a sandbox at
+/// [`EGRESS_PROXY_PORT`]) until the task is aborted; `owner` names it in
+/// the log should it stop.
+pub fn spawn_egress_proxy(
+    proxy: fabric_runtime::net::EgressProxy,
+    listener: std::net::TcpListener,
+    owner: String,
+) -> tokio::task::JoinHandle<()> {
+    let serve = proxy.serve(listener, std::future::pending());
+    tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::warn!(owner = %owner, error = %e, "egress proxy stopped");
+        }
+    })
+}
+
+/// The environment that sends a sandboxed program's HTTP(S) through the
+/// egress proxy at [`EGRESS_PROXY_PORT`] (both spellings: tools read one or
+/// the other).
+pub fn egress_proxy_env() -> Vec<(String, String)> {
+    let url = format!("http://127.0.0.1:{EGRESS_PROXY_PORT}");
+    ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+        .into_iter()
+        .map(|key| (key.to_owned(), url.clone()))
+        .collect()
+}
+
 /// Socket names in a container agent's socket directory.
 pub const INFERENCE_SOCKET: &str = "inference.sock";
 pub const API_SOCKET: &str = "api.sock";

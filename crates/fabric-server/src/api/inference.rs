@@ -132,8 +132,9 @@ pub(crate) async fn read_body(
 struct Endpoint {
     gateway: Gateway,
     identity: Arc<EndpointIdentity>,
-    /// `/mcp`: the tools the agent's `tools[]` grants (absent: 404).
-    mcp: Option<Arc<crate::services::mcp::McpService>>,
+    /// `/mcp`: the tools the agent's `tools[]` grants, its grants parsed
+    /// once for the endpoint's life (absent: 404).
+    mcp: Option<Arc<crate::services::mcp::AgentTools>>,
 }
 
 /// The agent-facing Ollama API for one agent: mount it on the listener of an
@@ -157,6 +158,14 @@ fn endpoint_router(
     identity: EndpointIdentity,
     telemetry: Arc<crate::telemetry::Telemetry>,
 ) -> Router {
+    let mcp = mcp.map(|mcp| {
+        Arc::new(mcp.agent_tools(crate::services::mcp::AgentCaller::new(
+            identity.tenant.clone(),
+            identity.agent.clone(),
+            identity.workspace.clone(),
+            &identity.tools,
+        )))
+    });
     let state = Endpoint {
         gateway,
         identity: Arc::new(identity),
@@ -228,9 +237,9 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
         },
     };
     if path == "/mcp"
-        && let Some(mcp) = &endpoint.mcp
+        && let Some(tools) = &endpoint.mcp
     {
-        return mcp_call(mcp, &endpoint.identity, request).await;
+        return mcp_call(tools, request).await;
     }
     let (_, body) = match read_body(request, endpoint.gateway.max_body_bytes(), &request_id).await {
         Ok(read) => read,
@@ -253,11 +262,7 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
 
 /// The agent's `MCP_URL`: its aggregated MCP server (POST), no stream
 /// (GET) and no session (DELETE), like the main API's `/mcp`.
-async fn mcp_call(
-    mcp: &Arc<crate::services::mcp::McpService>,
-    identity: &EndpointIdentity,
-    request: Request,
-) -> Response {
+async fn mcp_call(tools: &crate::services::mcp::AgentTools, request: Request) -> Response {
     if request.method() != axum::http::Method::POST {
         return super::mcp::not_streamed().await;
     }
@@ -268,21 +273,19 @@ async fn mcp_call(
     {
         Ok(body) => body,
         Err(e) => {
+            let status = match e {
+                crate::body::BodyError::TooLarge { .. } => 413,
+                crate::body::BodyError::Unreadable(_) => 400,
+            };
             let answer = crate::mcp::HttpAnswer {
-                status: 413,
+                status,
                 body: Some(serde_json::json!({"jsonrpc": "2.0", "id": null,
                     "error": {"code": crate::mcp::code::INVALID_REQUEST, "message": e.to_string()}})),
             };
             return super::mcp::json_answer(answer);
         }
     };
-    let tools = mcp.agent_tools(crate::services::mcp::AgentCaller::new(
-        identity.tenant.clone(),
-        identity.agent.clone(),
-        identity.workspace.clone(),
-        &identity.tools,
-    ));
-    super::mcp::json_answer(crate::mcp::handle_http(&tools, &headers, &body).await)
+    super::mcp::json_answer(crate::mcp::handle_http(tools, &headers, &body).await)
 }
 
 /// `path` without its first segment if that segment is `secret` (compared

@@ -92,6 +92,23 @@ impl Actor {
             workspace,
         }
     }
+
+    /// What the policy set evaluates for this actor doing `action`.
+    fn request<'a>(
+        &'a self,
+        action: &'a str,
+        resource: Option<&'a str>,
+        now: Timestamp,
+    ) -> PolicyRequest<'a> {
+        PolicyRequest {
+            tenant: self.tenant.as_str(),
+            workspace: self.workspace.as_deref(),
+            agent: self.agent.as_ref().map(|a| a.as_str()),
+            action,
+            resource,
+            now,
+        }
+    }
 }
 
 /// One decision, as the enforcement point needs it.
@@ -369,14 +386,7 @@ impl PolicyService {
     ) -> Decision {
         let now = self.clock.now();
         let set = self.current();
-        let verdict = set.evaluate(&PolicyRequest {
-            tenant: actor.tenant.as_str(),
-            workspace: actor.workspace.as_deref(),
-            agent: actor.agent.as_ref().map(|a| a.as_str()),
-            action,
-            resource,
-            now,
-        });
+        let verdict = set.evaluate(&actor.request(action, resource, now));
         let mut decision = Decision {
             effect: verdict.effect,
             policy_id: verdict.policy_id().map(str::to_owned),
@@ -418,17 +428,9 @@ impl PolicyService {
     /// for showing what may be asked (an agent's tool list), never for
     /// letting something through.
     pub fn peek(&self, actor: &Actor, action: &str) -> Effect {
-        let now = self.clock.now();
         let set = self.current();
-        set.evaluate(&PolicyRequest {
-            tenant: actor.tenant.as_str(),
-            workspace: actor.workspace.as_deref(),
-            agent: actor.agent.as_ref().map(|a| a.as_str()),
-            action,
-            resource: None,
-            now,
-        })
-        .effect
+        set.evaluate(&actor.request(action, None, self.clock.now()))
+            .effect
     }
 
     fn granted(&self, agent: &AgentId, action: &str, now: Timestamp) -> bool {

@@ -451,17 +451,12 @@ impl McpService {
                     listener
                         .set_nonblocking(true)
                         .map_err(|e| failed(e.to_string()))?;
-                    let serve = proxy.serve(listener, std::future::pending());
-                    let server = spec.name.clone();
-                    tasks.push(tokio::spawn(async move {
-                        if let Err(e) = serve.await {
-                            tracing::warn!(mcp_server = %server, error = %e, "egress proxy stopped");
-                        }
-                    }));
-                    let proxy_url = format!("http://127.0.0.1:{}", crate::proxy::EGRESS_PROXY_PORT);
-                    for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                        env.push((key.into(), proxy_url.clone()));
-                    }
+                    tasks.push(crate::proxy::spawn_egress_proxy(
+                        proxy,
+                        listener,
+                        format!("MCP server {}", spec.name),
+                    ));
+                    env.extend(crate::proxy::egress_proxy_env());
                 }
                 let mut cmd =
                     fabric_runtime::sandbox::SandboxCommand::new(["/bin/sh", "-c", command]);

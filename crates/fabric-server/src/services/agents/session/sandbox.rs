@@ -87,16 +87,12 @@ impl SandboxSession {
         )));
         let proxy = launch.egress_proxy()?;
         let listener = bind_in(sandbox, EGRESS_PROXY_PORT)?;
-        let serve = proxy.serve(listener, std::future::pending());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "egress proxy stopped");
-            }
-        }));
-        let proxy_url = format!("http://127.0.0.1:{EGRESS_PROXY_PORT}");
-        for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            env.push((key.into(), proxy_url.clone()));
-        }
+        tasks.push(crate::proxy::spawn_egress_proxy(
+            proxy,
+            listener,
+            format!("agent {}", launch.agent()),
+        ));
+        env.extend(crate::proxy::egress_proxy_env());
         // The fabric and the inference endpoint are local: never through the proxy.
         env.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
         env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
