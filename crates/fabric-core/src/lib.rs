@@ -15,6 +15,7 @@
 //! - [`store`]: the durable-store ports ([`TaskStore`], [`AuthStore`]) every backend implements.
 //! - [`policy`]: policies, approvals, audit records and the [`PolicyStore`] port (REQUIREMENTS §7).
 //! - [`mcp`]: MCP servers registered with the fabric, tool grants, the [`McpStore`](mcp::McpStore) port.
+//! - [`node`]: worker nodes, join tokens, node config, the [`NodeStore`](node::NodeStore) port.
 //! - [`usage`]: the LLM usage ledger ([`UsageRecord`], [`UsageStore`]) the gateway meters into.
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod budget;
 pub mod ids;
 pub mod mcp;
+pub mod node;
 pub mod policy;
 pub mod store;
 pub mod task;

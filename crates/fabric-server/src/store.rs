@@ -569,3 +569,62 @@ impl fabric_core::mcp::McpStore for AnyStore {
         dispatch!(self, s => s.delete_mcp_server(tenant, name))
     }
 }
+
+impl fabric_core::node::NodeStore for AnyStore {
+    fn put_node(
+        &self,
+        record: fabric_core::node::NodeRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_node(record))
+    }
+
+    fn list_nodes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<fabric_core::node::NodeRecord>, StoreError>> + Send + 'static
+    {
+        dispatch!(self, s => s.list_nodes())
+    }
+
+    fn delete_node(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_node(name))
+    }
+
+    fn put_join_token(
+        &self,
+        record: fabric_core::node::JoinTokenRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_join_token(record))
+    }
+
+    fn list_join_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<fabric_core::node::JoinTokenRecord>, StoreError>>
+    + Send
+    + 'static {
+        dispatch!(self, s => s.list_join_tokens())
+    }
+
+    fn delete_join_token(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        dispatch!(self, s => s.delete_join_token(id))
+    }
+
+    fn put_node_config(
+        &self,
+        config: fabric_core::node::NodeConfig,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        dispatch!(self, s => s.put_node_config(config))
+    }
+
+    fn get_node_config(
+        &self,
+    ) -> impl Future<Output = Result<Option<fabric_core::node::NodeConfig>, StoreError>> + Send + 'static
+    {
+        dispatch!(self, s => s.get_node_config())
+    }
+}

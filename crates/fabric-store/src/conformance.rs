@@ -41,6 +41,7 @@ where
         + BudgetStore
         + PolicyStore
         + fabric_core::mcp::McpStore
+        + fabric_core::node::NodeStore
         + Clone,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
@@ -69,6 +70,7 @@ where
     budgets_put_get_list_delete(&make_store().await).await;
     policies_put_list_replace_delete(&make_store().await).await;
     mcp_servers_put_list_replace_delete(&make_store().await).await;
+    nodes_join_tokens_and_config(&make_store().await).await;
     approvals_put_get_list_by_status(&make_store().await).await;
     audit_filters_order_and_duplicates(&make_store().await).await;
     lists_page_through_with_cursors(&make_store().await).await;
@@ -1920,6 +1922,100 @@ pub async fn mcp_servers_put_list_replace_delete<S: fabric_core::mcp::McpStore>(
         vec![a2, other],
         "a put replaces the server of that tenant and name"
     );
+}
+
+/// Nodes and join tokens are kept by name and id, replaced whole; the node
+/// config is one record, absent until set.
+pub async fn nodes_join_tokens_and_config<S: fabric_core::node::NodeStore>(store: &S) {
+    use fabric_core::node::{
+        InferencePath, JoinTokenRecord, NodeCapabilities, NodeConfig, NodeConfigSpec, NodeRecord,
+    };
+    let node = |name: &str| NodeRecord {
+        name: name.into(),
+        labels: [("gpu".to_owned(), "true".to_owned())].into(),
+        capabilities: NodeCapabilities {
+            hostname: format!("{name}.example"),
+            cpus: 8,
+            memory_bytes: 16 << 30,
+            isolation: vec![fabric_core::agent::IsolationLevel::Process],
+            inference: InferencePath {
+                mode: "gateway".into(),
+                url: None,
+            },
+            ..Default::default()
+        },
+        joined_at: Timestamp::from_millis(T0),
+        join_token: "0badc0de".into(),
+        credential_hash: format!("hash-of-{name}"),
+        credential_expires_at: Timestamp::from_millis(T0 + 86_400_000),
+        previous_credential: Some(("older".into(), Timestamp::from_millis(T0 + 60_000))),
+        cordoned: false,
+        draining: false,
+    };
+    let by_name = |mut v: Vec<NodeRecord>| {
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    };
+    let (n1, n2) = (node("n1"), node("n2"));
+    must(store.put_node(n2.clone()).await, "putting n2");
+    must(store.put_node(n1.clone()).await, "putting n1");
+    let mut n1b = n1.clone();
+    n1b.cordoned = true;
+    must(store.put_node(n1b.clone()).await, "replacing n1");
+    assert_eq!(
+        by_name(must(store.list_nodes().await, "listing nodes")),
+        vec![n1b, n2.clone()]
+    );
+    assert!(must(store.delete_node("n1".into()).await, "deleting n1"));
+    assert!(!must(store.delete_node("n1".into()).await, "deleting n1 again"));
+    assert_eq!(must(store.list_nodes().await, "listing nodes"), vec![n2]);
+
+    let token = JoinTokenRecord {
+        id: "0badc0de".into(),
+        hash: "digest".into(),
+        created_at: Timestamp::from_millis(T0),
+        created_by: "admin".into(),
+        expires_at: Timestamp::from_millis(T0 + 3_600_000),
+        max_uses: Some(1),
+        uses: 0,
+        used_by: vec![],
+        revoked: false,
+    };
+    must(store.put_join_token(token.clone()).await, "putting a join token");
+    let used = JoinTokenRecord {
+        uses: 1,
+        used_by: vec!["n1".into()],
+        ..token
+    };
+    must(store.put_join_token(used.clone()).await, "using a join token");
+    assert_eq!(
+        must(store.list_join_tokens().await, "listing join tokens"),
+        vec![used]
+    );
+    assert!(must(
+        store.delete_join_token("0badc0de".into()).await,
+        "deleting a join token"
+    ));
+    assert!(must(store.list_join_tokens().await, "listing join tokens").is_empty());
+
+    assert_eq!(must(store.get_node_config().await, "reading the node config"), None);
+    for version in [1, 2] {
+        let config = NodeConfig {
+            version,
+            spec: NodeConfigSpec {
+                log_level: Some("debug".into()),
+                egress: vec!["pypi.org:443".into()],
+                ..Default::default()
+            },
+            updated_at: Some(Timestamp::from_millis(T0)),
+            updated_by: Some("admin".into()),
+        };
+        must(store.put_node_config(config.clone()).await, "setting the node config");
+        assert_eq!(
+            must(store.get_node_config().await, "reading the node config"),
+            Some(config)
+        );
+    }
 }
 
 /// A pending approval at `T0 + offset_ms` with a fresh id.

@@ -23,6 +23,9 @@
 //!
 //! | `policies` | hash | policy id → policy JSON |
 //! | `mcp_servers` | hash | `<tenant>/<server>` → MCP server record JSON |
+//! | `nodes` | hash | node name → node record JSON |
+//! | `node_join_tokens` | hash | join token id → join token record JSON (the secret as a digest) |
+//! | `node_config` | string | the node config JSON |
 //! | `approvals` | hash | approval id → approval JSON |
 //! | `audit` | hash | audit record id → record JSON |
 //! | `aix:{tenant or *}:{agent or *}:{decision or *}` | sorted set | audit record ids, all score 0 (so by id = time order): one per filter combination |
@@ -111,6 +114,18 @@ impl Keys {
 
     pub fn mcp_servers(&self) -> String {
         self.key("mcp_servers")
+    }
+
+    pub fn nodes(&self) -> String {
+        self.key("nodes")
+    }
+
+    pub fn node_join_tokens(&self) -> String {
+        self.key("node_join_tokens")
+    }
+
+    pub fn node_config(&self) -> String {
+        self.key("node_config")
     }
 
     pub fn approvals(&self) -> String {

@@ -27,6 +27,7 @@ mod conn;
 mod error;
 mod keys;
 mod leader;
+mod nodes;
 mod policy;
 mod scripts;
 #[cfg(feature = "conformance")]

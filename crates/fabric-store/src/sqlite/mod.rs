@@ -365,6 +365,101 @@ impl fabric_core::mcp::McpStore for SqliteStore {
     }
 }
 
+impl fabric_core::node::NodeStore for SqliteStore {
+    fn put_node(
+        &self,
+        record: fabric_core::node::NodeRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let name = record.name.clone();
+        let body = encode_json(|| format!("node {name:?}"), &record);
+        let write = self.put_named(NamedTable::Nodes, name, body, true);
+        async move { write.await.map(drop) }
+    }
+
+    fn list_nodes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<fabric_core::node::NodeRecord>, StoreError>> + Send + 'static
+    {
+        self.read(|conn| {
+            reader::collect(
+                conn,
+                "SELECT name, body FROM nodes ORDER BY name",
+                [],
+                "cannot list nodes",
+                "node",
+            )
+        })
+    }
+
+    fn delete_node(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        self.delete_named(NamedTable::Nodes, name)
+    }
+
+    fn put_join_token(
+        &self,
+        record: fabric_core::node::JoinTokenRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let id = record.id.clone();
+        let body = encode_json(|| format!("join token {id:?}"), &record);
+        let write = self.put_named(NamedTable::JoinTokens, id, body, true);
+        async move { write.await.map(drop) }
+    }
+
+    fn list_join_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<fabric_core::node::JoinTokenRecord>, StoreError>>
+    + Send
+    + 'static {
+        self.read(|conn| {
+            reader::collect(
+                conn,
+                "SELECT name, body FROM node_join_tokens ORDER BY name",
+                [],
+                "cannot list join tokens",
+                "join token",
+            )
+        })
+    }
+
+    fn delete_join_token(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        self.delete_named(NamedTable::JoinTokens, id)
+    }
+
+    fn put_node_config(
+        &self,
+        config: fabric_core::node::NodeConfig,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let body = encode_json(|| "node config".to_owned(), &config);
+        let write = self.put_named(NamedTable::NodeSettings, NODE_CONFIG.into(), body, true);
+        async move { write.await.map(drop) }
+    }
+
+    fn get_node_config(
+        &self,
+    ) -> impl Future<Output = Result<Option<fabric_core::node::NodeConfig>, StoreError>> + Send + 'static
+    {
+        self.read(|conn| {
+            let mut found: Vec<fabric_core::node::NodeConfig> = reader::collect(
+                conn,
+                "SELECT name, body FROM node_settings WHERE name = ?1",
+                [NODE_CONFIG],
+                "cannot read the node config",
+                "node setting",
+            )?;
+            Ok(found.pop())
+        })
+    }
+}
+
+/// The `node_settings` row of the node config.
+const NODE_CONFIG: &str = "config";
+
 fn user_json(user: &User) -> Result<String, SqliteStoreError> {
     encode_json(|| format!("user {:?}", user.name), user)
 }

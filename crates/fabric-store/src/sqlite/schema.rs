@@ -157,6 +157,22 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     ",
+    // 9: worker nodes (REQUIREMENTS §16, issue #21), their join tokens and
+    // the node config (one row, named `config`); all read whole at start.
+    "
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE node_join_tokens (
+        name TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE node_settings (
+        name TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version (`PRAGMA user_version`) this build creates and understands.

@@ -433,6 +433,11 @@ pub(crate) enum NamedTable {
     Tenants,
     /// Keyed `<tenant>/<server>`.
     McpServers,
+    Nodes,
+    /// Keyed by the token's public id.
+    JoinTokens,
+    /// The node config, under `config`.
+    NodeSettings,
 }
 
 impl NamedTable {
@@ -441,6 +446,20 @@ impl NamedTable {
             NamedTable::Users => "user",
             NamedTable::Tenants => "tenant",
             NamedTable::McpServers => "MCP server",
+            NamedTable::Nodes => "node",
+            NamedTable::JoinTokens => "join token",
+            NamedTable::NodeSettings => "node setting",
+        }
+    }
+
+    fn table(self) -> &'static str {
+        match self {
+            NamedTable::Users => "users",
+            NamedTable::Tenants => "tenants",
+            NamedTable::McpServers => "mcp_servers",
+            NamedTable::Nodes => "nodes",
+            NamedTable::JoinTokens => "node_join_tokens",
+            NamedTable::NodeSettings => "node_settings",
         }
     }
 }
@@ -455,31 +474,17 @@ pub(crate) struct NamedWrite {
 }
 
 fn put_named(conn: &Connection, write: &NamedWrite) -> Result<bool, SqliteStoreError> {
-    let sql = match (write.table, write.replace) {
-        (NamedTable::Users, false) => {
-            "INSERT INTO users (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING"
-        }
-        (NamedTable::Users, true) => {
-            "INSERT INTO users (name, body) VALUES (?1, ?2)
+    let table = write.table.table();
+    let sql = if write.replace {
+        format!(
+            "INSERT INTO {table} (name, body) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET body = excluded.body"
-        }
-        (NamedTable::Tenants, false) => {
-            "INSERT INTO tenants (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING"
-        }
-        (NamedTable::Tenants, true) => {
-            "INSERT INTO tenants (name, body) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET body = excluded.body"
-        }
-        (NamedTable::McpServers, false) => {
-            "INSERT INTO mcp_servers (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING"
-        }
-        (NamedTable::McpServers, true) => {
-            "INSERT INTO mcp_servers (name, body) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET body = excluded.body"
-        }
+        )
+    } else {
+        format!("INSERT INTO {table} (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
     };
     let written = conn
-        .prepare_cached(sql)
+        .prepare_cached(&sql)
         .and_then(|mut stmt| stmt.execute(params![write.name, write.body]))
         .map_err(SqliteStoreError::sql(format!(
             "cannot store {} {:?}",
@@ -495,18 +500,15 @@ fn delete_named(
     name: &str,
 ) -> Result<bool, SqliteStoreError> {
     let context = || format!("cannot delete {} {name:?}", table.what());
-    let sql = match table {
-        NamedTable::Users => {
-            conn.prepare_cached("DELETE FROM tokens WHERE user = ?1")
-                .and_then(|mut stmt| stmt.execute(params![name]))
-                .map_err(SqliteStoreError::sql(context()))?;
-            "DELETE FROM users WHERE name = ?1"
-        }
-        NamedTable::Tenants => "DELETE FROM tenants WHERE name = ?1",
-        NamedTable::McpServers => "DELETE FROM mcp_servers WHERE name = ?1",
-    };
+    if table == NamedTable::Users {
+        // A user's tokens go with it.
+        conn.prepare_cached("DELETE FROM tokens WHERE user = ?1")
+            .and_then(|mut stmt| stmt.execute(params![name]))
+            .map_err(SqliteStoreError::sql(context()))?;
+    }
+    let sql = format!("DELETE FROM {} WHERE name = ?1", table.table());
     let deleted = conn
-        .prepare_cached(sql)
+        .prepare_cached(&sql)
         .and_then(|mut stmt| stmt.execute(params![name]))
         .map_err(SqliteStoreError::sql(context()))?;
     Ok(deleted > 0)

@@ -488,6 +488,38 @@ async fn a_store_from_before_mcp_servers_gains_them() {
     assert_eq!(store.list_agents().await.unwrap().len(), 1);
 }
 
+/// A store the release before worker nodes wrote keeps its data and gains
+/// nodes, join tokens and a node config: new keys, absent reads as none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_from_before_nodes_gains_them() {
+    use fabric_core::node::{NodeConfig, NodeStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let old = connect(&server.url(), "up").await;
+    let task = sample_task("acme", "shell");
+    old.create_task(task.clone()).await.unwrap();
+    old.put_agent(sample_agent("coder")).await.unwrap();
+    old.close().await;
+    let mut conn = raw(&server.url());
+    for key in ["up:nodes", "up:node_join_tokens", "up:node_config"] {
+        let exists: bool = redis::cmd("EXISTS").arg(key).query(&mut conn).unwrap();
+        assert!(!exists, "the previous release's layout has no {key}");
+    }
+
+    let store = connect(&server.url(), "up").await;
+    assert_eq!(store.get_task(task.id).await.unwrap(), Some(task));
+    assert_eq!(store.list_agents().await.unwrap().len(), 1);
+    assert!(store.list_nodes().await.unwrap().is_empty());
+    assert!(store.list_join_tokens().await.unwrap().is_empty());
+    assert_eq!(store.get_node_config().await.unwrap(), None);
+    let config = NodeConfig {
+        version: 1,
+        ..Default::default()
+    };
+    store.put_node_config(config.clone()).await.unwrap();
+    assert_eq!(store.get_node_config().await.unwrap(), Some(config));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_share_pipelines_and_close_flushes_dropped_ones() {
     let dir = tempfile::tempdir().unwrap();

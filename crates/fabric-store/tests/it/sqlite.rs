@@ -163,6 +163,7 @@ async fn a_schema_version_1_database_gains_the_agent_tables() {
         &path,
         "DROP TABLE agents; DROP TABLE agent_sessions; DROP TABLE usage; DROP TABLE budgets;
          DROP TABLE policies; DROP TABLE approvals; DROP TABLE audit; DROP TABLE tenants;
+         DROP TABLE nodes; DROP TABLE node_join_tokens; DROP TABLE node_settings;
          DROP TABLE mcp_servers; DROP INDEX tokens_user; ALTER TABLE tokens DROP COLUMN user;
          ALTER TABLE tasks DROP COLUMN traceparent; PRAGMA user_version = 1;",
     );
@@ -215,7 +216,7 @@ async fn a_schema_version_6_database_gains_tenants_and_token_owners() {
     tamper(
         &path,
         r#"DROP TABLE tenants; DROP INDEX tokens_user; ALTER TABLE tokens DROP COLUMN user;
-         DROP TABLE mcp_servers; PRAGMA user_version = 6;
+         DROP TABLE mcp_servers; DROP TABLE nodes; DROP TABLE node_join_tokens; DROP TABLE node_settings; PRAGMA user_version = 6;
          INSERT INTO users (name, body) VALUES ('admin', '{"name":"admin","tenant":"default","password_hash":"$argon2id$x","scopes":["admin"],"created_at":"2026-01-01T00:00:00Z"}');
          INSERT INTO tokens (hash, body) VALUES ('ab12', '{"token_hash":"ab12","user":"admin","tenant":"default","scopes":["admin"],"name":"login","created_at":"2026-01-01T00:00:00Z","expires_at":null}');"#,
     );
@@ -241,7 +242,10 @@ async fn a_schema_version_7_database_gains_mcp_servers() {
     let task = sample_task("acme", "shell");
     store.create_task(task.clone()).await.unwrap();
     store.close().await;
-    tamper(&path, "DROP TABLE mcp_servers; PRAGMA user_version = 7;");
+    tamper(
+        &path,
+        "DROP TABLE mcp_servers; DROP TABLE nodes; DROP TABLE node_join_tokens; DROP TABLE node_settings; PRAGMA user_version = 7;",
+    );
 
     let store = open(&path);
     assert_eq!(store.get_task(task.id).await.unwrap(), Some(task));
@@ -254,6 +258,50 @@ async fn a_schema_version_7_database_gains_mcp_servers() {
     };
     store.put_mcp_server(record.clone()).await.unwrap();
     assert_eq!(store.list_mcp_servers().await.unwrap(), vec![record]);
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, fabric_store::sqlite::SCHEMA_VERSION);
+}
+
+/// Schema 8 (the release before worker nodes) keeps everything it had and
+/// gains the node tables.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_version_8_database_gains_nodes() {
+    use fabric_core::mcp::{McpServerRecord, McpServerSpec, McpStore as _};
+    use fabric_core::node::{NodeConfig, NodeStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fabric.db");
+    let store = open(&path);
+    let task = sample_task("acme", "shell");
+    store.create_task(task.clone()).await.unwrap();
+    let record = McpServerRecord {
+        tenant: "acme".parse().unwrap(),
+        spec: McpServerSpec::stdio("time", "python3 -m mcp_server_time"),
+        created_at: fabric_core::Timestamp::from_millis(1),
+        created_by: "admin".to_owned(),
+    };
+    store.put_mcp_server(record.clone()).await.unwrap();
+    store.close().await;
+    tamper(
+        &path,
+        "DROP TABLE nodes; DROP TABLE node_join_tokens; DROP TABLE node_settings;
+         PRAGMA user_version = 8;",
+    );
+
+    let store = open(&path);
+    assert_eq!(store.get_task(task.id).await.unwrap(), Some(task));
+    assert_eq!(store.list_mcp_servers().await.unwrap(), vec![record]);
+    assert!(store.list_nodes().await.unwrap().is_empty());
+    assert!(store.list_join_tokens().await.unwrap().is_empty());
+    assert_eq!(store.get_node_config().await.unwrap(), None);
+    let config = NodeConfig {
+        version: 1,
+        ..Default::default()
+    };
+    store.put_node_config(config.clone()).await.unwrap();
+    assert_eq!(store.get_node_config().await.unwrap(), Some(config));
     let version: i64 = rusqlite::Connection::open(&path)
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
