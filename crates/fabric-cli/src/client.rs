@@ -717,6 +717,77 @@ impl FabricClient {
             .map(drop)
     }
 
+    /// `POST /v1/nodes/tokens`: a join token (its secret shown once).
+    pub async fn create_join_token(
+        &self,
+        req: &fabric_core::node::CreateJoinTokenRequest,
+    ) -> Result<fabric_core::node::JoinTokenCreated, ClientError> {
+        self.json(self.authed(self.http.post(self.url("/v1/nodes/tokens")).json(req)))
+            .await
+    }
+
+    /// `GET /v1/nodes/tokens`.
+    pub async fn list_join_tokens(&self) -> Result<fabric_core::node::JoinTokenList, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/nodes/tokens"))))
+            .await
+    }
+
+    /// `DELETE /v1/nodes/tokens/{id}`: revokes a join token.
+    pub async fn revoke_join_token(
+        &self,
+        id: &str,
+    ) -> Result<fabric_core::node::JoinTokenView, ClientError> {
+        let path = format!("/v1/nodes/tokens/{id}");
+        self.json(self.authed(self.http.delete(self.url(&path))))
+            .await
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn list_nodes(&self) -> Result<fabric_core::node::NodeList, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/nodes"))))
+            .await
+    }
+
+    /// `GET /v1/nodes/{name}`.
+    pub async fn get_node(&self, name: &str) -> Result<fabric_core::node::NodeView, ClientError> {
+        let path = format!("/v1/nodes/{name}");
+        self.json(self.authed(self.http.get(self.url(&path)))).await
+    }
+
+    /// `POST /v1/nodes/{name}/{action}`: `cordon`, `uncordon` or `drain`.
+    pub async fn node_action(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<fabric_core::node::NodeView, ClientError> {
+        let path = format!("/v1/nodes/{name}/{action}");
+        self.json(self.authed(self.http.post(self.url(&path))))
+            .await
+    }
+
+    /// `DELETE /v1/nodes/{name}`.
+    pub async fn remove_node(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/nodes/{name}");
+        self.send(self.authed(self.http.delete(self.url(&path))))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/nodes/config`.
+    pub async fn node_config(&self) -> Result<fabric_core::node::NodeConfig, ClientError> {
+        self.json(self.authed(self.http.get(self.url("/v1/nodes/config"))))
+            .await
+    }
+
+    /// `PUT /v1/nodes/config`: a new version of the node config.
+    pub async fn put_node_config(
+        &self,
+        spec: &fabric_core::node::NodeConfigSpec,
+    ) -> Result<fabric_core::node::NodeConfig, ClientError> {
+        self.json(self.authed(self.http.put(self.url("/v1/nodes/config")).json(spec)))
+            .await
+    }
+
     /// `POST /mcp`: one MCP (JSON-RPC) message and its routing headers;
     /// the JSON-RPC answer, `None` for an accepted notification. A JSON-RPC
     /// error is an answer too (whatever its status); the API's own refusals

@@ -21,9 +21,18 @@ pub const JOIN_TOKEN_PREFIX: &str = "rfj_";
 /// The prefix of a node credential.
 pub const NODE_CREDENTIAL_PREFIX: &str = "rfn_";
 
+/// Names no node may have: `/v1/nodes/<word>` is another route.
+pub const RESERVED_NAMES: [&str; 3] = ["config", "join", "tokens"];
+
 /// Checks a node name: 1 to 63 of `a-z 0-9 -`, starting with a letter or
 /// digit (a DNS label, so it can name a host or a container).
 pub fn validate_node_name(name: &str) -> Result<(), String> {
+    // Words the API's paths use below /v1/nodes/.
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} cannot name a node (the API uses it in /v1/nodes/{name}); pick another"
+        ));
+    }
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -94,11 +103,17 @@ impl JoinTokenRecord {
     /// Why a node may not join with this token at `now`, in words a user can act on.
     pub fn refusal(&self, now: Timestamp) -> Option<&'static str> {
         if self.revoked {
-            Some("the join token was revoked; create a new one with 'reactor-fabric node token create'")
+            Some(
+                "the join token was revoked; create a new one with 'reactor-fabric node token create'",
+            )
         } else if now >= self.expires_at {
-            Some("the join token has expired; create a new one with 'reactor-fabric node token create'")
+            Some(
+                "the join token has expired; create a new one with 'reactor-fabric node token create'",
+            )
         } else if self.max_uses.is_some_and(|max| self.uses >= max) {
-            Some("the join token was already used; a single-use token admits one node (create another, or one with --uses)")
+            Some(
+                "the join token was already used; a single-use token admits one node (create another, or one with --uses)",
+            )
         } else {
             None
         }
@@ -124,8 +139,9 @@ impl JoinTokenRecord {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateJoinTokenRequest {
-    /// How long the token admits nodes: 60 to 604800 seconds (a week); 3600 by default.
+    /// How long the token admits nodes: 1 to 604800 seconds (a week); 3600 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604800))]
     pub ttl_seconds: Option<u64>,
     /// How many nodes may join with it: 1 by default (single use); `0` for
     /// any number until it expires.
@@ -201,6 +217,8 @@ pub struct NodeCapabilities {
 pub struct JoinRequest {
     /// The join token, `rfj_<id>_<secret>`.
     pub token: String,
+    /// 1 to 63 of `a-z 0-9 -`, starting with a letter or digit (not `config`, `join` or `tokens`).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$"))]
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -424,6 +442,20 @@ pub struct NodeView {
     pub credential_expires_at: Timestamp,
 }
 
+/// `GET /v1/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+/// `GET /v1/nodes/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JoinTokenList {
+    pub tokens: Vec<JoinTokenView>,
+}
+
 /// Nodes and their join tokens, and the node config.
 pub trait NodeStore: Send + Sync + 'static {
     /// Inserts or replaces the node `record.name`.
@@ -433,7 +465,9 @@ pub trait NodeStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
 
     /// Every node (in no particular order).
-    fn list_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send + 'static;
+    fn list_nodes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send + 'static;
 
     /// Deletes a node; `false` if there was none.
     fn delete_node(
@@ -478,11 +512,17 @@ mod tests {
     fn names_and_labels() {
         assert!(validate_node_name("n1").is_ok());
         assert!(validate_node_name("gpu-box-7").is_ok());
-        for bad in ["", "-a", "N1", "a_b", &"a".repeat(64)] {
+        for bad in ["", "-a", "N1", "a_b", "config", "tokens", &"a".repeat(64)] {
             assert!(validate_node_name(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_label("gpu=true").unwrap(), ("gpu".into(), "true".into()));
-        assert_eq!(parse_label("zone=").unwrap(), ("zone".into(), String::new()));
+        assert_eq!(
+            parse_label("gpu=true").unwrap(),
+            ("gpu".into(), "true".into())
+        );
+        assert_eq!(
+            parse_label("zone=").unwrap(),
+            ("zone".into(), String::new())
+        );
         assert!(parse_label("gpu").unwrap_err().contains("key=value"));
         assert!(parse_label("=x").is_err());
         assert!(parse_label("a=b c").is_err());

@@ -308,6 +308,21 @@ impl From<crate::services::mcp::McpError> for ApiError {
     }
 }
 
+impl From<crate::services::nodes::NodeError> for ApiError {
+    fn from(e: crate::services::nodes::NodeError) -> Self {
+        use crate::services::nodes::NodeError as E;
+        match e {
+            E::Invalid(_) => Self::bad_request(e.to_string()),
+            E::JoinRefused(_) => Self::new(StatusCode::UNAUTHORIZED, "join_refused", e.to_string()),
+            E::Unauthorized(_) => Self::unauthorized(e.to_string()),
+            E::NotFound(_) | E::TokenNotFound(_) => Self::not_found(e.to_string()),
+            E::NameTaken(_) => Self::new(StatusCode::CONFLICT, "node_exists", e.to_string()),
+            E::MissingScope(e) => e.into(),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         let code = if r.needs_approval {

@@ -42,6 +42,7 @@ mod extract;
 pub mod leader;
 pub mod listen;
 pub mod mcp;
+pub mod node;
 mod protocol_errors;
 /// The metric registry and families (from `fabric-telemetry`).
 pub use fabric_telemetry::metrics;
@@ -161,6 +162,10 @@ pub struct ServerConfig {
     /// Per-user request and LLM token rates (`--rate-limit-rps`,
     /// `--llm-tokens-per-minute`).
     pub limits: services::limits::LimitsConfig,
+    /// Worker nodes' heartbeat interval and timeout and their credentials'
+    /// lifetime (`--node-heartbeat-interval`, `--node-heartbeat-timeout`,
+    /// `--node-credential-ttl`).
+    pub nodes: services::nodes::NodeTimings,
 }
 
 /// The default of [`ServerConfig::task_retention`]: 30 days.
@@ -195,6 +200,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             limits: services::limits::LimitsConfig::default(),
             listen_limits: listen::ListenLimits::default(),
+            nodes: services::nodes::NodeTimings::default(),
         }
     }
 }
@@ -345,7 +351,7 @@ fn make_private(dir: &Path) {
 
 /// Takes the data directory's lock file: two servers on one database would
 /// both believe they own every lease.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+pub(crate) fn lock_data_dir(dir: &Path, who: &str) -> anyhow::Result<File> {
     use std::os::unix::fs::DirBuilderExt as _;
     // Private to the server's user: it holds the database (users, token
     // hashes) and every agent's working directory.
@@ -364,7 +370,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     file.try_lock().map_err(|_| {
         anyhow::anyhow!(
-            "data directory {} is in use by another reactor-fabric server; stop it or use another --data-dir",
+            "data directory {} is in use by another reactor-fabric {who}; stop it or use another --data-dir",
             dir.display()
         )
     })?;
@@ -417,7 +423,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Also with Redis as the store: the lock guards the local agents dir.
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir, "server")?;
     let store_name = config.store.describe(&config.data_dir);
     let store = store::AnyStore::open(&config.store, &config.data_dir)
         .await
@@ -538,6 +544,16 @@ pub async fn run(
         manager_config,
         stop.clone(),
     );
+    let nodes = services::nodes::NodeService::load(
+        store.clone(),
+        Arc::clone(&clock),
+        config.nodes,
+        Arc::clone(&telemetry.alerts),
+        &telemetry.registry,
+        stop.clone(),
+    )
+    .await
+    .context("cannot load the worker nodes")?;
     let readiness = Arc::new(Readiness::default());
     let accounts = Arc::new(services::accounts::AccountService::new(
         Arc::clone(&auth),
@@ -558,6 +574,7 @@ pub async fn run(
         telemetry: Arc::clone(&telemetry),
         streams: Arc::default(),
         mcp: Arc::clone(&mcp),
+        nodes,
     };
     background.spawn(Arc::clone(&telemetry.alerts).watch_error_rates(
         alerts::ErrorRateSources {

@@ -38,6 +38,7 @@ pub struct AppState {
     pub streams: Arc<crate::api::stream::StreamSlots>,
     /// MCP servers registered with the fabric, and agents' tool calls.
     pub mcp: Arc<crate::services::mcp::McpService>,
+    pub nodes: Arc<crate::services::nodes::NodeService>,
 }
 
 impl AppState {

@@ -601,9 +601,8 @@ impl fabric_core::node::NodeStore for AnyStore {
 
     fn list_join_tokens(
         &self,
-    ) -> impl Future<Output = Result<Vec<fabric_core::node::JoinTokenRecord>, StoreError>>
-    + Send
-    + 'static {
+    ) -> impl Future<Output = Result<Vec<fabric_core::node::JoinTokenRecord>, StoreError>> + Send + 'static
+    {
         dispatch!(self, s => s.list_join_tokens())
     }
 

@@ -67,6 +67,45 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// [`init_logging`] with a filter that can be changed while running (a
+/// worker node applies the `log_level` of its node config): the returned
+/// function takes a filter (`info`, `debug,hyper=warn`) and says why one
+/// does not parse.
+pub fn init_logging_reloadable(format: LogFormat) -> crate::node::LogFilter {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(JsonLines)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_ansi(
+                        std::io::IsTerminal::is_terminal(&std::io::stderr()) && no_color_unset(),
+                    )
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    Arc::new(move |text: &str| {
+        let filter = EnvFilter::try_new(text)
+            .map_err(|e| format!("log_level {text:?} is not a log filter: {e}"))?;
+        handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log filter: {e}"))
+    })
+}
+
 /// `NO_COLOR` absent or empty (no-color.org: any non-empty value turns colour off).
 fn no_color_unset() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())

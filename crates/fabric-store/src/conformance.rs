@@ -1967,7 +1967,10 @@ pub async fn nodes_join_tokens_and_config<S: fabric_core::node::NodeStore>(store
         vec![n1b, n2.clone()]
     );
     assert!(must(store.delete_node("n1".into()).await, "deleting n1"));
-    assert!(!must(store.delete_node("n1".into()).await, "deleting n1 again"));
+    assert!(!must(
+        store.delete_node("n1".into()).await,
+        "deleting n1 again"
+    ));
     assert_eq!(must(store.list_nodes().await, "listing nodes"), vec![n2]);
 
     let token = JoinTokenRecord {
@@ -1981,13 +1984,19 @@ pub async fn nodes_join_tokens_and_config<S: fabric_core::node::NodeStore>(store
         used_by: vec![],
         revoked: false,
     };
-    must(store.put_join_token(token.clone()).await, "putting a join token");
+    must(
+        store.put_join_token(token.clone()).await,
+        "putting a join token",
+    );
     let used = JoinTokenRecord {
         uses: 1,
         used_by: vec!["n1".into()],
         ..token
     };
-    must(store.put_join_token(used.clone()).await, "using a join token");
+    must(
+        store.put_join_token(used.clone()).await,
+        "using a join token",
+    );
     assert_eq!(
         must(store.list_join_tokens().await, "listing join tokens"),
         vec![used]
@@ -1998,7 +2007,10 @@ pub async fn nodes_join_tokens_and_config<S: fabric_core::node::NodeStore>(store
     ));
     assert!(must(store.list_join_tokens().await, "listing join tokens").is_empty());
 
-    assert_eq!(must(store.get_node_config().await, "reading the node config"), None);
+    assert_eq!(
+        must(store.get_node_config().await, "reading the node config"),
+        None
+    );
     for version in [1, 2] {
         let config = NodeConfig {
             version,
@@ -2010,7 +2022,10 @@ pub async fn nodes_join_tokens_and_config<S: fabric_core::node::NodeStore>(store
             updated_at: Some(Timestamp::from_millis(T0)),
             updated_by: Some("admin".into()),
         };
-        must(store.put_node_config(config.clone()).await, "setting the node config");
+        must(
+            store.put_node_config(config.clone()).await,
+            "setting the node config",
+        );
         assert_eq!(
             must(store.get_node_config().await, "reading the node config"),
             Some(config)

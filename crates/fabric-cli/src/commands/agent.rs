@@ -777,7 +777,7 @@ fn health_name(health: Health) -> &'static str {
 }
 
 /// `3s ago`, `5m ago`, `2h ago`, `4d ago` (a clock ahead of ours reads `0s ago`).
-fn ago(now: Timestamp, then: Timestamp) -> String {
+pub(crate) fn ago(now: Timestamp, then: Timestamp) -> String {
     let secs = now.since(then).as_secs();
     match secs {
         0..60 => format!("{secs}s ago"),

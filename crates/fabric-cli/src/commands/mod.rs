@@ -11,6 +11,7 @@ pub mod image;
 pub mod instance;
 pub mod mcp;
 pub mod mock_llm;
+pub mod node;
 pub mod policy;
 pub mod proxy;
 pub mod serve;
@@ -151,6 +152,8 @@ pub enum Command {
     /// MCP: the fabric's tools for an MCP host (serve)
     #[command(subcommand)]
     Mcp(mcp::McpCommand),
+    /// Worker nodes: run this machine as one (--join URL), or list, drain and remove them, manage join tokens and the node config
+    Node(Box<node::NodeArgs>),
     /// Start a namespaced Docker instance: network, orchestrator and Redis containers
     Start(instance::StartArgs),
     /// Remove a Docker instance: every container, network and volume labelled with it
@@ -215,6 +218,9 @@ fn refuse_unused_globals(cli: &Cli) -> Result<(), CliError> {
                     .into(),
             ))
         }
+        Command::Node(args) if args.command.is_none() && client_options => Err(CliError::Usage(
+            "the node process takes the orchestrator's URL from --join, not --url; --context, -o and -q are for the other node commands".into(),
+        )),
         Command::Start(_) | Command::Down(_) | Command::List | Command::Image(_)
             if cli.url.is_some() || cli.context.is_some() =>
         {
@@ -262,6 +268,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Down(args) => block_on(instance::down(args, cli.output)),
         Command::List => block_on(instance::list(cli.output)),
         Command::Image(cmd) => block_on(image::run(cmd, cli.output)),
+        // The node process: its own runtime and logging, no client settings.
+        Command::Node(args) if args.command.is_none() => node::run_node(args.run),
         command => {
             // `mcp add NAME --url URL` names the MCP server's URL, which clap
             // also hands the global --url: the fabric is then the one of
@@ -295,6 +303,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Command::Approval(cmd) => policy::run_approval(&ctx, cmd).await,
                     Command::Audit(args) => policy::run_audit(&ctx, args).await,
                     Command::Mcp(cmd) => mcp::run(&ctx, cmd).await,
+                    Command::Node(args) => match args.command {
+                        Some(cmd) => node::run(&ctx, cmd).await,
+                        None => Ok(()),
+                    },
                     Command::Version
                     | Command::Serve(_)
                     | Command::Proxy(_)

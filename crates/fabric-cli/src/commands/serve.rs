@@ -207,6 +207,21 @@ pub struct ServeArgs {
     /// LLM tokens (prompt + completion) per minute per user through the gateway (429 beyond) [default: no limit]
     #[arg(long, env = "FABRIC_LLM_TPM", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub llm_tokens_per_minute: Option<u64>,
+
+    /// How often worker nodes report in (each report is a long poll of this length)
+    #[arg(long, env = "FABRIC_NODE_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "2s",
+          value_parser = crate::commands::task::parse_duration)]
+    pub node_heartbeat_interval: std::time::Duration,
+
+    /// A worker node without a report for this long is unreachable
+    #[arg(long, env = "FABRIC_NODE_HEARTBEAT_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = crate::commands::task::parse_duration)]
+    pub node_heartbeat_timeout: std::time::Duration,
+
+    /// How long a worker node's credential is valid (nodes renew it at half of that)
+    #[arg(long, env = "FABRIC_NODE_CREDENTIAL_TTL", value_name = "DURATION", default_value = "24h",
+          value_parser = crate::commands::task::parse_duration)]
+    pub node_credential_ttl: std::time::Duration,
 }
 
 /// `--log-format`.
@@ -220,7 +235,7 @@ pub enum LogFormatArg {
 
 /// The flag's (or `FABRIC_LOG_FORMAT`'s) format; else readable lines for a
 /// person at a terminal, JSON lines for a log pipeline or a file.
-fn log_format(chosen: Option<LogFormatArg>) -> fabric_server::LogFormat {
+pub(crate) fn log_format(chosen: Option<LogFormatArg>) -> fabric_server::LogFormat {
     use std::io::IsTerminal as _;
     match chosen {
         Some(format) => format.into(),
@@ -239,6 +254,12 @@ impl From<LogFormatArg> for fabric_server::LogFormat {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    if args.node_heartbeat_timeout <= args.node_heartbeat_interval {
+        return Err(CliError::Usage(format!(
+            "--node-heartbeat-timeout ({:?}) must be longer than --node-heartbeat-interval ({:?}), or every node would look unreachable between two reports",
+            args.node_heartbeat_timeout, args.node_heartbeat_interval
+        )));
+    }
     let mut store = fabric_server::StoreConfig::parse(&args.store, &args.store_prefix)
         .map_err(|e| CliError::Usage(format!("--store: {e}")))?;
     if let Some(path) = &args.store_password_file {
@@ -306,6 +327,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             requests_per_second: args.rate_limit_rps,
             llm_tokens_per_minute: args.llm_tokens_per_minute,
             unauthenticated_per_second: args.unauthenticated_rps,
+        },
+        nodes: fabric_server::services::nodes::NodeTimings {
+            heartbeat_interval: args.node_heartbeat_interval,
+            heartbeat_timeout: args.node_heartbeat_timeout,
+            credential_ttl: args.node_credential_ttl,
         },
         // The remaining knobs (scheduler timings, output limit) keep the server's defaults.
         ..fabric_server::ServerConfig::default()
@@ -410,7 +436,7 @@ fn parse_leader_ttl(text: &str) -> Result<std::time::Duration, String> {
 pub const SANDBOX_HELPER_ARG: &str = "__sandbox-helper";
 
 /// This very binary, as the sandbox helper.
-fn sandbox_helper() -> Option<fabric_server::HelperCommand> {
+pub(crate) fn sandbox_helper() -> Option<fabric_server::HelperCommand> {
     let exe = std::env::current_exe().ok()?;
     Some(fabric_server::HelperCommand {
         program: exe,

@@ -20,6 +20,7 @@ mod dashboard;
 mod gateway;
 mod instances;
 mod mcp;
+mod nodes;
 mod openapi;
 mod policy;
 mod readme;

@@ -15,7 +15,7 @@ use fabric_core::Scope;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AlertParams {
-    /// Only alerts of this kind (`task_error_rate`, `http_error_rate`, `agent_crash_loop`, `budget_exceeded`).
+    /// Only alerts of this kind (`task_error_rate`, `http_error_rate`, `agent_crash_loop`, `budget_exceeded`, `budget_threshold`, `node_unreachable`).
     pub kind: Option<String>,
 }
 

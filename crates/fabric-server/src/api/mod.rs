@@ -11,6 +11,7 @@ pub mod inference;
 mod llm;
 pub mod mcp;
 mod mcp_servers;
+mod nodes;
 mod policy;
 pub(crate) mod stream;
 mod tasks;
@@ -48,9 +49,11 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
         policy::put, policy::list, policy::delete, policy::check, policy::approvals, policy::approve,
         policy::deny, policy::audit, policy::agent_check, policy::agent_approval,
         mcp_servers::put, mcp_servers::list, mcp_servers::get_one, mcp_servers::delete, mcp_servers::tools,
+        nodes::create_token, nodes::list_tokens, nodes::revoke_token, nodes::join, nodes::heartbeat, nodes::renew,
+        nodes::list, nodes::get_one, nodes::remove, nodes::cordon, nodes::uncordon, nodes::drain, nodes::get_config, nodes::put_config,
     ),
     modifiers(&BearerAuth, &StandardErrors, &OpenFlattened),
-    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "access"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"), (name = "mcp"))
+    tags((name = "tasks"), (name = "agents"), (name = "agent protocol"), (name = "auth"), (name = "access"), (name = "health"), (name = "inference"), (name = "budgets"), (name = "telemetry"), (name = "policy"), (name = "mcp"), (name = "nodes"))
 )]
 pub struct ApiDoc;
 
@@ -328,6 +331,26 @@ pub fn router(state: AppState) -> Router {
             get(mcp_servers::get_one).delete(mcp_servers::delete),
         )
         .route("/v1/mcp/servers/{name}/tools", get(mcp_servers::tools))
+        .route("/v1/nodes", get(nodes::list))
+        .route(
+            "/v1/nodes/tokens",
+            post(nodes::create_token).get(nodes::list_tokens),
+        )
+        .route("/v1/nodes/tokens/{id}", delete(nodes::revoke_token))
+        .route("/v1/nodes/join", post(nodes::join))
+        .route(
+            "/v1/nodes/config",
+            get(nodes::get_config).put(nodes::put_config),
+        )
+        .route(
+            "/v1/nodes/{name}",
+            get(nodes::get_one).delete(nodes::remove),
+        )
+        .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/nodes/{name}/credential", post(nodes::renew))
+        .route("/v1/nodes/{name}/cordon", post(nodes::cordon))
+        .route("/v1/nodes/{name}/uncordon", post(nodes::uncordon))
+        .route("/v1/nodes/{name}/drain", post(nodes::drain))
         .route(
             "/mcp",
             axum::routing::post(mcp::post)

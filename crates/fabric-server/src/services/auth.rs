@@ -508,7 +508,7 @@ pub(crate) fn generate_password() -> String {
 }
 
 /// A random URL-safe secret of `bytes` random bytes (hex encoded).
-fn random_secret(bytes: usize) -> String {
+pub(crate) fn random_secret(bytes: usize) -> String {
     let buf: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
     hex::encode(buf)
 }

@@ -12,5 +12,6 @@ pub mod budgets;
 pub mod limits;
 pub mod llm;
 pub mod mcp;
+pub mod nodes;
 pub mod policy;
 pub mod tasks;

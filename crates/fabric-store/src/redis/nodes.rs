@@ -56,7 +56,9 @@ impl NodeStore for RedisStore {
         )
     }
 
-    fn list_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send + 'static {
+    fn list_nodes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send + 'static {
         let c = cmd("HGETALL").arg(self.inner.keys.nodes()).clone();
         self.read(c, "cannot list nodes".to_owned(), |value| {
             codec::json_pairs("node", value)
@@ -87,7 +89,9 @@ impl NodeStore for RedisStore {
     fn list_join_tokens(
         &self,
     ) -> impl Future<Output = Result<Vec<JoinTokenRecord>, StoreError>> + Send + 'static {
-        let c = cmd("HGETALL").arg(self.inner.keys.node_join_tokens()).clone();
+        let c = cmd("HGETALL")
+            .arg(self.inner.keys.node_join_tokens())
+            .clone();
         self.read(c, "cannot list join tokens".to_owned(), |value| {
             codec::json_pairs("join token", value)
         })
@@ -106,7 +110,10 @@ impl NodeStore for RedisStore {
         config: NodeConfig,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let op = encode_json(|| "node config", &config).map(|body| {
-            let c = cmd("SET").arg(self.inner.keys.node_config()).arg(body).clone();
+            let c = cmd("SET")
+                .arg(self.inner.keys.node_config())
+                .arg(body)
+                .clone();
             writer::op(Some(c), "cannot store the node config".to_owned(), ignore)
         });
         self.submit(op)

@@ -410,9 +410,8 @@ impl fabric_core::node::NodeStore for SqliteStore {
 
     fn list_join_tokens(
         &self,
-    ) -> impl Future<Output = Result<Vec<fabric_core::node::JoinTokenRecord>, StoreError>>
-    + Send
-    + 'static {
+    ) -> impl Future<Output = Result<Vec<fabric_core::node::JoinTokenRecord>, StoreError>> + Send + 'static
+    {
         self.read(|conn| {
             reader::collect(
                 conn,
