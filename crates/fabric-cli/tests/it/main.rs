@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod access;
 mod agents;
+mod bdd;
 mod containers;
 mod crash;
 mod dashboard;

@@ -18,20 +18,20 @@ use super::gateway::KillOnDrop;
 use super::{Fabric, free_port, stdout_of};
 
 /// Fast heartbeats, so that losing a node shows within seconds.
-const FAST_NODES: [(&str, &str); 2] = [
+pub(crate) const FAST_NODES: [(&str, &str); 2] = [
     ("FABRIC_NODE_HEARTBEAT_INTERVAL", "300ms"),
     ("FABRIC_NODE_HEARTBEAT_TIMEOUT", "2s"),
 ];
 
 /// A `reactor-fabric node` child process with its own data dir and `/readyz` port.
-struct Node {
-    child: KillOnDrop,
+pub(crate) struct Node {
+    pub(crate) child: KillOnDrop,
     dir: TempDir,
     port: u16,
 }
 
 impl Node {
-    fn start(fabric: &Fabric, token: Option<&str>, name: &str, extra: &[&str]) -> Node {
+    pub(crate) fn start(fabric: &Fabric, token: Option<&str>, name: &str, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         Node::start_in(fabric, dir, token, name, extra)
     }
@@ -61,7 +61,7 @@ impl Node {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -70,12 +70,12 @@ impl Node {
     }
 
     /// The node's stored identity (`<data>/node.json`).
-    fn identity(&self) -> Value {
+    pub(crate) fn identity(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.data_dir().join("node.json")).unwrap()).unwrap()
     }
 
     /// Waits for the process to end; its exit code and log.
-    fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.0.try_wait().unwrap() {
@@ -90,7 +90,7 @@ impl Node {
         }
     }
 
-    fn readyz(&self) -> (u16, Value) {
+    pub(crate) fn readyz(&self) -> (u16, Value) {
         let (status, body) = http(self.port, "GET", "/readyz", None, None);
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
@@ -115,7 +115,7 @@ fn node_command(fabric: &Fabric, dir: &TempDir, name: &str, port: u16, extra: &[
 }
 
 /// A plain HTTP/1.1 request to 127.0.0.1:`port`: (status, body).
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -150,12 +150,12 @@ fn http(
     (status, body)
 }
 
-fn port_of(fabric: &Fabric) -> u16 {
+pub(crate) fn port_of(fabric: &Fabric) -> u16 {
     fabric.url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// The admin's token, from the CLI's config file after `login`.
-fn admin_token(fabric: &Fabric) -> String {
+pub(crate) fn admin_token(fabric: &Fabric) -> String {
     std::fs::read_to_string(fabric.config_path())
         .unwrap()
         .split('"')
@@ -164,7 +164,7 @@ fn admin_token(fabric: &Fabric) -> String {
         .to_owned()
 }
 
-fn create_token(fabric: &Fabric, args: &[&str]) -> String {
+pub(crate) fn create_token(fabric: &Fabric, args: &[&str]) -> String {
     stdout_of(
         fabric
             .cli()
@@ -175,7 +175,7 @@ fn create_token(fabric: &Fabric, args: &[&str]) -> String {
     .to_owned()
 }
 
-fn nodes(fabric: &Fabric) -> Vec<Value> {
+pub(crate) fn nodes(fabric: &Fabric) -> Vec<Value> {
     json_of(fabric.cli().args(["-o", "json", "node", "list"]))["nodes"]
         .as_array()
         .cloned()
@@ -183,7 +183,7 @@ fn nodes(fabric: &Fabric) -> Vec<Value> {
 }
 
 /// Polls `node list` until node `name` satisfies `ready`; returns that view.
-fn wait_for_node(
+pub(crate) fn wait_for_node(
     fabric: &Fabric,
     node: &Node,
     name: &str,
