@@ -12,6 +12,7 @@
 //! cargo run --release -p fabric-bench -- budgets    # budget check-and-reserve under contention
 //! cargo run --release -p fabric-bench -- policy     # policy decision in process, beside Cedar
 //! cargo run --release -p fabric-bench -- flood      # /healthz and RSS under an idle-connection flood
+//! cargo run --release -p fabric-bench -- nodes      # 1,000 simulated worker nodes: CPU per heartbeat, memory per node, config delivery
 //! ```
 //!
 //! `http`, `rss` and `agents` start `reactor-fabric serve` from the same target
@@ -40,6 +41,9 @@
 //!   beside the same decisions in Cedar (`cedar-policy`), checked equal.
 //! - `flood`: `/healthz` latency and server RSS before, during and after
 //!   thousands of idle connections from several loopback addresses.
+//! - `nodes`: simulated worker nodes speaking the real protocol over
+//!   loopback: join latency, orchestrator CPU per heartbeat, memory per
+//!   node, time for a new node config to reach every node.
 //! - `server`: starting, readying, logging in to and stopping a server child.
 //! - `stats`: percentiles, medians, CPU time and memory from `/proc`.
 
@@ -52,6 +56,7 @@ mod gateway;
 mod http;
 mod instances;
 mod mcp;
+mod nodes;
 mod policy;
 mod rss;
 mod sandbox_tasks;
@@ -109,6 +114,8 @@ enum Command {
     Dashboard(dashboard::DashboardArgs),
     /// What the fabric adds to an agent's MCP tool call (policy, audit, trace) vs calling the server directly
     Mcp(mcp::McpArgs),
+    /// Simulated worker nodes over loopback: join latency, orchestrator CPU per heartbeat, memory per node, config delivery
+    Nodes(nodes::NodesArgs),
     /// The stdio MCP server `mcp` calls (an echo tool); run by the bench itself
     #[command(hide = true)]
     McpEcho,
@@ -146,6 +153,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::SandboxTasks(args) => block_on(cli.client_threads, sandbox_tasks::run(args)),
         Command::Dashboard(args) => block_on(cli.client_threads, dashboard::run(args)),
         Command::Mcp(args) => block_on(cli.client_threads, mcp::run(args)),
+        Command::Nodes(args) => block_on(cli.client_threads, nodes::run(args)),
         Command::McpEcho => mcp::echo_server(),
     }
 }

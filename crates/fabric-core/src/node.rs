@@ -348,7 +348,6 @@ impl NodeConfigSpec {
 pub struct NodeConfig {
     /// Increases by one with every change; 0 is the empty config nobody set.
     pub version: u64,
-    #[serde(flatten)]
     pub spec: NodeConfigSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Timestamp>,
@@ -598,7 +597,7 @@ mod tests {
         };
         let json = serde_json::to_value(&config).unwrap();
         assert_eq!(json["version"], 3);
-        assert_eq!(json["log_level"], "debug");
+        assert_eq!(json["spec"]["log_level"], "debug");
         assert_eq!(serde_json::from_value::<NodeConfig>(json).unwrap(), config);
     }
 }

@@ -308,7 +308,10 @@ fn a_node_joins_reports_its_capabilities_and_applies_the_config_it_is_sent() {
         serde_json::from_slice(&std::fs::read(node.data_dir().join("config.json")).unwrap())
             .unwrap();
     assert_eq!(stored["version"], 1);
-    assert_eq!(stored["egress"], serde_json::json!(["pypi.org:443"]));
+    assert_eq!(
+        stored["spec"]["egress"],
+        serde_json::json!(["pypi.org:443"])
+    );
     // The debug filter is in force: the node logs at debug now.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !node.log().contains("\"level\":\"debug\"") {
