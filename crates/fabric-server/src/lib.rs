@@ -360,11 +360,16 @@ pub(crate) fn lock_data_dir(dir: &Path, who: &str) -> anyhow::Result<File> {
         .mode(0o700)
         .create(dir)
         .with_context(|| {
-        format!(
-            "cannot create data directory {}: choose another with --data-dir or FABRIC_DATA_DIR",
-            dir.display()
-        )
-    })?;
+            format!(
+                "cannot create data directory {}: choose another with --data-dir (or {})",
+                dir.display(),
+                if who == "node" {
+                    "FABRIC_NODE_DATA_DIR"
+                } else {
+                    "FABRIC_DATA_DIR"
+                }
+            )
+        })?;
     make_private(dir);
     let path = dir.join("LOCK");
     let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;

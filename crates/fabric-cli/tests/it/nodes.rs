@@ -567,28 +567,14 @@ fn a_node_that_stops_reporting_becomes_unreachable_with_an_alert() {
     let token = create_token(&fabric, &[]);
     let node = Node::start(&fabric, Some(&token), "n1", &["--isolation", "none"]);
     wait_for_node(&fabric, &node, "n1", "ready", |n| n["status"] == "ready");
-    fabric
-        .cli()
-        .args(["node", "cordon", "n1"])
-        .assert()
-        .success();
-    wait_for_node(&fabric, &node, "n1", "cordoned", |n| {
-        n["status"] == "cordoned"
-    });
-    fabric
-        .cli()
-        .args(["node", "drain", "n1"])
-        .assert()
-        .success();
-    wait_for_node(&fabric, &node, "n1", "draining", |n| {
-        n["status"] == "draining"
-    });
-    fabric
-        .cli()
-        .args(["node", "uncordon", "n1"])
-        .assert()
-        .success();
-    wait_for_node(&fabric, &node, "n1", "ready", |n| n["status"] == "ready");
+    for (action, status) in [
+        ("cordon", "cordoned"),
+        ("drain", "draining"),
+        ("uncordon", "ready"),
+    ] {
+        fabric.cli().args(["node", action, "n1"]).assert().success();
+        wait_for_node(&fabric, &node, "n1", status, |n| n["status"] == status);
+    }
 
     let Node { child, .. } = node;
     let killed_at = Instant::now();

@@ -157,6 +157,12 @@ struct State {
 }
 
 impl State {
+    fn live_mut(&mut self, name: &str) -> Result<&mut Live, NodeError> {
+        self.nodes
+            .get_mut(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_owned()))
+    }
+
     fn add_credentials(&mut self, record: &NodeRecord) {
         self.credentials
             .insert(record.credential_hash.clone(), record.name.clone());
@@ -451,10 +457,7 @@ impl NodeService {
         let expires_at = now.plus(self.timings.credential_ttl);
         let record = {
             let mut state = self.state.lock();
-            let live = state
-                .nodes
-                .get_mut(name)
-                .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+            let live = state.live_mut(name)?;
             let old = live.record.clone();
             let grace_end = now
                 .plus(RENEWAL_GRACE)
@@ -480,10 +483,7 @@ impl NodeService {
         let mut config_rx = self.config.subscribe();
         let (applied, refused, capabilities_changed) = {
             let mut state = self.state.lock();
-            let live = state
-                .nodes
-                .get_mut(name)
-                .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+            let live = state.live_mut(name)?;
             if live.unreachable {
                 tracing::info!(node = %name, outcome = "ok", "node reachable again");
             }
@@ -520,10 +520,9 @@ impl NodeService {
         let credential_expires_at = self
             .state
             .lock()
-            .nodes
-            .get(name)
-            .map(|l| l.record.credential_expires_at)
-            .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+            .live_mut(name)?
+            .record
+            .credential_expires_at;
         Ok(HeartbeatReply {
             config: wanted(&config).then_some(config),
             credential_expires_at,
@@ -547,12 +546,11 @@ impl NodeService {
     pub fn get(&self, by: &Identity, name: &str) -> Result<NodeView, NodeError> {
         by.require(Scope::Admin)?;
         let now = self.clock.now();
-        self.state
+        Ok(self
+            .state
             .lock()
-            .nodes
-            .get(name)
-            .map(|l| l.view(now, self.timings.heartbeat_timeout))
-            .ok_or_else(|| NodeError::NotFound(name.to_owned()))
+            .live_mut(name)?
+            .view(now, self.timings.heartbeat_timeout))
     }
 
     /// Sets a node's scheduling marks: `cordon` (no new agents) and `drain`
@@ -568,10 +566,7 @@ impl NodeService {
         by.require(Scope::Admin)?;
         let record = {
             let mut state = self.state.lock();
-            let live = state
-                .nodes
-                .get_mut(name)
-                .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+            let live = state.live_mut(name)?;
             live.record.cordoned = cordoned || draining;
             live.record.draining = draining;
             live.record.clone()
