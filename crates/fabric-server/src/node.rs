@@ -52,8 +52,11 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     /// A PEM file of the CA to trust for the orchestrator's TLS (`--cacert`).
     pub ca_file: Option<PathBuf>,
-    /// Where `/readyz` and `/healthz` are served (`--listen`).
-    pub listen: SocketAddr,
+    /// Where `/readyz` and `/healthz` are served (`--listen`); `None`:
+    /// 127.0.0.1:8081, or any free loopback port when another node on this
+    /// machine has that one (the address is logged and kept in
+    /// `<data-dir>/readyz.addr`).
+    pub listen: Option<SocketAddr>,
     /// The isolation levels asked for (`--isolation`); empty: all it can run.
     pub isolation: Vec<IsolationLevel>,
     /// A node-local Ollama (`--ollama`); else inference goes through the orchestrator.
@@ -168,7 +171,13 @@ pub async fn run(
         unreached: Some("has not reached the orchestrator yet".into()),
         ..Status::default()
     }));
-    let readyz = serve_health(options.listen, options.name.clone(), Arc::clone(&status)).await?;
+    let readyz = serve_health(
+        options.listen,
+        &options.data_dir,
+        options.name.clone(),
+        Arc::clone(&status),
+    )
+    .await?;
     let node = Node {
         http,
         base,
@@ -560,15 +569,37 @@ fn now() -> Timestamp {
     fabric_core::SystemClock.now()
 }
 
-/// `/readyz` (200 ready, 503 with the reasons) and `/healthz` on `listen`.
+/// Where `/readyz` is served when `--listen` is not given.
+pub const DEFAULT_READYZ: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8081);
+
+/// `/readyz` (200 ready, 503 with the reasons) and `/healthz` on `listen`
+/// (see [`NodeOptions::listen`]); the address is written to `<data>/readyz.addr`.
 async fn serve_health(
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
+    data_dir: &Path,
     name: String,
     status: Arc<Mutex<Status>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (--listen) for /readyz"))?;
+    let listener = match listen {
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--listen) for /readyz"))?,
+        // Several nodes on one machine (tests, a lab) must not trip over
+        // the default port: the second takes any free one.
+        None => match tokio::net::TcpListener::bind(DEFAULT_READYZ).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(default = %DEFAULT_READYZ, error = %e, "the default /readyz port is taken; serving it on a free loopback port (give --listen to choose)");
+                tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                    .await
+                    .context("cannot listen on a loopback port for /readyz")?
+            }
+        },
+    };
+    let bound = listener.local_addr()?;
+    std::fs::write(data_dir.join("readyz.addr"), format!("{bound}\n"))
+        .with_context(|| format!("cannot write {}", data_dir.join("readyz.addr").display()))?;
     let ready = move || {
         let s = status.lock();
         let reasons: Vec<String> = s.problems.iter().chain(&s.unreached).cloned().collect();
@@ -599,7 +630,7 @@ async fn serve_health(
             "/healthz",
             axum::routing::get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         );
-    tracing::info!(listen = %listener.local_addr()?, "node readiness at /readyz");
+    tracing::info!(listen = %bound, "node readiness at /readyz");
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     }))

@@ -64,14 +64,9 @@ pub struct NodeRunArgs {
     #[arg(long, env = "FABRIC_CACERT", value_name = "FILE")]
     pub cacert: Option<PathBuf>,
 
-    /// Where the node serves /readyz and /healthz
-    #[arg(
-        long,
-        env = "FABRIC_NODE_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8081"
-    )]
-    pub listen: SocketAddr,
+    /// Where the node serves /readyz and /healthz [default: 127.0.0.1:8081, else a free loopback port if another node has it; the address is in DATA_DIR/readyz.addr]
+    #[arg(long, env = "FABRIC_NODE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
     /// The isolation levels to offer, comma-separated (none, process, container) [default: every level this machine can run]
     #[arg(long, value_delimiter = ',', value_name = "LEVELS", value_parser = parse_isolation)]

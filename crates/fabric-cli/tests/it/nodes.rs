@@ -27,13 +27,14 @@ pub(crate) const FAST_NODES: [(&str, &str); 2] = [
 pub(crate) struct Node {
     pub(crate) child: KillOnDrop,
     dir: TempDir,
-    port: u16,
+    /// `--listen`'s port; `None`: the node's default (read from `readyz.addr`).
+    port: Option<u16>,
 }
 
 impl Node {
     pub(crate) fn start(fabric: &Fabric, token: Option<&str>, name: &str, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        Node::start_in(fabric, dir, token, name, extra)
+        Node::start_in(fabric, dir, token, name, extra, Some(free_port()))
     }
 
     fn start_in(
@@ -42,8 +43,8 @@ impl Node {
         token: Option<&str>,
         name: &str,
         extra: &[&str],
+        port: Option<u16>,
     ) -> Node {
-        let port = free_port();
         let mut cmd = node_command(fabric, &dir, name, port, extra);
         if let Some(token) = token {
             cmd.args(["--token", token]);
@@ -91,26 +92,37 @@ impl Node {
     }
 
     pub(crate) fn readyz(&self) -> (u16, Value) {
-        let (status, body) = http(self.port, "GET", "/readyz", None, None);
+        let port = self.port.or_else(|| {
+            let addr = std::fs::read_to_string(self.data_dir().join("readyz.addr")).ok()?;
+            addr.trim().rsplit(':').next()?.parse().ok()
+        });
+        let Some(port) = port else {
+            return (0, Value::Null);
+        };
+        let (status, body) = http(port, "GET", "/readyz", None, None);
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 }
 
-fn node_command(fabric: &Fabric, dir: &TempDir, name: &str, port: u16, extra: &[&str]) -> Command {
+fn node_command(
+    fabric: &Fabric,
+    dir: &TempDir,
+    name: &str,
+    port: Option<u16>,
+    extra: &[&str],
+) -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"));
     cmd.args(["node", "--join", &fabric.url, "--name", name, "--data-dir"])
         .arg(dir.path().join("data"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
+        .args(["--log-format", "json"])
         .args(extra)
         .env_remove("FABRIC_JOIN_TOKEN")
         .env_remove("FABRIC_URL")
         .env_remove("FABRIC_TOKEN")
         .stdin(Stdio::null());
+    if let Some(port) = port {
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    }
     cmd
 }
 
@@ -554,7 +566,14 @@ fn a_node_renews_its_credential_and_restarts_without_a_token() {
     // Restarted on its data dir, it needs no token (the one it had is used up).
     let Node { child, dir, .. } = node;
     drop(child);
-    let restarted = Node::start_in(&fabric, dir, None, "n1", &["--isolation", "none"]);
+    let restarted = Node::start_in(
+        &fabric,
+        dir,
+        None,
+        "n1",
+        &["--isolation", "none"],
+        Some(free_port()),
+    );
     wait_for_node(&fabric, &restarted, "n1", "ready again", |n| {
         n["status"] == "ready"
     });
@@ -623,7 +642,7 @@ fn a_node_that_can_run_no_isolation_level_it_is_asked_for_refuses_to_join() {
         &fabric,
         &dir,
         "n1",
-        free_port(),
+        Some(free_port()),
         &["--isolation", "container", "--token", &token],
     );
     let out = cmd
@@ -644,4 +663,36 @@ fn a_node_that_can_run_no_isolation_level_it_is_asked_for_refuses_to_join() {
     // The token is still good for a node that can run something.
     let ok = Node::start(&fabric, Some(&token), "n1", &["--isolation", "none"]);
     wait_for_node(&fabric, &ok, "n1", "joined", |n| n["name"] == "n1");
+}
+
+#[test]
+fn nodes_on_one_machine_without_listen_each_serve_readyz_on_a_port_of_their_own() {
+    let fabric = Fabric::start_with_env(&FAST_NODES);
+    fabric.login();
+    let token = create_token(&fabric, &["--uses", "2"]);
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let dir = tempfile::tempdir().unwrap();
+            Node::start_in(
+                &fabric,
+                dir,
+                Some(&token),
+                name,
+                &["--isolation", "none"],
+                None,
+            )
+        })
+        .collect();
+    let mut addrs = Vec::new();
+    for (node, name) in nodes.iter().zip(["a", "b"]) {
+        wait_for_node(&fabric, node, name, "ready", |n| n["status"] == "ready");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.readyz().0 != 200 {
+            assert!(Instant::now() < deadline, "{}", node.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        addrs.push(std::fs::read_to_string(node.data_dir().join("readyz.addr")).unwrap());
+    }
+    assert_ne!(addrs[0], addrs[1], "two nodes, two /readyz ports");
 }

@@ -538,6 +538,16 @@ fn enter_task_scope(scope: &TaskScope) -> Result<(), String> {
             .map_err(mount_err("make read-only", &scope.workdir))?;
     }
     let tmp_dir = Path::new("/tmp");
+    // What the sandbox binds below /tmp (an agent's read-only paths there)
+    // would vanish under the task's /tmp: opened now, bound again after.
+    let carried = mounts_below(tmp_dir, &scope.workdir)
+        .into_iter()
+        .map(|path| {
+            let fd = open_path(&path, libc::O_NOFOLLOW)
+                .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+            Ok((path.is_dir(), path, fd))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     if scope.workdir.starts_with(tmp_dir) {
         // The workdir would be covered by the task's /tmp: carried over into it.
         let work = open_dir(&scope.workdir)?;
@@ -546,6 +556,10 @@ fn enter_task_scope(scope: &TaskScope) -> Result<(), String> {
         bind(&work, &scope.workdir, true, 0)?;
     } else {
         bind(&tmp, tmp_dir, false, writable)?;
+    }
+    for (directory, path, fd) in carried {
+        mount_point(&path, directory)?;
+        bind(&fd, &path, true, READ_ONLY)?;
     }
     mount_tmpfs(
         shm,
@@ -616,6 +630,30 @@ fn under(root: &Path, path: &Path) -> PathBuf {
 }
 
 /// A bind source, opened before anything is mounted over it.
+/// The outermost mount points strictly below `dir` (from
+/// `/proc/self/mountinfo`), leaving out `skip` and what is below it.
+fn mounts_below(dir: &Path, skip: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        // Escaped names (`\040` for a space) are left alone.
+        .filter(|point| !point.contains('\\'))
+        .map(PathBuf::from)
+        .filter(|point| point != dir && point.starts_with(dir) && !point.starts_with(skip))
+        .collect();
+    found.sort();
+    found.dedup();
+    let outermost: Vec<PathBuf> = found
+        .iter()
+        .filter(|p| !found.iter().any(|q| q != *p && p.starts_with(q)))
+        .cloned()
+        .collect();
+    outermost
+}
+
 fn open_path(path: &Path, extra_flags: libc::c_int) -> std::io::Result<OwnedFd> {
     fs::OpenOptions::new()
         .read(true)

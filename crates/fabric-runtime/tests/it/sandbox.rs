@@ -706,6 +706,34 @@ async fn a_scoped_command_reports_its_status_and_stops_promptly() {
     sandbox.destroy().await.unwrap();
 }
 
+/// A read-only path below /tmp (a venv in a checkout under /tmp, say)
+/// stays visible to scoped commands, whose /tmp is the task's own: carried
+/// over, still read-only.
+#[tokio::test]
+async fn read_only_paths_below_tmp_survive_the_tasks_own_tmp() {
+    let (_tmp, mut config) = config("scope-ro-tmp");
+    let shared = tempfile::Builder::new()
+        .prefix("ro-below-tmp-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::write(shared.path().join("data.txt"), "visible\n").unwrap();
+    config.read_only_paths.push(shared.path().to_path_buf());
+    let sandbox = create(config).await;
+    let file = shared.path().join("data.txt");
+    let outcome = sh(
+        &sandbox,
+        &[&format!(
+            "cat {0}; echo scratch > /tmp/mine && cat /tmp/mine; echo no > {0} || echo refused",
+            file.display()
+        )],
+    )
+    .await;
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    assert_eq!(outcome.stdout, "visible\nscratch\nrefused\n", "{outcome:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "visible\n");
+    sandbox.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn spawn_runs_programs_and_reports_how_they_ended() {
     let (_tmp, config) = config("spawn");
