@@ -333,6 +333,32 @@ fn check_browser_request(parts: &Parts, principal: &Principal) -> Result<(), Api
     Ok(())
 }
 
+/// The client address of a request (absent in tests that call the router directly).
+pub(crate) fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(client)| client.ip())
+}
+
+/// A refused authentication (401: a bad token, credential or join token, or
+/// none) counts against the client's address: guessing, or flooding
+/// without credentials, is held to a rate per address, and past it the
+/// answer is 429.
+pub(crate) fn count_refusal(
+    state: &AppState,
+    client: Option<std::net::IpAddr>,
+    refused: ApiError,
+) -> ApiError {
+    if refused.status == StatusCode::UNAUTHORIZED
+        && let Some(ip) = client
+        && let Err(throttled) = state.limits.unauthenticated(ip)
+    {
+        return ApiError::address_throttled(&throttled);
+    }
+    refused
+}
+
 /// The caller of a request, from its bearer token (or a browser session's
 /// cookie); 401 without one, 429 when a person's token is over its user's
 /// request rate (agents' tokens are not throttled here).
@@ -357,17 +383,7 @@ impl FromRequestParts<AppState> for Principal {
         };
         let principal = match authenticated {
             Ok(principal) => principal,
-            Err(refused) => {
-                // Guessing tokens, or flooding without any, is held to a rate per address.
-                if refused.status == StatusCode::UNAUTHORIZED
-                    && let Some(ConnectInfo(client)) =
-                        parts.extensions.get::<ConnectInfo<SocketAddr>>()
-                    && let Err(throttled) = state.limits.unauthenticated(client.ip())
-                {
-                    return Err(ApiError::address_throttled(&throttled));
-                }
-                return Err(refused);
-            }
+            Err(refused) => return Err(count_refusal(state, client_ip(parts), refused)),
         };
         if from_cookie {
             check_browser_request(parts, &principal)?;

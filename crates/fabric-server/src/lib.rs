@@ -350,8 +350,10 @@ fn make_private(dir: &Path) {
 }
 
 /// Takes the data directory's lock file: two servers on one database would
-/// both believe they own every lease.
-pub(crate) fn lock_data_dir(dir: &Path, who: &str) -> anyhow::Result<File> {
+/// both believe they own every lease (two nodes, on one credential).
+/// `who` (`server`, `node`) and `env` (the variable that names its data
+/// directory) are for the error messages.
+pub(crate) fn lock_data_dir(dir: &Path, who: &str, env: &str) -> anyhow::Result<File> {
     use std::os::unix::fs::DirBuilderExt as _;
     // Private to the server's user: it holds the database (users, token
     // hashes) and every agent's working directory.
@@ -361,13 +363,8 @@ pub(crate) fn lock_data_dir(dir: &Path, who: &str) -> anyhow::Result<File> {
         .create(dir)
         .with_context(|| {
             format!(
-                "cannot create data directory {}: choose another with --data-dir (or {})",
-                dir.display(),
-                if who == "node" {
-                    "FABRIC_NODE_DATA_DIR"
-                } else {
-                    "FABRIC_DATA_DIR"
-                }
+                "cannot create data directory {}: choose another with --data-dir (or {env})",
+                dir.display()
             )
         })?;
     make_private(dir);
@@ -428,7 +425,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Also with Redis as the store: the lock guards the local agents dir.
-    let _lock = lock_data_dir(&config.data_dir, "server")?;
+    let _lock = lock_data_dir(&config.data_dir, "server", "FABRIC_DATA_DIR")?;
     let store_name = config.store.describe(&config.data_dir);
     let store = store::AnyStore::open(&config.store, &config.data_dir)
         .await

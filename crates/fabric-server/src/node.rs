@@ -130,8 +130,13 @@ pub async fn run(
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         anyhow::bail!("--join {base:?}: give the orchestrator's URL, e.g. http://orch:8080");
     }
-    let _lock = crate::lock_data_dir(&options.data_dir, "node")?;
-    let capabilities = probe(&options).await;
+    let _lock = crate::lock_data_dir(&options.data_dir, "node", "FABRIC_NODE_DATA_DIR")?;
+    // A config applied before a restart is where the node starts from.
+    let config = read_json::<NodeConfig>(&options.data_dir.join("config.json"))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let capabilities = probe(&options, &config).await;
     if capabilities.isolation.is_empty() {
         anyhow::bail!(
             "this machine can run none of the isolation levels asked for, so it cannot take agents ({}); fix one of them, or ask for another with --isolation",
@@ -157,11 +162,6 @@ pub async fn run(
             identity
         }
     };
-    // A config applied before a restart is where the node starts from.
-    let config = read_json::<NodeConfig>(&options.data_dir.join("config.json"))
-        .ok()
-        .flatten()
-        .unwrap_or_default();
     if let Some(level) = &config.spec.log_level {
         let _ = log_filter(level);
     }
@@ -223,7 +223,7 @@ impl Node {
             };
             if last_probe.elapsed() >= Duration::from_secs(30) {
                 last_probe = Instant::now();
-                let fresh = self.with_inference(self.reprobe().await);
+                let fresh = self.reprobe().await;
                 let mut s = self.status.lock();
                 s.problems = if fresh.isolation.is_empty() {
                     vec![format!(
@@ -349,10 +349,9 @@ impl Node {
             Ok(()) => {
                 tracing::info!(version, "node config applied");
                 let mut s = self.status.lock();
+                s.capabilities.inference = inference_path(&config, self.options.ollama.as_deref());
                 s.config = config;
                 s.rejected = None;
-                let caps = s.capabilities.clone();
-                s.capabilities = self.with_inference_for(caps, &s.config);
             }
             Err(error) => {
                 tracing::warn!(version, error = %error, "node config refused; keeping the current one");
@@ -363,36 +362,14 @@ impl Node {
 
     fn try_apply(&self, config: &NodeConfig) -> Result<(), String> {
         config.spec.validate()?;
-        // The log filter is the one part that can fail once applied: it is
-        // set last, after the file, and undone if the file cannot be written.
+        // Everything is checked before anything changes: the log filter is
+        // parsed here, and set only once the file is written.
         let filter = config.spec.log_level.as_deref().unwrap_or("info");
         tracing_subscriber::EnvFilter::try_new(filter)
             .map_err(|e| format!("log_level {filter:?} is not a log filter: {e}"))?;
         save_json(&self.options.data_dir.join("config.json"), config)
             .map_err(|e| format!("{e:#}"))?;
         (self.log_filter)(filter)
-    }
-
-    fn with_inference(&self, caps: NodeCapabilities) -> NodeCapabilities {
-        let config = self.status.lock().config.clone();
-        self.with_inference_for(caps, &config)
-    }
-
-    /// The inference path the node's agents use: the config's upstream, else
-    /// `--ollama`, else the orchestrator's gateway.
-    fn with_inference_for(
-        &self,
-        mut caps: NodeCapabilities,
-        config: &NodeConfig,
-    ) -> NodeCapabilities {
-        caps.inference = inference_path(
-            config
-                .spec
-                .inference_upstream
-                .as_deref()
-                .or(self.options.ollama.as_deref()),
-        );
-        caps
     }
 
     async fn renew(&self) -> anyhow::Result<()> {
@@ -636,9 +613,9 @@ async fn serve_health(
     }))
 }
 
-/// What this machine is and which isolation levels it can run (of those
-/// asked for).
-async fn probe(options: &NodeOptions) -> NodeCapabilities {
+/// What this machine is, which isolation levels it can run (of those
+/// asked for), and its inference path under `config`.
+async fn probe(options: &NodeOptions, config: &NodeConfig) -> NodeCapabilities {
     let wanted = |level| options.isolation.is_empty() || options.isolation.contains(&level);
     let mut isolation = Vec::new();
     let mut unavailable = BTreeMap::new();
@@ -671,7 +648,7 @@ async fn probe(options: &NodeOptions) -> NodeCapabilities {
         memory_bytes: mem_total().unwrap_or(0),
         isolation,
         unavailable,
-        inference: inference_path(options.ollama.as_deref()),
+        inference: inference_path(config, options.ollama.as_deref()),
         version: VERSION.to_owned(),
     }
 }
@@ -686,8 +663,10 @@ fn unavailable_text(capabilities: &NodeCapabilities) -> String {
         .join("; ")
 }
 
-fn inference_path(ollama: Option<&str>) -> InferencePath {
-    match ollama {
+/// The inference path the node's agents use: the config's upstream, else
+/// `--ollama`, else the orchestrator's gateway.
+fn inference_path(config: &NodeConfig, ollama: Option<&str>) -> InferencePath {
+    match config.spec.inference_upstream.as_deref().or(ollama) {
         Some(url) => InferencePath {
             mode: "local".into(),
             url: Some(url.to_owned()),

@@ -50,21 +50,12 @@ pub const ENV_LOG: &str = "FABRIC_LOG";
 
 /// Sets up the global subscriber on stderr. Safe to call twice (the second is ignored).
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonLines)
-            .try_init(),
-        // Colours only for a terminal, and never when NO_COLOR is set (no-color.org).
-        LogFormat::Pretty => builder
-            .compact()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && no_color_unset())
-            .try_init(),
-    };
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::registry()
+        .with(env_filter())
+        .with(stderr_layer(format))
+        .try_init();
 }
 
 /// [`init_logging`] with a filter that can be changed while running (a
@@ -74,29 +65,11 @@ pub fn init_logging(format: LogFormat) {
 pub fn init_logging_reloadable(format: LogFormat) -> crate::node::LogFilter {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
-                    .event_format(JsonLines)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .with_ansi(
-                        std::io::IsTerminal::is_terminal(&std::io::stderr()) && no_color_unset(),
-                    )
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(env_filter());
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr_layer(format))
+        .try_init();
     Arc::new(move |text: &str| {
         let filter = EnvFilter::try_new(text)
             .map_err(|e| format!("log_level {text:?} is not a log filter: {e}"))?;
@@ -104,6 +77,31 @@ pub fn init_logging_reloadable(format: LogFormat) -> crate::node::LogFilter {
             .reload(filter)
             .map_err(|e| format!("cannot change the log filter: {e}"))
     })
+}
+
+/// `FABRIC_LOG`, else `info`.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The log lines on stderr, in `format`.
+fn stderr_layer<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => layer
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .boxed(),
+        // Colours only for a terminal, and never when NO_COLOR is set (no-color.org).
+        LogFormat::Pretty => layer
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && no_color_unset())
+            .boxed(),
+    }
 }
 
 /// `NO_COLOR` absent or empty (no-color.org: any non-empty value turns colour off).

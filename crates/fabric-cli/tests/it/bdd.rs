@@ -51,8 +51,9 @@ impl FabricWorld {
         nodes::wait_for_node(fabric, node, name, what, ok)
     }
 
-    /// Runs `commands` as one task of `agent`, waits for it, keeps its result.
-    fn run_task(&mut self, agent: &str, commands: &[String]) {
+    /// Runs `commands` as one task of `agent` with `env` (`KEY=VALUE`),
+    /// waits for it, keeps its result.
+    fn run_task(&mut self, agent: &str, env: &[String], commands: &[String]) {
         let mut cmd = self.fabric().cli();
         cmd.args([
             "-o",
@@ -65,6 +66,9 @@ impl FabricWorld {
             "--timeout",
             "60s",
         ]);
+        for pair in env {
+            cmd.args(["--env", pair]);
+        }
         for c in commands {
             cmd.args(["--command", c]);
         }
@@ -191,14 +195,7 @@ fn credential_refused(w: &mut FabricWorld, name: String) {
         .as_str()
         .unwrap()
         .to_owned();
-    let port = nodes::port_of(w.fabric());
-    let (status, body) = nodes::http(
-        port,
-        "POST",
-        &format!("/v1/nodes/{name}/heartbeat"),
-        Some(&credential),
-        Some(r#"{"ready":true}"#),
-    );
+    let (status, body) = nodes::heartbeat_as(w.fabric(), &name, &credential);
     assert_eq!(status, 401, "{body}");
 }
 
@@ -270,23 +267,7 @@ fn chat_with_ollama(w: &mut FabricWorld, agent: String, text: String) {
         "import os, ollama\nc = ollama.Client(host=os.environ['OLLAMA_BASE_URL'])\nr = c.chat(model='llama3', messages=[{{'role': 'user', 'content': {text:?}}}])\nprint(r.message.content)"
     );
     let command = format!("{} -c \"$SCRIPT\"", python.display());
-    let mut cmd = w.fabric().cli();
-    cmd.args([
-        "-o",
-        "json",
-        "task",
-        "create",
-        "--agent",
-        &agent,
-        "--wait",
-        "--timeout",
-        "60s",
-    ])
-    .args(["--env", &format!("SCRIPT={script}"), "--command", &command]);
-    let out = cmd.output().unwrap();
-    w.result = Some(
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("task create: {out:?}")),
-    );
+    w.run_task(&agent, &[format!("SCRIPT={script}")], &[command]);
 }
 
 #[when(expr = "a task of agent {string} posts {int} MiB to its inference endpoint")]
@@ -296,12 +277,16 @@ fn post_big(w: &mut FabricWorld, agent: String, mib: u64) {
         "{} -c \"import os, urllib.request as u\ntry:\n print(u.urlopen(u.Request(os.environ['OLLAMA_BASE_URL'] + '/api/chat', data=b'x' * ({mib} << 20)), timeout=30).status)\nexcept u.HTTPError as e:\n print(e.code)\"",
         python.display()
     );
-    w.run_task(&agent, &[command]);
+    w.run_task(&agent, &[], &[command]);
 }
 
 #[when(expr = "a task of agent {string} prints {int} bytes")]
 fn print_bytes(w: &mut FabricWorld, agent: String, bytes: u64) {
-    w.run_task(&agent, &[format!("head -c {bytes} /dev/zero | tr '\\0' x")]);
+    w.run_task(
+        &agent,
+        &[],
+        &[format!("head -c {bytes} /dev/zero | tr '\\0' x")],
+    );
 }
 
 #[then(expr = "the task completes and its output contains {string}")]

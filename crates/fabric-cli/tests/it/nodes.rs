@@ -166,6 +166,17 @@ pub(crate) fn port_of(fabric: &Fabric) -> u16 {
     fabric.url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
+/// One immediate heartbeat for node `name`, sent with `bearer`: (status, body).
+pub(crate) fn heartbeat_as(fabric: &Fabric, name: &str, bearer: &str) -> (u16, String) {
+    http(
+        port_of(fabric),
+        "POST",
+        &format!("/v1/nodes/{name}/heartbeat"),
+        Some(bearer),
+        Some(r#"{"ready":true}"#),
+    )
+}
+
 /// The admin's token, from the CLI's config file after `login`.
 pub(crate) fn admin_token(fabric: &Fabric) -> String {
     std::fs::read_to_string(fabric.config_path())
@@ -473,33 +484,14 @@ fn a_node_credential_works_for_that_node_alone_and_dies_with_node_remove() {
     let credential = node.identity()["credential"].as_str().unwrap().to_owned();
     assert!(credential.starts_with("rfn_"));
     let port = port_of(&fabric);
-    let heartbeat = r#"{"ready":true}"#;
-    let (status, body) = http(
-        port,
-        "POST",
-        "/v1/nodes/n1/heartbeat",
-        Some(&credential),
-        Some(heartbeat),
-    );
+    let (status, body) = heartbeat_as(&fabric, "n1", &credential);
     assert_eq!(status, 200, "{body}");
     // Not for another node's name, and not as a user.
-    let (status, _) = http(
-        port,
-        "POST",
-        "/v1/nodes/n2/heartbeat",
-        Some(&credential),
-        Some(heartbeat),
-    );
+    let (status, _) = heartbeat_as(&fabric, "n2", &credential);
     assert_eq!(status, 401);
     let (status, _) = http(port, "GET", "/v1/tasks", Some(&credential), None);
     assert_eq!(status, 401, "a node credential is no user token");
-    let (status, _) = http(
-        port,
-        "POST",
-        "/v1/nodes/n1/heartbeat",
-        Some(&admin_token(&fabric)),
-        Some(heartbeat),
-    );
+    let (status, _) = heartbeat_as(&fabric, "n1", &admin_token(&fabric));
     assert_eq!(status, 401, "a user's token cannot act as a node");
 
     // Removed: the stolen credential stops working, and the node stops, saying why.
@@ -508,13 +500,7 @@ fn a_node_credential_works_for_that_node_alone_and_dies_with_node_remove() {
         .args(["node", "remove", "n1"])
         .assert()
         .success();
-    let (status, body) = http(
-        port,
-        "POST",
-        "/v1/nodes/n1/heartbeat",
-        Some(&credential),
-        Some(heartbeat),
-    );
+    let (status, body) = heartbeat_as(&fabric, "n1", &credential);
     assert_eq!(status, 401, "{body}");
     let (code, log) = node.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(1), "{log}");
@@ -551,13 +537,7 @@ fn a_node_renews_its_credential_and_restarts_without_a_token() {
         "{}",
         node.log()
     );
-    let (status, _) = http(
-        port_of(&fabric),
-        "POST",
-        "/v1/nodes/n1/heartbeat",
-        Some(&first),
-        Some("{\"ready\":true}"),
-    );
+    let (status, _) = heartbeat_as(&fabric, "n1", &first);
     assert_eq!(
         status, 401,
         "a replaced credential ends with its own expiry"

@@ -15,7 +15,7 @@ use fabric_core::node::{
 };
 
 use crate::error::ApiError;
-use crate::extract::{ApiJson, bearer};
+use crate::extract::{ApiJson, bearer, client_ip, count_refusal};
 use crate::services::auth::Principal;
 use crate::state::AppState;
 
@@ -44,22 +44,10 @@ impl FromRequestParts<AppState> for NodeCaller {
                 "missing node credential: a node sends 'Authorization: Bearer rfn_…' (what it got when it joined)",
             )),
         };
-        match checked {
-            Ok(()) => Ok(NodeCaller(name)),
-            Err(refused) => Err(throttle_address(parts, state).unwrap_or(refused)),
-        }
+        checked
+            .map(|()| NodeCaller(name))
+            .map_err(|refused| count_refusal(state, client_ip(parts), refused))
     }
-}
-
-/// A failed node authentication or join counts against the caller's
-/// address: too many and it is refused for a while (429).
-fn throttle_address(parts: &Parts, state: &AppState) -> Option<ApiError> {
-    let ConnectInfo(client) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
-    state
-        .limits
-        .unauthenticated(client.ip())
-        .err()
-        .map(|t| ApiError::address_throttled(&t))
 }
 
 /// Creates a join token (shown once). Single use and valid for an hour
@@ -110,18 +98,10 @@ pub async fn join(
     client: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Result<(StatusCode, Json<NodeCredential>), ApiError> {
+    let client = client.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
     match state.nodes.join(req).await {
         Ok(credential) => Ok((StatusCode::CREATED, Json(credential))),
-        Err(e) => {
-            let refused = ApiError::from(e);
-            if refused.status == StatusCode::UNAUTHORIZED
-                && let Some(axum::Extension(ConnectInfo(client))) = client
-                && let Err(t) = state.limits.unauthenticated(client.ip())
-            {
-                return Err(ApiError::address_throttled(&t));
-            }
-            Err(refused)
-        }
+        Err(e) => Err(count_refusal(&state, client, e.into())),
     }
 }
 
