@@ -324,7 +324,7 @@ impl Node {
             .json(hb)
             .send()
             .await
-            .map_err(|e| HeartbeatError::Failed(describe(&e)))?;
+            .map_err(|e| HeartbeatError::Failed(describe(e)))?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED {
             return Err(HeartbeatError::Disowned(error_message(response).await));
@@ -384,7 +384,7 @@ impl Node {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!(describe(e)))?;
         if !response.status().is_success() {
             anyhow::bail!(
                 "HTTP {}: {}",
@@ -427,9 +427,7 @@ async fn join(
         .json(&request)
         .send()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot reach the orchestrator at {base}: {}", describe(&e))
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot reach the orchestrator at {base}: {}", describe(e)))?;
     let status = response.status();
     if !status.is_success() {
         anyhow::bail!(
@@ -520,16 +518,10 @@ fn client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     builder.build().context("cannot build the HTTP client")
 }
 
-/// A transport error with its causes (reqwest's top message alone says little).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// A transport error with its causes (reqwest's top message alone says
+/// little), as anyhow prints a chain.
+fn describe(e: reqwest::Error) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 /// The `message` of an API error body, else the body itself.
