@@ -287,6 +287,39 @@ fn ignore(_: Value) -> Result<(), RedisStoreError> {
     Ok(())
 }
 
+/// Records kept whole in a hash, one field each (MCP servers, nodes, join tokens).
+impl RedisStore {
+    /// `HSET hash field <json of record>` (`what` names the record in errors).
+    pub(super) fn hset_json<T: serde::Serialize + 'static>(
+        &self,
+        hash: String,
+        field: String,
+        what: String,
+        record: T,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = codec::encode_json(|| what.clone(), &record).map(|body| {
+            let c = cmd("HSET").arg(hash).arg(field).arg(body).clone();
+            writer::op(Some(c), format!("cannot store {what}"), ignore)
+        });
+        self.submit(op)
+    }
+
+    /// `HDEL hash field`: whether there was one.
+    pub(super) fn hdel(
+        &self,
+        hash: String,
+        field: String,
+        what: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let c = cmd("HDEL").arg(hash).arg(field).clone();
+        self.submit(Ok(writer::op(
+            Some(c),
+            format!("cannot delete {what}"),
+            flag("deleting a hash field"),
+        )))
+    }
+}
+
 impl TaskStore for RedisStore {
     fn create_task(
         &self,

@@ -9,38 +9,7 @@ use fabric_core::StoreError;
 use fabric_core::node::{JoinTokenRecord, NodeConfig, NodeRecord, NodeStore};
 
 use super::codec::{self, encode_json};
-use super::{RedisStore, flag, ignore, writer};
-
-impl RedisStore {
-    /// `HSET hash field <json of record>`.
-    fn hset_json<T: serde::Serialize + 'static>(
-        &self,
-        hash: String,
-        field: String,
-        what: String,
-        record: T,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let op = encode_json(|| what.clone(), &record).map(|body| {
-            let c = cmd("HSET").arg(hash).arg(field).arg(body).clone();
-            writer::op(Some(c), format!("cannot store {what}"), ignore)
-        });
-        self.submit(op)
-    }
-
-    fn hdel(
-        &self,
-        hash: String,
-        field: String,
-        what: String,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-        let c = cmd("HDEL").arg(hash).arg(field).clone();
-        self.submit(Ok(writer::op(
-            Some(c),
-            format!("cannot delete {what}"),
-            flag("deleting a node record"),
-        )))
-    }
-}
+use super::{RedisStore, ignore, writer};
 
 impl NodeStore for RedisStore {
     fn put_node(

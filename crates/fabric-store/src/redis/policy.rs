@@ -212,15 +212,8 @@ impl fabric_core::mcp::McpStore for RedisStore {
         record: fabric_core::mcp::McpServerRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let key = format!("{}/{}", record.tenant, record.spec.name);
-        let op = encode_json(|| format!("MCP server {key:?}"), &record).map(|body| {
-            let c = cmd("HSET")
-                .arg(self.inner.keys.mcp_servers())
-                .arg(&key)
-                .arg(body)
-                .clone();
-            writer::op(Some(c), format!("cannot store MCP server {key:?}"), ignore)
-        });
-        self.submit(op)
+        let what = format!("MCP server {key:?}");
+        self.hset_json(self.inner.keys.mcp_servers(), key, what, record)
     }
 
     fn list_mcp_servers(
@@ -239,14 +232,7 @@ impl fabric_core::mcp::McpStore for RedisStore {
         name: String,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let key = format!("{tenant}/{name}");
-        let c = cmd("HDEL")
-            .arg(self.inner.keys.mcp_servers())
-            .arg(&key)
-            .clone();
-        self.submit(Ok(writer::op(
-            Some(c),
-            format!("cannot delete MCP server {key:?}"),
-            flag("deleting an MCP server"),
-        )))
+        let what = format!("MCP server {key:?}");
+        self.hdel(self.inner.keys.mcp_servers(), key, what)
     }
 }
