@@ -225,6 +225,14 @@ pub struct AgentConfig {
     /// Restarts allowed before the agent is left `crashed`.
     #[serde(default = "default_max_restarts")]
     pub max_restarts: u32,
+    /// The worker node it runs on (`reactor-fabric node list`). Absent: a
+    /// node whose labels match `node_selector`, else wherever there is the
+    /// most free capacity (the orchestrator itself is one of those places).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Labels a worker node must carry, all of them, to run this agent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_selector: std::collections::BTreeMap<String, String>,
 }
 
 /// Why an [`AgentConfig`] is not acceptable.
@@ -251,7 +259,14 @@ impl AgentConfig {
             pool: PoolConfig::default(),
             restart: RestartPolicy::default(),
             max_restarts: default_max_restarts(),
+            node: None,
+            node_selector: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Whether it must run on a worker node (it names one or a selector).
+    pub fn placed_on_node(&self) -> bool {
+        self.node.is_some() || !self.node_selector.is_empty()
     }
 
     /// Whether it is the built-in shell agent (nothing of its own to run).
@@ -333,6 +348,25 @@ impl AgentConfig {
                 "isolation.as_fabric_user applies to level none only, not {}",
                 iso.level
             ));
+        }
+        if let Some(node) = &self.node {
+            crate::node::validate_node_name(node)
+                .map_err(|e| AgentConfigError(format!("node: {e}")))?;
+        }
+        for (key, value) in &self.node_selector {
+            crate::node::validate_label(key, value)
+                .map_err(|e| AgentConfigError(format!("node_selector: {e}")))?;
+        }
+        if self.placed_on_node() {
+            if self.external {
+                return err(
+                    "an 'external' agent runs elsewhere: it takes no 'node' or 'node_selector'"
+                        .into(),
+                );
+            }
+            if iso.filesystem_root.is_some() {
+                return err("isolation.filesystem_root names a directory of the orchestrator's host: it cannot be placed on a worker node".into());
+            }
         }
         if iso.level == IsolationLevel::Container && iso.filesystem_root.is_some() {
             return err("isolation.filesystem_root does not apply to level container: its working dir is a Docker volume".into());
@@ -533,6 +567,9 @@ pub struct Agent {
     /// Why it stopped or crashed last (`exited (code N)`, `crashed (signal N)`, `oom_killed`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// The worker node its session runs on (absent: the orchestrator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One run of an agent, from start to exit (FR-LIFE-5).

@@ -262,6 +262,86 @@ pub struct Heartbeat {
     /// (a long poll, so a new config arrives at once): 0 to 30000 ms.
     #[serde(default)]
     pub wait_ms: u64,
+    /// The version of the session set the node runs (0: none received yet).
+    #[serde(default)]
+    pub sessions_version: u64,
+    /// The state of each agent session the node runs, or ended since its
+    /// last report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<SessionReport>,
+}
+
+/// An agent session the orchestrator placed on a node: what to run, as whom.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionAssignment {
+    pub agent: crate::agent::AgentConfig,
+    /// The agent's session number (a restart is a new one).
+    pub session: u32,
+    pub tenant: crate::TenantId,
+    /// The user the agent runs for.
+    pub owner: String,
+    /// The session's agent token: what its program or workers present to
+    /// the API (and the node's inference forward, for the agent).
+    pub token: String,
+}
+
+impl std::fmt::Debug for SessionAssignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionAssignment")
+            .field("agent", &self.agent.id)
+            .field("session", &self.session)
+            .field("tenant", &self.tenant)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every session a node is to run now, versioned: a node that has this
+/// version gets no copy until it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionSet {
+    pub version: u64,
+    pub sessions: Vec<SessionAssignment>,
+}
+
+/// One session's state on its node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionReport {
+    pub agent: crate::AgentId,
+    pub session: u32,
+    pub state: SessionState,
+}
+
+/// Where a session on a node is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SessionState {
+    Starting,
+    Running {
+        /// Host pid of its program, or of its sandbox's or container's init.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        /// Whether it proves it is up by calling in (a program).
+        reports_in: bool,
+        #[serde(default)]
+        usage: crate::agent::ResourceUsage,
+    },
+    /// It did not start; `error` says why.
+    Failed {
+        error: String,
+    },
+    /// Its program (or container) ended, or the node stopped it.
+    Exited {
+        /// What ended it, in words (`exited with code 1`, `killed by signal 9`).
+        reason: String,
+        success: bool,
+        #[serde(default)]
+        oom_killed: bool,
+    },
 }
 
 /// A config version a node refused, and why.
@@ -282,6 +362,9 @@ pub struct HeartbeatReply {
     pub config: Option<NodeConfig>,
     /// When the node's credential expires: renew it before then.
     pub credential_expires_at: Timestamp,
+    /// The sessions the node is to run, when they differ from the version it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionSet>,
 }
 
 /// The settings every node runs with, delivered by the orchestrator

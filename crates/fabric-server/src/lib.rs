@@ -78,7 +78,7 @@ pub use crate::telemetry::{LogFormat, TelemetryConfig, init_logging};
 pub use fabric_runtime::sandbox::HelperCommand;
 
 use crate::leader::Leadership;
-use crate::services::agents::{AgentManager, ManagerConfig};
+use crate::services::agents::{AgentManager, ManagerConfig, RuntimeConfig};
 pub use crate::services::agents::{ContainerConfig, SocketVolume};
 use crate::services::auth::AuthService;
 use crate::services::tasks::{TaskDefaults, TaskService};
@@ -517,35 +517,6 @@ pub async fn run(
             cgroup_parent: instance_cgroup(&config.data_dir),
         },
     );
-    let manager_config = ManagerConfig {
-        agent_roots: config.agent_roots.clone(),
-        data_dir: config.data_dir.clone(),
-        agents_dir: config.data_dir.join("agents"),
-        api_addr,
-        helper: config.sandbox_helper.clone(),
-        cgroup_parent: instance_cgroup(&config.data_dir),
-        gateway: llm.gateway.clone(),
-        policy: Arc::clone(&policy),
-        shell_output_limit: config.shell_output_limit,
-        kill_grace: config.kill_grace,
-        workdir_retention: config.workdir_retention,
-        owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
-        containers: config.containers.clone(),
-        telemetry: Arc::clone(&telemetry),
-        inference: Arc::new(api::inference::OllamaEndpoints {
-            gateway: llm.gateway.clone(),
-            telemetry: Arc::clone(&telemetry),
-            mcp: Arc::clone(&mcp),
-        }),
-    };
-    let agents = AgentManager::new(
-        Arc::clone(&tasks),
-        Arc::clone(&auth),
-        store.clone(),
-        Arc::clone(&clock),
-        manager_config,
-        stop.clone(),
-    );
     let nodes = services::nodes::NodeService::load(
         store.clone(),
         Arc::clone(&clock),
@@ -556,6 +527,39 @@ pub async fn run(
     )
     .await
     .context("cannot load the worker nodes")?;
+    let manager_config = ManagerConfig {
+        agent_roots: config.agent_roots.clone(),
+        data_dir: config.data_dir.clone(),
+        telemetry: Arc::clone(&telemetry),
+        nodes: Arc::clone(&nodes),
+        runtime: RuntimeConfig {
+            agents_dir: config.data_dir.join("agents"),
+            api_addr,
+            helper: config.sandbox_helper.clone(),
+            cgroup_parent: instance_cgroup(&config.data_dir),
+            policy: Some(Arc::clone(&policy)),
+            shell_output_limit: config.shell_output_limit,
+            kill_grace: config.kill_grace,
+            workdir_retention: config.workdir_retention,
+            owner: container_owner(&config.data_dir, config.containers.instance.as_deref()),
+            containers: config.containers.clone(),
+            inference: Arc::new(api::inference::OllamaEndpoints {
+                gateway: llm.gateway.clone(),
+                telemetry: Arc::clone(&telemetry),
+                mcp: Arc::clone(&mcp),
+            }),
+            inference_timeout: llm.gateway.request_timeout(),
+            env: Vec::new(),
+        },
+    };
+    let agents = AgentManager::new(
+        Arc::clone(&tasks),
+        Arc::clone(&auth),
+        store.clone(),
+        Arc::clone(&clock),
+        manager_config,
+        stop.clone(),
+    );
     let readiness = Arc::new(Readiness::default());
     let accounts = Arc::new(services::accounts::AccountService::new(
         Arc::clone(&auth),

@@ -114,6 +114,12 @@ pub struct SpawnArgs {
     /// Restarts in a row before it is left crashed [default: 5]
     #[arg(long, value_name = "N")]
     pub max_restarts: Option<u32>,
+    /// Worker node to run on ('reactor-fabric node list'); default: a node matching --node-selector, else wherever has the most free capacity
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Run only on a node with this label (repeatable: all must match)
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = super::node::parse_label)]
+    pub node_selector: Vec<(String, String)>,
     /// Sandboxes or containers kept started so a spawn is served at once (isolation process, or container for the built-in shell) [default: 0]
     #[arg(long, value_name = "N")]
     pub pool_min_idle: Option<u32>,
@@ -269,6 +275,12 @@ fn build_config(args: &SpawnArgs, cwd: &Path) -> Result<AgentConfig, CliError> {
     if let Some(n) = args.pool_min_idle {
         config.pool.min_idle = n;
     }
+    if let Some(node) = &args.node {
+        config.node = Some(node.clone());
+    }
+    config
+        .node_selector
+        .extend(args.node_selector.iter().cloned());
     if let Some(model) = &args.model {
         config.model = Some(model.clone());
     }
@@ -443,6 +455,7 @@ async fn list(ctx: &Ctx) -> Result<(), CliError> {
                 row.extend([
                     a.tenant.to_string(),
                     a.session.to_string(),
+                    a.node.clone().unwrap_or_else(|| "-".into()),
                     a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     a.last_exit.clone().unwrap_or_else(|| "-".into()),
                 ]);
@@ -463,7 +476,7 @@ async fn list(ctx: &Ctx) -> Result<(), CliError> {
         "ISOLATION",
     ];
     if wide {
-        header.extend(["TENANT", "SESSION", "PID", "LAST EXIT"]);
+        header.extend(["TENANT", "SESSION", "NODE", "PID", "LAST EXIT"]);
     }
     write_text(&table(&header, &rows))
 }
@@ -507,6 +520,9 @@ fn describe_agent(agent: &Agent, now: Timestamp) -> String {
         ("health", health_name(agent.health).to_owned()),
         ("session", agent.session.to_string()),
     ];
+    if let Some(node) = &agent.node {
+        lines.push(("node", node.clone()));
+    }
     if let Some(pid) = agent.pid {
         lines.push(("pid", pid.to_string()));
     }
@@ -591,6 +607,16 @@ fn describe_agent(agent: &Agent, now: Timestamp) -> String {
     lines.push(("restart", restart));
     if config.pool.min_idle > 0 {
         lines.push(("pool_min_idle", config.pool.min_idle.to_string()));
+    }
+    if let Some(node) = &config.node {
+        lines.push(("placement", format!("node {node}")));
+    } else if !config.node_selector.is_empty() {
+        let labels: Vec<String> = config
+            .node_selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        lines.push(("placement", format!("nodes with {}", labels.join(","))));
     }
     lines.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
 }

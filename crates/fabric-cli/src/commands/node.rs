@@ -154,7 +154,7 @@ pub struct ConfigSetArgs {
     pub unset: Vec<String>,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     fabric_core::node::parse_label(text)
 }
 

@@ -21,6 +21,7 @@ mod dashboard;
 mod gateway;
 mod instances;
 mod mcp;
+mod node_dispatch;
 mod nodes;
 mod openapi;
 mod policy;

@@ -290,7 +290,7 @@ async fn mcp_call(tools: &crate::services::mcp::AgentTools, request: Request) ->
 
 /// `path` without its first segment if that segment is `secret` (compared
 /// in constant time); `/` when nothing follows it.
-fn strip_secret<'a>(path: &'a str, secret: &str) -> Option<&'a str> {
+pub(crate) fn strip_secret<'a>(path: &'a str, secret: &str) -> Option<&'a str> {
     let rest = path.strip_prefix('/')?;
     let (first, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),

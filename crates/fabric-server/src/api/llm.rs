@@ -242,6 +242,43 @@ pub async fn ollama(
     }
 }
 
+/// `/v1/agent/endpoint/{path}`: an agent's inference endpoint (what its
+/// `OLLAMA_BASE_URL` serves: Ollama's API, OpenAI's and Anthropic's under
+/// `/v1`) over the API, for agents on worker nodes, whose node forwards
+/// their `localhost:11434` here with the session's agent token. Agent
+/// tokens only: every call is metered against the agent, here, so its
+/// budgets stay atomic.
+pub async fn agent_endpoint(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    request: Request,
+) -> Response {
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix("/v1/agent/endpoint")
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/")
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let principal = match principal {
+        Ok(p) if p.agent.is_some() => p,
+        Ok(_) => {
+            return ApiError::forbidden(
+                "this is an agent's inference endpoint: call it with the agent's token (users call /v1/ollama, /v1/chat/completions, /v1/messages)",
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    match prepare(&state, Ok(principal), "ollama", request).await {
+        Ok((caller, _, _, body)) => into_response(
+            api::agent_endpoint(&state.llm.gateway, &caller, &method, &path, &body).await,
+        ),
+        Err(r) => r,
+    }
+}
+
 /// `GET /v1/llm/usage` filters. Agent tokens see their agent only, users
 /// without `admin` their own calls only; everyone stays in their tenant.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]

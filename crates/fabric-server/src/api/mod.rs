@@ -359,6 +359,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/ollama", any(llm::ollama))
         .route("/v1/ollama/{*path}", any(llm::ollama))
+        .route("/v1/agent/endpoint/{*path}", any(llm::agent_endpoint))
         .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -156,4 +156,17 @@ pub struct EndpointIdentity {
     pub path_secret: Option<String>,
     /// The agent's `tools[]`: what its `MCP_URL` offers.
     pub tools: Vec<String>,
+    /// On a worker node: the session's agent token, which the node's
+    /// forward to the orchestrator's gateway presents for the agent.
+    pub forward_token: Option<ForwardToken>,
+}
+
+/// An agent token a worker node's inference forward presents (never printed).
+#[derive(Clone)]
+pub struct ForwardToken(pub String);
+
+impl std::fmt::Debug for ForwardToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardToken(<redacted>)")
+    }
 }

@@ -20,13 +20,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fabric_core::agent::AgentConfig;
 use fabric_core::node::{
     ConfigRejection, CreateJoinTokenRequest, Heartbeat, HeartbeatReply, JOIN_TOKEN_PREFIX,
     JoinRequest, JoinTokenCreated, JoinTokenRecord, JoinTokenView, NODE_CREDENTIAL_PREFIX,
     NodeConfig, NodeConfigSpec, NodeCredential, NodeRecord, NodeStatus, NodeStore, NodeView,
-    validate_label, validate_node_name,
+    SessionAssignment, SessionSet, SessionState, validate_label, validate_node_name,
 };
-use fabric_core::{Clock, Identity, MissingScope, Scope, StoreError, Timestamp};
+use fabric_core::{AgentId, Clock, Identity, MissingScope, Scope, StoreError, Timestamp};
 use fabric_telemetry::metrics::{Collected, Registry, Sample};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -101,10 +102,51 @@ struct Live {
     config_error: Option<ConfigRejection>,
     /// Counted as unreachable already (so the alert is raised once per outage).
     unreachable: bool,
+    /// The agent sessions placed here, by agent.
+    placed: BTreeMap<AgentId, Placed>,
+    /// Version of the set of sessions the node is to run (bumped on every
+    /// change); a heartbeat carrying an older one is answered at once.
+    sessions_version: watch::Sender<u64>,
+    /// True while the node is draining: its sessions move elsewhere.
+    draining: watch::Sender<bool>,
+}
+
+/// One agent session placed on a node.
+struct Placed {
+    assignment: SessionAssignment,
+    /// Being stopped: no longer in the node's set, still told its end.
+    stopping: bool,
+    report: watch::Sender<Remote>,
+}
+
+/// What became of a session placed on a node, as the orchestrator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Remote {
+    /// Sent; the node has not reported it yet.
+    Pending,
+    Reported(SessionState),
+    /// The node is gone (unreachable, removed): why, in words.
+    Lost(String),
+}
+
+/// What a session placed on a node is watched through.
+pub struct Placement {
+    pub node: String,
+    pub report: watch::Receiver<Remote>,
+    /// True once the node is draining.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// The orchestrator's own load, a placement candidate like any node.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalLoad {
+    pub agents: usize,
+    pub cpus: u32,
 }
 
 impl Live {
     fn new(record: NodeRecord) -> Self {
+        let draining = watch::Sender::new(record.draining);
         Self {
             record,
             last_seen: None,
@@ -113,6 +155,37 @@ impl Live {
             config_version: 0,
             config_error: None,
             unreachable: false,
+            placed: BTreeMap::new(),
+            sessions_version: watch::Sender::new(0),
+            draining,
+        }
+    }
+
+    /// Sessions the node runs (not those being stopped).
+    fn agents(&self) -> usize {
+        self.placed.values().filter(|p| !p.stopping).count()
+    }
+
+    fn session_set(&self) -> SessionSet {
+        SessionSet {
+            version: *self.sessions_version.borrow(),
+            sessions: self
+                .placed
+                .values()
+                .filter(|p| !p.stopping)
+                .map(|p| p.assignment.clone())
+                .collect(),
+        }
+    }
+
+    fn sessions_changed(&self) {
+        self.sessions_version.send_modify(|v| *v += 1);
+    }
+
+    /// Tells every session placed here that the node is gone.
+    fn lose_sessions(&self, why: &str) {
+        for placed in self.placed.values() {
+            placed.report.send_replace(Remote::Lost(why.to_owned()));
         }
     }
 
@@ -140,7 +213,7 @@ impl Live {
             capabilities: self.record.capabilities.clone(),
             config_version: self.config_version,
             config_error: self.config_error.clone(),
-            agents: 0,
+            agents: u32::try_from(self.agents()).unwrap_or(u32::MAX),
             joined_at: self.record.joined_at,
             last_seen: self.last_seen,
             credential_expires_at: self.record.credential_expires_at,
@@ -187,6 +260,14 @@ pub struct NodeService {
     /// The current node config; heartbeats wait on it.
     config: watch::Sender<NodeConfig>,
     alerts: Arc<AlertHub>,
+}
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService")
+            .field("timings", &self.timings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeService {
@@ -481,7 +562,7 @@ impl NodeService {
     pub async fn heartbeat(&self, name: &str, hb: Heartbeat) -> Result<HeartbeatReply, NodeError> {
         let wait = Duration::from_millis(hb.wait_ms).min(MAX_WAIT);
         let mut config_rx = self.config.subscribe();
-        let (applied, refused, capabilities_changed) = {
+        let (applied, refused, capabilities_changed, mut sessions_rx) = {
             let mut state = self.state.lock();
             let live = state.live_mut(name)?;
             if live.unreachable {
@@ -498,6 +579,13 @@ impl NodeService {
                 tracing::warn!(node = %name, version = rejection.version, error = %rejection.error, "node refused a config");
             }
             live.config_error = hb.config_error;
+            for report in hb.sessions {
+                if let Some(placed) = live.placed.get(&report.agent)
+                    && placed.assignment.session == report.session
+                {
+                    placed.report.send_replace(Remote::Reported(report.state));
+                }
+            }
             let changed = hb.capabilities.filter(|c| *c != live.record.capabilities);
             if let Some(capabilities) = &changed {
                 live.record.capabilities = capabilities.clone();
@@ -506,6 +594,7 @@ impl NodeService {
                 live.config_version,
                 live.config_error.as_ref().map(|r| r.version),
                 changed.map(|_| live.record.clone()),
+                live.sessions_version.subscribe(),
             )
         };
         if let Some(record) = capabilities_changed {
@@ -513,19 +602,28 @@ impl NodeService {
         }
         let wanted =
             |config: &NodeConfig| config.version != applied && Some(config.version) != refused;
-        if !wanted(&config_rx.borrow_and_update()) && !wait.is_zero() {
-            let _ = tokio::time::timeout(wait, config_rx.wait_for(|c| wanted(c))).await;
+        let has = hb.sessions_version;
+        let idle =
+            !wanted(&config_rx.borrow_and_update()) && *sessions_rx.borrow_and_update() == has;
+        if idle && !wait.is_zero() {
+            let news = async {
+                tokio::select! {
+                    _ = config_rx.wait_for(|c| wanted(c)) => {}
+                    _ = sessions_rx.wait_for(|v| *v != has) => {}
+                }
+            };
+            let _ = tokio::time::timeout(wait, news).await;
         }
         let config = self.config.borrow().clone();
-        let credential_expires_at = self
-            .state
-            .lock()
-            .live_mut(name)?
-            .record
-            .credential_expires_at;
+        let mut state = self.state.lock();
+        let live = state.live_mut(name)?;
+        // Seen at the answer too: a long poll is contact all along.
+        live.last_seen = Some(self.clock.now());
+        let sessions = (*live.sessions_version.borrow() != has).then(|| live.session_set());
         Ok(HeartbeatReply {
             config: wanted(&config).then_some(config),
-            credential_expires_at,
+            credential_expires_at: live.record.credential_expires_at,
+            sessions,
         })
     }
 
@@ -569,6 +667,7 @@ impl NodeService {
             let live = state.live_mut(name)?;
             live.record.cordoned = cordoned || draining;
             live.record.draining = draining;
+            live.draining.send_replace(draining);
             live.record.clone()
         };
         self.store.put_node(record).await?;
@@ -596,6 +695,7 @@ impl NodeService {
             state.nodes.insert(name.to_owned(), removed);
             return Err(e.into());
         }
+        removed.lose_sessions(&format!("node {name} was removed"));
         tracing::info!(node = %name, by = %by.user, outcome = "ok", "node removed");
         Ok(())
     }
@@ -626,6 +726,134 @@ impl NodeService {
         Ok(config)
     }
 
+    /// Where an agent's next session runs: `Ok(None)` here on the
+    /// orchestrator, `Ok(Some(node))` on a worker node. `config.node` names
+    /// the node; `config.node_selector` picks among the ready nodes whose
+    /// labels match; with neither, the least loaded place (agents per CPU)
+    /// that runs the agent's isolation level wins, this orchestrator on a
+    /// tie (`local` is `None` when the agent may not run here). `Err` says
+    /// why no node will do.
+    pub fn place(
+        &self,
+        config: &AgentConfig,
+        local: Option<LocalLoad>,
+    ) -> Result<Option<String>, String> {
+        let now = self.clock.now();
+        let timeout = self.timings.heartbeat_timeout;
+        let state = self.state.lock();
+        let level = config.isolation.level;
+        if let Some(name) = &config.node {
+            let live = state.nodes.get(name).ok_or_else(|| {
+                format!("no node {name:?}: reactor-fabric node list shows the nodes")
+            })?;
+            let status = live.status(now, timeout);
+            if status != NodeStatus::Ready {
+                return Err(format!(
+                    "node {name} is {}: it takes no agents now",
+                    status.as_str()
+                ));
+            }
+            if !live.record.capabilities.isolation.contains(&level) {
+                return Err(format!("node {name} cannot run isolation level {level}"));
+            }
+            return Ok(Some(name.clone()));
+        }
+        let load = |agents: usize, cpus: u32| (agents + 1) as f64 / f64::from(cpus.max(1));
+        let mut best: Option<(f64, Option<&str>)> = local
+            .filter(|_| config.node_selector.is_empty())
+            .map(|l| (load(l.agents, l.cpus), None));
+        for live in state.nodes.values() {
+            let labels = &live.record.labels;
+            let fits = live.status(now, timeout) == NodeStatus::Ready
+                && live.record.capabilities.isolation.contains(&level)
+                && config
+                    .node_selector
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v));
+            if !fits {
+                continue;
+            }
+            let score = load(live.agents(), live.record.capabilities.cpus);
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, Some(live.record.name.as_str())));
+            }
+        }
+        match best {
+            Some((_, node)) => Ok(node.map(str::to_owned)),
+            None => {
+                let selector: Vec<String> = config
+                    .node_selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                Err(format!(
+                    "no ready node with labels {} runs isolation level {level}: see 'reactor-fabric node list'",
+                    selector.join(",")
+                ))
+            }
+        }
+    }
+
+    /// Places a session on `node`: the node gets it with its next heartbeat
+    /// (at once: its long poll is woken). It replaces any earlier session of
+    /// the agent there.
+    pub fn assign(
+        &self,
+        node: &str,
+        assignment: SessionAssignment,
+    ) -> Result<Placement, NodeError> {
+        let mut state = self.state.lock();
+        let live = state.live_mut(node)?;
+        let (report, report_rx) = watch::channel(Remote::Pending);
+        live.placed.insert(
+            assignment.agent.id.clone(),
+            Placed {
+                assignment,
+                stopping: false,
+                report,
+            },
+        );
+        live.sessions_changed();
+        Ok(Placement {
+            node: node.to_owned(),
+            report: report_rx,
+            draining: live.draining.subscribe(),
+        })
+    }
+
+    /// Asks `node` to stop an agent's session (it reports the end).
+    pub fn stop_session(&self, node: &str, agent: &AgentId, session: u32) {
+        let mut state = self.state.lock();
+        let Ok(live) = state.live_mut(node) else {
+            return;
+        };
+        if let Some(placed) = live.placed.get_mut(agent)
+            && placed.assignment.session == session
+            && !placed.stopping
+        {
+            placed.stopping = true;
+            live.sessions_changed();
+        }
+    }
+
+    /// Forgets a session placed on `node` (it ended).
+    pub fn release(&self, node: &str, agent: &AgentId, session: u32) {
+        let mut state = self.state.lock();
+        let Ok(live) = state.live_mut(node) else {
+            return;
+        };
+        if live
+            .placed
+            .get(agent)
+            .is_some_and(|p| p.assignment.session == session)
+        {
+            let was_running = live.placed.remove(agent).is_some_and(|p| !p.stopping);
+            if was_running {
+                live.sessions_changed();
+            }
+        }
+    }
+
     /// Raises `node_unreachable` once for each node that stopped reporting.
     fn watch_unreachable(&self) {
         let now = self.clock.now();
@@ -641,6 +869,11 @@ impl NodeService {
                 })
                 .map(|l| {
                     l.unreachable = true;
+                    l.lose_sessions(&format!(
+                        "node {} is unreachable: no heartbeat for more than {}s",
+                        l.record.name,
+                        self.timings.heartbeat_timeout.as_secs()
+                    ));
                     (l.record.name.clone(), l.last_seen)
                 })
                 .collect()
@@ -671,7 +904,7 @@ impl NodeService {
             if let Some(seen) = live.last_seen {
                 age.push(Sample::new(now.since(seen).as_secs_f64()).with("node", node.clone()));
             }
-            agents.push(Sample::new(0.0).with("node", node.clone()));
+            agents.push(Sample::new(live.agents() as f64).with("node", node.clone()));
             cpus.push(
                 Sample::new(f64::from(live.record.capabilities.cpus)).with("node", node.clone()),
             );

@@ -434,6 +434,7 @@ async fn the_agent_endpoint_entry_point_meters_the_agent_without_a_token() {
         workspace: None,
         path_secret: None,
         tools: Vec::new(),
+        forward_token: None,
     };
     let _endpoint = serve_ollama_endpoint(
         listener,

@@ -80,6 +80,7 @@ async fn official_openai_and_ollama_python_clients() {
         workspace: None,
         path_secret: Some(secret.to_owned()),
         tools: Vec::new(),
+        forward_token: None,
     };
     let _endpoint = serve_ollama_endpoint(
         listener,

@@ -78,7 +78,10 @@ pub struct ShellWorkers {
 }
 
 struct Worker {
-    service: Arc<TaskService>,
+    /// The orchestrator's task service: cancels and timeouts stop a command
+    /// at once through it. `None` on a worker node, where they arrive with
+    /// the next task heartbeat.
+    service: Option<Arc<TaskService>>,
     /// This agent's own client: its policy checks go through the agent
     /// protocol (`/v1/agent/check`), as any agent's do.
     client: AgentClient,
@@ -98,7 +101,7 @@ struct Worker {
 
 impl ShellWorkers {
     /// Starts leasing tasks of `spec.agent` through `client`.
-    pub fn start(service: Arc<TaskService>, spec: ShellSpec, client: AgentClient) -> Self {
+    pub fn start(service: Option<Arc<TaskService>>, spec: ShellSpec, client: AgentClient) -> Self {
         let ShellSpec {
             agent,
             concurrency,
@@ -391,12 +394,18 @@ async fn run_commands(
     // timeout reaches this process at once through the kill handle (an
     // external agent learns it from its next heartbeat): register the
     // handle, *then* check the lease is still live, so no kill is lost.
-    let stop = service.track_running(id, epoch);
-    if let Err(e) = service.heartbeat(&id, epoch) {
-        service.untrack_running(&id);
-        tracing::info!(task_id = %id, error = %e, "task ended before it started");
-        return Some(Outcome::failed("the task ended before it started"));
-    }
+    let stop = match service {
+        Some(service) => {
+            let stop = service.track_running(id, epoch);
+            if let Err(e) = service.heartbeat(&id, epoch) {
+                service.untrack_running(&id);
+                tracing::info!(task_id = %id, error = %e, "task ended before it started");
+                return Some(Outcome::failed("the task ended before it started"));
+            }
+            Some(stop)
+        }
+        None => None,
+    };
     let mut kill = worker.kill.clone();
     let lost = ctx.clone();
     // Set when the task is stopped for the agent's disk quota: bytes used then.
@@ -404,7 +413,11 @@ async fn run_commands(
     let cancel = async {
         let tracked = async {
             // A dropped sender means "no longer tracked", not "stop".
-            if stop.await.is_err() {
+            let stopped = match stop {
+                Some(stop) => stop.await.is_ok(),
+                None => false,
+            };
+            if !stopped {
                 std::future::pending::<()>().await;
             }
         };
@@ -442,7 +455,9 @@ async fn run_commands(
         }
     };
     let outcome = run.await;
-    service.untrack_running(&id);
+    if let Some(service) = service {
+        service.untrack_running(&id);
+    }
     // All log lines are handed over before the result, so a stream shows them in order.
     let _ = forwarder.await;
 

@@ -483,7 +483,7 @@ pub(super) async fn acquire(
 
 /// Starts the fabric's listeners in a session's socket directory.
 pub(super) fn listen(
-    inner: &super::Inner,
+    runtime: &super::SessionRuntime,
     warm: &ContainerPair,
     identity: crate::services::llm::EndpointIdentity,
     egress: fabric_runtime::net::EgressProxy,
@@ -492,7 +492,7 @@ pub(super) fn listen(
     let dir = &warm.socket_dir;
     let mut tasks = Vec::new();
     let inference = bind_socket(&dir.join(INFERENCE_SOCKET)).map_err(ContainerError::Listen)?;
-    tasks.push(super::inference::serve_unix(inference, inner, identity));
+    tasks.push(super::inference::serve_unix(inference, runtime, identity));
     let egress_listener = bind_socket(&dir.join(EGRESS_SOCKET)).map_err(ContainerError::Listen)?;
     tasks.push(tokio::spawn(
         egress.serve_unix(egress_listener, std::future::pending()),

@@ -13,14 +13,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use tokio::task::JoinHandle;
 
-use super::Inner;
+use super::SessionRuntime;
 use super::session::SessionError;
 use crate::services::llm::EndpointIdentity;
 
 /// Serves the endpoint on a listener bound inside an agent's sandbox.
 pub(super) fn serve_std(
     listener: std::net::TcpListener,
-    inner: &Inner,
+    runtime: &SessionRuntime,
     identity: EndpointIdentity,
 ) -> Result<JoinHandle<()>, SessionError> {
     listener
@@ -28,16 +28,16 @@ pub(super) fn serve_std(
         .map_err(SessionError::ServeInference)?;
     let listener =
         tokio::net::TcpListener::from_std(listener).map_err(SessionError::ServeInference)?;
-    Ok(inner.config.inference.serve_tcp(listener, identity))
+    Ok(runtime.config.inference.serve_tcp(listener, identity))
 }
 
 /// Serves the endpoint on a container agent's socket (its sidecar's upstream).
 pub(super) fn serve_unix(
     listener: tokio::net::UnixListener,
-    inner: &Inner,
+    runtime: &SessionRuntime,
     identity: EndpointIdentity,
 ) -> JoinHandle<()> {
-    inner.config.inference.serve_unix(listener, identity)
+    runtime.config.inference.serve_unix(listener, identity)
 }
 
 /// The endpoint of an isolation `none` agent: a loopback port of its own, so
@@ -47,7 +47,7 @@ pub(super) fn serve_unix(
 /// else answers 404. Returns that base URL and the server task (the session
 /// aborts it at its end).
 pub(super) fn serve_loopback(
-    inner: &Inner,
+    runtime: &SessionRuntime,
     mut identity: EndpointIdentity,
 ) -> Result<(String, JoinHandle<()>), SessionError> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -56,7 +56,7 @@ pub(super) fn serve_loopback(
     let secret = hex::encode(rand::random::<[u8; 16]>());
     let url = format!("http://{addr}/{secret}");
     identity.path_secret = Some(secret);
-    Ok((url, serve_std(listener, inner, identity)?))
+    Ok((url, serve_std(listener, runtime, identity)?))
 }
 
 /// Serves an agent's inference endpoint on a listener: the HTTP layer's

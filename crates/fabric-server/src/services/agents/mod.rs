@@ -19,14 +19,15 @@
 
 mod builtin;
 mod container;
+mod hosted;
 mod inference;
 pub mod logs;
 mod metrics;
 mod pool;
+mod runtime;
 mod session;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,15 +41,16 @@ use fabric_core::{
     AgentId, AgentStore, Clock, Identity, MissingScope, Scope, TenantId, Timestamp, reason,
 };
 use fabric_engine::AgentQueueConfig;
-use fabric_runtime::sandbox::HelperCommand;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop};
 pub use self::container::{ContainerConfig, ContainerError, SocketVolume};
+pub use self::hosted::{HostedSession, UsageReader};
 pub use self::inference::InferenceServer;
+pub use self::runtime::{RuntimeConfig, SessionRuntime};
 pub use self::session::SessionError;
-use self::session::{Session, SessionEnd};
+use self::session::{Session, SessionEnd, TokenSource};
 use crate::services::auth::AuthService;
 use crate::services::tasks::TaskService;
 use crate::store::Store;
@@ -123,6 +125,8 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A session that ran this long resets the failure count (a crash a day is
 /// not a crash loop).
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How long an agent moving off a draining node may take to finish its tasks.
+const NODE_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest drain a terminate may ask for.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -135,34 +139,12 @@ pub struct ManagerConfig {
     pub agent_roots: Vec<PathBuf>,
     /// The server's data directory: no agent may be given a view of it.
     pub data_dir: PathBuf,
-    /// Parent of every session's working dir (`<data dir>/agents`).
-    pub agents_dir: PathBuf,
-    /// Where agents reach the API, host side.
-    pub api_addr: SocketAddr,
-    /// The sandbox helper (isolation `process`); `None` makes that level unavailable.
-    pub helper: Option<HelperCommand>,
-    /// This server's cgroup, parent of its sandboxes' (`reactor-fabric/<instance>`):
-    /// what a restart sweeps for sandboxes a crash left behind.
-    pub cgroup_parent: PathBuf,
-    /// The inference gateway agents' endpoints (`OLLAMA_BASE_URL`) call.
-    pub gateway: fabric_gateway::Gateway,
-    /// Decides the agents' `llm:<model>` calls and `net:connect:...` egress.
-    pub policy: std::sync::Arc<crate::services::policy::PolicyService>,
-    /// Bytes of stdout / stderr the shell agent keeps per task.
-    pub shell_output_limit: usize,
-    /// SIGTERM → SIGKILL grace for tasks and agent programs.
-    pub kill_grace: Duration,
-    /// How long a finished shell task's working directory is kept.
-    pub workdir_retention: Duration,
-    /// Isolation `container`: Docker, images, sockets.
-    pub containers: ContainerConfig,
-    /// Value of the owner label on this server's containers and volumes (see
-    /// `fabric_docker::labels::LABEL_OWNER`): unique per server.
-    pub owner: String,
     /// Spawn latency, restarts and crash-loop alerts go here.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
-    /// Serves agents' inference endpoints (the HTTP layer's part).
-    pub inference: Arc<dyn InferenceServer>,
+    /// How this machine runs sessions (the orchestrator is a node too).
+    pub runtime: RuntimeConfig,
+    /// The worker nodes agents may be placed on.
+    pub nodes: Arc<crate::services::nodes::NodeService>,
 }
 
 /// Stop requests a supervisor acts on.
@@ -205,6 +187,8 @@ struct SessionInfo {
     tasks_done: u64,
     pid: Option<u32>,
     usage: session::UsageProbe,
+    /// The worker node it runs on (`None`: here).
+    node: Option<String>,
 }
 
 /// The lifecycle manager (FR-LIFE-1..6).
@@ -214,8 +198,8 @@ pub struct AgentManager {
 }
 
 struct Inner {
-    /// What the agents' programs wrote (`agent logs`).
-    program_logs: logs::ProgramLogs,
+    /// This machine's half: pools, Docker, program logs.
+    runtime: Arc<SessionRuntime>,
     tasks: Arc<TaskService>,
     auth: Arc<AuthService>,
     store: Store,
@@ -223,13 +207,8 @@ struct Inner {
     config: ManagerConfig,
     slots: Mutex<HashMap<AgentId, Arc<Slot>>>,
     shutdown: CancellationToken,
-    sandbox_pool: Arc<pool::WarmPool<pool::SandboxKind>>,
-    container_pool: Arc<pool::WarmPool<pool::ContainerKind>>,
-    docker: Arc<container::DockerRuntime>,
     /// Ids being spawned right now.
     claims: Mutex<std::collections::HashSet<AgentId>>,
-    /// The pools' fillers; they empty the pools when the server stops.
-    fillers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `agent_fabric_agent_spawn_seconds{isolation}`.
     spawn_latency: Arc<fabric_telemetry::metrics::HistogramVec>,
 }
@@ -243,28 +222,17 @@ impl AgentManager {
         config: ManagerConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let sandbox_pool = pool::WarmPool::new(pool::SandboxKind {
-            helper: config.helper.clone(),
-            root: config.agents_dir.clone(),
-            cgroup_parent: config.cgroup_parent.clone(),
-        });
-        let docker = container::DockerRuntime::new(
-            config.containers.clone(),
-            config.owner.clone(),
-            config.agents_dir.clone(),
-            config.gateway.request_timeout(),
+        let runtime = SessionRuntime::new(
+            config.runtime.clone(),
+            Arc::clone(&clock),
+            Some(Arc::clone(&tasks)),
+            Some(config.data_dir.join("agent-logs")),
+            &shutdown,
         );
-        let container_pool = pool::WarmPool::new(pool::ContainerKind {
-            docker: Arc::clone(&docker),
-        });
-        let fillers = vec![
-            tokio::spawn(Arc::clone(&sandbox_pool).fill(shutdown.clone())),
-            tokio::spawn(Arc::clone(&container_pool).fill(shutdown.clone())),
-        ];
         let spawn_latency = metrics::spawn_latency(&config.telemetry.registry);
         let manager = Self {
             inner: Arc::new(Inner {
-                program_logs: logs::ProgramLogs::new(Some(config.data_dir.join("agent-logs"))),
+                runtime,
                 spawn_latency,
                 tasks,
                 auth,
@@ -273,10 +241,6 @@ impl AgentManager {
                 config,
                 slots: Mutex::new(HashMap::new()),
                 shutdown,
-                sandbox_pool,
-                container_pool,
-                docker,
-                fillers: Mutex::new(fillers),
                 claims: Mutex::new(std::collections::HashSet::new()),
             }),
         };
@@ -288,38 +252,17 @@ impl AgentManager {
     /// killed: sandboxes (processes, cgroups, namespaces), agent containers
     /// (with their sidecars and volumes) and working dirs.
     pub async fn sweep_leftovers(&self) {
-        let dir = &self.inner.config.agents_dir;
-        session::kill_stale_programs(dir);
-        self.inner.docker.sweep().await;
-        if let Err(e) = std::fs::remove_dir_all(dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot clear old agent working dirs");
-        }
-        if self.inner.config.helper.is_none() {
-            return;
-        }
-        match fabric_runtime::sandbox::sweep_stale(&self.inner.config.cgroup_parent, |_| false)
-            .await
-        {
-            Ok(report) if !report.sandboxes.is_empty() => tracing::warn!(
-                sandboxes = report.sandboxes.len(),
-                processes = report.processes_killed,
-                "removed sandboxes left by a previous run"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "no sandboxes swept"),
-        }
+        self.inner.runtime.sweep_leftovers().await;
     }
 
     /// Idle sandboxes in the warm pool.
     pub fn pooled(&self) -> usize {
-        self.inner.sandbox_pool.idle()
+        self.inner.runtime.sandbox_pool.idle()
     }
 
     /// Idle containers in the warm pool.
     pub fn pooled_containers(&self) -> usize {
-        self.inner.container_pool.idle()
+        self.inner.runtime.container_pool.idle()
     }
 
     /// Starts a built-in agent of the server itself (the default `shell`
@@ -392,6 +335,7 @@ impl AgentManager {
         use self::pool::Warm as _;
         let sandbox = self
             .inner
+            .runtime
             .sandbox_pool
             .kind
             .make()
@@ -436,21 +380,13 @@ impl AgentManager {
         Ok(started)
     }
 
-    /// `POST /v1/agents` (FR-LIFE-1): validates, stores and starts an agent.
-    /// Answers once its first session runs (or failed to start).
-    pub async fn spawn(
-        &self,
-        config: AgentConfig,
-        by: &fabric_core::Identity,
-    ) -> Result<Agent, AgentError> {
-        Self::may_manage(by, &by.tenant)?;
-        config.validate()?;
-        if config.isolation.level == IsolationLevel::Process && self.inner.config.helper.is_none() {
+    /// Whether this host can run the agent (sandbox helper, Landlock,
+    /// Docker, the paths it names).
+    async fn check_local(&self, config: &AgentConfig) -> Result<(), AgentError> {
+        if config.isolation.level == IsolationLevel::Process
+            && self.inner.runtime.config.helper.is_none()
+        {
             return Err(AgentError::NoSandboxHelper);
-        }
-        if config.isolation.as_fabric_user {
-            by.require(fabric_core::Scope::Admin)
-                .map_err(AgentError::AsFabricUser)?;
         }
         let confined = config.isolation.level == IsolationLevel::None
             && !config.isolation.as_fabric_user
@@ -462,7 +398,7 @@ impl AgentManager {
         }
         if config.isolation.level == IsolationLevel::Container {
             // Docker down is a clear error now, not a crashed agent later.
-            if let Err(e) = self.inner.docker.check().await {
+            if let Err(e) = self.inner.runtime.docker.check().await {
                 return Err(AgentError::DockerUnavailable(e));
             }
         }
@@ -470,7 +406,9 @@ impl AgentManager {
         // unless the fabric runs in a container itself (an instance).
         let paths_are_local = match config.isolation.level {
             IsolationLevel::Process => true,
-            IsolationLevel::Container => self.inner.config.containers.socket_volume.is_none(),
+            IsolationLevel::Container => {
+                self.inner.runtime.config.containers.socket_volume.is_none()
+            }
             IsolationLevel::None => confined,
         };
         if paths_are_local {
@@ -479,6 +417,27 @@ impl AgentManager {
                     return Err(AgentError::MissingPath(path.clone()));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/agents` (FR-LIFE-1): validates, stores and starts an agent.
+    /// Answers once its first session runs (or failed to start).
+    pub async fn spawn(
+        &self,
+        config: AgentConfig,
+        by: &fabric_core::Identity,
+    ) -> Result<Agent, AgentError> {
+        Self::may_manage(by, &by.tenant)?;
+        config.validate()?;
+        if config.isolation.as_fabric_user {
+            by.require(fabric_core::Scope::Admin)
+                .map_err(AgentError::AsFabricUser)?;
+        }
+        // What this host offers matters only for an agent that may run here;
+        // a node checks the same when it starts the session.
+        if !config.placed_on_node() {
+            self.check_local(&config).await?;
         }
         self.check_host_paths(&config.isolation)?;
         // One spawn per id at a time: the checks below and the install in
@@ -547,12 +506,12 @@ impl AgentManager {
         let (first_tx, first_rx) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let supervised = Arc::clone(&slot);
-        inner.sandbox_pool.adjust_target(sandboxes);
-        inner.container_pool.adjust_target(containers);
+        inner.runtime.sandbox_pool.adjust_target(sandboxes);
+        inner.runtime.container_pool.adjust_target(containers);
         tokio::spawn(async move {
             supervise(&inner, &supervised, Some(first_tx)).await;
-            inner.sandbox_pool.adjust_target(-sandboxes);
-            inner.container_pool.adjust_target(-containers);
+            inner.runtime.sandbox_pool.adjust_target(-sandboxes);
+            inner.runtime.container_pool.adjust_target(-containers);
             supervised.finished.send_replace(true);
         });
         match first_rx.await {
@@ -780,7 +739,7 @@ impl AgentManager {
             });
         }
         self.inner.slots.lock().remove(id);
-        self.inner.program_logs.forget(id);
+        self.inner.runtime.program_logs.forget(id);
         self.inner.store.delete_agent(id.clone()).await?;
         Ok(())
     }
@@ -795,6 +754,7 @@ impl AgentManager {
         self.visible_slot(id, by)?;
         Ok(self
             .inner
+            .runtime
             .program_logs
             .tail(id, tail, self.inner.clock.now())
             .await)
@@ -816,9 +776,10 @@ impl AgentManager {
     > {
         self.visible_slot(id, by)?;
         // Subscribed first: a line written meanwhile may show twice, never not at all.
-        let live = self.inner.program_logs.follow();
+        let live = self.inner.runtime.program_logs.follow();
         let lines = self
             .inner
+            .runtime
             .program_logs
             .tail(id, tail, self.inner.clock.now())
             .await;
@@ -880,13 +841,7 @@ impl AgentManager {
             let mut finished = slot.finished.subscribe();
             let _ = finished.wait_for(|f| *f).await;
         }
-        let fillers: Vec<_> = self.inner.fillers.lock().drain(..).collect();
-        for filler in fillers {
-            let _ = filler.await;
-        }
-        if self.inner.config.helper.is_some() {
-            fabric_runtime::sandbox::remove_parent(&self.inner.config.cgroup_parent);
-        }
+        self.inner.runtime.wait_stopped().await;
     }
 
     fn view(&self, slot: &Slot) -> Agent {
@@ -907,9 +862,14 @@ impl AgentManager {
                 }
             }
         };
-        let (session, probe, pid) = match &status.session {
-            Some(s) => (s.number, s.usage.clone(), s.pid),
-            None => (status.record.sessions, session::UsageProbe::None, None),
+        let (session, probe, pid, node) = match &status.session {
+            Some(s) => (s.number, s.usage.clone(), s.pid, s.node.clone()),
+            None => (
+                status.record.sessions,
+                session::UsageProbe::None,
+                None,
+                None,
+            ),
         };
         let mut agent = Agent {
             config: status.record.config.clone(),
@@ -924,6 +884,7 @@ impl AgentManager {
             pid,
             created_at: status.record.created_at,
             last_exit: status.last_exit.clone(),
+            node,
         };
         // Reading usage touches cgroup files or /proc: not under the lock
         // that the agent's supervisor and protocol calls take.
@@ -934,6 +895,31 @@ impl AgentManager {
 }
 
 impl Inner {
+    /// Where the agent's next session runs (`None`: here); see
+    /// `NodeService::place`. The server's built-in agents always run here.
+    fn place(&self, config: &AgentConfig, system: bool) -> Result<Option<String>, String> {
+        if system {
+            return Ok(None);
+        }
+        let local = (!config.placed_on_node()).then(|| {
+            let agents = self
+                .slots
+                .lock()
+                .values()
+                .filter(|slot| {
+                    let s = slot.status.lock();
+                    !s.system && s.session.as_ref().is_some_and(|i| i.node.is_none())
+                })
+                .count();
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            crate::services::nodes::LocalLoad {
+                agents,
+                cpus: u32::try_from(cpus).unwrap_or(u32::MAX),
+            }
+        });
+        self.config.nodes.place(config, local)
+    }
+
     fn set_state(&self, slot: &Slot, state: AgentState) {
         slot.status.lock().state = state;
         slot.leasing.send_replace(may_lease(state));
@@ -1006,7 +992,27 @@ async fn supervise(
         let config = slot.status.lock().record.config.clone();
         let started_at = inner.clock.now();
         let tenant = slot.status.lock().record.tenant.clone();
-        let started = Session::start(inner, &config, number, &tenant, AGENTS_USER).await;
+        let token = TokenSource::Mint(Arc::clone(&inner.auth));
+        let system = slot.status.lock().system;
+        let started = match inner.place(&config, system) {
+            Ok(node) => {
+                let place = match &node {
+                    Some(node) => session::Place::Node(&inner.config.nodes, node),
+                    None => session::Place::Here,
+                };
+                Session::start(
+                    &inner.runtime,
+                    &config,
+                    number,
+                    &tenant,
+                    AGENTS_USER,
+                    &token,
+                    place,
+                )
+                .await
+            }
+            Err(why) => Err(SessionError::NoPlacement(why)),
+        };
         let mut session = match started {
             Ok(session) => session,
             Err(e) => {
@@ -1020,6 +1026,7 @@ async fn supervise(
                         tasks_done: 0,
                         pid: None,
                         usage: session::UsageProbe::None,
+                        node: None,
                     });
                     s.last_exit = Some(why.clone());
                 }
@@ -1047,6 +1054,7 @@ async fn supervise(
                 tasks_done: 0,
                 pid: session.pid(),
                 usage: session.usage_probe(),
+                node: session.node().map(str::to_owned),
             });
             s.state = if session.reports_in() {
                 AgentState::Starting
@@ -1055,13 +1063,16 @@ async fn supervise(
             };
         }
         inner.persist_session(slot, None).await;
-        tracing::info!(agent_id = %slot.id, session = number, pid = session.pid(), isolation = %config.isolation.level, "agent session started");
+        tracing::info!(agent_id = %slot.id, session = number, pid = session.pid(), node = session.node(), isolation = %config.isolation.level, "agent session started");
         if let Some(tx) = first.take() {
             let _ = tx.send(Ok(()));
         }
 
         let end = tokio::select! {
-            exit = session.wait_exit() => SessionEnd::Exited(exit),
+            exit = session.wait_exit_or_moving() => match exit {
+                Some(exit) => SessionEnd::Exited(exit),
+                None => SessionEnd::Move(NODE_DRAIN_TIMEOUT),
+            },
             stop = control.wait_for(|c| matches!(c, Control::Stop { .. })) => {
                 SessionEnd::Stop(stop.map_or(Duration::ZERO, |c| requested_drain(*c)))
             }
@@ -1069,7 +1080,7 @@ async fn supervise(
         };
         let (why, failed) = match end {
             SessionEnd::Exited(exit) => {
-                let why = exit.describe();
+                let why = exit.why.clone();
                 tracing::warn!(agent_id = %slot.id, session = number, exit = %why, "agent exited");
                 // Its tasks go back to the queue now, not when their leases expire.
                 let held = inner.tasks.running_of(&slot.id);
@@ -1082,22 +1093,19 @@ async fn supervise(
                 if let Err(e) = inner.tasks.abandon(&held, &task_reason).await {
                     tracing::error!(agent_id = %slot.id, error = %e, "cannot requeue the tasks of an exited agent");
                 }
-                (why, !exit.success())
+                (why, !exit.success)
+            }
+            SessionEnd::Move(drain) => {
+                let node = session.node().unwrap_or_default().to_owned();
+                tracing::info!(agent_id = %slot.id, node = %node, "node draining: moving the agent");
+                drain_and_stop(inner, slot, session, drain).await;
+                finish_session(inner, slot, format!("moved off node {node} (draining)")).await;
+                // Leasing again (draining closed it) once the next session is up.
+                inner.set_state(slot, AgentState::Restarting);
+                continue;
             }
             SessionEnd::Stop(drain) => {
-                inner.set_state(slot, AgentState::Draining);
-                session.stop_leasing();
-                tracing::info!(agent_id = %slot.id, drain_ms = drain.as_millis() as u64, "agent draining");
-                let drained = drain_tasks(inner, &slot.id, &mut session, drain).await;
-                session.terminate(inner.config.kill_grace).await;
-                let left = inner.tasks.running_of(&slot.id);
-                session.cleanup().await;
-                if !left.is_empty() {
-                    tracing::warn!(agent_id = %slot.id, tasks = left.len(), "drain timeout: requeueing unfinished tasks");
-                    if let Err(e) = inner.tasks.abandon(&left, reason::DRAIN_TIMEOUT).await {
-                        tracing::error!(agent_id = %slot.id, error = %e, "cannot requeue drained tasks");
-                    }
-                }
+                let drained = drain_and_stop(inner, slot, session, drain).await;
                 let why = if drained {
                     "terminated"
                 } else {
@@ -1190,6 +1198,25 @@ async fn restart_after_failure(
         }
         () = shutdown.cancelled() => false,
     }
+}
+
+/// Drains the agent's tasks for at most `drain`, stops the session and
+/// requeues what it did not finish; true if it drained.
+async fn drain_and_stop(inner: &Inner, slot: &Slot, mut session: Session, drain: Duration) -> bool {
+    inner.set_state(slot, AgentState::Draining);
+    session.stop_leasing();
+    tracing::info!(agent_id = %slot.id, drain_ms = drain.as_millis() as u64, "agent draining");
+    let drained = drain_tasks(inner, &slot.id, &mut session, drain).await;
+    session.terminate(inner.runtime.config.kill_grace).await;
+    let left = inner.tasks.running_of(&slot.id);
+    session.cleanup().await;
+    if !left.is_empty() {
+        tracing::warn!(agent_id = %slot.id, tasks = left.len(), "drain timeout: requeueing unfinished tasks");
+        if let Err(e) = inner.tasks.abandon(&left, reason::DRAIN_TIMEOUT).await {
+            tracing::error!(agent_id = %slot.id, error = %e, "cannot requeue drained tasks");
+        }
+    }
+    drained
 }
 
 /// Waits until the agent holds no running task, for at most `drain`; true if it drained.

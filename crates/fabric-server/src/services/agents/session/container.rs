@@ -41,16 +41,17 @@ enum ContainerRun {
 
 impl ContainerSession {
     pub(super) async fn start(launch: &Launch<'_>) -> Result<ContainerSession, SessionError> {
-        let inner = launch.inner;
+        let runtime = launch.runtime;
         let config = launch.config;
         let id = launch.agent();
-        let api = inner.config.api_addr;
+        let api = runtime.config.api_addr;
         let proxy = launch.egress_proxy()?;
         let builtin = config.is_builtin_shell();
         let (token, secret) = AgentToken::issue(launch);
         // The agent's endpoints, as its sidecar serves them on its loopback.
         let mut env = super::inference_env(&format!("http://localhost:{INFERENCE_PORT}"));
         env.extend(fabric_runtime::net::proxy_env(EGRESS_PROXY_PORT));
+        env.extend(launch.runtime.config.env.iter().cloned());
         // A program reaches the API through its sidecar too; the built-in
         // shell's workers do not run in the container.
         let api_port = (!builtin).then(|| api.port());
@@ -77,8 +78,8 @@ impl ContainerSession {
         };
         let name = container::container_name(id, launch.number);
         let (pair, client) = container::acquire(
-            &inner.docker,
-            &inner.container_pool,
+            &runtime.docker,
+            &runtime.container_pool,
             config,
             &name,
             container_env,
@@ -86,7 +87,7 @@ impl ContainerSession {
         )
         .await?;
         // The container's own output (its program's) is Docker's log.
-        inner.program_logs.set_container(
+        runtime.program_logs.set_container(
             id,
             launch.number,
             client.clone(),
@@ -96,7 +97,7 @@ impl ContainerSession {
         let mut tasks = Background::default();
         tasks.extend(poller);
         let started = match container::listen(
-            inner,
+            runtime,
             &pair,
             launch.endpoint_identity(),
             proxy,
@@ -117,7 +118,7 @@ impl ContainerSession {
             Ok(run) => Ok(ContainerSession {
                 agent: id.clone(),
                 common,
-                docker: Arc::clone(&inner.docker),
+                docker: Arc::clone(&runtime.docker),
                 client,
                 pair,
                 usage,
@@ -126,7 +127,7 @@ impl ContainerSession {
             }),
             Err(e) => {
                 common.release();
-                inner.docker.remove(&pair).await;
+                runtime.docker.remove(&pair).await;
                 Err(e)
             }
         }
@@ -206,7 +207,7 @@ fn start_shell(
     env: Vec<(String, String)>,
     secret: String,
 ) -> Result<Workers, SessionError> {
-    let kill_grace = launch.inner.config.kill_grace;
+    let kill_grace = launch.runtime.config.kill_grace;
     let shell = ContainerShell::new(
         client.clone(),
         pair.container.name.clone(),
@@ -222,11 +223,11 @@ fn start_shell(
         agent: launch.agent().clone(),
         concurrency: launch.config.concurrency as usize,
         executor: Executor::Container(Arc::new(shell)),
-        output_limit: launch.inner.config.shell_output_limit,
+        output_limit: launch.runtime.config.shell_output_limit,
         kill_grace,
         env,
         disk_quota,
-        workdir_retention: launch.inner.config.workdir_retention,
+        workdir_retention: launch.runtime.config.workdir_retention,
     };
     launch.start_workers(spec, secret)
 }

@@ -25,7 +25,7 @@ impl ExternalSession {
     pub(super) fn start(launch: &Launch<'_>) -> Result<ExternalSession, SessionError> {
         let (_, workdir) = launch.workdir();
         create_workdir(&workdir)?;
-        match inference::serve_loopback(launch.inner, launch.endpoint_identity()) {
+        match inference::serve_loopback(launch.runtime, launch.endpoint_identity()) {
             Ok((_, server)) => {
                 let mut endpoint = Background::default();
                 endpoint.push(server);

@@ -61,16 +61,17 @@ impl HostSession {
     }
 
     fn start_in(launch: &Launch<'_>, workdir: PathBuf) -> Result<HostSession, SessionError> {
-        let inner = launch.inner;
+        let runtime = launch.runtime;
         let (token, secret) = AgentToken::issue(launch);
         let mut tasks = Background::default();
         let mut env = vec![(
             ENV_URL.to_owned(),
-            format!("http://{}", loopback(inner.config.api_addr)),
+            format!("http://{}", loopback(runtime.config.api_addr)),
         )];
-        let (endpoint, server) = inference::serve_loopback(inner, launch.endpoint_identity())?;
+        let (endpoint, server) = inference::serve_loopback(runtime, launch.endpoint_identity())?;
         tasks.push(server);
         env.extend(super::inference_env(&endpoint));
+        env.extend(launch.runtime.config.env.iter().cloned());
         let config = launch.config;
         let confinement = if config.isolation.as_fabric_user {
             None
@@ -79,7 +80,7 @@ impl HostSession {
                 .map_err(SessionError::Confine)?;
             // The sandbox helper confines each command in a fresh process,
             // so the fabric spawns instead of forking itself.
-            Some(Arc::new(match &inner.config.helper {
+            Some(Arc::new(match &runtime.config.helper {
                 Some(helper) => confinement.with_trampoline(helper.clone()),
                 None => confinement,
             }))
@@ -92,14 +93,14 @@ impl HostSession {
                     work_root: workdir.clone(),
                     confinement,
                 },
-                output_limit: inner.config.shell_output_limit,
-                kill_grace: inner.config.kill_grace,
+                output_limit: runtime.config.shell_output_limit,
+                kill_grace: runtime.config.kill_grace,
                 env: agent_env(env, None),
                 disk_quota: DiskQuota::new(
                     DiskMeter::Host(workdir.clone()),
                     config.isolation.disk_mb,
                 ),
-                workdir_retention: inner.config.workdir_retention,
+                workdir_retention: runtime.config.workdir_retention,
             };
             HostRun::Shell(launch.start_workers(spec, secret)?)
         } else {

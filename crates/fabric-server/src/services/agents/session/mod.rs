@@ -32,6 +32,7 @@
 mod container;
 mod external;
 mod host;
+mod remote;
 mod sandbox;
 
 use std::io;
@@ -53,10 +54,11 @@ use self::container::ContainerSession;
 use self::external::ExternalSession;
 use self::host::HostSession;
 pub(super) use self::host::kill_stale_programs;
+use self::remote::RemoteSession;
 use self::sandbox::SandboxSession;
 use super::builtin::{ShellSpec, ShellWorkers};
 use super::container::{ContainerError, ContainerUsage};
-use super::{AGENT_TOKEN_TTL, Inner};
+use super::{AGENT_TOKEN_TTL, SessionRuntime};
 use crate::services::auth::AuthService;
 use crate::services::llm::EndpointIdentity;
 
@@ -105,10 +107,57 @@ pub enum SessionError {
     ShellClient(AgentError),
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// No node can take the agent now (the message says why).
+    #[error("{0}")]
+    NoPlacement(String),
+    /// The node it was placed on could not start it.
+    #[error("on node {node}: {error}")]
+    OnNode { node: String, error: String },
+}
+
+/// How a session ended by itself: its program (or container) exited, or
+/// the node it ran on stopped reporting.
+#[derive(Debug, Clone)]
+pub(super) struct Ended {
+    /// In words (`exited (code 1)`, `oom_killed`, `node n1 is unreachable: ...`).
+    pub(super) why: String,
+    pub(super) success: bool,
+    pub(super) oom_killed: bool,
+}
+
+impl Ended {
+    fn failed(why: String) -> Self {
+        Self {
+            why,
+            success: false,
+            oom_killed: false,
+        }
+    }
+}
+
+impl From<ProcessExit> for Ended {
+    fn from(exit: ProcessExit) -> Self {
+        Self {
+            why: exit.describe(),
+            success: exit.success(),
+            oom_killed: exit.oom_killed,
+        }
+    }
+}
+
+/// Where a session runs.
+#[derive(Clone, Copy)]
+pub(super) enum Place<'a> {
+    /// On this machine.
+    Here,
+    /// On a worker node, through the node service.
+    Node(&'a Arc<crate::services::nodes::NodeService>, &'a str),
 }
 
 pub(super) enum SessionEnd {
-    Exited(ProcessExit),
+    Exited(Ended),
+    /// The node the session runs on is draining: move the agent.
+    Move(Duration),
     Stop(Duration),
     Shutdown,
 }
@@ -122,6 +171,8 @@ pub(super) enum UsageProbe {
     Pid(u32),
     /// An agent container: its cgroup, or the daemon's stats.
     Container(Arc<ContainerUsage>),
+    /// A session on a worker node: what the node reported last.
+    Remote(tokio::sync::watch::Receiver<crate::services::nodes::Remote>),
 }
 
 impl UsageProbe {
@@ -139,6 +190,7 @@ impl UsageProbe {
             },
             Self::Pid(pgid) => host::group_usage(*pgid),
             Self::Container(usage) => usage.read(),
+            Self::Remote(report) => remote::reported_usage(report),
         }
     }
 }
@@ -149,25 +201,34 @@ pub(super) enum Session {
     Sandbox(SandboxSession),
     Container(ContainerSession),
     External(ExternalSession),
+    Remote(RemoteSession),
 }
 
 impl Session {
     /// Starts session `number` of an agent. On error, what the start made
     /// is removed again; the error says what failed.
     pub(super) async fn start(
-        inner: &Arc<Inner>,
+        runtime: &Arc<SessionRuntime>,
         config: &AgentConfig,
         number: u32,
         tenant: &TenantId,
         owner: &str,
+        token: &TokenSource,
+        place: Place<'_>,
     ) -> Result<Session, SessionError> {
         let launch = Launch {
-            inner,
+            runtime,
             config,
             number,
             tenant,
             owner,
+            token,
         };
+        if let Place::Node(nodes, node) = place {
+            return RemoteSession::start(&launch, nodes, node)
+                .await
+                .map(Session::Remote);
+        }
         // Validation allows `external` at isolation `none` only.
         if config.external {
             return ExternalSession::start(&launch).map(Session::External);
@@ -188,6 +249,7 @@ impl Session {
             Self::Sandbox(s) => Some(s.pid()),
             Self::Container(s) => s.pid(),
             Self::External(_) => None,
+            Self::Remote(s) => s.pid(),
         }
     }
 
@@ -197,6 +259,7 @@ impl Session {
             Self::Sandbox(s) => s.usage_probe(),
             Self::Container(s) => s.usage_probe(),
             Self::External(_) => UsageProbe::None,
+            Self::Remote(s) => s.usage_probe(),
         }
     }
 
@@ -209,17 +272,36 @@ impl Session {
             Self::Sandbox(s) => s.runs_program(),
             Self::Container(s) => s.runs_program(),
             Self::External(_) => false,
+            Self::Remote(s) => s.runs_program(),
         }
     }
 
     /// Resolves when the agent's program (or container) exits; never for
     /// sessions without one. Cancel-safe and repeatable.
-    pub(super) async fn wait_exit(&mut self) -> ProcessExit {
+    pub(super) async fn wait_exit(&mut self) -> Ended {
         match self {
-            Self::Host(s) => s.wait_exit().await,
-            Self::Sandbox(s) => s.wait_exit().await,
-            Self::Container(s) => s.wait_exit().await,
+            Self::Host(s) => s.wait_exit().await.into(),
+            Self::Sandbox(s) => s.wait_exit().await.into(),
+            Self::Container(s) => s.wait_exit().await.into(),
             Self::External(_) => std::future::pending().await,
+            Self::Remote(s) => s.wait_exit().await,
+        }
+    }
+
+    /// [`wait_exit`](Self::wait_exit), or `None` when the agent must move
+    /// off the node it runs on (the node drains).
+    pub(super) async fn wait_exit_or_moving(&mut self) -> Option<Ended> {
+        match self {
+            Self::Remote(s) => s.wait_exit_or_draining().await,
+            _ => Some(self.wait_exit().await),
+        }
+    }
+
+    /// The worker node it runs on (`None`: this machine).
+    pub(super) fn node(&self) -> Option<&str> {
+        match self {
+            Self::Remote(s) => Some(s.node()),
+            _ => None,
         }
     }
 
@@ -229,7 +311,7 @@ impl Session {
             Self::Host(s) => s.stop_leasing(),
             Self::Sandbox(s) => s.stop_leasing(),
             Self::Container(s) => s.stop_leasing(),
-            Self::External(_) => {}
+            Self::External(_) | Self::Remote(_) => {}
         }
     }
 
@@ -240,6 +322,7 @@ impl Session {
             Self::Sandbox(s) => s.terminate(grace).await,
             Self::Container(s) => s.terminate(grace).await,
             Self::External(_) => {}
+            Self::Remote(s) => s.terminate(grace).await,
         }
     }
 
@@ -251,18 +334,20 @@ impl Session {
             Self::Sandbox(s) => s.cleanup().await,
             Self::Container(s) => s.cleanup().await,
             Self::External(s) => s.cleanup(),
+            Self::Remote(s) => s.cleanup(),
         }
     }
 }
 
 /// What every kind's start is given.
 struct Launch<'a> {
-    inner: &'a Arc<Inner>,
+    runtime: &'a Arc<SessionRuntime>,
     config: &'a AgentConfig,
     /// Session number (1 for the first run of the agent).
     number: u32,
     tenant: &'a TenantId,
     owner: &'a str,
+    token: &'a TokenSource,
 }
 
 impl Launch<'_> {
@@ -278,7 +363,7 @@ impl Launch<'_> {
             .isolation
             .filesystem_root
             .as_ref()
-            .map_or_else(|| self.inner.config.agents_dir.clone(), PathBuf::from);
+            .map_or_else(|| self.runtime.config.agents_dir.clone(), PathBuf::from);
         let name = sandbox_name(self.agent(), self.number);
         let workdir = root.join(&name);
         (name, workdir)
@@ -294,6 +379,12 @@ impl Launch<'_> {
             workspace: self.config.workspace.clone(),
             path_secret: None,
             tools: self.config.tools.clone(),
+            forward_token: match self.token {
+                TokenSource::Given(secret) => {
+                    Some(crate::services::llm::ForwardToken(secret.clone()))
+                }
+                TokenSource::Mint(_) => None,
+            },
         }
     }
 
@@ -313,20 +404,25 @@ impl Launch<'_> {
             self.agent().clone(),
             self.config.workspace.clone(),
         );
-        let gate =
-            crate::services::policy::egress_gate(Arc::clone(&self.inner.config.policy), actor);
-        Ok(EgressProxy::new(self.agent().to_string(), rules, Arc::new(|_| {})).with_policy(gate))
+        let proxy = EgressProxy::new(self.agent().to_string(), rules, Arc::new(|_| {}));
+        Ok(match &self.runtime.config.policy {
+            Some(policy) => proxy.with_policy(crate::services::policy::egress_gate(
+                Arc::clone(policy),
+                actor,
+            )),
+            None => proxy,
+        })
     }
 
     /// The built-in shell's workers, leasing with the session's token `secret`.
     fn start_workers(&self, spec: ShellSpec, secret: String) -> Result<Workers, SessionError> {
         let client = fabric_agent::AgentClient::new(
-            format!("http://{}", loopback(self.inner.config.api_addr)),
+            format!("http://{}", loopback(self.runtime.config.api_addr)),
             secret,
             self.agent().clone(),
         )
         .map_err(SessionError::ShellClient)?;
-        let workers = ShellWorkers::start(Arc::clone(&self.inner.tasks), spec, client);
+        let workers = ShellWorkers::start(self.runtime.tasks.clone(), spec, client);
         Ok(Workers(Some(workers)))
     }
 }
@@ -349,27 +445,45 @@ impl Common {
     }
 }
 
-/// A session's agent token (minted per session, in memory only): revoked
-/// when dropped.
+/// Where a session's agent token comes from.
+pub enum TokenSource {
+    /// Minted here by the orchestrator's auth service, per session, in
+    /// memory only; revoked when the session ends.
+    Mint(Arc<AuthService>),
+    /// Minted by the orchestrator for a session it placed on this node
+    /// (the secret); the orchestrator revokes it when the session ends.
+    Given(String),
+}
+
+/// A session's agent token: a minted one is revoked when dropped.
 struct AgentToken {
-    auth: Arc<AuthService>,
-    hash: String,
+    minted: Option<(Arc<AuthService>, String)>,
 }
 
 impl AgentToken {
-    /// Mints the token; the secret is what the agent presents.
+    /// The token and its secret, which is what the agent presents.
     fn issue(launch: &Launch<'_>) -> (AgentToken, String) {
-        let auth = Arc::clone(&launch.inner.auth);
-        let (secret, token) =
-            auth.issue_agent_token(launch.agent(), launch.tenant, launch.owner, AGENT_TOKEN_TTL);
-        let hash = token.token_hash;
-        (AgentToken { auth, hash }, secret)
+        match launch.token {
+            TokenSource::Mint(auth) => {
+                let (secret, token) = auth.issue_agent_token(
+                    launch.agent(),
+                    launch.tenant,
+                    launch.owner,
+                    AGENT_TOKEN_TTL,
+                );
+                let minted = Some((Arc::clone(auth), token.token_hash));
+                (AgentToken { minted }, secret)
+            }
+            TokenSource::Given(secret) => (AgentToken { minted: None }, secret.clone()),
+        }
     }
 }
 
 impl Drop for AgentToken {
     fn drop(&mut self) {
-        self.auth.revoke_cached(&self.hash);
+        if let Some((auth, hash)) = &self.minted {
+            auth.revoke_cached(hash);
+        }
     }
 }
 
@@ -484,7 +598,7 @@ fn log_output(
             // Not aborted with the session: what a dying program wrote last
             // (why it died) is read to the end of its pipe.
             tokio::spawn(log_lines(
-                Arc::clone(launch.inner),
+                Arc::clone(launch.runtime),
                 launch.agent().clone(),
                 launch.number,
                 stream,
@@ -501,7 +615,7 @@ fn boxed(reader: impl AsyncRead + Send + Unpin + 'static) -> Box<dyn AsyncRead +
 /// An agent program's output goes to the fabric's log, line by line, and
 /// to the agent's own last lines (`agent logs`).
 async fn log_lines(
-    inner: Arc<Inner>,
+    runtime: Arc<SessionRuntime>,
     agent: AgentId,
     session: u32,
     stream: &'static str,
@@ -510,9 +624,9 @@ async fn log_lines(
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(agent_id = %agent, stream, line = %truncate(&line, 4096), "agent output");
-        inner
+        runtime
             .program_logs
-            .push(&agent, session, stream, &line, inner.clock.now());
+            .push(&agent, session, stream, &line, runtime.clock.now());
     }
 }
 

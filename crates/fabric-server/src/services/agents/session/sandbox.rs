@@ -17,7 +17,7 @@ use super::{
 };
 use crate::proxy::{EGRESS_PROXY_PORT, INFERENCE_PORT};
 use crate::services::agents::builtin::{Executor, ShellSpec};
-use crate::services::agents::{Inner, inference};
+use crate::services::agents::{SessionRuntime, inference};
 
 pub(in crate::services::agents) struct SandboxSession {
     agent: AgentId,
@@ -38,7 +38,7 @@ impl SandboxSession {
     pub(super) async fn start(launch: &Launch<'_>) -> Result<SandboxSession, SessionError> {
         let (name, workdir) = launch.workdir();
         let sandbox =
-            Arc::new(acquire_sandbox(launch.inner, launch.config, &name, &workdir).await?);
+            Arc::new(acquire_sandbox(launch.runtime, launch.config, &name, &workdir).await?);
         match Self::start_in(launch, &sandbox).await {
             Ok((common, run)) => Ok(SandboxSession {
                 agent: launch.agent().clone(),
@@ -58,7 +58,7 @@ impl SandboxSession {
         launch: &Launch<'_>,
         sandbox: &Arc<Sandbox>,
     ) -> Result<(Common, SandboxRun), SessionError> {
-        let inner = launch.inner;
+        let runtime = launch.runtime;
         let config = launch.config;
         let builtin = config.is_builtin_shell();
         let (token, secret) = AgentToken::issue(launch);
@@ -66,7 +66,7 @@ impl SandboxSession {
         let mut env = Vec::new();
         if !builtin {
             // The fabric's API, on the same port inside the sandbox.
-            let api = inner.config.api_addr;
+            let api = runtime.config.api_addr;
             let listener = bind_in(sandbox, api.port())?;
             let forward = fabric_runtime::net::forward_tcp(listener, api, std::future::pending());
             tasks.push(tokio::spawn(async move {
@@ -79,7 +79,7 @@ impl SandboxSession {
         let listener = bind_in(sandbox, INFERENCE_PORT)?;
         tasks.push(inference::serve_std(
             listener,
-            inner,
+            runtime,
             launch.endpoint_identity(),
         )?);
         env.extend(super::inference_env(&format!(
@@ -93,6 +93,7 @@ impl SandboxSession {
             format!("agent {}", launch.agent()),
         ));
         env.extend(crate::proxy::egress_proxy_env());
+        env.extend(launch.runtime.config.env.iter().cloned());
         // The fabric and the inference endpoint are local: never through the proxy.
         env.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
         env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
@@ -102,14 +103,14 @@ impl SandboxSession {
                 agent: config.id.clone(),
                 concurrency: config.concurrency as usize,
                 executor: Executor::Sandbox(Arc::clone(sandbox)),
-                output_limit: inner.config.shell_output_limit,
-                kill_grace: inner.config.kill_grace,
+                output_limit: runtime.config.shell_output_limit,
+                kill_grace: runtime.config.kill_grace,
                 env: agent_env(env, None),
                 disk_quota: DiskQuota::new(
                     DiskMeter::Host(sandbox.workdir().to_path_buf()),
                     config.isolation.disk_mb,
                 ),
-                workdir_retention: inner.config.workdir_retention,
+                workdir_retention: runtime.config.workdir_retention,
             };
             SandboxRun::Shell(launch.start_workers(spec, secret)?)
         } else {
@@ -204,14 +205,14 @@ impl SandboxSession {
 /// A sandbox for a session: from the warm pool when the agent's config
 /// allows (limits set on it now), else built from scratch.
 async fn acquire_sandbox(
-    inner: &Inner,
+    runtime: &SessionRuntime,
     config: &AgentConfig,
     name: &str,
     workdir: &Path,
 ) -> Result<Sandbox, SessionError> {
     let iso = &config.isolation;
     let poolable = iso.read_only_paths.is_empty() && iso.filesystem_root.is_none();
-    if poolable && let Some(sandbox) = inner.sandbox_pool.take() {
+    if poolable && let Some(sandbox) = runtime.sandbox_pool.take() {
         match sandbox.set_limits(
             iso.memory_mb,
             iso.cpu_cores,
@@ -224,7 +225,7 @@ async fn acquire_sandbox(
             }
         }
     }
-    let mut sandbox_config = inner
+    let mut sandbox_config = runtime
         .sandbox_pool
         .kind
         .config(name.to_owned(), workdir.to_path_buf())

@@ -14,9 +14,21 @@
 //!         write <data>/config.json (temp file, rename) ─► switch to it; the next
 //!         heartbeat acknowledges its version. Refused: the previous one stays, the
 //!         next heartbeat says why.
+//!       sessions in the answer ─► start the new ones, stop the gone ones
+//!         (`sessions`); every heartbeat reports each session's state, and
+//!         one goes out at once when a state changes
+//!       no answer for most of the heartbeat timeout ─► stop every session
+//!         (fencing: the orchestrator is about to place them elsewhere)
 //!       past half its life: POST /v1/nodes/{name}/credential ─► save the new one
 //!       401: the node was removed (or its credential expired): stop, saying so
 //! ```
+//!
+//! Agents' programs and built-in workers reach the orchestrator's API
+//! directly (a forward on the same port inside sandboxes and containers);
+//! their inference endpoints forward to it (`inference`).
+
+mod inference;
+mod sessions;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -178,6 +190,10 @@ pub async fn run(
         Arc::clone(&status),
     )
     .await?;
+    let stop_runtime = tokio_util::sync::CancellationToken::new();
+    let runtime = session_runtime(&options, &base, &http, &stop_runtime).await?;
+    runtime.sweep_leftovers().await;
+    let hosting = sessions::Hosting::new(Arc::clone(&runtime), KILL_GRACE);
     let node = Node {
         http,
         base,
@@ -186,15 +202,89 @@ pub async fn run(
         options,
         status,
         log_filter,
+        hosting: Arc::clone(&hosting),
+        answered: Mutex::new(Instant::now()),
     };
-    tokio::select! {
-        result = node.report_loop() => { readyz.abort(); result }
+    let result = tokio::select! {
+        result = node.report_loop() => result,
+        () = node.fence() => Ok(()),
         () = shutdown => {
-            readyz.abort();
             tracing::info!(node = %node.options.name, "node stopping");
             Ok(())
         }
+    };
+    readyz.abort();
+    let stopping = sessions::Stop {
+        grace: KILL_GRACE,
+        reason: "the node stopped",
+        asked: false,
+    };
+    if hosting.stop_all(stopping) > 0 {
+        let _ = tokio::time::timeout(KILL_GRACE * 2, hosting.wait_idle()).await;
     }
+    stop_runtime.cancel();
+    runtime.wait_stopped().await;
+    result
+}
+
+/// SIGTERM → SIGKILL grace of the node's agents and tasks.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// This node's way of running sessions: its own working dirs, sandboxes
+/// and containers, the orchestrator's API forwarded into them, inference
+/// forwarded to the orchestrator's gateway, `FABRIC_NODE` set for every
+/// program and task.
+async fn session_runtime(
+    options: &NodeOptions,
+    base: &str,
+    http: &reqwest::Client,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Arc<crate::services::agents::SessionRuntime>> {
+    let url = reqwest::Url::parse(base).with_context(|| format!("--join {base:?} is not a URL"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| anyhow::anyhow!("--join {base:?} names no host"))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| anyhow::anyhow!("--join {base:?} names no port"))?;
+    let api_addr = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve the orchestrator's host {host}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the orchestrator's host {host} resolves to no address"))?;
+    let gateway_timeout = fabric_gateway::GatewayConfig::default().request_timeout;
+    let forward = inference::ForwardEndpoints {
+        http: http.clone(),
+        base: base.to_owned(),
+        max_body_bytes: fabric_gateway::config::DEFAULT_MAX_BODY_BYTES,
+        timeout: gateway_timeout + Duration::from_secs(5),
+    };
+    let containers = crate::services::agents::ContainerConfig {
+        proxy_binary: std::env::current_exe().ok(),
+        ..Default::default()
+    };
+    let config = crate::services::agents::RuntimeConfig {
+        agents_dir: options.data_dir.join("agents"),
+        api_addr,
+        helper: options.helper.clone(),
+        cgroup_parent: crate::instance_cgroup(&options.data_dir),
+        policy: None,
+        shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
+        kill_grace: KILL_GRACE,
+        workdir_retention: Duration::ZERO,
+        owner: format!("node-{}", options.name),
+        containers,
+        inference: Arc::new(inference::SharedForward(Arc::new(forward))),
+        inference_timeout: gateway_timeout,
+        env: vec![("FABRIC_NODE".to_owned(), options.name.clone())],
+    };
+    Ok(crate::services::agents::SessionRuntime::new(
+        config,
+        Arc::new(fabric_core::SystemClock),
+        None,
+        Some(options.data_dir.join("agent-logs")),
+        shutdown,
+    ))
 }
 
 struct Node {
@@ -205,9 +295,41 @@ struct Node {
     options: NodeOptions,
     status: Arc<Mutex<Status>>,
     log_filter: LogFilter,
+    hosting: Arc<sessions::Hosting>,
+    /// When the last heartbeat that was answered was sent.
+    answered: Mutex<Instant>,
 }
 
 impl Node {
+    /// Resolves never; stops every session whenever no heartbeat was
+    /// answered for three quarters of the heartbeat timeout. The
+    /// orchestrator counts the timeout from the heartbeat's arrival, later
+    /// than its sending, so the sessions here are gone before it places
+    /// their agents elsewhere.
+    async fn fence(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let timeout = Duration::from_millis(self.identity.lock().heartbeat_timeout_ms.max(200));
+            let silent = self.answered.lock().elapsed();
+            if silent < timeout * 3 / 4 {
+                continue;
+            }
+            let fenced = self.hosting.stop_all(sessions::Stop {
+                grace: Duration::ZERO,
+                reason: "stopped: the node lost the orchestrator",
+                asked: false,
+            });
+            if fenced > 0 {
+                tracing::warn!(
+                    sessions = fenced,
+                    silent_ms = silent.as_millis() as u64,
+                    "no answer from the orchestrator: stopping this node's agents"
+                );
+            }
+        }
+    }
+
     /// Heartbeats until the orchestrator disowns the node.
     async fn report_loop(&self) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(200);
@@ -246,12 +368,27 @@ impl Node {
                     config_error: s.rejected.clone(),
                     capabilities,
                     wait_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+                    sessions_version: self.hosting.version(),
+                    sessions: self.hosting.reports(),
                 }
             };
             let sending = hb.capabilities.clone();
-            match self.heartbeat(&hb, interval + timeout).await {
+            let sent_at = Instant::now();
+            // A session that starts or ends is reported at once: the long
+            // poll in flight is dropped and a new heartbeat carries it.
+            let answer = tokio::select! {
+                answer = self.heartbeat(&hb, interval + timeout) => Some(answer),
+                () = self.hosting.changed.notified() => None,
+            };
+            let Some(answer) = answer else { continue };
+            match answer {
                 Ok(reply) => {
                     backoff = Duration::from_millis(200);
+                    *self.answered.lock() = sent_at;
+                    self.hosting.delivered(&hb.sessions);
+                    if let Some(set) = reply.sessions {
+                        self.hosting.reconcile(set);
+                    }
                     if sending.is_some() {
                         sent_capabilities = sending;
                     }
