@@ -51,6 +51,7 @@ mod agents;
 mod budgets;
 mod containers;
 mod dashboard;
+mod dispatch;
 mod flood;
 mod gateway;
 mod http;
@@ -116,6 +117,8 @@ enum Command {
     Mcp(mcp::McpArgs),
     /// Simulated worker nodes over loopback: join latency, orchestrator CPU per heartbeat, memory per node, config delivery
     Nodes(nodes::NodesArgs),
+    /// Tasks run by agents on real worker nodes: dispatch latency and throughput, 1 node vs 3
+    Dispatch(dispatch::DispatchArgs),
     /// The stdio MCP server `mcp` calls (an echo tool); run by the bench itself
     #[command(hide = true)]
     McpEcho,
@@ -154,6 +157,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Dashboard(args) => block_on(cli.client_threads, dashboard::run(args)),
         Command::Mcp(args) => block_on(cli.client_threads, mcp::run(args)),
         Command::Nodes(args) => block_on(cli.client_threads, nodes::run(args)),
+        Command::Dispatch(args) => block_on(cli.client_threads, dispatch::run(args)),
         Command::McpEcho => mcp::echo_server(),
     }
 }

@@ -16,7 +16,11 @@
 //!   reporting, minus its RSS before, divided by the nodes;
 //! - config delivery: `PUT /v1/nodes/config`, then the time until each
 //!   node holds the new version (its long poll is answered at once), p50 /
-//!   p99 / max over nodes, and until the last one has acknowledged it.
+//!   p99 / max over nodes, and until the last one has acknowledged it;
+//! - placement latency: `POST /v1/agents` of a built-in shell agent with a
+//!   `node_selector` that a tenth of the nodes match, answered once the
+//!   chosen node has the session in its set and reports it running (the
+//!   simulated node does so in the heartbeat right after), p50 / p99.
 //!
 //! Every node runs on the bench's runtime (its `--client-threads`), on the
 //! same two cores as the server: the numbers include that competition.
@@ -47,6 +51,9 @@ pub struct NodesArgs {
     /// Seconds of the CPU window (idle before, loaded after)
     #[arg(long, default_value_t = 20)]
     window: u64,
+    /// Agents placed on the simulated nodes (placement latency)
+    #[arg(long, default_value_t = 200)]
+    placements: usize,
     #[arg(long, default_value_t = 3)]
     reps: u32,
 }
@@ -60,6 +67,7 @@ struct Run {
     rss_after_kib: u64,
     deliver: Summary,
     deliver_all_acked: Duration,
+    place: Summary,
 }
 
 pub async fn run(args: &NodesArgs) -> anyhow::Result<()> {
@@ -91,6 +99,12 @@ pub async fn run(args: &NodesArgs) -> anyhow::Result<()> {
             millis(r.deliver.p99),
             millis(r.deliver.max),
             millis(nanos(r.deliver_all_acked)),
+        );
+        println!(
+            "rep {rep}: {} placements p50 {:.2} ms p99 {:.2} ms",
+            args.placements,
+            millis(r.place.p50),
+            millis(r.place.p99)
         );
         runs.push(r);
     }
@@ -132,6 +146,11 @@ pub async fn run(args: &NodesArgs) -> anyhow::Result<()> {
     println!(
         "| config acknowledged by every node | {:.1} ms |",
         med(&|r| millis(nanos(r.deliver_all_acked)))
+    );
+    println!(
+        "| placement (spawn → running on a node) p50 / p99 | {:.2} / {:.2} ms |",
+        med(&|r| millis(r.place.p50)),
+        med(&|r| millis(r.place.p99))
     );
     Ok(())
 }
@@ -267,6 +286,30 @@ async fn one_run(binary: &std::path::Path, args: &NodesArgs) -> anyhow::Result<R
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
 
+    // Placement: agents whose selector a tenth of the nodes match.
+    let mut place_ns = Vec::with_capacity(args.placements);
+    for i in 0..args.placements {
+        let start = Instant::now();
+        let agent: Value = admin
+            .http
+            .post(admin.url("/v1/agents"))
+            .json(&json!({
+                "id": format!("placed-{i:05}"),
+                "isolation": {"level": "none"},
+                "node_selector": {"zone": format!("z{}", i % 10)},
+            }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        place_ns.push(nanos(start.elapsed()));
+        if agent["node"].as_str().is_none() {
+            bail!("agent placed-{i:05} is not on a node: {agent}");
+        }
+    }
+    let place = Summary::of(&mut place_ns);
+
     let _ = stop_tx.send(true);
     tasks.abort_all();
     server.kill().await?;
@@ -279,6 +322,7 @@ async fn one_run(binary: &std::path::Path, args: &NodesArgs) -> anyhow::Result<R
         rss_after_kib,
         deliver,
         deliver_all_acked,
+        place,
     })
 }
 
@@ -326,10 +370,18 @@ async fn join(
     token: &str,
     name: &str,
 ) -> anyhow::Result<(String, String, Duration)> {
+    // sim-00042 → zone z2: a tenth of the nodes per zone.
+    let zone = format!(
+        "z{}",
+        name.trim_start_matches("sim-")
+            .parse::<usize>()
+            .unwrap_or(0)
+            % 10
+    );
     let body = json!({
         "token": token,
         "name": name,
-        "labels": {"pool": "sim"},
+        "labels": {"pool": "sim", "zone": zone},
         "capabilities": {
             "hostname": name, "os": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0",
             "arch": "x86_64", "cpus": 8, "memory_bytes": 34_359_738_368u64,
@@ -370,13 +422,22 @@ impl SimNode {
         version: watch::Sender<(u64, Option<Instant>)>,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        // The session set it runs: each session is reported running at once.
+        let mut sessions_version = 0u64;
+        let mut sessions: Vec<Value> = Vec::new();
         loop {
             let applied = version.borrow().0;
             let request = self
                 .http
                 .post(&self.url)
                 .bearer_auth(&self.credential)
-                .json(&json!({"ready": true, "config_version": applied, "wait_ms": self.wait_ms}))
+                .json(&json!({
+                    "ready": true,
+                    "config_version": applied,
+                    "wait_ms": self.wait_ms,
+                    "sessions_version": sessions_version,
+                    "sessions": sessions,
+                }))
                 .send();
             let resp = tokio::select! {
                 r = request => r?,
@@ -389,6 +450,23 @@ impl SimNode {
             self.heartbeats.fetch_add(1, Ordering::Relaxed);
             if let Some(v) = reply["config"]["version"].as_u64() {
                 version.send_replace((v, Some(Instant::now())));
+            }
+            if let Some(set) = reply.get("sessions").filter(|s| !s.is_null()) {
+                sessions_version = set["version"].as_u64().unwrap_or(0);
+                sessions = set["sessions"]
+                    .as_array()
+                    .map(|all| {
+                        all.iter()
+                            .map(|a| {
+                                json!({
+                                    "agent": a["agent"]["id"],
+                                    "session": a["session"],
+                                    "state": {"state": "running", "reports_in": false},
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
             }
         }
     }

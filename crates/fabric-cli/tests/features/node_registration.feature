@@ -17,6 +17,7 @@ Feature: Node registration
   Scenario: A single-use token admits one node only
     Given a single-use join token
     When node "n1" joins with the token and label "zone=a"
+    And node "n1" is "ready" in the node list
     And node "n2" tries to join with the same token
     Then the join of node "n2" is refused because the token was "already used"
     And node "n2" is not in the node list

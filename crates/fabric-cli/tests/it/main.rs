@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ mod gateway;
 mod instances;
 mod mcp;
 mod node_dispatch;
+mod node_netns;
 mod nodes;
 mod openapi;
 mod policy;
@@ -78,17 +79,18 @@ impl Fabric {
 
     /// A server with extra environment (`DOCKER_HOST`, say).
     fn start_with_env(env: &[(&str, &str)]) -> Fabric {
+        Fabric::start_on(Ipv4Addr::LOCALHOST, env)
+    }
+
+    /// A server listening on `ip` (an address of this host: loopback, or
+    /// a bridge the test made for network namespaces).
+    fn start_on(ip: Ipv4Addr, env: &[(&str, &str)]) -> Fabric {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let data_dir = dir.path().join("data");
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("reactor-fabric"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", &format!("{ip}:{port}"), "--data-dir"])
             .arg(&data_dir)
             .env("FABRIC_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("FABRIC_CONFIG", dir.path().join("server-config.toml"))
@@ -102,18 +104,18 @@ impl Fabric {
             .unwrap();
         let mut fabric = Fabric {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{ip}:{port}"),
             dir,
         };
-        fabric.wait_ready(port);
+        fabric.wait_ready(ip, port);
         fabric
     }
 
     /// Until `/readyz` says 200: `/v1` answers 503 while the server reloads.
-    fn wait_ready(&mut self, port: u16) {
+    fn wait_ready(&mut self, ip: Ipv4Addr, port: u16) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if readyz_ok(port) {
+            if readyz_ok_at(ip, port) {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -204,7 +206,11 @@ impl Drop for Fabric {
 
 /// A plain HTTP/1.1 `GET /readyz`: no client library needed to wait for the server.
 fn readyz_ok(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+    readyz_ok_at(Ipv4Addr::LOCALHOST, port)
+}
+
+fn readyz_ok_at(ip: Ipv4Addr, port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect((ip, port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

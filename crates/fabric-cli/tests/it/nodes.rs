@@ -37,6 +37,32 @@ impl Node {
         Node::start_in(fabric, dir, token, name, extra, Some(free_port()))
     }
 
+    /// A node inside network namespace `netns` (made with `ip netns add`).
+    /// Entered with `nsenter --net`, not `ip netns exec`, which mounts a
+    /// sysfs of its own and so hides the cgroup mounts sandboxes need.
+    pub(crate) fn start_in_netns(
+        fabric: &Fabric,
+        netns: &str,
+        token: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = node_command(fabric, &dir, name, None, extra);
+        let mut wrapped = Command::new("nsenter");
+        wrapped
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("--")
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .args(["--token", token])
+            .env_remove("FABRIC_JOIN_TOKEN")
+            .env_remove("FABRIC_URL")
+            .env_remove("FABRIC_TOKEN")
+            .stdin(Stdio::null());
+        Node::spawn(wrapped, dir, None)
+    }
+
     fn start_in(
         fabric: &Fabric,
         dir: TempDir,
@@ -49,6 +75,10 @@ impl Node {
         if let Some(token) = token {
             cmd.args(["--token", token]);
         }
+        Node::spawn(cmd, dir, port)
+    }
+
+    fn spawn(mut cmd: Command, dir: TempDir, port: Option<u16>) -> Node {
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
         let child = cmd
             .stdout(log.try_clone().unwrap())
@@ -66,7 +96,7 @@ impl Node {
         self.dir.path().join("data")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
     }
 
@@ -134,7 +164,26 @@ pub(crate) fn http(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http_to(
+        std::net::Ipv4Addr::LOCALHOST,
+        port,
+        method,
+        path,
+        bearer,
+        body,
+    )
+}
+
+/// [`http`] to `ip`:`port`.
+pub(crate) fn http_to(
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect((ip, port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();

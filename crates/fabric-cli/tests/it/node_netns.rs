@@ -1,0 +1,342 @@
+//! Issue #21 across real interfaces: three `reactor-fabric node` processes,
+//! each in a network namespace of its own joined to the orchestrator's
+//! bridge by a veth pair, so every node↔orchestrator message crosses an
+//! interface as between machines. Join, capabilities, config delivery,
+//! placement by selector, tasks on the chosen node (`FABRIC_NODE`),
+//! inference from inside a sandbox on a node with the official `ollama`
+//! client (metered against the agent at the orchestrator), and a partition:
+//! the node's link down past the heartbeat timeout, its agent moved, and
+//! after the link is back nothing ran twice.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::access::json_of;
+use super::gateway::Mock;
+use super::nodes::{FAST_NODES, Node, admin_token, create_token, http_to, wait_for_node};
+use super::{Fabric, stdout_of};
+
+/// A bridge on the host holding the orchestrator's address, and one
+/// network namespace per node with a veth pair into the bridge. Removed
+/// when dropped.
+struct Lab {
+    bridge: String,
+    /// The orchestrator's address on the bridge (`10.x.y.1`).
+    host: Ipv4Addr,
+    namespaces: Vec<String>,
+    /// Host ends of the veth pairs, one per namespace.
+    links: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    fn new(nodes: usize) -> Lab {
+        // Names and a /24 unique to this test process.
+        let id = std::process::id() % 100_000;
+        let (a, b) = (64 + (id >> 8) % 64, id & 0xff);
+        let bridge = format!("rfb{id}");
+        let host = Ipv4Addr::new(10, a as u8, b as u8, 1);
+        let mut lab = Lab {
+            bridge: bridge.clone(),
+            host,
+            namespaces: Vec::new(),
+            links: Vec::new(),
+        };
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{host}/24"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        for i in 0..nodes {
+            let ns = format!("rfn{id}-{i}");
+            let outside = format!("rfh{id}{i}");
+            let inside = format!("rfp{id}{i}");
+            ip(&["netns", "add", &ns]);
+            lab.namespaces.push(ns.clone());
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ]);
+            lab.links.push(outside.clone());
+            ip(&["link", "set", &inside, "netns", &ns]);
+            ip(&["link", "set", &outside, "master", &bridge]);
+            ip(&["link", "set", &outside, "up"]);
+            let addr = format!("10.{a}.{b}.{}/24", i + 2);
+            ip(&[
+                "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &inside,
+            ]);
+            ip(&["netns", "exec", &ns, "ip", "link", "set", &inside, "up"]);
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    /// Cuts node `i` off (its link down) or reconnects it.
+    fn link(&self, i: usize, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.links[i],
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for link in &self.links {
+            let _ = Command::new("ip").args(["link", "del", link]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn agent(fabric: &Fabric, id: &str) -> Value {
+    json_of(fabric.cli().args(["-o", "json", "agent", "get", id]))
+}
+
+fn wait_agent(fabric: &Fabric, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = agent(fabric, id);
+        if ok(&view) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent {id} never {what}: {view:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs one task and waits for it; the task's final view.
+fn run(fabric: &Fabric, agent: &str, env: &[String], command: &str) -> Value {
+    let mut cmd = fabric.cli();
+    cmd.args(["-o", "json", "task", "create", "--agent", agent]);
+    cmd.args(["--wait", "--timeout", "90s", "--command", command]);
+    for pair in env {
+        cmd.args(["--env", pair]);
+    }
+    let task = json_of(&mut cmd);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    task
+}
+
+fn stdout(task: &Value) -> String {
+    task["result"]["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_partition() {
+    let lab = Lab::new(3);
+    let mock = Mock::start("netns", None);
+    let fabric = Fabric::start_on(
+        lab.host,
+        &[
+            FAST_NODES[0],
+            FAST_NODES[1],
+            ("OLLAMA_BASE_URL", mock.url.as_str()),
+        ],
+    );
+    fabric.login();
+    let token = create_token(&fabric, &["--uses", "0"]);
+    let start = |i: usize, name: &str, labels: &[&str]| {
+        let mut extra = vec!["--isolation", "none,process"];
+        for label in labels {
+            extra.extend(["--label", label]);
+        }
+        Node::start_in_netns(&fabric, &lab.namespaces[i], &token, name, &extra)
+    };
+    let n1 = start(0, "n1", &["gpu=true"]);
+    let n2 = start(1, "n2", &["zone=b"]);
+    let n3 = start(2, "n3", &["zone=b"]);
+    let all = [("n1", &n1), ("n2", &n2), ("n3", &n3)];
+    for (name, node) in all {
+        let view = wait_for_node(&fabric, node, name, "ready", |n| n["status"] == "ready");
+        assert_eq!(
+            view["capabilities"]["isolation"],
+            serde_json::json!(["none", "process"]),
+            "{view:#}"
+        );
+    }
+
+    // Config delivery: every node applies and acknowledges version 1.
+    fabric
+        .cli()
+        .args(["node", "config", "set", "--log-level", "debug"])
+        .assert()
+        .success();
+    for (name, node) in all {
+        wait_for_node(&fabric, node, name, "on config 1", |n| {
+            n["config_version"] == 1
+        });
+    }
+
+    // Placement by selector; the task runs on that node, in a sandbox, and
+    // chats through its node's inference endpoint with the ollama client.
+    let (python, read_only) = super::mcp::sandboxed_python();
+    let mut spawn = fabric.cli();
+    spawn.args(["-o", "json", "agent", "spawn", "--id", "asks"]);
+    spawn.args(["--isolation", "process", "--node-selector", "gpu=true"]);
+    for path in &read_only {
+        spawn.args(["--read-only", path]);
+    }
+    let asks = json_of(&mut spawn);
+    assert_eq!(asks["node"], "n1", "{asks:#}");
+    assert_eq!(
+        stdout(&run(&fabric, "asks", &[], "echo $FABRIC_NODE")),
+        "n1"
+    );
+    let script = "import os, ollama\nc = ollama.Client(host=os.environ['OLLAMA_BASE_URL'])\nr = c.chat(model='llama3', messages=[{'role': 'user', 'content': 'hello from node n1'}])\nprint(os.environ['OLLAMA_BASE_URL'], r.message.content)";
+    let chat = run(
+        &fabric,
+        "asks",
+        &[format!("SCRIPT={script}")],
+        &format!("{} -c \"$SCRIPT\"", python.display()),
+    );
+    let said = stdout(&chat);
+    assert!(said.starts_with("http://localhost:11434"), "{chat:#}");
+    assert!(said.contains("hello from node n1"), "{chat:#}");
+    assert_metered(&fabric, lab.host, "asks");
+
+    // A partition: the node running `roamer` loses its link for longer
+    // than the heartbeat timeout while a task runs there.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let roamer = json_of(fabric.cli().args([
+        "-o",
+        "json",
+        "agent",
+        "spawn",
+        "--id",
+        "roamer",
+        "--isolation",
+        "none",
+        "--as-fabric-user",
+        "--node-selector",
+        "zone=b",
+    ]));
+    let cut = roamer["node"].as_str().unwrap().to_owned();
+    let (cut_index, other) = if cut == "n2" { (1, "n3") } else { (2, "n2") };
+    let command = format!(
+        "echo start $FABRIC_NODE >> {log}; sleep 8; echo end $FABRIC_NODE >> {log}",
+        log = log.display()
+    );
+    let task = json_of(fabric.cli().args([
+        "-o",
+        "json",
+        "task",
+        "create",
+        "--agent",
+        "roamer",
+        "--command",
+        &command,
+    ]));
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    wait_for_line(&log, &format!("start {cut}"));
+    lab.link(cut_index, false);
+    let cut_node = if cut == "n2" { &n2 } else { &n3 };
+    wait_for_node(&fabric, cut_node, &cut, "unreachable", |n| {
+        n["status"] == "unreachable"
+    });
+    wait_agent(&fabric, "roamer", "moved", |a| {
+        a["node"] == other && a["state"] == "running"
+    });
+    let done = json_of(fabric.cli().args([
+        "-o",
+        "json",
+        "task",
+        "result",
+        &task_id,
+        "--wait",
+        "--timeout",
+        "90s",
+    ]));
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let task = json_of(fabric.cli().args(["-o", "json", "task", "get", &task_id]));
+    assert!(task["attempt"].as_u64().unwrap() >= 2, "{task:#}");
+
+    // The link comes back: the node reports again, runs nothing of the
+    // moved agent, and what it ran before the cut never finished there.
+    lab.link(cut_index, true);
+    wait_for_node(&fabric, cut_node, &cut, "ready again", |n| {
+        n["status"] == "ready" && n["agents"] == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let runs = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = runs.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("start {cut}"),
+            format!("start {other}"),
+            format!("end {other}")
+        ],
+        "the cut node stopped its task before the orchestrator moved it:\n{}",
+        cut_node.log()
+    );
+    assert_eq!(
+        stdout(&run(&fabric, "roamer", &[], "echo $FABRIC_NODE")),
+        other
+    );
+    let list = stdout_of(fabric.cli().args(["node", "list"]));
+    assert!(list.contains("n1"), "{list}");
+}
+
+fn wait_for_line(log: &Path, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{line:?} never appeared: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The orchestrator's usage ledger has a call of `agent`.
+fn assert_metered(fabric: &Fabric, host: Ipv4Addr, agent: &str) {
+    let port: u16 = fabric.url.rsplit(':').next().unwrap().parse().unwrap();
+    let token = admin_token(fabric);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_to(
+            host,
+            port,
+            "GET",
+            &format!("/v1/llm/usage?agent={agent}"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let usage: Value = serde_json::from_str(&body).unwrap();
+        if usage["records"].as_array().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usage recorded for agent {agent}: {usage:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
