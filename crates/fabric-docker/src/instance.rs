@@ -145,6 +145,10 @@ pub struct StartOptions {
     /// The first admin's password; handed to the orchestrator as a file, so it is
     /// in neither the container's config nor its environment.
     pub admin_password: String,
+    /// Worker-node containers to add ([`start_nodes`]): with any, the nodes
+    /// hold the Docker socket and run the container agents, the
+    /// orchestrator does not.
+    pub nodes: usize,
 }
 
 /// A started instance.
@@ -158,6 +162,10 @@ pub struct StartReport {
     pub images: Vec<ImageReady>,
     /// Where the time went, in milliseconds per phase.
     pub timings_ms: Vec<(String, u64)>,
+    /// The orchestrator's image (worker nodes run it too).
+    pub orchestrator_image: String,
+    /// The default agent image, when the instance runs container agents.
+    pub agent_image: Option<String>,
 }
 
 /// A removed instance.
@@ -279,6 +287,8 @@ pub async fn start(
             volumes: instance_volumes(name, &options.config),
             images: images.ready,
             timings_ms: timings.phases,
+            orchestrator_image: images.orchestrator,
+            agent_image: images.agent,
         }),
         Err(err) => {
             clean_up(client, name, &created).await;
@@ -551,8 +561,16 @@ fn orchestrator_body(
         format!("{ENV_ADMIN_PASSWORD_FILE}={ADMIN_PASSWORD_PATH}"),
         "FABRIC_LOG_FORMAT=json".to_owned(),
     ];
-    if options.config.agents.containers {
-        container_agents(name, images, &options.config, &mut host, &mut env);
+    // With worker nodes, they hold the socket: the orchestrator has none.
+    if options.config.agents.containers && options.nodes == 0 {
+        container_agents(
+            name,
+            &images.orchestrator,
+            images.agent.as_deref(),
+            &options.config,
+            &mut host,
+            &mut env,
+        );
     }
     ContainerCreateBody {
         image: Some(image.to_owned()),
@@ -572,7 +590,8 @@ fn orchestrator_body(
 /// sidecars, and the images and instance name for `serve`.
 fn container_agents(
     name: &str,
-    images: &Images,
+    proxy_image: &str,
+    agent_image: Option<&str>,
     config: &InstanceConfig,
     host: &mut HostConfig,
     env: &mut Vec<String>,
@@ -615,10 +634,121 @@ fn container_agents(
         format!("{ENV_INSTANCE}={name}"),
         format!("{ENV_SOCKET_VOLUME}={}", socket_volume_name(name)),
         format!("{ENV_SOCKET_DIR}={SOCKET_DIR}"),
-        format!("{ENV_PROXY_IMAGE}={}", images.orchestrator),
+        format!("{ENV_PROXY_IMAGE}={proxy_image}"),
     ]);
-    if let Some(agent) = &images.agent {
+    if let Some(agent) = agent_image {
         env.push(format!("{ENV_AGENT_IMAGE}={agent}"));
+    }
+}
+
+/// Where a worker node's join token is, in its container.
+const JOIN_TOKEN_PATH: &str = "/run/fabric/join-token";
+
+/// `reactor-fabric-NAME-node-I`: worker node `I` (from 1) of an instance.
+pub fn node_container_name(name: &str, index: usize) -> String {
+    format!("{}-{index}", container_name(name, Component::Node))
+}
+
+/// What [`start_nodes`] needs of the started instance.
+pub struct NodesOptions<'a> {
+    pub name: &'a str,
+    pub config: &'a InstanceConfig,
+    pub count: usize,
+    /// A join token admitting `count` nodes; handed to each as a file.
+    pub join_token: &'a str,
+    /// The orchestrator's image: the nodes run the same binary.
+    pub image: &'a str,
+    pub agent_image: Option<&'a str>,
+}
+
+/// Adds `count` worker-node containers to a started instance: each runs
+/// `reactor-fabric node --join http://orchestrator:8080 --isolation
+/// container` on the instance's network with a data volume of its own,
+/// the Docker socket and the sidecars' socket volume. Returns their
+/// container names; a failure removes the ones made.
+pub async fn start_nodes(
+    client: &DockerClient,
+    options: &NodesOptions<'_>,
+) -> Result<Vec<String>, InstanceError> {
+    let name = options.name;
+    // Docker takes a network's name where it takes its id.
+    let network = network_name(name);
+    let mut made = Vec::new();
+    let result = async {
+        for index in 1..=options.count {
+            let container = node_container_name(name, index);
+            let volume = format!("{container}-data");
+            client
+                .create_volume(&volume, labels::labels(name, Component::Node))
+                .await?;
+            let body = node_body(options, index, &network, &volume);
+            client.create_container(&container, body).await?;
+            made.push(container.clone());
+            let mut fs = image::Rootfs::new();
+            fs.dir("/run/fabric", 0o700, IMAGE_UID)?;
+            fs.file(
+                JOIN_TOKEN_PATH,
+                options.join_token.as_bytes(),
+                0o400,
+                IMAGE_UID,
+            )?;
+            client.upload(&container, "/", fs.finish()?).await?;
+            client.start_container(&container).await?;
+        }
+        Ok::<(), InstanceError>(())
+    };
+    match result.await {
+        Ok(()) => Ok(made),
+        Err(e) => {
+            for container in &made {
+                let _ = client.remove_container(container).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+fn node_body(
+    options: &NodesOptions<'_>,
+    index: usize,
+    network_id: &str,
+    volume: &str,
+) -> ContainerCreateBody {
+    let name = options.name;
+    let node = format!("node-{index}");
+    let cmd = vec![
+        "node".to_owned(),
+        "--join".to_owned(),
+        format!("http://orchestrator:{ORCHESTRATOR_PORT}"),
+        "--token-file".to_owned(),
+        JOIN_TOKEN_PATH.to_owned(),
+        "--name".to_owned(),
+        node.clone(),
+        "--data-dir".to_owned(),
+        "/data".to_owned(),
+        "--isolation".to_owned(),
+        "container".to_owned(),
+    ];
+    let mut host = base_host_config(network_id, volume, options.config.orchestrator_limits());
+    // docker-init reaps what the node's processes leave.
+    host.init = Some(true);
+    let mut env = vec!["FABRIC_LOG_FORMAT=json".to_owned()];
+    container_agents(
+        name,
+        options.image,
+        options.agent_image,
+        options.config,
+        &mut host,
+        &mut env,
+    );
+    ContainerCreateBody {
+        image: Some(options.image.to_owned()),
+        cmd: Some(cmd),
+        env: Some(env),
+        labels: Some(labels::labels(name, Component::Node)),
+        host_config: Some(host),
+        networking_config: Some(endpoint(network_id, &node)),
+        ..Default::default()
     }
 }
 
@@ -1190,6 +1320,7 @@ mod tests {
             config: InstanceConfig::default(),
             binary: PathBuf::from("/bin/true"),
             admin_password: "sekrit-password".to_owned(),
+            nodes: 0,
         };
         let images = Images {
             orchestrator: "img".to_owned(),
@@ -1217,5 +1348,49 @@ mod tests {
         let binding = &host.port_bindings.unwrap()["8080/tcp"].clone().unwrap()[0];
         assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(binding.host_port.as_deref(), Some(""));
+    }
+
+    /// With worker nodes the nodes hold the Docker socket and the
+    /// orchestrator does not; a node's join token is in no config.
+    #[test]
+    fn with_nodes_the_socket_goes_to_the_nodes() {
+        let config = InstanceConfig::default();
+        let options = StartOptions {
+            name: "t".to_owned(),
+            config: config.clone(),
+            binary: PathBuf::from("/bin/true"),
+            admin_password: "pw".to_owned(),
+            nodes: 2,
+        };
+        let images = Images {
+            orchestrator: "img".to_owned(),
+            redis: "redis".to_owned(),
+            agent: Some("agent-img".to_owned()),
+            ready: Vec::new(),
+        };
+        let has_socket = |host: &HostConfig| {
+            host.mounts
+                .iter()
+                .flatten()
+                .any(|m| m.target.as_deref() == Some("/var/run/docker.sock"))
+        };
+        let orchestrator = orchestrator_body(&options, &images, "netid", "vol");
+        assert!(!has_socket(orchestrator.host_config.as_ref().unwrap()));
+        let nodes = NodesOptions {
+            name: "t",
+            config: &config,
+            count: 2,
+            join_token: "rfj_abcd1234_secret",
+            image: "img",
+            agent_image: Some("agent-img"),
+        };
+        let node = node_body(&nodes, 2, "netid", "t-node-2-data");
+        assert!(has_socket(node.host_config.as_ref().unwrap()));
+        let text = serde_json::to_string(&node).unwrap();
+        assert!(!text.contains("rfj_abcd1234_secret"), "{text}");
+        assert!(text.contains("\"--name\",\"node-2\""), "{text}");
+        assert!(text.contains("http://orchestrator:8080"), "{text}");
+        assert!(text.contains("FABRIC_SOCKET_VOLUME=reactor-fabric-t-sockets"));
+        assert_eq!(node_container_name("t", 2), "reactor-fabric-t-node-2");
     }
 }

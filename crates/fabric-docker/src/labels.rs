@@ -39,14 +39,18 @@ pub enum Component {
     Agent,
     /// A helper sharing an agent's network namespace (the inference proxy).
     Sidecar,
+    /// A worker node (`reactor-fabric node`) holding the Docker socket for
+    /// the instance's container agents (`start --nodes N`).
+    Node,
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 5] = [
         Component::Orchestrator,
         Component::Redis,
         Component::Agent,
         Component::Sidecar,
+        Component::Node,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Component {
             Component::Redis => "redis",
             Component::Agent => "agent",
             Component::Sidecar => "sidecar",
+            Component::Node => "node",
         }
     }
 }

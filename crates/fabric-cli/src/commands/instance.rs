@@ -30,6 +30,9 @@ pub struct StartArgs {
     /// fabric.yml with images, the published port and memory/CPU limits (must exist; - reads stdin)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Worker-node containers to add; with any, they (not the orchestrator) hold the Docker socket and run the container agents
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub nodes: u8,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,11 +65,17 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
             None => (instance::generate_password(), true),
         };
     let client = DockerClient::connect().await?;
+    if args.nodes > 0 && !config.agents.containers {
+        return Err(CliError::Usage(
+            "--nodes adds nodes for container agents, but this config turns them off (agents.containers: false)".into(),
+        ));
+    }
     let options = StartOptions {
         name: args.name,
         config,
         binary,
         admin_password,
+        nodes: usize::from(args.nodes),
     };
     let interrupt = async {
         // No Ctrl-C handler: never interrupt.
@@ -97,6 +106,20 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
             stand_in.image
         );
     }
+    let nodes = if options.nodes > 0 {
+        match add_nodes(&client, &options, &report).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                // All or nothing: an instance without the nodes asked for is removed.
+                if let Err(down) = instance::down(&client, &report.name).await {
+                    eprintln!("warning: the instance could not be removed again: {down}");
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let password_shown = generated.then_some(options.admin_password.as_str());
     let context = match save_context(&report.name, &report.url, &options.admin_password).await {
         Ok(()) => Some(report.name.clone()),
@@ -118,7 +141,8 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
             // Shown once, here; null when it came from FABRIC_ADMIN_PASSWORD.
             "admin_password": password_shown,
             "network": report.network,
-            "containers": report.containers,
+            "containers": report.containers.iter().chain(&nodes).collect::<Vec<_>>(),
+            "nodes": nodes.len(),
             "volumes": report.volumes,
             "images": report.images,
             "timings_ms": report.timings_ms.iter().map(|(k, v)| json!({"phase": k, "ms": v})).collect::<Vec<_>>(),
@@ -126,6 +150,12 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
     }
     outln!("instance {} is ready", report.name)?;
     outln!("  url:      {}", report.url)?;
+    if !nodes.is_empty() {
+        outln!(
+            "  nodes:    {} ready, holding the Docker socket for container agents",
+            nodes.len()
+        )?;
+    }
     outln!("  user:     admin")?;
     match password_shown {
         Some(p) => outln!("  password: {p}  (generated, shown only this once)")?,
@@ -140,6 +170,65 @@ pub async fn start(args: StartArgs, output: OutputFormat) -> Result<(), CliError
             report.url
         ),
     }
+}
+
+/// Adds the worker-node containers to a started instance: a join token
+/// admitting exactly that many nodes (10 minutes), the containers, then
+/// waits until every one is ready. Returns their container names.
+async fn add_nodes(
+    docker: &DockerClient,
+    options: &StartOptions,
+    report: &instance::StartReport,
+) -> Result<Vec<String>, CliError> {
+    let issued = FabricClient::new(&report.url, None)?
+        .login(&LoginRequest {
+            username: "admin".to_owned(),
+            password: options.admin_password.clone(),
+        })
+        .await?;
+    let api = FabricClient::new(&report.url, Some(issued.token.clone()))?;
+    let token = api
+        .create_join_token(&fabric_core::node::CreateJoinTokenRequest {
+            ttl_seconds: Some(600),
+            max_uses: Some(u32::try_from(options.nodes).unwrap_or(u32::MAX)),
+        })
+        .await?;
+    let containers = instance::start_nodes(
+        docker,
+        &instance::NodesOptions {
+            name: &report.name,
+            config: &options.config,
+            count: options.nodes,
+            join_token: &token.token,
+            image: &report.orchestrator_image,
+            agent_image: report.agent_image.as_deref(),
+        },
+    )
+    .await?;
+    let deadline = std::time::Instant::now() + options.config.readiness_timeout();
+    loop {
+        let list = api.list_nodes().await?;
+        let ready = list
+            .nodes
+            .iter()
+            .filter(|n| n.status == fabric_core::node::NodeStatus::Ready)
+            .count();
+        if ready >= options.nodes {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "only {ready} of {} worker nodes of instance {} became ready within {} s; see 'docker logs {}'",
+                options.nodes,
+                report.name,
+                options.config.readiness_timeout().as_secs(),
+                instance::node_container_name(&report.name, 1)
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _ = api.logout().await;
+    Ok(containers)
 }
 
 /// Logs in to a new instance as its admin and stores that login as a

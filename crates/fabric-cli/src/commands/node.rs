@@ -44,6 +44,14 @@ pub struct NodeRunArgs {
     pub token: Option<String>,
 
     /// This node's name (a-z, 0-9, '-') [default: the host name]
+    /// A file holding the join token (instead of --token: not in argv or the environment)
+    #[arg(
+        long,
+        env = "FABRIC_JOIN_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     #[arg(long, env = "FABRIC_NODE_NAME", value_name = "NAME")]
     pub name: Option<String>,
 
@@ -79,6 +87,8 @@ pub struct NodeRunArgs {
     /// Log format on stderr [default: pretty on a terminal, json otherwise]
     #[arg(long, env = "FABRIC_LOG_FORMAT", value_enum)]
     pub log_format: Option<super::serve::LogFormatArg>,
+    #[command(flatten)]
+    pub containers: super::serve::ContainerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,9 +190,18 @@ pub fn run_node(args: NodeRunArgs) -> Result<(), CliError> {
     };
     fabric_core::node::validate_node_name(&name)
         .map_err(|e| CliError::Usage(format!("--name: {e} (the host name is the default)")))?;
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        None => args.token,
+    };
     let options = fabric_server::node::NodeOptions {
         orchestrator,
-        join_token: args.token.filter(|t| !t.trim().is_empty()),
+        join_token: token.filter(|t| !t.trim().is_empty()),
         name,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         data_dir: args.data_dir,
@@ -191,6 +210,7 @@ pub fn run_node(args: NodeRunArgs) -> Result<(), CliError> {
         isolation: args.isolation,
         ollama: args.ollama,
         helper: super::serve::sandbox_helper(),
+        containers: args.containers.config(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

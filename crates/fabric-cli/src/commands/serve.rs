@@ -123,33 +123,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue_depth: u32,
 
-    /// Image of container agents without their own (the built-in shell, a command)
-    /// [default: built from this host's busybox, or its shell and tools]
-    #[arg(long, env = "FABRIC_AGENT_IMAGE", value_name = "IMAGE")]
-    pub agent_image: Option<String>,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
 
-    /// Image of container agents' sidecars; its entrypoint must be reactor-fabric
-    /// [default: built from this binary]
-    #[arg(long, env = "FABRIC_PROXY_IMAGE", value_name = "IMAGE")]
-    pub proxy_image: Option<String>,
-
-    /// The Docker instance this server runs in (set by 'reactor-fabric start')
-    #[arg(long, env = "FABRIC_INSTANCE", value_name = "NAME", hide = true)]
-    pub instance: Option<String>,
-
-    /// A named volume shared with sidecars for their sockets (set by 'reactor-fabric start')
-    #[arg(
-        long,
-        env = "FABRIC_SOCKET_VOLUME",
-        value_name = "VOLUME",
-        hide = true,
-        requires = "socket_dir"
-    )]
-    pub socket_volume: Option<String>,
-
-    /// Where --socket-volume is mounted in this server's container
-    #[arg(long, env = "FABRIC_SOCKET_DIR", value_name = "DIR", hide = true)]
-    pub socket_dir: Option<PathBuf>,
     /// Inference gateway config (TOML: providers, policy, model map, timeouts, prices);
     /// OLLAMA_BASE_URL, OPENAI_BASE_URL + OPENAI_API_KEY and ANTHROPIC_API_KEY add
     /// providers it does not define, FABRIC_GATEWAY_POLICY overrides its policy
@@ -306,20 +282,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         workdir_retention: args.workdir_retention,
         task_retention: args.task_retention,
         sandbox_helper: sandbox_helper(),
-        containers: fabric_server::ContainerConfig {
-            docker_host: None,
-            agent_image: args.agent_image.filter(|i| !i.is_empty()),
-            proxy_image: args.proxy_image.filter(|i| !i.is_empty()),
-            // The sidecar runs `reactor-fabric proxy` from an image of this very binary.
-            proxy_binary: std::env::current_exe().ok(),
-            instance: args.instance.filter(|i| !i.is_empty()),
-            socket_volume: match (args.socket_volume, args.socket_dir) {
-                (Some(name), Some(local_dir)) if !name.is_empty() => {
-                    Some(fabric_server::SocketVolume { name, local_dir })
-                }
-                _ => None,
-            },
-        },
+        containers: args.containers.config(),
         gateway,
         telemetry: telemetry_config(args.alert_webhook, args.alert_error_rate, args.alert_window)?,
         cors_origins: args.cors_origins,
@@ -434,6 +397,58 @@ fn parse_leader_ttl(text: &str) -> Result<std::time::Duration, String> {
 /// Hidden subcommand through which this binary acts as the sandbox helper of
 /// isolation `process` (see `fabric_runtime::sandbox`).
 pub const SANDBOX_HELPER_ARG: &str = "__sandbox-helper";
+
+/// Isolation `container`: images and, in a Docker instance, where sidecars
+/// find their sockets (`serve` and `node` take the same flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ContainerArgs {
+    /// Image of container agents without their own (the built-in shell, a command)
+    /// [default: built from this host's busybox, or its shell and tools]
+    #[arg(long, env = "FABRIC_AGENT_IMAGE", value_name = "IMAGE")]
+    pub agent_image: Option<String>,
+
+    /// Image of container agents' sidecars; its entrypoint must be reactor-fabric
+    /// [default: built from this binary]
+    #[arg(long, env = "FABRIC_PROXY_IMAGE", value_name = "IMAGE")]
+    pub proxy_image: Option<String>,
+
+    /// The Docker instance this server runs in (set by 'reactor-fabric start')
+    #[arg(long, env = "FABRIC_INSTANCE", value_name = "NAME", hide = true)]
+    pub instance: Option<String>,
+
+    /// A named volume shared with sidecars for their sockets (set by 'reactor-fabric start')
+    #[arg(
+        long,
+        env = "FABRIC_SOCKET_VOLUME",
+        value_name = "VOLUME",
+        hide = true,
+        requires = "socket_dir"
+    )]
+    pub socket_volume: Option<String>,
+
+    /// Where --socket-volume is mounted in this server's container
+    #[arg(long, env = "FABRIC_SOCKET_DIR", value_name = "DIR", hide = true)]
+    pub socket_dir: Option<PathBuf>,
+}
+
+impl ContainerArgs {
+    pub(crate) fn config(self) -> fabric_server::ContainerConfig {
+        fabric_server::ContainerConfig {
+            docker_host: None,
+            agent_image: self.agent_image.filter(|i| !i.is_empty()),
+            proxy_image: self.proxy_image.filter(|i| !i.is_empty()),
+            // The sidecar runs `reactor-fabric proxy` from an image of this very binary.
+            proxy_binary: std::env::current_exe().ok(),
+            instance: self.instance.filter(|i| !i.is_empty()),
+            socket_volume: match (self.socket_volume, self.socket_dir) {
+                (Some(name), Some(local_dir)) if !name.is_empty() => {
+                    Some(fabric_server::SocketVolume { name, local_dir })
+                }
+                _ => None,
+            },
+        }
+    }
+}
 
 /// This very binary, as the sandbox helper.
 pub(crate) fn sandbox_helper() -> Option<fabric_server::HelperCommand> {

@@ -434,6 +434,101 @@ fn container_agents_run_inside_an_instance_and_go_with_down() {
     assert_eq!(labelled(&name), Vec::<String>::new());
 }
 
+/// `start --nodes 1` (issue #21): a worker-node container holds the Docker
+/// socket, the orchestrator none; container agents are placed on the node
+/// and run there; `list` and `down` include it.
+#[test]
+fn worker_node_containers_hold_the_socket_and_run_container_agents() {
+    let inst = Instance::new("nodes");
+    let name = inst.name.clone();
+    let (url, password) = inst.start(&["--nodes", "1"]);
+    let cli = |args: &[&str]| {
+        let mut cmd = inst.cli();
+        cmd.env("FABRIC_URL", &url).args(args);
+        cmd.output().unwrap()
+    };
+    let out = cli(&[
+        "auth",
+        "login",
+        "--username",
+        "admin",
+        "--password",
+        &password,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = cli(&["-o", "json", "node", "list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let node = &list["nodes"][0];
+    assert_eq!(node["name"], "node-1", "{list:#}");
+    assert_eq!(node["status"], "ready", "{list:#}");
+    assert_eq!(
+        node["capabilities"]["isolation"],
+        serde_json::json!(["container"]),
+        "{list:#}"
+    );
+
+    // No selector needed: the orchestrator has no Docker, the node has.
+    let out = cli(&[
+        "-o",
+        "json",
+        "agent",
+        "spawn",
+        "--id",
+        "box",
+        "--isolation",
+        "container",
+    ]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let agent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(agent["node"], "node-1", "{agent:#}");
+    let out = cli(&[
+        "task",
+        "create",
+        "--agent",
+        "box",
+        "--command",
+        "id -u; echo $FABRIC_NODE",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = stdout(&out).lines().last().unwrap().trim().to_owned();
+    let out = cli(&["task", "result", &id, "--wait", "--timeout", "90s"]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{text}\n{}", stderr(&out));
+    assert!(text.contains("\n65534\nnode-1\n"), "{text}");
+
+    let mounts = |container: &str| docker(&["inspect", "--format", "{{json .Mounts}}", container]);
+    let orchestrator = format!("reactor-fabric-{name}-orchestrator");
+    let node_container = format!("reactor-fabric-{name}-node-1");
+    assert!(
+        !mounts(&orchestrator).contains("docker.sock"),
+        "{}",
+        mounts(&orchestrator)
+    );
+    assert!(
+        mounts(&node_container).contains("docker.sock"),
+        "{}",
+        mounts(&node_container)
+    );
+
+    let me = inst.mine(&inst.list_json()).cloned().unwrap();
+    let mut components: Vec<String> = me["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap().to_owned())
+        .collect();
+    components.sort();
+    assert_eq!(
+        components,
+        ["agent", "node", "orchestrator", "redis", "sidecar"],
+        "{me}"
+    );
+    let out = inst.run(&["down", "--name", &name]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(labelled(&name), Vec::<String>::new());
+}
+
 #[test]
 fn a_second_start_of_one_name_is_a_conflict() {
     let inst = Instance::new("dup");

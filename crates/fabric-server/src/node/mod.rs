@@ -75,6 +75,9 @@ pub struct NodeOptions {
     pub ollama: Option<String>,
     /// This binary as the sandbox helper (isolation `process`).
     pub helper: Option<HelperCommand>,
+    /// Isolation `container`: images, and in a Docker instance the socket
+    /// volume sidecars share with this node.
+    pub containers: crate::services::agents::ContainerConfig,
 }
 
 /// What `<data>/node.json` keeps: who this node is to which orchestrator.
@@ -259,10 +262,13 @@ async fn session_runtime(
         max_body_bytes: fabric_gateway::config::DEFAULT_MAX_BODY_BYTES,
         timeout: gateway_timeout + Duration::from_secs(5),
     };
-    let containers = crate::services::agents::ContainerConfig {
-        proxy_binary: std::env::current_exe().ok(),
-        ..Default::default()
-    };
+    // Unique on the Docker host: a node's sweep at start removes only what
+    // this very node left behind.
+    let owner = format!(
+        "{}-node-{}",
+        crate::container_owner(&options.data_dir, options.containers.instance.as_deref()),
+        options.name
+    );
     let config = crate::services::agents::RuntimeConfig {
         agents_dir: options.data_dir.join("agents"),
         api_addr,
@@ -272,8 +278,8 @@ async fn session_runtime(
         shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
         kill_grace: KILL_GRACE,
         workdir_retention: Duration::ZERO,
-        owner: format!("node-{}", options.name),
-        containers,
+        owner,
+        containers: options.containers.clone(),
         inference: Arc::new(inference::SharedForward(Arc::new(forward))),
         inference_timeout: gateway_timeout,
         env: vec![("FABRIC_NODE".to_owned(), options.name.clone())],

@@ -434,10 +434,14 @@ impl AgentManager {
             by.require(fabric_core::Scope::Admin)
                 .map_err(AgentError::AsFabricUser)?;
         }
-        // What this host offers matters only for an agent that may run here;
-        // a node checks the same when it starts the session.
-        if !config.placed_on_node() {
-            self.check_local(&config).await?;
+        // What this host offers matters only for an agent that may run here
+        // (a node checks the same when it starts the session): one this
+        // host cannot run is fine if a node can take it.
+        if !config.placed_on_node()
+            && let Err(e) = self.check_local(&config).await
+            && self.inner.config.nodes.place(&config, None).is_err()
+        {
+            return Err(e);
         }
         self.check_host_paths(&config.isolation)?;
         // One spawn per id at a time: the checks below and the install in
@@ -901,7 +905,12 @@ impl Inner {
         if system {
             return Ok(None);
         }
-        let local = (!config.placed_on_node()).then(|| {
+        let runs_here = match config.isolation.level {
+            IsolationLevel::None => true,
+            IsolationLevel::Process => self.runtime.config.helper.is_some(),
+            IsolationLevel::Container => self.runtime.has_docker(),
+        };
+        let local = (runs_here && !config.placed_on_node()).then(|| {
             let agents = self
                 .slots
                 .lock()
