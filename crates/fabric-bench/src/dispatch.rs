@@ -2,8 +2,9 @@
 //!
 //! A release `reactor-fabric serve` and real `reactor-fabric node`
 //! processes on loopback (isolation `none`). Three built-in shell agents
-//! (concurrency 4 each) run either all on one node or one per node, and
-//! the same load goes through both layouts in the same session:
+//! (concurrency 4 each) run on the orchestrator itself (the baseline, no
+//! node), all on one node, or one per node, and the same load goes through
+//! the three layouts in the same session:
 //!
 //! - dispatch latency: one task at a time, each `date +%s%N` as its only
 //!   command; latency = the command's clock reading minus the task's
@@ -57,19 +58,20 @@ struct Run {
 pub async fn run(args: &DispatchArgs) -> anyhow::Result<()> {
     let binary = resolve_binary(args.server_bin.as_deref())?;
     println!(
-        "dispatch: {AGENTS} shell agents (concurrency 4) on 1 node vs 3 nodes; {} latency samples, {} tasks; {} reps; {}",
+        "dispatch: {AGENTS} shell agents (concurrency 4) on the orchestrator vs 1 node vs 3 nodes; {} latency samples, {} tasks; {} reps; {}",
         args.samples,
         args.tasks,
         args.reps,
         binary.display()
     );
+    let mut here = Vec::new();
     let mut one = Vec::new();
     let mut three = Vec::new();
     for rep in 1..=args.reps {
-        for (nodes, runs) in [(1usize, &mut one), (3, &mut three)] {
+        for (nodes, runs) in [(0usize, &mut here), (1, &mut one), (3, &mut three)] {
             let r = one_run(&binary, args, nodes).await?;
             println!(
-                "rep {rep}, {nodes} node(s): dispatch p50 {:.2} ms p99 {:.2} ms | {} tasks at {:.0} tasks/s",
+                "rep {rep}, {nodes} node(s) (0: on the orchestrator): dispatch p50 {:.2} ms p99 {:.2} ms | {} tasks at {:.0} tasks/s",
                 millis(r.latency.p50),
                 millis(r.latency.p99),
                 args.tasks,
@@ -81,22 +83,33 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<()> {
     let med =
         |runs: &[Run], f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     println!();
-    println!("| medians of {} reps | 1 node | 3 nodes |", args.reps);
-    println!("|---|---|---|");
     println!(
-        "| dispatch (lease → command running on the node) p50 | {:.2} ms | {:.2} ms |",
-        med(&one, &|r| millis(r.latency.p50)),
-        med(&three, &|r| millis(r.latency.p50))
+        "| medians of {} reps | on the orchestrator (no node) | 1 node | 3 nodes |",
+        args.reps
+    );
+    println!("|---|---|---|---|");
+    let row = |what: &str, f: &dyn Fn(&Run) -> f64| {
+        println!(
+            "| {what} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            med(&here, f),
+            med(&one, f),
+            med(&three, f)
+        );
+    };
+    row("dispatch (lease → command running) p50", &|r| {
+        millis(r.latency.p50)
+    });
+    row("dispatch p99", &|r| millis(r.latency.p99));
+    let (t0, t1, t3) = (
+        med(&here, &|r| r.throughput),
+        med(&one, &|r| r.throughput),
+        med(&three, &|r| r.throughput),
     );
     println!(
-        "| dispatch p99 | {:.2} ms | {:.2} ms |",
-        med(&one, &|r| millis(r.latency.p99)),
-        med(&three, &|r| millis(r.latency.p99))
-    );
-    let (t1, t3) = (med(&one, &|r| r.throughput), med(&three, &|r| r.throughput));
-    println!(
-        "| {} short tasks, throughput | {t1:.0} tasks/s | {t3:.0} tasks/s ({:.2}×) |",
+        "| {} short tasks, throughput | {t0:.0} tasks/s | {t1:.0} tasks/s ({:.2}×) | {t3:.0} tasks/s ({:.2}×; {:.2}× of 1 node) |",
         args.tasks,
+        t1 / t0,
+        t3 / t0,
         t3 / t1
     );
     Ok(())
@@ -137,36 +150,33 @@ async fn start_node(
 
 async fn one_run(binary: &Path, args: &DispatchArgs, nodes: usize) -> anyhow::Result<Run> {
     let (server, admin) = Server::start(binary, &[]).await?;
-    let created: Value = admin
-        .http
-        .post(admin.url("/v1/nodes/tokens"))
-        .json(&json!({"ttl_seconds": 3600, "max_uses": 0}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = created["token"].as_str().context("no join token")?;
+    let token = crate::nodes::join_token(&admin).await?;
+
     let mut processes = Vec::new();
     for i in 0..nodes {
-        processes.push(start_node(binary, &server.base, token, &format!("d{i}")).await?);
+        processes.push(start_node(binary, &server.base, &token, &format!("d{i}")).await?);
     }
-    wait_nodes_ready(&admin, nodes).await?;
+    if nodes > 0 {
+        wait_nodes_ready(&admin, nodes).await?;
+    }
     let mut agents = Vec::new();
     for i in 0..AGENTS {
         let id = format!("worker-{i}");
-        let node = format!("d{}", i % nodes);
+        let mut agent = json!({
+            "id": id, "concurrency": 4, "max_queue_depth": 100_000,
+            "isolation": {"level": "none", "as_fabric_user": true},
+        });
+        if nodes > 0 {
+            agent["node"] = json!(format!("d{}", i % nodes));
+        }
         admin
             .http
             .post(admin.url("/v1/agents"))
-            .json(&json!({
-                "id": id, "node": node, "concurrency": 4,
-                "isolation": {"level": "none", "as_fabric_user": true},
-            }))
+            .json(&agent)
             .send()
             .await?
             .error_for_status()
-            .with_context(|| format!("cannot place {id} on {node}"))?;
+            .with_context(|| format!("cannot spawn {id}"))?;
         agents.push(id);
     }
     let latency = dispatch_latency(&admin, &agents, args.samples).await?;

@@ -333,7 +333,7 @@ async fn cpu_over(pid: u32, window: Duration) -> anyhow::Result<f64> {
     Ok(ProcessCpu::of(pid)?.seconds_since(&start).0)
 }
 
-async fn join_token(admin: &Client) -> anyhow::Result<String> {
+pub(crate) async fn join_token(admin: &Client) -> anyhow::Result<String> {
     let created: Value = admin
         .http
         .post(admin.url("/v1/nodes/tokens"))

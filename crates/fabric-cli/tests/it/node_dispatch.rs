@@ -44,7 +44,7 @@ fn spawn(fabric: &Fabric, id: &str, args: &[&str]) -> Value {
     )
 }
 
-fn agent(fabric: &Fabric, id: &str) -> Value {
+pub(crate) fn agent(fabric: &Fabric, id: &str) -> Value {
     json_of(fabric.cli().args(["-o", "json", "agent", "get", id]))
 }
 
@@ -68,7 +68,12 @@ fn run(fabric: &Fabric, agent: &str, command: &str) -> String {
 }
 
 /// Polls `agent get` until `ok`.
-fn wait_agent(fabric: &Fabric, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_agent(
+    fabric: &Fabric,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let view = agent(fabric, id);

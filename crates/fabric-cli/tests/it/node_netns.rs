@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::access::json_of;
 use super::gateway::Mock;
+use super::node_dispatch::wait_agent;
 use super::nodes::{FAST_NODES, Node, admin_token, create_token, http_to, wait_for_node};
 use super::{Fabric, stdout_of};
 
@@ -102,25 +103,6 @@ impl Drop for Lab {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
-    }
-}
-
-fn agent(fabric: &Fabric, id: &str) -> Value {
-    json_of(fabric.cli().args(["-o", "json", "agent", "get", id]))
-}
-
-fn wait_agent(fabric: &Fabric, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let view = agent(fabric, id);
-        if ok(&view) {
-            return view;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent {id} never {what}: {view:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

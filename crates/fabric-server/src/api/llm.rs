@@ -221,18 +221,24 @@ pub async fn infer(
     front_end(&state, principal, request, FrontEnd::Infer).await
 }
 
+/// The request's path below `prefix` (`/` when nothing is left).
+fn path_below(request: &Request, prefix: &str) -> String {
+    request
+        .uri()
+        .path()
+        .strip_prefix(prefix)
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/")
+        .to_owned()
+}
+
 /// The Ollama API (`/v1/ollama/api/chat`, ...), as the caller's identity.
 pub async fn ollama(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    let path = request
-        .uri()
-        .path()
-        .strip_prefix("/v1/ollama")
-        .unwrap_or("/")
-        .to_owned();
+    let path = path_below(&request, "/v1/ollama");
     let method = request.method().as_str().to_owned();
     match prepare(&state, principal, "ollama", request).await {
         Ok((caller, opts, _, body)) => into_response(
@@ -253,13 +259,7 @@ pub async fn agent_endpoint(
     principal: Result<Principal, ApiError>,
     request: Request,
 ) -> Response {
-    let path = request
-        .uri()
-        .path()
-        .strip_prefix("/v1/agent/endpoint")
-        .filter(|p| !p.is_empty())
-        .unwrap_or("/")
-        .to_owned();
+    let path = path_below(&request, "/v1/agent/endpoint");
     let method = request.method().as_str().to_owned();
     let principal = match principal {
         Ok(p) if p.agent.is_some() => p,

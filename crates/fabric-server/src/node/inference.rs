@@ -62,12 +62,7 @@ impl InferenceServer for SharedForward {
         identity: EndpointIdentity,
     ) -> JoinHandle<()> {
         let agent = identity.agent.clone();
-        let app = self.0.router(identity);
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
-            }
-        })
+        serve(listener, self.0.router(identity), agent)
     }
 
     fn serve_unix(
@@ -76,13 +71,21 @@ impl InferenceServer for SharedForward {
         identity: EndpointIdentity,
     ) -> JoinHandle<()> {
         let agent = identity.agent.clone();
-        let app = self.0.router(identity);
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
-            }
-        })
+        serve(listener, self.0.router(identity), agent)
     }
+}
+
+/// Serves `app` on `listener` until the task is aborted.
+fn serve<L>(listener: L, app: Router, agent: fabric_core::AgentId) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
+        }
+    })
 }
 
 async fn forward(State(f): State<Forward>, request: Request) -> Response {
