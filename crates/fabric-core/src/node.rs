@@ -373,17 +373,19 @@ pub struct HeartbeatReply {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfigSpec {
-    /// Memory limit (MiB) of an agent that sets none.
+    /// Memory limit (MiB) of an agent that keeps the built-in default
+    /// (applied to sessions the node starts from then on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_memory_mb: Option<u64>,
-    /// CPU limit (cores) of an agent that sets none.
+    /// CPU limit (cores) of an agent that keeps the built-in default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_cpu_cores: Option<f64>,
     /// Egress every agent on the node may reach besides its own allowlist (`host:port`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
-    /// A node-local Ollama the node's agents call (`http://host:port`);
-    /// unset: through the orchestrator's gateway.
+    /// A node-local Ollama (`http://host:port`): reported as the node's
+    /// inference path (`local`). Agents' calls still go through the
+    /// orchestrator's gateway, which meters them; direct calls are not built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_upstream: Option<String>,
     /// The node's log filter (`info`, `debug`, `warn,fabric_server=debug`, ...).

@@ -107,7 +107,7 @@ pub(crate) fn sandboxed_python() -> (PathBuf, Vec<String>) {
 
 /// Runs one instruction of `py/mcp_agent.py` as a task of agent `mcp-agent`
 /// and gives its JSON answer.
-fn ask(fabric: &Fabric, instruction: serde_json::Value) -> serde_json::Value {
+pub(crate) fn ask(fabric: &Fabric, instruction: serde_json::Value) -> serde_json::Value {
     let out = fabric
         .cli()
         .args([

@@ -200,6 +200,53 @@ fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_part
     assert!(said.contains("hello from node n1"), "{chat:#}");
     assert_metered(&fabric, lab.host, "asks");
 
+    // Its MCP_URL works on the node too: an agent program there lists and
+    // calls a third-party MCP server (mcp_server_time, which the
+    // orchestrator runs) with the official `mcp` SDK.
+    let py_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/py");
+    let mut mcp_add = fabric.cli();
+    mcp_add
+        .args(["mcp", "add", "time", "--command"])
+        .arg(format!(
+            "{} -m mcp_server_time --local-timezone UTC",
+            python.display()
+        ));
+    for path in &read_only {
+        mcp_add.args(["--read-only", path]);
+    }
+    mcp_add.assert().success();
+    let mut spawn = fabric.cli();
+    spawn.args(["-o", "json", "agent", "spawn", "--id", "mcp-agent"]);
+    spawn.args([
+        "--isolation",
+        "process",
+        "--node",
+        "n1",
+        "--tools",
+        "time/*",
+    ]);
+    spawn.arg("--command").arg(format!(
+        "{} {}",
+        python.display(),
+        py_dir.join("mcp_agent.py").display()
+    ));
+    for path in read_only.iter().chain([&py_dir.display().to_string()]) {
+        spawn.args(["--read-only", path]);
+    }
+    assert_eq!(json_of(&mut spawn)["node"], "n1");
+    let listed = super::mcp::ask(&fabric, serde_json::json!({"op": "list"}));
+    assert!(
+        listed["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|n| n == "time__get_current_time")),
+        "{listed}"
+    );
+    let now = super::mcp::ask(
+        &fabric,
+        serde_json::json!({"op": "call", "name": "time__get_current_time", "arguments": {"timezone": "UTC"}}),
+    );
+    assert_eq!(now["ok"], true, "{now}");
+
     // A partition: the node running `roamer` loses its link for longer
     // than the heartbeat timeout while a task runs there.
     let dir = tempfile::tempdir().unwrap();

@@ -262,7 +262,10 @@ async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Re
 
 /// The agent's `MCP_URL`: its aggregated MCP server (POST), no stream
 /// (GET) and no session (DELETE), like the main API's `/mcp`.
-async fn mcp_call(tools: &crate::services::mcp::AgentTools, request: Request) -> Response {
+pub(crate) async fn mcp_call(
+    tools: &crate::services::mcp::AgentTools,
+    request: Request,
+) -> Response {
     if request.method() != axum::http::Method::POST {
         return super::mcp::not_streamed().await;
     }

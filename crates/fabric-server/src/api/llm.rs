@@ -250,7 +250,7 @@ pub async fn ollama(
 
 /// `/v1/agent/endpoint/{path}`: an agent's inference endpoint (what its
 /// `OLLAMA_BASE_URL` serves: Ollama's API, OpenAI's and Anthropic's under
-/// `/v1`) over the API, for agents on worker nodes, whose node forwards
+/// `/v1`, and its MCP server at `/mcp`) over the API, for agents on worker nodes, whose node forwards
 /// their `localhost:11434` here with the session's agent token. Agent
 /// tokens only: every call is metered against the agent, here, so its
 /// budgets stay atomic.
@@ -271,6 +271,26 @@ pub async fn agent_endpoint(
         }
         Err(e) => return e.into_response(),
     };
+    if path == "/mcp" {
+        // The endpoint's MCP server (the agent's `MCP_URL`): the tools its `tools[]` grants.
+        let Some(agent) = principal
+            .agent
+            .as_ref()
+            .and_then(|a| state.agents.config_of(a))
+        else {
+            return ApiError::not_found("this agent is not running: it has no tools")
+                .into_response();
+        };
+        let tools = state
+            .mcp
+            .agent_tools(crate::services::mcp::AgentCaller::new(
+                principal.tenant.clone(),
+                agent.id.clone(),
+                agent.workspace.clone(),
+                &agent.tools,
+            ));
+        return super::inference::mcp_call(&tools, request).await;
+    }
     match prepare(&state, Ok(principal), "ollama", request).await {
         Ok((caller, _, _, body)) => into_response(
             api::agent_endpoint(&state.llm.gateway, &caller, &method, &path, &body).await,

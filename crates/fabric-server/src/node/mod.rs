@@ -392,9 +392,7 @@ impl Node {
                     backoff = Duration::from_millis(200);
                     *self.answered.lock() = sent_at;
                     self.hosting.delivered(&hb.sessions);
-                    if let Some(set) = reply.sessions {
-                        self.hosting.reconcile(set);
-                    }
+
                     if sending.is_some() {
                         sent_capabilities = sending;
                     }
@@ -404,6 +402,11 @@ impl Node {
                     }
                     if let Some(config) = reply.config {
                         self.apply(config);
+                    }
+                    // After the config: new sessions start with its defaults.
+                    if let Some(set) = reply.sessions {
+                        let defaults = self.status.lock().config.spec.clone();
+                        self.hosting.reconcile(set, &defaults);
                     }
                     let due = self.identity.lock().due_for_renewal(now());
                     if due && let Err(e) = self.renew().await {

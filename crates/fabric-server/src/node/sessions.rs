@@ -19,7 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fabric_core::AgentId;
-use fabric_core::node::{SessionAssignment, SessionReport, SessionSet, SessionState};
+use fabric_core::agent::IsolationConfig;
+use fabric_core::node::{
+    NodeConfigSpec, SessionAssignment, SessionReport, SessionSet, SessionState,
+};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
@@ -82,7 +85,7 @@ impl Hosting {
 
     /// Starts the sessions of `set` this node does not run, and stops the
     /// ones it runs that `set` no longer has.
-    pub(super) fn reconcile(self: &Arc<Self>, set: SessionSet) {
+    pub(super) fn reconcile(self: &Arc<Self>, set: SessionSet, defaults: &NodeConfigSpec) {
         let wanted: HashSet<Key> = set
             .sessions
             .iter()
@@ -115,7 +118,7 @@ impl Hosting {
                     usage: None,
                 },
             );
-            tokio::spawn(Arc::clone(self).run(assignment, stop_rx));
+            tokio::spawn(Arc::clone(self).run(with_defaults(assignment, defaults), stop_rx));
         }
         *self.version.lock() = set.version;
     }
@@ -241,9 +244,77 @@ impl Hosting {
     }
 }
 
+/// The session as this node runs it: the node config's default limits for
+/// an agent that kept the built-in ones, and its egress added to the
+/// agent's allowlist.
+fn with_defaults(
+    mut assignment: SessionAssignment,
+    defaults: &NodeConfigSpec,
+) -> SessionAssignment {
+    let builtin = IsolationConfig::default();
+    let iso = &mut assignment.agent.isolation;
+    if let Some(mb) = defaults.default_memory_mb
+        && iso.memory_mb == builtin.memory_mb
+    {
+        iso.memory_mb = mb;
+    }
+    if let Some(cores) = defaults.default_cpu_cores
+        && iso.cpu_cores == builtin.cpu_cores
+    {
+        iso.cpu_cores = cores;
+    }
+    for rule in &defaults.egress {
+        if !iso.network_egress.contains(rule) {
+            iso.network_egress.push(rule.clone());
+        }
+    }
+    assignment
+}
+
 fn is_final(state: &SessionState) -> bool {
     matches!(
         state,
         SessionState::Exited { .. } | SessionState::Failed { .. }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(memory_mb: u64, egress: &[&str]) -> SessionAssignment {
+        let mut agent = fabric_core::agent::AgentConfig::new("a".parse().unwrap());
+        agent.isolation.memory_mb = memory_mb;
+        agent.isolation.network_egress = egress.iter().map(|e| e.to_string()).collect();
+        SessionAssignment {
+            agent,
+            session: 1,
+            tenant: fabric_core::TenantId::default_tenant(),
+            owner: "u".into(),
+            token: "t".into(),
+        }
+    }
+
+    /// The node config's defaults apply where the agent kept the built-in
+    /// ones; its egress joins the agent's allowlist.
+    #[test]
+    fn the_node_config_fills_in_defaults_and_adds_egress() {
+        let defaults = NodeConfigSpec {
+            default_memory_mb: Some(1024),
+            default_cpu_cores: Some(2.0),
+            egress: vec!["pypi.org:443".into()],
+            ..NodeConfigSpec::default()
+        };
+        let builtin = IsolationConfig::default();
+        let plain = with_defaults(assignment(builtin.memory_mb, &[]), &defaults);
+        assert_eq!(plain.agent.isolation.memory_mb, 1024);
+        assert_eq!(plain.agent.isolation.cpu_cores, 2.0);
+        assert_eq!(plain.agent.isolation.network_egress, ["pypi.org:443"]);
+        let own = with_defaults(assignment(64, &["pypi.org:443", "a.b:80"]), &defaults);
+        assert_eq!(own.agent.isolation.memory_mb, 64);
+        assert_eq!(
+            own.agent.isolation.network_egress,
+            ["pypi.org:443", "a.b:80"]
+        );
+    }
 }

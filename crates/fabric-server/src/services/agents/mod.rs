@@ -630,9 +630,14 @@ impl AgentManager {
 
     /// The workspace an agent is configured in (its policy attribute).
     pub fn workspace_of(&self, id: &AgentId) -> Option<String> {
+        self.config_of(id).and_then(|c| c.workspace)
+    }
+
+    /// The agent's config, if the fabric runs it.
+    pub fn config_of(&self, id: &AgentId) -> Option<AgentConfig> {
         let slot = self.inner.slots.lock().get(id).cloned()?;
         let status = slot.status.lock();
-        status.record.config.workspace.clone()
+        Some(status.record.config.clone())
     }
 
     /// `GET /v1/agents/{id}`.
