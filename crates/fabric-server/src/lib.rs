@@ -537,7 +537,7 @@ pub async fn run(
             api_addr,
             helper: config.sandbox_helper.clone(),
             cgroup_parent: instance_cgroup(&config.data_dir),
-            policy: Some(Arc::clone(&policy)),
+            egress: Some(Arc::new(services::policy::LocalEgress(Arc::clone(&policy)))),
             shell_output_limit: config.shell_output_limit,
             kill_grace: config.kill_grace,
             workdir_retention: config.workdir_retention,

@@ -200,6 +200,72 @@ fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_part
     assert!(said.contains("hello from node n1"), "{chat:#}");
     assert_metered(&fabric, lab.host, "asks");
 
+    // Egress from a sandbox on the node: both targets are in the agent's
+    // allowlist, a policy at the orchestrator denies one; the node's proxy
+    // asks it, refuses that one with 403, and the decision is audited there.
+    let open = serve_text(lab.host, "open-body");
+    let closed = serve_text(lab.host, "closed-body");
+    let mut spawn = fabric.cli();
+    spawn.args(["-o", "json", "agent", "spawn", "--id", "net"]);
+    spawn.args(["--isolation", "process", "--node", "n1"]);
+    spawn.args(["--egress", &format!("{}:{open}", lab.host)]);
+    spawn.args(["--egress", &format!("{}:{closed}", lab.host)]);
+    for path in &read_only {
+        spawn.args(["--read-only", path]);
+    }
+    assert_eq!(json_of(&mut spawn)["node"], "n1");
+    let policy = fabric.dir.path().join("no-closed.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[policies]]\nid = \"no-closed\"\nscope = {{ agent = \"net\" }}\n\n[[policies.rules]]\naction_pattern = \"net:connect:*:{closed}\"\neffect = \"deny\"\n"
+        ),
+    )
+    .unwrap();
+    fabric
+        .cli()
+        .args(["policy", "apply", "-f"])
+        .arg(&policy)
+        .assert()
+        .success();
+    let fetch = |port: u16| {
+        format!(
+            "{} -c \"import urllib.request as u\ntry:\n print(u.urlopen('http://{}:{port}/', timeout=10).read().decode())\nexcept Exception as e:\n print('ERR', e)\"",
+            python.display(),
+            lab.host
+        )
+    };
+    let fetched = stdout(&run(
+        &fabric,
+        "net",
+        &[],
+        &format!("{}; {}", fetch(open), fetch(closed)),
+    ));
+    let lines: Vec<&str> = fetched.lines().collect();
+    assert_eq!(lines[0], "open-body", "{fetched}");
+    assert!(
+        lines[1].starts_with("ERR") && lines[1].contains("403"),
+        "{fetched}"
+    );
+    let port: u16 = fabric.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (status, body) = http_to(
+        lab.host,
+        port,
+        "GET",
+        "/v1/audit?agent=net",
+        Some(&admin_token(&fabric)),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let audit: Value = serde_json::from_str(&body).unwrap();
+    let denied = format!("net:connect:{}:{closed}", lab.host);
+    assert!(
+        audit["records"].as_array().unwrap().iter().any(|r| {
+            r["source"] == "egress" && r["action"] == denied.as_str() && r["decision"] == "deny"
+        }),
+        "{audit:#}"
+    );
+
     // Its MCP_URL works on the node too: an agent program there lists and
     // calls a third-party MCP server (mcp_server_time, which the
     // orchestrator runs) with the official `mcp` SDK.
@@ -329,6 +395,26 @@ fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_part
     );
     let list = stdout_of(fabric.cli().args(["node", "list"]));
     assert!(list.contains("n1"), "{list}");
+}
+
+/// A tiny HTTP server on `ip` answering every request with `body`; its port.
+fn serve_text(ip: Ipv4Addr, body: &'static str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
 }
 
 fn wait_for_line(log: &Path, line: &str) {

@@ -22,10 +22,15 @@ use crate::RuntimeError;
 pub type AuditHook = Arc<dyn Fn(&EgressDecision) + Send + Sync>;
 
 /// A second gate after the allowlist (the fabric's policy engine,
-/// `net:connect:<host>:<port>`): `Ok(())` lets the target through, `Err`
-/// refuses it with the reason. Called on the connection's task for targets
-/// the allowlist admits; must be quick (no IO).
-pub type PolicyGate = Arc<dyn Fn(&str, u16) -> Result<(), String> + Send + Sync>;
+/// `net:connect:<host>:<port>`): resolves to `Ok(())` to let the target
+/// through, `Err` to refuse it with the reason. Awaited on the connection's
+/// task for targets the allowlist admits: in process on the orchestrator,
+/// one request to it from a worker node.
+pub type PolicyGate = Arc<dyn Fn(&str, u16) -> GateFuture + Send + Sync>;
+
+/// What a [`PolicyGate`] answers with.
+pub type GateFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// One decision of an [`EgressProxy`]: may this agent reach `host:port`?
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,7 +206,7 @@ impl EgressProxy {
 
         let mut verdict = self.check(&request.host, request.port);
         if let (Verdict::Allowed(_), Some(gate)) = (&verdict, &self.policy)
-            && let Err(reason) = gate(&request.host, request.port)
+            && let Err(reason) = gate(&request.host, request.port).await
         {
             verdict = Verdict::Denied(reason);
         }

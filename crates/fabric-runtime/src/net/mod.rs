@@ -59,7 +59,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-pub use self::egress::{AuditHook, EgressDecision, EgressProxy, PolicyGate};
+pub use self::egress::{AuditHook, EgressDecision, EgressProxy, GateFuture, PolicyGate};
 pub use self::http::EgressMethod;
 use crate::RuntimeError;
 

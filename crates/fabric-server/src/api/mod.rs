@@ -295,6 +295,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/tasks/{id}/events", post(agent::events))
         .route("/v1/agent/tasks/{id}/complete", post(agent::complete))
         .route("/v1/agent/check", post(policy::agent_check))
+        .route("/v1/agent/egress", post(policy::agent_egress))
         .route("/v1/agent/approvals/{id}", get(policy::agent_approval))
         .route("/v1/policies", get(policy::list))
         .route("/v1/policies/{id}", put(policy::put).delete(policy::delete))

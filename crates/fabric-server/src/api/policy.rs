@@ -339,6 +339,53 @@ fn agent_actor(state: &AppState, principal: &Principal) -> Result<Actor, ApiErro
     Ok(Actor::agent(principal.tenant.clone(), agent, workspace))
 }
 
+/// `POST /v1/agent/egress` body: a target an agent's egress proxy on a
+/// worker node is about to connect to (its allowlist admitted it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressCheck {
+    pub host: String,
+    pub port: u16,
+}
+
+/// The answer: `reason` says why not.
+#[derive(Debug, serde::Serialize)]
+pub struct EgressVerdict {
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The egress proxy of an agent on a worker node asks the policies about
+/// `net:connect:<host>:<port>`, as the orchestrator's own proxies do in
+/// process: decided, audited (source `egress`), never an approval (a
+/// connection cannot wait). The node protocol's, with the agent's token;
+/// not in the OpenAPI document.
+pub async fn agent_egress(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<EgressCheck>,
+) -> Result<Json<EgressVerdict>, ApiError> {
+    let actor = agent_actor(&state, &principal)?;
+    if req.host.is_empty() || req.host.len() > 253 {
+        return Err(ApiError::bad_request(
+            "host must be 1 to 253 characters: the name or address the agent connects to",
+        ));
+    }
+    Ok(Json(
+        match state.policy.decide_egress(&actor, &req.host, req.port) {
+            Ok(()) => EgressVerdict {
+                allowed: true,
+                reason: None,
+            },
+            Err(reason) => EgressVerdict {
+                allowed: false,
+                reason: Some(reason),
+            },
+        },
+    ))
+}
+
 /// An agent asks before acting. `require_approval` creates a pending
 /// approval; with `wait`, the call waits that long for its decision.
 #[utoipa::path(post, path = "/v1/agent/check", operation_id = "agent_check", tag = "agent protocol", security(("bearer" = [])),

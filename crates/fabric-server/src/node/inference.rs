@@ -189,3 +189,63 @@ fn error(status: StatusCode, message: &str) -> Response {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// The node's egress gates: each asks the orchestrator
+/// (`POST /v1/agent/egress`, the session's agent token) whether the
+/// policies allow a target the agent's allowlist admitted. No answer is a
+/// refusal: the node fails closed.
+#[derive(Debug)]
+pub(super) struct RemoteEgress {
+    pub(super) http: reqwest::Client,
+    pub(super) base: String,
+}
+
+/// How long a node's proxy waits for the orchestrator's egress decision.
+const EGRESS_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl crate::services::agents::EgressPolicy for RemoteEgress {
+    fn gate(
+        &self,
+        _actor: crate::services::policy::Actor,
+        token: Option<&str>,
+    ) -> fabric_runtime::net::PolicyGate {
+        let (http, url) = (self.http.clone(), format!("{}/v1/agent/egress", self.base));
+        let token = token.map(str::to_owned);
+        Arc::new(move |host: &str, port: u16| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            let host = host.to_owned();
+            Box::pin(async move {
+                let Some(token) = token else {
+                    return Err(
+                        "this session has no agent token to ask the orchestrator with".into(),
+                    );
+                };
+                let answer = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .timeout(EGRESS_CHECK_TIMEOUT)
+                    .json(&serde_json::json!({"host": host, "port": port}))
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| {
+                        format!(
+                            "the policies could not be asked (the orchestrator did not answer: {e})"
+                        )
+                    })?;
+                let verdict: serde_json::Value = answer
+                    .json()
+                    .await
+                    .map_err(|e| format!("the orchestrator's egress answer is unreadable: {e}"))?;
+                if verdict["allowed"] == true {
+                    Ok(())
+                } else {
+                    Err(verdict["reason"]
+                        .as_str()
+                        .unwrap_or("denied by a policy")
+                        .to_owned())
+                }
+            })
+        })
+    }
+}

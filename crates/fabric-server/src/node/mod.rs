@@ -274,7 +274,10 @@ async fn session_runtime(
         api_addr,
         helper: options.helper.clone(),
         cgroup_parent: crate::instance_cgroup(&options.data_dir),
-        policy: None,
+        egress: Some(Arc::new(inference::RemoteEgress {
+            http: http.clone(),
+            base: base.to_owned(),
+        })),
         shell_output_limit: fabric_runtime::DEFAULT_OUTPUT_LIMIT,
         kill_grace: KILL_GRACE,
         workdir_retention: Duration::ZERO,

@@ -798,19 +798,32 @@ impl fabric_gateway::CallGuard for LlmGuard {
     }
 }
 
-/// Enforcement point `net:connect:<host>:<port>` for an agent's egress
-/// proxy, behind its allowlist. `require_approval` is refused here (a
-/// connection cannot wait): the agent asks first with `check()`, and an
-/// approved action is then allowed for [`APPROVAL_GRANT_TTL`].
-pub fn egress_gate(policy: Arc<PolicyService>, actor: Actor) -> fabric_runtime::net::PolicyGate {
-    Arc::new(move |host: &str, port: u16| {
+impl PolicyService {
+    /// Enforcement point `net:connect:<host>:<port>` for an agent's egress
+    /// proxy, behind its allowlist. `require_approval` is refused here (a
+    /// connection cannot wait): the agent asks first with `check()`, and an
+    /// approved action is then allowed for [`APPROVAL_GRANT_TTL`].
+    pub fn decide_egress(&self, actor: &Actor, host: &str, port: u16) -> Result<(), String> {
         let action = format!("net:connect:{host}:{port}");
         let correlation = format!("egress-{}", uuid::Uuid::now_v7());
-        let decision = policy.decide(&actor, &action, Some(host), "egress", &correlation);
+        let decision = self.decide(actor, &action, Some(host), "egress", &correlation);
         if decision.effect == Effect::Allow {
             Ok(())
         } else {
             Err(decision.refusal(&action).message)
         }
-    })
+    }
+}
+
+/// The orchestrator's egress gates: [`PolicyService::decide_egress`] in process.
+#[derive(Debug)]
+pub struct LocalEgress(pub Arc<PolicyService>);
+
+impl crate::services::agents::EgressPolicy for LocalEgress {
+    fn gate(&self, actor: Actor, _token: Option<&str>) -> fabric_runtime::net::PolicyGate {
+        let policy = Arc::clone(&self.0);
+        Arc::new(move |host: &str, port: u16| {
+            Box::pin(std::future::ready(policy.decide_egress(&actor, host, port)))
+        })
+    }
 }

@@ -48,7 +48,7 @@ pub use self::builtin::{ENV_AGENT_ID, ENV_TASK_ID, ENV_WORKSPACE_DIR, spawn_noop
 pub use self::container::{ContainerConfig, ContainerError, SocketVolume};
 pub use self::hosted::{HostedSession, UsageReader};
 pub use self::inference::InferenceServer;
-pub use self::runtime::{RuntimeConfig, SessionRuntime};
+pub use self::runtime::{EgressPolicy, RuntimeConfig, SessionRuntime};
 pub use self::session::SessionError;
 use self::session::{Session, SessionEnd, TokenSource};
 use crate::services::auth::AuthService;

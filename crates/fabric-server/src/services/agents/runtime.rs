@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use super::container::{ContainerConfig, DockerRuntime};
 use super::inference::InferenceServer;
 use super::{logs, pool};
-use crate::services::policy::PolicyService;
 use crate::services::tasks::TaskService;
 
 /// How sessions run on this machine.
@@ -37,10 +36,10 @@ pub struct RuntimeConfig {
     /// Parent cgroup of this machine's sandboxes (`reactor-fabric/<instance>`):
     /// what a restart sweeps for sandboxes a crash left behind.
     pub cgroup_parent: PathBuf,
-    /// Decides the agents' `net:connect:...` egress behind their allowlists.
-    /// `None` on a node: the allowlist alone decides there (the policies
-    /// live at the orchestrator).
-    pub policy: Option<Arc<PolicyService>>,
+    /// Decides the agents' `net:connect:...` egress behind their
+    /// allowlists: the policy service here, a request to the orchestrator
+    /// on a node. `None`: the allowlist alone decides.
+    pub egress: Option<Arc<dyn EgressPolicy>>,
     /// Bytes of stdout / stderr the shell agent keeps per task.
     pub shell_output_limit: usize,
     /// SIGTERM → SIGKILL grace for tasks and agent programs.
@@ -59,6 +58,18 @@ pub struct RuntimeConfig {
     pub inference_timeout: Duration,
     /// Set for every agent program and task (`FABRIC_NODE` on a node).
     pub env: Vec<(String, String)>,
+}
+
+/// Where an agent's egress proxy asks about `net:connect:<host>:<port>`
+/// once its allowlist admits a target.
+pub trait EgressPolicy: Send + Sync + std::fmt::Debug {
+    /// The gate of one session's proxy, acting as `actor`; `token` is the
+    /// session's agent token when the orchestrator minted it elsewhere.
+    fn gate(
+        &self,
+        actor: crate::services::policy::Actor,
+        token: Option<&str>,
+    ) -> fabric_runtime::net::PolicyGate;
 }
 
 /// The machine-local half of running agents (see the module docs).

@@ -369,6 +369,15 @@ impl Launch<'_> {
         (name, workdir)
     }
 
+    /// The session's token when the orchestrator minted it elsewhere (a
+    /// session on a worker node): what the node presents for the agent.
+    fn given_token(&self) -> Option<&str> {
+        match self.token {
+            TokenSource::Given(secret) => Some(secret),
+            TokenSource::Mint(_) => None,
+        }
+    }
+
     /// Who the agent's inference endpoint calls the gateway as: the agent,
     /// for the user who spawned it, in their tenant.
     fn endpoint_identity(&self) -> EndpointIdentity {
@@ -379,12 +388,9 @@ impl Launch<'_> {
             workspace: self.config.workspace.clone(),
             path_secret: None,
             tools: self.config.tools.clone(),
-            forward_token: match self.token {
-                TokenSource::Given(secret) => {
-                    Some(crate::services::llm::ForwardToken(secret.clone()))
-                }
-                TokenSource::Mint(_) => None,
-            },
+            forward_token: self
+                .given_token()
+                .map(|t| crate::services::llm::ForwardToken(t.to_owned())),
         }
     }
 
@@ -405,11 +411,8 @@ impl Launch<'_> {
             self.config.workspace.clone(),
         );
         let proxy = EgressProxy::new(self.agent().to_string(), rules, Arc::new(|_| {}));
-        Ok(match &self.runtime.config.policy {
-            Some(policy) => proxy.with_policy(crate::services::policy::egress_gate(
-                Arc::clone(policy),
-                actor,
-            )),
+        Ok(match &self.runtime.config.egress {
+            Some(egress) => proxy.with_policy(egress.gate(actor, self.given_token())),
             None => proxy,
         })
     }
