@@ -427,17 +427,19 @@ impl SimNode {
         let mut sessions: Vec<Value> = Vec::new();
         loop {
             let applied = version.borrow().0;
+            let mut body =
+                json!({"ready": true, "config_version": applied, "wait_ms": self.wait_ms});
+            // The session fields only once there are sessions: a server from
+            // before placement (a baseline build) refuses unknown fields.
+            if sessions_version > 0 {
+                body["sessions_version"] = json!(sessions_version);
+                body["sessions"] = json!(sessions);
+            }
             let request = self
                 .http
                 .post(&self.url)
                 .bearer_auth(&self.credential)
-                .json(&json!({
-                    "ready": true,
-                    "config_version": applied,
-                    "wait_ms": self.wait_ms,
-                    "sessions_version": sessions_version,
-                    "sessions": sessions,
-                }))
+                .json(&body)
                 .send();
             let resp = tokio::select! {
                 r = request => r?,
