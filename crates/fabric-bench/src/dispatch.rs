@@ -192,16 +192,7 @@ async fn one_run(binary: &Path, args: &DispatchArgs, nodes: usize) -> anyhow::Re
 async fn wait_nodes_ready(admin: &Client, nodes: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let list: Value = admin
-            .http
-            .get(admin.url("/v1/nodes"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let ready = list["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["status"] == "ready").count());
+        let ready = crate::nodes::count_ready(admin).await?;
         if ready == nodes {
             return Ok(());
         }

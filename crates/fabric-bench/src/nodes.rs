@@ -349,7 +349,7 @@ pub(crate) async fn join_token(admin: &Client) -> anyhow::Result<String> {
         .context("no token in the answer")
 }
 
-async fn count_ready(admin: &Client) -> anyhow::Result<usize> {
+pub(crate) async fn count_ready(admin: &Client) -> anyhow::Result<usize> {
     let nodes: Value = admin
         .http
         .get(admin.url("/v1/nodes"))

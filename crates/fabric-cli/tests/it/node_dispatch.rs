@@ -48,23 +48,34 @@ pub(crate) fn agent(fabric: &Fabric, id: &str) -> Value {
     json_of(fabric.cli().args(["-o", "json", "agent", "get", id]))
 }
 
+/// Runs one task of `agent` (`env` as `KEY=VALUE`), waiting at most
+/// `timeout` (`60s`); its final view, completed.
+pub(crate) fn run_task(
+    fabric: &Fabric,
+    agent: &str,
+    env: &[String],
+    command: &str,
+    timeout: &str,
+) -> Value {
+    let mut cmd = fabric.cli();
+    cmd.args(["-o", "json", "task", "create", "--agent", agent]);
+    cmd.args(["--wait", "--timeout", timeout, "--command", command]);
+    for pair in env {
+        cmd.args(["--env", pair]);
+    }
+    let task = json_of(&mut cmd);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    task
+}
+
+/// A task's stdout, trimmed.
+pub(crate) fn stdout_of_task(task: &Value) -> String {
+    task["result"]["stdout"].as_str().unwrap().trim().to_owned()
+}
+
 /// Runs one task on `agent`; its stdout.
 fn run(fabric: &Fabric, agent: &str, command: &str) -> String {
-    let task = json_of(fabric.cli().args([
-        "-o",
-        "json",
-        "task",
-        "create",
-        "--agent",
-        agent,
-        "--wait",
-        "--timeout",
-        "60s",
-        "--command",
-        command,
-    ]));
-    assert_eq!(task["status"], "completed", "{task:#}");
-    task["result"]["stdout"].as_str().unwrap().trim().to_owned()
+    stdout_of_task(&run_task(fabric, agent, &[], command, "60s"))
 }
 
 /// Polls `agent get` until `ok`.

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::access::json_of;
 use super::gateway::Mock;
-use super::node_dispatch::wait_agent;
+use super::node_dispatch::{run_task, stdout_of_task, wait_agent};
 use super::nodes::{FAST_NODES, Node, admin_token, create_token, http_to, wait_for_node};
 use super::{Fabric, stdout_of};
 
@@ -106,25 +106,9 @@ impl Drop for Lab {
     }
 }
 
-/// Runs one task and waits for it; the task's final view.
+/// Runs one task and waits for it (sandboxed Python starts slowly on 2 cores).
 fn run(fabric: &Fabric, agent: &str, env: &[String], command: &str) -> Value {
-    let mut cmd = fabric.cli();
-    cmd.args(["-o", "json", "task", "create", "--agent", agent]);
-    cmd.args(["--wait", "--timeout", "90s", "--command", command]);
-    for pair in env {
-        cmd.args(["--env", pair]);
-    }
-    let task = json_of(&mut cmd);
-    assert_eq!(task["status"], "completed", "{task:#}");
-    task
-}
-
-fn stdout(task: &Value) -> String {
-    task["result"]["stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    run_task(fabric, agent, env, command, "90s")
 }
 
 #[test]
@@ -185,7 +169,7 @@ fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_part
     let asks = json_of(&mut spawn);
     assert_eq!(asks["node"], "n1", "{asks:#}");
     assert_eq!(
-        stdout(&run(&fabric, "asks", &[], "echo $FABRIC_NODE")),
+        stdout_of_task(&run(&fabric, "asks", &[], "echo $FABRIC_NODE")),
         "n1"
     );
     let script = "import os, ollama\nc = ollama.Client(host=os.environ['OLLAMA_BASE_URL'])\nr = c.chat(model='llama3', messages=[{'role': 'user', 'content': 'hello from node n1'}])\nprint(os.environ['OLLAMA_BASE_URL'], r.message.content)";
@@ -195,7 +179,7 @@ fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_part
         &[format!("SCRIPT={script}")],
         &format!("{} -c \"$SCRIPT\"", python.display()),
     );
-    let said = stdout(&chat);
+    let said = stdout_of_task(&chat);
     assert!(said.starts_with("http://localhost:11434"), "{chat:#}");
     assert!(said.contains("hello from node n1"), "{chat:#}");
     assert_metered(&fabric, lab.host, "asks");
@@ -235,7 +219,7 @@ fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_part
             lab.host
         )
     };
-    let fetched = stdout(&run(
+    let fetched = stdout_of_task(&run(
         &fabric,
         "net",
         &[],
@@ -390,7 +374,7 @@ fn three_nodes_in_their_own_namespaces_join_run_placed_agents_and_survive_a_part
         cut_node.log()
     );
     assert_eq!(
-        stdout(&run(&fabric, "roamer", &[], "echo $FABRIC_NODE")),
+        stdout_of_task(&run(&fabric, "roamer", &[], "echo $FABRIC_NODE")),
         other
     );
     let list = stdout_of(fabric.cli().args(["node", "list"]));

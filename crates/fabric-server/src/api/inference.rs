@@ -56,11 +56,7 @@ impl crate::services::agents::InferenceServer for OllamaEndpoints {
             identity,
             Arc::clone(&self.telemetry),
         );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
-            }
-        })
+        serve_endpoint(listener, app, agent)
     }
 }
 
@@ -204,7 +200,7 @@ pub fn serve_ollama_endpoint(
     )
 }
 
-fn serve_nodelay(
+pub(crate) fn serve_nodelay(
     listener: tokio::net::TcpListener,
     app: Router,
     agent: fabric_core::AgentId,
@@ -212,6 +208,20 @@ fn serve_nodelay(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    serve_endpoint(listener, app, agent)
+}
+
+/// Serves an agent's endpoint `app` on `listener` (a socket, or TCP set
+/// up by [`serve_nodelay`]) until the task is aborted or the listener fails.
+pub(crate) fn serve_endpoint<L>(
+    listener: L,
+    app: Router,
+    agent: fabric_core::AgentId,
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
@@ -219,22 +229,35 @@ fn serve_nodelay(
     })
 }
 
+/// The path of a call to an agent's endpoint below its secret, if it has
+/// one (isolation `none`); `None` for a call without it, which gets
+/// [`not_this_endpoint`].
+pub(crate) fn endpoint_path(identity: &EndpointIdentity, request: &Request) -> Option<String> {
+    let path = request.uri().path();
+    let Some(secret) = &identity.path_secret else {
+        return Some(path.to_owned());
+    };
+    let rest = strip_secret(path, secret);
+    if rest.is_none() {
+        tracing::info!(agent_id = %identity.agent, "inference call without the endpoint's secret refused");
+    }
+    rest.map(str::to_owned)
+}
+
+/// The 404 of a call without the endpoint's secret: Ollama's error shape,
+/// nothing said of the agent or the secret.
+pub(crate) fn not_this_endpoint() -> Response {
+    let body = serde_json::json!({
+        "error": "not found: this endpoint serves only its agent, at the URL its OLLAMA_BASE_URL names"
+    });
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
 async fn endpoint_call(State(endpoint): State<Endpoint>, request: Request) -> Response {
     let request_id = crate::request_id::current();
     let method = request.method().as_str().to_owned();
-    let path = match &endpoint.identity.path_secret {
-        None => request.uri().path().to_owned(),
-        Some(secret) => match strip_secret(request.uri().path(), secret) {
-            Some(rest) => rest.to_owned(),
-            None => {
-                tracing::info!(agent_id = %endpoint.identity.agent, "inference call without the endpoint's secret refused");
-                // Ollama's error shape; nothing said of the agent or the secret.
-                let body = serde_json::json!({
-                    "error": "not found: this endpoint serves only its agent, at the URL its OLLAMA_BASE_URL names"
-                });
-                return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
-            }
-        },
+    let Some(path) = endpoint_path(&endpoint.identity, &request) else {
+        return not_this_endpoint();
     };
     if path == "/mcp"
         && let Some(tools) = &endpoint.mcp
@@ -293,7 +316,7 @@ pub(crate) async fn mcp_call(
 
 /// `path` without its first segment if that segment is `secret` (compared
 /// in constant time); `/` when nothing follows it.
-pub(crate) fn strip_secret<'a>(path: &'a str, secret: &str) -> Option<&'a str> {
+fn strip_secret<'a>(path: &'a str, secret: &str) -> Option<&'a str> {
     let rest = path.strip_prefix('/')?;
     let (first, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),

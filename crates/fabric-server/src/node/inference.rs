@@ -62,7 +62,8 @@ impl InferenceServer for SharedForward {
         identity: EndpointIdentity,
     ) -> JoinHandle<()> {
         let agent = identity.agent.clone();
-        serve(listener, self.0.router(identity), agent)
+        // TCP_NODELAY, as on the orchestrator: streams reach the agent token by token.
+        crate::api::inference::serve_nodelay(listener, self.0.router(identity), agent)
     }
 
     fn serve_unix(
@@ -71,36 +72,14 @@ impl InferenceServer for SharedForward {
         identity: EndpointIdentity,
     ) -> JoinHandle<()> {
         let agent = identity.agent.clone();
-        serve(listener, self.0.router(identity), agent)
+        crate::api::inference::serve_endpoint(listener, self.0.router(identity), agent)
     }
-}
-
-/// Serves `app` on `listener` until the task is aborted.
-fn serve<L>(listener: L, app: Router, agent: fabric_core::AgentId) -> JoinHandle<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(agent_id = %agent, error = %e, "inference endpoint stopped");
-        }
-    })
 }
 
 async fn forward(State(f): State<Forward>, request: Request) -> Response {
     let request_id = crate::request_id::current();
-    let path = match &f.identity.path_secret {
-        None => request.uri().path().to_owned(),
-        Some(secret) => match crate::api::inference::strip_secret(request.uri().path(), secret) {
-            Some(rest) => rest.to_owned(),
-            None => {
-                let body = serde_json::json!({
-                    "error": "not found: this endpoint serves only its agent, at the URL its OLLAMA_BASE_URL names"
-                });
-                return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
-            }
-        },
+    let Some(path) = crate::api::inference::endpoint_path(&f.identity, &request) else {
+        return crate::api::inference::not_this_endpoint();
     };
     let Some(token) = &f.identity.forward_token else {
         return error(

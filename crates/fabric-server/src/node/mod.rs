@@ -255,7 +255,7 @@ async fn session_runtime(
         .with_context(|| format!("cannot resolve the orchestrator's host {host}"))?
         .next()
         .ok_or_else(|| anyhow::anyhow!("the orchestrator's host {host} resolves to no address"))?;
-    let gateway_timeout = fabric_gateway::GatewayConfig::default().request_timeout;
+    let gateway_timeout = fabric_gateway::config::DEFAULT_REQUEST_TIMEOUT;
     let forward = inference::ForwardEndpoints {
         http: http.clone(),
         base: base.to_owned(),

@@ -131,7 +131,6 @@ pub enum Remote {
 
 /// What a session placed on a node is watched through.
 pub struct Placement {
-    pub node: String,
     pub report: watch::Receiver<Remote>,
     /// True once the node is draining.
     pub draining: watch::Receiver<bool>,
@@ -815,7 +814,6 @@ impl NodeService {
         );
         live.sessions_changed();
         Ok(Placement {
-            node: node.to_owned(),
             report: report_rx,
             draining: live.draining.subscribe(),
         })

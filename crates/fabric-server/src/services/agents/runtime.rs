@@ -179,15 +179,10 @@ impl SessionRuntime {
     /// configured host, `DOCKER_HOST`, or the default socket): an
     /// orchestrator in a Docker instance with worker nodes has none, and
     /// leaves container agents to the nodes. Whether it answers is
-    /// [`check_docker`](Self::check_docker)'s business.
+    /// the daemon's business, asked when an agent is spawned.
     pub fn has_docker(&self) -> bool {
         self.config.containers.docker_host.is_some()
             || std::env::var_os("DOCKER_HOST").is_some()
             || std::path::Path::new("/var/run/docker.sock").exists()
-    }
-
-    /// Whether Docker answers (isolation `container`).
-    pub async fn check_docker(&self) -> Result<(), fabric_docker::DockerError> {
-        self.docker.check().await.map(drop)
     }
 }
